@@ -1,0 +1,1295 @@
+//! The `backup_manifest` that BASE_BACKUP sends last, and the check of a finished backup against it.
+//!
+//! [`parse`] reads the manifest exactly as the server wrote it: it checks the SHA-256
+//! `Manifest-Checksum` over the raw bytes first, and only then decodes the JSON. The manifest is
+//! never re-serialised, because its whitespace is part of the checksummed content.
+//! [`verify_written`] compares what pgrepl recorded while writing each file (size and checksum,
+//! computed on the fly with `super::checksum::FileChecksum`) with the manifest. That way
+//! verification needs no second read of the data.
+//!
+//! This module does not read files from disk. It also does not check that the WAL ranges can be
+//! replayed; `pg_verifybackup` does that by running `pg_waldump`. The file layout follows
+//! `src/backend/backup/backup_manifest.c`, and the checks follow `src/common/parse_manifest.c`
+//! and `src/bin/pg_verifybackup/pg_verifybackup.c` in PostgreSQL.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::{self, Write as _};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::checksum::ChecksumAlgorithm;
+
+/// The key every manifest opens with. The server always writes it first, so pgrepl can tell a
+/// manifest from some other file before it parses anything.
+const VERSION_KEY: &str = "PostgreSQL-Backup-Manifest-Version";
+
+/// How many problems [`ManifestError::FilesDoNotMatch`] spells out before it says "and N more".
+const MAX_LISTED_PROBLEMS: usize = 5;
+
+/// Paths that `pg_verifybackup` ignores by default, together with everything under them.
+///
+/// The server never lists WAL segments. `pg_basebackup -R` edits `postgresql.auto.conf` and
+/// creates `standby.signal`, and `backup_manifest` cannot list itself. Like `pg_verifybackup`,
+/// pgrepl skips these paths on both sides of the comparison. So `pg_wal/*.history` and
+/// `pg_wal/archive_status/*.done`, which the server does list, are not required either.
+const IGNORED_PATHS: [&[u8]; 5] = [
+    b"backup_manifest",
+    b"pg_wal",
+    b"postgresql.auto.conf",
+    b"recovery.signal",
+    b"standby.signal",
+];
+
+/// A parsed and checksum-verified `backup_manifest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// `PostgreSQL-Backup-Manifest-Version`: 1 (servers 13–16) or 2 (17+).
+    pub version: u32,
+    /// `System-Identifier`, present exactly when `version` is 2.
+    pub system_identifier: Option<u64>,
+    /// One entry per regular file, in the order the server sent them.
+    pub files: Vec<ManifestFile>,
+    /// WAL needed to make the backup consistent, newest timeline first.
+    pub wal_ranges: Vec<WalRange>,
+}
+
+impl Manifest {
+    /// The checksum algorithm shared by every file. Returns `None` if there are no files or if
+    /// the algorithms differ.
+    pub fn checksum_algorithm(&self) -> Option<ChecksumAlgorithm> {
+        let first = self.files.first()?.checksum_algorithm;
+        self.files
+            .iter()
+            .all(|f| f.checksum_algorithm == first)
+            .then_some(first)
+    }
+}
+
+/// One `Files` entry of the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Path relative to the data directory, as raw bytes. It comes from `Path`, or from the hex
+    /// in `Encoded-Path` when the name is not valid UTF-8.
+    pub path: Vec<u8>,
+    /// Bytes in the file as sent.
+    pub size: u64,
+    /// `Checksum-Algorithm`, or [`ChecksumAlgorithm::None`] when the entry has none.
+    pub checksum_algorithm: ChecksumAlgorithm,
+    /// Lower-case hex digest, present exactly when the algorithm is not `None`.
+    pub checksum: Option<String>,
+    /// `Last-Modified` exactly as written (`YYYY-MM-DD HH:MM:SS GMT`). PostgreSQL's own parser
+    /// ignores this field, so pgrepl keeps the text as it is.
+    pub last_modified: String,
+}
+
+/// One `WAL-Ranges` entry. The LSNs are kept as text here; they have been checked to be `X/X`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalRange {
+    /// Timeline of this range.
+    pub timeline: u32,
+    /// First LSN needed on this timeline.
+    pub start_lsn: String,
+    /// LSN at which this timeline's part of the range ends.
+    pub end_lsn: String,
+}
+
+/// What pgrepl recorded while writing one regular file of the backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// Manifest-relative path, e.g. `base/1/1259` or
+    /// `pg_tblspc/16385/PG_15_202209061/5/16386`.
+    pub path: Vec<u8>,
+    /// Bytes written.
+    pub size: u64,
+    /// Digest computed while writing, with the manifest's algorithm (`None` for `NONE`).
+    pub checksum: Option<String>,
+}
+
+/// Errors from parsing a manifest or checking a backup against it.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The SHA-256 over the manifest body does not match its `Manifest-Checksum`.
+    #[error("backup manifest checksum mismatch: computed `{computed}`, manifest says `{expected}`")]
+    ChecksumMismatch {
+        /// What pgrepl computed.
+        computed: String,
+        /// What the manifest's last line says.
+        expected: String,
+    },
+    /// The manifest is malformed or has values PostgreSQL would never write.
+    #[error("invalid backup manifest: {0}")]
+    Invalid(String),
+    /// The written files differ from the manifest. Every problem is kept; the message lists only
+    /// the first few.
+    #[error("{}", summarize_problems(.0))]
+    FilesDoNotMatch(Vec<FileProblem>),
+}
+
+/// One file that does not match the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileProblem {
+    /// Manifest-relative path.
+    pub path: Vec<u8>,
+    /// What is wrong with it.
+    pub kind: ProblemKind,
+}
+
+/// The ways a written file can differ from the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The manifest lists the file but it was never written.
+    Missing,
+    /// The file was written but the manifest does not list it.
+    NotInManifest,
+    /// The same path was written more than once.
+    WrittenTwice,
+    /// The sizes differ. The checksum is then not compared.
+    SizeMismatch {
+        /// Bytes written.
+        written: u64,
+        /// Bytes according to the manifest.
+        manifest: u64,
+    },
+    /// Same size, different digest. `written` is `None` if no checksum was computed.
+    ChecksumMismatch {
+        /// Digest computed while writing.
+        written: Option<String>,
+        /// Digest according to the manifest.
+        manifest: String,
+    },
+}
+
+impl fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", DisplayPath(&self.path), self.kind)
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("missing"),
+            Self::NotInManifest => f.write_str("not in the manifest"),
+            Self::WrittenTwice => f.write_str("written more than once"),
+            Self::SizeMismatch { written, manifest } => {
+                write!(f, "size {written}, manifest says {manifest}")
+            }
+            Self::ChecksumMismatch {
+                written: Some(written),
+                manifest,
+            } => write!(f, "checksum `{written}`, manifest says `{manifest}`"),
+            Self::ChecksumMismatch {
+                written: None,
+                manifest,
+            } => write!(f, "no checksum computed, manifest says `{manifest}`"),
+        }
+    }
+}
+
+fn summarize_problems(problems: &[FileProblem]) -> String {
+    let n = problems.len();
+    let mut out = if n == 1 {
+        "1 file does not match the backup manifest: ".to_owned()
+    } else {
+        format!("{n} files do not match the backup manifest: ")
+    };
+    for (i, p) in problems.iter().take(MAX_LISTED_PROBLEMS).enumerate() {
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(&p.to_string());
+    }
+    if n > MAX_LISTED_PROBLEMS {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "; and {} more", n - MAX_LISTED_PROBLEMS);
+    }
+    out
+}
+
+/// Shows a raw path in an error message. Valid UTF-8 is printed as is, except that control
+/// characters are escaped; any other byte is shown as `\xNN`.
+struct DisplayPath<'a>(&'a [u8]);
+
+impl fmt::Display for DisplayPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is one of the paths `pg_verifybackup` ignores by default, or lies under one.
+///
+/// As in `pg_verifybackup`, `pg_wal` matches `pg_wal/x` but does not match `pg_walx`.
+pub fn is_ignored_path(path: &[u8]) -> bool {
+    IGNORED_PATHS.iter().any(|ignored| {
+        path.strip_prefix(*ignored)
+            .is_some_and(|rest| matches!(rest.first(), None | Some(b'/')))
+    })
+}
+
+fn invalid(why: impl Into<String>) -> ManifestError {
+    ManifestError::Invalid(why.into())
+}
+
+/// Parses `bytes` as a `backup_manifest` and verifies its `Manifest-Checksum`.
+///
+/// The checksum is SHA-256 over every byte up to and including the newline before the
+/// `"Manifest-Checksum"` line. It is checked before the JSON is decoded, so a corrupted byte is
+/// reported as a checksum mismatch rather than as whatever the JSON parser makes of it. A manifest
+/// that fails the check is rejected.
+///
+/// The parse is strict. It rejects unknown versions, unknown or missing keys, duplicate paths,
+/// paths that leave the data directory, checksums of the wrong length for their algorithm or with
+/// bad hex, and LSNs that are not `X/X`.
+pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    check_opening(bytes)?;
+    let (covered, last_line) = split_last_line(bytes)?;
+    let expected = checksum_in_last_line(last_line)?;
+    let computed = hex::encode(Sha256::digest(covered));
+    if !computed.eq_ignore_ascii_case(expected) {
+        return Err(ManifestError::ChecksumMismatch {
+            computed,
+            expected: expected.to_owned(),
+        });
+    }
+
+    // The version is read on its own first. A future version may add keys, and the user should
+    // then learn that the version is unsupported, not that some key is unknown.
+    let version = read_version(bytes)?;
+    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    if !raw.manifest_checksum.eq_ignore_ascii_case(expected) {
+        return Err(invalid(format!(
+            "`Manifest-Checksum` `{}` differs from the last line's `{expected}`",
+            raw.manifest_checksum
+        )));
+    }
+    debug_assert_eq!(raw.version, version);
+
+    match (version, raw.system_identifier) {
+        (1, Some(id)) => {
+            return Err(invalid(format!(
+                "manifest version 1 has a `System-Identifier` (`{id}`); only version 2 has one"
+            )));
+        }
+        (2, None) => return Err(invalid("manifest version 2 has no `System-Identifier`")),
+        _ => {}
+    }
+
+    let files = raw
+        .files
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| convert_file(i, f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut paths = HashSet::with_capacity(files.len());
+    for f in &files {
+        if !paths.insert(f.path.as_slice()) {
+            return Err(invalid(format!(
+                "duplicate path `{}`",
+                DisplayPath(&f.path)
+            )));
+        }
+    }
+
+    if raw.wal_ranges.is_empty() {
+        return Err(invalid("`WAL-Ranges` is empty"));
+    }
+    let wal_ranges = raw
+        .wal_ranges
+        .into_iter()
+        .map(convert_wal_range)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Manifest {
+        version,
+        system_identifier: raw.system_identifier,
+        files,
+        wal_ranges,
+    })
+}
+
+/// Checks that the input opens with `{ "PostgreSQL-Backup-Manifest-Version"`. PostgreSQL's parser
+/// also requires the version to be the first key.
+fn check_opening(bytes: &[u8]) -> Result<(), ManifestError> {
+    let rest = bytes.trim_ascii_start();
+    let opens = rest
+        .strip_prefix(b"{")
+        .map(|r| r.trim_ascii_start())
+        .and_then(|r| r.strip_prefix(b"\""))
+        .is_some_and(|r| {
+            r.starts_with(VERSION_KEY.as_bytes()) && r.get(VERSION_KEY.len()) == Some(&b'"')
+        });
+    if opens {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "does not start with `{{ \"{VERSION_KEY}\"`; is this a backup manifest?"
+        )))
+    }
+}
+
+/// Splits the input into the checksummed part (through the second-to-last newline) and the last
+/// line (without its newline). This mirrors `verify_manifest_checksum` in `parse_manifest.c`.
+fn split_last_line(bytes: &[u8]) -> Result<(&[u8], &[u8]), ManifestError> {
+    let Some((&b'\n', body)) = bytes.split_last() else {
+        return Err(invalid("last line is not terminated by a newline"));
+    };
+    let Some(nl) = body.iter().rposition(|&b| b == b'\n') else {
+        return Err(invalid("expected at least 2 lines"));
+    };
+    Ok((&bytes[..=nl], &body[nl + 1..]))
+}
+
+/// Extracts the hex from a last line of the form `"Manifest-Checksum": "<64 hex>"}`.
+fn checksum_in_last_line(line: &[u8]) -> Result<&str, ManifestError> {
+    let malformed = || {
+        invalid(format!(
+            "last line `{}` is not `\"Manifest-Checksum\": \"<64 hex digits>\"}}`",
+            DisplayPath(line)
+        ))
+    };
+    let rest = line
+        .trim_ascii()
+        .strip_prefix(b"\"Manifest-Checksum\"")
+        .ok_or_else(malformed)?
+        .trim_ascii_start()
+        .strip_prefix(b":")
+        .ok_or_else(malformed)?
+        .trim_ascii_start()
+        .strip_prefix(b"\"")
+        .ok_or_else(malformed)?;
+    let end = rest.iter().position(|&b| b == b'"').ok_or_else(malformed)?;
+    let (hex_part, tail) = rest.split_at(end);
+    if tail.strip_prefix(b"\"").map(<[u8]>::trim_ascii) != Some(&b"}"[..]) {
+        return Err(malformed());
+    }
+    if hex_part.len() != 64 || !hex_part.iter().all(u8::is_ascii_hexdigit) {
+        return Err(invalid(format!(
+            "`Manifest-Checksum` `{}` is not 64 hex digits",
+            DisplayPath(hex_part)
+        )));
+    }
+    // The bytes are all ASCII hex digits at this point, so this conversion cannot fail.
+    std::str::from_utf8(hex_part).map_err(|_| malformed())
+}
+
+fn read_version(bytes: &[u8]) -> Result<u32, ManifestError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        #[serde(rename = "PostgreSQL-Backup-Manifest-Version")]
+        version: Option<serde_json::Value>,
+    }
+    let v: VersionOnly = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    let value = v
+        .version
+        .ok_or_else(|| invalid(format!("missing `{VERSION_KEY}`")))?;
+    match value.as_u64() {
+        Some(1) => Ok(1),
+        Some(2) => Ok(2),
+        _ => Err(invalid(format!(
+            "unsupported manifest version `{value}`; pgrepl understands versions 1 and 2"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    #[serde(rename = "PostgreSQL-Backup-Manifest-Version")]
+    version: u32,
+    // serde_json reads integers into u64 directly. A System-Identifier is above 2^53, so going
+    // through f64 would corrupt it.
+    #[serde(rename = "System-Identifier")]
+    system_identifier: Option<u64>,
+    #[serde(rename = "Files")]
+    files: Vec<RawFile>,
+    #[serde(rename = "WAL-Ranges")]
+    wal_ranges: Vec<RawWalRange>,
+    #[serde(rename = "Manifest-Checksum")]
+    manifest_checksum: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(rename = "Path")]
+    path: Option<String>,
+    #[serde(rename = "Encoded-Path")]
+    encoded_path: Option<String>,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "Last-Modified")]
+    last_modified: String,
+    #[serde(rename = "Checksum-Algorithm")]
+    checksum_algorithm: Option<String>,
+    #[serde(rename = "Checksum")]
+    checksum: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWalRange {
+    #[serde(rename = "Timeline")]
+    timeline: u32,
+    #[serde(rename = "Start-LSN")]
+    start_lsn: String,
+    #[serde(rename = "End-LSN")]
+    end_lsn: String,
+}
+
+fn convert_file(index: usize, raw: RawFile) -> Result<ManifestFile, ManifestError> {
+    let entry = || format!("entry {} of `Files`", index + 1);
+    let path = match (raw.path, raw.encoded_path) {
+        (Some(p), None) => p.into_bytes(),
+        (None, Some(h)) => hex::decode(&h).map_err(|_| {
+            invalid(format!(
+                "{}: `Encoded-Path` `{h}` is not valid hex",
+                entry()
+            ))
+        })?,
+        (Some(_), Some(_)) => {
+            return Err(invalid(format!(
+                "{}: has both `Path` and `Encoded-Path`",
+                entry()
+            )));
+        }
+        (None, None) => {
+            return Err(invalid(format!(
+                "{}: has neither `Path` nor `Encoded-Path`",
+                entry()
+            )));
+        }
+    };
+    check_relative_path(&path)
+        .map_err(|why| invalid(format!("{}: path `{}` {why}", entry(), DisplayPath(&path))))?;
+    let in_file = |why: String| invalid(format!("file `{}`: {why}", DisplayPath(&path)));
+
+    let checksum_algorithm = match &raw.checksum_algorithm {
+        None => ChecksumAlgorithm::None,
+        Some(name) => name.parse().map_err(in_file)?,
+    };
+    let checksum = match (checksum_algorithm, raw.checksum) {
+        (ChecksumAlgorithm::None, None) => None,
+        (ChecksumAlgorithm::None, Some(c)) => {
+            return Err(in_file(format!(
+                "has `Checksum` `{c}` but no `Checksum-Algorithm`"
+            )));
+        }
+        (alg, None) => {
+            return Err(in_file(format!(
+                "has `Checksum-Algorithm` `{alg}` but no `Checksum`"
+            )));
+        }
+        (alg, Some(c)) => {
+            if !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(in_file(format!("checksum `{c}` is not hex")));
+            }
+            let want = hex_digest_len(alg);
+            if c.len() != want {
+                return Err(in_file(format!(
+                    "checksum `{c}` has {} hex digits, but `{alg}` needs {want}",
+                    c.len()
+                )));
+            }
+            // The server writes lower case, and so does FileChecksum. Normalising here lets a
+            // hand-edited upper-case manifest still compare equal.
+            Some(c.to_ascii_lowercase())
+        }
+    };
+
+    Ok(ManifestFile {
+        path,
+        size: raw.size,
+        checksum_algorithm,
+        checksum,
+        last_modified: raw.last_modified,
+    })
+}
+
+/// Hex digits in a digest of `alg`; `alg` is never `None` here.
+fn hex_digest_len(alg: ChecksumAlgorithm) -> usize {
+    match alg {
+        ChecksumAlgorithm::None => 0,
+        ChecksumAlgorithm::Crc32c => 8,
+        ChecksumAlgorithm::Sha224 => 56,
+        ChecksumAlgorithm::Sha256 => 64,
+        ChecksumAlgorithm::Sha384 => 96,
+        ChecksumAlgorithm::Sha512 => 128,
+    }
+}
+
+/// The server only lists paths inside the data directory, and callers may join these paths onto
+/// a directory. So reject anything absolute, empty or with `.`/`..` components, and NUL, which a
+/// C consumer would silently truncate at.
+fn check_relative_path(path: &[u8]) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("is empty");
+    }
+    if path.contains(&0) {
+        return Err("contains a NUL byte");
+    }
+    if path
+        .split(|&b| b == b'/')
+        .any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
+        return Err("is not a plain relative path");
+    }
+    Ok(())
+}
+
+fn convert_wal_range(raw: RawWalRange) -> Result<WalRange, ManifestError> {
+    if raw.timeline == 0 {
+        return Err(invalid("WAL range with timeline 0"));
+    }
+    for (what, lsn) in [("Start-LSN", &raw.start_lsn), ("End-LSN", &raw.end_lsn)] {
+        if !is_lsn_text(lsn) {
+            return Err(invalid(format!(
+                "WAL range for timeline {}: `{what}` `{lsn}` is not an LSN of the form `X/X`",
+                raw.timeline
+            )));
+        }
+    }
+    Ok(WalRange {
+        timeline: raw.timeline,
+        start_lsn: raw.start_lsn,
+        end_lsn: raw.end_lsn,
+    })
+}
+
+/// `X/X`, each half 1 to 8 hex digits (a u32), as the server prints with `%X/%X`.
+fn is_lsn_text(s: &str) -> bool {
+    let half = |h: &str| (1..=8).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit());
+    s.split_once('/')
+        .is_some_and(|(hi, lo)| half(hi) && half(lo))
+}
+
+/// Checks that every manifest file was written with the same size and checksum, and that no file
+/// was written that the manifest does not list.
+///
+/// Paths that `pg_verifybackup` ignores by default ([`is_ignored_path`]) are skipped on both
+/// sides. That covers all of `pg_wal/`, and the top-level `backup_manifest`,
+/// `postgresql.auto.conf`, `standby.signal` and `recovery.signal`. A checksum is compared only
+/// when the manifest has one and the sizes agree. Every problem is collected, and the error lists
+/// the first few.
+pub fn verify_written(manifest: &Manifest, written: &[WrittenFile]) -> Result<(), ManifestError> {
+    // Manifests list thousands of files, so look paths up by hash. `Manifest` has public fields
+    // and may have been built without `parse`; if a path appears twice, the first entry counts.
+    let mut by_path: HashMap<&[u8], usize> = HashMap::with_capacity(manifest.files.len());
+    for (i, f) in manifest.files.iter().enumerate() {
+        if !is_ignored_path(&f.path) {
+            by_path.entry(f.path.as_slice()).or_insert(i);
+        }
+    }
+
+    let mut seen = vec![false; manifest.files.len()];
+    let mut problems = Vec::new();
+    let mut problem = |path: &[u8], kind| {
+        problems.push(FileProblem {
+            path: path.to_vec(),
+            kind,
+        })
+    };
+    for w in written {
+        if is_ignored_path(&w.path) {
+            continue;
+        }
+        let Some(&i) = by_path.get(w.path.as_slice()) else {
+            problem(&w.path, ProblemKind::NotInManifest);
+            continue;
+        };
+        if std::mem::replace(&mut seen[i], true) {
+            problem(&w.path, ProblemKind::WrittenTwice);
+            continue;
+        }
+        let m = &manifest.files[i];
+        if w.size != m.size {
+            problem(
+                &w.path,
+                ProblemKind::SizeMismatch {
+                    written: w.size,
+                    manifest: m.size,
+                },
+            );
+        } else if let Some(expected) = &m.checksum {
+            let matches = w
+                .checksum
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case(expected));
+            if !matches {
+                problem(
+                    &w.path,
+                    ProblemKind::ChecksumMismatch {
+                        written: w.checksum.clone(),
+                        manifest: expected.clone(),
+                    },
+                );
+            }
+        }
+    }
+    for (i, f) in manifest.files.iter().enumerate() {
+        if !seen[i] && by_path.get(f.path.as_slice()) == Some(&i) {
+            problem(&f.path, ProblemKind::Missing);
+        }
+    }
+
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ManifestError::FilesDoNotMatch(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::checksum::FileChecksum;
+    use super::*;
+
+    const MTIME: &str = "2024-05-02 10:11:12 GMT";
+    const SYSID: u64 = 7_362_182_938_384_710_211;
+
+    /// A file for the test manifests: its path and contents. The size and checksum are derived.
+    struct TestFile {
+        path: Vec<u8>,
+        data: Vec<u8>,
+        encode: bool,
+    }
+
+    fn file(path: &str, data: &[u8]) -> TestFile {
+        TestFile {
+            path: path.as_bytes().to_vec(),
+            data: data.to_vec(),
+            encode: false,
+        }
+    }
+
+    fn digest(alg: ChecksumAlgorithm, data: &[u8]) -> Option<String> {
+        let mut c = FileChecksum::new(alg);
+        c.update(data);
+        c.finish()
+    }
+
+    /// Appends the `Manifest-Checksum` line the way `SendBackupManifest` does.
+    fn sign(mut body: Vec<u8>) -> Vec<u8> {
+        let sum = hex::encode(Sha256::digest(&body));
+        body.extend_from_slice(format!("\"Manifest-Checksum\": \"{sum}\"}}\n").as_bytes());
+        body
+    }
+
+    /// Everything before the `Manifest-Checksum` line, laid out byte for byte as the server
+    /// writes it (see `backup_manifest.c`).
+    fn body(
+        version: u32,
+        sysid: Option<u64>,
+        alg: ChecksumAlgorithm,
+        files: &[TestFile],
+        ranges: &[(u32, &str, &str)],
+    ) -> Vec<u8> {
+        let mut s = format!("{{ \"{VERSION_KEY}\": {version},\n").into_bytes();
+        if let Some(id) = sysid {
+            s.extend_from_slice(format!("\"System-Identifier\": {id},\n").as_bytes());
+        }
+        s.extend_from_slice(b"\"Files\": [");
+        for (i, f) in files.iter().enumerate() {
+            s.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+            match std::str::from_utf8(&f.path) {
+                Ok(p) if !f.encode => {
+                    let escaped = serde_json::to_string(p).unwrap();
+                    s.extend_from_slice(format!("{{ \"Path\": {escaped}, ").as_bytes());
+                }
+                _ => s.extend_from_slice(
+                    format!("{{ \"Encoded-Path\": \"{}\", ", hex::encode(&f.path)).as_bytes(),
+                ),
+            }
+            s.extend_from_slice(
+                format!("\"Size\": {}, \"Last-Modified\": \"{MTIME}\"", f.data.len()).as_bytes(),
+            );
+            if let Some(sum) = digest(alg, &f.data) {
+                s.extend_from_slice(
+                    format!(", \"Checksum-Algorithm\": \"{alg}\", \"Checksum\": \"{sum}\"")
+                        .as_bytes(),
+                );
+            }
+            s.extend_from_slice(b" }");
+        }
+        s.extend_from_slice(b"\n],\n\"WAL-Ranges\": [\n");
+        for (i, (tli, start, end)) in ranges.iter().enumerate() {
+            if i > 0 {
+                s.extend_from_slice(b",\n");
+            }
+            s.extend_from_slice(
+                format!(
+                    "{{ \"Timeline\": {tli}, \"Start-LSN\": \"{start}\", \"End-LSN\": \"{end}\" }}"
+                )
+                .as_bytes(),
+            );
+        }
+        s.extend_from_slice(b"\n],\n");
+        s
+    }
+
+    fn sample_files() -> Vec<TestFile> {
+        vec![
+            file("pg_tblspc/16385/PG_15_202209061/5/16386", &[7u8; 8192]),
+            file(
+                "backup_label",
+                b"START WAL LOCATION: 0/4000028 (file 000000010000000000000004)\n",
+            ),
+            file("PG_VERSION", b"15\n"),
+            file("base/1/1259", &[1u8; 16384]),
+            file("global/pg_control", &[2u8; 8192]),
+            file(
+                "pg_wal/00000002.history",
+                b"1\t0/5000000\tno recovery target specified\n",
+            ),
+            file(
+                "postgresql.auto.conf",
+                b"# Do not edit this file manually!\n",
+            ),
+            TestFile {
+                path: b"bad\\\xffname".to_vec(),
+                data: Vec::new(),
+                encode: false,
+            },
+        ]
+    }
+
+    const RANGES: [(u32, &str, &str); 2] =
+        [(2, "0/5000000", "0/5000138"), (1, "0/4000028", "0/5000000")];
+
+    fn sample_manifest(alg: ChecksumAlgorithm) -> Vec<u8> {
+        sign(body(2, Some(SYSID), alg, &sample_files(), &RANGES))
+    }
+
+    /// What pgrepl would record after writing every sample file faithfully.
+    fn written_all(alg: ChecksumAlgorithm) -> Vec<WrittenFile> {
+        sample_files()
+            .into_iter()
+            .map(|f| WrittenFile {
+                size: f.data.len() as u64,
+                checksum: digest(alg, &f.data),
+                path: f.path,
+            })
+            .collect()
+    }
+
+    fn written(path: &str, data: &[u8]) -> WrittenFile {
+        WrittenFile {
+            path: path.as_bytes().to_vec(),
+            size: data.len() as u64,
+            checksum: digest(ChecksumAlgorithm::Crc32c, data),
+        }
+    }
+
+    fn problems(err: ManifestError) -> Vec<FileProblem> {
+        match err {
+            ManifestError::FilesDoNotMatch(p) => p,
+            other => panic!("expected FilesDoNotMatch, got {other:?}"),
+        }
+    }
+
+    fn invalid_message(bytes: &[u8]) -> String {
+        match parse(bytes) {
+            Err(ManifestError::Invalid(why)) => why,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_version_2_with_system_identifier() {
+        let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
+        assert_eq!(m.version, 2);
+        // Above 2^53: a round trip through f64 would have changed it.
+        assert_eq!(m.system_identifier, Some(SYSID));
+        assert_eq!(m.files.len(), 8);
+        assert_eq!(m.checksum_algorithm(), Some(ChecksumAlgorithm::Crc32c));
+        let f = &m.files[2];
+        assert_eq!(f.path, b"PG_VERSION");
+        assert_eq!(f.size, 3);
+        assert_eq!(f.last_modified, MTIME);
+        assert_eq!(f.checksum.as_deref(), Some("8a744722"));
+        assert_eq!(m.files[7].path, b"bad\\\xffname");
+        assert_eq!(
+            m.wal_ranges,
+            vec![
+                WalRange {
+                    timeline: 2,
+                    start_lsn: "0/5000000".into(),
+                    end_lsn: "0/5000138".into()
+                },
+                WalRange {
+                    timeline: 1,
+                    start_lsn: "0/4000028".into(),
+                    end_lsn: "0/5000000".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_version_1_without_checksums() {
+        let bytes = sign(body(
+            1,
+            None,
+            ChecksumAlgorithm::None,
+            &sample_files(),
+            &RANGES[1..],
+        ));
+        let m = parse(&bytes).unwrap();
+        assert_eq!(m.version, 1);
+        assert_eq!(m.system_identifier, None);
+        assert!(m.files.iter().all(|f| f.checksum.is_none()));
+        assert_eq!(m.checksum_algorithm(), Some(ChecksumAlgorithm::None));
+        assert_eq!(m.wal_ranges.len(), 1);
+    }
+
+    #[test]
+    fn parses_every_algorithm() {
+        for alg in [
+            ChecksumAlgorithm::Sha224,
+            ChecksumAlgorithm::Sha256,
+            ChecksumAlgorithm::Sha384,
+            ChecksumAlgorithm::Sha512,
+        ] {
+            let m = parse(&sample_manifest(alg)).unwrap();
+            assert_eq!(m.checksum_algorithm(), Some(alg));
+            verify_written(&m, &written_all(alg)).unwrap();
+        }
+    }
+
+    #[test]
+    fn flipped_byte_is_a_checksum_mismatch() {
+        let good = sample_manifest(ChecksumAlgorithm::Crc32c);
+        let mut bad = good.clone();
+        // Turn `"Size": 3,` (PG_VERSION) into `"Size": 4,`: still valid JSON, but not what was signed.
+        let at = good.windows(10).position(|w| w == b"\"Size\": 3,").unwrap() + 8;
+        bad[at] = b'4';
+        match parse(&bad) {
+            Err(e @ ManifestError::ChecksumMismatch { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("backup manifest checksum mismatch: computed `"),
+                    "{msg}"
+                );
+            }
+            other => panic!("expected ChecksumMismatch, got {other:?}"),
+        }
+        // No single-bit change anywhere may be accepted.
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 1;
+            assert!(parse(&b).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn rejects_broken_framing() {
+        let good = sample_manifest(ChecksumAlgorithm::Crc32c);
+        let msg = invalid_message(&good[..good.len() - 1]);
+        assert!(msg.contains("newline"), "{msg}");
+        assert!(invalid_message(b"").contains("is this a backup manifest"));
+        assert!(invalid_message(b"{\"Files\": []}\n").contains("is this a backup manifest"));
+        let msg = invalid_message(b"{ \"PostgreSQL-Backup-Manifest-Version\": 1}\n");
+        assert!(msg.contains("at least 2 lines"), "{msg}");
+        let mut no_sum = body(1, None, ChecksumAlgorithm::None, &sample_files(), &RANGES);
+        no_sum.extend_from_slice(b"\"Manifest-Checksum\": \"abc\"}\n");
+        assert!(invalid_message(&no_sum).contains("is not 64 hex digits"));
+    }
+
+    /// Signs a mangled copy of the v2 sample, so that the checksum passes and the content check
+    /// is what fails.
+    fn mangled(from: &str, to: &str) -> Vec<u8> {
+        let b = String::from_utf8_lossy(&body(
+            2,
+            Some(SYSID),
+            ChecksumAlgorithm::Crc32c,
+            &sample_files()[..5],
+            &RANGES,
+        ))
+        .into_owned();
+        assert!(b.contains(from), "{from} not in sample");
+        sign(b.replacen(from, to, 1).into_bytes())
+    }
+
+    #[test]
+    fn rejects_nonsense_with_clear_messages() {
+        let cases = [
+            (
+                (
+                    "\"PostgreSQL-Backup-Manifest-Version\": 2",
+                    "\"PostgreSQL-Backup-Manifest-Version\": 3",
+                ),
+                "unsupported manifest version `3`",
+            ),
+            (
+                (
+                    "\"PostgreSQL-Backup-Manifest-Version\": 2",
+                    "\"PostgreSQL-Backup-Manifest-Version\": \"2\"",
+                ),
+                "unsupported manifest version `\"2\"`",
+            ),
+            (
+                ("\"System-Identifier\": 7362182938384710211,\n", ""),
+                "version 2 has no `System-Identifier`",
+            ),
+            (("\"Size\": 3, ", ""), "missing field `Size`"),
+            (("\"Size\": 3, ", "\"Size\": -3, "), "invalid value"),
+            (("\"Size\": 3, ", "\"Size\": 3.0, "), "invalid type"),
+            (
+                ("\"Path\": \"PG_VERSION\"", "\"Path\": \"base/1/1259\""),
+                "duplicate path `base/1/1259`",
+            ),
+            (
+                ("\"Checksum\": \"8a744722\"", "\"Checksum\": \"8a74472\""),
+                "has 7 hex digits, but `CRC32C` needs 8",
+            ),
+            (
+                ("\"Checksum\": \"8a744722\"", "\"Checksum\": \"8a74472z\""),
+                "checksum `8a74472z` is not hex",
+            ),
+            (
+                (
+                    "\"Checksum-Algorithm\": \"CRC32C\"",
+                    "\"Checksum-Algorithm\": \"MD5\"",
+                ),
+                "unknown checksum algorithm `MD5`",
+            ),
+            (
+                ("\"Checksum-Algorithm\": \"CRC32C\", ", ""),
+                "has `Checksum` `",
+            ),
+            (
+                (
+                    "\"Path\": \"PG_VERSION\"",
+                    "\"Path\": \"PG_VERSION\", \"Encoded-Path\": \"00\"",
+                ),
+                "both `Path` and `Encoded-Path`",
+            ),
+            (
+                ("\"Path\": \"PG_VERSION\"", "\"Encoded-Path\": \"5047z\""),
+                "`Encoded-Path` `5047z` is not valid hex",
+            ),
+            (
+                ("\"Path\": \"PG_VERSION\"", "\"Path\": \"../PG_VERSION\""),
+                "is not a plain relative path",
+            ),
+            (
+                ("\"Path\": \"PG_VERSION\"", "\"Path\": \"/etc/passwd\""),
+                "is not a plain relative path",
+            ),
+            (
+                ("\"Path\": \"PG_VERSION\"", "\"Encoded-Path\": \"\""),
+                "is empty",
+            ),
+            (
+                ("\"Path\": \"PG_VERSION\", ", ""),
+                "neither `Path` nor `Encoded-Path`",
+            ),
+            (
+                ("\"Size\": 3, ", "\"Size\": 3, \"Mode\": 384, "),
+                "unknown field `Mode`",
+            ),
+            (
+                (
+                    "\"Start-LSN\": \"0/4000028\"",
+                    "\"Start-LSN\": \"0/14000028A\"",
+                ),
+                "`Start-LSN` `0/14000028A` is not an LSN",
+            ),
+            (("\"Timeline\": 1", "\"Timeline\": 0"), "timeline 0"),
+            (
+                ("\"WAL-Ranges\"", "\"WAL-Range\""),
+                "unknown field `WAL-Range`",
+            ),
+        ];
+        for ((from, to), want) in cases {
+            let msg = invalid_message(&mangled(from, to));
+            assert!(
+                msg.contains(want),
+                "replacing {from:?} with {to:?}: {msg:?} lacks {want:?}"
+            );
+        }
+        let v1_with_id = sign(body(
+            1,
+            Some(SYSID),
+            ChecksumAlgorithm::None,
+            &sample_files(),
+            &RANGES,
+        ));
+        assert!(invalid_message(&v1_with_id).contains("version 1 has a `System-Identifier`"));
+        let no_ranges = sign(body(1, None, ChecksumAlgorithm::None, &sample_files(), &[]));
+        assert!(invalid_message(&no_ranges).contains("`WAL-Ranges` is empty"));
+        let err = parse(&mangled("\"Size\": 3, ", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid backup manifest: missing field `Size`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn encoded_path_round_trips() {
+        // Not UTF-8, so the server would use Encoded-Path; also force-encode a UTF-8 name, as
+        // `MANIFEST 'force-encode'` does.
+        let raw = b"base/1/\xff\xfe\x01odd".to_vec();
+        let files = vec![
+            TestFile {
+                path: raw.clone(),
+                data: b"x".to_vec(),
+                encode: false,
+            },
+            TestFile {
+                path: "base/1/café".as_bytes().to_vec(),
+                data: b"y".to_vec(),
+                encode: true,
+            },
+        ];
+        let bytes = sign(body(
+            1,
+            None,
+            ChecksumAlgorithm::Crc32c,
+            &files,
+            &RANGES[1..],
+        ));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains(&format!("\"Encoded-Path\": \"{}\"", hex::encode(&raw))));
+        let m = parse(&bytes).unwrap();
+        assert_eq!(m.files[0].path, raw);
+        assert_eq!(m.files[1].path, "base/1/café".as_bytes());
+
+        let mut w = vec![WrittenFile {
+            path: raw.clone(),
+            size: 1,
+            checksum: digest(ChecksumAlgorithm::Crc32c, b"x"),
+        }];
+        assert!(verify_written(&m, &w).is_err());
+        w.push(written("base/1/café", b"y"));
+        verify_written(&m, &w).unwrap();
+        w[0].size = 2;
+        let msg = verify_written(&m, &w).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "1 file does not match the backup manifest: `base/1/\\xff\\xfe\\u{1}odd`: size 2, manifest says 1"
+        );
+    }
+
+    #[test]
+    fn verify_written_accepts_a_faithful_backup() {
+        let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
+        let mut w = written_all(ChecksumAlgorithm::Crc32c);
+        verify_written(&m, &w).unwrap();
+        // Order does not matter.
+        w.reverse();
+        verify_written(&m, &w).unwrap();
+    }
+
+    #[test]
+    fn verify_written_reports_every_kind_of_problem() {
+        let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
+        let mut w = written_all(ChecksumAlgorithm::Crc32c);
+        w[3].size = 8192; // base/1/1259 is 16384 in the manifest
+        w[2].checksum = digest(ChecksumAlgorithm::Crc32c, b"16\n"); // PG_VERSION
+        w[1].checksum = None; // backup_label
+        let global = w.remove(4); // global/pg_control never written
+        w.push(written("base/1/9999", b"extra"));
+        w.push(w[0].clone()); // the tablespace file twice
+        let p = problems(verify_written(&m, &w).unwrap_err());
+        let kinds: Vec<_> = p
+            .iter()
+            .map(|p| {
+                (
+                    String::from_utf8_lossy(&p.path).into_owned(),
+                    p.kind.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (
+                    "backup_label".into(),
+                    ProblemKind::ChecksumMismatch {
+                        written: None,
+                        manifest: m.files[1].checksum.clone().unwrap()
+                    }
+                ),
+                (
+                    "PG_VERSION".into(),
+                    ProblemKind::ChecksumMismatch {
+                        written: digest(ChecksumAlgorithm::Crc32c, b"16\n"),
+                        manifest: "8a744722".into()
+                    }
+                ),
+                (
+                    "base/1/1259".into(),
+                    ProblemKind::SizeMismatch {
+                        written: 8192,
+                        manifest: 16384
+                    }
+                ),
+                ("base/1/9999".into(), ProblemKind::NotInManifest),
+                (
+                    "pg_tblspc/16385/PG_15_202209061/5/16386".into(),
+                    ProblemKind::WrittenTwice
+                ),
+                (
+                    String::from_utf8_lossy(&global.path).into_owned(),
+                    ProblemKind::Missing
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn verify_written_message_lists_the_first_few() {
+        let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
+        let mut w = written_all(ChecksumAlgorithm::Crc32c);
+        w[3].size = 8192;
+        w.retain(|f| f.path != b"global/pg_control");
+        let msg = verify_written(&m, &w).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "2 files do not match the backup manifest: `base/1/1259`: size 8192, manifest says 16384; \
+             `global/pg_control`: missing"
+        );
+
+        let extras: Vec<_> = (0..8)
+            .map(|i| written(&format!("base/1/x{i}"), b""))
+            .collect();
+        let msg = verify_written(
+            &m,
+            &[written_all(ChecksumAlgorithm::Crc32c), extras].concat(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.starts_with(
+                "8 files do not match the backup manifest: `base/1/x0`: not in the manifest; "
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("`base/1/x4`: not in the manifest; and 3 more"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn pg_wal_is_exempt_both_ways() {
+        let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
+        // The manifest lists pg_wal/00000002.history; not writing it is fine, and so is writing
+        // segments and archive_status markers that the manifest never lists.
+        let mut w = written_all(ChecksumAlgorithm::Crc32c);
+        w.retain(|f| !f.path.starts_with(b"pg_wal/"));
+        w.push(written("pg_wal/000000010000000000000004", &[0u8; 64]));
+        w.push(written(
+            "pg_wal/archive_status/000000010000000000000004.done",
+            b"",
+        ));
+        w.push(written("pg_wal/00000002.history", b"something else"));
+        verify_written(&m, &w).unwrap();
+        // A name that merely starts with "pg_wal" is not exempt.
+        w.push(written("pg_walx/1", b""));
+        let p = problems(verify_written(&m, &w).unwrap_err());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, b"pg_walx/1");
+    }
+
+    #[test]
+    fn ignored_top_level_files_are_exempt() {
+        let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
+        let mut w = written_all(ChecksumAlgorithm::Crc32c);
+        // -R rewrites postgresql.auto.conf and adds standby.signal.
+        let auto = w
+            .iter_mut()
+            .find(|f| f.path == b"postgresql.auto.conf")
+            .unwrap();
+        auto.size += 100;
+        auto.checksum = None;
+        for name in ["standby.signal", "recovery.signal", "backup_manifest"] {
+            w.push(written(name, b"anything"));
+        }
+        verify_written(&m, &w).unwrap();
+        w.retain(|f| f.path != b"postgresql.auto.conf");
+        verify_written(&m, &w).unwrap();
+        // Only at the top level.
+        w.push(written("base/standby.signal", b""));
+        let p = problems(verify_written(&m, &w).unwrap_err());
+        assert_eq!(
+            p,
+            vec![FileProblem {
+                path: b"base/standby.signal".to_vec(),
+                kind: ProblemKind::NotInManifest
+            }]
+        );
+    }
+
+    #[test]
+    fn ignored_path_matches_whole_components() {
+        for p in [
+            "pg_wal",
+            "pg_wal/x",
+            "backup_manifest",
+            "standby.signal",
+            "recovery.signal",
+            "postgresql.auto.conf",
+        ] {
+            assert!(is_ignored_path(p.as_bytes()), "{p}");
+        }
+        for p in [
+            "pg_walx",
+            "base/pg_wal/x",
+            "backup_manifest.tmp",
+            "postgresql.conf",
+            "",
+        ] {
+            assert!(!is_ignored_path(p.as_bytes()), "{p}");
+        }
+    }
+
+    /// A real manifest from `pg_basebackup -X none` against PostgreSQL 15.x (default CRC32C). The
+    /// cluster had a tablespace (OID 16384), a file with a non-UTF-8 name (hence one
+    /// `Encoded-Path`), and a file whose name needs JSON escapes (`café "q" \ tab<TAB>x`).
+    #[test]
+    fn parses_real_pg15_manifest() {
+        let bytes = include_bytes!("../../tests/fixtures/backup_manifest_pg15");
+        let m = parse(bytes).unwrap();
+        assert_eq!(m.version, 1);
+        assert_eq!(m.system_identifier, None);
+        assert_eq!(m.files.len(), 969);
+        assert_eq!(m.checksum_algorithm(), Some(ChecksumAlgorithm::Crc32c));
+        assert_eq!(m.wal_ranges.len(), 1);
+        assert_eq!(m.wal_ranges[0].timeline, 1);
+
+        let find = |p: &[u8]| m.files.iter().find(|f| f.path == p);
+        // The server's CRC32C over "15\n", cross-checked against FileChecksum.
+        let pg_version = find(b"PG_VERSION").unwrap();
+        assert_eq!(
+            pg_version.checksum,
+            digest(ChecksumAlgorithm::Crc32c, b"15\n")
+        );
+        assert!(find(b"odd_\xff\xfename").is_some());
+        assert!(find("café \"q\" \\ tab\tx".as_bytes()).is_some());
+        assert!(find(b"pg_tblspc/16384/PG_15_202209061/5/16385").is_some());
+        assert!(m.files.iter().all(|f| !f.path.starts_with(b"pg_wal/0")));
+
+        let mut bad = bytes.to_vec();
+        bad[100] ^= 0x20;
+        assert!(matches!(
+            parse(&bad),
+            Err(ManifestError::ChecksumMismatch { .. })
+        ));
+    }
+}

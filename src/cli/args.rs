@@ -1,0 +1,128 @@
+//! Raw command-line arguments (clap derive). The `///` docs are the help text. Nothing here is
+//! validated beyond its type; `cli::mod` converts these into library options.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "pgrepl", version, about = "PostgreSQL physical streaming replication, spoken natively")]
+pub struct Cli {
+    /// More detail on stderr (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a base backup over the replication protocol into one or more standby data directories.
+    #[command(disable_help_flag = true)]
+    Basebackup(BasebackupArgs),
+}
+
+/// Where to connect, as libpq tools take it. Flags override the -d string, which overrides
+/// PGHOST, PGPORT, PGUSER and friends.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
+    /// Connection string or URI (`host=... port=... user=...` or `postgresql://user@host:port`).
+    #[arg(short = 'd', long = "dbname", value_name = "CONNINFO")]
+    pub conninfo: Option<String>,
+    /// Server host name or Unix socket directory.
+    #[arg(short = 'h', long = "host")]
+    pub host: Option<String>,
+    /// Server port.
+    #[arg(short = 'p', long = "port")]
+    pub port: Option<String>,
+    /// Role to connect as (needs the REPLICATION attribute).
+    #[arg(short = 'U', long = "username")]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WalMethodArg {
+    Stream,
+    Fetch,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CheckpointArg {
+    Fast,
+    Spread,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressArg {
+    #[value(name = "server-gzip")]
+    ServerGzip,
+    #[value(name = "server-lz4")]
+    ServerLz4,
+    #[value(name = "server-zstd")]
+    ServerZstd,
+}
+
+#[derive(Debug, Args)]
+pub struct BasebackupArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Target data directory; repeat to fill several standbys in one pass over the stream.
+    #[arg(short = 'D', long = "pgdata", value_name = "DIR", required = true)]
+    pub targets: Vec<PathBuf>,
+    /// How the targets get the WAL they need.
+    #[arg(short = 'X', long = "wal-method", value_enum, default_value = "stream")]
+    pub wal_method: WalMethodArg,
+    /// Write standby.signal and primary_conninfo (in postgresql.auto.conf) into each target.
+    #[arg(short = 'R', long = "write-recovery-conf")]
+    pub write_recovery_conf: bool,
+    /// application_name for each target's primary_conninfo, once per -D, in the same order.
+    #[arg(long = "application-name", value_name = "NAME")]
+    pub application_names: Vec<String>,
+    /// Checkpoint at the start: fast (immediate) or spread (the server's pace).
+    #[arg(short = 'c', long = "checkpoint", value_enum, default_value = "spread")]
+    pub checkpoint: CheckpointArg,
+    /// Show a progress bar (asks the server for a size estimate first).
+    #[arg(short = 'P', long = "progress")]
+    pub progress: bool,
+    /// Backup label.
+    #[arg(short = 'l', long = "label", default_value = "pgrepl base backup")]
+    pub label: String,
+    /// Maximum transfer rate in kB/s (suffix k or M: 32k..1024M).
+    #[arg(short = 'r', long = "max-rate", value_name = "RATE")]
+    pub max_rate: Option<String>,
+    /// Replication slot to stream with (and to name in primary_slot_name with -R).
+    #[arg(short = 'S', long = "slot")]
+    pub slot: Option<String>,
+    /// Create the slot given with -S first.
+    #[arg(short = 'C', long = "create-slot")]
+    pub create_slot: bool,
+    /// Relocate the tablespace in OLDDIR to NEWDIR; with several -D, once per target in -D order.
+    #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
+    pub tablespace_mappings: Vec<String>,
+    /// Do not wait for the files to be safely on disk.
+    #[arg(short = 'N', long = "no-sync")]
+    pub no_sync: bool,
+    /// Do not ask for (or verify against) a backup manifest.
+    #[arg(long = "no-manifest")]
+    pub no_manifest: bool,
+    /// Checksum algorithm for the manifest: CRC32C, SHA224, SHA256, SHA384, SHA512 or NONE.
+    #[arg(long = "manifest-checksums", default_value = "CRC32C")]
+    pub manifest_checksums: String,
+    /// Compress on the server (PostgreSQL 15+); pgrepl decompresses as it writes.
+    #[arg(long = "compress", value_enum)]
+    pub compress: Option<CompressArg>,
+    /// Give every written file to UID:GID (e.g. 999:999 for a container's postgres user).
+    #[arg(long = "owner", value_name = "UID:GID")]
+    pub owner: Option<String>,
+    /// Host and port the standbys should use for the primary in primary_conninfo (default: the
+    /// ones pgrepl connected to).
+    #[arg(long = "primary-host", value_name = "HOST[:PORT]")]
+    pub primary_host: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Print help.
+    #[arg(long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}

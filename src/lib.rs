@@ -1,0 +1,21 @@
+//! pgrepl: PostgreSQL physical streaming replication, spoken natively.
+//!
+//! pgrepl opens replication connections itself, takes base backups straight into standby data
+//! directories, streams WAL and measures lag — no psql, no pg_basebackup, no `docker exec`.
+//!
+//! # Layout
+//! Dependencies only point downward:
+//! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
+//! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`).
+//! - [`replication`]: START_REPLICATION streaming into WAL segment files.
+//! - [`conn`]: replication sessions: sockets, TLS, authentication, simple queries.
+//! - [`proto`]: the pure wire codec, no I/O.
+//! - [`lsn`]: WAL positions and segment arithmetic.
+
+pub mod backup;
+pub mod conn;
+pub mod lsn;
+pub mod proto;
+pub mod replication;
+
+pub use lsn::Lsn;
