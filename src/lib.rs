@@ -8,12 +8,14 @@
 //! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
 //! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`).
 //! - [`replication`]: START_REPLICATION streaming into WAL segment files.
+//! - [`lag`]: replication health of every node (`pgrepl lag`, `pgrepl status`).
 //! - [`conn`]: replication sessions: sockets, TLS, authentication, simple queries.
 //! - [`proto`]: the pure wire codec, no I/O.
 //! - [`lsn`]: WAL positions and segment arithmetic.
 
 pub mod backup;
 pub mod conn;
+pub mod lag;
 pub mod lsn;
 pub mod proto;
 pub mod replication;

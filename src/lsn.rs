@@ -139,7 +139,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in ["", "/", "0/", "/0", "0", "0/0/0", "g/0", "123456789/0", "0/-1", "+1/0"] {
+        for bad in [
+            "",
+            "/",
+            "0/",
+            "/0",
+            "0",
+            "0/0/0",
+            "g/0",
+            "123456789/0",
+            "0/-1",
+            "+1/0",
+        ] {
             let err = bad.parse::<Lsn>().unwrap_err();
             assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
         }

@@ -110,7 +110,9 @@ pub struct WrittenFile {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The SHA-256 over the manifest body does not match its `Manifest-Checksum`.
-    #[error("backup manifest checksum mismatch: computed `{computed}`, manifest says `{expected}`")]
+    #[error(
+        "backup manifest checksum mismatch: computed `{computed}`, manifest says `{expected}`"
+    )]
     ChecksumMismatch {
         /// What pgrepl computed.
         computed: String,

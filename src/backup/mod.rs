@@ -37,7 +37,9 @@ use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet, Sessio
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
 use crate::proto::base_backup::BackupStreamMessage;
-use crate::proto::command::{BaseBackupCommand, ReplicationCommand, ServerCompression, BASE_BACKUP_NEW_SYNTAX_MAJOR};
+use crate::proto::command::{
+    BaseBackupCommand, ReplicationCommand, ServerCompression, BASE_BACKUP_NEW_SYNTAX_MAJOR,
+};
 use crate::proto::ProtocolError;
 use crate::replication::wal_sink::{SegmentNaming, SegmentWriter};
 use crate::replication::{self, ReplicationError, StreamOptions};
@@ -79,17 +81,24 @@ pub enum BackupError {
 
 impl BackupError {
     fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     fn target(path: &Path, reason: &str) -> Self {
-        Self::Target { path: path.to_owned(), reason: reason.to_owned() }
+        Self::Target {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        }
     }
 
-    /// The SQLSTATE of a server-reported failure anywhere in the chain.
-    pub fn sqlstate(&self) -> Option<&str> {
+    /// The connection failure underneath, if that is what went wrong. (`transparent` variants
+    /// hide it from `source()` chains, so callers ask here.)
+    pub fn connection_error(&self) -> Option<&ConnectionError> {
         match self {
-            Self::Connection(e) | Self::Replication(ReplicationError::Connection(e)) => e.sqlstate(),
+            Self::Connection(e) | Self::Replication(ReplicationError::Connection(e)) => Some(e),
             _ => None,
         }
     }
@@ -207,7 +216,11 @@ pub async fn base_backup(
     }
 }
 
-async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Arc<dyn Progress>) -> Result<BackupSummary, BackupError> {
+async fn run(
+    connect: &ConnectOptions,
+    options: &BaseBackupOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     validate(options)?;
     let mut staging = Staging::default();
@@ -217,12 +230,19 @@ async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Ar
     }
 
     let mut conn = Connection::connect(connect, SessionKind::PhysicalReplication).await?;
-    let major = conn.server_major().ok_or_else(|| BackupError::UnsupportedServer("unknown".into()))?;
+    let major = conn
+        .server_major()
+        .ok_or_else(|| BackupError::UnsupportedServer("unknown".into()))?;
     if major < *SUPPORTED_MAJORS.start() {
-        return Err(BackupError::UnsupportedServer(conn.parameter("server_version").unwrap_or("?").to_owned()));
+        return Err(BackupError::UnsupportedServer(
+            conn.parameter("server_version").unwrap_or("?").to_owned(),
+        ));
     }
     if major > *SUPPORTED_MAJORS.end() {
-        tracing::warn!(major, "server is newer than pgrepl was tested with; using the PostgreSQL 15+ protocol");
+        tracing::warn!(
+            major,
+            "server is newer than pgrepl was tested with; using the PostgreSQL 15+ protocol"
+        );
     }
     let system = conn.identify_system().await?;
     let segment_size = parse_size(&conn.show("wal_segment_size").await?)?;
@@ -230,7 +250,13 @@ async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Ar
         "0750" => 0o750,
         _ => 0o700,
     };
-    tracing::info!(system_id = system.system_id, timeline = system.timeline, major, "connected to `{}`", conn.peer());
+    tracing::info!(
+        system_id = system.system_id,
+        timeline = system.timeline,
+        major,
+        "connected to `{}`",
+        conn.peer()
+    );
 
     if let Some(slot) = &options.slot {
         if options.create_slot {
@@ -269,7 +295,12 @@ async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Ar
     let start_timeline: u32 = start.parse(start_row, "tli")?;
     let tablespaces = parse_tablespaces(&read_result_set(&mut conn).await?)?;
     tracing::info!(%start_lsn, timeline = start_timeline, tablespaces = tablespaces.len() - 1, "backup started");
-    progress.start(options.estimate_size.then(|| tablespaces.iter().map(|t| t.size_kb.unwrap_or(0) * 1024).sum()));
+    progress.start(options.estimate_size.then(|| {
+        tablespaces
+            .iter()
+            .map(|t| t.size_kb.unwrap_or(0) * 1024)
+            .sum()
+    }));
 
     let layout = plan_tablespaces(&tablespaces, options, &mut staging)?;
 
@@ -287,7 +318,9 @@ async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Ar
     };
 
     let extract = ExtractOptions {
-        checksum: options.manifest_checksums.unwrap_or(ChecksumAlgorithm::None),
+        checksum: options
+            .manifest_checksums
+            .unwrap_or(ChecksumAlgorithm::None),
         tablespace_links: layout.links.clone(),
         owner: options.owner,
         max_entry_size: 1 << 40,
@@ -301,9 +334,18 @@ async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Ar
         manifest: BytesMut::new(),
     };
     let received = if major >= BASE_BACKUP_NEW_SYNTAX_MAJOR {
-        receiver.receive_typed_stream(&mut conn, streamer.as_ref()).await
+        receiver
+            .receive_typed_stream(&mut conn, streamer.as_ref())
+            .await
     } else {
-        receiver.receive_per_tablespace(&mut conn, &tablespaces, options.manifest_checksums.is_some(), streamer.as_ref()).await
+        receiver
+            .receive_per_tablespace(
+                &mut conn,
+                &tablespaces,
+                options.manifest_checksums.is_some(),
+                streamer.as_ref(),
+            )
+            .await
     };
     if let Err(e) = received {
         return Err(match streamer {
@@ -324,15 +366,24 @@ async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Ar
     }
     progress.finish();
 
-    let ArchiveReceiver { written, manifest, .. } = receiver;
+    let ArchiveReceiver {
+        written, manifest, ..
+    } = receiver;
     let manifest_verified = if options.manifest_checksums.is_some() {
         let parsed = manifest::parse(&manifest)?;
         manifest::verify_written(&parsed, &written)?;
         for dir in &data_dirs {
-            std::fs::write(dir.join("backup_manifest"), &manifest)
-                .map_err(|e| BackupError::io(format!("write `{}`", dir.join("backup_manifest").display()), e))?;
+            std::fs::write(dir.join("backup_manifest"), &manifest).map_err(|e| {
+                BackupError::io(
+                    format!("write `{}`", dir.join("backup_manifest").display()),
+                    e,
+                )
+            })?;
         }
-        tracing::info!(files = parsed.files.len(), "every file matches the backup manifest");
+        tracing::info!(
+            files = parsed.files.len(),
+            "every file matches the backup manifest"
+        );
         true
     } else {
         false
@@ -368,7 +419,9 @@ async fn run(connect: &ConnectOptions, options: &BaseBackupOptions, progress: Ar
 
 fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
     if options.targets.is_empty() {
-        return Err(BackupError::Invalid("no target directory given; use -D DIR".into()));
+        return Err(BackupError::Invalid(
+            "no target directory given; use -D DIR".into(),
+        ));
     }
     if let Some(rate) = options.max_rate_kbps {
         if !(32..=1_048_576).contains(&rate) {
@@ -378,23 +431,34 @@ fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
         }
     }
     if let Some(slot) = &options.slot {
-        if slot.is_empty() || slot.len() > 63 || !slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        if slot.is_empty()
+            || slot.len() > 63
+            || !slot
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             return Err(BackupError::Invalid(format!(
                 "invalid replication slot name `{slot}`: use lower-case letters, digits and underscores, at most 63"
             )));
         }
     }
     if options.create_slot && options.slot.is_none() {
-        return Err(BackupError::Invalid("--create-slot needs a slot name: add -S NAME".into()));
+        return Err(BackupError::Invalid(
+            "--create-slot needs a slot name: add -S NAME".into(),
+        ));
     }
     Ok(())
 }
 
 /// `16MB`, `1GB`, `8192`... as the server prints sizes for SHOW.
 fn parse_size(text: &str) -> Result<u64, BackupError> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| BackupError::Invalid(format!("unexpected size `{text}`")))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| BackupError::Invalid(format!("unexpected size `{text}`")))?;
     let factor = match unit.trim() {
         "" | "B" => 1,
         "kB" => 1 << 10,
@@ -429,7 +493,10 @@ async fn read_until_ready(conn: &mut Connection) -> Result<(), BackupError> {
     }
 }
 
-async fn drain_error(conn: &mut Connection, error: crate::proto::server_error::ServerError) -> BackupError {
+async fn drain_error(
+    conn: &mut Connection,
+    error: crate::proto::server_error::ServerError,
+) -> BackupError {
     if !error.is_fatal() {
         while let Ok(message) = conn.read_message().await {
             if matches!(message, BackendMessage::ReadyForQuery) {
@@ -454,11 +521,22 @@ fn parse_tablespaces(set: &ResultSet) -> Result<Vec<Tablespace>, BackupError> {
         let oid = set.text(row, "spcoid")?.map(str::parse::<u32>).transpose();
         let oid = oid.map_err(|_| ProtocolError::malformed("tablespace list", "bad spcoid"))?;
         let size_kb = set.text(row, "size")?.and_then(|s| s.parse().ok());
-        let location = set.text(row, "spclocation")?.filter(|l| !l.is_empty()).map(PathBuf::from);
-        list.push(Tablespace { oid, location, size_kb });
+        let location = set
+            .text(row, "spclocation")?
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from);
+        list.push(Tablespace {
+            oid,
+            location,
+            size_kb,
+        });
     }
     if list.last().is_none_or(|t| t.oid.is_some()) {
-        return Err(ProtocolError::malformed("tablespace list", "the data directory is not the last row").into());
+        return Err(ProtocolError::malformed(
+            "tablespace list",
+            "the data directory is not the last row",
+        )
+        .into());
     }
     Ok(list)
 }
@@ -474,12 +552,22 @@ struct TablespaceLayout {
     by_location: HashMap<PathBuf, u32>,
 }
 
-fn plan_tablespaces(tablespaces: &[Tablespace], options: &BaseBackupOptions, staging: &mut Staging) -> Result<TablespaceLayout, BackupError> {
+fn plan_tablespaces(
+    tablespaces: &[Tablespace],
+    options: &BaseBackupOptions,
+    staging: &mut Staging,
+) -> Result<TablespaceLayout, BackupError> {
     let mut layout = TablespaceLayout::default();
     for ts in tablespaces {
-        let (Some(oid), Some(location)) = (ts.oid, &ts.location) else { continue };
-        let mapped: Vec<&PathBuf> =
-            options.tablespace_mappings.iter().filter(|(old, _)| old == location).map(|(_, new)| new).collect();
+        let (Some(oid), Some(location)) = (ts.oid, &ts.location) else {
+            continue;
+        };
+        let mapped: Vec<&PathBuf> = options
+            .tablespace_mappings
+            .iter()
+            .filter(|(old, _)| old == location)
+            .map(|(_, new)| new)
+            .collect();
         let finals: Vec<PathBuf> = match (mapped.len(), options.targets.len()) {
             (0, 1) => vec![location.clone()],
             (n, targets) if n == targets => mapped.into_iter().cloned().collect(),
@@ -495,7 +583,10 @@ fn plan_tablespaces(tablespaces: &[Tablespace], options: &BaseBackupOptions, sta
         let mut staged = Vec::new();
         for dir in &finals {
             if !dir.is_absolute() {
-                return Err(BackupError::Tablespace(format!("tablespace mapping `{}` must be an absolute path", dir.display())));
+                return Err(BackupError::Tablespace(format!(
+                    "tablespace mapping `{}` must be an absolute path",
+                    dir.display()
+                )));
             }
             staged.push(staging.add(dir).map_err(|e| {
                 BackupError::Tablespace(format!(
@@ -529,14 +620,27 @@ const CHANNEL_DEPTH: usize = 64;
 
 impl ArchiveReceiver<'_> {
     /// Starts an extractor for the archive at `location` (`None`: the data directory).
-    fn open_archive(&self, name: &str, location: Option<&Path>) -> Result<OpenArchive, BackupError> {
+    fn open_archive(
+        &self,
+        name: &str,
+        location: Option<&Path>,
+    ) -> Result<OpenArchive, BackupError> {
         let destination = match location {
-            None => ArchiveDestination { roots: self.data_dirs.to_vec(), manifest_prefix: String::new() },
+            None => ArchiveDestination {
+                roots: self.data_dirs.to_vec(),
+                manifest_prefix: String::new(),
+            },
             Some(location) => {
                 let oid = *self.layout.by_location.get(location).ok_or_else(|| {
-                    ProtocolError::malformed("BASE_BACKUP", format!("archive for unknown tablespace `{}`", location.display()))
+                    ProtocolError::malformed(
+                        "BASE_BACKUP",
+                        format!("archive for unknown tablespace `{}`", location.display()),
+                    )
                 })?;
-                ArchiveDestination { roots: self.layout.staging[&oid].clone(), manifest_prefix: format!("pg_tblspc/{oid}/") }
+                ArchiveDestination {
+                    roots: self.layout.staging[&oid].clone(),
+                    manifest_prefix: format!("pg_tblspc/{oid}/"),
+                }
             }
         };
         let compression = Compression::from_archive_name(name)?;
@@ -544,9 +648,17 @@ impl ArchiveReceiver<'_> {
         let extract = self.extract.clone();
         let progress = self.progress.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let reader = compression.reader(ChannelReader { rx, current: Bytes::new() })?;
+            let reader = compression.reader(ChannelReader {
+                rx,
+                current: Bytes::new(),
+            })?;
             let mut on_bytes = |n: u64| progress.advance(n);
-            Ok(unpack::extract_archive(reader, &destination, &extract, &mut on_bytes)?)
+            Ok(unpack::extract_archive(
+                reader,
+                &destination,
+                &extract,
+                &mut on_bytes,
+            )?)
         });
         Ok(OpenArchive { tx, task })
     }
@@ -559,7 +671,11 @@ impl ArchiveReceiver<'_> {
     }
 
     /// PostgreSQL 15+: one CopyOut carrying typed messages for every archive and the manifest.
-    async fn receive_typed_stream(&mut self, conn: &mut Connection, streamer: Option<&WalStreamer>) -> Result<(), BackupError> {
+    async fn receive_typed_stream(
+        &mut self,
+        conn: &mut Connection,
+        streamer: Option<&WalStreamer>,
+    ) -> Result<(), BackupError> {
         expect_copy_out(conn).await?;
         let mut current: Option<OpenArchive> = None;
         let mut in_manifest = false;
@@ -567,15 +683,27 @@ impl ArchiveReceiver<'_> {
             let message = next_backup_message(conn, streamer).await?;
             match message {
                 BackendMessage::CopyData(payload) => match BackupStreamMessage::parse(payload)? {
-                    BackupStreamMessage::NewArchive { name, tablespace_path } => {
+                    BackupStreamMessage::NewArchive {
+                        name,
+                        tablespace_path,
+                    } => {
                         self.close_archive(current.take()).await?;
-                        let location = (!tablespace_path.is_empty()).then(|| PathBuf::from(&tablespace_path));
+                        let location =
+                            (!tablespace_path.is_empty()).then(|| PathBuf::from(&tablespace_path));
                         current = Some(self.open_archive(&name, location.as_deref())?);
                     }
-                    BackupStreamMessage::Data(data) if in_manifest => self.manifest.extend_from_slice(&data),
+                    BackupStreamMessage::Data(data) if in_manifest => {
+                        self.manifest.extend_from_slice(&data)
+                    }
                     BackupStreamMessage::Data(data) => match current.as_mut() {
                         Some(archive) => archive.send(data).await?,
-                        None => return Err(ProtocolError::malformed("BASE_BACKUP", "data before the first archive").into()),
+                        None => {
+                            return Err(ProtocolError::malformed(
+                                "BASE_BACKUP",
+                                "data before the first archive",
+                            )
+                            .into())
+                        }
                     },
                     BackupStreamMessage::Progress(_) => {}
                     BackupStreamMessage::ManifestStart => {
@@ -619,7 +747,11 @@ impl ArchiveReceiver<'_> {
                     BackendMessage::CopyData(data) => self.manifest.extend_from_slice(&data),
                     BackendMessage::CopyDone => break,
                     BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
-                    other => return Err(ConnectionError::unexpected("the backup manifest", &other).into()),
+                    other => {
+                        return Err(
+                            ConnectionError::unexpected("the backup manifest", &other).into()
+                        )
+                    }
                 }
             }
         }
@@ -628,7 +760,10 @@ impl ArchiveReceiver<'_> {
 }
 
 /// The next message of the backup stream, or the streamer's failure if it fails first.
-async fn next_backup_message(conn: &mut Connection, streamer: Option<&WalStreamer>) -> Result<BackendMessage, BackupError> {
+async fn next_backup_message(
+    conn: &mut Connection,
+    streamer: Option<&WalStreamer>,
+) -> Result<BackendMessage, BackupError> {
     match streamer {
         Some(streamer) => tokio::select! {
             message = conn.read_message() => Ok(message?),
@@ -662,7 +797,9 @@ impl OpenArchive {
 
     async fn finish(self) -> Result<Vec<WrittenFile>, BackupError> {
         drop(self.tx);
-        self.task.await.map_err(|e| BackupError::io("extract archive", io::Error::other(e)))?
+        self.task
+            .await
+            .map_err(|e| BackupError::io("extract archive", io::Error::other(e)))?
     }
 }
 
@@ -706,7 +843,11 @@ impl Compression {
         } else if name.ends_with(".tar.zst") {
             Self::Zstd
         } else {
-            return Err(ProtocolError::malformed("BASE_BACKUP", format!("unexpected archive name `{name}`")).into());
+            return Err(ProtocolError::malformed(
+                "BASE_BACKUP",
+                format!("unexpected archive name `{name}`"),
+            )
+            .into());
         })
     }
 
@@ -715,7 +856,10 @@ impl Compression {
             Self::None => Box::new(inner),
             Self::Gzip => Box::new(flate2::read::GzDecoder::new(inner)),
             Self::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(inner)),
-            Self::Zstd => Box::new(zstd::stream::read::Decoder::new(inner).map_err(|e| BackupError::io("start zstd", e))?),
+            Self::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(inner)
+                    .map_err(|e| BackupError::io("start zstd", e))?,
+            ),
         })
     }
 }
@@ -744,7 +888,17 @@ impl WalStreamer {
         let slot = options.slot.clone();
         let failed_guard = failed.clone();
         let task = tokio::spawn(async move {
-            let result = stream_into(connect, slot, system_id, wal_dirs, segment_size, start, timeline, stop_rx).await;
+            let result = stream_into(
+                connect,
+                slot,
+                system_id,
+                wal_dirs,
+                segment_size,
+                start,
+                timeline,
+                stop_rx,
+            )
+            .await;
             if result.is_err() {
                 failed_guard.cancel();
             }
@@ -756,7 +910,9 @@ impl WalStreamer {
     /// Tells the streamer where the backup ended and waits until it has written that far.
     async fn finish(self, end: Lsn) -> Result<(), BackupError> {
         let _ = self.stop.send(Some(end));
-        self.task.await.map_err(|e| BackupError::io("stream WAL", io::Error::other(e)))?
+        self.task
+            .await
+            .map_err(|e| BackupError::io("stream WAL", io::Error::other(e)))?
     }
 
     /// When the archive side failed, the streamer's own error is often the real cause.
@@ -803,10 +959,18 @@ async fn stream_into(
     // No fsync per segment: the whole target is synced once before it is moved into place.
     let mut writer = SegmentWriter::new(wal_dirs, segment_size, SegmentNaming::Standby, false)
         .map_err(|e| BackupError::io("prepare pg_wal", e))?;
-    let options = StreamOptions { slot: Some(slot), start, timeline, status_interval: Duration::from_secs(10), report_flush: false };
+    let options = StreamOptions {
+        slot: Some(slot),
+        start,
+        timeline,
+        status_interval: Duration::from_secs(10),
+        report_flush: false,
+    };
     let never = CancellationToken::new();
     let end = replication::stream_wal(&mut conn, &options, &mut writer, stop, &never).await?;
-    writer.finish().map_err(|e| BackupError::io("finish WAL segment", e))?;
+    writer
+        .finish()
+        .map_err(|e| BackupError::io("finish WAL segment", e))?;
     tracing::info!(?end, "WAL streaming finished");
     conn.close().await;
     Ok(())
@@ -819,7 +983,12 @@ fn rand_suffix() -> String {
 }
 
 /// `-R` and permissions, applied to every staged data directory.
-fn finish_targets(connect: &ConnectOptions, options: &BaseBackupOptions, data_dirs: &[PathBuf], mode: u32) -> Result<(), BackupError> {
+fn finish_targets(
+    connect: &ConnectOptions,
+    options: &BaseBackupOptions,
+    data_dirs: &[PathBuf],
+    mode: u32,
+) -> Result<(), BackupError> {
     for (target, dir) in options.targets.iter().zip(data_dirs) {
         if options.write_recovery_conf {
             let mut primary = connect.clone();
@@ -828,8 +997,14 @@ fn finish_targets(connect: &ConnectOptions, options: &BaseBackupOptions, data_di
                 primary.port = *port;
             }
             let conninfo = primary.primary_conninfo(target.application_name.as_deref(), true);
-            standby_conf::write_standby_config(dir, &conninfo, options.slot.as_deref())
-                .map_err(|e| BackupError::io(format!("write standby settings into `{}`", dir.display()), e))?;
+            standby_conf::write_standby_config(dir, &conninfo, options.slot.as_deref()).map_err(
+                |e| {
+                    BackupError::io(
+                        format!("write standby settings into `{}`", dir.display()),
+                        e,
+                    )
+                },
+            )?;
         }
         target::set_data_dir_mode(dir, mode)?;
     }
@@ -852,14 +1027,26 @@ mod tests {
     fn options_are_checked_before_connecting() {
         let mut options = BaseBackupOptions::new(vec![]);
         assert!(validate(&options).unwrap_err().to_string().contains("-D"));
-        options.targets.push(BackupTarget { dir: "/tmp/x".into(), application_name: None });
+        options.targets.push(BackupTarget {
+            dir: "/tmp/x".into(),
+            application_name: None,
+        });
         options.max_rate_kbps = Some(0);
-        assert!(validate(&options).unwrap_err().to_string().contains("32 to 1048576"));
+        assert!(validate(&options)
+            .unwrap_err()
+            .to_string()
+            .contains("32 to 1048576"));
         options.max_rate_kbps = None;
         options.slot = Some("Bad-Name".into());
-        assert!(validate(&options).unwrap_err().to_string().contains("invalid replication slot name"));
+        assert!(validate(&options)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid replication slot name"));
         options.slot = None;
         options.create_slot = true;
-        assert!(validate(&options).unwrap_err().to_string().contains("-S NAME"));
+        assert!(validate(&options)
+            .unwrap_err()
+            .to_string()
+            .contains("-S NAME"));
     }
 }

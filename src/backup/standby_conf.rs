@@ -11,11 +11,21 @@ use crate::conn::config::conf_string_literal;
 
 /// Appends the standby settings to `data_dir`. The auto.conf may hold a password, so a file
 /// created here is 0600 (the server's own files are 0600 too).
-pub fn write_standby_config(data_dir: &Path, primary_conninfo: &str, slot: Option<&str>) -> io::Result<()> {
+pub fn write_standby_config(
+    data_dir: &Path,
+    primary_conninfo: &str,
+    slot: Option<&str>,
+) -> io::Result<()> {
     let mut settings = String::from("# Standby settings written by pgrepl basebackup -R\n");
-    settings.push_str(&format!("primary_conninfo = {}\n", conf_string_literal(primary_conninfo)));
+    settings.push_str(&format!(
+        "primary_conninfo = {}\n",
+        conf_string_literal(primary_conninfo)
+    ));
     if let Some(slot) = slot {
-        settings.push_str(&format!("primary_slot_name = {}\n", conf_string_literal(slot)));
+        settings.push_str(&format!(
+            "primary_slot_name = {}\n",
+            conf_string_literal(slot)
+        ));
     }
     let mut auto_conf = OpenOptions::new()
         .create(true)
@@ -39,12 +49,19 @@ mod tests {
     #[test]
     fn appends_after_existing_settings() {
         let tmp = tempfile::tempdir().unwrap();
-        fs::write(tmp.path().join("postgresql.auto.conf"), "work_mem = '8MB'\n").unwrap();
+        fs::write(
+            tmp.path().join("postgresql.auto.conf"),
+            "work_mem = '8MB'\n",
+        )
+        .unwrap();
         write_standby_config(tmp.path(), "host=db user=rep password='a\\'b'", Some("s1")).unwrap();
         let text = fs::read_to_string(tmp.path().join("postgresql.auto.conf")).unwrap();
         assert!(text.starts_with("work_mem = '8MB'\n"));
         assert!(text.contains("primary_slot_name = 's1'\n"), "{text}");
-        assert!(text.contains("primary_conninfo = 'host=db user=rep password=''a\\\\''b'''\n"), "{text}");
+        assert!(
+            text.contains("primary_conninfo = 'host=db user=rep password=''a\\\\''b'''\n"),
+            "{text}"
+        );
         assert!(tmp.path().join("standby.signal").exists());
     }
 }

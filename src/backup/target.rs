@@ -28,18 +28,28 @@ impl Staging {
     pub fn add(&mut self, final_path: &Path) -> Result<PathBuf, BackupError> {
         let final_path = absolute(final_path)?;
         check_target(&final_path)?;
-        let parent = final_path.parent().ok_or_else(|| BackupError::target(&final_path, "has no parent directory"))?;
-        fs::create_dir_all(parent).map_err(|e| BackupError::io(format!("create `{}`", parent.display()), e))?;
-        let name = final_path.file_name().and_then(|n| n.to_str()).unwrap_or("target");
+        let parent = final_path
+            .parent()
+            .ok_or_else(|| BackupError::target(&final_path, "has no parent directory"))?;
+        fs::create_dir_all(parent)
+            .map_err(|e| BackupError::io(format!("create `{}`", parent.display()), e))?;
+        let name = final_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("target");
         let staging = parent.join(format!(".{name}.pgrepl-{}.tmp", std::process::id()));
         if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(|e| BackupError::io(format!("remove stale `{}`", staging.display()), e))?;
+            fs::remove_dir_all(&staging)
+                .map_err(|e| BackupError::io(format!("remove stale `{}`", staging.display()), e))?;
         }
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&staging)
             .map_err(|e| BackupError::io(format!("create `{}`", staging.display()), e))?;
-        self.dirs.push(StagedDir { final_path, staging: staging.clone() });
+        self.dirs.push(StagedDir {
+            final_path,
+            staging: staging.clone(),
+        });
         Ok(staging)
     }
 
@@ -52,11 +62,19 @@ impl Staging {
     pub fn commit(mut self, sync: bool) -> Result<(), BackupError> {
         for dir in &self.dirs {
             if dir.final_path.is_dir() {
-                fs::remove_dir(&dir.final_path)
-                    .map_err(|e| BackupError::io(format!("replace empty `{}`", dir.final_path.display()), e))?;
+                fs::remove_dir(&dir.final_path).map_err(|e| {
+                    BackupError::io(format!("replace empty `{}`", dir.final_path.display()), e)
+                })?;
             }
             fs::rename(&dir.staging, &dir.final_path).map_err(|e| {
-                BackupError::io(format!("move `{}` to `{}`", dir.staging.display(), dir.final_path.display()), e)
+                BackupError::io(
+                    format!(
+                        "move `{}` to `{}`",
+                        dir.staging.display(),
+                        dir.final_path.display()
+                    ),
+                    e,
+                )
             })?;
             if sync {
                 if let Some(parent) = dir.final_path.parent() {
@@ -86,7 +104,8 @@ impl Drop for Staging {
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, BackupError> {
-    std::path::absolute(path).map_err(|e| BackupError::io(format!("resolve `{}`", path.display()), e))
+    std::path::absolute(path)
+        .map_err(|e| BackupError::io(format!("resolve `{}`", path.display()), e))
 }
 
 /// A target must be absent or an empty directory: a backup never mixes with existing files.
@@ -94,11 +113,17 @@ fn check_target(path: &Path) -> Result<(), BackupError> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(BackupError::io(format!("inspect `{}`", path.display()), e)),
-        Ok(meta) if !meta.is_dir() => Err(BackupError::target(path, "exists and is not a directory")),
+        Ok(meta) if !meta.is_dir() => {
+            Err(BackupError::target(path, "exists and is not a directory"))
+        }
         Ok(_) => {
-            let mut entries = fs::read_dir(path).map_err(|e| BackupError::io(format!("read `{}`", path.display()), e))?;
+            let mut entries = fs::read_dir(path)
+                .map_err(|e| BackupError::io(format!("read `{}`", path.display()), e))?;
             if entries.next().is_some() {
-                Err(BackupError::target(path, "exists and is not empty; give an empty or new directory"))
+                Err(BackupError::target(
+                    path,
+                    "exists and is not empty; give an empty or new directory",
+                ))
             } else {
                 Ok(())
             }
@@ -120,10 +145,13 @@ pub fn chown_tree(root: &Path, owner: (u32, u32)) -> Result<(), BackupError> {
             .map_err(|e| BackupError::io(format!("chown `{}`", path.display()), e))
     };
     chown(root)?;
-    let entries = fs::read_dir(root).map_err(|e| BackupError::io(format!("read `{}`", root.display()), e))?;
+    let entries =
+        fs::read_dir(root).map_err(|e| BackupError::io(format!("read `{}`", root.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| BackupError::io(format!("read `{}`", root.display()), e))?;
-        let file_type = entry.file_type().map_err(|e| BackupError::io("stat entry", e))?;
+        let file_type = entry
+            .file_type()
+            .map_err(|e| BackupError::io("stat entry", e))?;
         if file_type.is_dir() {
             chown_tree(&entry.path(), owner)?;
         } else {
@@ -136,12 +164,16 @@ pub fn chown_tree(root: &Path, owner: (u32, u32)) -> Result<(), BackupError> {
 /// Flushes everything written to the filesystem holding `dir`: one syncfs instead of an fsync per
 /// file, which is what makes writing thousands of relation files fast.
 pub fn sync_filesystem(dir: &Path) -> Result<(), BackupError> {
-    let file = fs::File::open(dir).map_err(|e| BackupError::io(format!("open `{}`", dir.display()), e))?;
+    let file =
+        fs::File::open(dir).map_err(|e| BackupError::io(format!("open `{}`", dir.display()), e))?;
     use std::os::fd::AsRawFd;
     // SAFETY: syncfs only reads the descriptor, which `file` keeps open for the call.
     let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
     if rc != 0 {
-        return Err(BackupError::io(format!("sync `{}`", dir.display()), io::Error::last_os_error()));
+        return Err(BackupError::io(
+            format!("sync `{}`", dir.display()),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

@@ -1,6 +1,1509 @@
-use std::collections::HashMap; use std::io::Read; use std::path::PathBuf;
-use super::checksum::ChecksumAlgorithm; use super::manifest::WrittenFile;
-#[derive(Debug, thiserror::Error)] #[error("x")] pub struct UnpackError;
-pub struct ArchiveDestination { pub roots: Vec<PathBuf>, pub manifest_prefix: String }
-pub struct ExtractOptions { pub checksum: ChecksumAlgorithm, pub tablespace_links: HashMap<u32, Vec<PathBuf>>, pub owner: Option<(u32, u32)>, pub max_entry_size: u64 }
-pub fn extract_archive<R: Read>(_r: R, _d: &ArchiveDestination, _o: &ExtractOptions, _b: &mut dyn FnMut(u64)) -> Result<Vec<WrittenFile>, UnpackError> { Err(UnpackError) }
+//! Untars one archive of a `BASE_BACKUP` stream into one or several standby directories in a
+//! single pass.
+//!
+//! The server sends each archive as a ustar stream (reference §3.4–3.5): `base.tar` for the data
+//! directory and one `<oid>.tar` per tablespace. [`extract_archive`] reads it once and writes every
+//! regular file into all destination roots, computing the file's manifest checksum on the way, so
+//! N standbys cost one transfer and one checksum pass.
+//!
+//! The `tar` crate only decodes the 512-byte headers here. Streaming, name checks and file creation
+//! are ours: tar-rs' `Archive::unpack` writes one tree, and it skips hostile entries where we want
+//! to fail. Neighbours: `super::checksum` (the digests), `super::manifest` (consumes the returned
+//! [`WrittenFile`] list), `super` (routes archives here and removes the temporary roots on error).
+//!
+//! # Security
+//!
+//! The stream comes from a server that may be compromised or impersonated, so extraction is
+//! strict. Every entry PostgreSQL would never send is an error, never a silent skip: a backup that
+//! fails is better than a data directory that is quietly incomplete.
+//!
+//! * Names are normalised only by stripping one leading `./` and one trailing `/`. Absolute names,
+//!   `..`, `.` and empty components, and NUL bytes are rejected.
+//! * Only regular files, directories and, in the base archive, `pg_tblspc/<oid>` symlinks are
+//!   accepted. A link's target comes from [`ExtractOptions::tablespace_links`] (the `-T`
+//!   mapping), never from the archive.
+//! * Nothing is written through a symlink. Entries at or under a `pg_tblspc/<oid>` link created
+//!   earlier are rejected; since names are canonical and the roots start empty, those links are the
+//!   only symlinks a path can cross. Files are opened with `O_CREAT|O_EXCL|O_NOFOLLOW`, so an
+//!   existing path (a duplicate entry, or a symlink in the last component) is an error. Only
+//!   directories may already exist (`pg_wal/`, created early by the WAL streamer).
+//! * Set-user-ID, set-group-ID and sticky bits are dropped from files; owner read/write is forced
+//!   on files and owner rwx on directories so extraction can always continue.
+//! * Header checksums must verify. Sizes above [`ExtractOptions::max_entry_size`], a stream that
+//!   ends inside an entry, and non-zero bytes after the end-of-archive block are errors.
+//!
+//! On error the roots are left partly written; the caller removes them. Nothing here fsyncs: the
+//! caller runs `syncfs` once per target at the end.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::checksum::{ChecksumAlgorithm, FileChecksum};
+use super::manifest::WrittenFile;
+
+/// The tar block size; headers are one block and file data is padded to a multiple of it.
+const BLOCK: usize = 512;
+
+/// How much file data is gathered before it is written to the targets: large enough that each
+/// `write(2)` moves a lot, small enough to stay in L2 while it is written N times and checksummed.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Default for [`ExtractOptions::max_entry_size`]: 1 TiB. PostgreSQL relation segments are at most
+/// 1 GiB by default (`--with-segsize` allows more), so anything larger is a corrupt or hostile
+/// header.
+pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 1 << 40;
+
+/// Where one archive goes.
+#[derive(Clone, Debug)]
+pub struct ArchiveDestination {
+    /// `roots[i]` is the i-th target's directory for this archive: for the base archive the
+    /// target's temporary data directory, for a tablespace archive the i-th target's (temporary)
+    /// tablespace directory. All exist and are empty, except that the base roots may already hold
+    /// `pg_wal/` and `pg_wal/archive_status/`.
+    pub roots: Vec<PathBuf>,
+    /// Prepended to the recorded paths: `""` for the base archive, `"pg_tblspc/<oid>/"` for a
+    /// tablespace archive. An empty prefix is also what marks the base archive, the only one in
+    /// which `pg_tblspc/<oid>` symlinks are allowed.
+    pub manifest_prefix: String,
+}
+
+/// How to extract.
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    /// The manifest checksum to compute for each file while it is written.
+    pub checksum: ChecksumAlgorithm,
+    /// Base archive only: the symlink target for `pg_tblspc/<oid>` per target, already mapped by
+    /// `-T`: `tablespace_links[&oid][i]` is where the i-th target's link points. A
+    /// `pg_tblspc/<oid>` symlink entry whose oid is missing here is an error.
+    pub tablespace_links: HashMap<u32, Vec<PathBuf>>,
+    /// `lchown` every created file, directory and link to `uid:gid` (for container volumes).
+    pub owner: Option<(u32, u32)>,
+    /// Entries whose size field is larger are rejected as impossible.
+    pub max_entry_size: u64,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        Self {
+            checksum: ChecksumAlgorithm::default(),
+            tablespace_links: HashMap::new(),
+            owner: None,
+            max_entry_size: DEFAULT_MAX_ENTRY_SIZE,
+        }
+    }
+}
+
+/// Why an archive could not be extracted. Entry names are shown lossily as UTF-8.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// `ArchiveDestination::roots` is empty.
+    #[error("no destination directories to extract into")]
+    NoDestinations,
+    /// The reader failed (for example, the connection dropped).
+    #[error("read the tar stream at offset {offset}: {source}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// The stream ended partway through a 512-byte header.
+    #[error("archive ends inside a tar header at offset {offset} (got {got} of 512 bytes)")]
+    TruncatedHeader { offset: u64, got: usize },
+    /// The header checksum does not match the header bytes.
+    #[error("tar header for `{name}` at offset {offset} has a bad checksum")]
+    BadChecksum { name: String, offset: u64 },
+    /// An absolute name or one with a `..` component.
+    #[error("tar entry `{name}` escapes the target directory")]
+    Escapes { name: String },
+    /// An empty name, or one with a `.` or empty component or a NUL byte.
+    #[error("tar entry `{name}` has an invalid name ({reason})")]
+    InvalidName { name: String, reason: &'static str },
+    /// A hard link, device, fifo, GNU or pax extension header: PostgreSQL never sends them.
+    #[error("tar entry `{name}` has unsupported type {kind}")]
+    UnsupportedType { name: String, kind: String },
+    /// A symlink other than `pg_tblspc/<oid>` in the base archive.
+    #[error(
+        "tar entry `{name}` is a symlink to `{target}`; only pg_tblspc/<oid> links in the base \
+         archive are allowed"
+    )]
+    UnexpectedSymlink { name: String, target: String },
+    /// An entry at or below a `pg_tblspc/<oid>` link created earlier in the archive.
+    #[error("tar entry `{name}` lies under the symlink `{link}`")]
+    UnderSymlink { name: String, link: String },
+    /// A `pg_tblspc/<oid>` link whose oid is not in `ExtractOptions::tablespace_links`.
+    #[error("tablespace {oid} at `{server_path}` has no mapping; give -T {server_path}=NEWDIR")]
+    UnmappedTablespace { oid: u32, server_path: String },
+    /// `tablespace_links[&oid]` does not have one target per root (a caller bug).
+    #[error("tablespace {oid} has {got} link targets for {want} destinations")]
+    MappingMismatch { oid: u32, got: usize, want: usize },
+    /// A size field above `ExtractOptions::max_entry_size`.
+    #[error("tar entry `{name}` has impossible size {size}")]
+    ImpossibleSize { name: String, size: u64 },
+    /// An unreadable numeric field, or a directory or symlink that claims data.
+    #[error("tar entry `{name}` is malformed: {reason}")]
+    Malformed { name: String, reason: String },
+    /// The stream ended inside an entry's data.
+    #[error("archive ends inside `{name}` (got {got} of {expected} bytes)")]
+    Truncated {
+        name: String,
+        got: u64,
+        expected: u64,
+    },
+    /// The stream ended inside the zero padding that follows an entry's data.
+    #[error("archive ends inside the padding after `{name}`")]
+    TruncatedPadding { name: String },
+    /// Bytes other than zeros after the end-of-archive block.
+    #[error("non-zero data at offset {offset}, after the end-of-archive block")]
+    TrailingGarbage { offset: u64 },
+    /// A file or symlink whose path already exists.
+    #[error("tar entry `{name}` is a duplicate: `{}` already exists", .path.display())]
+    Duplicate { name: String, path: PathBuf },
+    /// A directory entry whose path exists as something other than a directory.
+    #[error(
+        "tar entry `{name}` is a directory, but `{}` already exists and is not one",
+        .path.display()
+    )]
+    NotADirectory { name: String, path: PathBuf },
+    /// A filesystem operation failed; `op` is a verb such as `create` or `write`.
+    #[error("{op} `{}`: {source}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads a tar stream from `reader` (server chunks, arbitrary boundaries) and writes it into every
+/// root of `dest`; see the module's `# Security` section for what is refused.
+///
+/// The archive ends at the first all-zero 512-byte block (PG 15+ sends two), after which the rest
+/// of the stream must be zeros, or at a clean EOF exactly at a header boundary (PG 14 and older
+/// send no trailer). Each regular file is written to all roots with its checksum computed once.
+/// Returns the files written, with manifest-relative paths, in stream order. `on_bytes(n)` is
+/// called after each slice of file data has been written to every root.
+pub fn extract_archive<R: Read>(
+    reader: R,
+    dest: &ArchiveDestination,
+    opts: &ExtractOptions,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<Vec<WrittenFile>, UnpackError> {
+    if dest.roots.is_empty() {
+        return Err(UnpackError::NoDestinations);
+    }
+    let mut input = Input::new(reader);
+    let mut x = Extractor {
+        dest,
+        opts,
+        is_base: dest.manifest_prefix.is_empty(),
+        links: Vec::new(),
+        written: Vec::new(),
+        files: Vec::with_capacity(dest.roots.len()),
+        paths: Vec::with_capacity(dest.roots.len()),
+    };
+    let mut block = [0u8; BLOCK];
+    loop {
+        let offset = input.offset;
+        let got = input.fill(BLOCK)?;
+        if got == 0 {
+            // Servers up to 14 end the archive without a trailer.
+            break;
+        }
+        if got < BLOCK {
+            return Err(UnpackError::TruncatedHeader { offset, got });
+        }
+        block.copy_from_slice(&input.available()[..BLOCK]);
+        input.consume(BLOCK);
+        if block.iter().all(|&b| b == 0) {
+            drain_trailer(&mut input)?;
+            break;
+        }
+        x.entry(&block, offset, &mut input, on_bytes)?;
+    }
+    tracing::debug!(
+        prefix = %dest.manifest_prefix,
+        targets = dest.roots.len(),
+        files = x.written.len(),
+        bytes = input.offset,
+        "extracted archive"
+    );
+    Ok(x.written)
+}
+
+/// The read side: one buffer that the reader fills and file data is written from.
+struct Input<R> {
+    reader: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Stream offset of `buf[start]`.
+    offset: u64,
+}
+
+impl<R: Read> Input<R> {
+    fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            offset: 0,
+        }
+    }
+
+    fn available(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.end - self.start);
+        self.start += n;
+        self.offset += n as u64;
+    }
+
+    /// Reads until at least `want` (≤ the buffer size) bytes are buffered or the stream ends, and
+    /// returns how many are buffered. Only fewer than `want` bytes are ever moved to make room, so
+    /// callers that want much should call this with an empty buffer.
+    fn fill(&mut self, want: usize) -> Result<usize, UnpackError> {
+        debug_assert!(want <= self.buf.len());
+        if self.end - self.start >= want {
+            return Ok(self.end - self.start);
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start + want > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.end - self.start < want {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => break,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    let offset = self.offset + (self.end - self.start) as u64;
+                    return Err(UnpackError::Read { offset, source });
+                }
+            }
+        }
+        Ok(self.end - self.start)
+    }
+}
+
+/// After the first zero block: everything up to EOF must be zero too.
+fn drain_trailer<R: Read>(input: &mut Input<R>) -> Result<(), UnpackError> {
+    loop {
+        let avail = input.available();
+        if let Some(pos) = avail.iter().position(|&b| b != 0) {
+            return Err(UnpackError::TrailingGarbage {
+                offset: input.offset + pos as u64,
+            });
+        }
+        let n = avail.len();
+        input.consume(n);
+        if input.fill(1)? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+struct Extractor<'a> {
+    dest: &'a ArchiveDestination,
+    opts: &'a ExtractOptions,
+    is_base: bool,
+    /// Names of the `pg_tblspc/<oid>` links created so far; nothing may be written under them.
+    links: Vec<Vec<u8>>,
+    written: Vec<WrittenFile>,
+    /// The current file's open handles and paths, one per root (kept to reuse the allocation).
+    files: Vec<File>,
+    paths: Vec<PathBuf>,
+}
+
+impl Extractor<'_> {
+    fn entry<R: Read>(
+        &mut self,
+        block: &[u8; BLOCK],
+        offset: u64,
+        input: &mut Input<R>,
+        on_bytes: &mut dyn FnMut(u64),
+    ) -> Result<(), UnpackError> {
+        let header = tar::Header::from_byte_slice(block);
+        let raw = header.path_bytes();
+        verify_checksum(header, block, &raw, offset)?;
+        let name = clean_name(&raw)?;
+        let kind = header.entry_type().as_byte();
+        if !matches!(kind, b'0' | b'\0' | b'5' | b'2') {
+            return Err(UnpackError::UnsupportedType {
+                name: lossy(name),
+                kind: show_type(kind),
+            });
+        }
+        let size = entry_size(header, name, self.opts.max_entry_size)?;
+        let mode = header.mode().map_err(|_| UnpackError::Malformed {
+            name: lossy(name),
+            reason: "unreadable mode field".into(),
+        })? & 0o7777;
+        if let Some(link) = self.links.iter().find(|link| is_within(name, link)) {
+            return Err(UnpackError::UnderSymlink {
+                name: lossy(name),
+                link: lossy(link),
+            });
+        }
+        if kind != b'0' && kind != b'\0' && size != 0 {
+            return Err(UnpackError::Malformed {
+                name: lossy(name),
+                reason: format!("a directory or symlink with size {size}"),
+            });
+        }
+        match kind {
+            b'5' => self.directory(name, mode),
+            b'2' => self.symlink(name, header.link_name_bytes()),
+            _ => self.file(name, size, mode, input, on_bytes),
+        }
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        name: &[u8],
+        size: u64,
+        mode: u32,
+        input: &mut Input<R>,
+        on_bytes: &mut dyn FnMut(u64),
+    ) -> Result<(), UnpackError> {
+        let mode = (mode & 0o777) | 0o600;
+        self.files.clear();
+        self.paths.clear();
+        for root in &self.dest.roots {
+            let path = root.join(OsStr::from_bytes(name));
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(|source| {
+                    if source.kind() == io::ErrorKind::AlreadyExists {
+                        UnpackError::Duplicate {
+                            name: lossy(name),
+                            path: path.clone(),
+                        }
+                    } else {
+                        io_error("create", &path, source)
+                    }
+                })?;
+            if let Some((uid, gid)) = self.opts.owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                    .map_err(|e| io_error("chown", &path, e))?;
+            }
+            // The umask may have cleared group/other bits; owner bits are ours already.
+            if mode & 0o077 != 0 {
+                file.set_permissions(Permissions::from_mode(mode))
+                    .map_err(|e| io_error("chmod", &path, e))?;
+            }
+            self.files.push(file);
+            self.paths.push(path);
+        }
+
+        let mut checksum = FileChecksum::new(self.opts.checksum);
+        let mut done = 0u64;
+        while done < size {
+            if input.available().is_empty() {
+                let want = (size - done).min(READ_BUFFER as u64) as usize;
+                if input.fill(want)? == 0 {
+                    return Err(UnpackError::Truncated {
+                        name: lossy(name),
+                        got: done,
+                        expected: size,
+                    });
+                }
+            }
+            let avail = input.available();
+            let take = (avail.len() as u64).min(size - done) as usize;
+            let data = &avail[..take];
+            for (file, path) in self.files.iter_mut().zip(&self.paths) {
+                file.write_all(data)
+                    .map_err(|e| io_error("write", path, e))?;
+            }
+            checksum.update(data);
+            input.consume(take);
+            done += take as u64;
+            on_bytes(take as u64);
+        }
+        // Closing cannot report anything the caller's final syncfs will not.
+        self.files.clear();
+
+        let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+        if pad > 0 {
+            if input.fill(pad)? < pad {
+                return Err(UnpackError::TruncatedPadding { name: lossy(name) });
+            }
+            input.consume(pad);
+        }
+
+        let mut path = Vec::with_capacity(self.dest.manifest_prefix.len() + name.len());
+        path.extend_from_slice(self.dest.manifest_prefix.as_bytes());
+        path.extend_from_slice(name);
+        self.written.push(WrittenFile {
+            path,
+            size,
+            checksum: checksum.finish(),
+        });
+        Ok(())
+    }
+
+    fn directory(&mut self, name: &[u8], mode: u32) -> Result<(), UnpackError> {
+        let mode = mode | 0o700;
+        for root in &self.dest.roots {
+            let path = root.join(OsStr::from_bytes(name));
+            match DirBuilder::new().mode(mode).create(&path) {
+                Ok(()) => {
+                    if let Some((uid, gid)) = self.opts.owner {
+                        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                            .map_err(|e| io_error("chown", &path, e))?;
+                    }
+                    // Restore what the umask took; after chown, which may clear set-group-ID.
+                    if mode & 0o7077 != 0 {
+                        fs::set_permissions(&path, Permissions::from_mode(mode))
+                            .map_err(|e| io_error("chmod", &path, e))?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // `pg_wal/` and friends, made early by the WAL streamer: keep as they are.
+                    let meta =
+                        fs::symlink_metadata(&path).map_err(|e| io_error("stat", &path, e))?;
+                    if !meta.is_dir() {
+                        return Err(UnpackError::NotADirectory {
+                            name: lossy(name),
+                            path,
+                        });
+                    }
+                }
+                Err(e) => return Err(io_error("create directory", &path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn symlink(&mut self, name: &[u8], target: Option<Cow<'_, [u8]>>) -> Result<(), UnpackError> {
+        let server_path = lossy(target.as_deref().unwrap_or_default());
+        let oid = match tablespace_oid(name) {
+            Some(oid) if self.is_base => oid,
+            _ => {
+                return Err(UnpackError::UnexpectedSymlink {
+                    name: lossy(name),
+                    target: server_path,
+                })
+            }
+        };
+        let targets = self
+            .opts
+            .tablespace_links
+            .get(&oid)
+            .ok_or(UnpackError::UnmappedTablespace { oid, server_path })?;
+        if targets.len() != self.dest.roots.len() {
+            return Err(UnpackError::MappingMismatch {
+                oid,
+                got: targets.len(),
+                want: self.dest.roots.len(),
+            });
+        }
+        for (root, target) in self.dest.roots.iter().zip(targets) {
+            let path = root.join(OsStr::from_bytes(name));
+            std::os::unix::fs::symlink(target, &path).map_err(|source| {
+                if source.kind() == io::ErrorKind::AlreadyExists {
+                    UnpackError::Duplicate {
+                        name: lossy(name),
+                        path: path.clone(),
+                    }
+                } else {
+                    io_error("create symlink", &path, source)
+                }
+            })?;
+            if let Some((uid, gid)) = self.opts.owner {
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                    .map_err(|e| io_error("chown", &path, e))?;
+            }
+        }
+        self.links.push(name.to_vec());
+        Ok(())
+    }
+}
+
+/// The header checksum: all 512 bytes summed as unsigned, the checksum field counted as spaces.
+fn verify_checksum(
+    header: &tar::Header,
+    block: &[u8; BLOCK],
+    raw_name: &[u8],
+    offset: u64,
+) -> Result<(), UnpackError> {
+    let computed: u32 = block[..148]
+        .iter()
+        .chain(&block[156..])
+        .map(|&b| u32::from(b))
+        .sum::<u32>()
+        + 8 * u32::from(b' ');
+    match header.cksum() {
+        Ok(recorded) if recorded == computed => Ok(()),
+        _ => Err(UnpackError::BadChecksum {
+            name: lossy(raw_name),
+            offset,
+        }),
+    }
+}
+
+/// Strips one leading `./` and one trailing `/`, then requires a relative name made only of
+/// normal components. Returns a sub-slice of `raw`.
+fn clean_name(raw: &[u8]) -> Result<&[u8], UnpackError> {
+    let invalid = |reason| UnpackError::InvalidName {
+        name: lossy(raw),
+        reason,
+    };
+    let escapes = || UnpackError::Escapes { name: lossy(raw) };
+    if raw.contains(&0) {
+        return Err(invalid("contains NUL"));
+    }
+    let name = raw.strip_prefix(b"./").unwrap_or(raw);
+    let name = name.strip_suffix(b"/").unwrap_or(name);
+    if name.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if raw.starts_with(b"/") || name.starts_with(b"/") {
+        return Err(escapes());
+    }
+    if name.split(|&b| b == b'/').any(|c| c == b"..") {
+        return Err(escapes());
+    }
+    for component in name.split(|&b| b == b'/') {
+        match component {
+            b"." => return Err(invalid("`.` component")),
+            b"" => return Err(invalid("empty component")),
+            _ => {}
+        }
+    }
+    Ok(name)
+}
+
+/// The size field, accepting octal and GNU base-256. tar-rs decodes only the low 8 bytes of a
+/// base-256 field, so a negative value or one wider than 64 bits is caught here first.
+fn entry_size(header: &tar::Header, name: &[u8], max: u64) -> Result<u64, UnpackError> {
+    let field = &header.as_old().size;
+    if field[0] & 0x80 != 0 && (field[0] != 0x80 || field[1..4].iter().any(|&b| b != 0)) {
+        return Err(UnpackError::Malformed {
+            name: lossy(name),
+            reason: "size field is negative or wider than 64 bits".into(),
+        });
+    }
+    let size = header.entry_size().map_err(|_| UnpackError::Malformed {
+        name: lossy(name),
+        reason: "unreadable size field".into(),
+    })?;
+    if size > max {
+        return Err(UnpackError::ImpossibleSize {
+            name: lossy(name),
+            size,
+        });
+    }
+    Ok(size)
+}
+
+/// `pg_tblspc/<oid>` → oid.
+fn tablespace_oid(name: &[u8]) -> Option<u32> {
+    let digits = name.strip_prefix(b"pg_tblspc/")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Whether `name` is `dir` or lies under it (both canonical).
+fn is_within(name: &[u8], dir: &[u8]) -> bool {
+    name.starts_with(dir) && (name.len() == dir.len() || name[dir.len()] == b'/')
+}
+
+fn show_type(kind: u8) -> String {
+    if kind.is_ascii_graphic() {
+        char::from(kind).to_string()
+    } else {
+        format!("\\x{kind:02x}")
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn io_error(op: &'static str, path: &Path, source: io::Error) -> UnpackError {
+    UnpackError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    // ---- fixtures -------------------------------------------------------------------------
+
+    /// A ustar header as the server writes it, with the name and link written as raw bytes so
+    /// hostile names get through (tar-rs' setters refuse `..`).
+    fn header(name: &[u8], kind: u8, size: u64, mode: u32, link: &[u8]) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        h
+    }
+
+    #[derive(Default)]
+    struct Tar(Vec<u8>);
+
+    impl Tar {
+        fn raw(mut self, h: &tar::Header, data: &[u8]) -> Self {
+            self.0.extend_from_slice(h.as_bytes());
+            self.0.extend_from_slice(data);
+            let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
+            self.0.resize(self.0.len() + pad, 0);
+            self
+        }
+        fn dir(self, name: &str, mode: u32) -> Self {
+            self.raw(
+                &header(format!("{name}/").as_bytes(), b'5', 0, mode, b""),
+                b"",
+            )
+        }
+        fn file(self, name: &str, data: &[u8], mode: u32) -> Self {
+            self.raw(
+                &header(name.as_bytes(), b'0', data.len() as u64, mode, b""),
+                data,
+            )
+        }
+        fn link(self, name: &str, target: &str) -> Self {
+            let h = header(
+                format!("{name}/").as_bytes(),
+                b'2',
+                0,
+                0o777,
+                target.as_bytes(),
+            );
+            self.raw(&h, b"")
+        }
+        /// PG 15+ trailer: two zero blocks.
+        fn end(mut self) -> Vec<u8> {
+            self.0.resize(self.0.len() + 2 * BLOCK, 0);
+            self.0
+        }
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Roughly what `base.tar` looks like (§3.4), without a trailer.
+    fn base_archive() -> Tar {
+        Tar::default()
+            .file("backup_label", b"START WAL LOCATION: 0/2000028\n", 0o600)
+            .dir("./base", 0o700)
+            .dir("base/1", 0o700)
+            .file("base/1/1259", &data(8192 * 3 + 100, 1), 0o600)
+            .file("base/1/1259_fsm", &data(513, 2), 0o640)
+            .file("base/1/PG_VERSION", b"16\n", 0o600)
+            .file("base/1/empty", b"", 0o600)
+            .dir("group_dir", 0o750)
+            .dir("pg_wal", 0o700)
+            .dir("./pg_wal/archive_status", 0o700)
+            .dir("global", 0o700)
+            .file("global/pg_control", &data(8192, 3), 0o600)
+    }
+
+    fn expected_files() -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("backup_label", b"START WAL LOCATION: 0/2000028\n".to_vec()),
+            ("base/1/1259", data(8192 * 3 + 100, 1)),
+            ("base/1/1259_fsm", data(513, 2)),
+            ("base/1/PG_VERSION", b"16\n".to_vec()),
+            ("base/1/empty", vec![]),
+            ("global/pg_control", data(8192, 3)),
+        ]
+    }
+
+    /// A scratch area: `top/` holds the roots, so "nothing outside the roots" means `top/` holds
+    /// nothing else.
+    struct Scratch {
+        dir: tempfile::TempDir,
+        roots: Vec<PathBuf>,
+    }
+
+    fn scratch(n: usize) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let roots: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("t{i}"))).collect();
+        for r in &roots {
+            DirBuilder::new().mode(0o700).create(r).unwrap();
+        }
+        Scratch { dir, roots }
+    }
+
+    impl Scratch {
+        fn dest(&self) -> ArchiveDestination {
+            ArchiveDestination {
+                roots: self.roots.clone(),
+                manifest_prefix: String::new(),
+            }
+        }
+        fn extract(&self, tar: &[u8]) -> Result<Vec<WrittenFile>, UnpackError> {
+            extract_archive(tar, &self.dest(), &ExtractOptions::default(), &mut |_| {})
+        }
+        /// Only the roots (and whatever the test put there on purpose) exist beside them.
+        fn assert_nothing_outside(&self, extra: &[&str]) {
+            let mut names: Vec<String> = fs::read_dir(self.dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            let mut want: Vec<String> = (0..self.roots.len()).map(|i| format!("t{i}")).collect();
+            want.extend(extra.iter().map(|s| s.to_string()));
+            want.sort();
+            assert_eq!(names, want);
+        }
+    }
+
+    /// (relative path, kind, mode, content or link target), sorted.
+    fn tree(root: &Path) -> Vec<(String, char, u32, Vec<u8>)> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, char, u32, Vec<u8>)>) {
+            for e in fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+                let m = fs::symlink_metadata(&p).unwrap();
+                let mode = m.mode() & 0o7777;
+                if m.file_type().is_symlink() {
+                    let t = fs::read_link(&p).unwrap();
+                    out.push((rel, 'l', 0, t.as_os_str().as_bytes().to_vec()));
+                } else if m.is_dir() {
+                    out.push((rel, 'd', mode, vec![]));
+                    walk(root, &p, out);
+                } else {
+                    out.push((rel, 'f', mode, fs::read(&p).unwrap()));
+                }
+            }
+        }
+        let mut out = vec![];
+        walk(root, root, &mut out);
+        out.sort();
+        out
+    }
+
+    fn summary(w: &[WrittenFile]) -> Vec<(String, u64, Option<String>)> {
+        w.iter()
+            .map(|f| (lossy(&f.path), f.size, f.checksum.clone()))
+            .collect()
+    }
+
+    fn crc(bytes: &[u8]) -> Option<String> {
+        let mut c = FileChecksum::new(ChecksumAlgorithm::Crc32c);
+        c.update(bytes);
+        c.finish()
+    }
+
+    /// Returns reads of 1..=7 bytes, cycling from where `step` starts.
+    struct Dribble<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.step += 1;
+            let n = (self.step % 7 + 1).min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// The first read returns `split` bytes, later ones the rest.
+    struct SplitAt<'a> {
+        data: &'a [u8],
+        split: usize,
+    }
+
+    impl Read for SplitAt<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = if self.split > 0 {
+                self.split
+            } else {
+                self.data.len()
+            }
+            .min(buf.len())
+            .min(self.data.len());
+            self.split = self.split.saturating_sub(n);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    // ---- normal extraction -----------------------------------------------------------------
+
+    #[test]
+    fn extracts_into_one_root() {
+        let s = scratch(1);
+        let tar = base_archive().end();
+        let mut progress = 0;
+        let written = extract_archive(&tar[..], &s.dest(), &ExtractOptions::default(), &mut |n| {
+            progress += n
+        })
+        .unwrap();
+
+        let want: Vec<_> = expected_files()
+            .into_iter()
+            .map(|(p, d)| (p.to_string(), d.len() as u64, crc(&d)))
+            .collect();
+        assert_eq!(summary(&written), want);
+        assert_eq!(progress, want.iter().map(|w| w.1).sum::<u64>());
+
+        let root = &s.roots[0];
+        for (p, d) in expected_files() {
+            assert_eq!(fs::read(root.join(p)).unwrap(), d, "{p}");
+        }
+        let mode = |p: &str| fs::metadata(root.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("base/1/1259"), 0o600);
+        assert_eq!(mode("base/1/1259_fsm"), 0o640);
+        assert_eq!(mode("base"), 0o700);
+        assert_eq!(mode("group_dir"), 0o750);
+        assert!(root.join("pg_wal/archive_status").is_dir());
+        assert_eq!(fs::metadata(root).unwrap().mode() & 0o7777, 0o700);
+        s.assert_nothing_outside(&[]);
+    }
+
+    #[test]
+    fn two_roots_get_identical_trees() {
+        let s = scratch(2);
+        let tar = base_archive().end();
+        let written = s.extract(&tar).unwrap();
+        assert_eq!(written.len(), expected_files().len());
+        let a = tree(&s.roots[0]);
+        assert_eq!(a, tree(&s.roots[1]));
+
+        let one = scratch(1);
+        one.extract(&tar).unwrap();
+        assert_eq!(a, tree(&one.roots[0]));
+        s.assert_nothing_outside(&[]);
+    }
+
+    #[test]
+    fn sha256_checksums_are_recorded() {
+        let s = scratch(1);
+        let tar = Tar::default().file("abc", b"abc", 0o600).end();
+        let opts = ExtractOptions {
+            checksum: ChecksumAlgorithm::Sha256,
+            ..ExtractOptions::default()
+        };
+        let w = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        assert_eq!(
+            w[0].checksum.as_deref(),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        );
+        let opts = ExtractOptions {
+            checksum: ChecksumAlgorithm::None,
+            ..ExtractOptions::default()
+        };
+        let s = scratch(1);
+        let w = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        assert_eq!(w[0].checksum, None);
+    }
+
+    #[test]
+    fn tiny_reads_give_the_same_result() {
+        let tar = base_archive().end();
+        let reference = scratch(2);
+        let want = summary(&reference.extract(&tar).unwrap());
+        let want_tree = tree(&reference.roots[0]);
+        for phase in 0..7 {
+            let s = scratch(2);
+            let reader = Dribble {
+                data: &tar,
+                step: phase,
+            };
+            let w = extract_archive(reader, &s.dest(), &ExtractOptions::default(), &mut |_| {})
+                .unwrap();
+            assert_eq!(summary(&w), want, "phase {phase}");
+            assert_eq!(tree(&s.roots[0]), want_tree);
+            assert_eq!(tree(&s.roots[1]), want_tree);
+        }
+    }
+
+    #[test]
+    fn split_at_every_offset_gives_the_same_result() {
+        let tar = Tar::default()
+            .dir("d", 0o700)
+            .file("d/a", &data(700, 4), 0o600)
+            .file("d/b", b"xyz", 0o600)
+            .end();
+        let want = summary(&scratch(1).extract(&tar).unwrap());
+        // One scratch directory for all runs: creating and removing thousands is slow on ext4.
+        let top = tempfile::tempdir().unwrap();
+        for split in 1..tar.len() {
+            let root = top.path().join(split.to_string());
+            fs::create_dir(&root).unwrap();
+            let dest = ArchiveDestination {
+                roots: vec![root.clone()],
+                manifest_prefix: String::new(),
+            };
+            let reader = SplitAt { data: &tar, split };
+            let w =
+                extract_archive(reader, &dest, &ExtractOptions::default(), &mut |_| {}).unwrap();
+            assert_eq!(summary(&w), want, "split {split}");
+            assert_eq!(fs::read(root.join("d/a")).unwrap(), data(700, 4));
+        }
+    }
+
+    #[test]
+    fn pg14_stream_without_trailer_is_accepted() {
+        let s = scratch(1);
+        let tar = base_archive().0;
+        assert_eq!(s.extract(&tar).unwrap().len(), expected_files().len());
+    }
+
+    #[test]
+    fn extra_zero_padding_after_the_trailer_is_accepted() {
+        let s = scratch(1);
+        let mut tar = base_archive().end();
+        tar.resize(tar.len() + 10_000, 0);
+        assert!(s.extract(&tar).is_ok());
+    }
+
+    #[test]
+    fn trailing_garbage_after_the_zero_block_is_rejected() {
+        let s = scratch(1);
+        let mut tar = base_archive().end();
+        let at = tar.len() as u64;
+        tar.push(1);
+        let err = s.extract(&tar).expect_err("extraction should fail");
+        assert!(
+            matches!(err, UnpackError::TrailingGarbage { offset } if offset == at),
+            "{err}"
+        );
+
+        // A real entry after one zero block is garbage too: the archive ended.
+        let s = scratch(1);
+        let mut tar = Tar::default().file("a", b"1", 0o600).0;
+        tar.resize(tar.len() + BLOCK, 0);
+        let tar = Tar(tar).file("b", b"2", 0o600).end();
+        assert!(matches!(
+            s.extract(&tar),
+            Err(UnpackError::TrailingGarbage { .. })
+        ));
+        assert!(!s.roots[0].join("b").exists());
+    }
+
+    #[test]
+    fn pre_existing_pg_wal_is_tolerated() {
+        let s = scratch(2);
+        for r in &s.roots {
+            fs::create_dir_all(r.join("pg_wal/archive_status")).unwrap();
+            fs::write(r.join("pg_wal/000000010000000000000002.partial"), b"wal").unwrap();
+        }
+        s.extract(&base_archive().end()).unwrap();
+        for r in &s.roots {
+            assert!(r.join("pg_wal/000000010000000000000002.partial").is_file());
+            assert!(r.join("global/pg_control").is_file());
+        }
+    }
+
+    #[test]
+    fn wal_files_in_the_archive_are_written() {
+        let s = scratch(1);
+        let tar = Tar::default()
+            .dir("pg_wal", 0o700)
+            .dir("./pg_wal/archive_status", 0o700)
+            .file("pg_wal/000000010000000000000002", &data(4096, 9), 0o600)
+            .file(
+                "pg_wal/archive_status/000000010000000000000002.done",
+                b"",
+                0o600,
+            )
+            .end();
+        let w = s.extract(&tar).unwrap();
+        assert_eq!(
+            lossy(&w[1].path),
+            "pg_wal/archive_status/000000010000000000000002.done"
+        );
+    }
+
+    #[test]
+    fn duplicate_entries_are_rejected() {
+        let s = scratch(2);
+        let tar = Tar::default()
+            .file("a", b"first", 0o600)
+            .file("a", b"second", 0o600)
+            .end();
+        let err = s.extract(&tar).expect_err("extraction should fail");
+        assert!(matches!(err, UnpackError::Duplicate { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("tar entry `a` is a duplicate"),
+            "{err}"
+        );
+        assert_eq!(fs::read(s.roots[0].join("a")).unwrap(), b"first");
+
+        let s = scratch(1);
+        let tar = Tar::default().dir("d", 0o700).file("d", b"x", 0o600).end();
+        assert!(matches!(
+            s.extract(&tar),
+            Err(UnpackError::Duplicate { .. })
+        ));
+
+        let s = scratch(1);
+        let tar = Tar::default().file("f", b"x", 0o600).dir("f", 0o700).end();
+        let err = s.extract(&tar).expect_err("extraction should fail");
+        assert!(matches!(err, UnpackError::NotADirectory { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_pre_existing_symlink_is_never_followed() {
+        let s = scratch(1);
+        let outside = s.dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, s.roots[0].join("d")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f"), s.roots[0].join("f")).unwrap();
+        let tar = Tar::default().dir("d", 0o700).end();
+        assert!(matches!(
+            s.extract(&tar),
+            Err(UnpackError::NotADirectory { .. })
+        ));
+        let tar = Tar::default().file("f", b"x", 0o600).end();
+        assert!(matches!(
+            s.extract(&tar),
+            Err(UnpackError::Duplicate { .. })
+        ));
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    // ---- tablespaces ------------------------------------------------------------------------
+
+    fn ts_options(s: &Scratch) -> ExtractOptions {
+        let targets = (0..s.roots.len())
+            .map(|i| s.dir.path().join(format!("ts{i}")))
+            .collect();
+        ExtractOptions {
+            tablespace_links: HashMap::from([(16384, targets)]),
+            ..ExtractOptions::default()
+        }
+    }
+
+    #[test]
+    fn tablespace_link_points_to_the_mapped_path() {
+        let s = scratch(2);
+        let opts = ts_options(&s);
+        let tar = Tar::default()
+            .dir("pg_tblspc", 0o700)
+            .link("pg_tblspc/16384", "/srv/pg/ts1")
+            .file("PG_VERSION", b"16\n", 0o600)
+            .end();
+        let w = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        assert_eq!(summary(&w).len(), 1, "links are not recorded as files");
+        for (i, r) in s.roots.iter().enumerate() {
+            let target = fs::read_link(r.join("pg_tblspc/16384")).unwrap();
+            assert_eq!(target, s.dir.path().join(format!("ts{i}")));
+        }
+    }
+
+    #[test]
+    fn entries_under_a_created_link_are_rejected() {
+        for tail in [
+            Tar::default().file("pg_tblspc/16384/evil", b"x", 0o600),
+            Tar::default().dir("pg_tblspc/16384/PG_16_202307071", 0o700),
+            Tar::default().dir("pg_tblspc/16384", 0o700),
+        ] {
+            let s = scratch(1);
+            let opts = ts_options(&s);
+            fs::create_dir(s.dir.path().join("ts0")).unwrap();
+            let mut tar = Tar::default()
+                .dir("pg_tblspc", 0o700)
+                .link("pg_tblspc/16384", "/srv/pg/ts1")
+                .0;
+            tar.extend_from_slice(&tail.end());
+            let err = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {})
+                .expect_err("extraction should fail");
+            assert!(matches!(err, UnpackError::UnderSymlink { .. }), "{err}");
+            assert_eq!(fs::read_dir(s.dir.path().join("ts0")).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn missing_tablespace_mapping_names_dash_t() {
+        let s = scratch(1);
+        let tar = Tar::default()
+            .dir("pg_tblspc", 0o700)
+            .link("pg_tblspc/99999", "/srv/pg/ts9")
+            .end();
+        let err = s.extract(&tar).expect_err("extraction should fail");
+        assert_eq!(
+            err.to_string(),
+            "tablespace 99999 at `/srv/pg/ts9` has no mapping; give -T /srv/pg/ts9=NEWDIR"
+        );
+    }
+
+    #[test]
+    fn mapping_with_the_wrong_number_of_targets_is_an_error() {
+        let s = scratch(2);
+        let mut opts = ts_options(&s);
+        opts.tablespace_links.get_mut(&16384).unwrap().pop();
+        let tar = Tar::default()
+            .dir("pg_tblspc", 0o700)
+            .link("pg_tblspc/16384", "/srv/pg/ts1")
+            .end();
+        let err = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {})
+            .expect_err("extraction should fail");
+        assert!(matches!(
+            err,
+            UnpackError::MappingMismatch {
+                got: 1,
+                want: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tablespace_archive_paths_get_the_prefix_and_links_are_refused() {
+        let s = scratch(2);
+        let dest = ArchiveDestination {
+            roots: s.roots.clone(),
+            manifest_prefix: "pg_tblspc/16384/".into(),
+        };
+        let tar = Tar::default()
+            .dir("PG_16_202307071", 0o700)
+            .dir("PG_16_202307071/5", 0o700)
+            .file("PG_16_202307071/5/16385", &data(9000, 5), 0o600)
+            .end();
+        let w = extract_archive(&tar[..], &dest, &ExtractOptions::default(), &mut |_| {}).unwrap();
+        assert_eq!(lossy(&w[0].path), "pg_tblspc/16384/PG_16_202307071/5/16385");
+        assert_eq!(tree(&s.roots[0]), tree(&s.roots[1]));
+
+        let s = scratch(1);
+        let dest = ArchiveDestination {
+            roots: s.roots.clone(),
+            manifest_prefix: "pg_tblspc/16384/".into(),
+        };
+        let opts = ts_options(&s);
+        let tar = Tar::default()
+            .dir("pg_tblspc", 0o700)
+            .link("pg_tblspc/16384", "/x")
+            .end();
+        let err = extract_archive(&tar[..], &dest, &opts, &mut |_| {})
+            .expect_err("extraction should fail");
+        assert!(
+            matches!(err, UnpackError::UnexpectedSymlink { .. }),
+            "{err}"
+        );
+    }
+
+    // ---- hostile and broken streams ----------------------------------------------------------
+
+    /// A valid prefix, then `hostile`; must fail without touching anything outside the roots.
+    fn assert_hostile(hostile: Vec<u8>, check: impl Fn(&UnpackError) -> bool) -> UnpackError {
+        let s = scratch(2);
+        let mut tar = Tar::default()
+            .dir("base", 0o700)
+            .file("base/ok", b"ok", 0o600)
+            .0;
+        tar.extend_from_slice(&hostile);
+        let err = s.extract(&tar).expect_err("extraction should fail");
+        assert!(check(&err), "unexpected error: {err}");
+        s.assert_nothing_outside(&[]);
+        for r in &s.roots {
+            let names: Vec<_> = tree(r).into_iter().map(|e| e.0).collect();
+            assert_eq!(names, ["base", "base/ok"]);
+        }
+        err
+    }
+
+    fn entry(name: &[u8], kind: u8, link: &[u8]) -> Vec<u8> {
+        Tar::default()
+            .raw(&header(name, kind, 5, 0o600, link), b"evil!")
+            .end()
+    }
+
+    #[test]
+    fn dot_dot_is_rejected() {
+        for name in [&b"../x"[..], b"base/../../x", b"./../x", b"base/.."] {
+            let err = assert_hostile(entry(name, b'0', b""), |e| {
+                matches!(e, UnpackError::Escapes { .. })
+            });
+            let shown = String::from_utf8_lossy(name);
+            assert_eq!(
+                err.to_string(),
+                format!("tar entry `{shown}` escapes the target directory")
+            );
+        }
+    }
+
+    #[test]
+    fn absolute_paths_are_rejected() {
+        let s = scratch(1);
+        let abs = s.dir.path().join("abs_evil");
+        let err = assert_hostile(entry(abs.as_os_str().as_bytes(), b'0', b""), |e| {
+            matches!(e, UnpackError::Escapes { .. })
+        });
+        assert!(err.to_string().contains("escapes the target directory"));
+        assert!(!abs.exists());
+        assert_hostile(entry(b".//x", b'0', b""), |e| {
+            matches!(e, UnpackError::Escapes { .. })
+        });
+    }
+
+    #[test]
+    fn odd_names_are_rejected() {
+        for name in [&b"./"[..], b"base/./x", b"base//x", b"a//", b"./."] {
+            assert_hostile(entry(name, b'0', b""), |e| {
+                matches!(e, UnpackError::InvalidName { .. })
+            });
+        }
+    }
+
+    #[test]
+    fn unsupported_types_are_rejected() {
+        for (kind, link) in [
+            (b'1', &b"/etc/passwd"[..]), // hard link
+            (b'3', b""),                 // character device
+            (b'4', b""),                 // block device
+            (b'6', b""),                 // fifo
+            (b'7', b""),                 // contiguous file
+            (b'L', b""),                 // GNU long name
+            (b'K', b""),                 // GNU long link name
+            (b'x', b""),                 // pax header
+            (b'g', b""),                 // pax global header
+            (b'S', b""),                 // GNU sparse
+        ] {
+            let err = assert_hostile(entry(b"base/evil", kind, link), |e| {
+                matches!(e, UnpackError::UnsupportedType { .. })
+            });
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "tar entry `base/evil` has unsupported type {}",
+                    kind as char
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_outside_pg_tblspc_are_rejected() {
+        for name in [
+            &b"base/evil"[..],
+            b"pg_tblspc/abc",
+            b"pg_tblspc/1/2",
+            b"pg_tblspc/",
+        ] {
+            let tar = Tar::default()
+                .raw(&header(name, b'2', 0, 0o777, b"/etc"), b"")
+                .end();
+            assert_hostile(tar, |e| matches!(e, UnpackError::UnexpectedSymlink { .. }));
+        }
+    }
+
+    #[test]
+    fn bad_header_checksum_is_rejected() {
+        let mut h = header(b"base/evil", b'0', 5, 0o600, b"");
+        h.as_mut_bytes()[0] ^= 1;
+        let tar = Tar::default().raw(&h, b"evil!").end();
+        let err = assert_hostile(tar, |e| {
+            matches!(e, UnpackError::BadChecksum { offset: 1536, .. })
+        });
+        assert!(err.to_string().contains("bad checksum"), "{err}");
+    }
+
+    #[test]
+    fn huge_sizes_are_rejected() {
+        // 2 TiB in GNU base-256, as the server would write it.
+        let h = header(b"base/huge", b'0', 2 << 40, 0o600, b"");
+        assert_eq!(h.as_old().size[0], 0x80);
+        let err = assert_hostile(
+            Tar::default().raw(&h, b"").end(),
+            |e| matches!(e, UnpackError::ImpossibleSize { size, .. } if *size == 2 << 40),
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("tar entry `base/huge` has impossible size {}", 2u64 << 40)
+        );
+
+        // Wider than 64 bits, and negative: tar-rs would read only the low 8 bytes.
+        for field in [
+            [0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5],
+            [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 5],
+        ] {
+            let mut h = header(b"base/huge", b'0', 0, 0o600, b"");
+            h.as_old_mut().size = field;
+            h.set_cksum();
+            assert_hostile(Tar::default().raw(&h, b"evil!").end(), |e| {
+                matches!(e, UnpackError::Malformed { .. })
+            });
+        }
+    }
+
+    #[test]
+    fn base_256_sizes_within_limits_are_accepted() {
+        let s = scratch(1);
+        let mut h = header(b"f", b'0', 0, 0o600, b"");
+        h.as_old_mut().size = [0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+        h.set_cksum();
+        let tar = Tar::default().raw(&h, b"hello").end();
+        assert_eq!(s.extract(&tar).unwrap()[0].size, 5);
+    }
+
+    #[test]
+    fn truncated_streams_are_rejected() {
+        let full = Tar::default()
+            .dir("base", 0o700)
+            .file("base/f", &data(1000, 7), 0o600)
+            .0;
+        let s = scratch(1);
+        let err = s
+            .extract(&full[..BLOCK * 2 + 300])
+            .expect_err("extraction should fail");
+        assert_eq!(
+            err.to_string(),
+            "archive ends inside `base/f` (got 300 of 1000 bytes)"
+        );
+
+        let s = scratch(1);
+        let err = s
+            .extract(&full[..BLOCK * 2 + 1010])
+            .expect_err("extraction should fail");
+        assert!(matches!(err, UnpackError::TruncatedPadding { .. }), "{err}");
+
+        let s = scratch(1);
+        let err = s
+            .extract(&full[..BLOCK + 100])
+            .expect_err("extraction should fail");
+        assert!(
+            matches!(
+                err,
+                UnpackError::TruncatedHeader {
+                    offset: 512,
+                    got: 100
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_empty_directories_are_malformed() {
+        let tar = Tar::default()
+            .raw(&header(b"base/d/", b'5', 5, 0o700, b""), b"evil!")
+            .end();
+        assert_hostile(tar, |e| matches!(e, UnpackError::Malformed { .. }));
+    }
+
+    #[test]
+    fn setuid_bits_are_dropped_and_owner_bits_forced() {
+        let s = scratch(1);
+        let tar = Tar::default()
+            .file("suid", b"x", 0o4755)
+            .file("ro", b"x", 0o400)
+            .dir("rodir", 0o500)
+            .file("rodir/f", b"x", 0o600)
+            .end();
+        s.extract(&tar).unwrap();
+        let mode = |p: &str| fs::metadata(s.roots[0].join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("suid"), 0o755);
+        assert_eq!(mode("ro"), 0o600);
+        assert_eq!(mode("rodir"), 0o700);
+    }
+
+    #[test]
+    fn owner_is_applied() {
+        let s = scratch(1);
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let opts = ExtractOptions {
+            owner: Some((uid, gid)),
+            ..ts_options(&s)
+        };
+        let tar = Tar::default()
+            .dir("pg_tblspc", 0o700)
+            .link("pg_tblspc/16384", "/x")
+            .file("f", b"x", 0o640)
+            .end();
+        extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        let m = fs::metadata(s.roots[0].join("f")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, gid, 0o640));
+    }
+
+    #[test]
+    fn read_and_write_errors_name_their_place() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("connection reset"))
+            }
+        }
+        let s = scratch(1);
+        let err = extract_archive(Failing, &s.dest(), &ExtractOptions::default(), &mut |_| {})
+            .expect_err("extraction should fail");
+        assert_eq!(
+            err.to_string(),
+            "read the tar stream at offset 0: connection reset"
+        );
+
+        // A missing parent directory: the server always sends it first, so this is an error.
+        let s = scratch(1);
+        let err = s
+            .extract(&Tar::default().file("nodir/f", b"x", 0o600).end())
+            .expect_err("extraction should fail");
+        let path = s.roots[0].join("nodir/f");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "create `{}`: No such file or directory (os error 2)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn no_roots_is_an_error() {
+        let dest = ArchiveDestination {
+            roots: vec![],
+            manifest_prefix: String::new(),
+        };
+        let err = extract_archive(&[][..], &dest, &ExtractOptions::default(), &mut |_| {})
+            .expect_err("extraction should fail");
+        assert!(matches!(err, UnpackError::NoDestinations));
+    }
+
+    #[test]
+    fn clean_name_table() {
+        let ok = |raw: &str, want: &str| {
+            assert_eq!(clean_name(raw.as_bytes()).unwrap(), want.as_bytes())
+        };
+        ok("./pg_wal/archive_status", "pg_wal/archive_status");
+        ok("base/", "base");
+        ok("a", "a");
+        ok("..a/b..", "..a/b..");
+        for bad in [
+            "", "/", "./", "/a", "a/../b", "..", "./..", "a/./b", ".", "a//b", "a//", "a\0b",
+        ] {
+            assert!(clean_name(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "pgrepl", version, about = "PostgreSQL physical streaming replication, spoken natively")]
+#[command(
+    name = "pgrepl",
+    version,
+    about = "PostgreSQL physical streaming replication, spoken natively"
+)]
 pub struct Cli {
     /// More detail on stderr (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count, global = true)]

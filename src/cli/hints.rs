@@ -6,7 +6,14 @@ use std::io;
 /// A hint for `error`, given the role pgrepl connected as.
 pub fn hint_for(error: &anyhow::Error, user: &str) -> Option<String> {
     for cause in error.chain() {
-        if let Some(hint) = cause.downcast_ref::<pgrepl::conn::ConnectionError>().and_then(|e| connection_hint(e, user)) {
+        let connection_error = cause
+            .downcast_ref::<pgrepl::conn::ConnectionError>()
+            .or_else(|| {
+                cause
+                    .downcast_ref::<pgrepl::backup::BackupError>()
+                    .and_then(|e| e.connection_error())
+            });
+        if let Some(hint) = connection_error.and_then(|e| connection_hint(e, user)) {
             return Some(hint);
         }
         if let Some(e) = cause.downcast_ref::<io::Error>() {
@@ -84,13 +91,20 @@ mod tests {
             "no pg_hba.conf entry for replication connection from host \"10.0.0.7\", user \"rep\", no encryption",
         );
         let hint = hint_for(&e, "rep").unwrap();
-        assert!(hint.ends_with("host replication rep 10.0.0.7/32 scram-sha-256"), "{hint}");
+        assert!(
+            hint.ends_with("host replication rep 10.0.0.7/32 scram-sha-256"),
+            "{hint}"
+        );
     }
 
     #[test]
     fn known_states_have_hints_and_others_do_not() {
-        assert!(hint_for(&server("53300", "too many"), "r").unwrap().contains("max_wal_senders"));
-        assert!(hint_for(&server("42501", "denied"), "r").unwrap().contains("ALTER ROLE r REPLICATION"));
+        assert!(hint_for(&server("53300", "too many"), "r")
+            .unwrap()
+            .contains("max_wal_senders"));
+        assert!(hint_for(&server("42501", "denied"), "r")
+            .unwrap()
+            .contains("ALTER ROLE r REPLICATION"));
         assert!(hint_for(&server("22P02", "whatever"), "r").is_none());
     }
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use self::args::{BasebackupArgs, CheckpointArg, Command, CompressArg, ConnectionArgs, WalMethodArg};
+use self::args::{
+    BasebackupArgs, CheckpointArg, Command, CompressArg, ConnectionArgs, WalMethodArg,
+};
 use pgrepl::backup::checksum::ChecksumAlgorithm;
 use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
 use pgrepl::conn::{ConnParams, ConnectOptions};
@@ -28,16 +30,25 @@ pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<
 /// The role name the user connects as, for hints (before or after options resolve).
 pub fn user_hint(command: &Command) -> String {
     let Command::Basebackup(args) = command;
-    connect_options(&args.connection, None).map(|o| o.user).unwrap_or_else(|_| "replicator".into())
+    connect_options(&args.connection, None)
+        .map(|o| o.user)
+        .unwrap_or_else(|_| "replicator".into())
 }
 
 /// libpq precedence: flags over the -d string over the environment over defaults.
-fn connect_options(args: &ConnectionArgs, application_name: Option<&str>) -> anyhow::Result<ConnectOptions> {
+fn connect_options(
+    args: &ConnectionArgs,
+    application_name: Option<&str>,
+) -> anyhow::Result<ConnectOptions> {
     let mut params = match &args.conninfo {
         Some(conninfo) => ConnParams::parse(conninfo)?,
         None => ConnParams::default(),
     };
-    for (key, value) in [("host", &args.host), ("port", &args.port), ("user", &args.user)] {
+    for (key, value) in [
+        ("host", &args.host),
+        ("port", &args.port),
+        ("user", &args.user),
+    ] {
         if let Some(value) = value {
             params.set(key, value)?;
         }
@@ -64,7 +75,11 @@ async fn basebackup(args: BasebackupArgs, cancel: CancellationToken) -> anyhow::
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        let targets: Vec<String> = summary.targets.iter().map(|t| t.display().to_string()).collect();
+        let targets: Vec<String> = summary
+            .targets
+            .iter()
+            .map(|t| t.display().to_string())
+            .collect();
         println!(
             "pgrepl: backup of system {} (PostgreSQL {}) from {} to {} on timeline {}: {} files, {}, into {}{}; {:.1} s",
             summary.system_identifier,
@@ -82,7 +97,10 @@ async fn basebackup(args: BasebackupArgs, cancel: CancellationToken) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-fn backup_options(args: &BasebackupArgs, connect: &ConnectOptions) -> anyhow::Result<BaseBackupOptions> {
+fn backup_options(
+    args: &BasebackupArgs,
+    connect: &ConnectOptions,
+) -> anyhow::Result<BaseBackupOptions> {
     let names = &args.application_names;
     if !names.is_empty() && names.len() != args.targets.len() {
         bail!(
@@ -98,7 +116,10 @@ fn backup_options(args: &BasebackupArgs, connect: &ConnectOptions) -> anyhow::Re
         .targets
         .iter()
         .enumerate()
-        .map(|(i, dir)| BackupTarget { dir: dir.clone(), application_name: names.get(i).cloned() })
+        .map(|(i, dir)| BackupTarget {
+            dir: dir.clone(),
+            application_name: names.get(i).cloned(),
+        })
         .collect();
     let mut options = BaseBackupOptions::new(targets);
     options.wal_method = match args.wal_method {
@@ -113,12 +134,20 @@ fn backup_options(args: &BasebackupArgs, connect: &ConnectOptions) -> anyhow::Re
     options.max_rate_kbps = args.max_rate.as_deref().map(parse_rate).transpose()?;
     options.slot = args.slot.clone();
     options.create_slot = args.create_slot;
-    options.tablespace_mappings = args.tablespace_mappings.iter().map(|m| parse_mapping(m)).collect::<Result<_, _>>()?;
+    options.tablespace_mappings = args
+        .tablespace_mappings
+        .iter()
+        .map(|m| parse_mapping(m))
+        .collect::<Result<_, _>>()?;
     options.sync = !args.no_sync;
     options.manifest_checksums = if args.no_manifest {
         None
     } else {
-        Some(args.manifest_checksums.parse::<ChecksumAlgorithm>().map_err(|e| anyhow!("{e}: use CRC32C, SHA224, SHA256, SHA384, SHA512 or NONE"))?)
+        Some(
+            args.manifest_checksums
+                .parse::<ChecksumAlgorithm>()
+                .map_err(|e| anyhow!("{e}: use CRC32C, SHA224, SHA256, SHA384, SHA512 or NONE"))?,
+        )
     };
     options.compression = args.compress.map(|c| match c {
         CompressArg::ServerGzip => ServerCompression::Gzip,
@@ -163,7 +192,8 @@ fn parse_mapping(text: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
             c => old.push(c),
         }
     }
-    let new = new.ok_or_else(|| anyhow!("invalid tablespace mapping `{text}`: use OLDDIR=NEWDIR"))?;
+    let new =
+        new.ok_or_else(|| anyhow!("invalid tablespace mapping `{text}`: use OLDDIR=NEWDIR"))?;
     let (old, new) = (PathBuf::from(old), PathBuf::from(new));
     if !old.is_absolute() || !new.is_absolute() {
         bail!("invalid tablespace mapping `{text}`: both directories must be absolute paths");
@@ -172,15 +202,22 @@ fn parse_mapping(text: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 fn parse_owner(text: &str) -> anyhow::Result<(u32, u32)> {
-    let (uid, gid) = text.split_once(':').ok_or_else(|| anyhow!("invalid --owner `{text}`: use UID:GID, e.g. 999:999"))?;
-    let number = |s: &str| s.parse::<u32>().map_err(|_| anyhow!("invalid --owner `{text}`: use numeric UID:GID, e.g. 999:999"));
+    let (uid, gid) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow!("invalid --owner `{text}`: use UID:GID, e.g. 999:999"))?;
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|_| anyhow!("invalid --owner `{text}`: use numeric UID:GID, e.g. 999:999"))
+    };
     Ok((number(uid)?, number(gid)?))
 }
 
 fn parse_host_port(text: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
     match text.rsplit_once(':') {
         Some((host, port)) if !host.contains(':') => {
-            let port = port.parse().map_err(|_| anyhow!("invalid port in `{text}`"))?;
+            let port = port
+                .parse()
+                .map_err(|_| anyhow!("invalid port in `{text}`"))?;
             Ok((host.to_owned(), port))
         }
         _ => Ok((text.to_owned(), default_port)),
@@ -212,13 +249,25 @@ mod tests {
 
     #[test]
     fn mappings_and_owners() {
-        assert_eq!(parse_mapping("/a=/b").unwrap(), (PathBuf::from("/a"), PathBuf::from("/b")));
-        assert_eq!(parse_mapping("/a\\=x=/b").unwrap(), (PathBuf::from("/a=x"), PathBuf::from("/b")));
+        assert_eq!(
+            parse_mapping("/a=/b").unwrap(),
+            (PathBuf::from("/a"), PathBuf::from("/b"))
+        );
+        assert_eq!(
+            parse_mapping("/a\\=x=/b").unwrap(),
+            (PathBuf::from("/a=x"), PathBuf::from("/b"))
+        );
         assert!(parse_mapping("/a").is_err());
         assert!(parse_mapping("a=/b").is_err());
         assert_eq!(parse_owner("999:998").unwrap(), (999, 998));
         assert!(parse_owner("postgres").is_err());
-        assert_eq!(parse_host_port("pg_master:5432", 1).unwrap(), ("pg_master".into(), 5432));
-        assert_eq!(parse_host_port("pg_master", 7).unwrap(), ("pg_master".into(), 7));
+        assert_eq!(
+            parse_host_port("pg_master:5432", 1).unwrap(),
+            ("pg_master".into(), 5432)
+        );
+        assert_eq!(
+            parse_host_port("pg_master", 7).unwrap(),
+            ("pg_master".into(), 7)
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! over TLS), using postgres-protocol's hashing and SCRAM state machine.
 
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::frontend;
 
 use super::config::ChannelBindingMode;
@@ -22,7 +24,8 @@ pub(super) async fn authenticate(
             BackendMessage::AuthenticationOk => {
                 if scram.is_none() && options.channel_binding == ChannelBindingMode::Require {
                     return Err(ConnectionError::Auth(
-                        "channel_binding=require, but the server did not authenticate with SCRAM".into(),
+                        "channel_binding=require, but the server did not authenticate with SCRAM"
+                            .into(),
                     ));
                 }
                 return Ok(());
@@ -88,14 +91,21 @@ pub(super) async fn authenticate(
                 )))
             }
             BackendMessage::ErrorResponse(e) => return Err(ConnectionError::Server(e)),
-            other => return Err(ConnectionError::unexpected("an authentication request", &other)),
+            other => {
+                return Err(ConnectionError::unexpected(
+                    "an authentication request",
+                    &other,
+                ))
+            }
         }
         conn.flush().await?;
     }
 }
 
 fn out_of_order(what: &str) -> ConnectionError {
-    ConnectionError::Auth(format!("server sent {what} before the SCRAM exchange began"))
+    ConnectionError::Auth(format!(
+        "server sent {what} before the SCRAM exchange began"
+    ))
 }
 
 /// The password: given explicitly, else from the passfile, looked up only when the server asks.

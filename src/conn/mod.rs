@@ -107,7 +107,10 @@ const READ_CHUNK: usize = 256 * 1024;
 
 impl Connection {
     /// Opens a session and authenticates. The whole exchange is bounded by `connect_timeout`.
-    pub async fn connect(options: &ConnectOptions, kind: SessionKind) -> Result<Connection, ConnectionError> {
+    pub async fn connect(
+        options: &ConnectOptions,
+        kind: SessionKind,
+    ) -> Result<Connection, ConnectionError> {
         let peer = describe_host(options);
         let work = Self::connect_inner(options, kind, peer.clone());
         match options.connect_timeout {
@@ -118,13 +121,20 @@ impl Connection {
         }
     }
 
-    async fn connect_inner(options: &ConnectOptions, kind: SessionKind, peer: String) -> Result<Connection, ConnectionError> {
+    async fn connect_inner(
+        options: &ConnectOptions,
+        kind: SessionKind,
+        peer: String,
+    ) -> Result<Connection, ConnectionError> {
         let (socket, channel_binding) = match &options.host {
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", options.port));
                 let stream = UnixStream::connect(&path)
                     .await
-                    .map_err(ConnectionError::io(format!("connect to `{}`", path.display())))?;
+                    .map_err(ConnectionError::io(format!(
+                        "connect to `{}`",
+                        path.display()
+                    )))?;
                 (Socket::Unix(stream), None)
             }
             Host::Tcp(host) => {
@@ -132,7 +142,9 @@ impl Connection {
                     .await
                     .map_err(ConnectionError::io(format!("connect to `{peer}`")))?;
                 // Small status updates must not wait behind Nagle's algorithm.
-                stream.set_nodelay(true).map_err(ConnectionError::io("set TCP_NODELAY"))?;
+                stream
+                    .set_nodelay(true)
+                    .map_err(ConnectionError::io("set TCP_NODELAY"))?;
                 tls::negotiate(stream, options, host).await?
             }
         };
@@ -150,12 +162,19 @@ impl Connection {
         Ok(conn)
     }
 
-    fn startup(&mut self, options: &ConnectOptions, kind: SessionKind) -> Result<(), ConnectionError> {
+    fn startup(
+        &mut self,
+        options: &ConnectOptions,
+        kind: SessionKind,
+    ) -> Result<(), ConnectionError> {
         let mut params: Vec<(&str, &str)> = vec![("user", &options.user)];
         match kind {
             SessionKind::PhysicalReplication => params.push(("replication", "true")),
             SessionKind::Database => {
-                params.push(("database", options.dbname.as_deref().unwrap_or(&options.user)));
+                params.push((
+                    "database",
+                    options.dbname.as_deref().unwrap_or(&options.user),
+                ));
             }
         }
         if let Some(name) = &options.application_name {
@@ -264,7 +283,10 @@ impl Connection {
             .await
             .map_err(ConnectionError::io(context.clone()))?;
         self.write_buf.clear();
-        self.socket.flush().await.map_err(ConnectionError::io(context))
+        self.socket
+            .flush()
+            .await
+            .map_err(ConnectionError::io(context))
     }
 
     /// Sends Terminate and closes the socket; errors are irrelevant at this point.

@@ -27,16 +27,26 @@ impl ResultSet {
     }
 
     /// Column `name` of `row` as text; `None` for NULL.
-    pub fn text<'r>(&self, row: &'r [Option<Bytes>], name: &str) -> Result<Option<&'r str>, ConnectionError> {
-        let index = self.columns.iter().position(|c| c == name).ok_or_else(|| ConnectionError::Unexpected {
-            expected: "a result column",
-            got: format!("no column `{name}` in {:?}", self.columns),
+    pub fn text<'r>(
+        &self,
+        row: &'r [Option<Bytes>],
+        name: &str,
+    ) -> Result<Option<&'r str>, ConnectionError> {
+        let index = self.columns.iter().position(|c| c == name).ok_or_else(|| {
+            ConnectionError::Unexpected {
+                expected: "a result column",
+                got: format!("no column `{name}` in {:?}", self.columns),
+            }
         })?;
         match row.get(index) {
-            Some(Some(value)) => std::str::from_utf8(value).map(Some).map_err(|_| ConnectionError::Unexpected {
-                expected: "UTF-8 text",
-                got: format!("invalid UTF-8 in column `{name}`"),
-            }),
+            Some(Some(value)) => {
+                std::str::from_utf8(value)
+                    .map(Some)
+                    .map_err(|_| ConnectionError::Unexpected {
+                        expected: "UTF-8 text",
+                        got: format!("invalid UTF-8 in column `{name}`"),
+                    })
+            }
             Some(None) => Ok(None),
             None => Err(ConnectionError::Unexpected {
                 expected: "a value per column",
@@ -46,11 +56,17 @@ impl ResultSet {
     }
 
     /// Column `name` of `row`, required and parsed.
-    pub fn parse<T: std::str::FromStr>(&self, row: &[Option<Bytes>], name: &str) -> Result<T, ConnectionError> {
-        let text = self.text(row, name)?.ok_or_else(|| ConnectionError::Unexpected {
-            expected: "a value",
-            got: format!("NULL in column `{name}`"),
-        })?;
+    pub fn parse<T: std::str::FromStr>(
+        &self,
+        row: &[Option<Bytes>],
+        name: &str,
+    ) -> Result<T, ConnectionError> {
+        let text = self
+            .text(row, name)?
+            .ok_or_else(|| ConnectionError::Unexpected {
+                expected: "a value",
+                got: format!("NULL in column `{name}`"),
+            })?;
         text.parse().map_err(|_| ConnectionError::Unexpected {
             expected: "a parsable value",
             got: format!("`{text}` in column `{name}`"),
@@ -86,14 +102,19 @@ impl Connection {
         loop {
             match self.read_message().await? {
                 BackendMessage::RowDescription { columns } => {
-                    current = Some(ResultSet { columns, rows: Vec::new() });
+                    current = Some(ResultSet {
+                        columns,
+                        rows: Vec::new(),
+                    });
                 }
                 BackendMessage::DataRow { values } => match current.as_mut() {
                     Some(set) => set.rows.push(values),
-                    None => return Err(ConnectionError::Unexpected {
-                        expected: "RowDescription before DataRow",
-                        got: "DataRow".into(),
-                    }),
+                    None => {
+                        return Err(ConnectionError::Unexpected {
+                            expected: "RowDescription before DataRow",
+                            got: "DataRow".into(),
+                        })
+                    }
                 },
                 // Tags differ by version (`SELECT` vs the command name): never depend on them.
                 BackendMessage::CommandComplete { .. } => sets.extend(current.take()),
@@ -110,19 +131,32 @@ impl Connection {
         }
     }
 
-    pub async fn execute(&mut self, command: &ReplicationCommand<'_>) -> Result<Vec<ResultSet>, ConnectionError> {
+    pub async fn execute(
+        &mut self,
+        command: &ReplicationCommand<'_>,
+    ) -> Result<Vec<ResultSet>, ConnectionError> {
         self.simple_query(&command.render()).await
     }
 
-    async fn single_set(&mut self, command: &ReplicationCommand<'_>, name: &'static str) -> Result<ResultSet, ConnectionError> {
-        self.execute(command).await?.into_iter().next().ok_or(ConnectionError::Unexpected {
-            expected: "a result set",
-            got: format!("none from {name}"),
-        })
+    async fn single_set(
+        &mut self,
+        command: &ReplicationCommand<'_>,
+        name: &'static str,
+    ) -> Result<ResultSet, ConnectionError> {
+        self.execute(command)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(ConnectionError::Unexpected {
+                expected: "a result set",
+                got: format!("none from {name}"),
+            })
     }
 
     pub async fn identify_system(&mut self) -> Result<IdentifySystem, ConnectionError> {
-        let set = self.single_set(&ReplicationCommand::IdentifySystem, "IDENTIFY_SYSTEM").await?;
+        let set = self
+            .single_set(&ReplicationCommand::IdentifySystem, "IDENTIFY_SYSTEM")
+            .await?;
         let row = set.single_row("IDENTIFY_SYSTEM")?;
         Ok(IdentifySystem {
             system_id: set.parse(row, "systemid")?,
@@ -134,46 +168,84 @@ impl Connection {
 
     /// `SHOW name` over the replication connection.
     pub async fn show(&mut self, name: &str) -> Result<String, ConnectionError> {
-        let set = self.single_set(&ReplicationCommand::Show(name), "SHOW").await?;
+        let set = self
+            .single_set(&ReplicationCommand::Show(name), "SHOW")
+            .await?;
         let row = set.single_row("SHOW")?;
         let column = set.columns.first().cloned().unwrap_or_default();
         set.text(row, &column)?
             .map(str::to_owned)
-            .ok_or(ConnectionError::Unexpected { expected: "a setting", got: format!("NULL for `{name}`") })
+            .ok_or(ConnectionError::Unexpected {
+                expected: "a setting",
+                got: format!("NULL for `{name}`"),
+            })
     }
 
     /// The history file of `timeline`: its file name and raw content.
-    pub async fn timeline_history(&mut self, timeline: u32) -> Result<(String, Bytes), ConnectionError> {
-        let set = self.single_set(&ReplicationCommand::TimelineHistory(timeline), "TIMELINE_HISTORY").await?;
+    pub async fn timeline_history(
+        &mut self,
+        timeline: u32,
+    ) -> Result<(String, Bytes), ConnectionError> {
+        let set = self
+            .single_set(
+                &ReplicationCommand::TimelineHistory(timeline),
+                "TIMELINE_HISTORY",
+            )
+            .await?;
         let row = set.single_row("TIMELINE_HISTORY")?;
         let filename: String = set.parse(row, "filename")?;
         let content = row.get(1).cloned().flatten().unwrap_or_default();
         Ok((filename, content))
     }
 
-    pub async fn create_physical_slot(&mut self, name: &str, temporary: bool) -> Result<(), ConnectionError> {
-        self.execute(&ReplicationCommand::CreatePhysicalSlot { name, temporary, reserve_wal: true })
+    pub async fn create_physical_slot(
+        &mut self,
+        name: &str,
+        temporary: bool,
+    ) -> Result<(), ConnectionError> {
+        self.execute(&ReplicationCommand::CreatePhysicalSlot {
+            name,
+            temporary,
+            reserve_wal: true,
+        })
+        .await
+        .map(drop)
+    }
+
+    pub async fn drop_slot(&mut self, name: &str) -> Result<(), ConnectionError> {
+        self.execute(&ReplicationCommand::DropSlot { name, wait: false })
             .await
             .map(drop)
     }
 
-    pub async fn drop_slot(&mut self, name: &str) -> Result<(), ConnectionError> {
-        self.execute(&ReplicationCommand::DropSlot { name, wait: false }).await.map(drop)
-    }
-
     /// READ_REPLICATION_SLOT (15+): `None` when no such slot exists.
     pub async fn read_slot(&mut self, name: &str) -> Result<Option<SlotInfo>, ConnectionError> {
-        let set = self.single_set(&ReplicationCommand::ReadSlot(name), "READ_REPLICATION_SLOT").await?;
+        let set = self
+            .single_set(&ReplicationCommand::ReadSlot(name), "READ_REPLICATION_SLOT")
+            .await?;
         let row = set.single_row("READ_REPLICATION_SLOT")?;
         if set.text(row, "slot_type")?.is_none() {
             return Ok(None);
         }
-        let restart_lsn = set.text(row, "restart_lsn")?.map(str::parse).transpose().map_err(|_| {
-            ConnectionError::Unexpected { expected: "an LSN", got: "bad restart_lsn".into() }
-        })?;
-        let restart_timeline = set.text(row, "restart_tli")?.map(str::parse).transpose().map_err(|_| {
-            ConnectionError::Unexpected { expected: "a timeline", got: "bad restart_tli".into() }
-        })?;
-        Ok(Some(SlotInfo { restart_lsn, restart_timeline }))
+        let restart_lsn = set
+            .text(row, "restart_lsn")?
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| ConnectionError::Unexpected {
+                expected: "an LSN",
+                got: "bad restart_lsn".into(),
+            })?;
+        let restart_timeline = set
+            .text(row, "restart_tli")?
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| ConnectionError::Unexpected {
+                expected: "a timeline",
+                got: "bad restart_tli".into(),
+            })?;
+        Ok(Some(SlotInfo {
+            restart_lsn,
+            restart_timeline,
+        }))
     }
 }

@@ -20,18 +20,31 @@ pub const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 pub enum BackendMessage {
     AuthenticationOk,
     AuthenticationCleartextPassword,
-    AuthenticationMd5Password { salt: [u8; 4] },
-    AuthenticationSasl { mechanisms: Vec<String> },
+    AuthenticationMd5Password {
+        salt: [u8; 4],
+    },
+    AuthenticationSasl {
+        mechanisms: Vec<String>,
+    },
     AuthenticationSaslContinue(Bytes),
     AuthenticationSaslFinal(Bytes),
     /// GSS, SSPI, Kerberos, SCM: named for the error message.
     AuthenticationUnsupported(&'static str),
-    ParameterStatus { name: String, value: String },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
     BackendKeyData,
     ReadyForQuery,
-    RowDescription { columns: Vec<String> },
-    DataRow { values: Vec<Option<Bytes>> },
-    CommandComplete { tag: String },
+    RowDescription {
+        columns: Vec<String>,
+    },
+    DataRow {
+        values: Vec<Option<Bytes>>,
+    },
+    CommandComplete {
+        tag: String,
+    },
     EmptyQueryResponse,
     ErrorResponse(ServerError),
     NoticeResponse(ServerError),
@@ -83,7 +96,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<BackendMessage>, ProtocolError
 }
 
 fn convert(message: Message) -> Result<BackendMessage, ProtocolError> {
-    let malformed = |what: &'static str| move |e: std::io::Error| ProtocolError::malformed(what, e.to_string());
+    let malformed =
+        |what: &'static str| move |e: std::io::Error| ProtocolError::malformed(what, e.to_string());
     Ok(match message {
         Message::AuthenticationOk => BackendMessage::AuthenticationOk,
         Message::AuthenticationCleartextPassword => BackendMessage::AuthenticationCleartextPassword,
@@ -107,13 +121,21 @@ fn convert(message: Message) -> Result<BackendMessage, ProtocolError> {
             BackendMessage::AuthenticationUnsupported("GSSAPI")
         }
         Message::AuthenticationSspi => BackendMessage::AuthenticationUnsupported("SSPI"),
-        Message::AuthenticationKerberosV5 => BackendMessage::AuthenticationUnsupported("Kerberos V5"),
+        Message::AuthenticationKerberosV5 => {
+            BackendMessage::AuthenticationUnsupported("Kerberos V5")
+        }
         Message::AuthenticationScmCredential => {
             BackendMessage::AuthenticationUnsupported("SCM credentials")
         }
         Message::ParameterStatus(body) => BackendMessage::ParameterStatus {
-            name: body.name().map_err(malformed("ParameterStatus"))?.to_owned(),
-            value: body.value().map_err(malformed("ParameterStatus"))?.to_owned(),
+            name: body
+                .name()
+                .map_err(malformed("ParameterStatus"))?
+                .to_owned(),
+            value: body
+                .value()
+                .map_err(malformed("ParameterStatus"))?
+                .to_owned(),
         },
         Message::BackendKeyData(_) => BackendMessage::BackendKeyData,
         Message::ReadyForQuery(_) => BackendMessage::ReadyForQuery,
@@ -137,7 +159,9 @@ fn convert(message: Message) -> Result<BackendMessage, ProtocolError> {
             tag: body.tag().map_err(malformed("CommandComplete"))?.to_owned(),
         },
         Message::EmptyQueryResponse => BackendMessage::EmptyQueryResponse,
-        Message::ErrorResponse(body) => BackendMessage::ErrorResponse(ServerError::parse(body.fields())?),
+        Message::ErrorResponse(body) => {
+            BackendMessage::ErrorResponse(ServerError::parse(body.fields())?)
+        }
         Message::NoticeResponse(body) => {
             BackendMessage::NoticeResponse(ServerError::parse(body.fields())?)
         }
@@ -150,7 +174,10 @@ fn convert(message: Message) -> Result<BackendMessage, ProtocolError> {
         other => {
             return Err(ProtocolError::malformed(
                 "backend message",
-                format!("unexpected on a replication connection: {}", message_name(&other)),
+                format!(
+                    "unexpected on a replication connection: {}",
+                    message_name(&other)
+                ),
             ))
         }
     })
@@ -206,8 +233,15 @@ pub(crate) mod tests {
                 let mut buf = BytesMut::from(&bytes[..split]);
                 let early = parse(&mut buf).unwrap();
                 if split < bytes.len() {
-                    assert!(early.is_none(), "complete message reported at split {split}");
-                    assert_eq!(buf.len(), split, "bytes consumed from an incomplete message");
+                    assert!(
+                        early.is_none(),
+                        "complete message reported at split {split}"
+                    );
+                    assert_eq!(
+                        buf.len(),
+                        split,
+                        "bytes consumed from an incomplete message"
+                    );
                     buf.extend_from_slice(&bytes[split..]);
                     let message = parse(&mut buf).unwrap().expect("complete");
                     assert!(buf.is_empty());
@@ -230,7 +264,10 @@ pub(crate) mod tests {
     #[test]
     fn copy_both_response_with_trailing_bytes_is_rejected() {
         let mut buf = BytesMut::from(&hex_bytes("57 00000008 00 0000 ff")[..]);
-        assert!(matches!(parse(&mut buf), Err(ProtocolError::Malformed { .. })));
+        assert!(matches!(
+            parse(&mut buf),
+            Err(ProtocolError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -248,7 +285,12 @@ pub(crate) mod tests {
     #[test]
     fn error_response_fields_are_typed() {
         let mut body = Vec::new();
-        for (t, v) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "28000"), (b'M', "no pg_hba.conf entry")] {
+        for (t, v) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', "28000"),
+            (b'M', "no pg_hba.conf entry"),
+        ] {
             body.push(t);
             body.extend_from_slice(v.as_bytes());
             body.push(0);
@@ -263,7 +305,10 @@ pub(crate) mod tests {
         };
         assert_eq!(e.code, "28000");
         assert!(e.is_fatal());
-        assert_eq!(e.to_string(), "FATAL: no pg_hba.conf entry (SQLSTATE 28000)");
+        assert_eq!(
+            e.to_string(),
+            "FATAL: no pg_hba.conf entry (SQLSTATE 28000)"
+        );
     }
 
     #[test]

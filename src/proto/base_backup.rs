@@ -16,7 +16,10 @@ pub const MANIFEST_TAG: u8 = b'm';
 pub enum BackupStreamMessage {
     /// Starts an archive (and ends the previous one). `tablespace_path` is empty for the main
     /// data directory.
-    NewArchive { name: String, tablespace_path: String },
+    NewArchive {
+        name: String,
+        tablespace_path: String,
+    },
     /// Bytes of the current archive, or of the manifest once [`Self::ManifestStart`] was seen.
     Data(Bytes),
     /// Uncompressed bytes processed so far for the whole backup.
@@ -51,7 +54,10 @@ impl BackupStreamMessage {
                 let done = r.i64()?;
                 r.finish()?;
                 let done = u64::try_from(done).map_err(|_| {
-                    ProtocolError::malformed("BASE_BACKUP progress", format!("negative count {done}"))
+                    ProtocolError::malformed(
+                        "BASE_BACKUP progress",
+                        format!("negative count {done}"),
+                    )
                 })?;
                 Ok(Self::Progress(done))
             }
@@ -63,7 +69,10 @@ impl BackupStreamMessage {
                 "BASE_BACKUP CopyData",
                 format!("unknown message type `{}`", char::from(other)),
             )),
-            None => Err(ProtocolError::malformed("BASE_BACKUP CopyData", "empty payload")),
+            None => Err(ProtocolError::malformed(
+                "BASE_BACKUP CopyData",
+                "empty payload",
+            )),
         }
     }
 }
@@ -82,12 +91,18 @@ mod tests {
         // 'n' "base.tar\0" "\0"
         assert_eq!(
             parse("6e 626173652e74617200 00").unwrap(),
-            BackupStreamMessage::NewArchive { name: "base.tar".into(), tablespace_path: String::new() }
+            BackupStreamMessage::NewArchive {
+                name: "base.tar".into(),
+                tablespace_path: String::new()
+            }
         );
         // 'n' "16385.tar\0" "/ts\0"
         assert_eq!(
             parse("6e 31363338352e74617200 2f747300").unwrap(),
-            BackupStreamMessage::NewArchive { name: "16385.tar".into(), tablespace_path: "/ts".into() }
+            BackupStreamMessage::NewArchive {
+                name: "16385.tar".into(),
+                tablespace_path: "/ts".into()
+            }
         );
     }
 
@@ -103,11 +118,17 @@ mod tests {
 
     #[test]
     fn progress_manifest_and_data() {
-        assert_eq!(parse("70 0000000000100000").unwrap(), BackupStreamMessage::Progress(0x100000));
+        assert_eq!(
+            parse("70 0000000000100000").unwrap(),
+            BackupStreamMessage::Progress(0x100000)
+        );
         assert!(parse("70 ffffffffffffffff").is_err());
         assert!(parse("70 00").is_err());
         assert_eq!(parse("6d").unwrap(), BackupStreamMessage::ManifestStart);
-        assert_eq!(parse("64 0102").unwrap(), BackupStreamMessage::Data(Bytes::from_static(&[1, 2])));
+        assert_eq!(
+            parse("64 0102").unwrap(),
+            BackupStreamMessage::Data(Bytes::from_static(&[1, 2]))
+        );
         assert!(parse("7a").is_err());
     }
 }

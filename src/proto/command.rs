@@ -17,12 +17,23 @@ pub enum ReplicationCommand<'a> {
     Show(&'a str),
     TimelineHistory(u32),
     /// The legacy physical form, valid on every supported server.
-    CreatePhysicalSlot { name: &'a str, temporary: bool, reserve_wal: bool },
-    DropSlot { name: &'a str, wait: bool },
+    CreatePhysicalSlot {
+        name: &'a str,
+        temporary: bool,
+        reserve_wal: bool,
+    },
+    DropSlot {
+        name: &'a str,
+        wait: bool,
+    },
     /// PostgreSQL 15+.
     ReadSlot(&'a str),
     BaseBackup(&'a BaseBackupCommand),
-    StartPhysical { slot: Option<&'a str>, start: Lsn, timeline: u32 },
+    StartPhysical {
+        slot: Option<&'a str>,
+        start: Lsn,
+        timeline: u32,
+    },
 }
 
 /// Server-side compression of the backup archives (15+).
@@ -68,7 +79,11 @@ impl ReplicationCommand<'_> {
             Self::IdentifySystem => "IDENTIFY_SYSTEM".to_owned(),
             Self::Show(name) => format!("SHOW {}", quote_ident(name)),
             Self::TimelineHistory(tli) => format!("TIMELINE_HISTORY {tli}"),
-            Self::CreatePhysicalSlot { name, temporary, reserve_wal } => format!(
+            Self::CreatePhysicalSlot {
+                name,
+                temporary,
+                reserve_wal,
+            } => format!(
                 "CREATE_REPLICATION_SLOT {}{} PHYSICAL{}",
                 quote_ident(name),
                 if *temporary { " TEMPORARY" } else { "" },
@@ -81,7 +96,11 @@ impl ReplicationCommand<'_> {
             ),
             Self::ReadSlot(name) => format!("READ_REPLICATION_SLOT {}", quote_ident(name)),
             Self::BaseBackup(cmd) => cmd.render(),
-            Self::StartPhysical { slot, start, timeline } => {
+            Self::StartPhysical {
+                slot,
+                start,
+                timeline,
+            } => {
                 let mut text = String::from("START_REPLICATION ");
                 if let Some(slot) = slot {
                     let _ = write!(text, "SLOT {} ", quote_ident(slot));
@@ -107,7 +126,14 @@ impl BaseBackupCommand {
         if self.progress {
             options.push("PROGRESS".into());
         }
-        options.push(format!("CHECKPOINT '{}'", if self.fast_checkpoint { "fast" } else { "spread" }));
+        options.push(format!(
+            "CHECKPOINT '{}'",
+            if self.fast_checkpoint {
+                "fast"
+            } else {
+                "spread"
+            }
+        ));
         if self.include_wal {
             options.push("WAL".into());
         }
@@ -147,7 +173,11 @@ impl BaseBackupCommand {
             let _ = write!(text, " MAX_RATE {rate}");
         }
         if let Some(algorithm) = self.manifest_checksums {
-            let _ = write!(text, " MANIFEST 'yes' MANIFEST_CHECKSUMS {}", quote_literal(algorithm));
+            let _ = write!(
+                text,
+                " MANIFEST 'yes' MANIFEST_CHECKSUMS {}",
+                quote_literal(algorithm)
+            );
         }
         text
     }
@@ -216,20 +246,51 @@ mod tests {
     fn slot_and_streaming_commands() {
         let start: Lsn = "0/3000000".parse().unwrap();
         assert_eq!(
-            ReplicationCommand::CreatePhysicalSlot { name: "s1", temporary: true, reserve_wal: true }.render(),
+            ReplicationCommand::CreatePhysicalSlot {
+                name: "s1",
+                temporary: true,
+                reserve_wal: true
+            }
+            .render(),
             "CREATE_REPLICATION_SLOT \"s1\" TEMPORARY PHYSICAL RESERVE_WAL"
         );
-        assert_eq!(ReplicationCommand::DropSlot { name: "s1", wait: true }.render(), "DROP_REPLICATION_SLOT \"s1\" WAIT");
-        assert_eq!(ReplicationCommand::ReadSlot("s1").render(), "READ_REPLICATION_SLOT \"s1\"");
         assert_eq!(
-            ReplicationCommand::StartPhysical { slot: Some("s1"), start, timeline: 2 }.render(),
+            ReplicationCommand::DropSlot {
+                name: "s1",
+                wait: true
+            }
+            .render(),
+            "DROP_REPLICATION_SLOT \"s1\" WAIT"
+        );
+        assert_eq!(
+            ReplicationCommand::ReadSlot("s1").render(),
+            "READ_REPLICATION_SLOT \"s1\""
+        );
+        assert_eq!(
+            ReplicationCommand::StartPhysical {
+                slot: Some("s1"),
+                start,
+                timeline: 2
+            }
+            .render(),
             "START_REPLICATION SLOT \"s1\" PHYSICAL 0/3000000 TIMELINE 2"
         );
         assert_eq!(
-            ReplicationCommand::StartPhysical { slot: None, start, timeline: 1 }.render(),
+            ReplicationCommand::StartPhysical {
+                slot: None,
+                start,
+                timeline: 1
+            }
+            .render(),
             "START_REPLICATION PHYSICAL 0/3000000 TIMELINE 1"
         );
-        assert_eq!(ReplicationCommand::Show("wal_segment_size").render(), "SHOW \"wal_segment_size\"");
-        assert_eq!(ReplicationCommand::TimelineHistory(3).render(), "TIMELINE_HISTORY 3");
+        assert_eq!(
+            ReplicationCommand::Show("wal_segment_size").render(),
+            "SHOW \"wal_segment_size\""
+        );
+        assert_eq!(
+            ReplicationCommand::TimelineHistory(3).render(),
+            "TIMELINE_HISTORY 3"
+        );
     }
 }

@@ -69,15 +69,21 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn i16(&mut self) -> Result<i16, ProtocolError> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(i16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     pub(crate) fn u64(&mut self) -> Result<u64, ProtocolError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     pub(crate) fn i64(&mut self) -> Result<i64, ProtocolError> {
-        Ok(i64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     /// A NUL-terminated string.

@@ -102,7 +102,10 @@ impl WalSenderMessage {
                 "walsender CopyData",
                 format!("unknown message type `{}`", char::from(other)),
             )),
-            None => Err(ProtocolError::malformed("walsender CopyData", "empty payload")),
+            None => Err(ProtocolError::malformed(
+                "walsender CopyData",
+                "empty payload",
+            )),
         }
     }
 }
@@ -151,7 +154,8 @@ mod tests {
     #[test]
     fn keepalive_reply_flag() {
         let payload = Bytes::from(hex_bytes("6b 0000000001000010 0002b1c5a4e2f3d1 01"));
-        let WalSenderMessage::PrimaryKeepalive(k) = WalSenderMessage::parse(payload).unwrap() else {
+        let WalSenderMessage::PrimaryKeepalive(k) = WalSenderMessage::parse(payload).unwrap()
+        else {
             panic!("not a keepalive")
         };
         assert!(k.reply_requested);
@@ -160,8 +164,17 @@ mod tests {
 
     #[test]
     fn short_and_unknown_payloads_are_errors() {
-        for bad in ["77 00", "6b 0000000001000010 0002b1c5a4e2f3d1", "6b 0000000001000010 0002b1c5a4e2f3d1 01 00", "73 00", ""] {
-            assert!(WalSenderMessage::parse(Bytes::from(hex_bytes(bad))).is_err(), "{bad}");
+        for bad in [
+            "77 00",
+            "6b 0000000001000010 0002b1c5a4e2f3d1",
+            "6b 0000000001000010 0002b1c5a4e2f3d1 01 00",
+            "73 00",
+            "",
+        ] {
+            assert!(
+                WalSenderMessage::parse(Bytes::from(hex_bytes(bad))).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -186,7 +199,10 @@ mod tests {
     fn timestamps_use_the_2000_epoch() {
         let t = PgTimestamp::from_system_time(UNIX_EPOCH + Duration::from_secs(946_684_800));
         assert_eq!(t, PgTimestamp(0));
-        assert_eq!(PgTimestamp(1_000_000).to_system_time(), Some(UNIX_EPOCH + Duration::from_secs(946_684_801)));
+        assert_eq!(
+            PgTimestamp(1_000_000).to_system_time(),
+            Some(UNIX_EPOCH + Duration::from_secs(946_684_801))
+        );
         assert_eq!(PgTimestamp(i64::MAX).to_system_time(), None);
     }
 }

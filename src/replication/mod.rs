@@ -35,7 +35,11 @@ pub enum ReplicationError {
     #[error("WAL arrived out of order: expected {expected}, server sent {got}")]
     Gap { expected: Lsn, got: Lsn },
     #[error("server switched to timeline {timeline} at {switch_point}, before WAL already received up to {received}")]
-    TimelineFork { timeline: u32, switch_point: Lsn, received: Lsn },
+    TimelineFork {
+        timeline: u32,
+        switch_point: Lsn,
+        received: Lsn,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -70,15 +74,33 @@ pub async fn stream_wal(
     let mut timeline = options.timeline;
     let mut position = options.start.segment_start(segment_size);
     loop {
-        let command = ReplicationCommand::StartPhysical { slot: options.slot.as_deref(), start: position, timeline };
+        let command = ReplicationCommand::StartPhysical {
+            slot: options.slot.as_deref(),
+            start: position,
+            timeline,
+        };
         conn.send_query(&command.render())?;
         conn.flush().await?;
-        let mut session = Session { conn: &mut *conn, writer: &mut *writer, options, timeline, position, flushed: position };
+        let mut session = Session {
+            conn: &mut *conn,
+            writer: &mut *writer,
+            options,
+            timeline,
+            position,
+            flushed: position,
+        };
         match session.run(&mut stop_at, cancel).await? {
             Outcome::Ended(end) => return Ok(end),
-            Outcome::NextTimeline { timeline: next, start } => {
+            Outcome::NextTimeline {
+                timeline: next,
+                start,
+            } => {
                 if start > session.position {
-                    return Err(ReplicationError::TimelineFork { timeline: next, switch_point: start, received: session.position });
+                    return Err(ReplicationError::TimelineFork {
+                        timeline: next,
+                        switch_point: start,
+                        received: session.position,
+                    });
                 }
                 let (_, history) = conn.timeline_history(next).await?;
                 writer.write_history(next, &history)?;
@@ -106,7 +128,11 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    async fn run(&mut self, stop_at: &mut watch::Receiver<Option<Lsn>>, cancel: &CancellationToken) -> Result<Outcome, ReplicationError> {
+    async fn run(
+        &mut self,
+        stop_at: &mut watch::Receiver<Option<Lsn>>,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ReplicationError> {
         match self.conn.read_message().await? {
             BackendMessage::CopyBothResponse => {}
             // A historic timeline that ends exactly at the start: no COPY, just the next timeline.
@@ -151,13 +177,19 @@ impl Session<'_> {
                 BackendMessage::CopyData(payload) => match WalSenderMessage::parse(payload)? {
                     WalSenderMessage::XLogData(xlog) => {
                         if xlog.wal_start != self.position {
-                            return Err(ReplicationError::Gap { expected: self.position, got: xlog.wal_start });
+                            return Err(ReplicationError::Gap {
+                                expected: self.position,
+                                got: xlog.wal_start,
+                            });
                         }
-                        self.writer.write(self.timeline, xlog.wal_start, &xlog.data)?;
-                        self.position = self.position.checked_add(xlog.data.len() as u64).ok_or(ReplicationError::Gap {
-                            expected: self.position,
-                            got: xlog.wal_start,
-                        })?;
+                        self.writer
+                            .write(self.timeline, xlog.wal_start, &xlog.data)?;
+                        self.position = self.position.checked_add(xlog.data.len() as u64).ok_or(
+                            ReplicationError::Gap {
+                                expected: self.position,
+                                got: xlog.wal_start,
+                            },
+                        )?;
                     }
                     WalSenderMessage::PrimaryKeepalive(keepalive) => {
                         if keepalive.reply_requested && !stopping {
@@ -177,7 +209,9 @@ impl Session<'_> {
                 // Server shutdown: CommandComplete without CopyDone, then the socket closes.
                 BackendMessage::CommandComplete { .. } => {
                     self.writer.flush()?;
-                    return Ok(Outcome::Ended(StreamEnd::ServerShutdown { position: self.position }));
+                    return Ok(Outcome::Ended(StreamEnd::ServerShutdown {
+                        position: self.position,
+                    }));
                 }
                 BackendMessage::ErrorResponse(e) => return Err(self.drain_error(e).await),
                 other => return Err(ConnectionError::unexpected("WAL data", &other).into()),
@@ -190,7 +224,10 @@ impl Session<'_> {
     }
 
     /// After both sides sent CopyDone: either a next-timeline result set or just the end.
-    async fn after_copy(&mut self, cancel: &CancellationToken) -> Result<Outcome, ReplicationError> {
+    async fn after_copy(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<Outcome, ReplicationError> {
         self.writer.flush()?;
         match self.conn.read_message().await? {
             BackendMessage::RowDescription { .. } => self.read_next_timeline().await,
@@ -222,8 +259,12 @@ impl Session<'_> {
                 .and_then(|v| String::from_utf8(v.to_vec()).ok())
                 .ok_or_else(|| ProtocolError::malformed("next timeline", "missing column"))
         };
-        let timeline = text(0)?.parse().map_err(|_| ProtocolError::malformed("next timeline", "bad next_tli"))?;
-        let start: Lsn = text(1)?.parse().map_err(|_| ProtocolError::malformed("next timeline", "bad next_tli_startpos"))?;
+        let timeline = text(0)?
+            .parse()
+            .map_err(|_| ProtocolError::malformed("next timeline", "bad next_tli"))?;
+        let start: Lsn = text(1)?
+            .parse()
+            .map_err(|_| ProtocolError::malformed("next timeline", "bad next_tli_startpos"))?;
         self.read_until_ready().await?;
         Ok(Outcome::NextTimeline { timeline, start })
     }
@@ -241,7 +282,10 @@ impl Session<'_> {
 
     /// After an ErrorResponse the server sends ReadyForQuery; consume it so the session could be
     /// reused, but report the error whatever happens.
-    async fn drain_error(&mut self, error: crate::proto::server_error::ServerError) -> ReplicationError {
+    async fn drain_error(
+        &mut self,
+        error: crate::proto::server_error::ServerError,
+    ) -> ReplicationError {
         if !error.is_fatal() {
             while let Ok(message) = self.conn.read_message().await {
                 if matches!(message, BackendMessage::ReadyForQuery) {

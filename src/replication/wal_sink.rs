@@ -36,13 +36,24 @@ struct OpenSegment {
 
 impl SegmentWriter {
     /// `dirs` must exist; `archive_status/` is created in each for [`SegmentNaming::Standby`].
-    pub fn new(dirs: Vec<PathBuf>, segment_size: u64, naming: SegmentNaming, sync: bool) -> io::Result<Self> {
+    pub fn new(
+        dirs: Vec<PathBuf>,
+        segment_size: u64,
+        naming: SegmentNaming,
+        sync: bool,
+    ) -> io::Result<Self> {
         if naming == SegmentNaming::Standby {
             for dir in &dirs {
                 fs::create_dir_all(dir.join("archive_status"))?;
             }
         }
-        Ok(Self { dirs, segment_size, naming, sync, open: None })
+        Ok(Self {
+            dirs,
+            segment_size,
+            naming,
+            sync,
+            open: None,
+        })
     }
 
     pub fn segment_size(&self) -> u64 {
@@ -70,9 +81,9 @@ impl SegmentWriter {
             }
             open.filled = open.filled.max(offset + chunk.len() as u64);
             data = rest;
-            position = position
-                .checked_add(chunk.len() as u64)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "WAL position overflows"))?;
+            position = position.checked_add(chunk.len() as u64).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "WAL position overflows")
+            })?;
             if open.filled == segment_size {
                 self.close_segment()?;
             }
@@ -84,12 +95,21 @@ impl SegmentWriter {
         let name = self.file_name(timeline, segment);
         let mut files = Vec::with_capacity(self.dirs.len());
         for dir in &self.dirs {
-            let file = OpenOptions::new().create(true).write(true).truncate(false).open(dir.join(&name))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(dir.join(&name))?;
             // Full size from the start, as the server and pg_basebackup create segments.
             file.set_len(self.segment_size)?;
             files.push(file);
         }
-        Ok(self.open.insert(OpenSegment { timeline, segment, files, filled: 0 }))
+        Ok(self.open.insert(OpenSegment {
+            timeline,
+            segment,
+            files,
+            filled: 0,
+        }))
     }
 
     fn file_name(&self, timeline: u32, segment: u64) -> String {
@@ -102,7 +122,9 @@ impl SegmentWriter {
 
     /// Closes the open segment; a complete one is marked done (standby) or renamed (archive).
     fn close_segment(&mut self) -> io::Result<()> {
-        let Some(open) = self.open.take() else { return Ok(()) };
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
         if self.sync {
             for file in &open.files {
                 file.sync_data()?;
@@ -186,17 +208,29 @@ mod tests {
             let second = fs::read(d.join("000000010000000000000002")).unwrap();
             assert_eq!(second.len() as u64, SEG);
             assert_eq!(&second[..4], b"efgh");
-            assert!(d.join("archive_status/000000010000000000000001.done").exists());
-            assert!(!d.join("archive_status/000000010000000000000002.done").exists());
+            assert!(d
+                .join("archive_status/000000010000000000000001.done")
+                .exists());
+            assert!(!d
+                .join("archive_status/000000010000000000000002.done")
+                .exists());
         }
     }
 
     #[test]
     fn archive_naming_renames_complete_segments() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut w = SegmentWriter::new(vec![tmp.path().to_owned()], SEG, SegmentNaming::Archive, true).unwrap();
-        w.write(2, Lsn::new(0), &vec![7u8; SEG as usize + 10]).unwrap();
-        w.write_history(2, b"1\t0/1000000\tno recovery target specified\n").unwrap();
+        let mut w = SegmentWriter::new(
+            vec![tmp.path().to_owned()],
+            SEG,
+            SegmentNaming::Archive,
+            true,
+        )
+        .unwrap();
+        w.write(2, Lsn::new(0), &vec![7u8; SEG as usize + 10])
+            .unwrap();
+        w.write_history(2, b"1\t0/1000000\tno recovery target specified\n")
+            .unwrap();
         w.finish().unwrap();
         assert!(tmp.path().join("000000020000000000000000").exists());
         assert!(tmp.path().join("000000020000000000000001.partial").exists());

@@ -1,0 +1,19 @@
+mod basebackup;
+mod harness;
+
+use harness::{PgInstall, PgServer, ServerOptions};
+
+#[test]
+fn harness_starts_a_server() {
+    let server = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let one: i32 = rt.block_on(async {
+        let client = server.client().await;
+        client.query_one("SELECT 1", &[]).await.unwrap().get(0)
+    });
+    assert_eq!(one, 1, "{}", server.log_tail());
+    assert_eq!(server.psql("SELECT 1"), "1");
+}
