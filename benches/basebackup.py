@@ -26,15 +26,22 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_measured(argv, env=None):
-    """Runs argv, returns (seconds, peak RSS in KiB) of that process."""
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(argv)} failed:\n{proc.stderr.read().decode()}")
+def run_measured(argv):
+    """Runs argv, returns (seconds, peak RSS in KiB) of that process and its children.
+
+    posix_spawn (vfork) rather than subprocess: a forked copy of this Python process would
+    otherwise be counted as the child's peak RSS."""
+    with tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+        ])
+        _, status, usage = os.wait4(pid, 0)
+        elapsed = time.monotonic() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            sys.exit(f"{' '.join(argv)} failed:\n{err.read().decode()}")
     return elapsed, usage.ru_maxrss
 
 

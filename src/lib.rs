@@ -6,6 +6,7 @@
 //! # Layout
 //! Dependencies only point downward:
 //! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
+//! - [`cluster`]: a replicated cluster from nothing, local processes or containers (`pgrepl up`).
 //! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`).
 //! - [`replication`]: START_REPLICATION streaming into WAL segment files.
 //! - [`lag`]: replication health of every node (`pgrepl lag`, `pgrepl status`).
@@ -14,6 +15,7 @@
 //! - [`lsn`]: WAL positions and segment arithmetic.
 
 pub mod backup;
+pub mod cluster;
 pub mod conn;
 pub mod lag;
 pub mod lsn;

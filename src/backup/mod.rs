@@ -61,7 +61,7 @@ pub enum BackupError {
     Protocol(#[from] ProtocolError),
     #[error("target `{path}` {reason}")]
     Target { path: PathBuf, reason: String },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

@@ -106,7 +106,7 @@ pub enum UnpackError {
     #[error("no destination directories to extract into")]
     NoDestinations,
     /// The reader failed (for example, the connection dropped).
-    #[error("read the tar stream at offset {offset}: {source}")]
+    #[error("read the tar stream at offset {offset}")]
     Read {
         offset: u64,
         #[source]
@@ -171,7 +171,7 @@ pub enum UnpackError {
     )]
     NotADirectory { name: String, path: PathBuf },
     /// A filesystem operation failed; `op` is a verb such as `create` or `write`.
-    #[error("{op} `{}`: {source}", .path.display())]
+    #[error("{op} `{}`", .path.display())]
     Io {
         op: &'static str,
         path: PathBuf,

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use super::cluster::{DownArgs, InitArgs, NodeArgs, UpArgs};
+use super::lag::LagArgs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pgrepl",
@@ -24,6 +27,24 @@ pub enum Command {
     /// Take a base backup over the replication protocol into one or more standby data directories.
     #[command(disable_help_flag = true)]
     Basebackup(BasebackupArgs),
+    /// Show each standby's lag in bytes and time at every stage, from both ends; exit 1 over a
+    /// limit, 2 when a node is unreachable or misconfigured.
+    Lag(LagArgs),
+    /// Show the cluster: every node's role, system, timeline and position, and synchronous
+    /// replication in words; same exit codes as `lag`.
+    Status(LagArgs),
+    /// Write the default cluster file: the recipe's primary, sync and async standbys.
+    Init(InitArgs),
+    /// Build (or complete) the replicated cluster and check it; idempotent.
+    Up(UpArgs),
+    /// Stop every node (and delete the data with --purge).
+    Down(DownArgs),
+    /// Start one node of the cluster.
+    Start(NodeArgs),
+    /// Stop one node of the cluster (fast shutdown).
+    Stop(NodeArgs),
+    /// Restart one node of the cluster.
+    Restart(NodeArgs),
 }
 
 /// Where to connect, as libpq tools take it. Flags override the -d string, which overrides

@@ -2,7 +2,9 @@
 //! renders results. Hints for errors live in `hints`, argument definitions in `args`.
 
 pub mod args;
+mod cluster;
 pub mod hints;
+pub mod lag;
 mod progress;
 
 use std::path::PathBuf;
@@ -24,15 +26,25 @@ use pgrepl::proto::command::ServerCompression;
 pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     match command {
         Command::Basebackup(args) => basebackup(args, cancel).await,
+        Command::Lag(args) => lag::run(args, lag::View::Lag, cancel).await,
+        Command::Status(args) => lag::run(args, lag::View::Status, cancel).await,
+        Command::Init(args) => cluster::init(args),
+        Command::Up(args) => cluster::up(args).await,
+        Command::Down(args) => cluster::down(args).await,
+        Command::Start(args) => cluster::node(args, cluster::NodeAction::Start).await,
+        Command::Stop(args) => cluster::node(args, cluster::NodeAction::Stop).await,
+        Command::Restart(args) => cluster::node(args, cluster::NodeAction::Restart).await,
     }
 }
 
 /// The role name the user connects as, for hints (before or after options resolve).
 pub fn user_hint(command: &Command) -> String {
-    let Command::Basebackup(args) = command;
-    connect_options(&args.connection, None)
-        .map(|o| o.user)
-        .unwrap_or_else(|_| "replicator".into())
+    let user = match command {
+        Command::Basebackup(args) => connect_options(&args.connection, None).map(|o| o.user).ok(),
+        Command::Lag(args) | Command::Status(args) => lag::user_hint(args),
+        _ => None,
+    };
+    user.unwrap_or_else(|| "replicator".into())
 }
 
 /// libpq precedence: flags over the -d string over the environment over defaults.

@@ -13,6 +13,7 @@ mod auth;
 pub mod config;
 mod query;
 mod socket;
+pub mod sql;
 mod tls;
 
 use std::collections::HashMap;
@@ -42,7 +43,7 @@ pub enum SessionKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -62,6 +63,16 @@ pub enum ConnectionError {
     Unexpected { expected: &'static str, got: String },
     #[error("timed out after {0:?} connecting to `{1}`")]
     Timeout(Duration, String),
+    #[error("{}", sql_error_text(.0))]
+    Sql(tokio_postgres::Error),
+}
+
+/// tokio-postgres shows "db error" for server errors; show the server's words instead.
+fn sql_error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("server said {}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
+        None => error.to_string(),
+    }
 }
 
 impl ConnectionError {
@@ -69,6 +80,7 @@ impl ConnectionError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Self::Server(e) => Some(&e.code),
+            Self::Sql(e) => e.code().map(|c| c.code()),
             _ => None,
         }
     }

@@ -1,5 +1,6 @@
 mod basebackup;
 mod harness;
+mod lag;
 
 use harness::{PgInstall, PgServer, ServerOptions};
 

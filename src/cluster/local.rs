@@ -1,0 +1,238 @@
+//! The local runtime: each node is a postgres process from the machine's PostgreSQL, on
+//! 127.0.0.1 with its own port, its data and log under the state directory. PostgreSQL refuses
+//! to run as root, so when pgrepl runs as root the servers run as the OS user `postgres`.
+//!
+//! Processes are started with `pg_ctl start -w` so they outlive pgrepl, and stopped with
+//! `pg_ctl stop`; the port and socket directory are given on the command line, so a standby
+//! cloned from the primary never inherits the primary's port.
+
+use std::ffi::OsStr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::spec::NodeSpec;
+use super::ClusterError;
+use crate::conn::{ConnectOptions, Host};
+
+#[derive(Debug, Clone)]
+pub struct LocalRuntime {
+    pub bin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// uid/gid the servers run as (the `postgres` user when pgrepl is root).
+    pub run_as: Option<(u32, u32)>,
+}
+
+impl LocalRuntime {
+    /// Finds the binaries (`--pg-bin`, PATH, `pg_config --bindir`, the newest
+    /// /usr/lib/postgresql/*/bin) and the user to run them as.
+    pub fn new(state_dir: PathBuf, pg_bin: Option<PathBuf>) -> Result<LocalRuntime, ClusterError> {
+        let bin_dir = match pg_bin {
+            Some(dir) if dir.join("postgres").is_file() && dir.join("initdb").is_file() => dir,
+            Some(dir) => {
+                return Err(ClusterError::Setup(format!(
+                    "`{}` has no postgres and initdb binaries; give the bin directory of a PostgreSQL installation",
+                    dir.display()
+                )))
+            }
+            None => find_bin_dir().ok_or_else(|| {
+                ClusterError::Setup(
+                    "no PostgreSQL binaries found (PATH, pg_config, /usr/lib/postgresql/*/bin): install PostgreSQL \
+                     (e.g. apt-get install postgresql-15) or give --pg-bin DIR"
+                        .into(),
+                )
+            })?,
+        };
+        let run_as = if unsafe_is_root() { Some(postgres_user()?) } else { None };
+        Ok(LocalRuntime { bin_dir, state_dir, run_as })
+    }
+
+    pub fn data_dir(&self, node: &NodeSpec) -> PathBuf {
+        self.state_dir.join(&node.name).join("data")
+    }
+
+    fn log_file(&self, node: &NodeSpec) -> PathBuf {
+        self.state_dir.join(&node.name).join("postgres.log")
+    }
+
+    /// The Unix socket directory every node listens in (owner-only).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+
+    /// Creates the state directories, owned by the server user.
+    pub fn prepare(&self, nodes: &[NodeSpec]) -> Result<(), ClusterError> {
+        for dir in std::iter::once(self.socket_dir()).chain(nodes.iter().map(|n| self.state_dir.join(&n.name))) {
+            std::fs::create_dir_all(&dir).map_err(|e| ClusterError::io(format!("create `{}`", dir.display()), e))?;
+            self.give_to_server_user(&dir)?;
+        }
+        self.give_to_server_user(&self.state_dir)?;
+        Ok(())
+    }
+
+    fn give_to_server_user(&self, path: &Path) -> Result<(), ClusterError> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| ClusterError::io(format!("chown `{}`", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// initdb for a new primary: local superuser by socket (trust, the socket directory is
+    /// owner-only), password authentication over TCP.
+    pub fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        let data = self.data_dir(node);
+        self.run(
+            "initdb",
+            [
+                OsStr::new("-D"),
+                data.as_os_str(),
+                OsStr::new("-U"),
+                OsStr::new("postgres"),
+                OsStr::new("--auth-local=trust"),
+                OsStr::new("--auth-host=scram-sha-256"),
+                OsStr::new("-E"),
+                OsStr::new("UTF8"),
+                OsStr::new("--locale=C"),
+            ],
+        )
+    }
+
+    pub fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        ensure_port_free(node)?;
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            node.port,
+            self.socket_dir().display()
+        );
+        let (data, log) = (self.data_dir(node), self.log_file(node));
+        self.run(
+            "pg_ctl",
+            [
+                OsStr::new("start"),
+                OsStr::new("-w"),
+                OsStr::new("-t"),
+                OsStr::new("120"),
+                OsStr::new("-D"),
+                data.as_os_str(),
+                OsStr::new("-l"),
+                log.as_os_str(),
+                OsStr::new("-o"),
+                OsStr::new(&options),
+            ],
+        )
+        .map_err(|e| ClusterError::Setup(format!("start `{}`: {e}; see `{}`", node.name, log.display())))
+    }
+
+    /// Stops the node (`fast`: roll back sessions, checkpoint, exit; else `immediate`).
+    pub fn stop(&self, node: &NodeSpec, fast: bool) -> Result<(), ClusterError> {
+        if !self.is_running(node) {
+            return Ok(());
+        }
+        let data = self.data_dir(node);
+        let mode = if fast { "fast" } else { "immediate" };
+        self.run("pg_ctl", [OsStr::new("stop"), OsStr::new("-w"), OsStr::new("-m"), OsStr::new(mode), OsStr::new("-D"), data.as_os_str()])
+    }
+
+    /// SIGKILL to the postmaster: a crash, for failover drills.
+    pub fn kill(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        if let Some(pid) = self.postmaster_pid(node) {
+            // SAFETY: plain kill(2) on a pid read from postmaster.pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&self, node: &NodeSpec) -> bool {
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        self.postmaster_pid(node).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+    }
+
+    fn postmaster_pid(&self, node: &NodeSpec) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir(node).join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// The superuser over the socket directory.
+    pub fn superuser(&self, node: &NodeSpec) -> ConnectOptions {
+        let mut options = ConnectOptions::resolve(Default::default(), &|_| None).expect("defaults always resolve");
+        options.host = Host::Unix(self.socket_dir());
+        options.port = node.port;
+        options.user = "postgres".into();
+        options.dbname = Some("postgres".into());
+        options
+    }
+
+    /// Runs a PostgreSQL binary as the server user; its output becomes the error on failure.
+    fn run<I, S>(&self, tool: &str, args: I) -> Result<(), ClusterError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(self.bin_dir.join(tool));
+        command.args(args).stdin(Stdio::null()).env("LC_ALL", "C").env_remove("PGPASSWORD");
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid).current_dir(&self.state_dir);
+        }
+        let output = command.output().map_err(|e| ClusterError::io(format!("run `{tool}`"), e))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&output.stderr);
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        Err(ClusterError::Setup(format!("`{tool}` failed: {}", last.trim())))
+    }
+}
+
+fn find_bin_dir() -> Option<PathBuf> {
+    let has_tools = |dir: &Path| dir.join("postgres").is_file() && dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
+            return Some(dir);
+        }
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if output.status.success() && has_tools(&dir) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, dir)| has_tools(dir))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir)
+}
+
+fn unsafe_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn postgres_user() -> Result<(u32, u32), ClusterError> {
+    let name = c"postgres";
+    // SAFETY: getpwnam returns a pointer into static storage or null; we copy out at once.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(ClusterError::Setup(
+            "pgrepl runs as root and PostgreSQL refuses root: create an OS user `postgres` \
+             (useradd --system postgres) or run pgrepl as an ordinary user"
+                .into(),
+        ));
+    }
+    // SAFETY: checked non-null above.
+    let entry = unsafe { &*entry };
+    Ok((entry.pw_uid, entry.pw_gid))
+}
+
+fn ensure_port_free(node: &NodeSpec) -> Result<(), ClusterError> {
+    std::net::TcpListener::bind(("127.0.0.1", node.port)).map(drop).map_err(|_| {
+        ClusterError::Setup(format!(
+            "port {} for `{}` is in use: stop what listens there, or change the node's port in the cluster file",
+            node.port, node.name
+        ))
+    })
+}

@@ -1,0 +1,480 @@
+//! A replicated cluster from nothing: the manual recipe (primary, a sync and an async standby,
+//! replication role, pg_hba line, one base backup into both standbys, the sync policy, and the
+//! checks) done natively and idempotently by `pgrepl up`.
+//!
+//! Each step first looks at what exists, so `up` on a healthy cluster changes nothing and on a
+//! half-built one continues where it stopped. Nodes live in a [`runtime::Runtime`]: local
+//! processes or Docker containers, with the same steps and checks.
+//!
+//! Neighbours: `spec` (the cluster file), `runtime`/`local` (where nodes run), `backup` (the
+//! standbys' data), `conn::sql` (pgrepl's own SQL sessions).
+
+pub mod local;
+pub mod runtime;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use self::runtime::Runtime;
+use self::spec::{ClusterSpec, NodeSpec, RuntimeKind};
+use crate::backup::{self, BackupTarget, BaseBackupOptions};
+use crate::conn::{sql, ConnectOptions, ConnectionError, Host, Password};
+// Standard SQL quoting is the same as the replication grammar's: `''` and `""` doubling.
+use crate::proto::command::{quote_ident, quote_literal};
+
+/// application_name of pgrepl's own SQL sessions (never a standby name).
+const SESSION_NAME: &str = "pgrepl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node `{node}`")]
+    Node {
+        node: String,
+        #[source]
+        source: ConnectionError,
+    },
+    #[error("base backup of the standbys: {0}")]
+    Backup(#[from] backup::BackupError),
+    #[error("check failed: {0}")]
+    Check(String),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("no node named `{0}` in the cluster file (nodes: {1})")]
+    UnknownNode(String, String),
+}
+
+impl ClusterError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+
+    fn node(node: &NodeSpec) -> impl FnOnce(ConnectionError) -> ClusterError + '_ {
+        move |source| ClusterError::Node { node: node.name.clone(), source }
+    }
+}
+
+/// A cluster file opened with its runtime.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub runtime: Runtime,
+    replication_password: String,
+}
+
+/// How to pick and place the runtime, from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct RuntimeChoice {
+    pub runtime: Option<RuntimeKind>,
+    pub pg_bin: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Where a step reports progress, so the CLI can print as it goes.
+pub trait StepLog: Send + Sync {
+    fn step(&self, text: &str);
+}
+
+/// What `up` did and found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpSummary {
+    pub nodes: Vec<NodeStatus>,
+    pub synchronous_standby_names: String,
+    pub elapsed_ms: u128,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: String,
+    pub port: u16,
+    /// A conninfo stock psql can use (no password).
+    pub conninfo: String,
+    pub sync_state: Option<String>,
+}
+
+impl Cluster {
+    /// Opens `file` (the recipe's defaults when it does not exist) with the chosen runtime.
+    pub fn open(file: &Path, choice: &RuntimeChoice) -> Result<Cluster, ClusterError> {
+        let mut spec = if file.exists() { ClusterSpec::load(file)? } else { ClusterSpec::default() };
+        if let Some(runtime) = choice.runtime {
+            spec.runtime = runtime;
+        }
+        let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).map_err(|e| ClusterError::io("resolve the cluster file's directory", e))?;
+        let state_dir = base.join(choice.state_dir.as_ref().unwrap_or(&spec.state_dir));
+        let replication_password = spec.replication_password(&base)?;
+        let runtime = match spec.runtime {
+            RuntimeKind::Local => Runtime::Local(local::LocalRuntime::new(state_dir, choice.pg_bin.clone())?),
+            RuntimeKind::Docker => {
+                return Err(ClusterError::Setup("the docker runtime is not available in this build yet".into()))
+            }
+        };
+        Ok(Cluster { spec, runtime, replication_password })
+    }
+
+    pub fn node(&self, name: &str) -> Result<&NodeSpec, ClusterError> {
+        self.spec.node(name).ok_or_else(|| {
+            let names: Vec<&str> = self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+            ClusterError::UnknownNode(name.to_owned(), names.join(", "))
+        })
+    }
+
+    /// Every node with a superuser connection from this host (for `status`, `lag --cluster`).
+    pub fn node_connections(&self) -> Vec<(String, ConnectOptions)> {
+        self.spec.nodes.iter().map(|n| (n.name.clone(), self.runtime.superuser(n))).collect()
+    }
+
+    async fn sql(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
+        sql::connect(&self.runtime.superuser(node), SESSION_NAME).await.map_err(ClusterError::node(node))
+    }
+
+    /// Builds (or completes) the cluster and checks it.
+    pub async fn up(&self, log: &dyn StepLog) -> Result<UpSummary, ClusterError> {
+        let started = Instant::now();
+        let primary = self.spec.primary();
+        self.runtime.prepare(&self.spec.nodes).await?;
+
+        let fresh = !self.runtime.data_dir(primary).join("PG_VERSION").exists();
+        if fresh {
+            log.step(&format!("initialise primary `{}`", primary.name));
+            self.runtime.init_primary(primary).await?;
+        }
+        self.ensure_running(primary, log).await?;
+        self.configure_primary(primary, log).await?;
+
+        let missing: Vec<&NodeSpec> =
+            self.spec.standbys().filter(|s| !self.runtime.data_dir(s).join("PG_VERSION").exists()).collect();
+        if !missing.is_empty() {
+            self.clone_standbys(primary, &missing, log).await?;
+        }
+        // Standbys start in parallel: each waits for its own recovery to reach consistency.
+        futures_util::future::try_join_all(self.spec.standbys().map(|s| self.ensure_running(s, log))).await?;
+        let primary_sql = self.sql(primary).await?;
+        let names: Vec<&str> = self.spec.standbys().map(|s| s.name.as_str()).collect();
+        log.step(&format!("wait until {} stream", names.join(" and ")));
+        wait_until(Duration::from_secs(60), "every standby to stream", || async {
+            let streaming = streaming_standbys(&primary_sql).await?;
+            Ok(names.iter().all(|n| streaming.iter().any(|(name, _)| name == n)))
+        })
+        .await?;
+
+        self.apply_sync_policy(&primary_sql, log).await?;
+        self.check(primary, &primary_sql, log).await?;
+
+        let states = streaming_standbys(&primary_sql).await?;
+        let nodes = self
+            .spec
+            .nodes
+            .iter()
+            .map(|n| NodeStatus {
+                name: n.name.clone(),
+                role: format!("{:?}", n.role).to_lowercase(),
+                port: n.port,
+                conninfo: self.runtime.psql_conninfo(n),
+                sync_state: states.iter().find(|(name, _)| name == &n.name).map(|(_, s)| s.clone()),
+            })
+            .collect();
+        Ok(UpSummary {
+            nodes,
+            synchronous_standby_names: self.spec.synchronous_standby_names(),
+            elapsed_ms: started.elapsed().as_millis(),
+        })
+    }
+
+    async fn ensure_running(&self, node: &NodeSpec, log: &dyn StepLog) -> Result<(), ClusterError> {
+        if !self.runtime.is_running(node).await {
+            log.step(&format!("start `{}`", node.name));
+            self.runtime.start(node).await?;
+        }
+        Ok(())
+    }
+
+    /// GUCs via ALTER SYSTEM, the replication role, the pg_hba line; restarts only when a
+    /// changed setting needs it.
+    async fn configure_primary(&self, primary: &NodeSpec, log: &dyn StepLog) -> Result<(), ClusterError> {
+        let client = self.sql(primary).await?;
+        let mut changed = false;
+        for (name, value) in &self.spec.settings {
+            let current: String = client
+                .query_one("SELECT current_setting($1)", &[name])
+                .await
+                .map_err(|e| ClusterError::Setup(format!("unknown setting `{name}` in the cluster file: {e}")))?
+                .get(0);
+            if !same_setting(&current, value) {
+                log.step(&format!("set {name} = '{value}' on `{}`", primary.name));
+                client
+                    .batch_execute(&format!("ALTER SYSTEM SET {} = {}", quote_ident(name), quote_literal(value)))
+                    .await
+                    .map_err(|e| node_err_sql(primary, e))?;
+                changed = true;
+            }
+        }
+        let user = &self.spec.replication.user;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[user])
+            .await
+            .map_err(|e| node_err_sql(primary, e))?
+            .is_some();
+        if !exists {
+            log.step(&format!("create role `{user}` (LOGIN REPLICATION)"));
+            client
+                .batch_execute(&format!(
+                    "SET password_encryption = 'scram-sha-256'; CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
+                    quote_ident(user),
+                    quote_literal(&self.replication_password)
+                ))
+                .await
+                .map_err(|e| node_err_sql(primary, e))?;
+        }
+        let cidr = self.runtime.replication_clients_cidr().await?;
+        let hba_line = format!("host replication {user} {cidr} scram-sha-256");
+        let hba_path = self.runtime.data_dir(primary).join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path).map_err(|e| ClusterError::io(format!("read `{}`", hba_path.display()), e))?;
+        if !hba.lines().any(|l| l.split_whitespace().eq(hba_line.split_whitespace())) {
+            log.step(&format!("add `{hba_line}` to pg_hba.conf"));
+            let text = format!("{}{}# added by pgrepl up\n{hba_line}\n", hba, if hba.ends_with('\n') { "" } else { "\n" });
+            std::fs::write(&hba_path, text).map_err(|e| ClusterError::io(format!("write `{}`", hba_path.display()), e))?;
+            changed = true;
+        }
+        if changed {
+            client.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| node_err_sql(primary, e))?;
+            // Reload is asynchronous; give the postmaster a moment before asking what is pending.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let pending: i64 = client
+                .query_one("SELECT count(*) FROM pg_settings WHERE pending_restart", &[])
+                .await
+                .map_err(|e| node_err_sql(primary, e))?
+                .get(0);
+            if pending > 0 {
+                drop(client);
+                log.step(&format!("restart `{}` for settings that need it", primary.name));
+                self.runtime.stop(primary, true).await?;
+                self.runtime.start(primary).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One native base backup pass into every standby that has no data yet.
+    async fn clone_standbys(&self, primary: &NodeSpec, standbys: &[&NodeSpec], log: &dyn StepLog) -> Result<(), ClusterError> {
+        let names: Vec<&str> = standbys.iter().map(|s| s.name.as_str()).collect();
+        log.step(&format!("base backup of `{}` into {} (one pass)", primary.name, names.join(" and ")));
+        let (host, port) = self.runtime.host_address(primary);
+        let mut connect = ConnectOptions::resolve(Default::default(), &|_| None).expect("defaults always resolve");
+        connect.host = Host::Tcp(host);
+        connect.port = port;
+        connect.user = self.spec.replication.user.clone();
+        connect.password = Some(Password::from(self.replication_password.clone()));
+        connect.application_name = Some(SESSION_NAME.into());
+        let targets = standbys
+            .iter()
+            .map(|s| BackupTarget { dir: self.runtime.data_dir(s), application_name: Some(s.name.clone()) })
+            .collect();
+        let mut options = BaseBackupOptions::new(targets);
+        options.write_recovery_conf = true;
+        options.fast_checkpoint = true;
+        options.owner = self.runtime.data_owner();
+        options.primary_host_override = Some(self.runtime.primary_address_for_standbys(primary));
+        options.label = "pgrepl up".into();
+        let summary =
+            backup::base_backup(&connect, &options, Arc::new(backup::NoProgress), tokio_util::sync::CancellationToken::new())
+                .await?;
+        log.step(&format!(
+            "copied {} files ({} MiB) into each standby, manifest verified",
+            summary.files,
+            summary.bytes / (1 << 20)
+        ));
+        Ok(())
+    }
+
+    /// `synchronous_commit` and `synchronous_standby_names`, then waits until
+    /// pg_stat_replication shows the intended sync states.
+    async fn apply_sync_policy(&self, primary_sql: &Client, log: &dyn StepLog) -> Result<(), ClusterError> {
+        let primary = self.spec.primary();
+        let names = self.spec.synchronous_standby_names();
+        let wanted = [("synchronous_commit", self.spec.sync.synchronous_commit.clone()), ("synchronous_standby_names", names.clone())];
+        let mut changed = false;
+        for (setting, value) in &wanted {
+            let current: String =
+                primary_sql.query_one("SELECT current_setting($1)", &[setting]).await.map_err(|e| node_err_sql(primary, e))?.get(0);
+            if &current != value {
+                log.step(&format!("set {setting} = '{value}'"));
+                primary_sql
+                    .batch_execute(&format!("ALTER SYSTEM SET {setting} = {}", quote_literal(value)))
+                    .await
+                    .map_err(|e| node_err_sql(primary, e))?;
+                changed = true;
+            }
+        }
+        if changed {
+            primary_sql.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| node_err_sql(primary, e))?;
+        }
+        let expected = self.expected_sync_states();
+        wait_until(Duration::from_secs(30), "the sync states of the policy", || async {
+            let states = streaming_standbys(primary_sql).await?;
+            Ok(expected.iter().all(|(name, state)| states.iter().any(|(n, s)| n == name && s == state)))
+        })
+        .await?;
+        let described: Vec<String> = expected.iter().map(|(n, s)| format!("{n} {s}")).collect();
+        log.step(&format!("sync policy {names}: {}", described.join(", ")));
+        Ok(())
+    }
+
+    /// What pg_stat_replication.sync_state should say for each standby under the policy when
+    /// all of them stream.
+    pub fn expected_sync_states(&self) -> Vec<(String, String)> {
+        let sync = &self.spec.sync;
+        let quorum = sync.method.eq_ignore_ascii_case("ANY");
+        self.spec
+            .standbys()
+            .map(|s| {
+                let state = match sync.standbys.iter().position(|n| n == &s.name) {
+                    None => "async",
+                    Some(_) if quorum => "quorum",
+                    Some(rank) if rank < sync.num_sync as usize => "sync",
+                    Some(_) => "potential",
+                };
+                (s.name.clone(), state.to_owned())
+            })
+            .collect()
+    }
+
+    /// The recipe's checks: a row written on the primary is read on every standby, and a write
+    /// on a standby is refused as read-only.
+    async fn check(&self, primary: &NodeSpec, primary_sql: &Client, log: &dyn StepLog) -> Result<(), ClusterError> {
+        primary_sql
+            .batch_execute("CREATE TABLE IF NOT EXISTS pgrepl_check(id bigint PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())")
+            .await
+            .map_err(|e| node_err_sql(primary, e))?;
+        let id: i64 = primary_sql
+            .query_one("INSERT INTO pgrepl_check(id) SELECT coalesce(max(id), 0) + 1 FROM pgrepl_check RETURNING id", &[])
+            .await
+            .map_err(|e| node_err_sql(primary, e))?
+            .get(0);
+        for standby in self.spec.standbys() {
+            let client = self.sql(standby).await?;
+            wait_until(Duration::from_secs(30), &format!("check row {id} on `{}`", standby.name), || async {
+                let found = client
+                    .query_opt("SELECT 1 FROM pgrepl_check WHERE id = $1", &[&id])
+                    .await
+                    .map_err(|e| node_err_sql(standby, e))?;
+                Ok(found.is_some())
+            })
+            .await?;
+            match client.batch_execute("INSERT INTO pgrepl_check(id) VALUES (-1)").await {
+                Err(e) if e.code().map(|c| c.code()) == Some("25006") => {}
+                Err(e) => return Err(ClusterError::Check(format!("a write on `{}` failed oddly: {e}", standby.name))),
+                Ok(()) => return Err(ClusterError::Check(format!("`{}` accepted a write: it is not a standby", standby.name))),
+            }
+        }
+        log.step(&format!("check: row {id} written on `{}` is on every standby; standbys refuse writes", primary.name));
+        Ok(())
+    }
+
+    /// Stops (and with `purge` deletes) every node.
+    pub async fn down(&self, purge: bool) -> Result<(), ClusterError> {
+        self.runtime.remove(&self.spec.nodes, purge).await
+    }
+
+    pub async fn start_node(&self, name: &str) -> Result<(), ClusterError> {
+        let node = self.node(name)?;
+        if !self.runtime.is_running(node).await {
+            self.runtime.start(node).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn stop_node(&self, name: &str) -> Result<(), ClusterError> {
+        self.runtime.stop(self.node(name)?, true).await
+    }
+
+    pub async fn restart_node(&self, name: &str) -> Result<(), ClusterError> {
+        let node = self.node(name)?;
+        self.runtime.stop(node, true).await?;
+        self.runtime.start(node).await
+    }
+}
+
+fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
+    ClusterError::Node { node: node.name.clone(), source: ConnectionError::Sql(error) }
+}
+
+/// `(application_name, sync_state)` of every streaming walsender.
+async fn streaming_standbys(client: &Client) -> Result<Vec<(String, String)>, ClusterError> {
+    let rows = client
+        .query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[])
+        .await
+        .map_err(|e| ClusterError::Node { node: "primary".into(), source: ConnectionError::Sql(e) })?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Polls `check` every 100 ms until it is true.
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<(), ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, ClusterError>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Timeout(limit, what.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Settings compare loosely: `on`/`true`, and units the server normalises.
+fn same_setting(current: &str, wanted: &str) -> bool {
+    let norm = |s: &str| match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" => "on".to_owned(),
+        "false" | "no" | "0" => "off".to_owned(),
+        other => other.to_owned(),
+    };
+    norm(current) == norm(wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_states_follow_the_policy() {
+        let mut spec = ClusterSpec::default();
+        let cluster = |spec: ClusterSpec| Cluster {
+            spec,
+            runtime: Runtime::Local(local::LocalRuntime { bin_dir: "/x".into(), state_dir: "/y".into(), run_as: None }),
+            replication_password: String::new(),
+        };
+        let states = cluster(spec.clone()).expected_sync_states();
+        assert_eq!(states, vec![("pg_slave".into(), "sync".into()), ("pg_asyncslave".into(), "potential".into())]);
+        spec.sync.method = "ANY".into();
+        let states = cluster(spec.clone()).expected_sync_states();
+        assert!(states.iter().all(|(_, s)| s == "quorum"));
+        spec.sync.standbys = vec!["pg_asyncslave".into()];
+        let states = cluster(spec).expected_sync_states();
+        assert_eq!(states[0], ("pg_slave".into(), "async".into()));
+    }
+
+    #[test]
+    fn settings_compare_like_the_server_prints_them() {
+        assert!(same_setting("on", "true"));
+        assert!(same_setting("replica", "replica"));
+        assert!(!same_setting("10", "4"));
+    }
+}

@@ -1,0 +1,133 @@
+//! The runtimes a cluster's nodes can live in, behind one interface: the orchestration in
+//! `cluster` never knows whether a node is a local process or a container.
+
+use std::path::PathBuf;
+
+use super::local::LocalRuntime;
+use super::spec::NodeSpec;
+use super::ClusterError;
+use crate::conn::ConnectOptions;
+
+#[derive(Debug)]
+pub enum Runtime {
+    Local(LocalRuntime),
+}
+
+impl Runtime {
+    /// Creates what the nodes need before any of them exists (directories, a network).
+    pub async fn prepare(&self, nodes: &[NodeSpec]) -> Result<(), ClusterError> {
+        match self {
+            Runtime::Local(local) => local.prepare(nodes),
+        }
+    }
+
+    /// Where pgrepl (on the host) reads and writes the node's data directory.
+    pub fn data_dir(&self, node: &NodeSpec) -> PathBuf {
+        match self {
+            Runtime::Local(local) => local.data_dir(node),
+        }
+    }
+
+    /// Creates a new, empty primary (initdb, or a container's first start).
+    pub async fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        match self {
+            Runtime::Local(local) => local.init_primary(node),
+        }
+    }
+
+    /// Starts an existing node and returns once it accepts connections.
+    pub async fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        match self {
+            Runtime::Local(local) => blocking(local, node, move |local, node| local.start(&node)).await,
+        }
+    }
+
+    /// Stops the node: `fast` shuts down cleanly, otherwise immediately (crash-like).
+    pub async fn stop(&self, node: &NodeSpec, fast: bool) -> Result<(), ClusterError> {
+        match self {
+            Runtime::Local(local) => blocking(local, node, move |local, node| local.stop(&node, fast)).await,
+        }
+    }
+
+    /// Kills the node's server without any shutdown: a crash.
+    pub async fn kill(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        match self {
+            Runtime::Local(local) => local.kill(node),
+        }
+    }
+
+    pub async fn is_running(&self, node: &NodeSpec) -> bool {
+        match self {
+            Runtime::Local(local) => local.is_running(node),
+        }
+    }
+
+    /// Removes what `prepare` and the nodes created; data too when `purge`.
+    pub async fn remove(&self, nodes: &[NodeSpec], purge: bool) -> Result<(), ClusterError> {
+        match self {
+            Runtime::Local(local) => {
+                for node in nodes {
+                    local.stop(node, true)?;
+                }
+                if purge && local.state_dir.exists() {
+                    std::fs::remove_dir_all(&local.state_dir)
+                        .map_err(|e| ClusterError::io(format!("remove `{}`", local.state_dir.display()), e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A superuser session to the node from the host, for pgrepl's own SQL.
+    pub fn superuser(&self, node: &NodeSpec) -> ConnectOptions {
+        match self {
+            Runtime::Local(local) => local.superuser(node),
+        }
+    }
+
+    /// How standbys reach `primary` (host and port in their primary_conninfo).
+    pub fn primary_address_for_standbys(&self, primary: &NodeSpec) -> (String, u16) {
+        match self {
+            Runtime::Local(_) => ("127.0.0.1".into(), primary.port),
+        }
+    }
+
+    /// How pgrepl on the host reaches `node` over TCP (for replication sessions).
+    pub fn host_address(&self, node: &NodeSpec) -> (String, u16) {
+        match self {
+            Runtime::Local(_) => ("127.0.0.1".into(), node.port),
+        }
+    }
+
+    /// The client addresses the primary's pg_hba line must admit for replication: the
+    /// standbys' and pgrepl's own.
+    pub async fn replication_clients_cidr(&self) -> Result<String, ClusterError> {
+        match self {
+            Runtime::Local(_) => Ok("127.0.0.1/32".into()),
+        }
+    }
+
+    /// Who must own data written for the nodes (a container's postgres uid:gid).
+    pub fn data_owner(&self) -> Option<(u32, u32)> {
+        match self {
+            Runtime::Local(local) => local.run_as,
+        }
+    }
+
+    /// A libpq conninfo stock `psql` on this host can use to reach the node.
+    pub fn psql_conninfo(&self, node: &NodeSpec) -> String {
+        self.superuser(node).redacted()
+    }
+}
+
+/// Runs a local-runtime operation (which waits on `pg_ctl`) off the async workers, so several
+/// nodes can start at once.
+async fn blocking<F>(local: &LocalRuntime, node: &NodeSpec, work: F) -> Result<(), ClusterError>
+where
+    F: FnOnce(LocalRuntime, NodeSpec) -> Result<(), ClusterError> + Send + 'static,
+{
+    let (local, node) = (local.clone(), node.clone());
+    tokio::task::spawn_blocking(move || work(local, node))
+        .await
+        .map_err(|e| ClusterError::io("run a node operation", std::io::Error::other(e)))?
+}

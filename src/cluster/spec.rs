@@ -1,0 +1,307 @@
+//! The cluster file (`pgrepl.toml`): what `pgrepl up` builds. The defaults are the manual
+//! recipe's: primary `pg_master`, sync standby `pg_slave`, async standby `pg_asyncslave`, role
+//! `replicator`, `FIRST 1 (pg_slave, pg_asyncslave)`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Which runtime hosts the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// initdb/postgres processes from the machine's PostgreSQL, on 127.0.0.1.
+    #[default]
+    Local,
+    /// Containers through the Docker engine API.
+    Docker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Primary,
+    Standby,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub role: NodeRole,
+    /// Host port: the local server's port, or the port a container publishes on 127.0.0.1.
+    pub port: u16,
+}
+
+/// How commits wait for standbys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncPolicy {
+    /// `FIRST` (priority) or `ANY` (quorum).
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_num_sync")]
+    pub num_sync: u32,
+    /// Standby names in priority order; empty means asynchronous replication only.
+    pub standbys: Vec<String>,
+    /// `synchronous_commit` on the primary.
+    #[serde(default = "default_synchronous_commit")]
+    pub synchronous_commit: String,
+}
+
+fn default_method() -> String {
+    "FIRST".into()
+}
+fn default_num_sync() -> u32 {
+    1
+}
+fn default_synchronous_commit() -> String {
+    "on".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationRole {
+    pub user: String,
+    /// Inline password (the cluster file is then a secret: keep it 0600), or `password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A file holding just the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSettings {
+    pub image: String,
+    pub network: String,
+    /// uid:gid of the image's postgres user, who must own the volumes.
+    pub postgres_uid: u32,
+    pub postgres_gid: u32,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        Self { image: "postgres:17".into(), network: "pg_net".into(), postgres_uid: 999, postgres_gid: 999 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// Data, logs and the cluster state, relative to the cluster file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    pub replication: ReplicationRole,
+    /// Server settings applied with ALTER SYSTEM on the primary (standbys inherit them).
+    pub settings: BTreeMap<String, String>,
+    pub sync: SyncPolicy,
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub docker: DockerSettings,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".pgrepl")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("read cluster file `{path}`")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cluster file `{path}`: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cluster file: {0}")]
+    Invalid(String),
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        let settings = [("wal_level", "replica"), ("max_wal_senders", "4"), ("ssl", "off")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let node = |name: &str, role, port| NodeSpec { name: name.into(), role, port };
+        ClusterSpec {
+            runtime: RuntimeKind::Local,
+            state_dir: default_state_dir(),
+            replication: ReplicationRole { user: "replicator".into(), password: Some("pass".into()), password_file: None },
+            settings,
+            sync: SyncPolicy {
+                method: default_method(),
+                num_sync: 1,
+                standbys: vec!["pg_slave".into(), "pg_asyncslave".into()],
+                synchronous_commit: default_synchronous_commit(),
+            },
+            nodes: vec![
+                node("pg_master", NodeRole::Primary, 54320),
+                node("pg_slave", NodeRole::Standby, 54321),
+                node("pg_asyncslave", NodeRole::Standby, 54322),
+            ],
+            docker: DockerSettings::default(),
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// Reads and validates a cluster file; unknown keys are errors, not silently ignored.
+    pub fn load(path: &Path) -> Result<ClusterSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
+        let spec: ClusterSpec =
+            toml::from_str(&text).map_err(|e| SpecError::Parse { path: path.to_owned(), message: one_line(&e.to_string()) })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The documented default file, as `pgrepl init` writes it.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).expect("a spec always serializes");
+        format!(
+            "# pgrepl cluster file: `pgrepl up` builds this topology, `pgrepl down` removes it.\n\
+             # runtime: local (initdb/postgres processes) or docker (containers via the engine API).\n\
+             # Unknown keys are errors. See README.md, section \"Cluster file\".\n\n{body}"
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let invalid = |m: String| Err(SpecError::Invalid(m));
+        let primaries = self.nodes.iter().filter(|n| n.role == NodeRole::Primary).count();
+        if primaries != 1 {
+            return invalid(format!("exactly one node must have role = \"primary\", found {primaries}"));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.name.is_empty() || !node.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return invalid(format!("node name `{}` must be letters, digits, `_` or `-`", node.name));
+            }
+            if let Some(other) = self.nodes[..i].iter().find(|o| o.name == node.name || o.port == node.port) {
+                return invalid(format!("nodes `{}` and `{}` share a name or port", other.name, node.name));
+            }
+        }
+        let standbys: Vec<&str> = self.standbys().map(|n| n.name.as_str()).collect();
+        for name in &self.sync.standbys {
+            if !standbys.contains(&name.as_str()) {
+                return invalid(format!(
+                    "sync.standbys names `{name}`, which is no standby (standbys: {})",
+                    standbys.join(", ")
+                ));
+            }
+        }
+        if !matches!(self.sync.method.to_ascii_uppercase().as_str(), "FIRST" | "ANY") {
+            return invalid(format!("sync.method `{}` must be FIRST or ANY", self.sync.method));
+        }
+        if self.sync.num_sync as usize > self.sync.standbys.len() || (self.sync.num_sync == 0 && !self.sync.standbys.is_empty()) {
+            return invalid(format!(
+                "sync.num_sync = {} is impossible with {} listed standbys",
+                self.sync.num_sync,
+                self.sync.standbys.len()
+            ));
+        }
+        if !matches!(self.sync.synchronous_commit.as_str(), "on" | "off" | "local" | "remote_write" | "remote_apply") {
+            return invalid(format!("sync.synchronous_commit `{}` is not a valid setting", self.sync.synchronous_commit));
+        }
+        if self.replication.password.is_none() && self.replication.password_file.is_none() {
+            return invalid("replication needs `password` or `password_file`".into());
+        }
+        Ok(())
+    }
+
+    pub fn primary(&self) -> &NodeSpec {
+        self.nodes.iter().find(|n| n.role == NodeRole::Primary).expect("validated: one primary")
+    }
+
+    pub fn standbys(&self) -> impl Iterator<Item = &NodeSpec> {
+        self.nodes.iter().filter(|n| n.role == NodeRole::Standby)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// `synchronous_standby_names` for the primary, e.g. `FIRST 1 (pg_slave, pg_asyncslave)`.
+    pub fn synchronous_standby_names(&self) -> String {
+        synchronous_standby_names(&self.sync.method, self.sync.num_sync, &self.sync.standbys)
+    }
+
+    /// The replication password, from the file or inline.
+    pub fn replication_password(&self, base: &Path) -> Result<String, SpecError> {
+        if let Some(file) = &self.replication.password_file {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read { path, source })?;
+            return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
+        }
+        Ok(self.replication.password.clone().unwrap_or_default())
+    }
+}
+
+/// Renders a sync policy; names are double-quoted when they are not plain lower-case
+/// identifiers (they are compared with application_name case-insensitively otherwise).
+pub fn synchronous_standby_names(method: &str, num_sync: u32, names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let quoted: Vec<String> = names
+        .iter()
+        .map(|n| {
+            if n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                n.clone()
+            } else {
+                format!("\"{}\"", n.replace('"', "\"\""))
+            }
+        })
+        .collect();
+    format!("{} {num_sync} ({})", method.to_ascii_uppercase(), quoted.join(", "))
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_the_recipe_and_round_trips() {
+        let spec = ClusterSpec::default();
+        assert_eq!(spec.synchronous_standby_names(), "FIRST 1 (pg_slave, pg_asyncslave)");
+        assert_eq!(spec.primary().name, "pg_master");
+        let text = spec.to_toml();
+        let back: ClusterSpec = toml::from_str(&text).unwrap();
+        assert_eq!(back, spec);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_impossible_policies_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("pgrepl.toml");
+        let text = ClusterSpec::default().to_toml().replace("runtime = \"local\"", "runtime = \"local\"\ncolour = \"blue\"");
+        std::fs::write(&path, text).unwrap();
+        let err = ClusterSpec::load(&path).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+
+        let mut spec = ClusterSpec::default();
+        spec.sync.standbys.push("pg_ghost".into());
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("`pg_ghost`, which is no standby"), "{err}");
+
+        let mut spec = ClusterSpec::default();
+        spec.sync.num_sync = 3;
+        assert!(spec.validate().unwrap_err().to_string().contains("num_sync = 3"));
+
+        let mut spec = ClusterSpec::default();
+        spec.nodes[2].port = spec.nodes[1].port;
+        assert!(spec.validate().unwrap_err().to_string().contains("share a name or port"));
+    }
+
+    #[test]
+    fn names_needing_quotes_are_quoted() {
+        let names = vec!["Pg-Slave".to_owned(), "b".to_owned()];
+        assert_eq!(synchronous_standby_names("any", 1, &names), "ANY 1 (\"Pg-Slave\", b)");
+        assert_eq!(synchronous_standby_names("FIRST", 1, &[]), "");
+    }
+}
