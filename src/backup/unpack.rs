@@ -6,6 +6,17 @@
 //! regular file into all destination roots, computing the file's manifest checksum on the way, so
 //! N standbys cost one transfer and one checksum pass.
 //!
+//! # Threads
+//!
+//! Writing into the page cache is where the time goes: copying into it costs the kernel more
+//! than receiving, parsing and checksumming together. So the calling thread only parses: it
+//! checks each header, checksums file data once, and hands cheap operations (create this file,
+//! write these `Bytes`, close it) to one writer thread per root through small bounded queues. The
+//! data slices are the very buffers the socket was read into, shared by every writer; N targets
+//! cost N kernel copies, made in parallel, and no user-space copy at all. The queues are bounded,
+//! so a slow disk pushes back on the parser and from there on the socket, and memory stays flat.
+//! A writer stops at its first error and the extraction fails with that error.
+//!
 //! The `tar` crate only decodes the 512-byte headers here. Streaming, name checks and file creation
 //! are ours: tar-rs' `Archive::unpack` writes one tree, and it skips hostile entries where we want
 //! to fail. Neighbours: `super::checksum` (the digests), `super::manifest` (consumes the returned
@@ -15,7 +26,8 @@
 //!
 //! The stream comes from a server that may be compromised or impersonated, so extraction is
 //! strict. Every entry PostgreSQL would never send is an error, never a silent skip: a backup that
-//! fails is better than a data directory that is quietly incomplete.
+//! fails is better than a data directory that is quietly incomplete. Every check on names and
+//! headers happens in the parser, before any writer hears of the entry.
 //!
 //! * Names are normalised only by stripping one leading `./` and one trailing `/`. Absolute names,
 //!   `..`, `.` and empty components, and NUL bytes are rejected.
@@ -26,23 +38,31 @@
 //!   earlier are rejected; since names are canonical and the roots start empty, those links are the
 //!   only symlinks a path can cross. Files are opened with `O_CREAT|O_EXCL|O_NOFOLLOW`, so an
 //!   existing path (a duplicate entry, or a symlink in the last component) is an error. Only
-//!   directories may already exist (`pg_wal/`, created early by the WAL streamer).
+//!   directories may already exist (`pg_wal/`, created early by the WAL streamer). Each root has
+//!   one writer that applies the operations in stream order, so these checks see the same tree
+//!   a sequential extraction would.
 //! * Set-user-ID, set-group-ID and sticky bits are dropped from files; owner read/write is forced
 //!   on files and owner rwx on directories so extraction can always continue.
 //! * Header checksums must verify. Sizes above [`ExtractOptions::max_entry_size`], a stream that
 //!   ends inside an entry, and non-zero bytes after the end-of-archive block are errors.
 //!
-//! On error the roots are left partly written; the caller removes them. Nothing here fsyncs: the
-//! caller runs `syncfs` once per target at the end.
+//! On error the roots are left partly written; the caller removes them. Nothing here fsyncs: with
+//! [`ExtractOptions::sync`] the writers only start writeback early (see `OpenFile`), and the
+//! caller makes the targets durable at the end.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 
 use super::checksum::{ChecksumAlgorithm, FileChecksum};
 use super::manifest::WrittenFile;
@@ -50,9 +70,29 @@ use super::manifest::WrittenFile;
 /// The tar block size; headers are one block and file data is padded to a multiple of it.
 const BLOCK: usize = 512;
 
-/// How much file data is gathered before it is written to the targets: large enough that each
-/// `write(2)` moves a lot, small enough to stay in L2 while it is written N times and checksummed.
-const READ_BUFFER: usize = 256 * 1024;
+/// File data is handed to the writers in batches of about this size, written with one
+/// `writev(2)` each: the server's 32 KiB chunks would otherwise cost a syscall and a queue
+/// hand-off apiece.
+const WRITE_BATCH: usize = 512 * 1024;
+
+/// Upper bound on the slices in one batch, so a stream of tiny chunks still makes bounded
+/// batches (far below `IOV_MAX`).
+const WRITE_BATCH_SLICES: usize = 64;
+
+/// Operations queued per writer. With `WRITE_BATCH`, at most ~4 MiB of data per root waits
+/// here: enough to ride out a slow `write(2)`, small enough to keep memory flat.
+const WRITER_QUEUE: usize = 8;
+
+/// Writeback is started for every `WRITEBACK_STEP` bytes of a file as soon as they are written,
+/// and for the rest when the file is complete...
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// ...and data further than this behind the write position is waited for and dropped from the
+/// page cache (see `OpenFile`).
+const WRITEBACK_WINDOW: u64 = 32 << 20;
+
+/// How much [`ReadChunks`] reads at a time.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Default for [`ExtractOptions::max_entry_size`]: 1 TiB. PostgreSQL relation segments are at most
 /// 1 GiB by default (`--with-segsize` allows more), so anything larger is a corrupt or hostile
@@ -86,6 +126,10 @@ pub struct ExtractOptions {
     pub owner: Option<(u32, u32)>,
     /// Entries whose size field is larger are rejected as impossible.
     pub max_entry_size: u64,
+    /// Start writeback while the stream is still arriving, and drop written data from the page
+    /// cache (see `OpenFile`), so that the caller's final sync finds little left to do. Off for
+    /// `--no-sync`, which promises no disk work at all.
+    pub sync: bool,
 }
 
 impl Default for ExtractOptions {
@@ -95,6 +139,7 @@ impl Default for ExtractOptions {
             tablespace_links: HashMap::new(),
             owner: None,
             max_entry_size: DEFAULT_MAX_ENTRY_SIZE,
+            sync: true,
         }
     }
 }
@@ -180,16 +225,64 @@ pub enum UnpackError {
     },
 }
 
-/// Reads a tar stream from `reader` (server chunks, arbitrary boundaries) and writes it into every
+/// Where the extractor gets the archive: pieces of the stream at arbitrary boundaries.
+pub trait ChunkSource {
+    /// The next piece, or `None` at the end of the stream.
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>>;
+}
+
+impl<S: ChunkSource + ?Sized> ChunkSource for Box<S> {
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        (**self).next_chunk()
+    }
+}
+
+/// A [`ChunkSource`] over a byte stream: decompressors, and archives already in memory.
+pub struct ReadChunks<R> {
+    reader: R,
+    /// Read into, then split off and frozen, so each chunk is handed on without a copy.
+    buf: BytesMut,
+}
+
+impl<R: Read> ReadChunks<R> {
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+impl<R: Read> ChunkSource for ReadChunks<R> {
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        // Zeroed once per buffer, not per read: splitting off a chunk leaves the rest initialised.
+        if self.buf.len() < READ_CHUNK / 4 {
+            self.buf = BytesMut::zeroed(READ_CHUNK);
+        }
+        loop {
+            match self.reader.read(&mut self.buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Ok(Some(self.buf.split_to(n).freeze())),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Reads a tar stream from `source` (server chunks, arbitrary boundaries) and writes it into every
 /// root of `dest`; see the module's `# Security` section for what is refused.
 ///
 /// The archive ends at the first all-zero 512-byte block (PG 15+ sends two), after which the rest
 /// of the stream must be zeros, or at a clean EOF exactly at a header boundary (PG 14 and older
 /// send no trailer). Each regular file is written to all roots with its checksum computed once.
-/// Returns the files written, with manifest-relative paths, in stream order. `on_bytes(n)` is
-/// called after each slice of file data has been written to every root.
-pub fn extract_archive<R: Read>(
-    reader: R,
+/// Returns the files written, with manifest-relative paths, in stream order, once every writer
+/// has finished. `on_bytes(n)` is called as each slice of file data is handed to the writers.
+///
+/// When a writer fails, its error is returned: it concerns an entry the parser had already
+/// passed, so it is also the first failure in stream order.
+pub fn extract_archive(
+    source: impl ChunkSource,
     dest: &ArchiveDestination,
     opts: &ExtractOptions,
     on_bytes: &mut dyn FnMut(u64),
@@ -197,144 +290,199 @@ pub fn extract_archive<R: Read>(
     if dest.roots.is_empty() {
         return Err(UnpackError::NoDestinations);
     }
-    let mut input = Input::new(reader);
-    let mut x = Extractor {
-        dest,
-        opts,
-        is_base: dest.manifest_prefix.is_empty(),
-        links: Vec::new(),
-        written: Vec::new(),
-        files: Vec::with_capacity(dest.roots.len()),
-        paths: Vec::with_capacity(dest.roots.len()),
-    };
-    let mut block = [0u8; BLOCK];
-    loop {
-        let offset = input.offset;
-        let got = input.fill(BLOCK)?;
-        if got == 0 {
-            // Servers up to 14 end the archive without a trailer.
-            break;
+    std::thread::scope(|scope| {
+        let mut queues = Vec::with_capacity(dest.roots.len());
+        let mut writers = Vec::with_capacity(dest.roots.len());
+        for (index, root) in dest.roots.iter().enumerate() {
+            let (tx, rx) = sync_channel(WRITER_QUEUE);
+            queues.push(tx);
+            writers.push(scope.spawn(move || write_ops(root, index, opts, rx)));
         }
-        if got < BLOCK {
-            return Err(UnpackError::TruncatedHeader { offset, got });
+        let parser = Parser {
+            dest,
+            opts,
+            is_base: dest.manifest_prefix.is_empty(),
+            links: Vec::new(),
+            written: Vec::new(),
+            writers: queues,
+        };
+        // Consumes the parser, so the queues close and the writers finish what they were given.
+        let parsed = parser.run(Input::new(source), on_bytes);
+        for writer in writers {
+            writer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         }
-        block.copy_from_slice(&input.available()[..BLOCK]);
-        input.consume(BLOCK);
-        if block.iter().all(|&b| b == 0) {
-            drain_trailer(&mut input)?;
-            break;
-        }
-        x.entry(&block, offset, &mut input, on_bytes)?;
-    }
-    tracing::debug!(
-        prefix = %dest.manifest_prefix,
-        targets = dest.roots.len(),
-        files = x.written.len(),
-        bytes = input.offset,
-        "extracted archive"
-    );
-    Ok(x.written)
+        parsed.map_err(|e| e.expect("the parser only stops silently when a writer failed"))
+    })
 }
 
-/// The read side: one buffer that the reader fills and file data is written from.
-struct Input<R> {
-    reader: R,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    /// Stream offset of `buf[start]`.
+/// The parser's view of the stream: the unread rest of the current chunk.
+struct Input<S> {
+    source: S,
+    chunk: Bytes,
+    /// Stream offset of `chunk[0]`.
     offset: u64,
 }
 
-impl<R: Read> Input<R> {
-    fn new(reader: R) -> Self {
+impl<S: ChunkSource> Input<S> {
+    fn new(source: S) -> Self {
         Self {
-            reader,
-            buf: vec![0; READ_BUFFER].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            source,
+            chunk: Bytes::new(),
             offset: 0,
         }
     }
 
-    fn available(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        debug_assert!(n <= self.end - self.start);
-        self.start += n;
-        self.offset += n as u64;
-    }
-
-    /// Reads until at least `want` (≤ the buffer size) bytes are buffered or the stream ends, and
-    /// returns how many are buffered. Only fewer than `want` bytes are ever moved to make room, so
-    /// callers that want much should call this with an empty buffer.
-    fn fill(&mut self, want: usize) -> Result<usize, UnpackError> {
-        debug_assert!(want <= self.buf.len());
-        if self.end - self.start >= want {
-            return Ok(self.end - self.start);
-        }
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start + want > self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        while self.end - self.start < want {
-            match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => break,
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+    /// Up to `max` bytes, sharing the chunk's buffer; empty only at the end of the stream.
+    fn take(&mut self, max: usize) -> Result<Bytes, UnpackError> {
+        while self.chunk.is_empty() {
+            match self.source.next_chunk() {
+                Ok(Some(chunk)) => self.chunk = chunk,
+                Ok(None) => return Ok(Bytes::new()),
                 Err(source) => {
-                    let offset = self.offset + (self.end - self.start) as u64;
-                    return Err(UnpackError::Read { offset, source });
+                    return Err(UnpackError::Read {
+                        offset: self.offset,
+                        source,
+                    })
                 }
             }
         }
-        Ok(self.end - self.start)
+        let n = max.min(self.chunk.len());
+        self.offset += n as u64;
+        Ok(self.chunk.split_to(n))
+    }
+
+    /// Copies up to `out.len()` bytes into `out` (a header may span chunks); fewer only at the end
+    /// of the stream. Returns how many were copied.
+    fn read_into(&mut self, out: &mut [u8]) -> Result<usize, UnpackError> {
+        let mut got = 0;
+        while got < out.len() {
+            let piece = self.take(out.len() - got)?;
+            if piece.is_empty() {
+                break;
+            }
+            out[got..got + piece.len()].copy_from_slice(&piece);
+            got += piece.len();
+        }
+        Ok(got)
+    }
+
+    /// Skips up to `n` bytes; fewer only at the end of the stream. Returns how many were skipped.
+    fn skip(&mut self, n: usize) -> Result<usize, UnpackError> {
+        let mut skipped = 0;
+        while skipped < n {
+            let piece = self.take(n - skipped)?;
+            if piece.is_empty() {
+                break;
+            }
+            skipped += piece.len();
+        }
+        Ok(skipped)
     }
 }
 
 /// After the first zero block: everything up to EOF must be zero too.
-fn drain_trailer<R: Read>(input: &mut Input<R>) -> Result<(), UnpackError> {
+fn drain_trailer(input: &mut Input<impl ChunkSource>) -> Result<(), UnpackError> {
     loop {
-        let avail = input.available();
-        if let Some(pos) = avail.iter().position(|&b| b != 0) {
-            return Err(UnpackError::TrailingGarbage {
-                offset: input.offset + pos as u64,
-            });
-        }
-        let n = avail.len();
-        input.consume(n);
-        if input.fill(1)? == 0 {
+        let piece = input.take(usize::MAX)?;
+        if piece.is_empty() {
             return Ok(());
+        }
+        if let Some(pos) = piece.iter().position(|&b| b != 0) {
+            return Err(UnpackError::TrailingGarbage {
+                offset: input.offset - (piece.len() - pos) as u64,
+            });
         }
     }
 }
 
-struct Extractor<'a> {
+/// What the parser asks every writer to do, in stream order. Names are canonical tar names,
+/// already checked; each writer joins them to its own root.
+enum Op {
+    Directory {
+        name: Box<[u8]>,
+        mode: u32,
+    },
+    /// Creates a file; `Write`s and a `Close` follow.
+    Create {
+        name: Box<[u8]>,
+        mode: u32,
+    },
+    /// The next piece of the open file, written with one `writev(2)`.
+    Write(Vec<Bytes>),
+    Close,
+    /// `pg_tblspc/<oid>`: writer `i` links it to `targets[i]`.
+    Symlink {
+        name: Box<[u8]>,
+        targets: Vec<PathBuf>,
+    },
+}
+
+/// Why the parser stopped: its own error, or `None` when a writer hung up, in which case the
+/// writer's error is the one to report.
+type ParseError = Option<UnpackError>;
+
+struct Parser<'a> {
     dest: &'a ArchiveDestination,
     opts: &'a ExtractOptions,
     is_base: bool,
     /// Names of the `pg_tblspc/<oid>` links created so far; nothing may be written under them.
     links: Vec<Vec<u8>>,
     written: Vec<WrittenFile>,
-    /// The current file's open handles and paths, one per root (kept to reuse the allocation).
-    files: Vec<File>,
-    paths: Vec<PathBuf>,
+    /// One queue per root, in root order.
+    writers: Vec<SyncSender<Arc<Op>>>,
 }
 
-impl Extractor<'_> {
-    fn entry<R: Read>(
+impl Parser<'_> {
+    fn run(
+        mut self,
+        mut input: Input<impl ChunkSource>,
+        on_bytes: &mut dyn FnMut(u64),
+    ) -> Result<Vec<WrittenFile>, ParseError> {
+        let mut block = [0u8; BLOCK];
+        loop {
+            let offset = input.offset;
+            let got = input.read_into(&mut block)?;
+            if got == 0 {
+                // Servers up to 14 end the archive without a trailer.
+                break;
+            }
+            if got < BLOCK {
+                return Err(UnpackError::TruncatedHeader { offset, got }.into());
+            }
+            if block.iter().all(|&b| b == 0) {
+                drain_trailer(&mut input)?;
+                break;
+            }
+            self.entry(&block, offset, &mut input, on_bytes)?;
+        }
+        tracing::debug!(
+            prefix = %self.dest.manifest_prefix,
+            targets = self.dest.roots.len(),
+            files = self.written.len(),
+            bytes = input.offset,
+            "extracted archive"
+        );
+        Ok(self.written)
+    }
+
+    /// Hands `op` to every writer; fails only when a writer has stopped.
+    fn broadcast(&self, op: Op) -> Result<(), ParseError> {
+        let op = Arc::new(op);
+        for writer in &self.writers {
+            writer.send(op.clone()).map_err(|_| None)?;
+        }
+        Ok(())
+    }
+
+    fn entry(
         &mut self,
         block: &[u8; BLOCK],
         offset: u64,
-        input: &mut Input<R>,
+        input: &mut Input<impl ChunkSource>,
         on_bytes: &mut dyn FnMut(u64),
-    ) -> Result<(), UnpackError> {
+    ) -> Result<(), ParseError> {
         let header = tar::Header::from_byte_slice(block);
         let raw = header.path_bytes();
         verify_checksum(header, block, &raw, offset)?;
@@ -344,7 +492,8 @@ impl Extractor<'_> {
             return Err(UnpackError::UnsupportedType {
                 name: lossy(name),
                 kind: show_type(kind),
-            });
+            }
+            .into());
         }
         let size = entry_size(header, name, self.opts.max_entry_size)?;
         let mode = header.mode().map_err(|_| UnpackError::Malformed {
@@ -355,97 +504,67 @@ impl Extractor<'_> {
             return Err(UnpackError::UnderSymlink {
                 name: lossy(name),
                 link: lossy(link),
-            });
+            }
+            .into());
         }
         if kind != b'0' && kind != b'\0' && size != 0 {
             return Err(UnpackError::Malformed {
                 name: lossy(name),
                 reason: format!("a directory or symlink with size {size}"),
-            });
+            }
+            .into());
         }
         match kind {
-            b'5' => self.directory(name, mode),
+            b'5' => self.broadcast(Op::Directory {
+                name: name.into(),
+                mode: mode | 0o700,
+            }),
             b'2' => self.symlink(name, header.link_name_bytes()),
             _ => self.file(name, size, mode, input, on_bytes),
         }
     }
 
-    fn file<R: Read>(
+    fn file(
         &mut self,
         name: &[u8],
         size: u64,
         mode: u32,
-        input: &mut Input<R>,
+        input: &mut Input<impl ChunkSource>,
         on_bytes: &mut dyn FnMut(u64),
-    ) -> Result<(), UnpackError> {
-        let mode = (mode & 0o777) | 0o600;
-        self.files.clear();
-        self.paths.clear();
-        for root in &self.dest.roots {
-            let path = root.join(OsStr::from_bytes(name));
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|source| {
-                    if source.kind() == io::ErrorKind::AlreadyExists {
-                        UnpackError::Duplicate {
-                            name: lossy(name),
-                            path: path.clone(),
-                        }
-                    } else {
-                        io_error("create", &path, source)
-                    }
-                })?;
-            if let Some((uid, gid)) = self.opts.owner {
-                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                    .map_err(|e| io_error("chown", &path, e))?;
-            }
-            // The umask may have cleared group/other bits; owner bits are ours already.
-            if mode & 0o077 != 0 {
-                file.set_permissions(Permissions::from_mode(mode))
-                    .map_err(|e| io_error("chmod", &path, e))?;
-            }
-            self.files.push(file);
-            self.paths.push(path);
-        }
-
+    ) -> Result<(), ParseError> {
+        self.broadcast(Op::Create {
+            name: name.into(),
+            mode: (mode & 0o777) | 0o600,
+        })?;
         let mut checksum = FileChecksum::new(self.opts.checksum);
         let mut done = 0u64;
         while done < size {
-            if input.available().is_empty() {
-                let want = (size - done).min(READ_BUFFER as u64) as usize;
-                if input.fill(want)? == 0 {
+            let mut batch = Vec::new();
+            let mut batch_len = 0;
+            while done < size && batch_len < WRITE_BATCH && batch.len() < WRITE_BATCH_SLICES {
+                let want = (size - done).min((WRITE_BATCH - batch_len) as u64) as usize;
+                let data = input.take(want)?;
+                if data.is_empty() {
                     return Err(UnpackError::Truncated {
                         name: lossy(name),
                         got: done,
                         expected: size,
-                    });
+                    }
+                    .into());
                 }
+                checksum.update(&data);
+                done += data.len() as u64;
+                batch_len += data.len();
+                batch.push(data);
             }
-            let avail = input.available();
-            let take = (avail.len() as u64).min(size - done) as usize;
-            let data = &avail[..take];
-            for (file, path) in self.files.iter_mut().zip(&self.paths) {
-                file.write_all(data)
-                    .map_err(|e| io_error("write", path, e))?;
-            }
-            checksum.update(data);
-            input.consume(take);
-            done += take as u64;
-            on_bytes(take as u64);
+            self.broadcast(Op::Write(batch))?;
+            on_bytes(batch_len as u64);
         }
-        // Closing cannot report anything the caller's final syncfs will not.
-        self.files.clear();
+        self.broadcast(Op::Close)?;
 
         let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
-        if pad > 0 {
-            if input.fill(pad)? < pad {
-                return Err(UnpackError::TruncatedPadding { name: lossy(name) });
-            }
-            input.consume(pad);
+        if input.skip(pad)? < pad {
+            return Err(UnpackError::TruncatedPadding { name: lossy(name) }.into());
         }
 
         let mut path = Vec::with_capacity(self.dest.manifest_prefix.len() + name.len());
@@ -459,40 +578,7 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    fn directory(&mut self, name: &[u8], mode: u32) -> Result<(), UnpackError> {
-        let mode = mode | 0o700;
-        for root in &self.dest.roots {
-            let path = root.join(OsStr::from_bytes(name));
-            match DirBuilder::new().mode(mode).create(&path) {
-                Ok(()) => {
-                    if let Some((uid, gid)) = self.opts.owner {
-                        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                            .map_err(|e| io_error("chown", &path, e))?;
-                    }
-                    // Restore what the umask took; after chown, which may clear set-group-ID.
-                    if mode & 0o7077 != 0 {
-                        fs::set_permissions(&path, Permissions::from_mode(mode))
-                            .map_err(|e| io_error("chmod", &path, e))?;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // `pg_wal/` and friends, made early by the WAL streamer: keep as they are.
-                    let meta =
-                        fs::symlink_metadata(&path).map_err(|e| io_error("stat", &path, e))?;
-                    if !meta.is_dir() {
-                        return Err(UnpackError::NotADirectory {
-                            name: lossy(name),
-                            path,
-                        });
-                    }
-                }
-                Err(e) => return Err(io_error("create directory", &path, e)),
-            }
-        }
-        Ok(())
-    }
-
-    fn symlink(&mut self, name: &[u8], target: Option<Cow<'_, [u8]>>) -> Result<(), UnpackError> {
+    fn symlink(&mut self, name: &[u8], target: Option<Cow<'_, [u8]>>) -> Result<(), ParseError> {
         let server_path = lossy(target.as_deref().unwrap_or_default());
         let oid = match tablespace_oid(name) {
             Some(oid) if self.is_base => oid,
@@ -500,7 +586,8 @@ impl Extractor<'_> {
                 return Err(UnpackError::UnexpectedSymlink {
                     name: lossy(name),
                     target: server_path,
-                })
+                }
+                .into())
             }
         };
         let targets = self
@@ -513,26 +600,240 @@ impl Extractor<'_> {
                 oid,
                 got: targets.len(),
                 want: self.dest.roots.len(),
-            });
+            }
+            .into());
         }
-        for (root, target) in self.dest.roots.iter().zip(targets) {
-            let path = root.join(OsStr::from_bytes(name));
-            std::os::unix::fs::symlink(target, &path).map_err(|source| {
+        self.broadcast(Op::Symlink {
+            name: name.into(),
+            targets: targets.clone(),
+        })?;
+        self.links.push(name.to_vec());
+        Ok(())
+    }
+}
+
+/// One root's writer: applies `ops` in order and stops at the first error.
+fn write_ops(
+    root: &Path,
+    index: usize,
+    opts: &ExtractOptions,
+    ops: Receiver<Arc<Op>>,
+) -> Result<(), UnpackError> {
+    let mut open: Option<OpenFile> = None;
+    for op in ops {
+        match &*op {
+            Op::Directory { name, mode } => create_dir(root, name, *mode, opts)?,
+            Op::Create { name, mode } => open = Some(OpenFile::create(root, name, *mode, opts)?),
+            Op::Write(data) => open
+                .as_mut()
+                .expect("the parser sends Write only between Create and Close")
+                .write(data)?,
+            Op::Close => open
+                .take()
+                .expect("the parser sends Close only after Create")
+                .close()?,
+            Op::Symlink { name, targets } => create_symlink(root, name, &targets[index], opts)?,
+        }
+    }
+    Ok(())
+}
+
+fn create_dir(
+    root: &Path,
+    name: &[u8],
+    mode: u32,
+    opts: &ExtractOptions,
+) -> Result<(), UnpackError> {
+    let path = root.join(OsStr::from_bytes(name));
+    match DirBuilder::new().mode(mode).create(&path) {
+        Ok(()) => {
+            if let Some((uid, gid)) = opts.owner {
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                    .map_err(|e| io_error("chown", &path, e))?;
+            }
+            // Restore what the umask took; after chown, which may clear set-group-ID.
+            if mode & 0o7077 != 0 {
+                fs::set_permissions(&path, Permissions::from_mode(mode))
+                    .map_err(|e| io_error("chmod", &path, e))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // `pg_wal/` and friends, made early by the WAL streamer: keep as they are.
+            let meta = fs::symlink_metadata(&path).map_err(|e| io_error("stat", &path, e))?;
+            if meta.is_dir() {
+                Ok(())
+            } else {
+                Err(UnpackError::NotADirectory {
+                    name: lossy(name),
+                    path,
+                })
+            }
+        }
+        Err(e) => Err(io_error("create directory", &path, e)),
+    }
+}
+
+fn create_symlink(
+    root: &Path,
+    name: &[u8],
+    target: &Path,
+    opts: &ExtractOptions,
+) -> Result<(), UnpackError> {
+    let path = root.join(OsStr::from_bytes(name));
+    std::os::unix::fs::symlink(target, &path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            UnpackError::Duplicate {
+                name: lossy(name),
+                path: path.clone(),
+            }
+        } else {
+            io_error("create symlink", &path, source)
+        }
+    })?;
+    if let Some((uid, gid)) = opts.owner {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+            .map_err(|e| io_error("chown", &path, e))?;
+    }
+    Ok(())
+}
+
+/// A file being written, and how far its data has got towards the disk.
+///
+/// With [`ExtractOptions::sync`], writeback of each `WRITEBACK_STEP` starts as soon as it is
+/// written (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait), so the disk works
+/// while the stream is still arriving and the final sync has little left to do. Data
+/// `WRITEBACK_WINDOW` behind the write position is waited for and dropped from the page cache:
+/// dirty memory stays bounded whatever the database size, the cache that other processes (the
+/// primary, when on the same host) rely on is not pushed out by a copy nobody will read soon, and
+/// the kernel can recycle the same few pages instead of finding fresh ones for every write, which
+/// is the dominant cost of a write on a VM whose free memory is reported back to the host.
+struct OpenFile {
+    file: File,
+    path: PathBuf,
+    sync: bool,
+    /// Bytes written so far.
+    written: u64,
+    /// Writeback has been started for everything below this.
+    queued: u64,
+    /// Everything below this is on disk and out of the page cache.
+    dropped: u64,
+}
+
+impl OpenFile {
+    fn create(
+        root: &Path,
+        name: &[u8],
+        mode: u32,
+        opts: &ExtractOptions,
+    ) -> Result<Self, UnpackError> {
+        let path = root.join(OsStr::from_bytes(name));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| {
                 if source.kind() == io::ErrorKind::AlreadyExists {
                     UnpackError::Duplicate {
                         name: lossy(name),
                         path: path.clone(),
                     }
                 } else {
-                    io_error("create symlink", &path, source)
+                    io_error("create", &path, source)
                 }
             })?;
-            if let Some((uid, gid)) = self.opts.owner {
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                    .map_err(|e| io_error("chown", &path, e))?;
+        if let Some((uid, gid)) = opts.owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| io_error("chown", &path, e))?;
+        }
+        // The umask may have cleared group/other bits; owner bits are ours already.
+        if mode & 0o077 != 0 {
+            file.set_permissions(Permissions::from_mode(mode))
+                .map_err(|e| io_error("chmod", &path, e))?;
+        }
+        Ok(Self {
+            file,
+            path,
+            sync: opts.sync,
+            written: 0,
+            queued: 0,
+            dropped: 0,
+        })
+    }
+
+    fn write(&mut self, data: &[Bytes]) -> Result<(), UnpackError> {
+        let mut slices: Vec<IoSlice> = data.iter().map(|d| IoSlice::new(d)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match self.file.write_vectored(rest) {
+                Ok(0) => {
+                    let source = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(io_error("write", &self.path, source));
+                }
+                Ok(n) => {
+                    self.written += n as u64;
+                    IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error("write", &self.path, e)),
             }
         }
-        self.links.push(name.to_vec());
+        if !self.sync {
+            return Ok(());
+        }
+        while self.written - self.queued >= WRITEBACK_STEP {
+            self.sync_range(self.queued, WRITEBACK_STEP, libc::SYNC_FILE_RANGE_WRITE)?;
+            self.queued += WRITEBACK_STEP;
+        }
+        while self.queued - self.dropped > WRITEBACK_WINDOW {
+            let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            self.sync_range(self.dropped, WRITEBACK_STEP, wait)?;
+            // Advice only: if the kernel keeps the pages, nothing is lost but memory.
+            // SAFETY: plain syscall on a descriptor `self.file` keeps open.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    self.dropped as libc::off_t,
+                    WRITEBACK_STEP as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+            self.dropped += WRITEBACK_STEP;
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of whatever is not yet under way; the last window stays cached, clean
+    /// soon, for the kernel to reclaim when it likes.
+    fn close(self) -> Result<(), UnpackError> {
+        if self.sync && self.written > self.queued {
+            // A length of 0 means "to the end of the file".
+            self.sync_range(self.queued, 0, libc::SYNC_FILE_RANGE_WRITE)?;
+        }
+        Ok(())
+    }
+
+    fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint) -> Result<(), UnpackError> {
+        // SAFETY: plain syscall on a descriptor `self.file` keeps open.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(io_error(
+                "write back",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
+        }
         Ok(())
     }
 }
@@ -769,7 +1070,12 @@ mod tests {
             }
         }
         fn extract(&self, tar: &[u8]) -> Result<Vec<WrittenFile>, UnpackError> {
-            extract_archive(tar, &self.dest(), &ExtractOptions::default(), &mut |_| {})
+            extract_archive(
+                ReadChunks::new(tar),
+                &self.dest(),
+                &ExtractOptions::default(),
+                &mut |_| {},
+            )
         }
         /// Only the roots (and whatever the test put there on purpose) exist beside them.
         fn assert_nothing_outside(&self, extra: &[&str]) {
@@ -867,9 +1173,12 @@ mod tests {
         let s = scratch(1);
         let tar = base_archive().end();
         let mut progress = 0;
-        let written = extract_archive(&tar[..], &s.dest(), &ExtractOptions::default(), &mut |n| {
-            progress += n
-        })
+        let written = extract_archive(
+            ReadChunks::new(&tar[..]),
+            &s.dest(),
+            &ExtractOptions::default(),
+            &mut |n| progress += n,
+        )
         .unwrap();
 
         let want: Vec<_> = expected_files()
@@ -916,7 +1225,7 @@ mod tests {
             checksum: ChecksumAlgorithm::Sha256,
             ..ExtractOptions::default()
         };
-        let w = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        let w = extract_archive(ReadChunks::new(&tar[..]), &s.dest(), &opts, &mut |_| {}).unwrap();
         assert_eq!(
             w[0].checksum.as_deref(),
             Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
@@ -926,7 +1235,7 @@ mod tests {
             ..ExtractOptions::default()
         };
         let s = scratch(1);
-        let w = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        let w = extract_archive(ReadChunks::new(&tar[..]), &s.dest(), &opts, &mut |_| {}).unwrap();
         assert_eq!(w[0].checksum, None);
     }
 
@@ -942,8 +1251,13 @@ mod tests {
                 data: &tar,
                 step: phase,
             };
-            let w = extract_archive(reader, &s.dest(), &ExtractOptions::default(), &mut |_| {})
-                .unwrap();
+            let w = extract_archive(
+                ReadChunks::new(reader),
+                &s.dest(),
+                &ExtractOptions::default(),
+                &mut |_| {},
+            )
+            .unwrap();
             assert_eq!(summary(&w), want, "phase {phase}");
             assert_eq!(tree(&s.roots[0]), want_tree);
             assert_eq!(tree(&s.roots[1]), want_tree);
@@ -968,8 +1282,13 @@ mod tests {
                 manifest_prefix: String::new(),
             };
             let reader = SplitAt { data: &tar, split };
-            let w =
-                extract_archive(reader, &dest, &ExtractOptions::default(), &mut |_| {}).unwrap();
+            let w = extract_archive(
+                ReadChunks::new(reader),
+                &dest,
+                &ExtractOptions::default(),
+                &mut |_| {},
+            )
+            .unwrap();
             assert_eq!(summary(&w), want, "split {split}");
             assert_eq!(fs::read(root.join("d/a")).unwrap(), data(700, 4));
         }
@@ -1117,7 +1436,7 @@ mod tests {
             .link("pg_tblspc/16384", "/srv/pg/ts1")
             .file("PG_VERSION", b"16\n", 0o600)
             .end();
-        let w = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        let w = extract_archive(ReadChunks::new(&tar[..]), &s.dest(), &opts, &mut |_| {}).unwrap();
         assert_eq!(summary(&w).len(), 1, "links are not recorded as files");
         for (i, r) in s.roots.iter().enumerate() {
             let target = fs::read_link(r.join("pg_tblspc/16384")).unwrap();
@@ -1140,7 +1459,7 @@ mod tests {
                 .link("pg_tblspc/16384", "/srv/pg/ts1")
                 .0;
             tar.extend_from_slice(&tail.end());
-            let err = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {})
+            let err = extract_archive(ReadChunks::new(&tar[..]), &s.dest(), &opts, &mut |_| {})
                 .expect_err("extraction should fail");
             assert!(matches!(err, UnpackError::UnderSymlink { .. }), "{err}");
             assert_eq!(fs::read_dir(s.dir.path().join("ts0")).unwrap().count(), 0);
@@ -1170,7 +1489,7 @@ mod tests {
             .dir("pg_tblspc", 0o700)
             .link("pg_tblspc/16384", "/srv/pg/ts1")
             .end();
-        let err = extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {})
+        let err = extract_archive(ReadChunks::new(&tar[..]), &s.dest(), &opts, &mut |_| {})
             .expect_err("extraction should fail");
         assert!(matches!(
             err,
@@ -1194,7 +1513,13 @@ mod tests {
             .dir("PG_16_202307071/5", 0o700)
             .file("PG_16_202307071/5/16385", &data(9000, 5), 0o600)
             .end();
-        let w = extract_archive(&tar[..], &dest, &ExtractOptions::default(), &mut |_| {}).unwrap();
+        let w = extract_archive(
+            ReadChunks::new(&tar[..]),
+            &dest,
+            &ExtractOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(lossy(&w[0].path), "pg_tblspc/16384/PG_16_202307071/5/16385");
         assert_eq!(tree(&s.roots[0]), tree(&s.roots[1]));
 
@@ -1208,7 +1533,7 @@ mod tests {
             .dir("pg_tblspc", 0o700)
             .link("pg_tblspc/16384", "/x")
             .end();
-        let err = extract_archive(&tar[..], &dest, &opts, &mut |_| {})
+        let err = extract_archive(ReadChunks::new(&tar[..]), &dest, &opts, &mut |_| {})
             .expect_err("extraction should fail");
         assert!(
             matches!(err, UnpackError::UnexpectedSymlink { .. }),
@@ -1444,7 +1769,7 @@ mod tests {
             .link("pg_tblspc/16384", "/x")
             .file("f", b"x", 0o640)
             .end();
-        extract_archive(&tar[..], &s.dest(), &opts, &mut |_| {}).unwrap();
+        extract_archive(ReadChunks::new(&tar[..]), &s.dest(), &opts, &mut |_| {}).unwrap();
         let m = fs::metadata(s.roots[0].join("f")).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, gid, 0o640));
     }
@@ -1458,8 +1783,13 @@ mod tests {
             }
         }
         let s = scratch(1);
-        let err = extract_archive(Failing, &s.dest(), &ExtractOptions::default(), &mut |_| {})
-            .expect_err("extraction should fail");
+        let err = extract_archive(
+            ReadChunks::new(Failing),
+            &s.dest(),
+            &ExtractOptions::default(),
+            &mut |_| {},
+        )
+        .expect_err("extraction should fail");
         assert_eq!(
             err.to_string(),
             "read the tar stream at offset 0: connection reset"
@@ -1486,8 +1816,13 @@ mod tests {
             roots: vec![],
             manifest_prefix: String::new(),
         };
-        let err = extract_archive(&[][..], &dest, &ExtractOptions::default(), &mut |_| {})
-            .expect_err("extraction should fail");
+        let err = extract_archive(
+            ReadChunks::new(&[][..]),
+            &dest,
+            &ExtractOptions::default(),
+            &mut |_| {},
+        )
+        .expect_err("extraction should fail");
         assert!(matches!(err, UnpackError::NoDestinations));
     }
 

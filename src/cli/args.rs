@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use super::cluster::{DownArgs, InitArgs, NodeArgs, UpArgs};
+use super::cluster::{DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, SwitchoverArgs, UpArgs};
 use super::lag::LagArgs;
 
 #[derive(Debug, Parser)]
@@ -45,6 +45,15 @@ pub enum Command {
     Stop(NodeArgs),
     /// Restart one node of the cluster.
     Restart(NodeArgs),
+    /// Fence the primary, promote a standby, re-point the others, swap the sync names.
+    Failover(FailoverArgs),
+    /// Planned, lossless role change: the primary becomes a standby of the target.
+    Switchover(SwitchoverArgs),
+    /// Bring a former primary back as a standby (follow the new timeline, or re-clone).
+    Rejoin(NodeArgs),
+    /// Run the recipe's checks (streaming, reads, read-only standbys, sync blocking, failover,
+    /// rejoin) with PASS/FAIL and timings; exit 0 only if all pass.
+    Drill(DrillArgs),
 }
 
 /// Where to connect, as libpq tools take it. Flags override the -d string, which overrides

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 
 use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
-use pgrepl::cluster::{Cluster, RuntimeChoice, StepLog};
+use pgrepl::cluster::{Cluster, RuntimeChoice, StepLog, UpOptions};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RuntimeArg {
@@ -31,6 +31,10 @@ pub struct ClusterArgs {
     /// Where data, logs and sockets live (default: the file's state_dir, `.pgrepl`).
     #[arg(long = "state-dir", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The docker runtime's image (default: the file's docker.image, `postgres:17`); e.g.
+    /// `pgrepl-local/postgres:15` from compose/build-image where no registry is reachable.
+    #[arg(long = "image", value_name = "IMAGE")]
+    pub image: Option<String>,
 }
 
 impl ClusterArgs {
@@ -42,6 +46,7 @@ impl ClusterArgs {
             }),
             pg_bin: self.pg_bin.clone(),
             state_dir: self.state_dir.clone(),
+            image: self.image.clone(),
         };
         Ok(Cluster::open(&self.file, &choice)?)
     }
@@ -61,6 +66,11 @@ pub struct InitArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Restore this plain-format SQL dump (pg_dump -Fp) into the primary when this run creates
+    /// it, before replication is set up. Of psql's meta-commands only \connect runs (\set,
+    /// \restrict and \unrestrict are skipped); any other stops the restore.
+    #[arg(long = "dump", value_name = "FILE")]
+    pub dump: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -105,7 +115,8 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    let summary = cluster.up(&PrintSteps(Instant::now())).await?;
+    let options = UpOptions { dump: args.dump.clone() };
+    let summary = cluster.up(&options, &PrintSteps(Instant::now())).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(ExitCode::SUCCESS);
@@ -146,4 +157,107 @@ pub async fn node(args: NodeArgs, action: NodeAction) -> anyhow::Result<ExitCode
     }
     println!("{}: {:?} done", args.node, action);
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The standby to promote (default: the most advanced one).
+    #[arg(long = "to", value_name = "NODE")]
+    pub to: Option<String>,
+    /// Promote even a standby that is behind another, or beyond --max-lag-bytes.
+    #[arg(long)]
+    pub force: bool,
+    /// Refuse a target further behind the most advanced standby than this many bytes.
+    #[arg(long = "max-lag-bytes", default_value_t = 0)]
+    pub max_lag_bytes: u64,
+    /// Print the plan and the pre-flight checks only.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The standby that becomes primary.
+    #[arg(long = "to", value_name = "NODE")]
+    pub to: String,
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_role_change(report: &pgrepl::cluster::failover::RoleChangeReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    println!("{} plan: `{}` -> `{}`", report.action, report.old_primary, report.new_primary);
+    for (i, step) in report.plan.iter().enumerate() {
+        println!("  {}. {step}", i + 1);
+    }
+    if report.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(());
+    }
+    for step in &report.steps {
+        println!("  done in {:>6} ms: {}", step.ms, step.step);
+    }
+    println!("{} complete in {:.1} s", report.action, report.elapsed_ms as f64 / 1000.0);
+    Ok(())
+}
+
+pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.open()?;
+    let options = pgrepl::cluster::failover::FailoverOptions {
+        to: args.to,
+        force: args.force,
+        dry_run: args.dry_run,
+        max_lag_bytes: args.max_lag_bytes,
+    };
+    let report = cluster.failover(&options, &PrintSteps(Instant::now())).await?;
+    print_role_change(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.open()?;
+    let report = cluster.switchover(&args.to, args.dry_run, &PrintSteps(Instant::now())).await?;
+    print_role_change(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rejoin(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.open()?;
+    cluster.rejoin(&args.node, &PrintSteps(Instant::now())).await?;
+    println!("{} is a standby again", args.node);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.open()?;
+    let report = cluster.drill(&PrintSteps(Instant::now())).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{:<4} {:<6} {:>8}  check", "step", "result", "ms");
+        for step in &report.steps {
+            println!("{:<4} {:<6} {:>8}  {}: {}", step.step, if step.passed { "PASS" } else { "FAIL" }, step.ms, step.name, step.detail);
+        }
+        println!("drill {} in {:.1} s", if report.passed { "passed" } else { "FAILED" }, report.elapsed_ms as f64 / 1000.0);
+    }
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -130,18 +130,21 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
 pub fn user_hint(args: &LagArgs) -> Option<String> {
     let first = args.nodes.first()?;
     let params = ConnParams::parse(first).ok()?;
-    ConnectOptions::from_process_env(params).ok().map(|o| o.user)
+    ConnectOptions::from_process_env(params)
+        .ok()
+        .map(|o| o.user)
 }
 
 fn nodes(args: &LagArgs) -> anyhow::Result<Vec<Node>> {
-    if args.cluster.is_some() {
-        bail!("--cluster needs a cluster file written by `pgrepl up`; not available yet");
+    if let Some(file) = &args.cluster {
+        let cluster = pgrepl::cluster::Cluster::open(file, &Default::default())?;
+        return Ok(cluster.node_connections().into_iter().map(|(name, connect)| Node { name, connect }).collect());
     }
     let mut nodes: Vec<Node> = Vec::with_capacity(args.nodes.len());
     for (i, conninfo) in args.nodes.iter().enumerate() {
         let params = ConnParams::parse(conninfo).with_context(|| format!("node {}", i + 1))?;
-        let options = ConnectOptions::from_process_env(params)
-            .with_context(|| format!("node {}", i + 1))?;
+        let options =
+            ConnectOptions::from_process_env(params).with_context(|| format!("node {}", i + 1))?;
         let node = Node::at(options);
         if nodes.iter().any(|n| n.name == node.name) {
             bail!("node `{}` is given twice", node.name);
@@ -154,7 +157,10 @@ fn nodes(args: &LagArgs) -> anyhow::Result<Vec<Node>> {
 /// Writes `text` to stdout; `false` when the reader has closed the pipe.
 fn print(text: &str) -> anyhow::Result<bool> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(e).context("write to stdout"),
@@ -215,7 +221,11 @@ fn lag_table(report: &Report, verdict: &Verdict) -> String {
         notes.push(format!("heartbeat visible after: {}", probes.join(", ")));
     }
     // The full story is `pgrepl status`; here only when commits are held up.
-    if let Some(sync) = report.sync.as_ref().filter(|s| s.commits_block || !s.waiting_sessions.is_empty()) {
+    if let Some(sync) = report
+        .sync
+        .as_ref()
+        .filter(|s| s.commits_block || !s.waiting_sessions.is_empty())
+    {
         notes.extend(sync.explanation.iter().cloned());
     }
     out.push_str(&footer(report, verdict, notes));
@@ -269,7 +279,10 @@ fn status_table(report: &Report, verdict: &Verdict) -> String {
             let streaming = report
                 .standbys
                 .iter()
-                .filter(|s| s.upstream.as_deref() == Some(&n.name) && s.state.as_deref() == Some("streaming"))
+                .filter(|s| {
+                    s.upstream.as_deref() == Some(&n.name)
+                        && s.state.as_deref() == Some("streaming")
+                })
                 .count();
             note.push(format!("{streaming} streaming"));
         }
@@ -329,7 +342,10 @@ fn footer(report: &Report, verdict: &Verdict, notes: Vec<String>) -> String {
         }
     };
     block(notes, "  ");
-    block(report.problems.iter().map(|p| p.message.clone()).collect(), "! ");
+    block(
+        report.problems.iter().map(|p| p.message.clone()).collect(),
+        "! ",
+    );
     if let Verdict::OverThreshold(over) = verdict {
         block(over.iter().map(exceeded).collect(), "> ");
     }
@@ -518,16 +534,25 @@ fn prometheus(report: &Report) -> String {
     let mut m = Metrics::default();
     m.family("pgrepl_round_seconds", "Time the round took.");
     m.sample(&[], report.round_ms / 1000.0);
-    m.family("pgrepl_problems", "Problems found (unreachable or misconfigured nodes).");
+    m.family(
+        "pgrepl_problems",
+        "Problems found (unreachable or misconfigured nodes).",
+    );
     m.sample(&[], report.problems.len() as f64);
 
     m.family("pgrepl_node_up", "1 when the node answered.");
     for n in &report.nodes {
         m.sample(&[("node", &n.name)], f64::from(u8::from(n.reachable)));
     }
-    m.family("pgrepl_node_is_primary", "1 for a primary, 0 for a standby.");
+    m.family(
+        "pgrepl_node_is_primary",
+        "1 for a primary, 0 for a standby.",
+    );
     for n in report.nodes.iter().filter(|n| n.role != Role::Unknown) {
-        m.sample(&[("node", &n.name)], f64::from(u8::from(n.role == Role::Primary)));
+        m.sample(
+            &[("node", &n.name)],
+            f64::from(u8::from(n.role == Role::Primary)),
+        );
     }
     m.family("pgrepl_node_timeline", "The node's timeline.");
     for n in &report.nodes {
@@ -535,7 +560,10 @@ fn prometheus(report: &Report) -> String {
             m.sample(&[("node", &n.name)], f64::from(tl));
         }
     }
-    m.family("pgrepl_node_wal_position_bytes", "The node's WAL position (IDENTIFY_SYSTEM).");
+    m.family(
+        "pgrepl_node_wal_position_bytes",
+        "The node's WAL position (IDENTIFY_SYSTEM).",
+    );
     for n in &report.nodes {
         if let Some(lsn) = n.lsn {
             m.sample(&[("node", &n.name)], lsn.as_u64() as f64);
@@ -548,14 +576,20 @@ fn prometheus(report: &Report) -> String {
             ("node", s.node.clone().unwrap_or_default()),
         ]
     };
-    m.family("pgrepl_standby_info", "One per standby, with its state and sync state.");
+    m.family(
+        "pgrepl_standby_info",
+        "One per standby, with its state and sync state.",
+    );
     for s in &report.standbys {
         let mut l = labels(s);
         l.push(("state", s.state.clone().unwrap_or_default()));
         l.push(("sync_state", s.sync_state.clone().unwrap_or_default()));
         m.sample_owned(&l, 1.0);
     }
-    m.family("pgrepl_standby_lag_bytes", "WAL the standby has not reached yet, per stage.");
+    m.family(
+        "pgrepl_standby_lag_bytes",
+        "WAL the standby has not reached yet, per stage.",
+    );
     for s in &report.standbys {
         for stage in Stage::ALL {
             if let Some(bytes) = s.lag_bytes(stage) {
@@ -565,7 +599,10 @@ fn prometheus(report: &Report) -> String {
             }
         }
     }
-    m.family("pgrepl_standby_lag_seconds", "Time lag per stage; 0 when nothing is pending.");
+    m.family(
+        "pgrepl_standby_lag_seconds",
+        "Time lag per stage; 0 when nothing is pending.",
+    );
     for s in &report.standbys {
         for stage in Stage::ALL {
             if let Some(ms) = s.lag_ms(stage) {
@@ -575,16 +612,25 @@ fn prometheus(report: &Report) -> String {
             }
         }
     }
-    m.family("pgrepl_standby_probe_seconds", "Heartbeat write on the primary to visible here.");
+    m.family(
+        "pgrepl_standby_probe_seconds",
+        "Heartbeat write on the primary to visible here.",
+    );
     for s in &report.standbys {
         if let Some(ms) = s.probe_ms {
             m.sample_owned(&labels(s), ms / 1000.0);
         }
     }
     if let Some(sync) = &report.sync {
-        m.family("pgrepl_sync_commits_blocked", "1 when commits that wait for standbys cannot complete.");
+        m.family(
+            "pgrepl_sync_commits_blocked",
+            "1 when commits that wait for standbys cannot complete.",
+        );
         m.sample(&[], f64::from(u8::from(sync.commits_block)));
-        m.family("pgrepl_sync_waiting_sessions", "Sessions waiting for synchronous replication.");
+        m.family(
+            "pgrepl_sync_waiting_sessions",
+            "Sessions waiting for synchronous replication.",
+        );
         m.sample(&[], sync.waiting_sessions.len() as f64);
     }
     m.out
@@ -599,7 +645,8 @@ struct Metrics {
 impl Metrics {
     fn family(&mut self, name: &'static str, help: &str) {
         self.name = name;
-        self.out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        self.out
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
     }
 
     fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
@@ -635,7 +682,9 @@ fn escape_label(value: &str) -> String {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration `{text}`: use e.g. 500ms, 10s, 2min or 1h");
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let number: f64 = number.parse().map_err(|_| invalid())?;
     let seconds = match unit.trim() {
@@ -682,7 +731,9 @@ mod tests {
         assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         for bad in ["", "0", "-1s", "1d", "s", "1.2.3s"] {
-            assert!(parse_duration(bad).unwrap_err().contains(&format!("`{bad}`")));
+            assert!(parse_duration(bad)
+                .unwrap_err()
+                .contains(&format!("`{bad}`")));
         }
         assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
         assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
@@ -769,11 +820,21 @@ mod tests {
             max_lag_bytes: Some(1),
             max_lag_time: Some(Duration::from_secs(1)),
         });
-        for text in [lag_table(&report, &verdict), status_table(&report, &verdict)] {
+        for text in [
+            lag_table(&report, &verdict),
+            status_table(&report, &verdict),
+        ] {
             for line in text.lines() {
-                assert!(line.chars().count() <= WIDTH, "{} columns: {line}", line.chars().count());
+                assert!(
+                    line.chars().count() <= WIDTH,
+                    "{} columns: {line}",
+                    line.chars().count()
+                );
             }
-            assert!(text.contains("unreachable") || text.contains("UNREACHABLE"), "{text}");
+            assert!(
+                text.contains("unreachable") || text.contains("UNREACHABLE"),
+                "{text}"
+            );
         }
         let lag = lag_table(&report, &verdict);
         assert!(lag.contains("   1.0 TiB   3.2 h"), "{lag}");
@@ -786,7 +847,10 @@ mod tests {
     fn prometheus_labels_are_escaped_and_unknowns_left_out() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let text = prometheus(&sample_report());
-        assert!(text.contains("pgrepl_node_up{node=\"127.0.0.1:40001\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pgrepl_node_up{node=\"127.0.0.1:40001\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("pgrepl_node_up{node=\"[2001:db8::1234:5678:9abc]:40002\"} 0\n"));
         assert!(!text.contains("pgrepl_node_timeline{node=\"[2001"));
         assert!(text.contains("stage=\"replay\"} 11520\n"), "{text}");

@@ -34,6 +34,10 @@ pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<
         Command::Start(args) => cluster::node(args, cluster::NodeAction::Start).await,
         Command::Stop(args) => cluster::node(args, cluster::NodeAction::Stop).await,
         Command::Restart(args) => cluster::node(args, cluster::NodeAction::Restart).await,
+        Command::Failover(args) => cluster::failover(args).await,
+        Command::Switchover(args) => cluster::switchover(args).await,
+        Command::Rejoin(args) => cluster::rejoin(args).await,
+        Command::Drill(args) => cluster::drill(args).await,
     }
 }
 

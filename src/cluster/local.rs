@@ -100,6 +100,7 @@ impl LocalRuntime {
 
     pub fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         ensure_port_free(node)?;
+        self.clear_stale_locks(node)?;
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             node.port,
@@ -134,18 +135,38 @@ impl LocalRuntime {
         self.run("pg_ctl", [OsStr::new("stop"), OsStr::new("-w"), OsStr::new("-m"), OsStr::new(mode), OsStr::new("-D"), data.as_os_str()])
     }
 
-    /// SIGKILL to the postmaster: a crash, for failover drills.
+    /// SIGKILL to the postmaster and its children at once: a crash, as when a machine dies, so
+    /// not even a backend lingers to finish a commit.
     pub fn kill(&self, node: &NodeSpec) -> Result<(), ClusterError> {
-        if let Some(pid) = self.postmaster_pid(node) {
-            // SAFETY: plain kill(2) on a pid read from postmaster.pid.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let Some(pid) = self.postmaster_pid(node) else { return Ok(()) };
+        for victim in std::iter::once(pid).chain(children_of(pid)) {
+            // SAFETY: plain kill(2) on pids of this node's server processes.
+            unsafe { libc::kill(victim, libc::SIGKILL) };
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Ok(())
     }
 
     pub fn is_running(&self, node: &NodeSpec) -> bool {
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        self.postmaster_pid(node).is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+        self.postmaster_pid(node).is_some_and(alive)
+    }
+
+    /// A killed postmaster stays a zombie until init reaps it, and PostgreSQL counts a zombie's
+    /// pid as alive, so it would refuse to start over the dead server's lock files. A lock whose
+    /// pid is gone or a zombie is stale: remove it (its children were killed with it).
+    fn clear_stale_locks(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        let socket_lock = self.socket_dir().join(format!(".s.PGSQL.{}.lock", node.port));
+        for lock in [self.data_dir(node).join("postmaster.pid"), socket_lock] {
+            let pid = std::fs::read_to_string(&lock).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+            if pid.is_some_and(|pid| !alive(pid)) {
+                tracing::info!("removing stale lock `{}`", lock.display());
+                std::fs::remove_file(&lock).map_err(|e| ClusterError::io(format!("remove `{}`", lock.display()), e))?;
+            }
+        }
+        Ok(())
     }
 
     fn postmaster_pid(&self, node: &NodeSpec) -> Option<i32> {
@@ -182,6 +203,32 @@ impl LocalRuntime {
         let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
         Err(ClusterError::Setup(format!("`{tool}` failed: {}", last.trim())))
     }
+}
+
+/// A process that exists and is not a zombie (a killed postmaster stays a zombie until its
+/// parent, often init, reaps it).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain spaces.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Pids whose parent is `parent`, from /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned)))
+                .flatten()
+                .and_then(|ppid| ppid.parse::<i32>().ok())
+                == Some(parent)
+        })
+        .collect()
 }
 
 fn find_bin_dir() -> Option<PathBuf> {

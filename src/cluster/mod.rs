@@ -9,9 +9,14 @@
 //! Neighbours: `spec` (the cluster file), `runtime`/`local` (where nodes run), `backup` (the
 //! standbys' data), `conn::sql` (pgrepl's own SQL sessions).
 
+pub mod docker;
+pub mod drill;
+pub mod dump;
+pub mod failover;
 pub mod local;
 pub mod runtime;
 pub mod spec;
+pub mod topology;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +60,8 @@ pub enum ClusterError {
     Timeout(Duration, String),
     #[error("no node named `{0}` in the cluster file (nodes: {1})")]
     UnknownNode(String, String),
+    #[error(transparent)]
+    Dump(#[from] dump::DumpError),
 }
 
 impl ClusterError {
@@ -69,9 +76,14 @@ impl ClusterError {
 
 /// A cluster file opened with its runtime.
 pub struct Cluster {
+    /// The topology as it is now (the file's, with roles swapped after a failover).
     pub spec: ClusterSpec,
+    /// The topology as the file describes it; every role change is derived from it, so the
+    /// sync policy after several changes does not depend on the path taken.
+    file_spec: ClusterSpec,
     pub runtime: Runtime,
     replication_password: String,
+    state_dir: PathBuf,
 }
 
 /// How to pick and place the runtime, from the command line.
@@ -80,6 +92,15 @@ pub struct RuntimeChoice {
     pub runtime: Option<RuntimeKind>,
     pub pg_bin: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// The docker runtime's image, instead of the cluster file's `docker.image`.
+    pub image: Option<String>,
+}
+
+/// What `up` does besides building the topology.
+#[derive(Debug, Default, Clone)]
+pub struct UpOptions {
+    /// A plain-format SQL dump restored into the primary when this run initialises it.
+    pub dump: Option<PathBuf>,
 }
 
 /// Where a step reports progress, so the CLI can print as it goes.
@@ -116,13 +137,31 @@ impl Cluster {
         let base = std::path::absolute(base).map_err(|e| ClusterError::io("resolve the cluster file's directory", e))?;
         let state_dir = base.join(choice.state_dir.as_ref().unwrap_or(&spec.state_dir));
         let replication_password = spec.replication_password(&base)?;
+        let file_spec = spec.clone();
+        // After a failover or switchover the recorded primary decides the roles.
+        if let Some(topology) = topology::Topology::load(&state_dir)? {
+            spec = spec.with_primary(&topology.primary)?;
+        }
+        let cluster_state_dir = state_dir.clone();
         let runtime = match spec.runtime {
             RuntimeKind::Local => Runtime::Local(local::LocalRuntime::new(state_dir, choice.pg_bin.clone())?),
             RuntimeKind::Docker => {
-                return Err(ClusterError::Setup("the docker runtime is not available in this build yet".into()))
+                let mut settings = spec.docker.clone();
+                if let Some(image) = &choice.image {
+                    settings.image = image.clone();
+                }
+                Runtime::Docker(docker::DockerRuntime::new(state_dir, settings)?)
             }
         };
-        Ok(Cluster { spec, runtime, replication_password })
+        Ok(Cluster { spec, file_spec, runtime, replication_password, state_dir: cluster_state_dir })
+    }
+
+    /// The topology as it is now: the recorded primary may have changed since `open`.
+    pub(crate) fn current_spec(&self) -> Result<ClusterSpec, ClusterError> {
+        match topology::Topology::load(&self.state_dir)? {
+            Some(topology) => Ok(self.file_spec.with_primary(&topology.primary)?),
+            None => Ok(self.file_spec.clone()),
+        }
     }
 
     pub fn node(&self, name: &str) -> Result<&NodeSpec, ClusterError> {
@@ -137,13 +176,36 @@ impl Cluster {
         self.spec.nodes.iter().map(|n| (n.name.clone(), self.runtime.superuser(n))).collect()
     }
 
+    /// The replication role's session to `node` from this host.
+    fn replication_connect(&self, node: &NodeSpec) -> ConnectOptions {
+        let (host, port) = self.runtime.host_address(node);
+        let mut connect = ConnectOptions::resolve(Default::default(), &|_| None).expect("defaults always resolve");
+        connect.host = Host::Tcp(host);
+        connect.port = port;
+        connect.user = self.spec.replication.user.clone();
+        connect.password = Some(Password::from(self.replication_password.clone()));
+        connect.application_name = Some(SESSION_NAME.into());
+        connect
+    }
+
+    /// What `standby` puts in primary_conninfo to follow `primary`.
+    fn primary_conninfo(&self, primary: &NodeSpec, standby: &NodeSpec) -> String {
+        let mut connect = self.replication_connect(primary);
+        let (host, port) = self.runtime.primary_address_for_standbys(primary);
+        connect.host = Host::Tcp(host);
+        connect.port = port;
+        connect.primary_conninfo(Some(&standby.name), true)
+    }
+
     async fn sql(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
         sql::connect(&self.runtime.superuser(node), SESSION_NAME).await.map_err(ClusterError::node(node))
     }
 
     /// Builds (or completes) the cluster and checks it.
-    pub async fn up(&self, log: &dyn StepLog) -> Result<UpSummary, ClusterError> {
+    pub async fn up(&self, options: &UpOptions, log: &dyn StepLog) -> Result<UpSummary, ClusterError> {
         let started = Instant::now();
+        // Opened first, so a missing or non-SQL dump stops `up` before anything is created.
+        let dump = options.dump.as_deref().map(dump::DumpFile::open).transpose()?;
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
 
@@ -153,12 +215,37 @@ impl Cluster {
             self.runtime.init_primary(primary).await?;
         }
         self.ensure_running(primary, log).await?;
+        // Before replication exists, so the standbys' base backup carries the data.
+        if let Some(dump) = dump {
+            let path = dump.path().display().to_string();
+            if fresh {
+                log.step(&format!("restore `{path}` into `{}`", primary.name));
+                let summary = dump::restore(&self.runtime.superuser(primary), dump, log).await?;
+                log.step(&format!("restored `{path}`: {summary}"));
+            } else {
+                log.step(&format!(
+                    "dump `{path}` not applied: primary `{}` existed before this run and may hold data already \
+                     (`pgrepl down --purge`, then `up --dump` again, restores into a new cluster)",
+                    primary.name
+                ));
+            }
+        }
         self.configure_primary(primary, log).await?;
 
         let missing: Vec<&NodeSpec> =
             self.spec.standbys().filter(|s| !self.runtime.data_dir(s).join("PG_VERSION").exists()).collect();
         if !missing.is_empty() {
             self.clone_standbys(primary, &missing, log).await?;
+        }
+        for standby in self.spec.standbys() {
+            let data = self.runtime.data_dir(standby);
+            if !data.join("standby.signal").exists() {
+                // Starting it would make a second primary.
+                return Err(ClusterError::Setup(format!(
+                    "`{}` holds a former primary's data (no standby.signal): bring it back with `pgrepl rejoin {}`",
+                    standby.name, standby.name
+                )));
+            }
         }
         // Standbys start in parallel: each waits for its own recovery to reach consistency.
         futures_util::future::try_join_all(self.spec.standbys().map(|s| self.ensure_running(s, log))).await?;
@@ -171,7 +258,7 @@ impl Cluster {
         })
         .await?;
 
-        self.apply_sync_policy(&primary_sql, log).await?;
+        self.apply_sync_policy(&self.spec, &primary_sql, log).await?;
         self.check(primary, &primary_sql, log).await?;
 
         let states = streaming_standbys(&primary_sql).await?;
@@ -215,10 +302,7 @@ impl Cluster {
                 .get(0);
             if !same_setting(&current, value) {
                 log.step(&format!("set {name} = '{value}' on `{}`", primary.name));
-                client
-                    .batch_execute(&format!("ALTER SYSTEM SET {} = {}", quote_ident(name), quote_literal(value)))
-                    .await
-                    .map_err(|e| node_err_sql(primary, e))?;
+                alter_system(&client, primary, name, value).await?;
                 changed = true;
             }
         }
@@ -250,7 +334,7 @@ impl Cluster {
             changed = true;
         }
         if changed {
-            client.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| node_err_sql(primary, e))?;
+            reload(&client, primary).await?;
             // Reload is asynchronous; give the postmaster a moment before asking what is pending.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let pending: i64 = client
@@ -272,13 +356,7 @@ impl Cluster {
     async fn clone_standbys(&self, primary: &NodeSpec, standbys: &[&NodeSpec], log: &dyn StepLog) -> Result<(), ClusterError> {
         let names: Vec<&str> = standbys.iter().map(|s| s.name.as_str()).collect();
         log.step(&format!("base backup of `{}` into {} (one pass)", primary.name, names.join(" and ")));
-        let (host, port) = self.runtime.host_address(primary);
-        let mut connect = ConnectOptions::resolve(Default::default(), &|_| None).expect("defaults always resolve");
-        connect.host = Host::Tcp(host);
-        connect.port = port;
-        connect.user = self.spec.replication.user.clone();
-        connect.password = Some(Password::from(self.replication_password.clone()));
-        connect.application_name = Some(SESSION_NAME.into());
+        let connect = self.replication_connect(primary);
         let targets = standbys
             .iter()
             .map(|s| BackupTarget { dir: self.runtime.data_dir(s), application_name: Some(s.name.clone()) })
@@ -302,27 +380,24 @@ impl Cluster {
 
     /// `synchronous_commit` and `synchronous_standby_names`, then waits until
     /// pg_stat_replication shows the intended sync states.
-    async fn apply_sync_policy(&self, primary_sql: &Client, log: &dyn StepLog) -> Result<(), ClusterError> {
-        let primary = self.spec.primary();
-        let names = self.spec.synchronous_standby_names();
-        let wanted = [("synchronous_commit", self.spec.sync.synchronous_commit.clone()), ("synchronous_standby_names", names.clone())];
+    async fn apply_sync_policy(&self, spec: &ClusterSpec, primary_sql: &Client, log: &dyn StepLog) -> Result<(), ClusterError> {
+        let primary = spec.primary();
+        let names = spec.synchronous_standby_names();
+        let wanted = [("synchronous_commit", spec.sync.synchronous_commit.clone()), ("synchronous_standby_names", names.clone())];
         let mut changed = false;
         for (setting, value) in &wanted {
             let current: String =
                 primary_sql.query_one("SELECT current_setting($1)", &[setting]).await.map_err(|e| node_err_sql(primary, e))?.get(0);
             if &current != value {
                 log.step(&format!("set {setting} = '{value}'"));
-                primary_sql
-                    .batch_execute(&format!("ALTER SYSTEM SET {setting} = {}", quote_literal(value)))
-                    .await
-                    .map_err(|e| node_err_sql(primary, e))?;
+                alter_system(primary_sql, primary, setting, value).await?;
                 changed = true;
             }
         }
         if changed {
-            primary_sql.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| node_err_sql(primary, e))?;
+            reload(primary_sql, primary).await?;
         }
-        let expected = self.expected_sync_states();
+        let expected = expected_sync_states(spec);
         wait_until(Duration::from_secs(30), "the sync states of the policy", || async {
             let states = streaming_standbys(primary_sql).await?;
             Ok(expected.iter().all(|(name, state)| states.iter().any(|(n, s)| n == name && s == state)))
@@ -331,25 +406,6 @@ impl Cluster {
         let described: Vec<String> = expected.iter().map(|(n, s)| format!("{n} {s}")).collect();
         log.step(&format!("sync policy {names}: {}", described.join(", ")));
         Ok(())
-    }
-
-    /// What pg_stat_replication.sync_state should say for each standby under the policy when
-    /// all of them stream.
-    pub fn expected_sync_states(&self) -> Vec<(String, String)> {
-        let sync = &self.spec.sync;
-        let quorum = sync.method.eq_ignore_ascii_case("ANY");
-        self.spec
-            .standbys()
-            .map(|s| {
-                let state = match sync.standbys.iter().position(|n| n == &s.name) {
-                    None => "async",
-                    Some(_) if quorum => "quorum",
-                    Some(rank) if rank < sync.num_sync as usize => "sync",
-                    Some(_) => "potential",
-                };
-                (s.name.clone(), state.to_owned())
-            })
-            .collect()
     }
 
     /// The recipe's checks: a row written on the primary is read on every standby, and a write
@@ -386,7 +442,11 @@ impl Cluster {
 
     /// Stops (and with `purge` deletes) every node.
     pub async fn down(&self, purge: bool) -> Result<(), ClusterError> {
-        self.runtime.remove(&self.spec.nodes, purge).await
+        self.runtime.remove(&self.spec.nodes, purge).await?;
+        if purge {
+            topology::Topology::remove(&self.state_dir)?;
+        }
+        Ok(())
     }
 
     pub async fn start_node(&self, name: &str) -> Result<(), ClusterError> {
@@ -406,6 +466,37 @@ impl Cluster {
         self.runtime.stop(node, true).await?;
         self.runtime.start(node).await
     }
+}
+
+/// What pg_stat_replication.sync_state should say for each standby under `spec`'s policy when
+/// all of them stream.
+pub fn expected_sync_states(spec: &ClusterSpec) -> Vec<(String, String)> {
+    let sync = &spec.sync;
+    let quorum = sync.method.eq_ignore_ascii_case("ANY");
+    spec.standbys()
+        .map(|s| {
+            let state = match sync.standbys.iter().position(|n| n == &s.name) {
+                None => "async",
+                Some(_) if quorum => "quorum",
+                Some(rank) if rank < sync.num_sync as usize => "sync",
+                Some(_) => "potential",
+            };
+            (s.name.clone(), state.to_owned())
+        })
+        .collect()
+}
+
+/// One ALTER SYSTEM; a reload (or restart) makes it count. Sent alone because ALTER SYSTEM
+/// cannot run inside the implicit transaction of a multi-statement query.
+async fn alter_system(client: &Client, node: &NodeSpec, setting: &str, value: &str) -> Result<(), ClusterError> {
+    client
+        .batch_execute(&format!("ALTER SYSTEM SET {} = {}", quote_ident(setting), quote_literal(value)))
+        .await
+        .map_err(|e| node_err_sql(node, e))
+}
+
+async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
+    client.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| node_err_sql(node, e))
 }
 
 fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
@@ -456,19 +547,12 @@ mod tests {
     #[test]
     fn expected_states_follow_the_policy() {
         let mut spec = ClusterSpec::default();
-        let cluster = |spec: ClusterSpec| Cluster {
-            spec,
-            runtime: Runtime::Local(local::LocalRuntime { bin_dir: "/x".into(), state_dir: "/y".into(), run_as: None }),
-            replication_password: String::new(),
-        };
-        let states = cluster(spec.clone()).expected_sync_states();
+        let states = expected_sync_states(&spec);
         assert_eq!(states, vec![("pg_slave".into(), "sync".into()), ("pg_asyncslave".into(), "potential".into())]);
         spec.sync.method = "ANY".into();
-        let states = cluster(spec.clone()).expected_sync_states();
-        assert!(states.iter().all(|(_, s)| s == "quorum"));
+        assert!(expected_sync_states(&spec).iter().all(|(_, s)| s == "quorum"));
         spec.sync.standbys = vec!["pg_asyncslave".into()];
-        let states = cluster(spec).expected_sync_states();
-        assert_eq!(states[0], ("pg_slave".into(), "async".into()));
+        assert_eq!(expected_sync_states(&spec)[0], ("pg_slave".into(), "async".into()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::docker::DockerRuntime;
 use super::local::LocalRuntime;
 use super::spec::NodeSpec;
 use super::ClusterError;
@@ -11,6 +12,7 @@ use crate::conn::ConnectOptions;
 #[derive(Debug)]
 pub enum Runtime {
     Local(LocalRuntime),
+    Docker(DockerRuntime),
 }
 
 impl Runtime {
@@ -18,6 +20,7 @@ impl Runtime {
     pub async fn prepare(&self, nodes: &[NodeSpec]) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => local.prepare(nodes),
+            Runtime::Docker(docker) => docker.prepare(nodes).await,
         }
     }
 
@@ -25,6 +28,7 @@ impl Runtime {
     pub fn data_dir(&self, node: &NodeSpec) -> PathBuf {
         match self {
             Runtime::Local(local) => local.data_dir(node),
+            Runtime::Docker(docker) => docker.data_dir(node),
         }
     }
 
@@ -32,6 +36,7 @@ impl Runtime {
     pub async fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => local.init_primary(node),
+            Runtime::Docker(docker) => docker.init_primary(node).await,
         }
     }
 
@@ -39,6 +44,7 @@ impl Runtime {
     pub async fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => blocking(local, node, move |local, node| local.start(&node)).await,
+            Runtime::Docker(docker) => docker.start(node).await,
         }
     }
 
@@ -46,6 +52,7 @@ impl Runtime {
     pub async fn stop(&self, node: &NodeSpec, fast: bool) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => blocking(local, node, move |local, node| local.stop(&node, fast)).await,
+            Runtime::Docker(docker) => docker.stop(node, fast).await,
         }
     }
 
@@ -53,12 +60,14 @@ impl Runtime {
     pub async fn kill(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => local.kill(node),
+            Runtime::Docker(docker) => docker.kill(node).await,
         }
     }
 
     pub async fn is_running(&self, node: &NodeSpec) -> bool {
         match self {
             Runtime::Local(local) => local.is_running(node),
+            Runtime::Docker(docker) => docker.is_running(node).await,
         }
     }
 
@@ -75,6 +84,7 @@ impl Runtime {
                 }
                 Ok(())
             }
+            Runtime::Docker(docker) => docker.remove(nodes, purge).await,
         }
     }
 
@@ -82,6 +92,7 @@ impl Runtime {
     pub fn superuser(&self, node: &NodeSpec) -> ConnectOptions {
         match self {
             Runtime::Local(local) => local.superuser(node),
+            Runtime::Docker(docker) => docker.superuser(node),
         }
     }
 
@@ -89,14 +100,14 @@ impl Runtime {
     pub fn primary_address_for_standbys(&self, primary: &NodeSpec) -> (String, u16) {
         match self {
             Runtime::Local(_) => ("127.0.0.1".into(), primary.port),
+            Runtime::Docker(docker) => docker.primary_address_for_standbys(primary),
         }
     }
 
     /// How pgrepl on the host reaches `node` over TCP (for replication sessions).
     pub fn host_address(&self, node: &NodeSpec) -> (String, u16) {
-        match self {
-            Runtime::Local(_) => ("127.0.0.1".into(), node.port),
-        }
+        // Containers publish their port on the host's loopback, like local servers listen.
+        ("127.0.0.1".into(), node.port)
     }
 
     /// The client addresses the primary's pg_hba line must admit for replication: the
@@ -104,6 +115,7 @@ impl Runtime {
     pub async fn replication_clients_cidr(&self) -> Result<String, ClusterError> {
         match self {
             Runtime::Local(_) => Ok("127.0.0.1/32".into()),
+            Runtime::Docker(docker) => docker.replication_clients_cidr().await,
         }
     }
 
@@ -111,6 +123,7 @@ impl Runtime {
     pub fn data_owner(&self) -> Option<(u32, u32)> {
         match self {
             Runtime::Local(local) => local.run_as,
+            Runtime::Docker(docker) => Some(docker.data_owner()),
         }
     }
 
@@ -130,4 +143,14 @@ where
     tokio::task::spawn_blocking(move || work(local, node))
         .await
         .map_err(|e| ClusterError::io("run a node operation", std::io::Error::other(e)))?
+}
+
+/// Refuses a node whose host port something else already listens on, before anything is created.
+pub(super) fn ensure_port_free(node: &NodeSpec) -> Result<(), ClusterError> {
+    std::net::TcpListener::bind(("127.0.0.1", node.port)).map(drop).map_err(|_| {
+        ClusterError::Setup(format!(
+            "port {} for `{}` is in use: stop what listens there, or change the node's port in the cluster file",
+            node.port, node.name
+        ))
+    })
 }

@@ -221,6 +221,29 @@ impl ClusterSpec {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// The same cluster after `new_primary` took over: roles swap, and in the sync list the new
+    /// primary's name is replaced by the old primary's, keeping its rank (the recipe's last
+    /// step: `FIRST 1 (pg_master, pg_asyncslave)` once `pg_slave` is primary).
+    pub fn with_primary(&self, new_primary: &str) -> Result<ClusterSpec, SpecError> {
+        let old_primary = self.primary().name.clone();
+        if old_primary == new_primary {
+            return Ok(self.clone());
+        }
+        if self.node(new_primary).is_none() {
+            return Err(SpecError::Invalid(format!("the recorded primary `{new_primary}` is no node of this cluster")));
+        }
+        let mut spec = self.clone();
+        for node in &mut spec.nodes {
+            node.role = if node.name == new_primary { NodeRole::Primary } else { NodeRole::Standby };
+        }
+        for name in &mut spec.sync.standbys {
+            if *name == new_primary {
+                *name = old_primary.clone();
+            }
+        }
+        Ok(spec)
+    }
+
     /// `synchronous_standby_names` for the primary, e.g. `FIRST 1 (pg_slave, pg_asyncslave)`.
     pub fn synchronous_standby_names(&self) -> String {
         synchronous_standby_names(&self.sync.method, self.sync.num_sync, &self.sync.standbys)
@@ -296,6 +319,17 @@ mod tests {
         let mut spec = ClusterSpec::default();
         spec.nodes[2].port = spec.nodes[1].port;
         assert!(spec.validate().unwrap_err().to_string().contains("share a name or port"));
+    }
+
+    #[test]
+    fn a_new_primary_swaps_roles_and_sync_names() {
+        let spec = ClusterSpec::default().with_primary("pg_slave").unwrap();
+        assert_eq!(spec.primary().name, "pg_slave");
+        assert_eq!(spec.synchronous_standby_names(), "FIRST 1 (pg_master, pg_asyncslave)");
+        spec.validate().unwrap();
+        let back = spec.with_primary("pg_master").unwrap();
+        assert_eq!(back, ClusterSpec::default());
+        assert!(ClusterSpec::default().with_primary("nope").is_err());
     }
 
     #[test]

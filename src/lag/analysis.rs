@@ -205,8 +205,8 @@ pub fn analyze(round: &Round) -> Report {
                     .map(|id| id.system_id),
             )
         });
-    let primary_timeline = primary.and_then(|p| identity(p)).map(|id| id.timeline);
-    let reference = primary.and_then(|p| facts(p)).and_then(|f| f.flush_lsn);
+    let primary_timeline = primary.and_then(identity).map(|id| id.timeline);
+    let reference = primary.and_then(facts).and_then(|f| f.flush_lsn);
 
     let node_reports: Vec<NodeReport> = nodes
         .iter()
@@ -240,7 +240,7 @@ pub fn analyze(round: &Round) -> Report {
         }
     }
 
-    let sync = primary.and_then(|p| facts(p)).map(|f| {
+    let sync = primary.and_then(facts).map(|f| {
         SyncReport::build(
             &f.synchronous_standby_names,
             &f.synchronous_commit,
@@ -437,8 +437,8 @@ fn match_standbys(
             let name = row.application_name.as_deref()?;
             let candidates = nodes_named.get(name)?;
             let walsenders = rows_named.get(name).copied().unwrap_or(0);
-            if candidates.len() == 1 && walsenders == 1 {
-                return Some(candidates[0]);
+            if let ([only], 1) = (candidates.as_slice(), walsenders) {
+                return Some(*only);
             }
             if !reported.iter().any(|r| r == name) {
                 reported.push(name.to_owned());
@@ -547,6 +547,7 @@ fn standby_report(
         state,
         sync_state: row.and_then(|r| r.sync_state.clone()),
         sync_priority: row.and_then(|r| r.sync_priority),
+        reply_age_ms: row.and_then(|r| r.reply_age_ms),
         client_addr: row.and_then(|r| r.client_addr.clone()),
         timeline: node
             .and_then(|n| n.identity.as_ref().ok())
@@ -633,7 +634,7 @@ fn promotion_candidate<'a>(
         })
         .collect();
     // Stable sort: the first given wins a tie.
-    ranked.sort_by(|a, b| (b.1, b.2).cmp(&(a.1, a.2)));
+    ranked.sort_by_key(|r| std::cmp::Reverse((r.1, r.2)));
     let (name, timeline, lsn) = ranked.first()?.clone();
     let runner_up = ranked.get(1);
     Some(PromotionCandidate {
@@ -717,7 +718,6 @@ mod tests {
 
     fn sender(app: &str, at: &str, lag_ms: Option<f64>) -> SenderRow {
         SenderRow {
-            pid: 100,
             application_name: Some(app.into()),
             client_addr: Some("127.0.0.1".into()),
             state: Some("streaming".into()),
@@ -1077,10 +1077,8 @@ mod tests {
     fn without_stats_privileges_the_numbers_cannot_be_trusted() {
         let mut p = primary(
             "0/3000000",
-            vec![SenderRow {
-                pid: 7,
-                ..Default::default()
-            }],
+            // All a role without pg_read_all_stats sees of a walsender is its pid.
+            vec![SenderRow::default()],
         );
         if let Ok(f) = &mut p.facts {
             f.can_read_stats = false;

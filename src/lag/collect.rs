@@ -6,16 +6,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::analysis::{Identity, Observation, ProbeOutcome};
 use super::sql::{self, NodeFacts};
 use super::{LagError, Node};
-use crate::conn::config::ChannelBindingMode;
-use crate::conn::{ConnectOptions, Connection, Host, SessionKind, SslMode};
-
-/// libpq would use the user name; a lag check wants a database that exists everywhere.
-const DEFAULT_DATABASE: &str = "postgres";
+use crate::conn::{sql as sessions, ConnectOptions, Connection, ConnectionError, SessionKind};
 
 /// How often a standby is asked whether the heartbeat has arrived: the probe's resolution.
 const PROBE_POLL: Duration = Duration::from_millis(1);
@@ -53,10 +49,20 @@ pub(super) async fn visit(node: &Node, limit: Duration) -> Visit {
     }
 }
 
-/// The error with its causes, for the report. tokio-postgres keeps the cause out of `Display`
-/// ("error connecting to server"), while pgrepl's own errors already include it, so a cause is
-/// added only when the text does not say it yet.
-pub(super) fn describe(error: &dyn std::error::Error) -> String {
+/// The error with its causes, for the report. A cause is added only when the text does not say
+/// it yet, since most errors here already include theirs. tokio-postgres's own text for a failure
+/// that is not the server's ("error connecting to server") needs its cause, which
+/// `ConnectionError::Sql` does not expose as a source.
+pub(super) fn describe(error: &LagError) -> String {
+    match error {
+        LagError::Connection(ConnectionError::Sql(e)) if e.as_db_error().is_none() => {
+            with_causes(e)
+        }
+        other => with_causes(other),
+    }
+}
+
+fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {
@@ -92,53 +98,12 @@ async fn identify(options: &ConnectOptions) -> Result<Identity, LagError> {
 }
 
 async fn query(options: &ConnectOptions) -> Result<(NodeFacts, Client), LagError> {
-    let config = sql_config(options)?;
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("SQL session ended: {e}");
-        }
-    });
-    let answer = client.simple_query(&sql::round_batch()).await?;
+    let client = sessions::connect(options, sql::SESSION_APPLICATION_NAME).await?;
+    let answer = client
+        .simple_query(&sql::round_batch())
+        .await
+        .map_err(ConnectionError::Sql)?;
     Ok((NodeFacts::parse(&answer)?, client))
-}
-
-/// tokio-postgres settings equal to `options`. Its NoTls connector cannot encrypt, so the modes
-/// that demand TLS are refused here with a clear message rather than by a handshake failure.
-fn sql_config(options: &ConnectOptions) -> Result<tokio_postgres::Config, LagError> {
-    use tokio_postgres::config::{ChannelBinding, SslMode as PgSslMode};
-    let mut config = tokio_postgres::Config::new();
-    match &options.host {
-        Host::Tcp(host) => config.host(host),
-        Host::Unix(dir) => config.host_path(dir),
-    };
-    let dbname = options.dbname.as_deref().unwrap_or(DEFAULT_DATABASE);
-    config
-        .port(options.port)
-        .user(&options.user)
-        .dbname(dbname)
-        .application_name(sql::SESSION_APPLICATION_NAME);
-    config.ssl_mode(match options.sslmode {
-        // `allow` tries plaintext first, which is all NoTls does.
-        SslMode::Disable | SslMode::Allow => PgSslMode::Disable,
-        SslMode::Prefer => PgSslMode::Prefer,
-        demanding => return Err(LagError::TlsUnsupported(demanding)),
-    });
-    config.channel_binding(match options.channel_binding {
-        ChannelBindingMode::Disable => ChannelBinding::Disable,
-        ChannelBindingMode::Prefer => ChannelBinding::Prefer,
-        ChannelBindingMode::Require => ChannelBinding::Require,
-    });
-    if let Some(timeout) = options.connect_timeout {
-        config.connect_timeout(timeout);
-    }
-    // tokio-postgres does not read ~/.pgpass; the replication session's auth does that itself.
-    let mut with_password = options.clone();
-    with_password.load_password_from_passfile(dbname)?;
-    if let Some(password) = &with_password.password {
-        config.password(password.expose());
-    }
-    Ok(config)
 }
 
 /// Writes a heartbeat on the primary and waits up to `wait` for each standby to see it. The
@@ -150,11 +115,20 @@ pub(super) async fn probe(
     standbys: &[(usize, &Client)],
     wait: Duration,
 ) -> Result<Vec<(usize, ProbeOutcome)>, LagError> {
-    primary.batch_execute(sql::CREATE_HEARTBEAT).await?;
-    let write = primary.prepare(sql::WRITE_HEARTBEAT).await?;
+    primary
+        .batch_execute(sql::CREATE_HEARTBEAT)
+        .await
+        .map_err(ConnectionError::Sql)?;
+    let write = primary
+        .prepare(sql::WRITE_HEARTBEAT)
+        .await
+        .map_err(ConnectionError::Sql)?;
     let token = heartbeat_token();
     let sent = Instant::now();
-    primary.execute(&write, &[&token]).await?;
+    primary
+        .execute(&write, &[&token])
+        .await
+        .map_err(ConnectionError::Sql)?;
     let token = token.as_str();
     let outcomes = join_all(standbys.iter().map(|&(i, client)| async move {
         (i, wait_for_heartbeat(client, token, sent, wait).await)
@@ -183,7 +157,7 @@ async fn wait_for_heartbeat(
             }
             // The table itself may still be on its way to a standby that never saw a probe.
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {}
-            Err(e) => return ProbeOutcome::Failed(describe(&e)),
+            Err(e) => return ProbeOutcome::Failed(describe(&ConnectionError::Sql(e).into())),
         }
         if sent.elapsed() >= wait {
             return ProbeOutcome::TimedOut;

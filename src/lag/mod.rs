@@ -7,8 +7,8 @@
 //! session (the views in [`sql`]), then hands everything to the pure [`analysis`], which builds
 //! the [`Report`]. Rendering (table, JSON, Prometheus) belongs to the CLI.
 //!
-//! Not here: choosing nodes (the command line or the cluster file), TLS for the SQL session
-//! (tokio-postgres runs without a TLS connector, so `sslmode=require` and stricter are refused),
+//! Not here: choosing nodes (the command line or the cluster file), the SQL session's settings
+//! ([`crate::conn::sql`]; no TLS yet, so `sslmode=require` and stricter are refused per node),
 //! and any change to the cluster other than the probe's one-row table `pgrepl_heartbeat`.
 //!
 //! # JSON schema (`pgrepl lag --json`, `pgrepl status --json`)
@@ -21,10 +21,10 @@
 //!   `unknown`), `reachable`, `system_identifier`, `timeline`, `lsn`, `server_version`,
 //!   `receiver_status`, `upstream`, `replay_paused`, `other_system`, `older_timeline`, `error`.
 //! - `standbys[]`: `application_name`, `node` (`null` for a walsender no given node matches),
-//!   `reachable`, `upstream`, `state`, `sync_state`, `sync_priority`, `client_addr`, `timeline`,
-//!   `sent_lsn`, `write_lsn`, `flush_lsn`, `replay_lsn`, `write_lag_bytes`, `flush_lag_bytes`,
-//!   `replay_lag_bytes`, `write_lag_ms`, `flush_lag_ms`, `replay_lag_ms`, `replay_paused`,
-//!   `last_xact_replay_age_ms`, `probe_ms`, `probe_timed_out`.
+//!   `reachable`, `upstream`, `state`, `sync_state`, `sync_priority`, `reply_age_ms`,
+//!   `client_addr`, `timeline`, `sent_lsn`, `write_lsn`, `flush_lsn`, `replay_lsn`,
+//!   `write_lag_bytes`, `flush_lag_bytes`, `replay_lag_bytes`, `write_lag_ms`, `flush_lag_ms`,
+//!   `replay_lag_ms`, `replay_paused`, `last_xact_replay_age_ms`, `probe_ms`, `probe_timed_out`.
 //! - `sync`: `synchronous_standby_names`, `synchronous_commit`, `method` (`priority`, `quorum`),
 //!   `required`, `commit_waits_for` (`none`, `write`, `flush`, `apply`), `sync[]`,
 //!   `potential[]`, `quorum[]`, `listed_not_connected[]`, `commits_block`,
@@ -36,7 +36,7 @@
 //!
 //! How standbys are matched to walsenders and how lag is computed: see [`analysis`].
 //!
-//! Neighbours: [`crate::conn`] for both sessions' settings and the replication session.
+//! Neighbours: [`crate::conn`] opens both sessions.
 
 pub mod analysis;
 mod collect;
@@ -51,25 +51,15 @@ use futures_util::future::join_all;
 pub use self::analysis::{analyze, Exceeded, Observation, Round, Thresholds, Verdict};
 pub use self::report::{NodeReport, Problem, ProblemKind, Report, Role, Stage, StandbyReport};
 pub use self::sync::SyncReport;
-use crate::conn::config::ConfigError;
-use crate::conn::{ConnectOptions, ConnectionError, Host, SslMode};
+use crate::conn::{ConnectOptions, ConnectionError, Host};
 
 /// Why one node, or the probe, could not be read. Reported per node, never fatal to a round.
 #[derive(Debug, thiserror::Error)]
 pub enum LagError {
     #[error(transparent)]
-    Replication(#[from] ConnectionError),
-    #[error(transparent)]
-    Sql(#[from] tokio_postgres::Error),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+    Connection(#[from] ConnectionError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error(
-        "sslmode `{0}` needs TLS, which pgrepl's SQL sessions cannot do yet: use sslmode=prefer \
-         or sslmode=disable"
-    )]
-    TlsUnsupported(SslMode),
     #[error("no column `{0}` in the answer")]
     MissingColumn(&'static str),
     #[error("unexpected answer: {0}")]

@@ -100,6 +100,8 @@ pub struct StandbyReport {
     /// `sync`, `potential`, `quorum` or `async`.
     pub sync_state: Option<String>,
     pub sync_priority: Option<i32>,
+    /// How old the walsender's view is: the age of the standby's last reply.
+    pub reply_age_ms: Option<f64>,
     pub client_addr: Option<String>,
     pub timeline: Option<u32>,
     pub sent_lsn: Option<Lsn>,

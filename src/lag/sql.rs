@@ -37,7 +37,7 @@ SELECT pg_is_in_recovery() AS in_recovery,
 /// One row per walsender on this node: what each standby last reported, and the lag intervals
 /// the walsender measured.
 pub const SENDERS: &str = "\
-SELECT pid, application_name, client_addr, state, sent_lsn, write_lsn, flush_lsn, replay_lsn,
+SELECT application_name, client_addr, state, sent_lsn, write_lsn, flush_lsn, replay_lsn,
        extract(epoch FROM write_lag) * 1000 AS write_lag_ms,
        extract(epoch FROM flush_lag) * 1000 AS flush_lag_ms,
        extract(epoch FROM replay_lag) * 1000 AS replay_lag_ms,
@@ -50,8 +50,7 @@ ORDER BY application_name, pid";
 /// The standby's walreceiver, if one runs. `SELECT *` because the columns changed in 13
 /// (`received_lsn` became `written_lsn` and `flushed_lsn`).
 pub const RECEIVER: &str = "\
-SELECT *, extract(epoch FROM clock_timestamp() - last_msg_receipt_time) * 1000 AS last_msg_age_ms
-FROM pg_stat_wal_receiver";
+SELECT * FROM pg_stat_wal_receiver";
 
 /// Sessions whose commit waits for synchronous standbys. The query text is left out on purpose:
 /// it may carry secrets (`ALTER ROLE ... PASSWORD` waits on SyncRep like any other write).
@@ -63,8 +62,6 @@ WHERE wait_event = 'SyncRep'
 ORDER BY state_change, pid";
 
 /// The probe's table: one row, overwritten by every probe.
-pub const HEARTBEAT_TABLE: &str = "pgrepl_heartbeat";
-
 pub const CREATE_HEARTBEAT: &str = "\
 CREATE TABLE IF NOT EXISTS pgrepl_heartbeat (
     id int PRIMARY KEY,
@@ -110,7 +107,6 @@ pub struct NodeFacts {
 /// One row of `pg_stat_replication`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SenderRow {
-    pub pid: i32,
     pub application_name: Option<String>,
     pub client_addr: Option<String>,
     /// NULL when the role cannot read statistics.
@@ -124,6 +120,7 @@ pub struct SenderRow {
     pub replay_lag_ms: Option<f64>,
     pub sync_priority: Option<i32>,
     pub sync_state: Option<String>,
+    /// Age of the standby's last reply: how old this row's positions are.
     pub reply_age_ms: Option<f64>,
 }
 
@@ -138,10 +135,8 @@ pub struct ReceiverRow {
     pub received_tli: Option<u32>,
     pub sender_host: Option<String>,
     pub sender_port: Option<u16>,
-    pub slot_name: Option<String>,
     /// The name this standby's walsender row carries on its upstream.
     pub application_name: Option<String>,
-    pub last_msg_age_ms: Option<f64>,
 }
 
 /// A session in `pg_stat_activity` waiting on `SyncRep`.
@@ -202,7 +197,6 @@ impl NodeFacts {
 impl SenderRow {
     fn parse(row: &SimpleQueryRow) -> Result<SenderRow, LagError> {
         Ok(SenderRow {
-            pid: required(row, "pid", parse_num)?,
             application_name: optional(row, "application_name", text)?,
             client_addr: optional(row, "client_addr", text)?,
             state: optional(row, "state", text)?,
@@ -238,9 +232,7 @@ impl ReceiverRow {
             received_tli: optional(row, "received_tli", parse_num)?,
             sender_host: optional(row, "sender_host", text)?,
             sender_port: optional(row, "sender_port", parse_num)?,
-            slot_name: optional(row, "slot_name", text)?,
             application_name: conninfo.as_deref().and_then(walreceiver_application_name),
-            last_msg_age_ms: optional(row, "last_msg_age_ms", parse_f64)?,
         })
     }
 }
@@ -391,6 +383,6 @@ mod tests {
         let batch = round_batch();
         assert_eq!(batch.matches("SELECT").count(), 4);
         assert!(SENDERS.contains(&format!("'{SESSION_APPLICATION_NAME}'")));
-        assert!(CREATE_HEARTBEAT.contains(HEARTBEAT_TABLE));
+        assert!(CREATE_HEARTBEAT.contains("pgrepl_heartbeat"));
     }
 }

@@ -87,13 +87,6 @@ impl SyncStandbyNames {
             names,
         }))
     }
-
-    /// Whether `application_name` is listed (the server compares case-insensitively).
-    pub fn lists(&self, application_name: &str) -> bool {
-        self.names
-            .iter()
-            .any(|n| n == "*" || n.eq_ignore_ascii_case(application_name))
-    }
 }
 
 fn tokenize(s: &str) -> Option<Vec<Token>> {
@@ -415,16 +408,6 @@ mod tests {
                 format!("cannot parse synchronous_standby_names `{bad}`")
             );
         }
-    }
-
-    #[test]
-    fn listing_is_case_insensitive_and_star_matches_all() {
-        let s = SyncStandbyNames::parse("FIRST 1 (Standby_A)")
-            .unwrap()
-            .unwrap();
-        assert!(s.lists("standby_a"));
-        assert!(!s.lists("standby_b"));
-        assert!(SyncStandbyNames::parse("*").unwrap().unwrap().lists("x"));
     }
 
     fn sender(name: &str, sync_state: &str, priority: i32) -> SenderRow {

@@ -1,0 +1,497 @@
+//! Role changes: failover (the primary is gone or must go), switchover (planned, lossless) and
+//! rejoin (a former primary comes back as a standby).
+//!
+//! Every change is planned first from what the nodes report (`--dry-run` stops there), then
+//! carried out step by step with timings. The primary is fenced before a standby is promoted, so
+//! two primaries never take writes; the other standbys are re-pointed with ALTER SYSTEM and a
+//! reload and follow the new timeline; the sync policy is applied with the names swapped.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::spec::{ClusterSpec, NodeSpec};
+use super::topology::{ControlFile, Topology};
+use super::{alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
+use crate::backup::{self, BackupTarget, BaseBackupOptions};
+use crate::conn::{Connection, SessionKind};
+use crate::lsn::Lsn;
+
+/// How far a standby is, as it reports itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeProbe {
+    pub name: String,
+    pub reachable: bool,
+    pub in_recovery: Option<bool>,
+    /// Received and flushed (standby) or flushed (primary).
+    pub received_lsn: Option<Lsn>,
+    pub replayed_lsn: Option<Lsn>,
+}
+
+impl NodeProbe {
+    /// The furthest WAL position this node holds.
+    fn position(&self) -> Option<Lsn> {
+        self.received_lsn.max(self.replayed_lsn)
+    }
+}
+
+/// What a role change did, for the table and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleChangeReport {
+    pub action: &'static str,
+    pub old_primary: String,
+    pub new_primary: String,
+    pub plan: Vec<String>,
+    pub steps: Vec<TimedStep>,
+    pub dry_run: bool,
+    pub elapsed_ms: u128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimedStep {
+    pub step: String,
+    pub ms: u128,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FailoverOptions {
+    pub to: Option<String>,
+    pub force: bool,
+    pub dry_run: bool,
+    /// Refuse a target further behind the most advanced node than this, unless forced.
+    pub max_lag_bytes: u64,
+}
+
+/// Records each step with how long it took, and echoes it to the step log.
+struct Steps<'a> {
+    log: &'a dyn StepLog,
+    started: Instant,
+    last: Instant,
+    done: Vec<TimedStep>,
+}
+
+impl<'a> Steps<'a> {
+    fn new(log: &'a dyn StepLog) -> Self {
+        let now = Instant::now();
+        Steps { log, started: now, last: now, done: Vec::new() }
+    }
+
+    fn done(&mut self, step: String) {
+        let now = Instant::now();
+        self.log.step(&step);
+        self.done.push(TimedStep { step, ms: now.duration_since(self.last).as_millis() });
+        self.last = now;
+    }
+}
+
+impl Cluster {
+    /// Asks every node where it stands, in parallel, each bounded by a short timeout.
+    pub async fn probe_all(&self) -> Vec<NodeProbe> {
+        futures_util::future::join_all(self.spec.nodes.iter().map(|node| async move {
+            let probe = tokio::time::timeout(Duration::from_secs(3), self.probe(node)).await;
+            probe.ok().and_then(Result::ok).unwrap_or(NodeProbe {
+                name: node.name.clone(),
+                reachable: false,
+                in_recovery: None,
+                received_lsn: None,
+                replayed_lsn: None,
+            })
+        }))
+        .await
+    }
+
+    async fn probe(&self, node: &NodeSpec) -> Result<NodeProbe, ClusterError> {
+        let client = self.sql(node).await?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
+                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text",
+                &[],
+            )
+            .await
+            .map_err(|e| node_err_sql(node, e))?;
+        let lsn = |i: usize| row.get::<_, Option<String>>(i).and_then(|t| t.parse().ok());
+        Ok(NodeProbe {
+            name: node.name.clone(),
+            reachable: true,
+            in_recovery: Some(row.get(0)),
+            received_lsn: lsn(1),
+            replayed_lsn: lsn(2),
+        })
+    }
+
+    /// Fences the primary, promotes the best (or the given) standby, re-points the others and
+    /// swaps the sync policy's names.
+    pub async fn failover(&self, options: &FailoverOptions, log: &dyn StepLog) -> Result<RoleChangeReport, ClusterError> {
+        let spec = self.current_spec()?;
+        let probes = self.probe_all().await;
+        let old = spec.primary();
+        let target = choose_target(&spec, &probes, options)?;
+        let new_spec = self.file_spec.with_primary(&target.name)?;
+        let others: Vec<&NodeSpec> = new_spec.standbys().filter(|s| s.name != old.name).collect();
+        let plan = vec![
+            format!("fence `{}`: stop it hard so it cannot take writes", old.name),
+            format!("promote `{}` (at {})", target.name, target.position().map_or("?".into(), |l| l.to_string())),
+            format!("re-point {} to `{}`", names(&others), target.name),
+            format!("sync policy on `{}`: {}", target.name, new_spec.synchronous_standby_names()),
+            format!("later: `pgrepl rejoin {}` brings the old primary back as a standby", old.name),
+        ];
+        let mut report = RoleChangeReport {
+            action: "failover",
+            old_primary: old.name.clone(),
+            new_primary: target.name.clone(),
+            plan,
+            steps: Vec::new(),
+            dry_run: options.dry_run,
+            elapsed_ms: 0,
+        };
+        if options.dry_run {
+            return Ok(report);
+        }
+        let mut steps = Steps::new(log);
+        self.runtime.kill(old).await?;
+        steps.done(format!("fenced `{}`", old.name));
+        let new_primary = new_spec.primary();
+        self.promote(new_primary).await?;
+        self.record_primary(&new_primary.name, format!("failover {} -> {}", old.name, new_primary.name))?;
+        steps.done(format!("promoted `{}`", new_primary.name));
+        self.repoint(new_primary, &others).await?;
+        steps.done(format!("re-pointed {}", names(&others)));
+        self.set_sync_names(&new_spec).await?;
+        self.wait_streaming(new_primary, &others).await?;
+        steps.done(format!("{} streams from `{}`; sync policy {}", names(&others), new_primary.name, new_spec.synchronous_standby_names()));
+        report.elapsed_ms = steps.started.elapsed().as_millis();
+        report.steps = steps.done;
+        Ok(report)
+    }
+
+    /// Planned and lossless: the primary stops cleanly, the target replays its shutdown
+    /// checkpoint, is promoted, and the old primary restarts as its standby with no re-clone.
+    pub async fn switchover(&self, to: &str, dry_run: bool, log: &dyn StepLog) -> Result<RoleChangeReport, ClusterError> {
+        let spec = self.current_spec()?;
+        let old = spec.primary();
+        let target = self.node(to)?;
+        if target.name == old.name {
+            return Err(ClusterError::Setup(format!("`{to}` is already the primary")));
+        }
+        let probes = self.probe_all().await;
+        for probe in &probes {
+            if probe.name == old.name && !probe.reachable {
+                return Err(ClusterError::Setup(format!(
+                    "the primary `{}` does not answer: a switchover needs it; use `pgrepl failover --to {to}`",
+                    old.name
+                )));
+            }
+        }
+        let primary_sql = self.sql(old).await?;
+        let streaming = streaming_standbys(&primary_sql).await?;
+        if !streaming.iter().any(|(name, _)| name == to) {
+            return Err(ClusterError::Setup(format!("`{to}` is not streaming from `{}`; a switchover would lose its WAL", old.name)));
+        }
+        drop(primary_sql);
+        let new_spec = self.file_spec.with_primary(to)?;
+        let others: Vec<&NodeSpec> = new_spec.standbys().filter(|s| s.name != old.name).collect();
+        let plan = vec![
+            format!("stop `{}` cleanly (its shutdown checkpoint goes to the standbys)", old.name),
+            format!("wait until `{to}` has replayed that checkpoint"),
+            format!("promote `{to}`"),
+            format!("restart `{}` as a standby of `{to}` (no re-clone)", old.name),
+            format!("re-point {} to `{to}`", names(&others)),
+            format!("sync policy on `{to}`: {}", new_spec.synchronous_standby_names()),
+        ];
+        let mut report = RoleChangeReport {
+            action: "switchover",
+            old_primary: old.name.clone(),
+            new_primary: to.to_owned(),
+            plan,
+            steps: Vec::new(),
+            dry_run,
+            elapsed_ms: 0,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        let mut steps = Steps::new(log);
+        self.runtime.stop(old, true).await?;
+        let control = ControlFile::read(&self.runtime.data_dir(old))?;
+        if !control.shut_down_cleanly() {
+            return Err(ClusterError::Check(format!("`{}` did not shut down cleanly; start it again and retry", old.name)));
+        }
+        steps.done(format!("stopped `{}` cleanly; its shutdown checkpoint is at {}", old.name, control.checkpoint));
+        let target_sql = self.sql(target).await?;
+        wait_until(Duration::from_secs(60), &format!("`{to}` to replay {}", control.checkpoint), || async {
+            let replayed: Option<String> = target_sql
+                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                .await
+                .map_err(|e| node_err_sql(target, e))?
+                .get(0);
+            Ok(replayed.and_then(|t| t.parse::<Lsn>().ok()).is_some_and(|l| l > control.checkpoint))
+        })
+        .await?;
+        steps.done(format!("`{to}` replayed the shutdown checkpoint"));
+        let new_primary = new_spec.primary();
+        self.promote(new_primary).await?;
+        self.record_primary(to, format!("switchover {} -> {to}", old.name))?;
+        steps.done(format!("promoted `{to}`"));
+        self.follow(old, new_primary)?;
+        self.runtime.start(old).await?;
+        steps.done(format!("`{}` restarted as a standby of `{to}`", old.name));
+        self.repoint(new_primary, &others).await?;
+        let new_primary_sql = self.sql(new_primary).await?;
+        self.apply_sync_policy(&new_spec, &new_primary_sql, log).await?;
+        steps.done(format!("every standby streams from `{to}`"));
+        report.elapsed_ms = steps.started.elapsed().as_millis();
+        report.steps = steps.done;
+        Ok(report)
+    }
+
+    /// Brings a node that is no longer primary back as a standby of the current primary: it
+    /// follows the new timeline when its WAL ends before the fork, otherwise it is re-cloned
+    /// with pgrepl's own base backup. (pg_rewind would be faster where `wal_log_hints` or data
+    /// checksums allow it; re-cloning needs neither.)
+    pub async fn rejoin(&self, name: &str, log: &dyn StepLog) -> Result<(), ClusterError> {
+        let spec = self.current_spec()?;
+        let node = self.node(name)?;
+        let primary = spec.primary();
+        if node.name == primary.name {
+            return Err(ClusterError::Setup(format!("`{name}` is the primary; rejoin brings back a former primary")));
+        }
+        let mut steps = Steps::new(log);
+        self.runtime.stop(node, true).await?;
+        let data = self.runtime.data_dir(node);
+        let follows = if data.join("PG_VERSION").exists() { self.can_follow(node, primary).await? } else { false };
+        if follows {
+            self.follow(node, primary)?;
+            steps.done(format!("`{name}` ends before the fork: it follows `{}` without a re-clone", primary.name));
+        } else {
+            self.reclone(node, primary).await?;
+            steps.done(format!("`{name}` re-cloned from `{}` with a base backup", primary.name));
+        }
+        self.runtime.start(node).await?;
+        let primary_sql = self.sql(primary).await?;
+        self.apply_sync_policy(&spec, &primary_sql, log).await?;
+        steps.done(format!("`{name}` streams from `{}`", primary.name));
+        Ok(())
+    }
+
+    /// True when `node` stopped cleanly at a checkpoint that lies before the point where the
+    /// primary's timeline forked from the node's.
+    async fn can_follow(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<bool, ClusterError> {
+        let control = ControlFile::read(&self.runtime.data_dir(node))?;
+        if !control.shut_down_cleanly() {
+            return Ok(false);
+        }
+        let mut conn = Connection::connect(&self.replication_connect(primary), SessionKind::PhysicalReplication)
+            .await
+            .map_err(ClusterError::node(primary))?;
+        let system = conn.identify_system().await.map_err(ClusterError::node(primary))?;
+        if system.system_id != control.system_identifier {
+            return Ok(false);
+        }
+        if system.timeline == control.checkpoint_timeline {
+            return Ok(true);
+        }
+        let (_, history) = conn.timeline_history(system.timeline).await.map_err(ClusterError::node(primary))?;
+        conn.close().await;
+        Ok(fork_point(&String::from_utf8_lossy(&history), control.checkpoint_timeline)
+            .is_some_and(|fork| control.checkpoint < fork))
+    }
+
+    /// Makes a stopped node a standby of `primary`: standby.signal and primary_conninfo.
+    fn follow(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<(), ClusterError> {
+        let data = self.runtime.data_dir(node);
+        let conninfo = self.primary_conninfo(primary, node);
+        backup::standby_conf::write_standby_config(&data, &conninfo, None)
+            .map_err(|e| ClusterError::io(format!("write standby settings into `{}`", data.display()), e))?;
+        if let Some((uid, gid)) = self.runtime.data_owner() {
+            for file in ["postgresql.auto.conf", "standby.signal"] {
+                std::os::unix::fs::chown(data.join(file), Some(uid), Some(gid))
+                    .map_err(|e| ClusterError::io(format!("chown `{file}`"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the node's data with a fresh base backup of `primary`; the old data is kept
+    /// aside until the copy is complete, and put back if it fails.
+    async fn reclone(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<(), ClusterError> {
+        let data = self.runtime.data_dir(node);
+        let aside = data.with_extension("before-rejoin");
+        if data.exists() {
+            std::fs::rename(&data, &aside).map_err(|e| ClusterError::io(format!("move `{}` aside", data.display()), e))?;
+        }
+        let mut options = BaseBackupOptions::new(vec![BackupTarget { dir: data.clone(), application_name: Some(node.name.clone()) }]);
+        options.write_recovery_conf = true;
+        options.fast_checkpoint = true;
+        options.owner = self.runtime.data_owner();
+        options.primary_host_override = Some(self.runtime.primary_address_for_standbys(primary));
+        options.label = format!("pgrepl rejoin {}", node.name);
+        let result = backup::base_backup(
+            &self.replication_connect(primary),
+            &options,
+            std::sync::Arc::new(backup::NoProgress),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                if aside.exists() {
+                    std::fs::remove_dir_all(&aside).map_err(|e| ClusterError::io(format!("remove `{}`", aside.display()), e))?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if aside.exists() {
+                    let _ = std::fs::rename(&aside, &data);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn promote(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        let client = self.sql(node).await?;
+        let promoted: bool =
+            client.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| node_err_sql(node, e))?.get(0);
+        if !promoted {
+            return Err(ClusterError::Check(format!("`{}` did not finish promotion within 60 s", node.name)));
+        }
+        Ok(())
+    }
+
+    fn record_primary(&self, primary: &str, event: String) -> Result<(), ClusterError> {
+        let mut topology = Topology::load(&self.state_dir)?
+            .unwrap_or(Topology { primary: primary.to_owned(), history: Vec::new() });
+        topology.primary = primary.to_owned();
+        topology.history.push(event);
+        topology.save(&self.state_dir)
+    }
+
+    /// Points running standbys at `primary`; they follow its new timeline by themselves
+    /// (`recovery_target_timeline = 'latest'`).
+    async fn repoint(&self, primary: &NodeSpec, standbys: &[&NodeSpec]) -> Result<(), ClusterError> {
+        for standby in standbys {
+            if !self.runtime.is_running(standby).await {
+                continue;
+            }
+            let client = self.sql(standby).await?;
+            let conninfo = self.primary_conninfo(primary, standby);
+            alter_system(&client, standby, "primary_conninfo", &conninfo).await?;
+            reload(&client, standby).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_sync_names(&self, spec: &ClusterSpec) -> Result<(), ClusterError> {
+        let primary = spec.primary();
+        let client = self.sql(primary).await?;
+        alter_system(&client, primary, "synchronous_standby_names", &spec.synchronous_standby_names()).await?;
+        reload(&client, primary).await
+    }
+
+    async fn wait_streaming(&self, primary: &NodeSpec, standbys: &[&NodeSpec]) -> Result<(), ClusterError> {
+        let client = self.sql(primary).await?;
+        let mut running = Vec::new();
+        for standby in standbys {
+            if self.runtime.is_running(standby).await {
+                running.push(standby.name.as_str());
+            }
+        }
+        wait_until(Duration::from_secs(60), &format!("{} to stream from `{}`", running.join(", "), primary.name), || async {
+            let streaming = streaming_standbys(&client).await?;
+            Ok(running.iter().all(|n| streaming.iter().any(|(name, _)| name == n)))
+        })
+        .await
+    }
+}
+
+/// The failover target: the one asked for, or the most advanced reachable standby; refuses a
+/// target behind another standby (or too far behind) unless forced.
+fn choose_target<'p>(spec: &ClusterSpec, probes: &'p [NodeProbe], options: &FailoverOptions) -> Result<&'p NodeProbe, ClusterError> {
+    let primary = &spec.primary().name;
+    let candidates: Vec<&NodeProbe> =
+        probes.iter().filter(|p| &p.name != primary && p.reachable && p.in_recovery == Some(true)).collect();
+    let best = candidates.iter().copied().max_by_key(|p| p.position());
+    let target = match &options.to {
+        Some(name) => {
+            if spec.node(name).is_none() || name == primary {
+                return Err(ClusterError::Setup(format!("`{name}` is not a standby of this cluster")));
+            }
+            candidates.iter().copied().find(|p| &p.name == name).ok_or_else(|| {
+                ClusterError::Setup(format!("`{name}` does not answer as a standby; it cannot be promoted"))
+            })?
+        }
+        None => best.ok_or_else(|| ClusterError::Setup("no standby answers: there is nothing to promote".into()))?,
+    };
+    if let (Some(best), false) = (best, options.force) {
+        let behind = best.position().unwrap_or_default().saturating_sub(target.position().unwrap_or_default());
+        if behind > options.max_lag_bytes {
+            return Err(ClusterError::Setup(format!(
+                "`{}` is {behind} bytes behind `{}`: promoting it would lose WAL the other has; choose `{}` or add --force",
+                target.name, best.name, best.name
+            )));
+        }
+    }
+    Ok(target)
+}
+
+/// Where timeline `timeline` ended, from a history file's `parent<TAB>switchpoint<TAB>reason`
+/// lines.
+fn fork_point(history: &str, timeline: u32) -> Option<Lsn> {
+    history.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let parent: u32 = fields.next()?.parse().ok()?;
+        let switchpoint: Lsn = fields.next()?.parse().ok()?;
+        (parent == timeline).then_some(switchpoint)
+    })
+}
+
+fn names(nodes: &[&NodeSpec]) -> String {
+    let names: Vec<String> = nodes.iter().map(|n| format!("`{}`", n.name)).collect();
+    if names.is_empty() {
+        "no other standby".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(name: &str, lsn: u64) -> NodeProbe {
+        NodeProbe {
+            name: name.into(),
+            reachable: true,
+            in_recovery: Some(true),
+            received_lsn: Some(Lsn::new(lsn)),
+            replayed_lsn: Some(Lsn::new(lsn)),
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_standby_is_chosen_and_a_lagging_one_refused() {
+        let spec = ClusterSpec::default();
+        let mut primary = probe("pg_master", 0);
+        primary.reachable = false;
+        let probes = vec![primary, probe("pg_slave", 100), probe("pg_asyncslave", 5000)];
+        let options = FailoverOptions::default();
+        assert_eq!(choose_target(&spec, &probes, &options).unwrap().name, "pg_asyncslave");
+        let to_slave = FailoverOptions { to: Some("pg_slave".into()), ..FailoverOptions::default() };
+        let err = choose_target(&spec, &probes, &to_slave).unwrap_err().to_string();
+        assert!(err.contains("4900 bytes behind `pg_asyncslave`"), "{err}");
+        let forced = FailoverOptions { force: true, ..to_slave };
+        assert_eq!(choose_target(&spec, &probes, &forced).unwrap().name, "pg_slave");
+        let to_primary = FailoverOptions { to: Some("pg_master".into()), ..FailoverOptions::default() };
+        assert!(choose_target(&spec, &probes, &to_primary).is_err());
+    }
+
+    #[test]
+    fn fork_points_come_from_the_history_file() {
+        let history = "1\t0/3000150\tno recovery target specified\n\n2\t0/5000000\tat restore point\n";
+        assert_eq!(fork_point(history, 1), Some("0/3000150".parse().unwrap()));
+        assert_eq!(fork_point(history, 2), Some("0/5000000".parse().unwrap()));
+        assert_eq!(fork_point(history, 3), None);
+    }
+}
