@@ -7,6 +7,8 @@
 //! Dependencies only point downward:
 //! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
 //! - [`cluster`]: a replicated cluster from nothing, local processes or containers (`pgrepl up`).
+//! - [`bench`]: what synchronous replication costs: a write load per mode, lag over time
+//!   (`pgrepl bench`).
 //! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`).
 //! - [`replication`]: START_REPLICATION streaming into WAL segment files.
 //! - [`lag`]: replication health of every node (`pgrepl lag`, `pgrepl status`).
@@ -15,6 +17,7 @@
 //! - [`lsn`]: WAL positions and segment arithmetic.
 
 pub mod backup;
+pub mod bench;
 pub mod cluster;
 pub mod conn;
 pub mod lag;

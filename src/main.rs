@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         let cancel = CancellationToken::new();
         let on_signal = cancel.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if stop_signal().await.is_ok() {
                 on_signal.cancel();
             }
         });
@@ -55,4 +55,15 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Ctrl-C, or SIGTERM: what `kill`, systemd and container runtimes send to stop a process, and
+/// it deserves the same clean stop (e.g. receivewal flushing what it received).
+async fn stop_signal() -> std::io::Result<()> {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
 }

@@ -245,7 +245,7 @@ async fn run(
         );
     }
     let system = conn.identify_system().await?;
-    let segment_size = parse_size(&conn.show("wal_segment_size").await?)?;
+    let segment_size = conn.wal_segment_size().await?;
     let data_dir_mode = match conn.show("data_directory_mode").await?.as_str() {
         "0750" => 0o750,
         _ => 0o700,
@@ -452,24 +452,6 @@ fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
 }
 
 /// `16MB`, `1GB`, `8192`... as the server prints sizes for SHOW.
-fn parse_size(text: &str) -> Result<u64, BackupError> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| BackupError::Invalid(format!("unexpected size `{text}`")))?;
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        _ => return Err(BackupError::Invalid(format!("unexpected size `{text}`"))),
-    };
-    Ok(number * factor)
-}
-
 async fn read_result_set(conn: &mut Connection) -> Result<ResultSet, BackupError> {
     let mut set = ResultSet::default();
     loop {
@@ -1036,14 +1018,6 @@ fn finish_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_as_show_prints_them() {
-        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
-        assert_eq!(parse_size("1GB").unwrap(), 1 << 30);
-        assert_eq!(parse_size("8192").unwrap(), 8192);
-        assert!(parse_size("16 parsecs").is_err());
-    }
 
     #[test]
     fn options_are_checked_before_connecting() {

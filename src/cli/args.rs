@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use super::cluster::{DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, SwitchoverArgs, UpArgs};
+use super::bench::BenchArgs;
 use super::lag::LagArgs;
+use super::receivewal::ReceivewalArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +56,11 @@ pub enum Command {
     /// Run the recipe's checks (streaming, reads, read-only standbys, sync blocking, failover,
     /// rejoin) with PASS/FAIL and timings; exit 0 only if all pass.
     Drill(DrillArgs),
+    /// Archive WAL into a directory as pg_receivewal does (resumes, follows timeline switches).
+    Receivewal(ReceivewalArgs),
+    /// Measure what synchronous replication costs: a write load per mode (async, remote_write,
+    /// on, remote_apply, any1) with TPS, commit latency, WAL rate and each standby's lag.
+    Bench(BenchArgs),
 }
 
 /// Where to connect, as libpq tools take it. Flags override the -d string, which overrides

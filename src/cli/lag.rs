@@ -138,10 +138,20 @@ pub fn user_hint(args: &LagArgs) -> Option<String> {
 fn nodes(args: &LagArgs) -> anyhow::Result<Vec<Node>> {
     if let Some(file) = &args.cluster {
         let cluster = pgrepl::cluster::Cluster::open(file, &Default::default())?;
-        return Ok(cluster.node_connections().into_iter().map(|(name, connect)| Node { name, connect }).collect());
+        return Ok(cluster_nodes(&cluster));
     }
-    let mut nodes: Vec<Node> = Vec::with_capacity(args.nodes.len());
-    for (i, conninfo) in args.nodes.iter().enumerate() {
+    conninfo_nodes(&args.nodes)
+}
+
+/// Every node of a cluster file, as its superuser.
+pub(super) fn cluster_nodes(cluster: &pgrepl::cluster::Cluster) -> Vec<Node> {
+    cluster.node_connections().into_iter().map(|(name, connect)| Node { name, connect }).collect()
+}
+
+/// Nodes given as conninfo strings or URIs, each named `host:port`.
+pub(super) fn conninfo_nodes(conninfos: &[String]) -> anyhow::Result<Vec<Node>> {
+    let mut nodes: Vec<Node> = Vec::with_capacity(conninfos.len());
+    for (i, conninfo) in conninfos.iter().enumerate() {
         let params = ConnParams::parse(conninfo).with_context(|| format!("node {}", i + 1))?;
         let options =
             ConnectOptions::from_process_env(params).with_context(|| format!("node {}", i + 1))?;
@@ -397,7 +407,7 @@ fn exceeded(e: &Exceeded) -> String {
 }
 
 /// `0 B`, `512 B`, `1.5 KiB`: whole bytes below a KiB, where `0.0 B` would look approximate.
-fn lag_bytes(bytes: u64) -> String {
+pub(super) fn lag_bytes(bytes: u64) -> String {
     if bytes < 1024 {
         format!("{bytes} B")
     } else {
@@ -406,7 +416,7 @@ fn lag_bytes(bytes: u64) -> String {
 }
 
 /// `0 ms`, `12 ms`, `1.50 s`, `59.9 s`, `12 min`, `3.2 h`: at most 7 characters.
-fn human_ms(ms: f64) -> String {
+pub(super) fn human_ms(ms: f64) -> String {
     let s = ms / 1000.0;
     if ms < 0.5 {
         "0 ms".into()
@@ -448,31 +458,31 @@ fn wrap(line: &str, bullet: &str) -> String {
 }
 
 #[derive(Clone, Copy)]
-enum Align {
+pub(super) enum Align {
     Left,
     Right,
 }
 
 /// Columns two spaces apart, each as wide as its widest cell up to its maximum; a maximum of 0
 /// marks the column that takes what is left of [`WIDTH`]. Cells that do not fit end in `…`.
-struct Table {
+pub(super) struct Table {
     columns: Vec<(&'static str, usize, Align)>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(columns: &[(&'static str, usize, Align)]) -> Table {
+    pub(super) fn new(columns: &[(&'static str, usize, Align)]) -> Table {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(super) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let header: Vec<String> = self.columns.iter().map(|c| c.0.to_owned()).collect();
         let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(&self.rows).collect();
         let natural = |i: usize| {
@@ -679,7 +689,7 @@ fn escape_label(value: &str) -> String {
 // argument values
 
 /// `500ms`, `10s`, `2min`, `1h`, or a bare number of seconds (fractions allowed).
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("invalid duration `{text}`: use e.g. 500ms, 10s, 2min or 1h");
     let t = text.trim();
     let split = t

@@ -2,10 +2,12 @@
 //! renders results. Hints for errors live in `hints`, argument definitions in `args`.
 
 pub mod args;
+mod bench;
 mod cluster;
 pub mod hints;
 pub mod lag;
 mod progress;
+mod receivewal;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +40,8 @@ pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<
         Command::Switchover(args) => cluster::switchover(args).await,
         Command::Rejoin(args) => cluster::rejoin(args).await,
         Command::Drill(args) => cluster::drill(args).await,
+        Command::Receivewal(args) => receivewal::run(args, cancel).await,
+        Command::Bench(args) => bench::run(args, cancel).await,
     }
 }
 
@@ -45,6 +49,7 @@ pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<
 pub fn user_hint(command: &Command) -> String {
     let user = match command {
         Command::Basebackup(args) => connect_options(&args.connection, None).map(|o| o.user).ok(),
+        Command::Receivewal(args) => connect_options(&args.connection, None).map(|o| o.user).ok(),
         Command::Lag(args) | Command::Status(args) => lag::user_hint(args),
         _ => None,
     };

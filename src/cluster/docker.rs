@@ -1,7 +1,7 @@
 //! The docker runtime: each node is a container named after it, on a user network (`pg_net`)
 //! where standbys reach the primary by name, publishing 5432 on 127.0.0.1:<node port> for pgrepl
-//! and psql on the host. Everything goes through the engine API (bollard): no `docker` CLI, no
-//! `docker exec`.
+//! and psql on the host. Everything goes through the engine API (bollard): no CLI child process,
+//! and nothing runs inside a container but its own server or initdb.
 //!
 //! Data directories are host bind mounts (`<state dir>/volumes/<node>`), so pgrepl reads and
 //! writes them directly: the primary's pg_hba.conf, and the standbys' base backups, which are
@@ -11,12 +11,14 @@
 //!
 //! Two kinds of image, told apart by inspecting the image:
 //! - the official `postgres` images, whose `docker-entrypoint.sh` runs initdb on the first start
-//!   (superuser password from POSTGRES_PASSWORD) and then drops to the postgres user;
+//!   (superuser password from POSTGRES_PASSWORD_FILE) and then drops to the postgres user;
 //! - bare images holding only the binaries: pgrepl runs initdb itself in a one-shot container
 //!   as the postgres uid, then the server with `postgres -D`.
 //!
 //! The superuser password is generated once and kept 0600 in the state directory, with a
-//! passfile beside it so stock psql can use the conninfo `status` prints.
+//! passfile beside it so stock psql can use the conninfo `status` prints. Containers read it
+//! from a read-only bind-mounted file, never from an environment variable: the engine API
+//! carries env vars in clear, and bollard logs request bodies at debug level.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -41,6 +43,8 @@ use crate::conn::{sql, ConnParams, ConnectOptions, Password};
 const DATA_MOUNT: &str = "/var/lib/postgresql/data";
 /// The server's socket directory inside the container; both image kinds have it writable.
 const SOCKET_DIR: &str = "/var/run/postgresql";
+/// Where a container reads the superuser password.
+const SECRET_MOUNT: &str = "/run/secrets/pgrepl-superuser-password";
 const SERVER_PORT: u16 = 5432;
 /// The engine socket when DOCKER_HOST names none.
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -138,8 +142,7 @@ impl DockerRuntime {
             write_private(&file, &format!("{password}\n"))?;
         }
         // The password is hex, so it needs none of the passfile's `:` or `\` escaping.
-        let lines: String =
-            nodes.iter().map(|n| format!("127.0.0.1:{}:*:postgres:{password}\n", n.port)).collect();
+        let lines: String = nodes.iter().map(|n| format!("127.0.0.1:{}:*:postgres:{password}\n", n.port)).collect();
         write_private(&self.passfile(), &lines)
     }
 
@@ -298,7 +301,9 @@ impl DockerRuntime {
             .flatten()
             .filter_map(|c| c.subnet)
             .find(|s| s.contains('.'))
-            .ok_or_else(|| ClusterError::Setup(format!("network `{name}` has no IPv4 subnet: remove it and run `pgrepl up` again")))
+            .ok_or_else(|| {
+                ClusterError::Setup(format!("network `{name}` has no IPv4 subnet: remove it and run `pgrepl up` again"))
+            })
     }
 
     /// Standbys and pgrepl itself (through the published port, seen as the network's gateway)
@@ -328,44 +333,66 @@ impl DockerRuntime {
         result
     }
 
-    /// initdb as the postgres uid, the password on its stdin, then a pg_hba line for clients
-    /// that come through the network (the host's published port arrives from the gateway).
+    /// initdb as the postgres uid, then a pg_hba line for clients that come through the network
+    /// (the host's published port arrives from the gateway).
     async fn run_initdb(&self, node: &NodeSpec, bin_dir: &str) -> Result<(), ClusterError> {
         let docker = self.engine().await?;
         let name = format!("{}-initdb", node.name);
         self.remove_container(&name).await?;
         let (uid, gid) = self.data_owner();
-        // initdb reads the password from a file; a pipe keeps it off the disk and out of argv.
-        let script = format!(
-            "printf '%s\\n' \"$PGREPL_SUPERUSER_PASSWORD\" | {bin_dir}/initdb -D {DATA_MOUNT} -U postgres \
-             --pwfile=/dev/stdin --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C"
-        );
+        // initdb runs as the postgres uid, which cannot read root's password file: it gets a
+        // copy of its own for the run.
+        let secret_dir = self.state_dir.join("initdb-secret");
+        create_dir(&secret_dir)?;
+        let secret = secret_dir.join("superuser.password");
+        write_private(&secret, &format!("{}\n", self.superuser_password.expose()))?;
+        std::os::unix::fs::chown(&secret, Some(uid), Some(gid))
+            .map_err(|e| ClusterError::io(format!("chown `{}`", secret.display()), e))?;
+        let args = [
+            "-D",
+            DATA_MOUNT,
+            "-U",
+            "postgres",
+            &format!("--pwfile={SECRET_MOUNT}"),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ];
         let body = ContainerCreateBody {
             image: Some(self.settings.image.clone()),
             user: Some(format!("{uid}:{gid}")),
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), script]),
-            cmd: Some(vec![]),
-            env: Some(vec![format!("PGREPL_SUPERUSER_PASSWORD={}", self.superuser_password.expose())]),
+            entrypoint: Some(vec![format!("{bin_dir}/initdb")]),
+            cmd: Some(args.iter().map(|a| a.to_string()).collect()),
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
-                binds: Some(vec![self.bind(node)]),
+                binds: Some(vec![self.bind(node), format!("{}:{SECRET_MOUNT}:ro", secret.display())]),
                 network_mode: Some("none".into()),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        docker
+        let created = docker
             .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
             .await
-            .map_err(engine_err(format!("create container `{name}`")))?;
-        let outcome = self.run_to_completion(&name).await;
+            .map_err(engine_err(format!("create container `{name}`")));
+        let outcome = match created {
+            Ok(_) => self.run_to_completion(&name).await,
+            Err(e) => Err(e),
+        };
         let removed = self.remove_container(&name).await;
-        outcome?;
-        removed?;
+        let secret_removed = std::fs::remove_dir_all(&secret_dir)
+            .map_err(|e| ClusterError::io(format!("remove `{}`", secret_dir.display()), e));
+        outcome.and(removed).and(secret_removed)?;
         let subnet = self.network().await?;
         let hba = self.data_dir(node).join("pg_hba.conf");
-        let mut text = std::fs::read_to_string(&hba).map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
-        text.push_str(&format!("# added by pgrepl: clients through network `{}`\nhost all all {subnet} scram-sha-256\n", self.settings.network));
+        let mut text =
+            std::fs::read_to_string(&hba).map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
+        text.push_str(&format!(
+            "# added by pgrepl: clients through network `{}`\nhost all all {subnet} scram-sha-256\n",
+            self.settings.network
+        ));
         std::fs::write(&hba, text).map_err(|e| ClusterError::io(format!("write `{}`", hba.display()), e))
     }
 
@@ -412,11 +439,14 @@ impl DockerRuntime {
             format!("unix_socket_directories={SOCKET_DIR}"),
         ];
         let mut env = vec![format!("PGDATA={DATA_MOUNT}")];
+        let mut binds = vec![self.bind(node)];
         let (user, entrypoint, cmd) = match kind {
             ImageKind::Entrypoint => {
-                // Read by the entrypoint only while PGDATA is empty: the primary's first start.
+                // Read (as root) by the entrypoint only while PGDATA is empty: the primary's
+                // first start.
                 if node.role == NodeRole::Primary {
-                    env.push(format!("POSTGRES_PASSWORD={}", self.superuser_password.expose()));
+                    env.push(format!("POSTGRES_PASSWORD_FILE={SECRET_MOUNT}"));
+                    binds.push(format!("{}:{SECRET_MOUNT}:ro", password_file(&self.state_dir).display()));
                 }
                 (None, None, std::iter::once("postgres".to_owned()).chain(settings).collect())
             }
@@ -442,7 +472,7 @@ impl DockerRuntime {
             stop_signal: Some("SIGINT".into()),
             stop_timeout: Some(STOP_TIMEOUT.as_secs() as i64),
             host_config: Some(HostConfig {
-                binds: Some(vec![self.bind(node)]),
+                binds: Some(binds),
                 port_bindings: Some(HashMap::from([(port, Some(vec![binding]))])),
                 network_mode: Some(self.settings.network.clone()),
                 ..Default::default()
@@ -469,7 +499,10 @@ impl DockerRuntime {
         }
         let body = self.server_container(node, self.image().await?);
         docker
-            .create_container(Some(CreateContainerOptions { name: Some(node.name.clone()), ..Default::default() }), body)
+            .create_container(
+                Some(CreateContainerOptions { name: Some(node.name.clone()), ..Default::default() }),
+                body,
+            )
             .await
             .map_err(engine_err(format!("create container `{}`", node.name)))?;
         Ok(true)

@@ -56,10 +56,20 @@ pub enum ParseError {
     )]
     Unsupported { command: String, line: u64 },
     #[error("psql meta-command `\\{command}` at line {line} is inside the statement that starts at line {statement}: end that statement with `;` first")]
-    InsideStatement { command: String, line: u64, statement: u64 },
+    InsideStatement {
+        command: String,
+        line: u64,
+        statement: u64,
+    },
     #[error("psql meta-command `\\{command}` at line {line}: {problem}")]
-    Meta { command: String, line: u64, problem: String },
-    #[error("text after `COPY ... FROM stdin;` at line {line}: its data must start on the next line")]
+    Meta {
+        command: String,
+        line: u64,
+        problem: String,
+    },
+    #[error(
+        "text after `COPY ... FROM stdin;` at line {line}: its data must start on the next line"
+    )]
     AfterCopy { line: u64 },
     #[error("the dump ends inside the COPY data that starts at line {line} (no `\\.` line): is it truncated?")]
     UnterminatedCopy { line: u64 },
@@ -70,19 +80,38 @@ pub enum ParseError {
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
     #[error("open dump `{}`", .path.display())]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{}` is not a plain SQL dump: {problem}", .path.display())]
-    NotPlain { path: PathBuf, problem: &'static str },
+    NotPlain {
+        path: PathBuf,
+        problem: &'static str,
+    },
     #[error("read dump `{}`", .path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("dump `{}`", .path.display())]
     Parse { path: PathBuf, source: ParseError },
     #[error("connect to database `{dbname}` to restore dump `{}`", .path.display())]
-    Connect { path: PathBuf, dbname: String, source: ConnectionError },
+    Connect {
+        path: PathBuf,
+        dbname: String,
+        /// Boxed: a connection error is large, and rare here.
+        source: Box<ConnectionError>,
+    },
     /// The server refused a statement or COPY block; `error` is not a `source` because the
     /// message must end with the statement, after the server's words.
     #[error("dump `{}` failed at line {line}: {}; statement: {statement}", .path.display(), server_message(.error))]
-    Failed { path: PathBuf, line: u64, statement: String, error: tokio_postgres::Error },
+    Failed {
+        path: PathBuf,
+        line: u64,
+        statement: String,
+        error: tokio_postgres::Error,
+    },
 }
 
 /// One thing a dump asks for. Lines count from 1.
@@ -164,7 +193,11 @@ impl DumpParser {
         }
         let text = String::from_utf8(raw).map_err(|_| ParseError::NotUtf8 { line: self.line })?;
         // Editors on Windows start files with a byte order mark, which the server would reject.
-        let text = if self.line == 1 { text.strip_prefix('\u{feff}').unwrap_or(&text) } else { &text };
+        let text = if self.line == 1 {
+            text.strip_prefix('\u{feff}').unwrap_or(&text)
+        } else {
+            &text
+        };
         self.scan(text, items)
     }
 
@@ -182,13 +215,19 @@ impl DumpParser {
             Lex::Comment(_) => Some("a /* comment".to_owned()),
         };
         if let Some(what) = what {
-            return Err(ParseError::Unterminated { what, line: statement.lex_line });
+            return Err(ParseError::Unterminated {
+                what,
+                line: statement.lex_line,
+            });
         }
         if let Some(line) = statement.start {
             if statement.from_stdin {
                 return Err(ParseError::UnterminatedCopy { line });
             }
-            items.push(Item::Statement { line, sql: statement.sql.trim_end().to_owned() });
+            items.push(Item::Statement {
+                line,
+                sql: statement.sql.trim_end().to_owned(),
+            });
         }
         Ok(())
     }
@@ -232,7 +271,11 @@ impl DumpParser {
                         s.lex = Lex::Comment(depth + 1);
                         i += 2;
                     } else if bytes[i] == b'*' && next == Some(b'/') {
-                        s.lex = if depth == 1 { Lex::Normal } else { Lex::Comment(depth - 1) };
+                        s.lex = if depth == 1 {
+                            Lex::Normal
+                        } else {
+                            Lex::Comment(depth - 1)
+                        };
                         i += 2;
                     } else {
                         i += 1;
@@ -249,7 +292,11 @@ impl DumpParser {
                     b'\\' => {
                         let command = meta_name(&line[i..]);
                         if let Some(statement) = s.start {
-                            return Err(ParseError::InsideStatement { command, line: self.line, statement });
+                            return Err(ParseError::InsideStatement {
+                                command,
+                                line: self.line,
+                                statement,
+                            });
                         }
                         // A meta-command's arguments run to the end of the line.
                         self.meta(command, line[i..].trim_end(), items)?;
@@ -289,9 +336,18 @@ impl DumpParser {
     }
 
     /// Handles the meta-command `text` (from its `\` to the end of the line).
-    fn meta(&mut self, command: String, text: &str, items: &mut Vec<Item>) -> Result<(), ParseError> {
+    fn meta(
+        &mut self,
+        command: String,
+        text: &str,
+        items: &mut Vec<Item>,
+    ) -> Result<(), ParseError> {
         let line = self.line;
-        let fail = |problem: String| ParseError::Meta { command: command.clone(), line, problem };
+        let fail = |problem: String| ParseError::Meta {
+            command: command.clone(),
+            line,
+            problem,
+        };
         if self.restrict_key.is_some() && command != "unrestrict" {
             return Err(fail(
                 "psql refuses every meta-command between `\\restrict` and `\\unrestrict`: the dump may have been altered".into(),
@@ -353,11 +409,19 @@ impl Statement {
             b'(' => self.paren_depth += 1,
             b')' => self.paren_depth = self.paren_depth.saturating_sub(1),
             b if is_ident_start(b) => {
-                let end = bytes[i..].iter().position(|&b| !is_ident_cont(b)).map_or(bytes.len(), |n| i + n);
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&b| !is_ident_cont(b))
+                    .map_or(bytes.len(), |n| i + n);
                 let word = &line[i..end];
                 if end - i == 1 && bytes.get(end) == Some(&b'\'') {
                     // E'', B'', X'', N'': a string with a prefix, where only E'' takes escapes.
-                    self.open(Lex::Quote { backslash: word.eq_ignore_ascii_case("e") }, line_number);
+                    self.open(
+                        Lex::Quote {
+                            backslash: word.eq_ignore_ascii_case("e"),
+                        },
+                        line_number,
+                    );
                     return end + 1;
                 }
                 self.word(word);
@@ -385,7 +449,11 @@ impl Statement {
             };
         }
         self.words += 1;
-        let routine = self.lead[0] == b'c' && matches!(self.lead[1..], [b'f' | b'p', ..] | [b'o', b'r', b'f' | b'p']);
+        let routine = self.lead[0] == b'c'
+            && matches!(
+                self.lead[1..],
+                [b'f' | b'p', ..] | [b'o', b'r', b'f' | b'p']
+            );
         if routine && self.paren_depth == 0 {
             match lower.as_str() {
                 "begin" => self.begin_depth += 1,
@@ -418,7 +486,10 @@ fn dollar_delimiter_end(bytes: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     if bytes.get(j).is_some_and(|&b| is_ident_start(b)) {
         j += 1;
-        while bytes.get(j).is_some_and(|&b| is_ident_start(b) || b.is_ascii_digit()) {
+        while bytes
+            .get(j)
+            .is_some_and(|&b| is_ident_start(b) || b.is_ascii_digit())
+        {
             j += 1;
         }
     }
@@ -427,7 +498,11 @@ fn dollar_delimiter_end(bytes: &[u8], i: usize) -> Option<usize> {
 
 /// The name of the meta-command at the start of `text` (after its `\`).
 fn meta_name(text: &str) -> String {
-    text[1..].split(|c: char| c.is_whitespace() || c == '\\').next().unwrap_or_default().to_owned()
+    text[1..]
+        .split(|c: char| c.is_whitespace() || c == '\\')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// psql's meta-command arguments: separated by whitespace, with "double" quotes (`""` for a
@@ -473,25 +548,38 @@ fn meta_args(text: &str) -> Result<Vec<(String, bool)>, &'static str> {
 /// The database a `\connect` switches to. pgrepl restores into one node as one user, so a
 /// change of user, host or port is refused rather than ignored.
 fn connect_dbname(args: &[(String, bool)]) -> Result<Option<String>, String> {
-    const ONLY_DATABASES: &str = "pgrepl's restore switches databases only; a change of user, host or port needs psql";
+    const ONLY_DATABASES: &str =
+        "pgrepl's restore switches databases only; a change of user, host or port needs psql";
     let args = match args {
         [(option, false), rest @ ..] if option.starts_with("-reuse-previous") => rest,
         _ => args,
     };
     // psql: an unquoted `-` or empty argument means "as before".
     let as_before = |(arg, quoted): &(String, bool)| !quoted && (arg.is_empty() || arg == "-");
-    let Some((dbname, quoted)) = args.first() else { return Ok(None) };
+    let Some(first) = args.first() else {
+        return Ok(None);
+    };
     if !args[1..].iter().all(as_before) {
         return Err(ONLY_DATABASES.into());
     }
-    if as_before(&(dbname.clone(), *quoted)) {
+    let dbname = &first.0;
+    if as_before(first) {
         return Ok(None);
     }
     // psql takes an argument with `=` or a URI prefix as a connection string (pg_dump writes
     // `"dbname='...'"` for unusual names).
-    if dbname.contains('=') || dbname.starts_with("postgresql://") || dbname.starts_with("postgres://") {
-        let params = ConnParams::parse(dbname).map_err(|e| format!("connection string `{dbname}`: {e}"))?;
-        if params != (ConnParams { dbname: params.dbname.clone(), ..ConnParams::default() }) {
+    if dbname.contains('=')
+        || dbname.starts_with("postgresql://")
+        || dbname.starts_with("postgres://")
+    {
+        let params =
+            ConnParams::parse(dbname).map_err(|e| format!("connection string `{dbname}`: {e}"))?;
+        if params
+            != (ConnParams {
+                dbname: params.dbname.clone(),
+                ..ConnParams::default()
+            })
+        {
             return Err(ONLY_DATABASES.into());
         }
         return Ok(params.dbname);
@@ -508,9 +596,17 @@ pub struct DumpFile {
 
 impl DumpFile {
     pub fn open(path: &Path) -> Result<DumpFile, DumpError> {
-        let open = |source| DumpError::Open { path: path.to_owned(), source };
+        let open = |source| DumpError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let mut file = std::fs::File::open(path).map_err(open)?;
-        let not_plain = |problem| Err(DumpError::NotPlain { path: path.to_owned(), problem });
+        let not_plain = |problem| {
+            Err(DumpError::NotPlain {
+                path: path.to_owned(),
+                problem,
+            })
+        };
         if file.metadata().map_err(open)?.is_dir() {
             return not_plain(
                 "it is a directory (a pg_dump -Fd archive?): turn it into SQL with `pg_restore -f dump.sql DIR`",
@@ -528,7 +624,10 @@ impl DumpFile {
             return not_plain("it is gzip-compressed: decompress it first (gunzip)");
         }
         file.rewind().map_err(open)?;
-        Ok(DumpFile { path: path.to_owned(), file })
+        Ok(DumpFile {
+            path: path.to_owned(),
+            file,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -559,23 +658,52 @@ impl fmt::Display for RestoreSummary {
 
 /// Runs `dump` against the node `options` reaches (its database first, then wherever
 /// `\connect` goes), and stops at the first failure.
-pub async fn restore(options: &ConnectOptions, dump: DumpFile, log: &dyn StepLog) -> Result<RestoreSummary, DumpError> {
+pub async fn restore(
+    options: &ConnectOptions,
+    dump: DumpFile,
+    log: &dyn StepLog,
+) -> Result<RestoreSummary, DumpError> {
     let DumpFile { path, file } = dump;
-    let dbname = options.dbname.clone().unwrap_or_else(|| sql::DEFAULT_DATABASE.to_owned());
+    let dbname = options
+        .dbname
+        .clone()
+        .unwrap_or_else(|| sql::DEFAULT_DATABASE.to_owned());
     let client = connect(options, &dbname, &path).await?;
-    let mut run = Run { path: &path, options, log, dbname, client, copy: None, summary: RestoreSummary::default() };
-    let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, tokio::fs::File::from_std(file));
+    let mut run = Run {
+        path: &path,
+        options,
+        log,
+        dbname,
+        client,
+        copy: None,
+        summary: RestoreSummary::default(),
+    };
+    let mut reader =
+        tokio::io::BufReader::with_capacity(READ_BUFFER, tokio::fs::File::from_std(file));
     let mut parser = DumpParser::default();
     let mut items = Vec::new();
     loop {
         let mut line = Vec::new();
-        let read = reader.read_until(b'\n', &mut line).await.map_err(|source| DumpError::Read { path: path.clone(), source })?;
-        let parsed = if read == 0 { parser.finish(&mut items) } else { parser.feed_line(line, &mut items) };
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|source| DumpError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        let parsed = if read == 0 {
+            parser.finish(&mut items)
+        } else {
+            parser.feed_line(line, &mut items)
+        };
         // What the line completed before a parse error runs first, as it would in psql.
         for item in items.drain(..) {
             run.apply(item).await?;
         }
-        parsed.map_err(|source| DumpError::Parse { path: path.clone(), source })?;
+        parsed.map_err(|source| DumpError::Parse {
+            path: path.clone(),
+            source,
+        })?;
         if read == 0 {
             return Ok(run.summary);
         }
@@ -608,12 +736,23 @@ impl Run<'_> {
                 }
                 self.summary.statements += 1;
             }
-            Item::CopyStart { line, sql } => match self.client.copy_in::<_, Bytes>(sql.as_str()).await {
-                Ok(sink) => self.copy = Some(ActiveCopy { line, sql, sink: Box::pin(sink) }),
-                Err(error) => return Err(self.failed(line, &sql, error)),
-            },
+            Item::CopyStart { line, sql } => {
+                match self.client.copy_in::<_, Bytes>(sql.as_str()).await {
+                    Ok(sink) => {
+                        self.copy = Some(ActiveCopy {
+                            line,
+                            sql,
+                            sink: Box::pin(sink),
+                        })
+                    }
+                    Err(error) => return Err(self.failed(line, &sql, error)),
+                }
+            }
             Item::CopyData(data) => {
-                let copy = self.copy.as_mut().expect("the parser yields COPY data only after a COPY statement");
+                let copy = self
+                    .copy
+                    .as_mut()
+                    .expect("the parser yields COPY data only after a COPY statement");
                 let len = data.len() as u64;
                 // `feed` batches lines into CopyData messages and waits when the server is behind.
                 if let Err(error) = copy.sink.feed(data).await {
@@ -623,7 +762,10 @@ impl Run<'_> {
                 self.summary.copy_bytes += len;
             }
             Item::CopyEnd => {
-                let mut copy = self.copy.take().expect("the parser ends COPY data only after a COPY statement");
+                let mut copy = self
+                    .copy
+                    .take()
+                    .expect("the parser ends COPY data only after a COPY statement");
                 // A bad data line is reported here: the server answers only at the end.
                 match copy.sink.as_mut().finish().await {
                     Ok(rows) => self.summary.copy_rows += rows,
@@ -647,24 +789,33 @@ impl Run<'_> {
     }
 
     fn failed(&self, line: u64, sql: &str, error: tokio_postgres::Error) -> DumpError {
-        DumpError::Failed { path: self.path.to_owned(), line, statement: preview(sql), error }
+        DumpError::Failed {
+            path: self.path.to_owned(),
+            line,
+            statement: preview(sql),
+            error,
+        }
     }
 }
 
 async fn connect(options: &ConnectOptions, dbname: &str, path: &Path) -> Result<Client, DumpError> {
     let mut options = options.clone();
     options.dbname = Some(dbname.to_owned());
-    sql::connect(&options, SESSION_NAME).await.map_err(|source| DumpError::Connect {
-        path: path.to_owned(),
-        dbname: dbname.to_owned(),
-        source,
-    })
+    sql::connect(&options, SESSION_NAME)
+        .await
+        .map_err(|source| DumpError::Connect {
+            path: path.to_owned(),
+            dbname: dbname.to_owned(),
+            source: Box::new(source),
+        })
 }
 
 /// The server's words for a failure on one line, with DETAIL and CONTEXT (which place a COPY
 /// error on its data line), or the client's when the session broke.
 fn server_message(error: &tokio_postgres::Error) -> String {
-    let Some(db) = error.as_db_error() else { return error.to_string() };
+    let Some(db) = error.as_db_error() else {
+        return error.to_string();
+    };
     let mut text = format!("{}: {}", db.severity(), db.message());
     if let Some(detail) = db.detail() {
         text += &format!(" (detail: {detail})");
@@ -703,7 +854,10 @@ mod tests {
     }
 
     fn stmt(line: u64, sql: &str) -> Item {
-        Item::Statement { line, sql: sql.into() }
+        Item::Statement {
+            line,
+            sql: sql.into(),
+        }
     }
 
     fn statements(text: &str) -> Vec<(u64, String)> {
@@ -732,7 +886,10 @@ mod tests {
                 (1, "INSERT INTO t VALUES ('a;b', 'it''s; fine')".into()),
                 (2, "SELECT E'\\';still' AS \"x;y\", E'a''b;\\\\'".into()),
                 (4, "SELECT 1 /* outer /* inner; */ still; */ + 2".into()),
-                (5, "SELECT 'multi\nline; string' -- trailing; comment".into()),
+                (
+                    5,
+                    "SELECT 'multi\nline; string' -- trailing; comment".into()
+                ),
             ]
         );
     }
@@ -772,7 +929,11 @@ mod tests {
         let text = "--\n-- Name: t; Type: TABLE\n--\n\n/* block\n; */\n  CREATE TABLE t (\n    a int\n);\n\nSELECT 1; SELECT 2; -- done\n";
         assert_eq!(
             statements(text),
-            vec![(7, "CREATE TABLE t (\n    a int\n)".into()), (11, "SELECT 1".into()), (11, "SELECT 2".into())]
+            vec![
+                (7, "CREATE TABLE t (\n    a int\n)".into()),
+                (11, "SELECT 1".into()),
+                (11, "SELECT 2".into())
+            ]
         );
     }
 
@@ -787,7 +948,10 @@ mod tests {
         assert_eq!(
             parse(text).unwrap(),
             vec![
-                Item::CopyStart { line: 1, sql: "COPY public.t (a, b) FROM stdin".into() },
+                Item::CopyStart {
+                    line: 1,
+                    sql: "COPY public.t (a, b) FROM stdin".into()
+                },
                 Item::CopyData(Bytes::from_static(b"1\tx\\ty\\\\z;\n")),
                 Item::CopyData(Bytes::from_static(b"2\t\\N\n")),
                 Item::CopyData(Bytes::from_static(b"3\t\\\\.\n")),
@@ -801,10 +965,21 @@ mod tests {
     fn copy_data_need_not_be_utf8_and_other_copies_are_statements() {
         let mut text = b"copy t from STDIN with (format csv);\n".to_vec();
         text.extend_from_slice(b"1,\xe9t\xe9\r\n\\.\r\n");
-        text.extend_from_slice(b"COPY t FROM '/srv/t.csv';\nCOPY (SELECT 1 FROM stdin) TO STDOUT;\n");
+        text.extend_from_slice(
+            b"COPY t FROM '/srv/t.csv';\nCOPY (SELECT 1 FROM stdin) TO STDOUT;\n",
+        );
         let items = parse_bytes(&text).unwrap();
-        assert_eq!(items[0], Item::CopyStart { line: 1, sql: "copy t from STDIN with (format csv)".into() });
-        assert_eq!(items[1], Item::CopyData(Bytes::from_static(b"1,\xe9t\xe9\r\n")));
+        assert_eq!(
+            items[0],
+            Item::CopyStart {
+                line: 1,
+                sql: "copy t from STDIN with (format csv)".into()
+            }
+        );
+        assert_eq!(
+            items[1],
+            Item::CopyData(Bytes::from_static(b"1,\xe9t\xe9\r\n"))
+        );
         assert_eq!(items[2], Item::CopyEnd);
         assert_eq!(items[3], stmt(4, "COPY t FROM '/srv/t.csv'"));
         assert_eq!(items[4], stmt(5, "COPY (SELECT 1 FROM stdin) TO STDOUT"));
@@ -822,8 +997,17 @@ mod tests {
 
     #[test]
     fn a_last_statement_without_a_semicolon_runs_at_end_of_file() {
-        assert_eq!(statements("SELECT 1;\nSELECT 2 -- no semicolon"), vec![(1, "SELECT 1".into()), (2, "SELECT 2 -- no semicolon".into())]);
-        assert_eq!(statements("SELECT 1;\n-- only a comment\n\n"), vec![(1, "SELECT 1".into())]);
+        assert_eq!(
+            statements("SELECT 1;\nSELECT 2 -- no semicolon"),
+            vec![
+                (1, "SELECT 1".into()),
+                (2, "SELECT 2 -- no semicolon".into())
+            ]
+        );
+        assert_eq!(
+            statements("SELECT 1;\n-- only a comment\n\n"),
+            vec![(1, "SELECT 1".into())]
+        );
     }
 
     #[test]
@@ -832,13 +1016,31 @@ mod tests {
             Err(ParseError::Unterminated { what, line }) => (what, line),
             other => panic!("{other:?}"),
         };
-        assert_eq!(unterminated("SELECT 1;\nSELECT 'abc\n;\n"), ("a quoted string".into(), 2));
-        assert_eq!(unterminated("CREATE FUNCTION f() AS $fn$\nSELECT 1;\n"), ("the dollar-quoted string `$fn$`".into(), 1));
+        assert_eq!(
+            unterminated("SELECT 1;\nSELECT 'abc\n;\n"),
+            ("a quoted string".into(), 2)
+        );
+        assert_eq!(
+            unterminated("CREATE FUNCTION f() AS $fn$\nSELECT 1;\n"),
+            ("the dollar-quoted string `$fn$`".into(), 1)
+        );
         assert_eq!(unterminated("/* /* */\n"), ("a /* comment".into(), 1));
-        assert_eq!(parse("COPY t FROM stdin;\n1\n2\n"), Err(ParseError::UnterminatedCopy { line: 1 }));
-        assert_eq!(parse("SELECT 1;\nCOPY t FROM stdin"), Err(ParseError::UnterminatedCopy { line: 2 }));
-        assert_eq!(parse("COPY t FROM stdin; SELECT 1;\n"), Err(ParseError::AfterCopy { line: 1 }));
-        assert_eq!(parse_bytes(b"SELECT 1;\nSELECT '\xff';\n"), Err(ParseError::NotUtf8 { line: 2 }));
+        assert_eq!(
+            parse("COPY t FROM stdin;\n1\n2\n"),
+            Err(ParseError::UnterminatedCopy { line: 1 })
+        );
+        assert_eq!(
+            parse("SELECT 1;\nCOPY t FROM stdin"),
+            Err(ParseError::UnterminatedCopy { line: 2 })
+        );
+        assert_eq!(
+            parse("COPY t FROM stdin; SELECT 1;\n"),
+            Err(ParseError::AfterCopy { line: 1 })
+        );
+        assert_eq!(
+            parse_bytes(b"SELECT 1;\nSELECT '\xff';\n"),
+            Err(ParseError::NotUtf8 { line: 2 })
+        );
     }
 
     #[test]
@@ -855,8 +1057,14 @@ mod tests {
                     \\c \"MyDb\"\n\
                     \\c\n\
                     \\set ON_ERROR_STOP on\n";
-        let connect = |line, name: Option<&str>| Item::Connect { line, dbname: name.map(Into::into) };
-        let skipped = |line, command: &str| Item::Skipped { line, command: command.into() };
+        let connect = |line, name: Option<&str>| Item::Connect {
+            line,
+            dbname: name.map(Into::into),
+        };
+        let skipped = |line, command: &str| Item::Skipped {
+            line,
+            command: command.into(),
+        };
         assert_eq!(
             parse(text).unwrap(),
             vec![
@@ -885,7 +1093,11 @@ mod tests {
         );
         assert_eq!(
             parse("SELECT 1\n\\gset\n"),
-            Err(ParseError::InsideStatement { command: "gset".into(), line: 2, statement: 1 })
+            Err(ParseError::InsideStatement {
+                command: "gset".into(),
+                line: 2,
+                statement: 1
+            })
         );
         // A backslash inside a string or comment is no meta-command.
         assert_eq!(statements("SELECT '\\i x' /* \\q */;\n").len(), 1);
@@ -893,11 +1105,20 @@ mod tests {
             Err(ParseError::Meta { command, line, .. }) => (command, line),
             other => panic!("{other:?}"),
         };
-        assert_eq!(meta_error("\\restrict k\n\\connect other\n"), ("connect".into(), 2));
-        assert_eq!(meta_error("\\restrict k\n\\unrestrict wrong\n"), ("unrestrict".into(), 2));
+        assert_eq!(
+            meta_error("\\restrict k\n\\connect other\n"),
+            ("connect".into(), 2)
+        );
+        assert_eq!(
+            meta_error("\\restrict k\n\\unrestrict wrong\n"),
+            ("unrestrict".into(), 2)
+        );
         assert_eq!(meta_error("\\unrestrict k\n"), ("unrestrict".into(), 1));
         assert_eq!(meta_error("\\connect shop bob\n"), ("connect".into(), 1));
-        assert_eq!(meta_error("\\c \"dbname=shop user=bob\"\n"), ("connect".into(), 1));
+        assert_eq!(
+            meta_error("\\c \"dbname=shop user=bob\"\n"),
+            ("c".into(), 1)
+        );
         assert_eq!(meta_error("\\encoding LATIN1\n"), ("encoding".into(), 1));
         assert_eq!(meta_error("\\c `echo db`\n"), ("c".into(), 1));
     }

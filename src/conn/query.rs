@@ -181,6 +181,15 @@ impl Connection {
             })
     }
 
+    /// `wal_segment_size` in bytes (`SHOW` prints it with a unit, e.g. `16MB`).
+    pub async fn wal_segment_size(&mut self) -> Result<u64, ConnectionError> {
+        let text = self.show("wal_segment_size").await?;
+        parse_size(&text).ok_or(ConnectionError::Unexpected {
+            expected: "a size such as 16MB",
+            got: format!("wal_segment_size `{text}`"),
+        })
+    }
+
     /// The history file of `timeline`: its file name and raw content.
     pub async fn timeline_history(
         &mut self,
@@ -247,5 +256,34 @@ impl Connection {
             restart_lsn,
             restart_timeline,
         }))
+    }
+}
+
+/// A size as `SHOW` prints it: digits and an optional unit.
+fn parse_size(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_as_show_prints_them() {
+        assert_eq!(parse_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("8192"), Some(8192));
+        assert_eq!(parse_size("16 parsecs"), None);
     }
 }

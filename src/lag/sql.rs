@@ -195,7 +195,7 @@ impl NodeFacts {
 }
 
 impl SenderRow {
-    fn parse(row: &SimpleQueryRow) -> Result<SenderRow, LagError> {
+    pub(crate) fn parse(row: &SimpleQueryRow) -> Result<SenderRow, LagError> {
         Ok(SenderRow {
             application_name: optional(row, "application_name", text)?,
             client_addr: optional(row, "client_addr", text)?,

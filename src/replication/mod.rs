@@ -8,6 +8,7 @@
 //!
 //! Neighbours: `conn` provides the session, `wal_sink` the files, `proto::replication` the codec.
 
+pub mod receivewal;
 pub mod wal_sink;
 
 use std::io;
@@ -154,6 +155,9 @@ impl Session<'_> {
             let message = tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if !stopping => {
+                    // As at a stop position: report what we have (after fsync, with a slot) so
+                    // the slot keeps no more WAL than a restart will ask for.
+                    self.send_status(false)?;
                     self.conn.send_copy_done();
                     self.conn.flush().await?;
                     stopping = true;

@@ -168,6 +168,10 @@ impl SegmentWriter {
             if self.naming == SegmentNaming::Standby {
                 File::create(dir.join("archive_status").join(format!("{name}.done")))?;
             }
+            if self.sync {
+                File::open(dir.join(&name))?.sync_all()?;
+                sync_dir(dir)?;
+            }
         }
         Ok(())
     }

@@ -214,7 +214,7 @@ fn run(cmd: &mut Command) -> Result<Output, String> {
 }
 
 /// A free TCP port on 127.0.0.1, never handed out twice by this process.
-fn pick_port() -> u16 {
+pub fn pick_port() -> u16 {
     static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     loop {
         let port = TcpListener::bind("127.0.0.1:0")

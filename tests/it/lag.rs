@@ -12,16 +12,16 @@ use crate::basebackup::{backup_into, pgrepl, stderr, wait_for};
 use crate::harness::{self, PgInstall, PgServer, ServerOptions};
 
 /// A primary streaming to `standby_a` and `standby_b`.
-struct Cluster {
-    primary: PgServer,
-    a: PgServer,
-    b: PgServer,
+pub(crate) struct Cluster {
+    pub(crate) primary: PgServer,
+    pub(crate) a: PgServer,
+    pub(crate) b: PgServer,
     // Holds the standbys' data directories; dropped after the servers (field order).
     _work: tempfile::TempDir,
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    pub(crate) fn start() -> Cluster {
         let install = PgInstall::default_install();
         let primary = PgServer::start(&install, ServerOptions::default());
         let work = harness::postgres_owned_tempdir();
@@ -53,7 +53,7 @@ impl Cluster {
 
     /// Conninfo strings for every node, with the superuser's password in them (which must never
     /// come back out).
-    fn nodes(&self) -> Vec<String> {
+    pub(crate) fn nodes(&self) -> Vec<String> {
         [&self.primary, &self.a, &self.b]
             .iter()
             .map(|s| s.tcp_conninfo(harness::SUPERUSER, Some(harness::SUPERUSER_PASSWORD)))

@@ -1,6 +1,12 @@
 mod basebackup;
+mod bench;
+mod fake_server;
+mod cluster_docker;
+mod cluster_flow;
+mod cluster_local;
 mod harness;
 mod lag;
+mod receivewal;
 
 use harness::{PgInstall, PgServer, ServerOptions};
 

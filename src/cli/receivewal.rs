@@ -1,0 +1,95 @@
+//! `pgrepl receivewal`: arguments, and the one-line summary of a run. The work is
+//! `pgrepl::replication::receivewal`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{ArgAction, Args};
+use tokio_util::sync::CancellationToken;
+
+use super::args::ConnectionArgs;
+use super::{connect_options, human_bytes};
+use pgrepl::replication::receivewal::{self, ReceiveOptions, StartSource, StoppedBy};
+use pgrepl::Lsn;
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct ReceivewalArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Archive directory (must exist): segments as PostgreSQL names them, `.partial` for the
+    /// open one. A run resumes from what the directory holds.
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Replication slot to stream from; the server then keeps the WAL not yet flushed here.
+    #[arg(short = 'S', long = "slot")]
+    pub slot: Option<String>,
+    /// Create the slot given with -S (permanent, WAL reserved) before streaming.
+    #[arg(long = "create-slot", requires = "slot")]
+    pub create_slot: bool,
+    /// Stop once WAL up to this LSN has been received (e.g. 0/3000000).
+    #[arg(short = 'E', long = "endpos", value_name = "LSN")]
+    pub endpos: Option<Lsn>,
+    /// Do not wait for the files to be safely on disk.
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+    /// Seconds between status updates to the server.
+    #[arg(short = 's', long = "status-interval", value_name = "SECS", default_value = "10")]
+    pub status_interval: u64,
+    /// Print the summary as JSON.
+    #[arg(long = "json")]
+    pub json: bool,
+    /// Print help.
+    #[arg(long = "help", action = ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
+    let connect = connect_options(&args.connection, Some("pgrepl receivewal"))?;
+    if args.status_interval == 0 {
+        // The server would time the stream out without any status update.
+        return Err(anyhow!("--status-interval must be at least 1 second"));
+    }
+    let mut options = ReceiveOptions::new(args.dir.clone());
+    options.slot = args.slot.clone();
+    options.create_slot = args.create_slot;
+    options.end = args.endpos;
+    options.sync = !args.no_sync;
+    options.status_interval = Duration::from_secs(args.status_interval);
+    let summary = receivewal::receive_wal(&connect, &options, &cancel)
+        .await
+        .with_context(|| {
+            format!(
+                "receive WAL from `{}` into `{}`",
+                connect.redacted(),
+                args.dir.display()
+            )
+        })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let from = match summary.start_source {
+            StartSource::CompleteSegment => "after the last complete segment",
+            StartSource::PartialSegment => "at the partial segment",
+            StartSource::Slot => "at the slot's restart position",
+            StartSource::Server => "at the server's position",
+        };
+        let why = match summary.stopped_by {
+            StoppedBy::EndPosition => "reached the end position",
+            StoppedBy::Cancelled => "interrupted, everything received is flushed",
+            StoppedBy::ServerShutdown => "the server ended the stream",
+        };
+        eprintln!(
+            "pgrepl: received {} to {} ({}) on timeline {} (started {from}) into {}; {why}; {:.1} s",
+            summary.start_lsn,
+            summary.end_lsn,
+            human_bytes(summary.bytes),
+            summary.start_timeline,
+            args.dir.display(),
+            summary.elapsed_ms as f64 / 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

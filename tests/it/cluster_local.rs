@@ -1,0 +1,286 @@
+//! `pgrepl up --dump` on the local runtime: a stock pg_dump restored natively into the new
+//! primary reaches both standbys; a dump that fails names its line, and `down --purge` cleans up.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+use crate::harness::{self, PgInstall, PgServer, ServerOptions};
+
+/// Awkward values, a `$$` body, a SQL-standard body, a sequence, a quoted table name.
+const FIXTURE: &str = r#"
+CREATE SEQUENCE order_no START 1000;
+CREATE TABLE items (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    note text,
+    data bytea,
+    tags text[],
+    doc jsonb
+);
+INSERT INTO items (name, note, data, tags, doc) VALUES
+    (E'tab\tand;semicolon', E'line1\nline2\r\nwith \\ backslash', '\x00ff5c2e0a', ARRAY['a;b', '"q"'], '{"k": "v;\\n"}'),
+    ('\.', 'the COPY end marker as a value', NULL, NULL, NULL),
+    ('quote''s $$ dollar', NULL, '', '{}', 'null'),
+    ('ünïcødé ✓', '-- not a comment /* nor this */', NULL, NULL, '[]');
+SELECT setval('order_no', 1234);
+CREATE FUNCTION next_order() RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    n := nextval('order_no'); -- a comment; with a semicolon
+    RETURN 'order;' || n;
+END;
+$$;
+CREATE FUNCTION twice(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT x * 2; END;
+CREATE TABLE "Weird;Name" ("col""q" int);
+INSERT INTO "Weird;Name" VALUES (1), (2);
+"#;
+
+/// One line that differs if any restored value, body or sequence differs.
+const FINGERPRINT: &str = r#"
+SELECT concat_ws(' ',
+    (SELECT md5(string_agg(i::text, '|' ORDER BY id)) FROM items i),
+    (SELECT last_value FROM order_no),
+    (SELECT string_agg("col""q"::text, ',' ORDER BY 1) FROM "Weird;Name"),
+    twice(21),
+    md5(pg_get_functiondef('next_order'::regproc)))
+"#;
+
+fn pgrepl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("run pgrepl")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Three ports nobody listens on (held together, so they differ).
+fn free_ports() -> [u16; 3] {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    [port(0), port(1), port(2)]
+}
+
+/// The default cluster file (`pgrepl init`) on free ports, in a temp dir the servers can use;
+/// `down --purge` on drop, so a failed test leaves no server behind.
+struct TestCluster {
+    dir: TempDir,
+    file: PathBuf,
+    ports: [u16; 3],
+}
+
+impl TestCluster {
+    fn new() -> TestCluster {
+        let dir = harness::postgres_owned_tempdir();
+        let file = dir.path().join("pgrepl.toml");
+        let output = pgrepl(&["init", "--cluster", file.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let mut doc: toml::Value = toml::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+        let ports = free_ports();
+        let nodes = doc["nodes"].as_array_mut().unwrap();
+        assert_eq!(nodes.len(), 3, "the default cluster has three nodes");
+        for (node, port) in nodes.iter_mut().zip(ports) {
+            node["port"] = toml::Value::Integer(port.into());
+        }
+        fs::write(&file, toml::to_string(&doc).unwrap()).unwrap();
+        TestCluster { dir, file, ports }
+    }
+
+    fn run(&self, command: &str, extra: &[&str]) -> Output {
+        let mut args = vec![command, "--cluster", self.file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        pgrepl(&args)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".pgrepl")
+    }
+
+    fn primary_log(&self) -> String {
+        fs::read_to_string(self.state_dir().join("pg_master/postgres.log")).unwrap_or_default()
+    }
+
+    /// The node's fingerprint of database `shop`, as superuser over the cluster's socket.
+    fn fingerprint(&self, rt: &tokio::runtime::Runtime, port: u16) -> String {
+        let conninfo = format!(
+            "host={} port={port} user=postgres dbname=shop",
+            self.state_dir().join("run").display()
+        );
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+            tokio::spawn(connection);
+            client.query_one(FINGERPRINT, &[]).await.unwrap().get(0)
+        })
+    }
+
+    fn down_purge(&self) {
+        let output = self.run("down", &["--purge"]);
+        assert!(output.status.success(), "down --purge: {}", stderr(&output));
+        assert!(
+            !self.state_dir().exists(),
+            "down --purge left the state directory"
+        );
+        for port in self.ports {
+            assert!(
+                TcpListener::bind(("127.0.0.1", port)).is_ok(),
+                "port {port} still in use after down --purge"
+            );
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if self.state_dir().exists() {
+            let _ = self.run("down", &["--purge"]);
+        }
+    }
+}
+
+/// Database `shop` with the fixture, dumped by the stock pg_dump (`-C`: with `\connect`).
+fn stock_dump(install: &PgInstall, rt: &tokio::runtime::Runtime) -> (PgServer, Vec<u8>) {
+    let source = PgServer::start(install, ServerOptions::default());
+    source.psql("CREATE DATABASE shop");
+    let shop = source
+        .superuser_conninfo()
+        .replace("dbname=postgres", "dbname=shop");
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&shop, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(FIXTURE).await.unwrap();
+    });
+    let output = Command::new(install.bin("pg_dump"))
+        .args(["-C", "-d", &shop])
+        .output()
+        .expect("run pg_dump");
+    assert!(output.status.success(), "pg_dump: {}", stderr(&output));
+    (source, output.stdout)
+}
+
+#[test]
+fn up_restores_a_stock_pg_dump_that_reaches_both_standbys() {
+    let install = PgInstall::default_install();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (source, dump) = stock_dump(&install, &rt);
+    let text = String::from_utf8_lossy(&dump);
+    assert!(
+        text.contains("\\connect shop") && text.contains("FROM stdin;"),
+        "{text}"
+    );
+    let expected = {
+        let shop = source
+            .superuser_conninfo()
+            .replace("dbname=postgres", "dbname=shop");
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&shop, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+                .query_one(FINGERPRINT, &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        })
+    };
+
+    let cluster = TestCluster::new();
+    let dump_file = cluster.dir.path().join("shop.sql");
+    fs::write(&dump_file, &dump).unwrap();
+    let dump_arg = dump_file.to_str().unwrap();
+    let output = cluster.run("up", &["--dump", dump_arg]);
+    let log = stderr(&output);
+    assert!(
+        output.status.success(),
+        "up --dump: {log}\n{}",
+        cluster.primary_log()
+    );
+    assert!(
+        log.contains("restore `") && log.contains("\\connect `shop`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("2 COPY blocks (6 rows"),
+        "the three tables' rows are counted: {log}"
+    );
+
+    for (node, port) in ["pg_master", "pg_slave", "pg_asyncslave"]
+        .iter()
+        .zip(cluster.ports)
+    {
+        assert_eq!(
+            cluster.fingerprint(&rt, port),
+            expected,
+            "`{node}` differs from the source"
+        );
+    }
+
+    // The primary exists now: a second `up` leaves it alone and says why.
+    let output = cluster.run("up", &["--dump", dump_arg]);
+    assert!(output.status.success(), "second up: {}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not applied"),
+        "{}",
+        stderr(&output)
+    );
+
+    cluster.down_purge();
+}
+
+#[test]
+fn a_failing_dump_names_its_line_and_down_purge_cleans_up() {
+    let cluster = TestCluster::new();
+    let dump_file = cluster.dir.path().join("broken.sql");
+    fs::write(
+        &dump_file,
+        "-- a handwritten dump that fails\n\
+         CREATE TABLE ok (id int);\n\
+         INSERT INTO ok VALUES (1);\n\
+         \\set ON_ERROR_STOP on\n\
+         \n\
+         INSERT INTO missing_table\n    VALUES (1);\n\
+         INSERT INTO ok VALUES (2);\n",
+    )
+    .unwrap();
+    let output = cluster.run("up", &["--dump", dump_file.to_str().unwrap()]);
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(
+            "broken.sql` failed at line 6: ERROR: relation \"missing_table\" does not exist"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("; statement: INSERT INTO missing_table VALUES (1)\n"),
+        "{log}"
+    );
+    cluster.down_purge();
+
+    // A dump that is not there stops `up` before anything is created.
+    let output = cluster.run("up", &["--dump", "/nonexistent/dump.sql"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("open dump `/nonexistent/dump.sql`"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!cluster.state_dir().exists());
+}

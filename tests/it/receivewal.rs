@@ -1,0 +1,249 @@
+//! `pgrepl receivewal` against real servers: the same segments as pg_receivewal, byte for byte;
+//! a run stopped by SIGTERM resumes where it left off; a promotion is followed onto the new
+//! timeline.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::basebackup::{backup_into, pgrepl, stderr, wait_for};
+use crate::harness::{self, PgInstall, PgServer, ServerOptions};
+
+/// 1 MB segments: many complete segments from little WAL.
+fn server() -> PgServer {
+    PgServer::start(
+        &PgInstall::default_install(),
+        ServerOptions {
+            initdb_args: vec!["--wal-segsize=1".into()],
+            extra_conf: vec!["wal_keep_size = '256MB'".into()],
+            ..Default::default()
+        },
+    )
+}
+
+fn conninfo(server: &PgServer) -> String {
+    server.tcp_conninfo(harness::REP_SCRAM, None)
+}
+
+/// About `mb` MB of WAL, then a segment switch so that all of it is in complete segments.
+fn generate_wal(server: &PgServer, mb: u32) -> String {
+    server.psql(&format!(
+        "create table if not exists filler(x int, pad text);
+         insert into filler select g, repeat('x', 200) from generate_series(1, {}) g",
+        mb * 5000
+    ));
+    server.psql("select pg_switch_wal()");
+    server.psql("select pg_current_wal_lsn()")
+}
+
+fn receivewal(server: &PgServer, dir: &Path, extra: &[&str]) -> Output {
+    let conninfo = conninfo(server);
+    let mut args = vec!["receivewal", "-d", &conninfo, "-D", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let output = pgrepl(&args, Some(harness::REP_SCRAM_PASSWORD));
+    assert!(
+        output.status.success(),
+        "pgrepl receivewal failed: {}\n{}",
+        stderr(&output),
+        server.log_tail()
+    );
+    output
+}
+
+/// `pgrepl receivewal` in the background, to be stopped with a signal.
+fn spawn_receivewal(server: &PgServer, dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(["receivewal", "-d", &conninfo(server), "-D"])
+        .arg(dir)
+        .args(["-s", "1"])
+        .env("PGPASSWORD", harness::REP_SCRAM_PASSWORD)
+        .env("PGPASSFILE", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgrepl receivewal")
+}
+
+/// SIGTERM, and the exit status and stderr of a clean stop.
+fn terminate(child: Child) -> Output {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().expect("wait for pgrepl receivewal");
+    assert!(
+        output.status.success(),
+        "receivewal did not stop cleanly on SIGTERM: {}",
+        stderr(&output)
+    );
+    output
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn complete_segments(dir: &Path) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
+/// Every complete segment in `dir` is identical to the file of that name in `other`.
+fn assert_same_segments(dir: &Path, other: &Path, what: &str) -> usize {
+    let segments = complete_segments(dir);
+    for name in &segments {
+        let output = Command::new("cmp")
+            .arg(dir.join(name))
+            .arg(other.join(name))
+            .output()
+            .expect("run cmp");
+        assert!(
+            output.status.success(),
+            "{name} differs from {what}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    segments.len()
+}
+
+fn pg_wal(server: &PgServer) -> PathBuf {
+    server.data_dir.join("pg_wal")
+}
+
+#[test]
+fn segments_are_byte_identical_to_pg_receivewals() {
+    let install = PgInstall::default_install();
+    let server = server();
+    // Two slots reserved at the same moment: both tools start at the same segment.
+    server.psql(
+        "select pg_create_physical_replication_slot('stock', true);
+         select pg_create_physical_replication_slot('ours', true)",
+    );
+    generate_wal(&server, 6);
+    // An end inside WAL that exists, so neither tool waits for more.
+    server.psql("insert into filler values (0, 'end')");
+    let end = server.psql("select pg_current_wal_lsn()");
+    let work = tempfile::tempdir().unwrap();
+    let (stock, ours) = (work.path().join("stock"), work.path().join("ours"));
+    for dir in [&stock, &ours] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let output = Command::new(install.bin("pg_receivewal"))
+        .args(["-d", &conninfo(&server), "-S", "stock", "-E", &end, "--no-loop", "-D"])
+        .arg(&stock)
+        .env("PGPASSWORD", harness::REP_SCRAM_PASSWORD)
+        .output()
+        .expect("run pg_receivewal");
+    assert!(output.status.success(), "pg_receivewal: {}", stderr(&output));
+    receivewal(&server, &ours, &["-S", "ours", "-E", &end]);
+
+    assert_eq!(complete_segments(&ours), complete_segments(&stock));
+    let compared = assert_same_segments(&ours, &stock, "pg_receivewal's");
+    assert!(compared >= 6, "only {compared} complete segments");
+    // The last status update reported everything as flushed, so the slot keeps nothing older.
+    let advanced = server.psql(&format!(
+        "select restart_lsn >= '{end}' from pg_replication_slots where slot_name = 'ours'"
+    ));
+    assert_eq!(advanced, "t");
+}
+
+#[test]
+fn a_run_stopped_by_sigterm_resumes_from_the_partial_segment() {
+    let server = server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let child = spawn_receivewal(&server, dir);
+    wait_for("streaming to start", Duration::from_secs(30), || {
+        names(dir).iter().any(|n| n.ends_with(".partial"))
+    });
+    generate_wal(&server, 3);
+    // Some WAL into the open segment, then stop in the middle of it.
+    server.psql("insert into filler select g, 'tail' from generate_series(1, 100) g");
+    let tail = server.psql("select pg_current_wal_lsn()");
+    wait_for("the tail to arrive", Duration::from_secs(30), || {
+        let status = server.psql(&format!(
+            "select count(*) from pg_stat_replication where application_name = 'pgrepl receivewal' and write_lsn >= '{tail}'"
+        ));
+        status == "1"
+    });
+    let first = terminate(child);
+    assert!(
+        stderr(&first).contains("interrupted"),
+        "{}",
+        stderr(&first)
+    );
+    let partial: Vec<String> = names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert_eq!(partial.len(), 1, "{:?}", names(dir));
+    let before = complete_segments(dir).len();
+
+    let end = generate_wal(&server, 2);
+    let second = receivewal(&server, dir, &["-E", &end]);
+    assert!(
+        stderr(&second).contains("started at the partial segment"),
+        "{}",
+        stderr(&second)
+    );
+    // The partial was completed under its final name, and the rest followed.
+    let completed = partial[0].trim_end_matches(".partial");
+    assert!(complete_segments(dir).contains(&completed.to_owned()));
+    assert!(complete_segments(dir).len() >= before + 3);
+    assert_same_segments(dir, &pg_wal(&server), "the server's pg_wal");
+}
+
+#[test]
+fn a_promotion_is_followed_onto_the_new_timeline() {
+    let install = PgInstall::default_install();
+    let primary = server();
+    let work = harness::postgres_owned_tempdir();
+    let standby_dir = work.path().join("standby");
+    backup_into(&primary, &[&standby_dir], &["-R"]);
+    let standby = PgServer::start_existing(&install, standby_dir);
+    generate_wal(&primary, 1);
+    let archive = tempfile::tempdir().unwrap();
+    let dir = archive.path();
+    let child = spawn_receivewal(&standby, dir);
+    wait_for("streaming from the standby", Duration::from_secs(30), || {
+        names(dir).iter().any(|n| n.ends_with(".partial"))
+    });
+    generate_wal(&primary, 2);
+    // A switch point in the middle of a segment: it stays partial on timeline 1.
+    primary.psql("insert into filler select g, 'before promotion' from generate_series(1, 100) g");
+    let replayed = primary.psql("select pg_current_wal_lsn()");
+    wait_for("the standby to replay", Duration::from_secs(30), || {
+        standby.psql(&format!(
+            "select pg_last_wal_replay_lsn() >= '{replayed}'"
+        )) == "t"
+    });
+    assert_eq!(standby.psql("select pg_promote()"), "t");
+    generate_wal(&standby, 2);
+    wait_for("segments of timeline 2", Duration::from_secs(30), || {
+        complete_segments(dir).iter().any(|n| n.starts_with("00000002"))
+    });
+    terminate(child);
+
+    let names = names(dir);
+    assert!(names.contains(&"00000002.history".to_owned()), "{names:?}");
+    // The segment holding the switch point stays partial on timeline 1.
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("00000001") && n.ends_with(".partial")),
+        "{names:?}"
+    );
+    assert!(
+        complete_segments(dir).iter().any(|n| n.starts_with("00000001")),
+        "{names:?}"
+    );
+    let history = std::fs::read_to_string(dir.join("00000002.history")).unwrap();
+    let served = std::fs::read_to_string(pg_wal(&standby).join("00000002.history")).unwrap();
+    assert_eq!(history, served);
+    assert_same_segments(dir, &pg_wal(&standby), "the promoted standby's pg_wal");
+}
