@@ -69,7 +69,11 @@ fn demux(c: &mut Criterion) {
 fn extract(c: &mut Criterion) {
     let tar = archive();
     let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() { shm.to_owned() } else { std::env::temp_dir() };
+    let base = if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
     let options = ExtractOptions {
         // Nothing to write back on tmpfs; the checksum stays on, as in a real backup.
         sync: false,

@@ -15,7 +15,11 @@ const SEGMENTS: u64 = 4;
 
 fn write(c: &mut Criterion) {
     let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() { shm.to_owned() } else { std::env::temp_dir() };
+    let base = if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
     let chunk = vec![0x3Cu8; 128 * 1024];
     let mut group = c.benchmark_group("WAL segment writing (tmpfs)");
     group.sample_size(20);
@@ -42,9 +46,7 @@ fn write(c: &mut Criterion) {
                         SegmentWriter::new(targets, SEGMENT, naming, true).expect("writer");
                     let mut position = 0;
                     while position < SEGMENT * SEGMENTS {
-                        writer
-                            .write(1, Lsn::new(position), &chunk)
-                            .expect("write");
+                        writer.write(1, Lsn::new(position), &chunk).expect("write");
                         position += chunk.len() as u64;
                     }
                     writer.finish().expect("finish");

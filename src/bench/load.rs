@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::try_join_all;
-use tokio::task::JoinSet;
 use hdrhistogram::Histogram;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::shape::{Prepared, Random, Shape};
@@ -78,9 +78,11 @@ impl Clients {
                 let mut latency = new_histogram();
                 let mut transactions = 0u64;
                 while Instant::now() < deadline {
-                    let started = prepared.run_one(&client, &mut random).await.map_err(|e| BenchError::Sql {
-                        context: format!("run a `{}` transaction", prepared.shape().name()),
-                        source: ConnectionError::Sql(e),
+                    let started = prepared.run_one(&client, &mut random).await.map_err(|e| {
+                        BenchError::Sql {
+                            context: format!("run a `{}` transaction", prepared.shape().name()),
+                            source: ConnectionError::Sql(e),
+                        }
                     })?;
                     latency.saturating_record(started.elapsed().as_micros() as u64);
                     transactions += 1;
@@ -98,8 +100,8 @@ impl Clients {
                 joined = tasks.join_next() => joined,
             };
             let Some(joined) = joined else { break };
-            let (count, histogram) = joined
-                .map_err(|e| BenchError::Invalid(format!("a load client failed: {e}")))??;
+            let (count, histogram) =
+                joined.map_err(|e| BenchError::Invalid(format!("a load client failed: {e}")))??;
             transactions += count;
             // Same bounds on both sides: adding cannot fail.
             latency_us

@@ -101,7 +101,14 @@ pub trait Progress: Send + Sync {
     /// Something the user should know: a setting changed or restored, a node left out.
     fn note(&self, text: &str);
     /// The load of `mode` is running; called after every lag sample.
-    fn running(&self, mode: Mode, elapsed: Duration, total: Duration, transactions: u64, snapshot: &Snapshot);
+    fn running(
+        &self,
+        mode: Mode,
+        elapsed: Duration,
+        total: Duration,
+        transactions: u64,
+        snapshot: &Snapshot,
+    );
     /// The load of `mode` ended.
     fn finished(&self, report: &ModeReport);
 }
@@ -202,7 +209,18 @@ pub async fn run(
         settings_log: Vec::new(),
         modes: Vec::new(),
     };
-    let outcome = run_modes(&primary, &admin, &sampler, &mut settings, options, scale, &mut report, progress, cancel).await;
+    let outcome = run_modes(
+        &primary,
+        &admin,
+        &sampler,
+        &mut settings,
+        options,
+        scale,
+        &mut report,
+        progress,
+        cancel,
+    )
+    .await;
     // Always, also after an error or Ctrl-C: the primary must not keep a policy it did not have.
     let restored = settings.restore(&admin).await;
     match &restored {
@@ -221,7 +239,10 @@ pub async fn run(
 }
 
 /// Connects to every node and tells the primary from the standbys.
-async fn find_primary(nodes: &[Node], progress: &dyn Progress) -> Result<(Node, Vec<(Node, Client)>), BenchError> {
+async fn find_primary(
+    nodes: &[Node],
+    progress: &dyn Progress,
+) -> Result<(Node, Vec<(Node, Client)>), BenchError> {
     let mut primary = None;
     let mut standbys = Vec::new();
     for node in nodes {
@@ -283,13 +304,30 @@ async fn run_modes(
         // Every mode starts from caught-up standbys, so none inherits the last one's backlog.
         let origin = Instant::now();
         let target = sampler.sample(origin).await?.primary_lsn;
-        cancellable(cancel, catch_up(sampler, target, origin, options, &mut BTreeMap::new())).await??;
+        cancellable(
+            cancel,
+            catch_up(sampler, target, origin, options, &mut BTreeMap::new()),
+        )
+        .await??;
         for line in settings.apply(admin, mode, &report.sync_standbys).await? {
             let line = format!("mode {}: set {line}", mode.name());
             progress.note(&line);
             report.settings_log.push(line);
         }
-        let mode_report = cancellable(cancel, run_mode(primary, sampler, mode, options, scale, &report.sync_standbys, progress, cancel)).await??;
+        let mode_report = cancellable(
+            cancel,
+            run_mode(
+                primary,
+                sampler,
+                mode,
+                options,
+                scale,
+                &report.sync_standbys,
+                progress,
+                cancel,
+            ),
+        )
+        .await??;
         progress.finished(&mode_report);
         report.modes.push(mode_report);
     }
@@ -297,7 +335,10 @@ async fn run_modes(
 }
 
 /// `work`, unless `cancel` fires first.
-async fn cancellable<T>(cancel: &CancellationToken, work: impl std::future::Future<Output = T>) -> Result<T, BenchError> {
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, BenchError> {
     tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(BenchError::Cancelled),
@@ -335,7 +376,8 @@ async fn run_mode(
             }
         }
     };
-    let result = result.map_err(|e| BenchError::Invalid(format!("the load task failed: {e}")))??;
+    let result =
+        result.map_err(|e| BenchError::Invalid(format!("the load task failed: {e}")))??;
     let load_end = Instant::now();
     let end_lsn = sampler.sample(origin).await?.primary_lsn;
     let caught_up = catch_up(sampler, end_lsn, origin, options, &mut series).await?;
@@ -347,12 +389,16 @@ async fn run_mode(
     let standbys = series
         .into_iter()
         .map(|(name, samples)| {
-            let max = |f: fn(&LagPoint) -> Option<u64>| samples.iter().filter_map(f).max().unwrap_or(0);
+            let max =
+                |f: fn(&LagPoint) -> Option<u64>| samples.iter().filter_map(f).max().unwrap_or(0);
             StandbyReport {
                 max_write_lag_bytes: max(|p| p.write_lag_bytes),
                 max_flush_lag_bytes: max(|p| p.flush_lag_bytes),
                 max_replay_lag_bytes: max(|p| p.replay_lag_bytes),
-                max_replay_lag_ms: samples.iter().filter_map(|p| p.replay_lag_ms).reduce(f64::max),
+                max_replay_lag_ms: samples
+                    .iter()
+                    .filter_map(|p| p.replay_lag_ms)
+                    .reduce(f64::max),
                 catch_up_ms: caught_up
                     .get(&name)
                     .map(|at| at.saturating_duration_since(load_end).as_secs_f64() * 1000.0),
@@ -410,7 +456,11 @@ async fn catch_up(
                 arrived.entry(name.clone()).or_insert(now);
             }
         }
-        if snapshot.standbys.keys().all(|name| arrived.contains_key(name)) {
+        if snapshot
+            .standbys
+            .keys()
+            .all(|name| arrived.contains_key(name))
+        {
             return Ok(arrived);
         }
         if started.elapsed() > options.catch_up_limit {

@@ -53,7 +53,10 @@ impl Sampler {
     /// `primary` is an open session; each standby node is asked once under which name it
     /// streams. A standby node that cannot be read is left out with a warning: its lag is still
     /// seen from the primary.
-    pub async fn new(primary: Client, standby_nodes: Vec<(Node, Client)>) -> Result<Sampler, BenchError> {
+    pub async fn new(
+        primary: Client,
+        standby_nodes: Vec<(Node, Client)>,
+    ) -> Result<Sampler, BenchError> {
         let current_lsn = primary
             .prepare("SELECT pg_current_wal_lsn()::text")
             .await
@@ -63,7 +66,10 @@ impl Sampler {
             let conninfo = client
                 .query_opt("SELECT conninfo FROM pg_stat_wal_receiver", &[])
                 .await
-                .map_err(BenchError::sql(format!("read the WAL receiver of `{}`", node.name)))?
+                .map_err(BenchError::sql(format!(
+                    "read the WAL receiver of `{}`",
+                    node.name
+                )))?
                 .and_then(|row| row.get::<_, Option<String>>(0));
             let Some(name) = conninfo.as_deref().and_then(walreceiver_application_name) else {
                 tracing::warn!(node = %node.name, "standby has no WAL receiver; its lag is read from the primary only");
@@ -72,7 +78,10 @@ impl Sampler {
             let replay = client
                 .prepare("SELECT pg_last_wal_replay_lsn()::text")
                 .await
-                .map_err(BenchError::sql(format!("prepare the replay query on `{}`", node.name)))?;
+                .map_err(BenchError::sql(format!(
+                    "prepare the replay query on `{}`",
+                    node.name
+                )))?;
             standbys.push((name, client, replay));
         }
         Ok(Sampler {
@@ -91,15 +100,17 @@ impl Sampler {
         let (senders, lsn, replays) = tokio::join!(
             self.primary.simple_query(SENDERS),
             self.primary.query_one(&self.current_lsn, &[]),
-            futures_util::future::join_all(self.standbys.iter().map(|(name, client, statement)| async move {
-                let lsn = client
-                    .query_one(statement, &[])
-                    .await
-                    .ok()
-                    .and_then(|row| row.get::<_, Option<String>>(0))
-                    .and_then(|text| text.parse::<Lsn>().ok());
-                (name.as_str(), lsn)
-            })),
+            futures_util::future::join_all(self.standbys.iter().map(
+                |(name, client, statement)| async move {
+                    let lsn = client
+                        .query_one(statement, &[])
+                        .await
+                        .ok()
+                        .and_then(|row| row.get::<_, Option<String>>(0))
+                        .and_then(|text| text.parse::<Lsn>().ok());
+                    (name.as_str(), lsn)
+                }
+            )),
         );
         let t_ms = origin.elapsed().as_secs_f64() * 1000.0;
         let primary_lsn: Lsn = lsn
@@ -114,13 +125,21 @@ impl Sampler {
             streaming: Vec::new(),
         };
         for message in &senders {
-            let SimpleQueryMessage::Row(row) = message else { continue };
-            let sender = SenderRow::parse(row).map_err(|e| BenchError::Invalid(format!("pg_stat_replication: {e}")))?;
-            let Some(name) = sender.application_name.clone() else { continue };
+            let SimpleQueryMessage::Row(row) = message else {
+                continue;
+            };
+            let sender = SenderRow::parse(row)
+                .map_err(|e| BenchError::Invalid(format!("pg_stat_replication: {e}")))?;
+            let Some(name) = sender.application_name.clone() else {
+                continue;
+            };
             if sender.state.as_deref() == Some("streaming") {
                 snapshot.streaming.push(name.clone());
             }
-            let own_replay = replays.iter().find(|(n, _)| *n == name).and_then(|(_, lsn)| *lsn);
+            let own_replay = replays
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, lsn)| *lsn);
             let replay = sender.replay_lsn.max(own_replay);
             let behind = |lsn: Option<Lsn>| lsn.map(|l| primary_lsn.saturating_sub(l));
             let point = LagPoint {

@@ -87,7 +87,11 @@ pub async fn prepare_tables(client: &Client, shape: Shape, scale: u32) -> Result
             ))
         })?;
         if existing != scale {
-            tracing::info!(existing, requested = scale, "using the existing pgbench tables and their scale");
+            tracing::info!(
+                existing,
+                requested = scale,
+                "using the existing pgbench tables and their scale"
+            );
         }
         return Ok(existing);
     }
@@ -126,7 +130,9 @@ async fn create_pgbench_tables(client: &Client, scale: u32) -> Result<(), BenchE
         client
             .batch_execute(statement)
             .await
-            .map_err(BenchError::sql(format!("create the pgbench tables: `{statement}`")))?;
+            .map_err(BenchError::sql(format!(
+                "create the pgbench tables: `{statement}`"
+            )))?;
     }
     Ok(())
 }
@@ -193,7 +199,10 @@ const UPDATE: (&str, &[Type]) = (
     &[Type::INT4, Type::INT4],
 );
 
-const INSERT: (&str, &[Type]) = ("INSERT INTO pgrepl_bench (payload) VALUES ($1)", &[Type::TEXT]);
+const INSERT: (&str, &[Type]) = (
+    "INSERT INTO pgrepl_bench (payload) VALUES ($1)",
+    &[Type::TEXT],
+);
 
 impl Prepared {
     pub async fn new(client: &Client, shape: Shape, scale: u32) -> Result<Prepared, BenchError> {
@@ -228,7 +237,11 @@ impl Prepared {
     }
 
     /// Runs one transaction; returns when its commit was acknowledged, with when it started.
-    pub async fn run_one(&self, client: &Client, random: &mut Random) -> Result<Instant, tokio_postgres::Error> {
+    pub async fn run_one(
+        &self,
+        client: &Client,
+        random: &mut Random,
+    ) -> Result<Instant, tokio_postgres::Error> {
         match self.shape {
             Shape::TpcbLike => {
                 // pgbench's \set lines, in its order.

@@ -12,7 +12,9 @@ use plotters::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::human_bytes;
-use super::lag::{cluster_nodes, conninfo_nodes, human_ms, lag_bytes, parse_duration, Align, Table};
+use super::lag::{
+    cluster_nodes, conninfo_nodes, human_ms, lag_bytes, parse_duration, Align, Table,
+};
 use pgrepl::bench::sample::Snapshot;
 use pgrepl::bench::{self, BenchOptions, BenchReport, Mode, ModeReport, Shape};
 
@@ -134,7 +136,14 @@ impl bench::Progress for Line {
         eprintln!("pgrepl: {text}");
     }
 
-    fn running(&self, mode: Mode, elapsed: Duration, total: Duration, transactions: u64, snapshot: &Snapshot) {
+    fn running(
+        &self,
+        mode: Mode,
+        elapsed: Duration,
+        total: Duration,
+        transactions: u64,
+        snapshot: &Snapshot,
+    ) {
         if !self.terminal {
             return;
         }
@@ -153,7 +162,11 @@ impl bench::Progress for Line {
             elapsed.as_secs_f64().min(total.as_secs_f64()),
             total.as_secs_f64(),
             tps,
-            if lags.is_empty() { "-".into() } else { lags.join(", ") }
+            if lags.is_empty() {
+                "-".into()
+            } else {
+                lags.join(", ")
+            }
         );
     }
 
@@ -176,7 +189,11 @@ fn table(report: &BenchReport) -> String {
         report.clients,
         human_ms(report.duration_s * 1000.0),
         report.scale,
-        if report.sync_standbys.is_empty() { "none".into() } else { report.sync_standbys.join(", ") }
+        if report.sync_standbys.is_empty() {
+            "none".into()
+        } else {
+            report.sync_standbys.join(", ")
+        }
     );
     let mut modes = Table::new(&[
         ("MODE", 12, Align::Left),
@@ -253,7 +270,10 @@ fn draw(report: &BenchReport, path: &Path) -> anyhow::Result<()> {
     let max_tps = report.modes.iter().map(|m| m.tps).fold(1.0, f64::max) * 1.15;
     let mut tps = ChartBuilder::on(&areas[0])
         .caption(
-            format!("{}: TPS per mode ({} clients)", report.shape, report.clients),
+            format!(
+                "{}: TPS per mode ({} clients)",
+                report.shape, report.clients
+            ),
             ("sans-serif", 20),
         )
         .margin(12)
@@ -272,7 +292,10 @@ fn draw(report: &BenchReport, path: &Path) -> anyhow::Result<()> {
         .map_err(|e| failed(&e))?;
     tps.draw_series(report.modes.iter().enumerate().map(|(i, m)| {
         let mut bar = Rectangle::new(
-            [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), m.tps)],
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), m.tps),
+            ],
             BLUE.mix(0.6).filled(),
         );
         bar.set_margin(0, 0, 20, 20);
@@ -321,7 +344,9 @@ fn draw(report: &BenchReport, path: &Path) -> anyhow::Result<()> {
                 ))
                 .map_err(|e| failed(&e))?
                 .label(standby.name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         if !mode.standbys.is_empty() {
             chart

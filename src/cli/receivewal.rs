@@ -36,7 +36,12 @@ pub struct ReceivewalArgs {
     #[arg(long = "no-sync")]
     pub no_sync: bool,
     /// Seconds between status updates to the server.
-    #[arg(short = 's', long = "status-interval", value_name = "SECS", default_value = "10")]
+    #[arg(
+        short = 's',
+        long = "status-interval",
+        value_name = "SECS",
+        default_value = "10"
+    )]
     pub status_interval: u64,
     /// Print the summary as JSON.
     #[arg(long = "json")]

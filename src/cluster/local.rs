@@ -43,7 +43,7 @@ impl LocalRuntime {
                 )
             })?,
         };
-        let run_as = if unsafe_is_root() { Some(postgres_user()?) } else { None };
+        let run_as = if running_as_root() { Some(postgres_user()?) } else { None };
         Ok(LocalRuntime { bin_dir, state_dir, run_as })
     }
 
@@ -254,7 +254,7 @@ fn find_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, dir)| dir)
 }
 
-fn unsafe_is_root() -> bool {
+fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

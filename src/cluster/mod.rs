@@ -150,7 +150,7 @@ impl Cluster {
                 if let Some(image) = &choice.image {
                     settings.image = image.clone();
                 }
-                Runtime::Docker(docker::DockerRuntime::new(state_dir, settings)?)
+                Runtime::Docker(Box::new(docker::DockerRuntime::new(state_dir, settings)?))
             }
         };
         Ok(Cluster { spec, file_spec, runtime, replication_password, state_dir: cluster_state_dir })

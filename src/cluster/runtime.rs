@@ -12,7 +12,8 @@ use crate::conn::ConnectOptions;
 #[derive(Debug)]
 pub enum Runtime {
     Local(LocalRuntime),
-    Docker(DockerRuntime),
+    /// Boxed: it holds the engine client, several times the local runtime's size.
+    Docker(Box<DockerRuntime>),
 }
 
 impl Runtime {

@@ -159,8 +159,9 @@ pub async fn receive_wal(
         }
     }
 
-    let found = find_streaming_start(&options.dir, segment_size)
-        .map_err(ReceiveError::io(format!("read `{}`", options.dir.display())))?;
+    let found = find_streaming_start(&options.dir, segment_size).map_err(ReceiveError::io(
+        format!("read `{}`", options.dir.display()),
+    ))?;
     let (timeline, start, start_source) = match found {
         Some(found) => found,
         None => {
@@ -251,7 +252,10 @@ pub fn find_streaming_start(
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(found) = name.to_str().and_then(|n| parse_segment_name(n, segment_size)) else {
+        let Some(found) = name
+            .to_str()
+            .and_then(|n| parse_segment_name(n, segment_size))
+        else {
             continue;
         };
         if !found.partial {

@@ -16,8 +16,7 @@ fn settings(primary: &PgServer) -> (String, String) {
     let shown = primary.psql(
         "select current_setting('synchronous_standby_names') || '|' || current_setting('synchronous_commit')",
     );
-    let auto_conf =
-        std::fs::read_to_string(primary.data_dir.join("postgresql.auto.conf")).unwrap();
+    let auto_conf = std::fs::read_to_string(primary.data_dir.join("postgresql.auto.conf")).unwrap();
     (shown, auto_conf)
 }
 
@@ -95,14 +94,22 @@ fn every_mode_commits_and_the_settings_are_restored() {
     );
     // It said what it changed and restored.
     let said = stderr(&output);
-    assert!(said.contains("synchronous_commit: 'local' -> 'on'"), "{said}");
+    assert!(
+        said.contains("synchronous_commit: 'local' -> 'on'"),
+        "{said}"
+    );
     assert!(said.contains("restored"), "{said}");
     assert_eq!(settings(&cluster.primary), before);
     let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("standby_a"), "{svg:.300}");
+    assert!(
+        svg.contains("<svg") && svg.contains("standby_a"),
+        "{svg:.300}"
+    );
     // pgbench's tables were created at scale 1.
     assert_eq!(
-        cluster.primary.psql("select count(*) from pgbench_branches"),
+        cluster
+            .primary
+            .psql("select count(*) from pgbench_branches"),
         "1"
     );
 }
@@ -122,7 +129,10 @@ fn an_interrupted_run_restores_the_settings() {
         .spawn()
         .expect("start pgrepl bench");
     wait_for("the sync policy to be set", Duration::from_secs(30), || {
-        cluster.primary.psql("show synchronous_standby_names") != ""
+        !cluster
+            .primary
+            .psql("show synchronous_standby_names")
+            .is_empty()
     });
     wait_for("the load to commit", Duration::from_secs(30), || {
         cluster
@@ -135,6 +145,9 @@ fn an_interrupted_run_restores_the_settings() {
     let mut said = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut said).unwrap();
     assert_eq!(status.code(), Some(2), "{said}");
-    assert!(said.contains("cancelled") && said.contains("restored"), "{said}");
+    assert!(
+        said.contains("cancelled") && said.contains("restored"),
+        "{said}"
+    );
     assert_eq!(settings(&cluster.primary), before);
 }

@@ -248,3 +248,25 @@ fn zero_acknowledged_commits_lost_across_failovers() {
     eprintln!("{rounds} rounds, 0 acknowledged commits lost; worst kill-to-first-write {:.2} s", worst.as_secs_f64());
 }
 
+
+#[test]
+fn up_works_with_other_majors_given_by_pg_bin() {
+    let wanted = [14, 18];
+    let installs: Vec<PgInstall> = PgInstall::all().into_iter().filter(|i| wanted.contains(&i.major)).collect();
+    if installs.is_empty() {
+        eprintln!("PostgreSQL 14 and 18 are not installed here; run scripts/install-pg 14 18");
+        return;
+    }
+    for install in installs {
+        let cluster = TestCluster::new();
+        cluster.ok(&["up", "--pg-bin", install.bin_dir.to_str().unwrap()]);
+        assert!(cluster.psql(0, "show server_version").starts_with(&install.major.to_string()));
+        assert_eq!(
+            cluster.psql(0, "select application_name, sync_state from pg_stat_replication order by sync_state desc"),
+            "pg_slave|sync\npg_asyncslave|potential",
+            "PostgreSQL {}",
+            install.major
+        );
+        cluster.ok(&["down", "--purge", "--pg-bin", install.bin_dir.to_str().unwrap()]);
+    }
+}

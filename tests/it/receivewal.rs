@@ -67,7 +67,9 @@ fn spawn_receivewal(server: &PgServer, dir: &Path) -> Child {
 /// SIGTERM, and the exit status and stderr of a clean stop.
 fn terminate(child: Child) -> Output {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let output = child.wait_with_output().expect("wait for pgrepl receivewal");
+    let output = child
+        .wait_with_output()
+        .expect("wait for pgrepl receivewal");
     assert!(
         output.status.success(),
         "receivewal did not stop cleanly on SIGTERM: {}",
@@ -134,12 +136,25 @@ fn segments_are_byte_identical_to_pg_receivewals() {
         std::fs::create_dir(dir).unwrap();
     }
     let output = Command::new(install.bin("pg_receivewal"))
-        .args(["-d", &conninfo(&server), "-S", "stock", "-E", &end, "--no-loop", "-D"])
+        .args([
+            "-d",
+            &conninfo(&server),
+            "-S",
+            "stock",
+            "-E",
+            &end,
+            "--no-loop",
+            "-D",
+        ])
         .arg(&stock)
         .env("PGPASSWORD", harness::REP_SCRAM_PASSWORD)
         .output()
         .expect("run pg_receivewal");
-    assert!(output.status.success(), "pg_receivewal: {}", stderr(&output));
+    assert!(
+        output.status.success(),
+        "pg_receivewal: {}",
+        stderr(&output)
+    );
     receivewal(&server, &ours, &["-S", "ours", "-E", &end]);
 
     assert_eq!(complete_segments(&ours), complete_segments(&stock));
@@ -172,11 +187,7 @@ fn a_run_stopped_by_sigterm_resumes_from_the_partial_segment() {
         status == "1"
     });
     let first = terminate(child);
-    assert!(
-        stderr(&first).contains("interrupted"),
-        "{}",
-        stderr(&first)
-    );
+    assert!(stderr(&first).contains("interrupted"), "{}", stderr(&first));
     let partial: Vec<String> = names(dir)
         .into_iter()
         .filter(|n| n.ends_with(".partial"))
@@ -210,22 +221,24 @@ fn a_promotion_is_followed_onto_the_new_timeline() {
     let archive = tempfile::tempdir().unwrap();
     let dir = archive.path();
     let child = spawn_receivewal(&standby, dir);
-    wait_for("streaming from the standby", Duration::from_secs(30), || {
-        names(dir).iter().any(|n| n.ends_with(".partial"))
-    });
+    wait_for(
+        "streaming from the standby",
+        Duration::from_secs(30),
+        || names(dir).iter().any(|n| n.ends_with(".partial")),
+    );
     generate_wal(&primary, 2);
     // A switch point in the middle of a segment: it stays partial on timeline 1.
     primary.psql("insert into filler select g, 'before promotion' from generate_series(1, 100) g");
     let replayed = primary.psql("select pg_current_wal_lsn()");
     wait_for("the standby to replay", Duration::from_secs(30), || {
-        standby.psql(&format!(
-            "select pg_last_wal_replay_lsn() >= '{replayed}'"
-        )) == "t"
+        standby.psql(&format!("select pg_last_wal_replay_lsn() >= '{replayed}'")) == "t"
     });
     assert_eq!(standby.psql("select pg_promote()"), "t");
     generate_wal(&standby, 2);
     wait_for("segments of timeline 2", Duration::from_secs(30), || {
-        complete_segments(dir).iter().any(|n| n.starts_with("00000002"))
+        complete_segments(dir)
+            .iter()
+            .any(|n| n.starts_with("00000002"))
     });
     terminate(child);
 
@@ -239,7 +252,9 @@ fn a_promotion_is_followed_onto_the_new_timeline() {
         "{names:?}"
     );
     assert!(
-        complete_segments(dir).iter().any(|n| n.starts_with("00000001")),
+        complete_segments(dir)
+            .iter()
+            .any(|n| n.starts_with("00000001")),
         "{names:?}"
     );
     let history = std::fs::read_to_string(dir.join("00000002.history")).unwrap();
