@@ -16,6 +16,17 @@ use pgrepl::proto::base_backup::BackupStreamMessage;
 /// A data directory's shape in miniature: relation files of 1 MB and some small ones.
 fn archive() -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
+    // The server sends every directory before its contents.
+    for dir in ["base", "base/5"] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(0);
+        header.set_mode(0o700);
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, dir, std::io::empty())
+            .expect("in-memory tar");
+    }
     let mut add = |path: &str, size: usize| {
         let mut header = tar::Header::new_ustar();
         header.set_size(size as u64);

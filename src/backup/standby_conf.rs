@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::conn::config::conf_string_literal;
@@ -32,6 +32,12 @@ pub fn write_standby_config(
         .append(true)
         .mode(0o600)
         .open(data_dir.join("postgresql.auto.conf"))?;
+    // The mode above only applies to a new file; the one from the archive keeps the server's
+    // (0640 in a cluster with group access). Tighten it before the password goes in.
+    let mode = auto_conf.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        auto_conf.set_permissions(fs::Permissions::from_mode(mode & 0o700))?;
+    }
     auto_conf.write_all(settings.as_bytes())?;
     fs::OpenOptions::new()
         .create(true)
@@ -63,5 +69,16 @@ mod tests {
             "{text}"
         );
         assert!(tmp.path().join("standby.signal").exists());
+    }
+
+    #[test]
+    fn an_existing_group_readable_auto_conf_becomes_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let auto_conf = tmp.path().join("postgresql.auto.conf");
+        fs::write(&auto_conf, "# from the archive\n").unwrap();
+        fs::set_permissions(&auto_conf, fs::Permissions::from_mode(0o640)).unwrap();
+        write_standby_config(tmp.path(), "host=db password=secret", None).unwrap();
+        let mode = fs::metadata(&auto_conf).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

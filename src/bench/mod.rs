@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -209,18 +210,16 @@ pub async fn run(
         settings_log: Vec::new(),
         modes: Vec::new(),
     };
-    let outcome = run_modes(
-        &primary,
-        &admin,
-        &sampler,
-        &mut settings,
+    let run = Run {
+        primary: &primary,
+        admin: &admin,
+        sampler: &sampler,
         options,
         scale,
-        &mut report,
         progress,
         cancel,
-    )
-    .await;
+    };
+    let outcome = run.modes(&mut settings, &mut report).await;
     // Always, also after an error or Ctrl-C: the primary must not keep a policy it did not have.
     let restored = settings.restore(&admin).await;
     match &restored {
@@ -283,55 +282,139 @@ async fn connect(node: &Node) -> Result<Client, BenchError> {
         })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_modes(
-    primary: &Node,
-    admin: &Client,
-    sampler: &Sampler,
-    settings: &mut Settings,
-    options: &BenchOptions,
+/// What every mode of one run shares.
+struct Run<'a> {
+    primary: &'a Node,
+    admin: &'a Client,
+    sampler: &'a Sampler,
+    options: &'a BenchOptions,
     scale: u32,
-    report: &mut BenchReport,
-    progress: &dyn Progress,
-    cancel: &CancellationToken,
-) -> Result<(), BenchError> {
-    if let Some(mode) = options.modes.iter().find(|m| m.needs_standby()) {
-        if report.sync_standbys.is_empty() {
-            return Err(BenchError::NoStandby(mode.name()));
+    progress: &'a dyn Progress,
+    cancel: &'a CancellationToken,
+}
+
+impl Run<'_> {
+    async fn modes(
+        &self,
+        settings: &mut Settings,
+        report: &mut BenchReport,
+    ) -> Result<(), BenchError> {
+        if let Some(mode) = self.options.modes.iter().find(|m| m.needs_standby()) {
+            if report.sync_standbys.is_empty() {
+                return Err(BenchError::NoStandby(mode.name()));
+            }
         }
+        for &mode in &self.options.modes {
+            // Every mode starts from caught-up standbys, so none inherits the last one's backlog.
+            let origin = Instant::now();
+            let target = self.sampler.sample(origin).await?.primary_lsn;
+            cancellable(
+                self.cancel,
+                catch_up(
+                    self.sampler,
+                    target,
+                    origin,
+                    self.options,
+                    &mut BTreeMap::new(),
+                ),
+            )
+            .await??;
+            for line in settings
+                .apply(self.admin, mode, &report.sync_standbys)
+                .await?
+            {
+                let line = format!("mode {}: set {line}", mode.name());
+                self.progress.note(&line);
+                report.settings_log.push(line);
+            }
+            let mode_report =
+                cancellable(self.cancel, self.mode(mode, &report.sync_standbys)).await??;
+            self.progress.finished(&mode_report);
+            report.modes.push(mode_report);
+        }
+        Ok(())
     }
-    for &mode in &options.modes {
-        // Every mode starts from caught-up standbys, so none inherits the last one's backlog.
+
+    async fn mode(&self, mode: Mode, sync_standbys: &[String]) -> Result<ModeReport, BenchError> {
+        let (sampler, options, progress) = (self.sampler, self.options, self.progress);
+        let clients = Clients::connect(
+            &self.primary.connect,
+            options.clients,
+            options.shape,
+            self.scale,
+        )
+        .await?;
+        let done = Arc::new(AtomicU64::new(0));
         let origin = Instant::now();
-        let target = sampler.sample(origin).await?.primary_lsn;
-        cancellable(
-            cancel,
-            catch_up(sampler, target, origin, options, &mut BTreeMap::new()),
-        )
-        .await??;
-        for line in settings.apply(admin, mode, &report.sync_standbys).await? {
-            let line = format!("mode {}: set {line}", mode.name());
-            progress.note(&line);
-            report.settings_log.push(line);
-        }
-        let mode_report = cancellable(
-            cancel,
-            run_mode(
-                primary,
-                sampler,
-                mode,
-                options,
-                scale,
-                &report.sync_standbys,
-                progress,
-                cancel,
-            ),
-        )
-        .await??;
-        progress.finished(&mode_report);
-        report.modes.push(mode_report);
+        let start_lsn = sampler.sample(origin).await?.primary_lsn;
+        let mut series: BTreeMap<String, Vec<LagPoint>> = BTreeMap::new();
+        // Its own task, so that sampling never holds up the clients; in a JoinSet, so that an
+        // error here stops it too.
+        let mut load = JoinSet::new();
+        load.spawn(clients.run(options.duration, Arc::clone(&done), self.cancel.clone()));
+        let mut ticker = tokio::time::interval(options.sample_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                Some(result) = load.join_next() => break result,
+                _ = ticker.tick() => {
+                    let snapshot = sampler.sample(origin).await?;
+                    record(&mut series, &snapshot);
+                    progress.running(mode, origin.elapsed(), options.duration, done.load(Ordering::Relaxed), &snapshot);
+                }
+            }
+        };
+        let result =
+            result.map_err(|e| BenchError::Invalid(format!("the load task failed: {e}")))??;
+        let load_end = Instant::now();
+        let end_lsn = sampler.sample(origin).await?.primary_lsn;
+        let caught_up = catch_up(sampler, end_lsn, origin, options, &mut series).await?;
+
+        let elapsed_s = result.elapsed.as_secs_f64();
+        let wal_bytes = end_lsn.saturating_sub(start_lsn);
+        let h = &result.latency_us;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let standbys = series
+            .into_iter()
+            .map(|(name, samples)| {
+                let max = |f: fn(&LagPoint) -> Option<u64>| {
+                    samples.iter().filter_map(f).max().unwrap_or(0)
+                };
+                StandbyReport {
+                    max_write_lag_bytes: max(|p| p.write_lag_bytes),
+                    max_flush_lag_bytes: max(|p| p.flush_lag_bytes),
+                    max_replay_lag_bytes: max(|p| p.replay_lag_bytes),
+                    max_replay_lag_ms: samples
+                        .iter()
+                        .filter_map(|p| p.replay_lag_ms)
+                        .reduce(f64::max),
+                    catch_up_ms: caught_up
+                        .get(&name)
+                        .map(|at| at.saturating_duration_since(load_end).as_secs_f64() * 1000.0),
+                    name,
+                    samples,
+                }
+            })
+            .collect();
+        Ok(ModeReport {
+            mode,
+            synchronous_standby_names: mode.standby_names(sync_standbys),
+            synchronous_commit: mode.synchronous_commit(),
+            transactions: result.transactions,
+            elapsed_s,
+            tps: result.transactions as f64 / elapsed_s.max(f64::EPSILON),
+            latency_ms: Latency {
+                p50: ms(h.value_at_quantile(0.50)),
+                p95: ms(h.value_at_quantile(0.95)),
+                p99: ms(h.value_at_quantile(0.99)),
+                max: ms(h.max()),
+                mean: h.mean() / 1000.0,
+            },
+            wal_bytes,
+            wal_bytes_per_sec: wal_bytes as f64 / elapsed_s.max(f64::EPSILON),
+            standbys,
+        })
     }
-    Ok(())
 }
 
 /// `work`, unless `cancel` fires first.
@@ -344,87 +427,6 @@ async fn cancellable<T>(
         _ = cancel.cancelled() => Err(BenchError::Cancelled),
         value = work => Ok(value),
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_mode(
-    primary: &Node,
-    sampler: &Sampler,
-    mode: Mode,
-    options: &BenchOptions,
-    scale: u32,
-    sync_standbys: &[String],
-    progress: &dyn Progress,
-    cancel: &CancellationToken,
-) -> Result<ModeReport, BenchError> {
-    let clients = Clients::connect(&primary.connect, options.clients, options.shape, scale).await?;
-    let done = Arc::new(AtomicU64::new(0));
-    let origin = Instant::now();
-    let start_lsn = sampler.sample(origin).await?.primary_lsn;
-    let mut series: BTreeMap<String, Vec<LagPoint>> = BTreeMap::new();
-    // Its own task, so that sampling never holds up the clients.
-    let mut load = tokio::spawn(clients.run(options.duration, Arc::clone(&done), cancel.clone()));
-    let mut ticker = tokio::time::interval(options.sample_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
-        tokio::select! {
-            result = &mut load => break result,
-            _ = ticker.tick() => {
-                let snapshot = sampler.sample(origin).await?;
-                record(&mut series, &snapshot);
-                progress.running(mode, origin.elapsed(), options.duration, done.load(Ordering::Relaxed), &snapshot);
-            }
-        }
-    };
-    let result =
-        result.map_err(|e| BenchError::Invalid(format!("the load task failed: {e}")))??;
-    let load_end = Instant::now();
-    let end_lsn = sampler.sample(origin).await?.primary_lsn;
-    let caught_up = catch_up(sampler, end_lsn, origin, options, &mut series).await?;
-
-    let elapsed_s = result.elapsed.as_secs_f64();
-    let wal_bytes = end_lsn.saturating_sub(start_lsn);
-    let h = &result.latency_us;
-    let ms = |us: u64| us as f64 / 1000.0;
-    let standbys = series
-        .into_iter()
-        .map(|(name, samples)| {
-            let max =
-                |f: fn(&LagPoint) -> Option<u64>| samples.iter().filter_map(f).max().unwrap_or(0);
-            StandbyReport {
-                max_write_lag_bytes: max(|p| p.write_lag_bytes),
-                max_flush_lag_bytes: max(|p| p.flush_lag_bytes),
-                max_replay_lag_bytes: max(|p| p.replay_lag_bytes),
-                max_replay_lag_ms: samples
-                    .iter()
-                    .filter_map(|p| p.replay_lag_ms)
-                    .reduce(f64::max),
-                catch_up_ms: caught_up
-                    .get(&name)
-                    .map(|at| at.saturating_duration_since(load_end).as_secs_f64() * 1000.0),
-                name,
-                samples,
-            }
-        })
-        .collect();
-    Ok(ModeReport {
-        mode,
-        synchronous_standby_names: mode.standby_names(sync_standbys),
-        synchronous_commit: mode.synchronous_commit(),
-        transactions: result.transactions,
-        elapsed_s,
-        tps: result.transactions as f64 / elapsed_s.max(f64::EPSILON),
-        latency_ms: Latency {
-            p50: ms(h.value_at_quantile(0.50)),
-            p95: ms(h.value_at_quantile(0.95)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-            mean: h.mean() / 1000.0,
-        },
-        wal_bytes,
-        wal_bytes_per_sec: wal_bytes as f64 / elapsed_s.max(f64::EPSILON),
-        standbys,
-    })
 }
 
 fn record(series: &mut BTreeMap<String, Vec<LagPoint>>, snapshot: &Snapshot) {

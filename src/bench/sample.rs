@@ -91,10 +91,6 @@ impl Sampler {
         })
     }
 
-    pub fn primary(&self) -> &Client {
-        &self.primary
-    }
-
     /// Reads every position once; `origin` is when the load started.
     pub async fn sample(&self, origin: Instant) -> Result<Snapshot, BenchError> {
         let (senders, lsn, replays) = tokio::join!(

@@ -160,6 +160,10 @@ pub struct BasebackupArgs {
     /// ones pgrepl connected to).
     #[arg(long = "primary-host", value_name = "HOST[:PORT]")]
     pub primary_host: Option<String>,
+    /// With -R, put `passfile=FILE` in primary_conninfo instead of the password: the standby
+    /// reads the password from FILE (an absolute path on the standby's host, mode 0600).
+    #[arg(long = "passfile", value_name = "FILE", requires = "write_recovery_conf")]
+    pub passfile: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long = "json")]
     pub json: bool,

@@ -181,6 +181,15 @@ fn backup_options(
         .as_deref()
         .map(|h| parse_host_port(h, connect.port))
         .transpose()?;
+    if let Some(passfile) = &args.passfile {
+        if !passfile.is_absolute() {
+            bail!(
+                "--passfile `{}` must be an absolute path: the standby reads it from its own working directory",
+                passfile.display()
+            );
+        }
+        options.primary_passfile = Some(passfile.clone());
+    }
     Ok(options)
 }
 

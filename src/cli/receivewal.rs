@@ -27,7 +27,7 @@ pub struct ReceivewalArgs {
     #[arg(short = 'S', long = "slot")]
     pub slot: Option<String>,
     /// Create the slot given with -S (permanent, WAL reserved) before streaming.
-    #[arg(long = "create-slot", requires = "slot")]
+    #[arg(short = 'C', long = "create-slot", requires = "slot")]
     pub create_slot: bool,
     /// Stop once WAL up to this LSN has been received (e.g. 0/3000000).
     #[arg(short = 'E', long = "endpos", value_name = "LSN")]

@@ -59,7 +59,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_TAIL: usize = 20;
 
 /// What the image offers for running a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum ImageKind {
     /// The official images: `docker-entrypoint.sh` initialises an empty PGDATA itself.
     Entrypoint,
@@ -69,7 +69,7 @@ enum ImageKind {
 
 #[derive(Debug)]
 pub struct DockerRuntime {
-    pub state_dir: PathBuf,
+    state_dir: PathBuf,
     settings: DockerSettings,
     superuser_password: Password,
     /// Connected and version-negotiated on first use, so commands that never touch the engine
@@ -199,19 +199,24 @@ impl DockerRuntime {
                     }
                 })?;
                 let config = inspect.config.unwrap_or_default();
-                let launcher = config.entrypoint.iter().chain(config.cmd.iter()).flatten();
-                let has_entrypoint_script = launcher.clone().any(|a| a.ends_with("docker-entrypoint.sh"));
+                let has_entrypoint_script = config
+                    .entrypoint
+                    .iter()
+                    .chain(config.cmd.iter())
+                    .flatten()
+                    .any(|a| a.ends_with("docker-entrypoint.sh"));
+                // The engine's own PATH when the image sets none.
                 let path = config
                     .env
                     .iter()
                     .flatten()
                     .find_map(|v| v.strip_prefix("PATH="))
-                    .unwrap_or("/usr/local/bin:/usr/bin:/bin")
+                    .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
                     .to_owned();
                 let Some(bin_dir) = self.find_server_binaries(&path).await? else {
                     return Err(ClusterError::Setup(format!(
-                        "image `{image}` has neither `postgres` nor `initdb` on its PATH (`{path}`): give a PostgreSQL \
-                         image (--image postgres:17, or one built by compose/build-image)"
+                        "image `{image}` has no PostgreSQL server: no directory on its PATH (`{path}`) holds `postgres` \
+                         and `initdb`; give a PostgreSQL image (--image postgres:17, or one built by compose/build-image)"
                     )));
                 };
                 let kind = if has_entrypoint_script { ImageKind::Entrypoint } else { ImageKind::Bare { bin_dir } };
@@ -240,31 +245,31 @@ impl DockerRuntime {
             )
             .await
             .map_err(engine_err(format!("create a container from `{image}` to look for postgres")))?;
-        let mut found = None;
-        let mut failure = None;
-        'dirs: for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let found = self.search_path(docker, &probe.id, path).await;
+        let removed = docker
+            .remove_container(&probe.id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .await
+            .map_err(engine_err("remove the image probe container"));
+        let found = found?;
+        removed?;
+        Ok(found)
+    }
+
+    async fn search_path(&self, docker: &Docker, container: &str, path: &str) -> Result<Option<String>, ClusterError> {
+        'dirs: for dir in path.split(':').filter(|d| d.starts_with('/')).map(|d| d.trim_end_matches('/')) {
             for tool in ["postgres", "initdb"] {
-                let options = ContainerArchiveInfoOptions { path: format!("{}/{tool}", dir.trim_end_matches('/')) };
-                match docker.get_container_archive_info(&probe.id, Some(options)).await {
+                let options = ContainerArchiveInfoOptions { path: format!("{dir}/{tool}") };
+                match docker.get_container_archive_info(container, Some(options)).await {
                     Ok(_) => {}
                     Err(e) if is_not_found(&e) => continue 'dirs,
                     Err(e) => {
-                        failure = Some(engine_err(format!("look for `{tool}` in `{image}`"))(e));
-                        break 'dirs;
+                        return Err(engine_err(format!("look for `{dir}/{tool}` in `{}`", self.settings.image))(e))
                     }
                 }
             }
-            found = Some(dir.trim_end_matches('/').to_owned());
-            break;
+            return Ok(Some(dir.to_owned()));
         }
-        docker
-            .remove_container(&probe.id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
-            .await
-            .map_err(engine_err("remove the image probe container"))?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(found),
-        }
+        Ok(None)
     }
 
     fn labels(&self) -> HashMap<String, String> {

@@ -592,6 +592,11 @@ fn parse_uri(uri: &str, rest: &str) -> Result<ConnParams, ConfigError> {
 /// because it may be a password.
 fn percent_decode(raw: &str, what: &str) -> Result<String, String> {
     let trimmed = raw.trim_matches(' ');
+    // A raw NUL would slip past `ConnParams::set`'s check: host, port, user, password and
+    // dbname are stored directly. No C string (libpq, the server) can carry one.
+    if trimmed.contains('\0') {
+        return Err(format!("forbidden NUL byte in {what}"));
+    }
     if trimmed.contains(' ') {
         return Err(format!(
             "unexpected space in {what}; use a percent-encoded space (%20)"
@@ -1366,6 +1371,14 @@ mod tests {
             (
                 "postgresql://h/db%00",
                 "invalid connection URI `postgresql://h/db%00`: forbidden %00 in database name",
+            ),
+            (
+                "postgresql://h/db\0x",
+                "invalid connection URI `postgresql://h/db\0x`: forbidden NUL byte in database name",
+            ),
+            (
+                "postgresql://u:pw\0@h",
+                "invalid connection URI `postgresql://u:***@h`: forbidden NUL byte in password",
             ),
             (
                 "postgresql://h/my db",

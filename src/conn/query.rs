@@ -90,17 +90,36 @@ pub struct SlotInfo {
     pub restart_timeline: Option<u32>,
 }
 
+/// Most bytes of row data one simple query may return. The replication commands answer with a
+/// row or a few (a timeline history file is the largest, a few KiB); the cap keeps a server that
+/// sends rows without end from filling memory.
+pub const MAX_RESULT_BYTES: usize = 32 * 1024 * 1024;
+
 impl Connection {
     /// Sends one query and collects its result sets up to ReadyForQuery. An ErrorResponse is
     /// returned as `ConnectionError::Server` after draining, so the session stays usable.
+    /// More than [`MAX_RESULT_BYTES`] of rows is an error.
     pub async fn simple_query(&mut self, text: &str) -> Result<Vec<ResultSet>, ConnectionError> {
         self.send_query(text)?;
         self.flush().await?;
         let mut sets = Vec::new();
         let mut current: Option<ResultSet> = None;
         let mut error = None;
+        let mut result_bytes = 0usize;
         loop {
-            match self.read_message().await? {
+            let message = self.read_message().await?;
+            if let BackendMessage::DataRow { values } = &message {
+                // What the rows hold on to: the values and the slots for them (NULLs too).
+                let slots = values.len() * std::mem::size_of::<Option<Bytes>>();
+                result_bytes += slots + values.iter().flatten().map(Bytes::len).sum::<usize>();
+                if result_bytes > MAX_RESULT_BYTES {
+                    return Err(ConnectionError::Unexpected {
+                        expected: "a result of at most 32 MiB",
+                        got: format!("more rows than that in answer to `{text}`"),
+                    });
+                }
+            }
+            match message {
                 BackendMessage::RowDescription { columns } => {
                     current = Some(ResultSet {
                         columns,

@@ -1,6 +1,7 @@
 mod basebackup;
 mod bench;
 mod fake_server;
+mod faults;
 mod cluster_docker;
 mod cluster_flow;
 mod cluster_local;
