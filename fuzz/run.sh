@@ -34,8 +34,12 @@ for t in "${targets[@]}"; do
     total=$((total + execs))
     if [ $rc -ne 0 ]; then
         echo "fuzz: $t FAILED after $execs executions:"
-        grep -a -E -A12 'panicked|ERROR: (libFuzzer|AddressSanitizer)' "$log" | head -40
-        grep -a -E 'Test unit written|Base64' "$log"
+        if grep -a -q -E 'panicked|ERROR: (libFuzzer|AddressSanitizer)' "$log"; then
+            grep -a -E -A12 'panicked|ERROR: (libFuzzer|AddressSanitizer)' "$log" | head -40
+            grep -a -E 'Test unit written|Base64' "$log"
+        else
+            tail -30 "$log"
+        fi
         exit 1
     fi
     echo "fuzz: $t: $execs executions in ${seconds}s, no crash (corpus: $(ls "corpus/$t" | wc -l) inputs)"

@@ -801,8 +801,10 @@ impl OpenArchive {
     }
 
     async fn finish(mut self) -> Result<Vec<WrittenFile>, BackupError> {
-        // If this fails, the extractor has stopped and its own error is the one to report.
-        let _ = self.hand_over().await;
+        if !self.batch.is_empty() {
+            // If this fails, the extractor has stopped and its own error is the one to report.
+            let _ = self.hand_over().await;
+        }
         drop(self.tx);
         self.task
             .await

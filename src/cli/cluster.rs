@@ -166,12 +166,10 @@ pub struct FailoverArgs {
     /// The standby to promote (default: the most advanced one).
     #[arg(long = "to", value_name = "NODE")]
     pub to: Option<String>,
-    /// Promote even a standby that is behind another, or beyond --max-lag-bytes.
+    /// Promote the given standby at once even when another holds more WAL (that one then needs
+    /// `pgrepl rejoin`); without it, the target first catches up from the other.
     #[arg(long)]
     pub force: bool,
-    /// Refuse a target further behind the most advanced standby than this many bytes.
-    #[arg(long = "max-lag-bytes", default_value_t = 0)]
-    pub max_lag_bytes: u64,
     /// Print the plan and the pre-flight checks only.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -226,7 +224,6 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         to: args.to,
         force: args.force,
         dry_run: args.dry_run,
-        max_lag_bytes: args.max_lag_bytes,
     };
     let report = cluster.failover(&options, &PrintSteps(Instant::now())).await?;
     print_role_change(&report, args.json)?;

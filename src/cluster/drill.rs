@@ -191,7 +191,7 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Check("the sync policy names no synchronous standby".into()))?;
         let before = spec.clone();
         let killed_at = Instant::now();
-        self.failover(&FailoverOptions { to: Some(sync_standby.clone()), force: false, dry_run: false, max_lag_bytes: u64::MAX }, log).await?;
+        self.failover(&FailoverOptions { to: Some(sync_standby.clone()), force: false, dry_run: false }, log).await?;
         let spec = self.current_spec()?;
         let client = self.primary_sql(&spec).await?;
         tokio::time::timeout(Duration::from_secs(30), client.execute("INSERT INTO pgrepl_drill VALUES (4)", &[]))

@@ -56,10 +56,10 @@ pub struct TimedStep {
 #[derive(Debug, Clone, Default)]
 pub struct FailoverOptions {
     pub to: Option<String>,
+    /// Promote the given target without letting it catch up with a more advanced standby
+    /// (which then needs a rejoin).
     pub force: bool,
     pub dry_run: bool,
-    /// Refuse a target further behind the most advanced node than this, unless forced.
-    pub max_lag_bytes: u64,
 }
 
 /// Records each step with how long it took, and echoes it to the step log.
@@ -121,38 +121,58 @@ impl Cluster {
         })
     }
 
-    /// Fences the primary, promotes the best (or the given) standby, re-points the others and
-    /// swaps the sync policy's names.
+    /// Fences the primary, then promotes the most advanced (or the given) standby, re-points the
+    /// others and swaps the sync policy's names. A given target that is behind another standby
+    /// first catches up from it (cascading replication), so no standby is left past the fork.
     pub async fn failover(&self, options: &FailoverOptions, log: &dyn StepLog) -> Result<RoleChangeReport, ClusterError> {
         let spec = self.current_spec()?;
-        let probes = self.probe_all().await;
         let old = spec.primary();
-        let target = choose_target(&spec, &probes, options)?;
-        let new_spec = self.file_spec.with_primary(&target.name)?;
-        let others: Vec<&NodeSpec> = new_spec.standbys().filter(|s| s.name != old.name).collect();
-        let plan = vec![
-            format!("fence `{}`: stop it hard so it cannot take writes", old.name),
-            format!("promote `{}` (at {})", target.name, target.position().map_or("?".into(), |l| l.to_string())),
-            format!("re-point {} to `{}`", names(&others), target.name),
-            format!("sync policy on `{}`: {}", target.name, new_spec.synchronous_standby_names()),
-            format!("later: `pgrepl rejoin {}` brings the old primary back as a standby", old.name),
-        ];
         let mut report = RoleChangeReport {
             action: "failover",
             old_primary: old.name.clone(),
-            new_primary: target.name.clone(),
-            plan,
+            new_primary: String::new(),
+            plan: Vec::new(),
             steps: Vec::new(),
             dry_run: options.dry_run,
             elapsed_ms: 0,
         };
+        let mut steps = Steps::new(log);
+        if !options.dry_run {
+            // Fence before looking: positions only stop moving once the primary is gone.
+            self.runtime.kill(old).await?;
+            steps.done(format!("fenced `{}`", old.name));
+        }
+        let probes = self.probe_all().await;
+        let choice = choose_target(&spec, &probes, options)?;
+        let target = choice.target;
+        let new_spec = self.file_spec.with_primary(&target.name)?;
+        let new_primary = new_spec.primary();
+        let others: Vec<&NodeSpec> = new_spec.standbys().filter(|s| s.name != old.name).collect();
+        report.new_primary = target.name.clone();
+        if options.dry_run {
+            report.plan.push(format!("fence `{}`: stop it hard so it cannot take writes", old.name));
+        }
+        if let Some((ahead, bytes)) = choice.ahead {
+            report.plan.push(if options.force {
+                format!("promote `{}` although `{}` is {bytes} bytes ahead (--force): `{}` will need a rejoin", target.name, ahead.name, ahead.name)
+            } else {
+                format!("let `{}` catch up {bytes} bytes from `{}` first", target.name, ahead.name)
+            });
+        }
+        report.plan.extend([
+            format!("promote `{}` (at {})", target.name, target.position().map_or("?".into(), |l| l.to_string())),
+            format!("re-point {} to `{}`", names(&others), target.name),
+            format!("sync policy on `{}`: {}", target.name, new_spec.synchronous_standby_names()),
+            format!("later: `pgrepl rejoin {}` brings the old primary back as a standby", old.name),
+        ]);
         if options.dry_run {
             return Ok(report);
         }
-        let mut steps = Steps::new(log);
-        self.runtime.kill(old).await?;
-        steps.done(format!("fenced `{}`", old.name));
-        let new_primary = new_spec.primary();
+        if let (Some((ahead, _)), false) = (choice.ahead, options.force) {
+            let goal = ahead.position().unwrap_or_default();
+            self.catch_up(new_primary, self.node(&ahead.name)?, goal).await?;
+            steps.done(format!("`{}` caught up with `{}` at {goal}", target.name, ahead.name));
+        }
         self.promote(new_primary).await?;
         self.record_primary(&new_primary.name, format!("failover {} -> {}", old.name, new_primary.name))?;
         steps.done(format!("promoted `{}`", new_primary.name));
@@ -164,6 +184,29 @@ impl Cluster {
         report.elapsed_ms = steps.started.elapsed().as_millis();
         report.steps = steps.done;
         Ok(report)
+    }
+
+    /// Streams the WAL `target` lacks from `source`, a standby that has it, until `target` has
+    /// received up to `goal`.
+    async fn catch_up(&self, target: &NodeSpec, source: &NodeSpec, goal: Lsn) -> Result<(), ClusterError> {
+        let client = self.sql(target).await?;
+        alter_system(&client, target, "primary_conninfo", &self.primary_conninfo(source, target)).await?;
+        reload(&client, target).await?;
+        wait_until(Duration::from_secs(30), &format!("`{}` to receive {goal} from `{}`", target.name, source.name), || async {
+            let received: Option<String> = client
+                .query_one("SELECT pg_last_wal_receive_lsn()::text", &[])
+                .await
+                .map_err(|e| node_err_sql(target, e))?
+                .get(0);
+            Ok(received.and_then(|t| t.parse::<Lsn>().ok()).is_some_and(|l| l >= goal))
+        })
+        .await
+        .map_err(|_| {
+            ClusterError::Check(format!(
+                "`{}` could not catch up with `{}` within 30 s; promote `{}` instead, or add --force to leave it behind",
+                target.name, source.name, source.name
+            ))
+        })
     }
 
     /// Planned and lossless: the primary stops cleanly, the target replays its shutdown
@@ -406,13 +449,23 @@ impl Cluster {
     }
 }
 
-/// The failover target: the one asked for, or the most advanced reachable standby; refuses a
-/// target behind another standby (or too far behind) unless forced.
-fn choose_target<'p>(spec: &ClusterSpec, probes: &'p [NodeProbe], options: &FailoverOptions) -> Result<&'p NodeProbe, ClusterError> {
+/// The failover target and, when another standby holds more WAL, that standby and how far
+/// ahead it is.
+struct Choice<'p> {
+    target: &'p NodeProbe,
+    ahead: Option<(&'p NodeProbe, u64)>,
+}
+
+/// The one asked for, or the most advanced reachable standby.
+fn choose_target<'p>(spec: &ClusterSpec, probes: &'p [NodeProbe], options: &FailoverOptions) -> Result<Choice<'p>, ClusterError> {
     let primary = &spec.primary().name;
     let candidates: Vec<&NodeProbe> =
         probes.iter().filter(|p| &p.name != primary && p.reachable && p.in_recovery == Some(true)).collect();
-    let best = candidates.iter().copied().max_by_key(|p| p.position());
+    let best = candidates
+        .iter()
+        .copied()
+        .max_by_key(|p| p.position())
+        .ok_or_else(|| ClusterError::Setup("no standby answers: there is nothing to promote".into()))?;
     let target = match &options.to {
         Some(name) => {
             if spec.node(name).is_none() || name == primary {
@@ -422,18 +475,10 @@ fn choose_target<'p>(spec: &ClusterSpec, probes: &'p [NodeProbe], options: &Fail
                 ClusterError::Setup(format!("`{name}` does not answer as a standby; it cannot be promoted"))
             })?
         }
-        None => best.ok_or_else(|| ClusterError::Setup("no standby answers: there is nothing to promote".into()))?,
+        None => best,
     };
-    if let (Some(best), false) = (best, options.force) {
-        let behind = best.position().unwrap_or_default().saturating_sub(target.position().unwrap_or_default());
-        if behind > options.max_lag_bytes {
-            return Err(ClusterError::Setup(format!(
-                "`{}` is {behind} bytes behind `{}`: promoting it would lose WAL the other has; choose `{}` or add --force",
-                target.name, best.name, best.name
-            )));
-        }
-    }
-    Ok(target)
+    let behind = best.position().unwrap_or_default().saturating_sub(target.position().unwrap_or_default());
+    Ok(Choice { target, ahead: (behind > 0).then_some((best, behind)) })
 }
 
 /// Where timeline `timeline` ended, from a history file's `parent<TAB>switchpoint<TAB>reason`
@@ -471,20 +516,22 @@ mod tests {
     }
 
     #[test]
-    fn the_most_advanced_standby_is_chosen_and_a_lagging_one_refused() {
+    fn the_most_advanced_standby_is_chosen_and_a_lagging_one_catches_up() {
         let spec = ClusterSpec::default();
         let mut primary = probe("pg_master", 0);
         primary.reachable = false;
         let probes = vec![primary, probe("pg_slave", 100), probe("pg_asyncslave", 5000)];
-        let options = FailoverOptions::default();
-        assert_eq!(choose_target(&spec, &probes, &options).unwrap().name, "pg_asyncslave");
+        let best = choose_target(&spec, &probes, &FailoverOptions::default()).unwrap();
+        assert_eq!(best.target.name, "pg_asyncslave");
+        assert!(best.ahead.is_none());
         let to_slave = FailoverOptions { to: Some("pg_slave".into()), ..FailoverOptions::default() };
-        let err = choose_target(&spec, &probes, &to_slave).unwrap_err().to_string();
-        assert!(err.contains("4900 bytes behind `pg_asyncslave`"), "{err}");
-        let forced = FailoverOptions { force: true, ..to_slave };
-        assert_eq!(choose_target(&spec, &probes, &forced).unwrap().name, "pg_slave");
+        let lagging = choose_target(&spec, &probes, &to_slave).unwrap();
+        assert_eq!(lagging.target.name, "pg_slave");
+        assert_eq!(lagging.ahead.map(|(p, bytes)| (p.name.as_str(), bytes)), Some(("pg_asyncslave", 4900)));
         let to_primary = FailoverOptions { to: Some("pg_master".into()), ..FailoverOptions::default() };
         assert!(choose_target(&spec, &probes, &to_primary).is_err());
+        let nobody: Vec<NodeProbe> = Vec::new();
+        assert!(choose_target(&spec, &nobody, &FailoverOptions::default()).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod cluster_local;
 mod harness;
 mod lag;
 mod receivewal;
+mod secrets;
 
 use harness::{PgInstall, PgServer, ServerOptions};
 
