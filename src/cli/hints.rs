@@ -17,6 +17,11 @@ pub fn hint_for(error: &anyhow::Error, user: &str) -> Option<String> {
                 cause
                     .downcast_ref::<pgrepl::replication::receivewal::ReceiveError>()
                     .and_then(|e| e.connection_error())
+            })
+            .or_else(|| {
+                cause
+                    .downcast_ref::<pgrepl::cluster::ClusterError>()
+                    .and_then(|e| e.connection_error())
             });
         if let Some(hint) = connection_error.and_then(|e| connection_hint(e, user)) {
             return Some(hint);

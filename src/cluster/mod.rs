@@ -50,10 +50,11 @@ pub enum ClusterError {
     Node {
         node: String,
         #[source]
-        source: ConnectionError,
+        source: Box<ConnectionError>,
     },
-    #[error("base backup of the standbys: {0}")]
-    Backup(#[from] backup::BackupError),
+    // Boxed: the errors below are large and every cluster step returns this type.
+    #[error("base backup")]
+    Backup(#[source] Box<backup::BackupError>),
     #[error("check failed: {0}")]
     Check(String),
     #[error("timed out after {0:?} waiting for {1}")]
@@ -61,16 +62,37 @@ pub enum ClusterError {
     #[error("no node named `{0}` in the cluster file (nodes: {1})")]
     UnknownNode(String, String),
     #[error(transparent)]
-    Dump(#[from] dump::DumpError),
+    Dump(Box<dump::DumpError>),
+}
+
+impl From<backup::BackupError> for ClusterError {
+    fn from(error: backup::BackupError) -> Self {
+        Self::Backup(Box::new(error))
+    }
+}
+
+impl From<dump::DumpError> for ClusterError {
+    fn from(error: dump::DumpError) -> Self {
+        Self::Dump(Box::new(error))
+    }
 }
 
 impl ClusterError {
+    /// The connection failure underneath, if that is what went wrong (for hints).
+    pub fn connection_error(&self) -> Option<&ConnectionError> {
+        match self {
+            Self::Node { source, .. } => Some(source),
+            Self::Backup(e) => e.connection_error(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io { context: context.into(), source }
     }
 
     fn node(node: &NodeSpec) -> impl FnOnce(ConnectionError) -> ClusterError + '_ {
-        move |source| ClusterError::Node { node: node.name.clone(), source }
+        move |source| ClusterError::Node { node: node.name.clone(), source: Box::new(source) }
     }
 }
 
@@ -500,7 +522,7 @@ async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
 }
 
 fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
-    ClusterError::Node { node: node.name.clone(), source: ConnectionError::Sql(error) }
+    ClusterError::Node { node: node.name.clone(), source: Box::new(ConnectionError::Sql(error)) }
 }
 
 /// `(application_name, sync_state)` of every streaming walsender.
@@ -508,7 +530,7 @@ async fn streaming_standbys(client: &Client) -> Result<Vec<(String, String)>, Cl
     let rows = client
         .query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[])
         .await
-        .map_err(|e| ClusterError::Node { node: "primary".into(), source: ConnectionError::Sql(e) })?;
+        .map_err(|e| ClusterError::Node { node: "primary".into(), source: Box::new(ConnectionError::Sql(e)) })?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 

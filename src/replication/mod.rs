@@ -147,7 +147,7 @@ impl Session<'_> {
         loop {
             if !stopping && self.stop_reached(*stop_at.borrow()) {
                 // A last report of what we have, then CopyDone: nothing may follow CopyDone.
-                self.send_status(false)?;
+                self.send_status()?;
                 self.conn.send_copy_done();
                 self.conn.flush().await?;
                 stopping = true;
@@ -157,7 +157,7 @@ impl Session<'_> {
                 _ = cancel.cancelled(), if !stopping => {
                     // As at a stop position: report what we have (after fsync, with a slot) so
                     // the slot keeps no more WAL than a restart will ask for.
-                    self.send_status(false)?;
+                    self.send_status()?;
                     self.conn.send_copy_done();
                     self.conn.flush().await?;
                     stopping = true;
@@ -171,7 +171,7 @@ impl Session<'_> {
                     continue;
                 }
                 _ = ticker.tick(), if !stopping => {
-                    self.send_status(false)?;
+                    self.send_status()?;
                     self.conn.flush().await?;
                     continue;
                 }
@@ -197,7 +197,7 @@ impl Session<'_> {
                     }
                     WalSenderMessage::PrimaryKeepalive(keepalive) => {
                         if keepalive.reply_requested && !stopping {
-                            self.send_status(false)?;
+                            self.send_status()?;
                             self.conn.flush().await?;
                         }
                     }
@@ -300,7 +300,7 @@ impl Session<'_> {
         ReplicationError::Connection(ConnectionError::Server(error))
     }
 
-    fn send_status(&mut self, reply_requested: bool) -> Result<(), ReplicationError> {
+    fn send_status(&mut self) -> Result<(), ReplicationError> {
         let flush = if self.options.report_flush {
             self.writer.flush()?;
             self.flushed = self.position;
@@ -313,7 +313,8 @@ impl Session<'_> {
             flush,
             apply: Lsn::INVALID,
             client_time: PgTimestamp::now(),
-            reply_requested,
+            // We answer the server's keepalives; we never need it to answer ours.
+            reply_requested: false,
         };
         let mut payload = bytes::BytesMut::with_capacity(34);
         update.encode(&mut payload);
