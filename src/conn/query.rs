@@ -203,10 +203,14 @@ impl Connection {
     /// `wal_segment_size` in bytes (`SHOW` prints it with a unit, e.g. `16MB`).
     pub async fn wal_segment_size(&mut self) -> Result<u64, ConnectionError> {
         let text = self.show("wal_segment_size").await?;
-        parse_size(&text).ok_or(ConnectionError::Unexpected {
-            expected: "a size such as 16MB",
-            got: format!("wal_segment_size `{text}`"),
-        })
+        // PostgreSQL allows powers of two from 1 MB to 1 GB; anything else would break the
+        // segment arithmetic (a 0 divides by zero).
+        parse_size(&text)
+            .filter(|size| size.is_power_of_two() && (1 << 20..=1 << 30).contains(size))
+            .ok_or(ConnectionError::Unexpected {
+                expected: "a power of two from 1MB to 1GB",
+                got: format!("wal_segment_size `{text}`"),
+            })
     }
 
     /// The history file of `timeline`: its file name and raw content.

@@ -9,6 +9,7 @@ mod harness;
 mod lag;
 mod receivewal;
 mod secrets;
+mod tls;
 
 use harness::{PgInstall, PgServer, ServerOptions};
 
