@@ -17,10 +17,12 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // tokio-postgres logs statement text at debug level, and some statements pgrepl sends carry
+    // a replication password (primary_conninfo); secrets never reach logs, at any level.
+    let filter = filter.add_directive("tokio_postgres=info".parse().expect("a valid directive"));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)

@@ -51,7 +51,7 @@ pub const SUPPORTED_MAJORS: std::ops::RangeInclusive<u32> = 14..=18;
 pub enum BackupError {
     #[error(transparent)]
     Connection(#[from] ConnectionError),
-    #[error("stream WAL: {0}")]
+    #[error("stream WAL")]
     Replication(#[from] ReplicationError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
@@ -77,6 +77,9 @@ pub enum BackupError {
     Invalid(String),
     #[error("cancelled; nothing was left behind")]
     Cancelled,
+    /// The extractor thread stopped; its own error is reported instead where it can be had.
+    #[error("extraction stopped")]
+    ExtractionStopped,
 }
 
 impl BackupError {
@@ -213,8 +216,17 @@ pub async fn base_backup(
     progress: Arc<dyn Progress>,
     cancel: CancellationToken,
 ) -> Result<BackupSummary, BackupError> {
+    run(connect, options, progress, &cancel).await
+}
+
+/// Runs `work` unless `cancel` fires first. Only for steps during which nothing writes into the
+/// targets: dropping them midway leaves nothing to wait for.
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Result<T, BackupError>>,
+) -> Result<T, BackupError> {
     tokio::select! {
-        result = run(connect, options, progress) => result,
+        result = work => result,
         _ = cancel.cancelled() => Err(BackupError::Cancelled),
     }
 }
@@ -223,6 +235,7 @@ async fn run(
     connect: &ConnectOptions,
     options: &BaseBackupOptions,
     progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     validate(options)?;
@@ -232,7 +245,10 @@ async fn run(
         data_dirs.push(staging.add(&target.dir)?);
     }
 
-    let mut conn = Connection::connect(connect, SessionKind::PhysicalReplication).await?;
+    let mut conn = cancellable(cancel, async {
+        Ok(Connection::connect(connect, SessionKind::PhysicalReplication).await?)
+    })
+    .await?;
     let major = conn
         .server_major()
         .ok_or_else(|| BackupError::UnsupportedServer("unknown".into()))?;
@@ -292,7 +308,8 @@ async fn run(
     };
     conn.send_query(&ReplicationCommand::BaseBackup(&command).render())?;
     conn.flush().await?;
-    let start = read_result_set(&mut conn).await?;
+    // Nothing arrives until the start checkpoint is done, which may take minutes (spread).
+    let start = cancellable(cancel, read_result_set(&mut conn)).await?;
     let start_row = start.single_row("BASE_BACKUP start position")?;
     let start_lsn: Lsn = start.parse(start_row, "recptr")?;
     let start_timeline: u32 = start.parse(start_row, "tli")?;
@@ -336,32 +353,43 @@ async fn run(
         progress: progress.clone(),
         written: Vec::new(),
         manifest: BytesMut::new(),
+        current: None,
+        cancel,
     };
-    let received = if major >= BASE_BACKUP_NEW_SYNTAX_MAJOR {
-        receiver
-            .receive_typed_stream(&mut conn, streamer.as_ref())
-            .await
-    } else {
-        receiver
-            .receive_per_tablespace(
-                &mut conn,
-                &tablespaces,
-                options.manifest_checksums.is_some(),
-                streamer.as_ref(),
-            )
-            .await
-    };
-    if let Err(e) = received {
-        return Err(match streamer {
-            Some(s) => s.failure_or(e).await,
-            None => e,
-        });
+    let received = async {
+        if major >= BASE_BACKUP_NEW_SYNTAX_MAJOR {
+            receiver
+                .receive_typed_stream(&mut conn, streamer.as_ref())
+                .await?;
+        } else {
+            let with_manifest = options.manifest_checksums.is_some();
+            receiver
+                .receive_per_tablespace(&mut conn, &tablespaces, with_manifest, streamer.as_ref())
+                .await?;
+        }
+        let end = read_result_set(&mut conn).await?;
+        let end_row = end.single_row("BASE_BACKUP end position")?;
+        let end_lsn: Lsn = end.parse(end_row, "recptr")?;
+        // CommandComplete and ReadyForQuery — or the checksum-failure error that replaces them.
+        read_until_ready(&mut conn).await?;
+        Ok(end_lsn)
     }
-    let end = read_result_set(&mut conn).await?;
-    let end_row = end.single_row("BASE_BACKUP end position")?;
-    let end_lsn: Lsn = end.parse(end_row, "recptr")?;
-    // CommandComplete and ReadyForQuery — or the checksum-failure error that replaces them.
-    read_until_ready(&mut conn).await?;
+    .await;
+    let end_lsn = match received {
+        Ok(end_lsn) => end_lsn,
+        Err(e) => {
+            // Nothing may still write into the staging directories when they are removed, and
+            // the extractor's or the streamer's own error is often the real cause.
+            let e = match receiver.abandon().await {
+                Some(extract_error) if matches!(e, BackupError::ExtractionStopped) => extract_error,
+                _ => e,
+            };
+            return Err(match streamer {
+                Some(s) => s.failure_or(e).await,
+                None => e,
+            });
+        }
+    };
     conn.close().await;
     tracing::info!(%end_lsn, "backup archives received");
 
@@ -455,12 +483,25 @@ fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
 }
 
 /// `16MB`, `1GB`, `8192`... as the server prints sizes for SHOW.
+/// BASE_BACKUP's result sets hold one row, or one short row per tablespace: more than this is
+/// a server trying to fill our memory.
+const MAX_RESULT_BYTES: usize = 8 << 20;
+
 async fn read_result_set(conn: &mut Connection) -> Result<ResultSet, BackupError> {
     let mut set = ResultSet::default();
+    let mut bytes = 0;
     loop {
         match conn.read_message().await? {
             BackendMessage::RowDescription { columns } => set.columns = columns,
-            BackendMessage::DataRow { values } => set.rows.push(values),
+            BackendMessage::DataRow { values } => {
+                bytes += values.iter().flatten().map(|v| v.len()).sum::<usize>();
+                if bytes > MAX_RESULT_BYTES {
+                    let limit = MAX_RESULT_BYTES >> 20;
+                    let reason = format!("result set exceeds {limit} MiB");
+                    return Err(ProtocolError::malformed("BASE_BACKUP", reason).into());
+                }
+                set.rows.push(values);
+            }
             BackendMessage::CommandComplete { .. } => return Ok(set),
             BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
             other => return Err(ConnectionError::unexpected("a result set", &other).into()),
@@ -598,7 +639,14 @@ struct ArchiveReceiver<'a> {
     progress: Arc<dyn Progress>,
     written: Vec<WrittenFile>,
     manifest: BytesMut,
+    /// The archive being extracted.
+    current: Option<OpenArchive>,
+    cancel: &'a CancellationToken,
 }
+
+/// A manifest lists about 150 bytes per file: this allows some 400,000 files while keeping a
+/// hostile server from filling memory.
+const MAX_MANIFEST_BYTES: usize = 64 << 20;
 
 /// CopyData payloads are handed to the extractor thread in batches of about this size: one
 /// thread wake-up per 32 KiB message cost more CPU than anything the extractor does with it.
@@ -655,10 +703,35 @@ impl ArchiveReceiver<'_> {
         })
     }
 
-    async fn close_archive(&mut self, archive: Option<OpenArchive>) -> Result<(), BackupError> {
-        if let Some(archive) = archive {
+    async fn close_archive(&mut self) -> Result<(), BackupError> {
+        if let Some(archive) = self.current.take() {
             self.written.extend(archive.finish().await?);
         }
+        Ok(())
+    }
+
+    /// After a failure: waits until the open extractor has stopped and returns its error.
+    async fn abandon(&mut self) -> Option<BackupError> {
+        self.current.take()?.finish().await.err()
+    }
+
+    async fn send(&mut self, data: Bytes) -> Result<(), BackupError> {
+        match self.current.as_mut() {
+            Some(archive) => archive.send(data).await,
+            None => {
+                Err(ProtocolError::malformed("BASE_BACKUP", "data before the first archive").into())
+            }
+        }
+    }
+
+    fn add_to_manifest(&mut self, data: &[u8]) -> Result<(), BackupError> {
+        if self.manifest.len() + data.len() > MAX_MANIFEST_BYTES {
+            return Err(BackupError::Invalid(format!(
+                "the backup manifest exceeds {} MiB; use --no-manifest for a cluster this large",
+                MAX_MANIFEST_BYTES >> 20
+            )));
+        }
+        self.manifest.extend_from_slice(data);
         Ok(())
     }
 
@@ -669,41 +742,31 @@ impl ArchiveReceiver<'_> {
         streamer: Option<&WalStreamer>,
     ) -> Result<(), BackupError> {
         expect_copy_out(conn).await?;
-        let mut current: Option<OpenArchive> = None;
         let mut in_manifest = false;
         loop {
-            let message = next_backup_message(conn, streamer).await?;
+            let message = next_backup_message(conn, streamer, self.cancel).await?;
             match message {
                 BackendMessage::CopyData(payload) => match BackupStreamMessage::parse(payload)? {
                     BackupStreamMessage::NewArchive {
                         name,
                         tablespace_path,
                     } => {
-                        self.close_archive(current.take()).await?;
+                        self.close_archive().await?;
                         let location =
                             (!tablespace_path.is_empty()).then(|| PathBuf::from(&tablespace_path));
-                        current = Some(self.open_archive(&name, location.as_deref())?);
+                        self.current = Some(self.open_archive(&name, location.as_deref())?);
                     }
                     BackupStreamMessage::Data(data) if in_manifest => {
-                        self.manifest.extend_from_slice(&data)
+                        self.add_to_manifest(&data)?
                     }
-                    BackupStreamMessage::Data(data) => match current.as_mut() {
-                        Some(archive) => archive.send(data).await?,
-                        None => {
-                            return Err(ProtocolError::malformed(
-                                "BASE_BACKUP",
-                                "data before the first archive",
-                            )
-                            .into())
-                        }
-                    },
+                    BackupStreamMessage::Data(data) => self.send(data).await?,
                     BackupStreamMessage::Progress(_) => {}
                     BackupStreamMessage::ManifestStart => {
-                        self.close_archive(current.take()).await?;
+                        self.close_archive().await?;
                         in_manifest = true;
                     }
                 },
-                BackendMessage::CopyDone => return self.close_archive(current.take()).await,
+                BackendMessage::CopyDone => return self.close_archive().await,
                 BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
                 other => return Err(ConnectionError::unexpected("backup data", &other).into()),
             }
@@ -721,22 +784,22 @@ impl ArchiveReceiver<'_> {
     ) -> Result<(), BackupError> {
         for ts in tablespaces {
             expect_copy_out(conn).await?;
-            let mut archive = self.open_archive("base.tar", ts.location.as_deref())?;
+            self.current = Some(self.open_archive("base.tar", ts.location.as_deref())?);
             loop {
-                match next_backup_message(conn, streamer).await? {
-                    BackendMessage::CopyData(data) => archive.send(data).await?,
+                match next_backup_message(conn, streamer, self.cancel).await? {
+                    BackendMessage::CopyData(data) => self.send(data).await?,
                     BackendMessage::CopyDone => break,
                     BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
                     other => return Err(ConnectionError::unexpected("backup data", &other).into()),
                 }
             }
-            self.close_archive(Some(archive)).await?;
+            self.close_archive().await?;
         }
         if with_manifest {
             expect_copy_out(conn).await?;
             loop {
-                match next_backup_message(conn, streamer).await? {
-                    BackendMessage::CopyData(data) => self.manifest.extend_from_slice(&data),
+                match next_backup_message(conn, streamer, self.cancel).await? {
+                    BackendMessage::CopyData(data) => self.add_to_manifest(&data)?,
                     BackendMessage::CopyDone => break,
                     BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
                     other => {
@@ -751,17 +814,22 @@ impl ArchiveReceiver<'_> {
     }
 }
 
-/// The next message of the backup stream, or the streamer's failure if it fails first.
+/// The next message of the backup stream, unless the streamer fails or the user cancels first.
 async fn next_backup_message(
     conn: &mut Connection,
     streamer: Option<&WalStreamer>,
+    cancel: &CancellationToken,
 ) -> Result<BackendMessage, BackupError> {
-    match streamer {
-        Some(streamer) => tokio::select! {
-            message = conn.read_message() => Ok(message?),
-            _ = streamer.failed.cancelled() => Err(BackupError::Invalid("the WAL streamer stopped".into())),
-        },
-        None => Ok(conn.read_message().await?),
+    let streamer_failed = async {
+        match streamer {
+            Some(streamer) => streamer.failed.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        message = conn.read_message() => Ok(message?),
+        _ = streamer_failed => Err(BackupError::Invalid("the WAL streamer stopped".into())),
+        _ = cancel.cancelled() => Err(BackupError::Cancelled),
     }
 }
 
@@ -794,8 +862,8 @@ impl OpenArchive {
     async fn hand_over(&mut self) -> Result<(), BackupError> {
         self.batch_bytes = 0;
         if self.tx.send(std::mem::take(&mut self.batch)).await.is_err() {
-            // The extractor stopped early: its error explains why. `finish` reports it.
-            return Err(BackupError::Invalid("extraction stopped".into()));
+            // The extractor stopped early: its error explains why. `abandon` reports it.
+            return Err(BackupError::ExtractionStopped);
         }
         Ok(())
     }
@@ -976,7 +1044,9 @@ impl WalStreamer {
                 return e;
             }
         } else {
+            // Wait until the aborted task is gone: it writes into the staging directories.
             self.task.abort();
+            let _ = self.task.await;
         }
         archive_error
     }

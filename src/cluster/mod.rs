@@ -337,10 +337,12 @@ impl Cluster {
         if !exists {
             log.step(&format!("create role `{user}` (LOGIN REPLICATION)"));
             client
+                // A SCRAM verifier, not the password: statement text can end up in the server log
+                // (log_statement) and in client logs.
                 .batch_execute(&format!(
-                    "SET password_encryption = 'scram-sha-256'; CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
+                    "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
                     quote_ident(user),
-                    quote_literal(&self.replication_password)
+                    quote_literal(&postgres_protocol::password::scram_sha_256(self.replication_password.as_bytes()))
                 ))
                 .await
                 .map_err(|e| node_err_sql(primary, e))?;

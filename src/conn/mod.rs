@@ -114,7 +114,10 @@ pub struct Connection {
     peer: String,
 }
 
-/// Read buffer growth step: large enough that BASE_BACKUP chunks arrive in few syscalls.
+/// Read buffer growth step: large enough that BASE_BACKUP chunks arrive in few syscalls. More
+/// does not help: the server sends 32 KiB at a time and the client mostly keeps up, so a read
+/// rarely finds more waiting (1 MiB measured no faster, and its buffers, which the backup's
+/// queues keep alive until written, raised peak memory by a third).
 const READ_CHUNK: usize = 256 * 1024;
 
 impl Connection {

@@ -31,7 +31,7 @@ pub enum ReplicationError {
     Connection(#[from] ConnectionError),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
-    #[error("write WAL: {0}")]
+    #[error("write WAL")]
     Io(#[from] io::Error),
     #[error("WAL arrived out of order: expected {expected}, server sent {got}")]
     Gap { expected: Lsn, got: Lsn },

@@ -383,23 +383,10 @@ fn processes_started_by_up_carry_no_password_in_argv() {
         leaks.is_empty(),
         "the password is on a command line: {leaks:?}"
     );
-    // Known bug (src/cluster/mod.rs, reported in issue 7): the role is created with
-    // `CREATE ROLE ... PASSWORD '<cleartext>'` through tokio-postgres, which logs every statement
-    // batch at DEBUG, so `-vv` prints the password. Sending a SCRAM verifier instead
-    // (postgres_protocol::password::scram_sha_256) would fix it, and keep the cleartext out of
-    // the server's statement log too. Fatal with PGREPL_SECRETS_STRICT=1.
+    // `pgrepl up -vv` must not print the password (the role is created from a SCRAM verifier
+    // and tokio-postgres' statement logging is off).
     let leaked: Vec<&str> = text.lines().filter(|l| l.contains(&secret)).collect();
-    let known =
-        |l: &&str| l.contains("DEBUG executing statement batch") && l.contains("CREATE ROLE");
-    if std::env::var_os("PGREPL_SECRETS_STRICT").is_some() || !leaked.iter().all(known) {
-        panic!("the password is in pgrepl up's output: {leaked:#?}");
-    }
-    for line in leaked {
-        let shown = line.replace(&secret, "<password>");
-        eprintln!(
-            "secrets: KNOWN BUG (src/cluster/mod.rs): `pgrepl up -vv` prints the password: {shown}"
-        );
-    }
+    assert!(leaked.is_empty(), "the password is in pgrepl up's output: {leaked:#?}");
     assert!(
         seen.iter().any(|p| p.ends_with("postgres")),
         "the sampling saw no server: {seen:?}"
