@@ -33,7 +33,7 @@ use self::checksum::ChecksumAlgorithm;
 use self::manifest::{ManifestError, WrittenFile};
 use self::target::Staging;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
-use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet, SessionKind};
+use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet};
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
 use crate::proto::base_backup::BackupStreamMessage;
@@ -246,7 +246,7 @@ async fn run(
     }
 
     let mut conn = cancellable(cancel, async {
-        Ok(Connection::connect(connect, SessionKind::PhysicalReplication).await?)
+        Ok(Connection::connect(connect).await?)
     })
     .await?;
     let major = conn
@@ -1063,7 +1063,7 @@ async fn stream_into(
     timeline: u32,
     stop: watch::Receiver<Option<Lsn>>,
 ) -> Result<(), BackupError> {
-    let mut conn = Connection::connect(&connect, SessionKind::PhysicalReplication).await?;
+    let mut conn = Connection::connect(&connect).await?;
     let system = conn.identify_system().await?;
     if system.system_id != system_id {
         return Err(BackupError::Invalid(format!(

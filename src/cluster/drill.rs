@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use super::failover::FailoverOptions;
 use super::spec::ClusterSpec;
 use super::{expected_sync_states, node_err_sql, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
-use crate::conn::{Connection, SessionKind};
+use crate::conn::{Connection};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillStep {
@@ -203,7 +203,7 @@ impl Cluster {
         if names != spec.synchronous_standby_names() {
             return Err(ClusterError::Check(format!("synchronous_standby_names is `{names}`, expected `{}`", spec.synchronous_standby_names())));
         }
-        let mut replication = Connection::connect(&self.replication_connect(spec.primary()), SessionKind::PhysicalReplication)
+        let mut replication = Connection::connect(&self.replication_connect(spec.primary()))
             .await
             .map_err(ClusterError::node(spec.primary()))?;
         let timeline = replication.identify_system().await.map_err(ClusterError::node(spec.primary()))?.timeline;

@@ -14,7 +14,7 @@ use super::spec::{ClusterSpec, NodeSpec};
 use super::topology::{ControlFile, Topology};
 use super::{alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
 use crate::backup::{self, BackupTarget, BaseBackupOptions};
-use crate::conn::{Connection, SessionKind};
+use crate::conn::{Connection};
 use crate::lsn::Lsn;
 
 /// How far a standby is, as it reports itself.
@@ -325,7 +325,7 @@ impl Cluster {
         if !control.shut_down_cleanly() {
             return Ok(false);
         }
-        let mut conn = Connection::connect(&self.replication_connect(primary), SessionKind::PhysicalReplication)
+        let mut conn = Connection::connect(&self.replication_connect(primary))
             .await
             .map_err(ClusterError::node(primary))?;
         let system = conn.identify_system().await.map_err(ClusterError::node(primary))?;

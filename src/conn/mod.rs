@@ -32,14 +32,6 @@ use crate::proto::backend::{self, BackendMessage};
 use crate::proto::server_error::ServerError;
 use crate::proto::ProtocolError;
 
-/// What kind of session to open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionKind {
-    /// `replication=true`: a physical walsender (IDENTIFY_SYSTEM, BASE_BACKUP, START_REPLICATION).
-    PhysicalReplication,
-    /// An ordinary session; pgrepl uses tokio-postgres for these, this exists for tests and probes.
-    Database,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -121,13 +113,11 @@ pub struct Connection {
 const READ_CHUNK: usize = 256 * 1024;
 
 impl Connection {
-    /// Opens a session and authenticates. The whole exchange is bounded by `connect_timeout`.
-    pub async fn connect(
-        options: &ConnectOptions,
-        kind: SessionKind,
-    ) -> Result<Connection, ConnectionError> {
+    /// Opens a physical replication session (`replication=true`: IDENTIFY_SYSTEM, BASE_BACKUP,
+    /// START_REPLICATION) and authenticates. The whole exchange is bounded by `connect_timeout`.
+    pub async fn connect(options: &ConnectOptions) -> Result<Connection, ConnectionError> {
         let peer = describe_host(options);
-        let work = Self::connect_inner(options, kind, peer.clone());
+        let work = Self::connect_inner(options, peer.clone());
         match options.connect_timeout {
             Some(limit) => tokio::time::timeout(limit, work)
                 .await
@@ -136,11 +126,7 @@ impl Connection {
         }
     }
 
-    async fn connect_inner(
-        options: &ConnectOptions,
-        kind: SessionKind,
-        peer: String,
-    ) -> Result<Connection, ConnectionError> {
+    async fn connect_inner(options: &ConnectOptions, peer: String) -> Result<Connection, ConnectionError> {
         let (socket, channel_binding) = match &options.host {
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", options.port));
@@ -170,28 +156,16 @@ impl Connection {
             parameters: HashMap::new(),
             peer,
         };
-        conn.startup(options, kind)?;
+        conn.startup(options)?;
         conn.flush().await?;
         auth::authenticate(&mut conn, options, channel_binding.as_deref()).await?;
         conn.wait_until_ready().await?;
         Ok(conn)
     }
 
-    fn startup(
-        &mut self,
-        options: &ConnectOptions,
-        kind: SessionKind,
-    ) -> Result<(), ConnectionError> {
-        let mut params: Vec<(&str, &str)> = vec![("user", &options.user)];
-        match kind {
-            SessionKind::PhysicalReplication => params.push(("replication", "true")),
-            SessionKind::Database => {
-                params.push((
-                    "database",
-                    options.dbname.as_deref().unwrap_or(&options.user),
-                ));
-            }
-        }
+    fn startup(&mut self, options: &ConnectOptions) -> Result<(), ConnectionError> {
+        // Ordinary SQL sessions go through tokio-postgres (`sql`); this type only replicates.
+        let mut params: Vec<(&str, &str)> = vec![("user", &options.user), ("replication", "true")];
         if let Some(name) = &options.application_name {
             params.push(("application_name", name));
         }

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use super::analysis::{Identity, Observation, ProbeOutcome};
 use super::sql::{self, NodeFacts};
 use super::{LagError, Node};
-use crate::conn::{sql as sessions, ConnectOptions, Connection, ConnectionError, SessionKind};
+use crate::conn::{sql as sessions, ConnectOptions, Connection, ConnectionError};
 
 /// How often a standby is asked whether the heartbeat has arrived: the probe's resolution.
 const PROBE_POLL: Duration = Duration::from_millis(1);
@@ -85,7 +85,7 @@ async fn bounded<T>(
 }
 
 async fn identify(options: &ConnectOptions) -> Result<Identity, LagError> {
-    let mut conn = Connection::connect(options, SessionKind::PhysicalReplication).await?;
+    let mut conn = Connection::connect(options).await?;
     let system = conn.identify_system().await?;
     let server_version = conn.parameter("server_version").map(str::to_owned);
     conn.close().await;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wal_sink::{SegmentNaming, SegmentWriter};
 use super::{stream_wal, ReplicationError, StreamEnd, StreamOptions};
-use crate::conn::{ConnectOptions, Connection, ConnectionError, SessionKind};
+use crate::conn::{ConnectOptions, Connection, ConnectionError};
 use crate::lsn::{history_file_name, Lsn};
 
 /// pg_receivewal's default `--status-interval`.
@@ -148,7 +148,7 @@ pub async fn receive_wal(
         return Err(ReceiveError::NotADirectory(options.dir.clone()));
     }
     let started = Instant::now();
-    let mut conn = Connection::connect(connect, SessionKind::PhysicalReplication).await?;
+    let mut conn = Connection::connect(connect).await?;
     let system = conn.identify_system().await?;
     let segment_size = conn.wal_segment_size().await?;
     let major = conn.server_major().unwrap_or(0);
