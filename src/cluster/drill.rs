@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use super::failover::FailoverOptions;
 use super::spec::ClusterSpec;
 use super::{expected_sync_states, node_err_sql, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
-use crate::conn::{Connection};
+use crate::conn::Connection;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillStep {

@@ -14,7 +14,7 @@ use super::spec::{ClusterSpec, NodeSpec};
 use super::topology::{ControlFile, Topology};
 use super::{alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
 use crate::backup::{self, BackupTarget, BaseBackupOptions};
-use crate::conn::{Connection};
+use crate::conn::Connection;
 use crate::lsn::Lsn;
 
 /// How far a standby is, as it reports itself.
