@@ -17,7 +17,8 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     // tokio-postgres logs statement text at debug level, and some statements pgrepl sends carry
     // a replication password (primary_conninfo); secrets never reach logs, at any level.
     let filter = filter.add_directive("tokio_postgres=info".parse().expect("a valid directive"));
@@ -62,8 +63,7 @@ fn main() -> ExitCode {
 /// Ctrl-C, or SIGTERM: what `kill`, systemd and container runtimes send to stop a process, and
 /// it deserves the same clean stop (e.g. receivewal flushing what it received).
 async fn stop_signal() -> std::io::Result<()> {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result,
         _ = terminate.recv() => Ok(()),

@@ -245,10 +245,7 @@ async fn run(
         data_dirs.push(staging.add(&target.dir)?);
     }
 
-    let mut conn = cancellable(cancel, async {
-        Ok(Connection::connect(connect).await?)
-    })
-    .await?;
+    let mut conn = cancellable(cancel, async { Ok(Connection::connect(connect).await?) }).await?;
     let major = conn
         .server_major()
         .ok_or_else(|| BackupError::UnsupportedServer("unknown".into()))?;

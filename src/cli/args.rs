@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use super::cluster::{DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, SwitchoverArgs, UpArgs};
 use super::bench::BenchArgs;
+use super::cluster::{
+    DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, SwitchoverArgs, UpArgs,
+};
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
 
@@ -162,7 +164,11 @@ pub struct BasebackupArgs {
     pub primary_host: Option<String>,
     /// With -R, put `passfile=FILE` in primary_conninfo instead of the password: the standby
     /// reads the password from FILE (an absolute path on the standby's host, mode 0600).
-    #[arg(long = "passfile", value_name = "FILE", requires = "write_recovery_conf")]
+    #[arg(
+        long = "passfile",
+        value_name = "FILE",
+        requires = "write_recovery_conf"
+    )]
     pub passfile: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long = "json")]

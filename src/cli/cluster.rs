@@ -19,7 +19,12 @@ pub enum RuntimeArg {
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
     /// The cluster file (`pgrepl init` writes one; the recipe's defaults when it is absent).
-    #[arg(long = "cluster", short = 'f', default_value = "pgrepl.toml", value_name = "FILE")]
+    #[arg(
+        long = "cluster",
+        short = 'f',
+        default_value = "pgrepl.toml",
+        value_name = "FILE"
+    )]
     pub file: PathBuf,
     /// Override the file's runtime: local processes or docker containers.
     #[arg(long = "runtime", value_enum)]
@@ -55,7 +60,12 @@ impl ClusterArgs {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Where to write the cluster file.
-    #[arg(long = "cluster", short = 'f', default_value = "pgrepl.toml", value_name = "FILE")]
+    #[arg(
+        long = "cluster",
+        short = 'f',
+        default_value = "pgrepl.toml",
+        value_name = "FILE"
+    )]
     pub file: PathBuf,
     /// Overwrite an existing file.
     #[arg(long)]
@@ -104,26 +114,43 @@ impl StepLog for PrintSteps {
 
 pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     if args.file.exists() && !args.force {
-        anyhow::bail!("`{}` already exists: edit it, or give --force to overwrite it", args.file.display());
+        anyhow::bail!(
+            "`{}` already exists: edit it, or give --force to overwrite it",
+            args.file.display()
+        );
     }
     std::fs::write(&args.file, ClusterSpec::default().to_toml())?;
     // It holds the replication password.
-    std::fs::set_permissions(&args.file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::set_permissions(
+        &args.file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     println!("wrote {}", args.file.display());
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    let options = UpOptions { dump: args.dump.clone() };
+    let options = UpOptions {
+        dump: args.dump.clone(),
+    };
     let summary = cluster.up(&options, &PrintSteps(Instant::now())).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16} {:<8} {:<10} conninfo (for psql)", "node", "role", "sync");
+    println!(
+        "{:<16} {:<8} {:<10} conninfo (for psql)",
+        "node", "role", "sync"
+    );
     for node in &summary.nodes {
-        println!("{:<16} {:<8} {:<10} {}", node.name, node.role, node.sync_state.as_deref().unwrap_or("-"), node.conninfo);
+        println!(
+            "{:<16} {:<8} {:<10} {}",
+            node.name,
+            node.role,
+            node.sync_state.as_deref().unwrap_or("-"),
+            node.conninfo
+        );
     }
     println!(
         "cluster is up: synchronous_standby_names = '{}'; {:.1} s",
@@ -136,7 +163,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     cluster.down(args.purge).await?;
-    println!("cluster is down{}", if args.purge { "; its data is deleted" } else { "" });
+    println!(
+        "cluster is down{}",
+        if args.purge {
+            "; its data is deleted"
+        } else {
+            ""
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -198,12 +232,18 @@ pub struct DrillArgs {
     pub json: bool,
 }
 
-fn print_role_change(report: &pgrepl::cluster::failover::RoleChangeReport, json: bool) -> anyhow::Result<()> {
+fn print_role_change(
+    report: &pgrepl::cluster::failover::RoleChangeReport,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    println!("{} plan: `{}` -> `{}`", report.action, report.old_primary, report.new_primary);
+    println!(
+        "{} plan: `{}` -> `{}`",
+        report.action, report.old_primary, report.new_primary
+    );
     for (i, step) in report.plan.iter().enumerate() {
         println!("  {}. {step}", i + 1);
     }
@@ -214,7 +254,11 @@ fn print_role_change(report: &pgrepl::cluster::failover::RoleChangeReport, json:
     for step in &report.steps {
         println!("  done in {:>6} ms: {}", step.ms, step.step);
     }
-    println!("{} complete in {:.1} s", report.action, report.elapsed_ms as f64 / 1000.0);
+    println!(
+        "{} complete in {:.1} s",
+        report.action,
+        report.elapsed_ms as f64 / 1000.0
+    );
     Ok(())
 }
 
@@ -225,21 +269,27 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         force: args.force,
         dry_run: args.dry_run,
     };
-    let report = cluster.failover(&options, &PrintSteps(Instant::now())).await?;
+    let report = cluster
+        .failover(&options, &PrintSteps(Instant::now()))
+        .await?;
     print_role_change(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    let report = cluster.switchover(&args.to, args.dry_run, &PrintSteps(Instant::now())).await?;
+    let report = cluster
+        .switchover(&args.to, args.dry_run, &PrintSteps(Instant::now()))
+        .await?;
     print_role_change(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn rejoin(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    cluster.rejoin(&args.node, &PrintSteps(Instant::now())).await?;
+    cluster
+        .rejoin(&args.node, &PrintSteps(Instant::now()))
+        .await?;
     println!("{} is a standby again", args.node);
     Ok(ExitCode::SUCCESS)
 }
@@ -252,9 +302,24 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{:<4} {:<6} {:>8}  check", "step", "result", "ms");
         for step in &report.steps {
-            println!("{:<4} {:<6} {:>8}  {}: {}", step.step, if step.passed { "PASS" } else { "FAIL" }, step.ms, step.name, step.detail);
+            println!(
+                "{:<4} {:<6} {:>8}  {}: {}",
+                step.step,
+                if step.passed { "PASS" } else { "FAIL" },
+                step.ms,
+                step.name,
+                step.detail
+            );
         }
-        println!("drill {} in {:.1} s", if report.passed { "passed" } else { "FAILED" }, report.elapsed_ms as f64 / 1000.0);
+        println!(
+            "drill {} in {:.1} s",
+            if report.passed { "passed" } else { "FAILED" },
+            report.elapsed_ms as f64 / 1000.0
+        );
     }
-    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

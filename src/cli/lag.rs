@@ -145,7 +145,11 @@ fn nodes(args: &LagArgs) -> anyhow::Result<Vec<Node>> {
 
 /// Every node of a cluster file, as its superuser.
 pub(super) fn cluster_nodes(cluster: &pgrepl::cluster::Cluster) -> Vec<Node> {
-    cluster.node_connections().into_iter().map(|(name, connect)| Node { name, connect }).collect()
+    cluster
+        .node_connections()
+        .into_iter()
+        .map(|(name, connect)| Node { name, connect })
+        .collect()
 }
 
 /// Nodes given as conninfo strings or URIs, each named `host:port`.

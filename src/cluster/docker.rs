@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding};
 use bollard::query_parameters::{
-    ContainerArchiveInfoOptions, CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
+    ContainerArchiveInfoOptions, CreateContainerOptions, KillContainerOptions, LogsOptions,
+    RemoveContainerOptions,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
@@ -81,7 +82,10 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     /// Reads the superuser password kept in the state directory, or makes a new one (written by
     /// `prepare`, so opening a cluster never writes anything).
-    pub fn new(state_dir: PathBuf, settings: DockerSettings) -> Result<DockerRuntime, ClusterError> {
+    pub fn new(
+        state_dir: PathBuf,
+        settings: DockerSettings,
+    ) -> Result<DockerRuntime, ClusterError> {
         let file = password_file(&state_dir);
         let password = match std::fs::read_to_string(&file) {
             Ok(text) => text.trim_end().to_owned(),
@@ -142,7 +146,10 @@ impl DockerRuntime {
             write_private(&file, &format!("{password}\n"))?;
         }
         // The password is hex, so it needs none of the passfile's `:` or `\` escaping.
-        let lines: String = nodes.iter().map(|n| format!("127.0.0.1:{}:*:postgres:{password}\n", n.port)).collect();
+        let lines: String = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}:*:postgres:{password}\n", n.port))
+            .collect();
         write_private(&self.passfile(), &lines)
     }
 
@@ -239,15 +246,26 @@ impl DockerRuntime {
                     // An image without CMD cannot even be created; this one is never started.
                     entrypoint: Some(vec!["postgres".into()]),
                     labels: Some(self.labels()),
-                    host_config: Some(HostConfig { network_mode: Some("none".into()), ..Default::default() }),
+                    host_config: Some(HostConfig {
+                        network_mode: Some("none".into()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 },
             )
             .await
-            .map_err(engine_err(format!("create a container from `{image}` to look for postgres")))?;
+            .map_err(engine_err(format!(
+                "create a container from `{image}` to look for postgres"
+            )))?;
         let found = self.search_path(docker, &probe.id, path).await;
         let removed = docker
-            .remove_container(&probe.id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                &probe.id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await
             .map_err(engine_err("remove the image probe container"));
         let found = found?;
@@ -255,15 +273,32 @@ impl DockerRuntime {
         Ok(found)
     }
 
-    async fn search_path(&self, docker: &Docker, container: &str, path: &str) -> Result<Option<String>, ClusterError> {
-        'dirs: for dir in path.split(':').filter(|d| d.starts_with('/')).map(|d| d.trim_end_matches('/')) {
+    async fn search_path(
+        &self,
+        docker: &Docker,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<String>, ClusterError> {
+        'dirs: for dir in path
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| d.trim_end_matches('/'))
+        {
             for tool in ["postgres", "initdb"] {
-                let options = ContainerArchiveInfoOptions { path: format!("{dir}/{tool}") };
-                match docker.get_container_archive_info(container, Some(options)).await {
+                let options = ContainerArchiveInfoOptions {
+                    path: format!("{dir}/{tool}"),
+                };
+                match docker
+                    .get_container_archive_info(container, Some(options))
+                    .await
+                {
                     Ok(_) => {}
                     Err(e) if is_not_found(&e) => continue 'dirs,
                     Err(e) => {
-                        return Err(engine_err(format!("look for `{dir}/{tool}` in `{}`", self.settings.image))(e))
+                        return Err(engine_err(format!(
+                            "look for `{dir}/{tool}` in `{}`",
+                            self.settings.image
+                        ))(e))
                     }
                 }
             }
@@ -294,8 +329,14 @@ impl DockerRuntime {
                     labels: Some(self.labels()),
                     ..Default::default()
                 };
-                docker.create_network(request).await.map_err(engine_err(format!("create network `{name}`")))?;
-                docker.inspect_network(name, None).await.map_err(engine_err(format!("inspect network `{name}`")))?
+                docker
+                    .create_network(request)
+                    .await
+                    .map_err(engine_err(format!("create network `{name}`")))?;
+                docker
+                    .inspect_network(name, None)
+                    .await
+                    .map_err(engine_err(format!("inspect network `{name}`")))?
             }
             Err(e) => return Err(engine_err(format!("inspect network `{name}`"))(e)),
         };
@@ -307,7 +348,9 @@ impl DockerRuntime {
             .filter_map(|c| c.subnet)
             .find(|s| s.contains('.'))
             .ok_or_else(|| {
-                ClusterError::Setup(format!("network `{name}` has no IPv4 subnet: remove it and run `pgrepl up` again"))
+                ClusterError::Setup(format!(
+                    "network `{name}` has no IPv4 subnet: remove it and run `pgrepl up` again"
+                ))
             })
     }
 
@@ -372,14 +415,23 @@ impl DockerRuntime {
             cmd: Some(args.iter().map(|a| a.to_string()).collect()),
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
-                binds: Some(vec![self.bind(node), format!("{}:{SECRET_MOUNT}:ro", secret.display())]),
+                binds: Some(vec![
+                    self.bind(node),
+                    format!("{}:{SECRET_MOUNT}:ro", secret.display()),
+                ]),
                 network_mode: Some("none".into()),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let created = docker
-            .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
             .await
             .map_err(engine_err(format!("create container `{name}`")));
         let outcome = match created {
@@ -392,19 +444,23 @@ impl DockerRuntime {
         outcome.and(removed).and(secret_removed)?;
         let subnet = self.network().await?;
         let hba = self.data_dir(node).join("pg_hba.conf");
-        let mut text =
-            std::fs::read_to_string(&hba).map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
+        let mut text = std::fs::read_to_string(&hba)
+            .map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
         text.push_str(&format!(
             "# added by pgrepl: clients through network `{}`\nhost all all {subnet} scram-sha-256\n",
             self.settings.network
         ));
-        std::fs::write(&hba, text).map_err(|e| ClusterError::io(format!("write `{}`", hba.display()), e))
+        std::fs::write(&hba, text)
+            .map_err(|e| ClusterError::io(format!("write `{}`", hba.display()), e))
     }
 
     /// Starts a one-shot container and waits for it to exit successfully.
     async fn run_to_completion(&self, name: &str) -> Result<(), ClusterError> {
         let docker = self.engine().await?;
-        docker.start_container(name, None).await.map_err(engine_err(format!("start container `{name}`")))?;
+        docker
+            .start_container(name, None)
+            .await
+            .map_err(engine_err(format!("start container `{name}`")))?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let state = docker
@@ -424,7 +480,10 @@ impl DockerRuntime {
                 };
             }
             if Instant::now() >= deadline {
-                return Err(ClusterError::Timeout(READY_TIMEOUT, format!("container `{name}` to finish")));
+                return Err(ClusterError::Timeout(
+                    READY_TIMEOUT,
+                    format!("container `{name}` to finish"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -451,18 +510,37 @@ impl DockerRuntime {
                 // first start.
                 if node.role == NodeRole::Primary {
                     env.push(format!("POSTGRES_PASSWORD_FILE={SECRET_MOUNT}"));
-                    binds.push(format!("{}:{SECRET_MOUNT}:ro", password_file(&self.state_dir).display()));
+                    binds.push(format!(
+                        "{}:{SECRET_MOUNT}:ro",
+                        password_file(&self.state_dir).display()
+                    ));
                 }
-                (None, None, std::iter::once("postgres".to_owned()).chain(settings).collect())
+                (
+                    None,
+                    None,
+                    std::iter::once("postgres".to_owned())
+                        .chain(settings)
+                        .collect(),
+                )
             }
             ImageKind::Bare { bin_dir } => {
                 let (uid, gid) = self.data_owner();
-                let args = ["-D".to_owned(), DATA_MOUNT.to_owned()].into_iter().chain(settings).collect();
-                (Some(format!("{uid}:{gid}")), Some(vec![format!("{bin_dir}/postgres")]), args)
+                let args = ["-D".to_owned(), DATA_MOUNT.to_owned()]
+                    .into_iter()
+                    .chain(settings)
+                    .collect();
+                (
+                    Some(format!("{uid}:{gid}")),
+                    Some(vec![format!("{bin_dir}/postgres")]),
+                    args,
+                )
             }
         };
         let port = format!("{SERVER_PORT}/tcp");
-        let binding = PortBinding { host_ip: Some("127.0.0.1".into()), host_port: Some(node.port.to_string()) };
+        let binding = PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(node.port.to_string()),
+        };
         ContainerCreateBody {
             image: Some(self.settings.image.clone()),
             hostname: Some(node.name.clone()),
@@ -505,7 +583,10 @@ impl DockerRuntime {
         let body = self.server_container(node, self.image().await?);
         docker
             .create_container(
-                Some(CreateContainerOptions { name: Some(node.name.clone()), ..Default::default() }),
+                Some(CreateContainerOptions {
+                    name: Some(node.name.clone()),
+                    ..Default::default()
+                }),
                 body,
             )
             .await
@@ -519,7 +600,11 @@ impl DockerRuntime {
         let created = self.ensure_container(node).await?;
         let result = self.start_and_wait(node).await;
         if result.is_err() {
-            let cleanup = if created { self.remove_container(&node.name).await } else { self.kill(node).await };
+            let cleanup = if created {
+                self.remove_container(&node.name).await
+            } else {
+                self.kill(node).await
+            };
             if let Err(e) = cleanup {
                 tracing::warn!(node = %node.name, "could not clean up after a failed start: {e:#}");
             }
@@ -580,7 +665,12 @@ impl DockerRuntime {
         let Ok(docker) = self.engine().await else {
             return "  (the engine did not answer)".into();
         };
-        let options = LogsOptions { stdout: true, stderr: true, tail: LOG_TAIL.to_string(), ..Default::default() };
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: LOG_TAIL.to_string(),
+            ..Default::default()
+        };
         let mut stream = docker.logs(name, Some(options));
         let mut text = String::new();
         while let Some(chunk) = stream.next().await {
@@ -589,7 +679,11 @@ impl DockerRuntime {
                 Err(e) => return format!("  (could not read the logs: {e})"),
             }
         }
-        let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("  | {l}")).collect();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("  | {l}"))
+            .collect();
         if lines.is_empty() {
             return "  (no log output)".into();
         }
@@ -603,7 +697,8 @@ impl DockerRuntime {
         if !self.is_running(node).await {
             return Ok(());
         }
-        self.signal(&node.name, if fast { "SIGINT" } else { "SIGQUIT" }).await?;
+        self.signal(&node.name, if fast { "SIGINT" } else { "SIGQUIT" })
+            .await?;
         let deadline = Instant::now() + STOP_TIMEOUT;
         while self.is_running(node).await {
             if Instant::now() >= deadline {
@@ -623,11 +718,18 @@ impl DockerRuntime {
     /// Sends `signal` to the container's main process; a container that is absent or not
     /// running has nothing to signal.
     async fn signal(&self, name: &str, signal: &str) -> Result<(), ClusterError> {
-        let options = KillContainerOptions { signal: signal.into() };
-        match self.engine().await?.kill_container(name, Some(options)).await {
-            Err(e) if !is_not_found(&e) && status_code(&e) != Some(409) => {
-                Err(engine_err(format!("send {signal} to container `{name}`"))(e))
-            }
+        let options = KillContainerOptions {
+            signal: signal.into(),
+        };
+        match self
+            .engine()
+            .await?
+            .kill_container(name, Some(options))
+            .await
+        {
+            Err(e) if !is_not_found(&e) && status_code(&e) != Some(409) => Err(engine_err(
+                format!("send {signal} to container `{name}`"),
+            )(e)),
             _ => Ok(()),
         }
     }
@@ -654,7 +756,10 @@ impl DockerRuntime {
             tracing::warn!(container = name, "not this cluster's container: left alone");
             return Ok(());
         }
-        let options = RemoveContainerOptions { force: true, ..Default::default() };
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
         match docker.remove_container(name, Some(options)).await {
             Err(e) if !is_not_found(&e) => Err(engine_err(format!("remove container `{name}`"))(e)),
             _ => Ok(()),
@@ -667,7 +772,8 @@ impl DockerRuntime {
         for node in nodes {
             self.stop(node, true).await?;
             self.remove_container(&node.name).await?;
-            self.remove_container(&format!("{}-initdb", node.name)).await?;
+            self.remove_container(&format!("{}-initdb", node.name))
+                .await?;
         }
         if !purge {
             return Ok(());
@@ -675,16 +781,18 @@ impl DockerRuntime {
         let docker = self.engine().await?;
         let name = &self.settings.network;
         match docker.inspect_network(name, None).await {
-            Ok(network) if self.is_ours(network.labels.as_ref()) => {
-                docker.remove_network(name).await.map_err(engine_err(format!("remove network `{name}`")))?
-            }
+            Ok(network) if self.is_ours(network.labels.as_ref()) => docker
+                .remove_network(name)
+                .await
+                .map_err(engine_err(format!("remove network `{name}`")))?,
             Ok(_) => tracing::warn!(network = %name, "not this cluster's network: left alone"),
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(engine_err(format!("inspect network `{name}`"))(e)),
         }
         if self.state_dir.exists() {
-            std::fs::remove_dir_all(&self.state_dir)
-                .map_err(|e| ClusterError::io(format!("remove `{}`", self.state_dir.display()), e))?;
+            std::fs::remove_dir_all(&self.state_dir).map_err(|e| {
+                ClusterError::io(format!("remove `{}`", self.state_dir.display()), e)
+            })?;
         }
         Ok(())
     }
@@ -699,7 +807,8 @@ impl DockerRuntime {
             dbname: Some("postgres".into()),
             ..Default::default()
         };
-        let mut options = ConnectOptions::resolve(params, &|_| None).expect("fixed, valid parameters always resolve");
+        let mut options = ConnectOptions::resolve(params, &|_| None)
+            .expect("fixed, valid parameters always resolve");
         options.password = Some(self.superuser_password.clone());
         options.passfile = Some(self.passfile());
         options
@@ -735,11 +844,13 @@ fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
         .mode(0o600)
         .open(path)
         .map_err(|e| ClusterError::io(context(), e))?;
-    file.write_all(text.as_bytes()).map_err(|e| ClusterError::io(context(), e))
+    file.write_all(text.as_bytes())
+        .map_err(|e| ClusterError::io(context(), e))
 }
 
 fn create_dir(dir: &Path) -> Result<(), ClusterError> {
-    std::fs::create_dir_all(dir).map_err(|e| ClusterError::io(format!("create `{}`", dir.display()), e))
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ClusterError::io(format!("create `{}`", dir.display()), e))
 }
 
 fn status_code(e: &EngineError) -> Option<u16> {

@@ -10,7 +10,10 @@ use tokio_postgres::Client;
 
 use super::failover::FailoverOptions;
 use super::spec::ClusterSpec;
-use super::{expected_sync_states, node_err_sql, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
+use super::{
+    expected_sync_states, node_err_sql, streaming_standbys, wait_until, Cluster, ClusterError,
+    StepLog,
+};
 use crate::conn::Connection;
 
 #[derive(Debug, Clone, Serialize)]
@@ -35,7 +38,11 @@ const BLOCK_DETECTION: Duration = Duration::from_secs(10);
 impl Cluster {
     pub async fn drill(&self, log: &dyn StepLog) -> Result<DrillReport, ClusterError> {
         let started = Instant::now();
-        let mut report = DrillReport { steps: Vec::new(), passed: true, elapsed_ms: 0 };
+        let mut report = DrillReport {
+            steps: Vec::new(),
+            passed: true,
+            elapsed_ms: 0,
+        };
         let names = [
             "standbys stream with the intended sync states",
             "a row written on the primary is read on every standby",
@@ -60,8 +67,18 @@ impl Cluster {
                 Ok(detail) => (true, detail),
                 Err(e) => (false, error_chain(&e)),
             };
-            log.step(&format!("{} {}. {name}: {detail}", if passed { "PASS" } else { "FAIL" }, index + 1));
-            report.steps.push(DrillStep { step: index + 1, name: (*name).to_owned(), passed, detail, ms: step_started.elapsed().as_millis() });
+            log.step(&format!(
+                "{} {}. {name}: {detail}",
+                if passed { "PASS" } else { "FAIL" },
+                index + 1
+            ));
+            report.steps.push(DrillStep {
+                step: index + 1,
+                name: (*name).to_owned(),
+                passed,
+                detail,
+                ms: step_started.elapsed().as_millis(),
+            });
             if !passed {
                 report.passed = false;
                 break;
@@ -79,10 +96,14 @@ impl Cluster {
         let spec = self.current_spec()?;
         let client = self.primary_sql(&spec).await?;
         let expected = expected_sync_states(&spec);
-        wait_until(Duration::from_secs(30), "the intended sync states", || async {
-            let states = streaming_standbys(&client).await?;
-            Ok(expected.iter().all(|e| states.contains(e)))
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the intended sync states",
+            || async {
+                let states = streaming_standbys(&client).await?;
+                Ok(expected.iter().all(|e| states.contains(e)))
+            },
+        )
         .await?;
         Ok(describe(&expected))
     }
@@ -101,19 +122,29 @@ impl Cluster {
             .await
             .map_err(|e| node_err_sql(spec.primary(), e))?;
         self.row_on_standbys(&spec, id).await?;
-        Ok(format!("row {id} is on {}", spec.standbys().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" and ")))
+        Ok(format!(
+            "row {id} is on {}",
+            spec.standbys()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ))
     }
 
     async fn row_on_standbys(&self, spec: &ClusterSpec, id: i64) -> Result<(), ClusterError> {
         for standby in spec.standbys() {
             let client = self.sql(standby).await?;
-            wait_until(Duration::from_secs(30), &format!("row {id} on `{}`", standby.name), || async {
-                let row = client
-                    .query_opt("SELECT 1 FROM pgrepl_drill WHERE id = $1", &[&id])
-                    .await
-                    .map_err(|e| node_err_sql(standby, e))?;
-                Ok(row.is_some())
-            })
+            wait_until(
+                Duration::from_secs(30),
+                &format!("row {id} on `{}`", standby.name),
+                || async {
+                    let row = client
+                        .query_opt("SELECT 1 FROM pgrepl_drill WHERE id = $1", &[&id])
+                        .await
+                        .map_err(|e| node_err_sql(standby, e))?;
+                    Ok(row.is_some())
+                },
+            )
             .await?;
         }
         Ok(())
@@ -123,10 +154,23 @@ impl Cluster {
         let spec = self.current_spec()?;
         for standby in spec.standbys() {
             let client = self.sql(standby).await?;
-            match client.batch_execute("INSERT INTO pgrepl_drill VALUES (-1)").await {
+            match client
+                .batch_execute("INSERT INTO pgrepl_drill VALUES (-1)")
+                .await
+            {
                 Err(e) if e.code().map(|c| c.code()) == Some("25006") => {}
-                Err(e) => return Err(ClusterError::Check(format!("`{}` refused with something else: {e}", standby.name))),
-                Ok(()) => return Err(ClusterError::Check(format!("`{}` accepted a write", standby.name))),
+                Err(e) => {
+                    return Err(ClusterError::Check(format!(
+                        "`{}` refused with something else: {e}",
+                        standby.name
+                    )))
+                }
+                Ok(()) => {
+                    return Err(ClusterError::Check(format!(
+                        "`{}` accepted a write",
+                        standby.name
+                    )))
+                }
             }
         }
         Ok("every standby answers: cannot execute INSERT in a read-only transaction".into())
@@ -135,16 +179,30 @@ impl Cluster {
     async fn drill_async_stopped(&self) -> Result<String, ClusterError> {
         let spec = self.current_spec()?;
         let async_standby = last_standby(&spec)?;
-        self.runtime.stop(spec.node(&async_standby).expect("a standby of the spec"), true).await?;
+        self.runtime
+            .stop(
+                spec.node(&async_standby).expect("a standby of the spec"),
+                true,
+            )
+            .await?;
         let client = self.primary_sql(&spec).await?;
-        let committed = tokio::time::timeout(BLOCK_DETECTION, client.execute("INSERT INTO pgrepl_drill VALUES (2)", &[])).await;
+        let committed = tokio::time::timeout(
+            BLOCK_DETECTION,
+            client.execute("INSERT INTO pgrepl_drill VALUES (2)", &[]),
+        )
+        .await;
         let result = match committed {
             Ok(Ok(_)) => {
                 let states = streaming_standbys(&client).await?;
-                Ok(format!("committed with `{async_standby}` stopped; now {}", describe(&states)))
+                Ok(format!(
+                    "committed with `{async_standby}` stopped; now {}",
+                    describe(&states)
+                ))
             }
             Ok(Err(e)) => Err(node_err_sql(spec.primary(), e)),
-            Err(_) => Err(ClusterError::Check(format!("the commit blocked with only `{async_standby}` stopped"))),
+            Err(_) => Err(ClusterError::Check(format!(
+                "the commit blocked with only `{async_standby}` stopped"
+            ))),
         };
         self.start_node(&async_standby).await?;
         result
@@ -158,25 +216,45 @@ impl Cluster {
         }
         let primary = spec.primary();
         let writer = self.primary_sql(&spec).await?;
-        let commit = tokio::spawn(async move { writer.execute("INSERT INTO pgrepl_drill VALUES (3)", &[]).await });
+        let commit = tokio::spawn(async move {
+            writer
+                .execute("INSERT INTO pgrepl_drill VALUES (3)", &[])
+                .await
+        });
         let watcher = self.primary_sql(&spec).await?;
         let blocked = wait_until(BLOCK_DETECTION, "a commit waiting on SyncRep", || async {
             let waiting: i64 = watcher
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'", &[])
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                    &[],
+                )
                 .await
                 .map_err(|e| node_err_sql(primary, e))?
                 .get(0);
             Ok(waiting > 0)
         })
         .await;
-        let missing = standbys.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" and ");
-        futures_util::future::try_join_all(standbys.iter().map(|s| self.start_node(&s.name))).await?;
-        blocked.map_err(|_| ClusterError::Check(format!("the commit did not block although {missing} are stopped")))?;
+        let missing = standbys
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" and ");
+        futures_util::future::try_join_all(standbys.iter().map(|s| self.start_node(&s.name)))
+            .await?;
+        blocked.map_err(|_| {
+            ClusterError::Check(format!(
+                "the commit did not block although {missing} are stopped"
+            ))
+        })?;
         let released = tokio::time::timeout(Duration::from_secs(60), commit).await;
         match released {
             Ok(Ok(Ok(_))) => {}
             Ok(Ok(Err(e))) => return Err(node_err_sql(primary, e)),
-            _ => return Err(ClusterError::Check("the blocked commit was not released after the standbys came back".into())),
+            _ => {
+                return Err(ClusterError::Check(
+                    "the blocked commit was not released after the standbys came back".into(),
+                ))
+            }
         }
         self.row_on_standbys(&spec, 3).await?;
         Ok(format!("a commit waited on SyncRep while {missing} were stopped; released when they came back, row 3 is everywhere"))
@@ -188,25 +266,49 @@ impl Cluster {
             .into_iter()
             .find(|(_, state)| state == "sync" || state == "quorum")
             .map(|(name, _)| name)
-            .ok_or_else(|| ClusterError::Check("the sync policy names no synchronous standby".into()))?;
+            .ok_or_else(|| {
+                ClusterError::Check("the sync policy names no synchronous standby".into())
+            })?;
         let before = spec.clone();
         let killed_at = Instant::now();
-        self.failover(&FailoverOptions { to: Some(sync_standby.clone()), force: false, dry_run: false }, log).await?;
+        self.failover(
+            &FailoverOptions {
+                to: Some(sync_standby.clone()),
+                force: false,
+                dry_run: false,
+            },
+            log,
+        )
+        .await?;
         let spec = self.current_spec()?;
         let client = self.primary_sql(&spec).await?;
-        tokio::time::timeout(Duration::from_secs(30), client.execute("INSERT INTO pgrepl_drill VALUES (4)", &[]))
-            .await
-            .map_err(|_| ClusterError::Check("the first write on the new primary blocked".into()))?
-            .map_err(|e| node_err_sql(spec.primary(), e))?;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.execute("INSERT INTO pgrepl_drill VALUES (4)", &[]),
+        )
+        .await
+        .map_err(|_| ClusterError::Check("the first write on the new primary blocked".into()))?
+        .map_err(|e| node_err_sql(spec.primary(), e))?;
         let first_write = killed_at.elapsed();
-        let names: String = client.query_one("SHOW synchronous_standby_names", &[]).await.map_err(|e| node_err_sql(spec.primary(), e))?.get(0);
+        let names: String = client
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await
+            .map_err(|e| node_err_sql(spec.primary(), e))?
+            .get(0);
         if names != spec.synchronous_standby_names() {
-            return Err(ClusterError::Check(format!("synchronous_standby_names is `{names}`, expected `{}`", spec.synchronous_standby_names())));
+            return Err(ClusterError::Check(format!(
+                "synchronous_standby_names is `{names}`, expected `{}`",
+                spec.synchronous_standby_names()
+            )));
         }
         let mut replication = Connection::connect(&self.replication_connect(spec.primary()))
             .await
             .map_err(ClusterError::node(spec.primary()))?;
-        let timeline = replication.identify_system().await.map_err(ClusterError::node(spec.primary()))?.timeline;
+        let timeline = replication
+            .identify_system()
+            .await
+            .map_err(ClusterError::node(spec.primary()))?
+            .timeline;
         replication.close().await;
         let old = &before.primary().name;
         for standby in spec.standbys().filter(|s| &s.name != old) {
@@ -231,7 +333,11 @@ impl Cluster {
         let spec = self.current_spec()?;
         let old = self.spec.primary().name.clone();
         self.rejoin(&old, log).await?;
-        Ok(format!("`{old}` streams from `{}`; {}", spec.primary().name, describe(&expected_sync_states(&spec))))
+        Ok(format!(
+            "`{old}` streams from `{}`; {}",
+            spec.primary().name,
+            describe(&expected_sync_states(&spec))
+        ))
     }
 }
 
@@ -242,7 +348,9 @@ fn last_standby(spec: &ClusterSpec) -> Result<String, ClusterError> {
         .rev()
         .find(|(_, state)| state == "potential" || state == "async")
         .map(|(name, _)| name)
-        .ok_or_else(|| ClusterError::Check("no standby is asynchronous or potential under this policy".into()))
+        .ok_or_else(|| {
+            ClusterError::Check("no standby is asynchronous or potential under this policy".into())
+        })
 }
 
 /// The error and its causes on one line, as the CLI prints errors.
@@ -257,5 +365,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 fn describe(states: &[(String, String)]) -> String {
-    states.iter().map(|(n, s)| format!("{n} {s}")).collect::<Vec<_>>().join(", ")
+    states
+        .iter()
+        .map(|(n, s)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

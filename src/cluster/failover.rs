@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use super::spec::{ClusterSpec, NodeSpec};
 use super::topology::{ControlFile, Topology};
-use super::{alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
+use super::{
+    alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError,
+    StepLog,
+};
 use crate::backup::{self, BackupTarget, BaseBackupOptions};
 use crate::conn::Connection;
 use crate::lsn::Lsn;
@@ -73,13 +76,21 @@ struct Steps<'a> {
 impl<'a> Steps<'a> {
     fn new(log: &'a dyn StepLog) -> Self {
         let now = Instant::now();
-        Steps { log, started: now, last: now, done: Vec::new() }
+        Steps {
+            log,
+            started: now,
+            last: now,
+            done: Vec::new(),
+        }
     }
 
     fn done(&mut self, step: String) {
         let now = Instant::now();
         self.log.step(&step);
-        self.done.push(TimedStep { step, ms: now.duration_since(self.last).as_millis() });
+        self.done.push(TimedStep {
+            step,
+            ms: now.duration_since(self.last).as_millis(),
+        });
         self.last = now;
     }
 }
@@ -124,7 +135,11 @@ impl Cluster {
     /// Fences the primary, then promotes the most advanced (or the given) standby, re-points the
     /// others and swaps the sync policy's names. A given target that is behind another standby
     /// first catches up from it (cascading replication), so no standby is left past the fork.
-    pub async fn failover(&self, options: &FailoverOptions, log: &dyn StepLog) -> Result<RoleChangeReport, ClusterError> {
+    pub async fn failover(
+        &self,
+        options: &FailoverOptions,
+        log: &dyn StepLog,
+    ) -> Result<RoleChangeReport, ClusterError> {
         let spec = self.current_spec()?;
         let old = spec.primary();
         let mut report = RoleChangeReport {
@@ -150,7 +165,10 @@ impl Cluster {
         let others: Vec<&NodeSpec> = new_spec.standbys().filter(|s| s.name != old.name).collect();
         report.new_primary = target.name.clone();
         if options.dry_run {
-            report.plan.push(format!("fence `{}`: stop it hard so it cannot take writes", old.name));
+            report.plan.push(format!(
+                "fence `{}`: stop it hard so it cannot take writes",
+                old.name
+            ));
         }
         if let Some((ahead, bytes)) = choice.ahead {
             report.plan.push(if options.force {
@@ -160,27 +178,50 @@ impl Cluster {
             });
         }
         report.plan.extend([
-            format!("promote `{}` (at {})", target.name, target.position().map_or("?".into(), |l| l.to_string())),
+            format!(
+                "promote `{}` (at {})",
+                target.name,
+                target.position().map_or("?".into(), |l| l.to_string())
+            ),
             format!("re-point {} to `{}`", names(&others), target.name),
-            format!("sync policy on `{}`: {}", target.name, new_spec.synchronous_standby_names()),
-            format!("later: `pgrepl rejoin {}` brings the old primary back as a standby", old.name),
+            format!(
+                "sync policy on `{}`: {}",
+                target.name,
+                new_spec.synchronous_standby_names()
+            ),
+            format!(
+                "later: `pgrepl rejoin {}` brings the old primary back as a standby",
+                old.name
+            ),
         ]);
         if options.dry_run {
             return Ok(report);
         }
         if let (Some((ahead, _)), false) = (choice.ahead, options.force) {
             let goal = ahead.position().unwrap_or_default();
-            self.catch_up(new_primary, self.node(&ahead.name)?, goal).await?;
-            steps.done(format!("`{}` caught up with `{}` at {goal}", target.name, ahead.name));
+            self.catch_up(new_primary, self.node(&ahead.name)?, goal)
+                .await?;
+            steps.done(format!(
+                "`{}` caught up with `{}` at {goal}",
+                target.name, ahead.name
+            ));
         }
         self.promote(new_primary).await?;
-        self.record_primary(&new_primary.name, format!("failover {} -> {}", old.name, new_primary.name))?;
+        self.record_primary(
+            &new_primary.name,
+            format!("failover {} -> {}", old.name, new_primary.name),
+        )?;
         steps.done(format!("promoted `{}`", new_primary.name));
         self.repoint(new_primary, &others).await?;
         steps.done(format!("re-pointed {}", names(&others)));
         self.set_sync_names(&new_spec).await?;
         self.wait_streaming(new_primary, &others).await?;
-        steps.done(format!("{} streams from `{}`; sync policy {}", names(&others), new_primary.name, new_spec.synchronous_standby_names()));
+        steps.done(format!(
+            "{} streams from `{}`; sync policy {}",
+            names(&others),
+            new_primary.name,
+            new_spec.synchronous_standby_names()
+        ));
         report.elapsed_ms = steps.started.elapsed().as_millis();
         report.steps = steps.done;
         Ok(report)
@@ -188,9 +229,20 @@ impl Cluster {
 
     /// Streams the WAL `target` lacks from `source`, a standby that has it, until `target` has
     /// received up to `goal`.
-    async fn catch_up(&self, target: &NodeSpec, source: &NodeSpec, goal: Lsn) -> Result<(), ClusterError> {
+    async fn catch_up(
+        &self,
+        target: &NodeSpec,
+        source: &NodeSpec,
+        goal: Lsn,
+    ) -> Result<(), ClusterError> {
         let client = self.sql(target).await?;
-        alter_system(&client, target, "primary_conninfo", &self.primary_conninfo(source, target)).await?;
+        alter_system(
+            &client,
+            target,
+            "primary_conninfo",
+            &self.primary_conninfo(source, target),
+        )
+        .await?;
         reload(&client, target).await?;
         wait_until(Duration::from_secs(30), &format!("`{}` to receive {goal} from `{}`", target.name, source.name), || async {
             let received: Option<String> = client
@@ -211,12 +263,19 @@ impl Cluster {
 
     /// Planned and lossless: the primary stops cleanly, the target replays its shutdown
     /// checkpoint, is promoted, and the old primary restarts as its standby with no re-clone.
-    pub async fn switchover(&self, to: &str, dry_run: bool, log: &dyn StepLog) -> Result<RoleChangeReport, ClusterError> {
+    pub async fn switchover(
+        &self,
+        to: &str,
+        dry_run: bool,
+        log: &dyn StepLog,
+    ) -> Result<RoleChangeReport, ClusterError> {
         let spec = self.current_spec()?;
         let old = spec.primary();
         let target = self.node(to)?;
         if target.name == old.name {
-            return Err(ClusterError::Setup(format!("`{to}` is already the primary")));
+            return Err(ClusterError::Setup(format!(
+                "`{to}` is already the primary"
+            )));
         }
         let probes = self.probe_all().await;
         for probe in &probes {
@@ -230,18 +289,30 @@ impl Cluster {
         let primary_sql = self.sql(old).await?;
         let streaming = streaming_standbys(&primary_sql).await?;
         if !streaming.iter().any(|(name, _)| name == to) {
-            return Err(ClusterError::Setup(format!("`{to}` is not streaming from `{}`; a switchover would lose its WAL", old.name)));
+            return Err(ClusterError::Setup(format!(
+                "`{to}` is not streaming from `{}`; a switchover would lose its WAL",
+                old.name
+            )));
         }
         drop(primary_sql);
         let new_spec = self.file_spec.with_primary(to)?;
         let others: Vec<&NodeSpec> = new_spec.standbys().filter(|s| s.name != old.name).collect();
         let plan = vec![
-            format!("stop `{}` cleanly (its shutdown checkpoint goes to the standbys)", old.name),
+            format!(
+                "stop `{}` cleanly (its shutdown checkpoint goes to the standbys)",
+                old.name
+            ),
             format!("wait until `{to}` has replayed that checkpoint"),
             format!("promote `{to}`"),
-            format!("restart `{}` as a standby of `{to}` (no re-clone)", old.name),
+            format!(
+                "restart `{}` as a standby of `{to}` (no re-clone)",
+                old.name
+            ),
             format!("re-point {} to `{to}`", names(&others)),
-            format!("sync policy on `{to}`: {}", new_spec.synchronous_standby_names()),
+            format!(
+                "sync policy on `{to}`: {}",
+                new_spec.synchronous_standby_names()
+            ),
         ];
         let mut report = RoleChangeReport {
             action: "switchover",
@@ -259,18 +330,30 @@ impl Cluster {
         self.runtime.stop(old, true).await?;
         let control = ControlFile::read(&self.runtime.data_dir(old))?;
         if !control.shut_down_cleanly() {
-            return Err(ClusterError::Check(format!("`{}` did not shut down cleanly; start it again and retry", old.name)));
+            return Err(ClusterError::Check(format!(
+                "`{}` did not shut down cleanly; start it again and retry",
+                old.name
+            )));
         }
-        steps.done(format!("stopped `{}` cleanly; its shutdown checkpoint is at {}", old.name, control.checkpoint));
+        steps.done(format!(
+            "stopped `{}` cleanly; its shutdown checkpoint is at {}",
+            old.name, control.checkpoint
+        ));
         let target_sql = self.sql(target).await?;
-        wait_until(Duration::from_secs(60), &format!("`{to}` to replay {}", control.checkpoint), || async {
-            let replayed: Option<String> = target_sql
-                .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                .await
-                .map_err(|e| node_err_sql(target, e))?
-                .get(0);
-            Ok(replayed.and_then(|t| t.parse::<Lsn>().ok()).is_some_and(|l| l > control.checkpoint))
-        })
+        wait_until(
+            Duration::from_secs(60),
+            &format!("`{to}` to replay {}", control.checkpoint),
+            || async {
+                let replayed: Option<String> = target_sql
+                    .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                    .await
+                    .map_err(|e| node_err_sql(target, e))?
+                    .get(0);
+                Ok(replayed
+                    .and_then(|t| t.parse::<Lsn>().ok())
+                    .is_some_and(|l| l > control.checkpoint))
+            },
+        )
         .await?;
         steps.done(format!("`{to}` replayed the shutdown checkpoint"));
         let new_primary = new_spec.primary();
@@ -282,7 +365,8 @@ impl Cluster {
         steps.done(format!("`{}` restarted as a standby of `{to}`", old.name));
         self.repoint(new_primary, &others).await?;
         let new_primary_sql = self.sql(new_primary).await?;
-        self.apply_sync_policy(&new_spec, &new_primary_sql, log).await?;
+        self.apply_sync_policy(&new_spec, &new_primary_sql, log)
+            .await?;
         steps.done(format!("every standby streams from `{to}`"));
         report.elapsed_ms = steps.started.elapsed().as_millis();
         report.steps = steps.done;
@@ -298,18 +382,30 @@ impl Cluster {
         let node = self.node(name)?;
         let primary = spec.primary();
         if node.name == primary.name {
-            return Err(ClusterError::Setup(format!("`{name}` is the primary; rejoin brings back a former primary")));
+            return Err(ClusterError::Setup(format!(
+                "`{name}` is the primary; rejoin brings back a former primary"
+            )));
         }
         let mut steps = Steps::new(log);
         self.runtime.stop(node, true).await?;
         let data = self.runtime.data_dir(node);
-        let follows = if data.join("PG_VERSION").exists() { self.can_follow(node, primary).await? } else { false };
+        let follows = if data.join("PG_VERSION").exists() {
+            self.can_follow(node, primary).await?
+        } else {
+            false
+        };
         if follows {
             self.follow(node, primary)?;
-            steps.done(format!("`{name}` ends before the fork: it follows `{}` without a re-clone", primary.name));
+            steps.done(format!(
+                "`{name}` ends before the fork: it follows `{}` without a re-clone",
+                primary.name
+            ));
         } else {
             self.reclone(node, primary).await?;
-            steps.done(format!("`{name}` re-cloned from `{}` with a base backup", primary.name));
+            steps.done(format!(
+                "`{name}` re-cloned from `{}` with a base backup",
+                primary.name
+            ));
         }
         self.runtime.start(node).await?;
         let primary_sql = self.sql(primary).await?;
@@ -328,25 +424,38 @@ impl Cluster {
         let mut conn = Connection::connect(&self.replication_connect(primary))
             .await
             .map_err(ClusterError::node(primary))?;
-        let system = conn.identify_system().await.map_err(ClusterError::node(primary))?;
+        let system = conn
+            .identify_system()
+            .await
+            .map_err(ClusterError::node(primary))?;
         if system.system_id != control.system_identifier {
             return Ok(false);
         }
         if system.timeline == control.checkpoint_timeline {
             return Ok(true);
         }
-        let (_, history) = conn.timeline_history(system.timeline).await.map_err(ClusterError::node(primary))?;
+        let (_, history) = conn
+            .timeline_history(system.timeline)
+            .await
+            .map_err(ClusterError::node(primary))?;
         conn.close().await;
-        Ok(fork_point(&String::from_utf8_lossy(&history), control.checkpoint_timeline)
-            .is_some_and(|fork| control.checkpoint < fork))
+        Ok(fork_point(
+            &String::from_utf8_lossy(&history),
+            control.checkpoint_timeline,
+        )
+        .is_some_and(|fork| control.checkpoint < fork))
     }
 
     /// Makes a stopped node a standby of `primary`: standby.signal and primary_conninfo.
     fn follow(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<(), ClusterError> {
         let data = self.runtime.data_dir(node);
         let conninfo = self.primary_conninfo(primary, node);
-        backup::standby_conf::write_standby_config(&data, &conninfo, None)
-            .map_err(|e| ClusterError::io(format!("write standby settings into `{}`", data.display()), e))?;
+        backup::standby_conf::write_standby_config(&data, &conninfo, None).map_err(|e| {
+            ClusterError::io(
+                format!("write standby settings into `{}`", data.display()),
+                e,
+            )
+        })?;
         if let Some((uid, gid)) = self.runtime.data_owner() {
             for file in ["postgresql.auto.conf", "standby.signal"] {
                 std::os::unix::fs::chown(data.join(file), Some(uid), Some(gid))
@@ -362,9 +471,13 @@ impl Cluster {
         let data = self.runtime.data_dir(node);
         let aside = data.with_extension("before-rejoin");
         if data.exists() {
-            std::fs::rename(&data, &aside).map_err(|e| ClusterError::io(format!("move `{}` aside", data.display()), e))?;
+            std::fs::rename(&data, &aside)
+                .map_err(|e| ClusterError::io(format!("move `{}` aside", data.display()), e))?;
         }
-        let mut options = BaseBackupOptions::new(vec![BackupTarget { dir: data.clone(), application_name: Some(node.name.clone()) }]);
+        let mut options = BaseBackupOptions::new(vec![BackupTarget {
+            dir: data.clone(),
+            application_name: Some(node.name.clone()),
+        }]);
         options.write_recovery_conf = true;
         options.fast_checkpoint = true;
         options.owner = self.runtime.data_owner();
@@ -380,7 +493,9 @@ impl Cluster {
         match result {
             Ok(_) => {
                 if aside.exists() {
-                    std::fs::remove_dir_all(&aside).map_err(|e| ClusterError::io(format!("remove `{}`", aside.display()), e))?;
+                    std::fs::remove_dir_all(&aside).map_err(|e| {
+                        ClusterError::io(format!("remove `{}`", aside.display()), e)
+                    })?;
                 }
                 Ok(())
             }
@@ -395,17 +510,25 @@ impl Cluster {
 
     async fn promote(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         let client = self.sql(node).await?;
-        let promoted: bool =
-            client.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| node_err_sql(node, e))?.get(0);
+        let promoted: bool = client
+            .query_one("SELECT pg_promote(true, 60)", &[])
+            .await
+            .map_err(|e| node_err_sql(node, e))?
+            .get(0);
         if !promoted {
-            return Err(ClusterError::Check(format!("`{}` did not finish promotion within 60 s", node.name)));
+            return Err(ClusterError::Check(format!(
+                "`{}` did not finish promotion within 60 s",
+                node.name
+            )));
         }
         Ok(())
     }
 
     fn record_primary(&self, primary: &str, event: String) -> Result<(), ClusterError> {
-        let mut topology = Topology::load(&self.state_dir)?
-            .unwrap_or(Topology { primary: primary.to_owned(), history: Vec::new() });
+        let mut topology = Topology::load(&self.state_dir)?.unwrap_or(Topology {
+            primary: primary.to_owned(),
+            history: Vec::new(),
+        });
         topology.primary = primary.to_owned();
         topology.history.push(event);
         topology.save(&self.state_dir)
@@ -413,7 +536,11 @@ impl Cluster {
 
     /// Points running standbys at `primary`; they follow its new timeline by themselves
     /// (`recovery_target_timeline = 'latest'`).
-    async fn repoint(&self, primary: &NodeSpec, standbys: &[&NodeSpec]) -> Result<(), ClusterError> {
+    async fn repoint(
+        &self,
+        primary: &NodeSpec,
+        standbys: &[&NodeSpec],
+    ) -> Result<(), ClusterError> {
         for standby in standbys {
             if !self.runtime.is_running(standby).await {
                 continue;
@@ -429,11 +556,21 @@ impl Cluster {
     async fn set_sync_names(&self, spec: &ClusterSpec) -> Result<(), ClusterError> {
         let primary = spec.primary();
         let client = self.sql(primary).await?;
-        alter_system(&client, primary, "synchronous_standby_names", &spec.synchronous_standby_names()).await?;
+        alter_system(
+            &client,
+            primary,
+            "synchronous_standby_names",
+            &spec.synchronous_standby_names(),
+        )
+        .await?;
         reload(&client, primary).await
     }
 
-    async fn wait_streaming(&self, primary: &NodeSpec, standbys: &[&NodeSpec]) -> Result<(), ClusterError> {
+    async fn wait_streaming(
+        &self,
+        primary: &NodeSpec,
+        standbys: &[&NodeSpec],
+    ) -> Result<(), ClusterError> {
         let client = self.sql(primary).await?;
         let mut running = Vec::new();
         for standby in standbys {
@@ -441,10 +578,16 @@ impl Cluster {
                 running.push(standby.name.as_str());
             }
         }
-        wait_until(Duration::from_secs(60), &format!("{} to stream from `{}`", running.join(", "), primary.name), || async {
-            let streaming = streaming_standbys(&client).await?;
-            Ok(running.iter().all(|n| streaming.iter().any(|(name, _)| name == n)))
-        })
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{} to stream from `{}`", running.join(", "), primary.name),
+            || async {
+                let streaming = streaming_standbys(&client).await?;
+                Ok(running
+                    .iter()
+                    .all(|n| streaming.iter().any(|(name, _)| name == n)))
+            },
+        )
         .await
     }
 }
@@ -457,28 +600,50 @@ struct Choice<'p> {
 }
 
 /// The one asked for, or the most advanced reachable standby.
-fn choose_target<'p>(spec: &ClusterSpec, probes: &'p [NodeProbe], options: &FailoverOptions) -> Result<Choice<'p>, ClusterError> {
+fn choose_target<'p>(
+    spec: &ClusterSpec,
+    probes: &'p [NodeProbe],
+    options: &FailoverOptions,
+) -> Result<Choice<'p>, ClusterError> {
     let primary = &spec.primary().name;
-    let candidates: Vec<&NodeProbe> =
-        probes.iter().filter(|p| &p.name != primary && p.reachable && p.in_recovery == Some(true)).collect();
+    let candidates: Vec<&NodeProbe> = probes
+        .iter()
+        .filter(|p| &p.name != primary && p.reachable && p.in_recovery == Some(true))
+        .collect();
     let best = candidates
         .iter()
         .copied()
         .max_by_key(|p| p.position())
-        .ok_or_else(|| ClusterError::Setup("no standby answers: there is nothing to promote".into()))?;
+        .ok_or_else(|| {
+            ClusterError::Setup("no standby answers: there is nothing to promote".into())
+        })?;
     let target = match &options.to {
         Some(name) => {
             if spec.node(name).is_none() || name == primary {
-                return Err(ClusterError::Setup(format!("`{name}` is not a standby of this cluster")));
+                return Err(ClusterError::Setup(format!(
+                    "`{name}` is not a standby of this cluster"
+                )));
             }
-            candidates.iter().copied().find(|p| &p.name == name).ok_or_else(|| {
-                ClusterError::Setup(format!("`{name}` does not answer as a standby; it cannot be promoted"))
-            })?
+            candidates
+                .iter()
+                .copied()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| {
+                    ClusterError::Setup(format!(
+                        "`{name}` does not answer as a standby; it cannot be promoted"
+                    ))
+                })?
         }
         None => best,
     };
-    let behind = best.position().unwrap_or_default().saturating_sub(target.position().unwrap_or_default());
-    Ok(Choice { target, ahead: (behind > 0).then_some((best, behind)) })
+    let behind = best
+        .position()
+        .unwrap_or_default()
+        .saturating_sub(target.position().unwrap_or_default());
+    Ok(Choice {
+        target,
+        ahead: (behind > 0).then_some((best, behind)),
+    })
 }
 
 /// Where timeline `timeline` ended, from a history file's `parent<TAB>switchpoint<TAB>reason`
@@ -520,15 +685,28 @@ mod tests {
         let spec = ClusterSpec::default();
         let mut primary = probe("pg_master", 0);
         primary.reachable = false;
-        let probes = vec![primary, probe("pg_slave", 100), probe("pg_asyncslave", 5000)];
+        let probes = vec![
+            primary,
+            probe("pg_slave", 100),
+            probe("pg_asyncslave", 5000),
+        ];
         let best = choose_target(&spec, &probes, &FailoverOptions::default()).unwrap();
         assert_eq!(best.target.name, "pg_asyncslave");
         assert!(best.ahead.is_none());
-        let to_slave = FailoverOptions { to: Some("pg_slave".into()), ..FailoverOptions::default() };
+        let to_slave = FailoverOptions {
+            to: Some("pg_slave".into()),
+            ..FailoverOptions::default()
+        };
         let lagging = choose_target(&spec, &probes, &to_slave).unwrap();
         assert_eq!(lagging.target.name, "pg_slave");
-        assert_eq!(lagging.ahead.map(|(p, bytes)| (p.name.as_str(), bytes)), Some(("pg_asyncslave", 4900)));
-        let to_primary = FailoverOptions { to: Some("pg_master".into()), ..FailoverOptions::default() };
+        assert_eq!(
+            lagging.ahead.map(|(p, bytes)| (p.name.as_str(), bytes)),
+            Some(("pg_asyncslave", 4900))
+        );
+        let to_primary = FailoverOptions {
+            to: Some("pg_master".into()),
+            ..FailoverOptions::default()
+        };
         assert!(choose_target(&spec, &probes, &to_primary).is_err());
         let nobody: Vec<NodeProbe> = Vec::new();
         assert!(choose_target(&spec, &nobody, &FailoverOptions::default()).is_err());
@@ -536,7 +714,8 @@ mod tests {
 
     #[test]
     fn fork_points_come_from_the_history_file() {
-        let history = "1\t0/3000150\tno recovery target specified\n\n2\t0/5000000\tat restore point\n";
+        let history =
+            "1\t0/3000150\tno recovery target specified\n\n2\t0/5000000\tat restore point\n";
         assert_eq!(fork_point(history, 1), Some("0/3000150".parse().unwrap()));
         assert_eq!(fork_point(history, 2), Some("0/5000000".parse().unwrap()));
         assert_eq!(fork_point(history, 3), None);

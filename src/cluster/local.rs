@@ -43,8 +43,16 @@ impl LocalRuntime {
                 )
             })?,
         };
-        let run_as = if running_as_root() { Some(postgres_user()?) } else { None };
-        Ok(LocalRuntime { bin_dir, state_dir, run_as })
+        let run_as = if running_as_root() {
+            Some(postgres_user()?)
+        } else {
+            None
+        };
+        Ok(LocalRuntime {
+            bin_dir,
+            state_dir,
+            run_as,
+        })
     }
 
     pub fn data_dir(&self, node: &NodeSpec) -> PathBuf {
@@ -62,8 +70,11 @@ impl LocalRuntime {
 
     /// Creates the state directories, owned by the server user.
     pub fn prepare(&self, nodes: &[NodeSpec]) -> Result<(), ClusterError> {
-        for dir in std::iter::once(self.socket_dir()).chain(nodes.iter().map(|n| self.state_dir.join(&n.name))) {
-            std::fs::create_dir_all(&dir).map_err(|e| ClusterError::io(format!("create `{}`", dir.display()), e))?;
+        for dir in std::iter::once(self.socket_dir())
+            .chain(nodes.iter().map(|n| self.state_dir.join(&n.name)))
+        {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ClusterError::io(format!("create `{}`", dir.display()), e))?;
             self.give_to_server_user(&dir)?;
         }
         self.give_to_server_user(&self.state_dir)?;
@@ -122,7 +133,13 @@ impl LocalRuntime {
                 OsStr::new(&options),
             ],
         )
-        .map_err(|e| ClusterError::Setup(format!("start `{}`: {e}; see `{}`", node.name, log.display())))
+        .map_err(|e| {
+            ClusterError::Setup(format!(
+                "start `{}`: {e}; see `{}`",
+                node.name,
+                log.display()
+            ))
+        })
     }
 
     /// Stops the node (`fast`: roll back sessions, checkpoint, exit; else `immediate`).
@@ -132,13 +149,25 @@ impl LocalRuntime {
         }
         let data = self.data_dir(node);
         let mode = if fast { "fast" } else { "immediate" };
-        self.run("pg_ctl", [OsStr::new("stop"), OsStr::new("-w"), OsStr::new("-m"), OsStr::new(mode), OsStr::new("-D"), data.as_os_str()])
+        self.run(
+            "pg_ctl",
+            [
+                OsStr::new("stop"),
+                OsStr::new("-w"),
+                OsStr::new("-m"),
+                OsStr::new(mode),
+                OsStr::new("-D"),
+                data.as_os_str(),
+            ],
+        )
     }
 
     /// SIGKILL to the postmaster and its children at once: a crash, as when a machine dies, so
     /// not even a backend lingers to finish a commit.
     pub fn kill(&self, node: &NodeSpec) -> Result<(), ClusterError> {
-        let Some(pid) = self.postmaster_pid(node) else { return Ok(()) };
+        let Some(pid) = self.postmaster_pid(node) else {
+            return Ok(());
+        };
         for victim in std::iter::once(pid).chain(children_of(pid)) {
             // SAFETY: plain kill(2) on pids of this node's server processes.
             unsafe { libc::kill(victim, libc::SIGKILL) };
@@ -158,12 +187,17 @@ impl LocalRuntime {
     /// pid as alive, so it would refuse to start over the dead server's lock files. A lock whose
     /// pid is gone or a zombie is stale: remove it (its children were killed with it).
     fn clear_stale_locks(&self, node: &NodeSpec) -> Result<(), ClusterError> {
-        let socket_lock = self.socket_dir().join(format!(".s.PGSQL.{}.lock", node.port));
+        let socket_lock = self
+            .socket_dir()
+            .join(format!(".s.PGSQL.{}.lock", node.port));
         for lock in [self.data_dir(node).join("postmaster.pid"), socket_lock] {
-            let pid = std::fs::read_to_string(&lock).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+            let pid = std::fs::read_to_string(&lock)
+                .ok()
+                .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
             if pid.is_some_and(|pid| !alive(pid)) {
                 tracing::info!("removing stale lock `{}`", lock.display());
-                std::fs::remove_file(&lock).map_err(|e| ClusterError::io(format!("remove `{}`", lock.display()), e))?;
+                std::fs::remove_file(&lock)
+                    .map_err(|e| ClusterError::io(format!("remove `{}`", lock.display()), e))?;
             }
         }
         Ok(())
@@ -176,7 +210,8 @@ impl LocalRuntime {
 
     /// The superuser over the socket directory.
     pub fn superuser(&self, node: &NodeSpec) -> ConnectOptions {
-        let mut options = ConnectOptions::resolve(Default::default(), &|_| None).expect("defaults always resolve");
+        let mut options = ConnectOptions::resolve(Default::default(), &|_| None)
+            .expect("defaults always resolve");
         options.host = Host::Unix(self.socket_dir());
         options.port = node.port;
         options.user = "postgres".into();
@@ -191,17 +226,30 @@ impl LocalRuntime {
         S: AsRef<OsStr>,
     {
         let mut command = Command::new(self.bin_dir.join(tool));
-        command.args(args).stdin(Stdio::null()).env("LC_ALL", "C").env_remove("PGPASSWORD");
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .env("LC_ALL", "C")
+            .env_remove("PGPASSWORD");
         if let Some((uid, gid)) = self.run_as {
             command.uid(uid).gid(gid).current_dir(&self.state_dir);
         }
-        let output = command.output().map_err(|e| ClusterError::io(format!("run `{tool}`"), e))?;
+        let output = command
+            .output()
+            .map_err(|e| ClusterError::io(format!("run `{tool}`"), e))?;
         if output.status.success() {
             return Ok(());
         }
         let text = String::from_utf8_lossy(&output.stderr);
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-        Err(ClusterError::Setup(format!("`{tool}` failed: {}", last.trim())))
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        Err(ClusterError::Setup(format!(
+            "`{tool}` failed: {}",
+            last.trim()
+        )))
     }
 }
 
@@ -210,20 +258,29 @@ impl LocalRuntime {
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain spaces.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
 
 /// Pids whose parent is `parent`, from /proc.
 fn children_of(parent: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned)))
+                .and_then(|stat| {
+                    stat.rsplit_once(')')
+                        .map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+                })
                 .flatten()
                 .and_then(|ppid| ppid.parse::<i32>().ok())
                 == Some(parent)
@@ -232,7 +289,11 @@ fn children_of(parent: i32) -> Vec<i32> {
 }
 
 fn find_bin_dir() -> Option<PathBuf> {
-    let has_tools = |dir: &Path| dir.join("postgres").is_file() && dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    let has_tools = |dir: &Path| {
+        dir.join("postgres").is_file()
+            && dir.join("initdb").is_file()
+            && dir.join("pg_ctl").is_file()
+    };
     if let Some(path) = std::env::var_os("PATH") {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
             return Some(dir);

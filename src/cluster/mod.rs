@@ -88,11 +88,17 @@ impl ClusterError {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     fn node(node: &NodeSpec) -> impl FnOnce(ConnectionError) -> ClusterError + '_ {
-        move |source| ClusterError::Node { node: node.name.clone(), source: Box::new(source) }
+        move |source| ClusterError::Node {
+            node: node.name.clone(),
+            source: Box::new(source),
+        }
     }
 }
 
@@ -151,12 +157,20 @@ pub struct NodeStatus {
 impl Cluster {
     /// Opens `file` (the recipe's defaults when it does not exist) with the chosen runtime.
     pub fn open(file: &Path, choice: &RuntimeChoice) -> Result<Cluster, ClusterError> {
-        let mut spec = if file.exists() { ClusterSpec::load(file)? } else { ClusterSpec::default() };
+        let mut spec = if file.exists() {
+            ClusterSpec::load(file)?
+        } else {
+            ClusterSpec::default()
+        };
         if let Some(runtime) = choice.runtime {
             spec.runtime = runtime;
         }
-        let base = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let base = std::path::absolute(base).map_err(|e| ClusterError::io("resolve the cluster file's directory", e))?;
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base)
+            .map_err(|e| ClusterError::io("resolve the cluster file's directory", e))?;
         let state_dir = base.join(choice.state_dir.as_ref().unwrap_or(&spec.state_dir));
         let replication_password = spec.replication_password(&base)?;
         let file_spec = spec.clone();
@@ -166,7 +180,9 @@ impl Cluster {
         }
         let cluster_state_dir = state_dir.clone();
         let runtime = match spec.runtime {
-            RuntimeKind::Local => Runtime::Local(local::LocalRuntime::new(state_dir, choice.pg_bin.clone())?),
+            RuntimeKind::Local => {
+                Runtime::Local(local::LocalRuntime::new(state_dir, choice.pg_bin.clone())?)
+            }
             RuntimeKind::Docker => {
                 let mut settings = spec.docker.clone();
                 if let Some(image) = &choice.image {
@@ -175,7 +191,13 @@ impl Cluster {
                 Runtime::Docker(Box::new(docker::DockerRuntime::new(state_dir, settings)?))
             }
         };
-        Ok(Cluster { spec, file_spec, runtime, replication_password, state_dir: cluster_state_dir })
+        Ok(Cluster {
+            spec,
+            file_spec,
+            runtime,
+            replication_password,
+            state_dir: cluster_state_dir,
+        })
     }
 
     /// The topology as it is now: the recorded primary may have changed since `open`.
@@ -195,13 +217,18 @@ impl Cluster {
 
     /// Every node with a superuser connection from this host (for `status`, `lag --cluster`).
     pub fn node_connections(&self) -> Vec<(String, ConnectOptions)> {
-        self.spec.nodes.iter().map(|n| (n.name.clone(), self.runtime.superuser(n))).collect()
+        self.spec
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), self.runtime.superuser(n)))
+            .collect()
     }
 
     /// The replication role's session to `node` from this host.
     fn replication_connect(&self, node: &NodeSpec) -> ConnectOptions {
         let (host, port) = self.runtime.host_address(node);
-        let mut connect = ConnectOptions::resolve(Default::default(), &|_| None).expect("defaults always resolve");
+        let mut connect = ConnectOptions::resolve(Default::default(), &|_| None)
+            .expect("defaults always resolve");
         connect.host = Host::Tcp(host);
         connect.port = port;
         connect.user = self.spec.replication.user.clone();
@@ -220,14 +247,24 @@ impl Cluster {
     }
 
     async fn sql(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
-        sql::connect(&self.runtime.superuser(node), SESSION_NAME).await.map_err(ClusterError::node(node))
+        sql::connect(&self.runtime.superuser(node), SESSION_NAME)
+            .await
+            .map_err(ClusterError::node(node))
     }
 
     /// Builds (or completes) the cluster and checks it.
-    pub async fn up(&self, options: &UpOptions, log: &dyn StepLog) -> Result<UpSummary, ClusterError> {
+    pub async fn up(
+        &self,
+        options: &UpOptions,
+        log: &dyn StepLog,
+    ) -> Result<UpSummary, ClusterError> {
         let started = Instant::now();
         // Opened first, so a missing or non-SQL dump stops `up` before anything is created.
-        let dump = options.dump.as_deref().map(dump::DumpFile::open).transpose()?;
+        let dump = options
+            .dump
+            .as_deref()
+            .map(dump::DumpFile::open)
+            .transpose()?;
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
 
@@ -254,8 +291,11 @@ impl Cluster {
         }
         self.configure_primary(primary, log).await?;
 
-        let missing: Vec<&NodeSpec> =
-            self.spec.standbys().filter(|s| !self.runtime.data_dir(s).join("PG_VERSION").exists()).collect();
+        let missing: Vec<&NodeSpec> = self
+            .spec
+            .standbys()
+            .filter(|s| !self.runtime.data_dir(s).join("PG_VERSION").exists())
+            .collect();
         if !missing.is_empty() {
             self.clone_standbys(primary, &missing, log).await?;
         }
@@ -270,17 +310,27 @@ impl Cluster {
             }
         }
         // Standbys start in parallel: each waits for its own recovery to reach consistency.
-        futures_util::future::try_join_all(self.spec.standbys().map(|s| self.ensure_running(s, log))).await?;
+        futures_util::future::try_join_all(
+            self.spec.standbys().map(|s| self.ensure_running(s, log)),
+        )
+        .await?;
         let primary_sql = self.sql(primary).await?;
         let names: Vec<&str> = self.spec.standbys().map(|s| s.name.as_str()).collect();
         log.step(&format!("wait until {} stream", names.join(" and ")));
-        wait_until(Duration::from_secs(60), "every standby to stream", || async {
-            let streaming = streaming_standbys(&primary_sql).await?;
-            Ok(names.iter().all(|n| streaming.iter().any(|(name, _)| name == n)))
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "every standby to stream",
+            || async {
+                let streaming = streaming_standbys(&primary_sql).await?;
+                Ok(names
+                    .iter()
+                    .all(|n| streaming.iter().any(|(name, _)| name == n)))
+            },
+        )
         .await?;
 
-        self.apply_sync_policy(&self.spec, &primary_sql, log).await?;
+        self.apply_sync_policy(&self.spec, &primary_sql, log)
+            .await?;
         self.check(primary, &primary_sql, log).await?;
 
         let states = streaming_standbys(&primary_sql).await?;
@@ -293,7 +343,10 @@ impl Cluster {
                 role: format!("{:?}", n.role).to_lowercase(),
                 port: n.port,
                 conninfo: self.runtime.psql_conninfo(n),
-                sync_state: states.iter().find(|(name, _)| name == &n.name).map(|(_, s)| s.clone()),
+                sync_state: states
+                    .iter()
+                    .find(|(name, _)| name == &n.name)
+                    .map(|(_, s)| s.clone()),
             })
             .collect();
         Ok(UpSummary {
@@ -313,14 +366,22 @@ impl Cluster {
 
     /// GUCs via ALTER SYSTEM, the replication role, the pg_hba line; restarts only when a
     /// changed setting needs it.
-    async fn configure_primary(&self, primary: &NodeSpec, log: &dyn StepLog) -> Result<(), ClusterError> {
+    async fn configure_primary(
+        &self,
+        primary: &NodeSpec,
+        log: &dyn StepLog,
+    ) -> Result<(), ClusterError> {
         let client = self.sql(primary).await?;
         let mut changed = false;
         for (name, value) in &self.spec.settings {
             let current: String = client
                 .query_one("SELECT current_setting($1)", &[name])
                 .await
-                .map_err(|e| ClusterError::Setup(format!("unknown setting `{name}` in the cluster file: {e}")))?
+                .map_err(|e| {
+                    ClusterError::Setup(format!(
+                        "unknown setting `{name}` in the cluster file: {e}"
+                    ))
+                })?
                 .get(0);
             if !same_setting(&current, value) {
                 log.step(&format!("set {name} = '{value}' on `{}`", primary.name));
@@ -342,7 +403,9 @@ impl Cluster {
                 .batch_execute(&format!(
                     "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
                     quote_ident(user),
-                    quote_literal(&postgres_protocol::password::scram_sha_256(self.replication_password.as_bytes()))
+                    quote_literal(&postgres_protocol::password::scram_sha_256(
+                        self.replication_password.as_bytes()
+                    ))
                 ))
                 .await
                 .map_err(|e| node_err_sql(primary, e))?;
@@ -350,11 +413,20 @@ impl Cluster {
         let cidr = self.runtime.replication_clients_cidr().await?;
         let hba_line = format!("host replication {user} {cidr} scram-sha-256");
         let hba_path = self.runtime.data_dir(primary).join("pg_hba.conf");
-        let hba = std::fs::read_to_string(&hba_path).map_err(|e| ClusterError::io(format!("read `{}`", hba_path.display()), e))?;
-        if !hba.lines().any(|l| l.split_whitespace().eq(hba_line.split_whitespace())) {
+        let hba = std::fs::read_to_string(&hba_path)
+            .map_err(|e| ClusterError::io(format!("read `{}`", hba_path.display()), e))?;
+        if !hba
+            .lines()
+            .any(|l| l.split_whitespace().eq(hba_line.split_whitespace()))
+        {
             log.step(&format!("add `{hba_line}` to pg_hba.conf"));
-            let text = format!("{}{}# added by pgrepl up\n{hba_line}\n", hba, if hba.ends_with('\n') { "" } else { "\n" });
-            std::fs::write(&hba_path, text).map_err(|e| ClusterError::io(format!("write `{}`", hba_path.display()), e))?;
+            let text = format!(
+                "{}{}# added by pgrepl up\n{hba_line}\n",
+                hba,
+                if hba.ends_with('\n') { "" } else { "\n" }
+            );
+            std::fs::write(&hba_path, text)
+                .map_err(|e| ClusterError::io(format!("write `{}`", hba_path.display()), e))?;
             changed = true;
         }
         if changed {
@@ -362,13 +434,19 @@ impl Cluster {
             // Reload is asynchronous; give the postmaster a moment before asking what is pending.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let pending: i64 = client
-                .query_one("SELECT count(*) FROM pg_settings WHERE pending_restart", &[])
+                .query_one(
+                    "SELECT count(*) FROM pg_settings WHERE pending_restart",
+                    &[],
+                )
                 .await
                 .map_err(|e| node_err_sql(primary, e))?
                 .get(0);
             if pending > 0 {
                 drop(client);
-                log.step(&format!("restart `{}` for settings that need it", primary.name));
+                log.step(&format!(
+                    "restart `{}` for settings that need it",
+                    primary.name
+                ));
                 self.runtime.stop(primary, true).await?;
                 self.runtime.start(primary).await?;
             }
@@ -377,13 +455,25 @@ impl Cluster {
     }
 
     /// One native base backup pass into every standby that has no data yet.
-    async fn clone_standbys(&self, primary: &NodeSpec, standbys: &[&NodeSpec], log: &dyn StepLog) -> Result<(), ClusterError> {
+    async fn clone_standbys(
+        &self,
+        primary: &NodeSpec,
+        standbys: &[&NodeSpec],
+        log: &dyn StepLog,
+    ) -> Result<(), ClusterError> {
         let names: Vec<&str> = standbys.iter().map(|s| s.name.as_str()).collect();
-        log.step(&format!("base backup of `{}` into {} (one pass)", primary.name, names.join(" and ")));
+        log.step(&format!(
+            "base backup of `{}` into {} (one pass)",
+            primary.name,
+            names.join(" and ")
+        ));
         let connect = self.replication_connect(primary);
         let targets = standbys
             .iter()
-            .map(|s| BackupTarget { dir: self.runtime.data_dir(s), application_name: Some(s.name.clone()) })
+            .map(|s| BackupTarget {
+                dir: self.runtime.data_dir(s),
+                application_name: Some(s.name.clone()),
+            })
             .collect();
         let mut options = BaseBackupOptions::new(targets);
         options.write_recovery_conf = true;
@@ -391,9 +481,13 @@ impl Cluster {
         options.owner = self.runtime.data_owner();
         options.primary_host_override = Some(self.runtime.primary_address_for_standbys(primary));
         options.label = "pgrepl up".into();
-        let summary =
-            backup::base_backup(&connect, &options, Arc::new(backup::NoProgress), tokio_util::sync::CancellationToken::new())
-                .await?;
+        let summary = backup::base_backup(
+            &connect,
+            &options,
+            Arc::new(backup::NoProgress),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await?;
         log.step(&format!(
             "copied {} files ({} MiB) into each standby, manifest verified",
             summary.files,
@@ -404,14 +498,25 @@ impl Cluster {
 
     /// `synchronous_commit` and `synchronous_standby_names`, then waits until
     /// pg_stat_replication shows the intended sync states.
-    async fn apply_sync_policy(&self, spec: &ClusterSpec, primary_sql: &Client, log: &dyn StepLog) -> Result<(), ClusterError> {
+    async fn apply_sync_policy(
+        &self,
+        spec: &ClusterSpec,
+        primary_sql: &Client,
+        log: &dyn StepLog,
+    ) -> Result<(), ClusterError> {
         let primary = spec.primary();
         let names = spec.synchronous_standby_names();
-        let wanted = [("synchronous_commit", spec.sync.synchronous_commit.clone()), ("synchronous_standby_names", names.clone())];
+        let wanted = [
+            ("synchronous_commit", spec.sync.synchronous_commit.clone()),
+            ("synchronous_standby_names", names.clone()),
+        ];
         let mut changed = false;
         for (setting, value) in &wanted {
-            let current: String =
-                primary_sql.query_one("SELECT current_setting($1)", &[setting]).await.map_err(|e| node_err_sql(primary, e))?.get(0);
+            let current: String = primary_sql
+                .query_one("SELECT current_setting($1)", &[setting])
+                .await
+                .map_err(|e| node_err_sql(primary, e))?
+                .get(0);
             if &current != value {
                 log.step(&format!("set {setting} = '{value}'"));
                 alter_system(primary_sql, primary, setting, value).await?;
@@ -422,10 +527,16 @@ impl Cluster {
             reload(primary_sql, primary).await?;
         }
         let expected = expected_sync_states(spec);
-        wait_until(Duration::from_secs(30), "the sync states of the policy", || async {
-            let states = streaming_standbys(primary_sql).await?;
-            Ok(expected.iter().all(|(name, state)| states.iter().any(|(n, s)| n == name && s == state)))
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the sync states of the policy",
+            || async {
+                let states = streaming_standbys(primary_sql).await?;
+                Ok(expected
+                    .iter()
+                    .all(|(name, state)| states.iter().any(|(n, s)| n == name && s == state)))
+            },
+        )
         .await?;
         let described: Vec<String> = expected.iter().map(|(n, s)| format!("{n} {s}")).collect();
         log.step(&format!("sync policy {names}: {}", described.join(", ")));
@@ -434,7 +545,12 @@ impl Cluster {
 
     /// The recipe's checks: a row written on the primary is read on every standby, and a write
     /// on a standby is refused as read-only.
-    async fn check(&self, primary: &NodeSpec, primary_sql: &Client, log: &dyn StepLog) -> Result<(), ClusterError> {
+    async fn check(
+        &self,
+        primary: &NodeSpec,
+        primary_sql: &Client,
+        log: &dyn StepLog,
+    ) -> Result<(), ClusterError> {
         primary_sql
             .batch_execute("CREATE TABLE IF NOT EXISTS pgrepl_check(id bigint PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())")
             .await
@@ -446,21 +562,41 @@ impl Cluster {
             .get(0);
         for standby in self.spec.standbys() {
             let client = self.sql(standby).await?;
-            wait_until(Duration::from_secs(30), &format!("check row {id} on `{}`", standby.name), || async {
-                let found = client
-                    .query_opt("SELECT 1 FROM pgrepl_check WHERE id = $1", &[&id])
-                    .await
-                    .map_err(|e| node_err_sql(standby, e))?;
-                Ok(found.is_some())
-            })
+            wait_until(
+                Duration::from_secs(30),
+                &format!("check row {id} on `{}`", standby.name),
+                || async {
+                    let found = client
+                        .query_opt("SELECT 1 FROM pgrepl_check WHERE id = $1", &[&id])
+                        .await
+                        .map_err(|e| node_err_sql(standby, e))?;
+                    Ok(found.is_some())
+                },
+            )
             .await?;
-            match client.batch_execute("INSERT INTO pgrepl_check(id) VALUES (-1)").await {
+            match client
+                .batch_execute("INSERT INTO pgrepl_check(id) VALUES (-1)")
+                .await
+            {
                 Err(e) if e.code().map(|c| c.code()) == Some("25006") => {}
-                Err(e) => return Err(ClusterError::Check(format!("a write on `{}` failed oddly: {e}", standby.name))),
-                Ok(()) => return Err(ClusterError::Check(format!("`{}` accepted a write: it is not a standby", standby.name))),
+                Err(e) => {
+                    return Err(ClusterError::Check(format!(
+                        "a write on `{}` failed oddly: {e}",
+                        standby.name
+                    )))
+                }
+                Ok(()) => {
+                    return Err(ClusterError::Check(format!(
+                        "`{}` accepted a write: it is not a standby",
+                        standby.name
+                    )))
+                }
             }
         }
-        log.step(&format!("check: row {id} written on `{}` is on every standby; standbys refuse writes", primary.name));
+        log.step(&format!(
+            "check: row {id} written on `{}` is on every standby; standbys refuse writes",
+            primary.name
+        ));
         Ok(())
     }
 
@@ -512,19 +648,34 @@ pub fn expected_sync_states(spec: &ClusterSpec) -> Vec<(String, String)> {
 
 /// One ALTER SYSTEM; a reload (or restart) makes it count. Sent alone because ALTER SYSTEM
 /// cannot run inside the implicit transaction of a multi-statement query.
-async fn alter_system(client: &Client, node: &NodeSpec, setting: &str, value: &str) -> Result<(), ClusterError> {
+async fn alter_system(
+    client: &Client,
+    node: &NodeSpec,
+    setting: &str,
+    value: &str,
+) -> Result<(), ClusterError> {
     client
-        .batch_execute(&format!("ALTER SYSTEM SET {} = {}", quote_ident(setting), quote_literal(value)))
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET {} = {}",
+            quote_ident(setting),
+            quote_literal(value)
+        ))
         .await
         .map_err(|e| node_err_sql(node, e))
 }
 
 async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
-    client.batch_execute("SELECT pg_reload_conf()").await.map_err(|e| node_err_sql(node, e))
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(|e| node_err_sql(node, e))
 }
 
 fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
-    ClusterError::Node { node: node.name.clone(), source: Box::new(ConnectionError::Sql(error)) }
+    ClusterError::Node {
+        node: node.name.clone(),
+        source: Box::new(ConnectionError::Sql(error)),
+    }
 }
 
 /// `(application_name, sync_state)` of every streaming walsender.
@@ -572,11 +723,22 @@ mod tests {
     fn expected_states_follow_the_policy() {
         let mut spec = ClusterSpec::default();
         let states = expected_sync_states(&spec);
-        assert_eq!(states, vec![("pg_slave".into(), "sync".into()), ("pg_asyncslave".into(), "potential".into())]);
+        assert_eq!(
+            states,
+            vec![
+                ("pg_slave".into(), "sync".into()),
+                ("pg_asyncslave".into(), "potential".into())
+            ]
+        );
         spec.sync.method = "ANY".into();
-        assert!(expected_sync_states(&spec).iter().all(|(_, s)| s == "quorum"));
+        assert!(expected_sync_states(&spec)
+            .iter()
+            .all(|(_, s)| s == "quorum"));
         spec.sync.standbys = vec!["pg_asyncslave".into()];
-        assert_eq!(expected_sync_states(&spec)[0], ("pg_slave".into(), "async".into()));
+        assert_eq!(
+            expected_sync_states(&spec)[0],
+            ("pg_slave".into(), "async".into())
+        );
     }
 
     #[test]

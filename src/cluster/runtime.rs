@@ -44,7 +44,9 @@ impl Runtime {
     /// Starts an existing node and returns once it accepts connections.
     pub async fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         match self {
-            Runtime::Local(local) => blocking(local, node, move |local, node| local.start(&node)).await,
+            Runtime::Local(local) => {
+                blocking(local, node, move |local, node| local.start(&node)).await
+            }
             Runtime::Docker(docker) => docker.start(node).await,
         }
     }
@@ -52,7 +54,9 @@ impl Runtime {
     /// Stops the node: `fast` shuts down cleanly, otherwise immediately (crash-like).
     pub async fn stop(&self, node: &NodeSpec, fast: bool) -> Result<(), ClusterError> {
         match self {
-            Runtime::Local(local) => blocking(local, node, move |local, node| local.stop(&node, fast)).await,
+            Runtime::Local(local) => {
+                blocking(local, node, move |local, node| local.stop(&node, fast)).await
+            }
             Runtime::Docker(docker) => docker.stop(node, fast).await,
         }
     }
@@ -80,8 +84,9 @@ impl Runtime {
                     local.stop(node, true)?;
                 }
                 if purge && local.state_dir.exists() {
-                    std::fs::remove_dir_all(&local.state_dir)
-                        .map_err(|e| ClusterError::io(format!("remove `{}`", local.state_dir.display()), e))?;
+                    std::fs::remove_dir_all(&local.state_dir).map_err(|e| {
+                        ClusterError::io(format!("remove `{}`", local.state_dir.display()), e)
+                    })?;
                 }
                 Ok(())
             }

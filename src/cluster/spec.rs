@@ -84,7 +84,12 @@ pub struct DockerSettings {
 
 impl Default for DockerSettings {
     fn default() -> Self {
-        Self { image: "postgres:17".into(), network: "pg_net".into(), postgres_uid: 999, postgres_gid: 999 }
+        Self {
+            image: "postgres:17".into(),
+            network: "pg_net".into(),
+            postgres_uid: 999,
+            postgres_gid: 999,
+        }
     }
 }
 
@@ -112,7 +117,10 @@ fn default_state_dir() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("read cluster file `{path}`")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cluster file `{path}`: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("cluster file: {0}")]
@@ -121,15 +129,27 @@ pub enum SpecError {
 
 impl Default for ClusterSpec {
     fn default() -> Self {
-        let settings = [("wal_level", "replica"), ("max_wal_senders", "4"), ("ssl", "off")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        let node = |name: &str, role, port| NodeSpec { name: name.into(), role, port };
+        let settings = [
+            ("wal_level", "replica"),
+            ("max_wal_senders", "4"),
+            ("ssl", "off"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let node = |name: &str, role, port| NodeSpec {
+            name: name.into(),
+            role,
+            port,
+        };
         ClusterSpec {
             runtime: RuntimeKind::Local,
             state_dir: default_state_dir(),
-            replication: ReplicationRole { user: "replicator".into(), password: Some("pass".into()), password_file: None },
+            replication: ReplicationRole {
+                user: "replicator".into(),
+                password: Some("pass".into()),
+                password_file: None,
+            },
             settings,
             sync: SyncPolicy {
                 method: default_method(),
@@ -150,9 +170,14 @@ impl Default for ClusterSpec {
 impl ClusterSpec {
     /// Reads and validates a cluster file; unknown keys are errors, not silently ignored.
     pub fn load(path: &Path) -> Result<ClusterSpec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_owned(), source })?;
-        let spec: ClusterSpec =
-            toml::from_str(&text).map_err(|e| SpecError::Parse { path: path.to_owned(), message: one_line(&e.to_string()) })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let spec: ClusterSpec = toml::from_str(&text).map_err(|e| SpecError::Parse {
+            path: path.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -169,16 +194,36 @@ impl ClusterSpec {
 
     pub fn validate(&self) -> Result<(), SpecError> {
         let invalid = |m: String| Err(SpecError::Invalid(m));
-        let primaries = self.nodes.iter().filter(|n| n.role == NodeRole::Primary).count();
+        let primaries = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Primary)
+            .count();
         if primaries != 1 {
-            return invalid(format!("exactly one node must have role = \"primary\", found {primaries}"));
+            return invalid(format!(
+                "exactly one node must have role = \"primary\", found {primaries}"
+            ));
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            if node.name.is_empty() || !node.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                return invalid(format!("node name `{}` must be letters, digits, `_` or `-`", node.name));
+            if node.name.is_empty()
+                || !node
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return invalid(format!(
+                    "node name `{}` must be letters, digits, `_` or `-`",
+                    node.name
+                ));
             }
-            if let Some(other) = self.nodes[..i].iter().find(|o| o.name == node.name || o.port == node.port) {
-                return invalid(format!("nodes `{}` and `{}` share a name or port", other.name, node.name));
+            if let Some(other) = self.nodes[..i]
+                .iter()
+                .find(|o| o.name == node.name || o.port == node.port)
+            {
+                return invalid(format!(
+                    "nodes `{}` and `{}` share a name or port",
+                    other.name, node.name
+                ));
             }
         }
         let standbys: Vec<&str> = self.standbys().map(|n| n.name.as_str()).collect();
@@ -190,18 +235,32 @@ impl ClusterSpec {
                 ));
             }
         }
-        if !matches!(self.sync.method.to_ascii_uppercase().as_str(), "FIRST" | "ANY") {
-            return invalid(format!("sync.method `{}` must be FIRST or ANY", self.sync.method));
+        if !matches!(
+            self.sync.method.to_ascii_uppercase().as_str(),
+            "FIRST" | "ANY"
+        ) {
+            return invalid(format!(
+                "sync.method `{}` must be FIRST or ANY",
+                self.sync.method
+            ));
         }
-        if self.sync.num_sync as usize > self.sync.standbys.len() || (self.sync.num_sync == 0 && !self.sync.standbys.is_empty()) {
+        if self.sync.num_sync as usize > self.sync.standbys.len()
+            || (self.sync.num_sync == 0 && !self.sync.standbys.is_empty())
+        {
             return invalid(format!(
                 "sync.num_sync = {} is impossible with {} listed standbys",
                 self.sync.num_sync,
                 self.sync.standbys.len()
             ));
         }
-        if !matches!(self.sync.synchronous_commit.as_str(), "on" | "off" | "local" | "remote_write" | "remote_apply") {
-            return invalid(format!("sync.synchronous_commit `{}` is not a valid setting", self.sync.synchronous_commit));
+        if !matches!(
+            self.sync.synchronous_commit.as_str(),
+            "on" | "off" | "local" | "remote_write" | "remote_apply"
+        ) {
+            return invalid(format!(
+                "sync.synchronous_commit `{}` is not a valid setting",
+                self.sync.synchronous_commit
+            ));
         }
         if self.replication.password.is_none() && self.replication.password_file.is_none() {
             return invalid("replication needs `password` or `password_file`".into());
@@ -210,7 +269,10 @@ impl ClusterSpec {
     }
 
     pub fn primary(&self) -> &NodeSpec {
-        self.nodes.iter().find(|n| n.role == NodeRole::Primary).expect("validated: one primary")
+        self.nodes
+            .iter()
+            .find(|n| n.role == NodeRole::Primary)
+            .expect("validated: one primary")
     }
 
     pub fn standbys(&self) -> impl Iterator<Item = &NodeSpec> {
@@ -230,11 +292,17 @@ impl ClusterSpec {
             return Ok(self.clone());
         }
         if self.node(new_primary).is_none() {
-            return Err(SpecError::Invalid(format!("the recorded primary `{new_primary}` is no node of this cluster")));
+            return Err(SpecError::Invalid(format!(
+                "the recorded primary `{new_primary}` is no node of this cluster"
+            )));
         }
         let mut spec = self.clone();
         for node in &mut spec.nodes {
-            node.role = if node.name == new_primary { NodeRole::Primary } else { NodeRole::Standby };
+            node.role = if node.name == new_primary {
+                NodeRole::Primary
+            } else {
+                NodeRole::Standby
+            };
         }
         for name in &mut spec.sync.standbys {
             if *name == new_primary {
@@ -253,7 +321,8 @@ impl ClusterSpec {
     pub fn replication_password(&self, base: &Path) -> Result<String, SpecError> {
         if let Some(file) = &self.replication.password_file {
             let path = base.join(file);
-            let text = std::fs::read_to_string(&path).map_err(|source| SpecError::Read { path, source })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| SpecError::Read { path, source })?;
             return Ok(text.trim_end_matches(['\n', '\r']).to_owned());
         }
         Ok(self.replication.password.clone().unwrap_or_default())
@@ -269,14 +338,20 @@ pub fn synchronous_standby_names(method: &str, num_sync: u32, names: &[String]) 
     let quoted: Vec<String> = names
         .iter()
         .map(|n| {
-            if n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            if n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
                 n.clone()
             } else {
                 format!("\"{}\"", n.replace('"', "\"\""))
             }
         })
         .collect();
-    format!("{} {num_sync} ({})", method.to_ascii_uppercase(), quoted.join(", "))
+    format!(
+        "{} {num_sync} ({})",
+        method.to_ascii_uppercase(),
+        quoted.join(", ")
+    )
 }
 
 fn one_line(text: &str) -> String {
@@ -290,7 +365,10 @@ mod tests {
     #[test]
     fn the_default_is_the_recipe_and_round_trips() {
         let spec = ClusterSpec::default();
-        assert_eq!(spec.synchronous_standby_names(), "FIRST 1 (pg_slave, pg_asyncslave)");
+        assert_eq!(
+            spec.synchronous_standby_names(),
+            "FIRST 1 (pg_slave, pg_asyncslave)"
+        );
         assert_eq!(spec.primary().name, "pg_master");
         let text = spec.to_toml();
         let back: ClusterSpec = toml::from_str(&text).unwrap();
@@ -302,7 +380,10 @@ mod tests {
     fn unknown_keys_and_impossible_policies_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("pgrepl.toml");
-        let text = ClusterSpec::default().to_toml().replace("runtime = \"local\"", "runtime = \"local\"\ncolour = \"blue\"");
+        let text = ClusterSpec::default().to_toml().replace(
+            "runtime = \"local\"",
+            "runtime = \"local\"\ncolour = \"blue\"",
+        );
         std::fs::write(&path, text).unwrap();
         let err = ClusterSpec::load(&path).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
@@ -314,18 +395,29 @@ mod tests {
 
         let mut spec = ClusterSpec::default();
         spec.sync.num_sync = 3;
-        assert!(spec.validate().unwrap_err().to_string().contains("num_sync = 3"));
+        assert!(spec
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_sync = 3"));
 
         let mut spec = ClusterSpec::default();
         spec.nodes[2].port = spec.nodes[1].port;
-        assert!(spec.validate().unwrap_err().to_string().contains("share a name or port"));
+        assert!(spec
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("share a name or port"));
     }
 
     #[test]
     fn a_new_primary_swaps_roles_and_sync_names() {
         let spec = ClusterSpec::default().with_primary("pg_slave").unwrap();
         assert_eq!(spec.primary().name, "pg_slave");
-        assert_eq!(spec.synchronous_standby_names(), "FIRST 1 (pg_master, pg_asyncslave)");
+        assert_eq!(
+            spec.synchronous_standby_names(),
+            "FIRST 1 (pg_master, pg_asyncslave)"
+        );
         spec.validate().unwrap();
         let back = spec.with_primary("pg_master").unwrap();
         assert_eq!(back, ClusterSpec::default());
@@ -335,7 +427,10 @@ mod tests {
     #[test]
     fn names_needing_quotes_are_quoted() {
         let names = vec!["Pg-Slave".to_owned(), "b".to_owned()];
-        assert_eq!(synchronous_standby_names("any", 1, &names), "ANY 1 (\"Pg-Slave\", b)");
+        assert_eq!(
+            synchronous_standby_names("any", 1, &names),
+            "ANY 1 (\"Pg-Slave\", b)"
+        );
         assert_eq!(synchronous_standby_names("FIRST", 1, &[]), "");
     }
 }

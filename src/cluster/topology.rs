@@ -28,9 +28,12 @@ impl Topology {
     pub fn load(state_dir: &Path) -> Result<Option<Topology>, ClusterError> {
         let path = Self::path(state_dir);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| ClusterError::Setup(format!("`{}` is damaged ({e}); fix or delete it", path.display()))),
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                ClusterError::Setup(format!(
+                    "`{}` is damaged ({e}); fix or delete it",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ClusterError::io(format!("read `{}`", path.display()), e)),
         }
@@ -41,14 +44,18 @@ impl Topology {
         let path = Self::path(state_dir);
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(self).expect("topology serializes");
-        std::fs::write(&tmp, text).map_err(|e| ClusterError::io(format!("write `{}`", tmp.display()), e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| ClusterError::io(format!("write `{}`", path.display()), e))
+        std::fs::write(&tmp, text)
+            .map_err(|e| ClusterError::io(format!("write `{}`", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| ClusterError::io(format!("write `{}`", path.display()), e))
     }
 
     /// Forgets role changes (`down --purge`).
     pub fn remove(state_dir: &Path) -> Result<(), ClusterError> {
         match std::fs::remove_file(Self::path(state_dir)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ClusterError::io("remove the topology file", e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(ClusterError::io("remove the topology file", e))
+            }
             _ => Ok(()),
         }
     }
@@ -71,8 +78,14 @@ impl ControlFile {
 
     pub fn read(data_dir: &Path) -> Result<ControlFile, ClusterError> {
         let path = data_dir.join("global/pg_control");
-        let bytes = std::fs::read(&path).map_err(|e| ClusterError::io(format!("read `{}`", path.display()), e))?;
-        Self::parse(&bytes).ok_or_else(|| ClusterError::Setup(format!("`{}` is too short to be pg_control", path.display())))
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ClusterError::io(format!("read `{}`", path.display()), e))?;
+        Self::parse(&bytes).ok_or_else(|| {
+            ClusterError::Setup(format!(
+                "`{}` is too short to be pg_control",
+                path.display()
+            ))
+        })
     }
 
     /// ControlFileData starts: u64 system_identifier, u32 version, u32 catalog version,
@@ -102,7 +115,10 @@ mod tests {
     fn topology_round_trips_through_its_file() {
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(Topology::load(tmp.path()).unwrap(), None);
-        let topology = Topology { primary: "pg_slave".into(), history: vec!["failover".into()] };
+        let topology = Topology {
+            primary: "pg_slave".into(),
+            history: vec!["failover".into()],
+        };
         topology.save(tmp.path()).unwrap();
         assert_eq!(Topology::load(tmp.path()).unwrap(), Some(topology));
         Topology::remove(tmp.path()).unwrap();

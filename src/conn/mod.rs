@@ -32,7 +32,6 @@ use crate::proto::backend::{self, BackendMessage};
 use crate::proto::server_error::ServerError;
 use crate::proto::ProtocolError;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     #[error("{context}")]
@@ -62,7 +61,12 @@ pub enum ConnectionError {
 /// tokio-postgres shows "db error" for server errors; show the server's words instead.
 fn sql_error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
-        Some(db) => format!("server said {}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
+        Some(db) => format!(
+            "server said {}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
         None => error.to_string(),
     }
 }
@@ -126,7 +130,10 @@ impl Connection {
         }
     }
 
-    async fn connect_inner(options: &ConnectOptions, peer: String) -> Result<Connection, ConnectionError> {
+    async fn connect_inner(
+        options: &ConnectOptions,
+        peer: String,
+    ) -> Result<Connection, ConnectionError> {
         let (socket, channel_binding) = match &options.host {
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", options.port));

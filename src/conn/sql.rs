@@ -11,7 +11,10 @@ use super::{ConnectOptions, ConnectionError};
 pub const DEFAULT_DATABASE: &str = "postgres";
 
 /// Opens a SQL session and drives it on a background task.
-pub async fn connect(options: &ConnectOptions, application_name: &str) -> Result<Client, ConnectionError> {
+pub async fn connect(
+    options: &ConnectOptions,
+    application_name: &str,
+) -> Result<Client, ConnectionError> {
     let config = config(options, application_name)?;
     let (client, connection) = config.connect(NoTls).await.map_err(ConnectionError::Sql)?;
     tokio::spawn(async move {
@@ -24,14 +27,21 @@ pub async fn connect(options: &ConnectOptions, application_name: &str) -> Result
 
 /// tokio-postgres settings equal to `options`. Its NoTls connector cannot encrypt, so the modes
 /// that demand TLS are refused here with a clear message rather than by a handshake failure.
-fn config(options: &ConnectOptions, application_name: &str) -> Result<tokio_postgres::Config, ConnectionError> {
+fn config(
+    options: &ConnectOptions,
+    application_name: &str,
+) -> Result<tokio_postgres::Config, ConnectionError> {
     let mut config = tokio_postgres::Config::new();
     match &options.host {
         Host::Tcp(host) => config.host(host),
         Host::Unix(dir) => config.host_path(dir),
     };
     let dbname = options.dbname.as_deref().unwrap_or(DEFAULT_DATABASE);
-    config.port(options.port).user(&options.user).dbname(dbname).application_name(application_name);
+    config
+        .port(options.port)
+        .user(&options.user)
+        .dbname(dbname)
+        .application_name(application_name);
     config.ssl_mode(match options.sslmode {
         // `allow` tries plaintext first, which is all NoTls does.
         SslMode::Disable | SslMode::Allow => PgSslMode::Disable,
@@ -52,7 +62,9 @@ fn config(options: &ConnectOptions, application_name: &str) -> Result<tokio_post
     }
     // tokio-postgres does not read ~/.pgpass; do it here as libpq would.
     let mut with_password = options.clone();
-    with_password.load_password_from_passfile(dbname).map_err(|e| ConnectionError::Auth(e.to_string()))?;
+    with_password
+        .load_password_from_passfile(dbname)
+        .map_err(|e| ConnectionError::Auth(e.to_string()))?;
     if let Some(password) = &with_password.password {
         config.password(password.expose());
     }

@@ -30,8 +30,15 @@ async fn ensure_image(docker: &Docker) {
         return;
     }
     let script = harness::repo_root().join("compose/build-image");
-    let output = Command::new(&script).arg("15").output().expect("run compose/build-image");
-    assert!(output.status.success(), "compose/build-image failed:\n{}", stderr(&output));
+    let output = Command::new(&script)
+        .arg("15")
+        .output()
+        .expect("run compose/build-image");
+    assert!(
+        output.status.success(),
+        "compose/build-image failed:\n{}",
+        stderr(&output)
+    );
 }
 
 /// The cluster's containers (the initdb one-shots too) and network that still exist.
@@ -55,13 +62,20 @@ fn psql(conninfo: &str, sql: &str) -> String {
         .args([conninfo, "-Atc", sql])
         .output()
         .expect("run psql");
-    assert!(output.status.success(), "psql `{conninfo}`: {}", stderr(&output));
+    assert!(
+        output.status.success(),
+        "psql `{conninfo}`: {}",
+        stderr(&output)
+    );
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 #[test]
 fn up_checks_and_down_on_the_docker_runtime() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let docker = match rt.block_on(engine()) {
         Ok(docker) => docker,
         Err(why) => {
@@ -71,17 +85,25 @@ fn up_checks_and_down_on_the_docker_runtime() {
     };
     rt.block_on(ensure_image(&docker));
     let existing = rt.block_on(leftovers(&docker));
-    assert!(existing.is_empty(), "the engine already has {existing:?}: remove them (pgrepl down --purge) first");
+    assert!(
+        existing.is_empty(),
+        "the engine already has {existing:?}: remove them (pgrepl down --purge) first"
+    );
 
     let cluster = TestCluster::new();
     let text = std::fs::read_to_string(&cluster.file).unwrap();
-    std::fs::write(&cluster.file, text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1)).unwrap();
+    std::fs::write(
+        &cluster.file,
+        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1),
+    )
+    .unwrap();
 
     // Bad input: one line, and nothing created.
     let output = cluster.pgrepl(&["up", "--image", "pgrepl-test/no-such-image:1"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("image `pgrepl-test/no-such-image:1` is not on this Docker engine"),
+        stderr(&output)
+            .contains("image `pgrepl-test/no-such-image:1` is not on this Docker engine"),
         "{}",
         stderr(&output)
     );
@@ -89,7 +111,10 @@ fn up_checks_and_down_on_the_docker_runtime() {
     let output = cluster.pgrepl(&["up", "--image", IMAGE]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains(&format!("port {} for `pg_asyncslave` is in use", cluster.ports[2])),
+        stderr(&output).contains(&format!(
+            "port {} for `pg_asyncslave` is in use",
+            cluster.ports[2]
+        )),
         "{}",
         stderr(&output)
     );
@@ -98,30 +123,60 @@ fn up_checks_and_down_on_the_docker_runtime() {
 
     let started = Instant::now();
     let up = cluster.ok(&["up", "--image", IMAGE, "--json"]);
-    eprintln!("pgrepl up of an empty docker cluster: {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "pgrepl up of an empty docker cluster: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let summary: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
-    let conninfo: Vec<String> =
-        summary["nodes"].as_array().unwrap().iter().map(|n| n["conninfo"].as_str().unwrap().to_owned()).collect();
+    let conninfo: Vec<String> = summary["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["conninfo"].as_str().unwrap().to_owned())
+        .collect();
     // Stock psql, through the published port with the passfile the conninfo names, agrees.
     assert!(conninfo[0].contains("host=127.0.0.1"), "{}", conninfo[0]);
     assert_eq!(
-        psql(&conninfo[0], "select application_name, sync_state from pg_stat_replication order by sync_state desc"),
+        psql(
+            &conninfo[0],
+            "select application_name, sync_state from pg_stat_replication order by sync_state desc"
+        ),
         "pg_slave|sync\npg_asyncslave|potential"
     );
     assert_eq!(psql(&conninfo[1], "select pg_is_in_recovery()"), "t");
     let password = cluster.dir.path().join(".pgrepl/superuser.password");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&password).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&password).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
 
     // A second `up` on a healthy cluster changes nothing; a restarted standby streams again.
     let again = cluster.ok(&["up", "--image", IMAGE]);
-    for change in ["initialise", "base backup", "restart", "set ", "create role", "start `"] {
-        assert!(!stderr(&again).contains(change), "second up changed something ({change}):\n{}", stderr(&again));
+    for change in [
+        "initialise",
+        "base backup",
+        "restart",
+        "set ",
+        "create role",
+        "start `",
+    ] {
+        assert!(
+            !stderr(&again).contains(change),
+            "second up changed something ({change}):\n{}",
+            stderr(&again)
+        );
     }
     cluster.ok(&["restart", "pg_slave"]);
-    crate::basebackup::wait_for("pg_slave to stream again", std::time::Duration::from_secs(30), || {
-        psql(&conninfo[0], "select sync_state from pg_stat_replication where application_name = 'pg_slave'") == "sync"
-    });
+    crate::basebackup::wait_for(
+        "pg_slave to stream again",
+        std::time::Duration::from_secs(30),
+        || {
+            psql(
+                &conninfo[0],
+                "select sync_state from pg_stat_replication where application_name = 'pg_slave'",
+            ) == "sync"
+        },
+    );
 
     cluster.ok(&["down", "--purge"]);
     assert_eq!(rt.block_on(leftovers(&docker)), Vec::<String>::new());
@@ -139,7 +194,11 @@ fn the_source_never_shells_out_to_docker() {
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
                 // Comments may state the rule itself; code may not break it.
-                for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+                for (n, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim_start().starts_with("//"))
+                {
                     let compact: String = line.split_whitespace().collect();
                     if line.contains("docker exec") || compact.contains("Command::new(\"docker") {
                         hits.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
@@ -150,5 +209,9 @@ fn the_source_never_shells_out_to_docker() {
     }
     let mut hits = Vec::new();
     walk(&harness::repo_root().join("src"), &mut hits);
-    assert!(hits.is_empty(), "docker CLI use in src/:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "docker CLI use in src/:\n{}",
+        hits.join("\n")
+    );
 }

@@ -22,12 +22,18 @@ impl TestCluster {
         let file = dir.path().join("pgrepl.toml");
         let init = run(&["init", "--cluster", file.to_str().unwrap()]);
         assert!(init.status.success(), "{}", stderr(&init));
-        let ports = [harness::pick_port(), harness::pick_port(), harness::pick_port()];
+        let ports = [
+            harness::pick_port(),
+            harness::pick_port(),
+            harness::pick_port(),
+        ];
         let text = std::fs::read_to_string(&file).unwrap();
         let text = [54320, 54321, 54322]
             .iter()
             .zip(ports)
-            .fold(text, |text, (default, port)| text.replace(&format!("port = {default}"), &format!("port = {port}")));
+            .fold(text, |text, (default, port)| {
+                text.replace(&format!("port = {default}"), &format!("port = {port}"))
+            });
         std::fs::write(&file, text).unwrap();
         TestCluster { dir, file, ports }
     }
@@ -41,7 +47,12 @@ impl TestCluster {
 
     pub fn ok(&self, args: &[&str]) -> Output {
         let output = self.pgrepl(args);
-        assert!(output.status.success(), "pgrepl {args:?} failed:\n{}{}", String::from_utf8_lossy(&output.stdout), stderr(&output));
+        assert!(
+            output.status.success(),
+            "pgrepl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(&output)
+        );
         output
     }
 
@@ -52,7 +63,18 @@ impl TestCluster {
     /// Stock psql against node `index` (0 = pg_master, 1 = pg_slave, 2 = pg_asyncslave).
     pub fn psql(&self, index: usize, sql: &str) -> String {
         let output = Command::new(PgInstall::default_install().bin("psql"))
-            .args(["-h", self.socket_dir().to_str().unwrap(), "-p", &self.ports[index].to_string(), "-U", "postgres", "-d", "postgres", "-Atc", sql])
+            .args([
+                "-h",
+                self.socket_dir().to_str().unwrap(),
+                "-p",
+                &self.ports[index].to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atc",
+                sql,
+            ])
             .output()
             .expect("run psql");
         assert!(output.status.success(), "psql: {}", stderr(&output));
@@ -60,7 +82,11 @@ impl TestCluster {
     }
 
     pub fn sql_conninfo(&self, index: usize) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.socket_dir().display(), self.ports[index])
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir().display(),
+            self.ports[index]
+        )
     }
 }
 
@@ -71,7 +97,11 @@ impl Drop for TestCluster {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl")).args(args).env_remove("PGPASSWORD").output().expect("run pgrepl")
+    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(args)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("run pgrepl")
 }
 
 fn stdout(output: &Output) -> String {
@@ -83,42 +113,84 @@ fn up_checks_drill_and_down_on_the_local_runtime() {
     let cluster = TestCluster::new();
     let started = Instant::now();
     let up = cluster.ok(&["up"]);
-    eprintln!("pgrepl up of an empty local cluster: {:.1} s", started.elapsed().as_secs_f64());
-    assert!(stderr(&up).contains("check: row 1 written on `pg_master` is on every standby"), "{}", stderr(&up));
+    eprintln!(
+        "pgrepl up of an empty local cluster: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        stderr(&up).contains("check: row 1 written on `pg_master` is on every standby"),
+        "{}",
+        stderr(&up)
+    );
     // Stock psql agrees with pgrepl about the sync states.
     assert_eq!(
-        cluster.psql(0, "select application_name, sync_state from pg_stat_replication order by sync_state desc"),
+        cluster.psql(
+            0,
+            "select application_name, sync_state from pg_stat_replication order by sync_state desc"
+        ),
         "pg_slave|sync\npg_asyncslave|potential"
     );
     // A second `up` on a healthy cluster changes nothing.
     let again = cluster.ok(&["up"]);
-    for change in ["initialise", "base backup", "restart", "set ", "create role", "start `"] {
-        assert!(!stderr(&again).contains(change), "second up changed something ({change}):\n{}", stderr(&again));
+    for change in [
+        "initialise",
+        "base backup",
+        "restart",
+        "set ",
+        "create role",
+        "start `",
+    ] {
+        assert!(
+            !stderr(&again).contains(change),
+            "second up changed something ({change}):\n{}",
+            stderr(&again)
+        );
     }
     // Every conninfo in the summary works with stock psql.
     let json = cluster.ok(&["up", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
     for node in summary["nodes"].as_array().unwrap() {
         let conninfo = node["conninfo"].as_str().unwrap();
-        let output = Command::new(PgInstall::default_install().bin("psql")).args([conninfo, "-Atc", "select 1"]).output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "1", "{conninfo}: {}", stderr(&output));
+        let output = Command::new(PgInstall::default_install().bin("psql"))
+            .args([conninfo, "-Atc", "select 1"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "1",
+            "{conninfo}: {}",
+            stderr(&output)
+        );
     }
 
     let drill = cluster.pgrepl(&["drill", "--json"]);
-    let report: serde_json::Value = serde_json::from_str(&stdout(&drill)).unwrap_or_else(|_| panic!("{}", stderr(&drill)));
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout(&drill)).unwrap_or_else(|_| panic!("{}", stderr(&drill)));
     assert_eq!(drill.status.code(), Some(0), "{report:#}");
     let steps = report["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 7);
     assert!(steps.iter().all(|s| s["passed"] == true));
     // The drill leaves the cluster healthy: pg_slave is primary, the old primary streams.
     assert_eq!(cluster.psql(1, "select pg_is_in_recovery()"), "f");
-    assert_eq!(cluster.psql(1, "select count(*) from pg_stat_replication where state = 'streaming'"), "2");
-    assert_eq!(cluster.psql(1, "show synchronous_standby_names"), "FIRST 1 (pg_master, pg_asyncslave)");
+    assert_eq!(
+        cluster.psql(
+            1,
+            "select count(*) from pg_stat_replication where state = 'streaming'"
+        ),
+        "2"
+    );
+    assert_eq!(
+        cluster.psql(1, "show synchronous_standby_names"),
+        "FIRST 1 (pg_master, pg_asyncslave)"
+    );
 
     cluster.ok(&["down", "--purge"]);
     assert!(!cluster.dir.path().join(".pgrepl").exists());
     for port in cluster.ports {
-        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still in use after down");
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still in use after down"
+        );
     }
 }
 
@@ -126,20 +198,37 @@ fn up_checks_drill_and_down_on_the_local_runtime() {
 fn switchover_is_lossless_and_needs_no_reclone() {
     let cluster = TestCluster::new();
     cluster.ok(&["up"]);
-    cluster.psql(0, "create table sw(id int); insert into sw select generate_series(1, 100)");
+    cluster.psql(
+        0,
+        "create table sw(id int); insert into sw select generate_series(1, 100)",
+    );
     let dry = cluster.ok(&["switchover", "--to", "pg_asyncslave", "--dry-run"]);
     assert!(stdout(&dry).contains("dry run: nothing was changed"));
     assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "f");
 
     let output = cluster.ok(&["switchover", "--to", "pg_asyncslave"]);
-    assert!(stdout(&output).contains("restarted as a standby"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("restarted as a standby"),
+        "{}",
+        stdout(&output)
+    );
     assert_eq!(cluster.psql(2, "select pg_is_in_recovery()"), "f");
     assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "t");
     assert_eq!(cluster.psql(2, "select count(*) from sw"), "100");
     cluster.psql(2, "insert into sw values (101)");
     // The old primary follows without a re-clone: its data directory was never replaced.
-    crate::basebackup::wait_for("row 101 on the old primary", Duration::from_secs(30), || cluster.psql(0, "select count(*) from sw") == "101");
-    assert_eq!(cluster.psql(2, "select count(*) from pg_stat_replication where state = 'streaming'"), "2");
+    crate::basebackup::wait_for(
+        "row 101 on the old primary",
+        Duration::from_secs(30),
+        || cluster.psql(0, "select count(*) from sw") == "101",
+    );
+    assert_eq!(
+        cluster.psql(
+            2,
+            "select count(*) from pg_stat_replication where state = 'streaming'"
+        ),
+        "2"
+    );
 }
 
 #[test]
@@ -150,7 +239,11 @@ fn a_former_primary_is_never_started_as_a_second_primary() {
     // `up` refuses to start the fenced old primary and names the command that brings it back.
     let up = cluster.pgrepl(&["up"]);
     assert_eq!(up.status.code(), Some(2));
-    assert!(stderr(&up).contains("pgrepl rejoin pg_master"), "{}", stderr(&up));
+    assert!(
+        stderr(&up).contains("pgrepl rejoin pg_master"),
+        "{}",
+        stderr(&up)
+    );
     cluster.ok(&["rejoin", "pg_master"]);
     assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "t");
     cluster.ok(&["up"]);
@@ -164,12 +257,31 @@ fn bad_input_gets_one_line_and_starts_nothing() {
     assert_eq!(output.status.code(), Some(2));
     let err = stderr(&output);
     let last = err.lines().last().unwrap_or_default();
-    assert!(last.contains(&format!("port {} for `pg_master` is in use", cluster.ports[0])), "{err}");
-    assert!(!cluster.dir.path().join(".pgrepl/pg_master/data/postmaster.pid").exists());
+    assert!(
+        last.contains(&format!(
+            "port {} for `pg_master` is in use",
+            cluster.ports[0]
+        )),
+        "{err}"
+    );
+    assert!(!cluster
+        .dir
+        .path()
+        .join(".pgrepl/pg_master/data/postmaster.pid")
+        .exists());
 
     for (edit, expected) in [
-        (("runtime = \"local\"", "runtime = \"local\"\nflavour = \"mint\""), "unknown field `flavour`"),
-        (("\"pg_slave\",", "\"pg_ghost\","), "`pg_ghost`, which is no standby"),
+        (
+            (
+                "runtime = \"local\"",
+                "runtime = \"local\"\nflavour = \"mint\"",
+            ),
+            "unknown field `flavour`",
+        ),
+        (
+            ("\"pg_slave\",", "\"pg_ghost\","),
+            "`pg_ghost`, which is no standby",
+        ),
     ] {
         let original = std::fs::read_to_string(&cluster.file).unwrap();
         std::fs::write(&cluster.file, original.replacen(edit.0, edit.1, 1)).unwrap();
@@ -186,11 +298,18 @@ fn bad_input_gets_one_line_and_starts_nothing() {
 /// `PGREPL_SOAK_ROUNDS` sets the rounds (CI: 3).
 #[test]
 fn zero_acknowledged_commits_lost_across_failovers() {
-    let rounds: usize = std::env::var("PGREPL_SOAK_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("PGREPL_SOAK_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let cluster = TestCluster::new();
     cluster.ok(&["up"]);
     cluster.psql(0, "create table soak(id bigint primary key, round int)");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut first_write_after_kill = Vec::new();
     // Node indexes: the sync standby becomes primary, the old primary rejoins.
     let (mut primary, mut sync) = (0usize, 1usize);
@@ -198,14 +317,22 @@ fn zero_acknowledged_commits_lost_across_failovers() {
         let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
-            let (acked, stop, conninfo) = (acked.clone(), stop.clone(), cluster.sql_conninfo(primary));
+            let (acked, stop, conninfo) =
+                (acked.clone(), stop.clone(), cluster.sql_conninfo(primary));
             runtime.spawn(async move {
-                let Ok((client, connection)) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await else { return };
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
                 tokio::spawn(connection);
                 let mut id = (round as i64) * 1_000_000;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     id += 1;
-                    match client.execute("insert into soak values ($1, $2)", &[&id, &(round as i32)]).await {
+                    match client
+                        .execute("insert into soak values ($1, $2)", &[&id, &(round as i32)])
+                        .await
+                    {
                         Ok(_) => acked.lock().unwrap().push(id),
                         Err(_) => return,
                     }
@@ -221,21 +348,38 @@ fn zero_acknowledged_commits_lost_across_failovers() {
         // The first write the new primary accepts, measured from the kill.
         let new_primary = cluster.sql_conninfo(sync);
         runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&new_primary, tokio_postgres::NoTls).await.unwrap();
+            let (client, connection) = tokio_postgres::connect(&new_primary, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(connection);
-            client.execute("insert into soak values ($1, $2)", &[&(-(round as i64) - 1), &(round as i32)]).await.unwrap();
+            client
+                .execute(
+                    "insert into soak values ($1, $2)",
+                    &[&(-(round as i64) - 1), &(round as i32)],
+                )
+                .await
+                .unwrap();
         });
         first_write_after_kill.push(killed.elapsed());
         let acked = acked.lock().unwrap().clone();
-        assert!(!acked.is_empty(), "round {round}: the writer got no commit acknowledged");
-        let present = cluster.psql(sync, &format!("select count(*) from soak where round = {round} and id > 0"));
+        assert!(
+            !acked.is_empty(),
+            "round {round}: the writer got no commit acknowledged"
+        );
+        let present = cluster.psql(
+            sync,
+            &format!("select count(*) from soak where round = {round} and id > 0"),
+        );
         let present: usize = present.parse().unwrap();
         let ids: Vec<String> = acked.iter().map(i64::to_string).collect();
         let missing = cluster.psql(
             sync,
             &format!("select count(*) from unnest(array[{}]::bigint[]) a(id) where not exists (select 1 from soak s where s.id = a.id)", ids.join(",")),
         );
-        assert_eq!(missing, "0", "round {round}: {missing} acknowledged commits lost");
+        assert_eq!(
+            missing, "0",
+            "round {round}: {missing} acknowledged commits lost"
+        );
         eprintln!(
             "round {round}: {} acknowledged, {present} on the new primary, 0 lost; first write {:.2} s after the kill",
             acked.len(),
@@ -245,14 +389,19 @@ fn zero_acknowledged_commits_lost_across_failovers() {
         std::mem::swap(&mut primary, &mut sync);
     }
     let worst = first_write_after_kill.iter().max().unwrap();
-    eprintln!("{rounds} rounds, 0 acknowledged commits lost; worst kill-to-first-write {:.2} s", worst.as_secs_f64());
+    eprintln!(
+        "{rounds} rounds, 0 acknowledged commits lost; worst kill-to-first-write {:.2} s",
+        worst.as_secs_f64()
+    );
 }
-
 
 #[test]
 fn up_works_with_other_majors_given_by_pg_bin() {
     let wanted = [14, 18];
-    let installs: Vec<PgInstall> = PgInstall::all().into_iter().filter(|i| wanted.contains(&i.major)).collect();
+    let installs: Vec<PgInstall> = PgInstall::all()
+        .into_iter()
+        .filter(|i| wanted.contains(&i.major))
+        .collect();
     if installs.is_empty() {
         eprintln!("PostgreSQL 14 and 18 are not installed here; run scripts/install-pg 14 18");
         return;
@@ -260,13 +409,20 @@ fn up_works_with_other_majors_given_by_pg_bin() {
     for install in installs {
         let cluster = TestCluster::new();
         cluster.ok(&["up", "--pg-bin", install.bin_dir.to_str().unwrap()]);
-        assert!(cluster.psql(0, "show server_version").starts_with(&install.major.to_string()));
+        assert!(cluster
+            .psql(0, "show server_version")
+            .starts_with(&install.major.to_string()));
         assert_eq!(
             cluster.psql(0, "select application_name, sync_state from pg_stat_replication order by sync_state desc"),
             "pg_slave|sync\npg_asyncslave|potential",
             "PostgreSQL {}",
             install.major
         );
-        cluster.ok(&["down", "--purge", "--pg-bin", install.bin_dir.to_str().unwrap()]);
+        cluster.ok(&[
+            "down",
+            "--purge",
+            "--pg-bin",
+            install.bin_dir.to_str().unwrap(),
+        ]);
     }
 }

@@ -314,7 +314,11 @@ fn assert_failed_backup(what: &str, output: &Output, work: &Path, any_of: &[&str
         .lines()
         .filter(|l| !l.starts_with(' ') && !l.is_empty())
         .partition(|l| l.contains("WARN could not remove"));
-    assert!(warnings.is_empty(), "{what}: staging not removed: {}", warnings.join(" | "));
+    assert!(
+        warnings.is_empty(),
+        "{what}: staging not removed: {}",
+        warnings.join(" | ")
+    );
     assert!(
         lines.len() <= 2
             && lines.iter().filter(|l| l.starts_with("pgrepl:")).count() == 1
@@ -325,9 +329,16 @@ fn assert_failed_backup(what: &str, output: &Output, work: &Path, any_of: &[&str
     );
     // When the extractor fails (a full disk), its own error is reported, not the network
     // side's "extraction stopped".
-    assert!(any_of.iter().any(|n| err.contains(n)), "{what}: the error should say one of {any_of:?}:\n{err}");
+    assert!(
+        any_of.iter().any(|n| err.contains(n)),
+        "{what}: the error should say one of {any_of:?}:\n{err}"
+    );
     let left = children(work);
-    assert!(left.is_empty(), "{what}: left behind in {}: {left:?}", work.display());
+    assert!(
+        left.is_empty(),
+        "{what}: left behind in {}: {left:?}",
+        work.display()
+    );
 }
 
 /// A run whose fault point lay beyond the end: it succeeded and its target is complete.

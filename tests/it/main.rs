@@ -1,10 +1,10 @@
 mod basebackup;
 mod bench;
-mod fake_server;
-mod faults;
 mod cluster_docker;
 mod cluster_flow;
 mod cluster_local;
+mod fake_server;
+mod faults;
 mod harness;
 mod lag;
 mod receivewal;

@@ -386,7 +386,10 @@ fn processes_started_by_up_carry_no_password_in_argv() {
     // `pgrepl up -vv` must not print the password (the role is created from a SCRAM verifier
     // and tokio-postgres' statement logging is off).
     let leaked: Vec<&str> = text.lines().filter(|l| l.contains(&secret)).collect();
-    assert!(leaked.is_empty(), "the password is in pgrepl up's output: {leaked:#?}");
+    assert!(
+        leaked.is_empty(),
+        "the password is in pgrepl up's output: {leaked:#?}"
+    );
     assert!(
         seen.iter().any(|p| p.ends_with("postgres")),
         "the sampling saw no server: {seen:?}"
