@@ -391,3 +391,52 @@ fn one_round_over_three_nodes_takes_under_100_ms() {
     );
     assert!(median < 100.0, "median round {median:.1} ms: {rounds:?}");
 }
+
+/// A node that accepts TCP connections and never answers costs one timeout; the others are
+/// still shown, and the exit code says a node is unreachable.
+#[test]
+fn a_hanging_node_is_bounded_by_the_timeout() {
+    let server = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    // Accept and hold every connection without a byte in reply.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for stream in silent.incoming().flatten() {
+            holder.lock().unwrap().push(stream);
+        }
+    });
+    let hanging = format!("host=127.0.0.1 port={silent_port} user=postgres sslmode=disable");
+    let started = Instant::now();
+    let output = pgrepl(
+        &[
+            "lag",
+            "--json",
+            "--timeout",
+            "2s",
+            &server.superuser_conninfo(),
+            &hanging,
+        ],
+        None,
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(
+        nodes.iter().filter(|n| n["reachable"] == true).count(),
+        1,
+        "{report:#}"
+    );
+    assert_eq!(
+        nodes.iter().filter(|n| n["reachable"] == false).count(),
+        1,
+        "{report:#}"
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the silent node was never contacted"
+    );
+}
