@@ -1,7 +1,8 @@
 //! pgrepl: PostgreSQL physical streaming replication, spoken natively.
 //!
 //! pgrepl opens replication connections itself, takes base backups straight into standby data
-//! directories, streams WAL and measures lag — no psql, no pg_basebackup, no `docker exec`.
+//! directories, streams WAL and measures lag, without shelling out to psql, pg_basebackup or
+//! the container CLI.
 //!
 //! # Layout
 //! Dependencies only point downward:
