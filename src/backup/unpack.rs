@@ -756,7 +756,8 @@ fn create_symlink(
 /// dirty memory stays bounded whatever the database size, the cache that other processes (the
 /// primary, when on the same host) rely on is not pushed out by a copy nobody will read soon, and
 /// the kernel can recycle the same few pages instead of finding fresh ones for every write, which
-/// is the dominant cost of a write on a VM whose free memory is reported back to the host.
+/// is the dominant cost of a write on a VM whose free memory is reported back to the host
+/// (measured there: 770 MB cost 1.3–2 s of system time into fresh pages, 0.25 s recycled).
 struct OpenFile {
     file: File,
     path: PathBuf,
