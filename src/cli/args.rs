@@ -7,7 +7,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use super::bench::BenchArgs;
 use super::cluster::{
-    DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, SwitchoverArgs, UpArgs,
+    DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
 };
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
@@ -53,8 +53,9 @@ pub enum Command {
     Failover(FailoverArgs),
     /// Planned, lossless role change: the primary becomes a standby of the target.
     Switchover(SwitchoverArgs),
-    /// Bring a former primary back as a standby (follow the new timeline, or re-clone).
-    Rejoin(NodeArgs),
+    /// Bring a former primary back as a standby (follow the new timeline, pg_rewind with
+    /// --rewind, or re-clone).
+    Rejoin(RejoinArgs),
     /// Run the recipe's checks (streaming, reads, read-only standbys, sync blocking, failover,
     /// rejoin) with PASS/FAIL and timings; exit 0 only if all pass.
     Drill(DrillArgs),

@@ -200,10 +200,13 @@ pub struct FailoverArgs {
     /// The standby to promote (default: the most advanced one).
     #[arg(long = "to", value_name = "NODE")]
     pub to: Option<String>,
-    /// Promote the given standby at once even when another holds more WAL (that one then needs
-    /// `pgrepl rejoin`); without it, the target first catches up from the other.
+    /// Promote the given standby at once even when others hold more WAL: that WAL is lost and
+    /// those standbys are rejoined; without it, the target first catches up from them.
     #[arg(long)]
     pub force: bool,
+    /// Rejoin the standbys --force leaves past the fork with pg_rewind where it can.
+    #[arg(long)]
+    pub rewind: bool,
     /// Print the plan and the pre-flight checks only.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
@@ -218,6 +221,23 @@ pub struct SwitchoverArgs {
     /// The standby that becomes primary.
     #[arg(long = "to", value_name = "NODE")]
     pub to: String,
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RejoinArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The node to bring back, as named in the cluster file.
+    pub node: String,
+    /// When its WAL runs past the fork, try the stock pg_rewind (needs `wal_log_hints = on` or
+    /// data checksums; copies only what changed) before a full re-clone.
+    #[arg(long)]
+    pub rewind: bool,
+    /// Print the plan and the pre-flight checks only.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
     #[arg(long)]
@@ -240,10 +260,17 @@ fn print_role_change(
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    println!(
-        "{} plan: `{}` -> `{}`",
-        report.action, report.old_primary, report.new_primary
-    );
+    if report.action == "rejoin" {
+        println!(
+            "rejoin plan: `{}` becomes a standby of `{}`",
+            report.old_primary, report.new_primary
+        );
+    } else {
+        println!(
+            "{} plan: `{}` -> `{}`",
+            report.action, report.old_primary, report.new_primary
+        );
+    }
     for (i, step) in report.plan.iter().enumerate() {
         println!("  {}. {step}", i + 1);
     }
@@ -267,6 +294,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     let options = pgrepl::cluster::failover::FailoverOptions {
         to: args.to,
         force: args.force,
+        rewind: args.rewind,
         dry_run: args.dry_run,
     };
     let report = cluster
@@ -285,12 +313,16 @@ pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn rejoin(args: NodeArgs) -> anyhow::Result<ExitCode> {
+pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    cluster
-        .rejoin(&args.node, &PrintSteps(Instant::now()))
+    let options = pgrepl::cluster::failover::RejoinOptions {
+        rewind: args.rewind,
+        dry_run: args.dry_run,
+    };
+    let report = cluster
+        .rejoin(&args.node, options, &PrintSteps(Instant::now()))
         .await?;
-    println!("{} is a standby again", args.node);
+    print_role_change(&report, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,7 +1,7 @@
 //! The docker runtime: each node is a container named after it, on a user network (`pg_net`)
 //! where standbys reach the primary by name, publishing 5432 on 127.0.0.1:<node port> for pgrepl
 //! and psql on the host. Everything goes through the engine API (bollard): no CLI child process,
-//! and nothing runs inside a container but its own server or initdb.
+//! and nothing runs inside a container but its own server, initdb or pg_rewind.
 //!
 //! Data directories are host bind mounts (`<state dir>/volumes/<node>`), so pgrepl reads and
 //! writes them directly: the primary's pg_hba.conf, and the standbys' base backups, which are
@@ -56,6 +56,8 @@ const OWNER_LABEL: &str = "org.pgrepl.state-dir";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a fast shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The tools pgrepl runs in one-shot containers named `<node>-<tool>`.
+const ONE_SHOT_TOOLS: [&str; 2] = ["initdb", "pg_rewind"];
 /// Log lines quoted when a container fails.
 const LOG_TAIL: usize = 20;
 
@@ -365,7 +367,7 @@ impl DockerRuntime {
     /// empty volume again.
     pub async fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         let result = match self.image().await? {
-            ImageKind::Bare { bin_dir } => self.run_initdb(node, bin_dir).await,
+            ImageKind::Bare { .. } => self.run_initdb(node).await,
             ImageKind::Entrypoint => self.start(node).await,
         };
         if result.is_err() {
@@ -383,19 +385,7 @@ impl DockerRuntime {
 
     /// initdb as the postgres uid, then a pg_hba line for clients that come through the network
     /// (the host's published port arrives from the gateway).
-    async fn run_initdb(&self, node: &NodeSpec, bin_dir: &str) -> Result<(), ClusterError> {
-        let docker = self.engine().await?;
-        let name = format!("{}-initdb", node.name);
-        self.remove_container(&name).await?;
-        let (uid, gid) = self.data_owner();
-        // initdb runs as the postgres uid, which cannot read root's password file: it gets a
-        // copy of its own for the run.
-        let secret_dir = self.state_dir.join("initdb-secret");
-        create_dir(&secret_dir)?;
-        let secret = secret_dir.join("superuser.password");
-        write_private(&secret, &format!("{}\n", self.superuser_password.expose()))?;
-        std::os::unix::fs::chown(&secret, Some(uid), Some(gid))
-            .map_err(|e| ClusterError::io(format!("chown `{}`", secret.display()), e))?;
+    async fn run_initdb(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         let args = [
             "-D",
             DATA_MOUNT,
@@ -408,18 +398,94 @@ impl DockerRuntime {
             "UTF8",
             "--locale=C",
         ];
+        // initdb runs as the postgres uid, which cannot read root's password file: it gets a
+        // copy of its own for the run.
+        let secret = format!("{}\n", self.superuser_password.expose());
+        self.run_tool(node, "initdb", &args, &secret, "none").await?;
+        let subnet = self.network().await?;
+        let hba = self.data_dir(node).join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba)
+            .map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
+        text.push_str(&format!(
+            "# added by pgrepl: clients through network `{}`\nhost all all {subnet} scram-sha-256\n",
+            self.settings.network
+        ));
+        std::fs::write(&hba, text)
+            .map_err(|e| ClusterError::io(format!("write `{}`", hba.display()), e))
+    }
+
+    /// pg_rewind on the stopped node's volume, from a one-shot container on the network that
+    /// reaches `source` by name as the superuser (password from a passfile mounted for the run,
+    /// so it is in no argument or environment variable). Returns what pg_rewind printed.
+    pub async fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
+        let params = ConnParams {
+            host: Some(source.name.clone()),
+            port: Some(SERVER_PORT.to_string()),
+            user: Some("postgres".into()),
+            dbname: Some("postgres".into()),
+            passfile: Some(SECRET_MOUNT.into()),
+            ..Default::default()
+        };
+        let conninfo = ConnectOptions::resolve(params, &|_| None)
+            .expect("fixed, valid parameters always resolve")
+            .redacted();
+        // The password is hex: nothing in it needs the passfile's escaping.
+        let passfile = format!(
+            "{}:{SERVER_PORT}:*:postgres:{}\n",
+            source.name,
+            self.superuser_password.expose()
+        );
+        let args = [
+            "--target-pgdata",
+            DATA_MOUNT,
+            "--source-server",
+            &conninfo,
+        ];
+        let network = self.settings.network.clone();
+        self.run_tool(node, "pg_rewind", &args, &passfile, &network)
+            .await
+    }
+
+    /// Runs one of the image's PostgreSQL tools once, in a container of its own named
+    /// `<node>-<tool>`, as the postgres uid with the node's volume mounted and `secret`
+    /// readable (by that uid only) at SECRET_MOUNT for the run. Returns the tool's output; the
+    /// container and the secret's copy are removed either way.
+    async fn run_tool(
+        &self,
+        node: &NodeSpec,
+        tool: &str,
+        args: &[&str],
+        secret: &str,
+        network: &str,
+    ) -> Result<String, ClusterError> {
+        let program = match self.image().await? {
+            ImageKind::Bare { bin_dir } => format!("{bin_dir}/{tool}"),
+            // The official images have their bin directory on PATH.
+            ImageKind::Entrypoint => tool.to_owned(),
+        };
+        let docker = self.engine().await?;
+        let name = format!("{}-{tool}", node.name);
+        self.remove_container(&name).await?;
+        let (uid, gid) = self.data_owner();
+        let secret_dir = self.state_dir.join(format!("{tool}-secret"));
+        create_dir(&secret_dir)?;
+        let secret_file = secret_dir.join("secret");
+        write_private(&secret_file, secret)?;
+        std::os::unix::fs::chown(&secret_file, Some(uid), Some(gid))
+            .map_err(|e| ClusterError::io(format!("chown `{}`", secret_file.display()), e))?;
         let body = ContainerCreateBody {
             image: Some(self.settings.image.clone()),
             user: Some(format!("{uid}:{gid}")),
-            entrypoint: Some(vec![format!("{bin_dir}/initdb")]),
+            entrypoint: Some(vec![program]),
             cmd: Some(args.iter().map(|a| a.to_string()).collect()),
+            env: Some(vec!["LC_ALL=C".into()]),
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
                 binds: Some(vec![
                     self.bind(node),
-                    format!("{}:{SECRET_MOUNT}:ro", secret.display()),
+                    format!("{}:{SECRET_MOUNT}:ro", secret_file.display()),
                 ]),
-                network_mode: Some("none".into()),
+                network_mode: Some(network.into()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -441,21 +507,13 @@ impl DockerRuntime {
         let removed = self.remove_container(&name).await;
         let secret_removed = std::fs::remove_dir_all(&secret_dir)
             .map_err(|e| ClusterError::io(format!("remove `{}`", secret_dir.display()), e));
-        outcome.and(removed).and(secret_removed)?;
-        let subnet = self.network().await?;
-        let hba = self.data_dir(node).join("pg_hba.conf");
-        let mut text = std::fs::read_to_string(&hba)
-            .map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
-        text.push_str(&format!(
-            "# added by pgrepl: clients through network `{}`\nhost all all {subnet} scram-sha-256\n",
-            self.settings.network
-        ));
-        std::fs::write(&hba, text)
-            .map_err(|e| ClusterError::io(format!("write `{}`", hba.display()), e))
+        let output = outcome?;
+        removed.and(secret_removed)?;
+        Ok(output)
     }
 
-    /// Starts a one-shot container and waits for it to exit successfully.
-    async fn run_to_completion(&self, name: &str) -> Result<(), ClusterError> {
+    /// Starts a one-shot container and waits for it to exit successfully; returns its output.
+    async fn run_to_completion(&self, name: &str) -> Result<String, ClusterError> {
         let docker = self.engine().await?;
         docker
             .start_container(name, None)
@@ -470,12 +528,13 @@ impl DockerRuntime {
                 .state
                 .unwrap_or_default();
             if state.running != Some(true) {
+                let output = self.logs(name, LOG_TAIL).await;
                 return match state.exit_code {
-                    Some(0) => Ok(()),
+                    Some(0) => Ok(output),
                     code => Err(ClusterError::Setup(format!(
                         "container `{name}` failed (exit code {}); its last log lines:\n{}",
                         code.map_or("unknown".into(), |c| c.to_string()),
-                        self.log_tail(name).await
+                        indent(&output)
                     ))),
                 };
             }
@@ -660,15 +719,15 @@ impl DockerRuntime {
         }
     }
 
-    /// The container's last log lines, indented; a note instead when they cannot be read.
-    async fn log_tail(&self, name: &str) -> String {
+    /// The container's last `tail` log lines; a note instead when they cannot be read.
+    async fn logs(&self, name: &str, tail: usize) -> String {
         let Ok(docker) = self.engine().await else {
-            return "  (the engine did not answer)".into();
+            return "(the engine did not answer)".into();
         };
         let options = LogsOptions {
             stdout: true,
             stderr: true,
-            tail: LOG_TAIL.to_string(),
+            tail: tail.to_string(),
             ..Default::default()
         };
         let mut stream = docker.logs(name, Some(options));
@@ -676,18 +735,15 @@ impl DockerRuntime {
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(output) => text.push_str(&output.to_string()),
-                Err(e) => return format!("  (could not read the logs: {e})"),
+                Err(e) => return format!("(could not read the logs: {e})"),
             }
         }
-        let lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| format!("  | {l}"))
-            .collect();
-        if lines.is_empty() {
-            return "  (no log output)".into();
-        }
-        lines.join("\n")
+        text
+    }
+
+    /// The container's last log lines, indented for an error message.
+    async fn log_tail(&self, name: &str) -> String {
+        indent(&self.logs(name, LOG_TAIL).await)
     }
 
     /// Shuts the server down: SIGINT (fast) or SIGQUIT (immediate) to the postmaster, then waits
@@ -772,8 +828,10 @@ impl DockerRuntime {
         for node in nodes {
             self.stop(node, true).await?;
             self.remove_container(&node.name).await?;
-            self.remove_container(&format!("{}-initdb", node.name))
-                .await?;
+            for tool in ONE_SHOT_TOOLS {
+                self.remove_container(&format!("{}-{tool}", node.name))
+                    .await?;
+            }
         }
         if !purge {
             return Ok(());
@@ -818,6 +876,19 @@ impl DockerRuntime {
     pub fn primary_address_for_standbys(&self, primary: &NodeSpec) -> (String, u16) {
         (primary.name.clone(), SERVER_PORT)
     }
+}
+
+/// Log lines quoted in an error: indented, blank ones dropped.
+fn indent(text: &str) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("  | {l}"))
+        .collect();
+    if lines.is_empty() {
+        return "  (no log output)".into();
+    }
+    lines.join("\n")
 }
 
 fn password_file(state_dir: &Path) -> PathBuf {

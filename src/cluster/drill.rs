@@ -65,7 +65,7 @@ impl Cluster {
             };
             let (passed, detail) = match outcome {
                 Ok(detail) => (true, detail),
-                Err(e) => (false, error_chain(&e)),
+                Err(e) => (false, super::error_chain(&e)),
             };
             log.step(&format!(
                 "{} {}. {name}: {detail}",
@@ -274,8 +274,7 @@ impl Cluster {
         self.failover(
             &FailoverOptions {
                 to: Some(sync_standby.clone()),
-                force: false,
-                dry_run: false,
+                ..FailoverOptions::default()
             },
             log,
         )
@@ -332,7 +331,8 @@ impl Cluster {
     async fn drill_rejoin(&self, log: &dyn StepLog) -> Result<String, ClusterError> {
         let spec = self.current_spec()?;
         let old = self.spec.primary().name.clone();
-        self.rejoin(&old, log).await?;
+        self.rejoin(&old, super::failover::RejoinOptions::default(), log)
+            .await?;
         Ok(format!(
             "`{old}` streams from `{}`; {}",
             spec.primary().name,
@@ -351,17 +351,6 @@ fn last_standby(spec: &ClusterSpec) -> Result<String, ClusterError> {
         .ok_or_else(|| {
             ClusterError::Check("no standby is asynchronous or potential under this policy".into())
         })
-}
-
-/// The error and its causes on one line, as the CLI prints errors.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    text
 }
 
 fn describe(states: &[(String, String)]) -> String {

@@ -59,10 +59,29 @@ pub struct TimedStep {
 #[derive(Debug, Clone, Default)]
 pub struct FailoverOptions {
     pub to: Option<String>,
-    /// Promote the given target without letting it catch up with a more advanced standby
-    /// (which then needs a rejoin).
+    /// Promote the given target without letting it catch up with the standbys that hold more
+    /// WAL; those are past the fork and are rejoined.
     pub force: bool,
+    /// Rejoin the standbys `force` leaves past the fork with pg_rewind where it can.
+    pub rewind: bool,
     pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RejoinOptions {
+    /// Try pg_rewind before a re-clone when the node's WAL runs past the fork.
+    pub rewind: bool,
+    pub dry_run: bool,
+}
+
+/// How a node became a standby of the current primary again.
+enum Rejoined {
+    /// Its WAL ended before the fork: it follows the new timeline as it is.
+    Followed,
+    /// pg_rewind took it back to the fork; what pg_rewind said about where.
+    Rewound(String),
+    /// A fresh base backup replaced its data.
+    Recloned,
 }
 
 /// Records each step with how long it took, and echoes it to the step log.
@@ -170,12 +189,37 @@ impl Cluster {
                 old.name
             ));
         }
-        if let Some((ahead, bytes)) = choice.ahead {
+        // Standbys past the target cannot follow it: without --force the target first catches
+        // up from the most advanced one; with it they are rejoined.
+        let left_behind: Vec<&NodeSpec> = if options.force {
+            choice
+                .ahead
+                .iter()
+                .map(|(probe, _)| self.node(&probe.name))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let others: Vec<&NodeSpec> = others
+            .into_iter()
+            .filter(|s| !left_behind.iter().any(|l| l.name == s.name))
+            .collect();
+        for (ahead, bytes) in &choice.ahead {
             report.plan.push(if options.force {
-                format!("promote `{}` although `{}` is {bytes} bytes ahead (--force): `{}` will need a rejoin", target.name, ahead.name, ahead.name)
+                format!(
+                    "promote `{}` although `{}` is {bytes} bytes ahead (--force): those bytes are lost, and `{}` is rejoined ({})",
+                    target.name,
+                    ahead.name,
+                    ahead.name,
+                    rejoin_method(options.rewind)
+                )
             } else {
                 format!("let `{}` catch up {bytes} bytes from `{}` first", target.name, ahead.name)
             });
+            if !options.force {
+                // Catching up from the most advanced covers the others.
+                break;
+            }
         }
         report.plan.extend([
             format!(
@@ -197,7 +241,7 @@ impl Cluster {
         if options.dry_run {
             return Ok(report);
         }
-        if let (Some((ahead, _)), false) = (choice.ahead, options.force) {
+        if let (Some((ahead, _)), false) = (choice.ahead.first(), options.force) {
             let goal = ahead.position().unwrap_or_default();
             self.catch_up(new_primary, self.node(&ahead.name)?, goal)
                 .await?;
@@ -214,11 +258,19 @@ impl Cluster {
         steps.done(format!("promoted `{}`", new_primary.name));
         self.repoint(new_primary, &others).await?;
         steps.done(format!("re-pointed {}", names(&others)));
+        for standby in &left_behind {
+            let how = self
+                .rejoin_node(standby, new_primary, options.rewind, &mut steps)
+                .await?;
+            self.runtime.start(standby).await?;
+            steps.done(format!("`{}` {how} and started", standby.name));
+        }
         self.set_sync_names(&new_spec).await?;
-        self.wait_streaming(new_primary, &others).await?;
+        let streaming: Vec<&NodeSpec> = others.iter().chain(&left_behind).copied().collect();
+        self.wait_streaming(new_primary, &streaming).await?;
         steps.done(format!(
             "{} streams from `{}`; sync policy {}",
-            names(&others),
+            names(&streaming),
             new_primary.name,
             new_spec.synchronous_standby_names()
         ));
@@ -374,10 +426,16 @@ impl Cluster {
     }
 
     /// Brings a node that is no longer primary back as a standby of the current primary: it
-    /// follows the new timeline when its WAL ends before the fork, otherwise it is re-cloned
-    /// with pgrepl's own base backup. (pg_rewind would be faster where `wal_log_hints` or data
-    /// checksums allow it; re-cloning needs neither.)
-    pub async fn rejoin(&self, name: &str, log: &dyn StepLog) -> Result<(), ClusterError> {
+    /// follows the new timeline when its WAL ends before the fork; otherwise, with `rewind`,
+    /// pg_rewind takes it back to the fork (it needs `wal_log_hints` or data checksums, and
+    /// copies only what changed), and failing that it is re-cloned with pgrepl's own base
+    /// backup, which needs neither.
+    pub async fn rejoin(
+        &self,
+        name: &str,
+        options: RejoinOptions,
+        log: &dyn StepLog,
+    ) -> Result<RoleChangeReport, ClusterError> {
         let spec = self.current_spec()?;
         let node = self.node(name)?;
         let primary = spec.primary();
@@ -386,35 +444,105 @@ impl Cluster {
                 "`{name}` is the primary; rejoin brings back a former primary"
             )));
         }
-        let mut steps = Steps::new(log);
-        self.runtime.stop(node, true).await?;
-        let data = self.runtime.data_dir(node);
-        let follows = if data.join("PG_VERSION").exists() {
-            self.can_follow(node, primary).await?
-        } else {
-            false
-        };
-        if follows {
-            self.follow(node, primary)?;
-            steps.done(format!(
-                "`{name}` ends before the fork: it follows `{}` without a re-clone",
-                primary.name
-            ));
-        } else {
-            self.reclone(node, primary).await?;
-            steps.done(format!(
-                "`{name}` re-cloned from `{}` with a base backup",
-                primary.name
-            ));
+        let mut plan = Vec::new();
+        let running = self.runtime.is_running(node).await;
+        if running {
+            plan.push(format!("stop `{name}` (fast shutdown)"));
         }
+        let data = self.runtime.data_dir(node);
+        // Whether it can follow is only known from a stopped node's pg_control.
+        let follows = match (running, data.join("PG_VERSION").exists()) {
+            (false, true) => Some(self.can_follow(node, primary).await?),
+            (false, false) => Some(false),
+            (true, _) => None,
+        };
+        let otherwise = match (options.rewind, data.join("PG_VERSION").exists()) {
+            (true, true) => format!(
+                "rewind it with pg_rewind from `{}` (re-clone if that fails)",
+                primary.name
+            ),
+            _ => format!("re-clone it from `{}` with a base backup", primary.name),
+        };
+        plan.push(match follows {
+            Some(true) => format!(
+                "its WAL ends before the fork: it follows `{}` as it is",
+                primary.name
+            ),
+            Some(false) => format!("its WAL runs past the fork (or it has none): {otherwise}"),
+            None => format!(
+                "follow `{}` if its WAL ends before the fork, otherwise {otherwise}",
+                primary.name
+            ),
+        });
+        plan.push(format!(
+            "start it as a standby of `{}`; sync policy {}",
+            primary.name,
+            spec.synchronous_standby_names()
+        ));
+        let mut report = RoleChangeReport {
+            action: "rejoin",
+            old_primary: name.to_owned(),
+            new_primary: primary.name.clone(),
+            plan,
+            steps: Vec::new(),
+            dry_run: options.dry_run,
+            elapsed_ms: 0,
+        };
+        if options.dry_run {
+            return Ok(report);
+        }
+        let mut steps = Steps::new(log);
+        let how = self
+            .rejoin_node(node, primary, options.rewind, &mut steps)
+            .await?;
+        steps.done(format!("`{name}` {how}"));
         self.runtime.start(node).await?;
         let primary_sql = self.sql(primary).await?;
         self.apply_sync_policy(&spec, &primary_sql, log).await?;
         steps.done(format!("`{name}` streams from `{}`", primary.name));
-        Ok(())
+        report.elapsed_ms = steps.started.elapsed().as_millis();
+        report.steps = steps.done;
+        Ok(report)
     }
 
-    /// True when `node` stopped cleanly at a checkpoint that lies before the point where the
+    /// Stops `node` and makes its data a standby of `primary` by the cheapest way that is safe;
+    /// returns which (the caller starts it).
+    async fn rejoin_node(
+        &self,
+        node: &NodeSpec,
+        primary: &NodeSpec,
+        rewind: bool,
+        steps: &mut Steps<'_>,
+    ) -> Result<Rejoined, ClusterError> {
+        if self.runtime.is_running(node).await {
+            self.runtime.stop(node, true).await?;
+            steps.done(format!("stopped `{}`", node.name));
+        }
+        let has_data = self.runtime.data_dir(node).join("PG_VERSION").exists();
+        if has_data && self.can_follow(node, primary).await? {
+            self.follow(node, primary)?;
+            return Ok(Rejoined::Followed);
+        }
+        if rewind && has_data {
+            match self.runtime.rewind(node, primary).await {
+                Ok(output) => {
+                    self.follow(node, primary)?;
+                    return Ok(Rejoined::Rewound(rewind_summary(&output)));
+                }
+                // Before its point of no return pg_rewind changes nothing, after it the data
+                // is unusable: a re-clone is right either way.
+                Err(e) => steps.done(format!(
+                    "pg_rewind could not rewind `{}` ({}): re-cloning instead",
+                    node.name,
+                    super::error_chain(&e)
+                )),
+            }
+        }
+        self.reclone(node, primary).await?;
+        Ok(Rejoined::Recloned)
+    }
+
+    /// True when `node` stopped cleanly and all its WAL lies before the point where the
     /// primary's timeline forked from the node's.
     async fn can_follow(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<bool, ClusterError> {
         let control = ControlFile::read(&self.runtime.data_dir(node))?;
@@ -433,6 +561,11 @@ impl Cluster {
         }
         if system.timeline == control.checkpoint_timeline {
             return Ok(true);
+        }
+        // A standby's checkpoint is its last restartpoint, and the WAL it received may run on
+        // past it and past the fork; only a primary's shutdown checkpoint ends its WAL.
+        if control.state != ControlFile::SHUT_DOWN {
+            return Ok(false);
         }
         let (_, history) = conn
             .timeline_history(system.timeline)
@@ -592,11 +725,11 @@ impl Cluster {
     }
 }
 
-/// The failover target and, when another standby holds more WAL, that standby and how far
-/// ahead it is.
+/// The failover target and the standbys holding more WAL than it, with how far each is ahead,
+/// most advanced first.
 struct Choice<'p> {
     target: &'p NodeProbe,
-    ahead: Option<(&'p NodeProbe, u64)>,
+    ahead: Vec<(&'p NodeProbe, u64)>,
 }
 
 /// The one asked for, or the most advanced reachable standby.
@@ -636,14 +769,14 @@ fn choose_target<'p>(
         }
         None => best,
     };
-    let behind = best
-        .position()
-        .unwrap_or_default()
-        .saturating_sub(target.position().unwrap_or_default());
-    Ok(Choice {
-        target,
-        ahead: (behind > 0).then_some((best, behind)),
-    })
+    let at = target.position().unwrap_or_default();
+    let mut ahead: Vec<(&NodeProbe, u64)> = candidates
+        .iter()
+        .map(|p| (*p, p.position().unwrap_or_default().saturating_sub(at)))
+        .filter(|(_, bytes)| *bytes > 0)
+        .collect();
+    ahead.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    Ok(Choice { target, ahead })
 }
 
 /// Where timeline `timeline` ended, from a history file's `parent<TAB>switchpoint<TAB>reason`
@@ -655,6 +788,36 @@ fn fork_point(history: &str, timeline: u32) -> Option<Lsn> {
         let switchpoint: Lsn = fields.next()?.parse().ok()?;
         (parent == timeline).then_some(switchpoint)
     })
+}
+
+/// What pg_rewind said about where the node forked ("servers diverged at WAL location ...",
+/// or "no rewind required").
+fn rewind_summary(output: &str) -> String {
+    output
+        .lines()
+        .map(|l| l.trim().trim_start_matches("pg_rewind: "))
+        .filter(|l| l.starts_with("servers diverged") || l.starts_with("no rewind required"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn rejoin_method(rewind: bool) -> &'static str {
+    if rewind {
+        "pg_rewind, or a re-clone if that fails"
+    } else {
+        "re-cloned"
+    }
+}
+
+impl std::fmt::Display for Rejoined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejoined::Followed => f.write_str("ends before the fork: it follows without a re-clone"),
+            Rejoined::Rewound(summary) if summary.is_empty() => f.write_str("rewound by pg_rewind"),
+            Rejoined::Rewound(summary) => write!(f, "rewound by pg_rewind ({summary})"),
+            Rejoined::Recloned => f.write_str("re-cloned with a base backup"),
+        }
+    }
 }
 
 fn names(nodes: &[&NodeSpec]) -> String {
@@ -692,17 +855,19 @@ mod tests {
         ];
         let best = choose_target(&spec, &probes, &FailoverOptions::default()).unwrap();
         assert_eq!(best.target.name, "pg_asyncslave");
-        assert!(best.ahead.is_none());
+        assert!(best.ahead.is_empty());
         let to_slave = FailoverOptions {
             to: Some("pg_slave".into()),
             ..FailoverOptions::default()
         };
         let lagging = choose_target(&spec, &probes, &to_slave).unwrap();
         assert_eq!(lagging.target.name, "pg_slave");
-        assert_eq!(
-            lagging.ahead.map(|(p, bytes)| (p.name.as_str(), bytes)),
-            Some(("pg_asyncslave", 4900))
-        );
+        let ahead: Vec<(&str, u64)> = lagging
+            .ahead
+            .iter()
+            .map(|(p, bytes)| (p.name.as_str(), *bytes))
+            .collect();
+        assert_eq!(ahead, [("pg_asyncslave", 4900)]);
         let to_primary = FailoverOptions {
             to: Some("pg_master".into()),
             ..FailoverOptions::default()

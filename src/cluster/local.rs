@@ -43,6 +43,13 @@ impl LocalRuntime {
                 )
             })?,
         };
+        // PATH may hold links to a few of the binaries only (postgres, initdb, pg_ctl): the
+        // installation's own directory has the rest too (pg_rewind).
+        let bin_dir = std::fs::canonicalize(bin_dir.join("postgres"))
+            .ok()
+            .and_then(|real| real.parent().map(Path::to_path_buf))
+            .filter(|real| real.join("initdb").is_file())
+            .unwrap_or(bin_dir);
         let run_as = if running_as_root() {
             Some(postgres_user()?)
         } else {
@@ -110,7 +117,7 @@ impl LocalRuntime {
     }
 
     pub fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
-        ensure_port_free(node)?;
+        super::runtime::ensure_port_free(node)?;
         self.clear_stale_locks(node)?;
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
@@ -219,8 +226,42 @@ impl LocalRuntime {
         options
     }
 
-    /// Runs a PostgreSQL binary as the server user; its output becomes the error on failure.
+    /// Rewinds the stopped node's data directory to where it forked from `source`, with the
+    /// stock pg_rewind reaching `source` over the socket directory; returns what it printed.
+    pub fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
+        // pg_rewind finishes a crashed node's recovery in single-user mode, which a stale
+        // postmaster.pid would stop.
+        if !self.bin_dir.join("pg_rewind").is_file() {
+            return Err(ClusterError::Setup(format!(
+                "`pg_rewind` is not in `{}`: install it with the PostgreSQL server package, or rejoin without --rewind",
+                self.bin_dir.display()
+            )));
+        }
+        self.clear_stale_locks(node)?;
+        let data = self.data_dir(node);
+        let conninfo = self.superuser(source).redacted();
+        self.output(
+            "pg_rewind",
+            [
+                OsStr::new("--target-pgdata"),
+                data.as_os_str(),
+                OsStr::new("--source-server"),
+                OsStr::new(&conninfo),
+            ],
+        )
+    }
+
     fn run<I, S>(&self, tool: &str, args: I) -> Result<(), ClusterError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.output(tool, args).map(drop)
+    }
+
+    /// Runs a PostgreSQL binary as the server user and returns what it printed on stderr
+    /// (where these tools report); on failure its error line becomes the error.
+    fn output<I, S>(&self, tool: &str, args: I) -> Result<String, ClusterError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -237,19 +278,17 @@ impl LocalRuntime {
         let output = command
             .output()
             .map_err(|e| ClusterError::io(format!("run `{tool}`"), e))?;
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
         if output.status.success() {
-            return Ok(());
+            return Ok(text);
         }
-        let text = String::from_utf8_lossy(&output.stderr);
-        let last = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
+        // The error line, not a hint or detail printed after it.
+        let lines = || text.lines().rev().map(str::trim).filter(|l| !l.is_empty());
+        let error = lines()
+            .find(|l| l.contains("error:") || l.contains("FATAL:"))
+            .or_else(|| lines().next())
             .unwrap_or("no output");
-        Err(ClusterError::Setup(format!(
-            "`{tool}` failed: {}",
-            last.trim()
-        )))
+        Err(ClusterError::Setup(format!("`{tool}` failed: {error}")))
     }
 }
 
@@ -334,13 +373,4 @@ fn postgres_user() -> Result<(u32, u32), ClusterError> {
     // SAFETY: checked non-null above.
     let entry = unsafe { &*entry };
     Ok((entry.pw_uid, entry.pw_gid))
-}
-
-fn ensure_port_free(node: &NodeSpec) -> Result<(), ClusterError> {
-    std::net::TcpListener::bind(("127.0.0.1", node.port)).map(drop).map_err(|_| {
-        ClusterError::Setup(format!(
-            "port {} for `{}` is in use: stop what listens there, or change the node's port in the cluster file",
-            node.port, node.name
-        ))
-    })
 }

@@ -300,14 +300,7 @@ impl Cluster {
             self.clone_standbys(primary, &missing, log).await?;
         }
         for standby in self.spec.standbys() {
-            let data = self.runtime.data_dir(standby);
-            if !data.join("standby.signal").exists() {
-                // Starting it would make a second primary.
-                return Err(ClusterError::Setup(format!(
-                    "`{}` holds a former primary's data (no standby.signal): bring it back with `pgrepl rejoin {}`",
-                    standby.name, standby.name
-                )));
-            }
+            self.refuse_a_second_primary(&self.spec, standby)?;
         }
         // Standbys start in parallel: each waits for its own recovery to reach consistency.
         futures_util::future::try_join_all(
@@ -612,6 +605,7 @@ impl Cluster {
     pub async fn start_node(&self, name: &str) -> Result<(), ClusterError> {
         let node = self.node(name)?;
         if !self.runtime.is_running(node).await {
+            self.refuse_a_second_primary(&self.current_spec()?, node)?;
             self.runtime.start(node).await?;
         }
         Ok(())
@@ -623,9 +617,37 @@ impl Cluster {
 
     pub async fn restart_node(&self, name: &str) -> Result<(), ClusterError> {
         let node = self.node(name)?;
+        self.refuse_a_second_primary(&self.current_spec()?, node)?;
         self.runtime.stop(node, true).await?;
         self.runtime.start(node).await
     }
+
+    /// A node that should be a standby but whose data has no standby.signal is a former
+    /// primary: starting it would make a second primary that takes writes.
+    fn refuse_a_second_primary(&self, spec: &ClusterSpec, node: &NodeSpec) -> Result<(), ClusterError> {
+        let data = self.runtime.data_dir(node);
+        if spec.primary().name != node.name
+            && data.join("PG_VERSION").exists()
+            && !data.join("standby.signal").exists()
+        {
+            return Err(ClusterError::Setup(format!(
+                "`{0}` holds a former primary's data (no standby.signal): bring it back with `pgrepl rejoin {0}`",
+                node.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The error and its causes on one line, as the CLI prints errors.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
 }
 
 /// What pg_stat_replication.sync_state should say for each standby under `spec`'s policy when

@@ -69,6 +69,18 @@ impl Runtime {
         }
     }
 
+    /// Rewinds the stopped `node`'s data directory to where its history forked from the running
+    /// `source` with the stock pg_rewind, run as the server user; returns what it printed.
+    pub async fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
+        match self {
+            Runtime::Local(local) => {
+                let source = source.clone();
+                blocking(local, node, move |local, node| local.rewind(&node, &source)).await
+            }
+            Runtime::Docker(docker) => docker.rewind(node, source).await,
+        }
+    }
+
     pub async fn is_running(&self, node: &NodeSpec) -> bool {
         match self {
             Runtime::Local(local) => local.is_running(node),
@@ -141,9 +153,10 @@ impl Runtime {
 
 /// Runs a local-runtime operation (which waits on `pg_ctl`) off the async workers, so several
 /// nodes can start at once.
-async fn blocking<F>(local: &LocalRuntime, node: &NodeSpec, work: F) -> Result<(), ClusterError>
+async fn blocking<T, F>(local: &LocalRuntime, node: &NodeSpec, work: F) -> Result<T, ClusterError>
 where
-    F: FnOnce(LocalRuntime, NodeSpec) -> Result<(), ClusterError> + Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(LocalRuntime, NodeSpec) -> Result<T, ClusterError> + Send + 'static,
 {
     let (local, node) = (local.clone(), node.clone());
     tokio::task::spawn_blocking(move || work(local, node))

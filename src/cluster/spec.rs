@@ -133,6 +133,8 @@ impl Default for ClusterSpec {
             ("wal_level", "replica"),
             ("max_wal_senders", "4"),
             ("ssl", "off"),
+            // pg_rewind needs it (or data checksums) to rejoin a former primary cheaply.
+            ("wal_log_hints", "on"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

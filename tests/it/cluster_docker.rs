@@ -45,7 +45,11 @@ async fn ensure_image(docker: &Docker) {
 async fn leftovers(docker: &Docker) -> Vec<String> {
     let mut found = Vec::new();
     for node in NODES {
-        for name in [node.to_owned(), format!("{node}-initdb")] {
+        for name in [
+            node.to_owned(),
+            format!("{node}-initdb"),
+            format!("{node}-pg_rewind"),
+        ] {
             if docker.inspect_container(&name, None).await.is_ok() {
                 found.push(format!("container {name}"));
             }
@@ -151,21 +155,7 @@ fn up_checks_and_down_on_the_docker_runtime() {
     assert_eq!(mode & 0o777, 0o600);
 
     // A second `up` on a healthy cluster changes nothing; a restarted standby streams again.
-    let again = cluster.ok(&["up", "--image", IMAGE]);
-    for change in [
-        "initialise",
-        "base backup",
-        "restart",
-        "set ",
-        "create role",
-        "start `",
-    ] {
-        assert!(
-            !stderr(&again).contains(change),
-            "second up changed something ({change}):\n{}",
-            stderr(&again)
-        );
-    }
+    cluster.assert_up_changes_nothing(&["--image", IMAGE]);
     cluster.ok(&["restart", "pg_slave"]);
     crate::basebackup::wait_for(
         "pg_slave to stream again",
@@ -176,6 +166,33 @@ fn up_checks_and_down_on_the_docker_runtime() {
                 "select sync_state from pg_stat_replication where application_name = 'pg_slave'",
             ) == "sync"
         },
+    );
+
+    // The recipe's checks, failover and rejoin included, on containers.
+    let drill = cluster.pgrepl(&["drill", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&drill.stdout)
+        .unwrap_or_else(|_| panic!("{}", stderr(&drill)));
+    assert_eq!(drill.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["steps"].as_array().map(Vec::len), Some(7));
+    assert_eq!(psql(&conninfo[1], "select pg_is_in_recovery()"), "f");
+    assert_eq!(
+        psql(&conninfo[1], "show synchronous_standby_names"),
+        "FIRST 1 (pg_master, pg_asyncslave)"
+    );
+    // A killed primary rewound by pg_rewind in a one-shot container on the network.
+    cluster.ok(&["failover", "--to", "pg_asyncslave"]);
+    let rejoin = cluster.ok(&["rejoin", "pg_slave", "--rewind"]);
+    assert!(
+        String::from_utf8_lossy(&rejoin.stdout).contains("rewound by pg_rewind"),
+        "{}",
+        String::from_utf8_lossy(&rejoin.stdout)
+    );
+    assert_eq!(
+        psql(
+            &conninfo[2],
+            "select count(*) from pg_stat_replication where state = 'streaming'"
+        ),
+        "2"
     );
 
     cluster.ok(&["down", "--purge"]);

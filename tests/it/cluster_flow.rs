@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::basebackup::stderr;
-use crate::harness::{self, PgInstall};
+use crate::harness::{self, PgInstall, PgServer};
 
 /// A cluster file in its own postgres-owned temp dir, with free ports.
 pub struct TestCluster {
@@ -81,6 +81,26 @@ impl TestCluster {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// A second `up` (with `extra` arguments) on a healthy cluster changes nothing.
+    pub fn assert_up_changes_nothing(&self, extra: &[&str]) {
+        let args: Vec<&str> = std::iter::once("up").chain(extra.iter().copied()).collect();
+        let again = self.ok(&args);
+        for change in [
+            "initialise",
+            "base backup",
+            "restart",
+            "set ",
+            "create role",
+            "start `",
+        ] {
+            assert!(
+                !stderr(&again).contains(change),
+                "second up changed something ({change}):\n{}",
+                stderr(&again)
+            );
+        }
+    }
+
     pub fn sql_conninfo(&self, index: usize) -> String {
         format!(
             "host={} port={} user=postgres dbname=postgres",
@@ -130,22 +150,7 @@ fn up_checks_drill_and_down_on_the_local_runtime() {
         ),
         "pg_slave|sync\npg_asyncslave|potential"
     );
-    // A second `up` on a healthy cluster changes nothing.
-    let again = cluster.ok(&["up"]);
-    for change in [
-        "initialise",
-        "base backup",
-        "restart",
-        "set ",
-        "create role",
-        "start `",
-    ] {
-        assert!(
-            !stderr(&again).contains(change),
-            "second up changed something ({change}):\n{}",
-            stderr(&again)
-        );
-    }
+    cluster.assert_up_changes_nothing(&[]);
     // Every conninfo in the summary works with stock psql.
     let json = cluster.ok(&["up", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
@@ -247,6 +252,127 @@ fn a_former_primary_is_never_started_as_a_second_primary() {
     cluster.ok(&["rejoin", "pg_master"]);
     assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "t");
     cluster.ok(&["up"]);
+}
+
+/// Split brain: the fenced old primary is started by hand after the failover and takes writes
+/// the new primary never sees. `rejoin --rewind` takes it back to the fork with pg_rewind, in
+/// place (no re-clone), and those writes are gone.
+#[test]
+fn rejoin_rewinds_a_former_primary_that_took_writes_after_the_failover() {
+    let cluster = TestCluster::new();
+    cluster.ok(&["up"]);
+    cluster.psql(
+        0,
+        "create table rw(id int, origin text); insert into rw select g, 'before' from generate_series(1, 1000) g",
+    );
+    cluster.ok(&["failover", "--to", "pg_slave"]);
+    // pgrepl itself never starts the fenced primary.
+    for command in ["start", "restart"] {
+        let refused = cluster.pgrepl(&[command, "pg_master"]);
+        assert_eq!(refused.status.code(), Some(2), "{command}");
+        assert!(
+            stderr(&refused).contains("bring it back with `pgrepl rejoin pg_master`"),
+            "{}",
+            stderr(&refused)
+        );
+    }
+    let data = cluster.dir.path().join(".pgrepl/pg_master/data");
+    // The killed postmaster's lock file is stale; its own sync names would block every commit.
+    std::fs::remove_file(data.join("postmaster.pid")).unwrap();
+    let mut rogue = PgServer::start_existing(&PgInstall::default_install(), data.clone());
+    rogue.psql(
+        "set synchronous_commit = local; insert into rw select g, 'split brain' from generate_series(1001, 1100) g",
+    );
+    rogue.stop();
+    drop(rogue);
+    cluster.psql(1, "insert into rw values (2000, 'after')");
+
+    let dry = cluster.ok(&["rejoin", "pg_master", "--rewind", "--dry-run"]);
+    assert!(
+        stdout(&dry).contains("its WAL runs past the fork (or it has none): rewind it with pg_rewind"),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(stdout(&dry).contains("dry run: nothing was changed"));
+    let inode = |path: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+    };
+    let before = inode(&data);
+    let rejoin = cluster.ok(&["rejoin", "pg_master", "--rewind"]);
+    assert!(
+        stdout(&rejoin).contains("rewound by pg_rewind (servers diverged at WAL location"),
+        "{}",
+        stdout(&rejoin)
+    );
+    assert_eq!(inode(&data), before, "the data directory was replaced");
+    crate::basebackup::wait_for(
+        "row 2000 on the rewound node",
+        Duration::from_secs(30),
+        || cluster.psql(0, "select count(*) from rw where id = 2000") == "1",
+    );
+    assert_eq!(
+        cluster.psql(0, "select origin, count(*) from rw group by origin order by origin"),
+        "after|1\nbefore|1000"
+    );
+    assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "t");
+    assert_eq!(
+        cluster.psql(
+            1,
+            "select count(*) from pg_stat_replication where state = 'streaming'"
+        ),
+        "2"
+    );
+}
+
+/// `failover --force` promotes a standby that lacks WAL another standby has: that WAL is lost
+/// (the plan says so) and the standby holding it, past the fork, is rewound to follow.
+#[test]
+fn a_forced_failover_rejoins_the_standby_past_the_fork() {
+    let cluster = TestCluster::new();
+    cluster.ok(&["up"]);
+    cluster.psql(0, "create table ff(id int); insert into ff select generate_series(1, 10)");
+    // pg_slave stops receiving; pg_asyncslave becomes the sync standby and gets rows 11..20.
+    cluster.psql(1, "alter system set primary_conninfo = ''");
+    cluster.psql(1, "select pg_reload_conf()");
+    crate::basebackup::wait_for(
+        "pg_slave to stop streaming",
+        Duration::from_secs(30),
+        || {
+            cluster.psql(
+                0,
+                "select count(*) from pg_stat_replication where application_name = 'pg_slave'",
+            ) == "0"
+        },
+    );
+    cluster.psql(0, "insert into ff select generate_series(11, 20)");
+    assert_eq!(cluster.psql(2, "select count(*) from ff"), "20");
+
+    let dry = cluster.ok(&["failover", "--to", "pg_slave", "--dry-run"]);
+    assert!(
+        stdout(&dry).contains("catch up") && stdout(&dry).contains("from `pg_asyncslave` first"),
+        "{}",
+        stdout(&dry)
+    );
+    let forced = cluster.ok(&["failover", "--to", "pg_slave", "--force", "--rewind"]);
+    assert!(
+        stdout(&forced).contains("`pg_asyncslave` is")
+            && stdout(&forced).contains("bytes ahead (--force): those bytes are lost"),
+        "{}",
+        stdout(&forced)
+    );
+    assert!(
+        stdout(&forced).contains("`pg_asyncslave` rewound by pg_rewind"),
+        "{}",
+        stdout(&forced)
+    );
+    assert_eq!(cluster.psql(1, "select count(*) from ff"), "10");
+    cluster.psql(1, "insert into ff values (100)");
+    crate::basebackup::wait_for(
+        "row 100 on pg_asyncslave",
+        Duration::from_secs(30),
+        || cluster.psql(2, "select count(*) from ff") == "11",
+    );
+    assert_eq!(cluster.psql(2, "select max(id) from ff where id < 100"), "10");
 }
 
 #[test]
