@@ -524,6 +524,13 @@ impl Cluster {
             return Ok(Rejoined::Followed);
         }
         if rewind && has_data {
+            // pg_rewind reads the primary's timeline from its pg_control, which still names the
+            // old one until the checkpoint a promotion only requests has been made.
+            self.sql(primary)
+                .await?
+                .batch_execute("CHECKPOINT")
+                .await
+                .map_err(|e| node_err_sql(primary, e))?;
             match self.runtime.rewind(node, primary).await {
                 Ok(output) => {
                     self.follow(node, primary)?;
