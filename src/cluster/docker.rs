@@ -56,6 +56,8 @@ const OWNER_LABEL: &str = "org.pgrepl.state-dir";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a fast shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// In the state directory: the image `up --image` was given.
+const IMAGE_FILE: &str = "image";
 /// The tools pgrepl runs in one-shot containers named `<node>-<tool>`.
 const ONE_SHOT_TOOLS: [&str; 2] = ["initdb", "pg_rewind"];
 /// Log lines quoted when a container fails.
@@ -74,6 +76,8 @@ enum ImageKind {
 pub struct DockerRuntime {
     state_dir: PathBuf,
     settings: DockerSettings,
+    /// The image came from the command line: `prepare` records it.
+    record_image: bool,
     superuser_password: Password,
     /// Connected and version-negotiated on first use, so commands that never touch the engine
     /// do not need one.
@@ -84,10 +88,29 @@ pub struct DockerRuntime {
 impl DockerRuntime {
     /// Reads the superuser password kept in the state directory, or makes a new one (written by
     /// `prepare`, so opening a cluster never writes anything).
+    /// `image` (given on the command line) overrides the cluster file's; an override `up` was
+    /// given is kept in the state directory, so later commands (rejoin's one-shot containers,
+    /// a start after `down`) use the image the cluster was built with.
     pub fn new(
         state_dir: PathBuf,
-        settings: DockerSettings,
+        mut settings: DockerSettings,
+        image: Option<String>,
     ) -> Result<DockerRuntime, ClusterError> {
+        let recorded = state_dir.join(IMAGE_FILE);
+        let record_image = image.is_some();
+        match image {
+            Some(image) => settings.image = image,
+            None => match std::fs::read_to_string(&recorded) {
+                Ok(text) => settings.image = text.trim().to_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ClusterError::io(
+                        format!("read `{}`", recorded.display()),
+                        e,
+                    ))
+                }
+            },
+        }
         let file = password_file(&state_dir);
         let password = match std::fs::read_to_string(&file) {
             Ok(text) => text.trim_end().to_owned(),
@@ -97,6 +120,7 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             state_dir,
             settings,
+            record_image,
             superuser_password: Password::from(password),
             engine: OnceCell::new(),
             image: OnceCell::new(),
@@ -126,6 +150,11 @@ impl DockerRuntime {
             }
         }
         self.write_secrets(nodes)?;
+        if self.record_image {
+            let recorded = self.state_dir.join(IMAGE_FILE);
+            std::fs::write(&recorded, format!("{}\n", self.settings.image))
+                .map_err(|e| ClusterError::io(format!("write `{}`", recorded.display()), e))?;
+        }
         let volumes = self.state_dir.join("volumes");
         create_dir(&volumes)?;
         // Standby volumes are left to the base backup, which wants an absent or empty target.
@@ -401,7 +430,8 @@ impl DockerRuntime {
         // initdb runs as the postgres uid, which cannot read root's password file: it gets a
         // copy of its own for the run.
         let secret = format!("{}\n", self.superuser_password.expose());
-        self.run_tool(node, "initdb", &args, &secret, "none").await?;
+        self.run_tool(node, "initdb", &args, &secret, "none")
+            .await?;
         let subnet = self.network().await?;
         let hba = self.data_dir(node).join("pg_hba.conf");
         let mut text = std::fs::read_to_string(&hba)
@@ -418,6 +448,22 @@ impl DockerRuntime {
     /// reaches `source` by name as the superuser (password from a passfile mounted for the run,
     /// so it is in no argument or environment variable). Returns what pg_rewind printed.
     pub async fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
+        if self.is_running(node).await {
+            return Err(ClusterError::Setup(format!(
+                "`{}` is running: stop it before pg_rewind",
+                node.name
+            )));
+        }
+        // The node's container is stopped, so its lock file is stale; and it names pid 1, which
+        // in the one-shot container is pg_rewind itself, so the single-user server pg_rewind
+        // starts to finish a crashed node's recovery would take it for a live postmaster.
+        let lock = self.data_dir(node).join("postmaster.pid");
+        match std::fs::remove_file(&lock) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ClusterError::io(format!("remove `{}`", lock.display()), e))
+            }
+            _ => {}
+        }
         let params = ConnParams {
             host: Some(source.name.clone()),
             port: Some(SERVER_PORT.to_string()),
@@ -435,12 +481,7 @@ impl DockerRuntime {
             source.name,
             self.superuser_password.expose()
         );
-        let args = [
-            "--target-pgdata",
-            DATA_MOUNT,
-            "--source-server",
-            &conninfo,
-        ];
+        let args = ["--target-pgdata", DATA_MOUNT, "--source-server", &conninfo];
         let network = self.settings.network.clone();
         self.run_tool(node, "pg_rewind", &args, &passfile, &network)
             .await

@@ -819,7 +819,9 @@ fn rejoin_method(rewind: bool) -> &'static str {
 impl std::fmt::Display for Rejoined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Rejoined::Followed => f.write_str("ends before the fork: it follows without a re-clone"),
+            Rejoined::Followed => {
+                f.write_str("ends before the fork: it follows without a re-clone")
+            }
             Rejoined::Rewound(summary) if summary.is_empty() => f.write_str("rewound by pg_rewind"),
             Rejoined::Rewound(summary) => write!(f, "rewound by pg_rewind ({summary})"),
             Rejoined::Recloned => f.write_str("re-cloned with a base backup"),

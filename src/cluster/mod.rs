@@ -120,7 +120,8 @@ pub struct RuntimeChoice {
     pub runtime: Option<RuntimeKind>,
     pub pg_bin: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
-    /// The docker runtime's image, instead of the cluster file's `docker.image`.
+    /// The docker runtime's image, instead of the cluster file's `docker.image`; `up`
+    /// remembers it for the commands after it.
     pub image: Option<String>,
 }
 
@@ -183,13 +184,11 @@ impl Cluster {
             RuntimeKind::Local => {
                 Runtime::Local(local::LocalRuntime::new(state_dir, choice.pg_bin.clone())?)
             }
-            RuntimeKind::Docker => {
-                let mut settings = spec.docker.clone();
-                if let Some(image) = &choice.image {
-                    settings.image = image.clone();
-                }
-                Runtime::Docker(Box::new(docker::DockerRuntime::new(state_dir, settings)?))
-            }
+            RuntimeKind::Docker => Runtime::Docker(Box::new(docker::DockerRuntime::new(
+                state_dir,
+                spec.docker.clone(),
+                choice.image.clone(),
+            )?)),
         };
         Ok(Cluster {
             spec,
@@ -624,7 +623,11 @@ impl Cluster {
 
     /// A node that should be a standby but whose data has no standby.signal is a former
     /// primary: starting it would make a second primary that takes writes.
-    fn refuse_a_second_primary(&self, spec: &ClusterSpec, node: &NodeSpec) -> Result<(), ClusterError> {
+    fn refuse_a_second_primary(
+        &self,
+        spec: &ClusterSpec,
+        node: &NodeSpec,
+    ) -> Result<(), ClusterError> {
         let data = self.runtime.data_dir(node);
         if spec.primary().name != node.name
             && data.join("PG_VERSION").exists()

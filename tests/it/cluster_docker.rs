@@ -170,8 +170,8 @@ fn up_checks_and_down_on_the_docker_runtime() {
 
     // The recipe's checks, failover and rejoin included, on containers.
     let drill = cluster.pgrepl(&["drill", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&drill.stdout)
-        .unwrap_or_else(|_| panic!("{}", stderr(&drill)));
+    let report: serde_json::Value =
+        serde_json::from_slice(&drill.stdout).unwrap_or_else(|_| panic!("{}", stderr(&drill)));
     assert_eq!(drill.status.code(), Some(0), "{report:#}");
     assert_eq!(report["steps"].as_array().map(Vec::len), Some(7));
     assert_eq!(psql(&conninfo[1], "select pg_is_in_recovery()"), "f");

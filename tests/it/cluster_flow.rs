@@ -289,7 +289,8 @@ fn rejoin_rewinds_a_former_primary_that_took_writes_after_the_failover() {
 
     let dry = cluster.ok(&["rejoin", "pg_master", "--rewind", "--dry-run"]);
     assert!(
-        stdout(&dry).contains("its WAL runs past the fork (or it has none): rewind it with pg_rewind"),
+        stdout(&dry)
+            .contains("its WAL runs past the fork (or it has none): rewind it with pg_rewind"),
         "{}",
         stdout(&dry)
     );
@@ -311,7 +312,10 @@ fn rejoin_rewinds_a_former_primary_that_took_writes_after_the_failover() {
         || cluster.psql(0, "select count(*) from rw where id = 2000") == "1",
     );
     assert_eq!(
-        cluster.psql(0, "select origin, count(*) from rw group by origin order by origin"),
+        cluster.psql(
+            0,
+            "select origin, count(*) from rw group by origin order by origin"
+        ),
         "after|1\nbefore|1000"
     );
     assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "t");
@@ -330,7 +334,10 @@ fn rejoin_rewinds_a_former_primary_that_took_writes_after_the_failover() {
 fn a_forced_failover_rejoins_the_standby_past_the_fork() {
     let cluster = TestCluster::new();
     cluster.ok(&["up"]);
-    cluster.psql(0, "create table ff(id int); insert into ff select generate_series(1, 10)");
+    cluster.psql(
+        0,
+        "create table ff(id int); insert into ff select generate_series(1, 10)",
+    );
     // pg_slave stops receiving; pg_asyncslave becomes the sync standby and gets rows 11..20.
     cluster.psql(1, "alter system set primary_conninfo = ''");
     cluster.psql(1, "select pg_reload_conf()");
@@ -367,12 +374,13 @@ fn a_forced_failover_rejoins_the_standby_past_the_fork() {
     );
     assert_eq!(cluster.psql(1, "select count(*) from ff"), "10");
     cluster.psql(1, "insert into ff values (100)");
-    crate::basebackup::wait_for(
-        "row 100 on pg_asyncslave",
-        Duration::from_secs(30),
-        || cluster.psql(2, "select count(*) from ff") == "11",
+    crate::basebackup::wait_for("row 100 on pg_asyncslave", Duration::from_secs(30), || {
+        cluster.psql(2, "select count(*) from ff") == "11"
+    });
+    assert_eq!(
+        cluster.psql(2, "select max(id) from ff where id < 100"),
+        "10"
     );
-    assert_eq!(cluster.psql(2, "select max(id) from ff where id < 100"), "10");
 }
 
 #[test]
