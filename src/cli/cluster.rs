@@ -271,6 +271,10 @@ fn print_role_change(
             report.action, report.old_primary, report.new_primary
         );
     }
+    println!("  checks:");
+    for check in &report.checks {
+        println!("    - {check}");
+    }
     for (i, step) in report.plan.iter().enumerate() {
         println!("  {}. {step}", i + 1);
     }

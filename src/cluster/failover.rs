@@ -26,6 +26,9 @@ pub struct NodeProbe {
     pub name: String,
     pub reachable: bool,
     pub in_recovery: Option<bool>,
+    /// The timeline a primary writes, or a standby receives (its last restartpoint's when no
+    /// WAL receiver runs).
+    pub timeline: Option<u32>,
     /// Received and flushed (standby) or flushed (primary).
     pub received_lsn: Option<Lsn>,
     pub replayed_lsn: Option<Lsn>,
@@ -44,6 +47,9 @@ pub struct RoleChangeReport {
     pub action: &'static str,
     pub old_primary: String,
     pub new_primary: String,
+    /// What the nodes reported before anything changed: roles, timelines, positions and how
+    /// far each standby is behind the most advanced, the old primary's slots.
+    pub checks: Vec<String>,
     pub plan: Vec<String>,
     pub steps: Vec<TimedStep>,
     pub dry_run: bool,
@@ -123,6 +129,7 @@ impl Cluster {
                 name: node.name.clone(),
                 reachable: false,
                 in_recovery: None,
+                timeline: None,
                 received_lsn: None,
                 replayed_lsn: None,
             })
@@ -136,7 +143,11 @@ impl Cluster {
             .query_one(
                 "SELECT pg_is_in_recovery(), \
                         CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
-                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text",
+                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
+                        CASE WHEN pg_is_in_recovery() \
+                             THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                                           (SELECT timeline_id FROM pg_control_checkpoint())) \
+                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
                 &[],
             )
             .await
@@ -146,6 +157,7 @@ impl Cluster {
             name: node.name.clone(),
             reachable: true,
             in_recovery: Some(row.get(0)),
+            timeline: row.get::<_, Option<i32>>(3).map(|t| t as u32),
             received_lsn: lsn(1),
             replayed_lsn: lsn(2),
         })
@@ -165,6 +177,7 @@ impl Cluster {
             action: "failover",
             old_primary: old.name.clone(),
             new_primary: String::new(),
+            checks: Vec::new(),
             plan: Vec::new(),
             steps: Vec::new(),
             dry_run: options.dry_run,
@@ -177,6 +190,7 @@ impl Cluster {
             steps.done(format!("fenced `{}`", old.name));
         }
         let probes = self.probe_all().await;
+        report.checks = self.preflight(&spec, &probes)?;
         let choice = choose_target(&spec, &probes, options)?;
         let target = choice.target;
         let new_spec = self.file_spec.with_primary(&target.name)?;
@@ -279,6 +293,67 @@ impl Cluster {
         Ok(report)
     }
 
+    /// The pre-flight checks a role change prints: each node's role, timeline and position, how
+    /// far each standby is behind the most advanced one, the sync names in force, and the old
+    /// primary's replication slots (read from its data directory, so also when it is down),
+    /// which are not on any standby.
+    fn preflight(&self, spec: &ClusterSpec, probes: &[NodeProbe]) -> Result<Vec<String>, ClusterError> {
+        let furthest = probes
+            .iter()
+            .filter(|p| p.in_recovery == Some(true))
+            .filter_map(NodeProbe::position)
+            .max();
+        let mut checks: Vec<String> = probes
+            .iter()
+            .map(|p| {
+                let timeline = p.timeline.map_or("?".into(), |t| t.to_string());
+                let at = |l: Option<Lsn>| l.map_or("?".into(), |l| l.to_string());
+                match p.in_recovery {
+                    None => format!("`{}` does not answer", p.name),
+                    Some(false) => format!(
+                        "`{}` is a primary on timeline {timeline}, flushed to {}",
+                        p.name,
+                        at(p.received_lsn)
+                    ),
+                    Some(true) => format!(
+                        "`{}` is a standby on timeline {timeline}, received {}, replayed {}, {} bytes behind the most advanced standby",
+                        p.name,
+                        at(p.received_lsn),
+                        at(p.replayed_lsn),
+                        furthest
+                            .zip(p.position())
+                            .map_or(0, |(f, at)| f.saturating_sub(at))
+                    ),
+                }
+            })
+            .collect();
+        checks.push(format!(
+            "sync names for `{}`: {}",
+            spec.primary().name,
+            spec.synchronous_standby_names()
+        ));
+        let old = spec.primary();
+        let slot_dir = self.runtime.data_dir(old).join("pg_replslot");
+        let mut slots: Vec<String> = match std::fs::read_dir(&slot_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(ClusterError::io(format!("read `{}`", slot_dir.display()), e)),
+        };
+        slots.sort();
+        checks.push(if slots.is_empty() {
+            format!("replication slots on `{}`: none", old.name)
+        } else {
+            format!(
+                "replication slots on `{}`: {} (slots stay behind on the old primary: create them again on the new one)",
+                old.name,
+                slots.join(", ")
+            )
+        });
+        Ok(checks)
+    }
+
     /// Streams the WAL `target` lacks from `source`, a standby that has it, until `target` has
     /// received up to `goal`.
     async fn catch_up(
@@ -370,6 +445,7 @@ impl Cluster {
             action: "switchover",
             old_primary: old.name.clone(),
             new_primary: to.to_owned(),
+            checks: self.preflight(&spec, &probes)?,
             plan,
             steps: Vec::new(),
             dry_run,
@@ -479,10 +555,21 @@ impl Cluster {
             primary.name,
             spec.synchronous_standby_names()
         ));
+        let mut checks = self.preflight(&spec, &self.probe_all().await)?;
+        if !running && data.join("PG_VERSION").exists() {
+            let control = ControlFile::read(&data)?;
+            checks.push(format!(
+                "`{name}` is stopped ({}), last checkpoint {} on timeline {}",
+                if control.shut_down_cleanly() { "cleanly" } else { "not cleanly: it crashed or was killed" },
+                control.checkpoint,
+                control.checkpoint_timeline
+            ));
+        }
         let mut report = RoleChangeReport {
             action: "rejoin",
             old_primary: name.to_owned(),
             new_primary: primary.name.clone(),
+            checks,
             plan,
             steps: Vec::new(),
             dry_run: options.dry_run,
@@ -847,6 +934,7 @@ mod tests {
             name: name.into(),
             reachable: true,
             in_recovery: Some(true),
+            timeline: Some(1),
             received_lsn: Some(Lsn::new(lsn)),
             replayed_lsn: Some(Lsn::new(lsn)),
         }
