@@ -297,7 +297,11 @@ impl Cluster {
     /// far each standby is behind the most advanced one, the sync names in force, and the old
     /// primary's replication slots (read from its data directory, so also when it is down),
     /// which are not on any standby.
-    fn preflight(&self, spec: &ClusterSpec, probes: &[NodeProbe]) -> Result<Vec<String>, ClusterError> {
+    fn preflight(
+        &self,
+        spec: &ClusterSpec,
+        probes: &[NodeProbe],
+    ) -> Result<Vec<String>, ClusterError> {
         let furthest = probes
             .iter()
             .filter(|p| p.in_recovery == Some(true))
@@ -339,7 +343,12 @@ impl Cluster {
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(ClusterError::io(format!("read `{}`", slot_dir.display()), e)),
+            Err(e) => {
+                return Err(ClusterError::io(
+                    format!("read `{}`", slot_dir.display()),
+                    e,
+                ))
+            }
         };
         slots.sort();
         checks.push(if slots.is_empty() {
@@ -560,7 +569,11 @@ impl Cluster {
             let control = ControlFile::read(&data)?;
             checks.push(format!(
                 "`{name}` is stopped ({}), last checkpoint {} on timeline {}",
-                if control.shut_down_cleanly() { "cleanly" } else { "not cleanly: it crashed or was killed" },
+                if control.shut_down_cleanly() {
+                    "cleanly"
+                } else {
+                    "not cleanly: it crashed or was killed"
+                },
                 control.checkpoint,
                 control.checkpoint_timeline
             ));

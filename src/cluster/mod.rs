@@ -558,11 +558,15 @@ impl Cluster {
                 Duration::from_secs(30),
                 &format!("check row {id} on `{}`", standby.name),
                 || async {
-                    let found = client
+                    match client
                         .query_opt("SELECT 1 FROM pgrepl_check WHERE id = $1", &[&id])
                         .await
-                        .map_err(|e| node_err_sql(standby, e))?;
-                    Ok(found.is_some())
+                    {
+                        Ok(found) => Ok(found.is_some()),
+                        // An asynchronous standby may not have replayed the CREATE TABLE yet.
+                        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(false),
+                        Err(e) => Err(node_err_sql(standby, e)),
+                    }
                 },
             )
             .await?;

@@ -355,11 +355,25 @@ fn a_forced_failover_rejoins_the_standby_past_the_fork() {
     assert_eq!(cluster.psql(2, "select count(*) from ff"), "20");
 
     let dry = cluster.ok(&["failover", "--to", "pg_slave", "--dry-run"]);
-    assert!(
-        stdout(&dry).contains("catch up") && stdout(&dry).contains("from `pg_asyncslave` first"),
-        "{}",
-        stdout(&dry)
-    );
+    for expected in [
+        "`pg_master` is a primary on timeline 1",
+        "`pg_asyncslave` is a standby on timeline 1",
+        "replication slots on `pg_master`: none",
+        "from `pg_asyncslave` first",
+    ] {
+        assert!(
+            stdout(&dry).contains(expected),
+            "{expected}:\n{}",
+            stdout(&dry)
+        );
+    }
+    // pg_slave is behind pg_asyncslave by what it did not receive.
+    let behind = stdout(&dry)
+        .lines()
+        .find(|l| l.contains("`pg_slave` is a standby"))
+        .and_then(|l| l.split(", ").last()?.split(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{}", stdout(&dry)));
+    assert!(behind > 0, "{}", stdout(&dry));
     let forced = cluster.ok(&["failover", "--to", "pg_slave", "--force", "--rewind"]);
     assert!(
         stdout(&forced).contains("`pg_asyncslave` is")
