@@ -481,7 +481,14 @@ impl DockerRuntime {
             source.name,
             self.superuser_password.expose()
         );
-        let args = ["--target-pgdata", DATA_MOUNT, "--source-server", &conninfo];
+        // --progress for its "need to copy N MB" line.
+        let args = [
+            "--target-pgdata",
+            DATA_MOUNT,
+            "--source-server",
+            &conninfo,
+            "--progress",
+        ];
         let network = self.settings.network.clone();
         self.run_tool(node, "pg_rewind", &args, &passfile, &network)
             .await

@@ -638,11 +638,18 @@ impl Cluster {
                 }
                 // Before its point of no return pg_rewind changes nothing, after it the data
                 // is unusable: a re-clone is right either way.
-                Err(e) => steps.done(format!(
-                    "pg_rewind could not rewind `{}` ({}): re-cloning instead",
-                    node.name,
-                    super::error_chain(&e)
-                )),
+                Err(e) => {
+                    let error = super::error_chain(&e);
+                    let hint = if error.contains("could not find previous WAL record") {
+                        "; its WAL no longer reaches back to the last common checkpoint, which a larger wal_keep_size keeps"
+                    } else {
+                        ""
+                    };
+                    steps.done(format!(
+                        "pg_rewind could not rewind `{}` ({error}{hint}): re-cloning instead",
+                        node.name
+                    ))
+                }
             }
         }
         self.reclone(node, primary).await?;
@@ -897,13 +904,18 @@ fn fork_point(history: &str, timeline: u32) -> Option<Lsn> {
     })
 }
 
-/// What pg_rewind said about where the node forked ("servers diverged at WAL location ...",
-/// or "no rewind required").
+/// What pg_rewind said about where the node forked and how much it copied ("servers diverged
+/// at WAL location ...", "need to copy N MB (total source directory size is M MB)"), or "no
+/// rewind required".
 fn rewind_summary(output: &str) -> String {
     output
         .lines()
         .map(|l| l.trim().trim_start_matches("pg_rewind: "))
-        .filter(|l| l.starts_with("servers diverged") || l.starts_with("no rewind required"))
+        .filter(|l| {
+            ["servers diverged", "need to copy", "no rewind required"]
+                .iter()
+                .any(|start| l.starts_with(start))
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }

@@ -247,6 +247,8 @@ impl LocalRuntime {
                 data.as_os_str(),
                 OsStr::new("--source-server"),
                 OsStr::new(&conninfo),
+                // For its "need to copy N MB" line.
+                OsStr::new("--progress"),
             ],
         )
     }

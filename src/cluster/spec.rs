@@ -136,8 +136,9 @@ impl Default for ClusterSpec {
             // pg_rewind needs it (or data checksums) to rejoin a former primary cheaply.
             ("wal_log_hints", "on"),
             // WAL kept for a standby that was away (no slots, so none is held forever) and for
-            // pg_rewind, which reads a former primary's WAL back to the last common checkpoint.
-            ("wal_keep_size", "256MB"),
+            // pg_rewind, which reads a former primary's WAL back to the last common checkpoint:
+            // as much as max_wal_size (1GB by default) lets pass between two checkpoints.
+            ("wal_keep_size", "1GB"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
