@@ -36,8 +36,9 @@ pub struct ClusterArgs {
     /// Where data, logs and sockets live (default: the file's state_dir, `.pgrepl`).
     #[arg(long = "state-dir", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// The docker runtime's image (default: the file's docker.image, `postgres:17`); e.g.
-    /// `pgrepl-local/postgres:15` from compose/build-image where no registry is reachable.
+    /// The docker runtime's image (default: the one `up --image` was last given, else the
+    /// file's docker.image, `postgres:17`); e.g. `pgrepl-local/postgres:15` from
+    /// compose/build-image where no registry is reachable.
     #[arg(long = "image", value_name = "IMAGE")]
     pub image: Option<String>,
 }
@@ -207,11 +208,8 @@ pub struct FailoverArgs {
     /// Rejoin the standbys --force leaves past the fork with pg_rewind where it can.
     #[arg(long)]
     pub rewind: bool,
-    /// Print the plan and the pre-flight checks only.
-    #[arg(long = "dry-run")]
-    pub dry_run: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: PlanArgs,
 }
 
 #[derive(Debug, Args)]
@@ -221,8 +219,17 @@ pub struct SwitchoverArgs {
     /// The standby that becomes primary.
     #[arg(long = "to", value_name = "NODE")]
     pub to: String,
+    #[command(flatten)]
+    pub output: PlanArgs,
+}
+
+/// How a role change reports: its plan only, and as text or JSON.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Print the plan and the pre-flight checks only.
     #[arg(long = "dry-run")]
     pub dry_run: bool,
+    /// The checks, plan and steps with timings as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -237,11 +244,8 @@ pub struct RejoinArgs {
     /// data checksums; copies only what changed) before a full re-clone.
     #[arg(long)]
     pub rewind: bool,
-    /// Print the plan and the pre-flight checks only.
-    #[arg(long = "dry-run")]
-    pub dry_run: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: PlanArgs,
 }
 
 #[derive(Debug, Args)]
@@ -299,21 +303,21 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         to: args.to,
         force: args.force,
         rewind: args.rewind,
-        dry_run: args.dry_run,
+        dry_run: args.output.dry_run,
     };
     let report = cluster
         .failover(&options, &PrintSteps(Instant::now()))
         .await?;
-    print_role_change(&report, args.json)?;
+    print_role_change(&report, args.output.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     let report = cluster
-        .switchover(&args.to, args.dry_run, &PrintSteps(Instant::now()))
+        .switchover(&args.to, args.output.dry_run, &PrintSteps(Instant::now()))
         .await?;
-    print_role_change(&report, args.json)?;
+    print_role_change(&report, args.output.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -321,12 +325,12 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     let options = pgrepl::cluster::failover::RejoinOptions {
         rewind: args.rewind,
-        dry_run: args.dry_run,
+        dry_run: args.output.dry_run,
     };
     let report = cluster
         .rejoin(&args.node, options, &PrintSteps(Instant::now()))
         .await?;
-    print_role_change(&report, args.json)?;
+    print_role_change(&report, args.output.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
