@@ -208,6 +208,10 @@ pub struct FailoverArgs {
     /// Rejoin the standbys --force leaves past the fork with pg_rewind where it can.
     #[arg(long)]
     pub rewind: bool,
+    /// Refuse (unless --force) a target that has replayed more than this less than the newest
+    /// WAL, checked before the primary is fenced (suffixes kB, MB, GB).
+    #[arg(long = "max-lag", value_name = "SIZE", default_value = "64MB", value_parser = super::lag::parse_size)]
+    pub max_lag: u64,
     #[command(flatten)]
     pub output: PlanArgs,
 }
@@ -303,6 +307,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         to: args.to,
         force: args.force,
         rewind: args.rewind,
+        max_lag: args.max_lag,
         dry_run: args.output.dry_run,
     };
     let report = cluster

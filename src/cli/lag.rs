@@ -715,7 +715,7 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Bytes, with PostgreSQL's 1024-based suffixes (`kB`, `MB`, `GB`, `TB`) or `KiB`... `TiB`.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     let invalid = || format!("invalid size `{text}`: use e.g. 1048576, 512kB, 16MB or 1GB");
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

@@ -62,16 +62,34 @@ pub struct TimedStep {
     pub ms: u128,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FailoverOptions {
     pub to: Option<String>,
     /// Promote the given target without letting it catch up with the standbys that hold more
-    /// WAL; those are past the fork and are rejoined.
+    /// WAL (those are past the fork and are rejoined), whatever its lag.
     pub force: bool,
     /// Rejoin the standbys `force` leaves past the fork with pg_rewind where it can.
     pub rewind: bool,
+    /// Bytes of WAL the target may have left to replay (against the newest any node reports)
+    /// before it is refused without `force`: promotion waits for that replay.
+    pub max_lag: u64,
     pub dry_run: bool,
 }
+
+impl Default for FailoverOptions {
+    fn default() -> Self {
+        FailoverOptions {
+            to: None,
+            force: false,
+            rewind: false,
+            max_lag: DEFAULT_MAX_LAG,
+            dry_run: false,
+        }
+    }
+}
+
+/// `failover --max-lag`'s default: replaying 64 MB takes about a second here.
+pub const DEFAULT_MAX_LAG: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RejoinOptions {
@@ -184,14 +202,33 @@ impl Cluster {
             elapsed_ms: 0,
         };
         let mut steps = Steps::new(log);
-        if !options.dry_run {
-            // Fence before looking: positions only stop moving once the primary is gone.
+        // A target that cannot be promoted is refused while the primary still runs, if it does.
+        let before = self.probe_all().await;
+        let candidate = choose_target(&spec, &before, options)?.target;
+        let lag = replay_lag(&before, candidate);
+        if lag > options.max_lag && !options.force {
+            return Err(ClusterError::Setup(format!(
+                "`{}` has {lag} bytes of WAL left to replay, over the --max-lag limit of {}: promoting it would wait \
+                 for that replay; let it catch up and retry, choose another standby with --to, raise --max-lag, or add --force",
+                candidate.name, options.max_lag
+            )));
+        }
+        let probes = if options.dry_run {
+            before
+        } else {
+            // Fence before deciding: positions only stop moving once the primary is gone.
             self.runtime.kill(old).await?;
             steps.done(format!("fenced `{}`", old.name));
-        }
-        let probes = self.probe_all().await;
+            self.probe_all().await
+        };
         report.checks = self.preflight(&spec, &probes)?;
         let choice = choose_target(&spec, &probes, options)?;
+        report.checks.push(format!(
+            "`{}` has {} bytes left to replay (--max-lag {})",
+            choice.target.name,
+            replay_lag(&probes, choice.target),
+            options.max_lag
+        ));
         let target = choice.target;
         let new_spec = self.file_spec.with_primary(&target.name)?;
         let new_primary = new_spec.primary();
@@ -893,6 +930,16 @@ fn choose_target<'p>(
     Ok(Choice { target, ahead })
 }
 
+/// How much WAL `target` has yet to replay against the newest position any node reports.
+fn replay_lag(probes: &[NodeProbe], target: &NodeProbe) -> u64 {
+    let newest = probes
+        .iter()
+        .filter_map(NodeProbe::position)
+        .max()
+        .unwrap_or_default();
+    newest.saturating_sub(target.replayed_lsn.unwrap_or_default())
+}
+
 /// Where timeline `timeline` ended, from a history file's `parent<TAB>switchpoint<TAB>reason`
 /// lines.
 fn fork_point(history: &str, timeline: u32) -> Option<Lsn> {
@@ -997,6 +1044,18 @@ mod tests {
         assert!(choose_target(&spec, &probes, &to_primary).is_err());
         let nobody: Vec<NodeProbe> = Vec::new();
         assert!(choose_target(&spec, &nobody, &FailoverOptions::default()).is_err());
+    }
+
+    #[test]
+    fn replay_lag_counts_from_the_newest_position_any_node_reports() {
+        let mut primary = probe("pg_master", 9000);
+        primary.in_recovery = Some(false);
+        let mut lagging = probe("pg_slave", 8000);
+        lagging.replayed_lsn = Some(Lsn::new(1000));
+        let probes = vec![primary, lagging, probe("pg_asyncslave", 5000)];
+        assert_eq!(replay_lag(&probes, &probes[1]), 8000);
+        assert_eq!(replay_lag(&probes, &probes[2]), 4000);
+        assert_eq!(replay_lag(&probes[1..2], &probes[1]), 7000);
     }
 
     #[test]

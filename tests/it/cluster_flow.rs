@@ -374,7 +374,24 @@ fn a_forced_failover_rejoins_the_standby_past_the_fork() {
         .and_then(|l| l.split(", ").last()?.split(' ').next()?.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("{}", stdout(&dry)));
     assert!(behind > 0, "{}", stdout(&dry));
-    let forced = cluster.ok(&["failover", "--to", "pg_slave", "--force", "--rewind"]);
+    // Over the lag limit the target is refused before the primary is touched.
+    let refused = cluster.pgrepl(&["failover", "--to", "pg_slave", "--max-lag", "0"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("over the --max-lag limit of 0"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "f");
+    let forced = cluster.ok(&[
+        "failover",
+        "--to",
+        "pg_slave",
+        "--force",
+        "--rewind",
+        "--max-lag",
+        "0",
+    ]);
     assert!(
         stdout(&forced).contains("`pg_asyncslave` is")
             && stdout(&forced).contains("bytes ahead (--force): those bytes are lost"),
