@@ -16,7 +16,22 @@ pub async fn connect(
     application_name: &str,
 ) -> Result<Client, ConnectionError> {
     let config = config(options, application_name)?;
-    let (client, connection) = config.connect(NoTls).await.map_err(ConnectionError::Sql)?;
+    let client = match super::tls::sql_connector(options).await? {
+        Some(tls) => drive(config.connect(tls).await),
+        None => drive(config.connect(NoTls).await),
+    };
+    client.map_err(ConnectionError::Sql)
+}
+
+/// Runs the session's connection on a background task and hands back its client.
+fn drive<S, T>(
+    connected: Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+) -> Result<Client, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = connected?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("SQL session ended: {e}");
@@ -25,8 +40,8 @@ pub async fn connect(
     Ok(client)
 }
 
-/// tokio-postgres settings equal to `options`. Its NoTls connector cannot encrypt, so the modes
-/// that demand TLS are refused here with a clear message rather than by a handshake failure.
+/// tokio-postgres settings equal to `options`. Its sslmode knows no verify-ca or verify-full:
+/// they are `require` to it, and the certificate checks are the connector's.
 fn config(
     options: &ConnectOptions,
     application_name: &str,
@@ -43,14 +58,10 @@ fn config(
         .dbname(dbname)
         .application_name(application_name);
     config.ssl_mode(match options.sslmode {
-        // `allow` tries plaintext first, which is all NoTls does.
+        // `allow` tries plaintext first, and a server that takes it never asks for more.
         SslMode::Disable | SslMode::Allow => PgSslMode::Disable,
         SslMode::Prefer => PgSslMode::Prefer,
-        demanding => {
-            return Err(ConnectionError::Tls(format!(
-                "SQL sessions cannot use sslmode={demanding} yet; use sslmode=prefer or disable for this node"
-            )))
-        }
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
     });
     config.channel_binding(match options.channel_binding {
         ChannelBindingMode::Disable => ChannelBinding::Disable,

@@ -345,3 +345,80 @@ fn require_refuses_a_server_without_tls() {
     );
     assert!(output.status.success(), "prefer: {}", stderr(&output));
 }
+
+/// SQL sessions (tokio-postgres, used by `lag`, `status`, `bench` and the cluster commands) take
+/// the same sslmode rules and certificate checks as replication sessions.
+#[test]
+fn sql_sessions_verify_the_certificate_too() {
+    let work = harness::postgres_owned_tempdir();
+    let certs = work.path().join("certs");
+    fs::create_dir(&certs).unwrap();
+    let (ca, other_ca) = make_certificates(&certs);
+    let server = PgServer::start(
+        &PgInstall::default_install(),
+        ServerOptions {
+            extra_conf: vec![
+                "listen_addresses = '127.0.0.1'".into(),
+                "ssl = on".into(),
+                format!("ssl_cert_file = '{}'", certs.join("server.crt").display()),
+                format!("ssl_key_file = '{}'", certs.join("server.key").display()),
+                "log_connections = on".into(),
+            ],
+            extra_hba: vec![
+                format!(
+                    "hostssl all {} 127.0.0.0/8 scram-sha-256",
+                    harness::REP_SCRAM
+                ),
+                "hostnossl all all 127.0.0.0/8 reject".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    let status = |mode: &str, root: &Path| {
+        let conninfo = format!(
+            "host=localhost port={} user={} sslmode={mode} sslrootcert={} channel_binding=require",
+            server.port,
+            harness::REP_SCRAM,
+            root.display()
+        );
+        Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+            .args(["status", "--json", &conninfo])
+            .env_remove("PGSSLMODE")
+            .env_remove("RUST_LOG")
+            .env("PGPASSWORD", harness::REP_SCRAM_PASSWORD)
+            .env("PGPASSFILE", "/nonexistent")
+            .env("HOME", work.path())
+            .output()
+            .expect("run pgrepl")
+    };
+
+    let output = status("verify-full", &ca);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("{}\n{}", stderr(&output), server.log_tail()));
+    assert!(
+        report["problems"]
+            .as_array()
+            .is_some_and(|p| p.iter().all(|p| p["kind"] != "unreachable")),
+        "{report:#}\n{}",
+        server.log_tail()
+    );
+    let log = fs::read_to_string(&server.log_file).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains(&format!(
+            "connection authorized: user={} database=postgres",
+            harness::REP_SCRAM
+        )) && l.contains("SSL enabled")
+            && !l.contains("replication connection")),
+        "no SQL session over TLS in the server log:\n{}",
+        server.log_tail()
+    );
+
+    let output = status("verify-full", &other_ca);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    assert!(text.contains("certificate"), "{text}");
+}
