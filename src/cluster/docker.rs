@@ -464,17 +464,9 @@ impl DockerRuntime {
             }
             _ => {}
         }
-        let params = ConnParams {
-            host: Some(source.name.clone()),
-            port: Some(SERVER_PORT.to_string()),
-            user: Some("postgres".into()),
-            dbname: Some("postgres".into()),
-            passfile: Some(SECRET_MOUNT.into()),
-            ..Default::default()
-        };
-        let conninfo = ConnectOptions::resolve(params, &|_| None)
-            .expect("fixed, valid parameters always resolve")
-            .redacted();
+        let mut source_options = superuser_at(&source.name, SERVER_PORT);
+        source_options.passfile = Some(SECRET_MOUNT.into());
+        let conninfo = source_options.redacted();
         // The password is hex: nothing in it needs the passfile's escaping.
         let passfile = format!(
             "{}:{SERVER_PORT}:*:postgres:{}\n",
@@ -906,15 +898,7 @@ impl DockerRuntime {
     /// The superuser through the published port, with the generated password (and the passfile
     /// holding it, for the conninfo psql is given).
     pub fn superuser(&self, node: &NodeSpec) -> ConnectOptions {
-        let params = ConnParams {
-            host: Some("127.0.0.1".into()),
-            port: Some(node.port.to_string()),
-            user: Some("postgres".into()),
-            dbname: Some("postgres".into()),
-            ..Default::default()
-        };
-        let mut options = ConnectOptions::resolve(params, &|_| None)
-            .expect("fixed, valid parameters always resolve");
+        let mut options = superuser_at("127.0.0.1", node.port);
         options.password = Some(self.superuser_password.clone());
         options.passfile = Some(self.passfile());
         options
@@ -937,6 +921,18 @@ fn indent(text: &str) -> String {
         return "  (no log output)".into();
     }
     lines.join("\n")
+}
+
+/// The superuser `postgres` on database `postgres` at `host`:`port`, without a password.
+fn superuser_at(host: &str, port: u16) -> ConnectOptions {
+    let params = ConnParams {
+        host: Some(host.into()),
+        port: Some(port.to_string()),
+        user: Some("postgres".into()),
+        dbname: Some("postgres".into()),
+        ..Default::default()
+    };
+    ConnectOptions::resolve(params, &|_| None).expect("fixed, valid parameters always resolve")
 }
 
 fn password_file(state_dir: &Path) -> PathBuf {

@@ -154,24 +154,7 @@ impl Cluster {
         let spec = self.current_spec()?;
         for standby in spec.standbys() {
             let client = self.sql(standby).await?;
-            match client
-                .batch_execute("INSERT INTO pgrepl_drill VALUES (-1)")
-                .await
-            {
-                Err(e) if e.code().map(|c| c.code()) == Some("25006") => {}
-                Err(e) => {
-                    return Err(ClusterError::Check(format!(
-                        "`{}` refused with something else: {e}",
-                        standby.name
-                    )))
-                }
-                Ok(()) => {
-                    return Err(ClusterError::Check(format!(
-                        "`{}` accepted a write",
-                        standby.name
-                    )))
-                }
-            }
+            super::refuses_writes(&client, standby, "INSERT INTO pgrepl_drill VALUES (-1)").await?;
         }
         Ok("every standby answers: cannot execute INSERT in a read-only transaction".into())
     }

@@ -572,13 +572,14 @@ impl Cluster {
             plan.push(format!("stop `{name}` (fast shutdown)"));
         }
         let data = self.runtime.data_dir(node);
+        let has_data = data.join("PG_VERSION").exists();
         // Whether it can follow is only known from a stopped node's pg_control.
-        let follows = match (running, data.join("PG_VERSION").exists()) {
+        let follows = match (running, has_data) {
             (false, true) => Some(self.can_follow(node, primary).await?),
             (false, false) => Some(false),
             (true, _) => None,
         };
-        let otherwise = match (options.rewind, data.join("PG_VERSION").exists()) {
+        let otherwise = match (options.rewind, has_data) {
             (true, true) => format!(
                 "rewind it with pg_rewind from `{}` (re-clone if that fails)",
                 primary.name
@@ -602,7 +603,7 @@ impl Cluster {
             spec.synchronous_standby_names()
         ));
         let mut checks = self.preflight(&spec, &self.probe_all().await)?;
-        if !running && data.join("PG_VERSION").exists() {
+        if !running && has_data {
             let control = ControlFile::read(&data)?;
             checks.push(format!(
                 "`{name}` is stopped ({}), last checkpoint {} on timeline {}",

@@ -570,24 +570,7 @@ impl Cluster {
                 },
             )
             .await?;
-            match client
-                .batch_execute("INSERT INTO pgrepl_check(id) VALUES (-1)")
-                .await
-            {
-                Err(e) if e.code().map(|c| c.code()) == Some("25006") => {}
-                Err(e) => {
-                    return Err(ClusterError::Check(format!(
-                        "a write on `{}` failed oddly: {e}",
-                        standby.name
-                    )))
-                }
-                Ok(()) => {
-                    return Err(ClusterError::Check(format!(
-                        "`{}` accepted a write: it is not a standby",
-                        standby.name
-                    )))
-                }
-            }
+            refuses_writes(&client, standby, "INSERT INTO pgrepl_check(id) VALUES (-1)").await?;
         }
         log.step(&format!(
             "check: row {id} written on `{}` is on every standby; standbys refuse writes",
@@ -655,6 +638,25 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
         cause = e.source();
     }
     text
+}
+
+/// Checks that `standby` refuses the write `insert` as a read-only transaction (SQLSTATE 25006).
+async fn refuses_writes(
+    client: &Client,
+    standby: &NodeSpec,
+    insert: &str,
+) -> Result<(), ClusterError> {
+    match client.batch_execute(insert).await {
+        Err(e) if e.code().map(|c| c.code()) == Some("25006") => Ok(()),
+        Err(e) => Err(ClusterError::Check(format!(
+            "a write on `{}` failed with something other than read-only (25006): {e}",
+            standby.name
+        ))),
+        Ok(()) => Err(ClusterError::Check(format!(
+            "`{}` accepted a write: it is not a standby",
+            standby.name
+        ))),
+    }
 }
 
 /// What pg_stat_replication.sync_state should say for each standby under `spec`'s policy when

@@ -100,6 +100,24 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf) {
 /// A server with `ssl = on` listening on 127.0.0.1 and 127.0.0.2 (the second is not in the
 /// certificate), replication over TLS only.
 fn tls_server(certs: &Path) -> PgServer {
+    tls_server_with_hba(
+        certs,
+        vec![
+            format!(
+                "hostssl replication {} 127.0.0.0/8 scram-sha-256",
+                harness::REP_SCRAM
+            ),
+            format!(
+                "hostnossl replication {} 127.0.0.0/8 reject",
+                harness::REP_SCRAM
+            ),
+        ],
+    )
+}
+
+/// A server with `ssl = on` on 127.0.0.1 and 127.0.0.2, the certificate from `certs`, and
+/// these pg_hba.conf lines.
+fn tls_server_with_hba(certs: &Path, hba: Vec<String>) -> PgServer {
     PgServer::start(
         &PgInstall::default_install(),
         ServerOptions {
@@ -110,16 +128,7 @@ fn tls_server(certs: &Path) -> PgServer {
                 format!("ssl_key_file = '{}'", certs.join("server.key").display()),
                 "log_connections = on".into(),
             ],
-            extra_hba: vec![
-                format!(
-                    "hostssl replication {} 127.0.0.0/8 scram-sha-256",
-                    harness::REP_SCRAM
-                ),
-                format!(
-                    "hostnossl replication {} 127.0.0.0/8 reject",
-                    harness::REP_SCRAM
-                ),
-            ],
+            extra_hba: hba,
             ..Default::default()
         },
     )
@@ -354,25 +363,15 @@ fn sql_sessions_verify_the_certificate_too() {
     let certs = work.path().join("certs");
     fs::create_dir(&certs).unwrap();
     let (ca, other_ca) = make_certificates(&certs);
-    let server = PgServer::start(
-        &PgInstall::default_install(),
-        ServerOptions {
-            extra_conf: vec![
-                "listen_addresses = '127.0.0.1'".into(),
-                "ssl = on".into(),
-                format!("ssl_cert_file = '{}'", certs.join("server.crt").display()),
-                format!("ssl_key_file = '{}'", certs.join("server.key").display()),
-                "log_connections = on".into(),
-            ],
-            extra_hba: vec![
-                format!(
-                    "hostssl all {} 127.0.0.0/8 scram-sha-256",
-                    harness::REP_SCRAM
-                ),
-                "hostnossl all all 127.0.0.0/8 reject".into(),
-            ],
-            ..Default::default()
-        },
+    let server = tls_server_with_hba(
+        &certs,
+        vec![
+            format!(
+                "hostssl all {} 127.0.0.0/8 scram-sha-256",
+                harness::REP_SCRAM
+            ),
+            "hostnossl all all 127.0.0.0/8 reject".into(),
+        ],
     );
     let status = |mode: &str, root: &Path| {
         let conninfo = format!(
