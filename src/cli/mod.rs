@@ -24,8 +24,57 @@ use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
 use pgrepl::conn::{ConnParams, ConnectOptions};
 use pgrepl::proto::command::ServerCompression;
 
+/// A command stopped by Ctrl-C or SIGTERM before it finished; says what it leaves behind.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: {0}")]
+pub struct Interrupted(pub String);
+
 /// Runs one command. Errors carry their own context; `main` prints them once.
+///
+/// Commands that watch `cancel` themselves stop their own way (a backup removes its staging,
+/// receivewal flushes, bench restores the settings). The others are dropped at the signal, at
+/// their next await: a PostgreSQL tool already running finishes first, and the error says what
+/// state the cluster may be in and which command continues from there.
 pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
+    let Some(note) = interrupted_note(&command) else {
+        return run_to_end(command, cancel).await;
+    };
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(Interrupted(note).into()),
+        result = run_to_end(command, cancel.clone()) => match result {
+            // A child process got the terminal's Ctrl-C too and failed because of it.
+            Err(_) if cancel.is_cancelled() => Err(Interrupted(note).into()),
+            result => result,
+        },
+    }
+}
+
+/// What a command that does not watch the token leaves when it is stopped midway; `None` for
+/// the commands that stop cleanly by themselves.
+fn interrupted_note(command: &Command) -> Option<String> {
+    let node_change = |verb: &str, node: &str| {
+        format!("`{node}` may be half {verb}: `pgrepl status` shows it; run the command again")
+    };
+    Some(match command {
+        Command::Basebackup(_)
+        | Command::Lag(_)
+        | Command::Status(_)
+        | Command::Receivewal(_)
+        | Command::Bench(_)
+        | Command::Init(_) => return None,
+        Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it".into(),
+        Command::Down(_) => "some nodes may still run: run `pgrepl down` again".into(),
+        Command::Start(args) => node_change("started", &args.node),
+        Command::Stop(args) => node_change("stopped", &args.node),
+        Command::Restart(args) => node_change("restarted", &args.node),
+        Command::Failover(_) | Command::Switchover(_) => "the role change may be half done (the old primary fenced, no new primary yet): `pgrepl status` shows each node; `pgrepl failover` promotes the most advanced standby".into(),
+        Command::Rejoin(args) => format!("`{}` may be stopped or half re-cloned: run `pgrepl rejoin {}` again", args.node, args.node),
+        Command::Drill(_) => "the drill may have left a node stopped or the roles changed: `pgrepl status` shows it; `pgrepl up` restarts stopped nodes, `pgrepl rejoin NODE` brings back a former primary".into(),
+    })
+}
+
+async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     match command {
         Command::Basebackup(args) => basebackup(args, cancel).await,
         Command::Lag(args) => lag::run(args, lag::View::Lag, cancel).await,
