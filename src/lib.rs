@@ -17,6 +17,7 @@
 //! - [`proto`]: the pure wire codec, no I/O.
 //! - [`lsn`]: WAL positions and segment arithmetic.
 //! - [`fs`]: fsync helpers shared by WAL and backup writers.
+//! - [`units`]: sizes, rates and durations, parsed and printed.
 
 pub mod backup;
 pub mod bench;
@@ -27,5 +28,6 @@ pub mod lag;
 pub mod lsn;
 pub mod proto;
 pub mod replication;
+pub mod units;
 
 pub use lsn::Lsn;
