@@ -210,7 +210,7 @@ pub struct FailoverArgs {
     pub rewind: bool,
     /// Refuse (unless --force) a target that has replayed more than this less than the newest
     /// WAL, checked before the primary is fenced (suffixes kB, MB, GB).
-    #[arg(long = "max-lag", value_name = "SIZE", default_value = "64MB", value_parser = super::lag::parse_size)]
+    #[arg(long = "max-lag", value_name = "SIZE", default_value = "64MB", value_parser = pgrepl::units::parse_size)]
     pub max_lag: u64,
     #[command(flatten)]
     pub output: PlanArgs,

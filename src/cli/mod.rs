@@ -4,6 +4,7 @@
 pub mod args;
 mod bench;
 mod cluster;
+mod connection;
 pub mod hints;
 pub mod lag;
 mod progress;
@@ -16,13 +17,13 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use self::args::{
-    BasebackupArgs, CheckpointArg, Command, CompressArg, ConnectionArgs, WalMethodArg,
-};
+use self::args::{BasebackupArgs, CheckpointArg, Command, CompressArg, WalMethodArg};
+use self::connection::connect_options;
 use pgrepl::backup::checksum::ChecksumAlgorithm;
 use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
-use pgrepl::conn::{ConnParams, ConnectOptions};
+use pgrepl::conn::ConnectOptions;
 use pgrepl::proto::command::ServerCompression;
+use pgrepl::units::{human_bytes, parse_rate_kbps};
 
 /// A command stopped by Ctrl-C or SIGTERM before it finished; says what it leaves behind.
 #[derive(Debug, thiserror::Error)]
@@ -105,31 +106,6 @@ pub fn user_hint(command: &Command) -> String {
     user.unwrap_or_else(|| "replicator".into())
 }
 
-/// libpq precedence: flags over the -d string over the environment over defaults.
-fn connect_options(
-    args: &ConnectionArgs,
-    application_name: Option<&str>,
-) -> anyhow::Result<ConnectOptions> {
-    let mut params = match &args.conninfo {
-        Some(conninfo) => ConnParams::parse(conninfo)?,
-        None => ConnParams::default(),
-    };
-    for (key, value) in [
-        ("host", &args.host),
-        ("port", &args.port),
-        ("user", &args.user),
-    ] {
-        if let Some(value) = value {
-            params.set(key, value)?;
-        }
-    }
-    let mut options = ConnectOptions::from_process_env(params)?;
-    if options.application_name.is_none() {
-        options.application_name = application_name.map(str::to_owned);
-    }
-    Ok(options)
-}
-
 async fn basebackup(args: BasebackupArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let connect = connect_options(&args.connection, Some("pgrepl"))?;
     let options = backup_options(&args, &connect)?;
@@ -201,7 +177,7 @@ fn backup_options(
     options.fast_checkpoint = matches!(args.checkpoint, CheckpointArg::Fast);
     options.estimate_size = args.progress;
     options.label = args.label.clone();
-    options.max_rate_kbps = args.max_rate.as_deref().map(parse_rate).transpose()?;
+    options.max_rate_kbps = args.max_rate.as_deref().map(parse_rate_kbps).transpose()?;
     options.slot = args.slot.clone();
     options.create_slot = args.create_slot;
     options.tablespace_mappings = args
@@ -240,20 +216,6 @@ fn backup_options(
         options.primary_passfile = Some(passfile.clone());
     }
     Ok(options)
-}
-
-/// kB/s, with pg_basebackup's optional `k` / `M` suffix.
-fn parse_rate(text: &str) -> anyhow::Result<u32> {
-    let (number, factor) = match text.strip_suffix(['M', 'm']) {
-        Some(n) => (n, 1024),
-        None => (text.strip_suffix(['k', 'K']).unwrap_or(text), 1),
-    };
-    number
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| anyhow!("invalid transfer rate `{text}`: give kB/s, e.g. 500k or 100M"))
 }
 
 fn parse_mapping(text: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -303,28 +265,9 @@ fn parse_host_port(text: &str, default_port: u16) -> anyhow::Result<(String, u16
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_take_pg_basebackup_suffixes() {
-        assert_eq!(parse_rate("500").unwrap(), 500);
-        assert_eq!(parse_rate("500k").unwrap(), 500);
-        assert_eq!(parse_rate("2M").unwrap(), 2048);
-        assert!(parse_rate("fast").is_err());
-    }
 
     #[test]
     fn mappings_and_owners() {
