@@ -7,6 +7,7 @@ mod cluster;
 mod connection;
 pub mod hints;
 pub mod lag;
+mod out;
 mod progress;
 mod receivewal;
 
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::args::{BasebackupArgs, CheckpointArg, Command, CompressArg, WalMethodArg};
 use self::connection::connect_options;
+use self::out::outln;
 use pgrepl::backup::checksum::ChecksumAlgorithm;
 use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
 use pgrepl::conn::ConnectOptions;
@@ -119,14 +121,14 @@ async fn basebackup(args: BasebackupArgs, cancel: CancellationToken) -> anyhow::
         .await
         .with_context(|| format!("base backup from `{}`", connect.redacted()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let targets: Vec<String> = summary
             .targets
             .iter()
             .map(|t| t.display().to_string())
             .collect();
-        println!(
+        outln!(
             "pgrepl: backup of system {} (PostgreSQL {}) from {} to {} on timeline {}: {} files, {}, into {}{}; {:.1} s",
             summary.system_identifier,
             summary.server_major,

@@ -10,6 +10,7 @@ use clap::{ArgAction, Args};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect_options, ConnectionArgs};
+use super::out::outln;
 use pgrepl::replication::receivewal::{self, ReceiveOptions, StartSource, StoppedBy};
 use pgrepl::units::human_bytes;
 use pgrepl::Lsn;
@@ -73,7 +74,7 @@ pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Res
             )
         })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let from = match summary.start_source {
             StartSource::CompleteSegment => "after the last complete segment",
