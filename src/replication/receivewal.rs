@@ -143,7 +143,8 @@ pub struct ReceiveSummary {
     pub start_lsn: Lsn,
     pub start_timeline: u32,
     pub start_source: StartSource,
-    /// Everything before this was received and written.
+    /// Everything before this was received and written (as of the last session that ended
+    /// without an error).
     pub end_lsn: Lsn,
     pub stopped_by: StoppedBy,
     /// Bytes streamed, over every session (a resumed partial segment counts again).
@@ -180,17 +181,15 @@ pub async fn receive_wal(
         return Err(ReceiveError::NotADirectory(options.dir.clone()));
     }
     let started = Instant::now();
+    // What the run did so far: set by the first session that connects, extended by each later.
     let mut total: Option<ReceiveSummary> = None;
-    let mut delay = RECONNECT_MIN;
+    let mut delay = Duration::ZERO;
     loop {
         let attempt = Instant::now();
-        let session = receive_session(connect, options, cancel, total.as_ref(), events).await;
+        let session = receive_session(connect, options, cancel, &mut total, events).await;
         let reason = match session {
-            Ok(Some(session)) => {
-                let summary = match total.take() {
-                    Some(earlier) => earlier.followed_by(session),
-                    None => session,
-                };
+            Ok(true) => {
+                let summary = total.take().expect("a session that streamed records it");
                 if summary.stopped_by != StoppedBy::ServerShutdown || !options.reconnect {
                     return Ok(summary.finished(started));
                 }
@@ -198,12 +197,13 @@ pub async fn receive_wal(
                 "the server ended the stream".to_owned()
             }
             // Cancelled before streaming started.
-            Ok(None) => {
+            Ok(false) => {
                 return match total {
                     Some(summary) => Ok(summary.cancelled().finished(started)),
                     None => Err(ReceiveError::Cancelled),
                 }
             }
+            // Once connected, a lost server is waited for; the first connection must succeed.
             Err(e) if options.reconnect && total.is_some() && e.is_transient() => error_chain(&e),
             Err(e) => return Err(e),
         };
@@ -214,7 +214,7 @@ pub async fn receive_wal(
         });
         tokio::select! {
             _ = cancel.cancelled() => {
-                let summary = total.take().expect("a session streamed before any retry");
+                let summary = total.take().expect("only a run that connected retries");
                 return Ok(summary.cancelled().finished(started));
             }
             _ = tokio::time::sleep(delay) => {}
@@ -232,7 +232,7 @@ fn next_delay(previous: Duration, session_lasted: Duration) -> Duration {
     if session_lasted >= RECONNECT_MAX {
         RECONNECT_MIN
     } else {
-        (previous * 2).min(RECONNECT_MAX)
+        (previous * 2).clamp(RECONNECT_MIN, RECONNECT_MAX)
     }
 }
 
@@ -247,20 +247,19 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// One connection's worth of streaming; `None` when cancelled before streaming started.
-/// `earlier` is what previous sessions of this run did: the server must be the same one.
+/// One connection's worth of streaming, recorded into `total`; `false` when cancelled before
+/// streaming started. A later session must find the same server as the first.
 async fn receive_session(
     connect: &ConnectOptions,
     options: &ReceiveOptions,
     cancel: &CancellationToken,
-    earlier: Option<&ReceiveSummary>,
+    total: &mut Option<ReceiveSummary>,
     events: &(dyn Fn(&ReceiveEvent) + Send + Sync),
-) -> Result<Option<ReceiveSummary>, ReceiveError> {
-    let started = Instant::now();
+) -> Result<bool, ReceiveError> {
     let setup = tokio::select! {
         biased;
-        _ = cancel.cancelled() => return Ok(None),
-        setup = set_up_session(connect, options, earlier.is_none()) => setup?,
+        _ = cancel.cancelled() => return Ok(false),
+        setup = set_up_session(connect, options, total.is_none()) => setup?,
     };
     let SessionSetup {
         mut conn,
@@ -270,19 +269,35 @@ async fn receive_session(
         start,
         start_source,
     } = setup;
-    if let Some(earlier) = earlier {
-        let now = system.system_id.to_string();
-        if now != earlier.system_identifier {
-            return Err(ReceiveError::SystemChanged {
-                was: earlier.system_identifier.clone(),
-                now,
+    let system_identifier = system.system_id.to_string();
+    match total {
+        Some(earlier) => {
+            if system_identifier != earlier.system_identifier {
+                return Err(ReceiveError::SystemChanged {
+                    was: earlier.system_identifier.clone(),
+                    now: system_identifier,
+                });
+            }
+            earlier.reconnects += 1;
+            events(&ReceiveEvent::Resumed {
+                start,
+                timeline,
+                source: start_source,
             });
         }
-        events(&ReceiveEvent::Resumed {
-            start,
-            timeline,
-            source: start_source,
-        });
+        None => {
+            *total = Some(ReceiveSummary {
+                system_identifier,
+                start_lsn: start,
+                start_timeline: timeline,
+                start_source,
+                end_lsn: start,
+                stopped_by: StoppedBy::ServerShutdown,
+                bytes: 0,
+                reconnects: 0,
+                elapsed_ms: 0,
+            })
+        }
     }
     tracing::info!(%start, timeline, source = ?start_source, "starting WAL streaming");
 
@@ -324,17 +339,11 @@ async fn receive_session(
         StreamEnd::Cancelled { position } => (position, StoppedBy::Cancelled),
         StreamEnd::ServerShutdown { position } => (position, StoppedBy::ServerShutdown),
     };
-    Ok(Some(ReceiveSummary {
-        system_identifier: system.system_id.to_string(),
-        start_lsn: start,
-        start_timeline: timeline,
-        start_source,
-        end_lsn,
-        stopped_by,
-        bytes: end_lsn.saturating_sub(start),
-        reconnects: 0,
-        elapsed_ms: started.elapsed().as_millis(),
-    }))
+    let summary = total.as_mut().expect("recorded above");
+    summary.end_lsn = end_lsn;
+    summary.stopped_by = stopped_by;
+    summary.bytes += end_lsn.saturating_sub(start);
+    Ok(true)
 }
 
 /// A connected session and where it will start streaming.
@@ -397,17 +406,6 @@ async fn set_up_session(
 }
 
 impl ReceiveSummary {
-    /// This run's first session followed by `later`.
-    fn followed_by(self, later: ReceiveSummary) -> ReceiveSummary {
-        ReceiveSummary {
-            end_lsn: later.end_lsn,
-            stopped_by: later.stopped_by,
-            bytes: self.bytes + later.bytes,
-            reconnects: self.reconnects + 1,
-            ..self
-        }
-    }
-
     fn cancelled(self) -> ReceiveSummary {
         ReceiveSummary {
             stopped_by: StoppedBy::Cancelled,
@@ -460,7 +458,7 @@ mod tests {
     #[test]
     fn the_pause_doubles_up_to_the_cap_and_resets_after_a_long_session() {
         let quick = Duration::from_millis(50);
-        let mut delay = RECONNECT_MIN / 2;
+        let mut delay = Duration::ZERO;
         let mut seen = Vec::new();
         for _ in 0..6 {
             delay = next_delay(delay, quick);

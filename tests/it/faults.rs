@@ -631,6 +631,8 @@ fn receivewal_through(
             "--create-slot",
             "-s",
             "1",
+            // Each fault must end the run, to look at what it left.
+            "--no-loop",
         ],
         harness::REP_SCRAM_PASSWORD,
     );
