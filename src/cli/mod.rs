@@ -17,10 +17,11 @@ use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
 use self::args::{
-    BasebackupArgs, CheckpointArg, Command, CompressArg, ConnectionArgs, WalMethodArg,
+    BasebackupArgs, CheckpointArg, Command, CompressArg, ConnectionArgs, SyncMethodArg,
+    WalMethodArg,
 };
 use pgrepl::backup::checksum::ChecksumAlgorithm;
-use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
+use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, SyncMethod, WalMethod};
 use pgrepl::conn::{ConnParams, ConnectOptions};
 use pgrepl::proto::command::ServerCompression;
 
@@ -161,6 +162,12 @@ fn backup_options(
         .map(|m| parse_mapping(m))
         .collect::<Result<_, _>>()?;
     options.sync = !args.no_sync;
+    if let Some(method) = args.sync_method {
+        options.sync_method = match method {
+            SyncMethodArg::Fsync => SyncMethod::Fsync,
+            SyncMethodArg::Syncfs => SyncMethod::Syncfs,
+        };
+    }
     options.manifest_checksums = if args.no_manifest {
         None
     } else {
