@@ -18,11 +18,13 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use self::args::{BasebackupArgs, CheckpointArg, Command, CompressArg, WalMethodArg};
+use self::args::{
+    BasebackupArgs, CheckpointArg, Command, CompressArg, SyncMethodArg, WalMethodArg,
+};
 use self::connection::connect_options;
 use self::out::outln;
 use pgrepl::backup::checksum::ChecksumAlgorithm;
-use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
+use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, SyncMethod, WalMethod};
 use pgrepl::conn::ConnectOptions;
 use pgrepl::proto::command::ServerCompression;
 use pgrepl::units::{human_bytes, parse_rate_kbps};
@@ -188,6 +190,12 @@ fn backup_options(
         .map(|m| parse_mapping(m))
         .collect::<Result<_, _>>()?;
     options.sync = !args.no_sync;
+    if let Some(method) = args.sync_method {
+        options.sync_method = match method {
+            SyncMethodArg::Fsync => SyncMethod::Fsync,
+            SyncMethodArg::Syncfs => SyncMethod::Syncfs,
+        };
+    }
     options.manifest_checksums = if args.no_manifest {
         None
     } else {
