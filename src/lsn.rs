@@ -114,6 +114,14 @@ impl serde::Serialize for Lsn {
     }
 }
 
+/// From the `X/X` text form, as records in etcd carry positions.
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
 //! renders results. Hints for errors live in `hints`, argument definitions in `args`.
 
+mod agent;
 pub mod args;
 mod bench;
 mod cluster;
@@ -42,6 +43,7 @@ pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<
         Command::Drill(args) => cluster::drill(args).await,
         Command::Receivewal(args) => receivewal::run(args, cancel).await,
         Command::Bench(args) => bench::run(args, cancel).await,
+        Command::Agent(args) => agent::run(args, cancel).await,
     }
 }
 
