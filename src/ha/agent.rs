@@ -101,7 +101,7 @@ impl Agent {
         let keepalive = tokio::spawn(keep_alive(agent.clone(), cancel.clone()));
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch(agent.clone(), wake.clone(), cancel.clone()));
-        let mut last: Option<Decision> = None;
+        let mut last = Last::default();
         while !cancel.is_cancelled() {
             let decision = agent.tick(&mut last).await;
             if decision.action != Action::Wait {
@@ -134,7 +134,7 @@ impl Agent {
     }
 
     /// One round: probe, publish, read, decide, act.
-    async fn tick(&self, last: &mut Option<Decision>) -> Decision {
+    async fn tick(&self, last: &mut Last) -> Decision {
         let (local, client) = self.probe().await;
         self.shared
             .primary
@@ -149,10 +149,17 @@ impl Agent {
             detached: local.detached,
             follows: local.follows.clone(),
         };
-        let view = match self.read_view(&record, lease).await {
-            Ok(view) => Some(view),
+        let view = match self.read_view(&record, lease, last).await {
+            Ok(view) => {
+                last.etcd_error = None;
+                Some(view)
+            }
             Err(e) => {
-                tracing::warn!("etcd: {e}");
+                let text = e.to_string();
+                if last.etcd_error.as_ref() != Some(&text) {
+                    tracing::warn!("etcd: {text}");
+                    last.etcd_error = Some(text);
+                }
                 None
             }
         };
@@ -163,9 +170,9 @@ impl Agent {
             fence_due: confirmed_at.elapsed() >= self.timing.fence_after(),
             spec: &self.cluster.file_spec,
         });
-        if last.as_ref() != Some(&decision) {
+        if last.decision.as_ref() != Some(&decision) {
             tracing::info!("{:?}: {}", decision.action, decision.reason);
-            *last = Some(decision.clone());
+            last.decision = Some(decision.clone());
         }
         if let Err(e) = self
             .act(&decision.action, client.as_ref(), view.as_ref(), lease)
@@ -182,8 +189,18 @@ impl Agent {
         decision
     }
 
-    async fn read_view(&self, record: &MemberRecord, lease: i64) -> Result<View, HaError> {
-        self.store.publish(record, lease).await?;
+    /// Publishes the member record when it changed (the lease keeps it otherwise), then reads.
+    async fn read_view(
+        &self,
+        record: &MemberRecord,
+        lease: i64,
+        last: &mut Last,
+    ) -> Result<View, HaError> {
+        let published = (record.clone(), lease);
+        if last.published.as_ref() != Some(&published) {
+            self.store.publish(record, lease).await?;
+            last.published = Some(published);
+        }
         self.store.view(lease).await
     }
 
@@ -454,6 +471,14 @@ impl Agent {
     }
 }
 
+/// What the loop did last, so it logs and publishes changes only.
+#[derive(Default)]
+struct Last {
+    decision: Option<Decision>,
+    published: Option<(MemberRecord, i64)>,
+    etcd_error: Option<String>,
+}
+
 /// A standby that lost its primary retries the connection every wal_retrieve_retry_interval
 /// (5 s by default); the agent's failovers and restarts in place are faster than that.
 async fn prepare_server(agent: &Agent) {
@@ -520,11 +545,22 @@ async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
 /// Wakes the loop on every change under the cluster's prefix (a leader key that expires, a
 /// member that detaches), re-watching after errors.
 async fn watch(agent: Arc<Agent>, wake: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+    let own = agent.store.keys().member(&agent.node.name);
     while !cancel.is_cancelled() {
         match agent.store.watch().await {
             Ok((_watcher, mut stream)) => loop {
                 match stream.message().await {
-                    Ok(Some(_)) => wake.notify_one(),
+                    Ok(Some(response)) if response.canceled() => break,
+                    // Not for this agent's own record: publishing it would wake the loop again.
+                    Ok(Some(response)) => {
+                        if response
+                            .events()
+                            .iter()
+                            .any(|e| e.kv().is_none_or(|kv| kv.key() != own.as_bytes()))
+                        {
+                            wake.notify_one();
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!("etcd watch: {e}");

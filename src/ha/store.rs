@@ -83,12 +83,20 @@ impl Store {
     /// One renewal; the TTL etcd granted, 0 when the lease is gone.
     pub async fn renew(&self, lease: i64) -> Result<i64, HaError> {
         let mut client = self.client.clone();
-        self.call(async move {
-            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            Ok(stream.message().await?.map_or(0, |r| r.ttl()))
-        })
-        .await
+        let renewal = self
+            .call(async move {
+                let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |r| r.ttl()))
+            })
+            .await;
+        match renewal {
+            Err(HaError::Etcd {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            }) if status.code() == tonic::Code::NotFound => Ok(0),
+            other => other,
+        }
     }
 
     /// Revokes the lease: the leader key and member record it holds vanish at once.
