@@ -499,15 +499,23 @@ async fn prepare_server(agent: &Agent) {
 /// fences a primary whose lease may expire before a renewal gets through.
 async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
     let timing = agent.timing;
+    let mut failing = false;
     while !cancel.is_cancelled() {
         let (id, confirmed_at) = agent.shared.lease();
         let sent = Instant::now();
+        let mut lost = false;
         match agent.store.renew(id).await {
-            Ok(ttl) if ttl > 0 => {
-                agent.shared.lease.lock().expect("lease lock").confirmed_at = sent
+            Ok(true) => {
+                agent.shared.lease.lock().expect("lease lock").confirmed_at = sent;
+                failing = false;
             }
-            Ok(_) => {
-                tracing::warn!("the lease expired (this agent was stopped or cut off for longer than its {} s TTL); taking a new one", timing.ttl_s);
+            Ok(false) => {
+                // Whatever the leader key said, it went with that lease.
+                tracing::warn!(
+                    "the lease expired (this agent was stopped or cut off for longer than its {} s TTL); taking a new one",
+                    timing.ttl_s
+                );
+                lost = true;
                 match agent.store.grant(timing.ttl()).await {
                     Ok(new) => {
                         *agent.shared.lease.lock().expect("lease lock") = Lease {
@@ -518,16 +526,18 @@ async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
                     Err(e) => tracing::warn!("etcd: {e}"),
                 }
             }
-            Err(e) => tracing::warn!("lease renewal: {e}"),
+            Err(e) if !failing => {
+                tracing::warn!("lease renewal: {e}");
+                failing = true;
+            }
+            Err(_) => {}
         }
-        let (_, confirmed) = agent.shared.lease();
-        if confirmed == confirmed_at
-            && confirmed.elapsed() >= timing.fence_after()
-            && agent.shared.primary.swap(false, Ordering::SeqCst)
-        {
+        let overdue = confirmed_at.elapsed() >= timing.fence_after()
+            && agent.shared.lease().1 == confirmed_at;
+        if (lost || overdue) && agent.shared.primary.swap(false, Ordering::SeqCst) {
             tracing::warn!(
                 "no lease renewal confirmed for {} ms: fencing primary `{}` before its lease can expire",
-                confirmed.elapsed().as_millis(),
+                confirmed_at.elapsed().as_millis(),
                 agent.node.name
             );
             if let Err(e) = agent.cluster.runtime.kill(&agent.node).await {

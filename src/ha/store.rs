@@ -80,22 +80,18 @@ impl Store {
         Ok(lease.id())
     }
 
-    /// One renewal; the TTL etcd granted, 0 when the lease is gone.
-    pub async fn renew(&self, lease: i64) -> Result<i64, HaError> {
+    /// One renewal: true when the lease lives on, false when etcd no longer has it.
+    pub async fn renew(&self, lease: i64) -> Result<bool, HaError> {
         let mut client = self.client.clone();
-        let renewal = self
-            .call(async move {
-                let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                Ok(stream.message().await?.map_or(0, |r| r.ttl()))
-            })
-            .await;
-        match renewal {
+        // Opening the keep-alive stream sends the first renewal and waits for its answer, which
+        // is all one renewal needs.
+        match self.call(client.lease_keep_alive(lease)).await {
+            Ok(_) => Ok(true),
             Err(HaError::Etcd {
-                source: etcd_client::Error::GRpcStatus(status),
+                source: etcd_client::Error::LeaseKeepAliveError(message),
                 ..
-            }) if status.code() == tonic::Code::NotFound => Ok(0),
-            other => other,
+            }) if message.contains("not found") => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

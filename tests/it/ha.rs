@@ -323,9 +323,13 @@ async fn write_loop(
 ) {
     let mut session: Option<(usize, tokio_postgres::Client)> = None;
     let mut next_id = 1i64;
+    // Where the search for a primary starts: after the node that last failed, as a client with
+    // several hosts does, since a stranded old primary still says it takes writes.
+    let mut start = 0;
     while !stop.load(Ordering::SeqCst) {
         if session.is_none() {
-            for (node, port) in ports.iter().enumerate() {
+            for node in (0..ports.len()).map(|k| (start + k) % ports.len()) {
+                let port = &ports[node];
                 let mut config = tokio_postgres::Config::new();
                 config
                     .host_path(&socket)
@@ -360,7 +364,10 @@ async fn write_loop(
                     at: Instant::now(),
                 }),
                 // Not acknowledged (an error, or no answer in time): look for the primary again.
-                _ => session = None,
+                _ => {
+                    start = node + 1;
+                    session = None;
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
