@@ -114,7 +114,7 @@ impl serde::Serialize for Lsn {
     }
 }
 
-/// From the `X/X` text form, as records in etcd carry positions.
+/// The server's text form, as `Serialize` writes it (the HA agent reads positions back).
 impl<'de> serde::Deserialize<'de> for Lsn {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;

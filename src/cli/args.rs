@@ -10,6 +10,7 @@ use super::bench::BenchArgs;
 use super::cluster::{
     DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
 };
+use super::connection::ConnectionArgs;
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
 
@@ -68,24 +69,6 @@ pub enum Command {
     /// Run the automatic-failover agent for one node: etcd (v3) holds the leader lease; the
     /// agent restarts, promotes, fences and rejoins its server (decisions logged with -v).
     Agent(AgentArgs),
-}
-
-/// Where to connect, as libpq tools take it. Flags override the -d string, which overrides
-/// PGHOST, PGPORT, PGUSER and friends.
-#[derive(Debug, Args)]
-pub struct ConnectionArgs {
-    /// Connection string or URI (`host=... port=... user=...` or `postgresql://user@host:port`).
-    #[arg(short = 'd', long = "dbname", value_name = "CONNINFO")]
-    pub conninfo: Option<String>,
-    /// Server host name or Unix socket directory.
-    #[arg(short = 'h', long = "host")]
-    pub host: Option<String>,
-    /// Server port.
-    #[arg(short = 'p', long = "port")]
-    pub port: Option<String>,
-    /// Role to connect as (needs the REPLICATION attribute).
-    #[arg(short = 'U', long = "username")]
-    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -11,12 +11,10 @@ use clap::{Args, ValueEnum};
 use plotters::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use super::human_bytes;
-use super::lag::{
-    cluster_nodes, conninfo_nodes, human_ms, lag_bytes, parse_duration, Align, Table,
-};
+use super::lag::{cluster_nodes, conninfo_nodes, Align, Table};
 use pgrepl::bench::sample::Snapshot;
 use pgrepl::bench::{self, BenchOptions, BenchReport, Mode, ModeReport, Shape};
+use pgrepl::units::{human_bytes, human_ms, lag_bytes, parse_duration};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ShapeArg {

@@ -9,9 +9,9 @@ use anyhow::{anyhow, Context};
 use clap::{ArgAction, Args};
 use tokio_util::sync::CancellationToken;
 
-use super::args::ConnectionArgs;
-use super::{connect_options, human_bytes};
+use super::connection::{connect_options, ConnectionArgs};
 use pgrepl::replication::receivewal::{self, ReceiveOptions, StartSource, StoppedBy};
+use pgrepl::units::human_bytes;
 use pgrepl::Lsn;
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use super::decide::{decide, Action, Decision, Local, Situation, View};
 use super::records::{HistoryRecord, MemberRecord, SyncRecord};
 use super::store::Store;
 use super::{HaError, Timing};
-use crate::cluster::failover::RejoinOptions;
+use crate::cluster::plan::RejoinOptions;
 use crate::cluster::spec::NodeSpec;
 use crate::cluster::topology::Topology;
 use crate::cluster::{alter_system, node_err_sql, reload, Cluster, ClusterError, StepLog};

@@ -3,6 +3,7 @@
 //!
 //! The safety argument these rules implement is in proto-notes/08-ha.md.
 
+use crate::cluster::plan::{plan_failover, FailoverOptions, NodeProbe};
 use crate::cluster::spec::ClusterSpec;
 use crate::Lsn;
 
@@ -319,11 +320,7 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
     if !pending.is_empty() {
         return Err(format!("waiting for {} to detach", pending.join(", ")));
     }
-    let eligible: Vec<(usize, &MemberRecord)> = listed
-        .iter()
-        .enumerate()
-        .filter_map(|(rank, n)| live(n).map(|r| (rank, r)))
-        .collect();
+    let eligible: Vec<&MemberRecord> = listed.iter().filter_map(|n| live(n)).collect();
     let need = (listed.len() + 1).saturating_sub(record.num.max(1) as usize);
     if eligible.len() < need {
         return Err(format!(
@@ -334,12 +331,27 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
             record.num
         ));
     }
-    // Most advanced first; on a tie the policy's order.
-    eligible
+    // The manual failover's choice among them: the most advanced. It keeps the last of equals,
+    // so the probes go in reverse for a tie to go to the policy's first.
+    let probes: Vec<NodeProbe> = eligible
         .iter()
-        .max_by_key(|(rank, r)| (r.position, std::cmp::Reverse(*rank)))
-        .map(|(_, r)| r.node.as_str())
-        .ok_or_else(|| "no member answers".into())
+        .rev()
+        .map(|r| NodeProbe {
+            name: r.node.clone(),
+            reachable: true,
+            in_recovery: Some(true),
+            timeline: r.timeline,
+            received_lsn: r.position,
+            replayed_lsn: None,
+        })
+        .collect();
+    let plan = plan_failover(&record.leader, &probes, &FailoverOptions::default())
+        .map_err(|e| e.to_string())?;
+    Ok(eligible
+        .iter()
+        .map(|r| r.node.as_str())
+        .find(|n| *n == plan.target)
+        .expect("the plan's target is one of the probes"))
 }
 
 #[cfg(test)]

@@ -92,11 +92,12 @@ impl Timing {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
+    // Boxed: the client's error is large and every etcd call returns this type.
     #[error("etcd at {endpoints}: {source}")]
     Etcd {
         endpoints: String,
         #[source]
-        source: etcd_client::Error,
+        source: Box<etcd_client::Error>,
     },
     #[error("etcd did not answer within {0:?}")]
     EtcdTimeout(Duration),

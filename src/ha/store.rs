@@ -45,7 +45,7 @@ impl Store {
         .await?
         .map_err(|source| HaError::Etcd {
             endpoints: joined.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Store {
             client,
@@ -68,7 +68,7 @@ impl Store {
             .await?
             .map_err(|source| HaError::Etcd {
                 endpoints: self.endpoints.clone(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -87,10 +87,9 @@ impl Store {
         // is all one renewal needs.
         match self.call(client.lease_keep_alive(lease)).await {
             Ok(_) => Ok(true),
-            Err(HaError::Etcd {
-                source: etcd_client::Error::LeaseKeepAliveError(message),
-                ..
-            }) if message.contains("not found") => Ok(false),
+            Err(HaError::Etcd { source, .. }) if matches!(&*source, etcd_client::Error::LeaseKeepAliveError(m) if m.contains("not found")) => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

@@ -3,8 +3,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::fs::sync_dir;
 use crate::lsn::{history_file_name, wal_file_name, Lsn};
 
 /// How segment files are named while they are being filled.
@@ -181,10 +182,6 @@ impl SegmentWriter {
         self.flush()?;
         self.close_segment()
     }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::basebackup::wait_for;
+use crate::capability;
 use crate::harness::{self, PgInstall, PgServer, ServerOptions};
 
 // ---------------------------------------------------------------------------------------------
@@ -480,7 +481,11 @@ fn basebackup_into_a_full_disk_leaves_nothing_behind() {
         let disk = match Tmpfs::mount(&mnt, size) {
             Ok(disk) => disk,
             Err(reason) => {
-                eprintln!("faults: full disk skipped: {reason}");
+                capability::skip(
+                    "basebackup_into_a_full_disk_leaves_nothing_behind",
+                    "tmpfs",
+                    &reason,
+                );
                 counts.skipped += 1;
                 continue;
             }
@@ -745,7 +750,7 @@ fn receivewal_keeps_acknowledged_wal_through_faults() {
     // A full disk: room for about two 1 MB segments.
     let mnt = work.path().join("disk");
     match Tmpfs::mount(&mnt, "2500k") {
-        Err(reason) => eprintln!("faults: receivewal full disk skipped: {reason}"),
+        Err(reason) => capability::skip("receivewal faults (full disk)", "tmpfs", &reason),
         Ok(disk) => {
             let port = server.borrow().port;
             let proxy = Proxy::start(port, Fault::None);
