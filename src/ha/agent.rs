@@ -409,17 +409,7 @@ impl Agent {
         }
         alter_system(client, me, "synchronous_standby_names", standby_names).await?;
         reload(client, me).await?;
-        let promoted: bool = client
-            .query_one("SELECT pg_promote(true, 60)", &[])
-            .await
-            .map_err(|e| node_err_sql(me, e))?
-            .get(0);
-        if !promoted {
-            return Err(HaError::Config(format!(
-                "`{}` did not finish promotion within 60 s",
-                me.name
-            )));
-        }
+        self.cluster.promote(me).await?;
         tracing::info!(
             "promoted `{}` in {} ms; sync policy {standby_names}",
             me.name,
@@ -429,17 +419,14 @@ impl Agent {
             Some(old) => format!("`{old}` lost its lease"),
             None => "no leader".into(),
         };
-        let mut topology = Topology::load(&self.cluster.state_dir)?.unwrap_or(Topology {
-            primary: me.name.clone(),
-            history: Vec::new(),
-        });
-        topology.primary = me.name.clone();
-        topology.history.push(format!(
-            "agent failover {} -> {}",
-            old.as_deref().unwrap_or("?"),
-            me.name
-        ));
-        topology.save(&self.cluster.state_dir)?;
+        self.cluster.record_primary(
+            &me.name,
+            format!(
+                "agent failover {} -> {}",
+                old.as_deref().unwrap_or("?"),
+                me.name
+            ),
+        )?;
         let timeline = client
             .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
             .await
