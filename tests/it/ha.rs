@@ -537,3 +537,38 @@ fn ha_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_th
     }
     ha.assert_nothing_lost(1, &acks);
 }
+
+#[test]
+fn ha_postgres_crash_only_is_restarted_in_place() {
+    let ha = HaCluster::up();
+    let writer = Writer::start(&ha);
+    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
+        a.node == 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    let crashed = Instant::now();
+    ha.kill_postgres(0);
+    let first = writer.wait_ack(&ha, Duration::from_secs(30), crashed, |_| true);
+    eprintln!(
+        "postgres crash: {:.2} s from the kill to the first acknowledged write on `{}`",
+        first.at.duration_since(crashed).as_secs_f64(),
+        NODES[first.node]
+    );
+    assert_eq!(
+        first.node,
+        0,
+        "the crashed primary was restarted, not failed over\n{}",
+        ha.logs()
+    );
+    assert_eq!(ha.leader().as_deref(), Some("pg_master"));
+    let log = std::fs::read_to_string(ha.log(0)).unwrap();
+    assert!(
+        log.contains("RestartInPlace"),
+        "the agent says it restarted in place:\n{log}"
+    );
+    let later = first.at + Duration::from_millis(500);
+    writer.wait_ack(&ha, Duration::from_secs(10), later, |a| a.node == 0);
+    let acks = writer.stop();
+    ha.assert_nothing_lost(0, &acks);
+}
