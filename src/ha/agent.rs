@@ -1,5 +1,5 @@
 //! The agent beside one node: probe the server, publish the member record, read etcd, decide,
-//! act. A separate task renews the lease and fences the server when renewals stop, so a slow
+//! act. Separate tasks renew the lease and fence the server when renewals stop, so a slow
 //! action (a promotion, a rejoin) never costs the lease, and a blocked loop never delays fencing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{decide, Action, Decision, Local, Situation, View};
-use super::records::{HistoryRecord, MemberRecord, SyncRecord};
+use super::records::{HistoryRecord, MemberRecord, ServerState, SyncRecord};
 use super::store::Store;
 use super::{HaError, Timing};
 use crate::cluster::plan::RejoinOptions;
@@ -99,6 +99,7 @@ impl Agent {
         let agent = Arc::new(self);
         prepare_server(&agent).await;
         let keepalive = tokio::spawn(keep_alive(agent.clone(), cancel.clone()));
+        let watchdog = tokio::spawn(watchdog(agent.clone(), cancel.clone()));
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch(agent.clone(), wake.clone(), cancel.clone()));
         let mut last = Last::default();
@@ -116,6 +117,7 @@ impl Agent {
             }
         }
         keepalive.abort();
+        watchdog.abort();
         watcher.abort();
         if agent.shared.primary.load(Ordering::SeqCst) {
             tracing::info!(
@@ -136,18 +138,14 @@ impl Agent {
     /// One round: probe, publish, read, decide, act.
     async fn tick(&self, last: &mut Last) -> Decision {
         let (local, client) = self.probe().await;
-        self.shared
-            .primary
-            .store(local.running && !local.in_recovery, Ordering::SeqCst);
+        self.shared.primary.store(
+            local.server.running && !local.server.in_recovery,
+            Ordering::SeqCst,
+        );
         let (lease, confirmed_at) = self.shared.lease();
         let record = MemberRecord {
             node: self.node.name.clone(),
-            running: local.running,
-            in_recovery: local.in_recovery,
-            timeline: local.timeline,
-            position: local.position,
-            detached: local.detached,
-            follows: local.follows.clone(),
+            server: local.server.clone(),
         };
         let view = match self.read_view(&record, lease, last).await {
             Ok(view) => {
@@ -207,12 +205,14 @@ impl Agent {
     /// This node's server, and a session to it when it answers.
     async fn probe(&self) -> (Local, Option<Client>) {
         let down = Local {
-            running: false,
-            in_recovery: false,
-            timeline: None,
-            position: None,
-            detached: true,
-            follows: None,
+            server: ServerState {
+                running: false,
+                in_recovery: false,
+                timeline: None,
+                position: None,
+                detached: true,
+                follows: None,
+            },
             standby_signal: self
                 .cluster
                 .runtime
@@ -271,12 +271,14 @@ impl Agent {
         let conninfo: String = row.get(3);
         let no_receiver: bool = row.get(4);
         let local = Local {
-            running: true,
-            in_recovery: row.get(0),
-            position: row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
-            timeline: row.get::<_, Option<i32>>(2).map(|t| t as u32),
-            detached: conninfo.is_empty() && no_receiver,
-            follows: self.followed_node(&conninfo),
+            server: ServerState {
+                running: true,
+                in_recovery: row.get(0),
+                position: row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
+                timeline: row.get::<_, Option<i32>>(2).map(|t| t as u32),
+                detached: conninfo.is_empty() && no_receiver,
+                follows: self.followed_node(&conninfo),
+            },
             standby_signal: false,
             standby_names: row.get(5),
             caught_up: row.get(6),
@@ -482,13 +484,13 @@ async fn prepare_server(agent: &Agent) {
     }
 }
 
-/// Renews the lease every `renew` interval, takes a new one when etcd says it is gone, and
-/// fences a primary whose lease may expire before a renewal gets through.
+/// Renews the lease every `renew` interval; when etcd says it is gone, fences a primary at once
+/// and takes a new lease.
 async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
     let timing = agent.timing;
     let mut failing = false;
     while !cancel.is_cancelled() {
-        let (id, confirmed_at) = agent.shared.lease();
+        let (id, _) = agent.shared.lease();
         let sent = Instant::now();
         let mut lost = false;
         match agent.store.renew(id).await {
@@ -519,22 +521,43 @@ async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
             }
             Err(_) => {}
         }
-        let overdue = confirmed_at.elapsed() >= timing.fence_after()
-            && agent.shared.lease().1 == confirmed_at;
-        if (lost || overdue) && agent.shared.primary.swap(false, Ordering::SeqCst) {
-            tracing::warn!(
-                "no lease renewal confirmed for {} ms: fencing primary `{}` before its lease can expire",
-                confirmed_at.elapsed().as_millis(),
-                agent.node.name
-            );
-            if let Err(e) = agent.cluster.runtime.kill(&agent.node).await {
-                tracing::error!("fence `{}`: {e}", agent.node.name);
-            }
+        if lost {
+            fence(&agent, "its lease expired").await;
         }
         let next = sent + timing.renew();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
+}
+
+/// Fences a primary whose lease may expire before a renewal gets through: wakes at the fence
+/// deadline (the last confirmed renewal's send time plus TTL less the margin) unless a renewal
+/// moved it.
+async fn watchdog(agent: Arc<Agent>, cancel: CancellationToken) {
+    while !cancel.is_cancelled() {
+        let deadline = agent.shared.lease().1 + agent.timing.fence_after();
+        if Instant::now() >= deadline {
+            fence(&agent, "no lease renewal was confirmed in time").await;
+        }
+        let wake = deadline.max(Instant::now() + Duration::from_millis(20));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+/// Kills the server if the loop last saw it as a primary.
+async fn fence(agent: &Agent, why: &str) {
+    if agent.shared.primary.swap(false, Ordering::SeqCst) {
+        tracing::warn!(
+            "{why}: fencing primary `{}` before its lease can expire elsewhere",
+            agent.node.name
+        );
+        if let Err(e) = agent.cluster.runtime.kill(&agent.node).await {
+            tracing::error!("fence `{}`: {e}", agent.node.name);
         }
     }
 }

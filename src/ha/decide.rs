@@ -5,21 +5,14 @@
 
 use crate::cluster::plan::{plan_failover, FailoverOptions, NodeProbe};
 use crate::cluster::spec::ClusterSpec;
-use crate::Lsn;
 
-use super::records::{MemberRecord, SyncRecord};
+use super::records::{MemberRecord, ServerState, SyncRecord};
 
 /// This node's server, as the agent just probed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Local {
-    pub running: bool,
-    pub in_recovery: bool,
-    pub timeline: Option<u32>,
-    pub position: Option<Lsn>,
-    /// No WAL receiver and no primary_conninfo.
-    pub detached: bool,
-    /// The node primary_conninfo points at.
-    pub follows: Option<String>,
+    /// What the member record publishes.
+    pub server: ServerState,
     /// The data directory has standby.signal (a stopped standby, not a former primary).
     pub standby_signal: bool,
     /// synchronous_standby_names in force (a running primary).
@@ -106,7 +99,7 @@ fn decision(action: Action, reason: impl Into<String>) -> Decision {
 /// The next step for this node.
 pub fn decide(s: &Situation<'_>) -> Decision {
     let local = &s.local;
-    let primary_running = local.running && !local.in_recovery;
+    let primary_running = local.server.running && !local.server.in_recovery;
     let Some(view) = &s.view else {
         if primary_running && s.fence_due {
             return decision(
@@ -126,14 +119,14 @@ pub fn decide(s: &Situation<'_>) -> Decision {
 /// This agent holds the leader key.
 fn lead(s: &Situation<'_>, view: &View) -> Decision {
     let local = &s.local;
-    if !local.running {
+    if !local.server.running {
         return decision(
             Action::RestartInPlace,
             "this node leads and its server is down: restarting in place is faster than a failover",
         );
     }
     let desired = SyncRecord::desired(s.spec, s.me);
-    if local.in_recovery {
+    if local.server.in_recovery {
         let repoint = s
             .spec
             .nodes
@@ -198,13 +191,13 @@ fn follow(s: &Situation<'_>, leader: &str) -> Decision {
             "the leader key is from an earlier run of this agent",
         );
     }
-    if local.running && !local.in_recovery {
+    if local.server.running && !local.server.in_recovery {
         return decision(
             Action::Fence,
             format!("`{leader}` leads: this primary must not take another write"),
         );
     }
-    if !local.running {
+    if !local.server.running {
         return if local.standby_signal {
             decision(
                 Action::Start,
@@ -219,7 +212,7 @@ fn follow(s: &Situation<'_>, leader: &str) -> Decision {
             )
         };
     }
-    if local.follows.as_deref() != Some(leader) {
+    if local.server.follows.as_deref() != Some(leader) {
         return decision(
             Action::Follow {
                 leader: leader.to_owned(),
@@ -235,7 +228,7 @@ fn leaderless(s: &Situation<'_>, view: &View) -> Decision {
     let local = &s.local;
     let Some(record) = &view.sync else {
         // Never led: the primary `up` built claims the key; standbys stay as they are.
-        return if local.running && !local.in_recovery {
+        return if local.server.running && !local.server.in_recovery {
             decision(
                 Action::TakeLeadership,
                 "no leader yet and this node is the primary",
@@ -248,15 +241,15 @@ fn leaderless(s: &Situation<'_>, view: &View) -> Decision {
         };
     };
     let was_leader = record.leader == s.me;
-    if !local.running || !local.in_recovery {
+    if !local.server.running || !local.server.in_recovery {
         // A primary's data (running, or stopped without standby.signal).
-        let primary_data = local.running || !local.standby_signal;
+        let primary_data = local.server.running || !local.standby_signal;
         return match (primary_data, was_leader) {
             (true, true) => decision(
                 Action::TakeLeadership,
                 "no leader and this node was the last: it holds every acknowledged commit",
             ),
-            (true, false) if local.running => decision(
+            (true, false) if local.server.running => decision(
                 Action::Fence,
                 format!(
                     "no leader and the sync record names `{}`: this primary must not take writes",
@@ -270,7 +263,7 @@ fn leaderless(s: &Situation<'_>, view: &View) -> Decision {
             (false, _) => decision(Action::Start, "a stopped standby"),
         };
     }
-    if !local.detached {
+    if !local.server.detached {
         return decision(
             Action::Detach,
             format!(
@@ -309,12 +302,12 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
     let live = |name: &String| {
         members
             .iter()
-            .find(|r| &r.node == name && r.running && r.in_recovery)
+            .find(|r| &r.node == name && r.server.running && r.server.in_recovery)
     };
     let pending: Vec<&str> = listed
         .iter()
         .filter_map(|n| live(n))
-        .filter(|r| !r.detached)
+        .filter(|r| !r.server.detached)
         .map(|r| r.node.as_str())
         .collect();
     if !pending.is_empty() {
@@ -340,8 +333,8 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
             name: r.node.clone(),
             reachable: true,
             in_recovery: Some(true),
-            timeline: r.timeline,
-            received_lsn: r.position,
+            timeline: r.server.timeline,
+            received_lsn: r.server.position,
             replayed_lsn: None,
         })
         .collect();
@@ -357,6 +350,7 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Lsn;
 
     fn lsn(v: u64) -> Option<Lsn> {
         Some(Lsn::new(v))
@@ -365,12 +359,14 @@ mod tests {
     fn standby(node: &str, at: u64, detached: bool) -> MemberRecord {
         MemberRecord {
             node: node.into(),
-            running: true,
-            in_recovery: true,
-            timeline: Some(1),
-            position: lsn(at),
-            detached,
-            follows: (!detached).then(|| "pg_master".into()),
+            server: ServerState {
+                running: true,
+                in_recovery: true,
+                timeline: Some(1),
+                position: lsn(at),
+                detached,
+                follows: (!detached).then(|| "pg_master".into()),
+            },
         }
     }
 
@@ -385,12 +381,14 @@ mod tests {
 
     fn primary() -> Local {
         Local {
-            running: true,
-            in_recovery: false,
-            timeline: Some(1),
-            position: lsn(100),
-            detached: true,
-            follows: None,
+            server: ServerState {
+                running: true,
+                in_recovery: false,
+                timeline: Some(1),
+                position: lsn(100),
+                detached: true,
+                follows: None,
+            },
             standby_signal: false,
             standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
@@ -399,12 +397,7 @@ mod tests {
 
     fn replica(detached: bool) -> Local {
         Local {
-            running: true,
-            in_recovery: true,
-            timeline: Some(1),
-            position: lsn(100),
-            detached,
-            follows: (!detached).then(|| "pg_master".into()),
+            server: standby("me", 100, detached).server,
             standby_signal: true,
             standby_names: String::new(),
             caught_up: Vec::new(),
@@ -412,11 +405,10 @@ mod tests {
     }
 
     fn stopped(standby_signal: bool) -> Local {
-        Local {
-            running: false,
-            standby_signal,
-            ..replica(true)
-        }
+        let mut local = replica(true);
+        local.server.running = false;
+        local.standby_signal = standby_signal;
+        local
     }
 
     fn leader(node: &str, mine: bool) -> Option<Leader> {
@@ -592,7 +584,7 @@ mod tests {
             }
         );
         let mut following = replica(false);
-        following.follows = Some("pg_slave".into());
+        following.server.follows = Some("pg_slave".into());
         assert_eq!(run("pg_master", following, v(), false).action, Action::Wait);
     }
 
@@ -716,7 +708,7 @@ mod tests {
         assert!(candidate(&any2, &members(&[("x", 99), ("a", 5)])).is_err());
         // A member whose server is down does not count either.
         let mut down = members(&[("a", 5), ("b", 6)]);
-        down[1].running = false;
+        down[1].server.running = false;
         assert!(candidate(&any2, &down).is_err());
         // No standby recorded: asynchronous replication can lose commits, nobody is promoted.
         assert!(candidate(&record("p", "FIRST", 1, &[]), &members(&[("a", 5)])).is_err());

@@ -60,10 +60,17 @@ pub struct LeaderRecord {
     pub node: String,
 }
 
-/// What a node's agent last saw of its server, republished every loop.
+/// What a node's agent last saw of its server, published whenever it changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub node: String,
+    #[serde(flatten)]
+    pub server: ServerState,
+}
+
+/// A server as its agent probes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerState {
     pub running: bool,
     /// Still replaying WAL (a standby); meaningless when not running.
     pub in_recovery: bool,
@@ -190,12 +197,14 @@ mod tests {
     fn member_records_round_trip_as_json() {
         let record = MemberRecord {
             node: "pg_slave".into(),
-            running: true,
-            in_recovery: true,
-            timeline: Some(2),
-            position: Some("0/3000148".parse().unwrap()),
-            detached: false,
-            follows: Some("pg_master".into()),
+            server: ServerState {
+                running: true,
+                in_recovery: true,
+                timeline: Some(2),
+                position: Some("0/3000148".parse().unwrap()),
+                detached: false,
+                follows: Some("pg_master".into()),
+            },
         };
         let text = serde_json::to_string(&record).unwrap();
         assert!(text.contains("\"0/3000148\""), "{text}");
