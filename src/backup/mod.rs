@@ -73,8 +73,23 @@ pub enum BackupError {
     SlotMissing(String),
     #[error("{0}")]
     Tablespace(String),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("no target directory given; use -D DIR")]
+    NoTargets,
+    #[error("transfer rate `{0}` kB/s is out of range: give 32 to 1048576 kB/s (the server's limits), or omit -r")]
+    RateOutOfRange(u32),
+    #[error("invalid replication slot name `{0}`: use lower-case letters, digits and underscores, at most 63")]
+    InvalidSlotName(String),
+    #[error("--create-slot needs a slot name: add -S NAME")]
+    CreateSlotWithoutName,
+    #[error(
+        "the backup manifest exceeds {limit_mib} MiB; use --no-manifest for a cluster this large"
+    )]
+    ManifestTooLarge { limit_mib: usize },
+    /// The WAL streamer's connection failed while the base backup was still arriving.
+    #[error("the WAL streamer stopped")]
+    StreamerStopped,
+    #[error("the WAL connection reached a different cluster (system identifier {got} instead of {expected})")]
+    WalSystemMismatch { expected: u64, got: u64 },
     #[error("cancelled; nothing was left behind")]
     Cancelled,
     /// The extractor thread stopped; its own error is reported instead where it can be had.
@@ -448,15 +463,11 @@ async fn run(
 
 fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
     if options.targets.is_empty() {
-        return Err(BackupError::Invalid(
-            "no target directory given; use -D DIR".into(),
-        ));
+        return Err(BackupError::NoTargets);
     }
     if let Some(rate) = options.max_rate_kbps {
         if !(32..=1_048_576).contains(&rate) {
-            return Err(BackupError::Invalid(format!(
-                "transfer rate `{rate}` kB/s is out of range: give 32 to 1048576 kB/s (the server's limits), or omit -r"
-            )));
+            return Err(BackupError::RateOutOfRange(rate));
         }
     }
     if let Some(slot) = &options.slot {
@@ -466,20 +477,15 @@ fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
-            return Err(BackupError::Invalid(format!(
-                "invalid replication slot name `{slot}`: use lower-case letters, digits and underscores, at most 63"
-            )));
+            return Err(BackupError::InvalidSlotName(slot.clone()));
         }
     }
     if options.create_slot && options.slot.is_none() {
-        return Err(BackupError::Invalid(
-            "--create-slot needs a slot name: add -S NAME".into(),
-        ));
+        return Err(BackupError::CreateSlotWithoutName);
     }
     Ok(())
 }
 
-/// `16MB`, `1GB`, `8192`... as the server prints sizes for SHOW.
 /// BASE_BACKUP's result sets hold one row, or one short row per tablespace: more than this is
 /// a server trying to fill our memory.
 const MAX_RESULT_BYTES: usize = 8 << 20;
@@ -723,10 +729,9 @@ impl ArchiveReceiver<'_> {
 
     fn add_to_manifest(&mut self, data: &[u8]) -> Result<(), BackupError> {
         if self.manifest.len() + data.len() > MAX_MANIFEST_BYTES {
-            return Err(BackupError::Invalid(format!(
-                "the backup manifest exceeds {} MiB; use --no-manifest for a cluster this large",
-                MAX_MANIFEST_BYTES >> 20
-            )));
+            return Err(BackupError::ManifestTooLarge {
+                limit_mib: MAX_MANIFEST_BYTES >> 20,
+            });
         }
         self.manifest.extend_from_slice(data);
         Ok(())
@@ -825,7 +830,7 @@ async fn next_backup_message(
     };
     tokio::select! {
         message = conn.read_message() => Ok(message?),
-        _ = streamer_failed => Err(BackupError::Invalid("the WAL streamer stopped".into())),
+        _ = streamer_failed => Err(BackupError::StreamerStopped),
         _ = cancel.cancelled() => Err(BackupError::Cancelled),
     }
 }
@@ -1063,10 +1068,10 @@ async fn stream_into(
     let mut conn = Connection::connect(&connect).await?;
     let system = conn.identify_system().await?;
     if system.system_id != system_id {
-        return Err(BackupError::Invalid(format!(
-            "the WAL connection reached a different cluster (system identifier {} instead of {system_id})",
-            system.system_id
-        )));
+        return Err(BackupError::WalSystemMismatch {
+            expected: system_id,
+            got: system.system_id,
+        });
     }
     let slot = match slot {
         Some(slot) => slot,
@@ -1145,27 +1150,26 @@ mod tests {
     #[test]
     fn options_are_checked_before_connecting() {
         let mut options = BaseBackupOptions::new(vec![]);
-        assert!(validate(&options).unwrap_err().to_string().contains("-D"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(err, BackupError::NoTargets));
+        assert!(err.to_string().contains("-D"));
         options.targets.push(BackupTarget {
             dir: "/tmp/x".into(),
             application_name: None,
         });
         options.max_rate_kbps = Some(0);
-        assert!(validate(&options)
-            .unwrap_err()
-            .to_string()
-            .contains("32 to 1048576"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(err, BackupError::RateOutOfRange(0)));
+        assert!(err.to_string().contains("32 to 1048576"));
         options.max_rate_kbps = None;
         options.slot = Some("Bad-Name".into());
-        assert!(validate(&options)
-            .unwrap_err()
-            .to_string()
-            .contains("invalid replication slot name"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(&err, BackupError::InvalidSlotName(name) if name == "Bad-Name"));
+        assert!(err.to_string().contains("invalid replication slot name"));
         options.slot = None;
         options.create_slot = true;
-        assert!(validate(&options)
-            .unwrap_err()
-            .to_string()
-            .contains("-S NAME"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(err, BackupError::CreateSlotWithoutName));
+        assert!(err.to_string().contains("-S NAME"));
     }
 }
