@@ -23,9 +23,10 @@ pub struct LagArgs {
     /// Nodes to check, in any order: conninfo strings (`host=db1 port=5432 user=postgres`) or
     /// postgresql:// URIs; PG* variables and ~/.pgpass apply as in libpq. The role needs
     /// REPLICATION and pg_read_all_stats (or superuser); SQL goes to dbname, default `postgres`.
-    #[arg(value_name = "NODE", required_unless_present = "cluster")]
+    /// Without NODE, the cluster `pgrepl up` built here (or the one --cluster names).
+    #[arg(value_name = "NODE")]
     pub nodes: Vec<String>,
-    /// Take the nodes from a cluster file written by `pgrepl up`.
+    /// Take the nodes from this cluster file instead.
     #[arg(long, value_name = "FILE", conflicts_with = "nodes")]
     pub cluster: Option<PathBuf>,
     /// Print the report as JSON (one object per round; one line each with --watch).
@@ -135,8 +136,8 @@ pub fn user_hint(args: &LagArgs) -> Option<String> {
 }
 
 fn nodes(args: &LagArgs) -> anyhow::Result<Vec<Node>> {
-    if let Some(file) = &args.cluster {
-        let cluster = pgrepl::cluster::Cluster::open(file, &Default::default())?;
+    if args.nodes.is_empty() {
+        let cluster = super::cluster::find(args.cluster.clone())?;
         return Ok(cluster_nodes(&cluster));
     }
     conninfo_nodes(&args.nodes)
