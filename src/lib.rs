@@ -16,14 +16,18 @@
 //! - [`conn`]: replication sessions: sockets, TLS, authentication, simple queries.
 //! - [`proto`]: the pure wire codec, no I/O.
 //! - [`lsn`]: WAL positions and segment arithmetic.
+//! - [`fs`]: fsync helpers shared by WAL and backup writers.
+//! - [`units`]: sizes, rates and durations, parsed and printed.
 
 pub mod backup;
 pub mod bench;
 pub mod cluster;
 pub mod conn;
+pub mod fs;
 pub mod lag;
 pub mod lsn;
 pub mod proto;
 pub mod replication;
+pub mod units;
 
 pub use lsn::Lsn;

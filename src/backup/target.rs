@@ -78,7 +78,7 @@ impl Staging {
             })?;
             if sync {
                 if let Some(parent) = dir.final_path.parent() {
-                    crate::replication::wal_sink::sync_dir(parent)
+                    crate::fs::sync_dir(parent)
                         .map_err(|e| BackupError::io(format!("sync `{}`", parent.display()), e))?;
                 }
             }
@@ -247,16 +247,8 @@ fn fsync_path(path: &Path) -> Result<(), BackupError> {
 fn sync_filesystem(dir: &Path) -> Result<(), BackupError> {
     let file =
         fs::File::open(dir).map_err(|e| BackupError::io(format!("open `{}`", dir.display()), e))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs only reads the descriptor, which `file` keeps open for the call.
-    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
-    if rc != 0 {
-        return Err(BackupError::io(
-            format!("sync `{}`", dir.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    crate::fs::sync_filesystem(&file)
+        .map_err(|e| BackupError::io(format!("sync `{}`", dir.display()), e))
 }
 
 #[cfg(test)]

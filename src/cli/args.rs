@@ -9,6 +9,7 @@ use super::bench::BenchArgs;
 use super::cluster::{
     DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
 };
+use super::connection::ConnectionArgs;
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
 
@@ -64,24 +65,6 @@ pub enum Command {
     /// Measure what synchronous replication costs: a write load per mode (async, remote_write,
     /// on, remote_apply, any1) with TPS, commit latency, WAL rate and each standby's lag.
     Bench(BenchArgs),
-}
-
-/// Where to connect, as libpq tools take it. Flags override the -d string, which overrides
-/// PGHOST, PGPORT, PGUSER and friends.
-#[derive(Debug, Args)]
-pub struct ConnectionArgs {
-    /// Connection string or URI (`host=... port=... user=...` or `postgresql://user@host:port`).
-    #[arg(short = 'd', long = "dbname", value_name = "CONNINFO")]
-    pub conninfo: Option<String>,
-    /// Server host name or Unix socket directory.
-    #[arg(short = 'h', long = "host")]
-    pub host: Option<String>,
-    /// Server port.
-    #[arg(short = 'p', long = "port")]
-    pub port: Option<String>,
-    /// Role to connect as (needs the REPLICATION attribute).
-    #[arg(short = 'U', long = "username")]
-    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -9,10 +9,11 @@ use anyhow::{anyhow, Context};
 use clap::{ArgAction, Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use super::args::ConnectionArgs;
-use super::{connect_options, human_bytes};
+use super::connection::{connect_options, ConnectionArgs};
+use super::out::outln;
 use pgrepl::replication::receivewal::{self, ReceiveEvent, ReceiveOptions, StartSource, StoppedBy};
 use pgrepl::replication::wal_compress::WalCompression;
+use pgrepl::units::human_bytes;
 use pgrepl::Lsn;
 
 #[derive(Debug, Args)]
@@ -92,7 +93,7 @@ pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Res
             )
         })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let from = start_words(summary.start_source);
         let why = match summary.stopped_by {

@@ -12,8 +12,10 @@
 pub mod docker;
 pub mod drill;
 pub mod dump;
-pub mod failover;
 pub mod local;
+pub mod plan;
+pub mod record;
+pub mod role;
 pub mod runtime;
 pub mod spec;
 pub mod topology;
@@ -63,6 +65,9 @@ pub enum ClusterError {
     UnknownNode(String, String),
     #[error(transparent)]
     Dump(Box<dump::DumpError>),
+    /// A role change refused before anything changed.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
 }
 
 impl From<backup::BackupError> for ClusterError {

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::wal_compress::WalCompression;
+use crate::fs::sync_dir;
 use crate::lsn::{history_file_name, wal_file_name, Lsn};
 
 /// How segment files are named while they are being filled.
@@ -232,10 +233,6 @@ impl SegmentWriter {
         self.flush()?;
         self.close_segment()
     }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Gives `file` `size` bytes of allocated, zero-reading blocks: fallocate, or writing zeros

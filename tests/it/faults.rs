@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::basebackup::wait_for;
+use crate::capability;
 use crate::harness::{self, PgInstall, PgServer, ServerOptions};
 
 // ---------------------------------------------------------------------------------------------
@@ -480,7 +481,11 @@ fn basebackup_into_a_full_disk_leaves_nothing_behind() {
         let disk = match Tmpfs::mount(&mnt, size) {
             Ok(disk) => disk,
             Err(reason) => {
-                eprintln!("faults: full disk skipped: {reason}");
+                capability::skip(
+                    "basebackup_into_a_full_disk_leaves_nothing_behind",
+                    "tmpfs",
+                    &reason,
+                );
                 counts.skipped += 1;
                 continue;
             }
@@ -571,19 +576,6 @@ impl Drop for FailingDisk {
     }
 }
 
-/// A capability the test cannot do without: missing, it fails the test, unless
-/// PGREPL_ALLOW_SKIP is set; then it says so on the terminal (libtest captures `eprintln!`,
-/// not a write to the stderr handle) and the caller skips.
-fn require_capability(what: &str, reason: &str) {
-    if std::env::var_os("PGREPL_ALLOW_SKIP").is_none() {
-        panic!("missing capability `{what}`: {reason} (set PGREPL_ALLOW_SKIP=1 to skip)");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: missing capability `{what}`: {reason}"
-    );
-}
-
 #[test]
 fn basebackup_fails_on_a_write_error_at_the_final_sync_and_leaves_nothing() {
     let primary = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
@@ -595,7 +587,7 @@ fn basebackup_fails_on_a_write_error_at_the_final_sync_and_leaves_nothing() {
         let disk = match FailingDisk::create(&work.path().join(method), "4m") {
             Ok(disk) => disk,
             Err(reason) => {
-                require_capability("a loop device over a small tmpfs", &reason);
+                capability::skip("basebackup sync failure (failing disk)", "loopdev", &reason);
                 return;
             }
         };
@@ -866,7 +858,7 @@ fn receivewal_keeps_acknowledged_wal_through_faults() {
     // A full disk: room for about two 1 MB segments.
     let mnt = work.path().join("disk");
     match Tmpfs::mount(&mnt, "2500k") {
-        Err(reason) => eprintln!("faults: receivewal full disk skipped: {reason}"),
+        Err(reason) => capability::skip("receivewal faults (full disk)", "tmpfs", &reason),
         Ok(disk) => {
             let port = server.borrow().port;
             let proxy = Proxy::start(port, Fault::None);

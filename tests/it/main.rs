@@ -1,5 +1,6 @@
 mod basebackup;
 mod bench;
+mod capability;
 mod cluster_docker;
 mod cluster_flow;
 mod cluster_local;
