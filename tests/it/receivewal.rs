@@ -441,3 +441,27 @@ fn compressed_segments_restore_the_servers_bytes_and_resume() {
         }
     }
 }
+
+#[test]
+fn a_missing_slot_ends_the_run_instead_of_retrying() {
+    let server = server();
+    let work = tempfile::tempdir().unwrap();
+    let conninfo = conninfo(&server);
+    let dir = work.path().to_str().unwrap();
+    let output = pgrepl(
+        &[
+            "receivewal",
+            "-d",
+            &conninfo,
+            "-D",
+            dir,
+            "-S",
+            "no_such_slot",
+        ],
+        Some(harness::REP_SCRAM_PASSWORD),
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("`no_such_slot` does not exist"), "{err}");
+    assert!(!err.contains("reconnecting"), "{err}");
+}
