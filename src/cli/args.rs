@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use super::agent::AgentArgs;
 use super::bench::BenchArgs;
 use super::cluster::{
     DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
@@ -65,6 +66,9 @@ pub enum Command {
     /// Measure what synchronous replication costs: a write load per mode (async, remote_write,
     /// on, remote_apply, any1) with TPS, commit latency, WAL rate and each standby's lag.
     Bench(BenchArgs),
+    /// Run the automatic-failover agent for one node: etcd (v3) holds the leader lease; the
+    /// agent restarts, promotes, fences and rejoins its server (decisions logged with -v).
+    Agent(AgentArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

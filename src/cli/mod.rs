@@ -1,6 +1,7 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
 //! renders results. Hints for errors live in `hints`, argument definitions in `args`.
 
+mod agent;
 pub mod args;
 mod bench;
 mod cluster;
@@ -67,6 +68,7 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Status(_)
         | Command::Receivewal(_)
         | Command::Bench(_)
+        | Command::Agent(_)
         | Command::Init(_) => return None,
         Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it".into(),
         Command::Down(_) => "some nodes may still run: run `pgrepl down` again".into(),
@@ -96,6 +98,7 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Drill(args) => cluster::drill(args).await,
         Command::Receivewal(args) => receivewal::run(args, cancel).await,
         Command::Bench(args) => bench::run(args, cancel).await,
+        Command::Agent(args) => agent::run(args, cancel).await,
     }
 }
 

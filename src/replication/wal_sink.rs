@@ -1,7 +1,7 @@
 //! Where streamed WAL goes: segment files in one or more `pg_wal`-style directories.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -206,23 +206,21 @@ impl SegmentWriter {
     }
 
     /// Stores a timeline history file (and its `.done` marker for a standby): written under a
-    /// temporary name, synced, then renamed, so the archive never holds a torn history file.
+    /// temporary name, synced, then renamed (unless --no-sync), so the archive never holds a torn
+    /// history file.
     pub fn write_history(&mut self, timeline: u32, content: &[u8]) -> io::Result<()> {
         let name = history_file_name(timeline);
         for dir in &self.dirs {
-            let temporary = dir.join(format!("{name}.tmp"));
-            let mut file = File::create(&temporary)?;
-            file.write_all(content)?;
             if self.sync {
-                file.sync_all()?;
+                crate::fs::write_durably(&dir.join(&name), content)?;
+            } else {
+                fs::write(dir.join(&name), content)?;
             }
-            drop(file);
-            fs::rename(&temporary, dir.join(&name))?;
             if self.naming == SegmentNaming::Standby {
                 File::create(dir.join("archive_status").join(format!("{name}.done")))?;
-            }
-            if self.sync {
-                sync_dir(dir)?;
+                if self.sync {
+                    sync_dir(&dir.join("archive_status"))?;
+                }
             }
         }
         Ok(())
