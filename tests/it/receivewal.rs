@@ -505,3 +505,27 @@ fn streaming_outlives_its_stop_sender() {
         "streamed only {start}..{position}"
     );
 }
+
+#[test]
+fn a_missing_slot_ends_the_run_instead_of_retrying() {
+    let server = server();
+    let work = tempfile::tempdir().unwrap();
+    let conninfo = conninfo(&server);
+    let dir = work.path().to_str().unwrap();
+    let output = pgrepl(
+        &[
+            "receivewal",
+            "-d",
+            &conninfo,
+            "-D",
+            dir,
+            "-S",
+            "no_such_slot",
+        ],
+        Some(harness::REP_SCRAM_PASSWORD),
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("`no_such_slot` does not exist"), "{err}");
+    assert!(!err.contains("reconnecting"), "{err}");
+}
