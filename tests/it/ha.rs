@@ -111,29 +111,33 @@ impl HaCluster {
         }
     }
 
+    /// A key's value, asking each etcd member in turn (some may be down).
     fn etcd_get(&self, key: &str) -> Option<String> {
-        let endpoints: Vec<String> = self
-            .etcd
-            .endpoints()
-            .split(',')
-            .map(str::to_owned)
-            .collect();
         let key = format!("/pgrepl/pgrepl/{key}");
-        tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap()
-            .block_on(async move {
-                let mut client = etcd_client::Client::connect(endpoints, None).await.ok()?;
-                let response = tokio::time::timeout(Duration::from_secs(2), client.get(key, None))
+            .unwrap();
+        self.etcd.endpoints().split(',').find_map(|endpoint| {
+            runtime.block_on(async {
+                let connect = etcd_client::Client::connect([endpoint], None);
+                let mut client = tokio::time::timeout(Duration::from_secs(1), connect)
                     .await
                     .ok()?
                     .ok()?;
-                response
-                    .kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                let get = client.get(key.as_str(), None);
+                let response = tokio::time::timeout(Duration::from_secs(1), get)
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(
+                    response
+                        .kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                )
             })
+        })?
     }
 
     fn leader(&self) -> Option<String> {
@@ -522,10 +526,13 @@ fn ha_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_th
         "quorum lost: the primary was fenced after {:.2} s",
         lost.elapsed().as_secs_f64()
     );
-    let acks = writer.stop();
-    let last = acks.iter().map(|a| a.at).max().unwrap();
+    // etcd 3.4 renews leases at its leader without consensus, so a lone member that was the
+    // leader renews until it steps down (one 1 s election timeout); the fence follows 1.5 s
+    // after the last renewal. A new etcd leader restarts every lease at TTL, so no lease can
+    // expire elsewhere before that.
+    let last = writer.acks().iter().map(|a| a.at).max().unwrap();
     assert!(
-        last < lost + TTL,
+        last < lost + TTL + Duration::from_millis(1500),
         "the primary acknowledged {:?} after quorum was lost",
         last - lost
     );
@@ -535,7 +542,18 @@ fn ha_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_th
             Some("t")
         );
     }
-    ha.assert_nothing_lost(1, &acks);
+
+    // Quorum returns: a primary takes writes again, with every commit acknowledged before.
+    let back = Instant::now();
+    ha.etcd.restart(1);
+    let first = writer.wait_ack(&ha, Duration::from_secs(30), back, |_| true);
+    eprintln!(
+        "quorum back: `{}` took writes again {:.2} s after the etcd member was restarted",
+        NODES[first.node],
+        first.at.duration_since(back).as_secs_f64()
+    );
+    let acks = writer.stop();
+    ha.assert_nothing_lost(first.node, &acks);
 }
 
 #[test]
@@ -571,4 +589,22 @@ fn ha_postgres_crash_only_is_restarted_in_place() {
     writer.wait_ack(&ha, Duration::from_secs(10), later, |a| a.node == 0);
     let acks = writer.stop();
     ha.assert_nothing_lost(0, &acks);
+}
+
+#[test]
+fn ha_agent_refuses_an_unreachable_etcd_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(["agent", "--node", "pg_master", "--cluster"])
+        .arg(dir.path().join("pgrepl.toml"))
+        .args(["--etcd", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("give its client URLs with --etcd"),
+        "{stderr}"
+    );
 }
