@@ -94,6 +94,12 @@ pub enum CompressArg {
     ServerZstd,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SyncMethodArg {
+    Fsync,
+    Syncfs,
+}
+
 #[derive(Debug, Args)]
 pub struct BasebackupArgs {
     #[command(flatten)]
@@ -134,6 +140,11 @@ pub struct BasebackupArgs {
     /// Do not wait for the files to be safely on disk.
     #[arg(short = 'N', long = "no-sync")]
     pub no_sync: bool,
+    /// How to make the backup durable: fsync each file, or syncfs each target's filesystem
+    /// (faster; also flushes other data on it). Default: syncfs on Linux 5.8+ (where it reports
+    /// write errors), else fsync.
+    #[arg(long = "sync-method", value_enum, conflicts_with = "no_sync")]
+    pub sync_method: Option<SyncMethodArg>,
     /// Do not ask for (or verify against) a backup manifest.
     #[arg(long = "no-manifest")]
     pub no_manifest: bool,

@@ -1,7 +1,7 @@
 //! `pgrepl lag` and `pgrepl status`: arguments, the watch loop, exit codes, and the three
 //! renderings of a [`Report`] (table, JSON, Prometheus). The figures come from `pgrepl::lag`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -112,7 +112,7 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
                 View::Status => status_table(&report, &verdict),
             });
         }
-        if !print(&out)? {
+        if !super::out::print(&out)? {
             // Whoever read our output has gone (`| head`): that is not a failure.
             return Ok(ExitCode::SUCCESS);
         }
@@ -166,19 +166,6 @@ pub(super) fn conninfo_nodes(conninfos: &[String]) -> anyhow::Result<Vec<Node>> 
         nodes.push(node);
     }
     Ok(nodes)
-}
-
-/// Writes `text` to stdout; `false` when the reader has closed the pipe.
-fn print(text: &str) -> anyhow::Result<bool> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(e).context("write to stdout"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

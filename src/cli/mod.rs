@@ -8,6 +8,7 @@ mod cluster;
 mod connection;
 pub mod hints;
 pub mod lag;
+mod out;
 mod progress;
 mod receivewal;
 
@@ -18,10 +19,13 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use self::args::{BasebackupArgs, CheckpointArg, Command, CompressArg, WalMethodArg};
+use self::args::{
+    BasebackupArgs, CheckpointArg, Command, CompressArg, SyncMethodArg, WalMethodArg,
+};
 use self::connection::connect_options;
+use self::out::outln;
 use pgrepl::backup::checksum::ChecksumAlgorithm;
-use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
+use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, SyncMethod, WalMethod};
 use pgrepl::conn::ConnectOptions;
 use pgrepl::proto::command::ServerCompression;
 use pgrepl::units::{human_bytes, parse_rate_kbps};
@@ -122,14 +126,14 @@ async fn basebackup(args: BasebackupArgs, cancel: CancellationToken) -> anyhow::
         .await
         .with_context(|| format!("base backup from `{}`", connect.redacted()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let targets: Vec<String> = summary
             .targets
             .iter()
             .map(|t| t.display().to_string())
             .collect();
-        println!(
+        outln!(
             "pgrepl: backup of system {} (PostgreSQL {}) from {} to {} on timeline {}: {} files, {}, into {}{}; {:.1} s",
             summary.system_identifier,
             summary.server_major,
@@ -189,6 +193,12 @@ fn backup_options(
         .map(|m| parse_mapping(m))
         .collect::<Result<_, _>>()?;
     options.sync = !args.no_sync;
+    if let Some(method) = args.sync_method {
+        options.sync_method = match method {
+            SyncMethodArg::Fsync => SyncMethod::Fsync,
+            SyncMethodArg::Syncfs => SyncMethod::Syncfs,
+        };
+    }
     options.manifest_checksums = if args.no_manifest {
         None
     } else {

@@ -14,6 +14,7 @@ pub mod drill;
 pub mod dump;
 pub mod local;
 pub mod plan;
+pub mod record;
 pub mod role;
 pub mod runtime;
 pub mod spec;
