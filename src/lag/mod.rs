@@ -41,6 +41,7 @@
 pub mod analysis;
 mod collect;
 pub mod report;
+pub mod serve;
 pub mod sql;
 pub mod sync;
 
