@@ -7,6 +7,7 @@ mod fake_server;
 mod faults;
 mod harness;
 mod lag;
+mod lag_serve;
 mod receivewal;
 mod secrets;
 mod tls;
