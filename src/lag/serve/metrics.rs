@@ -272,3 +272,114 @@ fn escape_label(value: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lag::analysis::{analyze, Identity, Observation, Round};
+    use crate::lag::sql::{NodeFacts, SenderRow};
+
+    fn report() -> Report {
+        let primary = Observation {
+            name: "db\"1".into(),
+            conninfo: "host=db1 port=5432 user=postgres".into(),
+            identity: Ok(Identity {
+                system_id: 7_300_000_000_000_000_001,
+                timeline: 2,
+                lsn: "1/0".parse().unwrap(),
+                server_version: None,
+            }),
+            facts: Ok(NodeFacts {
+                server_version: "15.18".into(),
+                synchronous_standby_names: "FIRST 1 (a)".into(),
+                synchronous_commit: "on".into(),
+                can_read_stats: true,
+                flush_lsn: Some("1/0".parse().unwrap()),
+                senders: vec![SenderRow {
+                    application_name: Some("a".into()),
+                    state: Some("weird".into()),
+                    sync_state: Some("sync".into()),
+                    replay_lsn: Some("0/FF000000".parse().unwrap()),
+                    replay_lag_ms: Some(1500.0),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            probe: None,
+        };
+        let gone = Observation {
+            name: "db2".into(),
+            conninfo: "host=db2".into(),
+            identity: Err("refused".into()),
+            facts: Err("refused".into()),
+            probe: None,
+        };
+        analyze(&Round {
+            observations: vec![primary, gone],
+            probe_error: None,
+            round_ms: 12.0,
+        })
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_states_are_one_hot() {
+        let totals = Totals {
+            rounds: 3,
+            failed_rounds: 1,
+            last_round_unix: 1.5,
+        };
+        let text = render(&report(), Some(&totals));
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    lines[i + 1].starts_with(&format!("# TYPE {name} ")),
+                    "{line}"
+                );
+            } else if !line.starts_with('#') {
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+        assert!(text.contains("# TYPE pgrepl_rounds_failed_total counter\n"));
+        assert!(text.contains("pgrepl_rounds_failed_total 1\n"));
+        assert!(text.contains("pgrepl_round_duration_seconds 0.012\n"));
+        assert!(
+            text.contains("pgrepl_node_up{node=\"db\\\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("pgrepl_node_up{node=\"db2\"} 0\n"));
+        assert!(text.contains("pgrepl_node_role{node=\"db2\",role=\"unknown\"} 1\n"));
+        assert!(text.contains("pgrepl_node_role{node=\"db2\",role=\"primary\"} 0\n"));
+        assert!(text.contains("pgrepl_node_timeline{node=\"db\\\"1\"} 2\n"));
+        assert!(!text.contains("pgrepl_node_timeline{node=\"db2\"}"));
+        assert!(text.contains("pgrepl_node_wal_position_bytes{node=\"db\\\"1\"} 4294967296\n"));
+        let a = "standby=\"a\",node=\"\"";
+        assert!(text.contains(&format!(
+            "pgrepl_standby_sync_state{{{a},sync_state=\"sync\"}} 1\n"
+        )));
+        assert!(text.contains(&format!(
+            "pgrepl_standby_sync_state{{{a},sync_state=\"async\"}} 0\n"
+        )));
+        // A state outside the known list is still exposed, as the current one.
+        assert!(text.contains(&format!("pgrepl_standby_state{{{a},state=\"weird\"}} 1\n")));
+        assert!(text.contains(&format!(
+            "pgrepl_standby_state{{{a},state=\"streaming\"}} 0\n"
+        )));
+        assert!(text.contains(&format!(
+            "pgrepl_standby_lag_bytes{{{a},stage=\"replay\"}} 16777216\n"
+        )));
+        assert!(text.contains(&format!(
+            "pgrepl_standby_lag_seconds{{{a},stage=\"replay\"}} 1.5\n"
+        )));
+        assert!(text.contains("pgrepl_sync_required_standbys 1\n"));
+    }
+
+    #[test]
+    fn without_a_collector_there_are_no_counters() {
+        let text = render(&report(), None);
+        assert!(!text.contains("_total"));
+        assert!(text.contains("pgrepl_round_duration_seconds"));
+    }
+}

@@ -10,7 +10,8 @@ const state = { samples: [], since: 0, interval: 1000, colors: new Map() };
 
 function el(tag, attrs, ...children) {
   const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  // The content security policy refuses style attributes; the style object (CSSOM) is allowed.
+  for (const [k, v] of Object.entries(attrs || {})) k === "style" ? (node.style.cssText = v) : node.setAttribute(k, v);
   for (const c of children) node.append(c);
   return node;
 }
