@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{self, PgInstall, PgServer, ServerOptions};
-use crate::lag::Cluster;
+use crate::lag::{silent_node, Cluster};
 
 /// The tool's path; a missing tool fails the test with the package to install, unless
 /// PGREPL_ALLOW_SKIP is set, when the test says so and is skipped.
@@ -314,15 +314,7 @@ fn the_page_shows_roles_lag_and_a_stopped_standby_in_chromium() {
 #[test]
 fn a_hanging_node_does_not_delay_scrapes() {
     let server = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_port = silent.local_addr().unwrap().port();
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let holder = held.clone();
-    std::thread::spawn(move || {
-        for stream in silent.incoming().flatten() {
-            holder.lock().unwrap().push(stream);
-        }
-    });
+    let (silent_port, held) = silent_node();
     let nodes = [
         server.superuser_conninfo(),
         format!("host=127.0.0.1 port={silent_port} user=postgres sslmode=disable"),

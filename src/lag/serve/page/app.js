@@ -2,7 +2,9 @@
 // Text goes in through textContent only, so nothing a server reports can become markup.
 "use strict";
 
-const SHOWN_MS = 5 * 60 * 1000; // the charts' time span
+// The charts span the history the page has, from half a minute up to five minutes.
+const SPAN_MIN_MS = 30 * 1000;
+const SPAN_MAX_MS = 5 * 60 * 1000;
 const COLORS = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#ca8a04", "#db2777"];
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -88,24 +90,26 @@ function renderProblems(report) {
   document.getElementById("problems-section").hidden = items.length === 0;
 }
 
-// One line per standby over the last SHOWN_MS; a gap where the figure is unknown.
+// One line per standby over the span; a gap where the figure is unknown.
 function renderChart(id, pick, format) {
   const svg = document.getElementById(id);
   const [w, h, left, top, bottom] = [640, 180, 64, 10, 22];
   const now = state.samples.length ? state.samples[state.samples.length - 1].t : Date.now();
-  const from = now - SHOWN_MS;
+  const first = state.samples.length ? state.samples[0].t : now;
+  const span = Math.min(SPAN_MAX_MS, Math.max(SPAN_MIN_MS, now - first));
+  const from = now - span;
   const shown = state.samples.filter((s) => s.t >= from);
   let max = 0;
   for (const s of shown) for (const p of s.lag) max = Math.max(max, pick(p) ?? 0);
   const top_value = max > 0 ? max * 1.1 : 1;
-  const x = (t) => left + ((t - from) / SHOWN_MS) * (w - left - 4);
+  const x = (t) => left + ((t - from) / span) * (w - left - 4);
   const y = (v) => h - bottom - (v / top_value) * (h - top - bottom);
   const parts = [
     el("svg:line", { class: "axis", x1: left, y1: y(0), x2: w - 4, y2: y(0) }),
     el("svg:line", { class: "axis", x1: left, y1: top, x2: left, y2: y(0) }),
-    el("svg:text", { x: left - 6, y: top + 10, "text-anchor": "end" }, format(max)),
+    el("svg:text", { x: left - 6, y: top + 10, "text-anchor": "end" }, max > 0 ? format(max) : ""),
     el("svg:text", { x: left - 6, y: y(0), "text-anchor": "end" }, "0"),
-    el("svg:text", { x: left, y: h - 6 }, "−5 min"),
+    el("svg:text", { x: left, y: h - 6 }, "−" + ms(span)),
     el("svg:text", { x: w - 4, y: h - 6, "text-anchor": "end" }, "now"),
   ];
   const names = [...new Set(shown.flatMap((s) => s.lag.map((p) => p.standby)))];
