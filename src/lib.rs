@@ -8,6 +8,7 @@
 //! Dependencies only point downward:
 //! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
 //! - [`cluster`]: a replicated cluster from nothing, local processes or containers (`pgrepl up`).
+//! - [`ha`]: automatic, fenced failover with etcd as the consensus (`pgrepl agent`).
 //! - [`bench`]: what synchronous replication costs: a write load per mode, lag over time
 //!   (`pgrepl bench`).
 //! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`).
@@ -16,14 +17,19 @@
 //! - [`conn`]: replication sessions: sockets, TLS, authentication, simple queries.
 //! - [`proto`]: the pure wire codec, no I/O.
 //! - [`lsn`]: WAL positions and segment arithmetic.
+//! - [`fs`]: fsync helpers shared by WAL and backup writers.
+//! - [`units`]: sizes, rates and durations, parsed and printed.
 
 pub mod backup;
 pub mod bench;
 pub mod cluster;
 pub mod conn;
+pub mod fs;
+pub mod ha;
 pub mod lag;
 pub mod lsn;
 pub mod proto;
 pub mod replication;
+pub mod units;
 
 pub use lsn::Lsn;

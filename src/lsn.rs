@@ -114,6 +114,14 @@ impl serde::Serialize for Lsn {
     }
 }
 
+/// The server's text form, as `Serialize` writes it (the HA agent reads positions back).
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,10 @@ fn main() -> ExitCode {
         });
         match cli::run(args.command, cancel).await {
             Ok(code) => code,
+            Err(err) if err.is::<cli::Interrupted>() => {
+                eprintln!("pgrepl: {err}");
+                ExitCode::from(130)
+            }
             Err(err) => {
                 eprintln!("pgrepl: {err:#}");
                 if let Some(hint) = cli::hints::hint_for(&err, &user) {

@@ -11,12 +11,11 @@ use clap::{Args, ValueEnum};
 use plotters::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use super::human_bytes;
-use super::lag::{
-    cluster_nodes, conninfo_nodes, human_ms, lag_bytes, parse_duration, Align, Table,
-};
+use super::lag::{cluster_nodes, conninfo_nodes, Align, Table};
+use super::out::{self, outln};
 use pgrepl::bench::sample::Snapshot;
 use pgrepl::bench::{self, BenchOptions, BenchReport, Mode, ModeReport, Shape};
+use pgrepl::units::{human_bytes, human_ms, lag_bytes, parse_duration};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ShapeArg {
@@ -110,9 +109,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<E
         draw(&report, plot).with_context(|| format!("draw `{}`", plot.display()))?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&report));
+        out::print(&table(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,7 +44,7 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn open(&self) -> anyhow::Result<Cluster> {
+    pub(super) fn open(&self) -> anyhow::Result<Cluster> {
         let choice = RuntimeChoice {
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Local => RuntimeKind::Local,
@@ -210,7 +210,7 @@ pub struct FailoverArgs {
     pub rewind: bool,
     /// Refuse (unless --force) a target that has replayed more than this less than the newest
     /// WAL, checked before the primary is fenced (suffixes kB, MB, GB).
-    #[arg(long = "max-lag", value_name = "SIZE", default_value = "64MB", value_parser = super::lag::parse_size)]
+    #[arg(long = "max-lag", value_name = "SIZE", default_value = "64MB", value_parser = pgrepl::units::parse_size)]
     pub max_lag: u64,
     #[command(flatten)]
     pub output: PlanArgs,
@@ -261,7 +261,7 @@ pub struct DrillArgs {
 }
 
 fn print_role_change(
-    report: &pgrepl::cluster::failover::RoleChangeReport,
+    report: &pgrepl::cluster::role::RoleChangeReport,
     json: bool,
 ) -> anyhow::Result<()> {
     if json {
@@ -303,7 +303,7 @@ fn print_role_change(
 
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    let options = pgrepl::cluster::failover::FailoverOptions {
+    let options = pgrepl::cluster::plan::FailoverOptions {
         to: args.to,
         force: args.force,
         rewind: args.rewind,
@@ -328,7 +328,7 @@ pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    let options = pgrepl::cluster::failover::RejoinOptions {
+    let options = pgrepl::cluster::plan::RejoinOptions {
         rewind: args.rewind,
         dry_run: args.output.dry_run,
     };

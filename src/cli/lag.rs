@@ -1,7 +1,7 @@
 //! `pgrepl lag` and `pgrepl status`: arguments, the watch loop, exit codes, and the three
 //! renderings of a [`Report`] (table, JSON, Prometheus). The figures come from `pgrepl::lag`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,12 +10,12 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::human_bytes;
 use pgrepl::conn::{ConnParams, ConnectOptions};
 use pgrepl::lag::{
     self, serve, Exceeded, GatherOptions, Node, Report, Role, Stage, StandbyReport, Thresholds,
     Verdict,
 };
+use pgrepl::units::{human_bytes, human_ms, lag_bytes, parse_duration, parse_size};
 
 /// The width every human rendering fits in.
 const WIDTH: usize = 100;
@@ -126,7 +126,7 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
                 View::Status => status_table(&report, &verdict),
             });
         }
-        if !print(&out)? {
+        if !super::out::print(&out)? {
             // Whoever read our output has gone (`| head`): that is not a failure.
             return Ok(ExitCode::SUCCESS);
         }
@@ -197,19 +197,6 @@ pub(super) fn conninfo_nodes(conninfos: &[String]) -> anyhow::Result<Vec<Node>> 
         nodes.push(node);
     }
     Ok(nodes)
-}
-
-/// Writes `text` to stdout; `false` when the reader has closed the pipe.
-fn print(text: &str) -> anyhow::Result<bool> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(e).context("write to stdout"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,33 +425,6 @@ fn exceeded(e: &Exceeded) -> String {
             "`{standby}` did not show the heartbeat within --max-lag-time {}",
             human_ms(*limit_ms)
         ),
-    }
-}
-
-/// `0 B`, `512 B`, `1.5 KiB`: whole bytes below a KiB, where `0.0 B` would look approximate.
-pub(super) fn lag_bytes(bytes: u64) -> String {
-    if bytes < 1024 {
-        format!("{bytes} B")
-    } else {
-        human_bytes(bytes)
-    }
-}
-
-/// `0 ms`, `12 ms`, `1.50 s`, `59.9 s`, `12 min`, `3.2 h`: at most 7 characters.
-pub(super) fn human_ms(ms: f64) -> String {
-    let s = ms / 1000.0;
-    if ms < 0.5 {
-        "0 ms".into()
-    } else if ms < 999.5 {
-        format!("{ms:.0} ms")
-    } else if s < 9.995 {
-        format!("{s:.2} s")
-    } else if s < 99.95 {
-        format!("{s:.1} s")
-    } else if s < 5999.5 {
-        format!("{:.0} min", s / 60.0)
-    } else {
-        format!("{:.1} h", s / 3600.0)
     }
 }
 
@@ -720,90 +680,10 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-// ---------------------------------------------------------------------------------------------
-// argument values
-
-/// `500ms`, `10s`, `2min`, `1h`, or a bare number of seconds (fractions allowed).
-pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration `{text}`: use e.g. 500ms, 10s, 2min or 1h");
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit.trim() {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "min" | "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(invalid()),
-    };
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(invalid)
-}
-
-/// Bytes, with PostgreSQL's 1024-based suffixes (`kB`, `MB`, `GB`, `TB`) or `KiB`... `TiB`.
-pub(super) fn parse_size(text: &str) -> Result<u64, String> {
-    let invalid = || format!("invalid size `{text}`: use e.g. 1048576, 512kB, 16MB or 1GB");
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let shift = match unit.trim() {
-        "" | "B" => 0,
-        "kB" | "KB" | "KiB" | "k" => 10,
-        "MB" | "MiB" | "M" => 20,
-        "GB" | "GiB" | "G" => 30,
-        "TB" | "TiB" | "T" => 40,
-        _ => return Err(invalid()),
-    };
-    number.checked_mul(1 << shift).ok_or_else(invalid)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use pgrepl::lag::{analyze, Observation, Round};
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        for bad in ["", "0", "-1s", "1d", "s", "1.2.3s"] {
-            assert!(parse_duration(bad)
-                .unwrap_err()
-                .contains(&format!("`{bad}`")));
-        }
-        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
-        assert_eq!(parse_size("512kB").unwrap(), 512 << 10);
-        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-        for bad in ["", "1.5MB", "-1", "1PB", "99999999999999TB"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn times_fit_seven_columns() {
-        for (ms, want) in [
-            (0.2, "0 ms"),
-            (12.4, "12 ms"),
-            (999.4, "999 ms"),
-            (1500.0, "1.50 s"),
-            (59_940.0, "59.9 s"),
-            (720_000.0, "12 min"),
-            (11_520_000.0, "3.2 h"),
-        ] {
-            assert_eq!(human_ms(ms), want);
-            assert!(want.len() <= 7);
-        }
-    }
 
     #[test]
     fn long_lines_wrap_under_a_bullet() {

@@ -1,11 +1,14 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
 //! renders results. Hints for errors live in `hints`, argument definitions in `args`.
 
+mod agent;
 pub mod args;
 mod bench;
 mod cluster;
+mod connection;
 pub mod hints;
 pub mod lag;
+mod out;
 mod progress;
 mod receivewal;
 
@@ -17,15 +20,68 @@ use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
 use self::args::{
-    BasebackupArgs, CheckpointArg, Command, CompressArg, ConnectionArgs, WalMethodArg,
+    BasebackupArgs, CheckpointArg, Command, CompressArg, SyncMethodArg, WalMethodArg,
 };
+use self::connection::connect_options;
+use self::out::outln;
 use pgrepl::backup::checksum::ChecksumAlgorithm;
-use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
-use pgrepl::conn::{ConnParams, ConnectOptions};
+use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, SyncMethod, WalMethod};
+use pgrepl::conn::ConnectOptions;
 use pgrepl::proto::command::ServerCompression;
+use pgrepl::units::{human_bytes, parse_rate_kbps};
+
+/// A command stopped by Ctrl-C or SIGTERM before it finished; says what it leaves behind.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted: {0}")]
+pub struct Interrupted(pub String);
 
 /// Runs one command. Errors carry their own context; `main` prints them once.
+///
+/// Commands that watch `cancel` themselves stop their own way (a backup removes its staging,
+/// receivewal flushes, bench restores the settings). The others are dropped at the signal, at
+/// their next await: a PostgreSQL tool already running finishes first, and the error says what
+/// state the cluster may be in and which command continues from there.
 pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
+    let Some(note) = interrupted_note(&command) else {
+        return run_to_end(command, cancel).await;
+    };
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(Interrupted(note).into()),
+        result = run_to_end(command, cancel.clone()) => match result {
+            // A child process got the terminal's Ctrl-C too and failed because of it.
+            Err(_) if cancel.is_cancelled() => Err(Interrupted(note).into()),
+            result => result,
+        },
+    }
+}
+
+/// What a command that does not watch the token leaves when it is stopped midway; `None` for
+/// the commands that stop cleanly by themselves.
+fn interrupted_note(command: &Command) -> Option<String> {
+    let node_change = |verb: &str, node: &str| {
+        format!("`{node}` may be half {verb}: `pgrepl status` shows it; run the command again")
+    };
+    Some(match command {
+        Command::Basebackup(_)
+        | Command::Lag(_)
+        | Command::Status(_)
+        | Command::Receivewal(_)
+        | Command::Bench(_)
+        | Command::Agent(_)
+        | Command::Init(_) => return None,
+        Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it".into(),
+        Command::Down(_) => "some nodes may still run: run `pgrepl down` again".into(),
+        Command::Start(args) => node_change("started", &args.node),
+        Command::Stop(args) => node_change("stopped", &args.node),
+        Command::Restart(args) => node_change("restarted", &args.node),
+        Command::Failover(_) | Command::Switchover(_) => "the role change may be half done (the old primary fenced, no new primary yet): `pgrepl status` shows each node; `pgrepl failover` promotes the most advanced standby".into(),
+        Command::Rejoin(args) => format!("`{}` may be stopped or half re-cloned: run `pgrepl rejoin {}` again", args.node, args.node),
+        Command::Drill(_) => "the drill may have left a node stopped or the roles changed: `pgrepl status` shows it; `pgrepl up` restarts stopped nodes, `pgrepl rejoin NODE` brings back a former primary".into(),
+    })
+}
+
+async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     match command {
         Command::Basebackup(args) => basebackup(args, cancel).await,
         Command::Lag(args) => lag::run(args, lag::View::Lag, cancel).await,
@@ -42,6 +98,7 @@ pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<
         Command::Drill(args) => cluster::drill(args).await,
         Command::Receivewal(args) => receivewal::run(args, cancel).await,
         Command::Bench(args) => bench::run(args, cancel).await,
+        Command::Agent(args) => agent::run(args, cancel).await,
     }
 }
 
@@ -54,31 +111,6 @@ pub fn user_hint(command: &Command) -> String {
         _ => None,
     };
     user.unwrap_or_else(|| "replicator".into())
-}
-
-/// libpq precedence: flags over the -d string over the environment over defaults.
-fn connect_options(
-    args: &ConnectionArgs,
-    application_name: Option<&str>,
-) -> anyhow::Result<ConnectOptions> {
-    let mut params = match &args.conninfo {
-        Some(conninfo) => ConnParams::parse(conninfo)?,
-        None => ConnParams::default(),
-    };
-    for (key, value) in [
-        ("host", &args.host),
-        ("port", &args.port),
-        ("user", &args.user),
-    ] {
-        if let Some(value) = value {
-            params.set(key, value)?;
-        }
-    }
-    let mut options = ConnectOptions::from_process_env(params)?;
-    if options.application_name.is_none() {
-        options.application_name = application_name.map(str::to_owned);
-    }
-    Ok(options)
 }
 
 async fn basebackup(args: BasebackupArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
@@ -94,14 +126,14 @@ async fn basebackup(args: BasebackupArgs, cancel: CancellationToken) -> anyhow::
         .await
         .with_context(|| format!("base backup from `{}`", connect.redacted()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let targets: Vec<String> = summary
             .targets
             .iter()
             .map(|t| t.display().to_string())
             .collect();
-        println!(
+        outln!(
             "pgrepl: backup of system {} (PostgreSQL {}) from {} to {} on timeline {}: {} files, {}, into {}{}; {:.1} s",
             summary.system_identifier,
             summary.server_major,
@@ -152,7 +184,7 @@ fn backup_options(
     options.fast_checkpoint = matches!(args.checkpoint, CheckpointArg::Fast);
     options.estimate_size = args.progress;
     options.label = args.label.clone();
-    options.max_rate_kbps = args.max_rate.as_deref().map(parse_rate).transpose()?;
+    options.max_rate_kbps = args.max_rate.as_deref().map(parse_rate_kbps).transpose()?;
     options.slot = args.slot.clone();
     options.create_slot = args.create_slot;
     options.tablespace_mappings = args
@@ -161,6 +193,12 @@ fn backup_options(
         .map(|m| parse_mapping(m))
         .collect::<Result<_, _>>()?;
     options.sync = !args.no_sync;
+    if let Some(method) = args.sync_method {
+        options.sync_method = match method {
+            SyncMethodArg::Fsync => SyncMethod::Fsync,
+            SyncMethodArg::Syncfs => SyncMethod::Syncfs,
+        };
+    }
     options.manifest_checksums = if args.no_manifest {
         None
     } else {
@@ -191,20 +229,6 @@ fn backup_options(
         options.primary_passfile = Some(passfile.clone());
     }
     Ok(options)
-}
-
-/// kB/s, with pg_basebackup's optional `k` / `M` suffix.
-fn parse_rate(text: &str) -> anyhow::Result<u32> {
-    let (number, factor) = match text.strip_suffix(['M', 'm']) {
-        Some(n) => (n, 1024),
-        None => (text.strip_suffix(['k', 'K']).unwrap_or(text), 1),
-    };
-    number
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| anyhow!("invalid transfer rate `{text}`: give kB/s, e.g. 500k or 100M"))
 }
 
 fn parse_mapping(text: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -254,28 +278,9 @@ fn parse_host_port(text: &str, default_port: u16) -> anyhow::Result<(String, u16
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_take_pg_basebackup_suffixes() {
-        assert_eq!(parse_rate("500").unwrap(), 500);
-        assert_eq!(parse_rate("500k").unwrap(), 500);
-        assert_eq!(parse_rate("2M").unwrap(), 2048);
-        assert!(parse_rate("fast").is_err());
-    }
 
     #[test]
     fn mappings_and_owners() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::failover::FailoverOptions;
+use super::plan::FailoverOptions;
 use super::spec::ClusterSpec;
 use super::{
     expected_sync_states, node_err_sql, streaming_standbys, wait_until, Cluster, ClusterError,
@@ -314,7 +314,7 @@ impl Cluster {
     async fn drill_rejoin(&self, log: &dyn StepLog) -> Result<String, ClusterError> {
         let spec = self.current_spec()?;
         let old = self.spec.primary().name.clone();
-        self.rejoin(&old, super::failover::RejoinOptions::default(), log)
+        self.rejoin(&old, super::plan::RejoinOptions::default(), log)
             .await?;
         Ok(format!(
             "`{old}` streams from `{}`; {}",

@@ -205,7 +205,8 @@ impl Connection {
         let text = self.show("wal_segment_size").await?;
         // PostgreSQL allows powers of two from 1 MB to 1 GB; anything else would break the
         // segment arithmetic (a 0 divides by zero).
-        parse_size(&text)
+        crate::units::parse_size(&text)
+            .ok()
             .filter(|size| size.is_power_of_two() && (1 << 20..=1 << 30).contains(size))
             .ok_or(ConnectionError::Unexpected {
                 expected: "a power of two from 1MB to 1GB",
@@ -279,34 +280,5 @@ impl Connection {
             restart_lsn,
             restart_timeline,
         }))
-    }
-}
-
-/// A size as `SHOW` prints it: digits and an optional unit.
-fn parse_size(text: &str) -> Option<u64> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        _ => return None,
-    };
-    number.parse::<u64>().ok()?.checked_mul(factor)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_as_show_prints_them() {
-        assert_eq!(parse_size("16MB"), Some(16 << 20));
-        assert_eq!(parse_size("1GB"), Some(1 << 30));
-        assert_eq!(parse_size("8192"), Some(8192));
-        assert_eq!(parse_size("16 parsecs"), None);
     }
 }

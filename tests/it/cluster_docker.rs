@@ -12,6 +12,7 @@ use std::time::Instant;
 use bollard::Docker;
 
 use crate::basebackup::stderr;
+use crate::capability;
 use crate::cluster_flow::TestCluster;
 use crate::harness::{self, PgInstall};
 
@@ -83,7 +84,11 @@ fn up_checks_and_down_on_the_docker_runtime() {
     let docker = match rt.block_on(engine()) {
         Ok(docker) => docker,
         Err(why) => {
-            eprintln!("skipped: no Docker engine answers ({why})");
+            capability::skip(
+                "up_checks_and_down_on_the_docker_runtime",
+                "docker",
+                &format!("no Docker engine answers: {why}"),
+            );
             return;
         }
     };

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::basebackup::stderr;
+use crate::capability;
 use crate::harness::{self, PgInstall, PgServer};
 
 /// A cluster file in its own postgres-owned temp dir, with free ports.
@@ -567,9 +568,14 @@ fn up_works_with_other_majors_given_by_pg_bin() {
         .into_iter()
         .filter(|i| wanted.contains(&i.major))
         .collect();
-    if installs.is_empty() {
-        eprintln!("PostgreSQL 14 and 18 are not installed here; run scripts/install-pg 14 18");
-        return;
+    for major in wanted {
+        if !installs.iter().any(|i| i.major == major) {
+            capability::skip(
+                "up_works_with_other_majors_given_by_pg_bin",
+                &format!("pg{major}"),
+                &format!("run scripts/install-pg {major}"),
+            );
+        }
     }
     for install in installs {
         let cluster = TestCluster::new();

@@ -1,10 +1,13 @@
 mod basebackup;
 mod bench;
+mod capability;
 mod cluster_docker;
 mod cluster_flow;
 mod cluster_local;
+mod etcd;
 mod fake_server;
 mod faults;
+mod ha;
 mod harness;
 mod lag;
 mod lag_serve;

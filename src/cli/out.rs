@@ -1,0 +1,28 @@
+//! Results on stdout. A reader that goes away early (`pgrepl drill | head -1`) is not an error:
+//! the rest of the output is dropped quietly and the command ends with its own exit code, where
+//! `println!` would panic.
+
+use std::io::Write;
+
+use anyhow::Context;
+
+/// Writes `text` to stdout; `false` when the reader has closed the pipe.
+pub fn print(text: &str) -> anyhow::Result<bool> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("write to stdout"),
+    }
+}
+
+/// `println!` that survives a closed pipe; other write errors return from the caller.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out::print(&format!("{}\n", format_args!($($arg)*)))?
+    };
+}
+pub(crate) use outln;

@@ -1,0 +1,253 @@
+//! What `pgrepl up` built, remembered in the state directory (`cluster.json`), so that every later
+//! command finds the same cluster with no arguments, as `docker compose ps` does: the runtime, the
+//! image or the PostgreSQL binaries and their major, and the cluster file (or the built-in
+//! defaults). A later command that contradicts the record is refused, since acting on the wrong
+//! runtime or binaries harms the nodes (a local `down --purge` under running containers deletes
+//! their data; PostgreSQL 15 refuses a PostgreSQL 18 data directory).
+//!
+//! The record holds no secret: the replication password stays in the cluster file (or its
+//! password file), which the record only names.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::RuntimeKind;
+
+const FILE_NAME: &str = "cluster.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRecord {
+    pub runtime: RuntimeKind,
+    /// The cluster file `up` read (absolute), or `None` for the built-in defaults.
+    pub cluster_file: Option<PathBuf>,
+    /// docker: the image every node runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// local: the directory of the PostgreSQL binaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bin: Option<PathBuf>,
+    /// The PostgreSQL major of the nodes' data (`PG_VERSION`), once the primary exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_major: Option<u32>,
+}
+
+/// What the command line says about the cluster, to compare with the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Asked<'a> {
+    pub runtime: Option<RuntimeKind>,
+    pub image: Option<&'a str>,
+    /// The major of the binaries `--pg-bin` names.
+    pub pg_major: Option<u32>,
+    /// The cluster file given with `--cluster` (absolute), when one was.
+    pub cluster_file: Option<&'a Path>,
+}
+
+/// A command line that contradicts what exists; the text says what exists and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Contradiction(pub String);
+
+impl ClusterRecord {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(FILE_NAME)
+    }
+
+    /// `Ok(None)` when no `up` ever ran with this state directory.
+    pub fn load(state_dir: &Path) -> std::io::Result<Option<ClusterRecord>> {
+        let path = Self::path(state_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("`{}` is damaged ({e}): fix or delete it", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Written to a temporary name, synced and renamed: a crash leaves the old record or the new.
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("a record serializes");
+        crate::fs::write_durably(&Self::path(state_dir), text.as_bytes())
+    }
+
+    /// Forgets the cluster (`down --purge`, after its nodes are gone).
+    pub fn remove(state_dir: &Path) -> std::io::Result<()> {
+        match std::fs::remove_file(Self::path(state_dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a command line that names another runtime, image, major or cluster file than
+    /// the cluster in `state_dir` was built with.
+    pub fn check(&self, asked: &Asked, state_dir: &Path) -> Result<(), Contradiction> {
+        let here = state_dir.display();
+        let built = |what: String, fix: &str| {
+            Err(Contradiction(format!(
+                "the cluster in `{here}` was built {what}; {fix}, or remove it first with `pgrepl down --purge`"
+            )))
+        };
+        if let Some(runtime) = asked.runtime.filter(|r| *r != self.runtime) {
+            return built(
+                format!(
+                    "on the {} runtime, not {}",
+                    name(self.runtime),
+                    name(runtime)
+                ),
+                "drop --runtime",
+            );
+        }
+        if let (Some(image), Some(built_with)) = (asked.image, &self.image) {
+            if image != built_with {
+                return built(format!("with the image `{built_with}`"), "drop --image");
+            }
+        }
+        if let (Some(major), Some(built_major)) = (asked.pg_major, self.pg_major) {
+            if major != built_major {
+                return built(
+                    format!("with PostgreSQL {built_major}, and --pg-bin holds {major}"),
+                    &format!("give --pg-bin a PostgreSQL {built_major} directory or drop it"),
+                );
+            }
+        }
+        if let Some(file) = asked.cluster_file {
+            match &self.cluster_file {
+                Some(built_file) if built_file != file => {
+                    return built(
+                        format!("from `{}`", built_file.display()),
+                        &format!("use --cluster {}", built_file.display()),
+                    )
+                }
+                None if file.exists() => {
+                    return built("from the built-in defaults".into(), "drop --cluster")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn name(runtime: RuntimeKind) -> &'static str {
+    match runtime {
+        RuntimeKind::Local => "local",
+        RuntimeKind::Docker => "docker",
+    }
+}
+
+/// The major in a data directory's `PG_VERSION`, `None` when there is no data yet.
+pub fn data_major(data_dir: &Path) -> std::io::Result<Option<u32>> {
+    let path = data_dir.join("PG_VERSION");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("`{}` does not hold a PostgreSQL major", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docker() -> ClusterRecord {
+        ClusterRecord {
+            runtime: RuntimeKind::Docker,
+            cluster_file: None,
+            image: Some("pgrepl-local/postgres:15".into()),
+            pg_bin: None,
+            pg_major: Some(15),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_through_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(ClusterRecord::load(dir.path()).unwrap(), None);
+        docker().save(dir.path()).unwrap();
+        assert_eq!(ClusterRecord::load(dir.path()).unwrap(), Some(docker()));
+        ClusterRecord::remove(dir.path()).unwrap();
+        ClusterRecord::remove(dir.path()).unwrap();
+        assert_eq!(ClusterRecord::load(dir.path()).unwrap(), None);
+        std::fs::write(ClusterRecord::path(dir.path()), "{").unwrap();
+        let damaged = ClusterRecord::load(dir.path()).unwrap_err().to_string();
+        assert!(damaged.contains("is damaged"), "{damaged}");
+    }
+
+    #[test]
+    fn a_command_line_that_agrees_or_says_nothing_is_accepted() {
+        let state = Path::new(".pgrepl");
+        let record = docker();
+        assert_eq!(record.check(&Asked::default(), state), Ok(()));
+        let same = Asked {
+            runtime: Some(RuntimeKind::Docker),
+            image: Some("pgrepl-local/postgres:15"),
+            pg_major: Some(15),
+            cluster_file: Some(Path::new("/nonexistent/pgrepl.toml")),
+        };
+        assert_eq!(record.check(&same, state), Ok(()));
+    }
+
+    #[test]
+    fn a_contradiction_says_what_exists_and_what_to_do() {
+        let state = Path::new("/srv/.pgrepl");
+        let record = docker();
+        let local = Asked {
+            runtime: Some(RuntimeKind::Local),
+            ..Asked::default()
+        };
+        let Contradiction(text) = record.check(&local, state).unwrap_err();
+        assert_eq!(
+            text,
+            "the cluster in `/srv/.pgrepl` was built on the docker runtime, not local; drop --runtime, or remove it first with `pgrepl down --purge`"
+        );
+        let image = Asked {
+            image: Some("postgres:17"),
+            ..Asked::default()
+        };
+        assert!(record
+            .check(&image, state)
+            .unwrap_err()
+            .0
+            .contains("`pgrepl-local/postgres:15`"));
+        let major = Asked {
+            pg_major: Some(18),
+            ..Asked::default()
+        };
+        assert!(record
+            .check(&major, state)
+            .unwrap_err()
+            .0
+            .contains("PostgreSQL 15, and --pg-bin holds 18"));
+        let mut from_file = docker();
+        from_file.cluster_file = Some("/srv/pgrepl.toml".into());
+        let other = Asked {
+            cluster_file: Some(Path::new("/srv/other.toml")),
+            ..Asked::default()
+        };
+        assert!(from_file
+            .check(&other, state)
+            .unwrap_err()
+            .0
+            .contains("use --cluster /srv/pgrepl.toml"));
+    }
+
+    #[test]
+    fn data_majors_come_from_pg_version() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(data_major(dir.path()).unwrap(), None);
+        std::fs::write(dir.path().join("PG_VERSION"), "18\n").unwrap();
+        assert_eq!(data_major(dir.path()).unwrap(), Some(18));
+        std::fs::write(dir.path().join("PG_VERSION"), "x").unwrap();
+        assert!(data_major(dir.path()).is_err());
+    }
+}

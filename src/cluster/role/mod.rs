@@ -1,0 +1,175 @@
+//! Role changes carried out: failover (the primary is gone or must go), switchover (planned,
+//! lossless) and rejoin (a former primary comes back as a standby).
+//!
+//! Every change probes the nodes (`probe`), asks the pure `plan` what to do (`--dry-run` stops
+//! there), then carries it out step by step with timings. The primary is fenced before a
+//! standby is promoted, so two primaries never take writes; the other standbys are re-pointed
+//! with ALTER SYSTEM and a reload and follow the new timeline; the sync policy is applied with
+//! the names swapped. This file holds the report and the steps the three commands share.
+
+mod failover;
+mod probe;
+mod rejoin;
+mod switchover;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::spec::{ClusterSpec, NodeSpec};
+use super::topology::Topology;
+use super::{
+    alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError,
+    StepLog,
+};
+
+/// What a role change did, for the table and `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleChangeReport {
+    pub action: &'static str,
+    pub old_primary: String,
+    pub new_primary: String,
+    /// What the nodes reported before anything changed: roles, timelines, positions and how
+    /// far each standby is behind the most advanced, the old primary's slots.
+    pub checks: Vec<String>,
+    pub plan: Vec<String>,
+    pub steps: Vec<TimedStep>,
+    pub dry_run: bool,
+    pub elapsed_ms: u128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimedStep {
+    pub step: String,
+    pub ms: u128,
+}
+
+/// Records each step with how long it took, and echoes it to the step log.
+struct Steps<'a> {
+    log: &'a dyn StepLog,
+    started: Instant,
+    last: Instant,
+    done: Vec<TimedStep>,
+}
+
+impl<'a> Steps<'a> {
+    fn new(log: &'a dyn StepLog) -> Self {
+        let now = Instant::now();
+        Steps {
+            log,
+            started: now,
+            last: now,
+            done: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, step: String) {
+        let now = Instant::now();
+        self.log.step(&step);
+        self.done.push(TimedStep {
+            step,
+            ms: now.duration_since(self.last).as_millis(),
+        });
+        self.last = now;
+    }
+
+    /// Closes `report` with the steps taken and the time they took.
+    fn finish(self, report: &mut RoleChangeReport) {
+        report.elapsed_ms = self.started.elapsed().as_millis();
+        report.steps = self.done;
+    }
+}
+
+impl Cluster {
+    pub(crate) async fn promote(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        let client = self.sql(node).await?;
+        let promoted: bool = client
+            .query_one("SELECT pg_promote(true, 60)", &[])
+            .await
+            .map_err(|e| node_err_sql(node, e))?
+            .get(0);
+        if !promoted {
+            return Err(ClusterError::Check(format!(
+                "`{}` did not finish promotion within 60 s",
+                node.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn record_primary(&self, primary: &str, event: String) -> Result<(), ClusterError> {
+        let mut topology = Topology::load(&self.state_dir)?.unwrap_or(Topology {
+            primary: primary.to_owned(),
+            history: Vec::new(),
+        });
+        topology.primary = primary.to_owned();
+        topology.history.push(event);
+        topology.save(&self.state_dir)
+    }
+
+    /// Points running standbys at `primary`; they follow its new timeline by themselves
+    /// (`recovery_target_timeline = 'latest'`).
+    async fn repoint(
+        &self,
+        primary: &NodeSpec,
+        standbys: &[&NodeSpec],
+    ) -> Result<(), ClusterError> {
+        for standby in standbys {
+            if !self.runtime.is_running(standby).await {
+                continue;
+            }
+            let client = self.sql(standby).await?;
+            let conninfo = self.primary_conninfo(primary, standby);
+            alter_system(&client, standby, "primary_conninfo", &conninfo).await?;
+            reload(&client, standby).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_sync_names(&self, spec: &ClusterSpec) -> Result<(), ClusterError> {
+        let primary = spec.primary();
+        let client = self.sql(primary).await?;
+        alter_system(
+            &client,
+            primary,
+            "synchronous_standby_names",
+            &spec.synchronous_standby_names(),
+        )
+        .await?;
+        reload(&client, primary).await
+    }
+
+    async fn wait_streaming(
+        &self,
+        primary: &NodeSpec,
+        standbys: &[&NodeSpec],
+    ) -> Result<(), ClusterError> {
+        let client = self.sql(primary).await?;
+        let mut running = Vec::new();
+        for standby in standbys {
+            if self.runtime.is_running(standby).await {
+                running.push(standby.name.as_str());
+            }
+        }
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{} to stream from `{}`", running.join(", "), primary.name),
+            || async {
+                let streaming = streaming_standbys(&client).await?;
+                Ok(running
+                    .iter()
+                    .all(|n| streaming.iter().any(|(name, _)| name == n)))
+            },
+        )
+        .await
+    }
+}
+
+fn names(nodes: &[&NodeSpec]) -> String {
+    let names: Vec<String> = nodes.iter().map(|n| format!("`{}`", n.name)).collect();
+    if names.is_empty() {
+        "no other standby".into()
+    } else {
+        names.join(", ")
+    }
+}

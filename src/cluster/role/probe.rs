@@ -1,0 +1,120 @@
+//! Where each node stands before a role change: the probes the plan decides from, and the
+//! pre-flight checks a role change prints.
+
+use std::time::Duration;
+
+use super::super::plan::NodeProbe;
+use super::super::spec::{ClusterSpec, NodeSpec};
+use super::super::{node_err_sql, Cluster, ClusterError};
+use crate::lsn::Lsn;
+
+impl Cluster {
+    /// Asks every node where it stands, in parallel, each bounded by a short timeout; one
+    /// probe per node, in the cluster file's order.
+    pub async fn probe_all(&self) -> Vec<NodeProbe> {
+        futures_util::future::join_all(self.spec.nodes.iter().map(|node| async move {
+            let probe = tokio::time::timeout(Duration::from_secs(3), self.probe(node)).await;
+            probe
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_else(|| NodeProbe::unreachable(&node.name))
+        }))
+        .await
+    }
+
+    async fn probe(&self, node: &NodeSpec) -> Result<NodeProbe, ClusterError> {
+        let client = self.sql(node).await?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
+                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
+                        CASE WHEN pg_is_in_recovery() \
+                             THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                                           (SELECT timeline_id FROM pg_control_checkpoint())) \
+                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+                &[],
+            )
+            .await
+            .map_err(|e| node_err_sql(node, e))?;
+        let lsn = |i: usize| row.get::<_, Option<String>>(i).and_then(|t| t.parse().ok());
+        Ok(NodeProbe {
+            name: node.name.clone(),
+            reachable: true,
+            in_recovery: Some(row.get(0)),
+            timeline: row.get::<_, Option<i32>>(3).map(|t| t as u32),
+            received_lsn: lsn(1),
+            replayed_lsn: lsn(2),
+        })
+    }
+
+    /// The pre-flight checks a role change prints: each node's role, timeline and position, how
+    /// far each standby is behind the most advanced one, the sync names in force, and the old
+    /// primary's replication slots (read from its data directory, so also when it is down),
+    /// which are not on any standby.
+    pub(super) fn preflight(
+        &self,
+        spec: &ClusterSpec,
+        probes: &[NodeProbe],
+    ) -> Result<Vec<String>, ClusterError> {
+        let furthest = probes
+            .iter()
+            .filter(|p| p.in_recovery == Some(true))
+            .filter_map(NodeProbe::position)
+            .max();
+        let mut checks: Vec<String> = probes
+            .iter()
+            .map(|p| {
+                let timeline = p.timeline.map_or("?".into(), |t| t.to_string());
+                let at = |l: Option<Lsn>| l.map_or("?".into(), |l| l.to_string());
+                match p.in_recovery {
+                    None => format!("`{}` does not answer", p.name),
+                    Some(false) => format!(
+                        "`{}` is a primary on timeline {timeline}, flushed to {}",
+                        p.name,
+                        at(p.received_lsn)
+                    ),
+                    Some(true) => format!(
+                        "`{}` is a standby on timeline {timeline}, received {}, replayed {}, {} bytes behind the most advanced standby",
+                        p.name,
+                        at(p.received_lsn),
+                        at(p.replayed_lsn),
+                        furthest
+                            .zip(p.position())
+                            .map_or(0, |(f, at)| f.saturating_sub(at))
+                    ),
+                }
+            })
+            .collect();
+        checks.push(format!(
+            "sync names for `{}`: {}",
+            spec.primary().name,
+            spec.synchronous_standby_names()
+        ));
+        let old = spec.primary();
+        let slot_dir = self.runtime.data_dir(old).join("pg_replslot");
+        let mut slots: Vec<String> = match std::fs::read_dir(&slot_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(ClusterError::io(
+                    format!("read `{}`", slot_dir.display()),
+                    e,
+                ))
+            }
+        };
+        slots.sort();
+        checks.push(if slots.is_empty() {
+            format!("replication slots on `{}`: none", old.name)
+        } else {
+            format!(
+                "replication slots on `{}`: {} (slots stay behind on the old primary: create them again on the new one)",
+                old.name,
+                slots.join(", ")
+            )
+        });
+        Ok(checks)
+    }
+}
