@@ -42,6 +42,7 @@
 pub mod analysis;
 mod collect;
 pub mod report;
+pub mod serve;
 pub mod sql;
 pub mod sync;
 

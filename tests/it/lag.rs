@@ -3,7 +3,9 @@
 //! idle primary, unreachable nodes, synchronous replication in words, the probe, and the time a
 //! round takes.
 
+use std::net::TcpStream;
 use std::process::Output;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -392,21 +394,27 @@ fn one_round_over_three_nodes_takes_under_100_ms() {
     assert!(median < 100.0, "median round {median:.1} ms: {rounds:?}");
 }
 
-/// A node that accepts TCP connections and never answers costs one timeout; the others are
-/// still shown, and the exit code says a node is unreachable.
-#[test]
-fn a_hanging_node_is_bounded_by_the_timeout() {
-    let server = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
+/// A port that accepts and holds every connection without a byte in reply, and the connections
+/// it holds.
+pub(crate) fn silent_node() -> (u16, Arc<Mutex<Vec<TcpStream>>>) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_port = silent.local_addr().unwrap().port();
-    // Accept and hold every connection without a byte in reply.
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let port = silent.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
     let holder = held.clone();
     std::thread::spawn(move || {
         for stream in silent.incoming().flatten() {
             holder.lock().unwrap().push(stream);
         }
     });
+    (port, held)
+}
+
+/// A node that accepts TCP connections and never answers costs one timeout; the others are
+/// still shown, and the exit code says a node is unreachable.
+#[test]
+fn a_hanging_node_is_bounded_by_the_timeout() {
+    let server = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
+    let (silent_port, held) = silent_node();
     let hanging = format!("host=127.0.0.1 port={silent_port} user=postgres sslmode=disable");
     let started = Instant::now();
     let output = pgrepl(

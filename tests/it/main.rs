@@ -10,6 +10,7 @@ mod faults;
 mod ha;
 mod harness;
 mod lag;
+mod lag_serve;
 mod receivewal;
 mod secrets;
 mod tls;

@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use self::render::{lag_table, prometheus, status_table};
+use self::render::{lag_table, status_table};
 use pgrepl::conn::{ConnParams, ConnectOptions};
-use pgrepl::lag::{self, GatherOptions, Node, Thresholds};
+use pgrepl::lag::{self, serve, GatherOptions, Node, Thresholds};
 use pgrepl::units::{human_ms, parse_duration, parse_size};
 
 #[derive(Debug, Args)]
@@ -52,6 +52,16 @@ pub struct LagArgs {
     /// Give up on a node after DURATION; a shorter connect_timeout in its conninfo wins.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Keep collecting and serve /metrics (Prometheus), /status.json and a live page on ADDR
+    /// (default 127.0.0.1:9187; any other interface must be named, e.g. --serve=0.0.0.0:9187).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true,
+          default_missing_value = serve::DEFAULT_ADDR,
+          conflicts_with_all = ["json", "prometheus", "watch", "max_lag_bytes", "max_lag_time"])]
+    pub serve: Option<std::net::SocketAddr>,
+    /// With --serve: one round every DURATION.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration,
+          requires = "serve")]
+    pub interval: Duration,
 }
 
 /// Which command's human rendering to print; both print the same JSON and metrics.
@@ -76,6 +86,9 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
             .probe
             .then(|| args.timeout.max(args.max_lag_time.unwrap_or_default())),
     };
+    if let Some(addr) = args.serve {
+        return serve_until_cancelled(nodes, addr, args.interval, options, cancel).await;
+    }
     let redraw = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
     let mut code = 0;
     loop {
@@ -98,7 +111,7 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
             out.push_str(&serde_json::to_string_pretty(&report)?);
             out.push('\n');
         } else if args.prometheus {
-            out.push_str(&prometheus(&report));
+            out.push_str(&serve::metrics::render(&report, None));
         } else {
             if let Some(every) = args.watch {
                 out.push_str(&format!(
@@ -124,6 +137,23 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
         }
     }
     Ok(ExitCode::from(code))
+}
+
+async fn serve_until_cancelled(
+    nodes: Vec<Node>,
+    addr: std::net::SocketAddr,
+    interval: Duration,
+    gather: GatherOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let server = serve::Server::bind(addr).await?;
+    eprintln!(
+        "serving http://{}/ (/metrics, /status.json); ctrl-c to stop",
+        server.local_addr()?
+    );
+    let options = serve::ServeOptions { interval, gather };
+    server.run(nodes, options, cancel).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The role to name in hints: the first node's user.

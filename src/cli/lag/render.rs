@@ -1,5 +1,6 @@
-//! The renderings of a lag [`Report`] for people and for Prometheus: the `lag` and `status`
-//! tables (also the table type `bench` prints with), their footers, and the text exposition.
+//! The renderings of a lag [`Report`] for people: the `lag` and `status` tables (also the
+//! table type `bench` prints with) and their footers. Prometheus text comes from
+//! `pgrepl::lag::serve::metrics`, shared with `lag --serve`.
 
 use pgrepl::lag::{Exceeded, Report, Role, Stage, StandbyReport, Verdict};
 use pgrepl::units::{human_bytes, human_ms, lag_bytes};
@@ -336,155 +337,6 @@ fn fit(cell: &str, width: usize) -> String {
     cut
 }
 
-// ---------------------------------------------------------------------------------------------
-// Prometheus
-
-/// The report in the text exposition format: gauges only, unknown values left out.
-pub(super) fn prometheus(report: &Report) -> String {
-    let mut m = Metrics::default();
-    m.family("pgrepl_round_seconds", "Time the round took.");
-    m.sample(&[], report.round_ms / 1000.0);
-    m.family(
-        "pgrepl_problems",
-        "Problems found (unreachable or misconfigured nodes).",
-    );
-    m.sample(&[], report.problems.len() as f64);
-
-    m.family("pgrepl_node_up", "1 when the node answered.");
-    for n in &report.nodes {
-        m.sample(&[("node", &n.name)], f64::from(u8::from(n.reachable)));
-    }
-    m.family(
-        "pgrepl_node_is_primary",
-        "1 for a primary, 0 for a standby.",
-    );
-    for n in report.nodes.iter().filter(|n| n.role != Role::Unknown) {
-        m.sample(
-            &[("node", &n.name)],
-            f64::from(u8::from(n.role == Role::Primary)),
-        );
-    }
-    m.family("pgrepl_node_timeline", "The node's timeline.");
-    for n in &report.nodes {
-        if let Some(tl) = n.timeline {
-            m.sample(&[("node", &n.name)], f64::from(tl));
-        }
-    }
-    m.family(
-        "pgrepl_node_wal_position_bytes",
-        "The node's WAL position (IDENTIFY_SYSTEM).",
-    );
-    for n in &report.nodes {
-        if let Some(lsn) = n.lsn {
-            m.sample(&[("node", &n.name)], lsn.as_u64() as f64);
-        }
-    }
-
-    let labels = |s: &StandbyReport| {
-        vec![
-            ("standby", s.label().to_owned()),
-            ("node", s.node.clone().unwrap_or_default()),
-        ]
-    };
-    m.family(
-        "pgrepl_standby_info",
-        "One per standby, with its state and sync state.",
-    );
-    for s in &report.standbys {
-        let mut l = labels(s);
-        l.push(("state", s.state.clone().unwrap_or_default()));
-        l.push(("sync_state", s.sync_state.clone().unwrap_or_default()));
-        m.sample_owned(&l, 1.0);
-    }
-    m.family(
-        "pgrepl_standby_lag_bytes",
-        "WAL the standby has not reached yet, per stage.",
-    );
-    for s in &report.standbys {
-        for stage in Stage::ALL {
-            if let Some(bytes) = s.lag_bytes(stage) {
-                let mut l = labels(s);
-                l.push(("stage", stage.as_str().to_owned()));
-                m.sample_owned(&l, bytes as f64);
-            }
-        }
-    }
-    m.family(
-        "pgrepl_standby_lag_seconds",
-        "Time lag per stage; 0 when nothing is pending.",
-    );
-    for s in &report.standbys {
-        for stage in Stage::ALL {
-            if let Some(ms) = s.lag_ms(stage) {
-                let mut l = labels(s);
-                l.push(("stage", stage.as_str().to_owned()));
-                m.sample_owned(&l, ms / 1000.0);
-            }
-        }
-    }
-    m.family(
-        "pgrepl_standby_probe_seconds",
-        "Heartbeat write on the primary to visible here.",
-    );
-    for s in &report.standbys {
-        if let Some(ms) = s.probe_ms {
-            m.sample_owned(&labels(s), ms / 1000.0);
-        }
-    }
-    if let Some(sync) = &report.sync {
-        m.family(
-            "pgrepl_sync_commits_blocked",
-            "1 when commits that wait for standbys cannot complete.",
-        );
-        m.sample(&[], f64::from(u8::from(sync.commits_block)));
-        m.family(
-            "pgrepl_sync_waiting_sessions",
-            "Sessions waiting for synchronous replication.",
-        );
-        m.sample(&[], sync.waiting_sessions.len() as f64);
-    }
-    m.out
-}
-
-#[derive(Default)]
-struct Metrics {
-    out: String,
-    name: &'static str,
-}
-
-impl Metrics {
-    fn family(&mut self, name: &'static str, help: &str) {
-        self.name = name;
-        self.out
-            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-    }
-
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(self.name);
-        if !labels.is_empty() {
-            let pairs: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
-                .collect();
-            self.out.push_str(&format!("{{{}}}", pairs.join(",")));
-        }
-        self.out.push_str(&format!(" {value}\n"));
-    }
-
-    fn sample_owned(&mut self, labels: &[(&str, String)], value: f64) {
-        let borrowed: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.sample(&borrowed, value);
-    }
-}
-
-/// Backslash, double quote and newline are the three characters a label value escapes.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,9 +428,8 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_labels_are_escaped_and_unknowns_left_out() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let text = prometheus(&sample_report());
+    fn prometheus_output_uses_the_served_renderer_and_leaves_unknowns_out() {
+        let text = pgrepl::lag::serve::metrics::render(&sample_report(), None);
         assert!(
             text.contains("pgrepl_node_up{node=\"127.0.0.1:40001\"} 1\n"),
             "{text}"
