@@ -371,7 +371,9 @@ impl Cluster {
                 .map_err(|e| node_err_sql(primary, e))?;
         }
         let cidr = self.runtime.replication_clients_cidr().await?;
-        let hba_line = format!("host replication {user} {cidr} scram-sha-256");
+        // The superuser too: `status` and `lag` read each node over a replication session as
+        // the superuser, which from the host reaches a container over TCP (locally, the socket).
+        let hba_line = format!("host replication {user},postgres {cidr} scram-sha-256");
         let hba_path = self.runtime.data_dir(primary).join("pg_hba.conf");
         let hba = std::fs::read_to_string(&hba_path)
             .map_err(|e| ClusterError::io(format!("read `{}`", hba_path.display()), e))?;

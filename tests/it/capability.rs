@@ -5,6 +5,7 @@
 //! instead, so a green run means the test really ran.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 /// A capability as `PGREPL_REQUIRE` names it: `pg14`, `docker`, `tmpfs`, `etcd`, ...
 pub type Capability<'a> = &'a str;
@@ -32,6 +33,23 @@ pub fn skip(test: &str, capability: Capability, reason: &str) {
         std::io::stderr(),
         "SKIPPED {test}: no `{capability}` here ({reason}); PGREPL_REQUIRE={capability} makes this a failure"
     );
+}
+
+/// The path of `program` on PATH, or a skip of `test` for the capability named after it.
+pub fn tool(test: &str, program: &str, install_hint: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    });
+    if found.is_none() {
+        skip(
+            test,
+            program,
+            &format!("`{program}` is not on PATH: {install_hint}"),
+        );
+    }
+    found
 }
 
 #[test]

@@ -16,7 +16,21 @@ use crate::capability;
 use crate::cluster_flow::TestCluster;
 use crate::harness::{self, PgInstall};
 
-const IMAGE: &str = "pgrepl-local/postgres:15";
+pub const IMAGE: &str = "pgrepl-local/postgres:15";
+
+/// The engine's container and network names are global: one test at a time uses them.
+pub static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// An engine with the test image (built when missing), or why there is none.
+pub fn engine_with_image() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let docker = rt.block_on(engine())?;
+    rt.block_on(ensure_image(&docker));
+    Ok(())
+}
 const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
 
 /// The engine, or why there is none.
@@ -92,6 +106,7 @@ fn up_checks_and_down_on_the_docker_runtime() {
             return;
         }
     };
+    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     rt.block_on(ensure_image(&docker));
     let existing = rt.block_on(leftovers(&docker));
     assert!(

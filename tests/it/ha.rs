@@ -604,9 +604,16 @@ fn ha_postgres_crash_only_is_restarted_in_place() {
 #[test]
 fn ha_agent_refuses_an_unreachable_etcd_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgrepl.toml");
+    let init = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(["init", "--cluster"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
     let output = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(["agent", "--node", "pg_master", "--cluster"])
-        .arg(dir.path().join("pgrepl.toml"))
+        .arg(&file)
         .args(["--etcd", "http://127.0.0.1:1"])
         .output()
         .unwrap();

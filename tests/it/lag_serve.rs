@@ -8,28 +8,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::capability;
 use crate::harness::{self, PgInstall, PgServer, ServerOptions};
 use crate::lag::{silent_node, Cluster};
 
-/// The tool's path; a missing tool fails the test with the package to install, unless
-/// PGREPL_ALLOW_SKIP is set, when the test says so and is skipped.
+/// The tool's path, or a visible skip naming the package to install (a failure where
+/// PGREPL_REQUIRE names the tool, as CI does).
 fn require_tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file());
-    if found.is_none() {
-        let package = if name == "promtool" {
-            "prometheus"
-        } else {
-            name
-        };
-        let reason = format!("missing capability `{name}`: apt-get install {package}");
-        assert!(std::env::var_os("PGREPL_ALLOW_SKIP").is_some(), "{reason}");
-        eprintln!("SKIPPED: {reason}");
-    }
-    found
+    let package = if name == "promtool" {
+        "prometheus"
+    } else {
+        name
+    };
+    capability::tool("lag_serve", name, &format!("apt-get install {package}"))
 }
 
 /// A running `pgrepl lag --serve`, interrupted (SIGINT) and awaited on drop.

@@ -11,6 +11,7 @@ mod ha;
 mod harness;
 mod lag;
 mod lag_serve;
+mod no_arguments;
 mod receivewal;
 mod secrets;
 mod tls;
