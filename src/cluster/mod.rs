@@ -14,9 +14,12 @@ pub mod drill;
 pub mod dump;
 pub mod local;
 pub mod plan;
+pub mod ports;
 pub mod record;
 pub mod role;
 pub mod runtime;
+pub mod runtime_error;
+pub mod server_version;
 pub mod spec;
 pub mod topology;
 
@@ -42,6 +45,8 @@ pub enum ClusterError {
     Spec(#[from] spec::SpecError),
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Runtime(#[from] runtime_error::RuntimeError),
     #[error("{context}")]
     Io {
         context: String,
