@@ -134,6 +134,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     let options = UpOptions {
         dump: args.dump.clone(),
+        dump_database: "postgres".into(),
     };
     let summary = cluster.up(&options, &PrintSteps(Instant::now())).await?;
     if args.json {
