@@ -1,4 +1,5 @@
-//! What can go wrong inside a runtime (local processes or containers), one variant per failure,
+//! What can go wrong inside a runtime (local processes or containers) or with the state it
+//! keeps on disk (topology file, pg_control), one variant per failure,
 //! so callers such as the HA agent can match on what failed rather than on message text.
 
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ pub enum RuntimeError {
         binaries_major: u32,
         remedy: String,
     },
+    #[error("`{}` is damaged ({reason}); fix or delete it", path.display())]
+    DamagedStateFile { path: PathBuf, reason: String },
+    #[error("`{}` is too short to be pg_control", .0.display())]
+    ShortControlFile(PathBuf),
     #[error("could not tell the PostgreSQL major of {binaries}: {reason}")]
     UnknownMajor { binaries: String, reason: String },
     #[error("nothing deleted: {} still running (could not stop {}); stop {} by hand and run `pgrepl down --purge` again",
