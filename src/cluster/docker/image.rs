@@ -118,31 +118,11 @@ impl DockerRuntime {
         if let Some(major) = image.stated_major {
             return Ok(major);
         }
-        let docker = self.engine().await?;
         let name = &self.settings.image;
-        let probe = docker
-            .create_container(
-                None::<CreateContainerOptions>,
-                ContainerCreateBody {
-                    image: Some(name.clone()),
-                    entrypoint: Some(vec![
-                        format!("{}/postgres", image.bin_dir),
-                        "--version".into(),
-                    ]),
-                    labels: Some(self.labels()),
-                    host_config: Some(HostConfig {
-                        network_mode: Some("none".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(engine_err(format!(
-                "create a container from `{name}` for `postgres --version`"
-            )))?;
-        let output = self.run_to_completion(&probe.id).await;
-        self.remove_container(&probe.id).await?;
+        let entrypoint = vec![format!("{}/postgres", image.bin_dir), "--version".into()];
+        let probe = self.probe(entrypoint, "for `postgres --version`").await?;
+        let output = self.run_to_completion(&probe).await;
+        self.remove_container(&probe).await?;
         let output = output?;
         server_version::major_of_version_output(&output).ok_or_else(|| {
             RuntimeError::UnknownMajor {
@@ -153,6 +133,31 @@ impl DockerRuntime {
         })
     }
 
+    /// Creates a container of the image without network, to look into or run once; returns its
+    /// id. `purpose` completes the error message.
+    async fn probe(&self, entrypoint: Vec<String>, purpose: &str) -> Result<String, ClusterError> {
+        let image = &self.settings.image;
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            entrypoint: Some(entrypoint),
+            labels: Some(self.labels()),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .engine()
+            .await?
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(engine_err(format!(
+                "create a container from `{image}` {purpose}"
+            )))?;
+        Ok(created.id)
+    }
+
     /// The first PATH directory of the image holding both `postgres` and `initdb`. Files are
     /// looked up through the archive API on a created (never started) container.
     pub(super) async fn find_server_binaries(
@@ -160,30 +165,14 @@ impl DockerRuntime {
         path: &str,
     ) -> Result<Option<String>, ClusterError> {
         let docker = self.engine().await?;
-        let image = &self.settings.image;
-        let probe = docker
-            .create_container(
-                None::<CreateContainerOptions>,
-                ContainerCreateBody {
-                    image: Some(image.clone()),
-                    // An image without CMD cannot even be created; this one is never started.
-                    entrypoint: Some(vec!["postgres".into()]),
-                    labels: Some(self.labels()),
-                    host_config: Some(HostConfig {
-                        network_mode: Some("none".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(engine_err(format!(
-                "create a container from `{image}` to look for postgres"
-            )))?;
-        let found = self.search_path(docker, &probe.id, path).await;
+        // An image without CMD cannot even be created; this one is never started.
+        let probe = self
+            .probe(vec!["postgres".into()], "to look for postgres")
+            .await?;
+        let found = self.search_path(docker, &probe, path).await;
         let removed = docker
             .remove_container(
-                &probe.id,
+                &probe,
                 Some(RemoveContainerOptions {
                     force: true,
                     ..Default::default()
