@@ -2,9 +2,10 @@
 //! (`replication::wal_sink`), base-backup targets (`backup::target`) and the cluster's state
 //! files (`cluster::record`).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Makes the entries of `dir` (creations, renames) durable.
@@ -24,15 +25,21 @@ pub fn sync_filesystem(file: &File) -> io::Result<()> {
 
 /// Replaces `path` with `contents` so that a crash leaves the old file or the new one, never
 /// half of either: a temporary sibling is written and synced, renamed over `path`, and the
-/// directory synced.
-pub fn write_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
+/// directory synced. The file has `mode` from its creation on (0600 for a secret).
+pub fn write_durably(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = Path::new(&tmp_name);
-    let written = File::create(tmp).and_then(|mut file| {
-        file.write_all(contents)?;
-        file.sync_all()
-    });
+    let _ = std::fs::remove_file(tmp);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(tmp)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        });
     if let Err(e) = written.and_then(|()| std::fs::rename(tmp, path)) {
         let _ = std::fs::remove_file(tmp);
         return Err(e);
@@ -64,11 +71,15 @@ mod tests {
     fn a_durable_write_replaces_the_file_and_leaves_no_temporary() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("state.json");
-        write_durably(&path, b"one").unwrap();
-        write_durably(&path, b"two").unwrap();
+        write_durably(&path, b"one", 0o644).unwrap();
+        write_durably(&path, b"two", 0o600).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
         let missing_dir = tmp.path().join("missing/state.json");
-        assert!(write_durably(&missing_dir, b"x").is_err());
+        assert!(write_durably(&missing_dir, b"x", 0o644).is_err());
     }
 }

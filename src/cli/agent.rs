@@ -44,6 +44,8 @@ pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<E
         None => args
             .cluster
             .file
+            .as_deref()
+            .unwrap_or(std::path::Path::new(pgrepl::cluster::open::DEFAULT_FILE))
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pgrepl".into()),

@@ -11,7 +11,8 @@ use clap::{Args, ValueEnum};
 use plotters::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use super::lag::{cluster_nodes, conninfo_nodes, Align, Table};
+use super::lag::render::{Align, Table};
+use super::lag::{cluster_nodes, conninfo_nodes};
 use super::out::{self, outln};
 use pgrepl::bench::sample::Snapshot;
 use pgrepl::bench::{self, BenchOptions, BenchReport, Mode, ModeReport, Shape};
@@ -30,9 +31,11 @@ pub struct BenchArgs {
     /// The primary and its standbys, in any order: conninfo strings or postgresql:// URIs of a
     /// superuser (the run changes settings with ALTER SYSTEM). SQL goes to dbname, default
     /// `postgres`, where the pgbench tables are created when absent.
-    #[arg(value_name = "NODE", required_unless_present = "cluster")]
+    /// Without NODE, the cluster `pgrepl up` built here (or the one --cluster names), with the
+    /// standbys its sync policy names.
+    #[arg(value_name = "NODE")]
     pub nodes: Vec<String>,
-    /// Take the nodes, and the standbys the sync policies name, from a cluster file.
+    /// Take the nodes, and the standbys the sync policies name, from this cluster file instead.
     #[arg(long, value_name = "FILE", conflicts_with = "nodes")]
     pub cluster: Option<PathBuf>,
     /// Client sessions running the load.
@@ -86,9 +89,9 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<E
     options.duration = args.duration;
     options.scale = args.scale;
     options.modes = args.modes.clone();
-    let nodes = match &args.cluster {
-        Some(file) => {
-            let cluster = pgrepl::cluster::Cluster::open(file, &Default::default())?;
+    let nodes = match args.nodes.is_empty() {
+        true => {
+            let cluster = super::cluster::find(args.cluster.clone())?;
             let named = &cluster.spec.sync.standbys;
             options.sync_standbys = Some(if named.is_empty() {
                 cluster.spec.standbys().map(|n| n.name.clone()).collect()
@@ -97,7 +100,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<E
             });
             cluster_nodes(&cluster)
         }
-        None => conninfo_nodes(&args.nodes)?,
+        false => conninfo_nodes(&args.nodes)?,
     };
     let progress = Line {
         terminal: std::io::stderr().is_terminal(),

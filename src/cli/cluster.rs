@@ -4,10 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
+use tokio_util::sync::CancellationToken;
 
 use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
-use pgrepl::cluster::{Cluster, RuntimeChoice, StepLog, UpOptions};
+use pgrepl::cluster::{Cluster, Purpose, RuntimeChoice, StepLog, UpOptions};
+
+use super::out::outln;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RuntimeArg {
@@ -18,14 +22,10 @@ pub enum RuntimeArg {
 /// Which cluster, and where its nodes live.
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
-    /// The cluster file (`pgrepl init` writes one; the recipe's defaults when it is absent).
-    #[arg(
-        long = "cluster",
-        short = 'f',
-        default_value = "pgrepl.toml",
-        value_name = "FILE"
-    )]
-    pub file: PathBuf,
+    /// The cluster file (default: `pgrepl.toml` here, else the one `up` recorded in the state
+    /// directory, else the recipe's defaults).
+    #[arg(long = "cluster", short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// Override the file's runtime: local processes or docker containers.
     #[arg(long = "runtime", value_enum)]
     pub runtime: Option<RuntimeArg>,
@@ -44,8 +44,14 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// The cluster an existing-cluster command acts on.
     pub(super) fn open(&self) -> anyhow::Result<Cluster> {
+        self.find(Purpose::Use)
+    }
+
+    fn find(&self, purpose: Purpose) -> anyhow::Result<Cluster> {
         let choice = RuntimeChoice {
+            file: self.file.clone(),
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Local => RuntimeKind::Local,
                 RuntimeArg::Docker => RuntimeKind::Docker,
@@ -54,7 +60,7 @@ impl ClusterArgs {
             state_dir: self.state_dir.clone(),
             image: self.image.clone(),
         };
-        Ok(Cluster::open(&self.file, &choice)?)
+        Ok(Cluster::find(&choice, purpose)?)
     }
 }
 
@@ -120,33 +126,46 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
             args.file.display()
         );
     }
-    std::fs::write(&args.file, ClusterSpec::default().to_toml())?;
-    // It holds the replication password.
-    std::fs::set_permissions(
+    // 0600 from its creation on: it holds the replication password.
+    pgrepl::fs::write_durably(
         &args.file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
-    println!("wrote {}", args.file.display());
+        ClusterSpec::default().to_toml().as_bytes(),
+        0o600,
+    )
+    .with_context(|| format!("write `{}`", args.file.display()))?;
+    outln!("wrote {}", args.file.display());
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let cluster = args.cluster.open()?;
+/// The cluster `lag`, `status` and `bench` read when no node is given.
+pub fn find(file: Option<PathBuf>) -> anyhow::Result<Cluster> {
+    let choice = RuntimeChoice {
+        file,
+        ..RuntimeChoice::default()
+    };
+    Ok(Cluster::find(&choice, Purpose::Use)?)
+}
+
+pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.find(Purpose::Build)?;
     let options = UpOptions {
         dump: args.dump.clone(),
         dump_database: "postgres".into(),
+        cancel,
     };
     let summary = cluster.up(&options, &PrintSteps(Instant::now())).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<16} {:<8} {:<10} conninfo (for psql)",
-        "node", "role", "sync"
+        "node",
+        "role",
+        "sync"
     );
     for node in &summary.nodes {
-        println!(
+        outln!(
             "{:<16} {:<8} {:<10} {}",
             node.name,
             node.role,
@@ -154,7 +173,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             node.conninfo
         );
     }
-    println!(
+    outln!(
         "cluster is up: synchronous_standby_names = '{}'; {:.1} s",
         summary.synchronous_standby_names,
         summary.elapsed_ms as f64 / 1000.0
@@ -165,7 +184,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     cluster.down(args.purge).await?;
-    println!(
+    outln!(
         "cluster is down{}",
         if args.purge {
             "; its data is deleted"
@@ -191,7 +210,12 @@ pub async fn node(args: NodeArgs, action: NodeAction) -> anyhow::Result<ExitCode
         NodeAction::Stop => cluster.stop_node(&args.node).await?,
         NodeAction::Restart => cluster.restart_node(&args.node).await?,
     }
-    println!("{}: {:?} done", args.node, action);
+    let done = match action {
+        NodeAction::Start => "started",
+        NodeAction::Stop => "stopped",
+        NodeAction::Restart => "restarted",
+    };
+    outln!("{}: {done}", args.node);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -266,35 +290,38 @@ fn print_role_change(
     json: bool,
 ) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
     if report.action == "rejoin" {
-        println!(
+        outln!(
             "rejoin plan: `{}` becomes a standby of `{}`",
-            report.old_primary, report.new_primary
+            report.old_primary,
+            report.new_primary
         );
     } else {
-        println!(
+        outln!(
             "{} plan: `{}` -> `{}`",
-            report.action, report.old_primary, report.new_primary
+            report.action,
+            report.old_primary,
+            report.new_primary
         );
     }
-    println!("  checks:");
+    outln!("  checks:");
     for check in &report.checks {
-        println!("    - {check}");
+        outln!("    - {check}");
     }
     for (i, step) in report.plan.iter().enumerate() {
-        println!("  {}. {step}", i + 1);
+        outln!("  {}. {step}", i + 1);
     }
     if report.dry_run {
-        println!("dry run: nothing was changed");
+        outln!("dry run: nothing was changed");
         return Ok(());
     }
     for step in &report.steps {
-        println!("  done in {:>6} ms: {}", step.ms, step.step);
+        outln!("  done in {:>6} ms: {}", step.ms, step.step);
     }
-    println!(
+    outln!(
         "{} complete in {:.1} s",
         report.action,
         report.elapsed_ms as f64 / 1000.0
@@ -344,11 +371,11 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     let report = cluster.drill(&PrintSteps(Instant::now())).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{:<4} {:<6} {:>8}  check", "step", "result", "ms");
+        outln!("{:<4} {:<6} {:>8}  check", "step", "result", "ms");
         for step in &report.steps {
-            println!(
+            outln!(
                 "{:<4} {:<6} {:>8}  {}: {}",
                 step.step,
                 if step.passed { "PASS" } else { "FAIL" },
@@ -357,7 +384,7 @@ pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
                 step.detail
             );
         }
-        println!(
+        outln!(
             "drill {} in {:.1} s",
             if report.passed { "passed" } else { "FAILED" },
             report.elapsed_ms as f64 / 1000.0

@@ -1,5 +1,6 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
-//! renders results. Hints for errors live in `hints`, argument definitions in `args`.
+//! renders results. Hints for errors live in `hints`, argument definitions in `args` (the
+//! commands' own in their files), the single-server connection flags in `connection`.
 
 mod agent;
 pub mod args;
@@ -38,23 +39,32 @@ pub struct Interrupted(pub String);
 /// Runs one command. Errors carry their own context; `main` prints them once.
 ///
 /// Commands that watch `cancel` themselves stop their own way (a backup removes its staging,
-/// receivewal flushes, bench restores the settings). The others are dropped at the signal, at
-/// their next await: a PostgreSQL tool already running finishes first, and the error says what
-/// state the cluster may be in and which command continues from there.
+/// receivewal flushes, bench restores the settings). The others get a short grace for the steps
+/// that watch it and are then dropped at their next await: a PostgreSQL tool already running
+/// finishes first, and the error says what state the cluster may be in and which command
+/// continues from there.
 pub async fn run(command: Command, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let Some(note) = interrupted_note(&command) else {
         return run_to_end(command, cancel).await;
     };
+    let work = run_to_end(command, cancel.clone());
+    tokio::pin!(work);
     tokio::select! {
         biased;
-        () = cancel.cancelled() => Err(Interrupted(note).into()),
-        result = run_to_end(command, cancel.clone()) => match result {
+        () = cancel.cancelled() => {}
+        result = &mut work => match result {
             // A child process got the terminal's Ctrl-C too and failed because of it.
-            Err(_) if cancel.is_cancelled() => Err(Interrupted(note).into()),
-            result => result,
+            Err(_) if cancel.is_cancelled() => {}
+            result => return result,
         },
     }
+    // Steps that watch the token (up's base backup removing its staging) get a moment to finish.
+    let _ = tokio::time::timeout(INTERRUPT_GRACE, &mut work).await;
+    Err(Interrupted(note).into())
 }
+
+/// How long a signalled command may go on cleaning up before it is dropped.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a command that does not watch the token leaves when it is stopped midway; `None` for
 /// the commands that stop cleanly by themselves.
@@ -87,7 +97,7 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Lag(args) => lag::run(args, lag::View::Lag, cancel).await,
         Command::Status(args) => lag::run(args, lag::View::Status, cancel).await,
         Command::Init(args) => cluster::init(args),
-        Command::Up(args) => cluster::up(args).await,
+        Command::Up(args) => cluster::up(args, cancel).await,
         Command::Down(args) => cluster::down(args).await,
         Command::Start(args) => cluster::node(args, cluster::NodeAction::Start).await,
         Command::Stop(args) => cluster::node(args, cluster::NodeAction::Stop).await,

@@ -12,6 +12,7 @@
 pub mod docker;
 pub mod drill;
 pub mod local;
+pub mod open;
 pub mod plan;
 pub mod ports;
 pub mod record;
@@ -22,14 +23,15 @@ pub mod server_version;
 pub mod spec;
 pub mod topology;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+pub use self::open::{Purpose, RuntimeChoice};
 use self::runtime::Runtime;
-use self::spec::{ClusterSpec, NodeSpec, RuntimeKind};
+use self::spec::{ClusterSpec, NodeSpec};
 use crate::backup::{self, BackupTarget, BaseBackupOptions};
 use crate::conn::{sql, ConnectOptions, ConnectionError, Host, Password};
 // Standard SQL quoting is the same as the replication grammar's: `''` and `""` doubling.
@@ -65,6 +67,13 @@ pub enum ClusterError {
     Check(String),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+    #[error("no cluster here: no `pgrepl.toml` and nothing in `{}` (run `pgrepl up` first, or give --cluster FILE)", .0.display())]
+    NoCluster(PathBuf),
+    #[error("cluster file `{}` does not exist (`pgrepl init --cluster FILE` writes one)", .0.display())]
+    NoClusterFile(PathBuf),
+    /// The command line names another runtime, image or file than the cluster was built with.
+    #[error(transparent)]
+    Contradiction(#[from] record::Contradiction),
     #[error("no node named `{0}` in the cluster file (nodes: {1})")]
     UnknownNode(String, String),
     #[error(transparent)]
@@ -121,17 +130,8 @@ pub struct Cluster {
     pub runtime: Runtime,
     replication_password: String,
     pub(crate) state_dir: PathBuf,
-}
-
-/// How to pick and place the runtime, from the command line.
-#[derive(Debug, Default, Clone)]
-pub struct RuntimeChoice {
-    pub runtime: Option<RuntimeKind>,
-    pub pg_bin: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    /// The docker runtime's image, instead of the cluster file's `docker.image`; `up`
-    /// remembers it for the commands after it.
-    pub image: Option<String>,
+    /// The cluster file read, or `None` for the built-in defaults.
+    cluster_file: Option<PathBuf>,
 }
 
 /// What `up` does besides building the topology.
@@ -141,6 +141,8 @@ pub struct UpOptions {
     pub dump: Option<PathBuf>,
     /// The database the dump is restored into (created when absent); `postgres` by default.
     pub dump_database: String,
+    /// Ctrl-C: the base backup stops and removes what it staged.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Where a step reports progress, so the CLI can print as it goes.
@@ -167,49 +169,6 @@ pub struct NodeStatus {
 }
 
 impl Cluster {
-    /// Opens `file` (the recipe's defaults when it does not exist) with the chosen runtime.
-    pub fn open(file: &Path, choice: &RuntimeChoice) -> Result<Cluster, ClusterError> {
-        let mut spec = if file.exists() {
-            ClusterSpec::load(file)?
-        } else {
-            ClusterSpec::default()
-        };
-        if let Some(runtime) = choice.runtime {
-            spec.runtime = runtime;
-        }
-        let base = file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let base = std::path::absolute(base)
-            .map_err(|e| ClusterError::io("resolve the cluster file's directory", e))?;
-        let state_dir = base.join(choice.state_dir.as_ref().unwrap_or(&spec.state_dir));
-        let replication_password = spec.replication_password(&base)?;
-        let file_spec = spec.clone();
-        // After a failover or switchover the recorded primary decides the roles.
-        if let Some(topology) = topology::Topology::load(&state_dir)? {
-            spec = spec.with_primary(&topology.primary)?;
-        }
-        let cluster_state_dir = state_dir.clone();
-        let runtime = match spec.runtime {
-            RuntimeKind::Local => {
-                Runtime::Local(local::LocalRuntime::new(state_dir, choice.pg_bin.clone())?)
-            }
-            RuntimeKind::Docker => Runtime::Docker(Box::new(docker::DockerRuntime::new(
-                state_dir,
-                spec.docker.clone(),
-                choice.image.clone(),
-            )?)),
-        };
-        Ok(Cluster {
-            spec,
-            file_spec,
-            runtime,
-            replication_password,
-            state_dir: cluster_state_dir,
-        })
-    }
-
     /// The topology as it is now: the recorded primary may have changed since `open`.
     pub(crate) fn current_spec(&self) -> Result<ClusterSpec, ClusterError> {
         match topology::Topology::load(&self.state_dir)? {
@@ -277,11 +236,14 @@ impl Cluster {
             .transpose()?;
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
+        // Before anything is created, so an interrupted `up` is found again by every command.
+        self.save_record()?;
 
         let fresh = !self.runtime.data_dir(primary).join("PG_VERSION").exists();
         if fresh {
             log.step(&format!("initialise primary `{}`", primary.name));
             self.runtime.init_primary(primary).await?;
+            self.save_record()?;
         }
         self.ensure_running(primary, log).await?;
         // Before replication exists, so the standbys' base backup carries the data.
@@ -311,7 +273,8 @@ impl Cluster {
             .filter(|s| !self.runtime.data_dir(s).join("PG_VERSION").exists())
             .collect();
         if !missing.is_empty() {
-            self.clone_standbys(primary, &missing, log).await?;
+            self.clone_standbys(primary, &missing, &options.cancel, log)
+                .await?;
         }
         for standby in self.spec.standbys() {
             self.refuse_a_second_primary(&self.spec, standby)?;
@@ -466,6 +429,7 @@ impl Cluster {
         &self,
         primary: &NodeSpec,
         standbys: &[&NodeSpec],
+        cancel: &tokio_util::sync::CancellationToken,
         log: &dyn StepLog,
     ) -> Result<(), ClusterError> {
         let names: Vec<&str> = standbys.iter().map(|s| s.name.as_str()).collect();
@@ -492,7 +456,7 @@ impl Cluster {
             &connect,
             &options,
             Arc::new(backup::NoProgress),
-            tokio_util::sync::CancellationToken::new(),
+            cancel.clone(),
         )
         .await?;
         log.step(&format!(
@@ -599,6 +563,9 @@ impl Cluster {
         self.runtime.remove(&self.spec.nodes, purge).await?;
         if purge {
             topology::Topology::remove(&self.state_dir)?;
+            let path = record::ClusterRecord::path(&self.state_dir);
+            record::ClusterRecord::remove(&self.state_dir)
+                .map_err(|e| ClusterError::io(format!("remove `{}`", path.display()), e))?;
         }
         Ok(())
     }

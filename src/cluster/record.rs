@@ -40,7 +40,7 @@ pub struct Asked<'a> {
     pub image: Option<&'a str>,
     /// The major of the binaries `--pg-bin` names.
     pub pg_major: Option<u32>,
-    /// The cluster file given with `--cluster` (absolute), when one was.
+    /// The cluster file the command reads (absolute): `--cluster`, or `pgrepl.toml` here.
     pub cluster_file: Option<&'a Path>,
 }
 
@@ -72,7 +72,7 @@ impl ClusterRecord {
     /// Written to a temporary name, synced and renamed: a crash leaves the old record or the new.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(self).expect("a record serializes");
-        crate::fs::write_durably(&Self::path(state_dir), text.as_bytes())
+        crate::fs::write_durably(&Self::path(state_dir), text.as_bytes(), 0o644)
     }
 
     /// Forgets the cluster (`down --purge`, after its nodes are gone).
@@ -123,8 +123,11 @@ impl ClusterRecord {
                         &format!("use --cluster {}", built_file.display()),
                     )
                 }
-                None if file.exists() => {
-                    return built("from the built-in defaults".into(), "drop --cluster")
+                None => {
+                    return built(
+                        format!("from the built-in defaults, not `{}`", file.display()),
+                        "drop --cluster (or move that file away)",
+                    )
                 }
                 _ => {}
             }
@@ -184,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn a_command_line_that_agrees_or_says_nothing_is_accepted() {
+    fn a_command_line_that_agrees_is_accepted_and_a_file_against_the_defaults_is_not() {
         let state = Path::new(".pgrepl");
         let record = docker();
         assert_eq!(record.check(&Asked::default(), state), Ok(()));
@@ -192,9 +195,15 @@ mod tests {
             runtime: Some(RuntimeKind::Docker),
             image: Some("pgrepl-local/postgres:15"),
             pg_major: Some(15),
-            cluster_file: Some(Path::new("/nonexistent/pgrepl.toml")),
+            cluster_file: None,
         };
         assert_eq!(record.check(&same, state), Ok(()));
+        let file = Asked {
+            cluster_file: Some(Path::new("/srv/pgrepl.toml")),
+            ..Asked::default()
+        };
+        let Contradiction(text) = record.check(&file, state).unwrap_err();
+        assert!(text.contains("defaults, not `/srv/pgrepl.toml`"), "{text}");
     }
 
     #[test]

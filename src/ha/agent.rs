@@ -70,7 +70,12 @@ impl Agent {
         let node = cluster.node(&options.node)?.clone();
         let store =
             Store::connect(&options.endpoints, &options.cluster_name, &options.timing).await?;
-        let timing = store.agree_timing(&options.timing).await?;
+        // The first request: the client connects lazily, so this is where a wrong URL shows.
+        let timing = store.agree_timing(&options.timing).await.map_err(|e| {
+            HaError::Config(format!(
+                "{e}: start etcd, or give its client URLs with --etcd"
+            ))
+        })?;
         if timing != options.timing {
             tracing::warn!("the cluster's timing in etcd differs from this agent's; using the cluster's: {timing:?}");
             timing.validate()?;
@@ -137,7 +142,10 @@ impl Agent {
 
     /// One round: probe, publish, read, decide, act.
     async fn tick(&self, last: &mut Last) -> Decision {
-        let (local, client) = self.probe().await;
+        let Some((local, client)) = self.probe().await else {
+            // Its state is unknown (a stall, a hung server): no decision rests on a guess.
+            return decision_to_wait(last, "the server runs but does not answer SQL");
+        };
         self.shared.primary.store(
             local.server.running && !local.server.in_recovery,
             Ordering::SeqCst,
@@ -168,10 +176,7 @@ impl Agent {
             fence_due: confirmed_at.elapsed() >= self.timing.fence_after(),
             spec: &self.cluster.file_spec,
         });
-        if last.decision.as_ref() != Some(&decision) {
-            tracing::info!("{:?}: {}", decision.action, decision.reason);
-            last.decision = Some(decision.clone());
-        }
+        last.log(&decision);
         if let Err(e) = self
             .act(&decision.action, client.as_ref(), view.as_ref(), lease)
             .await
@@ -202,8 +207,9 @@ impl Agent {
         self.store.view(lease).await
     }
 
-    /// This node's server, and a session to it when it answers.
-    async fn probe(&self) -> (Local, Option<Client>) {
+    /// This node's server, and a session to it when it answers; `None` when it runs but does
+    /// not answer.
+    async fn probe(&self) -> Option<(Local, Option<Client>)> {
         let down = Local {
             server: ServerState {
                 running: false,
@@ -223,25 +229,26 @@ impl Agent {
             caught_up: Vec::new(),
         };
         if !self.cluster.runtime.is_running(&self.node).await {
-            return (down, None);
+            return Some((down, None));
         }
         match tokio::time::timeout(SQL_TIMEOUT, self.query_state()).await {
-            Ok(Ok((local, client))) => (
+            Ok(Ok((local, client))) => Some((
                 Local {
                     standby_signal: down.standby_signal,
                     ..local
                 },
                 Some(client),
-            ),
+            )),
             Ok(Err(e)) => {
                 tracing::debug!(
                     "probe `{}`: {}",
                     self.node.name,
                     crate::cluster::error_chain(&e)
                 );
-                (down, None)
+                // It may have stopped meanwhile.
+                (!self.cluster.runtime.is_running(&self.node).await).then_some((down, None))
             }
-            Err(_) => (down, None),
+            Err(_) => None,
         }
     }
 
@@ -460,6 +467,16 @@ impl Agent {
     }
 }
 
+/// A wait, logged when it is new.
+fn decision_to_wait(last: &mut Last, reason: &str) -> Decision {
+    let decision = Decision {
+        action: Action::Wait,
+        reason: reason.to_owned(),
+    };
+    last.log(&decision);
+    decision
+}
+
 /// What the loop did last, so it logs and publishes changes only.
 #[derive(Default)]
 struct Last {
@@ -468,19 +485,37 @@ struct Last {
     etcd_error: Option<String>,
 }
 
-/// A standby that lost its primary retries the connection every wal_retrieve_retry_interval
-/// (5 s by default); the agent's failovers and restarts in place are faster than that.
+impl Last {
+    /// Logs a decision that differs from the last one.
+    fn log(&mut self, decision: &Decision) {
+        if self.decision.as_ref() != Some(decision) {
+            tracing::info!("{:?}: {}", decision.action, decision.reason);
+            self.decision = Some(decision.clone());
+        }
+    }
+}
+
+/// Settings that make restarts and reconnections fast: a standby that lost its primary retries
+/// every wal_retrieve_retry_interval (5 s by default), and crash recovery first fsyncs every
+/// file of the data directory one by one unless it may sync the file system at once (syncfs).
+const FAST_RECOVERY: [(&str, &str); 2] = [
+    ("wal_retrieve_retry_interval", "200ms"),
+    ("recovery_init_sync_method", "syncfs"),
+];
+
 async fn prepare_server(agent: &Agent) {
     let node = &agent.node;
     let Ok(client) = agent.session(node).await else {
         return;
     };
     let result = async {
-        alter_system(&client, node, "wal_retrieve_retry_interval", "200ms").await?;
+        for (setting, value) in FAST_RECOVERY {
+            alter_system(&client, node, setting, value).await?;
+        }
         reload(&client, node).await
     };
     if let Err(e) = result.await {
-        tracing::warn!("set wal_retrieve_retry_interval on `{}`: {e}", node.name);
+        tracing::warn!("settings for fast recovery on `{}`: {e}", node.name);
     }
 }
 

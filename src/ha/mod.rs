@@ -93,7 +93,7 @@ impl Timing {
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
     // Boxed: the client's error is large and every etcd call returns this type.
-    #[error("etcd at {endpoints}: {source}")]
+    #[error("etcd at {endpoints}: {}", describe(source))]
     Etcd {
         endpoints: String,
         #[source]
@@ -111,6 +111,16 @@ pub enum HaError {
     Config(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+}
+
+/// gRPC failures by their message and code, without the transport's metadata dump.
+fn describe(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => {
+            format!("{} ({:?})", status.message(), status.code())
+        }
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

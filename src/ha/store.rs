@@ -5,11 +5,12 @@
 //! renewal, never the fencing deadline.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions, WatchStream, Watcher,
+    TxnResponse, WatchOptions, WatchStream, Watcher,
 };
 use serde::de::DeserializeOwned;
 
@@ -18,7 +19,10 @@ use super::records::{HistoryRecord, Keys, LeaderRecord, MemberRecord, SyncRecord
 use super::{HaError, Timing};
 
 pub struct Store {
-    client: Client,
+    /// One client per endpoint: a request goes to the one that last answered and moves on when
+    /// it cannot reach it, so a dead member costs one failed attempt, not every other request.
+    clients: Vec<Client>,
+    current: AtomicUsize,
     keys: Keys,
     endpoints: String,
     timeout: Duration,
@@ -35,20 +39,27 @@ impl Store {
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            // Notice a dead endpoint's connection quickly, so requests move to the others.
             .with_keep_alive(Duration::from_millis(500), timeout)
             .with_keep_alive_while_idle(true);
-        let client = bounded(
-            Duration::from_secs(5),
-            Client::connect(endpoints, Some(options)),
-        )
-        .await?
-        .map_err(|source| HaError::Etcd {
-            endpoints: joined.clone(),
-            source: Box::new(source),
-        })?;
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let client = bounded(
+                Duration::from_secs(5),
+                Client::connect([endpoint], Some(options.clone())),
+            )
+            .await?
+            .map_err(|source| HaError::Etcd {
+                endpoints: endpoint.clone(),
+                source: Box::new(source),
+            })?;
+            clients.push(client);
+        }
+        if clients.is_empty() {
+            return Err(HaError::Config("no etcd endpoint given".into()));
+        }
         Ok(Store {
-            client,
+            clients,
+            current: AtomicUsize::new(0),
             keys: Keys::new(cluster),
             endpoints: joined,
             timeout,
@@ -59,33 +70,59 @@ impl Store {
         &self.keys
     }
 
-    /// Runs one request within the timeout, naming the endpoints in its error.
-    async fn call<T, F>(&self, request: F) -> Result<T, HaError>
+    /// Runs one request within the timeout: on the endpoint that last answered, then on the
+    /// next ones while an endpoint cannot be reached.
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T, HaError>
     where
-        F: Future<Output = Result<T, etcd_client::Error>>,
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        bounded(self.timeout, request)
-            .await?
-            .map_err(|source| HaError::Etcd {
-                endpoints: self.endpoints.clone(),
-                source: Box::new(source),
-            })
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failure = None;
+        for attempt in 0..self.clients.len() {
+            let i = (first + attempt) % self.clients.len();
+            match tokio::time::timeout_at(deadline, request(self.clients[i].clone())).await {
+                Ok(Ok(value)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) if unreachable_endpoint(&e) => failure = Some(e),
+                Ok(Err(e)) => {
+                    return Err(HaError::Etcd {
+                        endpoints: self.endpoints.clone(),
+                        source: Box::new(e),
+                    })
+                }
+                // A hung endpoint used the whole budget: the next request starts elsewhere.
+                Err(_) => {
+                    self.current.store(i + 1, Ordering::Relaxed);
+                    return Err(HaError::EtcdTimeout(self.timeout));
+                }
+            }
+        }
+        Err(HaError::Etcd {
+            endpoints: self.endpoints.clone(),
+            source: Box::new(failure.expect("at least one endpoint was tried")),
+        })
     }
 
     pub async fn grant(&self, ttl: Duration) -> Result<i64, HaError> {
-        let mut client = self.client.clone();
+        let ttl = ttl.as_secs() as i64;
         let lease = self
-            .call(client.lease_grant(ttl.as_secs() as i64, None))
+            .call(|mut c| async move { c.lease_grant(ttl, None).await })
             .await?;
         Ok(lease.id())
     }
 
     /// One renewal: true when the lease lives on, false when etcd no longer has it.
     pub async fn renew(&self, lease: i64) -> Result<bool, HaError> {
-        let mut client = self.client.clone();
         // Opening the keep-alive stream sends the first renewal and waits for its answer, which
         // is all one renewal needs.
-        match self.call(client.lease_keep_alive(lease)).await {
+        let renewal = self
+            .call(|mut c| async move { c.lease_keep_alive(lease).await })
+            .await;
+        match renewal {
             Ok(_) => Ok(true),
             Err(HaError::Etcd { source, .. }) if matches!(&*source, etcd_client::Error::LeaseKeepAliveError(m) if m.contains("not found")) => {
                 Ok(false)
@@ -96,28 +133,39 @@ impl Store {
 
     /// Revokes the lease: the leader key and member record it holds vanish at once.
     pub async fn revoke(&self, lease: i64) -> Result<(), HaError> {
-        let mut client = self.client.clone();
-        self.call(client.lease_revoke(lease)).await.map(drop)
-    }
-
-    pub async fn publish(&self, record: &MemberRecord, lease: i64) -> Result<(), HaError> {
-        let mut client = self.client.clone();
-        let key = self.keys.member(&record.node);
-        let value = serde_json::to_string(record).expect("records serialise");
-        self.call(client.put(key, value, Some(PutOptions::new().with_lease(lease))))
+        self.call(|mut c| async move { c.lease_revoke(lease).await })
             .await
             .map(drop)
     }
 
+    pub async fn publish(&self, record: &MemberRecord, lease: i64) -> Result<(), HaError> {
+        let key = self.keys.member(&record.node);
+        let value = serde_json::to_string(record).expect("records serialise");
+        let options = PutOptions::new().with_lease(lease);
+        self.call(|mut c| {
+            let (key, value, options) = (key.clone(), value.clone(), options.clone());
+            async move { c.put(key, value, Some(options)).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, HaError> {
+        self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     /// The leader key, every member record and the sync record, from one revision.
     pub async fn view(&self, lease: i64) -> Result<View, HaError> {
-        let mut client = self.client.clone();
         let txn = Txn::new().and_then([
             TxnOp::get(self.keys.leader(), None),
             TxnOp::get(self.keys.members(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(self.keys.sync(), None),
         ]);
-        let response = self.call(client.txn(txn)).await?;
+        let response = self.txn(txn).await?;
         let mut gets = response.op_responses().into_iter().map(|r| match r {
             TxnOpResponse::Get(get) => get,
             _ => unreachable!("the transaction only reads"),
@@ -153,7 +201,6 @@ impl Store {
 
     /// Creates the leader key under `lease` if nobody holds it; true when this agent now leads.
     pub async fn take_leadership(&self, node: &str, lease: i64) -> Result<bool, HaError> {
-        let mut client = self.client.clone();
         let key = self.keys.leader();
         let value =
             serde_json::to_string(&LeaderRecord { node: node.into() }).expect("records serialise");
@@ -164,41 +211,42 @@ impl Store {
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        Ok(self.call(client.txn(txn)).await?.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// Writes the sync record only while `lease` holds the leader key; false when it does not.
     pub async fn write_sync(&self, record: &SyncRecord, lease: i64) -> Result<bool, HaError> {
-        let mut client = self.client.clone();
         let value = serde_json::to_string(record).expect("records serialise");
         let txn = Txn::new()
             .when([Compare::lease(self.keys.leader(), CompareOp::Equal, lease)])
             .and_then([TxnOp::put(self.keys.sync(), value, None)]);
-        Ok(self.call(client.txn(txn)).await?.succeeded())
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     pub async fn record_history(&self, record: &HistoryRecord) -> Result<(), HaError> {
-        let mut client = self.client.clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
+        let key = self.keys.history(now, &record.to);
         let value = serde_json::to_string(record).expect("records serialise");
-        self.call(client.put(self.keys.history(now, &record.to), value, None))
-            .await
-            .map(drop)
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
+        .await
+        .map(drop)
     }
 
     /// Writes `timing` as the cluster's if no agent did yet; returns the cluster's.
     pub async fn agree_timing(&self, timing: &Timing) -> Result<Timing, HaError> {
-        let mut client = self.client.clone();
         let key = self.keys.config();
         let value = serde_json::to_string(timing).expect("timings serialise");
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let response = self.call(client.txn(txn)).await?;
+        let response = self.txn(txn).await?;
         if response.succeeded() {
             return Ok(*timing);
         }
@@ -213,9 +261,27 @@ impl Store {
     /// A stream of every change under the cluster's prefix (it wakes the loop); the watch lasts
     /// as long as its watcher is kept.
     pub async fn watch(&self) -> Result<(Watcher, WatchStream), HaError> {
-        let mut client = self.client.clone();
-        self.call(client.watch(self.keys.prefix(), Some(WatchOptions::new().with_prefix())))
-            .await
+        let prefix = self.keys.prefix().to_owned();
+        self.call(|mut c| {
+            let prefix = prefix.clone();
+            async move {
+                c.watch(prefix, Some(WatchOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await
+    }
+}
+
+/// The endpoint could not be reached (down, refusing, no leader to forward to): another may.
+fn unreachable_endpoint(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => false,
     }
 }
 

@@ -212,7 +212,7 @@ impl SegmentWriter {
         let name = history_file_name(timeline);
         for dir in &self.dirs {
             if self.sync {
-                crate::fs::write_durably(&dir.join(&name), content)?;
+                crate::fs::write_durably(&dir.join(&name), content, 0o600)?;
             } else {
                 fs::write(dir.join(&name), content)?;
             }

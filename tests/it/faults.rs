@@ -576,19 +576,6 @@ impl Drop for FailingDisk {
     }
 }
 
-/// A capability the test cannot do without: missing, it fails the test, unless
-/// PGREPL_ALLOW_SKIP is set; then it says so on the terminal (libtest captures `eprintln!`,
-/// not a write to the stderr handle) and the caller skips.
-fn require_capability(what: &str, reason: &str) {
-    if std::env::var_os("PGREPL_ALLOW_SKIP").is_none() {
-        panic!("missing capability `{what}`: {reason} (set PGREPL_ALLOW_SKIP=1 to skip)");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: missing capability `{what}`: {reason}"
-    );
-}
-
 #[test]
 fn basebackup_fails_on_a_write_error_at_the_final_sync_and_leaves_nothing() {
     let primary = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
@@ -600,7 +587,7 @@ fn basebackup_fails_on_a_write_error_at_the_final_sync_and_leaves_nothing() {
         let disk = match FailingDisk::create(&work.path().join(method), "4m") {
             Ok(disk) => disk,
             Err(reason) => {
-                require_capability("a loop device over a small tmpfs", &reason);
+                capability::skip("basebackup sync failure (failing disk)", "loopdev", &reason);
                 return;
             }
         };

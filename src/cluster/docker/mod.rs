@@ -124,6 +124,11 @@ impl DockerRuntime {
         })
     }
 
+    /// The image the nodes run.
+    pub fn image_name(&self) -> &str {
+        &self.settings.image
+    }
+
     pub fn data_dir(&self, node: &NodeSpec) -> PathBuf {
         self.state_dir.join("volumes").join(&node.name)
     }

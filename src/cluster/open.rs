@@ -1,0 +1,176 @@
+//! Where a command finds its cluster, so that after `pgrepl up` every other command needs no
+//! argument, as `docker compose ps` does. In order:
+//! 1. the cluster file given with `--cluster`;
+//! 2. `pgrepl.toml` in the current directory;
+//! 3. the record `up` left in `./.pgrepl` (or `--state-dir`), which names the file it read, if any;
+//! 4. the built-in defaults (the recipe's cluster), for `up`; other commands refuse, since there
+//!    is nothing to act on.
+//!
+//! The runtime, image and binaries then come from the command line, else from the record, else
+//! from the file; a command line that contradicts the record is refused before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Asked, ClusterRecord};
+use super::runtime::Runtime;
+use super::spec::{ClusterSpec, RuntimeKind};
+use super::{docker, local, topology, Cluster, ClusterError};
+
+/// The cluster file a command reads when none is given.
+pub const DEFAULT_FILE: &str = "pgrepl.toml";
+
+/// How to find the cluster and place its runtime, from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct RuntimeChoice {
+    /// `--cluster FILE`.
+    pub file: Option<PathBuf>,
+    pub runtime: Option<RuntimeKind>,
+    pub pg_bin: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    /// The docker runtime's image, instead of the cluster file's `docker.image`.
+    pub image: Option<String>,
+}
+
+/// Whether the command builds the cluster (`up`, which may start from the defaults) or acts on
+/// one that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Build,
+    Use,
+}
+
+impl Cluster {
+    /// Finds the cluster the command line means (see the module doc) and opens its runtime.
+    pub fn find(choice: &RuntimeChoice, purpose: Purpose) -> Result<Cluster, ClusterError> {
+        let cwd = absolute(Path::new("."))?;
+        let here_state = cwd.join(choice.state_dir.as_deref().unwrap_or(Path::new(".pgrepl")));
+        let file = match &choice.file {
+            Some(file) if !file.exists() => {
+                return Err(ClusterError::NoClusterFile(file.clone()));
+            }
+            Some(file) => Some(absolute(file)?),
+            None if Path::new(DEFAULT_FILE).exists() => Some(cwd.join(DEFAULT_FILE)),
+            None => ClusterRecord::load(&here_state)
+                .map_err(|e| record_error(&here_state, e))?
+                .and_then(|r| r.cluster_file),
+        };
+        let (spec, base) = match &file {
+            Some(file) => (ClusterSpec::load(file)?, parent(file)),
+            None => (ClusterSpec::default(), cwd),
+        };
+        let state_dir = base.join(choice.state_dir.as_ref().unwrap_or(&spec.state_dir));
+        let found = ClusterRecord::load(&state_dir).map_err(|e| record_error(&state_dir, e))?;
+        if found.is_none() && purpose == Purpose::Use && !state_dir.exists() {
+            return Err(ClusterError::NoCluster(state_dir));
+        }
+        if let Some(found) = &found {
+            let asked = Asked {
+                runtime: choice.runtime,
+                image: choice.image.as_deref(),
+                pg_major: None,
+                cluster_file: file.as_deref(),
+            };
+            found.check(&asked, &state_dir)?;
+        }
+        let found = found.as_ref();
+        let runtime = choice
+            .runtime
+            .or(found.map(|r| r.runtime))
+            .unwrap_or(spec.runtime);
+        let pg_bin = choice
+            .pg_bin
+            .clone()
+            .or_else(|| found.and_then(|r| r.pg_bin.clone()));
+        let image = choice
+            .image
+            .clone()
+            .or_else(|| found.and_then(|r| r.image.clone()));
+        Cluster::open_at(spec, &base, state_dir, file, runtime, pg_bin, image)
+    }
+
+    /// Opens the runtime for `spec`, its roles as the last role change left them.
+    fn open_at(
+        spec: ClusterSpec,
+        base: &Path,
+        state_dir: PathBuf,
+        file: Option<PathBuf>,
+        kind: RuntimeKind,
+        pg_bin: Option<PathBuf>,
+        image: Option<String>,
+    ) -> Result<Cluster, ClusterError> {
+        let mut spec = spec;
+        spec.runtime = kind;
+        let replication_password = spec.replication_password(base)?;
+        let file_spec = spec.clone();
+        // After a failover or switchover the recorded primary decides the roles.
+        if let Some(topology) = topology::Topology::load(&state_dir)? {
+            spec = spec.with_primary(&topology.primary)?;
+        }
+        let runtime = match kind {
+            RuntimeKind::Local => {
+                Runtime::Local(local::LocalRuntime::new(state_dir.clone(), pg_bin)?)
+            }
+            RuntimeKind::Docker => Runtime::Docker(Box::new(docker::DockerRuntime::new(
+                state_dir.clone(),
+                spec.docker.clone(),
+                image,
+            )?)),
+        };
+        Ok(Cluster {
+            spec,
+            file_spec,
+            runtime,
+            replication_password,
+            state_dir,
+            cluster_file: file,
+        })
+    }
+
+    /// What `up` records: this cluster's runtime, file, image or binaries, and data major.
+    pub(crate) fn record(&self) -> Result<ClusterRecord, ClusterError> {
+        let primary_data = self.runtime.data_dir(self.file_spec.primary());
+        let pg_major = record::data_major(&primary_data)
+            .map_err(|e| ClusterError::io(format!("read `{}`", primary_data.display()), e))?;
+        let (image, pg_bin) = match &self.runtime {
+            Runtime::Local(local) => (None, Some(local.bin_dir.clone())),
+            Runtime::Docker(docker) => (Some(docker.image_name().to_owned()), None),
+        };
+        Ok(ClusterRecord {
+            runtime: self.spec.runtime,
+            cluster_file: self.cluster_file.clone(),
+            image,
+            pg_bin,
+            pg_major,
+        })
+    }
+
+    /// Writes the record when it says something new.
+    pub(crate) fn save_record(&self) -> Result<(), ClusterError> {
+        let record = self.record()?;
+        let path = ClusterRecord::path(&self.state_dir);
+        let current =
+            ClusterRecord::load(&self.state_dir).map_err(|e| record_error(&self.state_dir, e))?;
+        if current.as_ref() != Some(&record) {
+            record
+                .save(&self.state_dir)
+                .map_err(|e| ClusterError::io(format!("write `{}`", path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ClusterError> {
+    std::path::absolute(path)
+        .map_err(|e| ClusterError::io(format!("resolve `{}`", path.display()), e))
+}
+
+fn parent(file: &Path) -> PathBuf {
+    file.parent().unwrap_or(Path::new("/")).to_owned()
+}
+
+fn record_error(state_dir: &Path, error: std::io::Error) -> ClusterError {
+    ClusterError::io(
+        format!("read `{}`", ClusterRecord::path(state_dir).display()),
+        error,
+    )
+}
