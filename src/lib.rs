@@ -24,6 +24,7 @@ pub mod backup;
 pub mod bench;
 pub mod cluster;
 pub mod conn;
+pub mod dump;
 pub mod fs;
 pub mod ha;
 pub mod lag;

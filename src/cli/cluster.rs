@@ -150,6 +150,7 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
     let cluster = args.cluster.find(Purpose::Build)?;
     let options = UpOptions {
         dump: args.dump.clone(),
+        dump_database: "postgres".into(),
         cancel,
     };
     let summary = cluster.up(&options, &PrintSteps(Instant::now())).await?;

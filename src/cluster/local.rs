@@ -5,12 +5,17 @@
 //! Processes are started with `pg_ctl start -w` so they outlive pgrepl, and stopped with
 //! `pg_ctl stop`; the port and socket directory are given on the command line, so a standby
 //! cloned from the primary never inherits the primary's port.
+//!
+//! Everything here blocks (child processes, waits on pids): `runtime` calls it off the async
+//! workers.
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::runtime_error::RuntimeError;
+use super::server_version::{self, Binaries};
 use super::spec::NodeSpec;
 use super::ClusterError;
 use crate::conn::{ConnectOptions, Host};
@@ -29,19 +34,8 @@ impl LocalRuntime {
     pub fn new(state_dir: PathBuf, pg_bin: Option<PathBuf>) -> Result<LocalRuntime, ClusterError> {
         let bin_dir = match pg_bin {
             Some(dir) if dir.join("postgres").is_file() && dir.join("initdb").is_file() => dir,
-            Some(dir) => {
-                return Err(ClusterError::Setup(format!(
-                    "`{}` has no postgres and initdb binaries; give the bin directory of a PostgreSQL installation",
-                    dir.display()
-                )))
-            }
-            None => find_bin_dir().ok_or_else(|| {
-                ClusterError::Setup(
-                    "no PostgreSQL binaries found (PATH, pg_config, /usr/lib/postgresql/*/bin): install PostgreSQL \
-                     (e.g. apt-get install postgresql-15) or give --pg-bin DIR"
-                        .into(),
-                )
-            })?,
+            Some(dir) => return Err(RuntimeError::NotABinDir(dir).into()),
+            None => find_bin_dir().ok_or(RuntimeError::NoBinaries)?,
         };
         // PATH may hold links to a few of the binaries only (postgres, initdb, pg_ctl): the
         // installation's own directory has the rest too (pg_rewind).
@@ -116,8 +110,48 @@ impl LocalRuntime {
         )
     }
 
+    /// The major of the binaries, from `postgres --version`.
+    pub fn server_major(&self) -> Result<u32, RuntimeError> {
+        let postgres = self.bin_dir.join("postgres");
+        let unknown = |reason: String| RuntimeError::UnknownMajor {
+            binaries: format!("`{}`", self.bin_dir.display()),
+            reason,
+        };
+        let output = Command::new(&postgres)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| unknown(format!("`{} --version`: {e}", postgres.display())))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        server_version::major_of_version_output(&text)
+            .ok_or_else(|| unknown(format!("`postgres --version` printed `{}`", text.trim())))
+    }
+
+    /// Refuses to start a node whose data another major wrote.
+    fn check_version(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        let pg_version = self.data_dir(node).join("PG_VERSION");
+        let text = match std::fs::read_to_string(&pg_version) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(ClusterError::io(
+                    format!("read `{}`", pg_version.display()),
+                    e,
+                ))
+            }
+        };
+        let binaries = Binaries::Dir(&self.bin_dir);
+        server_version::check(&node.name, text.as_deref(), binaries, self.server_major()?)?;
+        Ok(())
+    }
+
+    /// Starts the node unless its own postmaster already runs (an interrupted `up` left it);
+    /// the caller has checked that no one else listens on its port.
     pub fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
-        super::runtime::ensure_port_free(node)?;
+        if self.is_running(node) {
+            return Ok(());
+        }
+        self.check_version(node)?;
         self.clear_stale_locks(node)?;
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
@@ -141,11 +175,12 @@ impl LocalRuntime {
             ],
         )
         .map_err(|e| {
-            ClusterError::Setup(format!(
-                "start `{}`: {e}; see `{}`",
-                node.name,
-                log.display()
-            ))
+            RuntimeError::StartFailed {
+                node: node.name.clone(),
+                error: e.to_string(),
+                log,
+            }
+            .into()
         })
     }
 
@@ -179,11 +214,43 @@ impl LocalRuntime {
             // SAFETY: plain kill(2) on pids of this node's server processes.
             unsafe { libc::kill(victim, libc::SIGKILL) };
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while alive(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        wait_gone(pid, KILL_WAIT);
+        Ok(())
+    }
+
+    /// Stops every node and confirms its postmaster exited; with `purge` then deletes the
+    /// state directory. A node that cannot be stopped (fast, then immediate) keeps everything:
+    /// deleting the data under a live server would crash it.
+    pub fn remove(&self, nodes: &[NodeSpec], purge: bool) -> Result<(), ClusterError> {
+        let mut not_stopped = Vec::new();
+        for node in nodes {
+            if let Err(e) = self.stop_confirmed(node) {
+                tracing::warn!(node = %node.name, "could not stop: {e:#}");
+                not_stopped.push(node.name.clone());
+            }
+        }
+        if !not_stopped.is_empty() {
+            return Err(RuntimeError::NotStopped(not_stopped).into());
+        }
+        if purge && self.state_dir.exists() {
+            std::fs::remove_dir_all(&self.state_dir).map_err(|e| {
+                ClusterError::io(format!("remove `{}`", self.state_dir.display()), e)
+            })?;
         }
         Ok(())
+    }
+
+    /// A fast stop, an immediate one if that fails, then proof: the postmaster's pid is gone.
+    fn stop_confirmed(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        let Some(pid) = self.postmaster_pid(node).filter(|&pid| alive(pid)) else {
+            return Ok(());
+        };
+        match self.stop(node, true).or_else(|_| self.stop(node, false)) {
+            Ok(()) if wait_gone(pid, KILL_WAIT) => Ok(()),
+            Ok(()) => Err(RuntimeError::NotStopped(vec![node.name.clone()]).into()),
+            Err(_) if !alive(pid) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn is_running(&self, node: &NodeSpec) -> bool {
@@ -229,14 +296,11 @@ impl LocalRuntime {
     /// Rewinds the stopped node's data directory to where it forked from `source`, with the
     /// stock pg_rewind reaching `source` over the socket directory; returns what it printed.
     pub fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
+        if !self.bin_dir.join("pg_rewind").is_file() {
+            return Err(RuntimeError::NoRewind(self.bin_dir.clone()).into());
+        }
         // pg_rewind finishes a crashed node's recovery in single-user mode, which a stale
         // postmaster.pid would stop.
-        if !self.bin_dir.join("pg_rewind").is_file() {
-            return Err(ClusterError::Setup(format!(
-                "`pg_rewind` is not in `{}`: install it with the PostgreSQL server package, or rejoin without --rewind",
-                self.bin_dir.display()
-            )));
-        }
         self.clear_stale_locks(node)?;
         let data = self.data_dir(node);
         let conninfo = self.superuser(source).redacted();
@@ -290,8 +354,27 @@ impl LocalRuntime {
             .find(|l| l.contains("error:") || l.contains("FATAL:"))
             .or_else(|| lines().next())
             .unwrap_or("no output");
-        Err(ClusterError::Setup(format!("`{tool}` failed: {error}")))
+        Err(RuntimeError::ToolFailed {
+            tool: tool.to_owned(),
+            error: error.to_owned(),
+        }
+        .into())
     }
+}
+
+/// How long a stopped or killed postmaster may take to exit.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (blocking) up to `timeout` for `pid` to exit; true when it did.
+fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
 }
 
 /// A process that exists and is not a zombie (a killed postmaster stays a zombie until its
@@ -366,11 +449,7 @@ fn postgres_user() -> Result<(u32, u32), ClusterError> {
     // SAFETY: getpwnam returns a pointer into static storage or null; we copy out at once.
     let entry = unsafe { libc::getpwnam(name.as_ptr()) };
     if entry.is_null() {
-        return Err(ClusterError::Setup(
-            "pgrepl runs as root and PostgreSQL refuses root: create an OS user `postgres` \
-             (useradd --system postgres) or run pgrepl as an ordinary user"
-                .into(),
-        ));
+        return Err(RuntimeError::NoServerUser.into());
     }
     // SAFETY: checked non-null above.
     let entry = unsafe { &*entry };

@@ -11,13 +11,15 @@
 
 pub mod docker;
 pub mod drill;
-pub mod dump;
 pub mod local;
 pub mod open;
 pub mod plan;
+pub mod ports;
 pub mod record;
 pub mod role;
 pub mod runtime;
+pub mod runtime_error;
+pub mod server_version;
 pub mod spec;
 pub mod topology;
 
@@ -44,6 +46,8 @@ pub enum ClusterError {
     Spec(#[from] spec::SpecError),
     #[error("{0}")]
     Setup(String),
+    #[error(transparent)]
+    Runtime(#[from] runtime_error::RuntimeError),
     #[error("{context}")]
     Io {
         context: String,
@@ -73,7 +77,7 @@ pub enum ClusterError {
     #[error("no node named `{0}` in the cluster file (nodes: {1})")]
     UnknownNode(String, String),
     #[error(transparent)]
-    Dump(Box<dump::DumpError>),
+    Dump(Box<crate::dump::DumpError>),
     /// A role change refused before anything changed.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
@@ -85,8 +89,8 @@ impl From<backup::BackupError> for ClusterError {
     }
 }
 
-impl From<dump::DumpError> for ClusterError {
-    fn from(error: dump::DumpError) -> Self {
+impl From<crate::dump::DumpError> for ClusterError {
+    fn from(error: crate::dump::DumpError) -> Self {
         Self::Dump(Box::new(error))
     }
 }
@@ -135,6 +139,8 @@ pub struct Cluster {
 pub struct UpOptions {
     /// A plain-format SQL dump restored into the primary when this run initialises it.
     pub dump: Option<PathBuf>,
+    /// The database the dump is restored into (created when absent); `postgres` by default.
+    pub dump_database: String,
     /// Ctrl-C: the base backup stops and removes what it staged.
     pub cancel: tokio_util::sync::CancellationToken,
 }
@@ -226,7 +232,7 @@ impl Cluster {
         let dump = options
             .dump
             .as_deref()
-            .map(dump::DumpFile::open)
+            .map(crate::dump::DumpFile::open)
             .transpose()?;
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
@@ -245,7 +251,11 @@ impl Cluster {
             let path = dump.path().display().to_string();
             if fresh {
                 log.step(&format!("restore `{path}` into `{}`", primary.name));
-                let summary = dump::restore(&self.runtime.superuser(primary), dump, log).await?;
+                let (superuser, step) = (self.runtime.superuser(primary), |s: &str| log.step(s));
+                // An UpOptions::default() names no database: the default one.
+                let database = Some(options.dump_database.as_str()).filter(|d| !d.is_empty());
+                let database = database.unwrap_or(sql::DEFAULT_DATABASE);
+                let summary = crate::dump::restore(&superuser, dump, database, &step).await?;
                 log.step(&format!("restored `{path}`: {summary}"));
             } else {
                 log.step(&format!(

@@ -1,10 +1,15 @@
 //! The runtimes a cluster's nodes can live in, behind one interface: the orchestration in
-//! `cluster` never knows whether a node is a local process or a container.
+//! `cluster` never knows whether a node is a local process or a container. The local runtime's
+//! work blocks (child processes, pid waits), so it runs here on tokio's blocking pool.
+//!
+//! Arrows point down: this file dispatches to `local` and `docker`, which share `ports`,
+//! `server_version` and `runtime_error` and import nothing from here.
 
 use std::path::PathBuf;
 
 use super::docker::DockerRuntime;
 use super::local::LocalRuntime;
+use super::ports;
 use super::spec::NodeSpec;
 use super::ClusterError;
 use crate::conn::ConnectOptions;
@@ -20,7 +25,10 @@ impl Runtime {
     /// Creates what the nodes need before any of them exists (directories, a network).
     pub async fn prepare(&self, nodes: &[NodeSpec]) -> Result<(), ClusterError> {
         match self {
-            Runtime::Local(local) => local.prepare(nodes),
+            Runtime::Local(local) => {
+                let nodes = nodes.to_vec();
+                blocking(local, move |local| local.prepare(&nodes)).await
+            }
             Runtime::Docker(docker) => docker.prepare(nodes).await,
         }
     }
@@ -33,19 +41,36 @@ impl Runtime {
         }
     }
 
+    /// The PostgreSQL major of the server binaries the nodes run (the local bin directory's,
+    /// or the image's).
+    pub async fn server_major(&self) -> Result<u32, ClusterError> {
+        match self {
+            Runtime::Local(local) => blocking(local, |local| Ok(local.server_major()?)).await,
+            Runtime::Docker(docker) => docker.server_major().await,
+        }
+    }
+
     /// Creates a new, empty primary (initdb, or a container's first start).
     pub async fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         match self {
-            Runtime::Local(local) => local.init_primary(node),
+            Runtime::Local(local) => {
+                let node = node.clone();
+                blocking(local, move |local| local.init_primary(&node)).await
+            }
             Runtime::Docker(docker) => docker.init_primary(node).await,
         }
     }
 
-    /// Starts an existing node and returns once it accepts connections.
+    /// Starts an existing node and returns once it accepts connections. A node whose data
+    /// another PostgreSQL major wrote is refused before anything starts.
     pub async fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => {
-                blocking(local, node, move |local, node| local.start(&node)).await
+                if !local.is_running(node) {
+                    ports::ensure_free(node).await?;
+                }
+                let node = node.clone();
+                blocking(local, move |local| local.start(&node)).await
             }
             Runtime::Docker(docker) => docker.start(node).await,
         }
@@ -55,7 +80,8 @@ impl Runtime {
     pub async fn stop(&self, node: &NodeSpec, fast: bool) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => {
-                blocking(local, node, move |local, node| local.stop(&node, fast)).await
+                let node = node.clone();
+                blocking(local, move |local| local.stop(&node, fast)).await
             }
             Runtime::Docker(docker) => docker.stop(node, fast).await,
         }
@@ -64,7 +90,10 @@ impl Runtime {
     /// Kills the node's server without any shutdown: a crash.
     pub async fn kill(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         match self {
-            Runtime::Local(local) => local.kill(node),
+            Runtime::Local(local) => {
+                let node = node.clone();
+                blocking(local, move |local| local.kill(&node)).await
+            }
             Runtime::Docker(docker) => docker.kill(node).await,
         }
     }
@@ -74,8 +103,8 @@ impl Runtime {
     pub async fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
         match self {
             Runtime::Local(local) => {
-                let source = source.clone();
-                blocking(local, node, move |local, node| local.rewind(&node, &source)).await
+                let (node, source) = (node.clone(), source.clone());
+                blocking(local, move |local| local.rewind(&node, &source)).await
             }
             Runtime::Docker(docker) => docker.rewind(node, source).await,
         }
@@ -88,19 +117,14 @@ impl Runtime {
         }
     }
 
-    /// Removes what `prepare` and the nodes created; data too when `purge`.
+    /// Stops the nodes and confirms each is gone (process exited, container removed), then
+    /// removes what `prepare` created; data too when `purge`. When a node cannot be stopped,
+    /// nothing is deleted and the error names it.
     pub async fn remove(&self, nodes: &[NodeSpec], purge: bool) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => {
-                for node in nodes {
-                    local.stop(node, true)?;
-                }
-                if purge && local.state_dir.exists() {
-                    std::fs::remove_dir_all(&local.state_dir).map_err(|e| {
-                        ClusterError::io(format!("remove `{}`", local.state_dir.display()), e)
-                    })?;
-                }
-                Ok(())
+                let nodes = nodes.to_vec();
+                blocking(local, move |local| local.remove(&nodes, purge)).await
             }
             Runtime::Docker(docker) => docker.remove(nodes, purge).await,
         }
@@ -151,25 +175,15 @@ impl Runtime {
     }
 }
 
-/// Runs a local-runtime operation (which waits on `pg_ctl`) off the async workers, so several
-/// nodes can start at once.
-async fn blocking<T, F>(local: &LocalRuntime, node: &NodeSpec, work: F) -> Result<T, ClusterError>
+/// Runs a local-runtime operation (which waits on child processes and pids) off the async
+/// workers, so several nodes can start at once and the workers stay free.
+async fn blocking<T, F>(local: &LocalRuntime, work: F) -> Result<T, ClusterError>
 where
     T: Send + 'static,
-    F: FnOnce(LocalRuntime, NodeSpec) -> Result<T, ClusterError> + Send + 'static,
+    F: FnOnce(LocalRuntime) -> Result<T, ClusterError> + Send + 'static,
 {
-    let (local, node) = (local.clone(), node.clone());
-    tokio::task::spawn_blocking(move || work(local, node))
+    let local = local.clone();
+    tokio::task::spawn_blocking(move || work(local))
         .await
         .map_err(|e| ClusterError::io("run a node operation", std::io::Error::other(e)))?
-}
-
-/// Refuses a node whose host port something else already listens on, before anything is created.
-pub(super) fn ensure_port_free(node: &NodeSpec) -> Result<(), ClusterError> {
-    std::net::TcpListener::bind(("127.0.0.1", node.port)).map(drop).map_err(|_| {
-        ClusterError::Setup(format!(
-            "port {} for `{}` is in use: stop what listens there, or change the node's port in the cluster file",
-            node.port, node.name
-        ))
-    })
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::runtime_error::RuntimeError;
 use super::ClusterError;
 
 const FILE_NAME: &str = "topology.json";
@@ -29,10 +30,11 @@ impl Topology {
         let path = Self::path(state_dir);
         match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-                ClusterError::Setup(format!(
-                    "`{}` is damaged ({e}); fix or delete it",
-                    path.display()
-                ))
+                RuntimeError::DamagedStateFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+                .into()
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ClusterError::io(format!("read `{}`", path.display()), e)),
@@ -80,12 +82,7 @@ impl ControlFile {
         let path = data_dir.join("global/pg_control");
         let bytes = std::fs::read(&path)
             .map_err(|e| ClusterError::io(format!("read `{}`", path.display()), e))?;
-        Self::parse(&bytes).ok_or_else(|| {
-            ClusterError::Setup(format!(
-                "`{}` is too short to be pg_control",
-                path.display()
-            ))
-        })
+        Self::parse(&bytes).ok_or_else(|| RuntimeError::ShortControlFile(path).into())
     }
 
     /// ControlFileData starts: u64 system_identifier, u32 version, u32 catalog version,

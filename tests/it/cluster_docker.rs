@@ -122,15 +122,28 @@ fn up_checks_and_down_on_the_docker_runtime() {
     )
     .unwrap();
 
-    // Bad input: one line, and nothing created.
+    // Bad input: one line, and nothing created. An image the engine lacks is pulled through
+    // the engine; no registry answers here, so the pull fails quickly with the way out.
+    let started = Instant::now();
     let output = cluster.pgrepl(&["up", "--image", "pgrepl-test/no-such-image:1"]);
-    assert_eq!(output.status.code(), Some(2));
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{log}");
     assert!(
-        stderr(&output)
-            .contains("image `pgrepl-test/no-such-image:1` is not on this Docker engine"),
-        "{}",
-        stderr(&output)
+        log.contains("image `pgrepl-test/no-such-image:1` is not on this Docker engine and pulling it failed"),
+        "{log}"
     );
+    assert!(log.contains("compose/build-image"), "{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("pgrepl: ")).count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "the failed pull took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(rt.block_on(leftovers(&docker)), Vec::<String>::new());
     let busy = std::net::TcpListener::bind(("127.0.0.1", cluster.ports[2])).unwrap();
     let output = cluster.pgrepl(&["up", "--image", IMAGE]);
     assert_eq!(output.status.code(), Some(2));

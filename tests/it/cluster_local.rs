@@ -284,3 +284,57 @@ fn a_failing_dump_names_its_line_and_down_purge_cleans_up() {
     );
     assert!(!cluster.state_dir().exists());
 }
+
+/// `down --purge` with a node pgrepl cannot stop: its postmaster.pid names a live process the
+/// server user may not signal (root's), as when a server of another user runs over that data
+/// directory. pg_ctl's stop is refused by the kernel, so the "server" stays: purge deletes
+/// nothing and names the node; once the process is gone, purge works.
+#[test]
+fn down_purge_deletes_nothing_while_a_node_it_cannot_stop_runs() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        crate::capability::skip(
+            "down_purge_deletes_nothing_while_a_node_it_cannot_stop_runs",
+            "root",
+            "needs a process the server user cannot signal",
+        );
+        return;
+    }
+    let cluster = TestCluster::new();
+    let output = cluster.run("up", &[]);
+    assert!(output.status.success(), "up: {}", stderr(&output));
+    let output = cluster.run("stop", &["pg_asyncslave"]);
+    assert!(output.status.success(), "stop: {}", stderr(&output));
+    let mut stranger = Command::new("sleep").arg("600").spawn().unwrap();
+    let data = cluster.state_dir().join("pg_asyncslave/data");
+    fs::write(data.join("postmaster.pid"), format!("{}\n", stranger.id())).unwrap();
+
+    let output = cluster.run("down", &["--purge"]);
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("nothing deleted") && log.contains("could not stop `pg_asyncslave`"),
+        "{log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("pgrepl: ")).count(),
+        1,
+        "{log}"
+    );
+    for node in ["pg_master", "pg_slave", "pg_asyncslave"] {
+        let pg_version = cluster.state_dir().join(node).join("data/PG_VERSION");
+        assert!(
+            pg_version.exists(),
+            "`{}` was deleted",
+            pg_version.display()
+        );
+    }
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger was stopped after all"
+    );
+
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+    cluster.down_purge();
+}

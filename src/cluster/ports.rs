@@ -1,0 +1,182 @@
+//! Is a node's host port free for its server? Only a LISTENER makes it taken: a client
+//! connection whose local end happens to have that port (the default ports lie in Linux's
+//! ephemeral range) goes away by itself, so a bind that fails without a listener is retried.
+//!
+//! Listeners are read from /proc/net/tcp and tcp6, where each socket's state is shown; the
+//! parsing and the decision are pure, the retry loop sits on top.
+
+use std::time::Duration;
+
+use super::runtime_error::RuntimeError;
+use super::spec::NodeSpec;
+
+/// Linux's default `net.ipv4.ip_local_port_range`.
+pub const EPHEMERAL: (u16, u16) = (32768, 60999);
+/// How long a bind may keep failing without a listener before pgrepl gives up.
+const CLIENT_HOLD_WAIT: Duration = Duration::from_secs(5);
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+/// `st` of a listening socket in /proc/net/tcp*.
+const TCP_LISTEN: &str = "0A";
+
+/// What a check of the port found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortState {
+    Free,
+    /// Something listens on it: a server of someone else's (or ours, which callers rule out
+    /// first by asking the runtime whether the node runs).
+    Listener,
+    /// The bind failed with no listener: a client socket's local end, gone soon.
+    HeldByClient,
+}
+
+/// The decision from what /proc shows and whether a test bind succeeded.
+pub fn decide(listener: bool, bind_ok: bool) -> PortState {
+    match (listener, bind_ok) {
+        (true, _) => PortState::Listener,
+        (false, true) => PortState::Free,
+        (false, false) => PortState::HeldByClient,
+    }
+}
+
+/// Whether `table` (the text of /proc/net/tcp or tcp6) has a socket listening on `port` at an
+/// address a server on 127.0.0.1 would collide with: loopback or the wildcard.
+pub fn listens(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(local), Some(_remote), Some(state)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        let Some((address, hex_port)) = local.split_once(':') else {
+            return false;
+        };
+        state == TCP_LISTEN
+            && u16::from_str_radix(hex_port, 16) == Ok(port)
+            && collides_with_loopback(address)
+    })
+}
+
+/// The kernel prints addresses as native-endian 32-bit words in hex: 127.0.0.1 is `0100007F`
+/// on little-endian machines, `7F000001` on big-endian ones.
+fn collides_with_loopback(address: &str) -> bool {
+    let loopback = format!("{:08X}", u32::from_ne_bytes([127, 0, 0, 1]));
+    let mapped = format!(
+        "0000000000000000{:08X}{loopback}",
+        u32::from_ne_bytes([0, 0, 0xff, 0xff])
+    );
+    address.chars().all(|c| c == '0') || address == loopback || address == mapped
+}
+
+fn listener_on(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .any(|table| listens(&table, port))
+}
+
+fn check(port: u16) -> PortState {
+    let bind_ok = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    // After the bind, so a listener that appears between the two is still seen as one.
+    decide(listener_on(port), bind_ok)
+}
+
+/// Refuses a node whose host port something listens on, before anything is created; waits out
+/// a client connection that holds the port for a moment.
+pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {
+    let deadline = tokio::time::Instant::now() + CLIENT_HOLD_WAIT;
+    loop {
+        match check(node.port) {
+            PortState::Free => return Ok(()),
+            PortState::Listener => {
+                return Err(RuntimeError::PortInUse {
+                    node: node.name.clone(),
+                    port: node.port,
+                })
+            }
+            PortState::HeldByClient if tokio::time::Instant::now() >= deadline => {
+                return Err(RuntimeError::PortHeldByClient {
+                    node: node.name.clone(),
+                    port: node.port,
+                })
+            }
+            PortState::HeldByClient => {
+                tracing::debug!(port = node.port, "port held by a client socket: retrying");
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    fn row(local: &str, state: &str) -> String {
+        format!("   0: {local} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n")
+    }
+
+    fn loopback() -> String {
+        format!("{:08X}", u32::from_ne_bytes([127, 0, 0, 1]))
+    }
+
+    #[test]
+    fn only_a_listener_on_loopback_or_the_wildcard_takes_the_port() {
+        // 54322 = 0xD432.
+        let listening = format!("{HEADER}{}", row(&format!("{}:D432", loopback()), "0A"));
+        assert!(listens(&listening, 54322));
+        assert!(!listens(&listening, 54321));
+        let wildcard = format!("{HEADER}{}", row("00000000:D432", "0A"));
+        assert!(listens(&wildcard, 54322));
+        // An established client connection whose local end is 127.0.0.1:54322.
+        let client = format!("{HEADER}{}", row(&format!("{}:D432", loopback()), "01"));
+        assert!(!listens(&client, 54322));
+        // A listener on another address does not collide with 127.0.0.1.
+        let other = format!(
+            "{HEADER}{}",
+            row(
+                &format!("{:08X}:D432", u32::from_ne_bytes([10, 0, 0, 5])),
+                "0A"
+            )
+        );
+        assert!(!listens(&other, 54322));
+        let v6_any = format!(
+            "{HEADER}{}",
+            row("00000000000000000000000000000000:D432", "0A")
+        );
+        assert!(listens(&v6_any, 54322));
+        assert!(!listens(HEADER, 54322));
+    }
+
+    #[test]
+    fn a_failed_bind_without_listener_is_a_client_and_is_retried() {
+        assert_eq!(decide(false, true), PortState::Free);
+        assert_eq!(decide(true, false), PortState::Listener);
+        assert_eq!(decide(true, true), PortState::Listener);
+        assert_eq!(decide(false, false), PortState::HeldByClient);
+    }
+
+    #[tokio::test]
+    async fn a_real_listener_is_refused_and_a_client_socket_is_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listener_on(port));
+        let node = NodeSpec {
+            name: "pg_x".into(),
+            role: crate::cluster::spec::NodeRole::Primary,
+            port,
+        };
+        let error = ensure_free(&node).await.unwrap_err();
+        assert!(
+            matches!(error, RuntimeError::PortInUse { port: p, .. } if p == port),
+            "{error}"
+        );
+        // A client connection: its local end is an ephemeral port with no listener.
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        assert!(!listener_on(client_port));
+        drop(listener);
+    }
+}
