@@ -88,6 +88,14 @@ pub struct UpArgs {
     /// \restrict and \unrestrict are skipped); any other stops the restore.
     #[arg(long = "dump", value_name = "FILE")]
     pub dump: Option<PathBuf>,
+    /// The database the dump is restored into, created when absent (the recipe uses `user`).
+    #[arg(
+        long = "dump-database",
+        value_name = "NAME",
+        default_value = "postgres",
+        requires = "dump"
+    )]
+    pub dump_database: String,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -150,7 +158,7 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
     let cluster = args.cluster.find(Purpose::Build)?;
     let options = UpOptions {
         dump: args.dump.clone(),
-        dump_database: "postgres".into(),
+        dump_database: args.dump_database.clone(),
         cancel,
     };
     let summary = cluster.up(&options, &PrintSteps(Instant::now())).await?;

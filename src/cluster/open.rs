@@ -85,7 +85,18 @@ impl Cluster {
             .image
             .clone()
             .or_else(|| found.and_then(|r| r.image.clone()));
-        Cluster::open_at(spec, &base, state_dir, file, runtime, pg_bin, image)
+        let cluster = Cluster::open_at(spec, &base, state_dir, file, runtime, pg_bin, image)?;
+        // Binaries given with --pg-bin must be the major the data was made with.
+        if let (Some(found), Some(_), Runtime::Local(local)) =
+            (found, &choice.pg_bin, &cluster.runtime)
+        {
+            let asked = Asked {
+                pg_major: Some(local.server_major()?),
+                ..Asked::default()
+            };
+            found.check(&asked, &cluster.state_dir)?;
+        }
+        Ok(cluster)
     }
 
     /// Opens the runtime for `spec`, its roles as the last role change left them.
