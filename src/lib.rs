@@ -8,6 +8,7 @@
 //! Dependencies only point downward:
 //! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
 //! - [`cluster`]: a replicated cluster from nothing, local processes or containers (`pgrepl up`).
+//! - [`ha`]: automatic, fenced failover with etcd as the consensus (`pgrepl agent`).
 //! - [`bench`]: what synchronous replication costs: a write load per mode, lag over time
 //!   (`pgrepl bench`).
 //! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`).
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod cluster;
 pub mod conn;
 pub mod fs;
+pub mod ha;
 pub mod lag;
 pub mod lsn;
 pub mod proto;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use self::checksum::ChecksumAlgorithm;
 use self::manifest::{ManifestError, WrittenFile};
 use self::target::Staging;
+pub use self::target::SyncMethod;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
 use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet};
 use crate::lsn::Lsn;
@@ -159,6 +160,8 @@ pub struct BaseBackupOptions {
     /// `-T OLDDIR=NEWDIR`, in order; with several targets, give one per target for each OLDDIR.
     pub tablespace_mappings: Vec<(PathBuf, PathBuf)>,
     pub sync: bool,
+    /// How `sync` is done.
+    pub sync_method: SyncMethod,
     /// `None`: no manifest (`--no-manifest`).
     pub manifest_checksums: Option<ChecksumAlgorithm>,
     pub compression: Option<ServerCompression>,
@@ -184,6 +187,7 @@ impl BaseBackupOptions {
             create_slot: false,
             tablespace_mappings: Vec::new(),
             sync: true,
+            sync_method: SyncMethod::default_for_this_kernel(),
             manifest_checksums: Some(ChecksumAlgorithm::Crc32c),
             compression: None,
             owner: None,
@@ -427,7 +431,7 @@ async fn run(
     }
     if options.sync {
         for root in &staged_roots {
-            target::sync_filesystem(root)?;
+            target::sync_tree(root, options.sync_method)?;
         }
     }
     let targets = options.targets.iter().map(|t| t.dir.clone()).collect();

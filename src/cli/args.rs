@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use super::agent::AgentArgs;
 use super::bench::BenchArgs;
 use super::cluster::{
     DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
@@ -65,6 +66,9 @@ pub enum Command {
     /// Measure what synchronous replication costs: a write load per mode (async, remote_write,
     /// on, remote_apply, any1) with TPS, commit latency, WAL rate and each standby's lag.
     Bench(BenchArgs),
+    /// Run the automatic-failover agent for one node: etcd (v3) holds the leader lease; the
+    /// agent restarts, promotes, fences and rejoins its server (decisions logged with -v).
+    Agent(AgentArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,6 +92,12 @@ pub enum CompressArg {
     ServerLz4,
     #[value(name = "server-zstd")]
     ServerZstd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SyncMethodArg {
+    Fsync,
+    Syncfs,
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +140,11 @@ pub struct BasebackupArgs {
     /// Do not wait for the files to be safely on disk.
     #[arg(short = 'N', long = "no-sync")]
     pub no_sync: bool,
+    /// How to make the backup durable: fsync each file, or syncfs each target's filesystem
+    /// (faster; also flushes other data on it). Default: syncfs on Linux 5.8+ (where it reports
+    /// write errors), else fsync.
+    #[arg(long = "sync-method", value_enum, conflicts_with = "no_sync")]
+    pub sync_method: Option<SyncMethodArg>,
     /// Do not ask for (or verify against) a backup manifest.
     #[arg(long = "no-manifest")]
     pub no_manifest: bool,

@@ -44,7 +44,7 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn open(&self) -> anyhow::Result<Cluster> {
+    pub(super) fn open(&self) -> anyhow::Result<Cluster> {
         let choice = RuntimeChoice {
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Local => RuntimeKind::Local,

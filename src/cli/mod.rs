@@ -1,6 +1,7 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
 //! renders results. Hints for errors live in `hints`, argument definitions in `args`.
 
+mod agent;
 pub mod args;
 mod bench;
 mod cluster;
@@ -18,11 +19,13 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use self::args::{BasebackupArgs, CheckpointArg, Command, CompressArg, WalMethodArg};
+use self::args::{
+    BasebackupArgs, CheckpointArg, Command, CompressArg, SyncMethodArg, WalMethodArg,
+};
 use self::connection::connect_options;
 use self::out::outln;
 use pgrepl::backup::checksum::ChecksumAlgorithm;
-use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, WalMethod};
+use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, SyncMethod, WalMethod};
 use pgrepl::conn::ConnectOptions;
 use pgrepl::proto::command::ServerCompression;
 use pgrepl::units::{human_bytes, parse_rate_kbps};
@@ -65,6 +68,7 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Status(_)
         | Command::Receivewal(_)
         | Command::Bench(_)
+        | Command::Agent(_)
         | Command::Init(_) => return None,
         Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it".into(),
         Command::Down(_) => "some nodes may still run: run `pgrepl down` again".into(),
@@ -94,6 +98,7 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Drill(args) => cluster::drill(args).await,
         Command::Receivewal(args) => receivewal::run(args, cancel).await,
         Command::Bench(args) => bench::run(args, cancel).await,
+        Command::Agent(args) => agent::run(args, cancel).await,
     }
 }
 
@@ -188,6 +193,12 @@ fn backup_options(
         .map(|m| parse_mapping(m))
         .collect::<Result<_, _>>()?;
     options.sync = !args.no_sync;
+    if let Some(method) = args.sync_method {
+        options.sync_method = match method {
+            SyncMethodArg::Fsync => SyncMethod::Fsync,
+            SyncMethodArg::Syncfs => SyncMethod::Syncfs,
+        };
+    }
     options.manifest_checksums = if args.no_manifest {
         None
     } else {

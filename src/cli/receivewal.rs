@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use clap::{ArgAction, Args};
+use clap::{ArgAction, Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{connect_options, ConnectionArgs};
 use super::out::outln;
-use pgrepl::replication::receivewal::{self, ReceiveOptions, StartSource, StoppedBy};
+use pgrepl::replication::receivewal::{self, ReceiveEvent, ReceiveOptions, StartSource, StoppedBy};
+use pgrepl::replication::wal_compress::WalCompression;
 use pgrepl::units::human_bytes;
 use pgrepl::Lsn;
 
@@ -36,6 +37,13 @@ pub struct ReceivewalArgs {
     /// Do not wait for the files to be safely on disk.
     #[arg(long = "no-sync")]
     pub no_sync: bool,
+    /// Stop when the server goes away, instead of connecting again (after 1 s, doubling up to
+    /// 10 s) and resuming.
+    #[arg(short = 'n', long = "no-loop")]
+    pub no_loop: bool,
+    /// Compress each segment once complete (`.gz` / `.lz4`, as pg_receivewal names them).
+    #[arg(long = "compress", value_enum, value_name = "METHOD")]
+    pub compress: Option<WalCompressArg>,
     /// Seconds between status updates to the server.
     #[arg(
         short = 's',
@@ -52,6 +60,12 @@ pub struct ReceivewalArgs {
     pub help: Option<bool>,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WalCompressArg {
+    Gzip,
+    Lz4,
+}
+
 pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let connect = connect_options(&args.connection, Some("pgrepl receivewal"))?;
     if args.status_interval == 0 {
@@ -64,7 +78,12 @@ pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Res
     options.end = args.endpos;
     options.sync = !args.no_sync;
     options.status_interval = Duration::from_secs(args.status_interval);
-    let summary = receivewal::receive_wal(&connect, &options, &cancel)
+    options.reconnect = !args.no_loop;
+    options.compression = args.compress.map(|c| match c {
+        WalCompressArg::Gzip => WalCompression::Gzip,
+        WalCompressArg::Lz4 => WalCompression::Lz4,
+    });
+    let summary = receivewal::receive_wal(&connect, &options, &cancel, &report_event)
         .await
         .with_context(|| {
             format!(
@@ -76,19 +95,18 @@ pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Res
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        let from = match summary.start_source {
-            StartSource::CompleteSegment => "after the last complete segment",
-            StartSource::PartialSegment => "at the partial segment",
-            StartSource::Slot => "at the slot's restart position",
-            StartSource::Server => "at the server's position",
-        };
+        let from = start_words(summary.start_source);
         let why = match summary.stopped_by {
             StoppedBy::EndPosition => "reached the end position",
             StoppedBy::Cancelled => "interrupted, everything received is flushed",
             StoppedBy::ServerShutdown => "the server ended the stream",
         };
+        let reconnects = match summary.reconnects {
+            0 => String::new(),
+            n => format!(", reconnected {n} time(s)"),
+        };
         eprintln!(
-            "pgrepl: received {} to {} ({}) on timeline {} (started {from}) into {}; {why}; {:.1} s",
+            "pgrepl: received {} to {} ({}) on timeline {} (started {from}{reconnects}) into {}; {why}; {:.1} s",
             summary.start_lsn,
             summary.end_lsn,
             human_bytes(summary.bytes),
@@ -98,4 +116,32 @@ pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Res
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn start_words(source: StartSource) -> &'static str {
+    match source {
+        StartSource::CompleteSegment => "after the last complete segment",
+        StartSource::PartialSegment => "at the partial segment",
+        StartSource::Slot => "at the slot's restart position",
+        StartSource::Server => "at the server's position",
+    }
+}
+
+/// One stderr line per lost connection and per resumption, as pg_receivewal says
+/// "disconnected; waiting 5 seconds to try again".
+fn report_event(event: &ReceiveEvent) {
+    match event {
+        ReceiveEvent::Disconnected { reason, retry_in } => eprintln!(
+            "pgrepl: disconnected ({reason}); reconnecting in {} s",
+            retry_in.as_secs()
+        ),
+        ReceiveEvent::Resumed {
+            start,
+            timeline,
+            source,
+        } => eprintln!(
+            "pgrepl: reconnected; resuming at {start} on timeline {timeline} ({})",
+            start_words(*source)
+        ),
+    }
 }

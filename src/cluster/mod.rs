@@ -113,10 +113,10 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     /// The topology as the file describes it; every role change is derived from it, so the
     /// sync policy after several changes does not depend on the path taken.
-    file_spec: ClusterSpec,
+    pub(crate) file_spec: ClusterSpec,
     pub runtime: Runtime,
     replication_password: String,
-    state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
 }
 
 /// How to pick and place the runtime, from the command line.
@@ -242,7 +242,7 @@ impl Cluster {
     }
 
     /// What `standby` puts in primary_conninfo to follow `primary`.
-    fn primary_conninfo(&self, primary: &NodeSpec, standby: &NodeSpec) -> String {
+    pub(crate) fn primary_conninfo(&self, primary: &NodeSpec, standby: &NodeSpec) -> String {
         let mut connect = self.replication_connect(primary);
         let (host, port) = self.runtime.primary_address_for_standbys(primary);
         connect.host = Host::Tcp(host);
@@ -684,7 +684,7 @@ pub fn expected_sync_states(spec: &ClusterSpec) -> Vec<(String, String)> {
 
 /// One ALTER SYSTEM; a reload (or restart) makes it count. Sent alone because ALTER SYSTEM
 /// cannot run inside the implicit transaction of a multi-statement query.
-async fn alter_system(
+pub(crate) async fn alter_system(
     client: &Client,
     node: &NodeSpec,
     setting: &str,
@@ -700,14 +700,14 @@ async fn alter_system(
         .map_err(|e| node_err_sql(node, e))
 }
 
-async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
+pub(crate) async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
     client
         .batch_execute("SELECT pg_reload_conf()")
         .await
         .map_err(|e| node_err_sql(node, e))
 }
 
-fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
+pub(crate) fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
     ClusterError::Node {
         node: node.name.clone(),
         source: Box::new(ConnectionError::Sql(error)),

@@ -8,7 +8,9 @@
 //!
 //! Neighbours: `conn` provides the session, `wal_sink` the files, `proto::replication` the codec.
 
+pub mod archive_dir;
 pub mod receivewal;
+pub mod wal_compress;
 pub mod wal_sink;
 
 use std::io;

@@ -2,9 +2,11 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::wal_compress::WalCompression;
 use crate::fs::sync_dir;
 use crate::lsn::{history_file_name, wal_file_name, Lsn};
 
@@ -24,6 +26,8 @@ pub struct SegmentWriter {
     segment_size: u64,
     naming: SegmentNaming,
     sync: bool,
+    /// How complete archive segments are stored (`None`: as they are).
+    compression: Option<WalCompression>,
     open: Option<OpenSegment>,
 }
 
@@ -53,8 +57,15 @@ impl SegmentWriter {
             segment_size,
             naming,
             sync,
+            compression: None,
             open: None,
         })
+    }
+
+    /// Compresses each segment of [`SegmentNaming::Archive`] once it is complete.
+    pub fn with_compression(mut self, compression: Option<WalCompression>) -> Self {
+        self.compression = compression;
+        self
     }
 
     pub fn segment_size(&self) -> u64 {
@@ -101,8 +112,24 @@ impl SegmentWriter {
                 .write(true)
                 .truncate(false)
                 .open(dir.join(&name))?;
-            // Full size from the start, as the server and pg_basebackup create segments.
-            file.set_len(self.segment_size)?;
+            match self.naming {
+                // Full size from the start, as the server creates segments; the backup's final
+                // sync makes them durable.
+                SegmentNaming::Standby => file.set_len(self.segment_size)?,
+                // As pg_receivewal at open: the file's blocks exist and, with the directory
+                // entry, are durable before any position in it is reported flushed, so a later
+                // fdatasync has only data to write. A `.partial` left full-size by an earlier
+                // run is reused as it is.
+                SegmentNaming::Archive => {
+                    if file.metadata()?.len() != self.segment_size {
+                        preallocate(&file, self.segment_size)?;
+                    }
+                    if self.sync {
+                        file.sync_all()?;
+                        sync_dir(dir)?;
+                    }
+                }
+            }
             files.push(file);
         }
         Ok(self.open.insert(OpenSegment {
@@ -135,20 +162,37 @@ impl SegmentWriter {
             return Ok(());
         }
         let name = wal_file_name(open.timeline, open.segment, self.segment_size);
+        drop(open);
         for dir in &self.dirs {
             match self.naming {
                 SegmentNaming::Standby => {
                     File::create(dir.join("archive_status").join(format!("{name}.done")))?;
                 }
-                SegmentNaming::Archive => {
-                    fs::rename(dir.join(format!("{name}.partial")), dir.join(&name))?;
-                }
+                SegmentNaming::Archive => self.complete_archived(dir, &name)?,
             }
             if self.sync {
                 sync_dir(dir)?;
             }
         }
         Ok(())
+    }
+
+    /// Gives a complete `<name>.partial` its final name, compressed if asked. A compressed copy
+    /// is written as `<name>.gz.partial` and renamed only once durable, so a crash at any point
+    /// leaves either the segment still partial (a resume writes it again) or complete.
+    fn complete_archived(&self, dir: &Path, name: &str) -> io::Result<()> {
+        let partial = dir.join(format!("{name}.partial"));
+        let Some(method) = self.compression else {
+            return fs::rename(&partial, dir.join(name));
+        };
+        let compressed = format!("{name}{}", method.suffix());
+        let staged = dir.join(format!("{compressed}.partial"));
+        method.compress_file(&partial, &staged, self.sync)?;
+        fs::rename(&staged, dir.join(&compressed))?;
+        if self.sync {
+            sync_dir(dir)?;
+        }
+        fs::remove_file(&partial)
     }
 
     /// Makes everything written so far durable.
@@ -161,17 +205,22 @@ impl SegmentWriter {
         Ok(())
     }
 
-    /// Stores a timeline history file (and its `.done` marker for a standby).
+    /// Stores a timeline history file (and its `.done` marker for a standby): written under a
+    /// temporary name, synced, then renamed (unless --no-sync), so the archive never holds a torn
+    /// history file.
     pub fn write_history(&mut self, timeline: u32, content: &[u8]) -> io::Result<()> {
         let name = history_file_name(timeline);
         for dir in &self.dirs {
-            fs::write(dir.join(&name), content)?;
+            if self.sync {
+                crate::fs::write_durably(&dir.join(&name), content)?;
+            } else {
+                fs::write(dir.join(&name), content)?;
+            }
             if self.naming == SegmentNaming::Standby {
                 File::create(dir.join("archive_status").join(format!("{name}.done")))?;
-            }
-            if self.sync {
-                File::open(dir.join(&name))?.sync_all()?;
-                sync_dir(dir)?;
+                if self.sync {
+                    sync_dir(&dir.join("archive_status"))?;
+                }
             }
         }
         Ok(())
@@ -182,6 +231,35 @@ impl SegmentWriter {
         self.flush()?;
         self.close_segment()
     }
+}
+
+/// Gives `file` `size` bytes of allocated, zero-reading blocks: fallocate, or writing zeros
+/// (pg_receivewal's way) where the filesystem cannot.
+///
+/// fallocate, because it was the cheaper of the two here (ext4 on a VM disk, 16 segments of
+/// 16 MiB, each preallocated, synced with its directory, then filled with 128 kB writes):
+/// 0.30 s against 0.54–0.80 s zero-filled with an fdatasync per segment, 0.97–2.3 s against
+/// 1.46–2.47 s with an fdatasync per MiB. Zero-filling writes every byte twice; fallocate's
+/// unwritten extents cost a metadata update at the first fdatasync over them, which was less.
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    file.set_len(0)?;
+    // SAFETY: plain syscall on a descriptor `file` keeps open.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(error);
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < size {
+        let len = (size - offset).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..len], offset)?;
+        offset += len as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -236,5 +314,43 @@ mod tests {
         assert!(tmp.path().join("000000020000000000000000").exists());
         assert!(tmp.path().join("000000020000000000000001.partial").exists());
         assert!(tmp.path().join("00000002.history").exists());
+        assert!(!tmp.path().join("00000002.history.tmp").exists());
+    }
+
+    #[test]
+    fn archive_segments_are_preallocated_at_open_and_compressed_when_complete() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = SegmentWriter::new(
+            vec![tmp.path().to_owned()],
+            SEG,
+            SegmentNaming::Archive,
+            true,
+        )
+        .unwrap()
+        .with_compression(Some(WalCompression::Lz4));
+        w.write(1, Lsn::new(0), &vec![7u8; SEG as usize + 10])
+            .unwrap();
+        // The open segment's blocks exist already, not just its length.
+        let open = fs::metadata(tmp.path().join("000000010000000000000001.partial")).unwrap();
+        assert_eq!(open.len(), SEG);
+        assert!(open.blocks() * 512 >= SEG, "{} blocks", open.blocks());
+        w.finish().unwrap();
+        let mut names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "000000010000000000000000.lz4",
+                "000000010000000000000001.partial"
+            ]
+        );
+        let size = WalCompression::Lz4
+            .uncompressed_size(&tmp.path().join("000000010000000000000000.lz4"))
+            .unwrap();
+        assert_eq!(size, SEG);
     }
 }

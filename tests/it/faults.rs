@@ -510,6 +510,125 @@ fn basebackup_into_a_full_disk_leaves_nothing_behind() {
     assert!(counts.skipped > 0 || counts.injected >= 4, "{counts:?}");
 }
 
+/// An ext4 filesystem on a loop device whose backing file lives in a tmpfs much smaller than the
+/// filesystem: writes land in the page cache and succeed, and fail only when written back — a
+/// real device failing under the final sync (device-mapper's `error`/`flakey` targets would do
+/// the same, but need a kernel driver that containers often lack).
+struct FailingDisk {
+    mnt: PathBuf,
+    device: String,
+    _backing: Tmpfs,
+}
+
+impl FailingDisk {
+    fn create(dir: &Path, backing_size: &str) -> Result<FailingDisk, String> {
+        let backing = Tmpfs::mount(&dir.join("backing"), backing_size)?;
+        let image = backing.0.join("disk.img");
+        let run = |program: &str, args: &[&str]| -> Result<String, String> {
+            let output = Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "{program} {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        };
+        let image_arg = image.to_str().unwrap();
+        run("truncate", &["-s", "512M", image_arg])?;
+        // No journal: a failed journal write would turn the filesystem read-only at once; data
+        // writeback errors are what this disk is for.
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-O",
+                "^has_journal",
+                "-E",
+                "nodiscard",
+                image_arg,
+            ],
+        )?;
+        let device = run("losetup", &["-f", "--show", image_arg])?;
+        let mnt = dir.join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        if let Err(e) = run("mount", &[&device, mnt.to_str().unwrap()]) {
+            let _ = run("losetup", &["-d", &device]);
+            return Err(e);
+        }
+        Ok(FailingDisk {
+            mnt,
+            device,
+            _backing: backing,
+        })
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// A capability the test cannot do without: missing, it fails the test, unless
+/// PGREPL_ALLOW_SKIP is set; then it says so on the terminal (libtest captures `eprintln!`,
+/// not a write to the stderr handle) and the caller skips.
+fn require_capability(what: &str, reason: &str) {
+    if std::env::var_os("PGREPL_ALLOW_SKIP").is_none() {
+        panic!("missing capability `{what}`: {reason} (set PGREPL_ALLOW_SKIP=1 to skip)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: missing capability `{what}`: {reason}"
+    );
+}
+
+#[test]
+fn basebackup_fails_on_a_write_error_at_the_final_sync_and_leaves_nothing() {
+    let primary = PgServer::start(&PgInstall::default_install(), ServerOptions::default());
+    let conninfo = primary.tcp_conninfo(harness::REP_SCRAM, None);
+    let work = harness::postgres_owned_tempdir();
+    for method in ["fsync", "syncfs"] {
+        // A fresh cluster is ~40 MB of files under 1 MB, which the extractor leaves to the
+        // final sync; 4 MB of backing store is too little for them.
+        let disk = match FailingDisk::create(&work.path().join(method), "4m") {
+            Ok(disk) => disk,
+            Err(reason) => {
+                require_capability("a loop device over a small tmpfs", &reason);
+                return;
+            }
+        };
+        let area = disk.mnt.join("area");
+        fs::create_dir(&area).unwrap();
+        let target = area.join("t");
+        let child = spawn_pgrepl(
+            &[
+                "basebackup",
+                "-d",
+                &conninfo,
+                "-c",
+                "fast",
+                "--sync-method",
+                method,
+                "-D",
+                target.to_str().unwrap(),
+            ],
+            harness::REP_SCRAM_PASSWORD,
+        );
+        let output = child.wait_with_output().unwrap();
+        let what = format!("basebackup --sync-method {method} onto a failing disk");
+        assert_failed_backup(&what, &output, &area, &["sync `"]);
+        eprintln!("faults: {what}: {}", stderr(&output).trim());
+        drop(disk);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // receivewal
 
@@ -636,6 +755,8 @@ fn receivewal_through(
             "--create-slot",
             "-s",
             "1",
+            // Each fault must end the run, to look at what it left.
+            "--no-loop",
         ],
         harness::REP_SCRAM_PASSWORD,
     );

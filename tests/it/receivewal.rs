@@ -1,6 +1,7 @@
 //! `pgrepl receivewal` against real servers: the same segments as pg_receivewal, byte for byte;
 //! a run stopped by SIGTERM resumes where it left off; a promotion is followed onto the new
-//! timeline.
+//! timeline; a server restart is survived (or ends the run with `--no-loop`); compressed
+//! segments restore the server's bytes and resume.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -52,10 +53,15 @@ fn receivewal(server: &PgServer, dir: &Path, extra: &[&str]) -> Output {
 
 /// `pgrepl receivewal` in the background, to be stopped with a signal.
 fn spawn_receivewal(server: &PgServer, dir: &Path) -> Child {
+    spawn_receivewal_with(server, dir, &[])
+}
+
+fn spawn_receivewal_with(server: &PgServer, dir: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(["receivewal", "-d", &conninfo(server), "-D"])
         .arg(dir)
         .args(["-s", "1"])
+        .args(extra)
         .env("PGPASSWORD", harness::REP_SCRAM_PASSWORD)
         .env("PGPASSFILE", "/nonexistent")
         .stdout(Stdio::piped())
@@ -261,4 +267,177 @@ fn a_promotion_is_followed_onto_the_new_timeline() {
     let served = std::fs::read_to_string(pg_wal(&standby).join("00000002.history")).unwrap();
     assert_eq!(history, served);
     assert_same_segments(dir, &pg_wal(&standby), "the promoted standby's pg_wal");
+}
+
+/// Segment numbers of the complete segments in `dir` (of any compression) form one run with no
+/// hole, and it reaches at least `last`.
+fn assert_no_segment_missing(dir: &Path, last: &str) {
+    let mut numbers: Vec<u64> = names(dir)
+        .iter()
+        .filter(|n| !n.ends_with(".partial") && !n.ends_with(".history"))
+        .map(|n| u64::from_str_radix(&n[8..24], 16).unwrap())
+        .collect();
+    numbers.sort();
+    assert!(!numbers.is_empty(), "no complete segment: {:?}", names(dir));
+    for pair in numbers.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "a segment is missing: {:?}",
+            names(dir)
+        );
+    }
+    let last = u64::from_str_radix(&last[8..24], 16).unwrap();
+    assert!(
+        *numbers.last().unwrap() >= last,
+        "segments up to {last:X} expected: {:?}",
+        names(dir)
+    );
+}
+
+/// The segment holding `lsn` (`X/Y`), with 1 MB segments on timeline 1.
+fn segment_of(lsn: &str) -> String {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let segment = lsn >> 20;
+    format!("00000001{:08X}{:08X}", segment >> 12, segment & 0xFFF)
+}
+
+#[test]
+fn a_server_restart_mid_stream_is_survived_with_nothing_missing() {
+    let mut server = server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let child = spawn_receivewal(&server, dir);
+    wait_for("streaming to start", Duration::from_secs(30), || {
+        names(dir).iter().any(|n| n.ends_with(".partial"))
+    });
+    generate_wal(&server, 2);
+    // Some WAL into the open segment: the restart cuts the stream in the middle of it.
+    server.psql("insert into filler select g, 'before restart' from generate_series(1, 100) g");
+    server.stop();
+    // Long enough for at least one failed attempt while the server is down.
+    std::thread::sleep(Duration::from_secs(2));
+    server.start_again();
+    let end = generate_wal(&server, 3);
+    let last_complete = server.psql(&format!("select pg_walfile_name('{end}'::pg_lsn - 1)"));
+    wait_for("the WAL after the restart", Duration::from_secs(60), || {
+        complete_segments(dir).contains(&last_complete)
+    });
+    let output = terminate(child);
+    let err = stderr(&output);
+    assert!(err.contains("disconnected ("), "{err}");
+    assert!(err.contains("; reconnecting in 1 s"), "{err}");
+    assert!(err.contains("reconnected; resuming at"), "{err}");
+    assert!(err.contains("reconnected 1 time(s)"), "{err}");
+    assert_no_segment_missing(dir, &last_complete);
+    let compared = assert_same_segments(dir, &pg_wal(&server), "the server's pg_wal");
+    assert!(compared >= 5, "only {compared} complete segments");
+}
+
+#[test]
+fn no_loop_stops_when_the_server_goes_away() {
+    let mut server = server();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let mut child = spawn_receivewal_with(&server, dir, &["--no-loop"]);
+    wait_for("streaming to start", Duration::from_secs(30), || {
+        names(dir).iter().any(|n| n.ends_with(".partial"))
+    });
+    server.stop();
+    wait_for("receivewal to exit", Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(err.contains("the server ended the stream"), "{err}");
+    assert!(!err.contains("reconnecting"), "{err}");
+}
+
+/// What `gzip -dc` / `lz4 -dc` restore from `path`.
+fn decompress(path: &Path) -> Vec<u8> {
+    let tool = if path.extension().unwrap() == "gz" {
+        "gzip"
+    } else {
+        "lz4"
+    };
+    let output = Command::new(tool)
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    assert!(
+        output.status.success(),
+        "{tool} -dc {}: {}",
+        path.display(),
+        stderr(&output)
+    );
+    output.stdout
+}
+
+#[test]
+fn compressed_segments_restore_the_servers_bytes_and_resume() {
+    let server = server();
+    for (method, suffix) in [("gzip", ".gz"), ("lz4", ".lz4")] {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path();
+        let child = spawn_receivewal_with(&server, dir, &["--compress", method]);
+        wait_for("streaming to start", Duration::from_secs(30), || {
+            names(dir).iter().any(|n| n.ends_with(".partial"))
+        });
+        generate_wal(&server, 2);
+        server.psql("insert into filler select g, 'tail' from generate_series(1, 100) g");
+        let tail = server.psql("select pg_current_wal_lsn()");
+        wait_for("the tail to arrive", Duration::from_secs(30), || {
+            names(dir).contains(&format!("{}.partial", segment_of(&tail)))
+                && complete_segments(dir).is_empty()
+                && names(dir).iter().filter(|n| n.ends_with(suffix)).count() >= 2
+        });
+        terminate(child);
+        let before = names(dir).iter().filter(|n| n.ends_with(suffix)).count();
+
+        let end = generate_wal(&server, 2);
+        let second = receivewal(&server, dir, &["--compress", method, "-E", &end]);
+        assert!(
+            stderr(&second).contains("started at the partial segment"),
+            "{method}: {}",
+            stderr(&second)
+        );
+        let compressed: Vec<String> = names(dir)
+            .into_iter()
+            .filter(|n| n.ends_with(suffix))
+            .collect();
+        assert!(compressed.len() >= before + 2, "{method}: {compressed:?}");
+        // Nothing left uncompressed but the open segment, and no leftover partial copies.
+        assert!(
+            complete_segments(dir).is_empty(),
+            "{method}: {:?}",
+            names(dir)
+        );
+        // No compressed copy left half-made; at most the open segment is partial.
+        let partials: Vec<String> = names(dir)
+            .into_iter()
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        assert!(
+            partials.len() <= 1 && !partials.iter().any(|n| n.contains(suffix)),
+            "{method}: {:?}",
+            names(dir)
+        );
+        let last = compressed
+            .last()
+            .unwrap()
+            .trim_end_matches(suffix)
+            .to_owned();
+        assert_no_segment_missing(dir, &last);
+        for name in &compressed {
+            let segment = name.trim_end_matches(suffix);
+            let served = std::fs::read(pg_wal(&server).join(segment)).unwrap();
+            assert!(
+                decompress(&dir.join(name)) == served,
+                "{method}: {name} does not restore {segment}"
+            );
+        }
+    }
 }

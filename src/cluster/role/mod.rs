@@ -81,7 +81,7 @@ impl<'a> Steps<'a> {
 }
 
 impl Cluster {
-    async fn promote(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+    pub(crate) async fn promote(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         let client = self.sql(node).await?;
         let promoted: bool = client
             .query_one("SELECT pg_promote(true, 60)", &[])
@@ -97,7 +97,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn record_primary(&self, primary: &str, event: String) -> Result<(), ClusterError> {
+    pub(crate) fn record_primary(&self, primary: &str, event: String) -> Result<(), ClusterError> {
         let mut topology = Topology::load(&self.state_dir)?.unwrap_or(Topology {
             primary: primary.to_owned(),
             history: Vec::new(),

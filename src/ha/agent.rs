@@ -1,0 +1,635 @@
+//! The agent beside one node: probe the server, publish the member record, read etcd, decide,
+//! act. Separate tasks renew the lease and fence the server when renewals stop, so a slow
+//! action (a promotion, a rejoin) never costs the lease, and a blocked loop never delays fencing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::decide::{decide, Action, Decision, Local, Situation, View};
+use super::records::{HistoryRecord, MemberRecord, ServerState, SyncRecord};
+use super::store::Store;
+use super::{HaError, Timing};
+use crate::cluster::plan::RejoinOptions;
+use crate::cluster::spec::NodeSpec;
+use crate::cluster::topology::Topology;
+use crate::cluster::{alter_system, node_err_sql, reload, Cluster, ClusterError, StepLog};
+use crate::conn::sql;
+
+/// application_name of the agent's SQL sessions.
+const SESSION_NAME: &str = "pgrepl-agent";
+/// How long one SQL round trip to a node may take before it counts as unreachable.
+const SQL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where to find etcd and what to call the cluster there.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub node: String,
+    /// The `<cluster>` in `/pgrepl/<cluster>/`.
+    pub cluster_name: String,
+    pub endpoints: Vec<String>,
+    pub timing: Timing,
+}
+
+/// The lease the keepalive task renews, shared with the loop.
+struct Lease {
+    id: i64,
+    /// When the last renewal etcd confirmed was sent: the lease cannot expire before this plus
+    /// the TTL, whatever etcd's clock says.
+    confirmed_at: Instant,
+}
+
+struct Shared {
+    lease: Mutex<Lease>,
+    /// The loop last saw its server as a running primary: what the keepalive task fences.
+    primary: AtomicBool,
+}
+
+impl Shared {
+    fn lease(&self) -> (i64, Instant) {
+        let lease = self.lease.lock().expect("lease lock");
+        (lease.id, lease.confirmed_at)
+    }
+}
+
+pub struct Agent {
+    cluster: Cluster,
+    node: NodeSpec,
+    store: Store,
+    timing: Timing,
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    /// Connects to etcd, agrees on the timing and takes a lease.
+    pub async fn start(cluster: Cluster, options: AgentOptions) -> Result<Agent, HaError> {
+        options.timing.validate()?;
+        let node = cluster.node(&options.node)?.clone();
+        let store =
+            Store::connect(&options.endpoints, &options.cluster_name, &options.timing).await?;
+        let timing = store.agree_timing(&options.timing).await?;
+        if timing != options.timing {
+            tracing::warn!("the cluster's timing in etcd differs from this agent's; using the cluster's: {timing:?}");
+            timing.validate()?;
+        }
+        let sent = Instant::now();
+        let id = store.grant(timing.ttl()).await?;
+        Ok(Agent {
+            cluster,
+            node,
+            store,
+            timing,
+            shared: Arc::new(Shared {
+                lease: Mutex::new(Lease {
+                    id,
+                    confirmed_at: sent,
+                }),
+                primary: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Runs until `cancel`. On the way out a primary's server is stopped (fast, so its standbys
+    /// get every commit) before the lease is revoked, so a standby takes over at once and never
+    /// beside a running primary; a standby's server is left running.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), HaError> {
+        let agent = Arc::new(self);
+        prepare_server(&agent).await;
+        let keepalive = tokio::spawn(keep_alive(agent.clone(), cancel.clone()));
+        let watchdog = tokio::spawn(watchdog(agent.clone(), cancel.clone()));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch(agent.clone(), wake.clone(), cancel.clone()));
+        let mut last = Last::default();
+        while !cancel.is_cancelled() {
+            let decision = agent.tick(&mut last).await;
+            if decision.action != Action::Wait {
+                // Decide again soon: the next step usually follows from this one.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(agent.timing.loop_interval()) => {}
+                _ = wake.notified() => {}
+            }
+        }
+        keepalive.abort();
+        watchdog.abort();
+        watcher.abort();
+        if agent.shared.primary.load(Ordering::SeqCst) {
+            tracing::info!(
+                "stopping: fast shutdown of primary `{}` before releasing the lease",
+                agent.node.name
+            );
+            if let Err(e) = agent.cluster.runtime.stop(&agent.node, true).await {
+                tracing::warn!("stop `{}`: {e}; killing it", agent.node.name);
+                agent.cluster.runtime.kill(&agent.node).await?;
+            }
+        }
+        let (lease, _) = agent.shared.lease();
+        agent.store.revoke(lease).await?;
+        tracing::info!("stopped; lease released");
+        Ok(())
+    }
+
+    /// One round: probe, publish, read, decide, act.
+    async fn tick(&self, last: &mut Last) -> Decision {
+        let (local, client) = self.probe().await;
+        self.shared.primary.store(
+            local.server.running && !local.server.in_recovery,
+            Ordering::SeqCst,
+        );
+        let (lease, confirmed_at) = self.shared.lease();
+        let record = MemberRecord {
+            node: self.node.name.clone(),
+            server: local.server.clone(),
+        };
+        let view = match self.read_view(&record, lease, last).await {
+            Ok(view) => {
+                last.etcd_error = None;
+                Some(view)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if last.etcd_error.as_ref() != Some(&text) {
+                    tracing::warn!("etcd: {text}");
+                    last.etcd_error = Some(text);
+                }
+                None
+            }
+        };
+        let decision = decide(&Situation {
+            me: &self.node.name,
+            local,
+            view: view.clone(),
+            fence_due: confirmed_at.elapsed() >= self.timing.fence_after(),
+            spec: &self.cluster.file_spec,
+        });
+        if last.decision.as_ref() != Some(&decision) {
+            tracing::info!("{:?}: {}", decision.action, decision.reason);
+            last.decision = Some(decision.clone());
+        }
+        if let Err(e) = self
+            .act(&decision.action, client.as_ref(), view.as_ref(), lease)
+            .await
+        {
+            tracing::warn!(
+                "{:?} failed: {}",
+                decision.action,
+                crate::cluster::error_chain(&e)
+            );
+            // Decide again from what is true now, after a pause.
+            tokio::time::sleep(self.timing.loop_interval()).await;
+        }
+        decision
+    }
+
+    /// Publishes the member record when it changed (the lease keeps it otherwise), then reads.
+    async fn read_view(
+        &self,
+        record: &MemberRecord,
+        lease: i64,
+        last: &mut Last,
+    ) -> Result<View, HaError> {
+        let published = (record.clone(), lease);
+        if last.published.as_ref() != Some(&published) {
+            self.store.publish(record, lease).await?;
+            last.published = Some(published);
+        }
+        self.store.view(lease).await
+    }
+
+    /// This node's server, and a session to it when it answers.
+    async fn probe(&self) -> (Local, Option<Client>) {
+        let down = Local {
+            server: ServerState {
+                running: false,
+                in_recovery: false,
+                timeline: None,
+                position: None,
+                detached: true,
+                follows: None,
+            },
+            standby_signal: self
+                .cluster
+                .runtime
+                .data_dir(&self.node)
+                .join("standby.signal")
+                .exists(),
+            standby_names: String::new(),
+            caught_up: Vec::new(),
+        };
+        if !self.cluster.runtime.is_running(&self.node).await {
+            return (down, None);
+        }
+        match tokio::time::timeout(SQL_TIMEOUT, self.query_state()).await {
+            Ok(Ok((local, client))) => (
+                Local {
+                    standby_signal: down.standby_signal,
+                    ..local
+                },
+                Some(client),
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!(
+                    "probe `{}`: {}",
+                    self.node.name,
+                    crate::cluster::error_chain(&e)
+                );
+                (down, None)
+            }
+            Err(_) => (down, None),
+        }
+    }
+
+    async fn query_state(&self) -> Result<(Local, Client), ClusterError> {
+        let client = self.session(&self.node).await?;
+        let row = client
+            .query_one(
+                "SELECT pg_is_in_recovery(), \
+                        CASE WHEN pg_is_in_recovery() \
+                             THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+                             ELSE pg_current_wal_flush_lsn() END::text, \
+                        CASE WHEN pg_is_in_recovery() \
+                             THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                                           (SELECT timeline_id FROM pg_control_checkpoint())) \
+                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+                        current_setting('primary_conninfo'), \
+                        (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) = 0, \
+                        current_setting('synchronous_standby_names'), \
+                        CASE WHEN pg_is_in_recovery() THEN '{}'::text[] \
+                             ELSE ARRAY(SELECT application_name FROM pg_stat_replication \
+                                        WHERE flush_lsn >= pg_current_wal_flush_lsn()) END",
+                &[],
+            )
+            .await
+            .map_err(|e| node_err_sql(&self.node, e))?;
+        // primary_conninfo holds the replication password: it is only compared, never logged.
+        let conninfo: String = row.get(3);
+        let no_receiver: bool = row.get(4);
+        let local = Local {
+            server: ServerState {
+                running: true,
+                in_recovery: row.get(0),
+                position: row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
+                timeline: row.get::<_, Option<i32>>(2).map(|t| t as u32),
+                detached: conninfo.is_empty() && no_receiver,
+                follows: self.followed_node(&conninfo),
+            },
+            standby_signal: false,
+            standby_names: row.get(5),
+            caught_up: row.get(6),
+        };
+        Ok((local, client))
+    }
+
+    /// The node whose address primary_conninfo names.
+    fn followed_node(&self, conninfo: &str) -> Option<String> {
+        let (host, port) = conninfo_address(conninfo)?;
+        self.cluster
+            .spec
+            .nodes
+            .iter()
+            .find(|n| self.cluster.runtime.primary_address_for_standbys(n) == (host.clone(), port))
+            .map(|n| n.name.clone())
+    }
+
+    async fn session(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
+        let options = self.cluster.runtime.superuser(node);
+        let connect = sql::connect(&options, SESSION_NAME);
+        match tokio::time::timeout(SQL_TIMEOUT, connect).await {
+            Ok(result) => result.map_err(|source| ClusterError::Node {
+                node: node.name.clone(),
+                source: Box::new(source),
+            }),
+            Err(_) => Err(ClusterError::Timeout(
+                SQL_TIMEOUT,
+                format!("a session to `{}`", node.name),
+            )),
+        }
+    }
+
+    /// Carries out one decision.
+    async fn act(
+        &self,
+        action: &Action,
+        client: Option<&Client>,
+        view: Option<&View>,
+        lease: i64,
+    ) -> Result<(), HaError> {
+        let me = &self.node;
+        let runtime = &self.cluster.runtime;
+        match action {
+            Action::Wait => {}
+            Action::Fence => {
+                runtime.kill(me).await?;
+                self.shared.primary.store(false, Ordering::SeqCst);
+            }
+            Action::RestartInPlace | Action::Start => runtime.start(me).await?,
+            Action::Rejoin { leader } => {
+                let options = RejoinOptions {
+                    rewind: true,
+                    dry_run: false,
+                };
+                if Topology::load(&self.cluster.state_dir)?.is_none_or(|t| &t.primary != leader) {
+                    return Err(HaError::Config(format!(
+                        "the state directory does not record `{leader}` as primary yet"
+                    )));
+                }
+                self.cluster.rejoin(&me.name, options, &TracingLog).await?;
+            }
+            Action::Follow { leader } => {
+                let leader = self.cluster.node(leader)?;
+                let client = client.ok_or_else(|| not_answering(me))?;
+                let conninfo = self.cluster.primary_conninfo(leader, me);
+                alter_system(client, me, "primary_conninfo", &conninfo).await?;
+                reload(client, me).await?;
+            }
+            Action::Detach => {
+                let client = client.ok_or_else(|| not_answering(me))?;
+                alter_system(client, me, "primary_conninfo", "").await?;
+                reload(client, me).await?;
+            }
+            Action::TakeLeadership => {
+                if self.store.take_leadership(&me.name, lease).await? {
+                    tracing::info!("`{}` holds the leader key", me.name);
+                }
+            }
+            Action::Promote {
+                sync,
+                standby_names,
+                repoint,
+            } => {
+                let client = client.ok_or_else(|| not_answering(me))?;
+                let old = view.and_then(|v| v.sync.as_ref()).map(|r| r.leader.clone());
+                self.promote(client, sync, standby_names, repoint, lease, old)
+                    .await?;
+            }
+            Action::WriteSync(record) => {
+                if !self.store.write_sync(record, lease).await? {
+                    tracing::warn!(
+                        "sync record not written: this agent no longer holds the leader key"
+                    );
+                }
+            }
+            Action::SetStandbyNames(names) => {
+                let client = client.ok_or_else(|| not_answering(me))?;
+                alter_system(client, me, "synchronous_standby_names", names).await?;
+                reload(client, me).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The takeover, in the order the zero-loss argument needs: the sync record first (guarded
+    /// by the key), every other standby off the old primary, the standby names, then promotion.
+    async fn promote(
+        &self,
+        client: &Client,
+        sync: &SyncRecord,
+        standby_names: &str,
+        repoint: &[String],
+        lease: i64,
+        old: Option<String>,
+    ) -> Result<(), HaError> {
+        let me = &self.node;
+        let started = Instant::now();
+        if !self.store.write_sync(sync, lease).await? {
+            return Err(HaError::Config(
+                "lost the leader key before promoting".into(),
+            ));
+        }
+        for name in repoint {
+            let standby = self.cluster.node(name)?;
+            if let Err(e) = self.repoint(standby).await {
+                // A standby this agent cannot reach cannot acknowledge for the old primary either.
+                tracing::warn!("re-point `{name}`: {}", crate::cluster::error_chain(&e));
+            }
+        }
+        alter_system(client, me, "synchronous_standby_names", standby_names).await?;
+        reload(client, me).await?;
+        self.cluster.promote(me).await?;
+        tracing::info!(
+            "promoted `{}` in {} ms; sync policy {standby_names}",
+            me.name,
+            started.elapsed().as_millis()
+        );
+        let reason = match &old {
+            Some(old) => format!("`{old}` lost its lease"),
+            None => "no leader".into(),
+        };
+        self.cluster.record_primary(
+            &me.name,
+            format!(
+                "agent failover {} -> {}",
+                old.as_deref().unwrap_or("?"),
+                me.name
+            ),
+        )?;
+        let timeline = client
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+            .await
+            .ok()
+            .map(|r| r.get::<_, i32>(0) as u32);
+        self.store
+            .record_history(&HistoryRecord {
+                from: old,
+                to: me.name.clone(),
+                timeline,
+                reason,
+            })
+            .await
+    }
+
+    /// Points another node's standby at this node (which detaches it from the old primary).
+    async fn repoint(&self, standby: &NodeSpec) -> Result<(), ClusterError> {
+        let client = self.session(standby).await?;
+        let conninfo = self.cluster.primary_conninfo(&self.node, standby);
+        let change = async {
+            alter_system(&client, standby, "primary_conninfo", &conninfo).await?;
+            reload(&client, standby).await
+        };
+        tokio::time::timeout(SQL_TIMEOUT, change)
+            .await
+            .map_err(|_| {
+                ClusterError::Timeout(SQL_TIMEOUT, format!("re-pointing `{}`", standby.name))
+            })?
+    }
+}
+
+/// What the loop did last, so it logs and publishes changes only.
+#[derive(Default)]
+struct Last {
+    decision: Option<Decision>,
+    published: Option<(MemberRecord, i64)>,
+    etcd_error: Option<String>,
+}
+
+/// A standby that lost its primary retries the connection every wal_retrieve_retry_interval
+/// (5 s by default); the agent's failovers and restarts in place are faster than that.
+async fn prepare_server(agent: &Agent) {
+    let node = &agent.node;
+    let Ok(client) = agent.session(node).await else {
+        return;
+    };
+    let result = async {
+        alter_system(&client, node, "wal_retrieve_retry_interval", "200ms").await?;
+        reload(&client, node).await
+    };
+    if let Err(e) = result.await {
+        tracing::warn!("set wal_retrieve_retry_interval on `{}`: {e}", node.name);
+    }
+}
+
+/// Renews the lease every `renew` interval; when etcd says it is gone, fences a primary at once
+/// and takes a new lease.
+async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
+    let timing = agent.timing;
+    let mut failing = false;
+    while !cancel.is_cancelled() {
+        let (id, _) = agent.shared.lease();
+        let sent = Instant::now();
+        let mut lost = false;
+        match agent.store.renew(id).await {
+            Ok(true) => {
+                agent.shared.lease.lock().expect("lease lock").confirmed_at = sent;
+                failing = false;
+            }
+            Ok(false) => {
+                // Whatever the leader key said, it went with that lease.
+                tracing::warn!(
+                    "the lease expired (this agent was stopped or cut off for longer than its {} s TTL); taking a new one",
+                    timing.ttl_s
+                );
+                lost = true;
+                match agent.store.grant(timing.ttl()).await {
+                    Ok(new) => {
+                        *agent.shared.lease.lock().expect("lease lock") = Lease {
+                            id: new,
+                            confirmed_at: sent,
+                        }
+                    }
+                    Err(e) => tracing::warn!("etcd: {e}"),
+                }
+            }
+            Err(e) if !failing => {
+                tracing::warn!("lease renewal: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        if lost {
+            fence(&agent, "its lease expired").await;
+        }
+        let next = sent + timing.renew();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+    }
+}
+
+/// Fences a primary whose lease may expire before a renewal gets through: wakes at the fence
+/// deadline (the last confirmed renewal's send time plus TTL less the margin) unless a renewal
+/// moved it.
+async fn watchdog(agent: Arc<Agent>, cancel: CancellationToken) {
+    while !cancel.is_cancelled() {
+        let deadline = agent.shared.lease().1 + agent.timing.fence_after();
+        if Instant::now() >= deadline {
+            fence(&agent, "no lease renewal was confirmed in time").await;
+        }
+        let wake = deadline.max(Instant::now() + Duration::from_millis(20));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+/// Kills the server if the loop last saw it as a primary.
+async fn fence(agent: &Agent, why: &str) {
+    if agent.shared.primary.swap(false, Ordering::SeqCst) {
+        tracing::warn!(
+            "{why}: fencing primary `{}` before its lease can expire elsewhere",
+            agent.node.name
+        );
+        if let Err(e) = agent.cluster.runtime.kill(&agent.node).await {
+            tracing::error!("fence `{}`: {e}", agent.node.name);
+        }
+    }
+}
+
+/// Wakes the loop on every change under the cluster's prefix (a leader key that expires, a
+/// member that detaches), re-watching after errors.
+async fn watch(agent: Arc<Agent>, wake: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+    let own = agent.store.keys().member(&agent.node.name);
+    while !cancel.is_cancelled() {
+        match agent.store.watch().await {
+            Ok((_watcher, mut stream)) => loop {
+                match stream.message().await {
+                    Ok(Some(response)) if response.canceled() => break,
+                    // Not for this agent's own record: publishing it would wake the loop again.
+                    Ok(Some(response)) => {
+                        if response
+                            .events()
+                            .iter()
+                            .any(|e| e.kv().is_none_or(|kv| kv.key() != own.as_bytes()))
+                        {
+                            wake.notify_one();
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!("etcd watch: {e}");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::debug!("etcd watch: {e}"),
+        }
+        tokio::time::sleep(agent.timing.loop_interval()).await;
+    }
+}
+
+/// `host` and `port` of a conninfo string (the agent's own are `key=value` pairs; neither value
+/// is ever quoted).
+fn conninfo_address(conninfo: &str) -> Option<(String, u16)> {
+    let value = |key: &str| {
+        conninfo
+            .split_whitespace()
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim_matches('\''))
+    };
+    Some((value("host")?.to_owned(), value("port")?.parse().ok()?))
+}
+
+fn not_answering(node: &NodeSpec) -> HaError {
+    HaError::Config(format!("`{}` does not answer SQL", node.name))
+}
+
+/// Rejoin's steps go to the log.
+struct TracingLog;
+
+impl StepLog for TracingLog {
+    fn step(&self, text: &str) {
+        tracing::info!("{text}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_comes_out_of_a_primary_conninfo() {
+        assert_eq!(
+            conninfo_address("host=127.0.0.1 port=54321 user=replicator password=secret application_name=pg_slave"),
+            Some(("127.0.0.1".into(), 54321))
+        );
+        assert_eq!(conninfo_address(""), None);
+        assert_eq!(conninfo_address("host=db"), None);
+    }
+}

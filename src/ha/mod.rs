@@ -1,0 +1,144 @@
+//! Automatic, fenced failover: one agent per node (`pgrepl agent`), etcd (v3) as the only
+//! consensus, as Patroni does it.
+//!
+//! - `records`: the key layout under `/pgrepl/<cluster>/` and the JSON records.
+//! - `decide`: the pure decision (this node's server and the etcd view in, one action out).
+//! - `store`: etcd access (leases, the create-if-absent leader transaction, guarded writes).
+//! - `agent`: the loop that probes, publishes, decides and acts through the cluster runtime.
+//!
+//! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
+
+pub mod agent;
+pub mod decide;
+pub mod records;
+pub mod store;
+
+use std::time::Duration;
+
+/// The agent's clock. The defaults meet: a node loss is seen within `ttl` (+0.5 s, etcd's
+/// expiry check), a stall shorter than `stall_tolerance()` never costs the lease, and a primary
+/// that cannot renew is fenced `fence_margin` before its lease can expire anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Timing {
+    /// Lease time to live, whole seconds (etcd's unit); 2 s is etcd's minimum with its default
+    /// election timeout.
+    pub ttl_s: u64,
+    /// How often the lease is renewed.
+    pub renew_ms: u64,
+    /// How often the agent probes its server and decides when nothing else wakes it.
+    pub loop_ms: u64,
+    /// How long before the lease can expire a primary that could not renew stops itself.
+    pub fence_margin_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            ttl_s: 2,
+            renew_ms: 400,
+            loop_ms: 250,
+            fence_margin_ms: 500,
+        }
+    }
+}
+
+impl Timing {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_s)
+    }
+
+    pub fn renew(&self) -> Duration {
+        Duration::from_millis(self.renew_ms)
+    }
+
+    pub fn loop_interval(&self) -> Duration {
+        Duration::from_millis(self.loop_ms)
+    }
+
+    /// How long after the last confirmed renewal was sent a primary fences itself.
+    pub fn fence_after(&self) -> Duration {
+        self.ttl()
+            .saturating_sub(Duration::from_millis(self.fence_margin_ms))
+    }
+
+    /// The longest stall of an agent (or of etcd) that never costs a healthy primary its role:
+    /// the lease outlives it, and the renewal after it comes before the fence deadline.
+    pub fn stall_tolerance(&self) -> Duration {
+        self.fence_after().saturating_sub(self.renew())
+    }
+
+    /// One etcd request's limit: a renewal that hangs must not eat the fencing margin.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.renew_ms.min(self.fence_margin_ms) * 3 / 4)
+    }
+
+    /// Refuses timings that cannot meet: a lease shorter than two renewals, or a margin that
+    /// leaves no time to renew.
+    pub fn validate(&self) -> Result<(), HaError> {
+        if self.ttl_s < 2 {
+            return Err(HaError::Config(
+                "the lease TTL must be at least 2 s (etcd's minimum with its default election timeout)".into(),
+            ));
+        }
+        if self.fence_after() < self.renew() * 2 {
+            return Err(HaError::Config(format!(
+                "a {} s lease with a {} ms fencing margin leaves less than two {} ms renewals: raise the TTL or renew more often",
+                self.ttl_s, self.fence_margin_ms, self.renew_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    // Boxed: the client's error is large and every etcd call returns this type.
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    #[error("etcd did not answer within {0:?}")]
+    EtcdTimeout(Duration),
+    #[error("malformed record at `{key}` in etcd: {source}")]
+    Record {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_timings_meet_the_goals() {
+        let t = Timing::default();
+        t.validate().unwrap();
+        // A 1 s stall is tolerated, with room to spare.
+        assert!(t.stall_tolerance() >= Duration::from_secs(1));
+        // A dead primary's lease expires within 2 s of its last renewal.
+        assert_eq!(t.ttl(), Duration::from_secs(2));
+        assert!(t.request_timeout() < Duration::from_millis(t.fence_margin_ms));
+    }
+
+    #[test]
+    fn timings_that_cannot_meet_are_refused() {
+        let short = Timing {
+            ttl_s: 1,
+            ..Timing::default()
+        };
+        assert!(short.validate().is_err());
+        let slow = Timing {
+            renew_ms: 1000,
+            ..Timing::default()
+        };
+        assert!(slow.validate().is_err());
+    }
+}

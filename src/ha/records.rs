@@ -1,0 +1,213 @@
+//! What the agents keep in etcd: the key layout under `/pgrepl/<cluster>/` and the JSON records
+//! stored there. See proto-notes/08-ha.md for who writes what, and when.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::spec::{synchronous_standby_names, ClusterSpec};
+use crate::Lsn;
+
+/// The keys of one cluster.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(cluster: &str) -> Keys {
+        Keys {
+            prefix: format!("/pgrepl/{cluster}/"),
+        }
+    }
+
+    /// Everything of this cluster (what an agent watches).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The leader's name, held under the leader's lease: it vanishes when the lease expires.
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    pub fn members(&self) -> String {
+        format!("{}members/", self.prefix)
+    }
+
+    /// One node's [`MemberRecord`], under that node's agent's lease.
+    pub fn member(&self, node: &str) -> String {
+        format!("{}members/{node}", self.prefix)
+    }
+
+    /// The [`SyncRecord`]: no lease, it must outlive every agent.
+    pub fn sync(&self) -> String {
+        format!("{}sync", self.prefix)
+    }
+
+    /// The [`crate::ha::Timing`] the first agent wrote; the others check theirs against it.
+    pub fn config(&self) -> String {
+        format!("{}config", self.prefix)
+    }
+
+    /// One key per role change, named by when it happened.
+    pub fn history(&self, unix_ms: u128, node: &str) -> String {
+        format!("{}history/{unix_ms:015}-{node}", self.prefix)
+    }
+}
+
+/// The value of the leader key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    pub node: String,
+}
+
+/// What a node's agent last saw of its server, published whenever it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub node: String,
+    #[serde(flatten)]
+    pub server: ServerState,
+}
+
+/// A server as its agent probes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerState {
+    pub running: bool,
+    /// Still replaying WAL (a standby); meaningless when not running.
+    pub in_recovery: bool,
+    pub timeline: Option<u32>,
+    /// The furthest WAL it holds: received (standby) or flushed (primary).
+    pub position: Option<Lsn>,
+    /// A standby with no WAL receiver and an empty primary_conninfo: its position no longer moves.
+    pub detached: bool,
+    /// The node its primary_conninfo points at.
+    pub follows: Option<String>,
+}
+
+/// The standbys that may have acknowledged a commit of `leader`, and how many of them each
+/// commit waited for. A superset of the names in the leader's synchronous_standby_names: written
+/// before a name enters it, shrunk only after a name left it and the rest caught up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    pub leader: String,
+    /// `FIRST` or `ANY` (both are treated as "any `num` of `members`" for promotion).
+    pub method: String,
+    pub num: u32,
+    pub members: Vec<String>,
+}
+
+impl SyncRecord {
+    /// The policy of the cluster file with `leader` as primary (its name swapped out of the list,
+    /// as `failover` does).
+    pub fn desired(file_spec: &ClusterSpec, leader: &str) -> SyncRecord {
+        let sync = match file_spec.with_primary(leader) {
+            Ok(spec) => spec.sync,
+            Err(_) => file_spec.sync.clone(),
+        };
+        SyncRecord {
+            leader: leader.to_owned(),
+            method: sync.method,
+            num: sync.num_sync,
+            members: sync.standbys,
+        }
+    }
+
+    /// The synchronous_standby_names this record allows (empty: asynchronous).
+    pub fn standby_names(&self) -> String {
+        synchronous_standby_names(&self.method, self.num, &self.members)
+    }
+
+    /// Every name of `other` is here, and each commit waited for no more standbys than here.
+    pub fn covers(&self, other: &SyncRecord) -> bool {
+        self.leader == other.leader
+            && self.num <= other.num
+            && other.members.iter().all(|m| self.members.contains(m))
+    }
+
+    /// Both records' names, waiting for the fewer standbys of the two: safe while either policy
+    /// may be in force.
+    pub fn union(&self, other: &SyncRecord) -> SyncRecord {
+        let mut members = self.members.clone();
+        members.extend(
+            other
+                .members
+                .iter()
+                .filter(|m| !self.members.contains(m))
+                .cloned(),
+        );
+        SyncRecord {
+            leader: other.leader.clone(),
+            method: other.method.clone(),
+            num: self.num.min(other.num),
+            members,
+        }
+    }
+}
+
+/// One role change, as the new leader records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub from: Option<String>,
+    pub to: String,
+    pub timeline: Option<u32>,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_live_under_the_cluster_prefix() {
+        let keys = Keys::new("prod");
+        assert_eq!(keys.leader(), "/pgrepl/prod/leader");
+        assert_eq!(keys.member("pg_slave"), "/pgrepl/prod/members/pg_slave");
+        assert!(keys.member("a").starts_with(&keys.members()));
+        assert_eq!(keys.sync(), "/pgrepl/prod/sync");
+        assert_eq!(
+            keys.history(1_700_000_000_000, "pg_slave"),
+            "/pgrepl/prod/history/001700000000000-pg_slave"
+        );
+    }
+
+    #[test]
+    fn the_desired_record_swaps_the_new_leader_out_of_the_policy() {
+        let spec = ClusterSpec::default();
+        let record = SyncRecord::desired(&spec, "pg_slave");
+        assert_eq!(record.members, vec!["pg_master", "pg_asyncslave"]);
+        assert_eq!(record.standby_names(), "FIRST 1 (pg_master, pg_asyncslave)");
+        let at_start = SyncRecord::desired(&spec, "pg_master");
+        assert_eq!(at_start.members, vec!["pg_slave", "pg_asyncslave"]);
+    }
+
+    #[test]
+    fn a_union_covers_both_policies() {
+        let spec = ClusterSpec::default();
+        let mut narrow = SyncRecord::desired(&spec, "pg_master");
+        narrow.members = vec!["pg_slave".into()];
+        narrow.num = 1;
+        let mut wide = SyncRecord::desired(&spec, "pg_master");
+        wide.num = 2;
+        let union = narrow.union(&wide);
+        assert!(union.covers(&narrow) && union.covers(&wide));
+        assert!(!narrow.covers(&wide));
+        assert_eq!(union.num, 1);
+    }
+
+    #[test]
+    fn member_records_round_trip_as_json() {
+        let record = MemberRecord {
+            node: "pg_slave".into(),
+            server: ServerState {
+                running: true,
+                in_recovery: true,
+                timeline: Some(2),
+                position: Some("0/3000148".parse().unwrap()),
+                detached: false,
+                follows: Some("pg_master".into()),
+            },
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains("\"0/3000148\""), "{text}");
+        assert_eq!(serde_json::from_str::<MemberRecord>(&text).unwrap(), record);
+    }
+}
