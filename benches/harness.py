@@ -118,8 +118,8 @@ def machine():
 def describe_run(work, pg_bin, pgrepl):
     """The lines that say where and with what the figures were taken."""
     fstype = subprocess.run(["stat", "-f", "-c", "%T", work], capture_output=True, text=True).stdout.strip()
-    source = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", work], capture_output=True,
-                            text=True).stdout.strip()
+    source = " ".join(subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", work], capture_output=True,
+                                     text=True).stdout.split("\n")[0].split())
     version = subprocess.run([os.path.join(pg_bin, "pg_basebackup"), "--version"], capture_output=True,
                              text=True).stdout.strip()
     note = " (tmpfs: syncing is free, the figures flatter every tool)" if "tmpfs" in fstype else ""

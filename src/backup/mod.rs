@@ -17,23 +17,25 @@ pub mod manifest;
 pub(crate) mod standby_conf;
 mod target;
 pub mod unpack;
+pub mod written;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::checksum::ChecksumAlgorithm;
-use self::manifest::{ManifestError, WrittenFile};
+use self::manifest::ManifestError;
 use self::target::Staging;
 pub use self::target::SyncMethod;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
+use self::written::{ManifestSink, WrittenLog};
 use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet};
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
@@ -352,8 +354,15 @@ async fn run(
         layout: &layout,
         extract: Arc::new(extract),
         progress: progress.clone(),
-        written: Vec::new(),
-        manifest: BytesMut::new(),
+        written: Arc::new(Mutex::new(WrittenLog::new_in(&data_dirs[0]).map_err(
+            |e| {
+                BackupError::io(
+                    format!("create a temporary file in `{}`", data_dirs[0].display()),
+                    e,
+                )
+            },
+        )?)),
+        manifest: None,
         current: None,
         cancel,
     };
@@ -402,24 +411,21 @@ async fn run(
     let ArchiveReceiver {
         written, manifest, ..
     } = receiver;
-    let manifest_verified = if options.manifest_checksums.is_some() {
-        let parsed = manifest::parse(&manifest)?;
-        manifest::verify_written(&parsed, &written)?;
-        for dir in &data_dirs {
-            std::fs::write(dir.join("backup_manifest"), &manifest).map_err(|e| {
-                BackupError::io(
-                    format!("write `{}`", dir.join("backup_manifest").display()),
-                    e,
-                )
-            })?;
+    let written = Arc::into_inner(written)
+        .expect("every extractor has finished")
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (files, bytes) = (written.files(), written.bytes());
+    let manifest_verified = match manifest {
+        Some(sink) => {
+            let listed = written::check_against_manifest(sink, written, &data_dirs[1..])?;
+            tracing::info!(files = listed, "every file matches the backup manifest");
+            true
         }
-        tracing::info!(
-            files = parsed.files.len(),
-            "every file matches the backup manifest"
-        );
-        true
-    } else {
-        false
+        None if options.manifest_checksums.is_some() => {
+            return Err(ManifestError::Invalid("the server sent no backup manifest".into()).into())
+        }
+        None => false,
     };
 
     finish_targets(connect, options, &data_dirs, data_dir_mode)?;
@@ -442,8 +448,8 @@ async fn run(
         start_lsn,
         end_lsn,
         timeline: start_timeline,
-        bytes: written.iter().map(|f| f.size).sum::<u64>(),
-        files: written.len(),
+        bytes,
+        files,
         targets,
         manifest_verified,
         elapsed_ms: started.elapsed().as_millis(),
@@ -638,16 +644,13 @@ struct ArchiveReceiver<'a> {
     layout: &'a TablespaceLayout,
     extract: Arc<ExtractOptions>,
     progress: Arc<dyn Progress>,
-    written: Vec<WrittenFile>,
-    manifest: BytesMut,
+    /// Shared with one extractor at a time: archives arrive one after the other.
+    written: Arc<Mutex<WrittenLog>>,
+    manifest: Option<ManifestSink>,
     /// The archive being extracted.
     current: Option<OpenArchive>,
     cancel: &'a CancellationToken,
 }
-
-/// A manifest lists about 150 bytes per file: this allows some 400,000 files while keeping a
-/// hostile server from filling memory.
-const MAX_MANIFEST_BYTES: usize = 64 << 20;
 
 /// CopyData payloads are handed to the extractor thread in batches of about this size: one
 /// thread wake-up per 32 KiB message cost more CPU than anything the extractor does with it.
@@ -686,14 +689,17 @@ impl ArchiveReceiver<'_> {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let extract = self.extract.clone();
         let progress = self.progress.clone();
+        let written = self.written.clone();
         let task = tokio::task::spawn_blocking(move || {
             let source = compression.source(rx)?;
             let mut on_bytes = |n: u64| progress.advance(n);
-            Ok(unpack::extract_archive(
+            let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(unpack::extract_archive_into(
                 source,
                 &destination,
                 &extract,
                 &mut on_bytes,
+                &mut *written,
             )?)
         });
         Ok(OpenArchive {
@@ -706,7 +712,7 @@ impl ArchiveReceiver<'_> {
 
     async fn close_archive(&mut self) -> Result<(), BackupError> {
         if let Some(archive) = self.current.take() {
-            self.written.extend(archive.finish().await?);
+            archive.finish().await?;
         }
         Ok(())
     }
@@ -725,15 +731,15 @@ impl ArchiveReceiver<'_> {
         }
     }
 
+    /// The manifest goes straight to disk, whatever its size (some 150 bytes per file).
     fn add_to_manifest(&mut self, data: &[u8]) -> Result<(), BackupError> {
-        if self.manifest.len() + data.len() > MAX_MANIFEST_BYTES {
-            return Err(BackupError::Invalid(format!(
-                "the backup manifest exceeds {} MiB; use --no-manifest for a cluster this large",
-                MAX_MANIFEST_BYTES >> 20
-            )));
-        }
-        self.manifest.extend_from_slice(data);
-        Ok(())
+        let sink = match &mut self.manifest {
+            Some(sink) => sink,
+            None => self
+                .manifest
+                .insert(ManifestSink::create(&self.data_dirs[0])?),
+        };
+        sink.write(data)
     }
 
     /// PostgreSQL 15+: one CopyOut carrying typed messages for every archive and the manifest.
@@ -847,7 +853,7 @@ struct OpenArchive {
     /// Payloads not yet handed over (see `HANDOFF_BYTES`).
     batch: Vec<Bytes>,
     batch_bytes: usize,
-    task: JoinHandle<Result<Vec<WrittenFile>, BackupError>>,
+    task: JoinHandle<Result<(), BackupError>>,
 }
 
 impl OpenArchive {
@@ -869,7 +875,7 @@ impl OpenArchive {
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<Vec<WrittenFile>, BackupError> {
+    async fn finish(mut self) -> Result<(), BackupError> {
         if !self.batch.is_empty() {
             // If this fails, the extractor has stopped and its own error is the one to report.
             let _ = self.hand_over().await;
