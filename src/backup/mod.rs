@@ -9,15 +9,23 @@
 //! reached. Files are checksummed as they are written and compared with the server's manifest.
 //! Targets are built in temporary siblings and moved into place only when complete and synced.
 //!
+//! Files: this one holds the options, the flow (`run`) and tablespace mapping; `archive` the
+//! archive receiver and decompression, `wal_stream` the `-X stream` side.
+//!
 //! Neighbours: `unpack` (tar to disk), `manifest`/`checksum` (verification), `target` (staging),
 //! `standby_conf` (`-R`), `replication` (the WAL streamer), `conn` (sessions).
 
+mod archive;
 pub mod checksum;
 pub mod manifest;
 pub(crate) mod standby_conf;
 mod target;
 pub mod unpack;
+mod wal_stream;
 pub mod written;
+
+use self::archive::*;
+use self::wal_stream::*;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -76,8 +84,19 @@ pub enum BackupError {
     SlotMissing(String),
     #[error("{0}")]
     Tablespace(String),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("no target directory given; use -D DIR")]
+    NoTargets,
+    #[error("transfer rate `{0}` kB/s is out of range: give 32 to 1048576 kB/s (the server's limits), or omit -r")]
+    RateOutOfRange(u32),
+    #[error("invalid replication slot name `{0}`: use lower-case letters, digits and underscores, at most 63")]
+    InvalidSlotName(String),
+    #[error("--create-slot needs a slot name: add -S NAME")]
+    CreateSlotWithoutName,
+    /// The WAL streamer's connection failed while the base backup was still arriving.
+    #[error("the WAL streamer stopped")]
+    StreamerStopped,
+    #[error("the WAL connection reached a different cluster (system identifier {got} instead of {expected})")]
+    WalSystemMismatch { expected: u64, got: u64 },
     #[error("cancelled; nothing was left behind")]
     Cancelled,
     /// The extractor thread stopped; its own error is reported instead where it can be had.
@@ -458,15 +477,11 @@ async fn run(
 
 fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
     if options.targets.is_empty() {
-        return Err(BackupError::Invalid(
-            "no target directory given; use -D DIR".into(),
-        ));
+        return Err(BackupError::NoTargets);
     }
     if let Some(rate) = options.max_rate_kbps {
         if !(32..=1_048_576).contains(&rate) {
-            return Err(BackupError::Invalid(format!(
-                "transfer rate `{rate}` kB/s is out of range: give 32 to 1048576 kB/s (the server's limits), or omit -r"
-            )));
+            return Err(BackupError::RateOutOfRange(rate));
         }
     }
     if let Some(slot) = &options.slot {
@@ -476,20 +491,15 @@ fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
-            return Err(BackupError::Invalid(format!(
-                "invalid replication slot name `{slot}`: use lower-case letters, digits and underscores, at most 63"
-            )));
+            return Err(BackupError::InvalidSlotName(slot.clone()));
         }
     }
     if options.create_slot && options.slot.is_none() {
-        return Err(BackupError::Invalid(
-            "--create-slot needs a slot name: add -S NAME".into(),
-        ));
+        return Err(BackupError::CreateSlotWithoutName);
     }
     Ok(())
 }
 
-/// `16MB`, `1GB`, `8192`... as the server prints sizes for SHOW.
 /// BASE_BACKUP's result sets hold one row, or one short row per tablespace: more than this is
 /// a server trying to fill our memory.
 const MAX_RESULT_BYTES: usize = 8 << 20;
@@ -638,481 +648,6 @@ fn plan_tablespaces(
     Ok(layout)
 }
 
-/// Routes the archives of one backup to their extractor threads and collects the manifest.
-struct ArchiveReceiver<'a> {
-    data_dirs: &'a [PathBuf],
-    layout: &'a TablespaceLayout,
-    extract: Arc<ExtractOptions>,
-    progress: Arc<dyn Progress>,
-    /// Shared with one extractor at a time: archives arrive one after the other.
-    written: Arc<Mutex<WrittenLog>>,
-    manifest: Option<ManifestSink>,
-    /// The archive being extracted.
-    current: Option<OpenArchive>,
-    cancel: &'a CancellationToken,
-}
-
-/// CopyData payloads are handed to the extractor thread in batches of about this size: one
-/// thread wake-up per 32 KiB message cost more CPU than anything the extractor does with it.
-const HANDOFF_BYTES: usize = 256 * 1024;
-
-/// Batches in flight between the socket and the extractor: enough to keep both busy, small
-/// enough that memory stays flat whatever the database size.
-const CHANNEL_DEPTH: usize = 8;
-
-impl ArchiveReceiver<'_> {
-    /// Starts an extractor for the archive at `location` (`None`: the data directory).
-    fn open_archive(
-        &self,
-        name: &str,
-        location: Option<&Path>,
-    ) -> Result<OpenArchive, BackupError> {
-        let destination = match location {
-            None => ArchiveDestination {
-                roots: self.data_dirs.to_vec(),
-                manifest_prefix: String::new(),
-            },
-            Some(location) => {
-                let oid = *self.layout.by_location.get(location).ok_or_else(|| {
-                    ProtocolError::malformed(
-                        "BASE_BACKUP",
-                        format!("archive for unknown tablespace `{}`", location.display()),
-                    )
-                })?;
-                ArchiveDestination {
-                    roots: self.layout.staging[&oid].clone(),
-                    manifest_prefix: format!("pg_tblspc/{oid}/"),
-                }
-            }
-        };
-        let compression = Compression::from_archive_name(name)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let extract = self.extract.clone();
-        let progress = self.progress.clone();
-        let written = self.written.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let source = compression.source(rx)?;
-            let mut on_bytes = |n: u64| progress.advance(n);
-            let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
-            Ok(unpack::extract_archive_into(
-                source,
-                &destination,
-                &extract,
-                &mut on_bytes,
-                &mut *written,
-            )?)
-        });
-        Ok(OpenArchive {
-            tx,
-            batch: Vec::new(),
-            batch_bytes: 0,
-            task,
-        })
-    }
-
-    async fn close_archive(&mut self) -> Result<(), BackupError> {
-        if let Some(archive) = self.current.take() {
-            archive.finish().await?;
-        }
-        Ok(())
-    }
-
-    /// After a failure: waits until the open extractor has stopped and returns its error.
-    async fn abandon(&mut self) -> Option<BackupError> {
-        self.current.take()?.finish().await.err()
-    }
-
-    async fn send(&mut self, data: Bytes) -> Result<(), BackupError> {
-        match self.current.as_mut() {
-            Some(archive) => archive.send(data).await,
-            None => {
-                Err(ProtocolError::malformed("BASE_BACKUP", "data before the first archive").into())
-            }
-        }
-    }
-
-    /// The manifest goes straight to disk, whatever its size (some 150 bytes per file).
-    fn add_to_manifest(&mut self, data: &[u8]) -> Result<(), BackupError> {
-        let sink = match &mut self.manifest {
-            Some(sink) => sink,
-            None => self
-                .manifest
-                .insert(ManifestSink::create(&self.data_dirs[0])?),
-        };
-        sink.write(data)
-    }
-
-    /// PostgreSQL 15+: one CopyOut carrying typed messages for every archive and the manifest.
-    async fn receive_typed_stream(
-        &mut self,
-        conn: &mut Connection,
-        streamer: Option<&WalStreamer>,
-    ) -> Result<(), BackupError> {
-        expect_copy_out(conn).await?;
-        let mut in_manifest = false;
-        loop {
-            let message = next_backup_message(conn, streamer, self.cancel).await?;
-            match message {
-                BackendMessage::CopyData(payload) => match BackupStreamMessage::parse(payload)? {
-                    BackupStreamMessage::NewArchive {
-                        name,
-                        tablespace_path,
-                    } => {
-                        self.close_archive().await?;
-                        let location =
-                            (!tablespace_path.is_empty()).then(|| PathBuf::from(&tablespace_path));
-                        self.current = Some(self.open_archive(&name, location.as_deref())?);
-                    }
-                    BackupStreamMessage::Data(data) if in_manifest => {
-                        self.add_to_manifest(&data)?
-                    }
-                    BackupStreamMessage::Data(data) => self.send(data).await?,
-                    BackupStreamMessage::Progress(_) => {}
-                    BackupStreamMessage::ManifestStart => {
-                        self.close_archive().await?;
-                        in_manifest = true;
-                    }
-                },
-                BackendMessage::CopyDone => return self.close_archive().await,
-                BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
-                other => return Err(ConnectionError::unexpected("backup data", &other).into()),
-            }
-        }
-    }
-
-    /// PostgreSQL 14: one CopyOut of raw tar per tablespace (data directory last), then one for
-    /// the manifest.
-    async fn receive_per_tablespace(
-        &mut self,
-        conn: &mut Connection,
-        tablespaces: &[Tablespace],
-        with_manifest: bool,
-        streamer: Option<&WalStreamer>,
-    ) -> Result<(), BackupError> {
-        for ts in tablespaces {
-            expect_copy_out(conn).await?;
-            self.current = Some(self.open_archive("base.tar", ts.location.as_deref())?);
-            loop {
-                match next_backup_message(conn, streamer, self.cancel).await? {
-                    BackendMessage::CopyData(data) => self.send(data).await?,
-                    BackendMessage::CopyDone => break,
-                    BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
-                    other => return Err(ConnectionError::unexpected("backup data", &other).into()),
-                }
-            }
-            self.close_archive().await?;
-        }
-        if with_manifest {
-            expect_copy_out(conn).await?;
-            loop {
-                match next_backup_message(conn, streamer, self.cancel).await? {
-                    BackendMessage::CopyData(data) => self.add_to_manifest(&data)?,
-                    BackendMessage::CopyDone => break,
-                    BackendMessage::ErrorResponse(e) => return Err(drain_error(conn, e).await),
-                    other => {
-                        return Err(
-                            ConnectionError::unexpected("the backup manifest", &other).into()
-                        )
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The next message of the backup stream, unless the streamer fails or the user cancels first.
-async fn next_backup_message(
-    conn: &mut Connection,
-    streamer: Option<&WalStreamer>,
-    cancel: &CancellationToken,
-) -> Result<BackendMessage, BackupError> {
-    let streamer_failed = async {
-        match streamer {
-            Some(streamer) => streamer.failed.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        message = conn.read_message() => Ok(message?),
-        _ = streamer_failed => Err(BackupError::Invalid("the WAL streamer stopped".into())),
-        _ = cancel.cancelled() => Err(BackupError::Cancelled),
-    }
-}
-
-async fn expect_copy_out(conn: &mut Connection) -> Result<(), BackupError> {
-    match conn.read_message().await? {
-        BackendMessage::CopyOutResponse => Ok(()),
-        BackendMessage::ErrorResponse(e) => Err(drain_error(conn, e).await),
-        other => Err(ConnectionError::unexpected("CopyOutResponse", &other).into()),
-    }
-}
-
-struct OpenArchive {
-    tx: mpsc::Sender<Vec<Bytes>>,
-    /// Payloads not yet handed over (see `HANDOFF_BYTES`).
-    batch: Vec<Bytes>,
-    batch_bytes: usize,
-    task: JoinHandle<Result<(), BackupError>>,
-}
-
-impl OpenArchive {
-    async fn send(&mut self, data: Bytes) -> Result<(), BackupError> {
-        self.batch_bytes += data.len();
-        self.batch.push(data);
-        if self.batch_bytes >= HANDOFF_BYTES {
-            self.hand_over().await?;
-        }
-        Ok(())
-    }
-
-    async fn hand_over(&mut self) -> Result<(), BackupError> {
-        self.batch_bytes = 0;
-        if self.tx.send(std::mem::take(&mut self.batch)).await.is_err() {
-            // The extractor stopped early: its error explains why. `abandon` reports it.
-            return Err(BackupError::ExtractionStopped);
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<(), BackupError> {
-        if !self.batch.is_empty() {
-            // If this fails, the extractor has stopped and its own error is the one to report.
-            let _ = self.hand_over().await;
-        }
-        drop(self.tx);
-        self.task
-            .await
-            .map_err(|e| BackupError::io("extract archive", io::Error::other(e)))?
-    }
-}
-
-/// The payloads the network side sends, handed to the extractor as they are: an uncompressed
-/// archive reaches the disk without a single user-space copy. Ends when the sender is dropped.
-struct ChannelChunks {
-    rx: mpsc::Receiver<Vec<Bytes>>,
-    batch: std::vec::IntoIter<Bytes>,
-}
-
-impl ChannelChunks {
-    fn new(rx: mpsc::Receiver<Vec<Bytes>>) -> Self {
-        Self {
-            rx,
-            batch: Vec::new().into_iter(),
-        }
-    }
-}
-
-impl ChunkSource for ChannelChunks {
-    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        loop {
-            if let Some(chunk) = self.batch.next() {
-                return Ok(Some(chunk));
-            }
-            match self.rx.blocking_recv() {
-                Some(batch) => self.batch = batch.into_iter(),
-                None => return Ok(None),
-            }
-        }
-    }
-}
-
-/// A `Read` over the payloads, for the decompressors.
-struct ChannelReader {
-    chunks: ChannelChunks,
-    current: Bytes,
-}
-
-impl ChannelReader {
-    fn new(rx: mpsc::Receiver<Vec<Bytes>>) -> Self {
-        Self {
-            chunks: ChannelChunks::new(rx),
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.next_chunk()? {
-                Some(chunk) => self.current = chunk,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-/// Server-side compression, recognised from the archive name.
-#[derive(Debug, Clone, Copy)]
-enum Compression {
-    None,
-    Gzip,
-    Lz4,
-    Zstd,
-}
-
-impl Compression {
-    fn from_archive_name(name: &str) -> Result<Self, BackupError> {
-        Ok(if name.ends_with(".tar") {
-            Self::None
-        } else if name.ends_with(".tar.gz") {
-            Self::Gzip
-        } else if name.ends_with(".tar.lz4") {
-            Self::Lz4
-        } else if name.ends_with(".tar.zst") {
-            Self::Zstd
-        } else {
-            return Err(ProtocolError::malformed(
-                "BASE_BACKUP",
-                format!("unexpected archive name `{name}`"),
-            )
-            .into());
-        })
-    }
-
-    /// The archive's tar stream. Decompressed data comes out of a `Read`, chunked again by
-    /// `ReadChunks`; uncompressed data goes through untouched.
-    fn source(self, rx: mpsc::Receiver<Vec<Bytes>>) -> Result<Box<dyn ChunkSource>, BackupError> {
-        Ok(match self {
-            Self::None => Box::new(ChannelChunks::new(rx)),
-            Self::Gzip => Box::new(ReadChunks::new(flate2::read::GzDecoder::new(
-                ChannelReader::new(rx),
-            ))),
-            Self::Lz4 => Box::new(ReadChunks::new(lz4_flex::frame::FrameDecoder::new(
-                ChannelReader::new(rx),
-            ))),
-            Self::Zstd => Box::new(ReadChunks::new(
-                zstd::stream::read::Decoder::new(ChannelReader::new(rx))
-                    .map_err(|e| BackupError::io("start zstd", e))?,
-            )),
-        })
-    }
-}
-
-/// The `-X stream` side: its own connection and task, stopped at the backup's end position.
-struct WalStreamer {
-    stop: watch::Sender<Option<Lsn>>,
-    /// Cancelled when the task fails, so the archive side can stop at once.
-    failed: CancellationToken,
-    task: JoinHandle<Result<(), BackupError>>,
-}
-
-impl WalStreamer {
-    fn start(
-        connect: &ConnectOptions,
-        options: &BaseBackupOptions,
-        system_id: u64,
-        wal_dirs: Vec<PathBuf>,
-        segment_size: u64,
-        start: Lsn,
-        timeline: u32,
-    ) -> WalStreamer {
-        let (stop, stop_rx) = watch::channel(None);
-        let failed = CancellationToken::new();
-        let connect = connect.clone();
-        let slot = options.slot.clone();
-        let failed_guard = failed.clone();
-        let task = tokio::spawn(async move {
-            let result = stream_into(
-                connect,
-                slot,
-                system_id,
-                wal_dirs,
-                segment_size,
-                start,
-                timeline,
-                stop_rx,
-            )
-            .await;
-            if result.is_err() {
-                failed_guard.cancel();
-            }
-            result
-        });
-        WalStreamer { stop, failed, task }
-    }
-
-    /// Tells the streamer where the backup ended and waits until it has written that far.
-    async fn finish(self, end: Lsn) -> Result<(), BackupError> {
-        let _ = self.stop.send(Some(end));
-        self.task
-            .await
-            .map_err(|e| BackupError::io("stream WAL", io::Error::other(e)))?
-    }
-
-    /// When the archive side failed, the streamer's own error is often the real cause.
-    async fn failure_or(self, archive_error: BackupError) -> BackupError {
-        if self.failed.is_cancelled() {
-            if let Ok(Err(e)) = self.task.await {
-                return e;
-            }
-        } else {
-            // Wait until the aborted task is gone: it writes into the staging directories.
-            self.task.abort();
-            let _ = self.task.await;
-        }
-        archive_error
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn stream_into(
-    connect: ConnectOptions,
-    slot: Option<String>,
-    system_id: u64,
-    wal_dirs: Vec<PathBuf>,
-    segment_size: u64,
-    start: Lsn,
-    timeline: u32,
-    stop: watch::Receiver<Option<Lsn>>,
-) -> Result<(), BackupError> {
-    let mut conn = Connection::connect(&connect).await?;
-    let system = conn.identify_system().await?;
-    if system.system_id != system_id {
-        return Err(BackupError::Invalid(format!(
-            "the WAL connection reached a different cluster (system identifier {} instead of {system_id})",
-            system.system_id
-        )));
-    }
-    let slot = match slot {
-        Some(slot) => slot,
-        None => {
-            // Holds the WAL from the backup's start until we have streamed it; gone with the session.
-            let name = format!("pgrepl_{}_{}", std::process::id(), rand_suffix());
-            conn.create_physical_slot(&name, true).await?;
-            name
-        }
-    };
-    // No fsync per segment: the whole target is synced once before it is moved into place.
-    let mut writer = SegmentWriter::new(wal_dirs, segment_size, SegmentNaming::Standby, false)
-        .map_err(|e| BackupError::io("prepare pg_wal", e))?;
-    let options = StreamOptions {
-        slot: Some(slot),
-        start,
-        timeline,
-        status_interval: Duration::from_secs(10),
-        report_flush: false,
-    };
-    let never = CancellationToken::new();
-    let end = replication::stream_wal(&mut conn, &options, &mut writer, stop, &never).await?;
-    writer
-        .finish()
-        .map_err(|e| BackupError::io("finish WAL segment", e))?;
-    tracing::info!(?end, "WAL streaming finished");
-    conn.close().await;
-    Ok(())
-}
-
-/// A few random hex digits so concurrent runs in one process get distinct slot names.
-fn rand_suffix() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    format!("{:08x}", RandomState::new().hash_one(Instant::now()) as u32)
-}
-
 /// `-R` and permissions, applied to every staged data directory.
 fn finish_targets(
     connect: &ConnectOptions,
@@ -1155,27 +690,26 @@ mod tests {
     #[test]
     fn options_are_checked_before_connecting() {
         let mut options = BaseBackupOptions::new(vec![]);
-        assert!(validate(&options).unwrap_err().to_string().contains("-D"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(err, BackupError::NoTargets));
+        assert!(err.to_string().contains("-D"));
         options.targets.push(BackupTarget {
             dir: "/tmp/x".into(),
             application_name: None,
         });
         options.max_rate_kbps = Some(0);
-        assert!(validate(&options)
-            .unwrap_err()
-            .to_string()
-            .contains("32 to 1048576"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(err, BackupError::RateOutOfRange(0)));
+        assert!(err.to_string().contains("32 to 1048576"));
         options.max_rate_kbps = None;
         options.slot = Some("Bad-Name".into());
-        assert!(validate(&options)
-            .unwrap_err()
-            .to_string()
-            .contains("invalid replication slot name"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(&err, BackupError::InvalidSlotName(name) if name == "Bad-Name"));
+        assert!(err.to_string().contains("invalid replication slot name"));
         options.slot = None;
         options.create_slot = true;
-        assert!(validate(&options)
-            .unwrap_err()
-            .to_string()
-            .contains("-S NAME"));
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(err, BackupError::CreateSlotWithoutName));
+        assert!(err.to_string().contains("-S NAME"));
     }
 }

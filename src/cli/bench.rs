@@ -11,7 +11,8 @@ use clap::{Args, ValueEnum};
 use plotters::prelude::*;
 use tokio_util::sync::CancellationToken;
 
-use super::lag::{cluster_nodes, conninfo_nodes, Align, Table};
+use super::lag::render::{Align, Table};
+use super::lag::{cluster_nodes, conninfo_nodes};
 use super::out::{self, outln};
 use pgrepl::bench::sample::Snapshot;
 use pgrepl::bench::{self, BenchOptions, BenchReport, Mode, ModeReport, Shape};

@@ -1,5 +1,7 @@
 //! What to tell the user after an error: one "hint:" line for conditions we recognise, keyed by
-//! SQLSTATE (messages are translated on non-English servers) or by the I/O error kind.
+//! SQLSTATE (messages are translated on non-English servers) or by the I/O error kind. One
+//! exception reads the English text: a pg_hba rejection shares SQLSTATE 28000 with other login
+//! refusals and only its message tells them apart, so a translated server gets no hint for it.
 
 use std::io;
 
@@ -46,6 +48,7 @@ fn connection_hint(error: &pgrepl::conn::ConnectionError, user: &str) -> Option<
     }
     let server = error.server_error()?;
     Some(match server.code.as_str() {
+        // No SQLSTATE of its own (see the header): the English text is the only way to know.
         "28000" if server.message.contains("replication") || server.message.contains("pg_hba") => {
             let client = quoted_after(&server.message, "host \"").unwrap_or_else(|| "<client address>".into());
             let cidr = if client.contains(':') { format!("{client}/128") } else { format!("{client}/32") };

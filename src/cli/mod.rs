@@ -1,5 +1,6 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
-//! renders results. Hints for errors live in `hints`, argument definitions in `args`.
+//! renders results. Hints for errors live in `hints`, argument definitions in `args` (the
+//! commands' own in their files), the single-server connection flags in `connection`.
 
 mod agent;
 pub mod args;

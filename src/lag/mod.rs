@@ -8,7 +8,8 @@
 //! the [`Report`]. Rendering (table, JSON, Prometheus) belongs to the CLI.
 //!
 //! Not here: choosing nodes (the command line or the cluster file), the SQL session's settings
-//! ([`crate::conn::sql`]; no TLS yet, so `sslmode=require` and stricter are refused per node),
+//! ([`crate::conn::sql`]: the same sslmode, certificate and channel-binding rules as the
+//! replication session, over rustls),
 //! and any change to the cluster other than the probe's one-row table `pgrepl_heartbeat`.
 //!
 //! # JSON schema (`pgrepl lag --json`, `pgrepl status --json`)

@@ -146,6 +146,9 @@ impl Session<'_> {
         let mut ticker = tokio::time::interval(self.options.status_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
+        // False once the stop sender is gone: nobody will move the stop position any more, so
+        // the loop stops watching it (its last value still counts) and keeps reading.
+        let mut stop_may_change = true;
         loop {
             if !stopping && self.stop_reached(*stop_at.borrow()) {
                 // A last report of what we have, then CopyDone: nothing may follow CopyDone.
@@ -165,11 +168,8 @@ impl Session<'_> {
                     stopping = true;
                     continue;
                 }
-                changed = stop_at.changed(), if !stopping => {
-                    if changed.is_err() {
-                        // The sender is gone: nobody will set a stop position any more.
-                        std::future::pending::<()>().await;
-                    }
+                changed = stop_at.changed(), if !stopping && stop_may_change => {
+                    stop_may_change = changed.is_ok();
                     continue;
                 }
                 _ = ticker.tick(), if !stopping => {

@@ -441,3 +441,67 @@ fn compressed_segments_restore_the_servers_bytes_and_resume() {
         }
     }
 }
+
+/// A streamer whose stop sender is gone keeps reading WAL and still stops when cancelled (it used
+/// to wait forever once the sender was dropped). Calls the library: the binary always holds the
+/// sender.
+#[test]
+fn streaming_outlives_its_stop_sender() {
+    use pgrepl::conn::{ConnParams, ConnectOptions, Connection};
+    use pgrepl::replication::wal_sink::{SegmentNaming, SegmentWriter};
+    use pgrepl::replication::{stream_wal, StreamEnd, StreamOptions};
+    use tokio_util::sync::CancellationToken;
+
+    let server = server();
+    let dir = tempfile::tempdir().unwrap();
+    let conninfo = server.tcp_conninfo(harness::REP_SCRAM, Some(harness::REP_SCRAM_PASSWORD));
+    let cancel = CancellationToken::new();
+    let (streaming, started) = std::sync::mpsc::channel::<()>();
+    let (server_ref, canceller) = (&server, cancel.clone());
+    let (start, end) = std::thread::scope(|scope| {
+        // WAL written once streaming has started, then a cancel: the only ways out.
+        scope.spawn(move || {
+            if started.recv().is_ok() {
+                generate_wal(server_ref, 2);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            canceller.cancel();
+        });
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let params = ConnParams::parse(&conninfo).unwrap();
+            let options = ConnectOptions::from_process_env(params).unwrap();
+            let mut conn = Connection::connect(&options).await.unwrap();
+            let system = conn.identify_system().await.unwrap();
+            let segment_size = conn.wal_segment_size().await.unwrap();
+            let mut writer = SegmentWriter::new(
+                vec![dir.path().to_owned()],
+                segment_size,
+                SegmentNaming::Archive,
+                false,
+            )
+            .unwrap();
+            let (sender, stop_at) = tokio::sync::watch::channel(None);
+            drop(sender);
+            let stream_options = StreamOptions {
+                slot: None,
+                start: system.xlogpos,
+                timeline: system.timeline,
+                status_interval: Duration::from_secs(1),
+                report_flush: false,
+            };
+            streaming.send(()).unwrap();
+            let stream = stream_wal(&mut conn, &stream_options, &mut writer, stop_at, &cancel);
+            let end = tokio::time::timeout(Duration::from_secs(60), stream)
+                .await
+                .expect("streaming stopped reading once its stop sender was gone");
+            (system.xlogpos, end.unwrap())
+        })
+    });
+    let StreamEnd::Cancelled { position } = end else {
+        panic!("expected a cancelled stream, got {end:?}");
+    };
+    assert!(
+        position.as_u64() >= start.as_u64() + (1 << 20),
+        "streamed only {start}..{position}"
+    );
+}

@@ -23,12 +23,14 @@
 //! direct TLS (`sslnegotiation=direct`), and libpq's plaintext retry after a failed `prefer`
 //! handshake.
 //!
+//! Files: `names` checks host names (verify-full), `binding` computes the channel-binding hash,
+//! `sql` adapts all this to tokio-postgres for SQL sessions.
+//!
 //! Neighbours: `socket` wraps the stream made here; `auth` uses the channel-binding hash.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,13 +45,18 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
     SignatureScheme,
 };
-use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use x509_parser::prelude::{ASN1Time, FromDer, GeneralName, X509Certificate, X509Version};
-use x509_parser::signature_algorithm::SignatureAlgorithm;
-use x509_parser::x509::AlgorithmIdentifier;
+use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate, X509Version};
+
+mod binding;
+mod names;
+mod sql;
+
+use self::binding::tls_server_end_point;
+use self::names::check_host_name;
+use self::sql::SqlTls;
 
 use super::config::SslMode;
 use super::socket::Socket;
@@ -204,104 +211,6 @@ pub(super) async fn sql_connector(
         config: Arc::new(config),
         server_name,
     }))
-}
-
-/// tokio-postgres' TLS connector for one host, over rustls with pgrepl's certificate checks.
-#[derive(Clone)]
-pub struct SqlTls {
-    config: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-}
-
-impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for SqlTls {
-    type Stream = SqlTlsStream<tokio_postgres::Socket>;
-    type TlsConnect = SqlTls;
-    type Error = io::Error;
-
-    /// The host was fixed when the checks were built: a session has one host.
-    fn make_tls_connect(&mut self, _domain: &str) -> io::Result<SqlTls> {
-        Ok(self.clone())
-    }
-}
-
-impl<S> tokio_postgres::tls::TlsConnect<S> for SqlTls
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = SqlTlsStream<S>;
-    type Error = io::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<SqlTlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let tls = TlsConnector::from(self.config)
-                .connect(self.server_name, stream)
-                .await?;
-            let binding = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| tls_server_end_point(leaf));
-            Ok(SqlTlsStream { tls, binding })
-        })
-    }
-}
-
-/// An SQL session's TLS stream, with the channel-binding hash SCRAM-SHA-256-PLUS sends.
-pub struct SqlTlsStream<S> {
-    tls: tokio_rustls::client::TlsStream<S>,
-    binding: Option<Vec<u8>>,
-}
-
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncRead
-    for SqlTlsStream<S>
-{
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.tls).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite
-    for SqlTlsStream<S>
-{
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.tls).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.tls).poll_shutdown(cx)
-    }
-}
-
-impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio_postgres::tls::TlsStream
-    for SqlTlsStream<S>
-{
-    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        match &self.binding {
-            Some(hash) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(hash.clone()),
-            None => tokio_postgres::tls::ChannelBinding::none(),
-        }
-    }
 }
 
 /// What to check of the server certificate.
@@ -740,220 +649,6 @@ fn handshake_error(error: io::Error, root_file: Option<&Path>) -> ConnectionErro
     ConnectionError::Tls(message)
 }
 
-/// A name from a certificate's subjectAltName extension.
-#[derive(Debug, Clone, Copy)]
-enum AltName<'a> {
-    Dns(&'a str),
-    /// Network byte order, 4 or 16 bytes when well formed.
-    Ip(&'a [u8]),
-}
-
-/// verify-full's host name check on a DER certificate.
-fn check_host_name(der: &[u8], host: &str) -> Result<(), String> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| format!("could not parse the server certificate: {e}"))?;
-    let alt_names: Vec<AltName<'_>> = match cert.subject_alternative_name() {
-        Ok(Some(extension)) => extension
-            .value
-            .general_names
-            .iter()
-            .filter_map(|name| match name {
-                GeneralName::DNSName(dns) => Some(AltName::Dns(dns)),
-                GeneralName::IPAddress(ip) => Some(AltName::Ip(ip)),
-                _ => None,
-            })
-            .collect(),
-        Ok(None) => Vec::new(),
-        Err(e) => {
-            return Err(format!(
-                "could not read the server certificate's subjectAltName: {e}"
-            ))
-        }
-    };
-    // libpq looks at the first Common Name only.
-    let common_name =
-        match cert.subject().iter_common_name().next() {
-            Some(cn) => Some(cn.as_str().map_err(|_| {
-                "the server certificate's Common Name is not a text string".to_owned()
-            })?),
-            None => None,
-        };
-    host_matches(host, &alt_names, common_name)
-}
-
-/// libpq's `pgtls_verify_peer_name_matches_certificate_guts`, on names already taken out of the
-/// certificate. subjectAltName entries of the host's kind (DNS name or IP address) rule out the
-/// Common Name; DNS entries are compared as text even to an IP address host, as libpq does.
-fn host_matches(
-    host: &str,
-    alt_names: &[AltName<'_>],
-    common_name: Option<&str>,
-) -> Result<(), String> {
-    let host_ip: Option<IpAddr> = host.parse().ok();
-    let mut check_common_name = true;
-    let mut first_name: Option<String> = None;
-    let mut examined = 0usize;
-    let mut note = |name: String| {
-        examined += 1;
-        first_name.get_or_insert(name);
-    };
-    for alt_name in alt_names {
-        match *alt_name {
-            AltName::Dns(name) => {
-                if host_ip.is_none() {
-                    check_common_name = false;
-                }
-                reject_embedded_nul(name)?;
-                note(name.to_owned());
-                if dns_name_matches(name, host) {
-                    return Ok(());
-                }
-            }
-            AltName::Ip(bytes) => {
-                if host_ip.is_some() {
-                    check_common_name = false;
-                }
-                let address = match *bytes {
-                    [a, b, c, d] => IpAddr::from([a, b, c, d]),
-                    _ => match <[u8; 16]>::try_from(bytes) {
-                        Ok(v6) => IpAddr::from(v6),
-                        Err(_) => {
-                            return Err(format!(
-                                "the server certificate holds an IP address of invalid length {}",
-                                bytes.len()
-                            ))
-                        }
-                    },
-                };
-                note(address.to_string());
-                if host_ip == Some(address) {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    if check_common_name {
-        if let Some(name) = common_name {
-            reject_embedded_nul(name)?;
-            note(name.to_owned());
-            if dns_name_matches(name, host) {
-                return Ok(());
-            }
-        }
-    }
-    Err(match (first_name, examined) {
-        (Some(first), 1) => {
-            format!("server certificate for `{first}` does not match host `{host}`")
-        }
-        (Some(first), n) => format!(
-            "server certificate for `{first}` (and {} other name{}) does not match host `{host}`",
-            n - 1,
-            if n == 2 { "" } else { "s" }
-        ),
-        (None, _) => {
-            format!("the server certificate names no host (checking against host `{host}`)")
-        }
-    })
-}
-
-/// A NUL inside a certificate name is an attack on C string handling (CVE-2009-4034).
-fn reject_embedded_nul(name: &str) -> Result<(), String> {
-    if name.contains('\0') {
-        return Err("the server certificate holds a name with an embedded null".into());
-    }
-    Ok(())
-}
-
-/// Exact match ignoring ASCII case, or libpq's wildcard: a leading `*.` stands for exactly one
-/// non-empty label.
-fn dns_name_matches(pattern: &str, host: &str) -> bool {
-    if pattern.eq_ignore_ascii_case(host) {
-        return true;
-    }
-    let (pattern, host) = (pattern.as_bytes(), host.as_bytes());
-    let Some(suffix) = pattern.strip_prefix(b"*") else {
-        return false;
-    };
-    if pattern.len() < 3 || !suffix.starts_with(b".") || host.len() <= suffix.len() {
-        return false;
-    }
-    let (label, host_suffix) = host.split_at(host.len() - suffix.len());
-    host_suffix.eq_ignore_ascii_case(suffix) && !label.contains(&b'.')
-}
-
-/// The hash function of `tls-server-end-point` channel binding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EndPointHash {
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl EndPointHash {
-    fn digest(self, data: &[u8]) -> Vec<u8> {
-        match self {
-            EndPointHash::Sha224 => Sha224::digest(data).to_vec(),
-            EndPointHash::Sha256 => Sha256::digest(data).to_vec(),
-            EndPointHash::Sha384 => Sha384::digest(data).to_vec(),
-            EndPointHash::Sha512 => Sha512::digest(data).to_vec(),
-        }
-    }
-}
-
-/// `tls-server-end-point` data (RFC 5929 §4.1): the certificate's DER hashed with the hash of
-/// its signature algorithm, SHA-256 instead of MD5 or SHA-1.
-///
-/// `None` when the signature has no separate hash (Ed25519, Ed448) or an unknown one. The server
-/// cannot compute the value then either (PostgreSQL's `be_tls_get_certificate_hash` fails), so
-/// SCRAM must go without channel binding; libpq instead fails the connection.
-fn tls_server_end_point(der: &[u8]) -> Option<Vec<u8>> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(end_point_hash(&cert.signature_algorithm)?.digest(der))
-}
-
-fn end_point_hash(algorithm: &AlgorithmIdentifier<'_>) -> Option<EndPointHash> {
-    use EndPointHash::*;
-    let oid = algorithm.algorithm.to_id_string();
-    Some(match oid.as_str() {
-        // RSASSA-PSS names its hash in the parameters, SHA-1 when absent (RFC 4055).
-        "1.2.840.113549.1.1.10" => match SignatureAlgorithm::try_from(algorithm).ok()? {
-            SignatureAlgorithm::RSASSA_PSS(params) => {
-                digest_hash(&params.hash_algorithm_oid().to_id_string())?
-            }
-            _ => return None,
-        },
-        // md5WithRSA, sha1WithRSA, ecdsa-with-SHA1, dsa-with-sha1, the old OIW sha1WithRSA.
-        "1.2.840.113549.1.1.4"
-        | "1.2.840.113549.1.1.5"
-        | "1.2.840.10045.4.1"
-        | "1.2.840.10040.4.3"
-        | "1.3.14.3.2.29" => Sha256,
-        // sha224WithRSA, ecdsa-with-SHA224, dsa-with-sha224.
-        "1.2.840.113549.1.1.14" | "1.2.840.10045.4.3.1" | "2.16.840.1.101.3.4.3.1" => Sha224,
-        // sha256WithRSA, ecdsa-with-SHA256, dsa-with-sha256.
-        "1.2.840.113549.1.1.11" | "1.2.840.10045.4.3.2" | "2.16.840.1.101.3.4.3.2" => Sha256,
-        // sha384WithRSA, ecdsa-with-SHA384, dsa-with-sha384.
-        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" | "2.16.840.1.101.3.4.3.3" => Sha384,
-        // sha512WithRSA, ecdsa-with-SHA512, dsa-with-sha512.
-        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" | "2.16.840.1.101.3.4.3.4" => Sha512,
-        _ => return None,
-    })
-}
-
-/// A bare digest OID, as found in RSASSA-PSS parameters.
-fn digest_hash(oid: &str) -> Option<EndPointHash> {
-    Some(match oid {
-        // MD5, SHA-1: SHA-256 instead.
-        "1.2.840.113549.2.5" | "1.3.14.3.2.26" => EndPointHash::Sha256,
-        "2.16.840.1.101.3.4.2.4" => EndPointHash::Sha224,
-        "2.16.840.1.101.3.4.2.1" => EndPointHash::Sha256,
-        "2.16.840.1.101.3.4.2.2" => EndPointHash::Sha384,
-        "2.16.840.1.101.3.4.2.3" => EndPointHash::Sha512,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -961,6 +656,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    use super::names::{dns_name_matches, host_matches, AltName};
     use super::*;
     use crate::conn::ConnParams;
 

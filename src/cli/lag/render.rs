@@ -1,177 +1,13 @@
-//! `pgrepl lag` and `pgrepl status`: arguments, the watch loop, exit codes, and the three
-//! renderings of a [`Report`] (table, JSON, Prometheus). The figures come from `pgrepl::lag`.
+//! The renderings of a lag [`Report`] for people and for Prometheus: the `lag` and `status`
+//! tables (also the table type `bench` prints with), their footers, and the text exposition.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Duration;
-
-use anyhow::{bail, Context};
-use clap::Args;
-use tokio_util::sync::CancellationToken;
-
-use pgrepl::conn::{ConnParams, ConnectOptions};
-use pgrepl::lag::{
-    self, Exceeded, GatherOptions, Node, Report, Role, Stage, StandbyReport, Thresholds, Verdict,
-};
-use pgrepl::units::{human_bytes, human_ms, lag_bytes, parse_duration, parse_size};
+use pgrepl::lag::{Exceeded, Report, Role, Stage, StandbyReport, Verdict};
+use pgrepl::units::{human_bytes, human_ms, lag_bytes};
 
 /// The width every human rendering fits in.
 const WIDTH: usize = 100;
 
-#[derive(Debug, Args)]
-pub struct LagArgs {
-    /// Nodes to check, in any order: conninfo strings (`host=db1 port=5432 user=postgres`) or
-    /// postgresql:// URIs; PG* variables and ~/.pgpass apply as in libpq. The role needs
-    /// REPLICATION and pg_read_all_stats (or superuser); SQL goes to dbname, default `postgres`.
-    #[arg(value_name = "NODE", required_unless_present = "cluster")]
-    pub nodes: Vec<String>,
-    /// Take the nodes from a cluster file written by `pgrepl up`.
-    #[arg(long, value_name = "FILE", conflicts_with = "nodes")]
-    pub cluster: Option<PathBuf>,
-    /// Print the report as JSON (one object per round; one line each with --watch).
-    #[arg(long, conflicts_with = "prometheus")]
-    pub json: bool,
-    /// Print the figures in Prometheus text exposition format.
-    #[arg(long)]
-    pub prometheus: bool,
-    /// Repeat every SECS seconds until interrupted, redrawing in place on a terminal.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    pub watch: Option<Duration>,
-    /// Write a heartbeat row on the primary (creating table pgrepl_heartbeat if it is absent)
-    /// and time how long each standby takes to show it.
-    #[arg(long)]
-    pub probe: bool,
-    /// Exit 1 when a standby lags more than N bytes at any stage (suffixes kB, MB, GB, TB).
-    #[arg(long, value_name = "N", value_parser = parse_size)]
-    pub max_lag_bytes: Option<u64>,
-    /// Exit 1 when a standby lags more than DURATION at any stage, or its heartbeat takes longer
-    /// (500ms, 10s, 2min, 1h; a bare number is seconds).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub max_lag_time: Option<Duration>,
-    /// Give up on a node after DURATION; a shorter connect_timeout in its conninfo wins.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
-
-/// Which command's human rendering to print; both print the same JSON and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
-    /// Per standby: lag in bytes and time at each stage.
-    Lag,
-    /// The cluster: nodes, synchronous replication, promotion candidate.
-    Status,
-}
-
-pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
-    let nodes = nodes(&args)?;
-    let limits = Thresholds {
-        max_lag_bytes: args.max_lag_bytes,
-        max_lag_time: args.max_lag_time,
-    };
-    let options = GatherOptions {
-        timeout: args.timeout,
-        // Waiting at least as long as the limit lets a missing heartbeat count as over it.
-        probe_wait: args
-            .probe
-            .then(|| args.timeout.max(args.max_lag_time.unwrap_or_default())),
-    };
-    let redraw = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
-    let mut code = 0;
-    loop {
-        let report = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            report = lag::gather(&nodes, &options) => report,
-        };
-        let verdict = report.verdict(&limits);
-        code = verdict.exit_code();
-        let mut out = String::new();
-        if redraw {
-            // Home and clear: the next round replaces this one instead of scrolling.
-            out.push_str("\x1b[H\x1b[2J");
-        }
-        if args.json && args.watch.is_some() {
-            out.push_str(&serde_json::to_string(&report)?);
-            out.push('\n');
-        } else if args.json {
-            out.push_str(&serde_json::to_string_pretty(&report)?);
-            out.push('\n');
-        } else if args.prometheus {
-            out.push_str(&prometheus(&report));
-        } else {
-            if let Some(every) = args.watch {
-                out.push_str(&format!(
-                    "every {} (ctrl-c to stop), round took {}\n\n",
-                    human_ms(every.as_secs_f64() * 1000.0),
-                    human_ms(report.round_ms)
-                ));
-            }
-            out.push_str(&match view {
-                View::Lag => lag_table(&report, &verdict),
-                View::Status => status_table(&report, &verdict),
-            });
-        }
-        if !super::out::print(&out)? {
-            // Whoever read our output has gone (`| head`): that is not a failure.
-            return Ok(ExitCode::SUCCESS);
-        }
-        let Some(every) = args.watch else { break };
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-    Ok(ExitCode::from(code))
-}
-
-/// The role to name in hints: the first node's user.
-pub fn user_hint(args: &LagArgs) -> Option<String> {
-    let first = args.nodes.first()?;
-    let params = ConnParams::parse(first).ok()?;
-    ConnectOptions::from_process_env(params)
-        .ok()
-        .map(|o| o.user)
-}
-
-fn nodes(args: &LagArgs) -> anyhow::Result<Vec<Node>> {
-    if let Some(file) = &args.cluster {
-        let cluster = pgrepl::cluster::Cluster::open(file, &Default::default())?;
-        return Ok(cluster_nodes(&cluster));
-    }
-    conninfo_nodes(&args.nodes)
-}
-
-/// Every node of a cluster file, as its superuser.
-pub(super) fn cluster_nodes(cluster: &pgrepl::cluster::Cluster) -> Vec<Node> {
-    cluster
-        .node_connections()
-        .into_iter()
-        .map(|(name, connect)| Node { name, connect })
-        .collect()
-}
-
-/// Nodes given as conninfo strings or URIs, each named `host:port`.
-pub(super) fn conninfo_nodes(conninfos: &[String]) -> anyhow::Result<Vec<Node>> {
-    let mut nodes: Vec<Node> = Vec::with_capacity(conninfos.len());
-    for (i, conninfo) in conninfos.iter().enumerate() {
-        let params = ConnParams::parse(conninfo).with_context(|| format!("node {}", i + 1))?;
-        let options =
-            ConnectOptions::from_process_env(params).with_context(|| format!("node {}", i + 1))?;
-        let node = Node::at(options);
-        if nodes.iter().any(|n| n.name == node.name) {
-            bail!("node `{}` is given twice", node.name);
-        }
-        nodes.push(node);
-    }
-    Ok(nodes)
-}
-
-// ---------------------------------------------------------------------------------------------
-// human rendering
-
-fn lag_table(report: &Report, verdict: &Verdict) -> String {
+pub(super) fn lag_table(report: &Report, verdict: &Verdict) -> String {
     let mut table = Table::new(&[
         ("STANDBY", 20, Align::Left),
         ("STATE", 11, Align::Left),
@@ -245,7 +81,7 @@ fn lag_cell(s: &StandbyReport, stage: Stage) -> String {
     }
 }
 
-fn status_table(report: &Report, verdict: &Verdict) -> String {
+pub(super) fn status_table(report: &Report, verdict: &Verdict) -> String {
     let mut table = Table::new(&[
         ("NODE", 24, Align::Left),
         ("ROLE", 7, Align::Left),
@@ -422,31 +258,31 @@ fn wrap(line: &str, bullet: &str) -> String {
 }
 
 #[derive(Clone, Copy)]
-pub(super) enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// Columns two spaces apart, each as wide as its widest cell up to its maximum; a maximum of 0
 /// marks the column that takes what is left of [`WIDTH`]. Cells that do not fit end in `…`.
-pub(super) struct Table {
+pub(crate) struct Table {
     columns: Vec<(&'static str, usize, Align)>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub(super) fn new(columns: &[(&'static str, usize, Align)]) -> Table {
+    pub(crate) fn new(columns: &[(&'static str, usize, Align)]) -> Table {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    pub(super) fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    pub(super) fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let header: Vec<String> = self.columns.iter().map(|c| c.0.to_owned()).collect();
         let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(&self.rows).collect();
         let natural = |i: usize| {
@@ -504,7 +340,7 @@ fn fit(cell: &str, width: usize) -> String {
 // Prometheus
 
 /// The report in the text exposition format: gauges only, unknown values left out.
-fn prometheus(report: &Report) -> String {
+pub(super) fn prometheus(report: &Report) -> String {
     let mut m = Metrics::default();
     m.family("pgrepl_round_seconds", "Time the round took.");
     m.sample(&[], report.round_ms / 1000.0);
@@ -652,7 +488,9 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgrepl::lag::{analyze, Observation, Round};
+    use std::time::Duration;
+
+    use pgrepl::lag::{self, analyze, Observation, Round, Thresholds};
 
     #[test]
     fn long_lines_wrap_under_a_bullet() {
