@@ -160,7 +160,7 @@ def report(wal, backlog, tps, args):
     print(f"receivewal time, pg_receivewal / pgrepl:  {med['stock'] / med['pgrepl']:.2f}x  (goal >= 2.0); "
           f"pgrepl peak RSS {peak['pgrepl'][0] / 1024:.1f} MiB (goal < 32)")
     print("  equal work: pg_receivewal zero-fills each new 16 MiB segment and fsyncs it and its directory at "
-          "open; see `pgrepl receivewal --help` for what pgrepl does at open")
+          "open; pgrepl preallocates it and syncs it and its directory at open")
     verdict = "passes" if med_tps["pgrepl"] >= 0.95 * best else "FAILS"
     print(f"load generator check: pgrepl bench reaches {med_tps['pgrepl'] / best:.2f}x of pgbench's best "
           f"round ({verdict}: >= 0.95x means the generator is not what bounds pgrepl bench's figures; "

@@ -12,7 +12,8 @@
 //! Files: this one holds the options, the flow (`run`) and tablespace mapping; `archive` the
 //! archive receiver and decompression, `wal_stream` the `-X stream` side.
 //!
-//! Neighbours: `unpack` (tar to disk), `manifest`/`checksum` (verification), `target` (staging),
+//! Neighbours: `unpack` (tar to disk), `manifest`/`checksum` (verification), `written` (the
+//! record of written files and the manifest, kept on disk until the check), `target` (staging),
 //! `standby_conf` (`-R`), `replication` (the WAL streamer), `conn` (sessions).
 
 mod archive;
