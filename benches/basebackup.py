@@ -1,171 +1,163 @@
 #!/usr/bin/env python3
-"""Side-by-side base backup benchmark: pgrepl vs the stock tools, in one run.
+"""Side-by-side base backup benchmark: pgrepl vs pg_basebackup at its fastest durable setting,
+and the machine's limit for the same work, in one run.
 
-    benches/basebackup.py [--scale 50] [--rounds 3] [--pg-bin DIR]
+    benches/basebackup.py [--scale 50] [--rounds 3] [--pg-bin DIR] [--no-fsync-column]
 
-Builds a pgbench database of the given scale on a local PostgreSQL (as OS user postgres when run
-as root), then alternates, round by round:
-  * pg_basebackup -Fp -Xstream into one target   vs  pgrepl basebackup into one target
-  * pg_basebackup + cp -r into a second target   vs  pgrepl basebackup -D a -D b (one pass)
-  * pg_basebackup --target=blackhole (the server alone, for reference)
-and prints medians, ratios (pgrepl / stock, lower is better) and peak RSS of each client.
-Every target is removed after it is measured; both tools write to the same filesystem and sync.
+Builds a pgbench database of the given scale on a fresh local server (as OS user postgres when
+run as root), then alternates the cases round by round (order reversed every other round):
+  stock_one   pg_basebackup -Fp -Xstream --sync-method=syncfs (17+; older: its fsync default)
+  pgrepl_one  pgrepl basebackup, one target, --sync-method syncfs (its default on Linux 5.8+)
+  stock_fsync pg_basebackup -Fp -Xstream, per-file fsync (its default)  } the labelled second
+  pgrepl_fsync pgrepl basebackup --sync-method fsync                    } column
+  stock_two   stock_one + cp -r into a second target + sync -f
+  pgrepl_two  pgrepl basebackup -D a -D b (one pass)
+  blackhole   pg_basebackup --target=blackhole -Xnone: the server's own time to read and send
+  write       creating the same directories and files as a finished backup, writing as many bytes
+              from memory in 1 MiB writes, and one syncfs, on the same file system (harness.write_like)
+and prints medians, ratios (pgrepl / stock, lower is better) and the limit, max(blackhole, write):
+a client that overlaps receiving with writing can at best match the slower of the two.
+Peak RSS is the sum over each client's process tree (pg_basebackup -Xstream forks a WAL child)
+of each process's VmHWM, the largest over the rounds, with the round it came from.
+Every target is removed after it is measured; all targets live on the work directory's file
+system, which is printed (tmpfs would make syncing free).
 """
 
 import argparse
 import os
-import pwd
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (REPO, Server, default_pg_bin, describe_run, layout, major, pgrepl_has,  # noqa: E402
+                     run_measured, timed, write_like)
 
-
-def run_measured(argv):
-    """Runs argv, returns (seconds, peak RSS in KiB) of that process.
-
-    The peak is the kernel's high-water mark of the process's own memory (VmHWM), polled until
-    it exits. getrusage's ru_maxrss is no use here: it carries over the RSS of whatever spawned
-    the process (this Python interpreter, some 15 MiB) across exec, even with posix_spawn."""
-    with tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
-        ])
-        peak = 0
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            peak = max(peak, high_water_kib(pid))
-            time.sleep(0.005)
-        elapsed = time.monotonic() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            err.seek(0)
-            sys.exit(f"{' '.join(argv)} failed:\n{err.read().decode()}")
-    return elapsed, peak
-
-
-def high_water_kib(pid):
-    """VmHWM of a running process; 0 once it has exited (a zombie has no memory left)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def as_postgres(argv):
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--"] + argv
-    return argv
+LABELS = {
+    "stock_one": "pg_basebackup -Fp -Xstream{sync} (1 target)",
+    "pgrepl_one": "pgrepl basebackup{sync} (1 target)",
+    "stock_fsync": "pg_basebackup -Fp -Xstream, fsync per file",
+    "pgrepl_fsync": "pgrepl basebackup --sync-method fsync",
+    "stock_two": "pg_basebackup + cp -r + sync (2 targets)",
+    "pgrepl_two": "pgrepl basebackup -D a -D b (2 targets)",
+    "blackhole": "limit: server alone (--target=blackhole)",
+    "write": "limit: write same files+bytes, syncfs",
+}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--pg-bin", default="/usr/lib/postgresql/15/bin")
+    ap.add_argument("--pg-bin", default=default_pg_bin(), help="stock tools and server (default: newest in .pg/)")
     ap.add_argument("--pgrepl", default=os.path.join(REPO, "target/release/pgrepl"))
     ap.add_argument("--workdir", default=None, help="where the server and targets live (default: a temp dir)")
+    ap.add_argument("--no-fsync-column", action="store_true", help="leave out the fsync-vs-fsync cases")
     args = ap.parse_args()
     if not os.path.exists(args.pgrepl):
         sys.exit(f"{args.pgrepl} not found: run `cargo build --release` first")
-    bin_ = lambda tool: os.path.join(args.pg_bin, tool)
 
-    work = tempfile.mkdtemp(prefix="pgrepl-bench-", dir=args.workdir)
-    os.chmod(work, 0o755)
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(work, pw.pw_uid, pw.pw_gid)
-    data, port = os.path.join(work, "primary"), free_port()
+    server = Server(args.pg_bin, args.workdir)
     try:
-        subprocess.run(as_postgres([bin_("initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"]),
-                       check=True, stdout=subprocess.DEVNULL)
-        with open(os.path.join(data, "postgresql.conf"), "a") as conf:
-            conf.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{work}'\n"
-                       "max_wal_senders = 10\nshared_buffers = 128MB\n")
-        subprocess.run(as_postgres([bin_("pg_ctl"), "-D", data, "-l", os.path.join(work, "log"), "-w", "start"]),
-                       check=True, stdout=subprocess.DEVNULL)
-        conn = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
-        print(f"pgbench -i -s {args.scale} ...", flush=True)
-        subprocess.run([bin_("pgbench"), "-i", "-q", "-s", str(args.scale)] + conn + ["postgres"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run([bin_("psql")] + conn + ["-qc", "checkpoint", "postgres"], check=True)
-        size = subprocess.run([bin_("psql")] + conn + ["-Atc", "select pg_size_pretty(sum(pg_database_size(oid))) from pg_database", "postgres"],
-                              check=True, capture_output=True, text=True).stdout.strip()
-        print(f"database size: {size}; {args.rounds} rounds, alternating order", flush=True)
+        server.start()
+        for line in describe_run(server.work, args.pg_bin, args.pgrepl):
+            print(line)
+        run(server, args)
+    finally:
+        server.stop()
 
-        conninfo = f"host=127.0.0.1 port={port} user=postgres"
-        a, b = os.path.join(work, "a"), os.path.join(work, "b")
 
-        def clean():
+def run(server, args):
+    stock_syncfs = major(args.pg_bin) >= 17
+    pgrepl_methods = pgrepl_has(args.pgrepl, "basebackup", "--sync-method")
+    print(f"pgbench -i -s {args.scale} ...", flush=True)
+    server.pgbench_init(args.scale)
+    server.psql("checkpoint")
+    size = server.psql("select pg_size_pretty(sum(pg_database_size(oid))) from pg_database")
+    print(f"database size: {size}; {args.rounds} rounds, alternating order", flush=True)
+
+    work, conn, bin_ = server.work, server.conn, server.bin
+    a, b, ref = (os.path.join(work, d) for d in ("a", "b", "ref"))
+    stock = [bin_("pg_basebackup")] + conn + ["-Fp", "-Xstream", "-c", "fast"]
+    pgrepl = [args.pgrepl, "basebackup", "-d", server.conninfo, "-c", "fast"]
+    syncfs_stock = ["--sync-method=syncfs"] if stock_syncfs else []
+    syncfs_pgrepl = ["--sync-method", "syncfs"] if pgrepl_methods else []
+
+    def stock_two():
+        t, rss, procs = run_measured(stock + syncfs_stock + ["-D", a])
+        return t + timed(["cp", "-r", a, b]) + timed(["sync", "-f", b]), rss, procs
+
+    def write_limit():
+        return write_like(shape, b), 0, 0
+
+    cases = {
+        "stock_one": lambda: run_measured(stock + syncfs_stock + ["-D", a]),
+        "pgrepl_one": lambda: run_measured(pgrepl + syncfs_pgrepl + ["-D", a]),
+        "stock_two": stock_two,
+        "pgrepl_two": lambda: run_measured(pgrepl + syncfs_pgrepl + ["-D", a, "-D", b]),
+        "blackhole": lambda: run_measured([bin_("pg_basebackup")] + conn
+                                          + ["--target=blackhole", "-Xnone", "-c", "fast"]),
+        "write": write_limit,
+    }
+    if not args.no_fsync_column and stock_syncfs:
+        cases["stock_fsync"] = lambda: run_measured(stock + ["-D", a])
+        if pgrepl_methods:
+            cases["pgrepl_fsync"] = lambda: run_measured(pgrepl + ["--sync-method", "fsync", "-D", a])
+
+    # The write limit copies a finished backup; it stays in the page cache like the server's files.
+    subprocess.run(stock + ["--no-sync", "-D", ref], check=True)
+    shape = layout(ref)
+    shutil.rmtree(ref)
+    print(f"backup: {len(shape[1])} files, {sum(s for _, s in shape[1]) / 2**20:.0f} MiB", flush=True)
+    results = {name: [] for name in cases}
+    for round_ in range(args.rounds):
+        for name in (list(cases) if round_ % 2 == 0 else list(reversed(cases))):
             for d in (a, b):
                 shutil.rmtree(d, ignore_errors=True)
+            results[name].append(cases[name]())
+            for d in (a, b):
+                shutil.rmtree(d, ignore_errors=True)
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {results[n][-1][0]:.2f}s" for n in cases), flush=True)
+    report(results, stock_syncfs, pgrepl_methods)
 
-        def stock_one():
-            return run_measured([bin_("pg_basebackup")] + conn + ["-D", a, "-Fp", "-Xstream", "-c", "fast"])
 
-        def pgrepl_one():
-            return run_measured([args.pgrepl, "basebackup", "-d", conninfo, "-D", a, "-c", "fast"])
+def report(results, stock_syncfs, pgrepl_methods):
+    med = {n: statistics.median(r[0] for r in rs) for n, rs in results.items()}
 
-        def stock_two():
-            t, rss = stock_one()
-            start = time.monotonic()
-            subprocess.run(["cp", "-r", a, b], check=True)
-            subprocess.run(["sync", "-f", b], check=True)
-            return t + time.monotonic() - start, rss
+    def peak(n):
+        """(MiB, round, processes) of the largest peak RSS over the rounds."""
+        i, (_, kib, procs) = max(enumerate(results[n]), key=lambda x: x[1][1])
+        return kib / 1024, i + 1, procs
 
-        def pgrepl_two():
-            return run_measured([args.pgrepl, "basebackup", "-d", conninfo, "-D", a, "-D", b, "-c", "fast"])
-
-        def blackhole():
-            return run_measured([bin_("pg_basebackup")] + conn + ["--target=blackhole", "-Xnone", "-c", "fast"])
-
-        cases = {"stock_one": stock_one, "pgrepl_one": pgrepl_one, "stock_two": stock_two,
-                 "pgrepl_two": pgrepl_two, "blackhole": blackhole}
-        results = {name: [] for name in cases}
-        for round_ in range(args.rounds):
-            order = list(cases) if round_ % 2 == 0 else list(reversed(cases))
-            for name in order:
-                clean()
-                results[name].append(cases[name]())
-                clean()
-            print(f"round {round_ + 1}: " + ", ".join(f"{n} {results[n][-1][0]:.2f}s" for n in cases), flush=True)
-
-        med = {n: statistics.median(t for t, _ in r) for n, r in results.items()}
-        rss = {n: max(m for _, m in r) / 1024 for n, r in results.items()}
-        print()
-        print(f"{'case':<44}{'median s':>10}{'peak RSS MiB':>14}")
-        labels = {"stock_one": "pg_basebackup -Fp -Xstream (1 target)", "pgrepl_one": "pgrepl basebackup (1 target)",
-                  "stock_two": "pg_basebackup + cp -r (2 targets)", "pgrepl_two": "pgrepl basebackup -D a -D b (2 targets)",
-                  "blackhole": "pg_basebackup --target=blackhole (server only)"}
-        for n in cases:
-            print(f"{labels[n]:<44}{med[n]:>10.2f}{rss[n]:>14.1f}")
-        print()
-        print(f"ratio one target  (pgrepl / pg_basebackup):       {med['pgrepl_one'] / med['stock_one']:.2f}x  (target <= 0.9x)")
-        print(f"ratio two targets (pgrepl / pg_basebackup + cp):  {med['pgrepl_two'] / med['stock_two']:.2f}x  (target <= 0.6x)")
-        print(f"server alone / pg_basebackup:                     {med['blackhole'] / med['stock_one']:.2f}x")
-        print(f"pgrepl peak RSS: {max(rss['pgrepl_one'], rss['pgrepl_two']):.1f} MiB (target < 32 MiB)")
-    finally:
-        subprocess.run(as_postgres([bin_("pg_ctl"), "-D", data, "-m", "immediate", "stop"]),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"{'case':<56}{'median s':>9}{'min-max s':>14}{'peak RSS MiB (round, processes)':>34}")
+    for n in results:
+        sync = (" --sync-method=syncfs" if stock_syncfs else "") if n.startswith("stock") else \
+            (" --sync-method syncfs" if pgrepl_methods else "")
+        label = LABELS[n].format(sync=sync)
+        times = [r[0] for r in results[n]]
+        rss = "" if n == "write" else "{:.1f} ({}, {})".format(*peak(n))
+        print(f"{label:<56}{med[n]:>9.2f}{min(times):>7.2f}-{max(times):<6.2f}{rss:>34}")
+    limit = max(med["blackhole"], med["write"])
+    bound = "the server" if med["blackhole"] >= med["write"] else "writing and syncing"
+    print()
+    sync = "both syncfs" if stock_syncfs else "pg_basebackup < 17 can only fsync per file"
+    print(f"one target,  pgrepl / pg_basebackup ({sync}): {med['pgrepl_one'] / med['stock_one']:.2f}x  (goal <= 0.6x)")
+    if "pgrepl_fsync" in med:
+        print(f"one target,  pgrepl / pg_basebackup (both fsync per file): "
+              f"{med['pgrepl_fsync'] / med['stock_fsync']:.2f}x")
+    elif "stock_fsync" in med:
+        print(f"one target,  pgrepl syncfs / pg_basebackup fsync default: "
+              f"{med['pgrepl_one'] / med['stock_fsync']:.2f}x  (this pgrepl has no --sync-method)")
+    print(f"two targets, pgrepl / (pg_basebackup + cp -r):  {med['pgrepl_two'] / med['stock_two']:.2f}x  (goal <= 0.35x)")
+    print(f"limit = max(server alone {med['blackhole']:.2f} s, write+sync {med['write']:.2f} s) = {limit:.2f} s, "
+          f"bound by {bound}")
+    print(f"pgrepl one target / limit: {med['pgrepl_one'] / limit:.2f}x;  pg_basebackup / limit: "
+          f"{med['stock_one'] / limit:.2f}x")
+    rss = {n: peak(n)[0] for n in results if n != "write"}
+    print(f"peak RSS: pgrepl {max(rss['pgrepl_one'], rss['pgrepl_two']):.1f} MiB, pg_basebackup (parent + WAL "
+          f"child, summed) {rss['stock_one']:.1f} MiB  (goal < 32 MiB for both)")
 
 
 if __name__ == "__main__":

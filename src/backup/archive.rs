@@ -1,25 +1,22 @@
 //! The archive side of a backup: BASE_BACKUP's CopyOut data routed to one extractor thread per
 //! archive (through a bounded channel, decompressed when the server compressed), and the
-//! manifest collected.
+//! manifest written to disk as it arrives (`super::written`).
 
 use super::*;
 
-/// Routes the archives of one backup to their extractor threads and collects the manifest.
+/// Routes the archives of one backup to their extractor threads and the manifest to disk.
 pub(super) struct ArchiveReceiver<'a> {
     pub(super) data_dirs: &'a [PathBuf],
     pub(super) layout: &'a TablespaceLayout,
     pub(super) extract: Arc<ExtractOptions>,
     pub(super) progress: Arc<dyn Progress>,
-    pub(super) written: Vec<WrittenFile>,
-    pub(super) manifest: BytesMut,
+    /// Shared with one extractor at a time: archives arrive one after the other.
+    pub(super) written: Arc<Mutex<WrittenLog>>,
+    pub(super) manifest: Option<ManifestSink>,
     /// The archive being extracted.
     pub(super) current: Option<OpenArchive>,
     pub(super) cancel: &'a CancellationToken,
 }
-
-/// A manifest lists about 150 bytes per file: this allows some 400,000 files while keeping a
-/// hostile server from filling memory.
-pub(super) const MAX_MANIFEST_BYTES: usize = 64 << 20;
 
 /// CopyData payloads are handed to the extractor thread in batches of about this size: one
 /// thread wake-up per 32 KiB message cost more CPU than anything the extractor does with it.
@@ -58,14 +55,17 @@ impl ArchiveReceiver<'_> {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let extract = self.extract.clone();
         let progress = self.progress.clone();
+        let written = self.written.clone();
         let task = tokio::task::spawn_blocking(move || {
             let source = compression.source(rx)?;
             let mut on_bytes = |n: u64| progress.advance(n);
-            Ok(unpack::extract_archive(
+            let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(unpack::extract_archive_into(
                 source,
                 &destination,
                 &extract,
                 &mut on_bytes,
+                &mut *written,
             )?)
         });
         Ok(OpenArchive {
@@ -78,7 +78,7 @@ impl ArchiveReceiver<'_> {
 
     async fn close_archive(&mut self) -> Result<(), BackupError> {
         if let Some(archive) = self.current.take() {
-            self.written.extend(archive.finish().await?);
+            archive.finish().await?;
         }
         Ok(())
     }
@@ -97,14 +97,15 @@ impl ArchiveReceiver<'_> {
         }
     }
 
+    /// The manifest goes straight to disk, whatever its size (some 150 bytes per file).
     fn add_to_manifest(&mut self, data: &[u8]) -> Result<(), BackupError> {
-        if self.manifest.len() + data.len() > MAX_MANIFEST_BYTES {
-            return Err(BackupError::ManifestTooLarge {
-                limit_mib: MAX_MANIFEST_BYTES >> 20,
-            });
-        }
-        self.manifest.extend_from_slice(data);
-        Ok(())
+        let sink = match &mut self.manifest {
+            Some(sink) => sink,
+            None => self
+                .manifest
+                .insert(ManifestSink::create(&self.data_dirs[0])?),
+        };
+        sink.write(data)
     }
 
     /// PostgreSQL 15+: one CopyOut carrying typed messages for every archive and the manifest.
@@ -218,7 +219,7 @@ pub(super) struct OpenArchive {
     /// Payloads not yet handed over (see `HANDOFF_BYTES`).
     batch: Vec<Bytes>,
     batch_bytes: usize,
-    task: JoinHandle<Result<Vec<WrittenFile>, BackupError>>,
+    task: JoinHandle<Result<(), BackupError>>,
 }
 
 impl OpenArchive {
@@ -240,7 +241,7 @@ impl OpenArchive {
         Ok(())
     }
 
-    pub(super) async fn finish(mut self) -> Result<Vec<WrittenFile>, BackupError> {
+    pub(super) async fn finish(mut self) -> Result<(), BackupError> {
         if !self.batch.is_empty() {
             // If this fails, the extractor has stopped and its own error is the one to report.
             let _ = self.hand_over().await;

@@ -1,24 +1,28 @@
 //! The `backup_manifest` that BASE_BACKUP sends last, and the check of a finished backup against it.
 //!
-//! [`parse`] reads the manifest exactly as the server wrote it: it checks the SHA-256
-//! `Manifest-Checksum` over the raw bytes first, and only then decodes the JSON. The manifest is
-//! never re-serialised, because its whitespace is part of the checksummed content.
-//! [`verify_written`] compares what pgrepl recorded while writing each file (size and checksum,
-//! computed on the fly with `super::checksum::FileChecksum`) with the manifest. That way
-//! verification needs no second read of the data.
+//! [`ManifestDigest`] checks the SHA-256 `Manifest-Checksum` over the raw bytes as they arrive
+//! (the manifest itself goes to disk, never into memory); [`read`] then decodes the JSON from
+//! disk one `Files` entry at a time, and [`verify_written`] merges those entries with what pgrepl
+//! recorded while writing each file (size and checksum, computed on the fly with
+//! `super::checksum::FileChecksum`, kept on disk by `super::written`). Verification needs no
+//! second read of the data, and memory stays flat however many files a cluster has. The manifest
+//! is never re-serialised, because its whitespace is part of the checksummed content.
 //!
 //! This module does not read files from disk. It also does not check that the WAL ranges can be
 //! replayed; `pg_verifybackup` does that by running `pg_waldump`. The file layout follows
 //! `src/backend/backup/backup_manifest.c`, and the checks follow `src/common/parse_manifest.c`
 //! and `src/bin/pg_verifybackup/pg_verifybackup.c` in PostgreSQL.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
+use std::io::{self, BufReader, Read};
 
+use serde::de::{self, DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::checksum::ChecksumAlgorithm;
+use super::written::WrittenFile;
 
 /// The key every manifest opens with. The server always writes it first, so pgrepl can tell a
 /// manifest from some other file before it parses anything.
@@ -40,31 +44,6 @@ const IGNORED_PATHS: [&[u8]; 5] = [
     b"recovery.signal",
     b"standby.signal",
 ];
-
-/// A parsed and checksum-verified `backup_manifest`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Manifest {
-    /// `PostgreSQL-Backup-Manifest-Version`: 1 (servers 13–16) or 2 (17+).
-    pub version: u32,
-    /// `System-Identifier`, present exactly when `version` is 2.
-    pub system_identifier: Option<u64>,
-    /// One entry per regular file, in the order the server sent them.
-    pub files: Vec<ManifestFile>,
-    /// WAL needed to make the backup consistent, newest timeline first.
-    pub wal_ranges: Vec<WalRange>,
-}
-
-impl Manifest {
-    /// The checksum algorithm shared by every file. Returns `None` if there are no files or if
-    /// the algorithms differ.
-    pub fn checksum_algorithm(&self) -> Option<ChecksumAlgorithm> {
-        let first = self.files.first()?.checksum_algorithm;
-        self.files
-            .iter()
-            .all(|f| f.checksum_algorithm == first)
-            .then_some(first)
-    }
-}
 
 /// One `Files` entry of the manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,18 +73,6 @@ pub struct WalRange {
     pub end_lsn: String,
 }
 
-/// What pgrepl recorded while writing one regular file of the backup.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WrittenFile {
-    /// Manifest-relative path, e.g. `base/1/1259` or
-    /// `pg_tblspc/16385/PG_15_202209061/5/16386`.
-    pub path: Vec<u8>,
-    /// Bytes written.
-    pub size: u64,
-    /// Digest computed while writing, with the manifest's algorithm (`None` for `NONE`).
-    pub checksum: Option<String>,
-}
-
 /// Errors from parsing a manifest or checking a backup against it.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -122,10 +89,19 @@ pub enum ManifestError {
     /// The manifest is malformed or has values PostgreSQL would never write.
     #[error("invalid backup manifest: {0}")]
     Invalid(String),
-    /// The written files differ from the manifest. Every problem is kept; the message lists only
-    /// the first few.
-    #[error("{}", summarize_problems(.0))]
-    FilesDoNotMatch(Vec<FileProblem>),
+    /// The written files differ from the manifest. The first problems are kept (the message
+    /// lists only the first few), all are counted.
+    #[error("{}", summarize_problems(problems, *total))]
+    FilesDoNotMatch {
+        problems: Vec<FileProblem>,
+        total: usize,
+    },
+    /// The manifest could not be read back from disk.
+    #[error("read the backup manifest back: {0}")]
+    Read(#[source] io::Error),
+    /// The record of written files could not be read back from disk.
+    #[error("read back the record of written files: {0}")]
+    ReadBack(#[source] io::Error),
 }
 
 /// One file that does not match the manifest.
@@ -189,8 +165,7 @@ impl fmt::Display for ProblemKind {
     }
 }
 
-fn summarize_problems(problems: &[FileProblem]) -> String {
-    let n = problems.len();
+fn summarize_problems(problems: &[FileProblem], n: usize) -> String {
     let mut out = if n == 1 {
         "1 file does not match the backup manifest: ".to_owned()
     } else {
@@ -245,41 +220,141 @@ fn invalid(why: impl Into<String>) -> ManifestError {
     ManifestError::Invalid(why.into())
 }
 
-/// Parses `bytes` as a `backup_manifest` and verifies its `Manifest-Checksum`.
+/// Checks the `Manifest-Checksum` of a manifest as its bytes arrive, holding only the last line.
 ///
 /// The checksum is SHA-256 over every byte up to and including the newline before the
-/// `"Manifest-Checksum"` line. It is checked before the JSON is decoded, so a corrupted byte is
-/// reported as a checksum mismatch rather than as whatever the JSON parser makes of it. A manifest
-/// that fails the check is rejected.
-///
-/// The parse is strict. It rejects unknown versions, unknown or missing keys, duplicate paths,
-/// paths that leave the data directory, checksums of the wrong length for their algorithm or with
-/// bad hex, and LSNs that are not `X/X`.
-pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-    check_opening(bytes)?;
-    let (covered, last_line) = split_last_line(bytes)?;
-    let expected = checksum_in_last_line(last_line)?;
-    let computed = hex::encode(Sha256::digest(covered));
-    if !computed.eq_ignore_ascii_case(expected) {
-        return Err(ManifestError::ChecksumMismatch {
-            computed,
-            expected: expected.to_owned(),
-        });
+/// `"Manifest-Checksum"` line; the last line carries it. Which newline is the last but one is
+/// only known at the end, so the digest state is kept as it was at each of the last two newlines
+/// (a copy of some 100 bytes per line) and the bytes since the earlier one, which are short in
+/// anything the server writes (one file entry per line).
+pub struct ManifestDigest {
+    running: Sha256,
+    /// The digest as it was at the last newline, and at the one before.
+    at_last: Sha256,
+    at_previous: Sha256,
+    /// The last complete line (without its newline), and the bytes after it, each kept up to
+    /// [`MAX_LINE`] bytes; the flags say a line was longer.
+    last_line: Vec<u8>,
+    last_overflow: bool,
+    partial: Vec<u8>,
+    partial_overflow: bool,
+    /// The first bytes, for the check that this is a manifest at all.
+    head: Vec<u8>,
+    newlines: u64,
+}
+
+/// Longest last line kept for the final check: the server writes one file per line, at most a
+/// 2048-hex-digit `Encoded-Path` and a SHA512 digest; the last line is the checksum alone.
+const MAX_LINE: usize = 16 << 10;
+
+/// Enough of the start to see `{ "PostgreSQL-Backup-Manifest-Version"`.
+const HEAD_BYTES: usize = 256;
+
+impl Default for ManifestDigest {
+    fn default() -> Self {
+        Self {
+            running: Sha256::new(),
+            at_last: Sha256::new(),
+            at_previous: Sha256::new(),
+            last_line: Vec::new(),
+            last_overflow: false,
+            partial: Vec::new(),
+            partial_overflow: false,
+            head: Vec::new(),
+            newlines: 0,
+        }
+    }
+}
+
+impl ManifestDigest {
+    pub fn update(&mut self, mut data: &[u8]) {
+        let room = HEAD_BYTES.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&data[..room.min(data.len())]);
+        while !data.is_empty() {
+            let (piece, rest) = match data.iter().position(|&b| b == b'\n') {
+                Some(nl) => data.split_at(nl + 1),
+                None => (data, &[][..]),
+            };
+            self.running.update(piece);
+            let line = piece.strip_suffix(b"\n");
+            let text = line.unwrap_or(piece);
+            if self.partial.len() + text.len() > MAX_LINE {
+                self.partial_overflow = true;
+            } else {
+                self.partial.extend_from_slice(text);
+            }
+            if line.is_some() {
+                self.at_previous = std::mem::replace(&mut self.at_last, self.running.clone());
+                self.last_line = std::mem::take(&mut self.partial);
+                self.last_overflow = std::mem::take(&mut self.partial_overflow);
+                self.newlines += 1;
+            }
+            data = rest;
+        }
     }
 
-    // The version is read on its own first. A future version may add keys, and the user should
-    // then learn that the version is unsupported, not that some key is unknown.
-    let version = read_version(bytes)?;
-    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    if !raw.manifest_checksum.eq_ignore_ascii_case(expected) {
+    /// Checks the framing and the checksum; returns the checksum the last line gives. This
+    /// mirrors `verify_manifest_checksum` in `parse_manifest.c`.
+    pub fn finish(self) -> Result<String, ManifestError> {
+        check_opening(&self.head)?;
+        if self.newlines == 0 || !self.partial.is_empty() || self.partial_overflow {
+            return Err(invalid("last line is not terminated by a newline"));
+        }
+        if self.newlines < 2 {
+            return Err(invalid("expected at least 2 lines"));
+        }
+        if self.last_overflow {
+            return Err(invalid(format!(
+                "the last line is longer than {MAX_LINE} bytes"
+            )));
+        }
+        let expected = checksum_in_last_line(&self.last_line)?;
+        let computed = hex::encode(self.at_previous.finalize());
+        if !computed.eq_ignore_ascii_case(expected) {
+            return Err(ManifestError::ChecksumMismatch {
+                computed,
+                expected: expected.to_owned(),
+            });
+        }
+        Ok(expected.to_owned())
+    }
+}
+
+/// Decodes a manifest whose checksum [`ManifestDigest`] has verified (`checksum` is what it
+/// returned), handing each `Files` entry to `on_file` as soon as it is decoded: memory does not
+/// grow with the number of files. Returns the rest.
+///
+/// The parse is strict. It rejects unknown versions, unknown, repeated or missing keys, paths
+/// that leave the data directory, checksums of the wrong length for their algorithm or with bad
+/// hex, and LSNs that are not `X/X`. A path listed twice is not caught here (that would take
+/// memory per file); [`verify_written`] reports the second listing as missing.
+pub fn read(
+    manifest: impl Read,
+    checksum: &str,
+    on_file: &mut dyn FnMut(ManifestFile) -> Result<(), ManifestError>,
+) -> Result<ManifestHeader, ManifestError> {
+    let mut stopped = None;
+    let mut de =
+        serde_json::Deserializer::from_reader(BufReader::with_capacity(64 << 10, manifest));
+    let raw = de
+        .deserialize_map(TopLevel {
+            on_file,
+            stopped: &mut stopped,
+        })
+        .and_then(|raw| de.end().map(|()| raw));
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(_) if stopped.is_some() => return Err(stopped.expect("checked")),
+        Err(e) if e.is_io() => return Err(ManifestError::Read(e.into())),
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    if !raw.manifest_checksum.eq_ignore_ascii_case(checksum) {
         return Err(invalid(format!(
-            "`Manifest-Checksum` `{}` differs from the last line's `{expected}`",
+            "`Manifest-Checksum` `{}` differs from the last line's `{checksum}`",
             raw.manifest_checksum
         )));
     }
-    debug_assert_eq!(raw.version, version);
-
-    match (version, raw.system_identifier) {
+    match (raw.version, raw.system_identifier) {
         (1, Some(id)) => {
             return Err(invalid(format!(
                 "manifest version 1 has a `System-Identifier` (`{id}`); only version 2 has one"
@@ -288,23 +363,6 @@ pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         (2, None) => return Err(invalid("manifest version 2 has no `System-Identifier`")),
         _ => {}
     }
-
-    let files = raw
-        .files
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| convert_file(i, f))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut paths = HashSet::with_capacity(files.len());
-    for f in &files {
-        if !paths.insert(f.path.as_slice()) {
-            return Err(invalid(format!(
-                "duplicate path `{}`",
-                DisplayPath(&f.path)
-            )));
-        }
-    }
-
     if raw.wal_ranges.is_empty() {
         return Err(invalid("`WAL-Ranges` is empty"));
     }
@@ -313,17 +371,17 @@ pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         .into_iter()
         .map(convert_wal_range)
         .collect::<Result<Vec<_>, _>>()?;
-
-    Ok(Manifest {
-        version,
+    Ok(ManifestHeader {
+        version: raw.version,
         system_identifier: raw.system_identifier,
-        files,
+        files: raw.files,
         wal_ranges,
     })
 }
 
 /// Checks that the input opens with `{ "PostgreSQL-Backup-Manifest-Version"`. PostgreSQL's parser
-/// also requires the version to be the first key.
+/// also requires the version to be the first key, so an unsupported version is reported before
+/// anything a later version may have added.
 fn check_opening(bytes: &[u8]) -> Result<(), ManifestError> {
     let rest = bytes.trim_ascii_start();
     let opens = rest
@@ -340,18 +398,6 @@ fn check_opening(bytes: &[u8]) -> Result<(), ManifestError> {
             "does not start with `{{ \"{VERSION_KEY}\"`; is this a backup manifest?"
         )))
     }
-}
-
-/// Splits the input into the checksummed part (through the second-to-last newline) and the last
-/// line (without its newline). This mirrors `verify_manifest_checksum` in `parse_manifest.c`.
-fn split_last_line(bytes: &[u8]) -> Result<(&[u8], &[u8]), ManifestError> {
-    let Some((&b'\n', body)) = bytes.split_last() else {
-        return Err(invalid("last line is not terminated by a newline"));
-    };
-    let Some(nl) = body.iter().rposition(|&b| b == b'\n') else {
-        return Err(invalid("expected at least 2 lines"));
-    };
-    Ok((&bytes[..=nl], &body[nl + 1..]))
 }
 
 /// Extracts the hex from a last line of the form `"Manifest-Checksum": "<64 hex>"}`.
@@ -387,16 +433,149 @@ fn checksum_in_last_line(line: &[u8]) -> Result<&str, ManifestError> {
     std::str::from_utf8(hex_part).map_err(|_| malformed())
 }
 
-fn read_version(bytes: &[u8]) -> Result<u32, ManifestError> {
-    #[derive(Deserialize)]
-    struct VersionOnly {
-        #[serde(rename = "PostgreSQL-Backup-Manifest-Version")]
-        version: Option<serde_json::Value>,
+/// What [`read`] returns once the files have gone by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHeader {
+    /// `PostgreSQL-Backup-Manifest-Version`: 1 (servers 13–16) or 2 (17+).
+    pub version: u32,
+    /// `System-Identifier`, present exactly when `version` is 2.
+    pub system_identifier: Option<u64>,
+    /// How many `Files` entries there were.
+    pub files: u64,
+    /// WAL needed to make the backup consistent, newest timeline first.
+    pub wal_ranges: Vec<WalRange>,
+}
+
+/// The top-level keys, for serde's "expected one of" messages.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    VERSION_KEY,
+    "System-Identifier",
+    "Files",
+    "WAL-Ranges",
+    "Manifest-Checksum",
+];
+
+/// The manifest object, decoded key by key so that `Files` can be handed on entry by entry.
+struct TopLevel<'a> {
+    on_file: &'a mut dyn FnMut(ManifestFile) -> Result<(), ManifestError>,
+    /// The error that stopped `on_file` or a file's conversion: serde only carries strings, so
+    /// the real error waits here.
+    stopped: &'a mut Option<ManifestError>,
+}
+
+struct RawHeader {
+    version: u32,
+    system_identifier: Option<u64>,
+    files: u64,
+    wal_ranges: Vec<RawWalRange>,
+    manifest_checksum: String,
+}
+
+impl<'de> Visitor<'de> for TopLevel<'_> {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a backup manifest object")
     }
-    let v: VersionOnly = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    let value = v
-        .version
-        .ok_or_else(|| invalid(format!("missing `{VERSION_KEY}`")))?;
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+        let (mut version, mut system_identifier, mut files) = (None, None, None);
+        let (mut wal_ranges, mut manifest_checksum): (Option<Vec<RawWalRange>>, Option<String>) =
+            (None, None);
+        fn once<T, E: de::Error>(
+            slot: &mut Option<T>,
+            key: &'static str,
+            value: T,
+        ) -> Result<(), E> {
+            match slot.replace(value) {
+                Some(_) => Err(E::duplicate_field(key)),
+                None => Ok(()),
+            }
+        }
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                VERSION_KEY => {
+                    let value: serde_json::Value = map.next_value()?;
+                    let v = supported_version(&value).map_err(|e| stop(self.stopped, e))?;
+                    once::<_, A::Error>(&mut version, VERSION_KEY, v)?;
+                }
+                "System-Identifier" => {
+                    // serde_json reads integers into u64 directly. A System-Identifier is above
+                    // 2^53, so going through f64 would corrupt it.
+                    once::<_, A::Error>(
+                        &mut system_identifier,
+                        "System-Identifier",
+                        map.next_value::<u64>()?,
+                    )?;
+                }
+                "Files" => {
+                    let n = map.next_value_seed(Files {
+                        on_file: &mut *self.on_file,
+                        stopped: &mut *self.stopped,
+                    })?;
+                    once::<_, A::Error>(&mut files, "Files", n)?;
+                }
+                "WAL-Ranges" => {
+                    once::<_, A::Error>(&mut wal_ranges, "WAL-Ranges", map.next_value()?)?
+                }
+                "Manifest-Checksum" => once::<_, A::Error>(
+                    &mut manifest_checksum,
+                    "Manifest-Checksum",
+                    map.next_value()?,
+                )?,
+                other => return Err(A::Error::unknown_field(other, TOP_LEVEL_KEYS)),
+            }
+        }
+        Ok(RawHeader {
+            version: version.ok_or_else(|| A::Error::missing_field(VERSION_KEY))?,
+            system_identifier,
+            files: files.ok_or_else(|| A::Error::missing_field("Files"))?,
+            wal_ranges: wal_ranges.ok_or_else(|| A::Error::missing_field("WAL-Ranges"))?,
+            manifest_checksum: manifest_checksum
+                .ok_or_else(|| A::Error::missing_field("Manifest-Checksum"))?,
+        })
+    }
+}
+
+/// Parks `e` for [`read`] and stops the deserializer.
+fn stop<E: de::Error>(stopped: &mut Option<ManifestError>, e: ManifestError) -> E {
+    *stopped = Some(e);
+    E::custom("stopped")
+}
+
+/// The `Files` array: each entry is converted and handed on, then dropped.
+struct Files<'a> {
+    on_file: &'a mut dyn FnMut(ManifestFile) -> Result<(), ManifestError>,
+    stopped: &'a mut Option<ManifestError>,
+}
+
+impl<'de> DeserializeSeed<'de> for Files<'_> {
+    type Value = u64;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u64, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Files<'_> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of files")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut index = 0;
+        while let Some(raw) = seq.next_element::<RawFile>()? {
+            let file = convert_file(index, raw).map_err(|e| stop(self.stopped, e))?;
+            (self.on_file)(file).map_err(|e| stop(self.stopped, e))?;
+            index += 1;
+        }
+        Ok(index as u64)
+    }
+}
+
+fn supported_version(value: &serde_json::Value) -> Result<u32, ManifestError> {
     match value.as_u64() {
         Some(1) => Ok(1),
         Some(2) => Ok(2),
@@ -404,23 +583,6 @@ fn read_version(bytes: &[u8]) -> Result<u32, ManifestError> {
             "unsupported manifest version `{value}`; pgrepl understands versions 1 and 2"
         ))),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawManifest {
-    #[serde(rename = "PostgreSQL-Backup-Manifest-Version")]
-    version: u32,
-    // serde_json reads integers into u64 directly. A System-Identifier is above 2^53, so going
-    // through f64 would corrupt it.
-    #[serde(rename = "System-Identifier")]
-    system_identifier: Option<u64>,
-    #[serde(rename = "Files")]
-    files: Vec<RawFile>,
-    #[serde(rename = "WAL-Ranges")]
-    wal_ranges: Vec<RawWalRange>,
-    #[serde(rename = "Manifest-Checksum")]
-    manifest_checksum: String,
 }
 
 #[derive(Deserialize)]
@@ -577,79 +739,129 @@ fn is_lsn_text(s: &str) -> bool {
         .is_some_and(|(hi, lo)| half(hi) && half(lo))
 }
 
+/// How many problems [`ManifestError::FilesDoNotMatch`] keeps in full; the rest are counted.
+const MAX_KEPT_PROBLEMS: usize = 100;
+
 /// Checks that every manifest file was written with the same size and checksum, and that no file
-/// was written that the manifest does not list.
+/// was written that the manifest does not list. `written` is the record of what was written, in
+/// stream order; `manifest` and `checksum` as for [`read`].
+///
+/// The server lists files in the order it sends them, so the two lists are merged side by side
+/// and memory stays flat whatever the number of files. Whatever comes out of order (a file
+/// missing on one side, or a server that orders differently) is looked up among the written
+/// records read ahead, which are held until matched: correct in any order, with memory only for
+/// the disorder.
 ///
 /// Paths that `pg_verifybackup` ignores by default ([`is_ignored_path`]) are skipped on both
 /// sides. That covers all of `pg_wal/`, and the top-level `backup_manifest`,
 /// `postgresql.auto.conf`, `standby.signal` and `recovery.signal`. A checksum is compared only
-/// when the manifest has one and the sizes agree. Every problem is collected, and the error lists
-/// the first few.
-pub fn verify_written(manifest: &Manifest, written: &[WrittenFile]) -> Result<(), ManifestError> {
-    // Manifests list thousands of files, so look paths up by hash. `Manifest` has public fields
-    // and may have been built without `parse`; if a path appears twice, the first entry counts.
-    let mut by_path: HashMap<&[u8], usize> = HashMap::with_capacity(manifest.files.len());
-    for (i, f) in manifest.files.iter().enumerate() {
-        if !is_ignored_path(&f.path) {
-            by_path.entry(f.path.as_slice()).or_insert(i);
-        }
-    }
-
-    let mut seen = vec![false; manifest.files.len()];
-    let mut problems = Vec::new();
-    let mut problem = |path: &[u8], kind| {
-        problems.push(FileProblem {
-            path: path.to_vec(),
-            kind,
-        })
+/// when the manifest has one and the sizes agree. A path the manifest lists twice is reported
+/// missing the second time; one written twice, "written more than once" while its first record
+/// is unmatched, else "not in the manifest".
+pub fn verify_written(
+    manifest: impl Read,
+    checksum: &str,
+    written: impl Iterator<Item = io::Result<WrittenFile>>,
+) -> Result<ManifestHeader, ManifestError> {
+    let mut merge = Merge {
+        written: written.filter(|w| !w.as_ref().is_ok_and(|w| is_ignored_path(&w.path))),
+        ahead: HashMap::new(),
+        read: 0,
+        problems: Vec::new(),
+        total: 0,
     };
-    for w in written {
-        if is_ignored_path(&w.path) {
-            continue;
+    let header = read(manifest, checksum, &mut |m| merge.check(m))?;
+    merge.finish()?;
+    Ok(header)
+}
+
+struct Merge<I> {
+    written: I,
+    /// Written records read past while looking for a manifest entry: (stream index, size, digest).
+    ahead: HashMap<Vec<u8>, (u64, u64, Option<String>)>,
+    read: u64,
+    problems: Vec<FileProblem>,
+    total: usize,
+}
+
+impl<I: Iterator<Item = io::Result<WrittenFile>>> Merge<I> {
+    fn check(&mut self, m: ManifestFile) -> Result<(), ManifestError> {
+        if is_ignored_path(&m.path) {
+            return Ok(());
         }
-        let Some(&i) = by_path.get(w.path.as_slice()) else {
-            problem(&w.path, ProblemKind::NotInManifest);
-            continue;
+        let found = match self.ahead.remove(&m.path) {
+            Some((_, size, checksum)) => Some((size, checksum)),
+            None => self.find(&m.path)?,
         };
-        if std::mem::replace(&mut seen[i], true) {
-            problem(&w.path, ProblemKind::WrittenTwice);
-            continue;
-        }
-        let m = &manifest.files[i];
-        if w.size != m.size {
-            problem(
-                &w.path,
-                ProblemKind::SizeMismatch {
-                    written: w.size,
-                    manifest: m.size,
-                },
-            );
-        } else if let Some(expected) = &m.checksum {
-            let matches = w
-                .checksum
+        let Some((size, written)) = found else {
+            self.problem(m.path, ProblemKind::Missing);
+            return Ok(());
+        };
+        if size != m.size {
+            let kind = ProblemKind::SizeMismatch {
+                written: size,
+                manifest: m.size,
+            };
+            self.problem(m.path, kind);
+        } else if let Some(expected) = m.checksum {
+            if !written
                 .as_deref()
-                .is_some_and(|c| c.eq_ignore_ascii_case(expected));
-            if !matches {
-                problem(
-                    &w.path,
-                    ProblemKind::ChecksumMismatch {
-                        written: w.checksum.clone(),
-                        manifest: expected.clone(),
-                    },
-                );
+                .is_some_and(|c| c.eq_ignore_ascii_case(&expected))
+            {
+                let kind = ProblemKind::ChecksumMismatch {
+                    written,
+                    manifest: expected,
+                };
+                self.problem(m.path, kind);
             }
         }
+        Ok(())
     }
-    for (i, f) in manifest.files.iter().enumerate() {
-        if !seen[i] && by_path.get(f.path.as_slice()) == Some(&i) {
-            problem(&f.path, ProblemKind::Missing);
+
+    /// Reads written records up to the one for `path`, keeping the others for later.
+    fn find(&mut self, path: &[u8]) -> Result<Option<(u64, Option<String>)>, ManifestError> {
+        while let Some(w) = self.written.next() {
+            let w = w.map_err(ManifestError::ReadBack)?;
+            self.read += 1;
+            if w.path == path {
+                return Ok(Some((w.size, w.checksum)));
+            }
+            if self.ahead.contains_key(&w.path) {
+                self.problem(w.path, ProblemKind::WrittenTwice);
+            } else {
+                self.ahead.insert(w.path, (self.read, w.size, w.checksum));
+            }
+        }
+        Ok(None)
+    }
+
+    fn problem(&mut self, path: Vec<u8>, kind: ProblemKind) {
+        self.total += 1;
+        if self.problems.len() < MAX_KEPT_PROBLEMS {
+            self.problems.push(FileProblem { path, kind });
         }
     }
 
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ManifestError::FilesDoNotMatch(problems))
+    /// Whatever was written and never matched is not in the manifest, in stream order.
+    fn finish(mut self) -> Result<(), ManifestError> {
+        self.find(&[])?;
+        let mut extra: Vec<_> = self
+            .ahead
+            .drain()
+            .map(|(path, (at, ..))| (at, path))
+            .collect();
+        extra.sort_unstable();
+        for (_, path) in extra {
+            self.problem(path, ProblemKind::NotInManifest);
+        }
+        if self.total == 0 {
+            Ok(())
+        } else {
+            Err(ManifestError::FilesDoNotMatch {
+                problems: self.problems,
+                total: self.total,
+            })
+        }
     }
 }
 
@@ -657,6 +869,59 @@ pub fn verify_written(manifest: &Manifest, written: &[WrittenFile]) -> Result<()
 mod tests {
     use super::super::checksum::FileChecksum;
     use super::*;
+
+    /// A manifest decoded whole, for the tests to look at.
+    #[derive(Debug)]
+    struct Manifest {
+        version: u32,
+        system_identifier: Option<u64>,
+        files: Vec<ManifestFile>,
+        wal_ranges: Vec<WalRange>,
+        bytes: Vec<u8>,
+        checksum: String,
+    }
+
+    impl Manifest {
+        fn checksum_algorithm(&self) -> Option<ChecksumAlgorithm> {
+            let first = self.files.first()?.checksum_algorithm;
+            self.files
+                .iter()
+                .all(|f| f.checksum_algorithm == first)
+                .then_some(first)
+        }
+    }
+
+    /// Checks the digest as the bytes arrive in 7-byte pieces (lines span pieces), then reads.
+    fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let mut digest = ManifestDigest::default();
+        for piece in bytes.chunks(7) {
+            digest.update(piece);
+        }
+        let checksum = digest.finish()?;
+        let mut files = Vec::new();
+        let header = read(bytes, &checksum, &mut |f| {
+            files.push(f);
+            Ok(())
+        })?;
+        assert_eq!(header.files, files.len() as u64);
+        Ok(Manifest {
+            version: header.version,
+            system_identifier: header.system_identifier,
+            files,
+            wal_ranges: header.wal_ranges,
+            bytes: bytes.to_vec(),
+            checksum,
+        })
+    }
+
+    fn verify_written(m: &Manifest, written: &[WrittenFile]) -> Result<(), ManifestError> {
+        super::verify_written(
+            m.bytes.as_slice(),
+            &m.checksum,
+            written.iter().cloned().map(Ok),
+        )
+        .map(|header| assert_eq!(header.files, m.files.len() as u64))
+    }
 
     const MTIME: &str = "2024-05-02 10:11:12 GMT";
     const SYSID: u64 = 7_362_182_938_384_710_211;
@@ -796,7 +1061,10 @@ mod tests {
 
     fn problems(err: ManifestError) -> Vec<FileProblem> {
         match err {
-            ManifestError::FilesDoNotMatch(p) => p,
+            ManifestError::FilesDoNotMatch { problems, total } => {
+                assert_eq!(problems.len(), total);
+                problems
+            }
             other => panic!("expected FilesDoNotMatch, got {other:?}"),
         }
     }
@@ -948,10 +1216,6 @@ mod tests {
             (("\"Size\": 3, ", ""), "missing field `Size`"),
             (("\"Size\": 3, ", "\"Size\": -3, "), "invalid value"),
             (("\"Size\": 3, ", "\"Size\": 3.0, "), "invalid type"),
-            (
-                ("\"Path\": \"PG_VERSION\"", "\"Path\": \"base/1/1259\""),
-                "duplicate path `base/1/1259`",
-            ),
             (
                 ("\"Checksum\": \"8a744722\"", "\"Checksum\": \"8a74472\""),
                 "has 7 hex digits, but `CRC32C` needs 8",
@@ -1106,7 +1370,7 @@ mod tests {
         w[1].checksum = None; // backup_label
         let global = w.remove(4); // global/pg_control never written
         w.push(written("base/1/9999", b"extra"));
-        w.push(w[0].clone()); // the tablespace file twice
+        w.push(written("base/1/9999", b"extra")); // twice, before anything matched it
         let p = problems(verify_written(&m, &w).unwrap_err());
         let kinds: Vec<_> = p
             .iter()
@@ -1141,15 +1405,13 @@ mod tests {
                         manifest: 16384
                     }
                 ),
-                ("base/1/9999".into(), ProblemKind::NotInManifest),
-                (
-                    "pg_tblspc/16385/PG_15_202209061/5/16386".into(),
-                    ProblemKind::WrittenTwice
-                ),
+                // Found while looking ahead for global/pg_control, in manifest order.
+                ("base/1/9999".into(), ProblemKind::WrittenTwice),
                 (
                     String::from_utf8_lossy(&global.path).into_owned(),
                     ProblemKind::Missing
                 ),
+                ("base/1/9999".into(), ProblemKind::NotInManifest),
             ]
         );
     }
@@ -1186,6 +1448,73 @@ mod tests {
             msg.ends_with("`base/1/x4`: not in the manifest; and 3 more"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_path_listed_twice_is_missing_the_second_time_and_problems_are_capped() {
+        let m = parse(&mangled(
+            "\"Path\": \"PG_VERSION\"",
+            "\"Path\": \"base/1/1259\"",
+        ))
+        .unwrap();
+        let mut w = written_all(ChecksumAlgorithm::Crc32c);
+        w.truncate(5);
+        w.remove(2); // PG_VERSION, no longer listed
+                     // The first listing (with PG_VERSION's size) takes the file, the second finds none.
+        let kinds: Vec<_> = problems(verify_written(&m, &w).unwrap_err())
+            .into_iter()
+            .map(|p| (p.path, p.kind))
+            .collect();
+        let size = ProblemKind::SizeMismatch {
+            written: 16384,
+            manifest: 3,
+        };
+        assert_eq!(
+            kinds,
+            [
+                (b"base/1/1259".to_vec(), size),
+                (b"base/1/1259".to_vec(), ProblemKind::Missing)
+            ]
+        );
+
+        let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
+        let extras = (0..150).map(|i| written(&format!("base/1/x{i}"), b""));
+        let w: Vec<_> = written_all(ChecksumAlgorithm::Crc32c)
+            .into_iter()
+            .chain(extras)
+            .collect();
+        match verify_written(&m, &w).unwrap_err() {
+            e @ ManifestError::FilesDoNotMatch { .. } => {
+                assert!(e.to_string().ends_with("; and 145 more"), "{e}");
+                let ManifestError::FilesDoNotMatch { problems, total } = e else {
+                    unreachable!()
+                };
+                assert_eq!((problems.len(), total), (MAX_KEPT_PROBLEMS, 150));
+            }
+            other => panic!("expected FilesDoNotMatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn long_lines_pass_except_as_the_last() {
+        let long = "x".repeat(MAX_LINE + 10);
+        let files = [
+            file(&format!("base/1/{long}"), b"1"),
+            file("PG_VERSION", b"15\n"),
+        ];
+        let bytes = sign(body(
+            1,
+            None,
+            ChecksumAlgorithm::Crc32c,
+            &files,
+            &RANGES[1..],
+        ));
+        assert_eq!(parse(&bytes).unwrap().files.len(), 2);
+        let mut padded = bytes.clone();
+        padded.truncate(padded.len() - 2);
+        padded.extend_from_slice(long.as_bytes());
+        padded.extend_from_slice(b"}\n");
+        assert!(invalid_message(&padded).contains("last line is longer"));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! Files: this one holds the options, the flow (`run`) and tablespace mapping; `archive` the
 //! archive receiver and decompression, `wal_stream` the `-X stream` side.
 //!
-//! Neighbours: `unpack` (tar to disk), `manifest`/`checksum` (verification), `target` (staging),
+//! Neighbours: `unpack` (tar to disk), `manifest`/`checksum` (verification), `written` (the
+//! record of written files and the manifest, kept on disk until the check), `target` (staging),
 //! `standby_conf` (`-R`), `replication` (the WAL streamer), `conn` (sessions).
 
 mod archive;
@@ -22,6 +23,7 @@ pub(crate) mod standby_conf;
 mod target;
 pub mod unpack;
 mod wal_stream;
+pub mod written;
 
 use self::archive::*;
 use self::wal_stream::*;
@@ -29,19 +31,20 @@ use self::wal_stream::*;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::checksum::ChecksumAlgorithm;
-use self::manifest::{ManifestError, WrittenFile};
+use self::manifest::ManifestError;
 use self::target::Staging;
 pub use self::target::SyncMethod;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
+use self::written::{ManifestSink, WrittenLog};
 use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet};
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
@@ -90,10 +93,6 @@ pub enum BackupError {
     InvalidSlotName(String),
     #[error("--create-slot needs a slot name: add -S NAME")]
     CreateSlotWithoutName,
-    #[error(
-        "the backup manifest exceeds {limit_mib} MiB; use --no-manifest for a cluster this large"
-    )]
-    ManifestTooLarge { limit_mib: usize },
     /// The WAL streamer's connection failed while the base backup was still arriving.
     #[error("the WAL streamer stopped")]
     StreamerStopped,
@@ -375,8 +374,15 @@ async fn run(
         layout: &layout,
         extract: Arc::new(extract),
         progress: progress.clone(),
-        written: Vec::new(),
-        manifest: BytesMut::new(),
+        written: Arc::new(Mutex::new(WrittenLog::new_in(&data_dirs[0]).map_err(
+            |e| {
+                BackupError::io(
+                    format!("create a temporary file in `{}`", data_dirs[0].display()),
+                    e,
+                )
+            },
+        )?)),
+        manifest: None,
         current: None,
         cancel,
     };
@@ -425,24 +431,21 @@ async fn run(
     let ArchiveReceiver {
         written, manifest, ..
     } = receiver;
-    let manifest_verified = if options.manifest_checksums.is_some() {
-        let parsed = manifest::parse(&manifest)?;
-        manifest::verify_written(&parsed, &written)?;
-        for dir in &data_dirs {
-            std::fs::write(dir.join("backup_manifest"), &manifest).map_err(|e| {
-                BackupError::io(
-                    format!("write `{}`", dir.join("backup_manifest").display()),
-                    e,
-                )
-            })?;
+    let written = Arc::into_inner(written)
+        .expect("every extractor has finished")
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (files, bytes) = (written.files(), written.bytes());
+    let manifest_verified = match manifest {
+        Some(sink) => {
+            let listed = written::check_against_manifest(sink, written, &data_dirs[1..])?;
+            tracing::info!(files = listed, "every file matches the backup manifest");
+            true
         }
-        tracing::info!(
-            files = parsed.files.len(),
-            "every file matches the backup manifest"
-        );
-        true
-    } else {
-        false
+        None if options.manifest_checksums.is_some() => {
+            return Err(ManifestError::Invalid("the server sent no backup manifest".into()).into())
+        }
+        None => false,
     };
 
     finish_targets(connect, options, &data_dirs, data_dir_mode)?;
@@ -465,8 +468,8 @@ async fn run(
         start_lsn,
         end_lsn,
         timeline: start_timeline,
-        bytes: written.iter().map(|f| f.size).sum::<u64>(),
-        files: written.len(),
+        bytes,
+        files,
         targets,
         manifest_verified,
         elapsed_ms: started.elapsed().as_millis(),

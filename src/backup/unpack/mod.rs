@@ -20,8 +20,9 @@
 //!
 //! The `tar` crate only decodes the 512-byte headers here. Streaming, name checks and file creation
 //! are ours: tar-rs' `Archive::unpack` writes one tree, and it skips hostile entries where we want
-//! to fail. Neighbours: `super::checksum` (the digests), `super::manifest` (consumes the returned
-//! [`WrittenFile`] list), `super` (routes archives here and removes the temporary roots on error).
+//! to fail. Neighbours: `super::checksum` (the digests), `super::written` (where each
+//! [`WrittenFile`] is recorded for `super::manifest`), `super` (routes archives here and removes
+//! the temporary roots on error).
 //!
 //! # Security
 //!
@@ -75,7 +76,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::checksum::{ChecksumAlgorithm, FileChecksum};
-use super::manifest::WrittenFile;
+use super::written::{Record, WrittenFile};
 
 /// The tar block size; headers are one block and file data is padded to a multiple of it.
 const BLOCK: usize = 512;
@@ -292,18 +293,20 @@ impl<R: Read> ChunkSource for ReadChunks<R> {
 ///
 /// The archive ends at the first all-zero 512-byte block (PG 15+ sends two), after which the rest
 /// of the stream must be zeros, or at a clean EOF exactly at a header boundary (PG 14 and older
-/// send no trailer). Each regular file is written to all roots with its checksum computed once.
-/// Returns the files written, with manifest-relative paths, in stream order, once every writer
-/// has finished. `on_bytes(n)` is called as each slice of file data is handed to the writers.
+/// send no trailer). Each regular file is written to all roots with its checksum computed once,
+/// and handed to `record` with its manifest-relative path, in stream order. `on_bytes(n)` is
+/// called as each slice of file data is handed to the writers. Returns once every writer has
+/// finished.
 ///
 /// When a writer fails, its error is returned: it concerns an entry the parser had already
 /// passed, so it is also the first failure in stream order.
-pub fn extract_archive(
+pub fn extract_archive_into(
     source: impl ChunkSource,
     dest: &ArchiveDestination,
     opts: &ExtractOptions,
     on_bytes: &mut dyn FnMut(u64),
-) -> Result<Vec<WrittenFile>, UnpackError> {
+    record: &mut dyn Record,
+) -> Result<(), UnpackError> {
     if dest.roots.is_empty() {
         return Err(UnpackError::NoDestinations);
     }
@@ -320,7 +323,8 @@ pub fn extract_archive(
             opts,
             is_base: dest.manifest_prefix.is_empty(),
             links: Vec::new(),
-            written: Vec::new(),
+            record,
+            files: 0,
             writers: queues,
             batch: Vec::with_capacity(HANDOFF_OPS),
             batch_bytes: 0,
@@ -334,6 +338,19 @@ pub fn extract_archive(
         }
         parsed.map_err(|e| e.expect("the parser only stops silently when a writer failed"))
     })
+}
+
+/// [`extract_archive_into`], returning the records in memory: for archives of a few files
+/// (tests, fuzzing, benchmarks). A backup records to disk (`super::written::WrittenLog`).
+pub fn extract_archive(
+    source: impl ChunkSource,
+    dest: &ArchiveDestination,
+    opts: &ExtractOptions,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<Vec<WrittenFile>, UnpackError> {
+    let mut written = Vec::new();
+    extract_archive_into(source, dest, opts, on_bytes, &mut written)?;
+    Ok(written)
 }
 
 /// The parser's view of the stream: the unread rest of the current chunk.
@@ -448,7 +465,9 @@ struct Parser<'a> {
     is_base: bool,
     /// Names of the `pg_tblspc/<oid>` links created so far; nothing may be written under them.
     links: Vec<Vec<u8>>,
-    written: Vec<WrittenFile>,
+    record: &'a mut dyn Record,
+    /// Regular files recorded so far.
+    files: u64,
     /// One queue per root, in root order.
     writers: Vec<SyncSender<Arc<Vec<Op>>>>,
     /// Operations not yet handed over, and the file data they carry.
@@ -461,7 +480,7 @@ impl Parser<'_> {
         mut self,
         mut input: Input<impl ChunkSource>,
         on_bytes: &mut dyn FnMut(u64),
-    ) -> Result<Vec<WrittenFile>, ParseError> {
+    ) -> Result<(), ParseError> {
         let parsed = self.parse(&mut input, on_bytes);
         // The entries before a bad one are written, as a sequential extraction would have.
         let handed = self.hand_over();
@@ -469,11 +488,11 @@ impl Parser<'_> {
         tracing::debug!(
             prefix = %self.dest.manifest_prefix,
             targets = self.dest.roots.len(),
-            files = self.written.len(),
+            files = self.files,
             bytes = input.offset,
             "extracted archive"
         );
-        Ok(self.written)
+        Ok(())
     }
 
     fn parse(
@@ -615,11 +634,15 @@ impl Parser<'_> {
         let mut path = Vec::with_capacity(self.dest.manifest_prefix.len() + name.len());
         path.extend_from_slice(self.dest.manifest_prefix.as_bytes());
         path.extend_from_slice(name);
-        self.written.push(WrittenFile {
+        let file = WrittenFile {
             path,
             size,
             checksum: checksum.finish(),
-        });
+        };
+        self.record
+            .record(file)
+            .map_err(|source| io_error("record", Path::new(OsStr::from_bytes(name)), source))?;
+        self.files += 1;
         Ok(())
     }
 

@@ -1,0 +1,232 @@
+"""What every side-by-side benchmark shares: a throw-away local server, timing with peak RSS of a
+whole process tree, and the facts a reader needs to judge the figures (machine, file system,
+load, tool versions).
+"""
+
+import ctypes
+import os
+import platform
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def default_pg_bin():
+    """The newest server the repo has installed (scripts/install-pg), else Debian's 15."""
+    for major in (18, 17):
+        path = os.path.join(REPO, ".pg", str(major), "bin")
+        if os.path.exists(os.path.join(path, "pg_basebackup")):
+            return path
+    return "/usr/lib/postgresql/15/bin"
+
+
+def run_measured(argv, stdout=None):
+    """Runs argv; returns (seconds, peak RSS in KiB summed over its process tree, processes seen).
+
+    Each process's peak is the kernel's high-water mark of its own memory (VmHWM), polled every
+    5 ms until the command exits; the peaks of the command and every descendant seen (such as
+    pg_basebackup's WAL-streaming child) are added up, which counts memory shared after fork
+    twice: an upper bound for a tree, exact for one process. getrusage's ru_maxrss is no use
+    here: it carries over the RSS of whatever spawned the process (this interpreter) across exec,
+    and RUSAGE_CHILDREN gives the largest child, not the sum."""
+    with tempfile.TemporaryFile() as err:
+        out_actions = ([(os.POSIX_SPAWN_DUP2, stdout.fileno(), 1)] if stdout is not None
+                       else [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)])
+        start = time.monotonic()
+        pid = os.posix_spawnp(argv[0], argv, os.environ,
+                              file_actions=out_actions + [(os.POSIX_SPAWN_DUP2, err.fileno(), 2)])
+        peaks = {}
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            for p in tree(pid):
+                peaks[p] = max(peaks.get(p, 0), high_water_kib(p))
+            time.sleep(0.005)
+        elapsed = time.monotonic() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            sys.exit(f"{' '.join(argv)} failed:\n{err.read().decode()}")
+    return elapsed, sum(peaks.values()), len(peaks)
+
+
+def tree(pid):
+    """pid and its descendants, from /proc/PID/task/TID/children."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return found
+
+
+def high_water_kib(pid):
+    """VmHWM of a running process; 0 once it has exited (a zombie has no memory left)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def timed(argv):
+    """Seconds to run argv (output discarded); fails loudly."""
+    start = time.monotonic()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def as_postgres(argv):
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--"] + argv
+    return argv
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def describe_run(work, pg_bin, pgrepl):
+    """The lines that say where and with what the figures were taken."""
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", work], capture_output=True, text=True).stdout.strip()
+    source = " ".join(subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", work], capture_output=True,
+                                     text=True).stdout.split("\n")[0].split())
+    version = subprocess.run([os.path.join(pg_bin, "pg_basebackup"), "--version"], capture_output=True,
+                             text=True).stdout.strip()
+    note = " (tmpfs: syncing is free, the figures flatter every tool)" if "tmpfs" in fstype else ""
+    return [f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"machine: {machine()}",
+            f"load average at start: {os.getloadavg()[0]:.2f} (1 min)",
+            f"work directory: {work} on {source or fstype}{note}",
+            f"stock tools: {version} ({pg_bin}); pgrepl: {pgrepl}"]
+
+
+def major(pg_bin):
+    out = subprocess.run([os.path.join(pg_bin, "pg_basebackup"), "--version"], capture_output=True,
+                         text=True).stdout
+    return int(re.search(r"(\d+)", out.split(")")[-1]).group(1))
+
+
+def pgrepl_has(pgrepl, command, option):
+    """Whether `pgrepl COMMAND --help` lists OPTION (the script runs against older builds too)."""
+    return option in subprocess.run([pgrepl, command, "--help"], capture_output=True, text=True).stdout
+
+
+class Server:
+    """A fresh cluster in WORK/primary, run as OS user postgres when we are root; removed by stop()."""
+
+    def __init__(self, pg_bin, workdir=None, prefix="pgrepl-bench-", extra_conf=""):
+        self.pg_bin = pg_bin
+        self.work = tempfile.mkdtemp(prefix=prefix, dir=workdir)
+        os.chmod(self.work, 0o755)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.work, pw.pw_uid, pw.pw_gid)
+        self.data, self.port = os.path.join(self.work, "primary"), free_port()
+        self.conn = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+        self.conninfo = f"host=127.0.0.1 port={self.port} user=postgres"
+        self.extra_conf = extra_conf
+
+    def bin(self, tool):
+        return os.path.join(self.pg_bin, tool)
+
+    def start(self):
+        subprocess.run(as_postgres([self.bin("initdb"), "-D", self.data, "-A", "trust", "-U", "postgres",
+                                    "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+            conf.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                       f"unix_socket_directories = '{self.work}'\nmax_wal_senders = 10\n"
+                       "max_replication_slots = 20\nshared_buffers = 128MB\nmax_wal_size = 4GB\n"
+                       + self.extra_conf)
+        subprocess.run(as_postgres([self.bin("pg_ctl"), "-D", self.data, "-l", os.path.join(self.work, "log"),
+                                    "-w", "start"]), check=True, stdout=subprocess.DEVNULL)
+        return self
+
+    def psql(self, sql, db="postgres"):
+        return subprocess.run([self.bin("psql")] + self.conn + ["-XAtqc", sql, db], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def pgbench_init(self, scale):
+        subprocess.run([self.bin("pgbench"), "-i", "-q", "-s", str(scale)] + self.conn + ["postgres"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        subprocess.run(as_postgres([self.bin("pg_ctl"), "-D", self.data, "-m", "immediate", "stop"]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def layout(root):
+    """(directories, files with sizes) under root, relative, parents first: what write_like recreates."""
+    dirs, files = [], []
+    for parent, dnames, fnames in os.walk(root):
+        rel = os.path.relpath(parent, root)
+        dirs.extend(os.path.normpath(os.path.join(rel, d)) for d in dnames)
+        files.extend((os.path.normpath(os.path.join(rel, f)), os.lstat(os.path.join(parent, f)).st_size)
+                     for f in fnames)
+    return dirs, files
+
+
+def write_like(shape, dest, chunk=1 << 20):
+    """Seconds to create `shape`'s directories and files under dest, fill them with as many bytes
+    from memory (1 MiB writes, no reading of a source, writeback started every 8 MiB) and make it
+    durable with one syncfs: the file system's share of a base backup, without the network or a
+    parser, on one thread."""
+    dirs, files = shape
+    buf = bytes(chunk)
+    start = time.monotonic()
+    os.mkdir(dest, 0o700)
+    for d in dirs:
+        os.mkdir(os.path.join(dest, d), 0o700)
+    libc = ctypes.CDLL(None, use_errno=True)
+    for path, size in files:
+        fd = os.open(os.path.join(dest, path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        written = 0
+        while written < size:
+            written += os.write(fd, buf[:min(size - written, chunk)] if size - written < chunk else buf)
+            if written % (8 << 20) == 0:
+                # Start writeback of the last 8 MiB without waiting, as pgrepl does, so the disk
+                # works while the rest is written (SYNC_FILE_RANGE_WRITE = 2).
+                libc.sync_file_range(fd, ctypes.c_longlong(written - (8 << 20)), ctypes.c_longlong(8 << 20), 2)
+        os.close(fd)
+    syncfs(dest)
+    return time.monotonic() - start
+
+
+def syncfs(path):
+    """syncfs(2) on the file system holding path (Python's os module has no syncfs)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs {path}")
+    finally:
+        os.close(fd)
