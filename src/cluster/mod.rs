@@ -347,10 +347,12 @@ impl Cluster {
             let current: String = client
                 .query_one("SELECT current_setting($1)", &[name])
                 .await
-                .map_err(|e| {
-                    ClusterError::Setup(format!(
+                .map_err(|e| match e.code().map(|c| c.code()) {
+                    // undefined_object: the server has no such parameter.
+                    Some("42704") => ClusterError::Setup(format!(
                         "unknown setting `{name}` in the cluster file: {e}"
-                    ))
+                    )),
+                    _ => node_err_sql(primary, e),
                 })?
                 .get(0);
             if !same_setting(&current, value) {
@@ -402,9 +404,16 @@ impl Cluster {
             changed = true;
         }
         if changed {
+            let before = conf_load_time(&client, primary).await?;
             reload(&client, primary).await?;
-            // Reload is asynchronous; give the postmaster a moment before asking what is pending.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Reload is asynchronous: pending_restart is known once this session has re-read
+            // the files, which shows as pg_conf_load_time() moving past its old value.
+            wait_until(
+                Duration::from_secs(10),
+                "the primary to reload its settings",
+                || async { Ok(conf_load_time(&client, primary).await? != before) },
+            )
+            .await?;
             let pending: i64 = client
                 .query_one(
                     "SELECT count(*) FROM pg_settings WHERE pending_restart",
@@ -677,6 +686,15 @@ pub(crate) async fn alter_system(
         ))
         .await
         .map_err(|e| node_err_sql(node, e))
+}
+
+/// When this session last read the configuration files, as text (compared, never parsed).
+async fn conf_load_time(client: &Client, node: &NodeSpec) -> Result<String, ClusterError> {
+    Ok(client
+        .query_one("SELECT pg_conf_load_time()::text", &[])
+        .await
+        .map_err(|e| node_err_sql(node, e))?
+        .get(0))
 }
 
 pub(crate) async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {

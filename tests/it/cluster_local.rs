@@ -62,13 +62,13 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Three ports nobody listens on (held together, so they differ).
+/// Three ports nobody listens on.
 fn free_ports() -> [u16; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let port = |i: usize| listeners[i].local_addr().unwrap().port();
-    [port(0), port(1), port(2)]
+    [
+        crate::harness::pick_port(),
+        crate::harness::pick_port(),
+        crate::harness::pick_port(),
+    ]
 }
 
 /// The default cluster file (`pgrepl init`) on free ports, in a temp dir the servers can use;

@@ -611,6 +611,7 @@ fn ha_agent_refuses_an_unreachable_etcd_in_one_line() {
         .output()
         .unwrap();
     assert!(init.status.success());
+    std::fs::create_dir(dir.path().join(".pgrepl")).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(["agent", "--node", "pg_master", "--cluster"])
         .arg(&file)

@@ -10,7 +10,6 @@
 //! so that base backups don't copy it).
 #![allow(dead_code)]
 
-use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
@@ -213,27 +212,26 @@ fn run(cmd: &mut Command) -> Result<Output, String> {
     }
 }
 
-/// A free TCP port on 127.0.0.1, never handed out twice by this process.
+/// A free TCP port on 127.0.0.1, never handed out twice by this process. It is taken below
+/// Linux's ephemeral range (32768-60999), where the tests' own port-0 listeners and every
+/// client socket get theirs: a port picked here cannot be taken by one of them in the moment
+/// before the server it is meant for binds it.
 pub fn pick_port() -> u16 {
-    static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each test process starts elsewhere in the range, so two runs at once rarely meet.
+    let offset = next.get_or_insert_with(|| std::process::id() * 97 % COUNT);
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if USED
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashSet::new)
-            .insert(port)
-        {
+        let port = (FIRST + *offset % COUNT) as u16;
+        *offset += 1;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
 }
 
-/// Alive and not a zombie.
 fn process_alive(pid: i32) -> bool {
     if unsafe { libc::kill(pid, 0) } != 0 {
         return false;
