@@ -111,6 +111,7 @@ impl LocalRuntime {
     }
 
     /// The major of the binaries, from `postgres --version`.
+    #[allow(clippy::disallowed_methods)] // PostgreSQL's own server binary
     pub fn server_major(&self) -> Result<u32, RuntimeError> {
         let postgres = self.bin_dir.join("postgres");
         let unknown = |reason: String| RuntimeError::UnknownMajor {
@@ -327,6 +328,7 @@ impl LocalRuntime {
 
     /// Runs a PostgreSQL binary as the server user and returns what it printed on stderr
     /// (where these tools report); on failure its error line becomes the error.
+    #[allow(clippy::disallowed_methods)] // initdb, pg_ctl, postgres, pg_rewind: the server's tools
     fn output<I, S>(&self, tool: &str, args: I) -> Result<String, ClusterError>
     where
         I: IntoIterator<Item = S>,
@@ -412,6 +414,7 @@ fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+#[allow(clippy::disallowed_methods)] // pg_config, PostgreSQL's own locator
 fn find_bin_dir() -> Option<PathBuf> {
     let has_tools = |dir: &Path| {
         dir.join("postgres").is_file()

@@ -1,3 +1,6 @@
+// Tests drive stock tools (psql, pg_basebackup, docker images) to check pgrepl against them.
+#![allow(clippy::disallowed_methods)]
+
 mod basebackup;
 mod bench;
 mod capability;
