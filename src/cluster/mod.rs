@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod runtime_error;
 pub mod server_version;
 pub mod spec;
+mod sql_steps;
 pub mod topology;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ use tokio_postgres::Client;
 pub use self::open::{Purpose, RuntimeChoice};
 use self::runtime::Runtime;
 use self::spec::{ClusterSpec, NodeSpec};
+pub(crate) use self::sql_steps::{
+    alter_system, conf_load_time, node_err_sql, refuses_writes, reload, streaming_standbys,
+};
 use crate::backup::{self, BackupTarget, BaseBackupOptions};
 use crate::conn::{sql, ConnectOptions, ConnectionError, Host, Password};
 // Standard SQL quoting is the same as the replication grammar's: `''` and `""` doubling.
@@ -633,25 +637,6 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Checks that `standby` refuses the write `insert` as a read-only transaction (SQLSTATE 25006).
-async fn refuses_writes(
-    client: &Client,
-    standby: &NodeSpec,
-    insert: &str,
-) -> Result<(), ClusterError> {
-    match client.batch_execute(insert).await {
-        Err(e) if e.code().map(|c| c.code()) == Some("25006") => Ok(()),
-        Err(e) => Err(ClusterError::Check(format!(
-            "a write on `{}` failed with something other than read-only (25006): {e}",
-            standby.name
-        ))),
-        Ok(()) => Err(ClusterError::Check(format!(
-            "`{}` accepted a write: it is not a standby",
-            standby.name
-        ))),
-    }
-}
-
 /// What pg_stat_replication.sync_state should say for each standby under `spec`'s policy when
 /// all of them stream.
 pub fn expected_sync_states(spec: &ClusterSpec) -> Vec<(String, String)> {
@@ -668,56 +653,6 @@ pub fn expected_sync_states(spec: &ClusterSpec) -> Vec<(String, String)> {
             (s.name.clone(), state.to_owned())
         })
         .collect()
-}
-
-/// One ALTER SYSTEM; a reload (or restart) makes it count. Sent alone because ALTER SYSTEM
-/// cannot run inside the implicit transaction of a multi-statement query.
-pub(crate) async fn alter_system(
-    client: &Client,
-    node: &NodeSpec,
-    setting: &str,
-    value: &str,
-) -> Result<(), ClusterError> {
-    client
-        .batch_execute(&format!(
-            "ALTER SYSTEM SET {} = {}",
-            quote_ident(setting),
-            quote_literal(value)
-        ))
-        .await
-        .map_err(|e| node_err_sql(node, e))
-}
-
-/// When this session last read the configuration files, as text (compared, never parsed).
-async fn conf_load_time(client: &Client, node: &NodeSpec) -> Result<String, ClusterError> {
-    Ok(client
-        .query_one("SELECT pg_conf_load_time()::text", &[])
-        .await
-        .map_err(|e| node_err_sql(node, e))?
-        .get(0))
-}
-
-pub(crate) async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
-    client
-        .batch_execute("SELECT pg_reload_conf()")
-        .await
-        .map_err(|e| node_err_sql(node, e))
-}
-
-pub(crate) fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
-    ClusterError::Node {
-        node: node.name.clone(),
-        source: Box::new(ConnectionError::Sql(error)),
-    }
-}
-
-/// `(application_name, sync_state)` of every streaming walsender.
-async fn streaming_standbys(client: &Client) -> Result<Vec<(String, String)>, ClusterError> {
-    let rows = client
-        .query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[])
-        .await
-        .map_err(|e| ClusterError::Node { node: "primary".into(), source: Box::new(ConnectionError::Sql(e)) })?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Polls `check` every 100 ms until it is true.

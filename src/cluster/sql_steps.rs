@@ -1,0 +1,84 @@
+//! The SQL each cluster step sends through pgrepl's own session: settings (ALTER SYSTEM, reload,
+//! when the config was re-read), the streaming standbys, the read-only check, and the error
+//! that names the node.
+
+use tokio_postgres::Client;
+
+use super::spec::NodeSpec;
+use super::ClusterError;
+use crate::conn::ConnectionError;
+use crate::proto::command::{quote_ident, quote_literal};
+
+/// Checks that `standby` refuses the write `insert` as a read-only transaction (SQLSTATE 25006).
+pub(crate) async fn refuses_writes(
+    client: &Client,
+    standby: &NodeSpec,
+    insert: &str,
+) -> Result<(), ClusterError> {
+    match client.batch_execute(insert).await {
+        Err(e) if e.code().map(|c| c.code()) == Some("25006") => Ok(()),
+        Err(e) => Err(ClusterError::Check(format!(
+            "a write on `{}` failed with something other than read-only (25006): {e}",
+            standby.name
+        ))),
+        Ok(()) => Err(ClusterError::Check(format!(
+            "`{}` accepted a write: it is not a standby",
+            standby.name
+        ))),
+    }
+}
+
+/// One ALTER SYSTEM; a reload (or restart) makes it count. Sent alone because ALTER SYSTEM
+/// cannot run inside the implicit transaction of a multi-statement query.
+pub(crate) async fn alter_system(
+    client: &Client,
+    node: &NodeSpec,
+    setting: &str,
+    value: &str,
+) -> Result<(), ClusterError> {
+    client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET {} = {}",
+            quote_ident(setting),
+            quote_literal(value)
+        ))
+        .await
+        .map_err(|e| node_err_sql(node, e))
+}
+
+/// When this session last read the configuration files, as text (compared, never parsed).
+pub(crate) async fn conf_load_time(
+    client: &Client,
+    node: &NodeSpec,
+) -> Result<String, ClusterError> {
+    Ok(client
+        .query_one("SELECT pg_conf_load_time()::text", &[])
+        .await
+        .map_err(|e| node_err_sql(node, e))?
+        .get(0))
+}
+
+pub(crate) async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(|e| node_err_sql(node, e))
+}
+
+pub(crate) fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> ClusterError {
+    ClusterError::Node {
+        node: node.name.clone(),
+        source: Box::new(ConnectionError::Sql(error)),
+    }
+}
+
+/// `(application_name, sync_state)` of every streaming walsender.
+pub(crate) async fn streaming_standbys(
+    client: &Client,
+) -> Result<Vec<(String, String)>, ClusterError> {
+    let rows = client
+        .query("SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'", &[])
+        .await
+        .map_err(|e| ClusterError::Node { node: "primary".into(), source: Box::new(ConnectionError::Sql(e)) })?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
