@@ -17,48 +17,54 @@ pub struct AgentArgs {
     /// The node this agent manages (a name from the cluster file).
     #[arg(long = "node", value_name = "NAME")]
     pub node: String,
-    /// etcd client URLs, comma-separated.
+    /// etcd client URLs, comma-separated (default: the cluster file's `[ha] etcd`, or the etcd
+    /// `up` started).
     #[arg(
         long = "etcd",
         value_name = "URL,...",
         env = "PGREPL_ETCD",
-        default_value = "http://127.0.0.1:2379",
         value_delimiter = ','
     )]
     pub etcd: Vec<String>,
-    /// The cluster's name in etcd keys (`/pgrepl/<scope>/`; default: the cluster file's name
-    /// without its extension).
+    /// The cluster's name in etcd keys (`/pgrepl/<scope>/`; default: `[ha] scope`, or the
+    /// cluster file's name without its extension).
     #[arg(long = "scope", value_name = "NAME")]
     pub scope: Option<String>,
     /// Leader lease time to live in seconds: a dead primary is replaced about this long after
-    /// its last renewal.
-    #[arg(long = "ttl", value_name = "SECONDS", default_value_t = Timing::default().ttl_s)]
-    pub ttl: u64,
+    /// its last renewal (default: `[ha] ttl`, or 2).
+    #[arg(long = "ttl", value_name = "SECONDS")]
+    pub ttl: Option<u64>,
 }
 
 /// Runs until Ctrl-C or SIGTERM; decisions are logged at info level (`-v`).
 pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     let scope = match args.scope {
+        Some(scope) if scope.is_empty() || scope.contains('/') => {
+            anyhow::bail!("--scope `{scope}`: give a name without `/`")
+        }
         Some(scope) => scope,
-        None => args
-            .cluster
-            .file
-            .as_deref()
-            .unwrap_or(std::path::Path::new(pgrepl::cluster::open::DEFAULT_FILE))
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pgrepl".into()),
+        None => pgrepl::ha::scope(&cluster)?,
     };
-    if scope.is_empty() || scope.contains('/') {
-        anyhow::bail!("--scope `{scope}`: give a name without `/`");
-    }
+    let endpoints = if args.etcd.is_empty() {
+        pgrepl::ha::endpoints(&cluster).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no etcd to use: give --etcd URL,... or an [ha] section in the cluster file"
+            )
+        })?
+    } else {
+        args.etcd
+    };
+    let ttl_s = args
+        .ttl
+        .or(cluster.spec.ha.as_ref().map(|ha| ha.ttl))
+        .unwrap_or(Timing::default().ttl_s);
     let options = AgentOptions {
         node: args.node,
         cluster_name: scope,
-        endpoints: args.etcd,
+        endpoints,
         timing: Timing {
-            ttl_s: args.ttl,
+            ttl_s,
             ..Timing::default()
         },
     };

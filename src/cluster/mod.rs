@@ -173,6 +173,16 @@ pub struct NodeStatus {
 }
 
 impl Cluster {
+    /// The cluster file this cluster was opened from, `None` for the built-in defaults.
+    pub fn cluster_file(&self) -> Option<&std::path::Path> {
+        self.cluster_file.as_deref()
+    }
+
+    /// Where the cluster's data, logs and state live.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
     /// The topology as it is now: the recorded primary may have changed since `open`.
     pub(crate) fn current_spec(&self) -> Result<ClusterSpec, ClusterError> {
         match topology::Topology::load(&self.state_dir)? {

@@ -41,20 +41,24 @@ pub fn decide(listener: bool, bind_ok: bool) -> PortState {
 /// Whether `table` (the text of /proc/net/tcp or tcp6) has a socket listening on `port` at an
 /// address a server on 127.0.0.1 would collide with: loopback or the wildcard.
 pub fn listens(table: &str, port: u16) -> bool {
-    table.lines().skip(1).any(|line| {
-        let mut fields = line.split_whitespace().skip(1);
-        let (Some(local), Some(_remote), Some(state)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            return false;
-        };
-        let Some((address, hex_port)) = local.split_once(':') else {
-            return false;
-        };
-        state == TCP_LISTEN
-            && u16::from_str_radix(hex_port, 16) == Ok(port)
-            && collides_with_loopback(address)
-    })
+    !listener_inodes(table, port).is_empty()
+}
+
+/// The socket inodes of those listeners (field 10 of each row), to find who holds them.
+fn listener_inodes(table: &str, port: u16) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            let (address, hex_port) = local.split_once(':')?;
+            (*state == TCP_LISTEN
+                && u16::from_str_radix(hex_port, 16) == Ok(port)
+                && collides_with_loopback(address))
+            .then(|| inode.parse().ok())?
+        })
+        .collect()
 }
 
 /// The kernel prints addresses as native-endian 32-bit words in hex: 127.0.0.1 is `0100007F`
@@ -68,11 +72,40 @@ fn collides_with_loopback(address: &str) -> bool {
     address.chars().all(|c| c == '0') || address == loopback || address == mapped
 }
 
-fn listener_on(port: u16) -> bool {
+fn tcp_tables() -> impl Iterator<Item = String> {
     ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
+        .into_iter()
         .filter_map(|path| std::fs::read_to_string(path).ok())
-        .any(|table| listens(&table, port))
+}
+
+fn listener_on(port: u16) -> bool {
+    tcp_tables().any(|table| listens(&table, port))
+}
+
+/// `pid N (comm)` of a process holding the listener on `port`, when /proc lets us see its
+/// file descriptors (our own processes, or all as root): the operator then knows what to stop.
+fn holder(port: u16) -> Option<String> {
+    let wanted: Vec<String> = tcp_tables()
+        .flat_map(|table| listener_inodes(&table, port))
+        .map(|inode| format!("socket:[{inode}]"))
+        .collect();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
+        });
+        if holds {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            return Some(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    None
 }
 
 fn check(port: u16) -> PortState {
@@ -92,6 +125,7 @@ pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {
                 return Err(RuntimeError::PortInUse {
                     node: node.name.clone(),
                     port: node.port,
+                    holder: holder(node.port).unwrap_or_else(|| "something".into()),
                 })
             }
             PortState::HeldByClient if tokio::time::Instant::now() >= deadline => {
@@ -170,9 +204,12 @@ mod tests {
         };
         let error = ensure_free(&node).await.unwrap_err();
         assert!(
-            matches!(error, RuntimeError::PortInUse { port: p, .. } if p == port),
+            matches!(&error, RuntimeError::PortInUse { port: p, .. } if *p == port),
             "{error}"
         );
+        // The listener is this test process's own: the error names it.
+        let me = format!("pid {} (", std::process::id());
+        assert!(error.to_string().contains(&me), "{error}");
         // A client connection: its local end is an ephemeral port with no listener.
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let client_port = client.local_addr().unwrap().port();

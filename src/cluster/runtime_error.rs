@@ -26,8 +26,13 @@ pub enum RuntimeError {
         error: String,
         log: PathBuf,
     },
-    #[error("port {port} for `{node}` is in use (something listens there): stop it, or change the node's port in the cluster file")]
-    PortInUse { node: String, port: u16 },
+    #[error("port {port} for `{node}` is in use ({holder} listens there): stop it, or change the node's port in the cluster file")]
+    PortInUse {
+        node: String,
+        port: u16,
+        /// `pid N (comm)` when /proc shows it, else "something".
+        holder: String,
+    },
     #[error("port {port} for `{node}` stays taken by a client connection's local end (it lies in the ephemeral port range): retry, or give the node a port outside {low}-{high}", low = crate::cluster::ports::EPHEMERAL.0, high = crate::cluster::ports::EPHEMERAL.1)]
     PortHeldByClient { node: String, port: u16 },
     #[error("`pg_rewind` is not in `{}`: install it with the PostgreSQL server package, or rejoin without --rewind", .0.display())]

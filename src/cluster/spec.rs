@@ -108,6 +108,40 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub docker: DockerSettings,
+    /// Present: `up` starts an agent per node and failover is automatic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaSpec>,
+}
+
+/// `[ha]`: automatic failover by one `pgrepl agent` per node, with etcd as the consensus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaSpec {
+    /// etcd client URLs. Empty: `up` starts a 3-member etcd of its own in the state dir.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd: Vec<String>,
+    /// The cluster's name in etcd keys, `/pgrepl/<scope>/` (default: the cluster file's name
+    /// without its extension, `pgrepl` for the built-in defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Leader lease time to live in seconds: a dead primary is replaced about this long after
+    /// its last renewal.
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    crate::ha::Timing::default().ttl_s
+}
+
+impl Default for HaSpec {
+    fn default() -> Self {
+        HaSpec {
+            etcd: Vec::new(),
+            scope: None,
+            ttl: default_ttl(),
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -169,6 +203,7 @@ impl Default for ClusterSpec {
                 node("pg_asyncslave", NodeRole::Standby, 54322),
             ],
             docker: DockerSettings::default(),
+            ha: None,
         }
     }
 }

@@ -13,7 +13,50 @@ pub mod decide;
 pub mod records;
 pub mod store;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::cluster::Cluster;
+
+/// The cluster's name in etcd keys: `[ha] scope`, else the cluster file's name without its
+/// extension, else `pgrepl` (the built-in defaults).
+pub fn scope(cluster: &Cluster) -> Result<String, HaError> {
+    let scope = match cluster.spec.ha.as_ref().and_then(|ha| ha.scope.clone()) {
+        Some(scope) => scope,
+        None => cluster
+            .cluster_file()
+            .and_then(Path::file_stem)
+            .map_or_else(|| "pgrepl".into(), |s| s.to_string_lossy().into_owned()),
+    };
+    if scope.is_empty() || scope.contains('/') {
+        return Err(HaError::Config(format!(
+            "scope `{scope}`: give [ha] scope a name without `/`"
+        )));
+    }
+    Ok(scope)
+}
+
+/// Where `up` writes the client URLs of the etcd it started itself (one per line).
+pub fn local_etcd_endpoints_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("etcd").join("endpoints")
+}
+
+/// The etcd client URLs of the cluster: `[ha] etcd`, else those of the etcd `up` started in
+/// the state dir; `None` when neither exists.
+pub fn endpoints(cluster: &Cluster) -> Option<Vec<String>> {
+    let ha = cluster.spec.ha.as_ref()?;
+    if !ha.etcd.is_empty() {
+        return Some(ha.etcd.clone());
+    }
+    let text = std::fs::read_to_string(local_etcd_endpoints_file(cluster.state_dir())).ok()?;
+    let urls: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    (!urls.is_empty()).then_some(urls)
+}
 
 /// The agent's clock. The defaults meet: a node loss is seen within `ttl` (+0.5 s, etcd's
 /// expiry check), a stall shorter than `stall_tolerance()` never costs the lease, and a primary

@@ -212,24 +212,63 @@ fn run(cmd: &mut Command) -> Result<Output, String> {
     }
 }
 
-/// A free TCP port on 127.0.0.1, never handed out twice by this process. It is taken below
-/// Linux's ephemeral range (32768-60999), where the tests' own port-0 listeners and every
-/// client socket get theirs: a port picked here cannot be taken by one of them in the moment
-/// before the server it is meant for binds it.
+/// A free TCP port on 127.0.0.1, never handed out twice by this process. It is taken outside
+/// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, read, not assumed), where
+/// client sockets get theirs; the tests' own listeners take theirs here too ([`listener`]), so
+/// a port picked here cannot be taken by one of them before the server it is meant for binds it.
 pub fn pick_port() -> u16 {
-    const FIRST: u32 = 20_000;
-    const COUNT: u32 = 12_000;
-    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    static NEXT: Mutex<Option<(Vec<u16>, usize)>> = Mutex::new(None);
     let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
-    // Each test process starts elsewhere in the range, so two runs at once rarely meet.
-    let offset = next.get_or_insert_with(|| std::process::id() * 97 % COUNT);
+    let (candidates, at) = next.get_or_insert_with(|| {
+        let candidates = ports_outside(ephemeral_range());
+        // Each test process starts elsewhere in the list, so two runs at once rarely meet.
+        let start = std::process::id() as usize * 97 % candidates.len();
+        (candidates, start)
+    });
     loop {
-        let port = (FIRST + *offset % COUNT) as u16;
-        *offset += 1;
+        let port = candidates[*at % candidates.len()];
+        *at += 1;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+}
+
+/// A listener on a port from [`pick_port`], for the tests' fake servers and proxies.
+pub fn listener() -> TcpListener {
+    loop {
+        // A port free a moment ago can be taken by another process in between: pick again.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", pick_port())) {
+            return listener;
+        }
+    }
+}
+
+fn ephemeral_range() -> (u16, u16) {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut fields = text.split_whitespace().map(|f| f.parse::<u16>().ok());
+            Some((fields.next()??, fields.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// The ports from 10000 up that lie outside `ephemeral`, or, when it covers them all, the
+/// ports above it, or 20000-31999 as a last resort (a warning says so).
+fn ports_outside(ephemeral: (u16, u16)) -> Vec<u16> {
+    let outside: Vec<u16> = (10_000..=65_000)
+        .filter(|p| *p < ephemeral.0 || *p > ephemeral.1)
+        .collect();
+    if outside.len() >= 1000 {
+        return outside;
+    }
+    eprintln!(
+        "WARNING: the ephemeral port range {}-{} leaves no room for test servers; \
+         a client socket may take a test server's port",
+        ephemeral.0, ephemeral.1
+    );
+    (20_000..32_000).collect()
 }
 
 fn process_alive(pid: i32) -> bool {

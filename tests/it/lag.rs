@@ -397,7 +397,7 @@ fn one_round_over_three_nodes_takes_under_100_ms() {
 /// A port that accepts and holds every connection without a byte in reply, and the connections
 /// it holds.
 pub(crate) fn silent_node() -> (u16, Arc<Mutex<Vec<TcpStream>>>) {
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = crate::harness::listener();
     let port = silent.local_addr().unwrap().port();
     let held = Arc::new(Mutex::new(Vec::new()));
     let holder = held.clone();

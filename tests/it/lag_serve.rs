@@ -34,7 +34,7 @@ impl Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
             .arg("lag")
             .args(nodes)
-            .args(["--serve=127.0.0.1:0"])
+            .arg(format!("--serve=127.0.0.1:{}", harness::pick_port()))
             .args(extra)
             .env_remove("PGPASSWORD")
             .env("PGPASSFILE", "/nonexistent")

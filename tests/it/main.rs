@@ -11,6 +11,7 @@ mod etcd;
 mod fake_server;
 mod faults;
 mod ha;
+mod ha_cluster;
 mod harness;
 mod lag;
 mod lag_serve;

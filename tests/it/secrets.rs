@@ -315,11 +315,7 @@ fn processes_started_by_up_carry_no_password_in_argv() {
     let mut doc: toml::Value = toml::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
     doc["replication"]["password"] = toml::Value::String(secret.clone());
     for node in doc["nodes"].as_array_mut().unwrap() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::harness::pick_port();
         node["port"] = toml::Value::Integer(port.into());
     }
     fs::write(&file, toml::to_string(&doc).unwrap()).unwrap();

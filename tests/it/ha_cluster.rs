@@ -1,0 +1,399 @@
+//! The HA test bench: a cluster built by `up`, a real 3-member etcd, an agent per node, and a
+//! writer that records every acknowledged commit. Shared by the HA tests and the soak.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cluster_flow::TestCluster;
+use crate::etcd::EtcdCluster;
+
+pub(crate) const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
+/// The agent's default lease TTL.
+pub(crate) const TTL: Duration = Duration::from_secs(2);
+
+/// A cluster built by `up`, a 3-member etcd, and an agent per node.
+pub(crate) struct HaCluster {
+    pub(crate) agents: Vec<Option<Child>>,
+    pub(crate) etcd: EtcdCluster,
+    pub(crate) cluster: TestCluster,
+}
+
+impl HaCluster {
+    pub(crate) fn up() -> HaCluster {
+        let cluster = TestCluster::new();
+        cluster.ok(&["up"]);
+        cluster.psql(0, "CREATE TABLE ha_writes(id bigint PRIMARY KEY)");
+        let etcd = EtcdCluster::start(3);
+        let mut ha = HaCluster {
+            agents: vec![None, None, None],
+            etcd,
+            cluster,
+        };
+        for i in 0..3 {
+            ha.start_agent(i);
+        }
+        ha.wait_for(
+            "pg_master to lead with a sync record",
+            Duration::from_secs(20),
+            |ha| ha.leader().as_deref() == Some("pg_master") && ha.etcd_get("sync").is_some(),
+        );
+        ha
+    }
+
+    pub(crate) fn log(&self, i: usize) -> PathBuf {
+        self.cluster
+            .dir
+            .path()
+            .join(format!("agent-{}.log", NODES[i]))
+    }
+
+    pub(crate) fn start_agent(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(i))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+            .args(["-v", "agent", "--node", NODES[i], "--cluster"])
+            .arg(&self.cluster.file)
+            .args(["--etcd", &self.etcd.endpoints()])
+            .env_remove("PGPASSWORD")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pgrepl agent");
+        self.agents[i] = Some(child);
+    }
+
+    pub(crate) fn signal_agent(&self, i: usize, signal: i32) {
+        let pid = self.agents[i].as_ref().expect("agent running").id() as i32;
+        // SAFETY: kill(2) on a child this test spawned.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    pub(crate) fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.agents[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL to the node's postmaster and its children: the machine died.
+    pub(crate) fn kill_postgres(&self, i: usize) {
+        let pidfile = self
+            .cluster
+            .dir
+            .path()
+            .join(format!(".pgrepl/{}/data/postmaster.pid", NODES[i]));
+        let pid: i32 = std::fs::read_to_string(pidfile)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let children = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .unwrap();
+        for victim in String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .chain([pid])
+        {
+            // SAFETY: kill(2) on this test cluster's server processes.
+            unsafe { libc::kill(victim, libc::SIGKILL) };
+        }
+    }
+
+    /// A key's value, asking each etcd member in turn (some may be down).
+    pub(crate) fn etcd_get(&self, key: &str) -> Option<String> {
+        let key = format!("/pgrepl/pgrepl/{key}");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        self.etcd.endpoints().split(',').find_map(|endpoint| {
+            runtime.block_on(async {
+                let connect = etcd_client::Client::connect([endpoint], None);
+                let mut client = tokio::time::timeout(Duration::from_secs(1), connect)
+                    .await
+                    .ok()?
+                    .ok()?;
+                let get = client.get(key.as_str(), None);
+                let response = tokio::time::timeout(Duration::from_secs(1), get)
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(
+                    response
+                        .kvs()
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                )
+            })
+        })?
+    }
+
+    pub(crate) fn leader(&self) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_str(&self.etcd_get("leader")?).ok()?;
+        value["node"].as_str().map(str::to_owned)
+    }
+
+    /// psql against node `i`, `None` when it does not answer.
+    pub(crate) fn try_psql(&self, i: usize, sql: &str) -> Option<String> {
+        let output = Command::new(crate::harness::PgInstall::default_install().bin("psql"))
+            .args(["-h", self.cluster.socket_dir().to_str().unwrap(), "-p"])
+            .arg(self.cluster.ports[i].to_string())
+            .args(["-U", "postgres", "-d", "postgres", "-Atc", sql])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// True when node `i` streams from node `primary`.
+    pub(crate) fn streams_from(&self, i: usize, primary: usize) -> bool {
+        self.try_psql(
+            primary,
+            &format!(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'",
+                NODES[i]
+            ),
+        )
+        .as_deref()
+            == Some("1")
+    }
+
+    pub(crate) fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&HaCluster) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !check(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub(crate) fn logs(&self) -> String {
+        (0..3)
+            .map(|i| {
+                format!(
+                    "--- agent {}:\n{}",
+                    NODES[i],
+                    std::fs::read_to_string(self.log(i)).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every acknowledged id is on node `i` (a standby gets a few seconds to replay them).
+    pub(crate) fn assert_nothing_lost(&self, i: usize, acks: &[Ack]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ids = self
+                .try_psql(i, "SELECT string_agg(id::text, ',') FROM ha_writes")
+                .unwrap_or_default();
+            let present: std::collections::HashSet<i64> =
+                ids.split(',').filter_map(|t| t.parse().ok()).collect();
+            let lost: Vec<i64> = acks
+                .iter()
+                .map(|a| a.id)
+                .filter(|id| !present.contains(id))
+                .collect();
+            if lost.is_empty() {
+                eprintln!("{} acknowledged commits, 0 lost", acks.len());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} acknowledged commits lost: {lost:?}\n{}",
+                lost.len(),
+                acks.len(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            if let Some(child) = &self.agents[i] {
+                // A stopped agent cannot die of SIGKILL until it runs again.
+                // SAFETY: kill(2) on a child this test spawned.
+                unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            }
+            self.kill_agent(i);
+        }
+    }
+}
+
+/// One commit the server acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ack {
+    pub(crate) id: i64,
+    pub(crate) node: usize,
+    pub(crate) at: Instant,
+    /// Which of the writer's sessions (counted from 1) it came through.
+    pub(crate) session: u32,
+}
+
+/// Inserts a row every 50 ms into whichever node takes writes, recording each acknowledgement.
+/// No statement_timeout: a cancelled wait for the sync standby would report the commit as done.
+pub(crate) struct Writer {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn start(ha: &HaCluster) -> Writer {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (socket, ports) = (ha.cluster.socket_dir(), ha.cluster.ports);
+        let thread = {
+            let (acks, stop) = (acks.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(write_loop(socket, ports, acks, stop));
+            })
+        };
+        Writer {
+            acks,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub(crate) fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap().clone()
+    }
+
+    /// The first acknowledgement after `since` that satisfies `pred`.
+    pub(crate) fn wait_ack(
+        &self,
+        ha: &HaCluster,
+        limit: Duration,
+        since: Instant,
+        pred: impl Fn(&Ack) -> bool,
+    ) -> Ack {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(ack) = self.acks().into_iter().find(|a| a.at > since && pred(a)) {
+                return ack;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no acknowledged write within {limit:?}\n{}",
+                ha.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn stop(mut self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        self.acks()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn write_loop(
+    socket: PathBuf,
+    ports: [u16; 3],
+    acks: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut session: Option<(usize, tokio_postgres::Client)> = None;
+    let mut sessions = 0u32;
+    let mut next_id = 1i64;
+    // Where the search for a primary starts: after the node that last failed, as a client with
+    // several hosts does, since a stranded old primary still says it takes writes.
+    let mut start = 0;
+    while !stop.load(Ordering::SeqCst) {
+        if session.is_none() {
+            for node in (0..ports.len()).map(|k| (start + k) % ports.len()) {
+                let port = &ports[node];
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host_path(&socket)
+                    .port(*port)
+                    .user("postgres")
+                    .dbname("postgres");
+                let connect = config.connect(tokio_postgres::NoTls);
+                let Ok(Ok((client, connection))) =
+                    tokio::time::timeout(Duration::from_millis(500), connect).await
+                else {
+                    continue;
+                };
+                tokio::spawn(connection);
+                let writable = client
+                    .query_one("SELECT NOT pg_is_in_recovery()", &[])
+                    .await;
+                if writable.is_ok_and(|row| row.get::<_, bool>(0)) {
+                    session = Some((node, client));
+                    sessions += 1;
+                    break;
+                }
+            }
+        }
+        if let Some((node, client)) = &session {
+            let id = next_id;
+            next_id += 1;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+            let insert = client.execute("INSERT INTO ha_writes(id) VALUES ($1)", &params);
+            match tokio::time::timeout(Duration::from_secs(1), insert).await {
+                Ok(Ok(_)) => acks.lock().unwrap().push(Ack {
+                    id,
+                    node: *node,
+                    at: Instant::now(),
+                    session: sessions,
+                }),
+                // Not acknowledged (an error, or no answer in time): look for the primary again.
+                _ => {
+                    start = node + 1;
+                    session = None;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After the first acknowledgement on another node, `old` never acknowledged again.
+pub(crate) fn assert_one_writer_at_a_time(acks: &[Ack], old: usize) {
+    let Some(first_new) = acks.iter().find(|a| a.node != old) else {
+        return;
+    };
+    let late: Vec<&Ack> = acks
+        .iter()
+        .filter(|a| a.node == old && a.at > first_new.at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old primary acknowledged after the new one took writes: {late:?}"
+    );
+}
