@@ -12,7 +12,7 @@ use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
 use pgrepl::cluster::{Cluster, Purpose, RuntimeChoice, StepLog, UpOptions};
 use pgrepl::ha::launch;
 
-use super::out::outln;
+use super::out::{outln, WithHa};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RuntimeArg {
@@ -170,10 +170,10 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
         None => None,
     };
     if args.json {
-        let mut json = serde_json::to_value(&summary)?;
-        if let Some(ha) = &ha {
-            json["ha"] = serde_json::to_value(ha)?;
-        }
+        let json = WithHa {
+            result: &summary,
+            ha: ha.as_ref(),
+        };
         outln!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -15,6 +15,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use self::render::{lag_table, status_table};
+use super::out::WithHa;
 use pgrepl::conn::{ConnParams, ConnectOptions};
 use pgrepl::lag::{self, serve, GatherOptions, Node, Thresholds};
 use pgrepl::units::{human_ms, parse_duration, parse_size};
@@ -114,10 +115,10 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
             out.push_str("\x1b[H\x1b[2J");
         }
         if args.json {
-            let mut json = serde_json::to_value(&report)?;
-            if let Some(status) = &ha_status {
-                json["ha"] = serde_json::to_value(status)?;
-            }
+            let json = WithHa {
+                result: &report,
+                ha: ha_status.as_ref(),
+            };
             out.push_str(&if args.watch.is_some() {
                 serde_json::to_string(&json)?
             } else {
