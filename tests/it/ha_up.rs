@@ -212,8 +212,8 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
 }
 
 #[test]
-fn ha_up_twice_starts_nothing_new_and_status_without_etcd_says_so() {
-    let Some(cluster) = ha_cluster("ha_up_twice_starts_nothing_new") else {
+fn ha_up_again_starts_only_what_is_missing_and_status_without_etcd_says_so() {
+    let Some(cluster) = ha_cluster("ha_up_again_starts_only_what_is_missing") else {
         return;
     };
     up_ok(&cluster);
@@ -227,6 +227,30 @@ fn ha_up_twice_starts_nothing_new_and_status_without_etcd_says_so() {
     );
     assert_eq!(pids_in(&state(&cluster).join("etcd")), etcd_pids);
     assert_eq!(pids_in(&state(&cluster).join("agents")), agent_pids);
+
+    // A dead standby agent and a dead etcd member: `up` starts those two, nothing else.
+    sigkill(agent_pids[0].1);
+    sigkill(etcd_pids[2].1);
+    let again = up_ok(&cluster);
+    let text = stderr(&again);
+    let starts: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("] start ").map(|(_, what)| what))
+        .collect();
+    assert_eq!(starts.len(), 2, "{text}");
+    assert!(starts[0].starts_with("etcd member etcd2"), "{starts:?}");
+    assert!(
+        starts[1].starts_with("the agent of `pg_asyncslave`"),
+        "{starts:?}"
+    );
+    let (etcd_now, agents_now) = (
+        pids_in(&state(&cluster).join("etcd")),
+        pids_in(&state(&cluster).join("agents")),
+    );
+    assert_eq!(etcd_now[..2], etcd_pids[..2]);
+    assert_eq!(agents_now[1..], agent_pids[1..]);
+    assert!(alive(etcd_now[2].1) && alive(agents_now[0].1));
+    let (etcd_pids, agent_pids) = (etcd_now, agents_now);
 
     // With etcd gone, status says so in one line and still shows the servers.
     for (_, pid) in &etcd_pids {
