@@ -161,12 +161,12 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
     let options = UpOptions {
         dump: args.dump.clone(),
         dump_database: args.dump_database.clone(),
-        cancel,
+        cancel: cancel.clone(),
     };
     let steps = PrintSteps(Instant::now());
     let summary = cluster.up(&options, &steps).await?;
     let ha = match &cluster.spec.ha {
-        Some(_) => Some(launch::up(&cluster, &steps).await?),
+        Some(_) => Some(launch::up(&cluster, &steps, &cancel).await?),
         None => None,
     };
     if args.json {

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::daemon::Daemon;
 use super::local_etcd::LocalEtcd;
@@ -55,9 +56,22 @@ pub fn refuse_unsupported(cluster: &Cluster) -> Result<(), HaError> {
     Ok(())
 }
 
-/// Starts what is missing of etcd and the agents, and waits for a leader.
-pub async fn up(cluster: &Cluster, log: &dyn StepLog) -> Result<HaUp, HaError> {
+/// Starts what is missing of etcd and the agents, and waits for a leader. After `cancel`
+/// (Ctrl-C) nothing more is started.
+pub async fn up(
+    cluster: &Cluster,
+    log: &dyn StepLog,
+    cancel: &CancellationToken,
+) -> Result<HaUp, HaError> {
     refuse_unsupported(cluster)?;
+    let go_on = || {
+        if cancel.is_cancelled() {
+            Err(HaError::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
+    go_on()?;
     let ha = cluster
         .spec
         .ha
@@ -72,8 +86,12 @@ pub async fn up(cluster: &Cluster, log: &dyn StepLog) -> Result<HaUp, HaError> {
     } else {
         ha.etcd.clone()
     };
+    go_on()?;
     let agents = start_agents(cluster, log)?;
-    let leader = wait_for_leader(cluster, &agents, &etcd, &scope).await?;
+    let leader = tokio::select! {
+        leader = wait_for_leader(cluster, &agents, &etcd, &scope) => leader?,
+        () = cancel.cancelled() => return Err(HaError::Interrupted),
+    };
     log.step(&format!(
         "`{leader}` leads (etcd scope `{scope}`, lease {} s)",
         ha.ttl

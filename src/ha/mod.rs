@@ -165,6 +165,9 @@ pub enum HaError {
         #[source]
         source: std::io::Error,
     },
+    /// Ctrl-C stopped `up` before it started everything.
+    #[error("interrupted")]
+    Interrupted,
     /// A process `up` starts or `down` stops beside the servers (an etcd member, an agent).
     #[error("{0}")]
     Process(String),
