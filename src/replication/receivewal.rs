@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::archive_dir::find_streaming_start;
+use super::archive_dir::{find_streaming_start, superseded_partials};
 use super::wal_compress::WalCompression;
 use super::wal_sink::{SegmentNaming, SegmentWriter};
 use super::{stream_wal, ReplicationError, StreamEnd, StreamOptions};
@@ -372,9 +372,13 @@ async fn set_up_session(
         tracing::info!(slot, "created replication slot");
     }
 
-    let found = find_streaming_start(&options.dir, segment_size).map_err(ReceiveError::io(
-        format!("read `{}`", options.dir.display()),
-    ))?;
+    let read_dir = || ReceiveError::io(format!("read `{}`", options.dir.display()));
+    for stale in superseded_partials(&options.dir, segment_size).map_err(read_dir())? {
+        tracing::info!(file = %stale.display(), "removing a partial segment that is also complete");
+        std::fs::remove_file(&stale)
+            .map_err(ReceiveError::io(format!("remove `{}`", stale.display())))?;
+    }
+    let found = find_streaming_start(&options.dir, segment_size).map_err(read_dir())?;
     let (timeline, start, start_source) = match found {
         Some(found) if found.partial => (found.timeline, found.start, StartSource::PartialSegment),
         Some(found) => (found.timeline, found.start, StartSource::CompleteSegment),
