@@ -46,6 +46,7 @@ pub use self::target::SyncMethod;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
 use self::written::{ManifestSink, WrittenLog};
 use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet};
+use crate::ids::{SystemId, TimelineId};
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
 use crate::proto::base_backup::BackupStreamMessage;
@@ -97,7 +98,7 @@ pub enum BackupError {
     #[error("the WAL streamer stopped")]
     StreamerStopped,
     #[error("the WAL connection reached a different cluster (system identifier {got} instead of {expected})")]
-    WalSystemMismatch { expected: u64, got: u64 },
+    WalSystemMismatch { expected: SystemId, got: SystemId },
     #[error("cancelled; nothing was left behind")]
     Cancelled,
     /// The extractor thread stopped; its own error is reported instead where it can be had.
@@ -222,11 +223,11 @@ impl BaseBackupOptions {
 /// What a finished backup reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackupSummary {
-    pub system_identifier: u64,
+    pub system_identifier: SystemId,
     pub server_major: u32,
     pub start_lsn: Lsn,
     pub end_lsn: Lsn,
-    pub timeline: u32,
+    pub timeline: TimelineId,
     /// Bytes of files written per target.
     pub bytes: u64,
     pub files: usize,
@@ -293,8 +294,8 @@ async fn run(
         _ => 0o700,
     };
     tracing::info!(
-        system_id = system.system_id,
-        timeline = system.timeline,
+        system_id = %system.system_id,
+        timeline = %system.timeline,
         major,
         "connected to `{}`",
         conn.peer()
@@ -335,9 +336,9 @@ async fn run(
     let start = cancellable(cancel, read_result_set(&mut conn)).await?;
     let start_row = start.single_row("BASE_BACKUP start position")?;
     let start_lsn: Lsn = start.parse(start_row, "recptr")?;
-    let start_timeline: u32 = start.parse(start_row, "tli")?;
+    let start_timeline: TimelineId = start.parse(start_row, "tli")?;
     let tablespaces = parse_tablespaces(&read_result_set(&mut conn).await?)?;
-    tracing::info!(%start_lsn, timeline = start_timeline, tablespaces = tablespaces.len() - 1, "backup started");
+    tracing::info!(%start_lsn, timeline = %start_timeline, tablespaces = tablespaces.len() - 1, "backup started");
     progress.start(options.estimate_size.then(|| {
         tablespaces
             .iter()

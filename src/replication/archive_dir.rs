@@ -6,12 +6,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::wal_compress::WalCompression;
+use crate::ids::TimelineId;
 use crate::lsn::Lsn;
 
 /// Where to resume streaming, found in the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumePoint {
-    pub timeline: u32,
+    pub timeline: TimelineId,
     /// A segment start: after the highest complete segment, or the start of the highest partial.
     pub start: Lsn,
     /// The highest segment is partial and is written again from its beginning.
@@ -21,7 +22,7 @@ pub struct ResumePoint {
 /// One WAL segment file found in the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FoundSegment {
-    timeline: u32,
+    timeline: TimelineId,
     segment: u64,
     partial: bool,
     compression: Option<WalCompression>,
@@ -123,7 +124,7 @@ fn parse_segment_name(name: &str, segment_size: u64) -> Option<FoundSegment> {
         return None;
     }
     Some(FoundSegment {
-        timeline,
+        timeline: TimelineId::new(timeline),
         segment: u64::from(log) * per_log + u64::from(seg),
         partial,
         compression,
@@ -138,7 +139,7 @@ mod tests {
 
     fn resume(timeline: u32, start: u64, partial: bool) -> Option<ResumePoint> {
         Some(ResumePoint {
-            timeline,
+            timeline: TimelineId::new(timeline),
             start: Lsn::new(start),
             partial,
         })
@@ -150,7 +151,7 @@ mod tests {
         assert_eq!(
             found,
             FoundSegment {
-                timeline: 2,
+                timeline: TimelineId::new(2),
                 segment: 256 + 3,
                 partial: true,
                 compression: None,

@@ -8,9 +8,11 @@ use serde::de::{self, DeserializeSeed, Deserializer, Error as _, MapAccess, SeqA
 use serde::Deserialize;
 
 use super::super::checksum::ChecksumAlgorithm;
+
 use super::{
     invalid, DisplayPath, ManifestError, ManifestFile, ManifestHeader, WalRange, VERSION_KEY,
 };
+use crate::ids::{SystemId, TimelineId};
 
 /// Decodes a manifest whose checksum [`ManifestDigest`] has verified (`checksum` is what it
 /// returned), handing each `Files` entry to `on_file` as soon as it is decoded: memory does not
@@ -90,7 +92,7 @@ struct TopLevel<'a> {
 
 struct RawHeader {
     version: u32,
-    system_identifier: Option<u64>,
+    system_identifier: Option<SystemId>,
     files: u64,
     wal_ranges: Vec<RawWalRange>,
     manifest_checksum: String,
@@ -130,7 +132,7 @@ impl<'de> Visitor<'de> for TopLevel<'_> {
                     once::<_, A::Error>(
                         &mut system_identifier,
                         "System-Identifier",
-                        map.next_value::<u64>()?,
+                        SystemId::new(map.next_value::<u64>()?),
                     )?;
                 }
                 "Files" => {
@@ -231,7 +233,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawWalRange {
     #[serde(rename = "Timeline")]
-    timeline: u32,
+    timeline: TimelineId,
     #[serde(rename = "Start-LSN")]
     start_lsn: String,
     #[serde(rename = "End-LSN")]
@@ -339,7 +341,7 @@ fn check_relative_path(path: &[u8]) -> Result<(), &'static str> {
 }
 
 fn convert_wal_range(raw: RawWalRange) -> Result<WalRange, ManifestError> {
-    if raw.timeline == 0 {
+    if raw.timeline == TimelineId::new(0) {
         return Err(invalid("WAL range with timeline 0"));
     }
     for (what, lsn) in [("Start-LSN", &raw.start_lsn), ("End-LSN", &raw.end_lsn)] {

@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 
 use super::checksum::ChecksumAlgorithm;
 
+use crate::ids::{SystemId, TimelineId};
+
 pub use self::decode::read;
 pub use self::verify::verify_written;
 
@@ -68,7 +70,7 @@ pub struct ManifestFile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalRange {
     /// Timeline of this range.
-    pub timeline: u32,
+    pub timeline: TimelineId,
     /// First LSN needed on this timeline.
     pub start_lsn: String,
     /// LSN at which this timeline's part of the range ends.
@@ -382,7 +384,7 @@ pub struct ManifestHeader {
     /// `PostgreSQL-Backup-Manifest-Version`: 1 (servers 13–16) or 2 (17+).
     pub version: u32,
     /// `System-Identifier`, present exactly when `version` is 2.
-    pub system_identifier: Option<u64>,
+    pub system_identifier: Option<SystemId>,
     /// How many `Files` entries there were.
     pub files: u64,
     /// WAL needed to make the backup consistent, newest timeline first.
@@ -400,7 +402,7 @@ mod tests {
     #[derive(Debug)]
     struct Manifest {
         version: u32,
-        system_identifier: Option<u64>,
+        system_identifier: Option<SystemId>,
         files: Vec<ManifestFile>,
         wal_ranges: Vec<WalRange>,
         bytes: Vec<u8>,
@@ -607,7 +609,7 @@ mod tests {
         let m = parse(&sample_manifest(ChecksumAlgorithm::Crc32c)).unwrap();
         assert_eq!(m.version, 2);
         // Above 2^53: a round trip through f64 would have changed it.
-        assert_eq!(m.system_identifier, Some(SYSID));
+        assert_eq!(m.system_identifier, Some(SystemId::new(SYSID)));
         assert_eq!(m.files.len(), 8);
         assert_eq!(m.checksum_algorithm(), Some(ChecksumAlgorithm::Crc32c));
         let f = &m.files[2];
@@ -620,12 +622,12 @@ mod tests {
             m.wal_ranges,
             vec![
                 WalRange {
-                    timeline: 2,
+                    timeline: TimelineId::new(2),
                     start_lsn: "0/5000000".into(),
                     end_lsn: "0/5000138".into()
                 },
                 WalRange {
-                    timeline: 1,
+                    timeline: TimelineId::new(1),
                     start_lsn: "0/4000028".into(),
                     end_lsn: "0/5000000".into()
                 },
@@ -1128,7 +1130,7 @@ mod tests {
         assert_eq!(m.files.len(), 969);
         assert_eq!(m.checksum_algorithm(), Some(ChecksumAlgorithm::Crc32c));
         assert_eq!(m.wal_ranges.len(), 1);
-        assert_eq!(m.wal_ranges[0].timeline, 1);
+        assert_eq!(m.wal_ranges[0].timeline, TimelineId::new(1));
 
         let find = |p: &[u8]| m.files.iter().find(|f| f.path == p);
         // The server's CRC32C over "15\n", cross-checked against FileChecksum.
