@@ -45,7 +45,7 @@ use self::target::Staging;
 pub use self::target::SyncMethod;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
 use self::written::{ManifestSink, WrittenLog};
-use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet};
+use crate::conn::{ConnectOptions, Connection, ConnectionError, IdentifySystem, ResultSet};
 use crate::ids::{SystemId, TimelineId};
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
@@ -258,20 +258,22 @@ async fn cancellable<T>(
     }
 }
 
-async fn run(
+/// The replication session before BASE_BACKUP, and what it found out about the server.
+struct Session {
+    conn: Connection,
+    major: u32,
+    system: IdentifySystem,
+    segment_size: u64,
+    data_dir_mode: u32,
+}
+
+/// Connects, refuses servers pgrepl cannot back up, and checks (or creates) the slot before
+/// anything is copied.
+async fn open_session(
     connect: &ConnectOptions,
     options: &BaseBackupOptions,
-    progress: Arc<dyn Progress>,
     cancel: &CancellationToken,
-) -> Result<BackupSummary, BackupError> {
-    let started = Instant::now();
-    validate(options)?;
-    let mut staging = Staging::default();
-    let mut data_dirs = Vec::new();
-    for target in &options.targets {
-        data_dirs.push(staging.add(&target.dir)?);
-    }
-
+) -> Result<Session, BackupError> {
     let mut conn = cancellable(cancel, async { Ok(Connection::connect(connect).await?) }).await?;
     let major = conn
         .server_major()
@@ -311,6 +313,35 @@ async fn run(
             return Err(BackupError::SlotMissing(slot.clone()));
         }
     }
+    Ok(Session {
+        conn,
+        major,
+        system,
+        segment_size,
+        data_dir_mode,
+    })
+}
+
+async fn run(
+    connect: &ConnectOptions,
+    options: &BaseBackupOptions,
+    progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupSummary, BackupError> {
+    let started = Instant::now();
+    validate(options)?;
+    let mut staging = Staging::default();
+    let mut data_dirs = Vec::new();
+    for target in &options.targets {
+        data_dirs.push(staging.add(&target.dir)?);
+    }
+    let Session {
+        mut conn,
+        major,
+        system,
+        segment_size,
+        data_dir_mode,
+    } = open_session(connect, options, cancel).await?;
     if options.wal_method == WalMethod::Stream {
         for dir in &data_dirs {
             let pg_wal = dir.join("pg_wal");
@@ -450,19 +481,8 @@ async fn run(
     };
 
     finish_targets(connect, options, &data_dirs, data_dir_mode)?;
-    let staged_roots: Vec<PathBuf> = staging.dirs().iter().map(|d| d.staging.clone()).collect();
-    if let Some(owner) = options.owner {
-        for root in &staged_roots {
-            target::chown_tree(root, owner)?;
-        }
-    }
-    if options.sync {
-        for root in &staged_roots {
-            target::sync_tree(root, options.sync_method)?;
-        }
-    }
+    commit_targets(options, staging)?;
     let targets = options.targets.iter().map(|t| t.dir.clone()).collect();
-    staging.commit(options.sync)?;
     Ok(BackupSummary {
         system_identifier: system.system_id,
         server_major: major,
@@ -475,6 +495,23 @@ async fn run(
         manifest_verified,
         elapsed_ms: started.elapsed().as_millis(),
     })
+}
+
+/// Gives the staged targets their owner, syncs them, and renames them into place: the last step,
+/// so an error before it leaves no target behind.
+fn commit_targets(options: &BaseBackupOptions, staging: Staging) -> Result<(), BackupError> {
+    let staged_roots: Vec<PathBuf> = staging.dirs().iter().map(|d| d.staging.clone()).collect();
+    if let Some(owner) = options.owner {
+        for root in &staged_roots {
+            target::chown_tree(root, owner)?;
+        }
+    }
+    if options.sync {
+        for root in &staged_roots {
+            target::sync_tree(root, options.sync_method)?;
+        }
+    }
+    staging.commit(options.sync)
 }
 
 fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {
