@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
 use pgrepl::cluster::{Cluster, Purpose, RuntimeChoice, StepLog, UpOptions};
+use pgrepl::ha::launch;
 
-use super::out::outln;
+use super::out::{outln, WithHa};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RuntimeArg {
@@ -105,7 +106,7 @@ pub struct UpArgs {
 pub struct DownArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Also delete every node's data.
+    /// Also delete every node's data (and the etcd `up` started for `[ha]`).
     #[arg(long)]
     pub purge: bool,
 }
@@ -156,14 +157,24 @@ pub fn find(file: Option<PathBuf>) -> anyhow::Result<Cluster> {
 
 pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.find(Purpose::Build)?;
+    launch::refuse_unsupported(&cluster)?;
     let options = UpOptions {
         dump: args.dump.clone(),
         dump_database: args.dump_database.clone(),
         cancel,
     };
-    let summary = cluster.up(&options, &PrintSteps(Instant::now())).await?;
+    let steps = PrintSteps(Instant::now());
+    let summary = cluster.up(&options, &steps).await?;
+    let ha = match &cluster.spec.ha {
+        Some(_) => Some(launch::up(&cluster, &steps).await?),
+        None => None,
+    };
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&summary)?);
+        let json = WithHa {
+            result: &summary,
+            ha: ha.as_ref(),
+        };
+        outln!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(ExitCode::SUCCESS);
     }
     outln!(
@@ -186,12 +197,26 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
         summary.synchronous_standby_names,
         summary.elapsed_ms as f64 / 1000.0
     );
+    if let Some(ha) = &ha {
+        let agents: Vec<String> = ha
+            .agents
+            .iter()
+            .map(|a| format!("{} (pid {})", a.node, a.pid))
+            .collect();
+        outln!(
+            "automatic failover is on: `{}` leads; agents {}; etcd {}",
+            ha.leader,
+            agents.join(", "),
+            ha.etcd.join(",")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    cluster.down(args.purge).await?;
+    // The agents go first, or they would restart what `down` stops; etcd goes last.
+    launch::down(&cluster, args.purge).await?;
     outln!(
         "cluster is down{}",
         if args.purge {

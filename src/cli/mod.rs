@@ -80,8 +80,8 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Bench(_)
         | Command::Agent(_)
         | Command::Init(_) => return None,
-        Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it".into(),
-        Command::Down(_) => "some nodes may still run: run `pgrepl down` again".into(),
+        Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it (with the etcd and agents `up` started for [ha])".into(),
+        Command::Down(_) => "some nodes (or, with [ha], agents or etcd members) may still run: run `pgrepl down` again".into(),
         Command::Start(args) => node_change("started", &args.node),
         Command::Stop(args) => node_change("stopped", &args.node),
         Command::Restart(args) => node_change("restarted", &args.node),

@@ -26,3 +26,13 @@ macro_rules! outln {
     };
 }
 pub(crate) use outln;
+
+/// A JSON result with an `"ha"` member appended when the cluster has `[ha]`; the result's own
+/// members keep their order (a `serde_json::Value` would sort them).
+#[derive(serde::Serialize)]
+pub struct WithHa<'a, T, H> {
+    #[serde(flatten)]
+    pub result: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha: Option<&'a H>,
+}

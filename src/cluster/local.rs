@@ -381,7 +381,7 @@ fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
 
 /// A process that exists and is not a zombie (a killed postmaster stays a zombie until its
 /// parent, often init, reaps it).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain spaces.
         Ok(stat) => {

@@ -114,6 +114,11 @@ fn check(port: u16) -> PortState {
     decide(listener_on(port), bind_ok)
 }
 
+/// True when nothing listens on `port` and it can be bound now (for ports pgrepl picks itself).
+pub fn is_free(port: u16) -> bool {
+    check(port) == PortState::Free
+}
+
 /// Refuses a node whose host port something listens on, before anything is created; waits out
 /// a client connection that holds the port for a moment.
 pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {

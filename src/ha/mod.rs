@@ -5,12 +5,19 @@
 //! - `decide`: the pure decision (this node's server and the etcd view in, one action out).
 //! - `store`: etcd access (leases, the create-if-absent leader transaction, guarded writes).
 //! - `agent`: the loop that probes, publishes, decides and acts through the cluster runtime.
+//! - `launch`: what `up` and `down` do with `[ha]` on the local runtime: the etcd of `local_etcd`
+//!   and one agent process per node, both started and stopped as a `daemon`.
+//! - `status`: the leader, lease, agents and promotable set `pgrepl status` shows.
 //!
 //! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
 
 pub mod agent;
+mod daemon;
 pub mod decide;
+pub mod launch;
+mod local_etcd;
 pub mod records;
+pub mod status;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -152,6 +159,15 @@ pub enum HaError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A process `up` starts or `down` stops beside the servers (an etcd member, an agent).
+    #[error("{0}")]
+    Process(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
 }

@@ -44,6 +44,11 @@ impl Keys {
         format!("{}sync", self.prefix)
     }
 
+    /// Present while automatic actions are paused for maintenance (`pgrepl pause`).
+    pub fn pause(&self) -> String {
+        format!("{}pause", self.prefix)
+    }
+
     /// The [`crate::ha::Timing`] the first agent wrote; the others check theirs against it.
     pub fn config(&self) -> String {
         format!("{}config", self.prefix)
@@ -164,6 +169,7 @@ mod tests {
         assert_eq!(keys.member("pg_slave"), "/pgrepl/prod/members/pg_slave");
         assert!(keys.member("a").starts_with(&keys.members()));
         assert_eq!(keys.sync(), "/pgrepl/prod/sync");
+        assert_eq!(keys.pause(), "/pgrepl/prod/pause");
         assert_eq!(
             keys.history(1_700_000_000_000, "pg_slave"),
             "/pgrepl/prod/history/001700000000000-pg_slave"

@@ -9,14 +9,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchOptions, WatchStream, Watcher,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions, WatchStream, Watcher,
 };
 use serde::de::DeserializeOwned;
 
 use super::decide::{Leader, View};
 use super::records::{HistoryRecord, Keys, LeaderRecord, MemberRecord, SyncRecord};
 use super::{HaError, Timing};
+
+/// What etcd holds about the cluster, read in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// The leader's node and the lease holding its key.
+    pub leader: Option<(String, i64)>,
+    /// Records of agents whose lease is alive.
+    pub members: Vec<MemberRecord>,
+    pub sync: Option<SyncRecord>,
+    /// The pause key exists: agents take no automatic action.
+    pub paused: bool,
+}
 
 pub struct Store {
     /// One client per endpoint: a request goes to the one that last answered and moves on when
@@ -29,12 +41,21 @@ pub struct Store {
 }
 
 impl Store {
+    /// The agent's store: every request bounded by the timing's request timeout.
     pub async fn connect(
         endpoints: &[String],
         cluster: &str,
         timing: &Timing,
     ) -> Result<Store, HaError> {
-        let timeout = timing.request_timeout();
+        Store::open(endpoints, cluster, timing.request_timeout()).await
+    }
+
+    /// A store whose requests each take at most `timeout` (`status` and `up` read with it).
+    pub async fn open(
+        endpoints: &[String],
+        cluster: &str,
+        timeout: Duration,
+    ) -> Result<Store, HaError> {
         let joined = endpoints.join(",");
         let options = ConnectOptions::new()
             .with_connect_timeout(timeout)
@@ -160,27 +181,38 @@ impl Store {
 
     /// The leader key, every member record and the sync record, from one revision.
     pub async fn view(&self, lease: i64) -> Result<View, HaError> {
+        let snapshot = self.snapshot().await?;
+        Ok(View {
+            leader: snapshot.leader.map(|(node, holder)| Leader {
+                node,
+                mine: holder == lease,
+            }),
+            members: snapshot.members,
+            sync: snapshot.sync,
+        })
+    }
+
+    /// Everything a reader of the cluster's state needs, from one revision.
+    pub async fn snapshot(&self) -> Result<Snapshot, HaError> {
         let txn = Txn::new().and_then([
             TxnOp::get(self.keys.leader(), None),
             TxnOp::get(self.keys.members(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(self.keys.sync(), None),
+            TxnOp::get(self.keys.pause(), Some(GetOptions::new().with_count_only())),
         ]);
         let response = self.txn(txn).await?;
         let mut gets = response.op_responses().into_iter().map(|r| match r {
             TxnOpResponse::Get(get) => get,
             _ => unreachable!("the transaction only reads"),
         });
-        let (leader, members, sync) = (gets.next(), gets.next(), gets.next());
+        let (leader, members, sync, pause) = (gets.next(), gets.next(), gets.next(), gets.next());
         let kvs = |get: Option<etcd_client::GetResponse>| {
             get.map(|g| g.kvs().to_vec()).unwrap_or_default()
         };
         let leader = match kvs(leader).first() {
             Some(kv) => {
                 let record: LeaderRecord = decode(&self.keys.leader(), kv.value())?;
-                Some(Leader {
-                    node: record.node,
-                    mine: kv.lease() == lease,
-                })
+                Some((record.node, kv.lease()))
             }
             None => None,
         };
@@ -192,11 +224,21 @@ impl Store {
             Some(kv) => Some(decode(&self.keys.sync(), kv.value())?),
             None => None,
         };
-        Ok(View {
+        Ok(Snapshot {
             leader,
             members,
             sync,
+            paused: pause.is_some_and(|p| p.count() > 0),
         })
+    }
+
+    /// Whole seconds the lease has left (etcd truncates), `None` once it is gone.
+    pub async fn time_left(&self, lease: i64) -> Result<Option<i64>, HaError> {
+        let response = self
+            .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
+            .await?;
+        // etcd answers -1 for a lease it no longer has.
+        Ok((response.ttl() >= 0).then_some(response.ttl()))
     }
 
     /// Creates the leader key under `lease` if nobody holds it; true when this agent now leads.
@@ -233,6 +275,20 @@ impl Store {
         self.call(|mut c| {
             let (key, value) = (key.clone(), value.clone());
             async move { c.put(key, value, None).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Deletes every key of the cluster (`down --purge` on an etcd `up` did not start).
+    pub async fn forget(&self) -> Result<(), HaError> {
+        let prefix = self.keys.prefix().to_owned();
+        self.call(|mut c| {
+            let prefix = prefix.clone();
+            async move {
+                c.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            }
         })
         .await
         .map(drop)

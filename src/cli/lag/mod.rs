@@ -2,6 +2,7 @@
 //! a [`Report`] (tables, Prometheus; JSON is serde's) live in `render`; the figures come from
 //! `pgrepl::lag`.
 
+mod ha;
 pub(super) mod render;
 
 use std::io::IsTerminal;
@@ -14,6 +15,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use self::render::{lag_table, status_table};
+use super::out::WithHa;
 use pgrepl::conn::{ConnParams, ConnectOptions};
 use pgrepl::lag::{self, serve, GatherOptions, Node, Thresholds};
 use pgrepl::units::{human_ms, parse_duration, parse_size};
@@ -74,7 +76,9 @@ pub enum View {
 }
 
 pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
-    let nodes = nodes(&args)?;
+    let (nodes, cluster) = nodes(&args)?;
+    // `status` of a cluster with [ha] also shows what the agents keep in etcd.
+    let ha_cluster = cluster.filter(|c| view == View::Status && c.spec.ha.is_some());
     let limits = Thresholds {
         max_lag_bytes: args.max_lag_bytes,
         max_lag_time: args.max_lag_time,
@@ -92,10 +96,16 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
     let redraw = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
     let mut code = 0;
     loop {
-        let report = tokio::select! {
+        let read_ha = async {
+            match &ha_cluster {
+                Some(cluster) => Some(pgrepl::ha::status::read(cluster).await),
+                None => None,
+            }
+        };
+        let (report, ha_status) = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            report = lag::gather(&nodes, &options) => report,
+            both = async { tokio::join!(lag::gather(&nodes, &options), read_ha) } => both,
         };
         let verdict = report.verdict(&limits);
         code = verdict.exit_code();
@@ -104,11 +114,16 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
             // Home and clear: the next round replaces this one instead of scrolling.
             out.push_str("\x1b[H\x1b[2J");
         }
-        if args.json && args.watch.is_some() {
-            out.push_str(&serde_json::to_string(&report)?);
-            out.push('\n');
-        } else if args.json {
-            out.push_str(&serde_json::to_string_pretty(&report)?);
+        if args.json {
+            let json = WithHa {
+                result: &report,
+                ha: ha_status.as_ref(),
+            };
+            out.push_str(&if args.watch.is_some() {
+                serde_json::to_string(&json)?
+            } else {
+                serde_json::to_string_pretty(&json)?
+            });
             out.push('\n');
         } else if args.prometheus {
             out.push_str(&serve::metrics::render(&report, None));
@@ -124,6 +139,9 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
                 View::Lag => lag_table(&report, &verdict),
                 View::Status => status_table(&report, &verdict),
             });
+            if let Some(status) = &ha_status {
+                out.push_str(&ha::section(status));
+            }
         }
         if !super::out::print(&out)? {
             // Whoever read our output has gone (`| head`): that is not a failure.
@@ -165,12 +183,13 @@ pub fn user_hint(args: &LagArgs) -> Option<String> {
         .map(|o| o.user)
 }
 
-fn nodes(args: &LagArgs) -> anyhow::Result<Vec<Node>> {
+/// The nodes to read, and the cluster file's cluster when they come from one.
+fn nodes(args: &LagArgs) -> anyhow::Result<(Vec<Node>, Option<pgrepl::cluster::Cluster>)> {
     if args.nodes.is_empty() {
         let cluster = super::cluster::find(args.cluster.clone())?;
-        return Ok(cluster_nodes(&cluster));
+        return Ok((cluster_nodes(&cluster), Some(cluster)));
     }
-    conninfo_nodes(&args.nodes)
+    Ok((conninfo_nodes(&args.nodes)?, None))
 }
 
 /// Every node of a cluster file, as its superuser.

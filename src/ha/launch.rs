@@ -1,0 +1,344 @@
+//! What `up` and `down` do for `[ha]` on the local runtime.
+//!
+//! `up`, once the servers are built: the etcd of `local_etcd` when `[ha]` names none, one
+//! `pgrepl agent` per node (`<state_dir>/agents/<node>.log`, pid file beside), then a wait
+//! until the agents have elected a leader. What already runs is left alone, so `up` again
+//! starts only what is missing.
+//!
+//! `down`: the agents first, the leader's last (each standby's agent leaves its server running;
+//! the leader's stops its primary cleanly, then releases the lease, and nobody is left to elect
+//! a successor), then the servers, then etcd; only then, with `--purge`, the files.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::daemon::Daemon;
+use super::local_etcd::LocalEtcd;
+use super::store::{Snapshot, Store};
+use super::HaError;
+use crate::cluster::runtime::Runtime;
+use crate::cluster::{Cluster, StepLog};
+
+/// A first election needs the agents to start, probe their servers and take the key.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// A leader's agent shuts its primary down (a checkpoint) before it exits.
+const AGENT_STOP_WAIT: Duration = Duration::from_secs(60);
+/// Per etcd request while `up` and `down` read the leader.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What `up` found or started for `[ha]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HaUp {
+    pub etcd: Vec<String>,
+    pub scope: String,
+    pub leader: String,
+    pub agents: Vec<AgentProcess>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentProcess {
+    pub node: String,
+    pub pid: i32,
+    pub log: PathBuf,
+}
+
+/// Refuses, before anything is built, what `up` cannot do for `[ha]` yet.
+pub fn refuse_unsupported(cluster: &Cluster) -> Result<(), HaError> {
+    if cluster.spec.ha.is_some() && !matches!(cluster.runtime, Runtime::Local(_)) {
+        return Err(HaError::Config(
+            "[ha] is not supported on the docker runtime yet: use the local runtime, or remove [ha] from the cluster file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Starts what is missing of etcd and the agents, and waits for a leader.
+pub async fn up(cluster: &Cluster, log: &dyn StepLog) -> Result<HaUp, HaError> {
+    refuse_unsupported(cluster)?;
+    let ha = cluster
+        .spec
+        .ha
+        .as_ref()
+        .ok_or_else(|| HaError::Config("the cluster file has no [ha] section".into()))?;
+    let scope = super::scope(cluster)?;
+    let etcd = if ha.etcd.is_empty() {
+        let avoid: Vec<u16> = cluster.spec.nodes.iter().map(|n| n.port).collect();
+        LocalEtcd::new(cluster.state_dir())
+            .ensure_running(&avoid, &format!("pgrepl-{scope}"), log)
+            .await?
+    } else {
+        ha.etcd.clone()
+    };
+    let agents = start_agents(cluster, log)?;
+    let leader = wait_for_leader(cluster, &agents, &etcd, &scope).await?;
+    log.step(&format!(
+        "`{leader}` leads (etcd scope `{scope}`, lease {} s)",
+        ha.ttl
+    ));
+    Ok(HaUp {
+        etcd,
+        scope,
+        leader,
+        agents,
+    })
+}
+
+fn agents_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("agents")
+}
+
+fn agent(state_dir: &Path, node: &str) -> Daemon {
+    let dir = agents_dir(state_dir);
+    Daemon {
+        what: format!("the agent of `{node}`"),
+        pid_file: dir.join(format!("{node}.pid")),
+        log_file: dir.join(format!("{node}.log")),
+        marks: vec!["agent".into(), node.into(), state_dir.display().to_string()],
+    }
+}
+
+fn start_agents(cluster: &Cluster, log: &dyn StepLog) -> Result<Vec<AgentProcess>, HaError> {
+    let file = cluster
+        .cluster_file()
+        .ok_or_else(|| HaError::Config("[ha] needs a cluster file".into()))?;
+    let state_dir = cluster.state_dir();
+    let exe = std::env::current_exe().map_err(|source| HaError::Io {
+        context: "find the pgrepl binary to run the agents".into(),
+        source,
+    })?;
+    let dir = agents_dir(state_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| HaError::Io {
+        context: format!("create `{}`", dir.display()),
+        source,
+    })?;
+    let mut agents = Vec::new();
+    for node in &cluster.spec.nodes {
+        let daemon = agent(state_dir, &node.name);
+        let pid = match daemon.running() {
+            Some(pid) => pid,
+            None => {
+                log.step(&format!(
+                    "start the agent of `{}` (log `{}`)",
+                    node.name,
+                    daemon.log_file.display()
+                ));
+                // Everything else, the password included, the agent reads from the cluster file.
+                let args: Vec<OsString> = vec![
+                    "-v".into(),
+                    "agent".into(),
+                    "--node".into(),
+                    node.name.clone().into(),
+                    "--cluster".into(),
+                    file.into(),
+                    "--state-dir".into(),
+                    state_dir.into(),
+                ];
+                daemon.start(&exe, &args, state_dir)?
+            }
+        };
+        agents.push(AgentProcess {
+            node: node.name.clone(),
+            pid,
+            log: daemon.log_file,
+        });
+    }
+    Ok(agents)
+}
+
+/// Waits until a leader holds the key and wrote its sync record and every agent published
+/// its member record, so a `status` right after `up` shows them all; an agent that exits
+/// meanwhile ends the wait with the last line of its log.
+async fn wait_for_leader(
+    cluster: &Cluster,
+    agents: &[AgentProcess],
+    etcd: &[String],
+    scope: &str,
+) -> Result<String, HaError> {
+    let store = Store::open(etcd, scope, READ_TIMEOUT).await?;
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+    loop {
+        let exited = agents
+            .iter()
+            .find(|a| agent(cluster.state_dir(), &a.node).running().is_none());
+        if let Some(exited) = exited {
+            let text = std::fs::read_to_string(&exited.log).unwrap_or_default();
+            let last = text.lines().rev().find(|l| !l.trim().is_empty());
+            return Err(HaError::Process(format!(
+                "the agent of `{}` exited: {} (log `{}`)",
+                exited.node,
+                last.unwrap_or("").trim(),
+                exited.log.display()
+            )));
+        }
+        let missing = match store.snapshot().await {
+            Ok(snapshot) => match elected(&snapshot, agents) {
+                Ok(leader) => return Ok(leader),
+                Err(what) => what,
+            },
+            Err(e) => format!("answer from etcd ({e})"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(HaError::Process(format!(
+                "no {missing} after {LEADER_WAIT:?}: see the agents' logs in `{}`",
+                agents_dir(cluster.state_dir()).display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader once the election is complete, else what is still missing.
+fn elected(snapshot: &Snapshot, agents: &[AgentProcess]) -> Result<String, String> {
+    let Some((leader, _)) = &snapshot.leader else {
+        return Err("leader".into());
+    };
+    if snapshot.sync.as_ref().is_none_or(|s| &s.leader != leader) {
+        return Err(format!("sync record from leader `{leader}`"));
+    }
+    let silent: Vec<&str> = agents
+        .iter()
+        .filter(|a| !snapshot.members.iter().any(|m| m.node == a.node))
+        .map(|a| a.node.as_str())
+        .collect();
+    if !silent.is_empty() {
+        return Err(format!("member record from {}", silent.join(", ")));
+    }
+    Ok(leader.clone())
+}
+
+/// The current leader, if etcd answers.
+async fn read_leader(cluster: &Cluster) -> Option<String> {
+    let endpoints = super::endpoints(cluster)?;
+    let store = Store::open(&endpoints, &super::scope(cluster).ok()?, READ_TIMEOUT)
+        .await
+        .ok()?;
+    store.snapshot().await.ok()?.leader.map(|(node, _)| node)
+}
+
+/// Stops every agent `up` started here, the leader's last.
+async fn stop_agents(cluster: &Cluster) -> Result<(), HaError> {
+    let state_dir = cluster.state_dir();
+    let Ok(entries) = std::fs::read_dir(agents_dir(state_dir)) else {
+        return Ok(());
+    };
+    // From the pid files, not the cluster file: a node removed from it may still have one.
+    let running: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".pid").map(str::to_owned)
+        })
+        .filter(|node| agent(state_dir, node).running().is_some())
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    let leader = read_leader(cluster).await;
+    let (last, first): (Vec<&String>, Vec<&String>) = running
+        .iter()
+        .partition(|node| Some(node.as_str()) == leader.as_deref());
+    for group in [first, last] {
+        let stops = group
+            .iter()
+            .map(|node| async move { agent(state_dir, node).stop(AGENT_STOP_WAIT).await });
+        for result in futures_util::future::join_all(stops).await {
+            result?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops the agents, the servers and our etcd, in that order, confirming each is gone; then,
+/// with `purge`, deletes everything, the etcd data included (on an etcd of `[ha] etcd`, the
+/// cluster's keys).
+pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
+    stop_agents(cluster).await?;
+    let external = cluster.spec.ha.as_ref().filter(|ha| !ha.etcd.is_empty());
+    if let (true, Some(ha)) = (purge, external) {
+        // The next cluster of this scope must not inherit this one's sync record.
+        let store = Store::open(&ha.etcd, &super::scope(cluster)?, READ_TIMEOUT).await?;
+        store.forget().await.map_err(|e| {
+            HaError::Process(format!(
+                "delete `{}` in etcd: {e}; nothing else was deleted: run `pgrepl down --purge` again once etcd answers",
+                store.keys().prefix()
+            ))
+        })?;
+    }
+    let etcd = LocalEtcd::new(cluster.state_dir());
+    if !etcd.exists() {
+        cluster.down(purge).await?;
+        return Ok(());
+    }
+    cluster.down(false).await?;
+    etcd.stop().await?;
+    if purge {
+        cluster.down(true).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::records::{MemberRecord, ServerState, SyncRecord};
+    use crate::ids::TimelineId;
+
+    fn agents(nodes: &[&str]) -> Vec<AgentProcess> {
+        nodes
+            .iter()
+            .map(|n| AgentProcess {
+                node: n.to_string(),
+                pid: 1,
+                log: PathBuf::new(),
+            })
+            .collect()
+    }
+
+    fn member(node: &str) -> MemberRecord {
+        MemberRecord {
+            node: node.into(),
+            server: ServerState {
+                running: true,
+                in_recovery: node != "a",
+                timeline: Some(TimelineId::new(1)),
+                position: None,
+                detached: false,
+                follows: None,
+            },
+        }
+    }
+
+    #[test]
+    fn an_election_is_complete_with_leader_its_sync_record_and_every_agent() {
+        let agents = agents(&["a", "b"]);
+        let mut snapshot = Snapshot::default();
+        assert_eq!(elected(&snapshot, &agents), Err("leader".into()));
+        snapshot.leader = Some(("a".into(), 1));
+        snapshot.sync = Some(SyncRecord {
+            leader: "b".into(),
+            method: "FIRST".into(),
+            num: 1,
+            members: vec!["a".into()],
+        });
+        // A record an earlier leader left does not count.
+        assert!(elected(&snapshot, &agents)
+            .unwrap_err()
+            .contains("sync record"));
+        snapshot.sync = Some(SyncRecord {
+            leader: "a".into(),
+            method: "FIRST".into(),
+            num: 1,
+            members: vec!["b".into()],
+        });
+        snapshot.members = vec![member("a")];
+        assert_eq!(
+            elected(&snapshot, &agents),
+            Err("member record from b".into())
+        );
+        snapshot.members.push(member("b"));
+        assert_eq!(elected(&snapshot, &agents), Ok("a".into()));
+    }
+}

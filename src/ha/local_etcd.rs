@@ -1,0 +1,304 @@
+//! The etcd `up` starts when `[ha]` names none: three members on 127.0.0.1, enough to keep
+//! quorum with one down, in `<state_dir>/etcd/` (`etcdN/` data, `etcdN.log`, `etcdN.pid`).
+//! Their ports are picked once, among free ones below the kernel's ephemeral range, and kept in
+//! `members.json`: etcd stores its peers' URLs in its data, so a member restarts on the same
+//! ports. The client URLs go to [`super::local_etcd_endpoints_file`] for every later command.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::daemon::Daemon;
+use super::HaError;
+use crate::cluster::{ports, StepLog};
+
+const MEMBERS: usize = 3;
+/// A fresh member waits for its peers and an election; a restarted one replays its log.
+const HEALTHY_WAIT: Duration = Duration::from_secs(30);
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// One member's name and ports, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl Member {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+}
+
+pub struct LocalEtcd {
+    state_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl LocalEtcd {
+    pub fn new(state_dir: &Path) -> LocalEtcd {
+        LocalEtcd {
+            state_dir: state_dir.to_owned(),
+            dir: state_dir.join("etcd"),
+        }
+    }
+
+    /// `up` started an etcd here at some point.
+    pub fn exists(&self) -> bool {
+        self.members_file().exists()
+    }
+
+    fn members_file(&self) -> PathBuf {
+        self.dir.join("members.json")
+    }
+
+    fn data_dir(&self, member: &Member) -> PathBuf {
+        self.dir.join(&member.name)
+    }
+
+    fn daemon(&self, member: &Member) -> Daemon {
+        Daemon {
+            what: format!("etcd member {}", member.name),
+            pid_file: self.dir.join(format!("{}.pid", member.name)),
+            log_file: self.dir.join(format!("{}.log", member.name)),
+            marks: vec![self.data_dir(member).display().to_string()],
+        }
+    }
+
+    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> HaError {
+        let context = format!("{what} `{}`", self.dir.display());
+        move |source| HaError::Io { context, source }
+    }
+
+    fn load(&self) -> Result<Option<Vec<Member>>, HaError> {
+        match std::fs::read_to_string(self.members_file()) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|source| HaError::Record {
+                    key: self.members_file().display().to_string(),
+                    source,
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("read the etcd members in")(e)),
+        }
+    }
+
+    /// Starts the members that do not run (all of them the first time, on new ports other than
+    /// `avoid`) and returns the client URLs once every member answers a linearizable read.
+    pub async fn ensure_running(
+        &self,
+        avoid: &[u16],
+        token: &str,
+        log: &dyn StepLog,
+    ) -> Result<Vec<String>, HaError> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io("create"))?;
+        let members = match self.load()? {
+            Some(members) => members,
+            None => {
+                let members = new_members(avoid);
+                let text = serde_json::to_string_pretty(&members).expect("members serialise");
+                crate::fs::write_durably(&self.members_file(), text.as_bytes(), 0o644)
+                    .map_err(self.io("record the etcd members in"))?;
+                members
+            }
+        };
+        let urls: Vec<String> = members.iter().map(Member::client_url).collect();
+        let endpoints = super::local_etcd_endpoints_file(&self.state_dir);
+        crate::fs::write_durably(&endpoints, (urls.join("\n") + "\n").as_bytes(), 0o644)
+            .map_err(self.io("record the etcd endpoints in"))?;
+        let binary = etcd_binary()?;
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut started = Vec::new();
+        for member in &members {
+            let daemon = self.daemon(member);
+            if daemon.running().is_some() {
+                continue;
+            }
+            for port in [member.client_port, member.peer_port] {
+                if !ports::is_free(port) {
+                    return Err(HaError::Process(format!(
+                        "port {port} of {} is in use: stop what listens there, or `pgrepl down --purge` to start over on new ports",
+                        daemon.what
+                    )));
+                }
+            }
+            log.step(&format!(
+                "start {} (client {}, data in `{}`)",
+                daemon.what,
+                member.client_url(),
+                self.data_dir(member).display()
+            ));
+            let args = member_args(member, &self.data_dir(member), &initial_cluster, token);
+            daemon.start(&binary, &args, &self.dir)?;
+            started.push(member);
+        }
+        self.wait_healthy(&members).await?;
+        if !started.is_empty() {
+            log.step(&format!("etcd answers at {}", urls.join(",")));
+        }
+        Ok(urls)
+    }
+
+    async fn wait_healthy(&self, members: &[Member]) -> Result<(), HaError> {
+        let deadline = tokio::time::Instant::now() + HEALTHY_WAIT;
+        loop {
+            let answers =
+                futures_util::future::join_all(members.iter().map(|m| answers(m.client_url())))
+                    .await;
+            if answers.iter().all(|&ok| ok) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let silent: Vec<String> = members
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, ok)| !**ok)
+                    .map(|(m, _)| format!("`{}`", self.daemon(m).log_file.display()))
+                    .collect();
+                return Err(HaError::Process(format!(
+                    "etcd did not answer within {HEALTHY_WAIT:?}: see {}",
+                    silent.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops every member that runs and confirms it exited.
+    pub async fn stop(&self) -> Result<(), HaError> {
+        let Some(members) = self.load()? else {
+            return Ok(());
+        };
+        let stops = members.iter().map(|m| async move {
+            let daemon = self.daemon(m);
+            daemon.stop(STOP_WAIT).await
+        });
+        for result in futures_util::future::join_all(stops).await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// Names and ports for a new etcd: free ports below the ephemeral range (where client sockets
+/// take theirs), starting at a place that differs between processes.
+fn new_members(avoid: &[u16]) -> Vec<Member> {
+    const LOW: u16 = 20000;
+    let span = ports::EPHEMERAL.0 - LOW;
+    let mut next = LOW + (std::process::id() % u32::from(span)) as u16;
+    let mut pick = || loop {
+        next = if next + 1 >= ports::EPHEMERAL.0 {
+            LOW
+        } else {
+            next + 1
+        };
+        if !avoid.contains(&next) && ports::is_free(next) {
+            return next;
+        }
+    };
+    (0..MEMBERS)
+        .map(|i| Member {
+            name: format!("etcd{i}"),
+            client_port: pick(),
+            peer_port: pick(),
+        })
+        .collect()
+}
+
+fn member_args(member: &Member, data: &Path, initial_cluster: &str, token: &str) -> Vec<OsString> {
+    let (client, peer) = (member.client_url(), member.peer_url());
+    let mut args: Vec<OsString> = [
+        "--name",
+        &member.name,
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        initial_cluster,
+        // Ignored once the data directory exists.
+        "--initial-cluster-state",
+        "new",
+        "--initial-cluster-token",
+        token,
+        // Member records change with every role change: keep an hour of history.
+        "--auto-compaction-retention",
+        "1",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    args.push("--data-dir".into());
+    args.push(data.into());
+    args
+}
+
+/// The etcd server binary: on PATH, else Debian's.
+fn etcd_binary() -> Result<PathBuf, HaError> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .map(|dir| dir.join("etcd"))
+        .chain([PathBuf::from("/usr/bin/etcd")])
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            HaError::Config(
+                "no `etcd` binary on PATH: install etcd (Debian: etcd-server), or give the URLs of a running etcd in [ha] etcd".into(),
+            )
+        })
+}
+
+/// The member answers a linearizable read, which needs an elected leader with quorum.
+async fn answers(url: String) -> bool {
+    let limit = Duration::from_secs(1);
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(limit)
+        .with_timeout(limit);
+    let read = async {
+        let mut client = etcd_client::Client::connect([url], Some(options))
+            .await
+            .ok()?;
+        client.get("/pgrepl", None).await.ok()
+    };
+    matches!(tokio::time::timeout(limit * 2, read).await, Ok(Some(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_members_get_distinct_free_ports_below_the_ephemeral_range() {
+        let avoid = [20001, 20002];
+        let members = new_members(&avoid);
+        let mut ports: Vec<u16> = members
+            .iter()
+            .flat_map(|m| [m.client_port, m.peer_port])
+            .collect();
+        assert!(ports
+            .iter()
+            .all(|p| (20000..ports::EPHEMERAL.0).contains(p) && !avoid.contains(p)));
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 2 * MEMBERS);
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["etcd0", "etcd1", "etcd2"]);
+    }
+}

@@ -1,0 +1,198 @@
+//! What `pgrepl status` shows of the HA agents: the leader and its lease's time left, each
+//! node's agent (its member record, present while its lease lives), whether automatic actions
+//! are paused, and which standbys could be promoted now. The reading is one etcd snapshot plus
+//! one lease lookup; the summary of it is pure.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::records::{ServerState, SyncRecord};
+use super::store::{Snapshot, Store};
+use crate::cluster::Cluster;
+
+/// How long `status` waits for etcd per request.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HaStatus {
+    /// The `<scope>` of `/pgrepl/<scope>/`.
+    pub scope: String,
+    /// The etcd client URLs read.
+    pub etcd: Vec<String>,
+    /// Why the rest is unknown (etcd did not answer, or there is no etcd to ask).
+    pub error: Option<String>,
+    pub leader: Option<String>,
+    /// The lease TTL the cluster file asks for, seconds.
+    pub lease_ttl_s: u64,
+    /// Whole seconds the leader's lease has left (etcd truncates: 1 means 1–2 s).
+    pub lease_left_s: Option<i64>,
+    pub paused: bool,
+    pub agents: Vec<AgentHealth>,
+    /// The standbys that may have acknowledged commits of the leader.
+    pub sync: Option<SyncRecord>,
+    /// Members of the sync record whose agent is alive and whose server is a running standby:
+    /// the nodes an election may pick from now.
+    pub promotable: Vec<String>,
+}
+
+/// One node's agent, as etcd shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentHealth {
+    pub node: String,
+    /// Its member record exists, so its lease is being renewed.
+    pub alive: bool,
+    /// What it last published about its server.
+    pub server: Option<ServerState>,
+}
+
+/// The summary of one snapshot for the cluster's `nodes` (in the file's order).
+pub fn summarize(nodes: &[String], snapshot: &Snapshot) -> (Vec<AgentHealth>, Vec<String>) {
+    let record = |node: &str| snapshot.members.iter().find(|m| m.node == node);
+    let agents = nodes
+        .iter()
+        .map(|node| AgentHealth {
+            node: node.clone(),
+            alive: record(node.as_str()).is_some(),
+            server: record(node.as_str()).map(|m| m.server.clone()),
+        })
+        .collect();
+    let leader = snapshot.leader.as_ref().map(|(node, _)| node.as_str());
+    let promotable = snapshot
+        .sync
+        .iter()
+        .flat_map(|sync| &sync.members)
+        .filter(|node| Some(node.as_str()) != leader)
+        .filter(|node| {
+            record(node.as_str()).is_some_and(|m| m.server.running && m.server.in_recovery)
+        })
+        .cloned()
+        .collect();
+    (agents, promotable)
+}
+
+/// Reads the HA state of `cluster`; an etcd that does not answer is reported in `error`.
+pub async fn read(cluster: &Cluster) -> HaStatus {
+    let ttl = cluster.spec.ha.as_ref().map_or(0, |ha| ha.ttl);
+    let endpoints = super::endpoints(cluster).unwrap_or_default();
+    let mut status = HaStatus {
+        scope: super::scope(cluster).unwrap_or_default(),
+        etcd: endpoints.clone(),
+        error: None,
+        leader: None,
+        lease_ttl_s: ttl,
+        lease_left_s: None,
+        paused: false,
+        agents: Vec::new(),
+        sync: None,
+        promotable: Vec::new(),
+    };
+    if endpoints.is_empty() {
+        status.error = Some("no etcd: [ha] names none and `pgrepl up` started none".into());
+        return status;
+    }
+    let read = async {
+        let store = Store::open(&endpoints, &super::scope(cluster)?, READ_TIMEOUT).await?;
+        let snapshot = store.snapshot().await?;
+        let left = match &snapshot.leader {
+            Some((_, lease)) => store.time_left(*lease).await?,
+            None => None,
+        };
+        Ok::<_, super::HaError>((snapshot, left))
+    };
+    match read.await {
+        Ok((snapshot, left)) => {
+            let nodes: Vec<String> = cluster.spec.nodes.iter().map(|n| n.name.clone()).collect();
+            let (agents, promotable) = summarize(&nodes, &snapshot);
+            status.leader = snapshot.leader.map(|(node, _)| node);
+            status.lease_left_s = left;
+            status.paused = snapshot.paused;
+            status.agents = agents;
+            status.sync = snapshot.sync;
+            status.promotable = promotable;
+        }
+        Err(e) => status.error = Some(e.to_string()),
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::records::MemberRecord;
+    use crate::ids::TimelineId;
+
+    fn member(node: &str, running: bool, in_recovery: bool) -> MemberRecord {
+        MemberRecord {
+            node: node.into(),
+            server: ServerState {
+                running,
+                in_recovery,
+                timeline: Some(TimelineId::new(1)),
+                position: Some("0/3000148".parse().unwrap()),
+                detached: false,
+                follows: in_recovery.then(|| "a".into()),
+            },
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn promotable_are_live_running_standbys_of_the_sync_record() {
+        let snapshot = Snapshot {
+            leader: Some(("a".into(), 7)),
+            // `c`'s agent is alive but its server is down; `d` has no agent; `e` is outside
+            // the record.
+            members: vec![
+                member("a", true, false),
+                member("b", true, true),
+                member("c", false, false),
+                member("e", true, true),
+            ],
+            sync: Some(SyncRecord {
+                leader: "a".into(),
+                method: "FIRST".into(),
+                num: 1,
+                members: names(&["b", "c", "d"]),
+            }),
+            paused: false,
+        };
+        let (agents, promotable) = summarize(&names(&["a", "b", "c", "d", "e"]), &snapshot);
+        assert_eq!(promotable, names(&["b"]));
+        let alive: Vec<bool> = agents.iter().map(|a| a.alive).collect();
+        assert_eq!(alive, [true, true, true, false, true]);
+        assert_eq!(agents[3].server, None);
+        assert!(agents[0].server.as_ref().is_some_and(|s| !s.in_recovery));
+    }
+
+    #[test]
+    fn nothing_is_promotable_without_a_sync_record() {
+        let snapshot = Snapshot {
+            members: vec![member("b", true, true)],
+            ..Snapshot::default()
+        };
+        let (agents, promotable) = summarize(&names(&["a", "b"]), &snapshot);
+        assert!(promotable.is_empty());
+        assert!(!agents[0].alive && agents[1].alive);
+    }
+
+    #[test]
+    fn the_leader_is_never_its_own_candidate() {
+        // Right after a promotion the old record may still name the new leader.
+        let snapshot = Snapshot {
+            leader: Some(("b".into(), 1)),
+            members: vec![member("b", true, true)],
+            sync: Some(SyncRecord {
+                leader: "a".into(),
+                method: "ANY".into(),
+                num: 1,
+                members: names(&["b"]),
+            }),
+            paused: true,
+        };
+        assert!(summarize(&names(&["b"]), &snapshot).1.is_empty());
+    }
+}

@@ -1,0 +1,255 @@
+//! `pgrepl up` with `[ha]` on the local runtime: it starts a 3-member etcd in the state dir and
+//! an agent per node, `status` shows what the agents keep in etcd, a lost primary is replaced,
+//! and `down` leaves no process of the cluster behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::basebackup::stderr;
+use crate::capability;
+use crate::cluster_flow::TestCluster;
+
+/// A cluster file with an `[ha]` section and no etcd URLs: `up` starts its own etcd.
+fn ha_cluster(test: &str) -> Option<TestCluster> {
+    capability::tool(test, "etcd", "apt-get install etcd-server")?;
+    let cluster = TestCluster::new();
+    let mut text = std::fs::read_to_string(&cluster.file).unwrap();
+    text.push_str("\n[ha]\n");
+    std::fs::write(&cluster.file, text).unwrap();
+    Some(cluster)
+}
+
+fn state(cluster: &TestCluster) -> PathBuf {
+    cluster.dir.path().join(".pgrepl")
+}
+
+/// `pid` of every pid file in `dir` (etcd members or agents), by file name.
+fn pids_in(dir: &Path) -> Vec<(String, i32)> {
+    let mut pids: Vec<(String, i32)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let stem = name.strip_suffix(".pid")?.to_owned();
+                    let pid = std::fs::read_to_string(e.path())
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    Some((stem, pid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort();
+    pids
+}
+
+fn postmaster_pid(cluster: &TestCluster, node: &str) -> Option<i32> {
+    let text =
+        std::fs::read_to_string(state(cluster).join(node).join("data/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// The process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            == Some(false)
+    })
+}
+
+fn status_json(cluster: &TestCluster) -> serde_json::Value {
+    let output = cluster.pgrepl(&["status", "--json"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", stderr(&output)))
+}
+
+fn agent_logs(cluster: &TestCluster) -> String {
+    ["pg_master", "pg_slave", "pg_asyncslave"]
+        .iter()
+        .map(|node| {
+            let log = state(cluster).join(format!("agents/{node}.log"));
+            format!(
+                "--- agent {node}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sigkill(pid: i32) {
+    // SAFETY: kill(2) on a process of this test's cluster.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+fn up_ok(cluster: &TestCluster) -> Output {
+    let up = cluster.pgrepl(&["up"]);
+    assert!(
+        up.status.success(),
+        "up failed:\n{}\n{}",
+        stderr(&up),
+        agent_logs(cluster)
+    );
+    up
+}
+
+#[test]
+fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and_down_stops_all() {
+    let Some(cluster) = ha_cluster("ha_up_starts_etcd_and_agents") else {
+        return;
+    };
+    let started = Instant::now();
+    let up = up_ok(&cluster);
+    eprintln!(
+        "pgrepl up with [ha] (3 nodes, 3 etcd members, 3 agents): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(stderr(&up).contains("`pg_master` leads"), "{}", stderr(&up));
+    let etcd_pids = pids_in(&state(&cluster).join("etcd"));
+    let agent_pids = pids_in(&state(&cluster).join("agents"));
+    assert_eq!(etcd_pids.len(), 3, "{etcd_pids:?}");
+    assert_eq!(agent_pids.len(), 3, "{agent_pids:?}");
+    assert!(etcd_pids
+        .iter()
+        .chain(&agent_pids)
+        .all(|(_, pid)| alive(*pid)));
+    let endpoints = std::fs::read_to_string(state(&cluster).join("etcd/endpoints")).unwrap();
+    assert_eq!(endpoints.lines().count(), 3, "{endpoints}");
+
+    let status = status_json(&cluster);
+    let ha = &status["ha"];
+    assert_eq!(ha["error"], serde_json::Value::Null, "{ha:#}");
+    assert_eq!(ha["leader"], "pg_master", "{ha:#}");
+    let left = ha["lease_left_s"].as_i64().unwrap_or(-1);
+    assert!(left > 0 && left <= 2, "lease time left {left}: {ha:#}");
+    let agents = ha["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 3);
+    assert!(agents.iter().all(|a| a["alive"] == true), "{ha:#}");
+    // The promotable set is the sync standbys that stream, as the primary sees them.
+    let mut promotable: Vec<String> = ha["promotable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    promotable.sort();
+    let streaming = cluster.psql(
+        0,
+        "SELECT string_agg(application_name, ',' ORDER BY application_name) FROM pg_stat_replication \
+         WHERE state = 'streaming' AND sync_state IN ('sync', 'potential', 'quorum')",
+    );
+    assert_eq!(promotable.join(","), streaming, "{ha:#}");
+    assert_eq!(ha["paused"], false);
+    // The text rendering says the same.
+    let text = cluster.ok(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("leader `pg_master`, lease "), "{text}");
+
+    // The primary's machine dies: its agent and its server at once.
+    let master_agent = agent_pids.iter().find(|(n, _)| n == "pg_master").unwrap().1;
+    let killed = Instant::now();
+    sigkill(master_agent);
+    let postmaster = postmaster_pid(&cluster, "pg_master").unwrap();
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster.to_string()])
+        .output()
+        .unwrap();
+    sigkill(postmaster);
+    for child in String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+    {
+        sigkill(child);
+    }
+    let new_leader = loop {
+        let status = status_json(&cluster);
+        let leader = status["ha"]["leader"].as_str().map(str::to_owned);
+        if let Some(leader) = leader.filter(|l| l != "pg_master") {
+            break leader;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no new leader within 10 s: {:#}\n{}",
+            status["ha"],
+            agent_logs(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "`{new_leader}` leads {:.2} s after the primary's agent and server were killed (status shows it)",
+        killed.elapsed().as_secs_f64()
+    );
+    let status = status_json(&cluster);
+    let master = &status["ha"]["agents"][0];
+    assert_eq!(master["node"], "pg_master");
+    assert_eq!(master["alive"], false, "{:#}", status["ha"]);
+
+    // `down` stops the agents, the servers and etcd: none of the cluster's processes remain.
+    let mut pids: Vec<i32> = etcd_pids
+        .iter()
+        .chain(&agent_pids)
+        .map(|(_, p)| *p)
+        .collect();
+    pids.extend(
+        ["pg_slave", "pg_asyncslave"]
+            .iter()
+            .filter_map(|node| postmaster_pid(&cluster, node)),
+    );
+    cluster.ok(&["down"]);
+    let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "still running after down: {left:?}");
+    assert!(
+        state(&cluster).join("etcd/etcd0").is_dir(),
+        "down keeps the etcd data"
+    );
+    cluster.ok(&["down", "--purge"]);
+    assert!(!state(&cluster).join("etcd").exists());
+}
+
+#[test]
+fn ha_up_twice_starts_nothing_new_and_status_without_etcd_says_so() {
+    let Some(cluster) = ha_cluster("ha_up_twice_starts_nothing_new") else {
+        return;
+    };
+    up_ok(&cluster);
+    let etcd_pids = pids_in(&state(&cluster).join("etcd"));
+    let agent_pids = pids_in(&state(&cluster).join("agents"));
+    let again = up_ok(&cluster);
+    assert!(
+        !stderr(&again).contains("start "),
+        "the second up started something:\n{}",
+        stderr(&again)
+    );
+    assert_eq!(pids_in(&state(&cluster).join("etcd")), etcd_pids);
+    assert_eq!(pids_in(&state(&cluster).join("agents")), agent_pids);
+
+    // With etcd gone, status says so in one line and still shows the servers.
+    for (_, pid) in &etcd_pids {
+        sigkill(*pid);
+    }
+    let output = cluster.pgrepl(&["status"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let unknown: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("leader, lease and agents unknown"))
+        .collect();
+    assert_eq!(unknown.len(), 1, "{text}\n{}", stderr(&output));
+    assert!(text.contains("pg_slave"), "{text}");
+    let json = status_json(&cluster);
+    assert!(json["ha"]["error"].is_string(), "{json:#}");
+    assert_eq!(json["nodes"].as_array().map(Vec::len), Some(3));
+
+    // `down` still stops the agents (which cannot release their leases) and the servers.
+    cluster.ok(&["down"]);
+    let left: Vec<i32> = agent_pids
+        .iter()
+        .map(|(_, p)| *p)
+        .filter(|&p| alive(p))
+        .collect();
+    assert!(left.is_empty(), "agents still running after down: {left:?}");
+}
