@@ -55,6 +55,9 @@ GOALS = {"node loss": 4.0, "postgres crash": 2.0}
 ANCHOR = {("defaults", "node loss"): 24.1, ("defaults", "postgres crash"): 7.0,
           ("current-min", "node loss"): 19.8, ("current-min", "postgres crash"): 2.6,
           ("3.0.2-min", "node loss"): 5.2, ("3.0.2-min", "postgres crash"): 2.5}
+# What pgrepl's agent sets on its own nodes (src/ha/agent.rs FAST_RECOVERY); --patroni-fast-recovery
+# gives Patroni's nodes the same, to tell the tools' share from these settings' share.
+FAST_RECOVERY = {"wal_retrieve_retry_interval": "200ms", "recovery_init_sync_method": "syncfs"}
 INTERVAL, ATTEMPT = 0.05, 1.0
 READY_LIMIT, WRITE_LIMIT = 300, 120
 TABLE = "failover_bench"
@@ -209,6 +212,9 @@ def main():
     ap.add_argument("--faults", default="node-loss,postgres-crash", help="which faults (default both)")
     ap.add_argument("--quick", action="store_true",
                     help="1 round, the 3.0.2-min row only (unless --patroni-settings is given)")
+    ap.add_argument("--patroni-fast-recovery", action="store_true",
+                    help="give Patroni's nodes the two server settings pgrepl's agent sets on its own: "
+                         + ", ".join(f"{k} = {v}" for k, v in FAST_RECOVERY.items()))
     ap.add_argument("--pg-bin", default="/usr/lib/postgresql/15/bin", help="PostgreSQL for both tools")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     ap.add_argument("--pgrepl", default=os.path.join(target, "release", "pgrepl"))
@@ -237,6 +243,10 @@ def main():
         print(line)
     print(f"{versions['patroni']}; {versions['etcd']}; rounds {args.rounds}; the machine is shared: "
           "the load average is printed with every run", flush=True)
+    print("Patroni's nodes: " + (", ".join(f"{k} = {v}" for k, v in FAST_RECOVERY.items()) + " (as pgrepl's agent sets)"
+                                 if args.patroni_fast_recovery else "PostgreSQL's defaults for recovery "
+                                 "(pgrepl's agent sets wal_retrieve_retry_interval = 200ms, "
+                                 "recovery_init_sync_method = syncfs on its own; see --patroni-fast-recovery)"))
 
     results, durations = {}, {}
     etcd = Etcd(work, args.etcd)
@@ -250,7 +260,8 @@ def main():
         for row_index, row in enumerate(rows):
             ttl, loop_wait, retry_timeout, _ = ROWS[row]
             row_start = time.monotonic()
-            patroni = PatroniCluster(work, args.pg_bin, etcd, row, ttl, loop_wait, retry_timeout, args.patroni)
+            patroni = PatroniCluster(work, args.pg_bin, etcd, row, ttl, loop_wait, retry_timeout, args.patroni,
+                                     FAST_RECOVERY if args.patroni_fast_recovery else None)
             try:
                 create_table(patroni)
                 print(f"\n== Patroni {row}: ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry_timeout} "

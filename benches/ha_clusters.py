@@ -221,7 +221,8 @@ class PatroniCluster:
 
     label = "Patroni"
 
-    def __init__(self, work, pg_bin, etcd, scope, ttl, loop_wait, retry_timeout, patroni="/usr/bin/patroni"):
+    def __init__(self, work, pg_bin, etcd, scope, ttl, loop_wait, retry_timeout, patroni="/usr/bin/patroni",
+                 parameters=None):
         self.patroni, self.etcd = patroni, etcd
         self.dir = os.path.join(work, f"patroni-{scope}")
         self.run_dir = os.path.join(self.dir, "run")
@@ -253,7 +254,7 @@ class PatroniCluster:
                     "data_dir": self.data(i), "bin_dir": pg_bin, "pgpass": os.path.join(self.dir, f"pgpass{i}"),
                     "authentication": {"superuser": {"username": "postgres", "password": "bench"},
                                        "replication": {"username": "replicator", "password": "bench"}},
-                    "parameters": {"unix_socket_directories": self.run_dir},
+                    "parameters": {"unix_socket_directories": self.run_dir, **(parameters or {})},
                     "pg_hba": hba},
             }
             # JSON is YAML: no yaml module needed here.
