@@ -195,7 +195,8 @@ def measure(cluster, fault, first_id):
             cluster.restore(leader)
     lost = missing(cluster, acks[-1].node, acks)
     if lost is None:
-        raise RunFailed(f"{cluster.label}: cannot read the acknowledged ids back from {cluster.nodes[acks[-1].node][0]}")
+        raise RunFailed(f"{cluster.label}: cannot read the acknowledged ids back from "
+                        f"{cluster.nodes[acks[-1].node][0]}")
     return Result(first.at - killed, cluster.nodes[leader][0], cluster.nodes[first.node][0], len(acks), lost,
                   load), writer.next_id
 
