@@ -3,14 +3,18 @@
 //!
 //! - `records`: the key layout under `/pgrepl/<cluster>/` and the JSON records.
 //! - `decide`: the pure decision (this node's server and the etcd view in, one action out).
+//! - `requests`: the pure rules for what people ask (pause, switchover, failover `--to`).
 //! - `store`: etcd access (leases, the create-if-absent leader transaction, guarded writes).
 //! - `agent`: the loop that probes, publishes, decides and acts through the cluster runtime.
+//! - `control`: `pgrepl pause`/`resume`/`switchover`/`failover` talking to the agents via etcd.
 //!
 //! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
 
 pub mod agent;
+pub mod control;
 pub mod decide;
 pub mod records;
+pub mod requests;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -152,6 +156,12 @@ pub enum HaError {
     },
     #[error("{0}")]
     Config(String),
+    /// A request to the agents that they (or the checks before it) turned down, and why.
+    #[error("{0}")]
+    Refused(String),
+    /// A request the agents did not carry out in time, and what was seen last.
+    #[error("{0}")]
+    NotDone(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
 }
