@@ -181,10 +181,21 @@ impl Control {
     ) -> Result<FailedOver, HaError> {
         let started = Instant::now();
         let settle = started + SETTLE.min(limit);
-        let (view, target) = loop {
+        let mut from = String::new();
+        let mut first = true;
+        let target = loop {
             let view = self.view().await?;
+            if view.leader.is_none() {
+                from = view
+                    .sync
+                    .as_ref()
+                    .map(|r| r.leader.clone())
+                    .unwrap_or_default();
+            }
             match requests::failover_target(&view, to) {
-                Ok(target) => break (view, target),
+                Ok(target) => break Some(target),
+                // A leader that appears after the first look is the election waited for.
+                Err(_) if view.leader.is_some() && !first => break None,
                 // Neither changes by waiting a few seconds.
                 Err(why) if view.leader.is_some() || view.pause.is_some() => {
                     return Err(HaError::Refused(why))
@@ -192,13 +203,13 @@ impl Control {
                 Err(why) if Instant::now() >= settle => return Err(HaError::Refused(why)),
                 Err(_) => tokio::time::sleep(POLL).await,
             }
+            first = false;
         };
-        let from = view.sync.map(|r| r.leader).unwrap_or_default();
-        let lease = match to {
-            Some(_) => {
+        let lease = match (to, target) {
+            (Some(_), Some(target)) => {
                 let request = RoleRequest {
                     from: from.clone(),
-                    to: target.clone(),
+                    to: target,
                     by: by.to_owned(),
                     at_unix_ms: unix_ms(),
                     refused: None,
@@ -208,7 +219,7 @@ impl Control {
                     .request(&key, &request, None, lease_ttl(limit))
                     .await?
             }
-            None => None,
+            _ => None,
         };
         let elected = self
             .wait_until(started + limit, |view| view.leader.is_some())
@@ -228,9 +239,9 @@ impl Control {
             .leader
             .map(|l| l.node)
             .unwrap_or_default();
-        if to.is_some() && leader != target {
+        if let Some(to) = to.filter(|to| *to != leader) {
             return Err(HaError::NotDone(format!(
-                "the agents elected `{leader}` before the request for `{target}` arrived"
+                "the agents elected `{leader}` before the request for `{to}` arrived"
             )));
         }
         self.wait_leader(&from, &leader, started + limit, limit)

@@ -196,3 +196,48 @@ fn ha_control_failover_rejoin_and_bad_switchovers_beside_live_agents_are_refused
     assert!(plan.contains("`pg_master` -> `pg_slave`"), "{plan}");
     assert!(ha.etcd_get("switchover").is_none());
 }
+
+#[test]
+fn ha_control_failover_without_a_leader_says_why_nobody_can_be_elected_then_waits_for_the_election()
+{
+    let mut ha = HaCluster::up();
+    // FIRST 1 (pg_slave, pg_asyncslave): without pg_asyncslave's agent, pg_slave alone may lack
+    // commits pg_asyncslave acknowledged.
+    ha.kill_agent(2);
+    ha.wait_for("pg_asyncslave's member record to expire", TTL * 5, |ha| {
+        ha.etcd_get("members/pg_asyncslave").is_none()
+    });
+    ha.kill_agent(0);
+    ha.kill_postgres(0);
+    ha.wait_for("the leader key to expire", TTL * 5, |ha| {
+        ha.leader().is_none()
+    });
+    refused(
+        &ha.control(&["failover", "--to", "pg_slave"]),
+        "no standby can be elected without risking acknowledged commits: 1 of the sync record's 2 members answer and 2 are needed",
+    );
+    assert!(ha.leader().is_none());
+
+    // The command waits while pg_asyncslave's agent comes back and the agents elect.
+    let endpoints = ha.etcd.endpoints();
+    let waiting = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(["failover", "--cluster"])
+        .arg(&ha.cluster.file)
+        .args(["--etcd", &endpoints])
+        .env_remove("PGPASSWORD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    ha.start_agent(2);
+    let said = succeeded(waiting.wait_with_output().unwrap(), "failover");
+    let leader = ha.leader().expect("a leader was elected");
+    assert!(
+        said.contains(&format!(
+            "failover `pg_master` -> `{leader}` through the agents"
+        )),
+        "{said}"
+    );
+    eprintln!("{said}");
+}
