@@ -308,6 +308,7 @@ mod tests {
                 detached: false,
                 follows: None,
             },
+            paused: false,
         }
     }
 

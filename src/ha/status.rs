@@ -106,7 +106,7 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
             let (agents, promotable) = summarize(&nodes, &snapshot);
             status.leader = snapshot.leader.map(|(node, _)| node);
             status.lease_left_s = left;
-            status.paused = snapshot.paused;
+            status.paused = snapshot.pause.is_some();
             status.agents = agents;
             status.sync = snapshot.sync;
             status.promotable = promotable;
@@ -133,6 +133,7 @@ mod tests {
                 detached: false,
                 follows: in_recovery.then(|| "a".into()),
             },
+            paused: false,
         }
     }
 
@@ -158,7 +159,7 @@ mod tests {
                 num: 1,
                 members: names(&["b", "c", "d"]),
             }),
-            paused: false,
+            ..Snapshot::default()
         };
         let (agents, promotable) = summarize(&names(&["a", "b", "c", "d", "e"]), &snapshot);
         assert_eq!(promotable, names(&["b"]));
@@ -191,7 +192,7 @@ mod tests {
                 num: 1,
                 members: names(&["b"]),
             }),
-            paused: true,
+            ..Snapshot::default()
         };
         assert!(summarize(&names(&["b"]), &snapshot).1.is_empty());
     }

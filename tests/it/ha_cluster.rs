@@ -202,6 +202,15 @@ impl HaCluster {
         })?
     }
 
+    /// A pgrepl command against this cluster and its etcd (`--etcd`: the cluster file has no
+    /// `[ha]`, so `up` starts no agents of its own).
+    pub(crate) fn control(&self, args: &[&str]) -> std::process::Output {
+        let endpoints = self.etcd.endpoints();
+        let mut all = args.to_vec();
+        all.extend(["--etcd", endpoints.as_str()]);
+        self.cluster.pgrepl(&all)
+    }
+
     pub(crate) fn leader(&self) -> Option<String> {
         let value: serde_json::Value = serde_json::from_str(&self.etcd_get("leader")?).ok()?;
         value["node"].as_str().map(str::to_owned)
