@@ -18,6 +18,7 @@ use crate::cluster::spec::NodeSpec;
 use crate::cluster::topology::{ControlFile, Topology};
 use crate::cluster::{alter_system, node_err_sql, reload, Cluster, ClusterError, StepLog};
 use crate::conn::sql;
+use crate::ids::TimelineId;
 
 /// application_name of the agent's SQL sessions.
 const SESSION_NAME: &str = "pgrepl-agent";
@@ -303,7 +304,9 @@ impl Agent {
                 running: true,
                 in_recovery: row.get(0),
                 position: row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
-                timeline: row.get::<_, Option<i32>>(2).map(|t| t as u32),
+                timeline: row
+                    .get::<_, Option<i32>>(2)
+                    .map(|t| TimelineId::new(t as u32)),
                 detached: conninfo.is_empty() && no_receiver,
                 follows: self.followed_node(&conninfo),
             },
@@ -484,7 +487,7 @@ impl Agent {
             .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
             .await
             .ok()
-            .map(|r| r.get::<_, i32>(0) as u32);
+            .map(|r| TimelineId::new(r.get::<_, i32>(0) as u32));
         self.store
             .record_history(&HistoryRecord {
                 from: old,

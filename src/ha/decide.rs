@@ -386,6 +386,7 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::TimelineId;
     use crate::Lsn;
 
     fn lsn(v: u64) -> Option<Lsn> {
@@ -399,7 +400,7 @@ mod tests {
             server: ServerState {
                 running: true,
                 in_recovery: true,
-                timeline: Some(1),
+                timeline: Some(TimelineId::new(1)),
                 position: lsn(at),
                 detached,
                 follows: (!detached).then(|| "pg_master".into()),
@@ -421,7 +422,7 @@ mod tests {
             server: ServerState {
                 running: true,
                 in_recovery: false,
-                timeline: Some(1),
+                timeline: Some(TimelineId::new(1)),
                 position: lsn(100),
                 detached: true,
                 follows: None,

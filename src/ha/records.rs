@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::spec::{synchronous_standby_names, ClusterSpec};
+use crate::ids::TimelineId;
 use crate::Lsn;
 
 /// The keys of one cluster.
@@ -92,7 +93,7 @@ pub struct ServerState {
     pub running: bool,
     /// Still replaying WAL (a standby); meaningless when not running.
     pub in_recovery: bool,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     /// The furthest WAL it holds: received (standby) or flushed (primary).
     pub position: Option<Lsn>,
     /// A standby with no WAL receiver and an empty primary_conninfo: its position no longer moves.
@@ -188,7 +189,7 @@ pub struct RoleRequest {
 pub struct HistoryRecord {
     pub from: Option<String>,
     pub to: String,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     pub reason: String,
 }
 
@@ -243,7 +244,7 @@ mod tests {
             server: ServerState {
                 running: true,
                 in_recovery: true,
-                timeline: Some(2),
+                timeline: Some(TimelineId::new(2)),
                 position: Some("0/3000148".parse().unwrap()),
                 detached: false,
                 follows: Some("pg_master".into()),

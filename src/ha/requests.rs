@@ -261,13 +261,14 @@ mod tests {
     use crate::cluster::spec::ClusterSpec;
     use crate::ha::decide::{decide, Leader, Situation};
     use crate::ha::records::{PauseRecord, ServerState};
+    use crate::ids::TimelineId;
     use crate::Lsn;
 
     fn server(running: bool, in_recovery: bool, at: u64, follows: Option<&str>) -> ServerState {
         ServerState {
             running,
             in_recovery,
-            timeline: Some(1),
+            timeline: Some(TimelineId::new(1)),
             position: Some(Lsn::new(at)),
             detached: follows.is_none(),
             follows: follows.map(String::from),
