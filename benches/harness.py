@@ -104,6 +104,33 @@ def free_port():
         return s.getsockname()[1]
 
 
+_picked = []
+
+
+def pick_port():
+    """A free port outside the kernel's ephemeral range (as tests/it/harness.rs picks them), so no
+    client socket can take it between the pick and the server's bind; never the same one twice."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    candidates = [p for p in range(10_000, 65_001) if p < low or p > high] or list(range(20_000, 32_000))
+    start = os.getpid() * 97 % len(candidates)
+    for k in range(len(candidates)):
+        port = candidates[(start + len(_picked) + k) % len(candidates)]
+        if port in _picked:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _picked.append(port)
+        return port
+    sys.exit("no free port outside the ephemeral range")
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:

@@ -46,7 +46,9 @@ fn write(c: &mut Criterion) {
                         SegmentWriter::new(targets, SEGMENT, naming, true).expect("writer");
                     let mut position = 0;
                     while position < SEGMENT * SEGMENTS {
-                        writer.write(1, Lsn::new(position), &chunk).expect("write");
+                        writer
+                            .write(pgrepl::ids::TimelineId::new(1), Lsn::new(position), &chunk)
+                            .expect("write");
                         position += chunk.len() as u64;
                     }
                     writer.finish().expect("finish");

@@ -27,6 +27,7 @@ pub mod conn;
 pub mod dump;
 pub mod fs;
 pub mod ha;
+pub mod ids;
 pub mod lag;
 pub mod lsn;
 pub mod proto;

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::ids::TimelineId;
+
 /// A WAL position: an unsigned byte offset into the log, written `X/X` (upper and lower 32 bits in
 /// hex) as PostgreSQL prints it. `0/0` is the invalid position.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -61,7 +63,7 @@ impl Lsn {
 
 /// The file name of WAL segment `segment` on `timeline`, as PostgreSQL names it in `pg_wal`:
 /// timeline, then the segment number split at 2^32 bytes of WAL ("log id" and "segment").
-pub fn wal_file_name(timeline: u32, segment: u64, segment_size: u64) -> String {
+pub fn wal_file_name(timeline: TimelineId, segment: u64, segment_size: u64) -> String {
     let per_log_id = 0x1_0000_0000 / segment_size;
     format!(
         "{timeline:08X}{:08X}{:08X}",
@@ -71,7 +73,7 @@ pub fn wal_file_name(timeline: u32, segment: u64, segment_size: u64) -> String {
 }
 
 /// The name of a timeline history file, e.g. `00000002.history`.
-pub fn history_file_name(timeline: u32) -> String {
+pub fn history_file_name(timeline: TimelineId) -> String {
     format!("{timeline:08X}.history")
 }
 
@@ -180,11 +182,17 @@ mod tests {
         let lsn: Lsn = "1/2000028".parse().unwrap();
         assert_eq!(lsn.segment_start(mb16), "1/2000000".parse().unwrap());
         let seg = lsn.segment_number(mb16);
-        assert_eq!(wal_file_name(1, seg, mb16), "000000010000000100000002");
+        assert_eq!(
+            wal_file_name(TimelineId::new(1), seg, mb16),
+            "000000010000000100000002"
+        );
         // With 1 GiB segments there are only 4 segments per log id.
         let gb = 1024 * 1024 * 1024;
         let seg = lsn.segment_number(gb);
-        assert_eq!(wal_file_name(3, seg, gb), "000000030000000100000000");
-        assert_eq!(history_file_name(2), "00000002.history");
+        assert_eq!(
+            wal_file_name(TimelineId::new(3), seg, gb),
+            "000000030000000100000000"
+        );
+        assert_eq!(history_file_name(TimelineId::new(2)), "00000002.history");
     }
 }

@@ -45,7 +45,8 @@ use self::target::Staging;
 pub use self::target::SyncMethod;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
 use self::written::{ManifestSink, WrittenLog};
-use crate::conn::{ConnectOptions, Connection, ConnectionError, ResultSet};
+use crate::conn::{ConnectOptions, Connection, ConnectionError, IdentifySystem, ResultSet};
+use crate::ids::{SystemId, TimelineId};
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
 use crate::proto::base_backup::BackupStreamMessage;
@@ -97,7 +98,7 @@ pub enum BackupError {
     #[error("the WAL streamer stopped")]
     StreamerStopped,
     #[error("the WAL connection reached a different cluster (system identifier {got} instead of {expected})")]
-    WalSystemMismatch { expected: u64, got: u64 },
+    WalSystemMismatch { expected: SystemId, got: SystemId },
     #[error("cancelled; nothing was left behind")]
     Cancelled,
     /// The extractor thread stopped; its own error is reported instead where it can be had.
@@ -222,11 +223,11 @@ impl BaseBackupOptions {
 /// What a finished backup reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BackupSummary {
-    pub system_identifier: u64,
+    pub system_identifier: SystemId,
     pub server_major: u32,
     pub start_lsn: Lsn,
     pub end_lsn: Lsn,
-    pub timeline: u32,
+    pub timeline: TimelineId,
     /// Bytes of files written per target.
     pub bytes: u64,
     pub files: usize,
@@ -257,20 +258,22 @@ async fn cancellable<T>(
     }
 }
 
-async fn run(
+/// The replication session before BASE_BACKUP, and what it found out about the server.
+struct Session {
+    conn: Connection,
+    major: u32,
+    system: IdentifySystem,
+    segment_size: u64,
+    data_dir_mode: u32,
+}
+
+/// Connects, refuses servers pgrepl cannot back up, and checks (or creates) the slot before
+/// anything is copied.
+async fn open_session(
     connect: &ConnectOptions,
     options: &BaseBackupOptions,
-    progress: Arc<dyn Progress>,
     cancel: &CancellationToken,
-) -> Result<BackupSummary, BackupError> {
-    let started = Instant::now();
-    validate(options)?;
-    let mut staging = Staging::default();
-    let mut data_dirs = Vec::new();
-    for target in &options.targets {
-        data_dirs.push(staging.add(&target.dir)?);
-    }
-
+) -> Result<Session, BackupError> {
     let mut conn = cancellable(cancel, async { Ok(Connection::connect(connect).await?) }).await?;
     let major = conn
         .server_major()
@@ -293,8 +296,8 @@ async fn run(
         _ => 0o700,
     };
     tracing::info!(
-        system_id = system.system_id,
-        timeline = system.timeline,
+        system_id = %system.system_id,
+        timeline = %system.timeline,
         major,
         "connected to `{}`",
         conn.peer()
@@ -310,6 +313,35 @@ async fn run(
             return Err(BackupError::SlotMissing(slot.clone()));
         }
     }
+    Ok(Session {
+        conn,
+        major,
+        system,
+        segment_size,
+        data_dir_mode,
+    })
+}
+
+async fn run(
+    connect: &ConnectOptions,
+    options: &BaseBackupOptions,
+    progress: Arc<dyn Progress>,
+    cancel: &CancellationToken,
+) -> Result<BackupSummary, BackupError> {
+    let started = Instant::now();
+    validate(options)?;
+    let mut staging = Staging::default();
+    let mut data_dirs = Vec::new();
+    for target in &options.targets {
+        data_dirs.push(staging.add(&target.dir)?);
+    }
+    let Session {
+        mut conn,
+        major,
+        system,
+        segment_size,
+        data_dir_mode,
+    } = open_session(connect, options, cancel).await?;
     if options.wal_method == WalMethod::Stream {
         for dir in &data_dirs {
             let pg_wal = dir.join("pg_wal");
@@ -335,9 +367,9 @@ async fn run(
     let start = cancellable(cancel, read_result_set(&mut conn)).await?;
     let start_row = start.single_row("BASE_BACKUP start position")?;
     let start_lsn: Lsn = start.parse(start_row, "recptr")?;
-    let start_timeline: u32 = start.parse(start_row, "tli")?;
+    let start_timeline: TimelineId = start.parse(start_row, "tli")?;
     let tablespaces = parse_tablespaces(&read_result_set(&mut conn).await?)?;
-    tracing::info!(%start_lsn, timeline = start_timeline, tablespaces = tablespaces.len() - 1, "backup started");
+    tracing::info!(%start_lsn, timeline = %start_timeline, tablespaces = tablespaces.len() - 1, "backup started");
     progress.start(options.estimate_size.then(|| {
         tablespaces
             .iter()
@@ -449,19 +481,8 @@ async fn run(
     };
 
     finish_targets(connect, options, &data_dirs, data_dir_mode)?;
-    let staged_roots: Vec<PathBuf> = staging.dirs().iter().map(|d| d.staging.clone()).collect();
-    if let Some(owner) = options.owner {
-        for root in &staged_roots {
-            target::chown_tree(root, owner)?;
-        }
-    }
-    if options.sync {
-        for root in &staged_roots {
-            target::sync_tree(root, options.sync_method)?;
-        }
-    }
+    commit_targets(options, staging)?;
     let targets = options.targets.iter().map(|t| t.dir.clone()).collect();
-    staging.commit(options.sync)?;
     Ok(BackupSummary {
         system_identifier: system.system_id,
         server_major: major,
@@ -474,6 +495,23 @@ async fn run(
         manifest_verified,
         elapsed_ms: started.elapsed().as_millis(),
     })
+}
+
+/// Gives the staged targets their owner, syncs them, and renames them into place: the last step,
+/// so an error before it leaves no target behind.
+fn commit_targets(options: &BaseBackupOptions, staging: Staging) -> Result<(), BackupError> {
+    let staged_roots: Vec<PathBuf> = staging.dirs().iter().map(|d| d.staging.clone()).collect();
+    if let Some(owner) = options.owner {
+        for root in &staged_roots {
+            target::chown_tree(root, owner)?;
+        }
+    }
+    if options.sync {
+        for root in &staged_roots {
+            target::sync_tree(root, options.sync_method)?;
+        }
+    }
+    staging.commit(options.sync)
 }
 
 fn validate(options: &BaseBackupOptions) -> Result<(), BackupError> {

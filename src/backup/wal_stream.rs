@@ -3,6 +3,8 @@
 
 use super::*;
 
+use crate::ids::{SystemId, TimelineId};
+
 /// The `-X stream` side: its own connection and task, stopped at the backup's end position.
 pub(super) struct WalStreamer {
     stop: watch::Sender<Option<Lsn>>,
@@ -15,11 +17,11 @@ impl WalStreamer {
     pub(super) fn start(
         connect: &ConnectOptions,
         options: &BaseBackupOptions,
-        system_id: u64,
+        system_id: SystemId,
         wal_dirs: Vec<PathBuf>,
         segment_size: u64,
         start: Lsn,
-        timeline: u32,
+        timeline: TimelineId,
     ) -> WalStreamer {
         let (stop, stop_rx) = watch::channel(None);
         let failed = CancellationToken::new();
@@ -73,11 +75,11 @@ impl WalStreamer {
 pub(super) async fn stream_into(
     connect: ConnectOptions,
     slot: Option<String>,
-    system_id: u64,
+    system_id: SystemId,
     wal_dirs: Vec<PathBuf>,
     segment_size: u64,
     start: Lsn,
-    timeline: u32,
+    timeline: TimelineId,
     stop: watch::Receiver<Option<Lsn>>,
 ) -> Result<(), BackupError> {
     let mut conn = Connection::connect(&connect).await?;

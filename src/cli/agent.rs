@@ -9,6 +9,7 @@ use pgrepl::ha::agent::{Agent, AgentOptions};
 use pgrepl::ha::Timing;
 
 use super::cluster::ClusterArgs;
+use super::ha::EtcdArgs;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
@@ -17,19 +18,8 @@ pub struct AgentArgs {
     /// The node this agent manages (a name from the cluster file).
     #[arg(long = "node", value_name = "NAME")]
     pub node: String,
-    /// etcd client URLs, comma-separated (default: the cluster file's `[ha] etcd`, or the etcd
-    /// `up` started).
-    #[arg(
-        long = "etcd",
-        value_name = "URL,...",
-        env = "PGREPL_ETCD",
-        value_delimiter = ','
-    )]
-    pub etcd: Vec<String>,
-    /// The cluster's name in etcd keys (`/pgrepl/<scope>/`; default: `[ha] scope`, or the
-    /// cluster file's name without its extension).
-    #[arg(long = "scope", value_name = "NAME")]
-    pub scope: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Leader lease time to live in seconds: a dead primary is replaced about this long after
     /// its last renewal (default: `[ha] ttl`, or 2).
     #[arg(long = "ttl", value_name = "SECONDS")]
@@ -39,22 +29,12 @@ pub struct AgentArgs {
 /// Runs until Ctrl-C or SIGTERM; decisions are logged at info level (`-v`).
 pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    let scope = match args.scope {
-        Some(scope) if scope.is_empty() || scope.contains('/') => {
-            anyhow::bail!("--scope `{scope}`: give a name without `/`")
-        }
-        Some(scope) => scope,
-        None => pgrepl::ha::scope(&cluster)?,
-    };
-    let endpoints = if args.etcd.is_empty() {
-        pgrepl::ha::endpoints(&cluster).ok_or_else(|| {
-            anyhow::anyhow!(
-                "no etcd to use: give --etcd URL,... or an [ha] section in the cluster file"
-            )
-        })?
-    } else {
-        args.etcd
-    };
+    let scope = args.etcd.scope(&cluster)?;
+    let endpoints = args.etcd.endpoints(&cluster).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no etcd to use: give --etcd URL,... or an [ha] section in the cluster file"
+        )
+    })?;
     let ttl_s = args
         .ttl
         .or(cluster.spec.ha.as_ref().map(|ha| ha.ttl))

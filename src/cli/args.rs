@@ -11,6 +11,7 @@ use super::cluster::{
     DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
 };
 use super::connection::ConnectionArgs;
+use super::ha::PauseArgs;
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
 
@@ -69,6 +70,11 @@ pub enum Command {
     /// Run the automatic-failover agent for one node: etcd (v3) holds the leader lease; the
     /// agent restarts, promotes, fences and rejoins its server (decisions logged with -v).
     Agent(AgentArgs),
+    /// Stop the agents' automatic actions for maintenance (no election, promotion, restart,
+    /// rejoin or fencing); the leader keeps its key. Waits until every agent shows it.
+    Pause(PauseArgs),
+    /// Let the agents act again after `pause`.
+    Resume(PauseArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

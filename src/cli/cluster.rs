@@ -12,6 +12,7 @@ use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
 use pgrepl::cluster::{Cluster, Purpose, RuntimeChoice, StepLog, UpOptions};
 use pgrepl::ha::launch;
 
+use super::ha::{AgentsArgs, EtcdArgs};
 use super::out::{outln, WithHa};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -272,17 +273,22 @@ pub struct FailoverArgs {
     pub max_lag: u64,
     #[command(flatten)]
     pub output: PlanArgs,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct SwitchoverArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// The standby that becomes primary.
+    /// The standby that becomes primary (required without agents; with agents, by default
+    /// the most advanced standby of the sync record).
     #[arg(long = "to", value_name = "NODE")]
-    pub to: String,
+    pub to: Option<String>,
     #[command(flatten)]
     pub output: PlanArgs,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
 }
 
 /// How a role change reports: its plan only, and as text or JSON.
@@ -308,6 +314,8 @@ pub struct RejoinArgs {
     pub rewind: bool,
     #[command(flatten)]
     pub output: PlanArgs,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 #[derive(Debug, Args)]
@@ -364,6 +372,13 @@ fn print_role_change(
 
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    if let Some(agents) = super::ha::agents(&cluster, &args.agents.etcd).await? {
+        if args.force || args.rewind {
+            anyhow::bail!("--force and --rewind are for failovers without agents: the agents only promote a standby that holds every acknowledged commit");
+        }
+        let to = args.to.as_deref();
+        return super::ha::failover(agents, to, &args.output, args.agents.wait).await;
+    }
     let options = pgrepl::cluster::plan::FailoverOptions {
         to: args.to,
         force: args.force,
@@ -380,8 +395,15 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    if let Some(agents) = super::ha::agents(&cluster, &args.agents.etcd).await? {
+        let to = args.to.as_deref();
+        return super::ha::switchover(agents, to, &args.output, args.agents.wait).await;
+    }
+    let to = args
+        .to
+        .ok_or_else(|| anyhow::anyhow!("give --to NODE: the standby that becomes primary"))?;
     let report = cluster
-        .switchover(&args.to, args.output.dry_run, &PrintSteps(Instant::now()))
+        .switchover(&to, args.output.dry_run, &PrintSteps(Instant::now()))
         .await?;
     print_role_change(&report, args.output.json)?;
     Ok(ExitCode::SUCCESS)
@@ -389,6 +411,9 @@ pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    if super::ha::agents(&cluster, &args.etcd).await?.is_some() {
+        return Err(super::ha::refuse_rejoin(&args.node));
+    }
     let options = pgrepl::cluster::plan::RejoinOptions {
         rewind: args.rewind,
         dry_run: args.output.dry_run,

@@ -7,6 +7,7 @@ pub mod args;
 mod bench;
 mod cluster;
 mod connection;
+mod ha;
 pub mod hints;
 pub mod lag;
 mod out;
@@ -79,6 +80,8 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Receivewal(_)
         | Command::Bench(_)
         | Command::Agent(_)
+        | Command::Pause(_)
+        | Command::Resume(_)
         | Command::Init(_) => return None,
         Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it (with the etcd and agents `up` started for [ha])".into(),
         Command::Down(_) => "some nodes (or, with [ha], agents or etcd members) may still run: run `pgrepl down` again".into(),
@@ -109,6 +112,8 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Receivewal(args) => receivewal::run(args, cancel).await,
         Command::Bench(args) => bench::run(args, cancel).await,
         Command::Agent(args) => agent::run(args, cancel).await,
+        Command::Pause(args) => ha::pause(args).await,
+        Command::Resume(args) => ha::resume(args).await,
     }
 }
 

@@ -301,7 +301,7 @@ impl Cluster {
                     .await
                     .map_err(|e| node_err_sql(standby, e))?
                     .map(|r| r.get(0));
-                Ok(tli == Some(timeline as i32))
+                Ok(tli == Some(timeline.as_u32() as i32))
             })
             .await?;
         }

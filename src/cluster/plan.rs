@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::topology::ControlFile;
+use crate::ids::{SystemId, TimelineId};
 use crate::lsn::Lsn;
 
 /// How far a node is, as it reports itself.
@@ -20,7 +21,7 @@ pub struct NodeProbe {
     pub in_recovery: Option<bool>,
     /// The timeline a primary writes, or a standby receives (its last restartpoint's when no
     /// WAL receiver runs).
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     /// Received and flushed (standby) or flushed (primary).
     pub received_lsn: Option<Lsn>,
     pub replayed_lsn: Option<Lsn>,
@@ -281,8 +282,8 @@ pub fn rejoin_method(has_data: bool, follows: bool, rewind: bool) -> RejoinMetho
 /// What the primary says about itself over a replication session (IDENTIFY_SYSTEM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrimaryIdentity {
-    pub system_id: u64,
-    pub timeline: u32,
+    pub system_id: SystemId,
+    pub timeline: TimelineId,
 }
 
 /// Whether a stopped node (its pg_control) can follow `primary` as it is: it stopped cleanly
@@ -314,10 +315,10 @@ pub fn follows(
 
 /// Where timeline `timeline` ended, from a history file's `parent<TAB>switchpoint<TAB>reason`
 /// lines.
-pub fn fork_point(history: &str, timeline: u32) -> Option<Lsn> {
+pub fn fork_point(history: &str, timeline: TimelineId) -> Option<Lsn> {
     history.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
-        let parent: u32 = fields.next()?.parse().ok()?;
+        let parent: TimelineId = fields.next()?.parse().ok()?;
         let switchpoint: Lsn = fields.next()?.parse().ok()?;
         (parent == timeline).then_some(switchpoint)
     })
@@ -332,7 +333,7 @@ mod tests {
             name: name.into(),
             reachable: true,
             in_recovery: Some(true),
-            timeline: Some(1),
+            timeline: Some(TimelineId::new(1)),
             received_lsn: Some(Lsn::new(lsn)),
             replayed_lsn: Some(Lsn::new(lsn)),
         }
@@ -462,22 +463,28 @@ mod tests {
     fn fork_points_come_from_the_history_file() {
         let history =
             "1\t0/3000150\tno recovery target specified\n\n2\t0/5000000\tat restore point\n";
-        assert_eq!(fork_point(history, 1), Some("0/3000150".parse().unwrap()));
-        assert_eq!(fork_point(history, 2), Some("0/5000000".parse().unwrap()));
-        assert_eq!(fork_point(history, 3), None);
+        assert_eq!(
+            fork_point(history, TimelineId::new(1)),
+            Some("0/3000150".parse().unwrap())
+        );
+        assert_eq!(
+            fork_point(history, TimelineId::new(2)),
+            Some("0/5000000".parse().unwrap())
+        );
+        assert_eq!(fork_point(history, TimelineId::new(3)), None);
     }
 
     #[test]
     fn a_node_follows_only_when_its_wal_ends_before_the_fork() {
         let control = ControlFile {
-            system_identifier: 7,
+            system_identifier: SystemId::new(7),
             state: ControlFile::SHUT_DOWN,
             checkpoint: "0/3000028".parse().unwrap(),
-            checkpoint_timeline: 1,
+            checkpoint_timeline: TimelineId::new(1),
         };
         let primary = PrimaryIdentity {
-            system_id: 7,
-            timeline: 2,
+            system_id: SystemId::new(7),
+            timeline: TimelineId::new(2),
         };
         assert_eq!(follows(&control, primary, None), None);
         assert_eq!(
@@ -489,12 +496,12 @@ mod tests {
             Some(false)
         );
         let same_timeline = PrimaryIdentity {
-            timeline: 1,
+            timeline: TimelineId::new(1),
             ..primary
         };
         assert_eq!(follows(&control, same_timeline, None), Some(true));
         let other_system = PrimaryIdentity {
-            system_id: 8,
+            system_id: SystemId::new(8),
             ..primary
         };
         assert_eq!(follows(&control, other_system, None), Some(false));

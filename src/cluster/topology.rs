@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::runtime_error::RuntimeError;
 use super::ClusterError;
+use crate::ids::{SystemId, TimelineId};
 
 const FILE_NAME: &str = "topology.json";
 
@@ -67,11 +68,11 @@ impl Topology {
 /// checkpoint is. The fields read here sit at the same offsets in every supported version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ControlFile {
-    pub system_identifier: u64,
+    pub system_identifier: SystemId,
     /// `DBState`: 1 = shut down, 2 = shut down in recovery, other values = not cleanly stopped.
     pub state: u32,
     pub checkpoint: crate::Lsn,
-    pub checkpoint_timeline: u32,
+    pub checkpoint_timeline: TimelineId,
 }
 
 impl ControlFile {
@@ -92,10 +93,10 @@ impl ControlFile {
         let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
         let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
         Some(ControlFile {
-            system_identifier: u64_at(0)?,
+            system_identifier: SystemId::new(u64_at(0)?),
             state: u32_at(16)?,
             checkpoint: crate::Lsn::new(u64_at(32)?),
-            checkpoint_timeline: u32_at(48)?,
+            checkpoint_timeline: TimelineId::new(u32_at(48)?),
         })
     }
 
@@ -130,10 +131,10 @@ mod tests {
         bytes[32..40].copy_from_slice(&0x0300_0028u64.to_ne_bytes());
         bytes[48..52].copy_from_slice(&2u32.to_ne_bytes());
         let control = ControlFile::parse(&bytes).unwrap();
-        assert_eq!(control.system_identifier, 7);
+        assert_eq!(control.system_identifier, SystemId::new(7));
         assert!(control.shut_down_cleanly());
         assert_eq!(control.checkpoint.to_string(), "0/3000028");
-        assert_eq!(control.checkpoint_timeline, 2);
+        assert_eq!(control.checkpoint_timeline, TimelineId::new(2));
         assert!(ControlFile::parse(&bytes[..40]).is_none());
     }
 }

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::{Connection, ConnectionError};
+use crate::ids::{SystemId, TimelineId};
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
 use crate::proto::command::ReplicationCommand;
@@ -77,8 +78,8 @@ impl ResultSet {
 /// The answer to IDENTIFY_SYSTEM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdentifySystem {
-    pub system_id: u64,
-    pub timeline: u32,
+    pub system_id: SystemId,
+    pub timeline: TimelineId,
     /// The primary's flush position, or a standby's replay/receive horizon.
     pub xlogpos: Lsn,
 }
@@ -87,7 +88,7 @@ pub struct IdentifySystem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotInfo {
     pub restart_lsn: Option<Lsn>,
-    pub restart_timeline: Option<u32>,
+    pub restart_timeline: Option<TimelineId>,
 }
 
 /// Most bytes of row data one simple query may return. The replication commands answer with a
@@ -217,7 +218,7 @@ impl Connection {
     /// The history file of `timeline`: its file name and raw content.
     pub async fn timeline_history(
         &mut self,
-        timeline: u32,
+        timeline: TimelineId,
     ) -> Result<(String, Bytes), ConnectionError> {
         let set = self
             .single_set(

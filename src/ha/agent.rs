@@ -10,14 +10,15 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::decide::{decide, Action, Decision, Local, Situation, View};
-use super::records::{HistoryRecord, MemberRecord, ServerState, SyncRecord};
+use super::records::{HistoryRecord, MemberRecord, RoleRequest, ServerState, SyncRecord};
 use super::store::Store;
 use super::{HaError, Timing};
 use crate::cluster::plan::RejoinOptions;
 use crate::cluster::spec::NodeSpec;
-use crate::cluster::topology::Topology;
+use crate::cluster::topology::{ControlFile, Topology};
 use crate::cluster::{alter_system, node_err_sql, reload, Cluster, ClusterError, StepLog};
 use crate::conn::sql;
+use crate::ids::TimelineId;
 
 /// application_name of the agent's SQL sessions.
 const SESSION_NAME: &str = "pgrepl-agent";
@@ -46,6 +47,8 @@ struct Shared {
     lease: Mutex<Lease>,
     /// The loop last saw its server as a running primary: what the keepalive task fences.
     primary: AtomicBool,
+    /// The agents are paused (as etcd last said): nobody elects, so nothing is fenced.
+    paused: AtomicBool,
 }
 
 impl Shared {
@@ -93,6 +96,7 @@ impl Agent {
                     confirmed_at: sent,
                 }),
                 primary: AtomicBool::new(false),
+                paused: AtomicBool::new(false),
             }),
         })
     }
@@ -153,6 +157,7 @@ impl Agent {
         let (lease, confirmed_at) = self.shared.lease();
         let record = MemberRecord {
             node: self.node.name.clone(),
+            paused: last.paused,
             server: local.server.clone(),
         };
         let view = match self.read_view(&record, lease, last).await {
@@ -169,16 +174,22 @@ impl Agent {
                 None
             }
         };
+        // When etcd is silent, the last word it said holds.
+        if let Some(view) = &view {
+            last.paused = view.pause.is_some();
+        }
+        self.shared.paused.store(last.paused, Ordering::SeqCst);
         let decision = decide(&Situation {
             me: &self.node.name,
             local,
             view: view.clone(),
             fence_due: confirmed_at.elapsed() >= self.timing.fence_after(),
             spec: &self.cluster.file_spec,
+            paused: last.paused,
         });
         last.log(&decision);
         if let Err(e) = self
-            .act(&decision.action, client.as_ref(), view.as_ref(), lease)
+            .act(&decision, client.as_ref(), view.as_ref(), lease)
             .await
         {
             tracing::warn!(
@@ -227,9 +238,20 @@ impl Agent {
                 .exists(),
             standby_names: String::new(),
             caught_up: Vec::new(),
+            shutdown_checkpoint: None,
         };
         if !self.cluster.runtime.is_running(&self.node).await {
-            return Some((down, None));
+            let shutdown_checkpoint = ControlFile::read(&self.cluster.runtime.data_dir(&self.node))
+                .ok()
+                .filter(|c| c.state == ControlFile::SHUT_DOWN)
+                .map(|c| c.checkpoint);
+            return Some((
+                Local {
+                    shutdown_checkpoint,
+                    ..down
+                },
+                None,
+            ));
         }
         match tokio::time::timeout(SQL_TIMEOUT, self.query_state()).await {
             Ok(Ok((local, client))) => Some((
@@ -282,13 +304,16 @@ impl Agent {
                 running: true,
                 in_recovery: row.get(0),
                 position: row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
-                timeline: row.get::<_, Option<i32>>(2).map(|t| t as u32),
+                timeline: row
+                    .get::<_, Option<i32>>(2)
+                    .map(|t| TimelineId::new(t as u32)),
                 detached: conninfo.is_empty() && no_receiver,
                 follows: self.followed_node(&conninfo),
             },
             standby_signal: false,
             standby_names: row.get(5),
             caught_up: row.get(6),
+            shutdown_checkpoint: None,
         };
         Ok((local, client))
     }
@@ -322,14 +347,14 @@ impl Agent {
     /// Carries out one decision.
     async fn act(
         &self,
-        action: &Action,
+        decision: &Decision,
         client: Option<&Client>,
         view: Option<&View>,
         lease: i64,
     ) -> Result<(), HaError> {
         let me = &self.node;
         let runtime = &self.cluster.runtime;
-        match action {
+        match &decision.action {
             Action::Wait => {}
             Action::Fence => {
                 runtime.kill(me).await?;
@@ -372,7 +397,11 @@ impl Agent {
             } => {
                 let client = client.ok_or_else(|| not_answering(me))?;
                 let old = view.and_then(|v| v.sync.as_ref()).map(|r| r.leader.clone());
-                self.promote(client, sync, standby_names, repoint, lease, old)
+                let change = Change {
+                    old,
+                    reason: &decision.reason,
+                };
+                self.promote(client, sync, standby_names, repoint, lease, change)
                     .await?;
             }
             Action::WriteSync(record) => {
@@ -387,6 +416,27 @@ impl Agent {
                 alter_system(client, me, "synchronous_standby_names", names).await?;
                 reload(client, me).await?;
             }
+            Action::StopForSwitchover { to } => {
+                tracing::info!("switchover to `{to}`: fast shutdown of `{}`", me.name);
+                runtime.stop(me, true).await?;
+                self.shared.primary.store(false, Ordering::SeqCst);
+            }
+            Action::HandOver { to } => {
+                if self.store.hand_over(lease, to).await? {
+                    tracing::info!("switchover: `{to}` holds the leader key");
+                } else {
+                    tracing::warn!("switchover: the key was not handed to `{to}` (this agent no longer leads, or `{to}`'s agent is gone)");
+                }
+            }
+            Action::RefuseSwitchover(why) => {
+                if let Some(request) = view.and_then(|v| v.switchover.clone()) {
+                    let refused = RoleRequest {
+                        refused: Some(why.clone()),
+                        ..request
+                    };
+                    self.store.refuse_switchover(&refused).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -400,7 +450,7 @@ impl Agent {
         standby_names: &str,
         repoint: &[String],
         lease: i64,
-        old: Option<String>,
+        change: Change<'_>,
     ) -> Result<(), HaError> {
         let me = &self.node;
         let started = Instant::now();
@@ -424,14 +474,11 @@ impl Agent {
             me.name,
             started.elapsed().as_millis()
         );
-        let reason = match &old {
-            Some(old) => format!("`{old}` lost its lease"),
-            None => "no leader".into(),
-        };
+        let Change { old, reason } = change;
         self.cluster.record_primary(
             &me.name,
             format!(
-                "agent failover {} -> {}",
+                "agent: {} -> {} ({reason})",
                 old.as_deref().unwrap_or("?"),
                 me.name
             ),
@@ -440,13 +487,13 @@ impl Agent {
             .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
             .await
             .ok()
-            .map(|r| r.get::<_, i32>(0) as u32);
+            .map(|r| TimelineId::new(r.get::<_, i32>(0) as u32));
         self.store
             .record_history(&HistoryRecord {
                 from: old,
                 to: me.name.clone(),
                 timeline,
-                reason,
+                reason: reason.to_owned(),
             })
             .await
     }
@@ -467,6 +514,12 @@ impl Agent {
     }
 }
 
+/// Who led before a promotion, and why it happens (the decision's reason), for the history.
+struct Change<'a> {
+    old: Option<String>,
+    reason: &'a str,
+}
+
 /// A wait, logged when it is new.
 fn decision_to_wait(last: &mut Last, reason: &str) -> Decision {
     let decision = Decision {
@@ -483,6 +536,8 @@ struct Last {
     decision: Option<Decision>,
     published: Option<(MemberRecord, i64)>,
     etcd_error: Option<String>,
+    /// The pause key, as etcd last said.
+    paused: bool,
 }
 
 impl Last {
@@ -584,8 +639,12 @@ async fn watchdog(agent: Arc<Agent>, cancel: CancellationToken) {
     }
 }
 
-/// Kills the server if the loop last saw it as a primary.
+/// Kills the server if the loop last saw it as a primary, unless the agents are paused: then
+/// nobody elects, so no other primary can appear (proto-notes/08-ha.md, "Pause").
 async fn fence(agent: &Agent, why: &str) {
+    if agent.shared.paused.load(Ordering::SeqCst) {
+        return;
+    }
     if agent.shared.primary.swap(false, Ordering::SeqCst) {
         tracing::warn!(
             "{why}: fencing primary `{}` before its lease can expire elsewhere",

@@ -5,8 +5,10 @@
 
 use crate::cluster::plan::{plan_failover, FailoverOptions, NodeProbe};
 use crate::cluster::spec::ClusterSpec;
+use crate::Lsn;
 
-use super::records::{MemberRecord, ServerState, SyncRecord};
+use super::records::{MemberRecord, PauseRecord, RoleRequest, ServerState, SyncRecord};
+use super::requests;
 
 /// This node's server, as the agent just probed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,9 @@ pub struct Local {
     pub standby_names: String,
     /// Standbys whose flushed position has reached the primary's current one.
     pub caught_up: Vec<String>,
+    /// A stopped server whose pg_control says it shut down cleanly as a primary: where its
+    /// shutdown checkpoint is (a standby holding WAL past it holds every commit).
+    pub shutdown_checkpoint: Option<Lsn>,
 }
 
 /// The leader key as this agent sees it.
@@ -36,6 +41,12 @@ pub struct View {
     /// Records of agents whose lease is alive.
     pub members: Vec<MemberRecord>,
     pub sync: Option<SyncRecord>,
+    /// `pgrepl pause`: no automatic action on any server.
+    pub pause: Option<PauseRecord>,
+    /// `pgrepl switchover`: the leader's agent hands its key to `to`.
+    pub switchover: Option<RoleRequest>,
+    /// `pgrepl failover --to`: the election prefers `to` when it is as safe as its own choice.
+    pub failover: Option<RoleRequest>,
 }
 
 /// Everything one decision looks at.
@@ -50,6 +61,9 @@ pub struct Situation<'a> {
     pub fence_due: bool,
     /// The cluster file's topology and sync policy.
     pub spec: &'a ClusterSpec,
+    /// The pause key exists (or existed when etcd last answered): only bookkeeping in etcd,
+    /// nothing on a server.
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +95,12 @@ pub enum Action {
     WriteSync(SyncRecord),
     /// Set synchronous_standby_names on this primary.
     SetStandbyNames(String),
+    /// A switchover away from this leader: fast shutdown, so the target gets every commit.
+    StopForSwitchover { to: String },
+    /// Put the leader key under `to`'s lease: it promotes as an elected node does.
+    HandOver { to: String },
+    /// Mark the switchover request refused, saying why (the CLI reports it).
+    RefuseSwitchover(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +118,15 @@ fn decision(action: Action, reason: impl Into<String>) -> Decision {
 
 /// The next step for this node.
 pub fn decide(s: &Situation<'_>) -> Decision {
+    let decision = decide_unpaused(s);
+    if s.paused {
+        requests::while_paused(&s.local, decision)
+    } else {
+        decision
+    }
+}
+
+fn decide_unpaused(s: &Situation<'_>) -> Decision {
     let local = &s.local;
     let primary_running = local.server.running && !local.server.in_recovery;
     let Some(view) = &s.view else {
@@ -119,6 +148,13 @@ pub fn decide(s: &Situation<'_>) -> Decision {
 /// This agent holds the leader key.
 fn lead(s: &Situation<'_>, view: &View) -> Decision {
     let local = &s.local;
+    if let Some(step) = view
+        .switchover
+        .as_ref()
+        .and_then(|request| requests::switchover_step(s.me, local, view, request))
+    {
+        return step;
+    }
     if !local.server.running {
         return decision(
             Action::RestartInPlace,
@@ -142,7 +178,7 @@ fn lead(s: &Situation<'_>, view: &View) -> Decision {
                 standby_names,
                 repoint,
             },
-            "this node won the leader key and is still a standby",
+            requests::promotion_reason(s.me, view),
         );
     }
     let desired_names = desired.standby_names();
@@ -272,7 +308,7 @@ fn leaderless(s: &Situation<'_>, view: &View) -> Decision {
             ),
         );
     }
-    match candidate(record, &view.members) {
+    match requests::elect(record, &view.members, view.failover.as_ref()) {
         Ok(best) if best == s.me => decision(
             Action::TakeLeadership,
             "no leader and this node is the most advanced of the sync record's reachable members",
@@ -350,6 +386,7 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::TimelineId;
     use crate::Lsn;
 
     fn lsn(v: u64) -> Option<Lsn> {
@@ -359,10 +396,11 @@ mod tests {
     fn standby(node: &str, at: u64, detached: bool) -> MemberRecord {
         MemberRecord {
             node: node.into(),
+            paused: false,
             server: ServerState {
                 running: true,
                 in_recovery: true,
-                timeline: Some(1),
+                timeline: Some(TimelineId::new(1)),
                 position: lsn(at),
                 detached,
                 follows: (!detached).then(|| "pg_master".into()),
@@ -384,7 +422,7 @@ mod tests {
             server: ServerState {
                 running: true,
                 in_recovery: false,
-                timeline: Some(1),
+                timeline: Some(TimelineId::new(1)),
                 position: lsn(100),
                 detached: true,
                 follows: None,
@@ -392,6 +430,7 @@ mod tests {
             standby_signal: false,
             standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
+            shutdown_checkpoint: None,
         }
     }
 
@@ -401,6 +440,7 @@ mod tests {
             standby_signal: true,
             standby_names: String::new(),
             caught_up: Vec::new(),
+            shutdown_checkpoint: None,
         }
     }
 
@@ -430,6 +470,7 @@ mod tests {
             view,
             fence_due,
             spec: &spec,
+            paused: false,
         })
     }
 
@@ -442,6 +483,7 @@ mod tests {
             leader,
             members,
             sync,
+            ..View::default()
         })
     }
 

@@ -302,6 +302,7 @@ pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
 mod tests {
     use super::*;
     use crate::ha::records::{MemberRecord, ServerState, SyncRecord};
+    use crate::ids::TimelineId;
 
     fn agents(nodes: &[&str]) -> Vec<AgentProcess> {
         nodes
@@ -320,11 +321,12 @@ mod tests {
             server: ServerState {
                 running: true,
                 in_recovery: node != "a",
-                timeline: Some(1),
+                timeline: Some(TimelineId::new(1)),
                 position: None,
                 detached: false,
                 follows: None,
             },
+            paused: false,
         }
     }
 

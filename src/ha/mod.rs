@@ -3,20 +3,24 @@
 //!
 //! - `records`: the key layout under `/pgrepl/<cluster>/` and the JSON records.
 //! - `decide`: the pure decision (this node's server and the etcd view in, one action out).
+//! - `requests`: the pure rules for what people ask (pause, switchover, failover `--to`).
 //! - `store`: etcd access (leases, the create-if-absent leader transaction, guarded writes).
 //! - `agent`: the loop that probes, publishes, decides and acts through the cluster runtime.
 //! - `launch`: what `up` and `down` do with `[ha]` on the local runtime: the etcd of `local_etcd`
 //!   and one agent process per node, both started and stopped as a `daemon`.
 //! - `status`: the leader, lease, agents and promotable set `pgrepl status` shows.
+//! - `control`: `pgrepl pause`/`resume`/`switchover`/`failover` talking to the agents via etcd.
 //!
 //! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
 
 pub mod agent;
+pub mod control;
 mod daemon;
 pub mod decide;
 pub mod launch;
 mod local_etcd;
 pub mod records;
+pub mod requests;
 pub mod status;
 pub mod store;
 
@@ -171,6 +175,12 @@ pub enum HaError {
     /// A process `up` starts or `down` stops beside the servers (an etcd member, an agent).
     #[error("{0}")]
     Process(String),
+    /// A request to the agents that they (or the checks before it) turned down, and why.
+    #[error("{0}")]
+    Refused(String),
+    /// A request the agents did not carry out in time, and what was seen last.
+    #[error("{0}")]
+    NotDone(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
 }

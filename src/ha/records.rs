@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::spec::{synchronous_standby_names, ClusterSpec};
+use crate::ids::TimelineId;
 use crate::Lsn;
 
 /// The keys of one cluster.
@@ -43,14 +44,24 @@ impl Keys {
         format!("{}sync", self.prefix)
     }
 
-    /// Present while automatic actions are paused for maintenance (`pgrepl pause`).
+    /// The [`crate::ha::Timing`] the first agent wrote; the others check theirs against it.
+    pub fn config(&self) -> String {
+        format!("{}config", self.prefix)
+    }
+
+    /// The [`PauseRecord`] while automatic actions are paused (`pgrepl pause`).
     pub fn pause(&self) -> String {
         format!("{}pause", self.prefix)
     }
 
-    /// The [`crate::ha::Timing`] the first agent wrote; the others check theirs against it.
-    pub fn config(&self) -> String {
-        format!("{}config", self.prefix)
+    /// A [`RoleRequest`] of `pgrepl switchover`, under the requester's lease: it dies with it.
+    pub fn switchover(&self) -> String {
+        format!("{}switchover", self.prefix)
+    }
+
+    /// A [`RoleRequest`] of `pgrepl failover --to` while no leader holds the key.
+    pub fn failover(&self) -> String {
+        format!("{}failover", self.prefix)
     }
 
     /// One key per role change, named by when it happened.
@@ -69,6 +80,9 @@ pub struct LeaderRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub node: String,
+    /// The agent saw the pause key: it takes no automatic action on its server.
+    #[serde(default)]
+    pub paused: bool,
     #[serde(flatten)]
     pub server: ServerState,
 }
@@ -79,7 +93,7 @@ pub struct ServerState {
     pub running: bool,
     /// Still replaying WAL (a standby); meaningless when not running.
     pub in_recovery: bool,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     /// The furthest WAL it holds: received (standby) or flushed (primary).
     pub position: Option<Lsn>,
     /// A standby with no WAL receiver and an empty primary_conninfo: its position no longer moves.
@@ -148,12 +162,34 @@ impl SyncRecord {
     }
 }
 
+/// Who paused the agents, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    /// `user@host` of the `pgrepl pause` that wrote it.
+    pub by: String,
+    pub at_unix_ms: u64,
+}
+
+/// A role change asked of the agents (`pgrepl switchover`, `pgrepl failover --to`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRequest {
+    /// The leader when it was asked (switchover), or the last one (failover): a request whose
+    /// `from` no longer matches is void.
+    pub from: String,
+    pub to: String,
+    pub by: String,
+    pub at_unix_ms: u64,
+    /// Set by the leader's agent when it will not carry it out, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
 /// One role change, as the new leader records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryRecord {
     pub from: Option<String>,
     pub to: String,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     pub reason: String,
 }
 
@@ -169,6 +205,7 @@ mod tests {
         assert!(keys.member("a").starts_with(&keys.members()));
         assert_eq!(keys.sync(), "/pgrepl/prod/sync");
         assert_eq!(keys.pause(), "/pgrepl/prod/pause");
+        assert_eq!(keys.switchover(), "/pgrepl/prod/switchover");
         assert_eq!(
             keys.history(1_700_000_000_000, "pg_slave"),
             "/pgrepl/prod/history/001700000000000-pg_slave"
@@ -203,10 +240,11 @@ mod tests {
     fn member_records_round_trip_as_json() {
         let record = MemberRecord {
             node: "pg_slave".into(),
+            paused: false,
             server: ServerState {
                 running: true,
                 in_recovery: true,
-                timeline: Some(2),
+                timeline: Some(TimelineId::new(2)),
                 position: Some("0/3000148".parse().unwrap()),
                 detached: false,
                 follows: Some("pg_master".into()),
@@ -215,5 +253,9 @@ mod tests {
         let text = serde_json::to_string(&record).unwrap();
         assert!(text.contains("\"0/3000148\""), "{text}");
         assert_eq!(serde_json::from_str::<MemberRecord>(&text).unwrap(), record);
+        // Records of agents from before the pause flag still read.
+        let old = text.replace("\"paused\":false,", "");
+        assert_ne!(old, text);
+        assert_eq!(serde_json::from_str::<MemberRecord>(&old).unwrap(), record);
     }
 }

@@ -106,7 +106,7 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
             let (agents, promotable) = summarize(&nodes, &snapshot);
             status.leader = snapshot.leader.map(|(node, _)| node);
             status.lease_left_s = left;
-            status.paused = snapshot.paused;
+            status.paused = snapshot.pause.is_some();
             status.agents = agents;
             status.sync = snapshot.sync;
             status.promotable = promotable;
@@ -120,6 +120,7 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
 mod tests {
     use super::*;
     use crate::ha::records::MemberRecord;
+    use crate::ids::TimelineId;
 
     fn member(node: &str, running: bool, in_recovery: bool) -> MemberRecord {
         MemberRecord {
@@ -127,11 +128,12 @@ mod tests {
             server: ServerState {
                 running,
                 in_recovery,
-                timeline: Some(1),
+                timeline: Some(TimelineId::new(1)),
                 position: Some("0/3000148".parse().unwrap()),
                 detached: false,
                 follows: in_recovery.then(|| "a".into()),
             },
+            paused: false,
         }
     }
 
@@ -157,7 +159,7 @@ mod tests {
                 num: 1,
                 members: names(&["b", "c", "d"]),
             }),
-            paused: false,
+            ..Snapshot::default()
         };
         let (agents, promotable) = summarize(&names(&["a", "b", "c", "d", "e"]), &snapshot);
         assert_eq!(promotable, names(&["b"]));
@@ -190,7 +192,7 @@ mod tests {
                 num: 1,
                 members: names(&["b"]),
             }),
-            paused: true,
+            ..Snapshot::default()
         };
         assert!(summarize(&names(&["b"]), &snapshot).1.is_empty());
     }

@@ -15,7 +15,9 @@ use etcd_client::{
 use serde::de::DeserializeOwned;
 
 use super::decide::{Leader, View};
-use super::records::{HistoryRecord, Keys, LeaderRecord, MemberRecord, SyncRecord};
+use super::records::{
+    HistoryRecord, Keys, LeaderRecord, MemberRecord, PauseRecord, RoleRequest, SyncRecord,
+};
 use super::{HaError, Timing};
 
 /// What etcd holds about the cluster, read in one request.
@@ -26,8 +28,12 @@ pub struct Snapshot {
     /// Records of agents whose lease is alive.
     pub members: Vec<MemberRecord>,
     pub sync: Option<SyncRecord>,
-    /// The pause key exists: agents take no automatic action.
-    pub paused: bool,
+    /// `pgrepl pause`: agents take no automatic action.
+    pub pause: Option<PauseRecord>,
+    /// `pgrepl switchover`: the leader's agent hands its key to `to`.
+    pub switchover: Option<RoleRequest>,
+    /// `pgrepl failover --to`: the election prefers `to` when it is as safe as its own choice.
+    pub failover: Option<RoleRequest>,
 }
 
 pub struct Store {
@@ -179,7 +185,8 @@ impl Store {
         .await
     }
 
-    /// The leader key, every member record and the sync record, from one revision.
+    /// The leader key, every member record, the sync record and the requests, from one
+    /// revision.
     pub async fn view(&self, lease: i64) -> Result<View, HaError> {
         let snapshot = self.snapshot().await?;
         Ok(View {
@@ -189,6 +196,9 @@ impl Store {
             }),
             members: snapshot.members,
             sync: snapshot.sync,
+            pause: snapshot.pause,
+            switchover: snapshot.switchover,
+            failover: snapshot.failover,
         })
     }
 
@@ -198,17 +208,24 @@ impl Store {
             TxnOp::get(self.keys.leader(), None),
             TxnOp::get(self.keys.members(), Some(GetOptions::new().with_prefix())),
             TxnOp::get(self.keys.sync(), None),
-            TxnOp::get(self.keys.pause(), Some(GetOptions::new().with_count_only())),
+            TxnOp::get(self.keys.pause(), None),
+            TxnOp::get(self.keys.switchover(), None),
+            TxnOp::get(self.keys.failover(), None),
         ]);
         let response = self.txn(txn).await?;
         let mut gets = response.op_responses().into_iter().map(|r| match r {
             TxnOpResponse::Get(get) => get,
             _ => unreachable!("the transaction only reads"),
         });
-        let (leader, members, sync, pause) = (gets.next(), gets.next(), gets.next(), gets.next());
+        let (leader, members, sync) = (gets.next(), gets.next(), gets.next());
         let kvs = |get: Option<etcd_client::GetResponse>| {
             get.map(|g| g.kvs().to_vec()).unwrap_or_default()
         };
+        let (pause, switchover, failover) = (
+            self.optional(&self.keys.pause(), kvs(gets.next()))?,
+            self.optional(&self.keys.switchover(), kvs(gets.next()))?,
+            self.optional(&self.keys.failover(), kvs(gets.next()))?,
+        );
         let leader = match kvs(leader).first() {
             Some(kv) => {
                 let record: LeaderRecord = decode(&self.keys.leader(), kv.value())?;
@@ -228,7 +245,9 @@ impl Store {
             leader,
             members,
             sync,
-            paused: pause.is_some_and(|p| p.count() > 0),
+            pause,
+            switchover,
+            failover,
         })
     }
 
@@ -239,6 +258,14 @@ impl Store {
             .await?;
         // etcd answers -1 for a lease it no longer has.
         Ok((response.ttl() >= 0).then_some(response.ttl()))
+    }
+
+    fn optional<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        kvs: Vec<etcd_client::KeyValue>,
+    ) -> Result<Option<T>, HaError> {
+        kvs.first().map(|kv| decode(key, kv.value())).transpose()
     }
 
     /// Creates the leader key under `lease` if nobody holds it; true when this agent now leads.
@@ -326,6 +353,124 @@ impl Store {
             }
         })
         .await
+    }
+}
+
+/// What `pgrepl pause`/`resume`/`switchover`/`failover` write; the agents only read these,
+/// except the leader's agent, which marks a switchover it refuses and hands its key over.
+impl Store {
+    /// Writes the pause key unless it exists; returns the one in force.
+    pub async fn pause(&self, record: &PauseRecord) -> Result<PauseRecord, HaError> {
+        let key = self.keys.pause();
+        let value = serde_json::to_string(record).expect("records serialise");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let response = self.txn(txn).await?;
+        match response.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(get)) if !response.succeeded() && !get.kvs().is_empty() => {
+                decode(&key, get.kvs()[0].value())
+            }
+            _ => Ok(record.clone()),
+        }
+    }
+
+    /// Deletes the pause key; the record that was there, if any.
+    pub async fn resume(&self) -> Result<Option<PauseRecord>, HaError> {
+        let key = self.keys.pause();
+        let deleted = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move {
+                    c.delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))
+                        .await
+                }
+            })
+            .await?;
+        self.optional(&key, deleted.prev_kvs().to_vec())
+    }
+
+    /// Writes a request at `key` under a new lease of `ttl` (so it dies by itself), only if
+    /// none is there and the leader key still says `leader` (`None`: no leader key). Returns the
+    /// lease, or `None` when the condition failed.
+    pub async fn request(
+        &self,
+        key: &str,
+        request: &RoleRequest,
+        leader: Option<&str>,
+        ttl: Duration,
+    ) -> Result<Option<i64>, HaError> {
+        let lease = self.grant(ttl).await?;
+        let value = serde_json::to_string(request).expect("records serialise");
+        let leader_is = match leader {
+            Some(node) => Compare::value(
+                self.keys.leader(),
+                CompareOp::Equal,
+                serde_json::to_string(&LeaderRecord { node: node.into() })
+                    .expect("records serialise"),
+            ),
+            None => Compare::create_revision(self.keys.leader(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key, CompareOp::Equal, 0),
+                leader_is,
+            ])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        if self.txn(txn).await?.succeeded() {
+            Ok(Some(lease))
+        } else {
+            self.revoke(lease).await?;
+            Ok(None)
+        }
+    }
+
+    /// Marks the switchover request refused, keeping its lease; nothing if it is gone.
+    pub async fn refuse_switchover(&self, request: &RoleRequest) -> Result<(), HaError> {
+        let key = self.keys.switchover();
+        let value = serde_json::to_string(request).expect("records serialise");
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_ignore_lease()),
+            )]);
+        self.txn(txn).await.map(drop)
+    }
+
+    /// Puts the leader key, held under `lease`, under the lease of `to`'s member record: `to`
+    /// then holds it as if elected, and loses it if its agent dies. False when this agent no
+    /// longer leads or `to` has no live record.
+    pub async fn hand_over(&self, lease: i64, to: &str) -> Result<bool, HaError> {
+        let member = self.keys.member(to);
+        let get = self
+            .call(|mut c| {
+                let member = member.clone();
+                async move { c.get(member, None).await }
+            })
+            .await?;
+        let Some(theirs) = get.kvs().first().map(|kv| kv.lease()) else {
+            return Ok(false);
+        };
+        let value =
+            serde_json::to_string(&LeaderRecord { node: to.into() }).expect("records serialise");
+        let txn = Txn::new()
+            .when([
+                Compare::lease(self.keys.leader(), CompareOp::Equal, lease),
+                Compare::lease(member, CompareOp::Equal, theirs),
+            ])
+            .and_then([TxnOp::put(
+                self.keys.leader(),
+                value,
+                Some(PutOptions::new().with_lease(theirs)),
+            )]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 }
 

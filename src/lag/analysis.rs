@@ -26,13 +26,14 @@ use super::report::{
 };
 use super::sql::{NodeFacts, SenderRow};
 use super::sync::SyncReport;
+use crate::ids::{SystemId, TimelineId};
 use crate::lsn::Lsn;
 
 /// `IDENTIFY_SYSTEM` and the server version, over the replication connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub system_id: u64,
-    pub timeline: u32,
+    pub system_id: SystemId,
+    pub timeline: TimelineId,
     pub lsn: Lsn,
     pub server_version: Option<String>,
 }
@@ -288,8 +289,8 @@ pub(super) fn primaries(nodes: &[Observation]) -> (Vec<usize>, Option<usize>) {
 
 fn node_report(
     o: &Observation,
-    system_id: Option<u64>,
-    primary_timeline: Option<u32>,
+    system_id: Option<SystemId>,
+    primary_timeline: Option<TimelineId>,
     problems: &mut Vec<Problem>,
 ) -> NodeReport {
     let mut problem = |kind, message: String| {
@@ -344,8 +345,8 @@ fn node_report(
             format!(
                 "`{}` is not part of this cluster: system identifier {} instead of {}",
                 o.name,
-                identity.map_or(0, |id| id.system_id),
-                system_id.unwrap_or_default()
+                identity.map_or_else(|| "?".into(), |id| id.system_id.to_string()),
+                system_id.map_or_else(|| "?".into(), |s| s.to_string())
             ),
         );
     }
@@ -359,7 +360,7 @@ fn node_report(
                 "standby `{}` is on timeline {} but the primary is on {}: it has not followed \
                  a promotion",
                 o.name,
-                identity.map_or(0, |id| id.timeline),
+                identity.map_or(TimelineId::default(), |id| id.timeline),
                 primary_timeline.unwrap_or_default()
             ),
         );
@@ -598,8 +599,8 @@ fn max_known(a: Option<Lsn>, b: Option<Lsn>) -> Option<Lsn> {
 }
 
 /// The value seen most often; the first seen wins a tie.
-fn most_common(values: impl Iterator<Item = u64>) -> Option<u64> {
-    let mut counts: Vec<(u64, usize)> = Vec::new();
+fn most_common<T: PartialEq>(values: impl Iterator<Item = T>) -> Option<T> {
+    let mut counts: Vec<(T, usize)> = Vec::new();
     for v in values {
         match counts.iter_mut().find(|(seen, _)| *seen == v) {
             Some((_, n)) => *n += 1,
@@ -619,7 +620,7 @@ fn most_common(values: impl Iterator<Item = u64>) -> Option<u64> {
 fn promotion_candidate<'a>(
     standbys: impl Iterator<Item = (&'a Observation, &'a NodeReport)>,
 ) -> Option<PromotionCandidate> {
-    let mut ranked: Vec<(String, Option<u32>, Option<Lsn>)> = standbys
+    let mut ranked: Vec<(String, Option<TimelineId>, Option<Lsn>)> = standbys
         .map(|(o, r)| {
             let f = o.facts.as_ref().ok();
             let furthest = [
@@ -661,8 +662,8 @@ mod tests {
 
     fn identity(timeline: u32, at: &str) -> Result<Identity, String> {
         Ok(Identity {
-            system_id: SYSTEM,
-            timeline,
+            system_id: SystemId::new(SYSTEM),
+            timeline: TimelineId::new(timeline),
             lsn: lsn(at),
             server_version: Some("15.18".into()),
         })
@@ -881,15 +882,15 @@ mod tests {
     fn other_systems_and_old_timelines_are_flagged() {
         let mut stranger = standby("x:1", "x", "0/1000000", "0/1000000");
         if let Ok(id) = &mut stranger.identity {
-            id.system_id = 42;
+            id.system_id = SystemId::new(42);
         }
         let mut behind = standby("b:5434", "b", "0/3000000", "0/3000000");
         if let Ok(id) = &mut behind.identity {
-            id.timeline = 1;
+            id.timeline = TimelineId::new(1);
         }
         let mut p = primary("0/5000000", vec![sender("b", "0/3000000", None)]);
         if let Ok(id) = &mut p.identity {
-            id.timeline = 2;
+            id.timeline = TimelineId::new(2);
         }
         let report = analyze(&round(vec![stranger, p, behind]));
         assert!(report.nodes[0].other_system);
@@ -935,7 +936,7 @@ mod tests {
     fn a_higher_timeline_beats_more_wal_for_promotion() {
         let mut newer = standby("a:5433", "a", "0/2000000", "0/2000000");
         if let Ok(id) = &mut newer.identity {
-            id.timeline = 3;
+            id.timeline = TimelineId::new(3);
         }
         let report = analyze(&round(vec![
             standby("b:5434", "b", "0/9000000", "0/9000000"),
@@ -957,7 +958,7 @@ mod tests {
         let mut promoted = primary("0/5000000", vec![]);
         promoted.name = "b:5434".into();
         if let Ok(id) = &mut promoted.identity {
-            id.timeline = 2;
+            id.timeline = TimelineId::new(2);
         }
         let report = analyze(&round(vec![primary("0/9000000", vec![]), promoted]));
         assert_eq!(report.primary.as_deref(), Some("b:5434"));
@@ -1092,6 +1093,6 @@ mod tests {
     fn the_most_common_system_identifier_wins_the_first_tie() {
         assert_eq!(most_common([3, 1, 1, 3].into_iter()), Some(3));
         assert_eq!(most_common([3, 1, 1].into_iter()), Some(1));
-        assert_eq!(most_common(std::iter::empty()), None);
+        assert_eq!(most_common(std::iter::empty::<u64>()), None);
     }
 }

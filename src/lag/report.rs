@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::sync::SyncReport;
+use crate::ids::TimelineId;
 use crate::lsn::Lsn;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,7 +45,7 @@ pub struct NodeReport {
     pub reachable: bool,
     /// From `IDENTIFY_SYSTEM`, as a string (see [`Report::system_identifier`]).
     pub system_identifier: Option<String>,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     /// `IDENTIFY_SYSTEM`'s position: the flush position of a primary, the received or
     /// replayed position of a standby, whichever is further.
     pub lsn: Option<Lsn>,
@@ -103,7 +104,7 @@ pub struct StandbyReport {
     /// How old the walsender's view is: the age of the standby's last reply.
     pub reply_age_ms: Option<f64>,
     pub client_addr: Option<String>,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     pub sent_lsn: Option<Lsn>,
     pub write_lsn: Option<Lsn>,
     pub flush_lsn: Option<Lsn>,
@@ -152,7 +153,7 @@ impl StandbyReport {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PromotionCandidate {
     pub node: String,
-    pub timeline: Option<u32>,
+    pub timeline: Option<TimelineId>,
     /// The furthest WAL it has: received or replayed.
     pub lsn: Option<Lsn>,
     /// How far ahead of the next standby on the same timeline it is, in bytes.

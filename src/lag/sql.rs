@@ -11,6 +11,7 @@
 use tokio_postgres::{SimpleQueryMessage, SimpleQueryRow};
 
 use super::LagError;
+use crate::ids::TimelineId;
 use crate::lsn::Lsn;
 
 /// The `application_name` of pgrepl's own sessions. Our replication connection occupies a
@@ -132,7 +133,7 @@ pub struct ReceiverRow {
     pub written_lsn: Option<Lsn>,
     /// `flushed_lsn` (13+), `received_lsn` before.
     pub flushed_lsn: Option<Lsn>,
-    pub received_tli: Option<u32>,
+    pub received_tli: Option<TimelineId>,
     pub sender_host: Option<String>,
     pub sender_port: Option<u16>,
     /// The name this standby's walsender row carries on its upstream.

@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use crate::ids::TimelineId;
 use crate::lsn::Lsn;
 
 /// First server major with the parenthesised BASE_BACKUP syntax and typed CopyData stream.
@@ -15,7 +16,7 @@ pub const BASE_BACKUP_NEW_SYNTAX_MAJOR: u32 = 15;
 pub enum ReplicationCommand<'a> {
     IdentifySystem,
     Show(&'a str),
-    TimelineHistory(u32),
+    TimelineHistory(TimelineId),
     /// The legacy physical form, valid on every supported server.
     CreatePhysicalSlot {
         name: &'a str,
@@ -32,7 +33,7 @@ pub enum ReplicationCommand<'a> {
     StartPhysical {
         slot: Option<&'a str>,
         start: Lsn,
-        timeline: u32,
+        timeline: TimelineId,
     },
 }
 
@@ -270,7 +271,7 @@ mod tests {
             ReplicationCommand::StartPhysical {
                 slot: Some("s1"),
                 start,
-                timeline: 2
+                timeline: TimelineId::new(2)
             }
             .render(),
             "START_REPLICATION SLOT \"s1\" PHYSICAL 0/3000000 TIMELINE 2"
@@ -279,7 +280,7 @@ mod tests {
             ReplicationCommand::StartPhysical {
                 slot: None,
                 start,
-                timeline: 1
+                timeline: TimelineId::new(1)
             }
             .render(),
             "START_REPLICATION PHYSICAL 0/3000000 TIMELINE 1"
@@ -289,7 +290,7 @@ mod tests {
             "SHOW \"wal_segment_size\""
         );
         assert_eq!(
-            ReplicationCommand::TimelineHistory(3).render(),
+            ReplicationCommand::TimelineHistory(TimelineId::new(3)).render(),
             "TIMELINE_HISTORY 3"
         );
     }

@@ -6,12 +6,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::wal_compress::WalCompression;
+use crate::ids::TimelineId;
 use crate::lsn::Lsn;
 
 /// Where to resume streaming, found in the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumePoint {
-    pub timeline: u32,
+    pub timeline: TimelineId,
     /// A segment start: after the highest complete segment, or the start of the highest partial.
     pub start: Lsn,
     /// The highest segment is partial and is written again from its beginning.
@@ -21,7 +22,7 @@ pub struct ResumePoint {
 /// One WAL segment file found in the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FoundSegment {
-    timeline: u32,
+    timeline: TimelineId,
     segment: u64,
     partial: bool,
     compression: Option<WalCompression>,
@@ -47,19 +48,12 @@ pub fn find_streaming_start(dir: &Path, segment_size: u64) -> io::Result<Option<
     // partial one of the same segment.
     found.sort_by_key(|(f, _)| std::cmp::Reverse((f.segment, f.timeline, !f.partial)));
     for (best, path) in found {
-        if !best.partial {
-            let size = match best.compression {
-                None => fs::metadata(&path)?.len(),
-                Some(method) => method.uncompressed_size(&path).unwrap_or(0),
-            };
-            if size != segment_size {
-                tracing::warn!(
-                    file = %path.display(),
-                    size,
-                    "segment file has the wrong size, skipping it"
-                );
-                continue;
-            }
+        if !best.partial && !holds_a_segment(&best, &path, segment_size)? {
+            tracing::warn!(
+                file = %path.display(),
+                "segment file has the wrong size, skipping it"
+            );
+            continue;
         }
         let next = if best.partial {
             best.segment
@@ -73,6 +67,43 @@ pub fn find_streaming_start(dir: &Path, segment_size: u64) -> io::Result<Option<
         }));
     }
     Ok(None)
+}
+
+/// Partial files of a segment that is also complete in `dir` (the right size, compressed or not):
+/// left by a stop between giving the complete segment its name and removing its `.partial`.
+/// Nothing reads them again; the caller removes them.
+pub fn superseded_partials(dir: &Path, segment_size: u64) -> io::Result<Vec<PathBuf>> {
+    let mut partials = Vec::new();
+    let mut complete = std::collections::HashSet::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(found) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| parse_segment_name(n, segment_size))
+        else {
+            continue;
+        };
+        if found.partial {
+            partials.push((found, entry.path()));
+        } else if holds_a_segment(&found, &entry.path(), segment_size)? {
+            complete.insert((found.timeline, found.segment));
+        }
+    }
+    Ok(partials
+        .into_iter()
+        .filter(|(f, _)| complete.contains(&(f.timeline, f.segment)))
+        .map(|(_, path)| path)
+        .collect())
+}
+
+/// Whether a complete segment file holds exactly one segment (once decompressed).
+fn holds_a_segment(found: &FoundSegment, path: &Path, segment_size: u64) -> io::Result<bool> {
+    let size = match found.compression {
+        None => fs::metadata(path)?.len(),
+        Some(method) => method.uncompressed_size(path).unwrap_or(0),
+    };
+    Ok(size == segment_size)
 }
 
 /// `TTTTTTTTXXXXXXXXYYYYYYYY`, then optionally `.gz` or `.lz4`, then optionally `.partial`;
@@ -93,7 +124,7 @@ fn parse_segment_name(name: &str, segment_size: u64) -> Option<FoundSegment> {
         return None;
     }
     Some(FoundSegment {
-        timeline,
+        timeline: TimelineId::new(timeline),
         segment: u64::from(log) * per_log + u64::from(seg),
         partial,
         compression,
@@ -108,7 +139,7 @@ mod tests {
 
     fn resume(timeline: u32, start: u64, partial: bool) -> Option<ResumePoint> {
         Some(ResumePoint {
-            timeline,
+            timeline: TimelineId::new(timeline),
             start: Lsn::new(start),
             partial,
         })
@@ -120,7 +151,7 @@ mod tests {
         assert_eq!(
             found,
             FoundSegment {
-                timeline: 2,
+                timeline: TimelineId::new(2),
                 segment: 256 + 3,
                 partial: true,
                 compression: None,
@@ -202,6 +233,17 @@ mod tests {
             find_streaming_start(dir, seg).unwrap(),
             resume(1, 7 * seg, false)
         );
+        assert!(superseded_partials(dir, seg).unwrap().is_empty());
+        // A stop after `...6.lz4` got its name, before its `.partial` was removed: superseded.
+        // The torn `...7.lz4` supersedes nothing.
+        fs::write(dir.join("000000010000000000000006.partial"), b"").unwrap();
+        fs::write(dir.join("000000010000000000000007.partial"), b"").unwrap();
+        assert_eq!(
+            superseded_partials(dir, seg).unwrap(),
+            vec![dir.join("000000010000000000000006.partial")]
+        );
+        fs::remove_file(dir.join("000000010000000000000006.partial")).unwrap();
+        fs::remove_file(dir.join("000000010000000000000007.partial")).unwrap();
         // pg_receivewal's compressed partial: resumed at its start.
         fs::write(dir.join("000000010000000000000009.gz.partial"), b"").unwrap();
         assert_eq!(

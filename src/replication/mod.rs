@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::wal_sink::SegmentWriter;
 use crate::conn::{Connection, ConnectionError};
+use crate::ids::TimelineId;
 use crate::lsn::Lsn;
 use crate::proto::backend::BackendMessage;
 use crate::proto::command::ReplicationCommand;
@@ -39,7 +40,7 @@ pub enum ReplicationError {
     Gap { expected: Lsn, got: Lsn },
     #[error("server switched to timeline {timeline} at {switch_point}, before WAL already received up to {received}")]
     TimelineFork {
-        timeline: u32,
+        timeline: TimelineId,
         switch_point: Lsn,
         received: Lsn,
     },
@@ -50,7 +51,7 @@ pub struct StreamOptions {
     pub slot: Option<String>,
     /// Where to start; rounded down to its segment start so every file is written from offset 0.
     pub start: Lsn,
-    pub timeline: u32,
+    pub timeline: TimelineId,
     pub status_interval: Duration,
     /// Report the flushed position. Off for a backup's streamer: a flush of 0 keeps it out of
     /// synchronous replication even under `synchronous_standby_names = '*'`.
@@ -107,7 +108,7 @@ pub async fn stream_wal(
                 }
                 let (_, history) = conn.timeline_history(next).await?;
                 writer.write_history(next, &history)?;
-                tracing::info!(timeline = next, %start, "following timeline switch");
+                tracing::info!(timeline = %next, %start, "following timeline switch");
                 timeline = next;
                 position = start.segment_start(segment_size);
             }
@@ -117,14 +118,14 @@ pub async fn stream_wal(
 
 enum Outcome {
     Ended(StreamEnd),
-    NextTimeline { timeline: u32, start: Lsn },
+    NextTimeline { timeline: TimelineId, start: Lsn },
 }
 
 struct Session<'a> {
     conn: &'a mut Connection,
     writer: &'a mut SegmentWriter,
     options: &'a StreamOptions,
-    timeline: u32,
+    timeline: TimelineId,
     /// Everything before this was written.
     position: Lsn,
     flushed: Lsn,

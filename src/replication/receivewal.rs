@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::archive_dir::find_streaming_start;
+use super::archive_dir::{find_streaming_start, superseded_partials};
 use super::wal_compress::WalCompression;
 use super::wal_sink::{SegmentNaming, SegmentWriter};
 use super::{stream_wal, ReplicationError, StreamEnd, StreamOptions};
 use crate::conn::{ConnectOptions, Connection, ConnectionError};
+use crate::ids::TimelineId;
 use crate::lsn::{history_file_name, Lsn};
 
 /// pg_receivewal's default `--status-interval`.
@@ -141,7 +142,7 @@ pub enum StoppedBy {
 pub struct ReceiveSummary {
     pub system_identifier: String,
     pub start_lsn: Lsn,
-    pub start_timeline: u32,
+    pub start_timeline: TimelineId,
     pub start_source: StartSource,
     /// Everything before this was received and written (as of the last session that ended
     /// without an error).
@@ -162,7 +163,7 @@ pub enum ReceiveEvent {
     /// Connected again, resuming at `start` (found in the directory, or the slot's position).
     Resumed {
         start: Lsn,
-        timeline: u32,
+        timeline: TimelineId,
         source: StartSource,
     },
 }
@@ -299,7 +300,7 @@ async fn receive_session(
             })
         }
     }
-    tracing::info!(%start, timeline, source = ?start_source, "starting WAL streaming");
+    tracing::info!(%start, %timeline, source = ?start_source, "starting WAL streaming");
 
     let mut writer = SegmentWriter::new(
         vec![options.dir.clone()],
@@ -311,7 +312,7 @@ async fn receive_session(
     .with_compression(options.compression);
     // A run that starts on a later timeline writes that timeline's history first, as
     // pg_receivewal does: restoring from the archive needs it.
-    if timeline > 1 && !options.dir.join(history_file_name(timeline)).exists() {
+    if timeline > TimelineId::new(1) && !options.dir.join(history_file_name(timeline)).exists() {
         let (_, history) = conn.timeline_history(timeline).await?;
         writer
             .write_history(timeline, &history)
@@ -351,7 +352,7 @@ struct SessionSetup {
     conn: Connection,
     system: crate::conn::IdentifySystem,
     segment_size: u64,
-    timeline: u32,
+    timeline: TimelineId,
     start: Lsn,
     start_source: StartSource,
 }
@@ -372,9 +373,13 @@ async fn set_up_session(
         tracing::info!(slot, "created replication slot");
     }
 
-    let found = find_streaming_start(&options.dir, segment_size).map_err(ReceiveError::io(
-        format!("read `{}`", options.dir.display()),
-    ))?;
+    let read_dir = || ReceiveError::io(format!("read `{}`", options.dir.display()));
+    for stale in superseded_partials(&options.dir, segment_size).map_err(read_dir())? {
+        tracing::info!(file = %stale.display(), "removing a partial segment that is also complete");
+        std::fs::remove_file(&stale)
+            .map_err(ReceiveError::io(format!("remove `{}`", stale.display())))?;
+    }
+    let found = find_streaming_start(&options.dir, segment_size).map_err(read_dir())?;
     let (timeline, start, start_source) = match found {
         Some(found) if found.partial => (found.timeline, found.start, StartSource::PartialSegment),
         Some(found) => (found.timeline, found.start, StartSource::CompleteSegment),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::wal_compress::WalCompression;
 use crate::fs::sync_dir;
+use crate::ids::TimelineId;
 use crate::lsn::{history_file_name, wal_file_name, Lsn};
 
 /// How segment files are named while they are being filled.
@@ -32,7 +33,7 @@ pub struct SegmentWriter {
 }
 
 struct OpenSegment {
-    timeline: u32,
+    timeline: TimelineId,
     segment: u64,
     files: Vec<File>,
     /// End of what was written into this segment so far, as an offset.
@@ -73,7 +74,7 @@ impl SegmentWriter {
     }
 
     /// Writes `data`, which starts at `start` on `timeline`, splitting it at segment boundaries.
-    pub fn write(&mut self, timeline: u32, start: Lsn, mut data: &[u8]) -> io::Result<()> {
+    pub fn write(&mut self, timeline: TimelineId, start: Lsn, mut data: &[u8]) -> io::Result<()> {
         let segment_size = self.segment_size;
         let mut position = start;
         while !data.is_empty() {
@@ -103,7 +104,7 @@ impl SegmentWriter {
         Ok(())
     }
 
-    fn open_segment(&mut self, timeline: u32, segment: u64) -> io::Result<&mut OpenSegment> {
+    fn open_segment(&mut self, timeline: TimelineId, segment: u64) -> io::Result<&mut OpenSegment> {
         let name = self.file_name(timeline, segment);
         let mut files = Vec::with_capacity(self.dirs.len());
         for dir in &self.dirs {
@@ -140,7 +141,7 @@ impl SegmentWriter {
         }))
     }
 
-    fn file_name(&self, timeline: u32, segment: u64) -> String {
+    fn file_name(&self, timeline: TimelineId, segment: u64) -> String {
         let name = wal_file_name(timeline, segment, self.segment_size);
         match self.naming {
             SegmentNaming::Standby => name,
@@ -208,7 +209,7 @@ impl SegmentWriter {
     /// Stores a timeline history file (and its `.done` marker for a standby): written under a
     /// temporary name, synced, then renamed (unless --no-sync), so the archive never holds a torn
     /// history file.
-    pub fn write_history(&mut self, timeline: u32, content: &[u8]) -> io::Result<()> {
+    pub fn write_history(&mut self, timeline: TimelineId, content: &[u8]) -> io::Result<()> {
         let name = history_file_name(timeline);
         for dir in &self.dirs {
             if self.sync {
@@ -278,7 +279,7 @@ mod tests {
         let mut w = SegmentWriter::new(dirs.clone(), SEG, SegmentNaming::Standby, false).unwrap();
         // Starts mid-segment 1 and crosses into segment 2.
         let start = Lsn::new(SEG + SEG - 4);
-        w.write(1, start, b"abcdefgh").unwrap();
+        w.write(TimelineId::new(1), start, b"abcdefgh").unwrap();
         w.finish().unwrap();
         for d in &dirs {
             let first = fs::read(d.join("000000010000000000000001")).unwrap();
@@ -306,10 +307,17 @@ mod tests {
             true,
         )
         .unwrap();
-        w.write(2, Lsn::new(0), &vec![7u8; SEG as usize + 10])
-            .unwrap();
-        w.write_history(2, b"1\t0/1000000\tno recovery target specified\n")
-            .unwrap();
+        w.write(
+            TimelineId::new(2),
+            Lsn::new(0),
+            &vec![7u8; SEG as usize + 10],
+        )
+        .unwrap();
+        w.write_history(
+            TimelineId::new(2),
+            b"1\t0/1000000\tno recovery target specified\n",
+        )
+        .unwrap();
         w.finish().unwrap();
         assert!(tmp.path().join("000000020000000000000000").exists());
         assert!(tmp.path().join("000000020000000000000001.partial").exists());
@@ -329,8 +337,12 @@ mod tests {
         )
         .unwrap()
         .with_compression(Some(WalCompression::Lz4));
-        w.write(1, Lsn::new(0), &vec![7u8; SEG as usize + 10])
-            .unwrap();
+        w.write(
+            TimelineId::new(1),
+            Lsn::new(0),
+            &vec![7u8; SEG as usize + 10],
+        )
+        .unwrap();
         // The open segment's blocks exist already, not just its length.
         let open = fs::metadata(tmp.path().join("000000010000000000000001.partial")).unwrap();
         assert_eq!(open.len(), SEG);

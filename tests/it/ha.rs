@@ -8,7 +8,13 @@ use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, NODES, T
 
 #[test]
 fn ha_node_loss_promotes_a_sync_standby_without_losing_a_commit() {
-    let mut ha = HaCluster::up();
+    node_loss(HaCluster::up());
+}
+
+/// The primary's agent and server die together under the writer: a sync standby takes over,
+/// the other follows it, nothing acknowledged is lost, and the old node rejoins when its agent
+/// comes back.
+fn node_loss(mut ha: HaCluster) {
     let writer = Writer::start(&ha);
     writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
         a.node == 0
@@ -171,11 +177,14 @@ fn ha_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_th
 
 #[test]
 fn ha_postgres_crash_only_is_restarted_in_place() {
-    let ha = HaCluster::up();
-    let writer = Writer::start(&ha);
-    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
-        a.node == 0
-    });
+    postgres_crash(&HaCluster::up());
+}
+
+/// The primary's server dies, its agent lives: the agent restarts it in place (faster than a
+/// failover) and says so; nothing acknowledged is lost.
+fn postgres_crash(ha: &HaCluster) {
+    let writer = Writer::start(ha);
+    writer.wait_ack(ha, Duration::from_secs(10), Instant::now(), |a| a.node == 0);
     std::thread::sleep(Duration::from_secs(1));
 
     let crashed = Instant::now();
@@ -183,9 +192,7 @@ fn ha_postgres_crash_only_is_restarted_in_place() {
     // A commit acknowledged just before the kill may arrive after it: count the restarted
     // server's, through a new session.
     let before = writer.acks().last().unwrap().session;
-    let first = writer.wait_ack(&ha, Duration::from_secs(30), crashed, |a| {
-        a.session > before
-    });
+    let first = writer.wait_ack(ha, Duration::from_secs(30), crashed, |a| a.session > before);
     eprintln!(
         "postgres crash: {:.2} s from the kill to the first acknowledged write on `{}`",
         first.at.duration_since(crashed).as_secs_f64(),
@@ -204,7 +211,7 @@ fn ha_postgres_crash_only_is_restarted_in_place() {
         "the agent says it restarted in place:\n{log}"
     );
     let later = first.at + Duration::from_millis(500);
-    writer.wait_ack(&ha, Duration::from_secs(10), later, |a| a.node == 0);
+    writer.wait_ack(ha, Duration::from_secs(10), later, |a| a.node == 0);
     let acks = writer.stop();
     ha.assert_nothing_lost(0, &acks);
 }
@@ -233,4 +240,26 @@ fn ha_agent_refuses_an_unreachable_etcd_in_one_line() {
         stderr.contains("give its client URLs with --etcd"),
         "{stderr}"
     );
+}
+
+/// The docker runtime: the agents run on the host and manage their containers through the
+/// engine API (start, stop, kill, pg_rewind in a one-shot container). A killed container with
+/// its agent alive is restarted in place; a killed container and agent are failed over, and the
+/// node rejoins when its agent returns.
+#[test]
+fn ha_docker_crash_restarts_in_place_and_node_loss_fails_over() {
+    if let Err(why) = crate::cluster_docker::engine_with_image() {
+        crate::capability::skip(
+            "ha_docker_crash_restarts_in_place_and_node_loss_fails_over",
+            "docker",
+            &format!("no Docker engine answers: {why}"),
+        );
+        return;
+    }
+    let _engine = crate::cluster_docker::ENGINE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let ha = HaCluster::up_with(Some(crate::cluster_docker::IMAGE));
+    postgres_crash(&ha);
+    node_loss(ha);
 }

@@ -14,24 +14,73 @@ pub(crate) const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
 /// The agent's default lease TTL.
 pub(crate) const TTL: Duration = Duration::from_secs(2);
 
+/// How the test reaches the servers: the local runtime's socket directory, or the ports the
+/// docker runtime's containers publish on 127.0.0.1, with the superuser's password.
+#[derive(Debug, Clone)]
+pub(crate) enum Reach {
+    Socket(PathBuf),
+    Tcp { password: String },
+}
+
+impl Reach {
+    /// A session's settings for the node on `port`.
+    fn config(&self, port: u16) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config.port(port).user("postgres").dbname("postgres");
+        match self {
+            Reach::Socket(dir) => config.host_path(dir),
+            Reach::Tcp { password } => config.host("127.0.0.1").password(password),
+        };
+        config
+    }
+}
+
 /// A cluster built by `up`, a 3-member etcd, and an agent per node.
 pub(crate) struct HaCluster {
     pub(crate) agents: Vec<Option<Child>>,
     pub(crate) etcd: EtcdCluster,
     pub(crate) cluster: TestCluster,
+    pub(crate) reach: Reach,
+    /// The docker runtime's image, `None` on the local runtime.
+    pub(crate) image: Option<&'static str>,
 }
 
 impl HaCluster {
+    /// On the local runtime.
     pub(crate) fn up() -> HaCluster {
+        HaCluster::up_with(None)
+    }
+
+    /// On the docker runtime with `image` when given (the agents run on the host and manage
+    /// their containers through the engine API).
+    pub(crate) fn up_with(image: Option<&'static str>) -> HaCluster {
         let cluster = TestCluster::new();
-        cluster.ok(&["up"]);
-        cluster.psql(0, "CREATE TABLE ha_writes(id bigint PRIMARY KEY)");
+        let reach = match image {
+            None => {
+                cluster.ok(&["up"]);
+                Reach::Socket(cluster.socket_dir())
+            }
+            Some(image) => {
+                let text = std::fs::read_to_string(&cluster.file).unwrap();
+                let docker = text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1);
+                std::fs::write(&cluster.file, docker).unwrap();
+                cluster.ok(&["up", "--image", image]);
+                let password = cluster.dir.path().join(".pgrepl/superuser.password");
+                Reach::Tcp {
+                    password: std::fs::read_to_string(password).unwrap().trim().to_owned(),
+                }
+            }
+        };
         let etcd = EtcdCluster::start(3);
         let mut ha = HaCluster {
             agents: vec![None, None, None],
             etcd,
             cluster,
+            reach,
+            image,
         };
+        ha.try_psql(0, "CREATE TABLE ha_writes(id bigint PRIMARY KEY)")
+            .expect("create the writer's table");
         for i in 0..3 {
             ha.start_agent(i);
         }
@@ -83,8 +132,21 @@ impl HaCluster {
         }
     }
 
-    /// SIGKILL to the node's postmaster and its children: the machine died.
+    /// SIGKILL to the node's postmaster and its children (docker: to its container): the
+    /// machine died.
     pub(crate) fn kill_postgres(&self, i: usize) {
+        if self.image.is_some() {
+            let output = Command::new("docker")
+                .args(["kill", NODES[i]])
+                .output()
+                .expect("run docker kill");
+            assert!(
+                output.status.success(),
+                "docker kill {}: {output:?}",
+                NODES[i]
+            );
+            return;
+        }
         let pidfile = self
             .cluster
             .dir
@@ -140,6 +202,15 @@ impl HaCluster {
         })?
     }
 
+    /// A pgrepl command against this cluster and its etcd (`--etcd`: the cluster file has no
+    /// `[ha]`, so `up` starts no agents of its own).
+    pub(crate) fn control(&self, args: &[&str]) -> std::process::Output {
+        let endpoints = self.etcd.endpoints();
+        let mut all = args.to_vec();
+        all.extend(["--etcd", endpoints.as_str()]);
+        self.cluster.pgrepl(&all)
+    }
+
     pub(crate) fn leader(&self) -> Option<String> {
         let value: serde_json::Value = serde_json::from_str(&self.etcd_get("leader")?).ok()?;
         value["node"].as_str().map(str::to_owned)
@@ -147,8 +218,13 @@ impl HaCluster {
 
     /// psql against node `i`, `None` when it does not answer.
     pub(crate) fn try_psql(&self, i: usize, sql: &str) -> Option<String> {
-        let output = Command::new(crate::harness::PgInstall::default_install().bin("psql"))
-            .args(["-h", self.cluster.socket_dir().to_str().unwrap(), "-p"])
+        let mut psql = Command::new(crate::harness::PgInstall::default_install().bin("psql"));
+        match &self.reach {
+            Reach::Socket(dir) => psql.arg("-h").arg(dir),
+            Reach::Tcp { password } => psql.args(["-h", "127.0.0.1"]).env("PGPASSWORD", password),
+        };
+        let output = psql
+            .arg("-p")
             .arg(self.cluster.ports[i].to_string())
             .args(["-U", "postgres", "-d", "postgres", "-Atc", sql])
             .output()
@@ -262,7 +338,7 @@ impl Writer {
     pub(crate) fn start(ha: &HaCluster) -> Writer {
         let acks = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (socket, ports) = (ha.cluster.socket_dir(), ha.cluster.ports);
+        let (reach, ports) = (ha.reach.clone(), ha.cluster.ports);
         let thread = {
             let (acks, stop) = (acks.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -270,7 +346,7 @@ impl Writer {
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(write_loop(socket, ports, acks, stop));
+                rt.block_on(write_loop(reach, ports, acks, stop));
             })
         };
         Writer {
@@ -322,7 +398,7 @@ impl Drop for Writer {
 }
 
 async fn write_loop(
-    socket: PathBuf,
+    reach: Reach,
     ports: [u16; 3],
     acks: Arc<Mutex<Vec<Ack>>>,
     stop: Arc<AtomicBool>,
@@ -336,13 +412,7 @@ async fn write_loop(
     while !stop.load(Ordering::SeqCst) {
         if session.is_none() {
             for node in (0..ports.len()).map(|k| (start + k) % ports.len()) {
-                let port = &ports[node];
-                let mut config = tokio_postgres::Config::new();
-                config
-                    .host_path(&socket)
-                    .port(*port)
-                    .user("postgres")
-                    .dbname("postgres");
+                let config = reach.config(ports[node]);
                 let connect = config.connect(tokio_postgres::NoTls);
                 let Ok(Ok((client, connection))) =
                     tokio::time::timeout(Duration::from_millis(500), connect).await

@@ -12,6 +12,7 @@ mod fake_server;
 mod faults;
 mod ha;
 mod ha_cluster;
+mod ha_control;
 mod ha_up;
 mod harness;
 mod lag;

@@ -109,7 +109,7 @@ mod tests {
                     server: Some(ServerState {
                         running: true,
                         in_recovery: false,
-                        timeline: Some(1),
+                        timeline: Some(pgrepl::ids::TimelineId::new(1)),
                         position: Some("0/3000148".parse().unwrap()),
                         detached: false,
                         follows: None,

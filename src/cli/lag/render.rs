@@ -360,8 +360,8 @@ mod tests {
             name: "127.0.0.1:40001".into(),
             conninfo: "host=127.0.0.1 port=40001 user=postgres sslmode=prefer".into(),
             identity: Ok(lag::analysis::Identity {
-                system_id: 7_300_000_000_000_000_001,
-                timeline: 1,
+                system_id: pgrepl::ids::SystemId::new(7_300_000_000_000_000_001),
+                timeline: pgrepl::ids::TimelineId::new(1),
                 lsn: "100/0".parse().unwrap(),
                 server_version: None,
             }),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::super::plan::NodeProbe;
 use super::super::spec::{ClusterSpec, NodeSpec};
 use super::super::{node_err_sql, Cluster, ClusterError};
+use crate::ids::TimelineId;
 use crate::lsn::Lsn;
 
 impl Cluster {
@@ -42,7 +43,9 @@ impl Cluster {
             name: node.name.clone(),
             reachable: true,
             in_recovery: Some(row.get(0)),
-            timeline: row.get::<_, Option<i32>>(3).map(|t| t as u32),
+            timeline: row
+                .get::<_, Option<i32>>(3)
+                .map(|t| TimelineId::new(t as u32)),
             received_lsn: lsn(1),
             replayed_lsn: lsn(2),
         })

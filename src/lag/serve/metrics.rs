@@ -119,7 +119,7 @@ fn node_families(m: &mut Exposition, report: &Report) {
     m.gauge(
         "pgrepl_node_timeline",
         "The node's timeline.",
-        per_node(&|n| n.timeline.map(f64::from)),
+        per_node(&|n| n.timeline.map(|t| f64::from(t.as_u32()))),
     );
     m.gauge(
         "pgrepl_node_wal_position_bytes",
@@ -178,7 +178,7 @@ fn standby_families(m: &mut Exposition, report: &Report) {
     m.gauge(
         "pgrepl_standby_timeline",
         "The timeline the standby is on.",
-        per_standby(&|s| s.timeline.map(f64::from)),
+        per_standby(&|s| s.timeline.map(|t| f64::from(t.as_u32()))),
     );
     let per_stage = |value: &dyn Fn(&StandbyReport, Stage) -> Option<f64>| {
         let mut samples = Vec::new();
@@ -276,6 +276,7 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{SystemId, TimelineId};
     use crate::lag::analysis::{analyze, Identity, Observation, Round};
     use crate::lag::sql::{NodeFacts, SenderRow};
 
@@ -284,8 +285,8 @@ mod tests {
             name: "db\"1".into(),
             conninfo: "host=db1 port=5432 user=postgres".into(),
             identity: Ok(Identity {
-                system_id: 7_300_000_000_000_000_001,
-                timeline: 2,
+                system_id: SystemId::new(7_300_000_000_000_000_001),
+                timeline: TimelineId::new(2),
                 lsn: "1/0".parse().unwrap(),
                 server_version: None,
             }),

@@ -1,0 +1,268 @@
+//! `pgrepl pause` / `resume`, and `switchover` / `failover` / `rejoin` when agents run: the
+//! requests go through etcd to the agents (`pgrepl::ha::control`); without agents the role
+//! commands keep their manual paths (`cli::cluster`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use clap::Args;
+
+use pgrepl::cluster::Cluster;
+use pgrepl::ha::control::{Acknowledged, Control};
+use pgrepl::ha::decide::View;
+use pgrepl::ha::records::PauseRecord;
+
+use super::cluster::{ClusterArgs, PlanArgs};
+use super::out::outln;
+
+/// Where the agents' etcd is.
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd client URLs, comma-separated (default: the cluster file's `[ha] etcd`, or the etcd
+    /// `up` started).
+    #[arg(
+        long = "etcd",
+        value_name = "URL,...",
+        env = "PGREPL_ETCD",
+        value_delimiter = ','
+    )]
+    pub etcd: Vec<String>,
+    /// The cluster's name in etcd keys (`/pgrepl/<scope>/`; default: `[ha] scope`, or the
+    /// cluster file's name without its extension).
+    #[arg(long = "scope", value_name = "NAME")]
+    pub scope: Option<String>,
+}
+
+impl EtcdArgs {
+    /// `--etcd`, else the cluster's own (`[ha]`); `None` when the cluster has no etcd.
+    pub fn endpoints(&self, cluster: &Cluster) -> Option<Vec<String>> {
+        if self.etcd.is_empty() {
+            pgrepl::ha::endpoints(cluster)
+        } else {
+            Some(self.etcd.clone())
+        }
+    }
+
+    pub fn scope(&self, cluster: &Cluster) -> anyhow::Result<String> {
+        match &self.scope {
+            Some(scope) if scope.is_empty() || scope.contains('/') => {
+                bail!("--scope `{scope}`: give a name without `/`")
+            }
+            Some(scope) => Ok(scope.clone()),
+            None => Ok(pgrepl::ha::scope(cluster)?),
+        }
+    }
+}
+
+/// How a role change through the agents is bounded.
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// With agents: how long to wait for them to carry it out before giving up (the request
+    /// then expires).
+    #[arg(long = "wait", value_name = "SECONDS", default_value_t = 30)]
+    pub wait: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// How long `pause`/`resume` wait for every agent to show the new state.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// The agents of a cluster, when they run: etcd holds member records.
+pub struct Agents {
+    control: Control,
+    view: View,
+}
+
+/// The running agents of `cluster`, or `None` when it has no etcd or no agent runs. An etcd that
+/// does not answer is an error: agents may run, and a manual role change would fight them.
+pub async fn agents(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Option<Agents>> {
+    let Some(endpoints) = etcd.endpoints(cluster) else {
+        return Ok(None);
+    };
+    let control = Control::connect(&endpoints, &etcd.scope(cluster)?).await?;
+    let view = control.view().await.map_err(|e| {
+        anyhow!("{e}: pgrepl cannot tell whether agents run, and a manual role change beside them would fight them; start etcd, or remove the cluster's [ha] section (and --etcd) if no agent runs")
+    })?;
+    Ok((!view.members.is_empty()).then_some(Agents { control, view }))
+}
+
+async fn control(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Control> {
+    let endpoints = etcd.endpoints(cluster).ok_or_else(|| {
+        anyhow!(
+            "no etcd for this cluster: give --etcd URL,... or an [ha] section in the cluster file"
+        )
+    })?;
+    Ok(Control::connect(&endpoints, &etcd.scope(cluster)?).await?)
+}
+
+pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.open()?;
+    let control = control(&cluster, &args.etcd).await?;
+    let ack = control.pause(&who(), ACK_WAIT).await?;
+    let record = ack
+        .record
+        .as_ref()
+        .expect("pause returns the record in force");
+    if ack.already {
+        outln!("already paused ({})", describe(record));
+    } else {
+        outln!("paused: the agents take no automatic action until `pgrepl resume`");
+    }
+    print_agents(&ack, "paused")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn resume(args: PauseArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.open()?;
+    let control = control(&cluster, &args.etcd).await?;
+    let ack = control.resume(ACK_WAIT).await?;
+    match &ack.record {
+        Some(record) => {
+            outln!("resumed ({}): the agents act again", describe(record));
+        }
+        None => {
+            outln!("not paused: the agents act by themselves");
+        }
+    }
+    print_agents(&ack, "acting")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_agents(ack: &Acknowledged, state: &str) -> anyhow::Result<()> {
+    if ack.agreed.is_empty() && ack.pending.is_empty() {
+        outln!("no agent runs");
+        return Ok(());
+    }
+    if !ack.agreed.is_empty() {
+        outln!("{state}: {}", ack.agreed.join(", "));
+    }
+    if !ack.pending.is_empty() {
+        outln!(
+            "not yet {state} after {} s: {} (its agent may be busy; `pgrepl status` shows it)",
+            ACK_WAIT.as_secs(),
+            ack.pending.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `switchover` through the agents.
+pub async fn switchover(
+    agents: Agents,
+    to: Option<&str>,
+    output: &PlanArgs,
+    wait: u64,
+) -> anyhow::Result<ExitCode> {
+    let Agents { control, view } = agents;
+    if output.dry_run {
+        let (from, to) =
+            pgrepl::ha::requests::switchover_target(&view, to).map_err(|why| anyhow!(why))?;
+        outln!("switchover plan (through the agents): `{from}` -> `{to}`");
+        outln!("  1. the agent of `{from}` waits until `{to}` has caught up, then stops its server (fast shutdown: `{to}` gets every commit)");
+        outln!("  2. once `{to}` holds WAL past the shutdown checkpoint, the leader key passes to `{to}`'s agent");
+        outln!("  3. `{to}` is promoted as an elected node is; the other standbys follow it");
+        outln!("  4. the agent of `{from}` rejoins it as a standby of `{to}`");
+        outln!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = control
+        .switchover(&view, to, &who(), Duration::from_secs(wait))
+        .await?;
+    if output.json {
+        outln!("{}", serde_json::to_string_pretty(&done)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!(
+        "switchover `{}` -> `{}` through the agents: `{}` leads as primary after {:.1} s",
+        done.from,
+        done.to,
+        done.to,
+        done.took_ms as f64 / 1000.0
+    );
+    match done.rejoined_ms {
+        Some(ms) => {
+            outln!(
+                "`{}` streams from `{}` after {:.1} s",
+                done.from,
+                done.to,
+                ms as f64 / 1000.0
+            );
+        }
+        None => {
+            outln!(
+                "`{}` does not stream from `{}` yet: its agent rejoins it (`pgrepl status` shows it)",
+                done.from,
+                done.to
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `failover` through the agents: refused under a live leader; otherwise the election, with
+/// `--to` honoured only when it is as safe.
+pub async fn failover(
+    agents: Agents,
+    to: Option<&str>,
+    output: &PlanArgs,
+    wait: u64,
+) -> anyhow::Result<ExitCode> {
+    let Agents { control, view } = agents;
+    if output.dry_run {
+        let target =
+            pgrepl::ha::requests::failover_target(&view, to).map_err(|why| anyhow!(why))?;
+        outln!("failover plan (through the agents): the agents elect `{target}`");
+        outln!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = control
+        .failover(to, &who(), Duration::from_secs(wait))
+        .await?;
+    if output.json {
+        outln!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        outln!(
+            "failover `{}` -> `{}` through the agents: `{}` leads as primary after {:.1} s",
+            done.from,
+            done.to,
+            done.to,
+            done.took_ms as f64 / 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A manual rejoin while agents run would race the node's own agent.
+pub fn refuse_rejoin(node: &str) -> anyhow::Error {
+    anyhow!("agents run for this cluster: the agent of `{node}` rejoins it by itself (`pgrepl status` shows it)")
+}
+
+/// `user@host` of whoever runs the command, for the records.
+fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    format!("{user}@{host}")
+}
+
+/// "by root@db1, 12 s ago"
+fn describe(record: &PauseRecord) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let ago = now.saturating_sub(record.at_unix_ms) / 1000;
+    format!("by {}, {ago} s ago", record.by)
+}

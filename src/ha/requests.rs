@@ -1,0 +1,640 @@
+//! What people ask of the agents, as pure rules: the pause flag, a switchover the leader's
+//! agent carries out, and the failover target an election prefers. `decide` applies them on
+//! every agent; `pgrepl switchover` / `failover` run the same checks before writing a request,
+//! so the command and the agents refuse for the same reasons.
+//!
+//! The argument for each rule is in proto-notes/08-ha.md ("Pause", "Switchover and failover
+//! through the agents").
+
+use super::decide::{candidate, Action, Decision, Local, View};
+use super::records::{MemberRecord, RoleRequest, SyncRecord};
+
+/// While paused, nothing touches a server: no election, promotion, restart, rejoin, fencing or
+/// re-pointing. A node whose data is a primary's may still take the leader key (bookkeeping:
+/// the last leader, or the first primary, claiming what it already is); an election, which only
+/// a standby starts, may not. Every other decision becomes a wait that says what it would have
+/// been, so the log shows what resuming will do.
+pub fn while_paused(local: &Local, decision: Decision) -> Decision {
+    let standby = if local.server.running {
+        local.server.in_recovery
+    } else {
+        local.standby_signal
+    };
+    match decision.action {
+        Action::Wait => decision,
+        Action::TakeLeadership if !standby => decision,
+        action => Decision {
+            action: Action::Wait,
+            reason: format!("paused (otherwise {action:?}: {})", decision.reason),
+        },
+    }
+}
+
+/// Why `to` cannot take over from the leader `from` (`None`: it can): it must be in the sync
+/// record (only those may hold every acknowledged commit), its agent alive, and its server a
+/// running standby streaming from `from`.
+pub fn switchover_refusal(view: &View, from: &str, to: &str) -> Option<String> {
+    if to == from {
+        return Some(format!("`{to}` is already the primary"));
+    }
+    let record = view.sync.as_ref().filter(|r| r.leader == from);
+    if !record.is_some_and(|r| r.members.iter().any(|m| m == to)) {
+        return Some(format!(
+            "`{to}` is not in the sync record ({}): only a standby that may hold every acknowledged commit is promoted",
+            record.map_or("none for this leader yet".into(), |r| r.members.join(", "))
+        ));
+    }
+    let Some(member) = view.members.iter().find(|m| m.node == to) else {
+        return Some(format!("`{to}` has no live agent"));
+    };
+    if !(member.server.running && member.server.in_recovery) {
+        return Some(format!("`{to}` is not a running standby"));
+    }
+    if member.server.follows.as_deref() != Some(from) {
+        return Some(format!("`{to}` does not stream from `{from}`"));
+    }
+    None
+}
+
+/// What the leader's agent does with a switchover request, `None` when it does not concern it
+/// (already refused, or asked of another leader): the target must have caught up; then a fast
+/// shutdown (the walsenders send the shutdown checkpoint before they exit); once the target's
+/// published position is past that checkpoint it holds every commit, and the key goes to it.
+/// A server that did not stop cleanly falls back to the usual rules (a restart in place).
+pub fn switchover_step(
+    me: &str,
+    local: &Local,
+    view: &View,
+    request: &RoleRequest,
+) -> Option<Decision> {
+    if request.refused.is_some() || request.from != me {
+        return None;
+    }
+    let to = &request.to;
+    if local.server.running && !local.server.in_recovery {
+        if let Some(why) = switchover_refusal(view, me, to) {
+            return Some(decided(
+                Action::RefuseSwitchover(why.clone()),
+                format!("switchover to `{to}` refused: {why}"),
+            ));
+        }
+        if !local.caught_up.contains(to) {
+            return Some(decided(
+                Action::Wait,
+                format!("switchover to `{to}`: waiting for it to catch up"),
+            ));
+        }
+        return Some(decided(
+            Action::StopForSwitchover { to: to.clone() },
+            format!("switchover to `{to}`: a fast shutdown sends it every commit"),
+        ));
+    }
+    let checkpoint = local
+        .shutdown_checkpoint
+        .filter(|_| !local.server.running)?;
+    let target = view
+        .members
+        .iter()
+        .find(|m| &m.node == to && m.server.running && m.server.in_recovery)?;
+    Some(if target.server.position > Some(checkpoint) {
+        decided(
+            Action::HandOver { to: to.clone() },
+            format!("switchover: `{to}` holds WAL past the shutdown checkpoint {checkpoint}"),
+        )
+    } else {
+        decided(
+            Action::Wait,
+            format!(
+                "switchover: waiting for `{to}` to receive the shutdown checkpoint {checkpoint}"
+            ),
+        )
+    })
+}
+
+/// Why a standby that holds the leader key promotes, for the log and the history.
+pub fn promotion_reason(me: &str, view: &View) -> String {
+    let asked = |r: &Option<RoleRequest>| r.as_ref().is_some_and(|r| r.to == me);
+    if asked(&view.switchover) {
+        "the leader handed this node its key (switchover)".into()
+    } else if asked(&view.failover) {
+        "this node won the leader key, as `pgrepl failover --to` asked".into()
+    } else {
+        "this node won the leader key and is still a standby".into()
+    }
+}
+
+/// The election's choice: the most advanced of enough answering members (`candidate`), or the
+/// one a failover request names when it is as advanced, on the same timeline: it then holds
+/// every acknowledged commit too.
+pub fn elect<'r>(
+    record: &SyncRecord,
+    members: &'r [MemberRecord],
+    request: Option<&RoleRequest>,
+) -> Result<&'r str, String> {
+    let best = candidate(record, members)?;
+    let wanted = request.filter(|r| r.from == record.leader && r.to != best);
+    match wanted {
+        Some(r) if as_safe_as(record, members, &r.to, best).is_ok() => Ok(members
+            .iter()
+            .map(|m| m.node.as_str())
+            .find(|n| *n == r.to)
+            .expect("as_safe_as found it")),
+        _ => Ok(best),
+    }
+}
+
+/// `Ok` when `to` is a detached live member of the record at least as far as `best`.
+fn as_safe_as(
+    record: &SyncRecord,
+    members: &[MemberRecord],
+    to: &str,
+    best: &str,
+) -> Result<(), String> {
+    if !record.members.iter().any(|m| m == to) || to == record.leader {
+        return Err(format!(
+            "`{to}` is not in the sync record ({}): it may lack acknowledged commits",
+            record.members.join(", ")
+        ));
+    }
+    let find = |name: &str| members.iter().find(|m| m.node == name);
+    let Some(target) = find(to).filter(|m| m.server.running && m.server.in_recovery) else {
+        return Err(format!("`{to}` is not a running standby with a live agent"));
+    };
+    let best = find(best).expect("the candidate is a member");
+    if target.server.timeline != best.server.timeline
+        || target.server.position < best.server.position
+    {
+        let (at, top) = (target.server.position, best.server.position);
+        return Err(format!(
+            "`{to}` (at {}) is behind `{}` (at {}): promoting it would lose acknowledged commits",
+            at.map_or("?".into(), |l| l.to_string()),
+            best.node,
+            top.map_or("?".into(), |l| l.to_string()),
+        ));
+    }
+    Ok(())
+}
+
+/// `pgrepl switchover`: the leader and the target to write in the request (`to`, or the most
+/// advanced standby that passes the checks, ties to the policy's order), or why not.
+pub fn switchover_target(view: &View, to: Option<&str>) -> Result<(String, String), String> {
+    let Some(leader) = &view.leader else {
+        return Err("no leader holds the key (an election is under way, or none can be held): `pgrepl status` shows why".into());
+    };
+    if view.pause.is_some() {
+        return Err("the agents are paused: `pgrepl resume` first".into());
+    }
+    if let Some(r) = view.switchover.as_ref().filter(|r| r.refused.is_none()) {
+        return Err(format!(
+            "a switchover from `{}` to `{}` is under way",
+            r.from, r.to
+        ));
+    }
+    let from = leader.node.clone();
+    if let Some(to) = to {
+        return match switchover_refusal(view, &from, to) {
+            Some(why) => Err(why),
+            None => Ok((from, to.to_owned())),
+        };
+    }
+    let policy = view
+        .sync
+        .as_ref()
+        .map(|r| r.members.clone())
+        .unwrap_or_default();
+    let mut fit: Vec<&MemberRecord> = policy
+        .iter()
+        .filter(|n| switchover_refusal(view, &from, n).is_none())
+        .filter_map(|n| view.members.iter().find(|m| &m.node == n))
+        .collect();
+    // Stable: among equals the policy's first stays first.
+    fit.sort_by_key(|m| std::cmp::Reverse(m.server.position));
+    match fit.first() {
+        Some(best) => Ok((from, best.node.clone())),
+        None => Err(format!(
+            "no standby can take over from `{from}`: {}",
+            policy
+                .iter()
+                .filter_map(|n| switchover_refusal(view, &from, n))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
+}
+
+/// `pgrepl failover` with agents: refused while a leader lives or the agents are paused;
+/// otherwise the node the election picks, or `to` when it is as safe; or why not.
+pub fn failover_target(view: &View, to: Option<&str>) -> Result<String, String> {
+    if let Some(leader) = &view.leader {
+        return Err(format!(
+            "`{}` leads: the agents fail over by themselves; use switchover to move a healthy primary",
+            leader.node
+        ));
+    }
+    if view.pause.is_some() {
+        return Err(
+            "the agents are paused and elect nobody: `pgrepl resume` lets them fail over".into(),
+        );
+    }
+    let Some(record) = &view.sync else {
+        return Err("no sync record: the cluster never had a leader, and the primary's agent takes the key once it runs".into());
+    };
+    let best = candidate(record, &view.members).map_err(|why| {
+        format!("no standby can be elected without risking acknowledged commits: {why}")
+    })?;
+    match to {
+        None => Ok(best.to_owned()),
+        Some(to) if to == best => Ok(best.to_owned()),
+        Some(to) => as_safe_as(record, &view.members, to, best)
+            .map(|()| to.to_owned())
+            .map_err(|why| format!("{why}; the agents elect `{best}`")),
+    }
+}
+
+fn decided(action: Action, reason: String) -> Decision {
+    Decision { action, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::spec::ClusterSpec;
+    use crate::ha::decide::{decide, Leader, Situation};
+    use crate::ha::records::{PauseRecord, ServerState};
+    use crate::ids::TimelineId;
+    use crate::Lsn;
+
+    fn server(running: bool, in_recovery: bool, at: u64, follows: Option<&str>) -> ServerState {
+        ServerState {
+            running,
+            in_recovery,
+            timeline: Some(TimelineId::new(1)),
+            position: Some(Lsn::new(at)),
+            detached: follows.is_none(),
+            follows: follows.map(String::from),
+        }
+    }
+
+    fn member(node: &str, server: ServerState) -> MemberRecord {
+        MemberRecord {
+            node: node.into(),
+            paused: false,
+            server,
+        }
+    }
+
+    fn local(server: ServerState, standby_signal: bool) -> Local {
+        Local {
+            server,
+            standby_signal,
+            standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
+            caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
+            shutdown_checkpoint: None,
+        }
+    }
+
+    fn primary() -> Local {
+        local(server(true, false, 100, None), false)
+    }
+
+    fn record() -> SyncRecord {
+        SyncRecord {
+            leader: "pg_master".into(),
+            method: "FIRST".into(),
+            num: 1,
+            members: vec!["pg_slave".into(), "pg_asyncslave".into()],
+        }
+    }
+
+    fn request(from: &str, to: &str) -> RoleRequest {
+        RoleRequest {
+            from: from.into(),
+            to: to.into(),
+            by: "test@host".into(),
+            at_unix_ms: 0,
+            refused: None,
+        }
+    }
+
+    fn streaming(at_slave: u64, at_async: u64) -> Vec<MemberRecord> {
+        vec![
+            member("pg_slave", server(true, true, at_slave, Some("pg_master"))),
+            member(
+                "pg_asyncslave",
+                server(true, true, at_async, Some("pg_master")),
+            ),
+        ]
+    }
+
+    fn led_by(node: &str, mine: bool) -> View {
+        View {
+            leader: Some(Leader {
+                node: node.into(),
+                mine,
+            }),
+            members: streaming(100, 90),
+            sync: Some(record()),
+            ..View::default()
+        }
+    }
+
+    fn run(me: &str, local: Local, view: View, paused: bool) -> Decision {
+        let spec = ClusterSpec::default();
+        decide(&Situation {
+            me,
+            local,
+            view: Some(view),
+            fence_due: false,
+            spec: &spec,
+            paused,
+        })
+    }
+
+    #[test]
+    fn paused_agents_touch_no_server() {
+        // A leader whose server died is not restarted; the key stays.
+        let mut dead = primary();
+        dead.server.running = false;
+        let d = run("pg_master", dead, led_by("pg_master", true), true);
+        assert_eq!(d.action, Action::Wait);
+        assert!(
+            d.reason.starts_with("paused (otherwise RestartInPlace"),
+            "{}",
+            d.reason
+        );
+        // Standbys neither detach nor elect when the leader is gone.
+        let mut leaderless = led_by("pg_master", false);
+        leaderless.leader = None;
+        let standby = local(server(true, true, 100, Some("pg_master")), true);
+        let d = run("pg_slave", standby.clone(), leaderless.clone(), true);
+        assert_eq!(d.action, Action::Wait, "{}", d.reason);
+        let mut detached = standby;
+        detached.server = server(true, true, 200, None);
+        leaderless.members = vec![
+            member("pg_slave", server(true, true, 200, None)),
+            member("pg_asyncslave", server(true, true, 100, None)),
+        ];
+        assert_eq!(
+            run("pg_slave", detached.clone(), leaderless.clone(), false).action,
+            Action::TakeLeadership
+        );
+        assert_eq!(
+            run("pg_slave", detached, leaderless.clone(), true).action,
+            Action::Wait
+        );
+        // A second primary is not fenced (no demotion in maintenance, as in Patroni).
+        let d = run("pg_slave", primary(), led_by("pg_master", false), true);
+        assert_eq!(d.action, Action::Wait);
+        // A stopped former primary is not rejoined, a stopped standby not started.
+        let mut stopped = primary();
+        stopped.server.running = false;
+        assert_eq!(
+            run(
+                "pg_slave",
+                stopped.clone(),
+                led_by("pg_master", false),
+                true
+            )
+            .action,
+            Action::Wait
+        );
+        stopped.standby_signal = true;
+        assert_eq!(
+            run("pg_slave", stopped, led_by("pg_master", false), true).action,
+            Action::Wait
+        );
+        // Bookkeeping still happens: the last leader, a running primary, takes its key back.
+        assert_eq!(
+            run("pg_master", primary(), leaderless, true).action,
+            Action::TakeLeadership
+        );
+        // And no fence when etcd is silent, whatever the lease says.
+        let spec = ClusterSpec::default();
+        let silent = |paused| {
+            decide(&Situation {
+                me: "pg_master",
+                local: primary(),
+                view: None,
+                fence_due: true,
+                spec: &spec,
+                paused,
+            })
+            .action
+        };
+        assert_eq!(silent(false), Action::Fence);
+        assert_eq!(silent(true), Action::Wait);
+    }
+
+    #[test]
+    fn a_switchover_stops_the_leader_then_hands_the_key_to_a_target_past_its_checkpoint() {
+        let mut view = led_by("pg_master", true);
+        view.switchover = Some(request("pg_master", "pg_slave"));
+        // Not caught up yet: wait.
+        let mut behind = primary();
+        behind.caught_up = vec!["pg_asyncslave".into()];
+        let d = run("pg_master", behind, view.clone(), false);
+        assert_eq!(d.action, Action::Wait);
+        assert!(d.reason.contains("catch up"), "{}", d.reason);
+        // Caught up: fast shutdown.
+        assert_eq!(
+            run("pg_master", primary(), view.clone(), false).action,
+            Action::StopForSwitchover {
+                to: "pg_slave".into()
+            }
+        );
+        // Stopped cleanly at 0/96: the target at 0/64 lacks it; at 0/100 it holds it.
+        let mut stopped = primary();
+        stopped.server.running = false;
+        stopped.shutdown_checkpoint = Some(Lsn::new(96));
+        view.members = streaming(96, 90);
+        let d = run("pg_master", stopped.clone(), view.clone(), false);
+        assert_eq!(d.action, Action::Wait);
+        assert!(
+            d.reason.contains("shutdown checkpoint 0/60"),
+            "{}",
+            d.reason
+        );
+        view.members = streaming(120, 90);
+        assert_eq!(
+            run("pg_master", stopped.clone(), view.clone(), false).action,
+            Action::HandOver {
+                to: "pg_slave".into()
+            }
+        );
+        // The target died meanwhile: the old leader restarts in place.
+        view.members.remove(0);
+        assert_eq!(
+            run("pg_master", stopped.clone(), view.clone(), false).action,
+            Action::RestartInPlace
+        );
+        // A crash (no clean checkpoint) is not a switchover either.
+        stopped.shutdown_checkpoint = None;
+        view.members = streaming(120, 90);
+        assert_eq!(
+            run("pg_master", stopped, view.clone(), false).action,
+            Action::RestartInPlace
+        );
+        // Paused: nothing.
+        assert_eq!(run("pg_master", primary(), view, true).action, Action::Wait);
+    }
+
+    #[test]
+    fn the_target_promotes_as_an_elected_node_and_the_old_leader_rejoins_it() {
+        let mut view = led_by("pg_slave", true);
+        view.switchover = Some(request("pg_master", "pg_slave"));
+        let standby = local(server(true, true, 120, Some("pg_master")), true);
+        let d = run("pg_slave", standby, view.clone(), false);
+        assert!(matches!(d.action, Action::Promote { .. }), "{d:?}");
+        assert!(d.reason.contains("switchover"), "{}", d.reason);
+        // The old leader, stopped cleanly, sees another leader: rejoin it.
+        view.leader = Some(Leader {
+            node: "pg_slave".into(),
+            mine: false,
+        });
+        let mut stopped = primary();
+        stopped.server.running = false;
+        stopped.shutdown_checkpoint = Some(Lsn::new(96));
+        assert_eq!(
+            run("pg_master", stopped, view, false).action,
+            Action::Rejoin {
+                leader: "pg_slave".into()
+            }
+        );
+    }
+
+    #[test]
+    fn switchover_requests_are_refused_for_the_reasons_the_cli_gives() {
+        let view = led_by("pg_master", true);
+        assert!(switchover_refusal(&view, "pg_master", "pg_master")
+            .unwrap()
+            .contains("already the primary"));
+        let mut outside = view.clone();
+        outside.sync.as_mut().unwrap().members = vec!["pg_slave".into()];
+        assert!(switchover_refusal(&outside, "pg_master", "pg_asyncslave")
+            .unwrap()
+            .contains("not in the sync record (pg_slave)"));
+        let mut gone = view.clone();
+        gone.members.remove(0);
+        assert!(switchover_refusal(&gone, "pg_master", "pg_slave")
+            .unwrap()
+            .contains("no live agent"));
+        let mut elsewhere = view.clone();
+        elsewhere.members[0].server.follows = Some("pg_asyncslave".into());
+        assert!(switchover_refusal(&elsewhere, "pg_master", "pg_slave")
+            .unwrap()
+            .contains("does not stream from"));
+        assert_eq!(switchover_refusal(&view, "pg_master", "pg_slave"), None);
+
+        // The agent refuses what no longer holds, and marks the request.
+        let mut asked = gone;
+        asked.switchover = Some(request("pg_master", "pg_slave"));
+        let d = run("pg_master", primary(), asked.clone(), false);
+        assert!(
+            matches!(d.action, Action::RefuseSwitchover(ref why) if why.contains("no live agent")),
+            "{d:?}"
+        );
+        // A refused or stale request is ignored.
+        asked.switchover.as_mut().unwrap().refused = Some("x".into());
+        assert_eq!(
+            run("pg_master", primary(), asked.clone(), false).action,
+            Action::Wait
+        );
+        asked.switchover = Some(request("pg_asyncslave", "pg_slave"));
+        assert_eq!(
+            run("pg_master", primary(), asked, false).action,
+            Action::Wait
+        );
+    }
+
+    #[test]
+    fn the_cli_picks_the_most_advanced_fit_standby_and_refuses_paused_or_busy_clusters() {
+        let mut view = led_by("pg_master", false);
+        assert_eq!(
+            switchover_target(&view, None),
+            Ok(("pg_master".into(), "pg_slave".into()))
+        );
+        view.members = streaming(90, 100);
+        assert_eq!(switchover_target(&view, None).unwrap().1, "pg_asyncslave");
+        // Ties go to the policy's order.
+        view.members = streaming(100, 100);
+        assert_eq!(switchover_target(&view, None).unwrap().1, "pg_slave");
+        assert_eq!(
+            switchover_target(&view, Some("pg_asyncslave")).unwrap().1,
+            "pg_asyncslave"
+        );
+        assert!(switchover_target(&view, Some("pg_master")).is_err());
+        let mut busy = view.clone();
+        busy.switchover = Some(request("pg_master", "pg_slave"));
+        assert!(switchover_target(&busy, None)
+            .unwrap_err()
+            .contains("under way"));
+        let mut paused = view.clone();
+        paused.pause = Some(PauseRecord {
+            by: "x".into(),
+            at_unix_ms: 0,
+        });
+        assert!(switchover_target(&paused, None)
+            .unwrap_err()
+            .contains("paused"));
+        let mut none = view;
+        none.leader = None;
+        assert!(switchover_target(&none, None).is_err());
+        let mut dead = led_by("pg_master", false);
+        dead.members.clear();
+        let why = switchover_target(&dead, None).unwrap_err();
+        assert!(
+            why.contains("`pg_slave` has no live agent; `pg_asyncslave` has no live agent"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn failover_with_agents_is_refused_under_a_live_leader_and_honours_only_safe_targets() {
+        let why = failover_target(&led_by("pg_master", false), None).unwrap_err();
+        assert_eq!(
+            why,
+            "`pg_master` leads: the agents fail over by themselves; use switchover to move a healthy primary"
+        );
+        let mut view = led_by("pg_master", false);
+        view.leader = None;
+        view.members = vec![
+            member("pg_slave", server(true, true, 100, None)),
+            member("pg_asyncslave", server(true, true, 100, None)),
+        ];
+        assert_eq!(failover_target(&view, None).as_deref(), Ok("pg_slave"));
+        // A tie: the other one is as safe, and the election then prefers it.
+        assert_eq!(
+            failover_target(&view, Some("pg_asyncslave")).as_deref(),
+            Ok("pg_asyncslave")
+        );
+        let wanted = request("pg_master", "pg_asyncslave");
+        assert_eq!(
+            elect(&record(), &view.members, Some(&wanted)),
+            Ok("pg_asyncslave")
+        );
+        assert_eq!(elect(&record(), &view.members, None), Ok("pg_slave"));
+        // Behind: refused, and the election ignores such a request.
+        view.members[1].server.position = Some(Lsn::new(50));
+        let why = failover_target(&view, Some("pg_asyncslave")).unwrap_err();
+        assert!(
+            why.contains("is behind `pg_slave`") && why.contains("the agents elect `pg_slave`"),
+            "{why}"
+        );
+        assert_eq!(
+            elect(&record(), &view.members, Some(&wanted)),
+            Ok("pg_slave")
+        );
+        // Not electable at all: say why.
+        view.members.remove(1);
+        let why = failover_target(&view, None).unwrap_err();
+        assert!(
+            why.contains("1 of the sync record's 2 members answer"),
+            "{why}"
+        );
+        view.pause = Some(PauseRecord {
+            by: "x".into(),
+            at_unix_ms: 0,
+        });
+        assert!(failover_target(&view, None).unwrap_err().contains("paused"));
+    }
+}
