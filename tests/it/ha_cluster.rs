@@ -321,6 +321,8 @@ impl Drop for HaCluster {
 pub(crate) struct Ack {
     pub(crate) id: i64,
     pub(crate) node: usize,
+    /// When the insert was sent (a commit in flight at a fault may be acknowledged after it).
+    pub(crate) sent: Instant,
     pub(crate) at: Instant,
     /// Which of the writer's sessions (counted from 1) it came through.
     pub(crate) session: u32,
@@ -434,11 +436,13 @@ async fn write_loop(
             let id = next_id;
             next_id += 1;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+            let sent = Instant::now();
             let insert = client.execute("INSERT INTO ha_writes(id) VALUES ($1)", &params);
             match tokio::time::timeout(Duration::from_secs(1), insert).await {
                 Ok(Ok(_)) => acks.lock().unwrap().push(Ack {
                     id,
                     node: *node,
+                    sent,
                     at: Instant::now(),
                     session: sessions,
                 }),

@@ -1,0 +1,409 @@
+//! The soak of issue 13: rounds of mixed faults on the HA bench (a cluster built by `up`, a real
+//! 3-member etcd, an agent per node) under a writer that records every acknowledged commit.
+//! Each round waits for a healthy cluster, injects one fault, measures the time from the fault
+//! to the first acknowledged write, restores what it killed or stopped, waits for health again,
+//! and checks that nothing acknowledged was lost and that one node took writes at a time.
+//!
+//! CI runs 4 rounds. The long run, and a replay of a sequence (its seed is printed first):
+//!
+//! ```text
+//! PGREPL_SOAK_ROUNDS=50 flock /tmp/pgrepl-it.lock cargo test --release --test it -- ha_soak --nocapture
+//! PGREPL_SOAK_SEED=N ...
+//! ```
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::ha_cluster::{Ack, HaCluster, Writer, NODES, TTL};
+
+/// The longest a round may take from the fault to the first acknowledged write.
+const BOUND: Duration = Duration::from_secs(15);
+/// The longest a restored cluster may take to be whole again (a rejoin may re-clone).
+const HEAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// SIGKILL the primary's agent and postgres together; then start the agent: the node rejoins.
+    NodeLoss,
+    /// SIGKILL the primary's postgres only; its agent restarts it.
+    PostgresCrash,
+    /// SIGSTOP the primary's agent for twice the lease TTL, then SIGCONT.
+    FrozenAgent,
+    /// SIGKILL one etcd member of three, restart it after twice the TTL.
+    EtcdMember,
+    /// SIGKILL a standby's agent and postgres, start the agent after its lease expired.
+    StandbyLoss,
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::NodeLoss,
+    Kind::PostgresCrash,
+    Kind::FrozenAgent,
+    Kind::EtcdMember,
+    Kind::StandbyLoss,
+];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::NodeLoss => "node loss",
+            Kind::PostgresCrash => "postgres crash",
+            Kind::FrozenAgent => "frozen agent",
+            Kind::EtcdMember => "etcd member loss",
+            Kind::StandbyLoss => "standby loss",
+        }
+    }
+
+    /// The primary's role must move to another node.
+    fn fails_over(self) -> bool {
+        matches!(self, Kind::NodeLoss | Kind::FrozenAgent)
+    }
+}
+
+/// splitmix64: a sequence that a printed seed replays, with no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Every five rounds hold each kind once, in a seeded order.
+fn schedule(rng: &mut Rng, rounds: usize) -> Vec<Kind> {
+    let mut kinds = Vec::with_capacity(rounds + KINDS.len());
+    while kinds.len() < rounds {
+        let mut block = KINDS;
+        for i in (1..block.len()).rev() {
+            block.swap(i, rng.below(i + 1));
+        }
+        kinds.extend(block);
+    }
+    kinds.truncate(rounds);
+    kinds
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    Some(
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text}: give a whole number")),
+    )
+}
+
+/// One round's outcome, a row of the report.
+struct Round {
+    kind: Kind,
+    target: String,
+    old: usize,
+    new: usize,
+    first_write: Duration,
+    longest_gap: Duration,
+    acks: usize,
+}
+
+impl Round {
+    const HEADER: &'static str =
+        "round  fault                                  primary                        first write  longest gap   acks";
+
+    fn row(&self, n: usize) -> String {
+        format!(
+            "{n:>5}  {:<37}  {:<29}  {:>9.2} s  {:>9.2} s  {:>5}",
+            format!("{} ({})", self.kind.name(), self.target),
+            format!("{} -> {}", NODES[self.old], NODES[self.new]),
+            self.first_write.as_secs_f64(),
+            self.longest_gap.as_secs_f64(),
+            self.acks
+        )
+    }
+}
+
+#[test]
+fn ha_soak_mixed_faults_lose_nothing() {
+    let rounds = env_number("PGREPL_SOAK_ROUNDS").unwrap_or(4) as usize;
+    assert!(rounds > 0, "PGREPL_SOAK_ROUNDS: give at least 1");
+    let seed = env_number("PGREPL_SOAK_SEED").unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
+    eprintln!("soak: {rounds} rounds, seed {seed} (PGREPL_SOAK_SEED={seed} replays the sequence)");
+    let mut rng = Rng(seed);
+    let kinds = schedule(&mut rng, rounds);
+
+    let started = Instant::now();
+    let mut ha = HaCluster::up();
+    let writer = Writer::start(&ha);
+    let mut done: Vec<Round> = Vec::new();
+    // Acks up to here were checked for one writer at a time.
+    let mut checked = Instant::now();
+    for (n, kind) in kinds.into_iter().enumerate() {
+        let old = wait_healthy(&ha);
+        writer.wait_ack(&ha, BOUND, Instant::now(), |a| a.node == old);
+        eprintln!(
+            "round {}: {} while `{}` leads",
+            n + 1,
+            kind.name(),
+            NODES[old]
+        );
+        let (target, fault_at, first) = fault_and_restore(&mut ha, &writer, kind, old, &mut rng);
+        let new = wait_healthy(&ha);
+        let acks = writer.acks();
+        let window: Vec<Ack> = acks.iter().filter(|a| a.at > checked).copied().collect();
+        assert_one_writer(&window, old, new, &ha);
+        checked = window.last().map_or(checked, |a| a.at);
+        ha.assert_nothing_lost(new, &acks);
+        if kind.fails_over() {
+            assert!(
+                new != old && first.node == new,
+                "{}: the new primary is `{}`, the first write after the fault went to `{}`\n{}",
+                kind.name(),
+                NODES[new],
+                NODES[first.node],
+                ha.logs()
+            );
+        } else {
+            assert_eq!(
+                (first.node, new),
+                (old, old),
+                "{} changed the primary\n{}",
+                kind.name(),
+                ha.logs()
+            );
+        }
+        let round = Round {
+            kind,
+            target,
+            old,
+            new,
+            first_write: first.at.duration_since(fault_at),
+            longest_gap: longest_gap(&acks, fault_at),
+            acks: acks.len(),
+        };
+        eprintln!("{}", round.row(n + 1));
+        done.push(round);
+    }
+    let last = wait_healthy(&ha);
+    writer.wait_ack(&ha, BOUND, Instant::now(), |a| a.node == last);
+    let acks = writer.stop();
+    let window: Vec<Ack> = acks.iter().filter(|a| a.at > checked).copied().collect();
+    assert_one_writer(&window, last, last, &ha);
+    ha.assert_nothing_lost(last, &acks);
+
+    eprintln!("\n{}", Round::HEADER);
+    for (n, round) in done.iter().enumerate() {
+        eprintln!("{}", round.row(n + 1));
+    }
+    eprintln!("{}", summary(&done, &acks, seed, started.elapsed()));
+}
+
+/// Injects the fault, waits for the first acknowledged write it allows, and restores what it
+/// killed or stopped. Returns what was hit, when, and that first write.
+fn fault_and_restore(
+    ha: &mut HaCluster,
+    writer: &Writer,
+    kind: Kind,
+    primary: usize,
+    rng: &mut Rng,
+) -> (String, Instant, Ack) {
+    let session = writer.acks().last().map_or(0, |a| a.session);
+    let standby = [1, 2].map(|k| (primary + k) % 3)[rng.below(2)];
+    let member = rng.below(3);
+    let target = match kind {
+        Kind::StandbyLoss => NODES[standby].to_owned(),
+        Kind::EtcdMember if etcd_is_leader(ha, member) => format!("etcd{member}, etcd's leader"),
+        Kind::EtcdMember => format!("etcd{member}"),
+        _ => NODES[primary].to_owned(),
+    };
+    let fault_at = Instant::now();
+    match kind {
+        Kind::NodeLoss => {
+            ha.kill_agent(primary);
+            ha.kill_postgres(primary);
+        }
+        Kind::PostgresCrash => ha.kill_postgres(primary),
+        Kind::FrozenAgent => ha.signal_agent(primary, libc::SIGSTOP),
+        Kind::EtcdMember => ha.etcd.kill(member),
+        Kind::StandbyLoss => {
+            ha.kill_agent(standby);
+            ha.kill_postgres(standby);
+        }
+    }
+    // A commit in flight at the fault may be acknowledged after it: count inserts sent after.
+    let first = writer.wait_ack(ha, BOUND, fault_at, |a| {
+        a.sent >= fault_at
+            && match kind {
+                Kind::NodeLoss | Kind::FrozenAgent => a.node != primary,
+                // Through a new session: the old one died with its server.
+                Kind::PostgresCrash => a.session > session,
+                Kind::EtcdMember | Kind::StandbyLoss => true,
+            }
+    });
+    let sleep_until =
+        |at: Instant| std::thread::sleep(at.saturating_duration_since(Instant::now()));
+    match kind {
+        Kind::NodeLoss => ha.start_agent(primary),
+        Kind::PostgresCrash => {}
+        Kind::FrozenAgent => {
+            sleep_until(fault_at + TTL * 2);
+            ha.signal_agent(primary, libc::SIGCONT);
+        }
+        Kind::EtcdMember => {
+            sleep_until(fault_at + TTL * 2);
+            ha.etcd.restart(member);
+        }
+        Kind::StandbyLoss => {
+            // Its member record expires first, as when a machine stays away.
+            sleep_until(fault_at + TTL + Duration::from_secs(1));
+            ha.start_agent(standby);
+        }
+    }
+    (target, fault_at, first)
+}
+
+/// Waits until the cluster is whole (a leader, its sync record, both other nodes streaming
+/// from it, every agent's member record) and returns the leader.
+fn wait_healthy(ha: &HaCluster) -> usize {
+    let leader = std::cell::Cell::new(None);
+    ha.wait_for(
+        "a leader with its sync record, both standbys streaming from it, three agents",
+        HEAL,
+        |ha| {
+            leader.set(healthy_leader(ha));
+            leader.get().is_some()
+        },
+    );
+    leader.get().expect("checked by wait_for")
+}
+
+fn healthy_leader(ha: &HaCluster) -> Option<usize> {
+    let name = ha.leader()?;
+    let leader = NODES.iter().position(|n| *n == name)?;
+    let sync: serde_json::Value = serde_json::from_str(&ha.etcd_get("sync")?).ok()?;
+    let whole = sync["leader"].as_str() == Some(name.as_str())
+        && (1..3).all(|k| ha.streams_from((leader + k) % 3, leader))
+        && NODES
+            .iter()
+            .all(|n| ha.etcd_get(&format!("members/{n}")).is_some());
+    whole.then_some(leader)
+}
+
+/// Whether etcd member `i` is etcd's leader (false when it does not answer).
+fn etcd_is_leader(ha: &HaCluster, i: usize) -> bool {
+    let endpoints = ha.etcd.endpoints();
+    let endpoint = endpoints.split(',').nth(i).expect("a member's endpoint");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async {
+            let limit = Duration::from_secs(1);
+            let connect = etcd_client::Client::connect([endpoint], None);
+            let mut client = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
+            let status = tokio::time::timeout(limit, client.status())
+                .await
+                .ok()?
+                .ok()?;
+            Some(status.leader() == status.header()?.member_id())
+        })
+        .unwrap_or(false)
+}
+
+/// The acknowledging nodes of one round, in order: `old` then `new`, never back, never a third.
+fn assert_one_writer(acks: &[Ack], old: usize, new: usize, ha: &HaCluster) {
+    let mut runs: Vec<usize> = Vec::new();
+    for ack in acks {
+        if runs.last() != Some(&ack.node) {
+            runs.push(ack.node);
+        }
+    }
+    let allowed = [vec![old], vec![new], vec![old, new]];
+    assert!(
+        runs.is_empty() || allowed.contains(&runs),
+        "more than one writer at a time: acknowledgements came from {:?} in turn (old primary `{}`, new `{}`)\n{}",
+        runs.iter().map(|&i| NODES[i]).collect::<Vec<_>>(),
+        NODES[old],
+        NODES[new],
+        ha.logs()
+    );
+}
+
+/// The longest time without an acknowledged write from `since` to the last acknowledgement.
+fn longest_gap(acks: &[Ack], since: Instant) -> Duration {
+    let mut previous = since;
+    let mut longest = Duration::ZERO;
+    for ack in acks.iter().filter(|a| a.at > since) {
+        longest = longest.max(ack.at.duration_since(previous));
+        previous = ack.at;
+    }
+    longest
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2
+    }
+}
+
+fn summary(rounds: &[Round], acks: &[Ack], seed: u64, took: Duration) -> String {
+    let mut text = format!(
+        "\nsoak summary: {} rounds ({} faults, seed {seed}) in {:.0} s; {} acknowledged commits, 0 lost; one writer at a time throughout\n\
+         fault                rounds  first write: median      max   longest gap: max\n",
+        rounds.len(),
+        rounds.len(),
+        took.as_secs_f64(),
+        acks.len(),
+    );
+    for kind in KINDS {
+        let of_kind: Vec<&Round> = rounds.iter().filter(|r| r.kind == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        let firsts: Vec<Duration> = of_kind.iter().map(|r| r.first_write).collect();
+        let max = firsts.iter().max().copied().unwrap_or_default();
+        let gap = of_kind
+            .iter()
+            .map(|r| r.longest_gap)
+            .max()
+            .unwrap_or_default();
+        text += &format!(
+            "{:<20}  {:>6}  {:>14.2} s  {:>5.2} s  {:>14.2} s\n",
+            kind.name(),
+            of_kind.len(),
+            median(firsts).as_secs_f64(),
+            max.as_secs_f64(),
+            gap.as_secs_f64()
+        );
+    }
+    text
+}
+
+#[test]
+fn a_soak_schedule_replays_from_its_seed_and_holds_every_kind_in_five_rounds() {
+    let a = schedule(&mut Rng(7), 50);
+    assert_eq!(a, schedule(&mut Rng(7), 50));
+    assert_ne!(a, schedule(&mut Rng(8), 50));
+    for block in a.chunks(5) {
+        for kind in KINDS {
+            assert!(block.contains(&kind), "{kind:?} missing from {block:?}");
+        }
+    }
+    assert_eq!(schedule(&mut Rng(7), 4), a[..4]);
+    let median_of = |ms: &[u64]| median(ms.iter().map(|&m| Duration::from_millis(m)).collect());
+    assert_eq!(median_of(&[3, 1, 2]), Duration::from_millis(2));
+    assert_eq!(median_of(&[4, 1, 3, 2]), Duration::from_micros(2500));
+}
