@@ -112,11 +112,11 @@ struct Round {
 
 impl Round {
     const HEADER: &'static str =
-        "round  fault                                  primary                        first write  longest gap   acks";
+        "round  fault                                       primary                        first write  longest gap   acks";
 
     fn row(&self, n: usize) -> String {
         format!(
-            "{n:>5}  {:<37}  {:<29}  {:>9.2} s  {:>9.2} s  {:>5}",
+            "{n:>5}  {:<42}  {:<29}  {:>9.2} s  {:>9.2} s  {:>5}",
             format!("{} ({})", self.kind.name(), self.target),
             format!("{} -> {}", NODES[self.old], NODES[self.new]),
             self.first_write.as_secs_f64(),
