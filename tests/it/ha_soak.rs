@@ -112,11 +112,11 @@ struct Round {
 
 impl Round {
     const HEADER: &'static str =
-        "round  fault                                  primary                        first write  longest gap   acks";
+        "round  fault                                                         primary                        first write  longest gap   acks";
 
     fn row(&self, n: usize) -> String {
         format!(
-            "{n:>5}  {:<37}  {:<29}  {:>9.2} s  {:>9.2} s  {:>5}",
+            "{n:>5}  {:<60}  {:<29}  {:>9.2} s  {:>9.2} s  {:>5}",
             format!("{} ({})", self.kind.name(), self.target),
             format!("{} -> {}", NODES[self.old], NODES[self.new]),
             self.first_write.as_secs_f64(),
@@ -155,8 +155,13 @@ fn ha_soak_mixed_faults_lose_nothing() {
             kind.name(),
             NODES[old]
         );
-        let (target, fault_at, first) = fault_and_restore(&mut ha, &writer, kind, old, &mut rng);
+        let fenced_before = fences(&ha, old);
+        let (mut target, fault_at, first) =
+            fault_and_restore(&mut ha, &writer, kind, old, &mut rng);
         let new = wait_healthy(&ha);
+        if !kind.fails_over() && fences(&ha, old) > fenced_before {
+            target += "; fenced, restarted in place";
+        }
         let acks = writer.acks();
         let window: Vec<Ack> = acks.iter().filter(|a| a.at > checked).copied().collect();
         assert_one_writer(&window, old, new, &ha);
@@ -295,6 +300,14 @@ fn healthy_leader(ha: &HaCluster) -> Option<usize> {
             .iter()
             .all(|n| ha.etcd_get(&format!("members/{n}")).is_some());
     whole.then_some(leader)
+}
+
+/// How often node `i`'s agent has fenced its primary so far.
+fn fences(ha: &HaCluster, i: usize) -> usize {
+    std::fs::read_to_string(ha.log(i))
+        .unwrap_or_default()
+        .matches("fencing primary")
+        .count()
 }
 
 /// Whether etcd member `i` is etcd's leader (false when it does not answer).
