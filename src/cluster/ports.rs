@@ -39,7 +39,8 @@ pub fn decide(listener: bool, bind_ok: bool) -> PortState {
 }
 
 /// Whether `table` (the text of /proc/net/tcp or tcp6) has a socket listening on `port` at an
-/// address a server on 127.0.0.1 would collide with: loopback or the wildcard.
+/// address a server on 127.0.0.1 would collide with: loopback or the wildcard. (For a node on
+/// another address, a listener there only shows as a failed bind.)
 pub fn listens(table: &str, port: u16) -> bool {
     !listener_inodes(table, port).is_empty()
 }
@@ -108,10 +109,18 @@ fn holder(port: u16) -> Option<String> {
     None
 }
 
-fn check(port: u16) -> PortState {
-    let bind_ok = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+/// The port's state at the node's host address; `None` when that address is not this
+/// machine's.
+fn check(node: &NodeSpec) -> Option<PortState> {
+    let bind = std::net::TcpListener::bind((node.host(), node.port));
+    if bind
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable)
+    {
+        return None;
+    }
     // After the bind, so a listener that appears between the two is still seen as one.
-    decide(listener_on(port), bind_ok)
+    Some(decide(listener_on(node.port), bind.is_ok()))
 }
 
 /// Refuses a node whose host port something listens on, before anything is created; waits out
@@ -119,7 +128,13 @@ fn check(port: u16) -> PortState {
 pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {
     let deadline = tokio::time::Instant::now() + CLIENT_HOLD_WAIT;
     loop {
-        match check(node.port) {
+        let Some(state) = check(node) else {
+            return Err(RuntimeError::NotThisMachine {
+                node: node.name.clone(),
+                host: node.host().to_owned(),
+            });
+        };
+        match state {
             PortState::Free => return Ok(()),
             PortState::Listener => {
                 return Err(RuntimeError::PortInUse {
@@ -200,6 +215,7 @@ mod tests {
         let node = NodeSpec {
             name: "pg_x".into(),
             role: crate::cluster::spec::NodeRole::Primary,
+            host: None,
             port,
         };
         let error = ensure_free(&node).await.unwrap_err();
@@ -215,5 +231,21 @@ mod tests {
         let client_port = client.local_addr().unwrap().port();
         assert!(!listener_on(client_port));
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_is_no_address_of_this_machine_is_named() {
+        let node = NodeSpec {
+            name: "pg_x".into(),
+            role: crate::cluster::spec::NodeRole::Primary,
+            // TEST-NET-1: never an address of this machine.
+            host: Some("192.0.2.1".into()),
+            port: 5432,
+        };
+        let error = ensure_free(&node).await.unwrap_err();
+        assert!(
+            matches!(&error, RuntimeError::NotThisMachine { host, .. } if host == "192.0.2.1"),
+            "{error}"
+        );
     }
 }

@@ -5,10 +5,12 @@
 //! - `decide`: the pure decision (this node's server and the etcd view in, one action out).
 //! - `store`: etcd access (leases, the create-if-absent leader transaction, guarded writes).
 //! - `agent`: the loop that probes, publishes, decides and acts through the cluster runtime.
+//! - `bootstrap`: an agent whose node has no data builds it (initialise, or clone later).
 //!
 //! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
 
 pub mod agent;
+pub mod bootstrap;
 pub mod decide;
 pub mod records;
 pub mod store;

@@ -12,6 +12,7 @@ mod fake_server;
 mod faults;
 mod ha;
 mod ha_cluster;
+mod ha_hosts;
 mod harness;
 mod lag;
 mod lag_serve;
