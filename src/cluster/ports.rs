@@ -112,15 +112,14 @@ fn holder(port: u16) -> Option<String> {
 /// The port's state at the node's host address; `None` when that address is not this
 /// machine's.
 fn check(node: &NodeSpec) -> Option<PortState> {
-    let bind = std::net::TcpListener::bind((node.host(), node.port));
-    if bind
-        .as_ref()
-        .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable)
-    {
-        return None;
-    }
+    // The test listener closes at once: it must not be seen as a listener below.
+    let bind_ok = match std::net::TcpListener::bind((node.host(), node.port)) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => return None,
+        Err(_) => false,
+    };
     // After the bind, so a listener that appears between the two is still seen as one.
-    Some(decide(listener_on(node.port), bind.is_ok()))
+    Some(decide(listener_on(node.port), bind_ok))
 }
 
 /// Refuses a node whose host port something listens on, before anything is created; waits out
