@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use pgrepl::cluster::Purpose;
 use pgrepl::ha::agent::{Agent, AgentOptions};
 use pgrepl::ha::Timing;
 
@@ -28,7 +29,8 @@ pub struct AgentArgs {
 
 /// Runs until Ctrl-C or SIGTERM; decisions are logged at info level (`-v`).
 pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
-    let cluster = args.cluster.open()?;
+    // Build: on a machine of its own, the agent finds no state yet and builds its node.
+    let cluster = args.cluster.find(Purpose::Build)?;
     let scope = args.etcd.scope(&cluster)?;
     let endpoints = args.etcd.endpoints(&cluster).ok_or_else(|| {
         anyhow::anyhow!(

@@ -51,7 +51,7 @@ impl ClusterArgs {
         self.find(Purpose::Use)
     }
 
-    fn find(&self, purpose: Purpose) -> anyhow::Result<Cluster> {
+    pub(super) fn find(&self, purpose: Purpose) -> anyhow::Result<Cluster> {
         let choice = RuntimeChoice {
             file: self.file.clone(),
             runtime: self.runtime.map(|r| match r {

@@ -1,5 +1,5 @@
-//! The local runtime: each node is a postgres process from the machine's PostgreSQL, on
-//! 127.0.0.1 with its own port, its data and log under the state directory. PostgreSQL refuses
+//! The local runtime: each node is a postgres process from the machine's PostgreSQL, on its
+//! host address (127.0.0.1 by default) and port, its data and log under the state directory. PostgreSQL refuses
 //! to run as root, so when pgrepl runs as root the servers run as the OS user `postgres`.
 //!
 //! Processes are started with `pg_ctl start -w` so they outlive pgrepl, and stopped with
@@ -154,10 +154,12 @@ impl LocalRuntime {
         }
         self.check_version(node)?;
         self.clear_stale_locks(node)?;
+        // The host is an IP address or a DNS name (validated): safe in pg_ctl's shell line.
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses={}",
             node.port,
-            self.socket_dir().display()
+            self.socket_dir().display(),
+            node.host()
         );
         let (data, log) = (self.data_dir(node), self.log_file(node));
         self.run(

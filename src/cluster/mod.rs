@@ -9,6 +9,7 @@
 //! Neighbours: `spec` (the cluster file), `runtime`/`local` (where nodes run), `backup` (the
 //! standbys' data), `conn::sql` (pgrepl's own SQL sessions).
 
+mod bootstrap;
 pub mod docker;
 pub mod drill;
 pub mod local;
@@ -136,6 +137,9 @@ pub struct Cluster {
     pub(crate) state_dir: PathBuf,
     /// The cluster file read, or `None` for the built-in defaults.
     cluster_file: Option<PathBuf>,
+    /// The host of the machine this process runs on, when nodes may run on several (an
+    /// agent's: its node's host). `None`: every node is here (`up` and the other commands).
+    machine: Option<String>,
 }
 
 /// What `up` does besides building the topology.
@@ -181,6 +185,33 @@ impl Cluster {
     /// Where the cluster's data, logs and state live.
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
+    }
+
+    /// Declares that this process runs on the machine of `node` (an agent): nodes with another
+    /// host run elsewhere, with their own state directory, reached only over the network.
+    pub fn on_machine_of(&mut self, node: &NodeSpec) {
+        self.machine = Some(node.host().to_owned());
+    }
+
+    /// Whether `node` runs on this machine (its data, socket and processes are here).
+    pub(crate) fn is_here(&self, node: &NodeSpec) -> bool {
+        self.machine
+            .as_deref()
+            .is_none_or(|host| host == node.host())
+    }
+
+    /// The superuser's session options for a node on this machine (over its socket). A node on
+    /// another machine has no superuser session from here: the socket path would name a
+    /// server of this machine with the same port.
+    pub(crate) fn superuser(&self, node: &NodeSpec) -> Result<ConnectOptions, ClusterError> {
+        if !self.is_here(node) {
+            return Err(ClusterError::Setup(format!(
+                "`{}` runs on another machine ({}): pgrepl reaches it there over replication only",
+                node.name,
+                node.host()
+            )));
+        }
+        Ok(self.runtime.superuser(node))
     }
 
     /// The topology as it is now: the recorded primary may have changed since `open`.
@@ -230,7 +261,7 @@ impl Cluster {
     }
 
     async fn sql(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
-        sql::connect(&self.runtime.superuser(node), SESSION_NAME)
+        sql::connect(&self.superuser(node)?, SESSION_NAME)
             .await
             .map_err(ClusterError::node(node))
     }
@@ -248,6 +279,12 @@ impl Cluster {
             .as_deref()
             .map(crate::dump::DumpFile::open)
             .transpose()?;
+        if let Some((a, b)) = self.spec.shared_port() {
+            return Err(ClusterError::Setup(format!(
+                "nodes `{}` and `{}` share port {}: `up` runs every node on this machine; for nodes on several machines run `pgrepl agent --node NAME` on each, which builds its node",
+                a.name, b.name, a.port
+            )));
+        }
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
         // Before anything is created, so an interrupted `up` is found again by every command.
@@ -396,23 +433,34 @@ impl Cluster {
                 .await
                 .map_err(|e| node_err_sql(primary, e))?;
         }
-        let cidr = self.runtime.replication_clients_cidr().await?;
         // The superuser too: `status` and `lag` read each node over a replication session as
         // the superuser, which from the host reaches a container over TCP (locally, the socket).
-        let hba_line = format!("host replication {user},postgres {cidr} scram-sha-256");
+        let hba_lines: Vec<String> = self
+            .runtime
+            .replication_clients(&self.spec.nodes)
+            .await?
+            .iter()
+            .map(|client| format!("host replication {user},postgres {client} scram-sha-256"))
+            .collect();
         let hba_path = self.runtime.data_dir(primary).join("pg_hba.conf");
         let hba = std::fs::read_to_string(&hba_path)
             .map_err(|e| ClusterError::io(format!("read `{}`", hba_path.display()), e))?;
-        if !hba
-            .lines()
-            .any(|l| l.split_whitespace().eq(hba_line.split_whitespace()))
-        {
-            log.step(&format!("add `{hba_line}` to pg_hba.conf"));
-            let text = format!(
-                "{}{}# added by pgrepl up\n{hba_line}\n",
-                hba,
-                if hba.ends_with('\n') { "" } else { "\n" }
-            );
+        let missing: Vec<&String> = hba_lines
+            .iter()
+            .filter(|line| {
+                !hba.lines()
+                    .any(|l| l.split_whitespace().eq(line.split_whitespace()))
+            })
+            .collect();
+        if !missing.is_empty() {
+            let mut text = hba.clone();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            for line in missing {
+                log.step(&format!("add `{line}` to pg_hba.conf"));
+                text.push_str(&format!("# added by pgrepl up\n{line}\n"));
+            }
             std::fs::write(&hba_path, text)
                 .map_err(|e| ClusterError::io(format!("write `{}`", hba_path.display()), e))?;
             changed = true;

@@ -117,6 +117,14 @@ impl Cluster {
         if let Some(topology) = topology::Topology::load(&state_dir)? {
             spec = spec.with_primary(&topology.primary)?;
         }
+        if let (RuntimeKind::Docker, Some(node)) =
+            (kind, spec.nodes.iter().find(|n| n.host.is_some()))
+        {
+            return Err(ClusterError::Setup(format!(
+                "node `{}` has a host: hosts are for the local runtime (one `pgrepl agent` per machine); remove it for the docker runtime",
+                node.name
+            )));
+        }
         let runtime = match kind {
             RuntimeKind::Local => {
                 Runtime::Local(local::LocalRuntime::new(state_dir.clone(), pg_bin)?)
@@ -134,6 +142,7 @@ impl Cluster {
             replication_password,
             state_dir,
             cluster_file: file,
+            machine: None,
         })
     }
 

@@ -39,7 +39,8 @@ pub fn decide(listener: bool, bind_ok: bool) -> PortState {
 }
 
 /// Whether `table` (the text of /proc/net/tcp or tcp6) has a socket listening on `port` at an
-/// address a server on 127.0.0.1 would collide with: loopback or the wildcard.
+/// address a server on 127.0.0.1 would collide with: loopback or the wildcard. (For a node on
+/// another address, a listener there only shows as a failed bind.)
 pub fn listens(table: &str, port: u16) -> bool {
     !listener_inodes(table, port).is_empty()
 }
@@ -108,15 +109,28 @@ fn holder(port: u16) -> Option<String> {
     None
 }
 
-fn check(port: u16) -> PortState {
-    let bind_ok = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+/// The port's state at `host`; `None` when that address is not this machine's.
+fn check_at(host: &str, port: u16) -> Option<PortState> {
+    // The test listener closes at once: it must not be seen as a listener below.
+    let bind_ok = match std::net::TcpListener::bind((host, port)) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => return None,
+        Err(_) => false,
+    };
     // After the bind, so a listener that appears between the two is still seen as one.
-    decide(listener_on(port), bind_ok)
+    Some(decide(listener_on(port), bind_ok))
 }
 
-/// True when nothing listens on `port` and it can be bound now (for ports pgrepl picks itself).
+/// The port's state at the node's host address; `None` when that address is not this
+/// machine's.
+fn check(node: &NodeSpec) -> Option<PortState> {
+    check_at(node.host(), node.port)
+}
+
+/// True when nothing listens on `port` of 127.0.0.1 and it can be bound now (for ports pgrepl
+/// picks itself).
 pub fn is_free(port: u16) -> bool {
-    check(port) == PortState::Free
+    check_at("127.0.0.1", port) == Some(PortState::Free)
 }
 
 /// Refuses a node whose host port something listens on, before anything is created; waits out
@@ -124,7 +138,13 @@ pub fn is_free(port: u16) -> bool {
 pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {
     let deadline = tokio::time::Instant::now() + CLIENT_HOLD_WAIT;
     loop {
-        match check(node.port) {
+        let Some(state) = check(node) else {
+            return Err(RuntimeError::NotThisMachine {
+                node: node.name.clone(),
+                host: node.host().to_owned(),
+            });
+        };
+        match state {
             PortState::Free => return Ok(()),
             PortState::Listener => {
                 return Err(RuntimeError::PortInUse {
@@ -205,6 +225,7 @@ mod tests {
         let node = NodeSpec {
             name: "pg_x".into(),
             role: crate::cluster::spec::NodeRole::Primary,
+            host: None,
             port,
         };
         let error = ensure_free(&node).await.unwrap_err();
@@ -220,5 +241,21 @@ mod tests {
         let client_port = client.local_addr().unwrap().port();
         assert!(!listener_on(client_port));
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_is_no_address_of_this_machine_is_named() {
+        let node = NodeSpec {
+            name: "pg_x".into(),
+            role: crate::cluster::spec::NodeRole::Primary,
+            // TEST-NET-1: never an address of this machine.
+            host: Some("192.0.2.1".into()),
+            port: 5432,
+        };
+        let error = ensure_free(&node).await.unwrap_err();
+        assert!(
+            matches!(&error, RuntimeError::NotThisMachine { host, .. } if host == "192.0.2.1"),
+            "{error}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use super::docker::DockerRuntime;
 use super::local::LocalRuntime;
 use super::ports;
-use super::spec::NodeSpec;
+use super::spec::{NodeSpec, LOOPBACK};
 use super::ClusterError;
 use crate::conn::ConnectOptions;
 
@@ -141,23 +141,38 @@ impl Runtime {
     /// How standbys reach `primary` (host and port in their primary_conninfo).
     pub fn primary_address_for_standbys(&self, primary: &NodeSpec) -> (String, u16) {
         match self {
-            Runtime::Local(_) => ("127.0.0.1".into(), primary.port),
+            Runtime::Local(_) => (primary.host().to_owned(), primary.port),
             Runtime::Docker(docker) => docker.primary_address_for_standbys(primary),
         }
     }
 
     /// How pgrepl on the host reaches `node` over TCP (for replication sessions).
     pub fn host_address(&self, node: &NodeSpec) -> (String, u16) {
-        // Containers publish their port on the host's loopback, like local servers listen.
-        ("127.0.0.1".into(), node.port)
+        match self {
+            Runtime::Local(_) => (node.host().to_owned(), node.port),
+            // Containers publish their port on the host's loopback.
+            Runtime::Docker(_) => (LOOPBACK.to_owned(), node.port),
+        }
     }
 
-    /// The client addresses the primary's pg_hba line must admit for replication: the
-    /// standbys' and pgrepl's own.
-    pub async fn replication_clients_cidr(&self) -> Result<String, ClusterError> {
+    /// The client addresses the primary's pg_hba lines must admit for replication: the
+    /// standbys' and pgrepl's own (loopback, and each node's host for nodes on other machines).
+    pub async fn replication_clients(
+        &self,
+        nodes: &[NodeSpec],
+    ) -> Result<Vec<String>, ClusterError> {
         match self {
-            Runtime::Local(_) => Ok("127.0.0.1/32".into()),
-            Runtime::Docker(docker) => docker.replication_clients_cidr().await,
+            Runtime::Local(_) => {
+                let mut clients = vec![format!("{LOOPBACK}/32")];
+                for node in nodes {
+                    let client = host_cidr(node.host());
+                    if !clients.contains(&client) {
+                        clients.push(client);
+                    }
+                }
+                Ok(clients)
+            }
+            Runtime::Docker(docker) => Ok(vec![docker.replication_clients_cidr().await?]),
         }
     }
 
@@ -175,6 +190,15 @@ impl Runtime {
     }
 }
 
+/// A pg_hba address for one host: an IP address as a single-address CIDR, a name as it is.
+fn host_cidr(host: &str) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => format!("{ip}/32"),
+        Ok(std::net::IpAddr::V6(ip)) => format!("{ip}/128"),
+        Err(_) => host.to_owned(),
+    }
+}
+
 /// Runs a local-runtime operation (which waits on child processes and pids) off the async
 /// workers, so several nodes can start at once and the workers stay free.
 async fn blocking<T, F>(local: &LocalRuntime, work: F) -> Result<T, ClusterError>
@@ -186,4 +210,16 @@ where
     tokio::task::spawn_blocking(move || work(local))
         .await
         .map_err(|e| ClusterError::io("run a node operation", std::io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_become_single_address_hba_entries() {
+        assert_eq!(host_cidr("10.213.0.1"), "10.213.0.1/32");
+        assert_eq!(host_cidr("::1"), "::1/128");
+        assert_eq!(host_cidr("db-1.example"), "db-1.example");
+    }
 }

@@ -35,6 +35,8 @@ pub enum RuntimeError {
     },
     #[error("port {port} for `{node}` stays taken by a client connection's local end (it lies in the ephemeral port range): retry, or give the node a port outside {low}-{high}", low = crate::cluster::ports::EPHEMERAL.0, high = crate::cluster::ports::EPHEMERAL.1)]
     PortHeldByClient { node: String, port: u16 },
+    #[error("host `{host}` of `{node}` is no address of this machine: run the node's agent on the machine that has it, or fix its host in the cluster file")]
+    NotThisMachine { node: String, host: String },
     #[error("`pg_rewind` is not in `{}`: install it with the PostgreSQL server package, or rejoin without --rewind", .0.display())]
     NoRewind(PathBuf),
     #[error("`{node}` is running: stop it before pg_rewind")]

@@ -30,8 +30,40 @@ pub enum NodeRole {
 pub struct NodeSpec {
     pub name: String,
     pub role: NodeRole,
+    /// The address the node's server listens on and everyone reaches it at: pgrepl, the other
+    /// nodes' replication and the agents. Another machine's address for a node that runs
+    /// there (its own agent builds and runs it). Local runtime only; absent: 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Host port: the local server's port, or the port a container publishes on 127.0.0.1.
     pub port: u16,
+}
+
+/// Where a node listens when the cluster file gives no host.
+pub const LOOPBACK: &str = "127.0.0.1";
+
+impl NodeSpec {
+    /// The node's address: its `host`, else 127.0.0.1.
+    pub fn host(&self) -> &str {
+        self.host.as_deref().unwrap_or(LOOPBACK)
+    }
+}
+
+/// An IP address or a DNS name. Nothing else is accepted: the host goes into pg_ctl's
+/// command line (run through a shell), listen_addresses and pg_hba.conf.
+fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// How commits wait for standbys.
@@ -180,6 +212,7 @@ impl Default for ClusterSpec {
         let node = |name: &str, role, port| NodeSpec {
             name: name.into(),
             role,
+            host: None,
             port,
         };
         ClusterSpec {
@@ -257,13 +290,21 @@ impl ClusterSpec {
                     node.name
                 ));
             }
+            if let Some(host) = node.host.as_deref().filter(|h| !valid_host(h)) {
+                return invalid(format!(
+                    "node `{}`: host `{host}` must be an IP address or a DNS name",
+                    node.name
+                ));
+            }
             if let Some(other) = self.nodes[..i]
                 .iter()
-                .find(|o| o.name == node.name || o.port == node.port)
+                .find(|o| o.name == node.name || (o.port == node.port && o.host() == node.host()))
             {
                 return invalid(format!(
-                    "nodes `{}` and `{}` share a name or port",
-                    other.name, node.name
+                    "nodes `{}` and `{}` share a name or port on host {}",
+                    other.name,
+                    node.name,
+                    node.host()
                 ));
             }
         }
@@ -322,6 +363,17 @@ impl ClusterSpec {
 
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Two nodes with the same port (on different hosts): they cannot all run on one machine,
+    /// whose socket directory names sockets by port.
+    pub fn shared_port(&self) -> Option<(&NodeSpec, &NodeSpec)> {
+        self.nodes.iter().enumerate().find_map(|(i, node)| {
+            self.nodes[..i]
+                .iter()
+                .find(|o| o.port == node.port)
+                .map(|o| (o, node))
+        })
     }
 
     /// The same cluster after `new_primary` took over: roles swap, and in the sync list the new
@@ -449,6 +501,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("share a name or port"));
+    }
+
+    #[test]
+    fn hosts_are_addresses_or_names_and_one_port_may_serve_several_hosts() {
+        let mut spec = ClusterSpec::default();
+        for (node, host) in spec
+            .nodes
+            .iter_mut()
+            .zip(["10.0.0.1", "db-2.example", "::1"])
+        {
+            node.host = Some(host.into());
+            node.port = 5432;
+        }
+        spec.validate().unwrap();
+        assert_eq!(spec.nodes[0].host(), "10.0.0.1");
+        assert_eq!(ClusterSpec::default().nodes[0].host(), "127.0.0.1");
+        assert!(spec.shared_port().is_some());
+        assert!(ClusterSpec::default().shared_port().is_none());
+        let text = spec.to_toml();
+        assert!(text.contains("host = \"db-2.example\""), "{text}");
+        assert_eq!(toml::from_str::<ClusterSpec>(&text).unwrap(), spec);
+
+        spec.nodes[2].host = Some("10.0.0.1".into());
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("share a name or port on host 10.0.0.1"),
+            "{err}"
+        );
+        for bad in ["", "a b", "x;rm -rf /", "-lead.example", "a..b"] {
+            spec.nodes[2].host = Some(bad.into());
+            let err = spec.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("must be an IP address or a DNS name"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

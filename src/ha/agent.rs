@@ -70,7 +70,10 @@ impl Agent {
     /// Connects to etcd, agrees on the timing and takes a lease.
     pub async fn start(cluster: Cluster, options: AgentOptions) -> Result<Agent, HaError> {
         options.timing.validate()?;
+        let mut cluster = cluster;
         let node = cluster.node(&options.node)?.clone();
+        // Nodes with another host run on other machines, each with its own agent.
+        cluster.on_machine_of(&node);
         let store =
             Store::connect(&options.endpoints, &options.cluster_name, &options.timing).await?;
         // The first request: the client connects lazily, so this is where a wrong URL shows.
@@ -106,11 +109,13 @@ impl Agent {
     /// beside a running primary; a standby's server is left running.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), HaError> {
         let agent = Arc::new(self);
-        prepare_server(&agent).await;
+        // Renewing from the start: building the node takes longer than the lease lives.
         let keepalive = tokio::spawn(keep_alive(agent.clone(), cancel.clone()));
         let watchdog = tokio::spawn(watchdog(agent.clone(), cancel.clone()));
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch(agent.clone(), wake.clone(), cancel.clone()));
+        agent.bootstrap(&cancel).await;
+        prepare_server(&agent).await;
         let mut last = Last::default();
         while !cancel.is_cancelled() {
             let decision = agent.tick(&mut last).await;
@@ -142,6 +147,32 @@ impl Agent {
         agent.store.revoke(lease).await?;
         tracing::info!("stopped; lease released");
         Ok(())
+    }
+
+    /// Builds the node when it has no data (`super::bootstrap`), retrying until it could.
+    async fn bootstrap(&self, cancel: &CancellationToken) {
+        while !cancel.is_cancelled() {
+            let (lease, _) = self.shared.lease();
+            let built = super::bootstrap::bootstrap(
+                &self.cluster,
+                &self.node,
+                &self.store,
+                lease,
+                &TracingLog,
+            );
+            match built.await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
+                    "building `{}`: {}",
+                    self.node.name,
+                    crate::cluster::error_chain(&e)
+                ),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.timing.loop_interval() * 4) => {}
+            }
+        }
     }
 
     /// One round: probe, publish, read, decide, act.
@@ -330,7 +361,7 @@ impl Agent {
     }
 
     async fn session(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
-        let options = self.cluster.runtime.superuser(node);
+        let options = self.cluster.superuser(node)?;
         let connect = sql::connect(&options, SESSION_NAME);
         match tokio::time::timeout(SQL_TIMEOUT, connect).await {
             Ok(result) => result.map_err(|source| ClusterError::Node {
@@ -361,18 +392,7 @@ impl Agent {
                 self.shared.primary.store(false, Ordering::SeqCst);
             }
             Action::RestartInPlace | Action::Start => runtime.start(me).await?,
-            Action::Rejoin { leader } => {
-                let options = RejoinOptions {
-                    rewind: true,
-                    dry_run: false,
-                };
-                if Topology::load(&self.cluster.state_dir)?.is_none_or(|t| &t.primary != leader) {
-                    return Err(HaError::Config(format!(
-                        "the state directory does not record `{leader}` as primary yet"
-                    )));
-                }
-                self.cluster.rejoin(&me.name, options, &TracingLog).await?;
-            }
+            Action::Rejoin { leader } => self.rejoin(leader, view).await?,
             Action::Follow { leader } => {
                 let leader = self.cluster.node(leader)?;
                 let client = client.ok_or_else(|| not_answering(me))?;
@@ -441,6 +461,33 @@ impl Agent {
         Ok(())
     }
 
+    /// Makes this node a standby of `leader`: follow, pg_rewind or re-clone (a node without
+    /// data is cloned). etcd says who leads, once the leader's record shows it promoted; this
+    /// state directory learns it here, since the leader's agent may run on another machine.
+    async fn rejoin(&self, leader: &str, view: Option<&View>) -> Result<(), HaError> {
+        let promoted = view
+            .and_then(|v| v.members.iter().find(|m| m.node == leader))
+            .is_some_and(|m| m.server.running && !m.server.in_recovery);
+        if !promoted {
+            return Err(HaError::Config(format!(
+                "`{leader}` leads but its server is no primary yet"
+            )));
+        }
+        let state_dir = self.cluster.state_dir();
+        if Topology::load(state_dir)?.is_none_or(|t| t.primary != leader) {
+            self.cluster
+                .record_primary(leader, format!("agent: `{leader}` leads (etcd)"))?;
+        }
+        let options = RejoinOptions {
+            rewind: true,
+            dry_run: false,
+        };
+        self.cluster
+            .rejoin(&self.node.name, options, &TracingLog)
+            .await?;
+        Ok(())
+    }
+
     /// The takeover, in the order the zero-loss argument needs: the sync record first (guarded
     /// by the key), every other standby off the old primary, the standby names, then promotion.
     async fn promote(
@@ -461,6 +508,10 @@ impl Agent {
         }
         for name in repoint {
             let standby = self.cluster.node(name)?;
+            if !self.cluster.is_here(standby) {
+                // Its own agent detached it before the election (proto-notes/08-ha.md).
+                continue;
+            }
             if let Err(e) = self.repoint(standby).await {
                 // A standby this agent cannot reach cannot acknowledge for the old primary either.
                 tracing::warn!("re-point `{name}`: {}", crate::cluster::error_chain(&e));

@@ -10,10 +10,12 @@
 //!   and one agent process per node, both started and stopped as a `daemon`.
 //! - `status`: the leader, lease, agents and promotable set `pgrepl status` shows.
 //! - `control`: `pgrepl pause`/`resume`/`switchover`/`failover` talking to the agents via etcd.
+//! - `bootstrap`: an agent whose node has no data builds it (initialise, or clone later).
 //!
 //! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
 
 pub mod agent;
+pub mod bootstrap;
 pub mod control;
 mod daemon;
 pub mod decide;

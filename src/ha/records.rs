@@ -44,6 +44,12 @@ impl Keys {
         format!("{}sync", self.prefix)
     }
 
+    /// Which node initialises the cluster (a [`LeaderRecord`]; no lease): created once, by
+    /// the first agent of the file's primary that finds no data, as Patroni's `initialize`.
+    pub fn initialize(&self) -> String {
+        format!("{}initialize", self.prefix)
+    }
+
     /// The [`crate::ha::Timing`] the first agent wrote; the others check theirs against it.
     pub fn config(&self) -> String {
         format!("{}config", self.prefix)

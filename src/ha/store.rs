@@ -283,6 +283,30 @@ impl Store {
         Ok(self.txn(txn).await?.succeeded())
     }
 
+    /// Claims the cluster's initialisation for `node` unless a node claimed it already (one
+    /// create-if-absent transaction, like the leader key); returns the node holding the claim.
+    pub async fn claim_initialize(&self, node: &str) -> Result<String, HaError> {
+        let key = self.keys.initialize();
+        let value =
+            serde_json::to_string(&LeaderRecord { node: node.into() }).expect("records serialise");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let response = self.txn(txn).await?;
+        if response.succeeded() {
+            return Ok(node.to_owned());
+        }
+        match response.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(get)) if !get.kvs().is_empty() => {
+                let record: LeaderRecord = decode(&key, get.kvs()[0].value())?;
+                Ok(record.node)
+            }
+            // Deleted in between: nobody holds it, and the next attempt creates it.
+            _ => Err(HaError::Config(format!("`{key}` vanished while read"))),
+        }
+    }
+
     /// Writes the sync record only while `lease` holds the leader key; false when it does not.
     pub async fn write_sync(&self, record: &SyncRecord, lease: i64) -> Result<bool, HaError> {
         let value = serde_json::to_string(record).expect("records serialise");

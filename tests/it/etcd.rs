@@ -25,7 +25,7 @@ struct Member {
 }
 
 /// The etcd server binary, or the test fails saying what to install.
-fn etcd_binary() -> PathBuf {
+pub(crate) fn etcd_binary() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path)

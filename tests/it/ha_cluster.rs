@@ -175,31 +175,7 @@ impl HaCluster {
 
     /// A key's value, asking each etcd member in turn (some may be down).
     pub(crate) fn etcd_get(&self, key: &str) -> Option<String> {
-        let key = format!("/pgrepl/pgrepl/{key}");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        self.etcd.endpoints().split(',').find_map(|endpoint| {
-            runtime.block_on(async {
-                let connect = etcd_client::Client::connect([endpoint], None);
-                let mut client = tokio::time::timeout(Duration::from_secs(1), connect)
-                    .await
-                    .ok()?
-                    .ok()?;
-                let get = client.get(key.as_str(), None);
-                let response = tokio::time::timeout(Duration::from_secs(1), get)
-                    .await
-                    .ok()?
-                    .ok()?;
-                Some(
-                    response
-                        .kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                )
-            })
-        })?
+        etcd_get(&self.etcd.endpoints(), &format!("/pgrepl/pgrepl/{key}"))
     }
 
     /// A pgrepl command against this cluster and its etcd (`--etcd`: the cluster file has no
@@ -212,8 +188,7 @@ impl HaCluster {
     }
 
     pub(crate) fn leader(&self) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_str(&self.etcd_get("leader")?).ok()?;
-        value["node"].as_str().map(str::to_owned)
+        node_of(&self.etcd_get("leader")?)
     }
 
     /// psql against node `i`, `None` when it does not answer.
@@ -275,32 +250,81 @@ impl HaCluster {
 
     /// Every acknowledged id is on node `i` (a standby gets a few seconds to replay them).
     pub(crate) fn assert_nothing_lost(&self, i: usize, acks: &[Ack]) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let ids = self
-                .try_psql(i, "SELECT string_agg(id::text, ',') FROM ha_writes")
-                .unwrap_or_default();
-            let present: std::collections::HashSet<i64> =
-                ids.split(',').filter_map(|t| t.parse().ok()).collect();
-            let lost: Vec<i64> = acks
-                .iter()
-                .map(|a| a.id)
-                .filter(|id| !present.contains(id))
-                .collect();
-            if lost.is_empty() {
-                eprintln!("{} acknowledged commits, 0 lost", acks.len());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {} acknowledged commits lost: {lost:?}\n{}",
-                lost.len(),
-                acks.len(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        assert_nothing_lost(
+            acks,
+            || self.try_psql(i, WRITTEN_IDS).unwrap_or_default(),
+            || self.logs(),
+        );
     }
+}
+
+/// The ids in `ha_writes`, comma-separated.
+pub(crate) const WRITTEN_IDS: &str = "SELECT string_agg(id::text, ',') FROM ha_writes";
+
+/// Every acknowledged id is among those `ids` returns ([`WRITTEN_IDS`] on the node that should
+/// hold them; a standby gets a few seconds to replay them).
+pub(crate) fn assert_nothing_lost(
+    acks: &[Ack],
+    ids: impl Fn() -> String,
+    logs: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ids = ids();
+        let present: std::collections::HashSet<i64> =
+            ids.split(',').filter_map(|t| t.parse().ok()).collect();
+        let lost: Vec<i64> = acks
+            .iter()
+            .map(|a| a.id)
+            .filter(|id| !present.contains(id))
+            .collect();
+        if lost.is_empty() {
+            eprintln!("{} acknowledged commits, 0 lost", acks.len());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged commits lost: {lost:?}\n{}",
+            lost.len(),
+            acks.len(),
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A key's value from the first of `endpoints` (comma-separated) that answers within 1 s.
+pub(crate) fn etcd_get(endpoints: &str, key: &str) -> Option<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    endpoints.split(',').find_map(|endpoint| {
+        runtime.block_on(async {
+            let connect = etcd_client::Client::connect([endpoint], None);
+            let mut client = tokio::time::timeout(Duration::from_secs(1), connect)
+                .await
+                .ok()?
+                .ok()?;
+            let get = client.get(key, None);
+            let response = tokio::time::timeout(Duration::from_secs(1), get)
+                .await
+                .ok()?
+                .ok()?;
+            Some(
+                response
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            )
+        })
+    })?
+}
+
+/// The `node` of a leader record.
+pub(crate) fn node_of(record: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(record).ok()?;
+    value["node"].as_str().map(str::to_owned)
 }
 
 impl Drop for HaCluster {
@@ -337,10 +361,21 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Writes as the superuser to the cluster's nodes, as the test reaches them.
     pub(crate) fn start(ha: &HaCluster) -> Writer {
+        let nodes = ha
+            .cluster
+            .ports
+            .iter()
+            .map(|port| ha.reach.config(*port))
+            .collect();
+        Writer::over(nodes)
+    }
+
+    /// Writes through `nodes` (node `i` of an [`Ack`] is `nodes[i]`), e.g. over TCP.
+    pub(crate) fn over(nodes: Vec<tokio_postgres::Config>) -> Writer {
         let acks = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (reach, ports) = (ha.reach.clone(), ha.cluster.ports);
         let thread = {
             let (acks, stop) = (acks.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -348,7 +383,7 @@ impl Writer {
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(write_loop(reach, ports, acks, stop));
+                rt.block_on(write_loop(nodes, acks, stop));
             })
         };
         Writer {
@@ -370,6 +405,17 @@ impl Writer {
         since: Instant,
         pred: impl Fn(&Ack) -> bool,
     ) -> Ack {
+        self.wait_ack_or_show(limit, since, pred, || ha.logs())
+    }
+
+    /// [`Writer::wait_ack`], showing `logs` when none comes.
+    pub(crate) fn wait_ack_or_show(
+        &self,
+        limit: Duration,
+        since: Instant,
+        pred: impl Fn(&Ack) -> bool,
+        logs: impl Fn() -> String,
+    ) -> Ack {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(ack) = self.acks().into_iter().find(|a| a.at > since && pred(a)) {
@@ -378,7 +424,7 @@ impl Writer {
             assert!(
                 Instant::now() < deadline,
                 "no acknowledged write within {limit:?}\n{}",
-                ha.logs()
+                logs()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -400,8 +446,7 @@ impl Drop for Writer {
 }
 
 async fn write_loop(
-    reach: Reach,
-    ports: [u16; 3],
+    nodes: Vec<tokio_postgres::Config>,
     acks: Arc<Mutex<Vec<Ack>>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -413,9 +458,8 @@ async fn write_loop(
     let mut start = 0;
     while !stop.load(Ordering::SeqCst) {
         if session.is_none() {
-            for node in (0..ports.len()).map(|k| (start + k) % ports.len()) {
-                let config = reach.config(ports[node]);
-                let connect = config.connect(tokio_postgres::NoTls);
+            for node in (0..nodes.len()).map(|k| (start + k) % nodes.len()) {
+                let connect = nodes[node].connect(tokio_postgres::NoTls);
                 let Ok(Ok((client, connection))) =
                     tokio::time::timeout(Duration::from_millis(500), connect).await
                 else {

@@ -13,6 +13,7 @@ mod faults;
 mod ha;
 mod ha_cluster;
 mod ha_control;
+mod ha_hosts;
 mod ha_soak;
 mod ha_up;
 mod harness;

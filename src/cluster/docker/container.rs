@@ -414,6 +414,7 @@ mod tests {
         NodeSpec {
             name: name.into(),
             role,
+            host: None,
             port,
         }
     }

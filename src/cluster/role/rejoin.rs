@@ -106,9 +106,17 @@ impl Cluster {
             .await?;
         steps.done(format!("`{name}` {how}"));
         self.runtime.start(node).await?;
-        let primary_sql = self.sql(primary).await?;
-        self.apply_sync_policy(&spec, &primary_sql, log).await?;
-        steps.done(format!("`{name}` streams from `{}`", primary.name));
+        if self.is_here(primary) {
+            let primary_sql = self.sql(primary).await?;
+            self.apply_sync_policy(&spec, &primary_sql, log).await?;
+            steps.done(format!("`{name}` streams from `{}`", primary.name));
+        } else {
+            // The leader's own agent sets its sync policy.
+            steps.done(format!(
+                "`{name}` started as a standby of `{}` on another machine",
+                primary.name
+            ));
+        }
         steps.finish(&mut report);
         Ok(report)
     }
@@ -134,14 +142,7 @@ impl Cluster {
                 return Ok(Rejoined::Followed);
             }
             RejoinMethod::Rewind => {
-                // pg_rewind reads the primary's timeline from its pg_control, which still names
-                // the old one until the checkpoint a promotion only requests has been made.
-                self.sql(primary)
-                    .await?
-                    .batch_execute("CHECKPOINT")
-                    .await
-                    .map_err(|e| node_err_sql(primary, e))?;
-                match self.runtime.rewind(node, primary).await {
+                match self.rewind(node, primary).await {
                     Ok(output) => {
                         self.follow(node, primary)?;
                         return Ok(Rejoined::Rewound(rewind_summary(&output)));
@@ -166,6 +167,19 @@ impl Cluster {
         }
         self.reclone(node, primary).await?;
         Ok(Rejoined::Recloned)
+    }
+
+    /// pg_rewind from `primary`, which needs a superuser session to it: a primary on another
+    /// machine has none from here, and the caller re-clones instead.
+    async fn rewind(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<String, ClusterError> {
+        // pg_rewind reads the primary's timeline from its pg_control, which still names the old
+        // one until the checkpoint a promotion only requests has been made.
+        self.sql(primary)
+            .await?
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| node_err_sql(primary, e))?;
+        self.runtime.rewind(node, primary).await
     }
 
     /// True when `node` stopped cleanly and all its WAL lies before the point where the

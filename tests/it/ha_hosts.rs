@@ -1,0 +1,538 @@
+//! Nodes on several machines: three network namespaces, each a "machine" with its own address
+//! on a bridge, its own etcd member, agent, postgres, state directory and copy of the cluster
+//! file. Nothing is shared but the network (and the file system, which nothing uses across
+//! machines: each state directory is apart). The agents build the cluster from nothing; then
+//! the primary's machine is cut off from the other two while its clients still reach it, and
+//! healed. A writer in the root namespace records every acknowledged commit over TCP.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::capability;
+use crate::ha_cluster::{
+    assert_nothing_lost, assert_one_writer_at_a_time, etcd_get, node_of, Writer, WRITTEN_IDS,
+};
+use crate::harness::{self, PgInstall};
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+const SCOPE: &str = "hosts";
+/// Every node's server port: each machine has its own port space.
+const PG_PORT: u16 = 5432;
+const WRITER_PASSWORD: &str = "writer";
+
+/// Three machines as network namespaces on a bridge; removed with everything running in them
+/// on drop, also when the test fails.
+struct Machines {
+    /// Names of this run's namespaces, bridge and links (the test process's pid).
+    tag: u32,
+    /// `10.213.N`: machine `i` is `.i+1`, the test process (on the bridge) `.254`.
+    subnet: String,
+    dirs: Vec<tempfile::TempDir>,
+    etcd: Vec<Option<Child>>,
+    agents: Vec<Option<Child>>,
+    forward_rule: bool,
+}
+
+impl Machines {
+    fn namespace(&self, i: usize) -> String {
+        format!("pgr{}n{}", self.tag, i + 1)
+    }
+
+    fn bridge(&self) -> String {
+        format!("pgrb{}", self.tag)
+    }
+
+    fn address(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, i + 1)
+    }
+
+    /// The other machines' addresses, comma-separated (for iptables).
+    fn others(&self, i: usize) -> String {
+        (0..3)
+            .filter(|&k| k != i)
+            .map(|k| self.address(k))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn etcd_endpoints(&self) -> String {
+        (0..3)
+            .map(|i| format!("http://{}:2379", self.address(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn forward_rule(&self) -> Vec<String> {
+        let bridge = self.bridge();
+        let bridge = bridge.as_str();
+        ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    /// The bridge and three namespaces, each with a veth on the bridge.
+    fn start() -> Machines {
+        let tag = std::process::id();
+        let mut machines = Machines {
+            tag,
+            subnet: format!("10.213.{}", 1 + tag % 250),
+            dirs: Vec::new(),
+            etcd: vec![None, None, None],
+            agents: vec![None, None, None],
+            forward_rule: false,
+        };
+        let bridge = machines.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        let gateway = format!("{}.254/24", machines.subnet);
+        ip(&["addr", "add", &gateway, "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        // Bridged frames pass the root namespace's FORWARD chain (br_netfilter), whose policy
+        // Docker sets to DROP.
+        let mut insert = vec!["-I".to_owned()];
+        insert.extend(machines.forward_rule());
+        sh("iptables", &insert);
+        machines.forward_rule = true;
+        for i in 0..3 {
+            let (ns, veth) = (machines.namespace(i), format!("pgr{tag}v{}", i + 1));
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&["link", "set", &veth, "master", &bridge, "up"]);
+            let address = format!("{}/24", machines.address(i));
+            ip(&["-n", &ns, "addr", "add", &address, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            machines.dirs.push(harness::postgres_owned_tempdir());
+        }
+        machines
+    }
+
+    fn dir(&self, i: usize) -> PathBuf {
+        self.dirs[i].path().to_owned()
+    }
+
+    /// A command run inside machine `i`.
+    fn exec(&self, i: usize, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec"])
+            .arg(self.namespace(i))
+            .arg(program);
+        command
+    }
+
+    /// One etcd member per machine, on its address; waits until the cluster takes writes.
+    fn start_etcd(&mut self) {
+        let initial: Vec<String> = (0..3)
+            .map(|i| format!("e{}=http://{}:2380", i + 1, self.address(i)))
+            .collect();
+        for i in 0..3 {
+            let (client, peer) = (
+                format!("http://{}:2379", self.address(i)),
+                format!("http://{}:2380", self.address(i)),
+            );
+            let log = std::fs::File::create(self.dir(i).join("etcd.log")).unwrap();
+            let child = self
+                .exec(i, &crate::etcd::etcd_binary())
+                .args(["--name", &format!("e{}", i + 1), "--data-dir"])
+                .arg(self.dir(i).join("etcd"))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", "pgrepl-hosts"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start etcd");
+            self.etcd[i] = Some(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !etcd_takes_writes(&self.etcd_endpoints()) {
+            assert!(Instant::now() < deadline, "etcd did not form a cluster");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Machine `i`'s copy of the cluster file and its agent, which builds its node.
+    fn start_agent(&mut self, i: usize) {
+        let file = self.dir(i).join("pgrepl.toml");
+        std::fs::write(&file, cluster_file(&self.subnet, &self.etcd_endpoints())).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir(i).join("agent.log"))
+            .unwrap();
+        let child = self
+            .exec(i, std::path::Path::new(env!("CARGO_BIN_EXE_pgrepl")))
+            .args(["-v", "agent", "--node", NODES[i], "--cluster"])
+            .arg(&file)
+            .env_remove("PGPASSWORD")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pgrepl agent");
+        self.agents[i] = Some(child);
+    }
+
+    fn leader(&self) -> Option<String> {
+        node_of(&etcd_get(
+            &self.etcd_endpoints(),
+            &format!("/pgrepl/{SCOPE}/leader"),
+        )?)
+    }
+
+    /// psql as the superuser over machine `i`'s socket directory (a path, which network
+    /// namespaces do not separate); `None` when the server does not answer.
+    fn psql(&self, i: usize, sql: &str) -> Option<String> {
+        let output = Command::new(PgInstall::default_install().bin("psql"))
+            .arg("-h")
+            .arg(self.dir(i).join(".pgrepl/run"))
+            .args(["-p", &PG_PORT.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-Atc", sql])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// How many standbys stream from node `i`.
+    fn streaming_from(&self, i: usize) -> usize {
+        self.psql(
+            i,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        )
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+    }
+
+    fn streams_from(&self, i: usize, primary: usize) -> bool {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'",
+            NODES[i]
+        );
+        self.psql(primary, &sql).as_deref() == Some("1")
+    }
+
+    /// Drops every packet between machine `i` and the others (`-I`), or stops dropping
+    /// (`-D`). The test process, on the bridge address, still reaches it.
+    fn partition(&self, i: usize, flag: &str) {
+        let others = self.others(i);
+        for rule in [["INPUT", "-s"], ["OUTPUT", "-d"]] {
+            let args = [flag, rule[0], rule[1], others.as_str(), "-j", "DROP"];
+            let output = self
+                .exec(i, std::path::Path::new("iptables"))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "iptables {args:?}: {output:?}");
+        }
+    }
+
+    fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Machines) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !check(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn logs(&self) -> String {
+        (0..3)
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir(i).join("agent.log"));
+                format!("--- agent {}:\n{}", NODES[i], log.unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGKILL to machine `i`'s postmaster and its children.
+    fn kill_postgres(&self, i: usize) {
+        let pidfile = self
+            .dir(i)
+            .join(format!(".pgrepl/{}/data/postmaster.pid", NODES[i]));
+        let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let children = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for victim in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .chain([pid])
+        {
+            // SAFETY: kill(2) on this test's server processes.
+            unsafe { libc::kill(victim, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Machines {
+    fn drop(&mut self) {
+        for child in self.agents.iter_mut().chain(self.etcd.iter_mut()).flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for i in 0..self.dirs.len() {
+            self.kill_postgres(i);
+        }
+        for i in 0..3 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.namespace(i)])
+                .output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("pgr{}v{}", self.tag, i + 1)])
+                .output();
+        }
+        if self.forward_rule {
+            let _ = Command::new("iptables")
+                .arg("-D")
+                .args(self.forward_rule())
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .output();
+    }
+}
+
+fn sh(program: &str, args: &[String]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn ip(args: &[&str]) -> Output {
+    sh(
+        "ip",
+        &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    )
+}
+
+/// Root, iproute2 and iptables, and a kernel that lets us make a namespace; else a skip.
+fn netns_capability(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        capability::skip(test, "netns", "network namespaces need root");
+        return false;
+    }
+    let probe = format!("pgrprobe{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &probe]).output();
+    let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+    let iptables = Command::new("iptables").args(["-S", "FORWARD"]).output();
+    match (made, iptables) {
+        (Ok(made), Ok(iptables)) if made.status.success() && iptables.status.success() => true,
+        (made, iptables) => {
+            capability::skip(
+                test,
+                "netns",
+                &format!(
+                    "`ip netns add` or `iptables` failed (apt-get install iproute2 iptables): {made:?} {iptables:?}"
+                ),
+            );
+            false
+        }
+    }
+}
+
+/// True when a put through one of `endpoints` commits (the cluster has a quorum).
+fn etcd_takes_writes(endpoints: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    endpoints.split(',').any(|endpoint| {
+        runtime.block_on(async {
+            let work = async {
+                let mut client = etcd_client::Client::connect([endpoint], None).await.ok()?;
+                client.put("/pgrepl-test/health", "ok", None).await.ok()
+            };
+            matches!(
+                tokio::time::timeout(Duration::from_secs(1), work).await,
+                Ok(Some(_))
+            )
+        })
+    })
+}
+
+/// The cluster file every machine gets a copy of: nodes on the machines' addresses, all on
+/// port 5432, and the machines' etcd.
+fn cluster_file(subnet: &str, endpoints: &str) -> String {
+    let nodes: String = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let role = if i == 0 { "primary" } else { "standby" };
+            format!(
+                "[[nodes]]\nname = \"{name}\"\nrole = \"{role}\"\nhost = \"{subnet}.{}\"\nport = {PG_PORT}\n\n",
+                i + 1
+            )
+        })
+        .collect();
+    let etcd: Vec<String> = endpoints.split(',').map(|e| format!("\"{e}\"")).collect();
+    format!(
+        r#"runtime = "local"
+
+[replication]
+user = "replicator"
+password = "pass"
+
+[settings]
+wal_level = "replica"
+max_wal_senders = "4"
+ssl = "off"
+wal_log_hints = "on"
+wal_keep_size = "256MB"
+
+[sync]
+method = "FIRST"
+num_sync = 1
+standbys = ["n2", "n3"]
+synchronous_commit = "on"
+
+[ha]
+etcd = [{}]
+scope = "{SCOPE}"
+
+{nodes}"#,
+        etcd.join(", ")
+    )
+}
+
+#[test]
+fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins() {
+    let test = "ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins";
+    if !netns_capability(test) {
+        return;
+    }
+    let mut machines = Machines::start();
+    machines.start_etcd();
+
+    // (a) From nothing: one agent per machine, each with its own file and state directory.
+    let started = Instant::now();
+    for i in 0..3 {
+        machines.start_agent(i);
+    }
+    machines.wait_for(
+        "n1 to lead with both standbys streaming",
+        Duration::from_secs(120),
+        |m| m.leader().as_deref() == Some("n1") && m.streaming_from(0) == 2,
+    );
+    eprintln!(
+        "bootstrap: {:.1} s from starting three agents on empty machines to n1 leading with n2 and n3 streaming",
+        started.elapsed().as_secs_f64()
+    );
+    // The writer's role, and pg_hba lines for it (on every node: each has its own file).
+    let setup = format!(
+        "CREATE ROLE writer LOGIN SUPERUSER PASSWORD '{WRITER_PASSWORD}'; CREATE TABLE ha_writes(id bigint PRIMARY KEY)"
+    );
+    assert!(machines.psql(0, &setup).is_some(), "{}", machines.logs());
+    for (i, node) in NODES.iter().enumerate() {
+        let hba = machines
+            .dir(i)
+            .join(format!(".pgrepl/{node}/data/pg_hba.conf"));
+        let mut text = std::fs::read_to_string(&hba).unwrap();
+        text.push_str(&format!(
+            "host all writer {}.0/24 scram-sha-256\n",
+            machines.subnet
+        ));
+        std::fs::write(&hba, text).unwrap();
+        assert!(machines.psql(i, "SELECT pg_reload_conf()").is_some());
+    }
+    let nodes = (0..3)
+        .map(|i| {
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host(machines.address(i))
+                .port(PG_PORT)
+                .user("writer")
+                .password(WRITER_PASSWORD)
+                .dbname("postgres")
+                .connect_timeout(Duration::from_millis(500));
+            config
+        })
+        .collect();
+    let writer = Writer::over(nodes);
+    let logs = || machines.logs();
+    writer.wait_ack_or_show(
+        Duration::from_secs(10),
+        Instant::now(),
+        |a| a.node == 0,
+        logs,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    // (b) n1's machine loses the other two (etcd peers and standbys); the writer still
+    // reaches it.
+    let cut = Instant::now();
+    machines.partition(0, "-I");
+    let first = writer.wait_ack_or_show(Duration::from_secs(30), cut, |a| a.node != 0, logs);
+    let new = first.node;
+    eprintln!(
+        "partition: {:.2} s from the cut to the first acknowledged write on `{}`",
+        first.at.duration_since(cut).as_secs_f64(),
+        NODES[new]
+    );
+    assert_eq!(machines.leader().as_deref(), Some(NODES[new]));
+    assert_ne!(
+        machines.psql(0, "SELECT pg_is_in_recovery()").as_deref(),
+        Some("f"),
+        "the cut-off primary still runs as a primary\n{}",
+        machines.logs()
+    );
+
+    // (c) Healed: n1 rejoins as a standby of the new primary (a re-clone: no superuser session
+    // to another machine for pg_rewind).
+    let healed = Instant::now();
+    machines.partition(0, "-D");
+    machines.wait_for(
+        "n1 to rejoin as a standby of the new primary",
+        Duration::from_secs(90),
+        |m| m.streams_from(0, new),
+    );
+    eprintln!(
+        "heal: n1 streams from `{}` {:.1} s after the partition healed",
+        NODES[new],
+        healed.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        machines.psql(0, "SELECT pg_is_in_recovery()").as_deref(),
+        Some("t")
+    );
+    let later = Instant::now();
+    writer.wait_ack_or_show(Duration::from_secs(10), later, |a| a.node == new, logs);
+    let acks = writer.stop();
+    assert_nothing_lost(
+        &acks,
+        || machines.psql(new, WRITTEN_IDS).unwrap_or_default(),
+        logs,
+    );
+    assert_one_writer_at_a_time(&acks, 0);
+}
