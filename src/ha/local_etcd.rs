@@ -191,18 +191,18 @@ impl LocalEtcd {
     }
 }
 
-/// Names and ports for a new etcd: free ports below the ephemeral range (where client sockets
-/// take theirs), starting at a place that differs between processes.
+/// Where `up` picks its etcd's ports: below the ephemeral range (where client sockets take
+/// theirs). Tests pick their servers' ports elsewhere, so the two never race for one.
+pub const LOCAL_ETCD_PORTS: std::ops::Range<u16> = 20000..ports::EPHEMERAL.0;
+
+/// Names and ports for a new etcd: free ports in [`LOCAL_ETCD_PORTS`], starting at a place that
+/// differs between processes.
 fn new_members(avoid: &[u16]) -> Vec<Member> {
-    const LOW: u16 = 20000;
-    let span = ports::EPHEMERAL.0 - LOW;
-    let mut next = LOW + (std::process::id() % u32::from(span)) as u16;
+    let (low, high) = (LOCAL_ETCD_PORTS.start, LOCAL_ETCD_PORTS.end);
+    let span = high - low;
+    let mut next = low + (std::process::id() % u32::from(span)) as u16;
     let mut pick = || loop {
-        next = if next + 1 >= ports::EPHEMERAL.0 {
-            LOW
-        } else {
-            next + 1
-        };
+        next = if next + 1 >= high { low } else { next + 1 };
         if !avoid.contains(&next) && ports::is_free(next) {
             return next;
         }
@@ -294,7 +294,7 @@ mod tests {
             .collect();
         assert!(ports
             .iter()
-            .all(|p| (20000..ports::EPHEMERAL.0).contains(p) && !avoid.contains(p)));
+            .all(|p| LOCAL_ETCD_PORTS.contains(p) && !avoid.contains(p)));
         ports.sort();
         ports.dedup();
         assert_eq!(ports.len(), 2 * MEMBERS);

@@ -26,6 +26,8 @@ pub mod requests;
 pub mod status;
 pub mod store;
 
+pub use self::local_etcd::LOCAL_ETCD_PORTS;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -254,11 +254,14 @@ fn ephemeral_range() -> (u16, u16) {
         .unwrap_or((32768, 60999))
 }
 
-/// The ports from 10000 up that lie outside `ephemeral`, or, when it covers them all, the
-/// ports above it, or 20000-31999 as a last resort (a warning says so).
+/// The ports from 10000 up outside `ephemeral` and outside those `up` picks for its etcd; when
+/// fewer than 1000 remain, 10000-19999 with a warning.
 fn ports_outside(ephemeral: (u16, u16)) -> Vec<u16> {
+    // Nor where `pgrepl up` picks the ports of the etcd it starts, which a test's server would
+    // otherwise race for.
     let outside: Vec<u16> = (10_000..=65_000)
         .filter(|p| *p < ephemeral.0 || *p > ephemeral.1)
+        .filter(|p| !pgrepl::ha::LOCAL_ETCD_PORTS.contains(p))
         .collect();
     if outside.len() >= 1000 {
         return outside;
@@ -268,7 +271,7 @@ fn ports_outside(ephemeral: (u16, u16)) -> Vec<u16> {
          a client socket may take a test server's port",
         ephemeral.0, ephemeral.1
     );
-    (20_000..32_000).collect()
+    (10_000..20_000).collect()
 }
 
 fn process_alive(pid: i32) -> bool {
