@@ -158,13 +158,26 @@ pub fn find(file: Option<PathBuf>) -> anyhow::Result<Cluster> {
 
 pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.find(Purpose::Build)?;
-    launch::refuse_unsupported(&cluster)?;
+    let steps = PrintSteps(Instant::now());
+    if cluster.spec.ha.is_some() {
+        if let Some(leader) = launch::leader_in_etcd(&cluster).await {
+            steps.step(&format!(
+                "the agents run the cluster (`{leader}` leads): starting only what is missing of etcd and the agents; each agent restores its node"
+            ));
+            let ha = launch::up(&cluster, &steps, &cancel).await?;
+            if args.json {
+                outln!("{}", serde_json::to_string_pretty(&ha)?);
+            } else {
+                print_ha(&ha)?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let options = UpOptions {
         dump: args.dump.clone(),
         dump_database: args.dump_database.clone(),
         cancel: cancel.clone(),
     };
-    let steps = PrintSteps(Instant::now());
     let summary = cluster.up(&options, &steps).await?;
     let ha = match &cluster.spec.ha {
         Some(_) => Some(launch::up(&cluster, &steps, &cancel).await?),
@@ -199,19 +212,24 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
         summary.elapsed_ms as f64 / 1000.0
     );
     if let Some(ha) = &ha {
-        let agents: Vec<String> = ha
-            .agents
-            .iter()
-            .map(|a| format!("{} (pid {})", a.node, a.pid))
-            .collect();
-        outln!(
-            "automatic failover is on: `{}` leads; agents {}; etcd {}",
-            ha.leader,
-            agents.join(", "),
-            ha.etcd.join(",")
-        );
+        print_ha(ha)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_ha(ha: &launch::HaUp) -> anyhow::Result<()> {
+    let agents: Vec<String> = ha
+        .agents
+        .iter()
+        .map(|a| format!("{} (pid {})", a.node, a.pid))
+        .collect();
+    outln!(
+        "automatic failover is on: `{}` leads; agents {}; etcd {}",
+        ha.leader,
+        agents.join(", "),
+        ha.etcd.join(",")
+    );
+    Ok(())
 }
 
 pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {

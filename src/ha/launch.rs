@@ -20,7 +20,6 @@ use super::daemon::Daemon;
 use super::local_etcd::LocalEtcd;
 use super::store::{Snapshot, Store};
 use super::HaError;
-use crate::cluster::runtime::Runtime;
 use crate::cluster::{Cluster, StepLog};
 
 /// A first election needs the agents to start, probe their servers and take the key.
@@ -46,14 +45,14 @@ pub struct AgentProcess {
     pub log: PathBuf,
 }
 
-/// Refuses, before anything is built, what `up` cannot do for `[ha]` yet.
-pub fn refuse_unsupported(cluster: &Cluster) -> Result<(), HaError> {
-    if cluster.spec.ha.is_some() && !matches!(cluster.runtime, Runtime::Local(_)) {
-        return Err(HaError::Config(
-            "[ha] is not supported on the docker runtime yet: use the local runtime, or remove [ha] from the cluster file".into(),
-        ));
-    }
-    Ok(())
+/// The leader the agents have elected, when the cluster's etcd answers and holds one: the
+/// agents then own the roles, so `up` must not rebuild nodes behind their backs (a former
+/// primary's agent rejoins it), only start what is missing of etcd and the agents.
+pub async fn leader_in_etcd(cluster: &Cluster) -> Option<String> {
+    let endpoints = super::endpoints(cluster)?;
+    let scope = super::scope(cluster).ok()?;
+    let store = Store::open(&endpoints, &scope, READ_TIMEOUT).await.ok()?;
+    store.snapshot().await.ok()?.leader.map(|(node, _)| node)
 }
 
 /// Starts what is missing of etcd and the agents, and waits for a leader. After `cancel`
@@ -63,7 +62,6 @@ pub async fn up(
     log: &dyn StepLog,
     cancel: &CancellationToken,
 ) -> Result<HaUp, HaError> {
-    refuse_unsupported(cluster)?;
     let go_on = || {
         if cancel.is_cancelled() {
             Err(HaError::Interrupted)

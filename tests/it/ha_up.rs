@@ -277,3 +277,105 @@ fn ha_up_again_starts_only_what_is_missing_and_status_without_etcd_says_so() {
         .collect();
     assert!(left.is_empty(), "agents still running after down: {left:?}");
 }
+
+/// The docker runtime with `[ha]`: etcd and the agents run on the host, the agents manage their
+/// containers through the engine API. After a node loss (container and agent killed) another
+/// node leads; `up` again only starts the missing agent, which rejoins its node as a standby of
+/// the new leader; `down --purge` leaves no container, agent or etcd behind.
+#[test]
+fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
+    let test = "ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node";
+    if let Err(why) = crate::cluster_docker::engine_with_image() {
+        capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
+        return;
+    }
+    let Some(cluster) = ha_cluster(test) else {
+        return;
+    };
+    let _engine = crate::cluster_docker::ENGINE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let text = std::fs::read_to_string(&cluster.file).unwrap();
+    std::fs::write(
+        &cluster.file,
+        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1),
+    )
+    .unwrap();
+    let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
+    assert!(
+        up.status.success(),
+        "{}\n{}",
+        stderr(&up),
+        agent_logs(&cluster)
+    );
+    assert_eq!(status_json(&cluster)["ha"]["leader"], "pg_master");
+
+    let agent = pids_in(&state(&cluster).join("agents"))
+        .into_iter()
+        .find(|(node, _)| node == "pg_master")
+        .expect("pg_master's agent pid")
+        .1;
+    sigkill(agent);
+    let kill = std::process::Command::new("docker")
+        .args(["kill", "pg_master"])
+        .output()
+        .expect("run docker kill");
+    assert!(kill.status.success(), "{kill:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        let leader = status_json(&cluster)["ha"]["leader"].clone();
+        if leader.is_string() && leader != "pg_master" {
+            break leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader\n{}",
+            agent_logs(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    let again = cluster.pgrepl(&["up"]);
+    assert!(
+        again.status.success(),
+        "{}\n{}",
+        stderr(&again),
+        agent_logs(&cluster)
+    );
+    assert!(
+        stderr(&again).contains("starting only what is missing"),
+        "{}",
+        stderr(&again)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = status_json(&cluster);
+        let master = status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == "pg_master"))
+            .cloned()
+            .unwrap_or_default();
+        if master["role"] == "standby" && status["ha"]["leader"] == leader {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pg_master did not rejoin: {status:#}\n{}",
+            agent_logs(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let down = cluster.pgrepl(&["down", "--purge"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    let left = std::process::Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !names.lines().any(|n| n.starts_with("pg_")),
+        "containers left: {names}"
+    );
+    assert!(!state(&cluster).join("etcd").exists());
+}
