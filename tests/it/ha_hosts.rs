@@ -464,7 +464,16 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
             machines.subnet
         ));
         std::fs::write(&hba, text).unwrap();
-        assert!(machines.psql(i, "SELECT pg_reload_conf()").is_some());
+        // A node just built may still be restarting under its agent: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while machines.psql(i, "SELECT pg_reload_conf()").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "`{node}` does not answer\n{}",
+                machines.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let nodes = (0..3)
         .map(|i| {

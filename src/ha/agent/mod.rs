@@ -21,6 +21,10 @@ use crate::conn::sql;
 use crate::ids::TimelineId;
 
 /// application_name of the agent's SQL sessions.
+mod tasks;
+
+use self::tasks::{keep_alive, watch, watchdog};
+
 const SESSION_NAME: &str = "pgrepl-agent";
 /// How long one SQL round trip to a node may take before it counts as unreachable.
 const SQL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -622,120 +626,6 @@ async fn prepare_server(agent: &Agent) {
     };
     if let Err(e) = result.await {
         tracing::warn!("settings for fast recovery on `{}`: {e}", node.name);
-    }
-}
-
-/// Renews the lease every `renew` interval; when etcd says it is gone, fences a primary at once
-/// and takes a new lease.
-async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
-    let timing = agent.timing;
-    let mut failing = false;
-    while !cancel.is_cancelled() {
-        let (id, _) = agent.shared.lease();
-        let sent = Instant::now();
-        let mut lost = false;
-        match agent.store.renew(id).await {
-            Ok(true) => {
-                agent.shared.lease.lock().expect("lease lock").confirmed_at = sent;
-                failing = false;
-            }
-            Ok(false) => {
-                // Whatever the leader key said, it went with that lease.
-                tracing::warn!(
-                    "the lease expired (this agent was stopped or cut off for longer than its {} s TTL); taking a new one",
-                    timing.ttl_s
-                );
-                lost = true;
-                match agent.store.grant(timing.ttl()).await {
-                    Ok(new) => {
-                        *agent.shared.lease.lock().expect("lease lock") = Lease {
-                            id: new,
-                            confirmed_at: sent,
-                        }
-                    }
-                    Err(e) => tracing::warn!("etcd: {e}"),
-                }
-            }
-            Err(e) if !failing => {
-                tracing::warn!("lease renewal: {e}");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-        if lost {
-            fence(&agent, "its lease expired").await;
-        }
-        let next = sent + timing.renew();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(next.into()) => {}
-        }
-    }
-}
-
-/// Fences a primary whose lease may expire before a renewal gets through: wakes at the fence
-/// deadline (the last confirmed renewal's send time plus TTL less the margin) unless a renewal
-/// moved it.
-async fn watchdog(agent: Arc<Agent>, cancel: CancellationToken) {
-    while !cancel.is_cancelled() {
-        let deadline = agent.shared.lease().1 + agent.timing.fence_after();
-        if Instant::now() >= deadline {
-            fence(&agent, "no lease renewal was confirmed in time").await;
-        }
-        let wake = deadline.max(Instant::now() + Duration::from_millis(20));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(wake.into()) => {}
-        }
-    }
-}
-
-/// Kills the server if the loop last saw it as a primary, unless the agents are paused: then
-/// nobody elects, so no other primary can appear (proto-notes/08-ha.md, "Pause").
-async fn fence(agent: &Agent, why: &str) {
-    if agent.shared.paused.load(Ordering::SeqCst) {
-        return;
-    }
-    if agent.shared.primary.swap(false, Ordering::SeqCst) {
-        tracing::warn!(
-            "{why}: fencing primary `{}` before its lease can expire elsewhere",
-            agent.node.name
-        );
-        if let Err(e) = agent.cluster.runtime.kill(&agent.node).await {
-            tracing::error!("fence `{}`: {e}", agent.node.name);
-        }
-    }
-}
-
-/// Wakes the loop on every change under the cluster's prefix (a leader key that expires, a
-/// member that detaches), re-watching after errors.
-async fn watch(agent: Arc<Agent>, wake: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
-    let own = agent.store.keys().member(&agent.node.name);
-    while !cancel.is_cancelled() {
-        match agent.store.watch().await {
-            Ok((_watcher, mut stream)) => loop {
-                match stream.message().await {
-                    Ok(Some(response)) if response.canceled() => break,
-                    // Not for this agent's own record: publishing it would wake the loop again.
-                    Ok(Some(response)) => {
-                        if response
-                            .events()
-                            .iter()
-                            .any(|e| e.kv().is_none_or(|kv| kv.key() != own.as_bytes()))
-                        {
-                            wake.notify_one();
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!("etcd watch: {e}");
-                        break;
-                    }
-                }
-            },
-            Err(e) => tracing::debug!("etcd watch: {e}"),
-        }
-        tokio::time::sleep(agent.timing.loop_interval()).await;
     }
 }
 
