@@ -1,7 +1,7 @@
 //! The HA test bench: a cluster built by `up`, a real 3-member etcd, an agent per node, and a
 //! writer that records every acknowledged commit. Shared by the HA tests and the soak.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,23 +100,10 @@ impl HaCluster {
     }
 
     pub(crate) fn start_agent(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log(i))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-            .args(["-v", "agent", "--node", NODES[i], "--cluster"])
-            .arg(&self.cluster.file)
-            .args(["--etcd", &self.etcd.endpoints()])
-            .env_remove("PGPASSWORD")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start pgrepl agent");
-        self.agents[i] = Some(child);
+        let pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+        let etcd = ["--etcd".to_owned(), self.etcd.endpoints()];
+        let (file, log) = (&self.cluster.file, self.log(i));
+        self.agents[i] = Some(spawn_agent(pgrepl, NODES[i], file, &etcd, &log));
     }
 
     pub(crate) fn signal_agent(&self, i: usize, signal: i32) {
@@ -325,6 +312,33 @@ pub(crate) fn etcd_get(endpoints: &str, key: &str) -> Option<String> {
 pub(crate) fn node_of(record: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(record).ok()?;
     value["node"].as_str().map(str::to_owned)
+}
+
+/// Starts `pgrepl -v agent --node NODE --cluster FILE EXTRA...` through `pgrepl` (the binary,
+/// or its run in a network namespace), stderr appended to `log`.
+pub(crate) fn spawn_agent(
+    mut pgrepl: Command,
+    node: &str,
+    file: &Path,
+    extra: &[String],
+    log: &Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    pgrepl
+        .args(["-v", "agent", "--node", node, "--cluster"])
+        .arg(file)
+        .args(extra)
+        .env_remove("PGPASSWORD")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start pgrepl agent")
 }
 
 impl Drop for HaCluster {

@@ -163,23 +163,15 @@ impl Machines {
     fn start_agent(&mut self, i: usize) {
         let file = self.dir(i).join("pgrepl.toml");
         std::fs::write(&file, cluster_file(&self.subnet, &self.etcd_endpoints())).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir(i).join("agent.log"))
-            .unwrap();
-        let child = self
-            .exec(i, std::path::Path::new(env!("CARGO_BIN_EXE_pgrepl")))
-            .args(["-v", "agent", "--node", NODES[i], "--cluster"])
-            .arg(&file)
-            .env_remove("PGPASSWORD")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start pgrepl agent");
-        self.agents[i] = Some(child);
+        let pgrepl = self.exec(i, std::path::Path::new(env!("CARGO_BIN_EXE_pgrepl")));
+        let log = self.dir(i).join("agent.log");
+        self.agents[i] = Some(crate::ha_cluster::spawn_agent(
+            pgrepl,
+            NODES[i],
+            &file,
+            &[],
+            &log,
+        ));
     }
 
     fn leader(&self) -> Option<String> {
