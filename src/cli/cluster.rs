@@ -160,10 +160,15 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
     let cluster = args.cluster.find(Purpose::Build)?;
     let steps = PrintSteps(Instant::now());
     if cluster.spec.ha.is_some() {
-        if let Some(leader) = launch::leader_in_etcd(&cluster).await {
+        // On the docker runtime the agents in the containers build the nodes.
+        let agents_build = cluster.spec.runtime == RuntimeKind::Docker;
+        let leader = launch::leader_in_etcd(&cluster).await;
+        if let Some(leader) = &leader {
             steps.step(&format!(
                 "the agents run the cluster (`{leader}` leads): starting only what is missing of etcd and the agents; each agent restores its node"
             ));
+        }
+        if agents_build || leader.is_some() {
             let ha = launch::up(&cluster, &steps, &cancel).await?;
             if args.json {
                 outln!("{}", serde_json::to_string_pretty(&ha)?);

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use super::runtime_error::RuntimeError;
 use super::server_version::{self, Binaries};
-use super::spec::NodeSpec;
+use super::spec::{LocalSettings, NodeSpec};
 use super::ClusterError;
 use crate::conn::{ConnectOptions, Host};
 
@@ -26,12 +26,18 @@ pub struct LocalRuntime {
     pub state_dir: PathBuf,
     /// uid/gid the servers run as (the `postgres` user when pgrepl is root).
     pub run_as: Option<(u32, u32)>,
+    /// `[local]`, its password file made absolute.
+    pub settings: LocalSettings,
 }
 
 impl LocalRuntime {
     /// Finds the binaries (`--pg-bin`, PATH, `pg_config --bindir`, the newest
     /// /usr/lib/postgresql/*/bin) and the user to run them as.
-    pub fn new(state_dir: PathBuf, pg_bin: Option<PathBuf>) -> Result<LocalRuntime, ClusterError> {
+    pub fn new(
+        state_dir: PathBuf,
+        pg_bin: Option<PathBuf>,
+        settings: LocalSettings,
+    ) -> Result<LocalRuntime, ClusterError> {
         let bin_dir = match pg_bin {
             Some(dir) if dir.join("postgres").is_file() && dir.join("initdb").is_file() => dir,
             Some(dir) => return Err(RuntimeError::NotABinDir(dir).into()),
@@ -53,6 +59,7 @@ impl LocalRuntime {
             bin_dir,
             state_dir,
             run_as,
+            settings,
         })
     }
 
@@ -91,23 +98,44 @@ impl LocalRuntime {
     }
 
     /// initdb for a new primary: local superuser by socket (trust, the socket directory is
-    /// owner-only), password authentication over TCP.
+    /// owner-only), password authentication over TCP, with the password of
+    /// `[local] superuser_password_file` when given and a line for each of `[local] clients`.
     pub fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
         let data = self.data_dir(node);
-        self.run(
-            "initdb",
-            [
-                OsStr::new("-D"),
-                data.as_os_str(),
-                OsStr::new("-U"),
-                OsStr::new("postgres"),
-                OsStr::new("--auth-local=trust"),
-                OsStr::new("--auth-host=scram-sha-256"),
-                OsStr::new("-E"),
-                OsStr::new("UTF8"),
-                OsStr::new("--locale=C"),
-            ],
-        )
+        let mut args: Vec<&OsStr> = vec![
+            OsStr::new("-D"),
+            data.as_os_str(),
+            OsStr::new("-U"),
+            OsStr::new("postgres"),
+            OsStr::new("--auth-local=trust"),
+            OsStr::new("--auth-host=scram-sha-256"),
+            OsStr::new("-E"),
+            OsStr::new("UTF8"),
+            OsStr::new("--locale=C"),
+        ];
+        // The file's path, never the password, is on initdb's command line.
+        let pwfile = self
+            .settings
+            .superuser_password_file
+            .as_ref()
+            .map(|file| format!("--pwfile={}", file.display()));
+        if let Some(pwfile) = &pwfile {
+            args.push(OsStr::new(pwfile));
+        }
+        self.run("initdb", args)?;
+        if self.settings.clients.is_empty() {
+            return Ok(());
+        }
+        let hba = data.join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba)
+            .map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
+        for client in &self.settings.clients {
+            text.push_str(&format!(
+                "# added by pgrepl: [local] clients\nhost all all {client} scram-sha-256\n"
+            ));
+        }
+        std::fs::write(&hba, text)
+            .map_err(|e| ClusterError::io(format!("write `{}`", hba.display()), e))
     }
 
     /// The major of the binaries, from `postgres --version`.
@@ -154,12 +182,13 @@ impl LocalRuntime {
         }
         self.check_version(node)?;
         self.clear_stale_locks(node)?;
-        // The host is an IP address or a DNS name (validated): safe in pg_ctl's shell line.
+        // The host is an IP address or a DNS name, `listen` that or `*` (validated): safe in
+        // pg_ctl's shell line, `*` quoted.
+        let listen = self.settings.listen.as_deref().unwrap_or(node.host());
         let options = format!(
-            "-p {} -k {} -c listen_addresses={}",
+            "-p {} -k {} -c listen_addresses='{listen}'",
             node.port,
             self.socket_dir().display(),
-            node.host()
         );
         let (data, log) = (self.data_dir(node), self.log_file(node));
         self.run(

@@ -193,6 +193,10 @@ impl Cluster {
         self.machine = Some(node.host().to_owned());
     }
 
+    pub(crate) fn replication_password(&self) -> &str {
+        &self.replication_password
+    }
+
     /// Whether `node` runs on this machine (its data, socket and processes are here).
     pub(crate) fn is_here(&self, node: &NodeSpec) -> bool {
         self.machine

@@ -127,7 +127,14 @@ impl Cluster {
         }
         let runtime = match kind {
             RuntimeKind::Local => {
-                Runtime::Local(local::LocalRuntime::new(state_dir.clone(), pg_bin)?)
+                let mut settings = spec.local.clone();
+                settings.superuser_password_file =
+                    settings.superuser_password_file.map(|file| base.join(file));
+                Runtime::Local(local::LocalRuntime::new(
+                    state_dir.clone(),
+                    pg_bin,
+                    settings,
+                )?)
             }
             RuntimeKind::Docker => Runtime::Docker(Box::new(docker::DockerRuntime::new(
                 state_dir.clone(),

@@ -156,16 +156,18 @@ impl Runtime {
     }
 
     /// The client addresses the primary's pg_hba lines must admit for replication: the
-    /// standbys' and pgrepl's own (loopback, and each node's host for nodes on other machines).
+    /// standbys' and pgrepl's own (loopback, each node's host for nodes on other machines, and
+    /// `[local] clients`).
     pub async fn replication_clients(
         &self,
         nodes: &[NodeSpec],
     ) -> Result<Vec<String>, ClusterError> {
         match self {
-            Runtime::Local(_) => {
+            Runtime::Local(local) => {
                 let mut clients = vec![format!("{LOOPBACK}/32")];
-                for node in nodes {
-                    let client = host_cidr(node.host());
+                // Networks before names: a name line costs a reverse lookup per connection.
+                let hosts = nodes.iter().map(|node| host_cidr(node.host()));
+                for client in local.settings.clients.iter().cloned().chain(hosts) {
                     if !clients.contains(&client) {
                         clients.push(client);
                     }

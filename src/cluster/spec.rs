@@ -49,8 +49,9 @@ impl NodeSpec {
     }
 }
 
-/// An IP address or a DNS name. Nothing else is accepted: the host goes into pg_ctl's
-/// command line (run through a shell), listen_addresses and pg_hba.conf.
+/// An IP address or a DNS name (`_` allowed: Docker names containers `pg_master`). Nothing
+/// else is accepted: the host goes into pg_ctl's command line (run through a shell),
+/// listen_addresses and pg_hba.conf.
 fn valid_host(host: &str) -> bool {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return true;
@@ -62,7 +63,7 @@ fn valid_host(host: &str) -> bool {
                 && !label.starts_with('-')
                 && label
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -114,6 +115,40 @@ pub struct DockerSettings {
     pub postgres_gid: u32,
 }
 
+/// `[local]`: how the local runtime's servers meet the network, for nodes that each run on a
+/// machine of their own (a container, a host) rather than side by side on 127.0.0.1.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSettings {
+    /// listen_addresses for every server (e.g. `*` where the machine's address can change);
+    /// absent: the node's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Networks (`address/prefix`) whose clients the primary's pg_hba admits with a password,
+    /// beside loopback and the nodes' hosts: replication and the superuser.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
+    /// A file holding the superuser's password, which initdb sets (relative to the cluster
+    /// file); absent: the superuser has no password and logs in over the socket only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superuser_password_file: Option<PathBuf>,
+}
+
+/// `address/prefix` with a prefix that fits the address.
+fn valid_cidr(text: &str) -> bool {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(prefix) = prefix.parse::<u8>() else {
+        return false;
+    };
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => prefix <= 32,
+        Ok(std::net::IpAddr::V6(_)) => prefix <= 128,
+        Err(_) => false,
+    }
+}
+
 impl Default for DockerSettings {
     fn default() -> Self {
         Self {
@@ -140,6 +175,8 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub docker: DockerSettings,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub local: LocalSettings,
     /// Present: `up` starts an agent per node and failover is automatic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaSpec>,
@@ -160,6 +197,23 @@ pub struct HaSpec {
     /// its last renewal.
     #[serde(default = "default_ttl")]
     pub ttl: u64,
+    /// The image of the etcd containers `up` starts on the docker runtime when `etcd` names
+    /// none (`compose/build-image etcd` builds the default from the machine's etcd).
+    #[serde(
+        default = "default_etcd_image",
+        skip_serializing_if = "is_default_etcd_image"
+    )]
+    pub etcd_image: String,
+}
+
+const DEFAULT_ETCD_IMAGE: &str = "pgrepl-local/etcd:3.4";
+
+fn default_etcd_image() -> String {
+    DEFAULT_ETCD_IMAGE.into()
+}
+
+fn is_default_etcd_image(image: &str) -> bool {
+    image == DEFAULT_ETCD_IMAGE
 }
 
 fn default_ttl() -> u64 {
@@ -172,8 +226,13 @@ impl Default for HaSpec {
             etcd: Vec::new(),
             scope: None,
             ttl: default_ttl(),
+            etcd_image: default_etcd_image(),
         }
     }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_state_dir() -> PathBuf {
@@ -236,6 +295,7 @@ impl Default for ClusterSpec {
                 node("pg_asyncslave", NodeRole::Standby, 54322),
             ],
             docker: DockerSettings::default(),
+            local: LocalSettings::default(),
             ha: None,
         }
     }
@@ -307,6 +367,21 @@ impl ClusterSpec {
                     node.host()
                 ));
             }
+        }
+        if let Some(listen) = self
+            .local
+            .listen
+            .as_deref()
+            .filter(|l| *l != "*" && !valid_host(l))
+        {
+            return invalid(format!(
+                "local.listen `{listen}` must be `*`, an IP address or a DNS name"
+            ));
+        }
+        if let Some(client) = self.local.clients.iter().find(|c| !valid_cidr(c)) {
+            return invalid(format!(
+                "local.clients `{client}` must be an address/prefix such as 10.0.0.0/24"
+            ));
         }
         let standbys: Vec<&str> = self.standbys().map(|n| n.name.as_str()).collect();
         for name in &self.sync.standbys {
@@ -536,6 +611,30 @@ mod tests {
                 err.contains("must be an IP address or a DNS name"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn local_settings_take_star_or_a_host_and_clients_as_cidrs() {
+        let mut spec = ClusterSpec::default();
+        assert!(!spec.to_toml().contains("[local]"), "absent when default");
+        spec.local = LocalSettings {
+            listen: Some("*".into()),
+            clients: vec!["172.18.0.0/16".into(), "fd00::/64".into()],
+            superuser_password_file: Some("superuser.password".into()),
+        };
+        spec.validate().unwrap();
+        let text = spec.to_toml();
+        assert!(text.contains("[local]"), "{text}");
+        assert_eq!(toml::from_str::<ClusterSpec>(&text).unwrap(), spec);
+        spec.local.listen = Some("a b".into());
+        let err = spec.validate().unwrap_err().to_string();
+        assert!(err.contains("local.listen `a b`"), "{err}");
+        spec.local.listen = None;
+        for bad in ["172.18.0.0", "172.18.0.0/33", "pg_net/16", "::/129"] {
+            spec.local.clients = vec![bad.into()];
+            let err = spec.validate().unwrap_err().to_string();
+            assert!(err.contains("must be an address/prefix"), "{bad}: {err}");
         }
     }
 

@@ -19,16 +19,26 @@ const MEMBERS: usize = 3;
 const HEALTHY_WAIT: Duration = Duration::from_secs(30);
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
-/// One member's name and ports, as recorded.
+/// One member's name and ports, as recorded. In a container, only the client port is used:
+/// it is published on the host's loopback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Member {
-    name: String,
-    client_port: u16,
+pub(super) struct Member {
+    pub(super) name: String,
+    pub(super) client_port: u16,
     peer_port: u16,
 }
 
+/// Where a member listens and what it tells the others and its clients.
+pub(super) struct MemberUrls {
+    pub(super) listen_client: String,
+    pub(super) advertise_client: String,
+    pub(super) listen_peer: String,
+    pub(super) advertise_peer: String,
+}
+
 impl Member {
-    fn client_url(&self) -> String {
+    /// The member's client URL as the host reaches it.
+    pub(super) fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
@@ -56,7 +66,7 @@ impl LocalEtcd {
     }
 
     fn members_file(&self) -> PathBuf {
-        self.dir.join("members.json")
+        members_file(&self.dir)
     }
 
     fn data_dir(&self, member: &Member) -> PathBuf {
@@ -72,24 +82,6 @@ impl LocalEtcd {
         }
     }
 
-    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> HaError {
-        let context = format!("{what} `{}`", self.dir.display());
-        move |source| HaError::Io { context, source }
-    }
-
-    fn load(&self) -> Result<Option<Vec<Member>>, HaError> {
-        match std::fs::read_to_string(self.members_file()) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|source| HaError::Record {
-                    key: self.members_file().display().to_string(),
-                    source,
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io("read the etcd members in")(e)),
-        }
-    }
-
     /// Starts the members that do not run (all of them the first time, on new ports other than
     /// `avoid`) and returns the client URLs once every member answers a linearizable read.
     pub async fn ensure_running(
@@ -98,21 +90,8 @@ impl LocalEtcd {
         token: &str,
         log: &dyn StepLog,
     ) -> Result<Vec<String>, HaError> {
-        std::fs::create_dir_all(&self.dir).map_err(self.io("create"))?;
-        let members = match self.load()? {
-            Some(members) => members,
-            None => {
-                let members = new_members(avoid);
-                let text = serde_json::to_string_pretty(&members).expect("members serialise");
-                crate::fs::write_durably(&self.members_file(), text.as_bytes(), 0o644)
-                    .map_err(self.io("record the etcd members in"))?;
-                members
-            }
-        };
+        let members = ensure_members(&self.state_dir, avoid)?;
         let urls: Vec<String> = members.iter().map(Member::client_url).collect();
-        let endpoints = super::local_etcd_endpoints_file(&self.state_dir);
-        crate::fs::write_durably(&endpoints, (urls.join("\n") + "\n").as_bytes(), 0o644)
-            .map_err(self.io("record the etcd endpoints in"))?;
         let binary = etcd_binary()?;
         let initial_cluster = members
             .iter()
@@ -139,45 +118,37 @@ impl LocalEtcd {
                 member.client_url(),
                 self.data_dir(member).display()
             ));
-            let args = member_args(member, &self.data_dir(member), &initial_cluster, token);
+            let (client, peer) = (member.client_url(), member.peer_url());
+            let member_urls = MemberUrls {
+                listen_client: client.clone(),
+                advertise_client: client,
+                listen_peer: peer.clone(),
+                advertise_peer: peer,
+            };
+            let data = self.data_dir(member);
+            let args = member_args(
+                &member.name,
+                &member_urls,
+                data.as_os_str(),
+                &initial_cluster,
+                token,
+            );
             daemon.start(&binary, &args, &self.dir)?;
             started.push(member);
         }
-        self.wait_healthy(&members).await?;
+        wait_answering(&urls, |i| {
+            format!("`{}`", self.daemon(&members[i]).log_file.display())
+        })
+        .await?;
         if !started.is_empty() {
             log.step(&format!("etcd answers at {}", urls.join(",")));
         }
         Ok(urls)
     }
 
-    async fn wait_healthy(&self, members: &[Member]) -> Result<(), HaError> {
-        let deadline = tokio::time::Instant::now() + HEALTHY_WAIT;
-        loop {
-            let answers =
-                futures_util::future::join_all(members.iter().map(|m| answers(m.client_url())))
-                    .await;
-            if answers.iter().all(|&ok| ok) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let silent: Vec<String> = members
-                    .iter()
-                    .zip(&answers)
-                    .filter(|(_, ok)| !**ok)
-                    .map(|(m, _)| format!("`{}`", self.daemon(m).log_file.display()))
-                    .collect();
-                return Err(HaError::Process(format!(
-                    "etcd did not answer within {HEALTHY_WAIT:?}: see {}",
-                    silent.join(", ")
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
     /// Stops every member that runs and confirms it exited.
     pub async fn stop(&self) -> Result<(), HaError> {
-        let Some(members) = self.load()? else {
+        let Some(members) = load_members(&self.dir)? else {
             return Ok(());
         };
         let stops = members.iter().map(|m| async move {
@@ -216,19 +187,98 @@ fn new_members(avoid: &[u16]) -> Vec<Member> {
         .collect()
 }
 
-fn member_args(member: &Member, data: &Path, initial_cluster: &str, token: &str) -> Vec<OsString> {
-    let (client, peer) = (member.client_url(), member.peer_url());
+fn members_file(dir: &Path) -> PathBuf {
+    dir.join("members.json")
+}
+
+pub(super) fn load_members(dir: &Path) -> Result<Option<Vec<Member>>, HaError> {
+    let file = members_file(dir);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| HaError::Record {
+                key: file.display().to_string(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(HaError::Io {
+            context: format!("read `{}`", file.display()),
+            source,
+        }),
+    }
+}
+
+/// The members recorded in `<state_dir>/etcd/`, or new ones (ports other than `avoid`) now
+/// recorded there; their client URLs are written for every later command.
+pub(super) fn ensure_members(state_dir: &Path, avoid: &[u16]) -> Result<Vec<Member>, HaError> {
+    let dir = state_dir.join("etcd");
+    let io = |what: &str, path: &Path| {
+        let context = format!("{what} `{}`", path.display());
+        move |source| HaError::Io { context, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let members = match load_members(&dir)? {
+        Some(members) => members,
+        None => {
+            let members = new_members(avoid);
+            let text = serde_json::to_string_pretty(&members).expect("members serialise");
+            let file = members_file(&dir);
+            crate::fs::write_durably(&file, text.as_bytes(), 0o644).map_err(io("write", &file))?;
+            members
+        }
+    };
+    let urls: Vec<String> = members.iter().map(Member::client_url).collect();
+    let endpoints = super::local_etcd_endpoints_file(state_dir);
+    crate::fs::write_durably(&endpoints, (urls.join("\n") + "\n").as_bytes(), 0o644)
+        .map_err(io("write", &endpoints))?;
+    Ok(members)
+}
+
+/// Waits until every one of `urls` answers a linearizable read; else names the logs
+/// (`log_of(i)`) of those that did not.
+pub(super) async fn wait_answering(
+    urls: &[String],
+    log_of: impl Fn(usize) -> String,
+) -> Result<(), HaError> {
+    let deadline = tokio::time::Instant::now() + HEALTHY_WAIT;
+    loop {
+        let answers = futures_util::future::join_all(urls.iter().cloned().map(answers)).await;
+        if answers.iter().all(|&ok| ok) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let silent: Vec<String> = (0..urls.len())
+                .filter(|&i| !answers[i])
+                .map(&log_of)
+                .collect();
+            return Err(HaError::Process(format!(
+                "etcd did not answer within {HEALTHY_WAIT:?}: see {}",
+                silent.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The command line of one member, the same for a process and a container.
+pub(super) fn member_args(
+    name: &str,
+    urls: &MemberUrls,
+    data: &std::ffi::OsStr,
+    initial_cluster: &str,
+    token: &str,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--name",
-        &member.name,
+        name,
         "--listen-client-urls",
-        &client,
+        &urls.listen_client,
         "--advertise-client-urls",
-        &client,
+        &urls.advertise_client,
         "--listen-peer-urls",
-        &peer,
+        &urls.listen_peer,
         "--initial-advertise-peer-urls",
-        &peer,
+        &urls.advertise_peer,
         "--initial-cluster",
         initial_cluster,
         // Ignored once the data directory exists.

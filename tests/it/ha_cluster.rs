@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster_flow::TestCluster;
 use crate::etcd::EtcdCluster;
+use crate::ha_docker;
 
 pub(crate) const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
 /// The agent's default lease TTL.
@@ -35,52 +36,80 @@ impl Reach {
     }
 }
 
+/// The cluster's etcd: the test's own processes (local runtime), or the containers `up`
+/// started (docker runtime, named `pgrepl-etcdN`).
+pub(crate) enum Etcd {
+    Processes(EtcdCluster),
+    Containers { endpoints: String },
+}
+
+impl Etcd {
+    pub(crate) fn endpoints(&self) -> String {
+        match self {
+            Etcd::Processes(etcd) => etcd.endpoints(),
+            Etcd::Containers { endpoints } => endpoints.clone(),
+        }
+    }
+
+    /// SIGKILL to member `i`.
+    pub(crate) fn kill(&mut self, i: usize) {
+        match self {
+            Etcd::Processes(etcd) => etcd.kill(i),
+            Etcd::Containers { .. } => ha_docker::kill(&etcd_container(i)),
+        }
+    }
+
+    /// Starts a killed member again with its data, and waits until it answers.
+    pub(crate) fn restart(&mut self, i: usize) {
+        match self {
+            Etcd::Processes(etcd) => etcd.restart(i),
+            Etcd::Containers { endpoints } => {
+                ha_docker::start(&etcd_container(i));
+                let endpoint = endpoints.split(',').nth(i).expect("a member's endpoint");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                // A key the agents wrote once, with no lease: a read of it needs quorum.
+                while etcd_get(endpoint, "/pgrepl/pgrepl/config").is_none() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} did not answer",
+                        etcd_container(i)
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn etcd_container(i: usize) -> String {
+    format!("pgrepl-etcd{i}")
+}
+
 /// A cluster built by `up`, a 3-member etcd, and an agent per node.
 pub(crate) struct HaCluster {
+    /// The local runtime's agents, this test's children.
     pub(crate) agents: Vec<Option<Child>>,
-    pub(crate) etcd: EtcdCluster,
+    pub(crate) etcd: Etcd,
     pub(crate) cluster: TestCluster,
     pub(crate) reach: Reach,
-    /// The docker runtime's image, `None` on the local runtime.
-    pub(crate) image: Option<&'static str>,
+    /// On the docker runtime: each node's container runs its agent.
+    pub(crate) docker: bool,
 }
 
 impl HaCluster {
-    /// On the local runtime.
+    /// On the local runtime, with the test's etcd and agents.
     pub(crate) fn up() -> HaCluster {
-        HaCluster::up_with(None)
-    }
-
-    /// On the docker runtime with `image` when given (the agents run on the host and manage
-    /// their containers through the engine API).
-    pub(crate) fn up_with(image: Option<&'static str>) -> HaCluster {
         let cluster = TestCluster::new();
-        let reach = match image {
-            None => {
-                cluster.ok(&["up"]);
-                Reach::Socket(cluster.socket_dir())
-            }
-            Some(image) => {
-                let text = std::fs::read_to_string(&cluster.file).unwrap();
-                let docker = text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1);
-                std::fs::write(&cluster.file, docker).unwrap();
-                cluster.ok(&["up", "--image", image]);
-                let password = cluster.dir.path().join(".pgrepl/superuser.password");
-                Reach::Tcp {
-                    password: std::fs::read_to_string(password).unwrap().trim().to_owned(),
-                }
-            }
-        };
-        let etcd = EtcdCluster::start(3);
+        cluster.ok(&["up"]);
+        let reach = Reach::Socket(cluster.socket_dir());
         let mut ha = HaCluster {
             agents: vec![None, None, None],
-            etcd,
+            etcd: Etcd::Processes(EtcdCluster::start(3)),
             cluster,
             reach,
-            image,
+            docker: false,
         };
-        ha.try_psql(0, "CREATE TABLE ha_writes(id bigint PRIMARY KEY)")
-            .expect("create the writer's table");
+        ha.create_table();
         for i in 0..3 {
             ha.start_agent(i);
         }
@@ -92,14 +121,65 @@ impl HaCluster {
         ha
     }
 
-    pub(crate) fn log(&self, i: usize) -> PathBuf {
+    /// On the docker runtime as `up` builds it with `[ha]`: etcd containers, and each node's
+    /// container running its agent.
+    pub(crate) fn up_docker() -> HaCluster {
+        let cluster = TestCluster::new();
+        let text = std::fs::read_to_string(&cluster.file).unwrap();
+        let docker = text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1);
+        std::fs::write(&cluster.file, format!("{docker}\n[ha]\n")).unwrap();
+        cluster.ok(&["up", "--image", crate::cluster_docker::IMAGE]);
+        let state = cluster.dir.path().join(".pgrepl");
+        let read = |name: &str| std::fs::read_to_string(state.join(name)).unwrap();
+        let endpoints = read("etcd/endpoints")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(",");
+        let ha = HaCluster {
+            agents: Vec::new(),
+            etcd: Etcd::Containers { endpoints },
+            reach: Reach::Tcp {
+                password: read("superuser.password").trim().to_owned(),
+            },
+            cluster,
+            docker: true,
+        };
+        assert_eq!(ha.leader().as_deref(), Some("pg_master"));
+        ha.create_table();
+        ha
+    }
+
+    fn create_table(&self) {
+        self.try_psql(0, "CREATE TABLE ha_writes(id bigint PRIMARY KEY)")
+            .expect("create the writer's table");
+    }
+
+    /// The docker network the containers are on.
+    pub(crate) fn network(&self) -> String {
+        "pg_net".into()
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
         self.cluster
             .dir
             .path()
             .join(format!("agent-{}.log", NODES[i]))
     }
 
+    /// What node `i`'s agent logged so far.
+    pub(crate) fn agent_log(&self, i: usize) -> String {
+        if self.docker {
+            return ha_docker::logs(NODES[i]);
+        }
+        std::fs::read_to_string(self.log(i)).unwrap_or_default()
+    }
+
+    /// Starts node `i`'s agent again (docker: its container).
     pub(crate) fn start_agent(&mut self, i: usize) {
+        if self.docker {
+            ha_docker::start(NODES[i]);
+            return;
+        }
         let pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
         let etcd = ["--etcd".to_owned(), self.etcd.endpoints()];
         let (file, log) = (&self.cluster.file, self.log(i));
@@ -107,31 +187,31 @@ impl HaCluster {
     }
 
     pub(crate) fn signal_agent(&self, i: usize, signal: i32) {
-        let pid = self.agents[i].as_ref().expect("agent running").id() as i32;
-        // SAFETY: kill(2) on a child this test spawned.
+        let pid = if self.docker {
+            ha_docker::agent_pid(NODES[i]).expect("the agent runs in its container")
+        } else {
+            self.agents[i].as_ref().expect("agent running").id() as i32
+        };
+        // SAFETY: kill(2) on an agent of this test's cluster.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
+    /// SIGKILL to node `i`'s agent (docker: its container, the server with it).
     pub(crate) fn kill_agent(&mut self, i: usize) {
+        if self.docker {
+            ha_docker::kill(NODES[i]);
+            return;
+        }
         if let Some(mut child) = self.agents[i].take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// SIGKILL to the node's postmaster and its children (docker: to its container): the
-    /// machine died.
+    /// SIGKILL to the node's postmaster and its children; its agent lives.
     pub(crate) fn kill_postgres(&self, i: usize) {
-        if self.image.is_some() {
-            let output = Command::new("docker")
-                .args(["kill", NODES[i]])
-                .output()
-                .expect("run docker kill");
-            assert!(
-                output.status.success(),
-                "docker kill {}: {output:?}",
-                NODES[i]
-            );
+        if self.docker {
+            ha_docker::kill_postgres(NODES[i]);
             return;
         }
         let pidfile = self
@@ -139,13 +219,12 @@ impl HaCluster {
             .dir
             .path()
             .join(format!(".pgrepl/{}/data/postmaster.pid", NODES[i]));
-        let pid: i32 = std::fs::read_to_string(pidfile)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
         let children = Command::new("pgrep")
             .args(["-P", &pid.to_string()])
             .output()
@@ -224,13 +303,7 @@ impl HaCluster {
 
     pub(crate) fn logs(&self) -> String {
         (0..3)
-            .map(|i| {
-                format!(
-                    "--- agent {}:\n{}",
-                    NODES[i],
-                    std::fs::read_to_string(self.log(i)).unwrap_or_default()
-                )
-            })
+            .map(|i| format!("--- agent {}:\n{}", NODES[i], self.agent_log(i)))
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -343,6 +416,16 @@ pub(crate) fn spawn_agent(
 
 impl Drop for HaCluster {
     fn drop(&mut self) {
+        if self.docker {
+            // A stopped agent would hold `down` (in TestCluster's drop) for its whole timeout.
+            for node in NODES {
+                if let Some(pid) = ha_docker::agent_pid(node) {
+                    // SAFETY: kill(2) on an agent of this test's cluster.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                }
+            }
+            return;
+        }
         for i in 0..3 {
             if let Some(child) = &self.agents[i] {
                 // A stopped agent cannot die of SIGKILL until it runs again.

@@ -81,7 +81,7 @@ fn ha_control_pause_stops_automatic_actions_and_resume_brings_them_back() {
         late.is_empty(),
         "writes acknowledged while paused: {late:?}"
     );
-    let log = std::fs::read_to_string(ha.log(0)).unwrap();
+    let log = ha.agent_log(0);
     assert!(
         log.contains("paused (otherwise RestartInPlace"),
         "the agent says what it would have done:\n{log}"

@@ -4,7 +4,10 @@
 //! to the first acknowledged write, restores what it killed or stopped, waits for health again,
 //! and checks that nothing acknowledged was lost and that one node took writes at a time.
 //!
-//! CI runs 4 rounds. The long run, and a replay of a sequence (its seed is printed first):
+//! It runs on both runtimes: on docker, each node's container holds its agent and server, a
+//! node loss kills the container and etcd's members are containers too.
+//!
+//! CI runs 4 rounds on each. The long run, and a replay of a sequence (its seed is printed first):
 //!
 //! ```text
 //! PGREPL_SOAK_ROUNDS=50 flock /tmp/pgrepl-it.lock cargo test --release --test it -- ha_soak --nocapture
@@ -128,6 +131,25 @@ impl Round {
 
 #[test]
 fn ha_soak_mixed_faults_lose_nothing() {
+    soak(HaCluster::up);
+}
+
+/// The same on the docker runtime, agents in their nodes' containers (`up` with `[ha]`).
+#[test]
+fn ha_soak_on_docker_mixed_faults_lose_nothing() {
+    let test = "ha_soak_on_docker_mixed_faults_lose_nothing";
+    if let Err(why) = crate::cluster_docker::engine_with_image() {
+        crate::capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
+        return;
+    }
+    let _engine = crate::cluster_docker::ENGINE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    soak(HaCluster::up_docker);
+}
+
+/// Rounds of faults on the cluster `up` builds.
+fn soak(up: fn() -> HaCluster) {
     let rounds = env_number("PGREPL_SOAK_ROUNDS").unwrap_or(4) as usize;
     assert!(rounds > 0, "PGREPL_SOAK_ROUNDS: give at least 1");
     let seed = env_number("PGREPL_SOAK_SEED").unwrap_or_else(|| {
@@ -141,7 +163,7 @@ fn ha_soak_mixed_faults_lose_nothing() {
     let kinds = schedule(&mut rng, rounds);
 
     let started = Instant::now();
-    let mut ha = HaCluster::up();
+    let mut ha = up();
     let writer = Writer::start(&ha);
     let mut done: Vec<Round> = Vec::new();
     // Acks up to here were checked for one writer at a time.
@@ -304,10 +326,7 @@ fn healthy_leader(ha: &HaCluster) -> Option<usize> {
 
 /// How often node `i`'s agent has fenced its primary so far.
 fn fences(ha: &HaCluster, i: usize) -> usize {
-    std::fs::read_to_string(ha.log(i))
-        .unwrap_or_default()
-        .matches("fencing primary")
-        .count()
+    ha.agent_log(i).matches("fencing primary").count()
 }
 
 /// Whether etcd member `i` is etcd's leader (false when it does not answer).

@@ -278,10 +278,11 @@ fn ha_up_again_starts_only_what_is_missing_and_status_without_etcd_says_so() {
     assert!(left.is_empty(), "agents still running after down: {left:?}");
 }
 
-/// The docker runtime with `[ha]`: etcd and the agents run on the host, the agents manage their
-/// containers through the engine API. After a node loss (container and agent killed) another
-/// node leads; `up` again only starts the missing agent, which rejoins its node as a standby of
-/// the new leader; `down --purge` leaves no container, agent or etcd behind.
+/// The docker runtime with `[ha]`: `up` starts three etcd containers and one container per node
+/// running its agent, which builds and runs the server. After a node loss (its container
+/// killed) another node leads; `up` again only starts the missing container, whose agent
+/// rejoins the node as a standby of the new leader; `down --purge` leaves no container of the
+/// cluster and no file behind.
 #[test]
 fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
     let test = "ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node";
@@ -301,26 +302,21 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1),
     )
     .unwrap();
+    let docker_logs = || {
+        ["pg_master", "pg_slave", "pg_asyncslave"]
+            .map(|node| format!("--- {node}:\n{}", crate::ha_docker::logs(node)))
+            .join("\n")
+    };
     let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
-    assert!(
-        up.status.success(),
-        "{}\n{}",
-        stderr(&up),
-        agent_logs(&cluster)
-    );
+    assert!(up.status.success(), "{}\n{}", stderr(&up), docker_logs());
     assert_eq!(status_json(&cluster)["ha"]["leader"], "pg_master");
+    // The password file reached the agents, never their command line or environment.
+    let inspect = crate::ha_docker::docker(&["inspect", "pg_master"]);
+    let password = std::fs::read_to_string(state(&cluster).join("superuser.password")).unwrap();
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains(password.trim()));
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains("pass\""));
 
-    let agent = pids_in(&state(&cluster).join("agents"))
-        .into_iter()
-        .find(|(node, _)| node == "pg_master")
-        .expect("pg_master's agent pid")
-        .1;
-    sigkill(agent);
-    let kill = std::process::Command::new("docker")
-        .args(["kill", "pg_master"])
-        .output()
-        .expect("run docker kill");
-    assert!(kill.status.success(), "{kill:?}");
+    crate::ha_docker::kill("pg_master");
     let deadline = Instant::now() + Duration::from_secs(30);
     let leader = loop {
         let leader = status_json(&cluster)["ha"]["leader"].clone();
@@ -330,7 +326,7 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         assert!(
             Instant::now() < deadline,
             "no new leader\n{}",
-            agent_logs(&cluster)
+            docker_logs()
         );
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -340,7 +336,7 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         again.status.success(),
         "{}\n{}",
         stderr(&again),
-        agent_logs(&cluster)
+        docker_logs()
     );
     assert!(
         stderr(&again).contains("starting only what is missing"),
@@ -361,7 +357,7 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         assert!(
             Instant::now() < deadline,
             "pg_master did not rejoin: {status:#}\n{}",
-            agent_logs(&cluster)
+            docker_logs()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -374,8 +370,10 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         .unwrap();
     let names = String::from_utf8_lossy(&left.stdout);
     assert!(
-        !names.lines().any(|n| n.starts_with("pg_")),
+        !names
+            .lines()
+            .any(|n| n.starts_with("pg_") || n.starts_with("pgrepl-etcd")),
         "containers left: {names}"
     );
-    assert!(!state(&cluster).join("etcd").exists());
+    assert!(!state(&cluster).exists());
 }

@@ -13,6 +13,8 @@ mod faults;
 mod ha;
 mod ha_cluster;
 mod ha_control;
+mod ha_docker;
+mod ha_docker_etcd;
 mod ha_hosts;
 mod ha_soak;
 mod ha_up;

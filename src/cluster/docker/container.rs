@@ -127,6 +127,46 @@ impl DockerRuntime {
         Ok(true)
     }
 
+    /// Creates `name` from `body` unless this cluster's container of that name exists (someone
+    /// else's is refused), then starts it unless it runs; true when this call started it.
+    pub(super) async fn ensure_started(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<bool, ClusterError> {
+        let docker = self.engine().await?;
+        match docker.inspect_container(name, None).await {
+            Ok(found) if self.is_ours(found.config.as_ref().and_then(|c| c.labels.as_ref())) => {
+                if found.state.and_then(|s| s.running).unwrap_or(false) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Err(RuntimeError::ForeignContainer(name.to_owned()).into()),
+            Err(e) if is_not_found(&e) => {
+                let options = CreateContainerOptions {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                };
+                docker
+                    .create_container(Some(options), body)
+                    .await
+                    .map_err(engine_err(format!("create container `{name}`")))?;
+            }
+            Err(e) => return Err(engine_err(format!("inspect container `{name}`"))(e)),
+        }
+        docker
+            .start_container(name, None)
+            .await
+            .map_err(engine_err(format!("start container `{name}`")))?;
+        Ok(true)
+    }
+
+    /// Removes this cluster's container `name` and confirms it is gone.
+    pub async fn remove_and_confirm(&self, name: &str) -> Result<(), ClusterError> {
+        self.remove_container(name).await?;
+        self.confirm_gone(name).await
+    }
+
     /// Starts the node's container (creating it if needed) and waits until the server accepts
     /// connections. On failure the container is stopped, and removed if this call created it.
     pub async fn start(&self, node: &NodeSpec) -> Result<(), ClusterError> {
@@ -268,10 +308,15 @@ impl DockerRuntime {
     }
 
     pub async fn is_running(&self, node: &NodeSpec) -> bool {
+        self.container_runs(&node.name).await
+    }
+
+    /// The container `name` exists and runs.
+    pub async fn container_runs(&self, name: &str) -> bool {
         let Ok(docker) = self.engine().await else {
             return false;
         };
-        match docker.inspect_container(&node.name, None).await {
+        match docker.inspect_container(name, None).await {
             Ok(found) => found.state.and_then(|s| s.running).unwrap_or(false),
             Err(_) => false,
         }

@@ -37,8 +37,8 @@ pub(super) enum ImageKind {
 #[derive(Debug)]
 pub(super) struct Image {
     pub(super) kind: ImageKind,
-    /// Where `postgres` is, for one-shot runs.
-    bin_dir: String,
+    /// Where `postgres` is, for one-shot runs and the agents.
+    pub(super) bin_dir: String,
     /// The major the image states in a label or its env; `None`: ask `postgres --version`.
     stated_major: Option<u32>,
 }

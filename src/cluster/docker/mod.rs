@@ -24,7 +24,9 @@
 //! network; `image` inspects (and pulls) the image; `container` defines and runs the server
 //! containers; `tool` runs initdb and pg_rewind in one-shot containers.
 
+mod agent;
 mod container;
+mod etcd;
 mod image;
 mod tool;
 
@@ -39,6 +41,8 @@ use bollard::models::NetworkCreateRequest;
 use bollard::{Docker, API_DEFAULT_VERSION};
 use tokio::sync::OnceCell;
 
+pub use self::agent::{MACHINE_FILE, MACHINE_MOUNT, MACHINE_PASSWORD_FILE};
+pub use self::etcd::{EtcdContainer, ETCD_CLIENT_PORT, ETCD_DATA_MOUNT, ETCD_PEER_PORT};
 use self::image::Image;
 use super::ports;
 use super::runtime_error::RuntimeError;

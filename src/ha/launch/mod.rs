@@ -1,9 +1,11 @@
-//! What `up` and `down` do for `[ha]` on the local runtime.
+//! What `up` and `down` do for `[ha]`.
 //!
-//! `up`, once the servers are built: the etcd of `local_etcd` when `[ha]` names none, one
-//! `pgrepl agent` per node (`<state_dir>/agents/<node>.log`, pid file beside), then a wait
-//! until the agents have elected a leader. What already runs is left alone, so `up` again
-//! starts only what is missing.
+//! `up`: the etcd of `local_etcd` (local runtime) or `docker_etcd` (docker runtime) when
+//! `[ha]` names none; then the agents: on the local runtime, once the servers are built, one
+//! `pgrepl agent` process per node (`<state_dir>/agents/<node>.log`, pid file beside); on the
+//! docker runtime, each node's container runs its agent, which builds its node
+//! (`containers`). Then a wait until the agents have elected a leader. What already runs is
+//! left alone, so `up` again starts only what is missing.
 //!
 //! `down`: the agents first, the leader's last (each standby's agent leaves its server running;
 //! the leader's stops its primary cleanly, then releases the lease, and nobody is left to elect
@@ -16,10 +18,16 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+mod containers;
+
 use super::daemon::Daemon;
+use super::docker_etcd::DockerEtcd;
 use super::local_etcd::LocalEtcd;
 use super::store::{Snapshot, Store};
 use super::HaError;
+use crate::cluster::record::ClusterRecord;
+use crate::cluster::runtime::Runtime;
+use crate::cluster::spec::RuntimeKind;
 use crate::cluster::{Cluster, StepLog};
 
 /// A first election needs the agents to start, probe their servers and take the key.
@@ -41,8 +49,10 @@ pub struct HaUp {
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentProcess {
     pub node: String,
+    /// The agent's pid, or its container's main process's (0: unknown).
     pub pid: i32,
-    pub log: PathBuf,
+    /// Where its log is: a file, or the command that shows a container's.
+    pub log: String,
 }
 
 /// The leader the agents have elected, when the cluster's etcd answers and holds one: the
@@ -76,16 +86,37 @@ pub async fn up(
         .as_ref()
         .ok_or_else(|| HaError::Config("the cluster file has no [ha] section".into()))?;
     let scope = super::scope(cluster)?;
-    let etcd = if ha.etcd.is_empty() {
-        let avoid: Vec<u16> = cluster.spec.nodes.iter().map(|n| n.port).collect();
-        LocalEtcd::new(cluster.state_dir())
-            .ensure_running(&avoid, &format!("pgrepl-{scope}"), log)
-            .await?
-    } else {
-        ha.etcd.clone()
+    let avoid: Vec<u16> = cluster.spec.nodes.iter().map(|n| n.port).collect();
+    let token = format!("pgrepl-{scope}");
+    if let Runtime::Docker(_) = &cluster.runtime {
+        // The image, the secrets, free ports and the network, before any container.
+        cluster.runtime.prepare(&cluster.spec.nodes).await?;
+    }
+    // What the host reaches etcd at, and what the agents do (in containers: by name).
+    let (etcd, agents_etcd) = match (&cluster.runtime, ha.etcd.is_empty()) {
+        (_, false) => (ha.etcd.clone(), ha.etcd.clone()),
+        (Runtime::Local(_), true) => {
+            let urls = LocalEtcd::new(cluster.state_dir())
+                .ensure_running(&avoid, &token, log)
+                .await?;
+            (urls.clone(), urls)
+        }
+        (Runtime::Docker(docker), true) => {
+            let urls = DockerEtcd::new(docker, cluster.state_dir(), &scope, &ha.etcd_image)
+                .ensure_running(&avoid, &token, log)
+                .await?;
+            (urls.host, urls.network)
+        }
     };
     go_on()?;
-    let agents = start_agents(cluster, log)?;
+    let agents = match &cluster.runtime {
+        Runtime::Local(_) => start_agents(cluster, log)?,
+        Runtime::Docker(docker) => {
+            let agents = containers::start(cluster, docker, &agents_etcd, &scope, log).await?;
+            record_docker_cluster(cluster, docker.image_name())?;
+            agents
+        }
+    };
     let leader = tokio::select! {
         leader = wait_for_leader(cluster, &agents, &etcd, &scope) => leader?,
         () = cancel.cancelled() => return Err(HaError::Interrupted),
@@ -158,7 +189,7 @@ fn start_agents(cluster: &Cluster, log: &dyn StepLog) -> Result<Vec<AgentProcess
         agents.push(AgentProcess {
             node: node.name.clone(),
             pid,
-            log: daemon.log_file,
+            log: daemon.log_file.display().to_string(),
         });
     }
     Ok(agents)
@@ -176,17 +207,9 @@ async fn wait_for_leader(
     let store = Store::open(etcd, scope, READ_TIMEOUT).await?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     loop {
-        let exited = agents
-            .iter()
-            .find(|a| agent(cluster.state_dir(), &a.node).running().is_none());
-        if let Some(exited) = exited {
-            let text = std::fs::read_to_string(&exited.log).unwrap_or_default();
-            let last = text.lines().rev().find(|l| !l.trim().is_empty());
+        if let Some((node, last)) = exited(cluster, agents).await {
             return Err(HaError::Process(format!(
-                "the agent of `{}` exited: {} (log `{}`)",
-                exited.node,
-                last.unwrap_or("").trim(),
-                exited.log.display()
+                "the agent of `{node}` exited: {last}"
             )));
         }
         let missing = match store.snapshot().await {
@@ -197,13 +220,51 @@ async fn wait_for_leader(
             Err(e) => format!("answer from etcd ({e})"),
         };
         if tokio::time::Instant::now() >= deadline {
+            let logs: Vec<&str> = agents.iter().map(|a| a.log.as_str()).collect();
             return Err(HaError::Process(format!(
-                "no {missing} after {LEADER_WAIT:?}: see the agents' logs in `{}`",
-                agents_dir(cluster.state_dir()).display()
+                "no {missing} after {LEADER_WAIT:?}: see the agents' logs ({})",
+                logs.join(", ")
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The first agent that exited, with the last of its log.
+async fn exited(cluster: &Cluster, agents: &[AgentProcess]) -> Option<(String, String)> {
+    if let Runtime::Docker(docker) = &cluster.runtime {
+        return containers::exited(docker, cluster).await;
+    }
+    let gone = agents
+        .iter()
+        .find(|a| agent(cluster.state_dir(), &a.node).running().is_none())?;
+    let text = std::fs::read_to_string(&gone.log).unwrap_or_default();
+    let last = text.lines().rev().find(|l| !l.trim().is_empty());
+    Some((
+        gone.node.clone(),
+        format!("{} (log `{}`)", last.unwrap_or("").trim(), gone.log),
+    ))
+}
+
+/// What later commands find the cluster by: `up` on the docker runtime with `[ha]` builds no
+/// node itself, so nothing else records it.
+fn record_docker_cluster(cluster: &Cluster, image: &str) -> Result<(), HaError> {
+    let record = ClusterRecord {
+        runtime: RuntimeKind::Docker,
+        cluster_file: cluster.cluster_file().map(Path::to_path_buf),
+        image: Some(image.to_owned()),
+        pg_bin: None,
+        pg_major: None,
+    };
+    record
+        .save(cluster.state_dir())
+        .map_err(|source| HaError::Io {
+            context: format!(
+                "write `{}`",
+                ClusterRecord::path(cluster.state_dir()).display()
+            ),
+            source,
+        })
 }
 
 /// The leader once the election is complete, else what is still missing.
@@ -222,6 +283,25 @@ fn elected(snapshot: &Snapshot, agents: &[AgentProcess]) -> Result<String, Strin
     if !silent.is_empty() {
         return Err(format!("member record from {}", silent.join(", ")));
     }
+    // Agents that build their node (docker) publish before their standby runs: `up` is done
+    // when every server runs in its place, as `status` will show it.
+    let building: Vec<&str> = snapshot
+        .members
+        .iter()
+        .filter(|m| {
+            let server = &m.server;
+            let in_place = if &m.node == leader {
+                !server.in_recovery
+            } else {
+                server.in_recovery && server.follows.as_ref() == Some(leader)
+            };
+            !(server.running && in_place)
+        })
+        .map(|m| m.node.as_str())
+        .collect();
+    if !building.is_empty() {
+        return Err(format!("running server of {}", building.join(", ")));
+    }
     Ok(leader.clone())
 }
 
@@ -236,6 +316,10 @@ async fn read_leader(cluster: &Cluster) -> Option<String> {
 
 /// Stops every agent `up` started here, the leader's last.
 async fn stop_agents(cluster: &Cluster) -> Result<(), HaError> {
+    if let Runtime::Docker(docker) = &cluster.runtime {
+        let leader = read_leader(cluster).await;
+        return containers::stop(cluster, docker, leader.as_deref()).await;
+    }
     let state_dir = cluster.state_dir();
     let Ok(entries) = std::fs::read_dir(agents_dir(state_dir)) else {
         return Ok(());
@@ -283,6 +367,16 @@ pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
             ))
         })?;
     }
+    if let (Runtime::Docker(docker), Some(ha)) = (&cluster.runtime, &cluster.spec.ha) {
+        let scope = super::scope(cluster)?;
+        let etcd = DockerEtcd::new(docker, cluster.state_dir(), &scope, &ha.etcd_image);
+        cluster.down(false).await?;
+        etcd.remove().await?;
+        if purge {
+            cluster.down(true).await?;
+        }
+        return Ok(());
+    }
     let etcd = LocalEtcd::new(cluster.state_dir());
     if !etcd.exists() {
         cluster.down(purge).await?;
@@ -308,7 +402,7 @@ mod tests {
             .map(|n| AgentProcess {
                 node: n.to_string(),
                 pid: 1,
-                log: PathBuf::new(),
+                log: String::new(),
             })
             .collect()
     }
@@ -322,14 +416,14 @@ mod tests {
                 timeline: Some(TimelineId::new(1)),
                 position: None,
                 detached: false,
-                follows: None,
+                follows: (node != "a").then(|| "a".into()),
             },
             paused: false,
         }
     }
 
     #[test]
-    fn an_election_is_complete_with_leader_its_sync_record_and_every_agent() {
+    fn an_election_is_complete_with_leader_its_sync_record_and_every_server_in_place() {
         let agents = agents(&["a", "b"]);
         let mut snapshot = Snapshot::default();
         assert_eq!(elected(&snapshot, &agents), Err("leader".into()));
@@ -355,7 +449,14 @@ mod tests {
             elected(&snapshot, &agents),
             Err("member record from b".into())
         );
-        snapshot.members.push(member("b"));
+        let mut building = member("b");
+        building.server.running = false;
+        snapshot.members.push(building);
+        assert_eq!(
+            elected(&snapshot, &agents),
+            Err("running server of b".into())
+        );
+        snapshot.members[1] = member("b");
         assert_eq!(elected(&snapshot, &agents), Ok("a".into()));
     }
 }

@@ -1,0 +1,78 @@
+//! `up` and `down` for `[ha]` on the docker runtime: each node's container runs its agent,
+//! which builds and runs its server (`cluster::docker::agent`), so `up` builds no node itself:
+//! it writes each container's cluster file and starts the containers.
+
+use super::AgentProcess;
+use crate::cluster::docker::DockerRuntime;
+use crate::cluster::{Cluster, StepLog};
+use crate::ha::machines::{machine_spec, Network};
+use crate::ha::HaError;
+
+/// Writes every node's machine directory and starts the containers that do not run.
+pub(super) async fn start(
+    cluster: &Cluster,
+    docker: &DockerRuntime,
+    etcd: &[String],
+    scope: &str,
+    log: &dyn StepLog,
+) -> Result<Vec<AgentProcess>, HaError> {
+    let exe = std::env::current_exe().map_err(|source| HaError::Io {
+        context: "find the pgrepl binary the containers run".into(),
+        source,
+    })?;
+    let subnet = docker.replication_clients_cidr().await?;
+    let net = Network {
+        subnet: &subnet,
+        etcd,
+        scope,
+    };
+    let spec = machine_spec(&cluster.file_spec, cluster.replication_password(), &net);
+    let text = spec.to_toml();
+    let mut agents = Vec::new();
+    for node in &cluster.spec.nodes {
+        docker.write_machine(node, &text)?;
+        if docker.ensure_agent(node, &exe).await? {
+            log.step(&format!(
+                "start container `{}`: its agent builds and runs the server (log: docker logs {})",
+                node.name, node.name
+            ));
+        }
+        agents.push(AgentProcess {
+            node: node.name.clone(),
+            pid: docker.main_pid(node).await.unwrap_or(0),
+            log: format!("docker logs {}", node.name),
+        });
+    }
+    Ok(agents)
+}
+
+/// The first agent whose container stopped, with its last log lines.
+pub(super) async fn exited(docker: &DockerRuntime, cluster: &Cluster) -> Option<(String, String)> {
+    for node in &cluster.spec.nodes {
+        if !docker.is_running(node).await {
+            return Some((node.name.clone(), docker.agent_log_tail(node).await));
+        }
+    }
+    None
+}
+
+/// Stops the containers, the leader's last: each agent shuts its server down as the local
+/// runtime's do when they get SIGINT.
+pub(super) async fn stop(
+    cluster: &Cluster,
+    docker: &DockerRuntime,
+    leader: Option<&str>,
+) -> Result<(), HaError> {
+    let (last, first): (Vec<_>, Vec<_>) = cluster
+        .spec
+        .nodes
+        .iter()
+        .partition(|node| Some(node.name.as_str()) == leader);
+    for group in [first, last] {
+        let stops = group.iter().map(|node| docker.stop(node, true));
+        for result in futures_util::future::join_all(stops).await {
+            result?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! `[ha]` on the docker runtime, as `pgrepl up` builds it: three etcd containers and each
+//! node's container running its agent, which runs the server. The faults reach a node the way
+//! they reach a machine: its container killed, its server's processes killed, its agent
+//! stopped, its container cut from the network through the engine.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::ha::{frozen_agent, node_loss, postgres_crash, stalls_and_etcd_quorum};
+use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, NODES};
+
+/// The docker CLI (tests only; pgrepl itself speaks the engine API).
+pub(crate) fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("docker {args:?}: {e}"))
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let output = docker(args);
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The host pid of the agent in `container`: the child of its docker-init.
+pub(crate) fn agent_pid(container: &str) -> Option<i32> {
+    let inspect = docker(&["inspect", "-f", "{{.State.Pid}}", container]);
+    let init = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// SIGKILL to every server process in `container` (host pids from the engine): postgres dies,
+/// its agent lives. Nothing when the container does not run.
+pub(crate) fn kill_postgres(container: &str) {
+    let top = docker(&["top", container, "-eo", "pid,comm"]);
+    for line in String::from_utf8_lossy(&top.stdout).lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(pid), Some(comm)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if comm == "postgres" {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: kill(2) on this test cluster's server processes.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// What the container printed (its agent's log), across its restarts.
+pub(crate) fn logs(container: &str) -> String {
+    let output = docker(&["logs", container]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub(crate) fn kill(container: &str) {
+    let output = docker(&["kill", container]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() || stderr.contains("is not running"),
+        "docker kill {container}: {stderr}"
+    );
+}
+
+pub(crate) fn start(container: &str) {
+    docker_ok(&["start", container]);
+}
+
+/// Cuts `container` from `network` (`false`), or joins it again (`true`).
+pub(crate) fn connect(network: &str, container: &str, connected: bool) {
+    let verb = if connected { "connect" } else { "disconnect" };
+    docker_ok(&["network", verb, network, container]);
+}
+
+fn engine(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    if let Err(why) = crate::cluster_docker::engine_with_image() {
+        crate::capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
+        return None;
+    }
+    crate::capability::tool(test, "etcd", "apt-get install etcd-server")?;
+    Some(
+        crate::cluster_docker::ENGINE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    )
+}
+
+/// A killed server with its agent alive is restarted in place inside its container; a killed
+/// container (agent and server together) is failed over, and the node rejoins when its
+/// container starts again.
+#[test]
+fn ha_docker_crash_restarts_in_place_and_node_loss_fails_over() {
+    let Some(_engine) = engine("ha_docker_crash_restarts_in_place_and_node_loss_fails_over") else {
+        return;
+    };
+    let ha = HaCluster::up_docker();
+    postgres_crash(&ha);
+    node_loss(ha);
+}
+
+/// The primary's agent frozen past its lease, then the new primary's container cut from the
+/// network: each time another node takes over, the old primary never acknowledges after it,
+/// nothing acknowledged is lost, and the old primary rejoins once it is back.
+#[test]
+fn ha_docker_frozen_agent_and_partitioned_primary_are_replaced_and_rejoin() {
+    let Some(_engine) =
+        engine("ha_docker_frozen_agent_and_partitioned_primary_are_replaced_and_rejoin")
+    else {
+        return;
+    };
+    let ha = HaCluster::up_docker();
+    let leader = frozen_agent(&ha);
+
+    let writer = Writer::start(&ha);
+    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
+        a.node == leader
+    });
+    let cut = Instant::now();
+    connect(&ha.network(), NODES[leader], false);
+    let first = writer.wait_ack(&ha, Duration::from_secs(30), cut, |a| a.node != leader);
+    eprintln!(
+        "partition: {:.2} s from cutting `{}` off to the first acknowledged write on `{}`",
+        first.at.duration_since(cut).as_secs_f64(),
+        NODES[leader],
+        NODES[first.node]
+    );
+    // Cut off longer than the lease: its agent fenced it meanwhile.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(cut.elapsed()));
+    connect(&ha.network(), NODES[leader], true);
+    ha.wait_for(
+        "the partitioned primary to rejoin as a standby",
+        Duration::from_secs(60),
+        |ha| ha.streams_from(leader, first.node),
+    );
+    let acks = writer.stop();
+    assert_one_writer_at_a_time(&acks, leader);
+    ha.assert_nothing_lost(first.node, &acks);
+    let log = ha.agent_log(leader);
+    assert!(
+        log.contains("fencing primary"),
+        "the partitioned primary's agent fenced it:\n{log}"
+    );
+}
+
+/// Short stalls and one etcd container lost change nothing; two lost demote the primary, and
+/// it takes writes again when quorum returns.
+#[test]
+fn ha_docker_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_the_primary() {
+    let Some(_engine) = engine(
+        "ha_docker_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_the_primary",
+    ) else {
+        return;
+    };
+    stalls_and_etcd_quorum(HaCluster::up_docker());
+}
