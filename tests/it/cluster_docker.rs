@@ -21,14 +21,18 @@ pub const IMAGE: &str = "pgrepl-local/postgres:15";
 /// The engine's container and network names are global: one test at a time uses them.
 pub static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// An engine with the test image (built when missing), or why there is none.
+/// The etcd image `up` runs with `[ha]` on the docker runtime.
+pub const ETCD_IMAGE: &str = "pgrepl-local/etcd:3.4";
+
+/// An engine with the test images (built when missing), or why there is none.
 pub fn engine_with_image() -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let docker = rt.block_on(engine())?;
-    rt.block_on(ensure_image(&docker));
+    rt.block_on(ensure_image(&docker, IMAGE, "15"));
+    rt.block_on(ensure_image(&docker, ETCD_IMAGE, "etcd"));
     Ok(())
 }
 const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
@@ -39,19 +43,20 @@ async fn engine() -> Result<Docker, String> {
     docker.negotiate_version().await.map_err(|e| e.to_string())
 }
 
-/// Builds the local image unless the engine already has it (the tests run as root in CI).
-async fn ensure_image(docker: &Docker) {
-    if docker.inspect_image(IMAGE).await.is_ok() {
+/// Builds `image` with `compose/build-image WHAT` unless the engine already has it (the tests
+/// run as root in CI).
+pub(crate) async fn ensure_image(docker: &Docker, image: &str, what: &str) {
+    if docker.inspect_image(image).await.is_ok() {
         return;
     }
     let script = harness::repo_root().join("compose/build-image");
     let output = Command::new(&script)
-        .arg("15")
+        .arg(what)
         .output()
         .expect("run compose/build-image");
     assert!(
         output.status.success(),
-        "compose/build-image failed:\n{}",
+        "compose/build-image {what} failed:\n{}",
         stderr(&output)
     );
 }

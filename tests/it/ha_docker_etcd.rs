@@ -18,7 +18,7 @@ use crate::capability;
 use crate::ha_docker::{docker, kill, start};
 use crate::harness;
 
-const IMAGE: &str = "pgrepl-local/etcd:3.4";
+use crate::cluster_docker::ETCD_IMAGE as IMAGE;
 /// Names of this test's own, so a cluster another test left behind is never touched.
 const SCOPE: &str = "pgrepl-it-etcd";
 const NETWORK: &str = "pgrepl_it_etcd_net";
@@ -57,22 +57,6 @@ impl Drop for Cleanup {
 
 fn container(i: usize) -> String {
     format!("{SCOPE}-etcd{i}")
-}
-
-/// Builds the etcd image unless the engine has it (CI builds it in .ci/run).
-async fn ensure_image(engine: &Docker) {
-    if engine.inspect_image(IMAGE).await.is_ok() {
-        return;
-    }
-    let output = Command::new(harness::repo_root().join("compose/build-image"))
-        .arg("etcd")
-        .output()
-        .expect("run compose/build-image etcd");
-    assert!(
-        output.status.success(),
-        "compose/build-image etcd failed:\n{}",
-        stderr(&output)
-    );
 }
 
 /// This test's containers and network that exist.
@@ -150,7 +134,11 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
     let _engine = crate::cluster_docker::ENGINE
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    rt.block_on(ensure_image(&engine));
+    rt.block_on(crate::cluster_docker::ensure_image(
+        &engine,
+        crate::cluster_docker::ETCD_IMAGE,
+        "etcd",
+    ));
     assert_eq!(
         rt.block_on(leftovers(&engine)),
         Vec::<String>::new(),
