@@ -112,7 +112,7 @@ fn up_checks_and_down_on_the_docker_runtime() {
         }
     };
     let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
-    rt.block_on(ensure_image(&docker));
+    rt.block_on(ensure_image(&docker, IMAGE, "15"));
     let existing = rt.block_on(leftovers(&docker));
     assert!(
         existing.is_empty(),

@@ -3,7 +3,6 @@
 //! client ports. One member killed, the other two still commit; started again, it rejoins with
 //! its data; removed with the cluster's network and state directory, nothing of it is left.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -13,10 +12,8 @@ use pgrepl::cluster::spec::DockerSettings;
 use pgrepl::cluster::StepLog;
 use pgrepl::ha::docker_etcd::DockerEtcd;
 
-use crate::basebackup::stderr;
 use crate::capability;
 use crate::ha_docker::{docker, kill, start};
-use crate::harness;
 
 use crate::cluster_docker::ETCD_IMAGE as IMAGE;
 /// Names of this test's own, so a cluster another test left behind is never touched.
