@@ -8,12 +8,11 @@
 //! docker-init runs as PID 1: it forwards `stop`'s SIGINT to the agent, which shuts a primary
 //! down cleanly, and it reaps the server processes the agent's pg_ctl leaves behind.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, HostConfig};
 
-use super::{write_private, DockerRuntime, SERVER_PORT, STOP_TIMEOUT};
+use super::{on_loopback, write_private, DockerRuntime, SERVER_PORT, STOP_TIMEOUT};
 use crate::cluster::spec::NodeSpec;
 use crate::cluster::ClusterError;
 
@@ -55,11 +54,7 @@ impl DockerRuntime {
     /// machine directory and the binary mounted, and the server's port published as usual.
     fn agent_container(&self, node: &NodeSpec, exe: &Path, bin_dir: &str) -> ContainerCreateBody {
         let (uid, gid) = self.data_owner();
-        let port = format!("{SERVER_PORT}/tcp");
-        let binding = PortBinding {
-            host_ip: Some("127.0.0.1".into()),
-            host_port: Some(node.port.to_string()),
-        };
+        let (exposed, bindings) = on_loopback(SERVER_PORT, node.port);
         let cmd = [
             "-v",
             "agent",
@@ -76,7 +71,7 @@ impl DockerRuntime {
             user: Some(format!("{uid}:{gid}")),
             entrypoint: Some(vec![PGREPL_MOUNT.into()]),
             cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-            exposed_ports: Some(vec![port.clone()]),
+            exposed_ports: Some(exposed),
             labels: Some(self.labels()),
             stop_signal: Some("SIGINT".into()),
             stop_timeout: Some(STOP_TIMEOUT.as_secs() as i64),
@@ -86,7 +81,7 @@ impl DockerRuntime {
                     format!("{}:{MACHINE_MOUNT}", self.machine_dir(node).display()),
                     format!("{}:{PGREPL_MOUNT}:ro", exe.display()),
                 ]),
-                port_bindings: Some(HashMap::from([(port, Some(vec![binding]))])),
+                port_bindings: Some(bindings),
                 network_mode: Some(self.settings.network.clone()),
                 ..Default::default()
             }),

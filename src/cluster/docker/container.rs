@@ -1,10 +1,9 @@
 //! The server containers: their definition (pure, unit-tested), and their lifecycle: create,
 //! start and wait until ready, signal, stop, remove, and `down`'s removal of them all.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
 };
@@ -12,8 +11,9 @@ use futures_util::StreamExt;
 
 use super::image::ImageKind;
 use super::{
-    engine_err, indent, is_not_found, password_file, status_code, DockerRuntime, DATA_MOUNT,
-    LOG_TAIL, ONE_SHOT_TOOLS, READY_TIMEOUT, SECRET_MOUNT, SERVER_PORT, SOCKET_DIR, STOP_TIMEOUT,
+    engine_err, indent, is_not_found, on_loopback, password_file, status_code, DockerRuntime,
+    DATA_MOUNT, LOG_TAIL, ONE_SHOT_TOOLS, READY_TIMEOUT, SECRET_MOUNT, SERVER_PORT, SOCKET_DIR,
+    STOP_TIMEOUT,
 };
 use crate::cluster::runtime_error::RuntimeError;
 use crate::cluster::server_version::{self, Binaries};
@@ -73,11 +73,7 @@ impl DockerRuntime {
                 )
             }
         };
-        let port = format!("{SERVER_PORT}/tcp");
-        let binding = PortBinding {
-            host_ip: Some("127.0.0.1".into()),
-            host_port: Some(node.port.to_string()),
-        };
+        let (exposed, bindings) = on_loopback(SERVER_PORT, node.port);
         ContainerCreateBody {
             image: Some(self.settings.image.clone()),
             hostname: Some(node.name.clone()),
@@ -85,7 +81,7 @@ impl DockerRuntime {
             entrypoint,
             cmd: Some(cmd),
             env: Some(env),
-            exposed_ports: Some(vec![port.clone()]),
+            exposed_ports: Some(exposed),
             labels: Some(self.labels()),
             // `docker stop` by hand then does a fast shutdown too (SIGTERM would wait for every
             // session, the standbys' walreceivers included).
@@ -93,7 +89,7 @@ impl DockerRuntime {
             stop_timeout: Some(STOP_TIMEOUT.as_secs() as i64),
             host_config: Some(HostConfig {
                 binds: Some(binds),
-                port_bindings: Some(HashMap::from([(port, Some(vec![binding]))])),
+                port_bindings: Some(bindings),
                 network_mode: Some(self.settings.network.clone()),
                 ..Default::default()
             }),

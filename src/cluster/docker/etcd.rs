@@ -4,12 +4,11 @@
 //! published on 127.0.0.1. Their data is a bind mount in the state directory, so `down --purge`
 //! deletes it with the rest.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, HostConfig};
 
-use super::DockerRuntime;
+use super::{on_loopback, DockerRuntime};
 use crate::cluster::ClusterError;
 
 /// etcd's client port inside its container.
@@ -34,11 +33,7 @@ pub struct EtcdContainer {
 
 impl DockerRuntime {
     fn etcd_container(&self, member: &EtcdContainer) -> ContainerCreateBody {
-        let port = format!("{ETCD_CLIENT_PORT}/tcp");
-        let binding = PortBinding {
-            host_ip: Some("127.0.0.1".into()),
-            host_port: Some(member.host_port.to_string()),
-        };
+        let (exposed, bindings) = on_loopback(ETCD_CLIENT_PORT, member.host_port);
         ContainerCreateBody {
             image: Some(member.image.clone()),
             hostname: Some(member.name.clone()),
@@ -47,11 +42,11 @@ impl DockerRuntime {
                     .chain(member.args.iter().cloned())
                     .collect(),
             ),
-            exposed_ports: Some(vec![port.clone()]),
+            exposed_ports: Some(exposed),
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{}:{ETCD_DATA_MOUNT}", member.data.display())]),
-                port_bindings: Some(HashMap::from([(port, Some(vec![binding]))])),
+                port_bindings: Some(bindings),
                 network_mode: Some(self.settings.network.clone()),
                 ..Default::default()
             }),

@@ -289,6 +289,26 @@ impl DockerRuntime {
     }
 }
 
+/// `port/tcp` of a container published on the host's 127.0.0.1:`host_port`: what the
+/// definition exposes, and its port bindings.
+fn on_loopback(
+    port: u16,
+    host_port: u16,
+) -> (
+    Vec<String>,
+    HashMap<String, Option<Vec<bollard::models::PortBinding>>>,
+) {
+    let port = format!("{port}/tcp");
+    let binding = bollard::models::PortBinding {
+        host_ip: Some("127.0.0.1".into()),
+        host_port: Some(host_port.to_string()),
+    };
+    (
+        vec![port.clone()],
+        HashMap::from([(port, Some(vec![binding]))]),
+    )
+}
+
 /// Log lines quoted in an error: indented, blank ones dropped.
 fn indent(text: &str) -> String {
     let lines: Vec<String> = text
