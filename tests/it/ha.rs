@@ -200,13 +200,20 @@ fn ha_etcd_leader_loss_fences_nothing() {
         .scan(killed, |last, a| Some(a.at - std::mem::replace(last, a.at)))
         .max()
         .unwrap_or(TTL * 3);
+    let log = std::fs::read_to_string(ha.log(0)).unwrap();
+    // The agent says how long renewals failed: "renewed again, N ms after the last confirmed
+    // renewal was sent" (fenced at 1500 ms).
+    let renewal_gap = log
+        .lines()
+        .filter_map(|l| l.split("renewed again, ").nth(1)?.split(' ').next()?.parse().ok())
+        .max()
+        .unwrap_or(0u64);
     eprintln!(
-        "etcd leader loss: a new etcd leader after {:.2} s, longest write gap {:.2} s",
+        "etcd leader loss: a new etcd leader after {:.2} s, no confirmed renewal for {renewal_gap} ms, longest write gap {:.2} s",
         took.as_secs_f64(),
         gap.as_secs_f64()
     );
     assert!(elected.is_some(), "the two members left elected no leader");
-    let log = std::fs::read_to_string(ha.log(0)).unwrap();
     assert!(
         !log.contains("fencing primary"),
         "the primary was fenced:\n{log}"
