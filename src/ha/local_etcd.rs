@@ -247,8 +247,14 @@ fn member_args(member: &Member, data: &Path, initial_cluster: &str, token: &str)
     args.push(data.into());
     // A dead etcd leader is replaced within about half a second, before any lease renewal's
     // fence deadline (proto-notes/08-ha.md, "etcd's leader lost").
-    args.extend(["--heartbeat-interval".into(), ETCD_HEARTBEAT_MS.to_string().into()]);
-    args.extend(["--election-timeout".into(), ETCD_ELECTION_MS.to_string().into()]);
+    args.extend([
+        "--heartbeat-interval".into(),
+        ETCD_HEARTBEAT_MS.to_string().into(),
+    ]);
+    args.extend([
+        "--election-timeout".into(),
+        ETCD_ELECTION_MS.to_string().into(),
+    ]);
     args
 }
 

@@ -223,6 +223,17 @@ mod tests {
     }
 
     #[test]
+    fn etcd_replaces_a_dead_leader_before_the_primary_fences() {
+        // etcd refuses an election timeout shorter than five heartbeats.
+        assert!(ETCD_ELECTION_MS >= 5 * ETCD_HEARTBEAT_MS);
+        // A dead leader is noticed within two election timeouts, and a split vote costs two
+        // more; the primary fences no sooner than fence_after less one renewal after the kill.
+        let t = Timing::default();
+        let election = Duration::from_millis(4 * ETCD_ELECTION_MS);
+        assert!(election < t.fence_after() - t.renew());
+    }
+
+    #[test]
     fn timings_that_cannot_meet_are_refused() {
         let short = Timing {
             ttl_s: 1,

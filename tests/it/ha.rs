@@ -187,7 +187,10 @@ fn ha_etcd_leader_loss_fences_nothing() {
     });
     std::thread::sleep(Duration::from_secs(1));
 
-    let leader = ha.etcd.wait_leader(Duration::from_secs(5)).expect("etcd has a leader");
+    let leader = ha
+        .etcd
+        .wait_leader(Duration::from_secs(5))
+        .expect("etcd has a leader");
     let killed = Instant::now();
     ha.etcd.kill(leader);
     let elected = ha.etcd.wait_leader(Duration::from_secs(10));
@@ -205,7 +208,14 @@ fn ha_etcd_leader_loss_fences_nothing() {
     // renewal was sent" (fenced at 1500 ms).
     let renewal_gap = log
         .lines()
-        .filter_map(|l| l.split("renewed again, ").nth(1)?.split(' ').next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("renewed again, ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
         .max()
         .unwrap_or(0u64);
     eprintln!(
@@ -219,7 +229,10 @@ fn ha_etcd_leader_loss_fences_nothing() {
         "the primary was fenced:\n{log}"
     );
     assert_eq!(ha.leader().as_deref(), Some("pg_master"), "{}", ha.logs());
-    assert!(after.iter().all(|a| a.node == 0), "no other node took writes");
+    assert!(
+        after.iter().all(|a| a.node == 0),
+        "no other node took writes"
+    );
     assert!(
         after.iter().any(|a| a.at > killed + TTL * 2),
         "writes went on after etcd's leader died\n{}",
