@@ -80,6 +80,8 @@ pub fn endpoints(cluster: &Cluster) -> Option<Vec<String>> {
 /// 0.25–0.8 s. etcd wants the election timeout at least 5 heartbeats and ~10 round trips.
 pub const ETCD_HEARTBEAT_MS: u64 = 25;
 pub const ETCD_ELECTION_MS: u64 = 250;
+// etcd refuses an election timeout shorter than five heartbeats.
+const _: () = assert!(ETCD_ELECTION_MS >= 5 * ETCD_HEARTBEAT_MS);
 
 /// The agent's clock. The defaults meet: a node loss is seen within `ttl` (+0.5 s, etcd's
 /// expiry check), a stall shorter than `stall_tolerance()` never costs the lease, and a primary
@@ -224,8 +226,6 @@ mod tests {
 
     #[test]
     fn etcd_replaces_a_dead_leader_before_the_primary_fences() {
-        // etcd refuses an election timeout shorter than five heartbeats.
-        assert!(ETCD_ELECTION_MS >= 5 * ETCD_HEARTBEAT_MS);
         // A dead leader is noticed within two election timeouts, and a split vote costs two
         // more; the primary fences no sooner than fence_after less one renewal after the kill.
         let t = Timing::default();
