@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::daemon::Daemon;
-use super::HaError;
+use super::{HaError, ETCD_ELECTION_MS, ETCD_HEARTBEAT_MS};
 use crate::cluster::{ports, StepLog};
 
 const MEMBERS: usize = 3;
@@ -295,6 +295,16 @@ pub(super) fn member_args(
     .collect();
     args.push("--data-dir".into());
     args.push(data.into());
+    // A dead etcd leader is replaced within about half a second, before any lease renewal's
+    // fence deadline (proto-notes/08-ha.md, "etcd's leader lost").
+    args.extend([
+        "--heartbeat-interval".into(),
+        ETCD_HEARTBEAT_MS.to_string().into(),
+    ]);
+    args.extend([
+        "--election-timeout".into(),
+        ETCD_ELECTION_MS.to_string().into(),
+    ]);
     args
 }
 

@@ -75,6 +75,16 @@ pub fn endpoints(cluster: &Cluster) -> Option<Vec<String>> {
     (!urls.is_empty()).then_some(urls)
 }
 
+/// The Raft timing of the etcd `up` starts (and the one to give an etcd of your own): while
+/// etcd has no leader no lease is renewed, and a dead leader is only noticed after one to two
+/// election timeouts. etcd's defaults (100 ms, 1000 ms) take 1–2.5 s, longer than a primary
+/// waits before it fences itself (1.5 s after its last confirmed renewal); these take
+/// 0.25–0.8 s. etcd wants the election timeout at least 5 heartbeats and ~10 round trips.
+pub const ETCD_HEARTBEAT_MS: u64 = 25;
+pub const ETCD_ELECTION_MS: u64 = 250;
+// etcd refuses an election timeout shorter than five heartbeats.
+const _: () = assert!(ETCD_ELECTION_MS >= 5 * ETCD_HEARTBEAT_MS);
+
 /// The agent's clock. The defaults meet: a node loss is seen within `ttl` (+0.5 s, etcd's
 /// expiry check), a stall shorter than `stall_tolerance()` never costs the lease, and a primary
 /// that cannot renew is fenced `fence_margin` before its lease can expire anywhere.
@@ -214,6 +224,15 @@ mod tests {
         // A dead primary's lease expires within 2 s of its last renewal.
         assert_eq!(t.ttl(), Duration::from_secs(2));
         assert!(t.request_timeout() < Duration::from_millis(t.fence_margin_ms));
+    }
+
+    #[test]
+    fn etcd_replaces_a_dead_leader_before_the_primary_fences() {
+        // A dead leader is noticed within two election timeouts, and a split vote costs two
+        // more; the primary fences no sooner than fence_after less one renewal after the kill.
+        let t = Timing::default();
+        let election = Duration::from_millis(4 * ETCD_ELECTION_MS);
+        assert!(election < t.fence_after() - t.renew());
     }
 
     #[test]

@@ -115,6 +115,14 @@ impl Store {
                     return Ok(value);
                 }
                 Ok(Err(e)) if unreachable_endpoint(&e) => failure = Some(e),
+                // The client's own timeout: as below (a member that lost its leader holds a
+                // request until it has one again, and a member cut off from the others never).
+                Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                    if status.code() == tonic::Code::Cancelled =>
+                {
+                    self.current.store(i + 1, Ordering::Relaxed);
+                    return Err(HaError::EtcdTimeout(self.timeout));
+                }
                 Ok(Err(e)) => {
                     return Err(HaError::Etcd {
                         endpoints: self.endpoints.clone(),

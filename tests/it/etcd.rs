@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pgrepl::ha::{ETCD_ELECTION_MS, ETCD_HEARTBEAT_MS};
+
 use crate::harness;
 
 pub struct EtcdCluster {
@@ -100,6 +102,9 @@ impl EtcdCluster {
                 "--initial-cluster-token",
                 "pgrepl-test",
             ])
+            // The Raft timing `up` gives its own etcd and the notes recommend.
+            .args(["--heartbeat-interval", &ETCD_HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ETCD_ELECTION_MS.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -155,6 +160,42 @@ impl EtcdCluster {
                 self.log_tail(i)
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether member `i` is etcd's Raft leader (false when it does not answer within 1 s).
+    pub fn is_leader(&self, i: usize) -> bool {
+        let endpoint = format!("http://127.0.0.1:{}", self.members[i].client_port);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async {
+                let limit = Duration::from_secs(1);
+                let connect = etcd_client::Client::connect([endpoint], None);
+                let mut client = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
+                let status = tokio::time::timeout(limit, client.status())
+                    .await
+                    .ok()?
+                    .ok()?;
+                Some(status.leader() == status.header()?.member_id())
+            })
+            .unwrap_or(false)
+    }
+
+    /// The member that is etcd's leader, waiting up to `limit` for one.
+    pub fn wait_leader(&self, limit: Duration) -> Option<usize> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let running = (0..self.members.len()).filter(|i| self.members[*i].child.is_some());
+            if let Some(i) = running.into_iter().find(|i| self.is_leader(*i)) {
+                return Some(i);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -185,6 +185,72 @@ pub(crate) fn stalls_and_etcd_quorum(mut ha: HaCluster) {
     ha.assert_nothing_lost(first.node, &acks);
 }
 
+/// etcd's leader member dies (SIGKILL, as in a rolling restart): until the other two elect a
+/// new leader no lease can be renewed. The primary keeps its role and its server (no fence, no
+/// failover) and writes go on.
+#[test]
+fn ha_etcd_leader_loss_fences_nothing() {
+    let mut ha = HaCluster::up();
+    let writer = Writer::start(&ha);
+    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
+        a.node == 0
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    let leader = ha
+        .etcd
+        .wait_leader(Duration::from_secs(5))
+        .expect("etcd has a leader");
+    let killed = Instant::now();
+    ha.etcd.kill(leader);
+    let elected = ha.etcd.wait_leader(Duration::from_secs(10));
+    let took = killed.elapsed();
+    std::thread::sleep((TTL * 3).saturating_sub(killed.elapsed()));
+    let acks = writer.stop();
+    let after: Vec<&crate::ha_cluster::Ack> = acks.iter().filter(|a| a.at > killed).collect();
+    let gap = after
+        .iter()
+        .scan(killed, |last, a| Some(a.at - std::mem::replace(last, a.at)))
+        .max()
+        .unwrap_or(TTL * 3);
+    let log = std::fs::read_to_string(ha.log(0)).unwrap();
+    // The agent says how long renewals failed: "renewed again, N ms after the last confirmed
+    // renewal was sent" (fenced at 1500 ms).
+    let renewal_gap = log
+        .lines()
+        .filter_map(|l| {
+            l.split("renewed again, ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0u64);
+    eprintln!(
+        "etcd leader loss: a new etcd leader after {:.2} s, no confirmed renewal for {renewal_gap} ms, longest write gap {:.2} s",
+        took.as_secs_f64(),
+        gap.as_secs_f64()
+    );
+    assert!(elected.is_some(), "the two members left elected no leader");
+    assert!(
+        !log.contains("fencing primary"),
+        "the primary was fenced:\n{log}"
+    );
+    assert_eq!(ha.leader().as_deref(), Some("pg_master"), "{}", ha.logs());
+    assert!(
+        after.iter().all(|a| a.node == 0),
+        "no other node took writes"
+    );
+    assert!(
+        after.iter().any(|a| a.at > killed + TTL * 2),
+        "writes went on after etcd's leader died\n{}",
+        ha.logs()
+    );
+    ha.assert_nothing_lost(0, &acks);
+}
+
 #[test]
 fn ha_postgres_crash_only_is_restarted_in_place() {
     postgres_crash(&HaCluster::up());

@@ -247,7 +247,7 @@ fn fault_and_restore(
     let member = rng.below(3);
     let target = match kind {
         Kind::StandbyLoss => NODES[standby].to_owned(),
-        Kind::EtcdMember if etcd_is_leader(ha, member) => format!("etcd{member}, etcd's leader"),
+        Kind::EtcdMember if ha.etcd.is_leader(member) => format!("etcd{member}, etcd's leader"),
         Kind::EtcdMember => format!("etcd{member}"),
         _ => NODES[primary].to_owned(),
     };
@@ -327,28 +327,6 @@ fn healthy_leader(ha: &HaCluster) -> Option<usize> {
 /// How often node `i`'s agent has fenced its primary so far.
 fn fences(ha: &HaCluster, i: usize) -> usize {
     ha.agent_log(i).matches("fencing primary").count()
-}
-
-/// Whether etcd member `i` is etcd's leader (false when it does not answer).
-fn etcd_is_leader(ha: &HaCluster, i: usize) -> bool {
-    let endpoints = ha.etcd.endpoints();
-    let endpoint = endpoints.split(',').nth(i).expect("a member's endpoint");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(async {
-            let limit = Duration::from_secs(1);
-            let connect = etcd_client::Client::connect([endpoint], None);
-            let mut client = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
-            let status = tokio::time::timeout(limit, client.status())
-                .await
-                .ok()?
-                .ok()?;
-            Some(status.leader() == status.header()?.member_id())
-        })
-        .unwrap_or(false)
 }
 
 /// The acknowledging nodes of one round, in order: `old` then `new`, never back, never a third.

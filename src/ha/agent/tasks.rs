@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Agent, Lease};
 
+/// How soon a failed renewal is tried again (a failure may be quick: every endpoint refusing).
+const RETRY: Duration = Duration::from_millis(50);
+
 /// Renews the lease every `renew` interval; when etcd says it is gone, fences a primary at once
 /// and takes a new lease.
 pub(super) async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
@@ -22,8 +25,16 @@ pub(super) async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
         let mut lost = false;
         match agent.store.renew(id).await {
             Ok(true) => {
-                agent.shared.lease.lock().expect("lease lock").confirmed_at = sent;
-                failing = false;
+                let before = std::mem::replace(
+                    &mut agent.shared.lease.lock().expect("lease lock").confirmed_at,
+                    sent,
+                );
+                if std::mem::take(&mut failing) {
+                    tracing::info!(
+                        "lease renewed again, {} ms after the last confirmed renewal was sent",
+                        sent.saturating_duration_since(before).as_millis()
+                    );
+                }
             }
             Ok(false) => {
                 // Whatever the leader key said, it went with that lease.
@@ -51,7 +62,12 @@ pub(super) async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
         if lost {
             fence(&agent, "its lease expired").await;
         }
-        let next = sent + timing.renew();
+        // After a failure, try again at once (the next endpoint, or etcd's new leader): every
+        // renewal interval lost is one the fence deadline does not get back.
+        let next = match failing {
+            true => (sent + timing.renew()).min(Instant::now() + RETRY),
+            false => sent + timing.renew(),
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(next.into()) => {}
