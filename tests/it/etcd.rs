@@ -163,42 +163,6 @@ impl EtcdCluster {
         }
     }
 
-    /// Whether member `i` is etcd's Raft leader (false when it does not answer within 1 s).
-    pub fn is_leader(&self, i: usize) -> bool {
-        let endpoint = format!("http://127.0.0.1:{}", self.members[i].client_port);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime
-            .block_on(async {
-                let limit = Duration::from_secs(1);
-                let connect = etcd_client::Client::connect([endpoint], None);
-                let mut client = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
-                let status = tokio::time::timeout(limit, client.status())
-                    .await
-                    .ok()?
-                    .ok()?;
-                Some(status.leader() == status.header()?.member_id())
-            })
-            .unwrap_or(false)
-    }
-
-    /// The member that is etcd's leader, waiting up to `limit` for one.
-    pub fn wait_leader(&self, limit: Duration) -> Option<usize> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let running = (0..self.members.len()).filter(|i| self.members[*i].child.is_some());
-            if let Some(i) = running.into_iter().find(|i| self.is_leader(*i)) {
-                return Some(i);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     pub fn log_tail(&self, i: usize) -> String {
         let path = self
             .dir
@@ -208,6 +172,26 @@ impl EtcdCluster {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// Whether the member at `endpoint` is etcd's leader (false when it does not answer in 1 s).
+pub(crate) fn is_leader(endpoint: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async {
+            let limit = Duration::from_secs(1);
+            let connect = etcd_client::Client::connect([endpoint], None);
+            let mut client = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
+            let status = tokio::time::timeout(limit, client.status())
+                .await
+                .ok()?
+                .ok()?;
+            Some(status.leader() == status.header()?.member_id())
+        })
+        .unwrap_or(false)
 }
 
 impl Drop for EtcdCluster {

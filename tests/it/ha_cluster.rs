@@ -81,6 +81,29 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Whether member `i` is etcd's leader (false when it does not answer).
+    pub(crate) fn is_leader(&self, i: usize) -> bool {
+        let endpoints = self.endpoints();
+        let endpoint = endpoints.split(',').nth(i).expect("a member's endpoint");
+        crate::etcd::is_leader(endpoint)
+    }
+
+    /// The member that is etcd's leader, waiting up to `limit` for one.
+    pub(crate) fn wait_leader(&self, limit: Duration) -> Option<usize> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(i) = (0..3).find(|&i| self.is_leader(i)) {
+                return Some(i);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 fn etcd_container(i: usize) -> String {
     format!("pgrepl-etcd{i}")
 }

@@ -6,7 +6,9 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::ha::{frozen_agent, node_loss, postgres_crash, stalls_and_etcd_quorum};
+use crate::ha::{
+    etcd_leader_loss, frozen_agent, node_loss, postgres_crash, stalls_and_etcd_quorum,
+};
 use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, NODES};
 
 /// The docker CLI (tests only; pgrepl itself speaks the engine API).
@@ -162,4 +164,13 @@ fn ha_docker_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_dem
         return;
     };
     stalls_and_etcd_quorum(HaCluster::up_docker());
+}
+
+/// etcd's leader container killed: the other two elect before the primary's fence deadline.
+#[test]
+fn ha_docker_etcd_leader_loss_fences_nothing() {
+    let Some(_engine) = engine("ha_docker_etcd_leader_loss_fences_nothing") else {
+        return;
+    };
+    etcd_leader_loss(HaCluster::up_docker());
 }
