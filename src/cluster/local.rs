@@ -325,9 +325,32 @@ impl LocalRuntime {
         options
     }
 
-    /// Rewinds the stopped node's data directory to where it forked from `source`, with the
-    /// stock pg_rewind reaching `source` over the socket directory; returns what it printed.
-    pub fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
+    /// The superuser of a node on another machine: over TCP with the password of
+    /// `[local] superuser_password_file`, which a passfile beside the state also holds for the
+    /// server's tools (pg_rewind), so it is on no command line. `None` without that file.
+    pub fn remote_superuser(&self, node: &NodeSpec) -> Result<Option<ConnectOptions>, ClusterError> {
+        let Some(file) = &self.settings.superuser_password_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ClusterError::io(format!("read `{}`", file.display()), e))?;
+        let password = text.trim_end_matches(['\n', '\r']).to_owned();
+        let passfile = self.state_dir.join("remote.pgpass");
+        let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+        let line = format!("*:*:*:postgres:{escaped}\n");
+        crate::fs::write_durably(&passfile, line.as_bytes(), 0o600)
+            .map_err(|e| ClusterError::io(format!("write `{}`", passfile.display()), e))?;
+        self.give_to_server_user(&passfile)?;
+        let mut options = self.superuser(node);
+        options.host = Host::Tcp(node.host().to_owned());
+        options.password = Some(password.into());
+        options.passfile = Some(passfile);
+        Ok(Some(options))
+    }
+
+    /// Rewinds the stopped node's data directory to where it forked from the server `source`
+    /// reaches, with the stock pg_rewind; returns what it printed.
+    pub fn rewind(&self, node: &NodeSpec, source: &ConnectOptions) -> Result<String, ClusterError> {
         if !self.bin_dir.join("pg_rewind").is_file() {
             return Err(RuntimeError::NoRewind(self.bin_dir.clone()).into());
         }
@@ -335,7 +358,7 @@ impl LocalRuntime {
         // postmaster.pid would stop.
         self.clear_stale_locks(node)?;
         let data = self.data_dir(node);
-        let conninfo = self.superuser(source).redacted();
+        let conninfo = source.redacted();
         self.output(
             "pg_rewind",
             [

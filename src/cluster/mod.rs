@@ -209,6 +209,11 @@ impl Cluster {
     /// server of this machine with the same port.
     pub(crate) fn superuser(&self, node: &NodeSpec) -> Result<ConnectOptions, ClusterError> {
         if !self.is_here(node) {
+            if let Runtime::Local(local) = &self.runtime {
+                if let Some(options) = local.remote_superuser(node)? {
+                    return Ok(options);
+                }
+            }
             return Err(ClusterError::Setup(format!(
                 "`{}` runs on another machine ({}): pgrepl reaches it there over replication only",
                 node.name,

@@ -99,12 +99,19 @@ impl Runtime {
     }
 
     /// Rewinds the stopped `node`'s data directory to where its history forked from the running
-    /// `source` with the stock pg_rewind, run as the server user; returns what it printed.
-    pub async fn rewind(&self, node: &NodeSpec, source: &NodeSpec) -> Result<String, ClusterError> {
+    /// `source` with the stock pg_rewind, run as the server user; returns what it printed. The
+    /// local runtime reaches `source` with `superuser` (its socket, or TCP to another machine);
+    /// a container reaches it by name on the network.
+    pub async fn rewind(
+        &self,
+        node: &NodeSpec,
+        source: &NodeSpec,
+        superuser: ConnectOptions,
+    ) -> Result<String, ClusterError> {
         match self {
             Runtime::Local(local) => {
-                let (node, source) = (node.clone(), source.clone());
-                blocking(local, move |local| local.rewind(&node, &source)).await
+                let node = node.clone();
+                blocking(local, move |local| local.rewind(&node, &superuser)).await
             }
             Runtime::Docker(docker) => docker.rewind(node, source).await,
         }

@@ -152,6 +152,12 @@ fn ha_docker_frozen_agent_and_partitioned_primary_are_replaced_and_rejoin() {
         log.contains("fencing primary"),
         "the partitioned primary's agent fenced it:\n{log}"
     );
+    // Its agent reaches the new primary as the superuser (the password `up` gave it): pg_rewind
+    // rather than a re-clone.
+    assert!(
+        log.contains("rewound by pg_rewind"),
+        "the old primary was rewound, not re-cloned:\n{log}"
+    );
 }
 
 /// Short stalls and one etcd container lost change nothing; two lost demote the primary, and

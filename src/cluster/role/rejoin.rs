@@ -170,7 +170,8 @@ impl Cluster {
     }
 
     /// pg_rewind from `primary`, which needs a superuser session to it: a primary on another
-    /// machine has none from here, and the caller re-clones instead.
+    /// machine has one only with `[local] superuser_password_file`; without, the caller
+    /// re-clones instead.
     async fn rewind(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<String, ClusterError> {
         // pg_rewind reads the primary's timeline from its pg_control, which still names the old
         // one until the checkpoint a promotion only requests has been made.
@@ -179,7 +180,9 @@ impl Cluster {
             .batch_execute("CHECKPOINT")
             .await
             .map_err(|e| node_err_sql(primary, e))?;
-        self.runtime.rewind(node, primary).await
+        self.runtime
+            .rewind(node, primary, self.superuser(primary)?)
+            .await
     }
 
     /// True when `node` stopped cleanly and all its WAL lies before the point where the
