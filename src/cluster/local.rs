@@ -328,7 +328,10 @@ impl LocalRuntime {
     /// The superuser of a node on another machine: over TCP with the password of
     /// `[local] superuser_password_file`, which a passfile beside the state also holds for the
     /// server's tools (pg_rewind), so it is on no command line. `None` without that file.
-    pub fn remote_superuser(&self, node: &NodeSpec) -> Result<Option<ConnectOptions>, ClusterError> {
+    pub fn remote_superuser(
+        &self,
+        node: &NodeSpec,
+    ) -> Result<Option<ConnectOptions>, ClusterError> {
         let Some(file) = &self.settings.superuser_password_file else {
             return Ok(None);
         };
