@@ -290,12 +290,13 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
         return;
     }
-    let Some(cluster) = ha_cluster(test) else {
-        return;
-    };
+    // Taken first, so it is released last: the cluster's drop (`down --purge`) runs under it.
     let _engine = crate::cluster_docker::ENGINE
         .lock()
         .unwrap_or_else(|e| e.into_inner());
+    let Some(cluster) = ha_cluster(test) else {
+        return;
+    };
     let text = std::fs::read_to_string(&cluster.file).unwrap();
     std::fs::write(
         &cluster.file,
