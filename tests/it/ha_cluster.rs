@@ -237,29 +237,13 @@ impl HaCluster {
             ha_docker::kill_postgres(NODES[i]);
             return;
         }
-        let pidfile = self
-            .cluster
-            .dir
-            .path()
-            .join(format!(".pgrepl/{}/data/postmaster.pid", NODES[i]));
-        let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
-        else {
-            return;
-        };
-        let children = Command::new("pgrep")
-            .args(["-P", &pid.to_string()])
-            .output()
-            .unwrap();
-        for victim in String::from_utf8_lossy(&children.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-            .chain([pid])
-        {
-            // SAFETY: kill(2) on this test cluster's server processes.
-            unsafe { libc::kill(victim, libc::SIGKILL) };
-        }
+        kill_server(
+            &self
+                .cluster
+                .dir
+                .path()
+                .join(format!(".pgrepl/{}/data", NODES[i])),
+        );
     }
 
     /// A key's value, asking each etcd member in turn (some may be down).
@@ -338,6 +322,30 @@ impl HaCluster {
             || self.try_psql(i, WRITTEN_IDS).unwrap_or_default(),
             || self.logs(),
         );
+    }
+}
+
+/// SIGKILL to the postmaster of the data directory `data` and its children; nothing when it
+/// has no postmaster.pid.
+pub(crate) fn kill_server(data: &Path) {
+    let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let children = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for victim in children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .chain([pid])
+    {
+        // SAFETY: kill(2) on a test cluster's server processes.
+        unsafe { libc::kill(victim, libc::SIGKILL) };
     }
 }
 

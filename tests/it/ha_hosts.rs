@@ -254,28 +254,7 @@ impl Machines {
 
     /// SIGKILL to machine `i`'s postmaster and its children.
     fn kill_postgres(&self, i: usize) {
-        let pidfile = self
-            .dir(i)
-            .join(format!(".pgrepl/{}/data/postmaster.pid", NODES[i]));
-        let Some(pid) = std::fs::read_to_string(pidfile)
-            .ok()
-            .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
-        else {
-            return;
-        };
-        let children = Command::new("pgrep")
-            .args(["-P", &pid.to_string()])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for victim in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-            .chain([pid])
-        {
-            // SAFETY: kill(2) on this test's server processes.
-            unsafe { libc::kill(victim, libc::SIGKILL) };
-        }
+        crate::ha_cluster::kill_server(&self.dir(i).join(format!(".pgrepl/{}/data", NODES[i])));
     }
 }
 
