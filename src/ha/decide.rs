@@ -3,6 +3,8 @@
 //!
 //! The safety argument these rules implement is in proto-notes/08-ha.md.
 
+use std::time::Duration;
+
 use crate::cluster::plan::{plan_failover, FailoverOptions, NodeProbe};
 use crate::cluster::spec::ClusterSpec;
 use crate::Lsn;
@@ -76,6 +78,9 @@ pub enum Action {
     RestartInPlace,
     /// Start the stopped standby as it is.
     Start,
+    /// Kill the server that runs but has not answered for [`HUNG_AFTER`]: it then starts again
+    /// as the node's role wants (a leader in place, a standby as a standby).
+    KillHung,
     /// Make the former primary a standby of `leader` (follow, pg_rewind or re-clone).
     Rejoin { leader: String },
     /// Point primary_conninfo at `leader`.
@@ -123,6 +128,32 @@ pub fn decide(s: &Situation<'_>) -> Decision {
         requests::while_paused(&s.local, decision)
     } else {
         decision
+    }
+}
+
+/// How long a running server may leave the probe unanswered before its agent kills it. A hung
+/// primary would otherwise keep the leader key, and every write waiting, for as long as it hangs
+/// (its agent renews the lease all along); a hung sync standby holds every commit until the
+/// primary's wal_sender_timeout. Long enough that a busy server is not killed for a slow moment:
+/// the probe is one trivial query with 1 s to answer, over a superuser's reserved connection.
+pub const HUNG_AFTER: Duration = Duration::from_secs(10);
+
+/// The next step for a server that runs but has not answered the probe for `silent_for`: no
+/// decision rests on a guess of its state, until it has been silent for [`HUNG_AFTER`].
+pub fn decide_silent(silent_for: Duration, paused: bool) -> Decision {
+    let secs = silent_for.as_secs();
+    if silent_for < HUNG_AFTER {
+        decision(Action::Wait, "the server runs but does not answer SQL")
+    } else if paused {
+        decision(
+            Action::Wait,
+            format!("paused (otherwise KillHung: the server has not answered SQL for {secs} s)"),
+        )
+    } else {
+        decision(
+            Action::KillHung,
+            format!("the server has not answered SQL for {secs} s: killing it so it starts again"),
+        )
     }
 }
 
@@ -415,6 +446,18 @@ mod tests {
             num,
             members: members.iter().map(|m| m.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_silent_server_is_killed_only_after_hung_after_and_never_while_paused() {
+        let short = decide_silent(HUNG_AFTER - Duration::from_millis(1), false);
+        assert_eq!(short.action, Action::Wait);
+        let hung = decide_silent(HUNG_AFTER, false);
+        assert_eq!(hung.action, Action::KillHung);
+        assert!(hung.reason.contains("10 s"), "{}", hung.reason);
+        let paused = decide_silent(HUNG_AFTER * 3, true);
+        assert_eq!(paused.action, Action::Wait);
+        assert!(paused.reason.starts_with("paused"), "{}", paused.reason);
     }
 
     fn primary() -> Local {

@@ -298,6 +298,44 @@ pub(crate) fn postgres_crash(ha: &HaCluster) {
 }
 
 #[test]
+fn ha_hung_primary_is_killed_and_restarted_in_place() {
+    hung_primary(&HaCluster::up());
+}
+
+/// Every process of the primary's server stopped (SIGSTOP), its agent alive: the server runs
+/// but answers nothing, and its agent keeps the lease. After the agent's hung limit (10 s) it
+/// kills the server and restarts it in place; writes go on there, nothing acknowledged lost.
+pub(crate) fn hung_primary(ha: &HaCluster) {
+    const HUNG_AFTER: Duration = Duration::from_secs(10);
+    let writer = Writer::start(ha);
+    writer.wait_ack(ha, Duration::from_secs(10), Instant::now(), |a| a.node == 0);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let hung = Instant::now();
+    ha.signal_postgres(0, libc::SIGSTOP);
+    let before = writer.acks().last().unwrap().session;
+    let first = writer.wait_ack(ha, HUNG_AFTER * 4, hung, |a| a.session > before);
+    let took = first.at.duration_since(hung);
+    eprintln!(
+        "hung primary: {:.2} s from SIGSTOP to the first acknowledged write on `{}`",
+        took.as_secs_f64(),
+        NODES[first.node]
+    );
+    assert_eq!(first.node, 0, "restarted in place\n{}", ha.logs());
+    assert!(took >= HUNG_AFTER, "killed after {took:?}\n{}", ha.logs());
+    assert_eq!(ha.leader().as_deref(), Some("pg_master"));
+    let log = ha.agent_log(0);
+    assert!(
+        log.contains("KillHung") && log.contains("RestartInPlace"),
+        "the agent says it killed the hung server and restarted it:\n{log}"
+    );
+    let later = first.at + Duration::from_millis(500);
+    writer.wait_ack(ha, Duration::from_secs(10), later, |a| a.node == 0);
+    let acks = writer.stop();
+    ha.assert_nothing_lost(0, &acks);
+}
+
+#[test]
 fn ha_agent_refuses_an_unreachable_etcd_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pgrepl.toml");

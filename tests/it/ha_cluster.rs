@@ -233,16 +233,22 @@ impl HaCluster {
 
     /// SIGKILL to the node's postmaster and its children; its agent lives.
     pub(crate) fn kill_postgres(&self, i: usize) {
+        self.signal_postgres(i, libc::SIGKILL);
+    }
+
+    /// `signal` to every process of node `i`'s server; its agent is left alone.
+    pub(crate) fn signal_postgres(&self, i: usize, signal: i32) {
         if self.docker {
-            ha_docker::kill_postgres(NODES[i]);
+            ha_docker::signal_postgres(NODES[i], signal);
             return;
         }
-        kill_server(
+        signal_server(
             &self
                 .cluster
                 .dir
                 .path()
                 .join(format!(".pgrepl/{}/data", NODES[i])),
+            signal,
         );
     }
 
@@ -325,9 +331,9 @@ impl HaCluster {
     }
 }
 
-/// SIGKILL to the postmaster of the data directory `data` and its children; nothing when it
+/// `signal` to the postmaster of the data directory `data` and its children; nothing when it
 /// has no postmaster.pid.
-pub(crate) fn kill_server(data: &Path) {
+pub(crate) fn signal_server(data: &Path, signal: i32) {
     let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
         .ok()
         .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
@@ -345,7 +351,7 @@ pub(crate) fn kill_server(data: &Path) {
         .chain([pid])
     {
         // SAFETY: kill(2) on a test cluster's server processes.
-        unsafe { libc::kill(victim, libc::SIGKILL) };
+        unsafe { libc::kill(victim, signal) };
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::ha::{
-    etcd_leader_loss, frozen_agent, node_loss, postgres_crash, stalls_and_etcd_quorum,
+    etcd_leader_loss, frozen_agent, hung_primary, node_loss, postgres_crash, stalls_and_etcd_quorum,
 };
 use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, NODES};
 
@@ -37,9 +37,9 @@ pub(crate) fn agent_pid(container: &str) -> Option<i32> {
     children.split_whitespace().next()?.parse().ok()
 }
 
-/// SIGKILL to every server process in `container` (host pids from the engine): postgres dies,
-/// its agent lives. Nothing when the container does not run.
-pub(crate) fn kill_postgres(container: &str) {
+/// `signal` to every server process in `container` (host pids from the engine), none to its
+/// agent. Nothing when the container does not run.
+pub(crate) fn signal_postgres(container: &str, signal: i32) {
     let top = docker(&["top", container, "-eo", "pid,comm"]);
     for line in String::from_utf8_lossy(&top.stdout).lines().skip(1) {
         let mut fields = line.split_whitespace();
@@ -49,7 +49,7 @@ pub(crate) fn kill_postgres(container: &str) {
         if comm == "postgres" {
             if let Ok(pid) = pid.parse::<i32>() {
                 // SAFETY: kill(2) on this test cluster's server processes.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                unsafe { libc::kill(pid, signal) };
             }
         }
     }
@@ -97,9 +97,9 @@ fn engine(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     )
 }
 
-/// A killed server with its agent alive is restarted in place inside its container; a killed
-/// container (agent and server together) is failed over, and the node rejoins when its
-/// container starts again.
+/// A killed server with its agent alive is restarted in place inside its container, and so is
+/// a hung one, once its agent killed it; a killed container (agent and server together) is
+/// failed over, and the node rejoins when its container starts again.
 #[test]
 fn ha_docker_crash_restarts_in_place_and_node_loss_fails_over() {
     let Some(_engine) = engine("ha_docker_crash_restarts_in_place_and_node_loss_fails_over") else {
@@ -107,6 +107,7 @@ fn ha_docker_crash_restarts_in_place_and_node_loss_fails_over() {
     };
     let ha = HaCluster::up_docker();
     postgres_crash(&ha);
+    hung_primary(&ha);
     node_loss(ha);
 }
 

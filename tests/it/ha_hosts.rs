@@ -254,7 +254,10 @@ impl Machines {
 
     /// SIGKILL to machine `i`'s postmaster and its children.
     fn kill_postgres(&self, i: usize) {
-        crate::ha_cluster::kill_server(&self.dir(i).join(format!(".pgrepl/{}/data", NODES[i])));
+        crate::ha_cluster::signal_server(
+            &self.dir(i).join(format!(".pgrepl/{}/data", NODES[i])),
+            libc::SIGKILL,
+        );
     }
 }
 

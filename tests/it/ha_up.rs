@@ -82,9 +82,19 @@ fn agent_logs(cluster: &TestCluster) -> String {
         .join("\n")
 }
 
+/// SIGKILL, then wait until the process is gone: a killed process can take a while to exit (a
+/// pending fsync holds it), and until then `up` rightly counts it as running.
 fn sigkill(pid: i32) {
     // SAFETY: kill(2) on a process of this test's cluster.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} outlived SIGKILL by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn up_ok(cluster: &TestCluster) -> Output {

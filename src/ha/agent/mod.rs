@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{decide, Action, Decision, Local, Situation, View};
+use super::decide::{decide, decide_silent, Action, Decision, Local, Situation, View};
 use super::records::{HistoryRecord, MemberRecord, RoleRequest, ServerState, SyncRecord};
 use super::store::Store;
 use super::{HaError, Timing};
@@ -20,11 +20,11 @@ use crate::cluster::{alter_system, node_err_sql, reload, Cluster, ClusterError, 
 use crate::conn::sql;
 use crate::ids::TimelineId;
 
-/// application_name of the agent's SQL sessions.
 mod tasks;
 
 use self::tasks::{keep_alive, watch, watchdog};
 
+/// application_name of the agent's SQL sessions.
 const SESSION_NAME: &str = "pgrepl-agent";
 /// How long one SQL round trip to a node may take before it counts as unreachable.
 const SQL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -181,9 +181,29 @@ impl Agent {
 
     /// One round: probe, publish, read, decide, act.
     async fn tick(&self, last: &mut Last) -> Decision {
-        let Some((local, client)) = self.probe().await else {
-            // Its state is unknown (a stall, a hung server): no decision rests on a guess.
-            return decision_to_wait(last, "the server runs but does not answer SQL");
+        let probed = Instant::now();
+        let (local, client) = match self.probe().await {
+            Probe::Known(local, client) => {
+                last.silent_since = None;
+                (local, client)
+            }
+            Probe::Refused => {
+                last.silent_since = None;
+                return decision_to_wait(last, "the server runs but refuses the probe");
+            }
+            Probe::Silent => {
+                let since = *last.silent_since.get_or_insert(probed);
+                let decision = decide_silent(since.elapsed(), last.paused);
+                last.log(&decision);
+                if decision.action == Action::KillHung {
+                    let (lease, _) = self.shared.lease();
+                    if let Err(e) = self.act(&decision, None, None, lease).await {
+                        tracing::warn!("KillHung failed: {}", crate::cluster::error_chain(&e));
+                    }
+                    last.silent_since = None;
+                }
+                return decision;
+            }
         };
         self.shared.primary.store(
             local.server.running && !local.server.in_recovery,
@@ -253,9 +273,8 @@ impl Agent {
         self.store.view(lease).await
     }
 
-    /// This node's server, and a session to it when it answers; `None` when it runs but does
-    /// not answer.
-    async fn probe(&self) -> Option<(Local, Option<Client>)> {
+    /// This node's server, and a session to it when it answers.
+    async fn probe(&self) -> Probe {
         let down = Local {
             server: ServerState {
                 running: false,
@@ -280,32 +299,43 @@ impl Agent {
                 .ok()
                 .filter(|c| c.state == ControlFile::SHUT_DOWN)
                 .map(|c| c.checkpoint);
-            return Some((
+            return Probe::Known(
                 Local {
                     shutdown_checkpoint,
                     ..down
                 },
                 None,
-            ));
+            );
         }
-        match tokio::time::timeout(SQL_TIMEOUT, self.query_state()).await {
-            Ok(Ok((local, client))) => Some((
+        let answer = tokio::time::timeout(SQL_TIMEOUT, self.query_state()).await;
+        // It may have stopped meanwhile.
+        if answer.as_ref().map_or(true, Result::is_err)
+            && !self.cluster.runtime.is_running(&self.node).await
+        {
+            return Probe::Known(down, None);
+        }
+        match answer {
+            Ok(Ok((local, client))) => Probe::Known(
                 Local {
                     standby_signal: down.standby_signal,
                     ..local
                 },
                 Some(client),
-            )),
+            ),
             Ok(Err(e)) => {
+                let timed_out = matches!(e, ClusterError::Timeout(..));
                 tracing::debug!(
                     "probe `{}`: {}",
                     self.node.name,
                     crate::cluster::error_chain(&e)
                 );
-                // It may have stopped meanwhile.
-                (!self.cluster.runtime.is_running(&self.node).await).then_some((down, None))
+                if timed_out {
+                    Probe::Silent
+                } else {
+                    Probe::Refused
+                }
             }
-            Err(_) => None,
+            Err(_) => Probe::Silent,
         }
     }
 
@@ -391,7 +421,7 @@ impl Agent {
         let runtime = &self.cluster.runtime;
         match &decision.action {
             Action::Wait => {}
-            Action::Fence => {
+            Action::Fence | Action::KillHung => {
                 runtime.kill(me).await?;
                 self.shared.primary.store(false, Ordering::SeqCst);
             }
@@ -569,6 +599,17 @@ impl Agent {
     }
 }
 
+/// What the probe learnt of this node's server.
+#[allow(clippy::large_enum_variant)] // one per tick, moved once: boxing would buy nothing
+enum Probe {
+    /// Its state, and a session when it runs.
+    Known(Local, Option<Client>),
+    /// It runs and answered with an error (starting up, out of connections): alive, not hung.
+    Refused,
+    /// It runs and did not answer in time: stalled for a moment, or hung.
+    Silent,
+}
+
 /// Who led before a promotion, and why it happens (the decision's reason), for the history.
 struct Change<'a> {
     old: Option<String>,
@@ -591,6 +632,8 @@ struct Last {
     decision: Option<Decision>,
     published: Option<(MemberRecord, i64)>,
     etcd_error: Option<String>,
+    /// Since when the running server has not answered the probe.
+    silent_since: Option<Instant>,
     /// The pause key, as etcd last said.
     paused: bool,
 }
