@@ -108,7 +108,9 @@ async fn control(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Control> 
 pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     let control = control(&cluster, &args.etcd).await?;
-    let ack = control.pause(&who(), ACK_WAIT).await?;
+    let ack = control
+        .pause(&who(), &node_names(&cluster), ACK_WAIT)
+        .await?;
     let record = ack
         .record
         .as_ref()
@@ -125,7 +127,7 @@ pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
 pub async fn resume(args: PauseArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
     let control = control(&cluster, &args.etcd).await?;
-    let ack = control.resume(ACK_WAIT).await?;
+    let ack = control.resume(&node_names(&cluster), ACK_WAIT).await?;
     match &ack.record {
         Some(record) => {
             outln!("resumed ({}): the agents act again", describe(record));
@@ -136,6 +138,10 @@ pub async fn resume(args: PauseArgs) -> anyhow::Result<ExitCode> {
     }
     print_agents(&ack, "acting")?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn node_names(cluster: &Cluster) -> Vec<String> {
+    cluster.spec.nodes.iter().map(|n| n.name.clone()).collect()
 }
 
 fn print_agents(ack: &Acknowledged, state: &str) -> anyhow::Result<()> {
@@ -151,6 +157,12 @@ fn print_agents(ack: &Acknowledged, state: &str) -> anyhow::Result<()> {
             "not yet {state} after {} s: {} (its agent may be busy; `pgrepl status` shows it)",
             ACK_WAIT.as_secs(),
             ack.pending.join(", ")
+        );
+    }
+    if !ack.absent.is_empty() {
+        outln!(
+            "no live agent: {} (an agent reads the pause key when it starts)",
+            ack.absent.join(", ")
         );
     }
     Ok(())

@@ -54,6 +54,9 @@ pub struct Acknowledged {
     /// Agents that show the new state, and those that did not within the bound.
     pub agreed: Vec<String>,
     pub pending: Vec<String>,
+    /// The cluster's nodes with no live agent (none runs, or its record lapsed with its lease):
+    /// not waited for; an agent reads the pause key when it starts.
+    pub absent: Vec<String>,
 }
 
 impl Control {
@@ -68,41 +71,43 @@ impl Control {
         self.store.view(0).await
     }
 
-    /// Writes the pause key (unless there is one) and waits until every live agent shows it.
-    pub async fn pause(&self, by: &str, limit: Duration) -> Result<Acknowledged, HaError> {
+    /// Writes the pause key (unless there is one) and waits until every live agent shows it;
+    /// which of `nodes` have none is said too.
+    pub async fn pause(
+        &self,
+        by: &str,
+        nodes: &[String],
+        limit: Duration,
+    ) -> Result<Acknowledged, HaError> {
         let record = PauseRecord {
             by: by.to_owned(),
             at_unix_ms: unix_ms(),
         };
         let in_force = self.store.pause(&record).await?;
         let already = in_force != record;
-        let (agreed, pending) = self.wait_agents(true, limit).await?;
-        Ok(Acknowledged {
-            record: Some(in_force),
-            already,
-            agreed,
-            pending,
-        })
+        let mut ack = self.wait_agents(true, nodes, limit).await?;
+        ack.record = Some(in_force);
+        ack.already = already;
+        Ok(ack)
     }
 
     /// Deletes the pause key and waits until every live agent shows it gone.
-    pub async fn resume(&self, limit: Duration) -> Result<Acknowledged, HaError> {
+    pub async fn resume(&self, nodes: &[String], limit: Duration) -> Result<Acknowledged, HaError> {
         let record = self.store.resume().await?;
-        let (agreed, pending) = self.wait_agents(false, limit).await?;
-        Ok(Acknowledged {
-            already: record.is_none(),
-            record,
-            agreed,
-            pending,
-        })
+        let mut ack = self.wait_agents(false, nodes, limit).await?;
+        ack.already = record.is_none();
+        ack.record = record;
+        Ok(ack)
     }
 
-    /// Live agents whose member record shows `paused`, and those that do not yet.
+    /// Live agents whose member record shows `paused`, those that do not yet, and which of
+    /// `nodes` have no live agent.
     async fn wait_agents(
         &self,
         paused: bool,
+        nodes: &[String],
         limit: Duration,
-    ) -> Result<(Vec<String>, Vec<String>), HaError> {
+    ) -> Result<Acknowledged, HaError> {
         let deadline = Instant::now() + limit;
         loop {
             let view = self.view().await?;
@@ -112,7 +117,18 @@ impl Control {
                 v.into_iter().map(|m| m.node.clone()).collect::<Vec<_>>()
             };
             if pending.is_empty() || Instant::now() >= deadline {
-                return Ok((names(agreed), names(pending)));
+                let absent = nodes
+                    .iter()
+                    .filter(|n| !view.members.iter().any(|m| &m.node == *n))
+                    .cloned()
+                    .collect();
+                return Ok(Acknowledged {
+                    record: None,
+                    already: false,
+                    agreed: names(agreed),
+                    pending: names(pending),
+                    absent,
+                });
             }
             tokio::time::sleep(POLL).await;
         }

@@ -66,6 +66,8 @@ pub struct Situation<'a> {
     /// The pause key exists (or existed when etcd last answered): only bookkeeping in etcd,
     /// nothing on a server.
     pub paused: bool,
+    /// How long [`behind_leader`] has held with this standby's position unchanged.
+    pub stuck_for: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +131,32 @@ pub fn decide(s: &Situation<'_>) -> Decision {
     } else {
         decision
     }
+}
+
+/// How long a standby may point at the leader from an older timeline without moving before it
+/// is rejoined: its WAL runs past the point where the leader's timeline forked (a standby
+/// outside the sync record may have received more of the old primary's WAL than the promoted
+/// one), and PostgreSQL refuses the new timeline on every retry. One catching up on the old
+/// timeline moves, which restarts the clock.
+pub const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// This running standby points at the leader, which runs as a primary on a newer timeline than
+/// this standby's.
+pub fn behind_leader(local: &Local, view: &View) -> bool {
+    let Some(leader) = view.leader.as_ref().filter(|l| !l.mine) else {
+        return false;
+    };
+    if !(local.server.running && local.server.in_recovery)
+        || local.server.follows.as_deref() != Some(leader.node.as_str())
+    {
+        return false;
+    }
+    let leader_timeline = view
+        .members
+        .iter()
+        .find(|m| m.node == leader.node && m.server.running && !m.server.in_recovery)
+        .and_then(|m| m.server.timeline);
+    matches!((local.server.timeline, leader_timeline), (Some(mine), Some(theirs)) if mine < theirs)
 }
 
 /// How long a running server may leave the probe unanswered before its agent kills it. A hung
@@ -285,6 +313,17 @@ fn follow(s: &Situation<'_>, leader: &str) -> Decision {
                 leader: leader.to_owned(),
             },
             format!("`{leader}` leads"),
+        );
+    }
+    if s.stuck_for >= STUCK_AFTER {
+        return decision(
+            Action::Rejoin {
+                leader: leader.to_owned(),
+            },
+            format!(
+                "following `{leader}` from an older timeline without moving for {} s: its WAL runs past `{leader}`'s fork",
+                s.stuck_for.as_secs()
+            ),
         );
     }
     decision(Action::Wait, format!("following `{leader}`"))
@@ -514,6 +553,7 @@ mod tests {
             fence_due,
             spec: &spec,
             paused: false,
+            stuck_for: Duration::ZERO,
         })
     }
 
@@ -671,6 +711,57 @@ mod tests {
         let mut following = replica(false);
         following.server.follows = Some("pg_slave".into());
         assert_eq!(run("pg_master", following, v(), false).action, Action::Wait);
+    }
+
+    #[test]
+    fn a_standby_stuck_on_an_older_timeline_than_the_leader_is_rejoined() {
+        let mut new_leader = standby("pg_slave", 150, true);
+        new_leader.server.in_recovery = false;
+        new_leader.server.timeline = Some(TimelineId::new(2));
+        let v = view(leader("pg_slave", false), vec![new_leader.clone()], None).unwrap();
+        let mut me = replica(false);
+        me.server.follows = Some("pg_slave".into());
+        assert!(behind_leader(&me, &v));
+        let spec = ClusterSpec::default();
+        let at = |stuck_for| {
+            decide(&Situation {
+                me: "pg_asyncslave",
+                local: me.clone(),
+                view: Some(v.clone()),
+                fence_due: false,
+                spec: &spec,
+                paused: false,
+                stuck_for,
+            })
+        };
+        assert_eq!(
+            at(STUCK_AFTER - Duration::from_secs(1)).action,
+            Action::Wait
+        );
+        let d = at(STUCK_AFTER);
+        assert_eq!(
+            d.action,
+            Action::Rejoin {
+                leader: "pg_slave".into()
+            }
+        );
+        assert!(d.reason.contains("past `pg_slave`'s fork"), "{}", d.reason);
+
+        // Not behind: on the leader's timeline, following another node, or a leader that is
+        // no primary yet.
+        let mut same = me.clone();
+        same.server.timeline = Some(TimelineId::new(2));
+        assert!(!behind_leader(&same, &v));
+        let mut elsewhere = me.clone();
+        elsewhere.server.follows = Some("pg_master".into());
+        assert!(!behind_leader(&elsewhere, &v));
+        let unpromoted = view(
+            leader("pg_slave", false),
+            vec![standby("pg_slave", 150, true)],
+            None,
+        )
+        .unwrap();
+        assert!(!behind_leader(&me, &unpromoted));
     }
 
     #[test]

@@ -347,6 +347,7 @@ mod tests {
             fence_due: false,
             spec: &spec,
             paused,
+            stuck_for: std::time::Duration::ZERO,
         })
     }
 
@@ -418,6 +419,7 @@ mod tests {
                 fence_due: true,
                 spec: &spec,
                 paused,
+                stuck_for: std::time::Duration::ZERO,
             })
             .action
         };

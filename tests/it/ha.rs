@@ -335,6 +335,105 @@ pub(crate) fn hung_primary(ha: &HaCluster) {
     ha.assert_nothing_lost(0, &acks);
 }
 
+/// An async standby outside the sync record received WAL the sync standby never got, then the
+/// primary died: the sync standby is promoted, and the async one, past the fork, could never
+/// follow it as it is (PostgreSQL refuses the new timeline on every try). Its agent sees it
+/// stuck behind the leader's timeline and rejoins it by pg_rewind.
+#[test]
+fn ha_a_standby_past_the_fork_is_rewound_and_follows_the_new_primary() {
+    let mut ha = HaCluster::up_with(|text| {
+        let policy = text.replacen(
+            "standbys = [\n    \"pg_slave\",\n    \"pg_asyncslave\",\n]",
+            "standbys = [\"pg_slave\"]",
+            1,
+        );
+        assert_ne!(policy, text, "init's sync policy changed:\n{text}");
+        policy
+    });
+    let paused = ha.control(&["pause"]);
+    assert!(
+        paused.status.success(),
+        "{}",
+        crate::basebackup::stderr(&paused)
+    );
+    // Paused, nobody re-points pg_slave: it stops receiving.
+    for sql in [
+        "ALTER SYSTEM SET primary_conninfo = ''",
+        "SELECT pg_reload_conf()",
+    ] {
+        ha.try_psql(1, sql).expect("detach pg_slave");
+    }
+    ha.wait_for(
+        "pg_slave to stop receiving",
+        Duration::from_secs(10),
+        |ha| {
+            ha.try_psql(1, "SELECT count(*) FROM pg_stat_wal_receiver")
+                .as_deref()
+                == Some("0")
+        },
+    );
+    // A commit that waits for no standby reaches pg_asyncslave only.
+    ha.try_psql(
+        0,
+        "SET synchronous_commit = local; INSERT INTO ha_writes VALUES (-1)",
+    )
+    .expect("a local commit");
+    let has_it = |ha: &HaCluster, i| ha.try_psql(i, "SELECT count(*) FROM ha_writes WHERE id = -1");
+    ha.wait_for(
+        "pg_asyncslave to replay it",
+        Duration::from_secs(10),
+        |ha| has_it(ha, 2).as_deref() == Some("1"),
+    );
+    assert_eq!(has_it(&ha, 1).as_deref(), Some("0"));
+
+    ha.kill_agent(0);
+    ha.kill_postgres(0);
+    let resumed = ha.control(&["resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        crate::basebackup::stderr(&resumed)
+    );
+    let started = Instant::now();
+    ha.wait_for("pg_slave to lead", Duration::from_secs(20), |ha| {
+        ha.leader().as_deref() == Some("pg_slave")
+    });
+    // A standby past the fork may stream the old timeline's WAL up to the fork for a moment
+    // on every try: what proves it follows is a new commit replayed.
+    ha.wait_for(
+        "the new primary to take a commit",
+        Duration::from_secs(20),
+        |ha| {
+            ha.try_psql(
+                1,
+                "SET synchronous_commit = local; INSERT INTO ha_writes VALUES (-2)",
+            )
+            .is_some()
+        },
+    );
+    let replayed = |ha: &HaCluster| {
+        ha.try_psql(2, "SELECT count(*) FROM ha_writes WHERE id = -2")
+            .as_deref()
+            == Some("1")
+    };
+    ha.wait_for(
+        "pg_asyncslave to replay the new primary's commit",
+        Duration::from_secs(60),
+        replayed,
+    );
+    eprintln!(
+        "standby past the fork: follows the new primary {:.1} s after the resume",
+        started.elapsed().as_secs_f64()
+    );
+    let log = ha.agent_log(2);
+    assert!(
+        log.contains("past `pg_slave`'s fork") && log.contains("rewound by pg_rewind"),
+        "the agent says why it rejoined:\n{log}"
+    );
+    // Rewound to the fork: the commit only it had is gone, as on the new primary.
+    assert_eq!(has_it(&ha, 2).as_deref(), Some("0"));
+}
+
 #[test]
 fn ha_agent_refuses_an_unreachable_etcd_in_one_line() {
     let dir = tempfile::tempdir().unwrap();

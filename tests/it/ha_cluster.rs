@@ -122,7 +122,14 @@ pub(crate) struct HaCluster {
 impl HaCluster {
     /// On the local runtime, with the test's etcd and agents.
     pub(crate) fn up() -> HaCluster {
+        HaCluster::up_with(str::to_owned)
+    }
+
+    /// [`HaCluster::up`] from the cluster file `edit` makes of `pgrepl init`'s.
+    pub(crate) fn up_with(edit: impl FnOnce(&str) -> String) -> HaCluster {
         let cluster = TestCluster::new();
+        let text = std::fs::read_to_string(&cluster.file).unwrap();
+        std::fs::write(&cluster.file, edit(&text)).unwrap();
         cluster.ok(&["up"]);
         let reach = Reach::Socket(cluster.socket_dir());
         let mut ha = HaCluster {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{decide, decide_silent, Action, Decision, Local, Situation, View};
+use super::decide::{
+    behind_leader, decide, decide_silent, Action, Decision, Local, Situation, View,
+};
 use super::records::{HistoryRecord, MemberRecord, RoleRequest, ServerState, SyncRecord};
 use super::store::Store;
 use super::{HaError, Timing};
@@ -19,6 +21,7 @@ use crate::cluster::topology::{ControlFile, Topology};
 use crate::cluster::{alter_system, node_err_sql, reload, Cluster, ClusterError, StepLog};
 use crate::conn::sql;
 use crate::ids::TimelineId;
+use crate::Lsn;
 
 mod tasks;
 
@@ -234,6 +237,8 @@ impl Agent {
             last.paused = view.pause.is_some();
         }
         self.shared.paused.store(last.paused, Ordering::SeqCst);
+        let behind = view.as_ref().is_some_and(|v| behind_leader(&local, v));
+        let stuck_for = last.stuck_for(behind, local.server.position);
         let decision = decide(&Situation {
             me: &self.node.name,
             local,
@@ -241,6 +246,7 @@ impl Agent {
             fence_due: confirmed_at.elapsed() >= self.timing.fence_after(),
             spec: &self.cluster.file_spec,
             paused: last.paused,
+            stuck_for,
         });
         last.log(&decision);
         if let Err(e) = self
@@ -634,11 +640,29 @@ struct Last {
     etcd_error: Option<String>,
     /// Since when the running server has not answered the probe.
     silent_since: Option<Instant>,
+    /// Since when this standby has been behind the leader's timeline, and at which position.
+    stuck: Option<(Instant, Option<Lsn>)>,
     /// The pause key, as etcd last said.
     paused: bool,
 }
 
 impl Last {
+    /// How long the standby has been behind the leader's timeline at `position`; moving
+    /// restarts the clock.
+    fn stuck_for(&mut self, behind: bool, position: Option<Lsn>) -> Duration {
+        if !behind {
+            self.stuck = None;
+            return Duration::ZERO;
+        }
+        match self.stuck {
+            Some((since, at)) if at == position => since.elapsed(),
+            _ => {
+                self.stuck = Some((Instant::now(), position));
+                Duration::ZERO
+            }
+        }
+    }
+
     /// Logs a decision that differs from the last one.
     fn log(&mut self, decision: &Decision) {
         if self.decision.as_ref() != Some(decision) {
