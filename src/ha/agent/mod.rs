@@ -9,22 +9,22 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{
-    behind_leader, decide, decide_silent, Action, Decision, Local, Situation, View,
-};
-use super::records::{HistoryRecord, MemberRecord, RoleRequest, ServerState, SyncRecord};
+use super::decide::{behind_leader, decide, decide_silent, Action, Decision, Situation, View};
+use super::records::{HistoryRecord, MemberRecord, RoleRequest, SyncRecord};
 use super::store::Store;
 use super::{HaError, Timing};
 use crate::cluster::plan::RejoinOptions;
 use crate::cluster::spec::NodeSpec;
-use crate::cluster::topology::{ControlFile, Topology};
-use crate::cluster::{alter_system, node_err_sql, reload, Cluster, ClusterError, StepLog};
+use crate::cluster::topology::Topology;
+use crate::cluster::{alter_system, reload, Cluster, ClusterError, StepLog};
 use crate::conn::sql;
 use crate::ids::TimelineId;
 use crate::Lsn;
 
+mod probe;
 mod tasks;
 
+use self::probe::Probe;
 use self::tasks::{keep_alive, watch, watchdog};
 
 /// application_name of the agent's SQL sessions.
@@ -279,127 +279,6 @@ impl Agent {
         self.store.view(lease).await
     }
 
-    /// This node's server, and a session to it when it answers.
-    async fn probe(&self) -> Probe {
-        let down = Local {
-            server: ServerState {
-                running: false,
-                in_recovery: false,
-                timeline: None,
-                position: None,
-                detached: true,
-                follows: None,
-            },
-            standby_signal: self
-                .cluster
-                .runtime
-                .data_dir(&self.node)
-                .join("standby.signal")
-                .exists(),
-            standby_names: String::new(),
-            caught_up: Vec::new(),
-            shutdown_checkpoint: None,
-        };
-        if !self.cluster.runtime.is_running(&self.node).await {
-            let shutdown_checkpoint = ControlFile::read(&self.cluster.runtime.data_dir(&self.node))
-                .ok()
-                .filter(|c| c.state == ControlFile::SHUT_DOWN)
-                .map(|c| c.checkpoint);
-            return Probe::Known(
-                Local {
-                    shutdown_checkpoint,
-                    ..down
-                },
-                None,
-            );
-        }
-        let answer = tokio::time::timeout(SQL_TIMEOUT, self.query_state()).await;
-        // It may have stopped meanwhile.
-        if answer.as_ref().map_or(true, Result::is_err)
-            && !self.cluster.runtime.is_running(&self.node).await
-        {
-            return Probe::Known(down, None);
-        }
-        match answer {
-            Ok(Ok((local, client))) => Probe::Known(
-                Local {
-                    standby_signal: down.standby_signal,
-                    ..local
-                },
-                Some(client),
-            ),
-            Ok(Err(e)) => {
-                let timed_out = matches!(e, ClusterError::Timeout(..));
-                tracing::debug!(
-                    "probe `{}`: {}",
-                    self.node.name,
-                    crate::cluster::error_chain(&e)
-                );
-                if timed_out {
-                    Probe::Silent
-                } else {
-                    Probe::Refused
-                }
-            }
-            Err(_) => Probe::Silent,
-        }
-    }
-
-    async fn query_state(&self) -> Result<(Local, Client), ClusterError> {
-        let client = self.session(&self.node).await?;
-        let row = client
-            .query_one(
-                "SELECT pg_is_in_recovery(), \
-                        CASE WHEN pg_is_in_recovery() \
-                             THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
-                             ELSE pg_current_wal_flush_lsn() END::text, \
-                        CASE WHEN pg_is_in_recovery() \
-                             THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
-                                           (SELECT timeline_id FROM pg_control_checkpoint())) \
-                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
-                        current_setting('primary_conninfo'), \
-                        (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) = 0, \
-                        current_setting('synchronous_standby_names'), \
-                        CASE WHEN pg_is_in_recovery() THEN '{}'::text[] \
-                             ELSE ARRAY(SELECT application_name FROM pg_stat_replication \
-                                        WHERE flush_lsn >= pg_current_wal_flush_lsn()) END",
-                &[],
-            )
-            .await
-            .map_err(|e| node_err_sql(&self.node, e))?;
-        // primary_conninfo holds the replication password: it is only compared, never logged.
-        let conninfo: String = row.get(3);
-        let no_receiver: bool = row.get(4);
-        let local = Local {
-            server: ServerState {
-                running: true,
-                in_recovery: row.get(0),
-                position: row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
-                timeline: row
-                    .get::<_, Option<i32>>(2)
-                    .map(|t| TimelineId::new(t as u32)),
-                detached: conninfo.is_empty() && no_receiver,
-                follows: self.followed_node(&conninfo),
-            },
-            standby_signal: false,
-            standby_names: row.get(5),
-            caught_up: row.get(6),
-            shutdown_checkpoint: None,
-        };
-        Ok((local, client))
-    }
-
-    /// The node whose address primary_conninfo names.
-    fn followed_node(&self, conninfo: &str) -> Option<String> {
-        let (host, port) = conninfo_address(conninfo)?;
-        self.cluster
-            .spec
-            .nodes
-            .iter()
-            .find(|n| self.cluster.runtime.primary_address_for_standbys(n) == (host.clone(), port))
-            .map(|n| n.name.clone())
-    }
-
     async fn session(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
         let options = self.cluster.superuser(node)?;
         let connect = sql::connect(&options, SESSION_NAME);
@@ -605,17 +484,6 @@ impl Agent {
     }
 }
 
-/// What the probe learnt of this node's server.
-#[allow(clippy::large_enum_variant)] // one per tick, moved once: boxing would buy nothing
-enum Probe {
-    /// Its state, and a session when it runs.
-    Known(Local, Option<Client>),
-    /// It runs and answered with an error (starting up, out of connections): alive, not hung.
-    Refused,
-    /// It runs and did not answer in time: stalled for a moment, or hung.
-    Silent,
-}
-
 /// Who led before a promotion, and why it happens (the decision's reason), for the history.
 struct Change<'a> {
     old: Option<String>,
@@ -696,18 +564,6 @@ async fn prepare_server(agent: &Agent) {
     }
 }
 
-/// `host` and `port` of a conninfo string (the agent's own are `key=value` pairs; neither value
-/// is ever quoted).
-fn conninfo_address(conninfo: &str) -> Option<(String, u16)> {
-    let value = |key: &str| {
-        conninfo
-            .split_whitespace()
-            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-            .map(|v| v.trim_matches('\''))
-    };
-    Some((value("host")?.to_owned(), value("port")?.parse().ok()?))
-}
-
 fn not_answering(node: &NodeSpec) -> HaError {
     HaError::Config(format!("`{}` does not answer SQL", node.name))
 }
@@ -718,20 +574,5 @@ struct TracingLog;
 impl StepLog for TracingLog {
     fn step(&self, text: &str) {
         tracing::info!("{text}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_address_comes_out_of_a_primary_conninfo() {
-        assert_eq!(
-            conninfo_address("host=127.0.0.1 port=54321 user=replicator password=secret application_name=pg_slave"),
-            Some(("127.0.0.1".into(), 54321))
-        );
-        assert_eq!(conninfo_address(""), None);
-        assert_eq!(conninfo_address("host=db"), None);
     }
 }
