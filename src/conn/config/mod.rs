@@ -21,8 +21,11 @@
 //! Files: `parse` reads conninfo strings and URIs, `passfile` looks a password up in a password
 //! file; this file holds the types, precedence (`resolve`) and rendering.
 
+mod modes;
 mod parse;
 mod passfile;
+
+pub use self::modes::{ChannelBindingMode, SslMode};
 
 use self::parse::{is_c_space, parse_keyword_value, parse_uri};
 use self::passfile::password_from_file;
@@ -30,7 +33,6 @@ use std::ffi::CStr;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 /// The port libpq uses when none is given.
@@ -126,101 +128,6 @@ impl fmt::Display for Host {
         match self {
             Host::Tcp(name) => f.write_str(name),
             Host::Unix(dir) => write!(f, "{}", dir.display()),
-        }
-    }
-}
-
-/// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    /// Never use TLS.
-    Disable,
-    /// Try plaintext first, then TLS.
-    Allow,
-    /// Try TLS first, then plaintext (libpq's default).
-    Prefer,
-    /// TLS without certificate verification.
-    Require,
-    /// TLS, and the server certificate must chain to `sslrootcert`.
-    VerifyCa,
-    /// As `VerifyCa`, and the certificate must also name the host.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Allow => "allow",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SslMode {
-    type Err = ConfigError;
-
-    /// Case-sensitive, as libpq compares with `strcmp`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "disable" => Ok(SslMode::Disable),
-            "allow" => Ok(SslMode::Allow),
-            "prefer" => Ok(SslMode::Prefer),
-            "require" => Ok(SslMode::Require),
-            "verify-ca" => Ok(SslMode::VerifyCa),
-            "verify-full" => Ok(SslMode::VerifyFull),
-            _ => Err(ConfigError::InvalidSslMode(s.to_owned())),
-        }
-    }
-}
-
-/// libpq's `channel_binding` (SCRAM-SHA-256-PLUS over TLS).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelBindingMode {
-    /// Never use channel binding.
-    Disable,
-    /// Use it when the server and TLS allow (libpq's default).
-    Prefer,
-    /// Fail unless the server authenticates with channel binding.
-    Require,
-}
-
-impl ChannelBindingMode {
-    /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelBindingMode::Disable => "disable",
-            ChannelBindingMode::Prefer => "prefer",
-            ChannelBindingMode::Require => "require",
-        }
-    }
-}
-
-impl fmt::Display for ChannelBindingMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ChannelBindingMode {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "disable" => Ok(ChannelBindingMode::Disable),
-            "prefer" => Ok(ChannelBindingMode::Prefer),
-            "require" => Ok(ChannelBindingMode::Require),
-            _ => Err(ConfigError::InvalidChannelBinding(s.to_owned())),
         }
     }
 }
