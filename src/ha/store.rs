@@ -355,21 +355,26 @@ impl Store {
 
     /// Writes `timing` as the cluster's if no agent did yet; returns the cluster's.
     pub async fn agree_timing(&self, timing: &Timing) -> Result<Timing, HaError> {
-        let key = self.keys.config();
-        let value = serde_json::to_string(timing).expect("timings serialise");
+        self.put_if_absent(self.keys.config(), timing).await
+    }
+
+    /// Writes `record` at `key` unless a value is there (one transaction); returns the value in
+    /// force.
+    async fn put_if_absent<T>(&self, key: String, record: &T) -> Result<T, HaError>
+    where
+        T: serde::Serialize + DeserializeOwned + Clone,
+    {
+        let value = serde_json::to_string(record).expect("records serialise");
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key.clone(), None)]);
         let response = self.txn(txn).await?;
-        if response.succeeded() {
-            return Ok(*timing);
-        }
         match response.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Get(get)) if !get.kvs().is_empty() => {
+            Some(TxnOpResponse::Get(get)) if !response.succeeded() && !get.kvs().is_empty() => {
                 decode(&key, get.kvs()[0].value())
             }
-            _ => Ok(*timing),
+            _ => Ok(record.clone()),
         }
     }
 
@@ -393,19 +398,7 @@ impl Store {
 impl Store {
     /// Writes the pause key unless it exists; returns the one in force.
     pub async fn pause(&self, record: &PauseRecord) -> Result<PauseRecord, HaError> {
-        let key = self.keys.pause();
-        let value = serde_json::to_string(record).expect("records serialise");
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), value, None)])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let response = self.txn(txn).await?;
-        match response.op_responses().into_iter().next() {
-            Some(TxnOpResponse::Get(get)) if !response.succeeded() && !get.kvs().is_empty() => {
-                decode(&key, get.kvs()[0].value())
-            }
-            _ => Ok(record.clone()),
-        }
+        self.put_if_absent(self.keys.pause(), record).await
     }
 
     /// Deletes the pause key; the record that was there, if any.
