@@ -29,6 +29,9 @@ enum Kind {
     NodeLoss,
     /// SIGKILL the primary's postgres only; its agent restarts it.
     PostgresCrash,
+    /// SIGSTOP every process of the primary's postgres; its agent kills it after 10 s without
+    /// an answer and restarts it.
+    PostgresHung,
     /// SIGSTOP the primary's agent for twice the lease TTL, then SIGCONT.
     FrozenAgent,
     /// SIGKILL one etcd member of three, restart it after twice the TTL.
@@ -37,9 +40,10 @@ enum Kind {
     StandbyLoss,
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::NodeLoss,
     Kind::PostgresCrash,
+    Kind::PostgresHung,
     Kind::FrozenAgent,
     Kind::EtcdMember,
     Kind::StandbyLoss,
@@ -50,9 +54,19 @@ impl Kind {
         match self {
             Kind::NodeLoss => "node loss",
             Kind::PostgresCrash => "postgres crash",
+            Kind::PostgresHung => "postgres hung",
             Kind::FrozenAgent => "frozen agent",
             Kind::EtcdMember => "etcd member loss",
             Kind::StandbyLoss => "standby loss",
+        }
+    }
+
+    /// The longest from this fault to the first acknowledged write: a hung server gets 10 s
+    /// from its agent before the restart.
+    fn bound(self) -> Duration {
+        match self {
+            Kind::PostgresHung => BOUND + Duration::from_secs(10),
+            _ => BOUND,
         }
     }
 
@@ -79,7 +93,7 @@ impl Rng {
     }
 }
 
-/// Every five rounds hold each kind once, in a seeded order.
+/// Every six rounds hold each kind once, in a seeded order.
 fn schedule(rng: &mut Rng, rounds: usize) -> Vec<Kind> {
     let mut kinds = Vec::with_capacity(rounds + KINDS.len());
     while kinds.len() < rounds {
@@ -258,6 +272,7 @@ fn fault_and_restore(
             ha.kill_postgres(primary);
         }
         Kind::PostgresCrash => ha.kill_postgres(primary),
+        Kind::PostgresHung => ha.signal_postgres(primary, libc::SIGSTOP),
         Kind::FrozenAgent => ha.signal_agent(primary, libc::SIGSTOP),
         Kind::EtcdMember => ha.etcd.kill(member),
         Kind::StandbyLoss => {
@@ -266,12 +281,12 @@ fn fault_and_restore(
         }
     }
     // A commit in flight at the fault may be acknowledged after it: count inserts sent after.
-    let first = writer.wait_ack(ha, BOUND, fault_at, |a| {
+    let first = writer.wait_ack(ha, kind.bound(), fault_at, |a| {
         a.sent >= fault_at
             && match kind {
                 Kind::NodeLoss | Kind::FrozenAgent => a.node != primary,
                 // Through a new session: the old one died with its server.
-                Kind::PostgresCrash => a.session > session,
+                Kind::PostgresCrash | Kind::PostgresHung => a.session > session,
                 Kind::EtcdMember | Kind::StandbyLoss => true,
             }
     });
@@ -280,6 +295,8 @@ fn fault_and_restore(
     match kind {
         Kind::NodeLoss => ha.start_agent(primary),
         Kind::PostgresCrash => {}
+        // Its agent killed it; were one process left, it must not hold the cluster's teardown.
+        Kind::PostgresHung => ha.signal_postgres(primary, libc::SIGCONT),
         Kind::FrozenAgent => {
             sleep_until(fault_at + TTL * 2);
             ha.signal_agent(primary, libc::SIGCONT);
@@ -403,11 +420,11 @@ fn summary(rounds: &[Round], acks: &[Ack], seed: u64, took: Duration) -> String 
 }
 
 #[test]
-fn a_soak_schedule_replays_from_its_seed_and_holds_every_kind_in_five_rounds() {
+fn a_soak_schedule_replays_from_its_seed_and_holds_every_kind_in_six_rounds() {
     let a = schedule(&mut Rng(7), 50);
     assert_eq!(a, schedule(&mut Rng(7), 50));
     assert_ne!(a, schedule(&mut Rng(8), 50));
-    for block in a.chunks(5) {
+    for block in a.chunks_exact(KINDS.len()) {
         for kind in KINDS {
             assert!(block.contains(&kind), "{kind:?} missing from {block:?}");
         }
