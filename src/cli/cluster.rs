@@ -402,6 +402,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         let to = args.to.as_deref();
         return super::ha::failover(agents, to, &args.output, args.agents.wait).await;
     }
+    cluster.all_here("failover")?;
     let options = pgrepl::cluster::plan::FailoverOptions {
         to: args.to,
         force: args.force,
@@ -422,6 +423,7 @@ pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
         let to = args.to.as_deref();
         return super::ha::switchover(agents, to, &args.output, args.agents.wait).await;
     }
+    cluster.all_here("switchover")?;
     let to = args
         .to
         .ok_or_else(|| anyhow::anyhow!("give --to NODE: the standby that becomes primary"))?;
@@ -437,6 +439,7 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     if super::ha::agents(&cluster, &args.etcd).await?.is_some() {
         return Err(super::ha::refuse_rejoin(&args.node));
     }
+    cluster.all_here("rejoin")?;
     let options = pgrepl::cluster::plan::RejoinOptions {
         rewind: args.rewind,
         dry_run: args.output.dry_run,
@@ -450,6 +453,7 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn drill(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    cluster.all_here("drill")?;
     let report = cluster.drill(&PrintSteps(Instant::now())).await?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?);

@@ -139,9 +139,9 @@ pub struct Cluster {
     pub(crate) state_dir: PathBuf,
     /// The cluster file read, or `None` for the built-in defaults.
     cluster_file: Option<PathBuf>,
-    /// The host of the machine this process runs on, when nodes may run on several (an
-    /// agent's: its node's host). `None`: every node is here (`up` and the other commands).
-    machine: Option<String>,
+    /// The node hosts that are this machine's, when nodes run on several machines (an agent's:
+    /// its node's host; a command's: the hosts it can bind). `None`: every node is here.
+    machine: Option<Vec<String>>,
 }
 
 /// What `up` does besides building the topology.
@@ -192,7 +192,7 @@ impl Cluster {
     /// Declares that this process runs on the machine of `node` (an agent): nodes with another
     /// host run elsewhere, with their own state directory, reached only over the network.
     pub fn on_machine_of(&mut self, node: &NodeSpec) {
-        self.machine = Some(node.host().to_owned());
+        self.machine = Some(vec![node.host().to_owned()]);
     }
 
     pub(crate) fn replication_password(&self) -> &str {
@@ -202,8 +202,21 @@ impl Cluster {
     /// Whether `node` runs on this machine (its data, socket and processes are here).
     pub(crate) fn is_here(&self, node: &NodeSpec) -> bool {
         self.machine
-            .as_deref()
-            .is_none_or(|host| host == node.host())
+            .as_ref()
+            .is_none_or(|hosts| hosts.iter().any(|h| h == node.host()))
+    }
+
+    /// Refuses `what` (a manual role change, a drill) when some node runs on another machine:
+    /// it stops, starts and rewrites servers through this machine's runtime.
+    pub fn all_here(&self, what: &str) -> Result<(), ClusterError> {
+        match self.spec.nodes.iter().find(|n| !self.is_here(n)) {
+            None => Ok(()),
+            Some(node) => Err(ClusterError::Setup(format!(
+                "`{}` runs on another machine ({}): `{what}` acts on this machine's servers only; run `pgrepl agent --node NAME` on each machine with [ha] in the cluster file, and `switchover`/`failover` go through the agents",
+                node.name,
+                node.host()
+            ))),
+        }
     }
 
     /// The superuser's session options for a node on this machine (over its socket). A node on
@@ -241,12 +254,30 @@ impl Cluster {
     }
 
     /// Every node with a superuser connection from this host (for `status`, `lag --cluster`).
+    /// A node on another machine without `[local] superuser_password_file` is reached over TCP
+    /// with the password libpq would find (PGPASSWORD, PGPASSFILE, `~/.pgpass`).
     pub fn node_connections(&self) -> Vec<(String, ConnectOptions)> {
         self.spec
             .nodes
             .iter()
-            .map(|n| (n.name.clone(), self.runtime.superuser(n)))
+            .map(|n| {
+                let options = self
+                    .superuser(n)
+                    .unwrap_or_else(|_| self.superuser_over_tcp(n));
+                (n.name.clone(), options)
+            })
             .collect()
+    }
+
+    fn superuser_over_tcp(&self, node: &NodeSpec) -> ConnectOptions {
+        let env = |key: &str| std::env::var(key).ok();
+        let mut options = ConnectOptions::resolve(Default::default(), &env)
+            .unwrap_or_else(|_| self.runtime.superuser(node));
+        options.host = Host::Tcp(node.host().to_owned());
+        options.port = node.port;
+        options.user = "postgres".into();
+        options.dbname = Some("postgres".into());
+        options
     }
 
     /// The replication role's session to `node` from this host.

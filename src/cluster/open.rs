@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use super::record::{self, Asked, ClusterRecord};
 use super::runtime::Runtime;
-use super::spec::{ClusterSpec, RuntimeKind};
-use super::{docker, local, topology, Cluster, ClusterError};
+use super::spec::{ClusterSpec, NodeSpec, RuntimeKind};
+use super::{docker, local, ports, topology, Cluster, ClusterError};
 
 /// The cluster file a command reads when none is given.
 pub const DEFAULT_FILE: &str = "pgrepl.toml";
@@ -150,7 +150,26 @@ impl Cluster {
             state_dir,
             cluster_file: file,
             machine: None,
-        })
+        }
+        .with_machine_of_its_hosts())
+    }
+
+    /// A command on the local runtime whose nodes name hosts of other machines acts only on
+    /// this machine's nodes and reaches the others over the network: a socket path of this
+    /// machine would name a server of its own that listens on the same port.
+    fn with_machine_of_its_hosts(mut self) -> Cluster {
+        if !matches!(self.runtime, Runtime::Local(_)) {
+            return self;
+        }
+        let mut hosts: Vec<&str> = self.spec.nodes.iter().map(NodeSpec::host).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let (here, elsewhere): (Vec<&str>, Vec<&str>) =
+            hosts.into_iter().partition(|h| ports::is_local_address(h));
+        if !elsewhere.is_empty() {
+            self.machine = Some(here.into_iter().map(str::to_owned).collect());
+        }
+        self
     }
 
     /// What `up` records: this cluster's runtime, file, image or binaries, and data major.

@@ -127,6 +127,12 @@ fn check(node: &NodeSpec) -> Option<PortState> {
     check_at(node.host(), node.port)
 }
 
+/// True when `host` (an address, or a name that resolves to one) is an address of this machine:
+/// a socket can be bound to it.
+pub fn is_local_address(host: &str) -> bool {
+    std::net::TcpListener::bind((host, 0)).is_ok()
+}
+
 /// True when nothing listens on `port` of 127.0.0.1 and it can be bound now (for ports pgrepl
 /// picks itself).
 pub fn is_free(port: u16) -> bool {
@@ -241,6 +247,15 @@ mod tests {
         let client_port = client.local_addr().unwrap().port();
         assert!(!listener_on(client_port));
         drop(listener);
+    }
+
+    #[test]
+    fn local_addresses_are_told_from_other_machines() {
+        assert!(is_local_address("127.0.0.1"));
+        assert!(is_local_address("localhost"));
+        // TEST-NET-1 and a name that resolves nowhere: never this machine's.
+        assert!(!is_local_address("192.0.2.1"));
+        assert!(!is_local_address("no-such-host.invalid"));
     }
 
     #[tokio::test]

@@ -597,3 +597,38 @@ fn up_works_with_other_majors_given_by_pg_bin() {
         ]);
     }
 }
+
+/// A cluster file whose nodes run on several machines: the manual role changes and the drill,
+/// which act on servers through this machine's runtime, refuse in one line and say what to run
+/// instead; nothing is created.
+#[test]
+fn manual_role_changes_refuse_nodes_on_other_machines() {
+    let cluster = TestCluster::new();
+    let text = std::fs::read_to_string(&cluster.file).unwrap();
+    // TEST-NET-1: never an address of this machine.
+    let text = text.replacen(
+        "name = \"pg_slave\"",
+        "name = \"pg_slave\"\nhost = \"192.0.2.1\"",
+        1,
+    );
+    std::fs::write(&cluster.file, text).unwrap();
+    let state = cluster.dir.path().join(".pgrepl");
+    std::fs::create_dir(&state).unwrap();
+    for args in [
+        &["failover"][..],
+        &["switchover", "--to", "pg_slave"],
+        &["rejoin", "pg_slave"],
+        &["drill"],
+    ] {
+        let output = cluster.pgrepl(args);
+        let text = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "{args:?}: {text}");
+        assert!(
+            text.contains("`pg_slave` runs on another machine (192.0.2.1)")
+                && text.contains("pgrepl agent --node NAME"),
+            "{args:?}: {text}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
+}
