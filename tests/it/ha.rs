@@ -264,37 +264,14 @@ fn ha_postgres_crash_only_is_restarted_in_place() {
 /// The primary's server dies, its agent lives: the agent restarts it in place (faster than a
 /// failover) and says so; nothing acknowledged is lost.
 pub(crate) fn postgres_crash(ha: &HaCluster) {
-    let writer = Writer::start(ha);
-    writer.wait_ack(ha, Duration::from_secs(10), Instant::now(), |a| a.node == 0);
-    std::thread::sleep(Duration::from_secs(1));
-
-    let crashed = Instant::now();
-    ha.kill_postgres(0);
-    // A commit acknowledged just before the kill may arrive after it: count the restarted
-    // server's, through a new session.
-    let before = writer.acks().last().unwrap().session;
-    let first = writer.wait_ack(ha, Duration::from_secs(30), crashed, |a| a.session > before);
-    eprintln!(
-        "postgres crash: {:.2} s from the kill to the first acknowledged write on `{}`",
-        first.at.duration_since(crashed).as_secs_f64(),
-        NODES[first.node]
+    let fault = |ha: &HaCluster| ha.kill_postgres(0);
+    restarted_in_place(
+        ha,
+        "postgres crash",
+        fault,
+        Duration::ZERO,
+        &["RestartInPlace"],
     );
-    assert_eq!(
-        first.node,
-        0,
-        "the crashed primary was restarted, not failed over\n{}",
-        ha.logs()
-    );
-    assert_eq!(ha.leader().as_deref(), Some("pg_master"));
-    let log = ha.agent_log(0);
-    assert!(
-        log.contains("RestartInPlace"),
-        "the agent says it restarted in place:\n{log}"
-    );
-    let later = first.at + Duration::from_millis(500);
-    writer.wait_ack(ha, Duration::from_secs(10), later, |a| a.node == 0);
-    let acks = writer.stop();
-    ha.assert_nothing_lost(0, &acks);
 }
 
 #[test]
@@ -306,28 +283,53 @@ fn ha_hung_primary_is_killed_and_restarted_in_place() {
 /// but answers nothing, and its agent keeps the lease. After the agent's hung limit (10 s) it
 /// kills the server and restarts it in place; writes go on there, nothing acknowledged lost.
 pub(crate) fn hung_primary(ha: &HaCluster) {
-    const HUNG_AFTER: Duration = Duration::from_secs(10);
+    let fault = |ha: &HaCluster| ha.signal_postgres(0, libc::SIGSTOP);
+    let says = ["KillHung", "RestartInPlace"];
+    restarted_in_place(ha, "hung primary", fault, Duration::from_secs(10), &says);
+}
+
+/// `fault` on the primary's server under the writer: its agent brings it back in place, no
+/// sooner than `not_before`, and its log `says` each word; writes go on there, nothing lost.
+fn restarted_in_place(
+    ha: &HaCluster,
+    what: &str,
+    fault: impl FnOnce(&HaCluster),
+    not_before: Duration,
+    says: &[&str],
+) {
     let writer = Writer::start(ha);
     writer.wait_ack(ha, Duration::from_secs(10), Instant::now(), |a| a.node == 0);
     std::thread::sleep(Duration::from_secs(1));
 
-    let hung = Instant::now();
-    ha.signal_postgres(0, libc::SIGSTOP);
+    let at = Instant::now();
+    fault(ha);
+    // A commit acknowledged just before the fault may arrive after it: count the restarted
+    // server's, through a new session.
     let before = writer.acks().last().unwrap().session;
-    let first = writer.wait_ack(ha, HUNG_AFTER * 4, hung, |a| a.session > before);
-    let took = first.at.duration_since(hung);
+    let limit = Duration::from_secs(30) + not_before;
+    let first = writer.wait_ack(ha, limit, at, |a| a.session > before);
+    let took = first.at.duration_since(at);
     eprintln!(
-        "hung primary: {:.2} s from SIGSTOP to the first acknowledged write on `{}`",
+        "{what}: {:.2} s from the fault to the first acknowledged write on `{}`",
         took.as_secs_f64(),
         NODES[first.node]
     );
-    assert_eq!(first.node, 0, "restarted in place\n{}", ha.logs());
-    assert!(took >= HUNG_AFTER, "killed after {took:?}\n{}", ha.logs());
+    assert_eq!(
+        first.node,
+        0,
+        "the primary was restarted, not failed over\n{}",
+        ha.logs()
+    );
+    assert!(
+        took >= not_before,
+        "restarted after {took:?}\n{}",
+        ha.logs()
+    );
     assert_eq!(ha.leader().as_deref(), Some("pg_master"));
     let log = ha.agent_log(0);
     assert!(
-        log.contains("KillHung") && log.contains("RestartInPlace"),
-        "the agent says it killed the hung server and restarted it:\n{log}"
+        says.iter().all(|word| log.contains(word)),
+        "the agent says {says:?}:\n{log}"
     );
     let later = first.at + Duration::from_millis(500);
     writer.wait_ack(ha, Duration::from_secs(10), later, |a| a.node == 0);

@@ -1167,31 +1167,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mode_spellings_round_trip() {
-        for mode in [
-            SslMode::Disable,
-            SslMode::Allow,
-            SslMode::Prefer,
-            SslMode::Require,
-            SslMode::VerifyCa,
-            SslMode::VerifyFull,
-        ] {
-            assert_eq!(mode.to_string().parse::<SslMode>().unwrap(), mode);
-        }
-        assert_eq!(SslMode::VerifyFull.to_string(), "verify-full");
-        for mode in [
-            ChannelBindingMode::Disable,
-            ChannelBindingMode::Prefer,
-            ChannelBindingMode::Require,
-        ] {
-            assert_eq!(
-                mode.to_string().parse::<ChannelBindingMode>().unwrap(),
-                mode
-            );
-        }
-    }
-
     fn write_passfile(dir: &tempfile::TempDir, mode: u32, body: &str) -> PathBuf {
         let path = dir.path().join("pgpass");
         let mut f = std::fs::File::create(&path).unwrap();

@@ -92,18 +92,21 @@ mod tests {
         ] {
             assert_eq!(mode.to_string().parse::<SslMode>().unwrap(), mode);
         }
-        assert_eq!(
-            "verify-full".parse::<SslMode>().unwrap(),
-            SslMode::VerifyFull
-        );
+        for mode in [
+            ChannelBindingMode::Disable,
+            ChannelBindingMode::Prefer,
+            ChannelBindingMode::Require,
+        ] {
+            assert_eq!(
+                mode.to_string().parse::<ChannelBindingMode>().unwrap(),
+                mode
+            );
+        }
+        assert_eq!(SslMode::VerifyFull.to_string(), "verify-full");
         assert!(matches!(
             "Require".parse::<SslMode>(),
             Err(ConfigError::InvalidSslMode(s)) if s == "Require"
         ));
-        assert_eq!(
-            "require".parse::<ChannelBindingMode>().unwrap(),
-            ChannelBindingMode::Require
-        );
         assert!(matches!(
             "on".parse::<ChannelBindingMode>(),
             Err(ConfigError::InvalidChannelBinding(_))
