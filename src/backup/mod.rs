@@ -20,6 +20,7 @@ mod archive;
 pub mod checksum;
 pub mod manifest;
 pub(crate) mod standby_conf;
+mod tablespaces;
 mod target;
 pub mod unpack;
 mod wal_stream;
@@ -28,7 +29,6 @@ pub mod written;
 use self::archive::*;
 use self::wal_stream::*;
 
-use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::checksum::ChecksumAlgorithm;
 use self::manifest::ManifestError;
+use self::tablespaces::{parse_tablespaces, plan_tablespaces, Tablespace, TablespaceLayout};
 use self::target::Staging;
 pub use self::target::SyncMethod;
 use self::unpack::{ArchiveDestination, ChunkSource, ExtractOptions, ReadChunks, UnpackError};
@@ -588,103 +589,6 @@ async fn drain_error(
         }
     }
     BackupError::Connection(ConnectionError::Server(error))
-}
-
-#[derive(Debug, Clone)]
-struct Tablespace {
-    /// `None` for the main data directory (always the last row).
-    oid: Option<u32>,
-    location: Option<PathBuf>,
-    size_kb: Option<u64>,
-}
-
-fn parse_tablespaces(set: &ResultSet) -> Result<Vec<Tablespace>, BackupError> {
-    let mut list = Vec::new();
-    for row in &set.rows {
-        let oid = set.text(row, "spcoid")?.map(str::parse::<u32>).transpose();
-        let oid = oid.map_err(|_| ProtocolError::malformed("tablespace list", "bad spcoid"))?;
-        let size_kb = set.text(row, "size")?.and_then(|s| s.parse().ok());
-        let location = set
-            .text(row, "spclocation")?
-            .filter(|l| !l.is_empty())
-            .map(PathBuf::from);
-        list.push(Tablespace {
-            oid,
-            location,
-            size_kb,
-        });
-    }
-    if list.last().is_none_or(|t| t.oid.is_some()) {
-        return Err(ProtocolError::malformed(
-            "tablespace list",
-            "the data directory is not the last row",
-        )
-        .into());
-    }
-    Ok(list)
-}
-
-/// Where each tablespace goes for each target.
-#[derive(Debug, Default)]
-struct TablespaceLayout {
-    /// oid -> staging dir per target.
-    staging: HashMap<u32, Vec<PathBuf>>,
-    /// oid -> final dir per target (the `pg_tblspc/<oid>` link targets).
-    links: HashMap<u32, Vec<PathBuf>>,
-    /// server location -> oid, to route PG 15+ archives that name their location.
-    by_location: HashMap<PathBuf, u32>,
-}
-
-fn plan_tablespaces(
-    tablespaces: &[Tablespace],
-    options: &BaseBackupOptions,
-    staging: &mut Staging,
-) -> Result<TablespaceLayout, BackupError> {
-    let mut layout = TablespaceLayout::default();
-    for ts in tablespaces {
-        let (Some(oid), Some(location)) = (ts.oid, &ts.location) else {
-            continue;
-        };
-        let mapped: Vec<&PathBuf> = options
-            .tablespace_mappings
-            .iter()
-            .filter(|(old, _)| old == location)
-            .map(|(_, new)| new)
-            .collect();
-        let finals: Vec<PathBuf> = match (mapped.len(), options.targets.len()) {
-            (0, 1) => vec![location.clone()],
-            (n, targets) if n == targets => mapped.into_iter().cloned().collect(),
-            (n, targets) => {
-                return Err(BackupError::Tablespace(format!(
-                    "tablespace {oid} at `{}` needs {targets} mapping(s), one per target in -D order, got {n}: \
-                     add -T {}=NEWDIR for each target",
-                    location.display(),
-                    location.display()
-                )))
-            }
-        };
-        let mut staged = Vec::new();
-        for dir in &finals {
-            if !dir.is_absolute() {
-                return Err(BackupError::Tablespace(format!(
-                    "tablespace mapping `{}` must be an absolute path",
-                    dir.display()
-                )));
-            }
-            staged.push(staging.add(dir).map_err(|e| {
-                BackupError::Tablespace(format!(
-                    "tablespace {oid} at `{}` cannot be written to `{}`: {e}; map it elsewhere with -T {}=NEWDIR",
-                    location.display(),
-                    dir.display(),
-                    location.display()
-                ))
-            })?);
-        }
-        layout.staging.insert(oid, staged);
-        layout.links.insert(oid, finals);
-        layout.by_location.insert(location.clone(), oid);
-    }
-    Ok(layout)
 }
 
 /// `-R` and permissions, applied to every staged data directory.
