@@ -175,7 +175,11 @@ pub fn decide_silent(silent_for: Duration, paused: bool) -> Decision {
     } else if paused {
         decision(
             Action::Wait,
-            format!("paused (otherwise KillHung: the server has not answered SQL for {secs} s)"),
+            // No count of seconds: the reason would change, and be logged, on every tick.
+            format!(
+                "paused (otherwise KillHung: the server has not answered SQL for {} s or more)",
+                HUNG_AFTER.as_secs()
+            ),
         )
     } else {
         decision(
