@@ -10,7 +10,7 @@ use clap::Args;
 
 use pgrepl::cluster::Cluster;
 use pgrepl::ha::control::{Acknowledged, Control};
-use pgrepl::ha::decide::View;
+use pgrepl::ha::model::View;
 use pgrepl::ha::records::PauseRecord;
 
 use super::cluster::{ClusterArgs, PlanArgs};

@@ -12,7 +12,8 @@
 use crate::cluster::spec::NodeSpec;
 use crate::cluster::{Cluster, StepLog};
 
-use super::decide::View;
+use super::model::View;
+use super::records::LeaseId;
 use super::store::Store;
 use super::HaError;
 
@@ -21,7 +22,7 @@ pub async fn bootstrap(
     cluster: &Cluster,
     node: &NodeSpec,
     store: &Store,
-    lease: i64,
+    lease: LeaseId,
     log: &dyn StepLog,
 ) -> Result<(), HaError> {
     if cluster.runtime.data_dir(node).join("PG_VERSION").exists() {
@@ -62,7 +63,7 @@ fn initialises(me: &str, owner: &str, view: &View) -> bool {
 mod tests {
     use super::*;
     use crate::cluster::spec::ClusterSpec;
-    use crate::ha::decide::Leader;
+    use crate::ha::model::Leader;
     use crate::ha::records::SyncRecord;
 
     #[test]
@@ -73,6 +74,7 @@ mod tests {
         let led = View {
             leader: Some(Leader {
                 node: "n2".into(),
+                lease: LeaseId(7),
                 mine: false,
             }),
             ..View::default()

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::decide::View;
-use super::records::{PauseRecord, RoleRequest};
+use super::model::View;
+use super::records::{LeaseId, PauseRecord, RoleRequest};
 use super::requests;
 use super::store::Store;
 use super::HaError;
@@ -68,7 +68,7 @@ impl Control {
     /// What etcd holds now.
     pub async fn view(&self) -> Result<View, HaError> {
         // Lease 0: no leader key is ever "mine" for a command.
-        self.store.view(0).await
+        self.store.view(LeaseId(0)).await
     }
 
     /// Writes the pause key (unless there is one) and waits until every live agent shows it;

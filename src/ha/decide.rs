@@ -5,129 +5,48 @@
 
 use std::time::Duration;
 
-use crate::cluster::plan::{plan_failover, FailoverOptions, NodeProbe};
 use crate::cluster::spec::ClusterSpec;
-use crate::Lsn;
 
-use super::records::{MemberRecord, PauseRecord, RoleRequest, ServerState, SyncRecord};
+use super::election;
+use super::model::{Action, Decision, Local, Probed, View};
+use super::records::SyncRecord;
 use super::requests;
-
-/// This node's server, as the agent just probed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Local {
-    /// What the member record publishes.
-    pub server: ServerState,
-    /// The data directory has standby.signal (a stopped standby, not a former primary).
-    pub standby_signal: bool,
-    /// synchronous_standby_names in force (a running primary).
-    pub standby_names: String,
-    /// Standbys whose flushed position has reached the primary's current one.
-    pub caught_up: Vec<String>,
-    /// A stopped server whose pg_control says it shut down cleanly as a primary: where its
-    /// shutdown checkpoint is (a standby holding WAL past it holds every commit).
-    pub shutdown_checkpoint: Option<Lsn>,
-}
-
-/// The leader key as this agent sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Leader {
-    pub node: String,
-    /// Held under this agent's current lease (not a key left by an earlier run of it).
-    pub mine: bool,
-}
-
-/// What etcd holds, read in one request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct View {
-    pub leader: Option<Leader>,
-    /// Records of agents whose lease is alive.
-    pub members: Vec<MemberRecord>,
-    pub sync: Option<SyncRecord>,
-    /// `pgrepl pause`: no automatic action on any server.
-    pub pause: Option<PauseRecord>,
-    /// `pgrepl switchover`: the leader's agent hands its key to `to`.
-    pub switchover: Option<RoleRequest>,
-    /// `pgrepl failover --to`: the election prefers `to` when it is as safe as its own choice.
-    pub failover: Option<RoleRequest>,
-}
 
 /// Everything one decision looks at.
 #[derive(Debug, Clone)]
 pub struct Situation<'a> {
     pub me: &'a str,
-    pub local: Local,
+    pub probe: &'a Probed,
     /// `None`: etcd did not answer.
-    pub view: Option<View>,
-    /// The lease may expire elsewhere soon: the last renewal etcd confirmed was sent longer ago
-    /// than the lease time less the fencing margin.
-    pub fence_due: bool,
+    pub view: Option<&'a View>,
     /// The cluster file's topology and sync policy.
     pub spec: &'a ClusterSpec,
     /// The pause key exists (or existed when etcd last answered): only bookkeeping in etcd,
     /// nothing on a server.
     pub paused: bool,
+    pub clocks: Clocks,
+}
+
+/// What the core's timers say, measured on the agent's own clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clocks {
+    /// The lease may expire elsewhere soon: the last renewal etcd confirmed was sent longer ago
+    /// than the lease time less the fencing margin.
+    pub fence_due: bool,
+    /// How long the running server has left the probe unanswered.
+    pub silent_for: Duration,
     /// How long [`behind_leader`] has held with this standby's position unchanged.
     pub stuck_for: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Nothing to change.
-    Wait,
-    /// Kill the server now: it is a primary that must not take another write.
-    Fence,
-    /// This node leads and its server is down: start it again as it is.
-    RestartInPlace,
-    /// Start the stopped standby as it is.
-    Start,
-    /// Kill the server that runs but has not answered for [`HUNG_AFTER`]: it then starts again
-    /// as the node's role wants (a leader in place, a standby as a standby).
-    KillHung,
-    /// Make the former primary a standby of `leader` (follow, pg_rewind or re-clone).
-    Rejoin { leader: String },
-    /// Point primary_conninfo at `leader`.
-    Follow { leader: String },
-    /// Empty primary_conninfo: stop receiving from a primary that lost its lease.
-    Detach,
-    /// Create the leader key under this agent's lease, if nobody holds it.
-    TakeLeadership,
-    /// This node holds the key and is still a standby: record `sync`, take every other standby
-    /// off the old primary (`repoint` them here), set `standby_names`, promote.
-    Promote {
-        sync: SyncRecord,
-        standby_names: String,
-        repoint: Vec<String>,
-    },
-    /// Replace the sync record (the leader's own, guarded by its key).
-    WriteSync(SyncRecord),
-    /// Set synchronous_standby_names on this primary.
-    SetStandbyNames(String),
-    /// A switchover away from this leader: fast shutdown, so the target gets every commit.
-    StopForSwitchover { to: String },
-    /// Put the leader key under `to`'s lease: it promotes as an elected node does.
-    HandOver { to: String },
-    /// Mark the switchover request refused, saying why (the CLI reports it).
-    RefuseSwitchover(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub action: Action,
-    pub reason: String,
-}
-
-fn decision(action: Action, reason: impl Into<String>) -> Decision {
-    Decision {
-        action,
-        reason: reason.into(),
-    }
-}
-
 /// The next step for this node.
 pub fn decide(s: &Situation<'_>) -> Decision {
-    let decision = decide_unpaused(s);
+    let Some(local) = s.probe.local() else {
+        return decide_silent(s.clocks.silent_for, s.paused);
+    };
+    let decision = decide_unpaused(s, local);
     if s.paused {
-        requests::while_paused(&s.local, decision)
+        requests::while_paused(local, decision)
     } else {
         decision
     }
@@ -159,6 +78,13 @@ pub fn behind_leader(local: &Local, view: &View) -> bool {
     matches!((local.server.timeline, leader_timeline), (Some(mine), Some(theirs)) if mine < theirs)
 }
 
+/// `node`'s member record shows a running primary.
+fn runs_as_primary(view: &View, node: &str) -> bool {
+    view.members
+        .iter()
+        .any(|m| m.node == node && m.server.running && !m.server.in_recovery)
+}
+
 /// How long a running server may leave the probe unanswered before its agent kills it. A hung
 /// primary would otherwise keep the leader key, and every write waiting, for as long as it hangs
 /// (its agent renews the lease all along); a hung sync standby holds every commit until the
@@ -171,9 +97,9 @@ pub const HUNG_AFTER: Duration = Duration::from_secs(10);
 pub fn decide_silent(silent_for: Duration, paused: bool) -> Decision {
     let secs = silent_for.as_secs();
     if silent_for < HUNG_AFTER {
-        decision(Action::Wait, "the server runs but does not answer SQL")
+        Decision::new(Action::Wait, "the server runs but does not answer SQL")
     } else if paused {
-        decision(
+        Decision::new(
             Action::Wait,
             // No count of seconds: the reason would change, and be logged, on every tick.
             format!(
@@ -182,35 +108,33 @@ pub fn decide_silent(silent_for: Duration, paused: bool) -> Decision {
             ),
         )
     } else {
-        decision(
+        Decision::new(
             Action::KillHung,
             format!("the server has not answered SQL for {secs} s: killing it so it starts again"),
         )
     }
 }
 
-fn decide_unpaused(s: &Situation<'_>) -> Decision {
-    let local = &s.local;
+fn decide_unpaused(s: &Situation<'_>, local: &Local) -> Decision {
     let primary_running = local.server.running && !local.server.in_recovery;
-    let Some(view) = &s.view else {
-        if primary_running && s.fence_due {
-            return decision(
+    let Some(view) = s.view else {
+        if primary_running && s.clocks.fence_due {
+            return Decision::new(
                 Action::Fence,
                 "etcd does not answer and the leader lease may expire before it renews: stop taking writes",
             );
         }
-        return decision(Action::Wait, "etcd does not answer");
+        return Decision::new(Action::Wait, "etcd does not answer");
     };
     match &view.leader {
-        Some(leader) if leader.mine => lead(s, view),
-        Some(leader) => follow(s, &leader.node),
-        None => leaderless(s, view),
+        Some(leader) if leader.mine => lead(s, local, view),
+        Some(leader) => follow(s, local, view, &leader.node),
+        None => leaderless(s, local, view),
     }
 }
 
 /// This agent holds the leader key.
-fn lead(s: &Situation<'_>, view: &View) -> Decision {
-    let local = &s.local;
+fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
     if let Some(step) = view
         .switchover
         .as_ref()
@@ -219,7 +143,7 @@ fn lead(s: &Situation<'_>, view: &View) -> Decision {
         return step;
     }
     if !local.server.running {
-        return decision(
+        return Decision::new(
             Action::RestartInPlace,
             "this node leads and its server is down: restarting in place is faster than a failover",
         );
@@ -235,7 +159,7 @@ fn lead(s: &Situation<'_>, view: &View) -> Decision {
             .cloned()
             .collect();
         let standby_names = desired.standby_names();
-        return decision(
+        return Decision::new(
             Action::Promote {
                 sync: desired,
                 standby_names,
@@ -248,7 +172,7 @@ fn lead(s: &Situation<'_>, view: &View) -> Decision {
     match &view.sync {
         Some(record) if record.covers(&desired) => {
             if local.standby_names != desired_names {
-                decision(
+                Decision::new(
                     Action::SetStandbyNames(desired_names),
                     "the sync record already allows the policy's standbys",
                 )
@@ -260,20 +184,20 @@ fn lead(s: &Situation<'_>, view: &View) -> Decision {
                     .count()
                     >= desired.num as usize
             {
-                decision(
+                Decision::new(
                     Action::WriteSync(desired),
                     "synchronous_standby_names no longer names the others and the policy's standbys caught up",
                 )
             } else {
-                decision(Action::Wait, "leading")
+                Decision::new(Action::Wait, "leading")
             }
         }
         // Written before synchronous_standby_names may name anyone new.
-        Some(record) if record.leader == s.me => decision(
+        Some(record) if record.leader == s.me => Decision::new(
             Action::WriteSync(record.union(&desired)),
             "the policy names standbys the sync record lacks",
         ),
-        _ => decision(
+        _ => Decision::new(
             Action::WriteSync(desired),
             "no sync record for this leader yet",
         ),
@@ -281,29 +205,33 @@ fn lead(s: &Situation<'_>, view: &View) -> Decision {
 }
 
 /// Another node holds the leader key.
-fn follow(s: &Situation<'_>, leader: &str) -> Decision {
-    let local = &s.local;
+fn follow(s: &Situation<'_>, local: &Local, view: &View, leader: &str) -> Decision {
     if leader == s.me {
         // A key from this agent's earlier run: it expires with that run's lease.
-        return decision(
+        return Decision::new(
             Action::Wait,
             "the leader key is from an earlier run of this agent",
         );
     }
     if local.server.running && !local.server.in_recovery {
-        return decision(
+        return Decision::new(
             Action::Fence,
             format!("`{leader}` leads: this primary must not take another write"),
         );
     }
     if !local.server.running {
         return if local.standby_signal {
-            decision(
+            Decision::new(
                 Action::Start,
                 format!("a stopped standby, `{leader}` leads"),
             )
+        } else if !runs_as_primary(view, leader) {
+            // Its WAL is what a rejoin compares this node's against.
+            Decision::wait(format!(
+                "former primary data; `{leader}` leads but its server is no primary yet"
+            ))
         } else {
-            decision(
+            Decision::new(
                 Action::Rejoin {
                     leader: leader.to_owned(),
                 },
@@ -312,39 +240,38 @@ fn follow(s: &Situation<'_>, leader: &str) -> Decision {
         };
     }
     if local.server.follows.as_deref() != Some(leader) {
-        return decision(
+        return Decision::new(
             Action::Follow {
                 leader: leader.to_owned(),
             },
             format!("`{leader}` leads"),
         );
     }
-    if s.stuck_for >= STUCK_AFTER {
-        return decision(
+    if s.clocks.stuck_for >= STUCK_AFTER {
+        return Decision::new(
             Action::Rejoin {
                 leader: leader.to_owned(),
             },
             format!(
                 "following `{leader}` from an older timeline without moving for {} s: its WAL runs past `{leader}`'s fork",
-                s.stuck_for.as_secs()
+                s.clocks.stuck_for.as_secs()
             ),
         );
     }
-    decision(Action::Wait, format!("following `{leader}`"))
+    Decision::new(Action::Wait, format!("following `{leader}`"))
 }
 
 /// Nobody holds the leader key.
-fn leaderless(s: &Situation<'_>, view: &View) -> Decision {
-    let local = &s.local;
+fn leaderless(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
     let Some(record) = &view.sync else {
         // Never led: the primary `up` built claims the key; standbys stay as they are.
         return if local.server.running && !local.server.in_recovery {
-            decision(
+            Decision::new(
                 Action::TakeLeadership,
                 "no leader yet and this node is the primary",
             )
         } else {
-            decision(
+            Decision::new(
                 Action::Wait,
                 "no leader yet; waiting for the primary's agent",
             )
@@ -355,26 +282,26 @@ fn leaderless(s: &Situation<'_>, view: &View) -> Decision {
         // A primary's data (running, or stopped without standby.signal).
         let primary_data = local.server.running || !local.standby_signal;
         return match (primary_data, was_leader) {
-            (true, true) => decision(
+            (true, true) => Decision::new(
                 Action::TakeLeadership,
                 "no leader and this node was the last: it holds every acknowledged commit",
             ),
-            (true, false) if local.server.running => decision(
+            (true, false) if local.server.running => Decision::new(
                 Action::Fence,
                 format!(
                     "no leader and the sync record names `{}`: this primary must not take writes",
                     record.leader
                 ),
             ),
-            (true, false) => decision(
+            (true, false) => Decision::new(
                 Action::Wait,
                 "former primary data and no leader: rejoins once a leader is elected",
             ),
-            (false, _) => decision(Action::Start, "a stopped standby"),
+            (false, _) => Decision::new(Action::Start, "a stopped standby"),
         };
     }
     if !local.server.detached {
-        return decision(
+        return Decision::new(
             Action::Detach,
             format!(
                 "the leader `{}` lost its lease: stop receiving from it so it cannot acknowledge commits",
@@ -382,84 +309,24 @@ fn leaderless(s: &Situation<'_>, view: &View) -> Decision {
             ),
         );
     }
-    match requests::elect(record, &view.members, view.failover.as_ref()) {
-        Ok(best) if best == s.me => decision(
+    match election::elect(record, &view.members, view.failover.as_ref()) {
+        Ok(best) if best == s.me => Decision::new(
             Action::TakeLeadership,
             "no leader and this node is the most advanced of the sync record's reachable members",
         ),
-        Ok(best) => decision(
+        Ok(best) => Decision::new(
             Action::Wait,
             format!("no leader; `{best}` is the most advanced and should take over"),
         ),
-        Err(reason) => decision(Action::Wait, format!("no leader; {reason}")),
+        Err(reason) => Decision::new(Action::Wait, format!("no leader; {reason}")),
     }
-}
-
-/// Who may be promoted: each acknowledged commit is on at least `num` of the record's `m`
-/// members, so any `m - num + 1` of them include one holding it, and on one timeline the most
-/// advanced of those holds them all. Only detached members count: their positions are final.
-pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result<&'r str, String> {
-    let listed: Vec<&String> = record
-        .members
-        .iter()
-        .filter(|m| **m != record.leader)
-        .collect();
-    if listed.is_empty() {
-        return Err(
-            "the sync record lists no standby: no standby can be promoted without loss".into(),
-        );
-    }
-    let live = |name: &String| {
-        members
-            .iter()
-            .find(|r| &r.node == name && r.server.running && r.server.in_recovery)
-    };
-    let pending: Vec<&str> = listed
-        .iter()
-        .filter_map(|n| live(n))
-        .filter(|r| !r.server.detached)
-        .map(|r| r.node.as_str())
-        .collect();
-    if !pending.is_empty() {
-        return Err(format!("waiting for {} to detach", pending.join(", ")));
-    }
-    let eligible: Vec<&MemberRecord> = listed.iter().filter_map(|n| live(n)).collect();
-    let need = (listed.len() + 1).saturating_sub(record.num.max(1) as usize);
-    if eligible.len() < need {
-        return Err(format!(
-            "{} of the sync record's {} members answer and {need} are needed ({} {} of them may hold a commit alone)",
-            eligible.len(),
-            listed.len(),
-            record.method,
-            record.num
-        ));
-    }
-    // The manual failover's choice among them: the most advanced. It keeps the last of equals,
-    // so the probes go in reverse for a tie to go to the policy's first.
-    let probes: Vec<NodeProbe> = eligible
-        .iter()
-        .rev()
-        .map(|r| NodeProbe {
-            name: r.node.clone(),
-            reachable: true,
-            in_recovery: Some(true),
-            timeline: r.server.timeline,
-            received_lsn: r.server.position,
-            replayed_lsn: None,
-        })
-        .collect();
-    let plan = plan_failover(&record.leader, &probes, &FailoverOptions::default())
-        .map_err(|e| e.to_string())?;
-    Ok(eligible
-        .iter()
-        .map(|r| r.node.as_str())
-        .find(|n| *n == plan.target)
-        .expect("the plan's target is one of the probes"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ha::model::Leader;
+    use crate::ha::records::{LeaseId, MemberRecord, ServerState};
     use crate::ids::TimelineId;
     use crate::Lsn;
 
@@ -517,6 +384,7 @@ mod tests {
             standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
             shutdown_checkpoint: None,
+            system_id: None,
         }
     }
 
@@ -527,6 +395,7 @@ mod tests {
             standby_names: String::new(),
             caught_up: Vec::new(),
             shutdown_checkpoint: None,
+            system_id: None,
         }
     }
 
@@ -540,6 +409,7 @@ mod tests {
     fn leader(node: &str, mine: bool) -> Option<Leader> {
         Some(Leader {
             node: node.into(),
+            lease: LeaseId(if mine { 1 } else { 2 }),
             mine,
         })
     }
@@ -552,12 +422,14 @@ mod tests {
         let spec = ClusterSpec::default();
         decide(&Situation {
             me,
-            local,
-            view,
-            fence_due,
+            probe: &Probed::Known(local),
+            view: view.as_ref(),
             spec: &spec,
             paused: false,
-            stuck_for: Duration::ZERO,
+            clocks: Clocks {
+                fence_due,
+                ..Clocks::default()
+            },
         })
     }
 
@@ -691,7 +563,9 @@ mod tests {
 
     #[test]
     fn under_another_leader_a_primary_is_fenced_and_comes_back_as_a_standby() {
-        let v = || view(leader("pg_slave", false), vec![], None);
+        let mut promoted = standby("pg_slave", 150, true);
+        promoted.server.in_recovery = false;
+        let v = || view(leader("pg_slave", false), vec![promoted.clone()], None);
         assert_eq!(
             run("pg_master", primary(), v(), false).action,
             Action::Fence
@@ -701,6 +575,12 @@ mod tests {
             Action::Rejoin {
                 leader: "pg_slave".into()
             }
+        );
+        // Not before the leader's server runs as a primary: its WAL is what a rejoin reads.
+        let unpromoted = view(leader("pg_slave", false), vec![], None);
+        assert_eq!(
+            run("pg_master", stopped(false), unpromoted, false).action,
+            Action::Wait
         );
         assert_eq!(
             run("pg_master", stopped(true), v(), false).action,
@@ -727,15 +607,18 @@ mod tests {
         me.server.follows = Some("pg_slave".into());
         assert!(behind_leader(&me, &v));
         let spec = ClusterSpec::default();
+        let probe = Probed::Known(me.clone());
         let at = |stuck_for| {
             decide(&Situation {
                 me: "pg_asyncslave",
-                local: me.clone(),
-                view: Some(v.clone()),
-                fence_due: false,
+                probe: &probe,
+                view: Some(&v),
                 spec: &spec,
                 paused: false,
-                stuck_for,
+                clocks: Clocks {
+                    stuck_for,
+                    ..Clocks::default()
+                },
             })
         };
         assert_eq!(
@@ -861,37 +744,6 @@ mod tests {
             "{}",
             d.reason
         );
-    }
-
-    #[test]
-    fn quorum_arithmetic_for_any_and_first() {
-        let three = ["a", "b", "c"];
-        let members = |names: &[(&str, u64)]| -> Vec<MemberRecord> {
-            names.iter().map(|(n, at)| standby(n, *at, true)).collect()
-        };
-        // ANY 2 of 3: two answering members intersect every quorum.
-        let any2 = record("p", "ANY", 2, &three);
-        assert_eq!(candidate(&any2, &members(&[("a", 5), ("c", 9)])), Ok("c"));
-        assert!(candidate(&any2, &members(&[("a", 5)])).is_err());
-        // FIRST 3 of 3: every commit is on all, one member is enough.
-        let first3 = record("p", "FIRST", 3, &three);
-        assert_eq!(candidate(&first3, &members(&[("b", 5)])), Ok("b"));
-        // ANY 1 of 3: all three must answer.
-        let any1 = record("p", "ANY", 1, &three);
-        assert!(candidate(&any1, &members(&[("a", 5), ("b", 6)])).is_err());
-        // A tie goes to the policy's order.
-        assert_eq!(
-            candidate(&any1, &members(&[("c", 5), ("b", 5), ("a", 5)])),
-            Ok("a")
-        );
-        // Non-members never count, however advanced.
-        assert!(candidate(&any2, &members(&[("x", 99), ("a", 5)])).is_err());
-        // A member whose server is down does not count either.
-        let mut down = members(&[("a", 5), ("b", 6)]);
-        down[1].server.running = false;
-        assert!(candidate(&any2, &down).is_err());
-        // No standby recorded: asynchronous replication can lose commits, nobody is promoted.
-        assert!(candidate(&record("p", "FIRST", 1, &[]), &members(&[("a", 5)])).is_err());
     }
 
     #[test]

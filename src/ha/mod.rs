@@ -2,10 +2,15 @@
 //! consensus, as Patroni does it.
 //!
 //! - `records`: the key layout under `/pgrepl/<cluster>/` and the JSON records.
+//! - `model`: what a decision reads (the probed server, etcd's view, time) and returns.
+//! - `election`: who may take over without losing an acknowledged commit.
 //! - `decide`: the pure decision (this node's server and the etcd view in, one action out).
 //! - `requests`: the pure rules for what people ask (pause, switchover, failover `--to`).
+//! - `core`: the agent as a state machine (timers, lease, fencing; observations and time in,
+//!   effects out), the same code under the real agent and the simulator (tests/sim).
 //! - `store`: etcd access (leases, the create-if-absent leader transaction, guarded writes).
-//! - `agent`: the loop that probes, publishes, decides and acts through the cluster runtime.
+//! - `agent`: the executor: probes, publishes, reads etcd and carries out the core's effects
+//!   through the cluster runtime.
 //! - `launch`: what `up` and `down` do with `[ha]` on the local runtime: the etcd of `local_etcd`
 //!   and one agent process per node, both started and stopped as a `daemon`.
 //! - `status`: the leader, lease, agents and promotable set `pgrepl status` shows.
@@ -17,12 +22,15 @@
 pub mod agent;
 pub mod bootstrap;
 pub mod control;
+pub mod core;
 mod daemon;
 pub mod decide;
 pub mod docker_etcd;
+pub mod election;
 pub mod launch;
 mod local_etcd;
 pub mod machines;
+pub mod model;
 pub mod records;
 pub mod requests;
 pub mod status;

@@ -6,8 +6,9 @@
 //! The argument for each rule is in proto-notes/08-ha.md ("Pause", "Switchover and failover
 //! through the agents").
 
-use super::decide::{candidate, Action, Decision, Local, View};
-use super::records::{MemberRecord, RoleRequest, SyncRecord};
+use super::election::{as_safe_as, candidate};
+use super::model::{Action, Decision, Local, View};
+use super::records::{MemberRecord, RoleRequest};
 
 /// While paused, nothing touches a server: no election, promotion, restart, rejoin, fencing or
 /// re-pointing. A node whose data is a primary's may still take the leader key (bookkeeping:
@@ -73,18 +74,18 @@ pub fn switchover_step(
     let to = &request.to;
     if local.server.running && !local.server.in_recovery {
         if let Some(why) = switchover_refusal(view, me, to) {
-            return Some(decided(
+            return Some(Decision::new(
                 Action::RefuseSwitchover(why.clone()),
                 format!("switchover to `{to}` refused: {why}"),
             ));
         }
         if !local.caught_up.contains(to) {
-            return Some(decided(
+            return Some(Decision::new(
                 Action::Wait,
                 format!("switchover to `{to}`: waiting for it to catch up"),
             ));
         }
-        return Some(decided(
+        return Some(Decision::new(
             Action::StopForSwitchover { to: to.clone() },
             format!("switchover to `{to}`: a fast shutdown sends it every commit"),
         ));
@@ -97,12 +98,12 @@ pub fn switchover_step(
         .iter()
         .find(|m| &m.node == to && m.server.running && m.server.in_recovery)?;
     Some(if target.server.position > Some(checkpoint) {
-        decided(
+        Decision::new(
             Action::HandOver { to: to.clone() },
             format!("switchover: `{to}` holds WAL past the shutdown checkpoint {checkpoint}"),
         )
     } else {
-        decided(
+        Decision::new(
             Action::Wait,
             format!(
                 "switchover: waiting for `{to}` to receive the shutdown checkpoint {checkpoint}"
@@ -121,58 +122,6 @@ pub fn promotion_reason(me: &str, view: &View) -> String {
     } else {
         "this node won the leader key and is still a standby".into()
     }
-}
-
-/// The election's choice: the most advanced of enough answering members (`candidate`), or the
-/// one a failover request names when it is as advanced, on the same timeline: it then holds
-/// every acknowledged commit too.
-pub fn elect<'r>(
-    record: &SyncRecord,
-    members: &'r [MemberRecord],
-    request: Option<&RoleRequest>,
-) -> Result<&'r str, String> {
-    let best = candidate(record, members)?;
-    let wanted = request.filter(|r| r.from == record.leader && r.to != best);
-    match wanted {
-        Some(r) if as_safe_as(record, members, &r.to, best).is_ok() => Ok(members
-            .iter()
-            .map(|m| m.node.as_str())
-            .find(|n| *n == r.to)
-            .expect("as_safe_as found it")),
-        _ => Ok(best),
-    }
-}
-
-/// `Ok` when `to` is a detached live member of the record at least as far as `best`.
-fn as_safe_as(
-    record: &SyncRecord,
-    members: &[MemberRecord],
-    to: &str,
-    best: &str,
-) -> Result<(), String> {
-    if !record.members.iter().any(|m| m == to) || to == record.leader {
-        return Err(format!(
-            "`{to}` is not in the sync record ({}): it may lack acknowledged commits",
-            record.members.join(", ")
-        ));
-    }
-    let find = |name: &str| members.iter().find(|m| m.node == name);
-    let Some(target) = find(to).filter(|m| m.server.running && m.server.in_recovery) else {
-        return Err(format!("`{to}` is not a running standby with a live agent"));
-    };
-    let best = find(best).expect("the candidate is a member");
-    if target.server.timeline != best.server.timeline
-        || target.server.position < best.server.position
-    {
-        let (at, top) = (target.server.position, best.server.position);
-        return Err(format!(
-            "`{to}` (at {}) is behind `{}` (at {}): promoting it would lose acknowledged commits",
-            at.map_or("?".into(), |l| l.to_string()),
-            best.node,
-            top.map_or("?".into(), |l| l.to_string()),
-        ));
-    }
-    Ok(())
 }
 
 /// `pgrepl switchover`: the leader and the target to write in the request (`to`, or the most
@@ -251,16 +200,14 @@ pub fn failover_target(view: &View, to: Option<&str>) -> Result<String, String> 
     }
 }
 
-fn decided(action: Action, reason: String) -> Decision {
-    Decision { action, reason }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::spec::ClusterSpec;
-    use crate::ha::decide::{decide, Leader, Situation};
-    use crate::ha::records::{PauseRecord, ServerState};
+    use crate::ha::decide::{decide, Clocks, Situation};
+    use crate::ha::election::elect;
+    use crate::ha::model::{Leader, Probed};
+    use crate::ha::records::{LeaseId, PauseRecord, ServerState, SyncRecord};
     use crate::ids::TimelineId;
     use crate::Lsn;
 
@@ -290,6 +237,7 @@ mod tests {
             standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
             shutdown_checkpoint: None,
+            system_id: None,
         }
     }
 
@@ -330,6 +278,7 @@ mod tests {
         View {
             leader: Some(Leader {
                 node: node.into(),
+                lease: LeaseId(if mine { 1 } else { 2 }),
                 mine,
             }),
             members: streaming(100, 90),
@@ -342,12 +291,11 @@ mod tests {
         let spec = ClusterSpec::default();
         decide(&Situation {
             me,
-            local,
-            view: Some(view),
-            fence_due: false,
+            probe: &Probed::Known(local),
+            view: Some(&view),
             spec: &spec,
             paused,
-            stuck_for: std::time::Duration::ZERO,
+            clocks: Clocks::default(),
         })
     }
 
@@ -411,15 +359,18 @@ mod tests {
         );
         // And no fence when etcd is silent, whatever the lease says.
         let spec = ClusterSpec::default();
+        let probe = Probed::Known(primary());
         let silent = |paused| {
             decide(&Situation {
                 me: "pg_master",
-                local: primary(),
+                probe: &probe,
                 view: None,
-                fence_due: true,
                 spec: &spec,
                 paused,
-                stuck_for: std::time::Duration::ZERO,
+                clocks: Clocks {
+                    fence_due: true,
+                    ..Clocks::default()
+                },
             })
             .action
         };
@@ -488,11 +439,13 @@ mod tests {
         let d = run("pg_slave", standby, view.clone(), false);
         assert!(matches!(d.action, Action::Promote { .. }), "{d:?}");
         assert!(d.reason.contains("switchover"), "{}", d.reason);
-        // The old leader, stopped cleanly, sees another leader: rejoin it.
+        // The old leader, stopped cleanly, sees another leader promoted: rejoin it.
         view.leader = Some(Leader {
             node: "pg_slave".into(),
+            lease: LeaseId(2),
             mine: false,
         });
+        view.members[0].server = server(true, false, 130, None);
         let mut stopped = primary();
         stopped.server.running = false;
         stopped.shutdown_checkpoint = Some(Lsn::new(96));

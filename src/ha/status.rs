@@ -119,7 +119,7 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::records::MemberRecord;
+    use crate::ha::records::{LeaseId, MemberRecord};
     use crate::ids::TimelineId;
 
     fn member(node: &str, running: bool, in_recovery: bool) -> MemberRecord {
@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn promotable_are_live_running_standbys_of_the_sync_record() {
         let snapshot = Snapshot {
-            leader: Some(("a".into(), 7)),
+            leader: Some(("a".into(), LeaseId(7))),
             // `c`'s agent is alive but its server is down; `d` has no agent; `e` is outside
             // the record.
             members: vec![
@@ -184,7 +184,7 @@ mod tests {
     fn the_leader_is_never_its_own_candidate() {
         // Right after a promotion the old record may still name the new leader.
         let snapshot = Snapshot {
-            leader: Some(("b".into(), 1)),
+            leader: Some(("b".into(), LeaseId(1))),
             members: vec![member("b", true, true)],
             sync: Some(SyncRecord {
                 leader: "a".into(),

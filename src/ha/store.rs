@@ -14,9 +14,9 @@ use etcd_client::{
 };
 use serde::de::DeserializeOwned;
 
-use super::decide::{Leader, View};
+use super::model::{Leader, View};
 use super::records::{
-    HistoryRecord, Keys, LeaderRecord, MemberRecord, PauseRecord, RoleRequest, SyncRecord,
+    HistoryRecord, Keys, LeaderRecord, LeaseId, MemberRecord, PauseRecord, RoleRequest, SyncRecord,
 };
 use super::{HaError, Timing};
 
@@ -24,7 +24,7 @@ use super::{HaError, Timing};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
     /// The leader's node and the lease holding its key.
-    pub leader: Option<(String, i64)>,
+    pub leader: Option<(String, LeaseId)>,
     /// Records of agents whose lease is alive.
     pub members: Vec<MemberRecord>,
     pub sync: Option<SyncRecord>,
@@ -142,16 +142,17 @@ impl Store {
         })
     }
 
-    pub async fn grant(&self, ttl: Duration) -> Result<i64, HaError> {
+    pub async fn grant(&self, ttl: Duration) -> Result<LeaseId, HaError> {
         let ttl = ttl.as_secs() as i64;
         let lease = self
             .call(|mut c| async move { c.lease_grant(ttl, None).await })
             .await?;
-        Ok(lease.id())
+        Ok(LeaseId(lease.id()))
     }
 
     /// One renewal: true when the lease lives on, false when etcd no longer has it.
-    pub async fn renew(&self, lease: i64) -> Result<bool, HaError> {
+    pub async fn renew(&self, lease: LeaseId) -> Result<bool, HaError> {
+        let LeaseId(lease) = lease;
         // Opening the keep-alive stream sends the first renewal and waits for its answer, which
         // is all one renewal needs.
         let renewal = self
@@ -167,16 +168,17 @@ impl Store {
     }
 
     /// Revokes the lease: the leader key and member record it holds vanish at once.
-    pub async fn revoke(&self, lease: i64) -> Result<(), HaError> {
+    pub async fn revoke(&self, lease: LeaseId) -> Result<(), HaError> {
+        let LeaseId(lease) = lease;
         self.call(|mut c| async move { c.lease_revoke(lease).await })
             .await
             .map(drop)
     }
 
-    pub async fn publish(&self, record: &MemberRecord, lease: i64) -> Result<(), HaError> {
+    pub async fn publish(&self, record: &MemberRecord, lease: LeaseId) -> Result<(), HaError> {
         let key = self.keys.member(&record.node);
         let value = serde_json::to_string(record).expect("records serialise");
-        let options = PutOptions::new().with_lease(lease);
+        let options = PutOptions::new().with_lease(lease.0);
         self.call(|mut c| {
             let (key, value, options) = (key.clone(), value.clone(), options.clone());
             async move { c.put(key, value, Some(options)).await }
@@ -195,11 +197,12 @@ impl Store {
 
     /// The leader key, every member record, the sync record and the requests, from one
     /// revision.
-    pub async fn view(&self, lease: i64) -> Result<View, HaError> {
+    pub async fn view(&self, lease: LeaseId) -> Result<View, HaError> {
         let snapshot = self.snapshot().await?;
         Ok(View {
             leader: snapshot.leader.map(|(node, holder)| Leader {
                 node,
+                lease: holder,
                 mine: holder == lease,
             }),
             members: snapshot.members,
@@ -237,7 +240,7 @@ impl Store {
         let leader = match kvs(leader).first() {
             Some(kv) => {
                 let record: LeaderRecord = decode(&self.keys.leader(), kv.value())?;
-                Some((record.node, kv.lease()))
+                Some((record.node, LeaseId(kv.lease())))
             }
             None => None,
         };
@@ -260,7 +263,8 @@ impl Store {
     }
 
     /// Whole seconds the lease has left (etcd truncates), `None` once it is gone.
-    pub async fn time_left(&self, lease: i64) -> Result<Option<i64>, HaError> {
+    pub async fn time_left(&self, lease: LeaseId) -> Result<Option<i64>, HaError> {
+        let LeaseId(lease) = lease;
         let response = self
             .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
             .await?;
@@ -277,7 +281,7 @@ impl Store {
     }
 
     /// Creates the leader key under `lease` if nobody holds it; true when this agent now leads.
-    pub async fn take_leadership(&self, node: &str, lease: i64) -> Result<bool, HaError> {
+    pub async fn take_leadership(&self, node: &str, lease: LeaseId) -> Result<bool, HaError> {
         let key = self.keys.leader();
         let value =
             serde_json::to_string(&LeaderRecord { node: node.into() }).expect("records serialise");
@@ -286,7 +290,7 @@ impl Store {
             .and_then([TxnOp::put(
                 key,
                 value,
-                Some(PutOptions::new().with_lease(lease)),
+                Some(PutOptions::new().with_lease(lease.0)),
             )]);
         Ok(self.txn(txn).await?.succeeded())
     }
@@ -316,10 +320,10 @@ impl Store {
     }
 
     /// Writes the sync record only while `lease` holds the leader key; false when it does not.
-    pub async fn write_sync(&self, record: &SyncRecord, lease: i64) -> Result<bool, HaError> {
+    pub async fn write_sync(&self, record: &SyncRecord, lease: LeaseId) -> Result<bool, HaError> {
         let value = serde_json::to_string(record).expect("records serialise");
         let txn = Txn::new()
-            .when([Compare::lease(self.keys.leader(), CompareOp::Equal, lease)])
+            .when([Compare::lease(self.keys.leader(), CompareOp::Equal, lease.0)])
             .and_then([TxnOp::put(self.keys.sync(), value, None)]);
         Ok(self.txn(txn).await?.succeeded())
     }
@@ -425,7 +429,7 @@ impl Store {
         request: &RoleRequest,
         leader: Option<&str>,
         ttl: Duration,
-    ) -> Result<Option<i64>, HaError> {
+    ) -> Result<Option<LeaseId>, HaError> {
         let lease = self.grant(ttl).await?;
         let value = serde_json::to_string(request).expect("records serialise");
         let leader_is = match leader {
@@ -445,7 +449,7 @@ impl Store {
             .and_then([TxnOp::put(
                 key,
                 value,
-                Some(PutOptions::new().with_lease(lease)),
+                Some(PutOptions::new().with_lease(lease.0)),
             )]);
         if self.txn(txn).await?.succeeded() {
             Ok(Some(lease))
@@ -472,7 +476,7 @@ impl Store {
     /// Puts the leader key, held under `lease`, under the lease of `to`'s member record: `to`
     /// then holds it as if elected, and loses it if its agent dies. False when this agent no
     /// longer leads or `to` has no live record.
-    pub async fn hand_over(&self, lease: i64, to: &str) -> Result<bool, HaError> {
+    pub async fn hand_over(&self, lease: LeaseId, to: &str) -> Result<bool, HaError> {
         let member = self.keys.member(to);
         let get = self
             .call(|mut c| {
@@ -487,7 +491,7 @@ impl Store {
             serde_json::to_string(&LeaderRecord { node: to.into() }).expect("records serialise");
         let txn = Txn::new()
             .when([
-                Compare::lease(self.keys.leader(), CompareOp::Equal, lease),
+                Compare::lease(self.keys.leader(), CompareOp::Equal, lease.0),
                 Compare::lease(member, CompareOp::Equal, theirs),
             ])
             .and_then([TxnOp::put(

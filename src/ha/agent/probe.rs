@@ -7,24 +7,14 @@ use tokio_postgres::Client;
 use super::{Agent, SQL_TIMEOUT};
 use crate::cluster::topology::ControlFile;
 use crate::cluster::{node_err_sql, ClusterError};
-use crate::ha::decide::Local;
+use crate::ha::model::{Local, Probed};
 use crate::ha::records::ServerState;
 use crate::ids::TimelineId;
 
-/// What the probe learnt of this node's server.
-#[allow(clippy::large_enum_variant)] // one per tick, moved once: boxing would buy nothing
-pub(super) enum Probe {
-    /// Its state, and a session when it runs.
-    Known(Local, Option<Client>),
-    /// It runs and answered with an error (starting up, out of connections): alive, not hung.
-    Refused,
-    /// It runs and did not answer in time: stalled for a moment, or hung.
-    Silent,
-}
-
 impl Agent {
     /// This node's server, and a session to it when it answers.
-    pub(super) async fn probe(&self) -> Probe {
+    pub(super) async fn probe(&self) -> (Probed, Option<Client>) {
+        let control = ControlFile::read(&self.cluster.runtime.data_dir(&self.node)).ok();
         let down = Local {
             server: ServerState {
                 running: false,
@@ -43,33 +33,32 @@ impl Agent {
             standby_names: String::new(),
             caught_up: Vec::new(),
             shutdown_checkpoint: None,
+            system_id: control.as_ref().map(|c| c.system_identifier),
         };
         if !self.cluster.runtime.is_running(&self.node).await {
-            let shutdown_checkpoint = ControlFile::read(&self.cluster.runtime.data_dir(&self.node))
-                .ok()
+            let shutdown_checkpoint = control
                 .filter(|c| c.state == ControlFile::SHUT_DOWN)
                 .map(|c| c.checkpoint);
-            return Probe::Known(
-                Local {
-                    shutdown_checkpoint,
-                    ..down
-                },
-                None,
-            );
+            let local = Local {
+                shutdown_checkpoint,
+                ..down
+            };
+            return (Probed::Known(local), None);
         }
         let answer = tokio::time::timeout(SQL_TIMEOUT, self.query_state()).await;
         // It may have stopped meanwhile.
         if answer.as_ref().map_or(true, Result::is_err)
             && !self.cluster.runtime.is_running(&self.node).await
         {
-            return Probe::Known(down, None);
+            return (Probed::Known(down), None);
         }
         match answer {
-            Ok(Ok((local, client))) => Probe::Known(
-                Local {
+            Ok(Ok((local, client))) => (
+                Probed::Known(Local {
                     standby_signal: down.standby_signal,
+                    system_id: down.system_id,
                     ..local
-                },
+                }),
                 Some(client),
             ),
             Ok(Err(e)) => {
@@ -79,13 +68,14 @@ impl Agent {
                     self.node.name,
                     crate::cluster::error_chain(&e)
                 );
-                if timed_out {
-                    Probe::Silent
+                let probed = if timed_out {
+                    Probed::Silent
                 } else {
-                    Probe::Refused
-                }
+                    Probed::Refused
+                };
+                (probed, None)
             }
-            Err(_) => Probe::Silent,
+            Err(_) => (Probed::Silent, None),
         }
     }
 
@@ -129,6 +119,7 @@ impl Agent {
             standby_names: row.get(5),
             caught_up: row.get(6),
             shutdown_checkpoint: None,
+            system_id: None,
         };
         Ok((local, client))
     }

@@ -3,108 +3,76 @@
 //! action (a promotion, a pg_rewind) never costs the lease and a blocked loop never delays
 //! fencing.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, Lease};
+use super::Agent;
+use crate::ha::core::{Effect, LeaseStep, Renewal};
 
-/// How soon a failed renewal is tried again (a failure may be quick: every endpoint refusing).
-const RETRY: Duration = Duration::from_millis(50);
-
-/// Renews the lease every `renew` interval; when etcd says it is gone, fences a primary at once
-/// and takes a new lease.
+/// Renews the lease every `renew` interval, sooner after a failure; what the core makes of each
+/// answer (a fence and a new lease when etcd says it is gone) is carried out at once.
 pub(super) async fn keep_alive(agent: Arc<Agent>, cancel: CancellationToken) {
-    let timing = agent.timing;
-    let mut failing = false;
     while !cancel.is_cancelled() {
-        let (id, _) = agent.shared.lease();
-        let sent = Instant::now();
-        let mut lost = false;
-        match agent.store.renew(id).await {
-            Ok(true) => {
-                let before = std::mem::replace(
-                    &mut agent.shared.lease.lock().expect("lease lock").confirmed_at,
-                    sent,
-                );
-                if std::mem::take(&mut failing) {
-                    tracing::info!(
-                        "lease renewed again, {} ms after the last confirmed renewal was sent",
-                        sent.saturating_duration_since(before).as_millis()
-                    );
-                }
+        let lease = agent.core().lease();
+        let sent = agent.now();
+        let outcome = match agent.store.renew(lease).await {
+            Ok(true) => Renewal::Alive,
+            Ok(false) => Renewal::Gone,
+            Err(e) => {
+                tracing::debug!("lease renewal: {e}");
+                Renewal::Failed
             }
-            Ok(false) => {
-                // Whatever the leader key said, it went with that lease.
-                tracing::warn!(
-                    "the lease expired (this agent was stopped or cut off for longer than its {} s TTL); taking a new one",
-                    timing.ttl_s
-                );
-                lost = true;
-                match agent.store.grant(timing.ttl()).await {
-                    Ok(new) => {
-                        *agent.shared.lease.lock().expect("lease lock") = Lease {
-                            id: new,
-                            confirmed_at: sent,
-                        }
-                    }
-                    Err(e) => tracing::warn!("etcd: {e}"),
-                }
-            }
-            Err(e) if !failing => {
-                tracing::warn!("lease renewal: {e}");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-        if lost {
-            fence(&agent, "its lease expired").await;
-        }
-        // After a failure, try again at once (the next endpoint, or etcd's new leader): every
-        // renewal interval lost is one the fence deadline does not get back.
-        let next = match failing {
-            true => (sent + timing.renew()).min(Instant::now() + RETRY),
-            false => sent + timing.renew(),
         };
+        let step = agent.core().renewed(sent, lease, outcome);
+        lease_step(&agent, step).await;
+        let next = agent.core().next_renewal(sent, agent.now());
+        let wait = next.since(agent.now());
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
 /// Fences a primary whose lease may expire before a renewal gets through: wakes at the fence
-/// deadline (the last confirmed renewal's send time plus TTL less the margin) unless a renewal
-/// moved it.
+/// deadline (which every confirmed renewal moves) and asks the core.
 pub(super) async fn watchdog(agent: Arc<Agent>, cancel: CancellationToken) {
     while !cancel.is_cancelled() {
-        let deadline = agent.shared.lease().1 + agent.timing.fence_after();
-        if Instant::now() >= deadline {
-            fence(&agent, "no lease renewal was confirmed in time").await;
+        let (fence, wake) = agent.core().watch(agent.now());
+        if let Some(effect) = fence {
+            lease_step(
+                &agent,
+                LeaseStep {
+                    effects: vec![effect],
+                    note: Some("no lease renewal was confirmed in time".into()),
+                },
+            )
+            .await;
         }
-        let wake = deadline.max(Instant::now() + Duration::from_millis(20));
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = tokio::time::sleep(wake.since(agent.now())) => {}
         }
     }
 }
 
-/// Kills the server if the loop last saw it as a primary, unless the agents are paused: then
-/// nobody elects, so no other primary can appear (proto-notes/08-ha.md, "Pause").
-async fn fence(agent: &Agent, why: &str) {
-    if agent.shared.paused.load(Ordering::SeqCst) {
-        return;
+/// Logs the note and carries out the effects (a fence, a new lease).
+async fn lease_step(agent: &Agent, step: LeaseStep) {
+    if let Some(note) = &step.note {
+        tracing::warn!("{note}");
     }
-    if agent.shared.primary.swap(false, Ordering::SeqCst) {
-        tracing::warn!(
-            "{why}: fencing primary `{}` before its lease can expire elsewhere",
-            agent.node.name
-        );
-        if let Err(e) = agent.cluster.runtime.kill(&agent.node).await {
-            tracing::error!("fence `{}`: {e}", agent.node.name);
+    for effect in &step.effects {
+        if *effect == Effect::Kill {
+            tracing::warn!(
+                "fencing primary `{}` before its lease can expire elsewhere",
+                agent.node.name
+            );
+        }
+        let result = agent.act(effect, None).await;
+        agent.core().done(agent.now(), effect, result.is_ok());
+        if let Err(e) = result {
+            tracing::error!("{effect:?}: {e}");
         }
     }
 }
@@ -141,6 +109,6 @@ pub(super) async fn watch(
             },
             Err(e) => tracing::debug!("etcd watch: {e}"),
         }
-        tokio::time::sleep(agent.timing.loop_interval()).await;
+        tokio::time::sleep(agent.timing().loop_interval()).await;
     }
 }

@@ -393,7 +393,7 @@ pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::records::{MemberRecord, ServerState, SyncRecord};
+    use crate::ha::records::{LeaseId, MemberRecord, ServerState, SyncRecord};
     use crate::ids::TimelineId;
 
     fn agents(nodes: &[&str]) -> Vec<AgentProcess> {
@@ -427,7 +427,7 @@ mod tests {
         let agents = agents(&["a", "b"]);
         let mut snapshot = Snapshot::default();
         assert_eq!(elected(&snapshot, &agents), Err("leader".into()));
-        snapshot.leader = Some(("a".into(), 1));
+        snapshot.leader = Some(("a".into(), LeaseId(1)));
         snapshot.sync = Some(SyncRecord {
             leader: "b".into(),
             method: "FIRST".into(),

@@ -1,0 +1,184 @@
+//! Carrying out one effect of the core against the node's server (through the cluster runtime
+//! and SQL) and etcd.
+
+use std::time::Instant;
+
+use tokio_postgres::Client;
+
+use super::{Agent, TracingLog, SQL_TIMEOUT, SESSION_NAME};
+use crate::cluster::plan::RejoinOptions;
+use crate::cluster::spec::NodeSpec;
+use crate::cluster::topology::Topology;
+use crate::cluster::{alter_system, reload, ClusterError};
+use crate::conn::sql;
+use crate::ha::core::Effect;
+use crate::ha::records::HistoryRecord;
+use crate::ha::HaError;
+use crate::ids::TimelineId;
+
+impl Agent {
+    /// Carries out `effect`; `client` is the session the probe opened to this node's server.
+    pub(super) async fn act(&self, effect: &Effect, client: Option<&Client>) -> Result<(), HaError> {
+        let me = &self.node;
+        let runtime = &self.cluster.runtime;
+        let sql = || client.ok_or_else(|| not_answering(me));
+        match effect {
+            Effect::Kill => runtime.kill(me).await?,
+            Effect::Start => runtime.start(me).await?,
+            Effect::Rejoin { leader } => self.rejoin(leader).await?,
+            Effect::PointAt { leader } => {
+                let conninfo = match leader {
+                    Some(leader) => self
+                        .cluster
+                        .primary_conninfo(self.cluster.node(leader)?, me),
+                    None => String::new(),
+                };
+                alter_system(sql()?, me, "primary_conninfo", &conninfo).await?;
+                reload(sql()?, me).await?;
+            }
+            Effect::TakeLeadership => {
+                if self.store.take_leadership(&me.name, self.lease()).await? {
+                    tracing::info!("`{}` holds the leader key", me.name);
+                }
+            }
+            Effect::WriteSync(record) => {
+                if !self.store.write_sync(record, self.lease()).await? {
+                    return Err(HaError::Config(
+                        "sync record not written: this agent no longer holds the leader key"
+                            .into(),
+                    ));
+                }
+            }
+            Effect::Repoint { node } => {
+                let standby = self.cluster.node(node)?;
+                // One on another machine: its own agent detached it before the election
+                // (proto-notes/08-ha.md).
+                if self.cluster.is_here(standby) {
+                    self.repoint(standby).await?;
+                }
+            }
+            Effect::SetStandbyNames(names) => {
+                alter_system(sql()?, me, "synchronous_standby_names", names).await?;
+                reload(sql()?, me).await?;
+            }
+            Effect::Promote => {
+                let started = Instant::now();
+                self.cluster.promote(me).await?;
+                tracing::info!(
+                    "promoted `{}` in {} ms",
+                    me.name,
+                    started.elapsed().as_millis()
+                );
+            }
+            Effect::RecordPromotion { from, reason } => {
+                self.record_promotion(sql()?, from.clone(), reason).await?
+            }
+            Effect::StopFast => {
+                tracing::info!("switchover: fast shutdown of `{}`", me.name);
+                runtime.stop(me, true).await?;
+            }
+            Effect::HandOver { to } => {
+                if self.store.hand_over(self.lease(), to).await? {
+                    tracing::info!("switchover: `{to}` holds the leader key");
+                } else {
+                    tracing::warn!("switchover: the key was not handed to `{to}` (this agent no longer leads, or `{to}`'s agent is gone)");
+                }
+            }
+            Effect::RefuseSwitchover(request) => self.store.refuse_switchover(request).await?,
+            Effect::Grant => {
+                let sent = self.now();
+                let lease = self.store.grant(self.timing().ttl()).await?;
+                self.core().granted(sent, lease);
+            }
+        }
+        Ok(())
+    }
+
+    fn lease(&self) -> crate::ha::records::LeaseId {
+        self.core().lease()
+    }
+
+    /// A superuser session to `node`, within the SQL time limit.
+    pub(super) async fn session(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
+        let options = self.cluster.superuser(node)?;
+        let connect = sql::connect(&options, SESSION_NAME);
+        match tokio::time::timeout(SQL_TIMEOUT, connect).await {
+            Ok(result) => result.map_err(|source| ClusterError::Node {
+                node: node.name.clone(),
+                source: Box::new(source),
+            }),
+            Err(_) => Err(ClusterError::Timeout(
+                SQL_TIMEOUT,
+                format!("a session to `{}`", node.name),
+            )),
+        }
+    }
+
+    /// Makes this node a standby of `leader`: follow, pg_rewind or re-clone (a node without
+    /// data is cloned). etcd says who leads; this state directory learns it here, since the
+    /// leader's agent may run on another machine.
+    async fn rejoin(&self, leader: &str) -> Result<(), HaError> {
+        let state_dir = self.cluster.state_dir();
+        if Topology::load(state_dir)?.is_none_or(|t| t.primary != leader) {
+            self.cluster
+                .record_primary(leader, format!("agent: `{leader}` leads (etcd)"))?;
+        }
+        let options = RejoinOptions {
+            rewind: true,
+            dry_run: false,
+        };
+        self.cluster
+            .rejoin(&self.node.name, options, &TracingLog)
+            .await?;
+        Ok(())
+    }
+
+    /// After a promotion: this state directory's topology, and the history key.
+    async fn record_promotion(
+        &self,
+        client: &Client,
+        from: Option<String>,
+        reason: &str,
+    ) -> Result<(), HaError> {
+        let me = &self.node.name;
+        self.cluster.record_primary(
+            me,
+            format!(
+                "agent: {} -> {me} ({reason})",
+                from.as_deref().unwrap_or("?")
+            ),
+        )?;
+        let timeline = client
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+            .await
+            .ok()
+            .map(|r| TimelineId::new(r.get::<_, i32>(0) as u32));
+        self.store
+            .record_history(&HistoryRecord {
+                from,
+                to: me.clone(),
+                timeline,
+                reason: reason.to_owned(),
+            })
+            .await
+    }
+
+    /// Points another node's standby at this node (which detaches it from the old primary).
+    async fn repoint(&self, standby: &NodeSpec) -> Result<(), ClusterError> {
+        let client = self.session(standby).await?;
+        let conninfo = self.cluster.primary_conninfo(&self.node, standby);
+        let change = async {
+            alter_system(&client, standby, "primary_conninfo", &conninfo).await?;
+            reload(&client, standby).await
+        };
+        tokio::time::timeout(SQL_TIMEOUT, change)
+            .await
+            .map_err(|_| {
+                ClusterError::Timeout(SQL_TIMEOUT, format!("re-pointing `{}`", standby.name))
+            })?
+    }
+}
+
+fn not_answering(node: &NodeSpec) -> HaError {
+    HaError::Config(format!("`{}` does not answer SQL", node.name))
+}

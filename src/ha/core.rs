@@ -1,0 +1,396 @@
+//! The agent as a state machine, as etcd's raft is one: observations and time go in, effects
+//! come out, and nothing here does I/O or reads a clock. `agent` carries the effects out against
+//! etcd and the servers; the simulator (tests/sim) carries them out against models of both. So
+//! the real agent and the simulated ones run this very code, timers and all.
+//!
+//! What it keeps between decisions: the lease and when its last renewal was confirmed (the fence
+//! deadline), whether the server may take writes (what a fence kills), the pause flag as etcd
+//! last said it, and the clocks `decide` reads (how long the server has been silent, how long a
+//! standby has been stuck behind the leader's timeline).
+
+use std::time::Duration;
+
+use crate::cluster::spec::ClusterSpec;
+use crate::Lsn;
+
+use super::decide::{behind_leader, decide, Clocks, Situation};
+use super::model::{Action, Decision, Probed, Time, View};
+use super::records::{LeaseId, MemberRecord, RoleRequest, SyncRecord};
+use super::Timing;
+
+/// One piece of I/O the executor carries out, in the order a decision lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// SIGKILL the server (a fence, or a hung server).
+    Kill,
+    /// Start the stopped server as its data says (standby.signal or not).
+    Start,
+    /// Make this node a standby of `leader`: follow, pg_rewind or re-clone.
+    Rejoin { leader: String },
+    /// Point this standby's primary_conninfo at `leader`, or empty it (`None`), and reload.
+    PointAt { leader: Option<String> },
+    /// Create the leader key under this agent's lease if nobody holds it.
+    TakeLeadership,
+    /// Write the sync record, guarded by holding the leader key; failing when not written.
+    WriteSync(SyncRecord),
+    /// Point another node's standby at this node (best effort: one this agent cannot reach
+    /// cannot acknowledge for the old primary either).
+    Repoint { node: String },
+    /// Set synchronous_standby_names on this server and reload.
+    SetStandbyNames(String),
+    /// pg_promote, waiting for it to finish.
+    Promote,
+    /// Record the promotion: this state directory's topology and a history key.
+    RecordPromotion { from: Option<String>, reason: String },
+    /// Fast shutdown (a switchover: the standbys get every commit).
+    StopFast,
+    /// Put the leader key under `to`'s member lease.
+    HandOver { to: String },
+    /// Mark the switchover request refused (the request as it was, with the reason set).
+    RefuseSwitchover(RoleRequest),
+    /// Take a new lease (the old one is gone).
+    Grant,
+}
+
+impl Effect {
+    /// A failure that does not stop the steps after it.
+    pub fn best_effort(&self) -> bool {
+        matches!(self, Effect::Repoint { .. })
+    }
+}
+
+/// What a renewal of the lease came back with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// etcd confirmed it.
+    Alive,
+    /// etcd no longer has the lease: it expired.
+    Gone,
+    /// No answer (etcd unreachable, no quorum, a timeout).
+    Failed,
+}
+
+/// One decision and the effects that carry it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub decision: Decision,
+    pub effects: Vec<Effect>,
+    /// The decision differs from the last one (what the agent logs).
+    pub changed: bool,
+}
+
+/// What the lease machinery asks of the executor, and what to log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseStep {
+    pub effects: Vec<Effect>,
+    pub note: Option<String>,
+}
+
+/// A renewal is tried again this soon after a failure (a failure may be quick: every endpoint
+/// refusing), not at the next interval: every renewal lost is one the fence deadline does not
+/// get back.
+const RENEW_RETRY: Duration = Duration::from_millis(50);
+
+pub struct Core {
+    me: String,
+    spec: ClusterSpec,
+    timing: Timing,
+    lease: LeaseId,
+    /// When the last renewal etcd confirmed was sent: the lease cannot expire before this plus
+    /// the TTL, whatever etcd's clock says.
+    confirmed_at: Time,
+    renewal_failing: bool,
+    /// The server may take writes: what a fence kills. Set when the probe sees a running
+    /// primary; cleared when it sees otherwise and after a kill or a stop.
+    armed: bool,
+    /// The pause key, as etcd last said.
+    paused: bool,
+    /// Since when the running server has not answered the probe.
+    silent_since: Option<Time>,
+    /// Since when this standby has been behind the leader's timeline, and at which position.
+    stuck: Option<(Time, Option<Lsn>)>,
+    /// The member record etcd holds, and under which lease.
+    published: Option<(MemberRecord, LeaseId)>,
+    last: Option<Decision>,
+}
+
+impl Core {
+    /// An agent for node `me` whose lease `lease` was granted by a request sent at `now`.
+    pub fn new(me: &str, spec: ClusterSpec, timing: Timing, lease: LeaseId, now: Time) -> Core {
+        Core {
+            me: me.to_owned(),
+            spec,
+            timing,
+            lease,
+            confirmed_at: now,
+            renewal_failing: false,
+            armed: false,
+            paused: false,
+            silent_since: None,
+            stuck: None,
+            published: None,
+            last: None,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn lease(&self) -> LeaseId {
+        self.lease
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The server may take writes (the agent stops it before releasing its lease on exit).
+    pub fn may_write(&self) -> bool {
+        self.armed
+    }
+
+    /// The member record to publish for this probe under the current lease, when etcd does not
+    /// hold it already (the lease keeps it otherwise). Nothing is known of a server that did
+    /// not answer.
+    pub fn to_publish(&self, probe: &Probed) -> Option<MemberRecord> {
+        let local = probe.local()?;
+        let record = MemberRecord {
+            node: self.me.clone(),
+            paused: self.paused,
+            server: local.server.clone(),
+        };
+        match &self.published {
+            Some((held, lease)) if *held == record && *lease == self.lease => None,
+            _ => Some(record),
+        }
+    }
+
+    /// etcd holds `record` under `lease` now.
+    pub fn published(&mut self, record: MemberRecord, lease: LeaseId) {
+        self.published = Some((record, lease));
+    }
+
+    /// One round of the loop: the probe of the server and etcd's view (`None`: etcd did not
+    /// answer), both as of `now`; the decision and the effects that carry it out.
+    pub fn decide(&mut self, now: Time, probe: &Probed, view: Option<&View>) -> Step {
+        let local = match probe {
+            Probed::Known(local) => {
+                self.silent_since = None;
+                local
+            }
+            Probed::Refused => {
+                self.silent_since = None;
+                return self.step(Decision::wait("the server runs but refuses the probe"), None);
+            }
+            Probed::Silent => {
+                let since = *self.silent_since.get_or_insert(now);
+                let situation = self.situation(now, probe, None, now.since(since), Duration::ZERO);
+                let decision = decide(&situation);
+                if decision.action == Action::KillHung {
+                    self.silent_since = None;
+                }
+                return self.step(decision, None);
+            }
+        };
+        self.armed = local.server.running && !local.server.in_recovery;
+        // When etcd is silent, the last word it said holds.
+        if let Some(view) = view {
+            self.paused = view.pause.is_some();
+        }
+        let behind = view.is_some_and(|v| behind_leader(local, v));
+        let stuck_for = self.stuck_for(now, behind, local.server.position);
+        let situation = self.situation(now, probe, view, Duration::ZERO, stuck_for);
+        let decision = decide(&situation);
+        self.step(decision, view)
+    }
+
+    fn situation<'a>(
+        &'a self,
+        now: Time,
+        probe: &'a Probed,
+        view: Option<&'a View>,
+        silent_for: Duration,
+        stuck_for: Duration,
+    ) -> Situation<'a> {
+        Situation {
+            me: &self.me,
+            probe,
+            view,
+            spec: &self.spec,
+            paused: self.paused,
+            clocks: Clocks {
+                fence_due: now >= self.fence_deadline(),
+                silent_for,
+                stuck_for,
+            },
+        }
+    }
+
+    fn step(&mut self, decision: Decision, view: Option<&View>) -> Step {
+        let changed = self.last.as_ref() != Some(&decision);
+        if changed {
+            self.last = Some(decision.clone());
+        }
+        Step {
+            effects: effects(&decision, view),
+            decision,
+            changed,
+        }
+    }
+
+    /// How long the standby has been behind the leader's timeline at `position`; moving
+    /// restarts the clock.
+    fn stuck_for(&mut self, now: Time, behind: bool, position: Option<Lsn>) -> Duration {
+        if !behind {
+            self.stuck = None;
+            return Duration::ZERO;
+        }
+        match self.stuck {
+            Some((since, at)) if at == position => now.since(since),
+            _ => {
+                self.stuck = Some((now, position));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// An effect finished at `now`; `ok` says whether it did what it was asked.
+    pub fn done(&mut self, _now: Time, effect: &Effect, ok: bool) {
+        if ok && matches!(effect, Effect::Kill | Effect::StopFast) {
+            self.armed = false;
+        }
+    }
+
+    /// A renewal of `lease` sent at `sent` came back with `outcome`.
+    pub fn renewed(&mut self, sent: Time, lease: LeaseId, outcome: Renewal) -> LeaseStep {
+        if lease != self.lease {
+            return LeaseStep::default();
+        }
+        match outcome {
+            Renewal::Alive => {
+                let before = std::mem::replace(&mut self.confirmed_at, sent);
+                let note = std::mem::take(&mut self.renewal_failing).then(|| {
+                    format!(
+                        "lease renewed again, {} ms after the last confirmed renewal was sent",
+                        sent.since(before).as_millis()
+                    )
+                });
+                LeaseStep {
+                    effects: Vec::new(),
+                    note,
+                }
+            }
+            Renewal::Gone => {
+                let mut effects: Vec<Effect> = self.fence().into_iter().collect();
+                effects.push(Effect::Grant);
+                LeaseStep {
+                    effects,
+                    note: Some(format!(
+                        "the lease expired (this agent was stopped or cut off for longer than its {} s TTL); taking a new one",
+                        self.timing.ttl_s
+                    )),
+                }
+            }
+            Renewal::Failed => {
+                let first = !std::mem::replace(&mut self.renewal_failing, true);
+                LeaseStep {
+                    effects: Vec::new(),
+                    note: first.then(|| "lease renewal failed".to_owned()),
+                }
+            }
+        }
+    }
+
+    /// A new lease, granted by a request sent at `sent`.
+    pub fn granted(&mut self, sent: Time, lease: LeaseId) {
+        self.lease = lease;
+        self.confirmed_at = sent;
+        self.renewal_failing = false;
+    }
+
+    /// When to send the next renewal, the last one having been sent at `sent`.
+    pub fn next_renewal(&self, sent: Time, now: Time) -> Time {
+        let regular = sent + self.timing.renew();
+        if self.renewal_failing {
+            regular.min(now + RENEW_RETRY)
+        } else {
+            regular
+        }
+    }
+
+    /// The fence deadline: the lease may expire elsewhere soon after it.
+    pub fn fence_deadline(&self) -> Time {
+        self.confirmed_at + self.timing.fence_after()
+    }
+
+    /// The watchdog at `now`: a fence when no renewal was confirmed in time, and when to look
+    /// again.
+    pub fn watch(&mut self, now: Time) -> (Option<Effect>, Time) {
+        let deadline = self.fence_deadline();
+        let fence = if now >= deadline { self.fence() } else { None };
+        (fence, deadline.max(now + Duration::from_millis(20)))
+    }
+
+    /// Kills the server if it may take writes, unless the agents are paused: then nobody
+    /// elects, so no other primary can appear (proto-notes/08-ha.md, "Pause").
+    fn fence(&mut self) -> Option<Effect> {
+        if self.paused || !std::mem::take(&mut self.armed) {
+            return None;
+        }
+        Some(Effect::Kill)
+    }
+}
+
+/// The effects that carry a decision out, in order. A promotion's order is the zero-loss
+/// argument's (proto-notes/08-ha.md, "Takeover order"). `view` is what the decision read.
+fn effects(decision: &Decision, view: Option<&View>) -> Vec<Effect> {
+    match &decision.action {
+        Action::Wait => Vec::new(),
+        Action::Fence | Action::KillHung => vec![Effect::Kill],
+        Action::RestartInPlace | Action::Start => vec![Effect::Start],
+        Action::Rejoin { leader } => vec![Effect::Rejoin {
+            leader: leader.clone(),
+        }],
+        Action::Follow { leader } => vec![Effect::PointAt {
+            leader: Some(leader.clone()),
+        }],
+        Action::Detach => vec![Effect::PointAt { leader: None }],
+        Action::TakeLeadership => vec![Effect::TakeLeadership],
+        Action::Promote {
+            sync,
+            standby_names,
+            repoint,
+        } => {
+            let mut steps = vec![Effect::WriteSync(sync.clone())];
+            steps.extend(
+                repoint
+                    .iter()
+                    .map(|node| Effect::Repoint { node: node.clone() }),
+            );
+            steps.extend([
+                Effect::SetStandbyNames(standby_names.clone()),
+                Effect::Promote,
+                Effect::RecordPromotion {
+                    from: view.and_then(|v| v.sync.as_ref()).map(|r| r.leader.clone()),
+                    reason: decision.reason.clone(),
+                },
+            ]);
+            steps
+        }
+        Action::WriteSync(record) => vec![Effect::WriteSync(record.clone())],
+        Action::SetStandbyNames(names) => vec![Effect::SetStandbyNames(names.clone())],
+        Action::StopForSwitchover { .. } => vec![Effect::StopFast],
+        Action::HandOver { to } => vec![Effect::HandOver { to: to.clone() }],
+        Action::RefuseSwitchover(why) => view
+            .and_then(|v| v.switchover.clone())
+            .map(|request| {
+                Effect::RefuseSwitchover(RoleRequest {
+                    refused: Some(why.clone()),
+                    ..request
+                })
+            })
+            .into_iter()
+            .collect(),
+    }
+}
