@@ -145,6 +145,11 @@ impl Core {
         &self.timing
     }
 
+    /// The pause key, as etcd last said.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
     /// The server may take writes (the agent stops it before releasing its lease on exit).
     pub fn may_write(&self) -> bool {
         self.armed

@@ -31,6 +31,10 @@ pub struct Etcd {
     pub switchover: Option<(RoleRequest, LeaseId)>,
     /// No request is served until then (no quorum, or electing a leader).
     pub down_until: u64,
+    /// The system identifier the cluster's keys belong to.
+    pub system_id: Option<u64>,
+    /// Another cluster's: its lease and the system identifier ours had.
+    foreign: Option<(LeaseId, Option<u64>)>,
 }
 
 impl Etcd {
@@ -199,6 +203,25 @@ impl Etcd {
         self.switchover = Some((request, lease));
         self.bump();
         true
+    }
+
+    /// Another cluster's keys replace ours (a shared scope, or a restored snapshot).
+    pub fn foreign(&mut self, leader: String, lease: LeaseId, sync: SyncRecord, system_id: u64) {
+        self.foreign = Some((lease, self.system_id));
+        self.leader = Some((leader, lease));
+        self.sync = Some(sync);
+        self.system_id = Some(system_id);
+        self.bump();
+    }
+
+    /// The other cluster's keys go; ours come back.
+    pub fn unforeign(&mut self, ours: Option<SyncRecord>) {
+        if let Some((lease, system_id)) = self.foreign.take() {
+            self.revoke(lease);
+            self.sync = ours;
+            self.system_id = system_id;
+            self.bump();
+        }
     }
 
     pub fn set_pause(&mut self, pause: Option<PauseRecord>) {

@@ -56,6 +56,17 @@ pub enum Fault {
     Pause { ms: u64 },
     /// `pgrepl switchover` to `to` (the most advanced fit standby when `None`).
     Switchover { to: Option<usize> },
+    /// The primary writes `size` records that commit nothing (a bulk load in progress).
+    BulkWrite { size: u64 },
+    /// The agent dies right after it wrote a promotion's sync record, before it promotes (as
+    /// `PGREPL_FAULT=after_sync_record` makes a real one), and starts again after `down_ms`.
+    AgentDiesAfterSyncRecord { node: usize, down_ms: u64 },
+    /// The cluster file's policy becomes `policy`; each agent restarts with it, one after the
+    /// other.
+    PolicyChange { policy: Policy },
+    /// Another cluster with the same scope writes its leader key (naming `leader`, one of this
+    /// cluster's node names), sync record and system identifier into the same etcd, for `ms`.
+    ForeignCluster { leader: usize, ms: u64 },
 }
 
 impl Fault {
@@ -74,8 +85,19 @@ impl Fault {
             | Fault::Jitter { ms, .. }
             | Fault::SlowReload { ms, .. }
             | Fault::Pause { ms } => ms,
-            Fault::ServerCrash { .. } | Fault::Switchover { .. } => 0,
+            Fault::ForeignCluster { ms, .. } => ms,
+            Fault::AgentDiesAfterSyncRecord { down_ms, .. } => down_ms,
+            Fault::ServerCrash { .. }
+            | Fault::Switchover { .. }
+            | Fault::PolicyChange { .. }
+            | Fault::BulkWrite { .. } => 0,
         }
+    }
+
+    /// A fault whose end the cluster must not wait for: liveness is owed while it lasts (a
+    /// server that cannot start is replaced).
+    pub fn routed_around(&self) -> bool {
+        matches!(self, Fault::CannotStart { .. })
     }
 }
 
@@ -121,6 +143,20 @@ impl fmt::Display for Fault {
                 Some(to) => write!(f, "switchover to {}", n(to)),
                 None => write!(f, "switchover"),
             },
+            Fault::AgentDiesAfterSyncRecord { node, down_ms } => write!(
+                f,
+                "{}'s agent dies after its promotion's sync record, back after {down_ms} ms",
+                n(node)
+            ),
+            Fault::PolicyChange { policy } => {
+                write!(f, "the policy becomes {policy}; agents restart one by one")
+            }
+            Fault::BulkWrite { size } => write!(f, "the primary writes {size} records"),
+            Fault::ForeignCluster { leader, ms } => write!(
+                f,
+                "another cluster's leader key ({}), sync record and system identifier in etcd for {ms} ms",
+                n(leader)
+            ),
         }
     }
 }
@@ -169,11 +205,12 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// When the faults are over: the last one's end (and at least its start).
+    /// When the faults are over: the last one's end (and at least its start), leaving out
+    /// those the cluster must route around.
     pub fn heal_at(&self) -> u64 {
         self.faults
             .iter()
-            .map(|(at, f)| at + f.duration())
+            .map(|(at, f)| if f.routed_around() { *at } else { at + f.duration() })
             .max()
             .unwrap_or(0)
     }
@@ -190,7 +227,7 @@ impl Schedule {
         };
         let count = rng.usize(1..=4);
         let mut faults: Vec<(u64, Fault)> = (0..count)
-            .map(|_| (rng.u64(1_000..12_000), random_fault(&mut rng, nodes)))
+            .map(|_| (rng.u64(2_000..12_000), random_fault(&mut rng, nodes)))
             .collect();
         faults.sort_by_key(|(at, _)| *at);
         Schedule {
@@ -245,7 +282,12 @@ fn random_fault(rng: &mut fastrand::Rng, nodes: usize) -> Fault {
             node,
             down_ms: around_ttl(rng),
         },
-        2 => Fault::ServerCrash { node },
+        2 => match rng.bool() {
+            true => Fault::ServerCrash { node },
+            false => Fault::BulkWrite {
+                size: rng.u64(1..2_000),
+            },
+        },
         3 | 4 => Fault::NodeLoss {
             node,
             down_ms: rng.u64(500..8_000),
@@ -297,16 +339,32 @@ fn random_fault(rng: &mut fastrand::Rng, nodes: usize) -> Fault {
                 ms: rng.u64(1_000..8_000),
                 extra_ms: rng.u64(10..400),
             },
+            // A walsender applies a reload before it handles its next reply (walsender.c):
+            // late only by as long as it is not scheduled.
             1 => Fault::SlowReload {
                 ms: rng.u64(1_000..8_000),
-                delay_ms: rng.u64(10..1_500),
+                delay_ms: rng.u64(10..500),
             },
             _ => Fault::Pause {
                 ms: rng.u64(500..6_000),
             },
         },
-        _ => Fault::Switchover {
-            to: rng.bool().then(|| rng.usize(..nodes)),
+        15 => match rng.u8(..4) {
+            0 => Fault::AgentDiesAfterSyncRecord {
+                node,
+                down_ms: around_ttl(rng),
+            },
+            1 => Fault::ForeignCluster {
+                leader: node,
+                ms: rng.u64(500..5_000),
+            },
+            2 => Fault::PolicyChange {
+                policy: POLICIES[rng.usize(..POLICIES.len())],
+            },
+            _ => Fault::Switchover {
+                to: rng.bool().then(|| rng.usize(..nodes)),
+            },
         },
+        _ => unreachable!("rng.u8(..16)"),
     }
 }

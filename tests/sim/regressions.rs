@@ -1,49 +1,313 @@
 //! Named schedules: each defect found by reading (issue 19, D1–D9) reproduced as a schedule,
-//! and every seed the random runs ever failed on. Each must pass.
+//! and every seed the random runs ever failed on. Each must pass. `PGREPL_SIM_SHOW=1` prints
+//! a case's trace.
 
 use crate::faults::{Fault, Peer, Policy, Schedule};
+use crate::world::Outcome;
 
 /// Runs a named schedule and fails with its explanation when it breaks an invariant.
-fn expect_ok(schedule: Schedule) {
+fn expect_ok(schedule: Schedule) -> Outcome {
     if std::env::var_os("PGREPL_SIM_SHOW").is_some() {
-        println!("{}", crate::run(&schedule, true).trace.join("\n"));
+        println!("{schedule}{}", crate::run(&schedule, true).trace.join("\n"));
     }
     let outcome = crate::run(&schedule, false);
-    if let Some(violation) = outcome.violation {
+    if let Some(violation) = &outcome.violation {
         panic!("{violation}\n{}", crate::explain(&schedule));
     }
+    outcome
 }
 
 const FIRST_1: Policy = Policy {
     quorum: false,
     num: 1,
 };
+const FIRST_2: Policy = Policy {
+    quorum: false,
+    num: 2,
+};
 
-#[test]
-fn sim_a_healthy_cluster_takes_writes() {
-    expect_ok(Schedule {
-        seed: 1,
-        nodes: 3,
-        policy: FIRST_1,
-        faults: vec![(3_000, Fault::Jitter { ms: 1, extra_ms: 0 })],
-    });
+fn schedule(seed: u64, nodes: usize, policy: Policy, faults: Vec<(u64, Fault)>) -> Schedule {
+    Schedule {
+        seed,
+        nodes,
+        policy,
+        faults,
+    }
 }
 
 #[test]
 fn sim_node_loss_of_the_primary_fails_over() {
-    expect_ok(Schedule {
-        seed: 2,
-        nodes: 3,
-        policy: FIRST_1,
-        faults: vec![(
+    let outcome = expect_ok(schedule(
+        2,
+        3,
+        FIRST_1,
+        vec![(
             3_000,
             Fault::NodeLoss {
                 node: 0,
                 down_ms: 5_000,
             },
         )],
-    });
+    ));
+    assert_eq!(outcome.leaders[..2], ["-", "n1"]);
+    assert_ne!(outcome.leaders.last().map(String::as_str), Some("n1"));
 }
 
-#[allow(dead_code)]
-fn unused(_: Peer) {}
+/// D4: the primary's server cannot start again (a bad setting, a full disk): its agent held
+/// the key for ever, restarting it every 0.4 s.
+#[test]
+fn sim_d4_a_primary_that_cannot_start_is_replaced() {
+    let outcome = expect_ok(schedule(
+        4,
+        3,
+        FIRST_1,
+        vec![
+            (
+                2_500,
+                Fault::CannotStart {
+                    node: 0,
+                    ms: 120_000,
+                },
+            ),
+            (3_000, Fault::ServerCrash { node: 0 }),
+        ],
+    ));
+    assert_ne!(outcome.leaders.last().map(String::as_str), Some("n1"));
+}
+
+/// D1: FIRST 2 of three standbys. n4's agent is down while n1 fails over to n2 or n3, and n4
+/// holds old-timeline WAL past the fork; back, it stays a record member until it is rewound.
+/// The new primary acknowledges, then dies: ranked by LSN alone, n4 won and the commits of the
+/// new timeline were lost.
+#[test]
+fn sim_d1_a_member_past_the_fork_is_never_elected() {
+    let slow = |node| Fault::SlowFsync {
+        node,
+        ms: 1_000,
+        fsync_ms: 4_000,
+    };
+    expect_ok(schedule(
+        1,
+        4,
+        FIRST_2,
+        vec![
+            (2_000, slow(1)),
+            (2_000, slow(2)),
+            // n4 alone receives it before the primary dies.
+            (2_200, Fault::BulkWrite { size: 1_000 }),
+            (
+                2_900,
+                Fault::AgentCrash {
+                    node: 3,
+                    down_ms: 6_000,
+                },
+            ),
+            (
+                3_000,
+                Fault::NodeLoss {
+                    node: 0,
+                    down_ms: 2_500,
+                },
+            ),
+            // n4 is back, following the new primary from the old timeline.
+            (
+                9_500,
+                Fault::NodeLoss {
+                    node: 1,
+                    down_ms: 3_000,
+                },
+            ),
+            (
+                9_500,
+                Fault::NodeLoss {
+                    node: 2,
+                    down_ms: 3_000,
+                },
+            ),
+        ],
+    ));
+}
+
+/// D2: the sync standby replays slowly; the primary's node and the sync standby's server
+/// crash together. Restarted, the standby accepts connections while it still replays its own
+/// WAL, and published its climbing replay position as final: a less advanced standby won.
+#[test]
+fn sim_d2_a_restarted_standby_counts_only_once_its_position_is_final() {
+    expect_ok(schedule(
+        3,
+        3,
+        FIRST_1,
+        vec![
+            (
+                2_000,
+                Fault::SlowReplay {
+                    node: 1,
+                    ms: 20_000,
+                    per_record_ms: 300,
+                },
+            ),
+            (
+                2_000,
+                Fault::SlowFsync {
+                    node: 2,
+                    ms: 8_000,
+                    fsync_ms: 1_500,
+                },
+            ),
+            (
+                6_000,
+                Fault::NodeLoss {
+                    node: 0,
+                    down_ms: 10_000,
+                },
+            ),
+            (6_000, Fault::ServerCrash { node: 1 }),
+        ],
+    ));
+}
+
+/// D3: the elected standby's agent dies between writing the sync record (naming itself
+/// leader) and promoting. The record's leader was left out of every later election, the old
+/// primary waited for ever and the third node alone was too few: no leader, permanently.
+#[test]
+fn sim_d3_an_agent_dying_before_it_promotes_leaves_an_electable_cluster() {
+    let outcome = expect_ok(schedule(
+        5,
+        3,
+        FIRST_1,
+        vec![
+            (
+                2_000,
+                Fault::AgentDiesAfterSyncRecord {
+                    node: 1,
+                    down_ms: 1_000,
+                },
+            ),
+            (
+                2_000,
+                Fault::AgentDiesAfterSyncRecord {
+                    node: 2,
+                    down_ms: 1_000,
+                },
+            ),
+            (
+                3_000,
+                Fault::NodeLoss {
+                    node: 0,
+                    down_ms: 4_000,
+                },
+            ),
+        ],
+    ));
+    assert!(outcome.leaders.len() >= 2, "{:?}", outcome.leaders);
+}
+
+/// D5: a policy change: the record grows, synchronous_standby_names follows, then the record
+/// shrinks; a walsender that has not applied the reload yet may release a commit by its old
+/// configuration after the shrink.
+#[test]
+fn sim_d5_the_record_shrinks_only_after_every_walsender_applied_the_names() {
+    expect_ok(schedule(
+        6,
+        4,
+        FIRST_1,
+        vec![
+            (
+                2_000,
+                Fault::SlowReload {
+                    ms: 10_000,
+                    delay_ms: 450,
+                },
+            ),
+            (3_000, Fault::PolicyChange { policy: FIRST_2 }),
+        ],
+    ));
+}
+
+/// D6: the pause key written while the primary's server is hung: the agent read it but still
+/// killed the server as hung.
+#[test]
+fn sim_d6_a_paused_agent_kills_no_silent_server() {
+    expect_ok(schedule(
+        7,
+        3,
+        FIRST_1,
+        vec![
+            (3_000, Fault::ServerHang { node: 0, ms: 15_000 }),
+            (4_000, Fault::Pause { ms: 14_000 }),
+        ],
+    ));
+}
+
+/// D7: the new leader is cut from etcd as it promotes: the fence flag was only set by the next
+/// probe, after the promotion's last step, so the watchdog let the deadline pass.
+#[test]
+fn sim_d7_a_promoted_server_is_fenced_at_its_deadline() {
+    expect_ok(schedule(
+        8,
+        3,
+        FIRST_1,
+        vec![
+            // n2's promotion waits seconds for its replay.
+            (
+                2_000,
+                Fault::SlowReplay {
+                    node: 1,
+                    ms: 30_000,
+                    per_record_ms: 600,
+                },
+            ),
+            (
+                3_000,
+                Fault::NodeLoss {
+                    node: 0,
+                    down_ms: 6_000,
+                },
+            ),
+            (
+                5_100,
+                Fault::Partition {
+                    a: Peer::Node(1),
+                    b: Peer::Etcd,
+                    ms: 6_000,
+                },
+            ),
+        ],
+    ));
+}
+
+/// D8: another cluster's keys in the same etcd scope (a shared scope and node names, or a
+/// restored snapshot): the agents fenced the real primary and followed a foreign record.
+#[test]
+fn sim_d8_no_agent_acts_on_another_clusters_keys() {
+    expect_ok(schedule(
+        9,
+        3,
+        FIRST_1,
+        vec![(3_000, Fault::ForeignCluster { leader: 1, ms: 4_000 })],
+    ));
+}
+
+/// D9: the primary's agent restarts while its server is healthy: it waited for its own old key
+/// to expire, the standbys detached meanwhile and writes stopped (or the key changed hands).
+#[test]
+fn sim_d9_a_restarted_agent_keeps_its_healthy_primary_leading() {
+    let outcome = expect_ok(schedule(
+        10,
+        3,
+        FIRST_1,
+        vec![(
+            3_000,
+            Fault::AgentCrash {
+                node: 0,
+                down_ms: 200,
+            },
+        )],
+    ));
+    assert_eq!(outcome.leaders, ["-", "n1"], "the key changed hands or lapsed");
+    assert!(
+        outcome.max_gap_ms < 1_000,
+        "writes stopped for {} ms",
+        outcome.max_gap_ms
+    );
+}

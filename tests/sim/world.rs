@@ -52,7 +52,8 @@ enum Req {
 enum Reply {
     Probed(Probed),
     Published(bool),
-    View(Option<View>),
+    /// And when etcd took it.
+    View(Option<View>, u64),
     Renewal(Renewal),
     Granted(Option<LeaseId>),
     Done(bool),
@@ -141,6 +142,10 @@ enum Ev {
     },
     FaultStart(usize),
     FaultEnd(usize),
+    /// A rolling restart of the agents, with the cluster file's new policy.
+    Restart {
+        node: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +202,11 @@ struct AgentProc {
     lease_effects: Vec<Effect>,
     renew_sent: u64,
     grant_sent: u64,
+    /// When etcd took the view the last decision read.
+    view_at: Option<u64>,
+    /// `Fault::AgentDiesAfterSyncRecord`: dies after the next promotion's sync record, and
+    /// comes back after this long.
+    die_after_sync: Option<u64>,
 }
 
 struct ClientProc {
@@ -222,6 +232,10 @@ pub struct Outcome {
     /// From the end of the faults to the first acknowledged write.
     pub recovery_ms: Option<u64>,
     pub events: u64,
+    /// The nodes that held the leader key, in order (one entry per change; `-`: none).
+    pub leaders: Vec<String>,
+    /// The longest time between two acknowledged writes.
+    pub max_gap_ms: u64,
 }
 
 pub struct World {
@@ -257,6 +271,15 @@ pub struct World {
     violation: Option<String>,
     trace: Option<Vec<String>>,
     events: u64,
+    /// Since when the pause key exists; since when another cluster's keys are in etcd.
+    pause_since: Option<u64>,
+    foreign_since: Option<u64>,
+    /// Our sync record while another cluster's replaced it.
+    ours: Option<pgrepl::ha::records::SyncRecord>,
+    leaders: Vec<String>,
+    max_gap_ms: u64,
+    /// How long past the faults the run goes on at least.
+    settle: u64,
 }
 
 impl World {
@@ -331,6 +354,8 @@ impl World {
                     lease_effects: Vec::new(),
                     renew_sent: 0,
                     grant_sent: 0,
+                    view_at: None,
+                    die_after_sync: None,
                 })
                 .collect(),
             clients: (0..2)
@@ -353,6 +378,12 @@ impl World {
             violation: None,
             trace: trace.then(Vec::new),
             events: 0,
+            pause_since: None,
+            foreign_since: None,
+            ours: None,
+            leaders: Vec::new(),
+            max_gap_ms: 0,
+            settle: 2 * timing.ttl().as_millis() as u64,
         };
         for node in 0..n {
             let at = world.rng.u64(0..200);
@@ -426,10 +457,10 @@ impl World {
             if self.violation.is_some() {
                 break;
             }
-            // Done: a write after the faults stopped, and a moment for it to settle.
-            if self
-                .first_ack_after_heal
-                .is_some_and(|at| self.now > at + 500)
+            // Done: a write after the faults stopped, and long enough for what they left
+            // behind (a stale key, a lease) to expire.
+            if self.first_ack_after_heal.is_some_and(|at| self.now > at + 500)
+                && self.now > self.heal_at + self.settle
             {
                 break;
             }
@@ -447,6 +478,8 @@ impl World {
             acked: self.acks.len(),
             recovery_ms: self.first_ack_after_heal.map(|at| at - self.heal_at),
             events: self.events,
+            leaders: self.leaders,
+            max_gap_ms: self.max_gap_ms,
         }
     }
 
@@ -534,6 +567,10 @@ impl World {
             }
             Ev::FaultStart(i) => self.fault_start(i),
             Ev::FaultEnd(i) => self.fault_end(i),
+            Ev::Restart { node } => {
+                let back = self.now + 50;
+                self.agent_dies(node, back);
+            }
         }
     }
 }
@@ -617,6 +654,9 @@ impl World {
 
     /// Sends `req` from `node`'s agent on `lane`; `hops` extra round trips it takes.
     fn request(&mut self, node: usize, lane: Lane, req: Req, hops: u64) {
+        if let Req::Effect(effect, _) = &req {
+            self.check_effect(node, lane, effect);
+        }
         self.op_seq += 1;
         let op = self.op_seq;
         let agent = &mut self.agents[node];
@@ -687,10 +727,11 @@ impl World {
             }
             Req::View(lease) => {
                 if !etcd_ok {
-                    return self.respond(node, inc, lane, op, Reply::View(None), timeout);
+                    return self.respond(node, inc, lane, op, Reply::View(None, 0), timeout);
                 }
                 let view = self.etcd.view(lease);
-                answer(self, Reply::View(Some(view)), Reply::View(None));
+                let taken = self.now;
+                answer(self, Reply::View(Some(view), taken), Reply::View(None, 0));
             }
             Req::Renew(lease) => {
                 if !etcd_ok {
@@ -806,11 +847,23 @@ impl World {
                     self.decide(node, probed, None);
                 }
             }
-            (Phase::Viewing(probed), Reply::View(view)) => self.decide(node, probed, view),
+            (Phase::Viewing(probed), Reply::View(view, taken)) => {
+                if view.is_some() {
+                    self.agents[node].view_at = Some(taken);
+                }
+                self.decide(node, probed, view)
+            }
             (Phase::Acting { step, next }, Reply::Done(ok)) => {
                 let now = Time::from_millis(self.now);
                 let effect = &step.effects[next];
                 self.core(node).done(now, effect, ok);
+                let promoting = matches!(step.decision.action, Action::Promote { .. });
+                if ok && promoting && matches!(effect, Effect::WriteSync(_)) {
+                    if let Some(down_ms) = self.agents[node].die_after_sync.take() {
+                        self.log(|| format!("n{}: dies after the sync record", node + 1));
+                        return self.agent_dies(node, self.now + down_ms);
+                    }
+                }
                 if !ok {
                     let what = format!("{effect:?}");
                     self.log(|| format!("n{}:   {what} failed", node + 1));
@@ -1041,6 +1094,7 @@ impl World {
                     return done(self, false, back);
                 }
                 let replay = self.replay_left(node);
+                self.log(|| format!("n{}:   promoting after {replay} ms of replay", node + 1));
                 let at = self.now + replay + self.rng.u64(80..250);
                 let run = self.runs[node];
                 self.at(
@@ -1257,6 +1311,8 @@ impl World {
         s.standby_signal = true;
         s.conninfo = Some(leader);
         s.shutdown_checkpoint = None;
+        // Its settings files are the leader's now: one that kept it from starting is gone.
+        self.cannot_start[node] = 0;
         let how = if rewind { "rewound" } else { "follows" };
         self.log(|| format!("n{}:   rejoined n{} ({how})", node + 1, leader + 1));
         self.start(node);
@@ -1570,6 +1626,14 @@ impl World {
         self.clients[client].inflight = None;
         self.commits[commit].acked_at = Some(self.now);
         self.check_acknowledged(commit);
+        if let Some(&last) = self.acks.last() {
+            let (at, node) = (self.commits[last].acked_at.unwrap_or(0), self.commits[last].node);
+            self.max_gap_ms = self.max_gap_ms.max(self.now - at);
+            if node != self.commits[commit].node {
+                let new = self.commits[commit].node;
+                self.log(|| format!("clients: n{} acknowledges writes now", new + 1));
+            }
+        }
         self.acks.push(commit);
         if self.now >= self.heal_at && self.first_ack_after_heal.is_none() {
             self.first_ack_after_heal = Some(self.now);
@@ -1636,10 +1700,47 @@ impl World {
                     by: "sim".into(),
                     at_unix_ms: self.now,
                 }));
+                self.pause_since = Some(self.now);
                 self.wake_all(None);
                 self.at(end, Ev::FaultEnd(i));
             }
             Fault::Switchover { to } => self.switchover(to),
+            Fault::BulkWrite { size } => {
+                if let Some(node) = (0..self.servers.len()).find(|&i| self.servers[i].writable()) {
+                    self.servers[node].flushed += size;
+                    self.send_wal(node);
+                }
+            }
+            Fault::AgentDiesAfterSyncRecord { node, down_ms } => {
+                self.agents[node].die_after_sync = Some(down_ms);
+            }
+            Fault::PolicyChange { policy } => {
+                self.spec.sync.method = if policy.quorum { "ANY" } else { "FIRST" }.into();
+                self.spec.sync.num_sync = policy.num;
+                for node in 0..self.agents.len() {
+                    self.after(300 * node as u64, Ev::Restart { node });
+                }
+            }
+            Fault::ForeignCluster { leader, .. } => {
+                let name = self.names[leader].clone();
+                let others = self.names.iter().filter(|n| **n != name).cloned().collect();
+                let lease = self.etcd.grant(self.now, 3_600_000);
+                self.ours = self.etcd.sync.take();
+                self.etcd.foreign(
+                    name.clone(),
+                    lease,
+                    pgrepl::ha::records::SyncRecord {
+                        leader: name,
+                        method: "FIRST".into(),
+                        num: 1,
+                        members: others,
+                    },
+                    self.servers[0].system_id + 1,
+                );
+                self.foreign_since = Some(self.now);
+                self.wake_all(None);
+                self.at(end, Ev::FaultEnd(i));
+            }
         }
     }
 
@@ -1684,6 +1785,13 @@ impl World {
             }
             Fault::Pause { .. } => {
                 self.etcd.set_pause(None);
+                self.pause_since = None;
+                self.wake_all(None);
+            }
+            Fault::ForeignCluster { .. } => {
+                let ours = self.ours.take();
+                self.etcd.unforeign(ours);
+                self.foreign_since = None;
                 self.wake_all(None);
             }
             _ => {}
@@ -1727,6 +1835,37 @@ impl World {
 
 /// The invariants, after every event.
 impl World {
+    /// A paused agent touches no server; no agent acts on another cluster's keys.
+    fn check_effect(&mut self, node: usize, lane: Lane, effect: &Effect) {
+        let touches = matches!(
+            effect,
+            Effect::Kill
+                | Effect::Start
+                | Effect::Rejoin { .. }
+                | Effect::PointAt { .. }
+                | Effect::Repoint { .. }
+                | Effect::SetStandbyNames(_)
+                | Effect::Promote
+                | Effect::StopFast
+        );
+        let Some(view_at) = self.agents[node].view_at.filter(|_| touches) else {
+            return;
+        };
+        if self.pause_since.is_some_and(|since| since <= view_at) {
+            self.violation = Some(format!(
+                "n{}'s agent read the pause key, yet carries out {effect:?}",
+                node + 1
+            ));
+        }
+        // Its own lease's fence is its own business; the loop acts on what etcd says.
+        if lane == Lane::Loop && self.foreign_since.is_some_and(|since| since <= view_at) {
+            self.violation = Some(format!(
+                "n{}'s agent carries out {effect:?} on another cluster's keys",
+                node + 1
+            ));
+        }
+    }
+
     /// No acknowledged commit is missing from the history of the server that acknowledges the
     /// next one.
     fn check_acknowledged(&mut self, commit: usize) {
@@ -1754,6 +1893,26 @@ impl World {
     }
 
     fn check(&mut self) {
+        let holder = self.etcd.leader.as_ref().map_or("-", |(n, _)| n.as_str());
+        if self.leaders.last().map(String::as_str) != Some(holder) {
+            self.leaders.push(holder.to_owned());
+        }
+        // A primary whose agent runs, unpaused, is fenced at its deadline.
+        for node in 0..self.agents.len() {
+            let agent = &self.agents[node];
+            let Some(core) = agent.core.as_ref().filter(|_| !agent.frozen) else {
+                continue;
+            };
+            let late = self.now > core.fence_deadline().as_millis() + 200;
+            if late && !core.paused() && self.servers[node].primary() {
+                self.violation = Some(format!(
+                    "n{}'s server runs as a primary {} ms past its agent's fence deadline",
+                    node + 1,
+                    self.now - core.fence_deadline().as_millis()
+                ));
+                return;
+            }
+        }
         let able: Vec<usize> = (0..self.servers.len())
             .filter(|&i| self.servers[i].can_acknowledge())
             .collect();
