@@ -162,10 +162,12 @@ pub fn plan_failover(
         .iter()
         .filter(|p| p.name != primary && p.reachable && p.in_recovery == Some(true))
         .collect();
+    // Timeline first: a standby left on an older timeline holds none of the newer one's WAL,
+    // however far its own runs (it is past the fork).
     let best = candidates
         .iter()
         .copied()
-        .max_by_key(|p| p.position())
+        .max_by_key(|p| (p.timeline, p.position()))
         .ok_or(PlanError::NoStandby)?;
     let target = match &options.to {
         Some(name) => {
@@ -181,8 +183,10 @@ pub fn plan_failover(
         None => best,
     };
     let at = target.position().unwrap_or_default();
+    // Only WAL on the target's timeline is WAL it could catch up on.
     let mut ahead: Vec<Ahead> = candidates
         .iter()
+        .filter(|p| p.timeline == target.timeline)
         .map(|p| {
             let position = p.position().unwrap_or_default();
             Ahead {

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use crate::cluster::spec::ClusterSpec;
+use crate::ids::SystemId;
 use crate::Lsn;
 
 use super::decide::{behind_leader, decide, Clocks, Situation};
@@ -29,8 +30,15 @@ pub enum Effect {
     Rejoin { leader: String },
     /// Point this standby's primary_conninfo at `leader`, or empty it (`None`), and reload.
     PointAt { leader: Option<String> },
-    /// Create the leader key under this agent's lease if nobody holds it.
-    TakeLeadership,
+    /// Create the leader key under this agent's lease if nobody holds it and the keys belong
+    /// to the cluster `system_id` (which it records when none is).
+    TakeLeadership { system_id: SystemId },
+    /// Move the leader key from an earlier run's lease to this one's.
+    Reclaim { from: LeaseId },
+    /// Delete the leader key (guarded by holding it).
+    Release,
+    /// Record the cluster's system identifier (guarded by holding the key).
+    RecordSystemId(SystemId),
     /// Write the sync record, guarded by holding the leader key; failing when not written.
     WriteSync(SyncRecord),
     /// Point another node's standby at this node (best effort: one this agent cannot reach
@@ -41,7 +49,10 @@ pub enum Effect {
     /// pg_promote, waiting for it to finish.
     Promote,
     /// Record the promotion: this state directory's topology and a history key.
-    RecordPromotion { from: Option<String>, reason: String },
+    RecordPromotion {
+        from: Option<String>,
+        reason: String,
+    },
     /// Fast shutdown (a switchover: the standbys get every commit).
     StopFast,
     /// Put the leader key under `to`'s member lease.
@@ -91,6 +102,12 @@ pub struct LeaseStep {
 /// get back.
 const RENEW_RETRY: Duration = Duration::from_millis(50);
 
+/// A server that failed to start is tried again after 1, 2, 4, 8, then every 10 s: its log (and
+/// the agent's, which quotes its reason) stays readable, and a standby takes over at the start
+/// timeout anyway.
+const START_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const START_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 pub struct Core {
     me: String,
     spec: ClusterSpec,
@@ -109,6 +126,12 @@ pub struct Core {
     silent_since: Option<Time>,
     /// Since when this standby has been behind the leader's timeline, and at which position.
     stuck: Option<(Time, Option<Lsn>)>,
+    /// Since when this leader's server has not run as a primary.
+    down_since: Option<Time>,
+    /// Starts that failed since the server last ran: how many, the last one when.
+    start_failures: Option<(u32, Time)>,
+    /// The synchronous_standby_names the server has, and since when.
+    names: Option<(String, Time)>,
     /// The member record etcd holds, and under which lease.
     published: Option<(MemberRecord, LeaseId)>,
     last: Option<Decision>,
@@ -128,6 +151,9 @@ impl Core {
             paused: false,
             silent_since: None,
             stuck: None,
+            down_since: None,
+            start_failures: None,
+            names: None,
             published: None,
             last: None,
         }
@@ -179,35 +205,61 @@ impl Core {
     /// One round of the loop: the probe of the server and etcd's view (`None`: etcd did not
     /// answer), both as of `now`; the decision and the effects that carry it out.
     pub fn decide(&mut self, now: Time, probe: &Probed, view: Option<&View>) -> Step {
-        let local = match probe {
-            Probed::Known(local) => {
-                self.silent_since = None;
-                local
-            }
-            Probed::Refused => {
-                self.silent_since = None;
-                return self.step(Decision::wait("the server runs but refuses the probe"), None);
-            }
-            Probed::Silent => {
-                let since = *self.silent_since.get_or_insert(now);
-                let situation = self.situation(now, probe, None, now.since(since), Duration::ZERO);
-                let decision = decide(&situation);
-                if decision.action == Action::KillHung {
-                    self.silent_since = None;
-                }
-                return self.step(decision, None);
-            }
-        };
-        self.armed = local.server.running && !local.server.in_recovery;
         // When etcd is silent, the last word it said holds.
         if let Some(view) = view {
             self.paused = view.pause.is_some();
         }
-        let behind = view.is_some_and(|v| behind_leader(local, v));
-        let stuck_for = self.stuck_for(now, behind, local.server.position);
-        let situation = self.situation(now, probe, view, Duration::ZERO, stuck_for);
+        let mut stuck_for = Duration::ZERO;
+        let mut silent_for = Duration::ZERO;
+        // What a fence kills: a server that may take writes, answering or not.
+        self.armed = probe.may_write();
+        match probe {
+            Probed::Known(local) => {
+                self.silent_since = None;
+                let server = &local.server;
+                if server.running {
+                    self.start_failures = None;
+                }
+                if self
+                    .names
+                    .as_ref()
+                    .is_none_or(|(n, _)| *n != local.standby_names)
+                {
+                    self.names = Some((local.standby_names.clone(), now));
+                }
+                let behind = view.is_some_and(|v| behind_leader(local, v));
+                stuck_for = self.stuck_for(now, behind, server.position);
+            }
+            Probed::Refused { .. } => self.silent_since = None,
+            Probed::Silent { .. } => silent_for = now.since(*self.silent_since.get_or_insert(now)),
+        }
+        self.track_down(now, probe, view);
+        let situation = self.situation(now, probe, view, silent_for, stuck_for);
         let decision = decide(&situation);
-        self.step(decision, view)
+        match decision.action {
+            Action::KillHung => self.silent_since = None,
+            // The server may take writes from the moment it is asked to: a fence must kill it
+            // from then on, not from the next probe.
+            Action::RestartInPlace | Action::Promote { .. } => self.armed = true,
+            _ => {}
+        }
+        let local = probe.local();
+        self.step(decision, view, local.and_then(|l| l.system_id))
+    }
+
+    /// How long this leader's server has not run as a primary: counted while this agent holds
+    /// the key (as etcd last said), from the first probe that did not find one.
+    fn track_down(&mut self, now: Time, probe: &Probed, view: Option<&View>) {
+        let Some(view) = view else { return };
+        let leads = view.leader.as_ref().is_some_and(|l| l.mine);
+        let serving = probe
+            .local()
+            .is_some_and(|l| l.server.running && !l.server.in_recovery);
+        if leads && !serving {
+            self.down_since.get_or_insert(now);
+        } else {
+            self.down_since = None;
+        }
     }
 
     fn situation<'a>(
@@ -218,27 +270,45 @@ impl Core {
         silent_for: Duration,
         stuck_for: Duration,
     ) -> Situation<'a> {
+        let start_retry_in = self.start_failures.and_then(|(failed, at)| {
+            let wait = START_BACKOFF_FIRST * 2u32.saturating_pow(failed - 1);
+            let due = at + wait.min(START_BACKOFF_MAX);
+            (due > now).then(|| due.since(now))
+        });
         Situation {
             me: &self.me,
             probe,
             view,
             spec: &self.spec,
+            timing: &self.timing,
             paused: self.paused,
             clocks: Clocks {
                 fence_due: now >= self.fence_deadline(),
                 silent_for,
                 stuck_for,
+                down_for: self.down_since.map_or(Duration::ZERO, |t| now.since(t)),
+                start_failed: self.start_failures.is_some(),
+                start_retry_in,
+                names_for: self
+                    .names
+                    .as_ref()
+                    .map_or(Duration::ZERO, |(_, t)| now.since(*t)),
             },
         }
     }
 
-    fn step(&mut self, decision: Decision, view: Option<&View>) -> Step {
+    fn step(
+        &mut self,
+        decision: Decision,
+        view: Option<&View>,
+        system_id: Option<SystemId>,
+    ) -> Step {
         let changed = self.last.as_ref() != Some(&decision);
         if changed {
             self.last = Some(decision.clone());
         }
         Step {
-            effects: effects(&decision, view),
+            effects: effects(&decision, view, system_id),
             decision,
             changed,
         }
@@ -261,9 +331,14 @@ impl Core {
     }
 
     /// An effect finished at `now`; `ok` says whether it did what it was asked.
-    pub fn done(&mut self, _now: Time, effect: &Effect, ok: bool) {
-        if ok && matches!(effect, Effect::Kill | Effect::StopFast) {
-            self.armed = false;
+    pub fn done(&mut self, now: Time, effect: &Effect, ok: bool) {
+        match effect {
+            Effect::Kill | Effect::StopFast if ok => self.armed = false,
+            Effect::Start if !ok => {
+                let failed = self.start_failures.map_or(0, |(n, _)| n);
+                self.start_failures = Some((failed + 1, now));
+            }
+            _ => {}
         }
     }
 
@@ -348,8 +423,9 @@ impl Core {
 }
 
 /// The effects that carry a decision out, in order. A promotion's order is the zero-loss
-/// argument's (proto-notes/08-ha.md, "Takeover order"). `view` is what the decision read.
-fn effects(decision: &Decision, view: Option<&View>) -> Vec<Effect> {
+/// argument's (proto-notes/08-ha.md, "Takeover order"). `view` is what the decision read,
+/// `system_id` the server's.
+fn effects(decision: &Decision, view: Option<&View>, system_id: Option<SystemId>) -> Vec<Effect> {
     match &decision.action {
         Action::Wait => Vec::new(),
         Action::Fence | Action::KillHung => vec![Effect::Kill],
@@ -361,7 +437,14 @@ fn effects(decision: &Decision, view: Option<&View>) -> Vec<Effect> {
             leader: Some(leader.clone()),
         }],
         Action::Detach => vec![Effect::PointAt { leader: None }],
-        Action::TakeLeadership => vec![Effect::TakeLeadership],
+        // Only a node with data leads.
+        Action::TakeLeadership => system_id
+            .map(|system_id| Effect::TakeLeadership { system_id })
+            .into_iter()
+            .collect(),
+        Action::Reclaim { from } => vec![Effect::Reclaim { from: *from }],
+        Action::Release => vec![Effect::Release],
+        Action::RecordSystemId => system_id.map(Effect::RecordSystemId).into_iter().collect(),
         Action::Promote {
             sync,
             standby_names,

@@ -1,5 +1,6 @@
 //! The agent's decision, as a pure function: what this node's server is doing and what etcd
-//! says, in; one action with its reason, out. No I/O here, so every scenario is a table test.
+//! says, in; one action with its reason, out. No I/O here, so every scenario is a table test,
+//! and the simulator (tests/sim) runs it under every interleaving it can generate.
 //!
 //! The safety argument these rules implement is in proto-notes/08-ha.md.
 
@@ -8,9 +9,10 @@ use std::time::Duration;
 use crate::cluster::spec::ClusterSpec;
 
 use super::election;
-use super::model::{Action, Decision, Local, Probed, View};
+use super::model::{Action, Decision, Leader, Local, Probed, View};
 use super::records::SyncRecord;
 use super::requests;
+use super::Timing;
 
 /// Everything one decision looks at.
 #[derive(Debug, Clone)]
@@ -21,6 +23,7 @@ pub struct Situation<'a> {
     pub view: Option<&'a View>,
     /// The cluster file's topology and sync policy.
     pub spec: &'a ClusterSpec,
+    pub timing: &'a Timing,
     /// The pause key exists (or existed when etcd last answered): only bookkeeping in etcd,
     /// nothing on a server.
     pub paused: bool,
@@ -37,16 +40,24 @@ pub struct Clocks {
     pub silent_for: Duration,
     /// How long [`behind_leader`] has held with this standby's position unchanged.
     pub stuck_for: Duration,
+    /// How long this leader's server has not been a running primary.
+    pub down_for: Duration,
+    /// A start of the server failed since it last ran, and when the next may be tried.
+    pub start_failed: bool,
+    pub start_retry_in: Option<Duration>,
+    /// How long the server has had the synchronous_standby_names it has now.
+    pub names_for: Duration,
 }
 
 /// The next step for this node.
 pub fn decide(s: &Situation<'_>) -> Decision {
-    let Some(local) = s.probe.local() else {
-        return decide_silent(s.clocks.silent_for, s.paused);
+    let decision = match s.probe {
+        Probed::Known(local) => decide_known(s, local),
+        Probed::Refused { .. } => refused(s),
+        Probed::Silent { .. } => silent(s.clocks.silent_for),
     };
-    let decision = decide_unpaused(s, local);
     if s.paused {
-        requests::while_paused(local, decision)
+        requests::while_paused(s.probe.local(), decision)
     } else {
         decision
     }
@@ -58,6 +69,14 @@ pub fn decide(s: &Situation<'_>) -> Decision {
 /// one), and PostgreSQL refuses the new timeline on every retry. One catching up on the old
 /// timeline moves, which restarts the clock.
 pub const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// How long new synchronous_standby_names must have been in force before the sync record drops
+/// what they no longer name. A reload reaches each walsender at its own time, and one that has
+/// not applied it still releases commits by the old names. A walsender applies a pending reload
+/// at the top of every loop iteration, before it reads standby replies (walsender.c,
+/// `WalSndLoop`: `ConfigReloadPending` is handled before `ProcessRepliesIfAny`), so this is how
+/// long a walsender may go without running at all.
+pub const RELOAD_GRACE: Duration = Duration::from_secs(1);
 
 /// This running standby points at the leader, which runs as a primary on a newer timeline than
 /// this standby's.
@@ -94,28 +113,51 @@ pub const HUNG_AFTER: Duration = Duration::from_secs(10);
 
 /// The next step for a server that runs but has not answered the probe for `silent_for`: no
 /// decision rests on a guess of its state, until it has been silent for [`HUNG_AFTER`].
-pub fn decide_silent(silent_for: Duration, paused: bool) -> Decision {
-    let secs = silent_for.as_secs();
+pub fn silent(silent_for: Duration) -> Decision {
     if silent_for < HUNG_AFTER {
-        Decision::new(Action::Wait, "the server runs but does not answer SQL")
-    } else if paused {
-        Decision::new(
-            Action::Wait,
-            // No count of seconds: the reason would change, and be logged, on every tick.
-            format!(
-                "paused (otherwise KillHung: the server has not answered SQL for {} s or more)",
-                HUNG_AFTER.as_secs()
-            ),
-        )
+        Decision::wait("the server runs but does not answer SQL")
     } else {
+        // No count of seconds: a paused agent logs this reason whenever it changes.
         Decision::new(
             Action::KillHung,
-            format!("the server has not answered SQL for {secs} s: killing it so it starts again"),
+            format!(
+                "the server has not answered SQL for {} s or more: killing it so it starts again",
+                HUNG_AFTER.as_secs()
+            ),
         )
     }
 }
 
-fn decide_unpaused(s: &Situation<'_>, local: &Local) -> Decision {
+/// A server that runs but refuses the probe (starting up: crash recovery, or out of
+/// connections): alive. A leader whose server stays so past the start timeout lets go.
+fn refused(s: &Situation<'_>) -> Decision {
+    let leads = s
+        .view
+        .is_some_and(|v| v.leader.as_ref().is_some_and(|l| l.mine));
+    match s.view.filter(|_| leads).and_then(|view| give_up(s, view)) {
+        Some(release) => release,
+        None => Decision::wait("the server runs but refuses the probe"),
+    }
+}
+
+/// The leader's server has not run as a primary for the start timeout and a standby can be
+/// elected: the key goes, so that one is (Patroni's `primary_start_timeout`).
+fn give_up(s: &Situation<'_>, view: &View) -> Option<Decision> {
+    if s.clocks.down_for < s.timing.start_timeout() {
+        return None;
+    }
+    let record = view.sync.as_ref()?;
+    election::electable(record, &view.members).ok()?;
+    Some(Decision::new(
+        Action::Release,
+        format!(
+            "this node leads but its server has not run for {} s (the start timeout) and a standby can take over",
+            s.timing.start_timeout_s
+        ),
+    ))
+}
+
+fn decide_known(s: &Situation<'_>, local: &Local) -> Decision {
     let primary_running = local.server.running && !local.server.in_recovery;
     let Some(view) = s.view else {
         if primary_running && s.clocks.fence_due {
@@ -124,11 +166,18 @@ fn decide_unpaused(s: &Situation<'_>, local: &Local) -> Decision {
                 "etcd does not answer and the leader lease may expire before it renews: stop taking writes",
             );
         }
-        return Decision::new(Action::Wait, "etcd does not answer");
+        return Decision::wait("etcd does not answer");
     };
+    if let (Some(theirs), Some(mine)) = (view.system_id, local.system_id) {
+        if theirs != mine {
+            return Decision::wait(format!(
+                "the keys in etcd belong to the cluster with system identifier {theirs} and this node's data to {mine}: another cluster shares this scope (give [ha] scope a name of its own), or etcd holds another cluster's data; nothing is done"
+            ));
+        }
+    }
     match &view.leader {
         Some(leader) if leader.mine => lead(s, local, view),
-        Some(leader) => follow(s, local, view, &leader.node),
+        Some(leader) => follow(s, local, view, leader),
         None => leaderless(s, local, view),
     }
 }
@@ -143,6 +192,15 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
         return step;
     }
     if !local.server.running {
+        if let Some(release) = give_up(s, view) {
+            return release;
+        }
+        if let Some(retry) = s.clocks.start_retry_in {
+            return Decision::wait(format!(
+                "this node leads; its server did not start: next attempt in {} s",
+                retry.as_secs().max(1)
+            ));
+        }
         return Decision::new(
             Action::RestartInPlace,
             "this node leads and its server is down: restarting in place is faster than a failover",
@@ -159,13 +217,25 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             .cloned()
             .collect();
         let standby_names = desired.standby_names();
+        // Until this node's standbys hold what its predecessors acknowledged, their records
+        // stay in force.
+        let sync = match &view.sync {
+            Some(record) => desired.after(&election::rules_in_force(record, &view.members)),
+            None => desired,
+        };
         return Decision::new(
             Action::Promote {
-                sync: desired,
+                sync,
                 standby_names,
                 repoint,
             },
             requests::promotion_reason(s.me, view),
+        );
+    }
+    if view.system_id.is_none() && local.system_id.is_some() {
+        return Decision::new(
+            Action::RecordSystemId,
+            "etcd does not say which cluster its keys belong to yet",
         );
     }
     let desired_names = desired.standby_names();
@@ -177,6 +247,7 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
                     "the sync record already allows the policy's standbys",
                 )
             } else if *record != desired
+                && s.clocks.names_for >= RELOAD_GRACE
                 && desired
                     .members
                     .iter()
@@ -189,7 +260,7 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
                     "synchronous_standby_names no longer names the others and the policy's standbys caught up",
                 )
             } else {
-                Decision::new(Action::Wait, "leading")
+                Decision::wait("leading")
             }
         }
         // Written before synchronous_standby_names may name anyone new.
@@ -205,60 +276,59 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
 }
 
 /// Another node holds the leader key.
-fn follow(s: &Situation<'_>, local: &Local, view: &View, leader: &str) -> Decision {
-    if leader == s.me {
-        // A key from this agent's earlier run: it expires with that run's lease.
+fn follow(s: &Situation<'_>, local: &Local, view: &View, leader: &Leader) -> Decision {
+    let name = leader.node.as_str();
+    if name == s.me {
+        // An earlier run of this agent led: this one carries on rather than letting the key
+        // lapse, which would make the standbys detach and elect.
         return Decision::new(
-            Action::Wait,
-            "the leader key is from an earlier run of this agent",
+            Action::Reclaim { from: leader.lease },
+            "the leader key is from an earlier run of this agent: taking it over",
         );
     }
     if local.server.running && !local.server.in_recovery {
         return Decision::new(
             Action::Fence,
-            format!("`{leader}` leads: this primary must not take another write"),
+            format!("`{name}` leads: this primary must not take another write"),
         );
     }
     if !local.server.running {
         return if local.standby_signal {
-            Decision::new(
-                Action::Start,
-                format!("a stopped standby, `{leader}` leads"),
-            )
-        } else if !runs_as_primary(view, leader) {
+            Decision::new(Action::Start, format!("a stopped standby, `{name}` leads"))
+        } else if !runs_as_primary(view, name) {
             // Its WAL is what a rejoin compares this node's against.
             Decision::wait(format!(
-                "former primary data; `{leader}` leads but its server is no primary yet"
+                "former primary data; `{name}` leads but its server is no primary yet"
             ))
         } else {
             Decision::new(
                 Action::Rejoin {
-                    leader: leader.to_owned(),
+                    leader: name.to_owned(),
                 },
-                format!("former primary data while `{leader}` leads"),
+                format!("former primary data while `{name}` leads"),
             )
         };
     }
-    if local.server.follows.as_deref() != Some(leader) {
+    if local.server.follows.as_deref() != Some(name) {
         return Decision::new(
             Action::Follow {
-                leader: leader.to_owned(),
+                leader: name.to_owned(),
             },
-            format!("`{leader}` leads"),
+            format!("`{name}` leads"),
         );
     }
     if s.clocks.stuck_for >= STUCK_AFTER {
         return Decision::new(
             Action::Rejoin {
-                leader: leader.to_owned(),
+                leader: name.to_owned(),
             },
             format!(
-                "following `{leader}` from an older timeline without moving for {} s: its WAL runs past `{leader}`'s fork",
+                "following `{name}` from an older timeline without moving for {} s: its WAL runs past `{name}`'s fork",
                 s.clocks.stuck_for.as_secs()
             ),
         );
     }
-    Decision::new(Action::Wait, format!("following `{leader}`"))
+    Decision::wait(format!("following `{name}`"))
 }
 
 /// Nobody holds the leader key.
@@ -271,17 +341,20 @@ fn leaderless(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
                 "no leader yet and this node is the primary",
             )
         } else {
-            Decision::new(
-                Action::Wait,
-                "no leader yet; waiting for the primary's agent",
-            )
+            Decision::wait("no leader yet; waiting for the primary's agent")
         };
     };
     let was_leader = record.leader == s.me;
     if !local.server.running || !local.server.in_recovery {
         // A primary's data (running, or stopped without standby.signal).
         let primary_data = local.server.running || !local.standby_signal;
+        let failing = !local.server.running && s.clocks.start_failed;
         return match (primary_data, was_leader) {
+            (true, true) if failing && election::electable(record, &view.members).is_ok() => {
+                Decision::wait(
+                    "no leader: this node's server does not start, and a standby can be elected",
+                )
+            }
             (true, true) => Decision::new(
                 Action::TakeLeadership,
                 "no leader and this node was the last: it holds every acknowledged commit",
@@ -293,8 +366,7 @@ fn leaderless(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
                     record.leader
                 ),
             ),
-            (true, false) => Decision::new(
-                Action::Wait,
+            (true, false) => Decision::wait(
                 "former primary data and no leader: rejoins once a leader is elected",
             ),
             (false, _) => Decision::new(Action::Start, "a stopped standby"),
@@ -314,19 +386,18 @@ fn leaderless(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             Action::TakeLeadership,
             "no leader and this node is the most advanced of the sync record's reachable members",
         ),
-        Ok(best) => Decision::new(
-            Action::Wait,
-            format!("no leader; `{best}` is the most advanced and should take over"),
-        ),
-        Err(reason) => Decision::new(Action::Wait, format!("no leader; {reason}")),
+        Ok(best) => Decision::wait(format!(
+            "no leader; `{best}` is the most advanced and should take over"
+        )),
+        Err(reason) => Decision::wait(format!("no leader; {reason}")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ha::model::Leader;
     use crate::ha::records::{LeaseId, MemberRecord, ServerState};
+    use crate::ids::SystemId;
     use crate::ids::TimelineId;
     use crate::Lsn;
 
@@ -355,19 +426,42 @@ mod tests {
             method: method.into(),
             num,
             members: members.iter().map(|m| m.to_string()).collect(),
+            prior: Vec::new(),
         }
     }
 
     #[test]
     fn a_silent_server_is_killed_only_after_hung_after_and_never_while_paused() {
-        let short = decide_silent(HUNG_AFTER - Duration::from_millis(1), false);
-        assert_eq!(short.action, Action::Wait);
-        let hung = decide_silent(HUNG_AFTER, false);
+        let probe = Probed::Silent {
+            standby_signal: false,
+        };
+        let spec = ClusterSpec::default();
+        let at = |silent_for, paused| {
+            decide(&Situation {
+                me: "pg_master",
+                probe: &probe,
+                view: None,
+                spec: &spec,
+                timing: &Timing::default(),
+                paused,
+                clocks: Clocks {
+                    silent_for,
+                    ..Clocks::default()
+                },
+            })
+        };
+        assert_eq!(
+            at(HUNG_AFTER - Duration::from_millis(1), false).action,
+            Action::Wait
+        );
+        let hung = at(HUNG_AFTER, false);
         assert_eq!(hung.action, Action::KillHung);
         assert!(hung.reason.contains("10 s"), "{}", hung.reason);
-        let paused = decide_silent(HUNG_AFTER * 3, true);
+        let paused = at(HUNG_AFTER * 3, true);
         assert_eq!(paused.action, Action::Wait);
         assert!(paused.reason.starts_with("paused"), "{}", paused.reason);
+        // The reason is the same however long it lasts: it is logged when it changes.
+        assert_eq!(paused, at(HUNG_AFTER * 4, true));
     }
 
     fn primary() -> Local {
@@ -420,14 +514,17 @@ mod tests {
 
     fn run(me: &str, local: Local, view: Option<View>, fence_due: bool) -> Decision {
         let spec = ClusterSpec::default();
+        // A record settled long ago: the grace for a shrink has passed.
         decide(&Situation {
             me,
             probe: &Probed::Known(local),
             view: view.as_ref(),
             spec: &spec,
+            timing: &Timing::default(),
             paused: false,
             clocks: Clocks {
                 fence_due,
+                names_for: RELOAD_GRACE,
                 ..Clocks::default()
             },
         })
@@ -552,9 +649,10 @@ mod tests {
         else {
             panic!("{d:?}")
         };
+        // The old leader's record stays in force until the new one's standbys caught up.
         assert_eq!(
             sync,
-            record("pg_slave", "FIRST", 1, &["pg_master", "pg_asyncslave"])
+            record("pg_slave", "FIRST", 1, &["pg_master", "pg_asyncslave"]).after(&[&initial()])
         );
         assert_eq!(standby_names, "FIRST 1 (pg_master, pg_asyncslave)");
         // Not the old primary: its own agent fences it.
@@ -614,6 +712,7 @@ mod tests {
                 probe: &probe,
                 view: Some(&v),
                 spec: &spec,
+                timing: &Timing::default(),
                 paused: false,
                 clocks: Clocks {
                     stuck_for,
@@ -651,15 +750,119 @@ mod tests {
         assert!(!behind_leader(&me, &unpromoted));
     }
 
+    /// D9: a restarted agent carries its earlier run's key on rather than letting it lapse.
     #[test]
-    fn a_key_left_by_an_earlier_run_of_this_agent_is_left_to_expire() {
+    fn a_key_left_by_an_earlier_run_of_this_agent_is_taken_over() {
         let d = run(
             "pg_master",
             primary(),
             view(leader("pg_master", false), vec![], Some(initial())),
             false,
         );
+        assert_eq!(d.action, Action::Reclaim { from: LeaseId(2) });
+    }
+
+    /// D8: keys of another cluster in the same scope are never acted on.
+    #[test]
+    fn keys_of_another_cluster_are_left_alone() {
+        let mut local = primary();
+        local.system_id = Some(SystemId::new(7));
+        let mut v = view(leader("pg_slave", false), vec![], Some(initial())).unwrap();
+        v.system_id = Some(SystemId::new(8));
+        let d = run("pg_master", local.clone(), Some(v.clone()), false);
         assert_eq!(d.action, Action::Wait);
+        assert!(d.reason.contains("another cluster"), "{}", d.reason);
+        v.system_id = Some(SystemId::new(7));
+        assert_eq!(
+            run("pg_master", local, Some(v), false).action,
+            Action::Fence
+        );
+    }
+
+    /// D4: a leader whose server does not start tries again later, then lets a standby take
+    /// over once the start timeout passed and one can be elected.
+    #[test]
+    fn a_leader_whose_server_does_not_start_gives_the_key_up_after_the_start_timeout() {
+        let spec = ClusterSpec::default();
+        let timing = Timing::default();
+        let streaming = vec![
+            standby("pg_slave", 100, false),
+            standby("pg_asyncslave", 90, false),
+        ];
+        let v = view(leader("pg_master", true), streaming, Some(initial())).unwrap();
+        let probe = Probed::Known(stopped(false));
+        let at = |clocks: Clocks, v: &View| {
+            decide(&Situation {
+                me: "pg_master",
+                probe: &probe,
+                view: Some(v),
+                spec: &spec,
+                timing: &timing,
+                paused: false,
+                clocks,
+            })
+            .action
+        };
+        let failed = Clocks {
+            start_failed: true,
+            start_retry_in: Some(Duration::from_secs(2)),
+            down_for: Duration::from_secs(5),
+            ..Clocks::default()
+        };
+        assert_eq!(at(failed, &v), Action::Wait);
+        let retry = Clocks {
+            start_retry_in: None,
+            ..failed
+        };
+        assert_eq!(at(retry, &v), Action::RestartInPlace);
+        let timed_out = Clocks {
+            down_for: timing.start_timeout(),
+            ..failed
+        };
+        assert_eq!(at(timed_out, &v), Action::Release);
+        // Not when nobody could be elected without risking a commit: it keeps trying.
+        let mut alone = v.clone();
+        alone.members.pop();
+        assert_eq!(at(timed_out, &alone), Action::Wait);
+        // Released, it does not take the key back while a standby can be elected.
+        let mut released = v.clone();
+        released.leader = None;
+        assert_eq!(at(timed_out, &released), Action::Wait);
+        let mut up = timed_out;
+        up.start_failed = false;
+        assert_eq!(at(up, &released), Action::TakeLeadership);
+    }
+
+    /// D5: the record drops names only once the new synchronous_standby_names have been in
+    /// force long enough for every walsender to have applied them.
+    #[test]
+    fn the_record_shrinks_only_after_the_reload_grace() {
+        let spec = ClusterSpec::default();
+        let wider = record(
+            "pg_master",
+            "FIRST",
+            1,
+            &["pg_slave", "pg_asyncslave", "pg_old"],
+        );
+        let v = view(leader("pg_master", true), vec![], Some(wider)).unwrap();
+        let probe = Probed::Known(primary());
+        let at = |names_for| {
+            decide(&Situation {
+                me: "pg_master",
+                probe: &probe,
+                view: Some(&v),
+                spec: &spec,
+                timing: &Timing::default(),
+                paused: false,
+                clocks: Clocks {
+                    names_for,
+                    ..Clocks::default()
+                },
+            })
+            .action
+        };
+        assert_eq!(at(RELOAD_GRACE - Duration::from_millis(1)), Action::Wait);
+        assert_eq!(at(RELOAD_GRACE), Action::WriteSync(initial()));
     }
 
     #[test]

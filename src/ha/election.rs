@@ -1,74 +1,97 @@
-//! Who may take over when no leader holds the key: the members of the sync record that answer,
-//! whether enough of them answer for one of them to hold every acknowledged commit, and the
-//! most advanced of them. Pure; `decide` runs it on every agent and `requests` for the commands,
-//! so the agents and `pgrepl failover` pick the same node for the same reasons.
+//! Who may take over when no leader holds the key: the sync records in force, whether enough of
+//! their members answer for one of them to hold every acknowledged commit, and the most advanced
+//! of them. Pure; `decide` runs it on every agent and `requests` for the commands, so the agents
+//! and `pgrepl failover` pick the same node for the same reasons.
 //!
 //! The argument: proto-notes/08-ha.md, "Zero acknowledged loss".
 
-use crate::cluster::plan::{plan_failover, FailoverOptions, NodeProbe};
-
 use super::records::{MemberRecord, RoleRequest, SyncRecord};
 
-/// Who may be promoted: each acknowledged commit is on at least `num` of the record's `m`
-/// members, so any `m - num + 1` of them include one holding it, and on one timeline the most
-/// advanced of those holds them all. Only detached members count: their positions are final.
-pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result<&'r str, String> {
-    let listed: Vec<&String> = record
-        .members
+/// The records an election must satisfy: the newest, and those of earlier leaders it still
+/// carries; only those when the newest's leader still answers as a standby, since it never
+/// promoted and so acknowledged nothing (a leader that promoted is a standby again only after a
+/// rejoin, which needs a newer leader, which writes a newer record first).
+pub fn rules_in_force<'r>(record: &'r SyncRecord, members: &[MemberRecord]) -> Vec<&'r SyncRecord> {
+    let never_promoted = live(members, &record.leader).is_some();
+    let newest = (!never_promoted).then_some(record);
+    newest.into_iter().chain(record.prior.iter()).collect()
+}
+
+/// `name`'s record when its agent is alive and its server a running standby.
+fn live<'m>(members: &'m [MemberRecord], name: &str) -> Option<&'m MemberRecord> {
+    members
         .iter()
-        .filter(|m| **m != record.leader)
-        .collect();
-    if listed.is_empty() {
+        .find(|r| r.node == name && r.server.running && r.server.in_recovery)
+}
+
+/// A record's standbys (its leader never counts for itself).
+fn standbys(rule: &SyncRecord) -> impl Iterator<Item = &String> {
+    rule.members.iter().filter(move |m| **m != rule.leader)
+}
+
+/// Each acknowledged commit of a rule is on at least `num` of its `m` standbys, so any
+/// `m - num + 1` of them include one holding it. `Err` says which rule lacks answers.
+fn enough_answer(rules: &[&SyncRecord], members: &[MemberRecord]) -> Result<(), String> {
+    if rules.is_empty() || rules.iter().any(|r| standbys(r).next().is_none()) {
         return Err(
             "the sync record lists no standby: no standby can be promoted without loss".into(),
         );
     }
-    let live = |name: &String| {
-        members
-            .iter()
-            .find(|r| &r.node == name && r.server.running && r.server.in_recovery)
-    };
-    let pending: Vec<&str> = listed
+    for rule in rules {
+        let listed = standbys(rule).count();
+        let answering = standbys(rule)
+            .filter(|n| live(members, n).is_some())
+            .count();
+        let need = (listed + 1).saturating_sub(rule.num.max(1) as usize);
+        if answering < need {
+            return Err(format!(
+                "{answering} of the sync record's {listed} members answer and {need} are needed ({} {} of them may hold a commit alone{})",
+                rule.method,
+                rule.num,
+                if rule.leader == rules[0].leader { String::new() } else { format!(", for `{}`'s commits", rule.leader) }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an election could pick a node now if the leader let go: enough members of every
+/// record in force answer (whether or not they detached yet).
+pub fn electable(record: &SyncRecord, members: &[MemberRecord]) -> Result<(), String> {
+    enough_answer(&rules_in_force(record, members), members)
+}
+
+/// Who may be promoted: the most advanced answering member of the records in force, once
+/// enough of each answer. Only detached members count: their positions are final. Ranked by
+/// timeline first: a member on an older timeline, however far, holds none of the WAL written
+/// on the newer one (it may be past the fork), and every acknowledged commit of the newest
+/// record is on it. Ties go to the policy's order.
+pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result<&'r str, String> {
+    let rules = rules_in_force(record, members);
+    let mut names: Vec<&String> = Vec::new();
+    for rule in &rules {
+        for name in standbys(rule) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let eligible: Vec<&'r MemberRecord> = names.iter().filter_map(|n| live(members, n)).collect();
+    let pending: Vec<&str> = eligible
         .iter()
-        .filter_map(|n| live(n))
         .filter(|r| !r.server.detached)
         .map(|r| r.node.as_str())
         .collect();
     if !pending.is_empty() {
         return Err(format!("waiting for {} to detach", pending.join(", ")));
     }
-    let eligible: Vec<&MemberRecord> = listed.iter().filter_map(|n| live(n)).collect();
-    let need = (listed.len() + 1).saturating_sub(record.num.max(1) as usize);
-    if eligible.len() < need {
-        return Err(format!(
-            "{} of the sync record's {} members answer and {need} are needed ({} {} of them may hold a commit alone)",
-            eligible.len(),
-            listed.len(),
-            record.method,
-            record.num
-        ));
-    }
-    // The manual failover's choice among them: the most advanced. It keeps the last of equals,
-    // so the probes go in reverse for a tie to go to the policy's first.
-    let probes: Vec<NodeProbe> = eligible
+    enough_answer(&rules, members)?;
+    let best = eligible
         .iter()
         .rev()
-        .map(|r| NodeProbe {
-            name: r.node.clone(),
-            reachable: true,
-            in_recovery: Some(true),
-            timeline: r.server.timeline,
-            received_lsn: r.server.position,
-            replayed_lsn: None,
-        })
-        .collect();
-    let plan = plan_failover(&record.leader, &probes, &FailoverOptions::default())
-        .map_err(|e| e.to_string())?;
-    Ok(eligible
-        .iter()
-        .map(|r| r.node.as_str())
-        .find(|n| *n == plan.target)
-        .expect("the plan's target is one of the probes"))
+        .max_by_key(|r| (r.server.timeline, r.server.position))
+        .expect("enough answer, so one does");
+    Ok(best.node.as_str())
 }
 
 /// The election's choice: the most advanced of enough answering members (`candidate`), or the
@@ -91,24 +114,27 @@ pub fn elect<'r>(
     }
 }
 
-/// `Ok` when `to` is a detached live member of the record at least as far as `best`.
+/// `Ok` when `to` is a live member of a record in force, as far as `best` on its timeline.
 pub fn as_safe_as(
     record: &SyncRecord,
     members: &[MemberRecord],
     to: &str,
     best: &str,
 ) -> Result<(), String> {
-    if !record.members.iter().any(|m| m == to) || to == record.leader {
+    let rules = rules_in_force(record, members);
+    if !rules.iter().any(|r| standbys(r).any(|m| m == to)) {
         return Err(format!(
             "`{to}` is not in the sync record ({}): it may lack acknowledged commits",
             record.members.join(", ")
         ));
     }
-    let find = |name: &str| members.iter().find(|m| m.node == name);
-    let Some(target) = find(to).filter(|m| m.server.running && m.server.in_recovery) else {
+    let Some(target) = live(members, to) else {
         return Err(format!("`{to}` is not a running standby with a live agent"));
     };
-    let best = find(best).expect("the candidate is a member");
+    let best = members
+        .iter()
+        .find(|m| m.node == best)
+        .expect("the candidate is a member");
     if target.server.timeline != best.server.timeline
         || target.server.position < best.server.position
     {
@@ -130,19 +156,25 @@ mod tests {
     use crate::ids::TimelineId;
     use crate::Lsn;
 
-    fn standby(node: &str, at: u64, detached: bool) -> MemberRecord {
+    fn member(node: &str, timeline: u32, at: u64) -> MemberRecord {
         MemberRecord {
             node: node.into(),
             paused: false,
             server: ServerState {
                 running: true,
                 in_recovery: true,
-                timeline: Some(TimelineId::new(1)),
+                timeline: Some(TimelineId::new(timeline)),
                 position: Some(Lsn::new(at)),
-                detached,
-                follows: (!detached).then(|| "p".into()),
+                detached: true,
+                follows: None,
             },
         }
+    }
+
+    fn standby(node: &str, at: u64, detached: bool) -> MemberRecord {
+        let mut m = member(node, 1, at);
+        m.server.detached = detached;
+        m
     }
 
     fn record(leader: &str, method: &str, num: u32, members: &[&str]) -> SyncRecord {
@@ -151,6 +183,7 @@ mod tests {
             method: method.into(),
             num,
             members: members.iter().map(|m| m.to_string()).collect(),
+            prior: Vec::new(),
         }
     }
 
@@ -185,4 +218,31 @@ mod tests {
         assert!(candidate(&record("p", "FIRST", 1, &[]), &members(&[("a", 5)])).is_err());
     }
 
+    /// D1: a member that stayed on the old timeline past the fork has the higher LSN but none
+    /// of the new timeline's commits.
+    #[test]
+    fn a_member_on_an_older_timeline_loses_to_one_on_the_newest_whatever_its_lsn() {
+        let rule = record("b", "FIRST", 2, &["a", "c", "d"]);
+        let members = [member("a", 2, 500), member("d", 1, 9_000)];
+        assert_eq!(candidate(&rule, &members), Ok("a"));
+        assert!(as_safe_as(&rule, &members, "d", "a").is_err());
+    }
+
+    /// D3: the elected standby wrote its record, then its agent died before it promoted: it
+    /// answers as a standby again, so it acknowledged nothing and the earlier leader's record
+    /// alone decides, with the dead primary not needed.
+    #[test]
+    fn a_leader_that_never_promoted_leaves_its_predecessors_record_in_force() {
+        let old = record("a", "FIRST", 1, &["b", "c"]);
+        let new = record("b", "FIRST", 1, &["a", "c"]).after(&[&old]);
+        let both = [member("b", 1, 300), member("c", 1, 200)];
+        assert_eq!(rules_in_force(&new, &both), vec![&new.prior[0]]);
+        assert_eq!(candidate(&new, &both), Ok("b"));
+        // If it may have promoted (its agent is gone), both records hold: a is needed too.
+        let without_b = [member("c", 1, 200)];
+        assert_eq!(rules_in_force(&new, &without_b).len(), 2);
+        assert!(candidate(&new, &without_b).is_err());
+        assert!(electable(&new, &without_b).is_err());
+        assert!(electable(&new, &both).is_ok());
+    }
 }

@@ -107,6 +107,20 @@ pub struct Timing {
     pub loop_ms: u64,
     /// How long before the lease can expire a primary that could not renew stops itself.
     pub fence_margin_ms: u64,
+    /// How long a leader's server may fail to run as a primary (it does not start, or stays in
+    /// crash recovery) before the leader lets a standby take over, when one can without loss
+    /// (Patroni's `primary_start_timeout`, 300 s there).
+    #[serde(default = "default_start_timeout_s")]
+    pub start_timeout_s: u64,
+}
+
+/// Long enough for a crash recovery after a busy checkpoint interval on this machine (recovery
+/// is ~1 s here with the agent's syncfs setting); a failover that rewinds the old primary costs
+/// more than waiting that long, and less than waiting longer.
+pub const DEFAULT_START_TIMEOUT_S: u64 = 30;
+
+fn default_start_timeout_s() -> u64 {
+    DEFAULT_START_TIMEOUT_S
 }
 
 impl Default for Timing {
@@ -116,6 +130,7 @@ impl Default for Timing {
             renew_ms: 400,
             loop_ms: 250,
             fence_margin_ms: 500,
+            start_timeout_s: DEFAULT_START_TIMEOUT_S,
         }
     }
 }
@@ -131,6 +146,10 @@ impl Timing {
 
     pub fn loop_interval(&self) -> Duration {
         Duration::from_millis(self.loop_ms)
+    }
+
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_secs(self.start_timeout_s)
     }
 
     /// How long after the last confirmed renewal was sent a primary fences itself.

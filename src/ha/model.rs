@@ -72,16 +72,27 @@ pub enum Probed {
     /// Its state (running or not).
     Known(Local),
     /// It runs and answered with an error (starting up, out of connections): alive, not hung.
-    Refused,
+    /// `standby_signal`: its data directory has one (it cannot take writes).
+    Refused { standby_signal: bool },
     /// It runs and did not answer in time: stalled for a moment, or hung.
-    Silent,
+    Silent { standby_signal: bool },
 }
 
 impl Probed {
     pub fn local(&self) -> Option<&Local> {
         match self {
             Probed::Known(local) => Some(local),
-            Probed::Refused | Probed::Silent => None,
+            Probed::Refused { .. } | Probed::Silent { .. } => None,
+        }
+    }
+
+    /// The server runs, or may, and its data is a primary's: it may take writes.
+    pub fn may_write(&self) -> bool {
+        match self {
+            Probed::Known(local) => local.server.running && !local.server.in_recovery,
+            Probed::Refused { standby_signal } | Probed::Silent { standby_signal } => {
+                !standby_signal
+            }
         }
     }
 }
@@ -109,6 +120,8 @@ pub struct View {
     pub switchover: Option<RoleRequest>,
     /// `pgrepl failover --to`: the election prefers `to` when it is as safe as its own choice.
     pub failover: Option<RoleRequest>,
+    /// The system identifier these keys belong to (`None`: written by no leader yet).
+    pub system_id: Option<SystemId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,8 +143,15 @@ pub enum Action {
     Follow { leader: String },
     /// Empty primary_conninfo: stop receiving from a primary that lost its lease.
     Detach,
-    /// Create the leader key under this agent's lease, if nobody holds it.
+    /// Create the leader key under this agent's lease, if nobody holds it (and the keys are
+    /// this cluster's).
     TakeLeadership,
+    /// Move the leader key an earlier run of this agent holds under `from` to this run's lease.
+    Reclaim { from: LeaseId },
+    /// Give the leader key up: this node's server does not start, and a standby can take over.
+    Release,
+    /// Write this cluster's system identifier beside the keys (a leader from before it was).
+    RecordSystemId,
     /// This node holds the key and is still a standby: record `sync`, take every other standby
     /// off the old primary (`repoint` them here), set `standby_names`, promote.
     Promote {

@@ -50,6 +50,12 @@ impl Keys {
         format!("{}initialize", self.prefix)
     }
 
+    /// The system identifier of the cluster these keys belong to (a plain number; no lease):
+    /// written with the first leader key. An agent whose data has another never acts on them.
+    pub fn system_id(&self) -> String {
+        format!("{}system_id", self.prefix)
+    }
+
     /// The [`crate::ha::Timing`] the first agent wrote; the others check theirs against it.
     pub fn config(&self) -> String {
         format!("{}config", self.prefix)
@@ -130,6 +136,12 @@ pub struct SyncRecord {
     pub method: String,
     pub num: u32,
     pub members: Vec<String>,
+    /// The records of earlier leaders still in force: a new leader writes its record before it
+    /// promotes, so until its standbys hold everything its predecessors acknowledged, an
+    /// election must satisfy theirs too; and if it never promoted (it still answers as a
+    /// standby), theirs alone. Each carries no `prior` of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prior: Vec<SyncRecord>,
 }
 
 impl SyncRecord {
@@ -145,7 +157,20 @@ impl SyncRecord {
             method: sync.method,
             num: sync.num_sync,
             members: sync.standbys,
+            prior: Vec::new(),
         }
+    }
+
+    /// This record with `rules` as its prior ones (flattened: a prior record has none).
+    pub fn after(self, rules: &[&SyncRecord]) -> SyncRecord {
+        let prior = rules
+            .iter()
+            .map(|r| SyncRecord {
+                prior: Vec::new(),
+                ..(*r).clone()
+            })
+            .collect();
+        SyncRecord { prior, ..self }
     }
 
     /// The synchronous_standby_names this record allows (empty: asynchronous).
@@ -176,6 +201,7 @@ impl SyncRecord {
             method: other.method.clone(),
             num: self.num.min(other.num),
             members,
+            prior: self.prior.clone(),
         }
     }
 }

@@ -15,15 +15,21 @@ use super::records::{MemberRecord, RoleRequest};
 /// the last leader, or the first primary, claiming what it already is); an election, which only
 /// a standby starts, may not. Every other decision becomes a wait that says what it would have
 /// been, so the log shows what resuming will do.
-pub fn while_paused(local: &Local, decision: Decision) -> Decision {
-    let standby = if local.server.running {
-        local.server.in_recovery
-    } else {
-        local.standby_signal
-    };
+pub fn while_paused(local: Option<&Local>, decision: Decision) -> Decision {
+    let primary_data = local.is_some_and(|local| {
+        if local.server.running {
+            !local.server.in_recovery
+        } else {
+            !local.standby_signal
+        }
+    });
     match decision.action {
         Action::Wait => decision,
-        Action::TakeLeadership if !standby => decision,
+        Action::TakeLeadership | Action::Reclaim { .. } | Action::RecordSystemId
+            if primary_data =>
+        {
+            decision
+        }
         action => Decision {
             action: Action::Wait,
             reason: format!("paused (otherwise {action:?}: {})", decision.reason),
@@ -204,10 +210,11 @@ pub fn failover_target(view: &View, to: Option<&str>) -> Result<String, String> 
 mod tests {
     use super::*;
     use crate::cluster::spec::ClusterSpec;
-    use crate::ha::decide::{decide, Clocks, Situation};
+    use crate::ha::decide::{decide, Clocks, Situation, RELOAD_GRACE};
     use crate::ha::election::elect;
     use crate::ha::model::{Leader, Probed};
     use crate::ha::records::{LeaseId, PauseRecord, ServerState, SyncRecord};
+    use crate::ha::Timing;
     use crate::ids::TimelineId;
     use crate::Lsn;
 
@@ -251,6 +258,7 @@ mod tests {
             method: "FIRST".into(),
             num: 1,
             members: vec!["pg_slave".into(), "pg_asyncslave".into()],
+            prior: Vec::new(),
         }
     }
 
@@ -294,8 +302,12 @@ mod tests {
             probe: &Probed::Known(local),
             view: Some(&view),
             spec: &spec,
+            timing: &Timing::default(),
             paused,
-            clocks: Clocks::default(),
+            clocks: Clocks {
+                names_for: RELOAD_GRACE,
+                ..Clocks::default()
+            },
         })
     }
 
@@ -366,6 +378,7 @@ mod tests {
                 probe: &probe,
                 view: None,
                 spec: &spec,
+                timing: &Timing::default(),
                 paused,
                 clocks: Clocks {
                     fence_due: true,

@@ -158,6 +158,7 @@ mod tests {
                 method: "FIRST".into(),
                 num: 1,
                 members: names(&["b", "c", "d"]),
+                prior: Vec::new(),
             }),
             ..Snapshot::default()
         };
@@ -191,6 +192,7 @@ mod tests {
                 method: "ANY".into(),
                 num: 1,
                 members: names(&["b"]),
+                prior: Vec::new(),
             }),
             ..Snapshot::default()
         };

@@ -19,6 +19,7 @@ use super::records::{
     HistoryRecord, Keys, LeaderRecord, LeaseId, MemberRecord, PauseRecord, RoleRequest, SyncRecord,
 };
 use super::{HaError, Timing};
+use crate::ids::SystemId;
 
 /// What etcd holds about the cluster, read in one request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -34,6 +35,8 @@ pub struct Snapshot {
     pub switchover: Option<RoleRequest>,
     /// `pgrepl failover --to`: the election prefers `to` when it is as safe as its own choice.
     pub failover: Option<RoleRequest>,
+    /// The system identifier the keys belong to.
+    pub system_id: Option<SystemId>,
 }
 
 pub struct Store {
@@ -210,6 +213,7 @@ impl Store {
             pause: snapshot.pause,
             switchover: snapshot.switchover,
             failover: snapshot.failover,
+            system_id: snapshot.system_id,
         })
     }
 
@@ -222,6 +226,7 @@ impl Store {
             TxnOp::get(self.keys.pause(), None),
             TxnOp::get(self.keys.switchover(), None),
             TxnOp::get(self.keys.failover(), None),
+            TxnOp::get(self.keys.system_id(), None),
         ]);
         let response = self.txn(txn).await?;
         let mut gets = response.op_responses().into_iter().map(|r| match r {
@@ -232,10 +237,11 @@ impl Store {
         let kvs = |get: Option<etcd_client::GetResponse>| {
             get.map(|g| g.kvs().to_vec()).unwrap_or_default()
         };
-        let (pause, switchover, failover) = (
+        let (pause, switchover, failover, system_id) = (
             self.optional(&self.keys.pause(), kvs(gets.next()))?,
             self.optional(&self.keys.switchover(), kvs(gets.next()))?,
             self.optional(&self.keys.failover(), kvs(gets.next()))?,
+            self.optional(&self.keys.system_id(), kvs(gets.next()))?,
         );
         let leader = match kvs(leader).first() {
             Some(kv) => {
@@ -259,6 +265,7 @@ impl Store {
             pause,
             switchover,
             failover,
+            system_id,
         })
     }
 
@@ -280,19 +287,88 @@ impl Store {
         kvs.first().map(|kv| decode(key, kv.value())).transpose()
     }
 
-    /// Creates the leader key under `lease` if nobody holds it; true when this agent now leads.
-    pub async fn take_leadership(&self, node: &str, lease: LeaseId) -> Result<bool, HaError> {
+    /// Creates the leader key under `lease` if nobody holds it and the keys are those of the
+    /// cluster `system_id` (writing it with the key when none is recorded); true when this
+    /// agent now leads.
+    pub async fn take_leadership(
+        &self,
+        node: &str,
+        lease: LeaseId,
+        system_id: SystemId,
+    ) -> Result<bool, HaError> {
+        let (key, id_key) = (self.keys.leader(), self.keys.system_id());
+        let id = serde_json::to_string(&system_id).expect("records serialise");
+        let put = TxnOp::put(
+            key.clone(),
+            self.leader_value(node),
+            Some(PutOptions::new().with_lease(lease.0)),
+        );
+        let absent = |key: &str| Compare::create_revision(key, CompareOp::Equal, 0);
+        let ours = Txn::new()
+            .when([
+                absent(&key),
+                Compare::value(id_key.clone(), CompareOp::Equal, id.clone()),
+            ])
+            .and_then([put.clone()]);
+        if self.txn(ours).await?.succeeded() {
+            return Ok(true);
+        }
+        let first = Txn::new()
+            .when([absent(&key), absent(&id_key)])
+            .and_then([put, TxnOp::put(id_key, id, None)]);
+        Ok(self.txn(first).await?.succeeded())
+    }
+
+    /// Moves the leader key that an earlier run of this agent holds under `from` to `lease`;
+    /// true when it did.
+    pub async fn reclaim(
+        &self,
+        node: &str,
+        from: LeaseId,
+        lease: LeaseId,
+    ) -> Result<bool, HaError> {
         let key = self.keys.leader();
-        let value =
-            serde_json::to_string(&LeaderRecord { node: node.into() }).expect("records serialise");
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .when([
+                Compare::lease(key.clone(), CompareOp::Equal, from.0),
+                Compare::value(key.clone(), CompareOp::Equal, self.leader_value(node)),
+            ])
             .and_then([TxnOp::put(
                 key,
-                value,
+                self.leader_value(node),
                 Some(PutOptions::new().with_lease(lease.0)),
             )]);
         Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Deletes the leader key if `lease` holds it.
+    pub async fn release(&self, lease: LeaseId) -> Result<bool, HaError> {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease.0)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Records the cluster's system identifier if none is, while `lease` holds the leader key.
+    pub async fn record_system_id(
+        &self,
+        lease: LeaseId,
+        system_id: SystemId,
+    ) -> Result<bool, HaError> {
+        let id_key = self.keys.system_id();
+        let id = serde_json::to_string(&system_id).expect("records serialise");
+        let txn = Txn::new()
+            .when([
+                Compare::lease(self.keys.leader(), CompareOp::Equal, lease.0),
+                Compare::create_revision(id_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(id_key, id, None)]);
+        Ok(self.txn(txn).await?.succeeded())
+    }
+
+    fn leader_value(&self, node: &str) -> String {
+        serde_json::to_string(&LeaderRecord { node: node.into() }).expect("records serialise")
     }
 
     /// Claims the cluster's initialisation for `node` unless a node claimed it already (one
@@ -323,7 +399,11 @@ impl Store {
     pub async fn write_sync(&self, record: &SyncRecord, lease: LeaseId) -> Result<bool, HaError> {
         let value = serde_json::to_string(record).expect("records serialise");
         let txn = Txn::new()
-            .when([Compare::lease(self.keys.leader(), CompareOp::Equal, lease.0)])
+            .when([Compare::lease(
+                self.keys.leader(),
+                CompareOp::Equal,
+                lease.0,
+            )])
             .and_then([TxnOp::put(self.keys.sync(), value, None)]);
         Ok(self.txn(txn).await?.succeeded())
     }

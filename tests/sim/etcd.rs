@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use pgrepl::ha::model::{Leader, View};
 use pgrepl::ha::records::{LeaseId, MemberRecord, PauseRecord, RoleRequest, SyncRecord};
+use pgrepl::ids::SystemId;
 
 /// etcd's lessor looks for expired leases this often.
 pub const EXPIRY_CHECK_MS: u64 = 500;
@@ -147,15 +148,51 @@ impl Etcd {
             pause: self.pause.clone(),
             switchover: self.switchover.as_ref().map(|(r, _)| r.clone()),
             failover: None,
+            system_id: self.system_id.map(SystemId::new),
         }
     }
 
-    /// `Store::take_leadership`: create the key under `lease` if its create revision is 0.
-    pub fn take_leadership(&mut self, node: &str, lease: LeaseId) -> bool {
-        if self.leader.is_some() || !self.alive(lease) {
+    /// `Store::take_leadership`: create the key under `lease` if its create revision is 0 and
+    /// the system identifier is ours, or absent (then written with it).
+    pub fn take_leadership(&mut self, node: &str, lease: LeaseId, system_id: u64) -> bool {
+        if self.leader.is_some()
+            || !self.alive(lease)
+            || self.system_id.is_some_and(|id| id != system_id)
+        {
             return false;
         }
         self.leader = Some((node.to_owned(), lease));
+        self.system_id = Some(system_id);
+        self.bump();
+        true
+    }
+
+    /// `Store::reclaim`: the key moves from `from` to `lease` if `from` holds it for `node`.
+    pub fn reclaim(&mut self, node: &str, from: LeaseId, lease: LeaseId) -> bool {
+        if self.leader != Some((node.to_owned(), from)) || !self.alive(lease) {
+            return false;
+        }
+        self.leader = Some((node.to_owned(), lease));
+        self.bump();
+        true
+    }
+
+    /// `Store::release`: the key goes if `lease` holds it.
+    pub fn release(&mut self, lease: LeaseId) -> bool {
+        if !self.leader.as_ref().is_some_and(|(_, l)| *l == lease) {
+            return false;
+        }
+        self.leader = None;
+        self.bump();
+        true
+    }
+
+    /// `Store::record_system_id`: if none is, while `lease` holds the key.
+    pub fn record_system_id(&mut self, lease: LeaseId, system_id: u64) -> bool {
+        if self.system_id.is_some() || !self.leader.as_ref().is_some_and(|(_, l)| *l == lease) {
+            return false;
+        }
+        self.system_id = Some(system_id);
         self.bump();
         true
     }
@@ -195,7 +232,10 @@ impl Etcd {
     /// `Store::request` for a switchover: under a new lease, if none is under way and the
     /// leader key names `from`.
     pub fn request_switchover(&mut self, now: u64, request: RoleRequest, ttl_ms: u64) -> bool {
-        let leads = self.leader.as_ref().is_some_and(|(n, _)| *n == request.from);
+        let leads = self
+            .leader
+            .as_ref()
+            .is_some_and(|(n, _)| *n == request.from);
         if self.switchover.is_some() || !leads {
             return false;
         }

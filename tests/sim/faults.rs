@@ -205,12 +205,24 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// When the faults are over: the last one's end (and at least its start), leaving out
-    /// those the cluster must route around.
+    /// When the faults are over: the last one's end (and at least its start). A fault the
+    /// cluster must route around (a server that cannot start) counts from its start only when
+    /// it begins on a cluster the other faults left healthy (after they ended and twice the TTL
+    /// passed); otherwise to its end.
     pub fn heal_at(&self) -> u64 {
+        let others = self
+            .faults
+            .iter()
+            .filter(|(_, f)| !f.routed_around())
+            .map(|(at, f)| at + f.duration())
+            .max()
+            .unwrap_or(0);
         self.faults
             .iter()
-            .map(|(at, f)| if f.routed_around() { *at } else { at + f.duration() })
+            .map(|(at, f)| match f.routed_around() && *at >= others + 4_000 {
+                true => *at,
+                false => at + f.duration(),
+            })
             .max()
             .unwrap_or(0)
     }

@@ -6,7 +6,7 @@
 //! After every event: no acknowledged commit is missing from the history of the server that
 //! acknowledges the next one; at most one server could acknowledge a commit; the sync record
 //! covers every synchronous_standby_names its leader's walsenders may apply. Once the faults
-//! stop: a write is acknowledged within `world::liveness_bound()`.
+//! stop: a write is acknowledged within `world::liveness_bound`.
 //!
 //! ```text
 //! cargo test --release --test sim                                  # CI: 100,000 schedules
@@ -99,7 +99,10 @@ fn sim_random_schedules_break_no_invariant() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("a worker")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker"))
+            .collect()
     });
     let mut tally = results
         .into_iter()
@@ -118,6 +121,9 @@ fn sim_random_schedules_break_no_invariant() {
         println!("  {policy}: {runs} schedules");
     }
     tally.print_recovery();
+    for (kind, (count, seed)) in &tally.kinds {
+        println!("  {count} × {kind}… (e.g. seed {seed})");
+    }
     if let Some(seed) = tally.failures.first() {
         let schedule = Schedule::generate(*seed);
         panic!(
@@ -129,7 +135,10 @@ fn sim_random_schedules_break_no_invariant() {
     }
     if !replay && std::env::var_os("PGREPL_SIM_SCHEDULES").is_none() {
         // CI's budget (issue 19): 100,000 schedules in 60 s on two cores.
-        assert!(took < Duration::from_secs(60), "the simulation took {took:?}");
+        assert!(
+            took < Duration::from_secs(60),
+            "the simulation took {took:?}"
+        );
     }
 }
 
@@ -139,6 +148,8 @@ struct Tally {
     events: u64,
     acked: u64,
     failures: Vec<u64>,
+    /// Violations by kind (their text without names and numbers), with one seed each.
+    kinds: std::collections::BTreeMap<String, (u64, u64)>,
     per_policy: [u64; 4],
     recovery_ms: Vec<u64>,
 }
@@ -153,8 +164,14 @@ impl Tally {
             .position(|p| *p == schedule.policy)
             .expect("a known policy");
         self.per_policy[policy] += 1;
-        if outcome.violation.is_some() {
+        if let Some(violation) = &outcome.violation {
             self.failures.push(schedule.seed);
+            let kind: String = violation
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .take(60)
+                .collect();
+            self.kinds.entry(kind).or_insert((0, schedule.seed)).0 += 1;
         }
         if let Some(ms) = outcome.recovery_ms {
             self.recovery_ms.push(ms);
@@ -167,6 +184,9 @@ impl Tally {
         self.acked += other.acked;
         self.failures.extend(other.failures);
         self.failures.sort_unstable();
+        for (kind, (count, seed)) in other.kinds {
+            self.kinds.entry(kind).or_insert((0, seed)).0 += count;
+        }
         for (a, b) in self.per_policy.iter_mut().zip(other.per_policy) {
             *a += b;
         }
@@ -181,11 +201,10 @@ impl Tally {
         self.recovery_ms.sort_unstable();
         let at = |q: f64| self.recovery_ms[((self.recovery_ms.len() - 1) as f64 * q) as usize];
         println!(
-            "  from the end of the faults to the first acknowledged write: median {} ms, p99 {} ms, max {} ms (bound {} ms)",
+            "  from the end of the faults to the first acknowledged write: median {} ms, p99 {} ms, max {} ms",
             at(0.5),
             at(0.99),
             at(1.0),
-            world::liveness_bound()
         );
     }
 }
@@ -197,5 +216,9 @@ fn sim_trace_of_one_seed() {
     };
     let schedule = Schedule::generate(seed);
     let outcome = run(&schedule, true);
-    println!("{schedule}{}\n{:?}", outcome.trace.join("\n"), outcome.violation);
+    println!(
+        "{schedule}{}\n{:?}",
+        outcome.trace.join("\n"),
+        outcome.violation
+    );
 }

@@ -140,9 +140,13 @@ pub struct Walsender {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Run {
     /// Stopped; `clean`: by a fast shutdown (pg_control says "shut down").
-    Stopped { clean: bool },
+    Stopped {
+        clean: bool,
+    },
     /// Started, in crash recovery or replaying until `ready_at`: the probe is refused.
-    Starting { ready_at: u64 },
+    Starting {
+        ready_at: u64,
+    },
     Running,
 }
 
@@ -155,7 +159,6 @@ pub struct Waiter {
 
 #[derive(Debug, Clone)]
 pub struct Server {
-    pub name: String,
     pub run: Run,
     /// SIGSTOPped: runs, answers nothing, streams nothing.
     pub hung: bool,
@@ -183,9 +186,8 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(name: String, primary: bool, system_id: u64) -> Server {
+    pub fn new(primary: bool, system_id: u64) -> Server {
         Server {
-            name,
             run: Run::Running,
             hung: false,
             standby_signal: !primary,

@@ -233,7 +233,13 @@ fn sim_d6_a_paused_agent_kills_no_silent_server() {
         3,
         FIRST_1,
         vec![
-            (3_000, Fault::ServerHang { node: 0, ms: 15_000 }),
+            (
+                3_000,
+                Fault::ServerHang {
+                    node: 0,
+                    ms: 15_000,
+                },
+            ),
             (4_000, Fault::Pause { ms: 14_000 }),
         ],
     ));
@@ -284,7 +290,13 @@ fn sim_d8_no_agent_acts_on_another_clusters_keys() {
         9,
         3,
         FIRST_1,
-        vec![(3_000, Fault::ForeignCluster { leader: 1, ms: 4_000 })],
+        vec![(
+            3_000,
+            Fault::ForeignCluster {
+                leader: 1,
+                ms: 4_000,
+            },
+        )],
     ));
 }
 
@@ -304,7 +316,11 @@ fn sim_d9_a_restarted_agent_keeps_its_healthy_primary_leading() {
             },
         )],
     ));
-    assert_eq!(outcome.leaders, ["-", "n1"], "the key changed hands or lapsed");
+    assert_eq!(
+        outcome.leaders,
+        ["-", "n1"],
+        "the key changed hands or lapsed"
+    );
     assert!(
         outcome.max_gap_ms < 1_000,
         "writes stopped for {} ms",

@@ -19,17 +19,27 @@ use crate::etcd::{Etcd, EXPIRY_CHECK_MS};
 use crate::faults::{Fault, Peer, Schedule};
 use crate::pg::{Pos, Run, Server, SyncConfig, Timelines, Waiter, Walsender};
 
-/// From the end of the faults to the first acknowledged write, at most (see `liveness_bound`).
-pub fn liveness_bound() -> u64 {
+/// From the end of the faults to the first acknowledged write, at most: a lease expiring
+/// (TTL, plus the lessor's half-second check) and an election, a stuck standby rewound
+/// (`STUCK_AFTER`) or a hung one killed (`HUNG_AFTER`) and restarted, a re-clone: 3 × TTL +
+/// 10 s + 6 s. With a server that cannot start (which the cluster routes around rather than
+/// waits for), from when that began: the start timeout, then the same 3 × TTL + 1 s.
+pub fn liveness_bound(schedule: &Schedule) -> u64 {
     let timing = Timing::default();
-    // A lease expiring (TTL + the lessor's check), a stuck standby rewound (10 s) or a hung
-    // one killed (10 s) and restarted, a re-clone: 3 × TTL + 10 s + a slow start.
-    3 * timing.ttl_s * 1_000 + 10_000 + 6_000
+    let ttl = timing.ttl_s * 1_000;
+    let healed = 3 * ttl + 10_000 + 6_000;
+    if schedule.faults.iter().any(|(_, f)| f.routed_around()) {
+        healed.max(timing.start_timeout_s * 1_000 + 3 * ttl + 1_000)
+    } else {
+        healed
+    }
 }
 
 /// How long the simulation runs past the faults when no write comes.
 const SQL_TIMEOUT: u64 = 1_000;
 const CLIENT_TIMEOUT: u64 = 1_000;
+/// wal_retrieve_retry_interval as the agents set it.
+const RETRY_MS: u64 = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lane {
@@ -98,6 +108,9 @@ enum Ev {
         inc: u32,
     },
     Expiry,
+    /// Every walreceiver that is not streaming tries its primary_conninfo again
+    /// (wal_retrieve_retry_interval, which the agents set to 200 ms).
+    Retry,
     Deliver {
         to: usize,
         upto: Pos,
@@ -202,11 +215,15 @@ struct AgentProc {
     lease_effects: Vec<Effect>,
     renew_sent: u64,
     grant_sent: u64,
-    /// When etcd took the view the last decision read.
+    /// When etcd took the last view the agent read, and the one its last decision read.
     view_at: Option<u64>,
+    decided_on: Option<u64>,
     /// `Fault::AgentDiesAfterSyncRecord`: dies after the next promotion's sync record, and
     /// comes back after this long.
     die_after_sync: Option<u64>,
+    /// When it last began to run (started, let run again after a freeze, or unpaused): its
+    /// watchdog may fence from then on.
+    awake_at: u64,
 }
 
 struct ClientProc {
@@ -274,8 +291,9 @@ pub struct World {
     /// Since when the pause key exists; since when another cluster's keys are in etcd.
     pause_since: Option<u64>,
     foreign_since: Option<u64>,
-    /// Our sync record while another cluster's replaced it.
+    /// Our sync record while another cluster's replaced it, and which fault did.
     ours: Option<pgrepl::ha::records::SyncRecord>,
+    foreign: Option<usize>,
     leaders: Vec<String>,
     max_gap_ms: u64,
     /// How long past the faults the run goes on at least.
@@ -302,15 +320,16 @@ impl World {
                 port: 5432 + i as u16,
             })
             .collect();
-        spec.sync.method = if schedule.policy.quorum { "ANY" } else { "FIRST" }.into();
+        spec.sync.method = if schedule.policy.quorum {
+            "ANY"
+        } else {
+            "FIRST"
+        }
+        .into();
         spec.sync.num_sync = schedule.policy.num;
         spec.sync.standbys = names[1..].to_vec();
         let system_id = 7_000_000_000_000_000_000 + schedule.seed % 1_000_000;
-        let mut servers: Vec<Server> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| Server::new(name.clone(), i == 0, system_id))
-            .collect();
+        let mut servers: Vec<Server> = (0..n).map(|i| Server::new(i == 0, system_id)).collect();
         let ssn_text = spec.synchronous_standby_names();
         let ssn = SyncConfig::parse(&ssn_text);
         servers[0].ssn_text = ssn_text;
@@ -355,7 +374,9 @@ impl World {
                     renew_sent: 0,
                     grant_sent: 0,
                     view_at: None,
+                    decided_on: None,
                     die_after_sync: None,
+                    awake_at: 0,
                 })
                 .collect(),
             clients: (0..2)
@@ -381,6 +402,7 @@ impl World {
             pause_since: None,
             foreign_since: None,
             ours: None,
+            foreign: None,
             leaders: Vec::new(),
             max_gap_ms: 0,
             settle: 2 * timing.ttl().as_millis() as u64,
@@ -393,6 +415,7 @@ impl World {
             world.at(1_000 + client as u64 * 37, Ev::ClientTick { client });
         }
         world.at(EXPIRY_CHECK_MS, Ev::Expiry);
+        world.at(RETRY_MS, Ev::Retry);
         for i in 0..world.schedule.faults.len() {
             let at = world.schedule.faults[i].0;
             world.at(at, Ev::FaultStart(i));
@@ -443,7 +466,8 @@ impl World {
 
     /// Runs to the end: the liveness bound after the faults, or a violation.
     pub fn run(mut self) -> Outcome {
-        let end = self.heal_at + liveness_bound();
+        let bound = liveness_bound(&self.schedule);
+        let end = self.heal_at + bound;
         while let Some(Reverse(item)) = self.queue.pop() {
             if item.at > end {
                 break;
@@ -459,7 +483,9 @@ impl World {
             }
             // Done: a write after the faults stopped, and long enough for what they left
             // behind (a stale key, a lease) to expire.
-            if self.first_ack_after_heal.is_some_and(|at| self.now > at + 500)
+            if self
+                .first_ack_after_heal
+                .is_some_and(|at| self.now > at + 500)
                 && self.now > self.heal_at + self.settle
             {
                 break;
@@ -467,8 +493,7 @@ impl World {
         }
         if self.violation.is_none() && self.first_ack_after_heal.is_none() {
             self.violation = Some(format!(
-                "liveness: no acknowledged write within {} ms after the faults stopped (at {} ms)",
-                liveness_bound(),
+                "liveness: no acknowledged write within {bound} ms after the faults stopped (at {} ms)",
                 self.heal_at
             ));
         }
@@ -526,6 +551,7 @@ impl World {
             Ev::Unfreeze { node, .. } => {
                 let agent = &mut self.agents[node];
                 agent.frozen = false;
+                agent.awake_at = self.now;
                 let parked = std::mem::take(&mut agent.parked);
                 for ev in parked {
                     self.after(0, ev);
@@ -537,6 +563,12 @@ impl World {
                     self.wake_all(None);
                 }
                 self.after(EXPIRY_CHECK_MS, Ev::Expiry);
+            }
+            Ev::Retry => {
+                for node in 0..self.servers.len() {
+                    self.try_connect(node);
+                }
+                self.after(RETRY_MS, Ev::Retry);
             }
             Ev::Deliver { to, upto, gen } => self.deliver(to, upto, gen),
             Ev::Flush { node, upto, gen } => self.flush(node, upto, gen),
@@ -575,6 +607,19 @@ impl World {
     }
 }
 
+/// An effect on the agent's own server (not etcd, not another node).
+fn is_local(effect: &Effect) -> bool {
+    matches!(
+        effect,
+        Effect::Kill
+            | Effect::Start
+            | Effect::PointAt { .. }
+            | Effect::SetStandbyNames(_)
+            | Effect::Promote
+            | Effect::StopFast
+    )
+}
+
 fn agent_of(ev: &Ev) -> Option<(usize, u32)> {
     match *ev {
         Ev::AgentStart { node, inc }
@@ -611,6 +656,7 @@ impl World {
         let deadline = core.fence_deadline().as_millis();
         let inc = self.agents[node].inc;
         self.agents[node].core = Some(core);
+        self.agents[node].awake_at = self.now;
         self.log(|| format!("n{}: agent runs (lease {lease})", node + 1));
         self.after(0, Ev::Renew { node, inc });
         self.at(deadline, Ev::Watchdog { node, inc });
@@ -662,7 +708,18 @@ impl World {
         let agent = &mut self.agents[node];
         agent.lane_op[lane as usize] = op;
         let inc = agent.inc;
-        let mut delay = self.net();
+        // The agent reaches its own server on its own machine; etcd and other nodes over the
+        // network.
+        let local = match &req {
+            Req::Probe => true,
+            Req::Effect(effect, _) => is_local(effect),
+            _ => false,
+        };
+        let mut delay = if local {
+            self.rng.u64(1..3)
+        } else {
+            self.net()
+        };
         for _ in 0..hops {
             delay += self.net() * 2;
         }
@@ -694,9 +751,18 @@ impl World {
 
     fn arrive(&mut self, node: usize, inc: u32, lane: Lane, op: u64, req: Req, sent: u64) {
         let timeout = sent + self.timing.request_timeout().as_millis() as u64;
-        let etcd_ok =
-            self.etcd.available(self.now) && self.reachable(Peer::Node(node), Peer::Etcd);
-        let back = self.now + self.net();
+        let etcd_ok = self.etcd.available(self.now) && self.reachable(Peer::Node(node), Peer::Etcd);
+        let local = match &req {
+            Req::Probe => true,
+            Req::Effect(effect, _) => is_local(effect),
+            _ => false,
+        };
+        let back = self.now
+            + if local {
+                self.rng.u64(1..3)
+            } else {
+                self.net()
+            };
         // An etcd request answered after the agent's deadline is a timeout to it, whatever
         // etcd did with it.
         let answer = |w: &mut World, reply: Reply, failed: Reply| {
@@ -710,7 +776,7 @@ impl World {
             Req::Probe => {
                 let probed = self.probe(node);
                 let at = match probed {
-                    Probed::Silent => sent + SQL_TIMEOUT,
+                    Probed::Silent { .. } => sent + SQL_TIMEOUT,
                     _ => back,
                 };
                 self.respond(node, inc, lane, op, Reply::Probed(probed), at);
@@ -748,7 +814,11 @@ impl World {
                     true => Renewal::Alive,
                     false => Renewal::Gone,
                 };
-                answer(self, Reply::Renewal(outcome), Reply::Renewal(Renewal::Failed));
+                answer(
+                    self,
+                    Reply::Renewal(outcome),
+                    Reply::Renewal(Renewal::Failed),
+                );
             }
             Req::Grant => {
                 if !etcd_ok {
@@ -774,11 +844,23 @@ impl World {
                 in_recovery: running && s.standby_signal,
                 timeline: running.then(|| TimelineId::new(self.tls.number(s.tl))),
                 position: running.then(|| Lsn::new(s.reported_position())),
-                detached: !running || (s.conninfo.is_none() && s.upstream.is_none()),
-                follows: s.conninfo.filter(|_| running).map(|n| self.names[n].clone()),
+                // No walreceiver, no primary_conninfo, and a position that cannot grow: the
+                // received one is known, or replay reached the end of the local WAL.
+                detached: !running
+                    || (s.conninfo.is_none()
+                        && s.upstream.is_none()
+                        && (s.received.is_some() || s.replayed >= s.flushed)),
+                follows: s
+                    .conninfo
+                    .filter(|_| running)
+                    .map(|n| self.names[n].clone()),
             },
             standby_signal: s.standby_signal,
-            standby_names: if running { s.ssn_text.clone() } else { String::new() },
+            standby_names: if running {
+                s.ssn_text.clone()
+            } else {
+                String::new()
+            },
             caught_up: if running && !s.standby_signal {
                 s.senders
                     .iter()
@@ -797,9 +879,15 @@ impl World {
         };
         match s.run {
             Run::Stopped { .. } => Probed::Known(local(false)),
-            Run::Starting { .. } if s.hung => Probed::Silent,
-            Run::Starting { .. } => Probed::Refused,
-            Run::Running if s.hung => Probed::Silent,
+            Run::Starting { .. } if s.hung => Probed::Silent {
+                standby_signal: s.standby_signal,
+            },
+            Run::Starting { .. } => Probed::Refused {
+                standby_signal: s.standby_signal,
+            },
+            Run::Running if s.hung => Probed::Silent {
+                standby_signal: s.standby_signal,
+            },
             Run::Running => Probed::Known(local(true)),
         }
     }
@@ -827,8 +915,7 @@ impl World {
                 };
                 match record {
                     Some(record) => {
-                        self.agents[node].phase =
-                            Phase::Publishing(probed, record.clone(), lease);
+                        self.agents[node].phase = Phase::Publishing(probed, record.clone(), lease);
                         self.request(node, Lane::Loop, Req::Publish(record, lease), 0);
                     }
                     None => {
@@ -844,13 +931,15 @@ impl World {
                     self.request(node, Lane::Loop, Req::View(lease), 0);
                 } else {
                     // `read_view` failed: the core decides without a view.
+                    self.agents[node].decided_on = None;
                     self.decide(node, probed, None);
                 }
             }
             (Phase::Viewing(probed), Reply::View(view, taken)) => {
-                if view.is_some() {
-                    self.agents[node].view_at = Some(taken);
-                }
+                let taken = view.is_some().then_some(taken);
+                let agent = &mut self.agents[node];
+                agent.view_at = taken.or(agent.view_at);
+                agent.decided_on = taken;
                 self.decide(node, probed, view)
             }
             (Phase::Acting { step, next }, Reply::Done(ok)) => {
@@ -880,7 +969,11 @@ impl World {
 
     fn decide(&mut self, node: usize, probed: Probed, view: Option<View>) {
         let now = Time::from_millis(self.now);
+        let was_paused = self.core(node).paused();
         let step = self.core(node).decide(now, &probed, view.as_ref());
+        if was_paused && !self.core(node).paused() {
+            self.agents[node].awake_at = self.now;
+        }
         if step.changed {
             let (action, reason) = (&step.decision.action, &step.decision.reason);
             let line = format!("n{}: {action:?}: {reason}", node + 1);
@@ -980,7 +1073,12 @@ impl World {
         let now = Time::from_millis(self.now);
         let (fence, wake) = self.core(node).watch(now);
         if let Some(effect) = fence {
-            self.log(|| format!("n{}: watchdog fences: no renewal confirmed in time", node + 1));
+            self.log(|| {
+                format!(
+                    "n{}: watchdog fences: no renewal confirmed in time",
+                    node + 1
+                )
+            });
             let lease = self.core(node).lease();
             self.request(node, Lane::Watchdog, Req::Effect(effect, lease), 0);
         }
@@ -1001,7 +1099,8 @@ impl World {
         back: u64,
     ) {
         let (node, inc, lane, op) = target;
-        let done = |w: &mut World, ok: bool, at: u64| w.respond(node, inc, lane, op, Reply::Done(ok), at);
+        let done =
+            |w: &mut World, ok: bool, at: u64| w.respond(node, inc, lane, op, Reply::Done(ok), at);
         // etcd writes: applied when etcd serves them, answered unless too late.
         let etcd = |w: &mut World, ok: bool| {
             if back <= timeout {
@@ -1011,7 +1110,10 @@ impl World {
             }
         };
         match effect {
-            Effect::TakeLeadership
+            Effect::TakeLeadership { .. }
+            | Effect::Reclaim { .. }
+            | Effect::Release
+            | Effect::RecordSystemId(_)
             | Effect::WriteSync(_)
             | Effect::HandOver { .. }
             | Effect::RefuseSwitchover(_)
@@ -1021,12 +1123,31 @@ impl World {
             {
                 done(self, false, timeout)
             }
-            Effect::TakeLeadership => {
+            Effect::TakeLeadership { system_id } => {
                 let name = self.names[node].clone();
-                if self.etcd.take_leadership(&name, lease) {
+                if self.etcd.take_leadership(&name, lease, system_id.as_u64()) {
                     self.log(|| format!("n{}:   holds the leader key", node + 1));
                     self.wake_all(Some(node));
                 }
+                etcd(self, true);
+            }
+            Effect::Reclaim { from } => {
+                let name = self.names[node].clone();
+                if self.etcd.reclaim(&name, from, lease) {
+                    self.log(|| format!("n{}:   took over its earlier run's key", node + 1));
+                    self.wake_all(Some(node));
+                }
+                etcd(self, true);
+            }
+            Effect::Release => {
+                if self.etcd.release(lease) {
+                    self.log(|| format!("n{}:   released the leader key", node + 1));
+                    self.wake_all(Some(node));
+                }
+                etcd(self, true);
+            }
+            Effect::RecordSystemId(system_id) => {
+                self.etcd.record_system_id(lease, system_id.as_u64());
                 etcd(self, true);
             }
             Effect::WriteSync(record) => {
@@ -1054,7 +1175,9 @@ impl World {
             }
             Effect::Start => {
                 let s = &self.servers[node];
-                if s.run != (Run::Stopped { clean: true }) && s.run != (Run::Stopped { clean: false }) {
+                if s.run != (Run::Stopped { clean: true })
+                    && s.run != (Run::Stopped { clean: false })
+                {
                     return done(self, true, back);
                 }
                 if self.now < self.cannot_start[node] {
@@ -1261,7 +1384,11 @@ impl World {
         // The walsenders send everything, the shutdown checkpoint included, to the standbys
         // they reach before they exit.
         let upto = self.servers[node].flushed;
-        let standbys: Vec<usize> = self.servers[node].senders.iter().map(|w| w.standby).collect();
+        let standbys: Vec<usize> = self.servers[node]
+            .senders
+            .iter()
+            .map(|w| w.standby)
+            .collect();
         for standby in standbys {
             if self.reachable(Peer::Node(node), Peer::Node(standby))
                 && self.servers[standby].running()
@@ -1412,7 +1539,14 @@ impl World {
         let net = self.net();
         if self.servers[up].flushed > flushed {
             let upto = self.servers[up].flushed;
-            self.after(net, Ev::Deliver { to: node, upto, gen });
+            self.after(
+                net,
+                Ev::Deliver {
+                    to: node,
+                    upto,
+                    gen,
+                },
+            );
         }
     }
 
@@ -1425,7 +1559,11 @@ impl World {
 
     /// Every walsender of `node` goes (it stopped, or promoted).
     fn drop_senders(&mut self, node: usize) {
-        let standbys: Vec<usize> = self.servers[node].senders.iter().map(|w| w.standby).collect();
+        let standbys: Vec<usize> = self.servers[node]
+            .senders
+            .iter()
+            .map(|w| w.standby)
+            .collect();
         for standby in standbys {
             self.disconnect(standby);
         }
@@ -1465,7 +1603,14 @@ impl World {
         } else {
             self.rng.u64(0..3)
         };
-        self.after(fsync, Ev::Flush { node: to, upto, gen });
+        self.after(
+            fsync,
+            Ev::Flush {
+                node: to,
+                upto,
+                gen,
+            },
+        );
     }
 
     fn flush(&mut self, node: usize, upto: Pos, gen: u64) {
@@ -1627,7 +1772,10 @@ impl World {
         self.commits[commit].acked_at = Some(self.now);
         self.check_acknowledged(commit);
         if let Some(&last) = self.acks.last() {
-            let (at, node) = (self.commits[last].acked_at.unwrap_or(0), self.commits[last].node);
+            let (at, node) = (
+                self.commits[last].acked_at.unwrap_or(0),
+                self.commits[last].node,
+            );
             self.max_gap_ms = self.max_gap_ms.max(self.now - at);
             if node != self.commits[commit].node {
                 let new = self.commits[commit].node;
@@ -1721,7 +1869,10 @@ impl World {
                     self.after(300 * node as u64, Ev::Restart { node });
                 }
             }
+            // One other cluster at a time.
+            Fault::ForeignCluster { .. } if self.foreign.is_some() => {}
             Fault::ForeignCluster { leader, .. } => {
+                self.foreign = Some(i);
                 let name = self.names[leader].clone();
                 let others = self.names.iter().filter(|n| **n != name).cloned().collect();
                 let lease = self.etcd.grant(self.now, 3_600_000);
@@ -1734,6 +1885,7 @@ impl World {
                         method: "FIRST".into(),
                         num: 1,
                         members: others,
+                        prior: Vec::new(),
                     },
                     self.servers[0].system_id + 1,
                 );
@@ -1757,12 +1909,15 @@ impl World {
                         let w = &self.servers[node].senders[j];
                         let (standby, flush) = (w.standby, self.servers[w.standby].flushed);
                         let gen = self.conns[standby];
-                        self.after(1, Ev::Feedback {
-                            primary: node,
-                            standby,
-                            flush,
-                            gen,
-                        });
+                        self.after(
+                            1,
+                            Ev::Feedback {
+                                primary: node,
+                                standby,
+                                flush,
+                                gen,
+                            },
+                        );
                     }
                     self.try_connect(node);
                     self.schedule_replay(node);
@@ -1788,7 +1943,8 @@ impl World {
                 self.pause_since = None;
                 self.wake_all(None);
             }
-            Fault::ForeignCluster { .. } => {
+            Fault::ForeignCluster { .. } if self.foreign == Some(i) => {
+                self.foreign = None;
                 let ours = self.ours.take();
                 self.etcd.unforeign(ours);
                 self.foreign_since = None;
@@ -1827,7 +1983,8 @@ impl World {
             at_unix_ms: self.now,
             refused: None,
         };
-        if self.etcd.available(self.now) && self.etcd.request_switchover(self.now, request, 10_000) {
+        if self.etcd.available(self.now) && self.etcd.request_switchover(self.now, request, 10_000)
+        {
             self.wake_all(None);
         }
     }
@@ -1848,17 +2005,29 @@ impl World {
                 | Effect::Promote
                 | Effect::StopFast
         );
-        let Some(view_at) = self.agents[node].view_at.filter(|_| touches) else {
+        if !touches {
             return;
-        };
-        if self.pause_since.is_some_and(|since| since <= view_at) {
+        }
+        let (seen, decided_on) = (self.agents[node].view_at, self.agents[node].decided_on);
+        if self
+            .pause_since
+            .is_some_and(|since| seen.is_some_and(|at| since <= at))
+        {
             self.violation = Some(format!(
                 "n{}'s agent read the pause key, yet carries out {effect:?}",
                 node + 1
             ));
         }
-        // Its own lease's fence is its own business; the loop acts on what etcd says.
-        if lane == Lane::Loop && self.foreign_since.is_some_and(|since| since <= view_at) {
+        // Its own lease's fence is its own business, and so is a server that hangs; the rest
+        // of the loop acts on what etcd says.
+        let foreign = self
+            .foreign_since
+            .is_some_and(|since| decided_on.is_some_and(|at| since <= at));
+        let own_health = matches!(
+            &self.agents[node].phase,
+            Phase::Acting { step, .. } if step.decision.action == Action::KillHung
+        );
+        if lane == Lane::Loop && foreign && !own_health {
             self.violation = Some(format!(
                 "n{}'s agent carries out {effect:?} on another cluster's keys",
                 node + 1
@@ -1903,7 +2072,9 @@ impl World {
             let Some(core) = agent.core.as_ref().filter(|_| !agent.frozen) else {
                 continue;
             };
-            let late = self.now > core.fence_deadline().as_millis() + 200;
+            // A watchdog that just ran again gets a moment to fire.
+            let due = core.fence_deadline().as_millis().max(agent.awake_at);
+            let late = self.now > due + 200;
             if late && !core.paused() && self.servers[node].primary() {
                 self.violation = Some(format!(
                     "n{}'s server runs as a primary {} ms past its agent's fence deadline",

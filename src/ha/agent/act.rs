@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use super::{Agent, TracingLog, SQL_TIMEOUT, SESSION_NAME};
+use super::{Agent, TracingLog, SESSION_NAME, SQL_TIMEOUT};
 use crate::cluster::plan::RejoinOptions;
 use crate::cluster::spec::NodeSpec;
 use crate::cluster::topology::Topology;
@@ -18,7 +18,11 @@ use crate::ids::TimelineId;
 
 impl Agent {
     /// Carries out `effect`; `client` is the session the probe opened to this node's server.
-    pub(super) async fn act(&self, effect: &Effect, client: Option<&Client>) -> Result<(), HaError> {
+    pub(super) async fn act(
+        &self,
+        effect: &Effect,
+        client: Option<&Client>,
+    ) -> Result<(), HaError> {
         let me = &self.node;
         let runtime = &self.cluster.runtime;
         let sql = || client.ok_or_else(|| not_answering(me));
@@ -36,16 +40,34 @@ impl Agent {
                 alter_system(sql()?, me, "primary_conninfo", &conninfo).await?;
                 reload(sql()?, me).await?;
             }
-            Effect::TakeLeadership => {
-                if self.store.take_leadership(&me.name, self.lease()).await? {
+            Effect::TakeLeadership { system_id } => {
+                if self
+                    .store
+                    .take_leadership(&me.name, self.lease(), *system_id)
+                    .await?
+                {
                     tracing::info!("`{}` holds the leader key", me.name);
                 }
+            }
+            Effect::Reclaim { from } => {
+                if self.store.reclaim(&me.name, *from, self.lease()).await? {
+                    tracing::info!("the leader key of an earlier run ({from}) is this run's now");
+                }
+            }
+            Effect::Release => {
+                if self.store.release(self.lease()).await? {
+                    tracing::warn!("released the leader key: a standby takes over");
+                }
+            }
+            Effect::RecordSystemId(system_id) => {
+                self.store
+                    .record_system_id(self.lease(), *system_id)
+                    .await?;
             }
             Effect::WriteSync(record) => {
                 if !self.store.write_sync(record, self.lease()).await? {
                     return Err(HaError::Config(
-                        "sync record not written: this agent no longer holds the leader key"
-                            .into(),
+                        "sync record not written: this agent no longer holds the leader key".into(),
                     ));
                 }
             }

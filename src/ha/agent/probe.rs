@@ -11,6 +11,32 @@ use crate::ha::model::{Local, Probed};
 use crate::ha::records::ServerState;
 use crate::ids::TimelineId;
 
+/// The state of the server in one round trip. A standby's position is the furthest WAL it holds
+/// (received and flushed, or replayed); it is final only once it cannot grow from what the
+/// server has: its walreceiver ran since the start, so the received position is known, or the
+/// startup process replayed all local WAL and waits for more (`RecoveryRetrieveRetryInterval`,
+/// xlogrecovery.c `WaitForWALToBecomeAvailable`). A standby restarted with replay lag otherwise
+/// reports a replay position that still climbs.
+const PROBE: &str = "\
+    SELECT pg_is_in_recovery() AS in_recovery, \
+           CASE WHEN pg_is_in_recovery() \
+                THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+                ELSE pg_current_wal_flush_lsn() END::text AS position, \
+           pg_last_wal_receive_lsn() IS NOT NULL \
+             OR (SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'startup') \
+                = 'RecoveryRetrieveRetryInterval' AS position_final, \
+           CASE WHEN pg_is_in_recovery() \
+                THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+                              (SELECT timeline_id FROM pg_control_checkpoint())) \
+                ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
+           END AS timeline, \
+           current_setting('primary_conninfo') AS conninfo, \
+           (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) = 0 AS no_receiver, \
+           current_setting('synchronous_standby_names') AS standby_names, \
+           CASE WHEN pg_is_in_recovery() THEN '{}'::text[] \
+                ELSE ARRAY(SELECT application_name FROM pg_stat_replication \
+                           WHERE flush_lsn >= pg_current_wal_flush_lsn()) END AS caught_up";
+
 impl Agent {
     /// This node's server, and a session to it when it answers.
     pub(super) async fn probe(&self) -> (Probed, Option<Client>) {
@@ -52,6 +78,7 @@ impl Agent {
         {
             return (Probed::Known(down), None);
         }
+        let standby_signal = down.standby_signal;
         match answer {
             Ok(Ok((local, client))) => (
                 Probed::Known(Local {
@@ -69,55 +96,49 @@ impl Agent {
                     crate::cluster::error_chain(&e)
                 );
                 let probed = if timed_out {
-                    Probed::Silent
+                    Probed::Silent { standby_signal }
                 } else {
-                    Probed::Refused
+                    Probed::Refused { standby_signal }
                 };
                 (probed, None)
             }
-            Err(_) => (Probed::Silent, None),
+            Err(_) => (Probed::Silent { standby_signal }, None),
         }
     }
 
     async fn query_state(&self) -> Result<(Local, Client), ClusterError> {
         let client = self.session(&self.node).await?;
         let row = client
-            .query_one(
-                "SELECT pg_is_in_recovery(), \
-                        CASE WHEN pg_is_in_recovery() \
-                             THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
-                             ELSE pg_current_wal_flush_lsn() END::text, \
-                        CASE WHEN pg_is_in_recovery() \
-                             THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
-                                           (SELECT timeline_id FROM pg_control_checkpoint())) \
-                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
-                        current_setting('primary_conninfo'), \
-                        (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) = 0, \
-                        current_setting('synchronous_standby_names'), \
-                        CASE WHEN pg_is_in_recovery() THEN '{}'::text[] \
-                             ELSE ARRAY(SELECT application_name FROM pg_stat_replication \
-                                        WHERE flush_lsn >= pg_current_wal_flush_lsn()) END",
-                &[],
-            )
+            .query_one(PROBE, &[])
             .await
             .map_err(|e| node_err_sql(&self.node, e))?;
         // primary_conninfo holds the replication password: it is only compared, never logged.
-        let conninfo: String = row.get(3);
-        let no_receiver: bool = row.get(4);
+        let conninfo: String = row.get("conninfo");
+        let position = match row.get::<_, Option<String>>("position") {
+            Some(text) => Some(text.parse().map_err(|_| {
+                ClusterError::Setup(format!(
+                    "`{}` reported the WAL position `{text}`, which is no LSN",
+                    self.node.name
+                ))
+            })?),
+            None => None,
+        };
         let local = Local {
             server: ServerState {
                 running: true,
-                in_recovery: row.get(0),
-                position: row.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()),
+                in_recovery: row.get("in_recovery"),
+                position,
                 timeline: row
-                    .get::<_, Option<i32>>(2)
+                    .get::<_, Option<i32>>("timeline")
                     .map(|t| TimelineId::new(t as u32)),
-                detached: conninfo.is_empty() && no_receiver,
+                detached: conninfo.is_empty()
+                    && row.get::<_, bool>("no_receiver")
+                    && row.get::<_, bool>("position_final"),
                 follows: self.followed_node(&conninfo),
             },
             standby_signal: false,
-            standby_names: row.get(5),
-            caught_up: row.get(6),
+            standby_names: row.get("standby_names"),
+            caught_up: row.get("caught_up"),
             shutdown_checkpoint: None,
             system_id: None,
         };

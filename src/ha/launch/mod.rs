@@ -433,6 +433,7 @@ mod tests {
             method: "FIRST".into(),
             num: 1,
             members: vec!["a".into()],
+            prior: Vec::new(),
         });
         // A record an earlier leader left does not count.
         assert!(elected(&snapshot, &agents)
@@ -443,6 +444,7 @@ mod tests {
             method: "FIRST".into(),
             num: 1,
             members: vec!["b".into()],
+            prior: Vec::new(),
         });
         snapshot.members = vec![member("a")];
         assert_eq!(
