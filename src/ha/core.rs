@@ -237,7 +237,11 @@ impl Core {
         let situation = self.situation(now, probe, view, silent_for, stuck_for);
         let decision = decide(&situation);
         match decision.action {
-            Action::KillHung => self.silent_since = None,
+            Action::KillHung => {
+                self.silent_since = None;
+                self.armed = false;
+            }
+            Action::Fence | Action::StopForSwitchover { .. } => self.armed = false,
             // The server may take writes from the moment it is asked to: a fence must kill it
             // from then on, not from the next probe.
             Action::RestartInPlace | Action::Promote { .. } => self.armed = true,
@@ -330,15 +334,13 @@ impl Core {
         }
     }
 
-    /// An effect finished at `now`; `ok` says whether it did what it was asked.
+    /// An effect finished at `now`; `ok` says whether it did what it was asked. (A kill
+    /// disarms the fence when it is decided, not here: a decision taken meanwhile may have armed
+    /// it again for a server it starts.)
     pub fn done(&mut self, now: Time, effect: &Effect, ok: bool) {
-        match effect {
-            Effect::Kill | Effect::StopFast if ok => self.armed = false,
-            Effect::Start if !ok => {
-                let failed = self.start_failures.map_or(0, |(n, _)| n);
-                self.start_failures = Some((failed + 1, now));
-            }
-            _ => {}
+        if *effect == Effect::Start && !ok {
+            let failed = self.start_failures.map_or(0, |(n, _)| n);
+            self.start_failures = Some((failed + 1, now));
         }
     }
 

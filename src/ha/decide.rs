@@ -191,6 +191,14 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
     {
         return step;
     }
+    // A server started or promoted now would outlive the lease's fence deadline: the watchdog
+    // kills it at once. Wait for a renewal.
+    let serving = local.server.running && !local.server.in_recovery;
+    if s.clocks.fence_due && !serving {
+        return Decision::wait(
+            "this node leads, but no renewal of its lease was confirmed in time: no restart or promotion before one is",
+        );
+    }
     if !local.server.running {
         if let Some(release) = give_up(s, view) {
             return release;

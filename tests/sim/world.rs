@@ -1677,10 +1677,12 @@ impl World {
         }
     }
 
+    /// How long until the server has replayed all it holds: slow while the fault lasts.
     fn replay_left(&self, node: usize) -> u64 {
         let s = &self.servers[node];
         let per = self.replay_rate(node);
-        (s.flushed - s.replayed.min(s.flushed)) * per
+        let slow_for = self.slow_replay[node].0.saturating_sub(self.now);
+        ((s.flushed - s.replayed.min(s.flushed)) * per).min(slow_for)
     }
 
     fn replay_rate(&self, node: usize) -> u64 {
