@@ -472,12 +472,21 @@ impl ClusterSpec {
                 NodeRole::Standby
             };
         }
-        for name in &mut spec.sync.standbys {
-            if *name == new_primary {
+        spec.sync = self.sync_with_primary(new_primary);
+        Ok(spec)
+    }
+
+    /// The sync policy with `new_primary` as primary: its name swapped out of the standby list
+    /// for the file's primary's.
+    pub fn sync_with_primary(&self, new_primary: &str) -> SyncPolicy {
+        let old_primary = &self.primary().name;
+        let mut sync = self.sync.clone();
+        for name in &mut sync.standbys {
+            if name == new_primary {
                 *name = old_primary.clone();
             }
         }
-        Ok(spec)
+        sync
     }
 
     /// `synchronous_standby_names` for the primary, e.g. `FIRST 1 (pg_slave, pg_asyncslave)`.

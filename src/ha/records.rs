@@ -148,9 +148,9 @@ impl SyncRecord {
     /// The policy of the cluster file with `leader` as primary (its name swapped out of the list,
     /// as `failover` does).
     pub fn desired(file_spec: &ClusterSpec, leader: &str) -> SyncRecord {
-        let sync = match file_spec.with_primary(leader) {
-            Ok(spec) => spec.sync,
-            Err(_) => file_spec.sync.clone(),
+        let sync = match file_spec.node(leader) {
+            Some(_) => file_spec.sync_with_primary(leader),
+            None => file_spec.sync.clone(),
         };
         SyncRecord {
             leader: leader.to_owned(),

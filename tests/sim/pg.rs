@@ -241,23 +241,28 @@ impl Server {
         }
         let config = &me.config;
         let num = config.num as usize;
-        let mut candidates: Vec<&Walsender> =
-            self.senders.iter().filter(|w| w.priority > 0).collect();
-        if candidates.len() < num || num == 0 {
+        // (priority, flush) of every candidate; a handful at most, so no allocation.
+        let mut candidates = [(0usize, 0 as Pos, 0usize); 8];
+        let mut count = 0;
+        for w in self.senders.iter().filter(|w| w.priority > 0).take(8) {
+            candidates[count] = (w.priority, w.flush, w.standby);
+            count += 1;
+        }
+        let candidates = &mut candidates[..count];
+        if count < num || num == 0 {
             return None;
         }
         if config.quorum {
-            let mut flushes: Vec<Pos> = candidates.iter().map(|w| w.flush).collect();
-            flushes.sort_unstable_by(|a, b| b.cmp(a));
-            Some(flushes[num - 1])
+            candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            Some(candidates[num - 1].1)
         } else {
-            candidates.sort_by_key(|w| w.priority);
+            candidates.sort_unstable_by_key(|c| c.0);
             let chosen = &candidates[..num];
             // Only a walsender that is one of the synchronous ones releases (am_sync).
-            if !chosen.iter().any(|w| w.standby == me.standby) {
+            if !chosen.iter().any(|c| c.2 == me.standby) {
                 return None;
             }
-            chosen.iter().map(|w| w.flush).min()
+            chosen.iter().map(|c| c.1).min()
         }
     }
 

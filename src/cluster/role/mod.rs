@@ -81,20 +81,37 @@ impl<'a> Steps<'a> {
 }
 
 impl Cluster {
+    /// Promotes the standby and waits until it is out of recovery (60 s at most). Not
+    /// `pg_promote(wait => true)`: that statement holds a snapshot while the startup process
+    /// replays the WAL left, a replay conflict with it then waits max_standby_streaming_delay
+    /// (30 s by default) before cancelling it, and a standby with apply lag has such WAL.
     pub(crate) async fn promote(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        const LIMIT: Duration = Duration::from_secs(60);
         let client = self.sql(node).await?;
-        let promoted: bool = client
-            .query_one("SELECT pg_promote(true, 60)", &[])
+        let sql = |e| node_err_sql(node, e);
+        client
+            .query_one("SELECT pg_promote(false)", &[])
             .await
-            .map_err(|e| node_err_sql(node, e))?
-            .get(0);
-        if !promoted {
-            return Err(ClusterError::Check(format!(
-                "`{}` did not finish promotion within 60 s",
-                node.name
-            )));
+            .map_err(sql)?;
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let recovering: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(sql)?
+                .get(0);
+            if !recovering {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Check(format!(
+                    "`{}` did not finish promotion within {} s",
+                    node.name,
+                    LIMIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(())
     }
 
     pub(crate) fn record_primary(&self, primary: &str, event: String) -> Result<(), ClusterError> {

@@ -89,16 +89,15 @@ impl Agent {
                 Some(client),
             ),
             Ok(Err(e)) => {
-                let timed_out = matches!(e, ClusterError::Timeout(..));
                 tracing::debug!(
                     "probe `{}`: {}",
                     self.node.name,
                     crate::cluster::error_chain(&e)
                 );
-                let probed = if timed_out {
-                    Probed::Silent { standby_signal }
-                } else {
+                let probed = if server_answered(&e) {
                     Probed::Refused { standby_signal }
+                } else {
+                    Probed::Silent { standby_signal }
                 };
                 (probed, None)
             }
@@ -155,6 +154,17 @@ impl Agent {
             .find(|n| self.cluster.runtime.primary_address_for_standbys(n) == (host.clone(), port))
             .map(|n| n.name.clone())
     }
+}
+
+/// Whether the server itself answered, with an error (starting up, too many connections):
+/// then it runs. Anything else (no connection, a timeout) is silence: a stopped postmaster
+/// accepts nothing, and once clients have filled its accept queue a connection fails at once
+/// (EAGAIN) rather than timing out, which must not pass for an answer.
+fn server_answered(error: &ClusterError) -> bool {
+    error
+        .connection_error()
+        .and_then(|e| e.sqlstate())
+        .is_some()
 }
 
 /// `host` and `port` of a conninfo string (the agent's own are `key=value` pairs; neither value
