@@ -248,6 +248,20 @@ fn ha_four_nodes_first_two_never_elect_a_stale_member() {
         Duration::from_secs(60),
         |ha| ha.streams_from(0, new),
     );
+    // Its agent's rejoin ends after the server streams: wait for the record it then publishes,
+    // so every member the next election counts speaks for its server as it is. Today the
+    // rejoin waits for every standby of the policy to reach its sync state, which pg_standby3
+    // (past the fork) never does: it ends at its 30 s timeout.
+    let follows_new = |ha: &HaCluster| {
+        let record = ha.etcd_get("members/pg_master").unwrap_or_default();
+        let record: serde_json::Value = serde_json::from_str(&record).unwrap_or_default();
+        record["running"] == true && record["follows"] == ha.nodes[new].as_str()
+    };
+    ha.wait_for(
+        "pg_master's agent to publish that it follows the new primary",
+        Duration::from_secs(45),
+        follows_new,
+    );
     let writer = Writer::start(&ha);
     let started = Instant::now();
     writer.wait_ack(&ha, Duration::from_secs(20), started, |a| a.node == new);
