@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::runtime_error::RuntimeError;
+use super::server_log;
 use super::server_version::{self, Binaries};
 use super::spec::{LocalSettings, NodeSpec};
 use super::ClusterError;
@@ -191,6 +192,7 @@ impl LocalRuntime {
             self.socket_dir().display(),
         );
         let (data, log) = (self.data_dir(node), self.log_file(node));
+        let mark = server_log::mark(&log);
         self.run(
             "pg_ctl",
             [
@@ -207,9 +209,14 @@ impl LocalRuntime {
             ],
         )
         .map_err(|e| {
+            // pg_ctl's own line is "Examine the log output": the server's says why.
+            let error = match server_log::start_failure(&log, mark) {
+                Some(reason) => format!("the server's log says: {reason}"),
+                None => e.to_string(),
+            };
             RuntimeError::StartFailed {
                 node: node.name.clone(),
-                error: e.to_string(),
+                error,
                 log,
             }
             .into()

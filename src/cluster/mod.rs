@@ -8,7 +8,8 @@
 //!
 //! Files: `build` (the steps of `up`), `bootstrap` (a primary alone, for agents), `role` (role
 //! changes), `drill`. Neighbours: `spec` (the cluster file), `runtime`/`local` (where nodes
-//! run), `backup` (the standbys' data), `conn::sql` (pgrepl's own SQL sessions).
+//! run), `server_log` (why a server did not start), `backup` (the standbys' data), `conn::sql`
+//! (pgrepl's own SQL sessions).
 
 mod bootstrap;
 mod build;
@@ -22,6 +23,7 @@ pub mod record;
 pub mod role;
 pub mod runtime;
 pub mod runtime_error;
+mod server_log;
 pub mod server_version;
 pub mod spec;
 mod sql_steps;

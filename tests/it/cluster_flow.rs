@@ -14,7 +14,8 @@ use crate::harness::{self, PgInstall, PgServer};
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub file: PathBuf,
-    pub ports: [u16; 3],
+    /// Node `i`'s port, in the cluster file's order.
+    pub ports: Vec<u16>,
 }
 
 impl TestCluster {
@@ -23,7 +24,7 @@ impl TestCluster {
         let file = dir.path().join("pgrepl.toml");
         let init = run(&["init", "--cluster", file.to_str().unwrap()]);
         assert!(init.status.success(), "{}", stderr(&init));
-        let ports = [
+        let ports = vec![
             harness::pick_port(),
             harness::pick_port(),
             harness::pick_port(),
@@ -31,7 +32,7 @@ impl TestCluster {
         let text = std::fs::read_to_string(&file).unwrap();
         let text = [54320, 54321, 54322]
             .iter()
-            .zip(ports)
+            .zip(&ports)
             .fold(text, |text, (default, port)| {
                 text.replace(&format!("port = {default}"), &format!("port = {port}"))
             });
@@ -192,7 +193,7 @@ fn up_checks_drill_and_down_on_the_local_runtime() {
 
     cluster.ok(&["down", "--purge"]);
     assert!(!cluster.dir.path().join(".pgrepl").exists());
-    for port in cluster.ports {
+    for &port in &cluster.ports {
         assert!(
             std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
             "port {port} still in use after down"

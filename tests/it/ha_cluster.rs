@@ -11,6 +11,7 @@ use crate::cluster_flow::TestCluster;
 use crate::etcd::EtcdCluster;
 use crate::ha_docker;
 
+/// The nodes of `pgrepl init`'s cluster file, the one most tests run.
 pub(crate) const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
 /// The agent's default lease TTL.
 pub(crate) const TTL: Duration = Duration::from_secs(2);
@@ -110,6 +111,8 @@ fn etcd_container(i: usize) -> String {
 
 /// A cluster built by `up`, a 3-member etcd, and an agent per node.
 pub(crate) struct HaCluster {
+    /// The cluster file's nodes in its order: node `i` is `nodes[i]` on `cluster.ports[i]`.
+    pub(crate) nodes: Vec<String>,
     /// The local runtime's agents, this test's children.
     pub(crate) agents: Vec<Option<Child>>,
     pub(crate) etcd: Etcd,
@@ -125,22 +128,27 @@ impl HaCluster {
         HaCluster::up_with(str::to_owned)
     }
 
-    /// [`HaCluster::up`] from the cluster file `edit` makes of `pgrepl init`'s.
+    /// [`HaCluster::up`] from the cluster file `edit` makes of `pgrepl init`'s (which may add
+    /// nodes: the bench takes them from the file).
     pub(crate) fn up_with(edit: impl FnOnce(&str) -> String) -> HaCluster {
-        let cluster = TestCluster::new();
+        let mut cluster = TestCluster::new();
         let text = std::fs::read_to_string(&cluster.file).unwrap();
         std::fs::write(&cluster.file, edit(&text)).unwrap();
+        let spec = pgrepl::cluster::spec::ClusterSpec::load(&cluster.file).expect("a valid file");
+        let nodes: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
+        cluster.ports = spec.nodes.iter().map(|n| n.port).collect();
         cluster.ok(&["up"]);
         let reach = Reach::Socket(cluster.socket_dir());
         let mut ha = HaCluster {
-            agents: vec![None, None, None],
+            agents: nodes.iter().map(|_| None).collect(),
+            nodes,
             etcd: Etcd::Processes(EtcdCluster::start(3)),
             cluster,
             reach,
             docker: false,
         };
         ha.create_table();
-        for i in 0..3 {
+        for i in 0..ha.nodes.len() {
             ha.start_agent(i);
         }
         ha.wait_for(
@@ -166,6 +174,7 @@ impl HaCluster {
             .collect::<Vec<_>>()
             .join(",");
         let ha = HaCluster {
+            nodes: NODES.map(str::to_owned).to_vec(),
             agents: Vec::new(),
             etcd: Etcd::Containers { endpoints },
             reach: Reach::Tcp {
@@ -193,32 +202,40 @@ impl HaCluster {
         self.cluster
             .dir
             .path()
-            .join(format!("agent-{}.log", NODES[i]))
+            .join(format!("agent-{}.log", self.nodes[i]))
     }
 
     /// What node `i`'s agent logged so far.
     pub(crate) fn agent_log(&self, i: usize) -> String {
         if self.docker {
-            return ha_docker::logs(NODES[i]);
+            return ha_docker::logs(&self.nodes[i]);
         }
         std::fs::read_to_string(self.log(i)).unwrap_or_default()
     }
 
     /// Starts node `i`'s agent again (docker: its container).
     pub(crate) fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// [`HaCluster::start_agent`] with `env` added to the agent's environment (local runtime:
+    /// a container's is fixed when `up` creates it).
+    pub(crate) fn start_agent_with(&mut self, i: usize, env: &[(&str, &str)]) {
         if self.docker {
-            ha_docker::start(NODES[i]);
+            assert!(env.is_empty(), "an agent container's environment is `up`'s");
+            ha_docker::start(&self.nodes[i]);
             return;
         }
-        let pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+        let mut pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+        pgrepl.envs(env.iter().copied());
         let etcd = ["--etcd".to_owned(), self.etcd.endpoints()];
         let (file, log) = (&self.cluster.file, self.log(i));
-        self.agents[i] = Some(spawn_agent(pgrepl, NODES[i], file, &etcd, &log));
+        self.agents[i] = Some(spawn_agent(pgrepl, &self.nodes[i], file, &etcd, &log));
     }
 
     pub(crate) fn signal_agent(&self, i: usize, signal: i32) {
         let pid = if self.docker {
-            ha_docker::agent_pid(NODES[i]).expect("the agent runs in its container")
+            ha_docker::agent_pid(&self.nodes[i]).expect("the agent runs in its container")
         } else {
             self.agents[i].as_ref().expect("agent running").id() as i32
         };
@@ -229,13 +246,30 @@ impl HaCluster {
     /// SIGKILL to node `i`'s agent (docker: its container, the server with it).
     pub(crate) fn kill_agent(&mut self, i: usize) {
         if self.docker {
-            ha_docker::kill(NODES[i]);
+            ha_docker::kill(&self.nodes[i]);
             return;
         }
         if let Some(mut child) = self.agents[i].take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether node `i`'s agent (local runtime) exited by itself.
+    pub(crate) fn agent_exited(&mut self, i: usize) -> bool {
+        let agent = self.agents[i].as_mut().map(Child::try_wait);
+        matches!(agent, Some(Ok(Some(_))))
+    }
+
+    /// Node `i`'s data directory on this machine (docker: in its machine directory, which the
+    /// container mounts).
+    pub(crate) fn data_dir(&self, i: usize) -> PathBuf {
+        let state = self.cluster.dir.path().join(".pgrepl");
+        let node = &self.nodes[i];
+        if self.docker {
+            return state.join(format!("machines/{node}/state/{node}/data"));
+        }
+        state.join(format!("{node}/data"))
     }
 
     /// SIGKILL to the node's postmaster and its children; its agent lives.
@@ -246,17 +280,10 @@ impl HaCluster {
     /// `signal` to every process of node `i`'s server; its agent is left alone.
     pub(crate) fn signal_postgres(&self, i: usize, signal: i32) {
         if self.docker {
-            ha_docker::signal_postgres(NODES[i], signal);
+            ha_docker::signal_postgres(&self.nodes[i], signal);
             return;
         }
-        signal_server(
-            &self
-                .cluster
-                .dir
-                .path()
-                .join(format!(".pgrepl/{}/data", NODES[i])),
-            signal,
-        );
+        signal_server(&self.data_dir(i), signal);
     }
 
     /// A key's value, asking each etcd member in turn (some may be down).
@@ -302,7 +329,7 @@ impl HaCluster {
             primary,
             &format!(
                 "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'",
-                NODES[i]
+                self.nodes[i]
             ),
         )
         .as_deref()
@@ -322,8 +349,8 @@ impl HaCluster {
     }
 
     pub(crate) fn logs(&self) -> String {
-        (0..3)
-            .map(|i| format!("--- agent {}:\n{}", NODES[i], self.agent_log(i)))
+        (0..self.nodes.len())
+            .map(|i| format!("--- agent {}:\n{}", self.nodes[i], self.agent_log(i)))
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -462,7 +489,7 @@ impl Drop for HaCluster {
     fn drop(&mut self) {
         if self.docker {
             // A stopped agent would hold `down` (in TestCluster's drop) for its whole timeout.
-            for node in NODES {
+            for node in &self.nodes {
                 if let Some(pid) = ha_docker::agent_pid(node) {
                     // SAFETY: kill(2) on an agent of this test's cluster.
                     unsafe { libc::kill(pid, libc::SIGCONT) };
@@ -470,7 +497,7 @@ impl Drop for HaCluster {
             }
             return;
         }
-        for i in 0..3 {
+        for i in 0..self.agents.len() {
             if let Some(child) = &self.agents[i] {
                 // A stopped agent cannot die of SIGKILL until it runs again.
                 // SAFETY: kill(2) on a child this test spawned.
@@ -557,16 +584,26 @@ impl Writer {
         pred: impl Fn(&Ack) -> bool,
         logs: impl Fn() -> String,
     ) -> Ack {
+        self.first_ack(limit, since, pred)
+            .unwrap_or_else(|| panic!("no acknowledged write within {limit:?}\n{}", logs()))
+    }
+
+    /// The first acknowledgement after `since` that satisfies `pred`, waiting up to `limit`;
+    /// `None` when none came, for a test that reports what happened before it fails.
+    pub(crate) fn first_ack(
+        &self,
+        limit: Duration,
+        since: Instant,
+        pred: impl Fn(&Ack) -> bool,
+    ) -> Option<Ack> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(ack) = self.acks().into_iter().find(|a| a.at > since && pred(a)) {
-                return ack;
+                return Some(ack);
             }
-            assert!(
-                Instant::now() < deadline,
-                "no acknowledged write within {limit:?}\n{}",
-                logs()
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

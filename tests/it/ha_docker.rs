@@ -84,7 +84,7 @@ pub(crate) fn connect(network: &str, container: &str, connected: bool) {
     docker_ok(&["network", verb, network, container]);
 }
 
-fn engine(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+pub(crate) fn engine(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     if let Err(why) = crate::cluster_docker::engine_with_image() {
         crate::capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
         return None;

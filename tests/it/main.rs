@@ -15,6 +15,7 @@ mod ha_cluster;
 mod ha_control;
 mod ha_docker;
 mod ha_docker_etcd;
+mod ha_faults;
 mod ha_hosts;
 mod ha_soak;
 mod ha_up;
