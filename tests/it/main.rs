@@ -16,6 +16,7 @@ mod ha_control;
 mod ha_docker;
 mod ha_docker_etcd;
 mod ha_hosts;
+mod ha_load;
 mod ha_soak;
 mod ha_up;
 mod harness;
