@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -304,6 +304,12 @@ impl HaCluster {
         node_of(&self.etcd_get("leader")?)
     }
 
+    /// Session settings for each node, in [`NODES`] order, as the test reaches them.
+    pub(crate) fn node_configs(&self) -> Vec<tokio_postgres::Config> {
+        let ports = self.cluster.ports.iter();
+        ports.map(|port| self.reach.config(*port)).collect()
+    }
+
     /// psql against node `i`, `None` when it does not answer.
     pub(crate) fn try_psql(&self, i: usize, sql: &str) -> Option<String> {
         let mut psql = Command::new(crate::harness::PgInstall::default_install().bin("psql"));
@@ -350,9 +356,34 @@ impl HaCluster {
 
     pub(crate) fn logs(&self) -> String {
         (0..self.nodes.len())
-            .map(|i| format!("--- agent {}:\n{}", self.nodes[i], self.agent_log(i)))
+            .map(|i| {
+                format!(
+                    "--- agent {}:\n{}{}",
+                    self.nodes[i],
+                    self.agent_log(i),
+                    self.server_log_tail(i)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The end of node `i`'s server log on the local runtime: it goes with the test's
+    /// directory once the failure is shown, and says what a slow promotion or restart waited on.
+    fn server_log_tail(&self, i: usize) -> String {
+        const LINES: usize = 40;
+        if self.docker {
+            return String::new();
+        }
+        let path = self
+            .cluster
+            .dir
+            .path()
+            .join(format!(".pgrepl/{}/postgres.log", self.nodes[i]));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LINES)..].join("\n");
+        format!("--- postgres {}, last {LINES} lines:\n{tail}\n", self.nodes[i])
     }
 
     /// Every acknowledged id is on node `i` (a standby gets a few seconds to replay them).
@@ -504,6 +535,9 @@ impl Drop for HaCluster {
                 unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
             }
             self.kill_agent(i);
+            // A server a failed test left stopped would ignore `down` and outlive the test,
+            // holding its port and any lock file the test's runner passed down.
+            self.signal_postgres(i, libc::SIGCONT);
         }
     }
 }
@@ -513,56 +547,140 @@ impl Drop for HaCluster {
 pub(crate) struct Ack {
     pub(crate) id: i64,
     pub(crate) node: usize,
-    /// When the insert was sent (a commit in flight at a fault may be acknowledged after it).
+    /// When the transaction was sent (a commit in flight at a fault may be acknowledged after
+    /// it).
     pub(crate) sent: Instant,
     pub(crate) at: Instant,
     /// Which of the writer's sessions (counted from 1) it came through.
     pub(crate) session: u32,
 }
 
-/// Inserts a row every 50 ms into whichever node takes writes, recording each acknowledgement.
-/// No statement_timeout: a cancelled wait for the sync standby would report the commit as done.
-pub(crate) struct Writer {
+/// An acknowledgement slower than this counts as none: the client looks for the primary again
+/// (a stranded old primary never answers).
+pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a writer's clients share: the acknowledgements, the id and session counters, the stop
+/// flag.
+#[derive(Clone, Default)]
+pub(crate) struct AckLog {
     acks: Arc<Mutex<Vec<Ack>>>,
     stop: Arc<AtomicBool>,
+    ids: Arc<AtomicI64>,
+    sessions: Arc<AtomicU32>,
+}
+
+impl AckLog {
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// An id no other transaction of this writer gets.
+    pub(crate) fn next_id(&self) -> i64 {
+        self.ids.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Records an acknowledged commit. `at` is read under the lock, so the log is in `at` order
+    /// however many clients record into it.
+    pub(crate) fn record(&self, id: i64, session: &Session, sent: Instant) {
+        let mut acks = self.acks.lock().unwrap();
+        acks.push(Ack {
+            id,
+            node: session.node,
+            sent,
+            at: Instant::now(),
+            session: session.number,
+        });
+    }
+}
+
+/// A writer's session on the node that took writes when it connected.
+pub(crate) struct Session {
+    pub(crate) node: usize,
+    pub(crate) client: tokio_postgres::Client,
+    /// Counted from 1 over all the writer's clients.
+    pub(crate) number: u32,
+}
+
+/// A session on the first of `nodes` that takes writes, searching from `start` round to it
+/// again; `None` when none does. A client starts after the node that last failed it, as a
+/// client with several hosts does, since a stranded old primary still says it takes writes.
+pub(crate) async fn open_session(
+    nodes: &[tokio_postgres::Config],
+    start: usize,
+    log: &AckLog,
+) -> Option<Session> {
+    for node in (0..nodes.len()).map(|k| (start + k) % nodes.len()) {
+        let connect = nodes[node].connect(tokio_postgres::NoTls);
+        let Ok(Ok((client, connection))) =
+            tokio::time::timeout(Duration::from_millis(500), connect).await
+        else {
+            continue;
+        };
+        tokio::spawn(connection);
+        let writable = client
+            .query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .await;
+        if writable.is_ok_and(|row| row.get::<_, bool>(0)) {
+            let number = log.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+            return Some(Session {
+                node,
+                client,
+                number,
+            });
+        }
+    }
+    None
+}
+
+/// Writes into whichever node takes writes and records each acknowledgement: a row every 50 ms
+/// ([`Writer::start`]), or the load a caller gives ([`Writer::spawn`]).
+/// No statement_timeout: a cancelled wait for the sync standby would report the commit as done.
+pub(crate) struct Writer {
+    log: AckLog,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
     /// Writes as the superuser to the cluster's nodes, as the test reaches them.
     pub(crate) fn start(ha: &HaCluster) -> Writer {
-        let nodes = ha
-            .cluster
-            .ports
-            .iter()
-            .map(|port| ha.reach.config(*port))
-            .collect();
-        Writer::over(nodes)
+        Writer::over(ha.node_configs())
     }
 
     /// Writes through `nodes` (node `i` of an [`Ack`] is `nodes[i]`), e.g. over TCP.
     pub(crate) fn over(nodes: Vec<tokio_postgres::Config>) -> Writer {
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
+        Writer::spawn(move |log| write_loop(nodes, log))
+    }
+
+    /// Runs the load `run` makes, on a thread of its own, until [`Writer::stop`].
+    pub(crate) fn spawn<F>(run: impl FnOnce(AckLog) -> F + Send + 'static) -> Writer
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let log = AckLog::default();
         let thread = {
-            let (acks, stop) = (acks.clone(), stop.clone());
+            let log = log.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(write_loop(nodes, acks, stop));
+                rt.block_on(run(log));
             })
         };
         Writer {
-            acks,
-            stop,
+            log,
             thread: Some(thread),
         }
     }
 
     pub(crate) fn acks(&self) -> Vec<Ack> {
-        self.acks.lock().unwrap().clone()
+        self.log.acks.lock().unwrap().clone()
+    }
+
+    /// How many sessions the writer opened so far: an [`Ack`] with a higher `session` came
+    /// through one opened later.
+    pub(crate) fn sessions(&self) -> u32 {
+        self.log.sessions.load(Ordering::SeqCst)
     }
 
     /// The first acknowledgement after `since` that satisfies `pred`.
@@ -598,8 +716,15 @@ impl Writer {
     ) -> Option<Ack> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(ack) = self.acks().into_iter().find(|a| a.at > since && pred(a)) {
-                return Some(ack);
+            let found = {
+                let acks = self.log.acks.lock().unwrap();
+                // The log is in `at` order: a loaded writer's is too long to scan or copy
+                // every 20 ms.
+                let from = acks.partition_point(|a| a.at <= since);
+                acks[from..].iter().find(|a| pred(a)).copied()
+            };
+            if found.is_some() {
+                return found;
             }
             if Instant::now() >= deadline {
                 return None;
@@ -609,7 +734,7 @@ impl Writer {
     }
 
     pub(crate) fn stop(mut self) -> Vec<Ack> {
-        self.stop.store(true, Ordering::SeqCst);
+        self.log.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();
         }
@@ -619,58 +744,29 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.log.stop.store(true, Ordering::SeqCst);
     }
 }
 
-async fn write_loop(
-    nodes: Vec<tokio_postgres::Config>,
-    acks: Arc<Mutex<Vec<Ack>>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut session: Option<(usize, tokio_postgres::Client)> = None;
-    let mut sessions = 0u32;
-    let mut next_id = 1i64;
-    // Where the search for a primary starts: after the node that last failed, as a client with
-    // several hosts does, since a stranded old primary still says it takes writes.
+async fn write_loop(nodes: Vec<tokio_postgres::Config>, log: AckLog) {
+    let mut session: Option<Session> = None;
     let mut start = 0;
-    while !stop.load(Ordering::SeqCst) {
+    while !log.stopped() {
         if session.is_none() {
-            for node in (0..nodes.len()).map(|k| (start + k) % nodes.len()) {
-                let connect = nodes[node].connect(tokio_postgres::NoTls);
-                let Ok(Ok((client, connection))) =
-                    tokio::time::timeout(Duration::from_millis(500), connect).await
-                else {
-                    continue;
-                };
-                tokio::spawn(connection);
-                let writable = client
-                    .query_one("SELECT NOT pg_is_in_recovery()", &[])
-                    .await;
-                if writable.is_ok_and(|row| row.get::<_, bool>(0)) {
-                    session = Some((node, client));
-                    sessions += 1;
-                    break;
-                }
-            }
+            session = open_session(&nodes, start, &log).await;
         }
-        if let Some((node, client)) = &session {
-            let id = next_id;
-            next_id += 1;
+        if let Some(open) = &session {
+            let id = log.next_id();
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
             let sent = Instant::now();
-            let insert = client.execute("INSERT INTO ha_writes(id) VALUES ($1)", &params);
-            match tokio::time::timeout(Duration::from_secs(1), insert).await {
-                Ok(Ok(_)) => acks.lock().unwrap().push(Ack {
-                    id,
-                    node: *node,
-                    sent,
-                    at: Instant::now(),
-                    session: sessions,
-                }),
+            let insert = open
+                .client
+                .execute("INSERT INTO ha_writes(id) VALUES ($1)", &params);
+            match tokio::time::timeout(COMMIT_TIMEOUT, insert).await {
+                Ok(Ok(_)) => log.record(id, open, sent),
                 // Not acknowledged (an error, or no answer in time): look for the primary again.
                 _ => {
-                    start = node + 1;
+                    start = open.node + 1;
                     session = None;
                 }
             }

@@ -17,6 +17,7 @@ mod ha_docker;
 mod ha_docker_etcd;
 mod ha_faults;
 mod ha_hosts;
+mod ha_load;
 mod ha_soak;
 mod ha_up;
 mod harness;
