@@ -47,6 +47,13 @@ pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<E
         endpoints,
         timing: Timing {
             ttl_s,
+            start_timeout_s: cluster
+                .spec
+                .ha
+                .as_ref()
+                .map_or(Timing::default().start_timeout_s, |ha| {
+                    ha.primary_start_timeout
+                }),
             ..Timing::default()
         },
     };

@@ -197,6 +197,13 @@ pub struct HaSpec {
     /// its last renewal.
     #[serde(default = "default_ttl")]
     pub ttl: u64,
+    /// Seconds a leader's server may fail to start (or stay in crash recovery) before a
+    /// standby takes over, when one can without loss (Patroni's `primary_start_timeout`).
+    #[serde(
+        default = "default_start_timeout",
+        skip_serializing_if = "is_default_start_timeout"
+    )]
+    pub primary_start_timeout: u64,
     /// The image of the etcd containers `up` starts on the docker runtime when `etcd` names
     /// none (`compose/build-image etcd` builds the default from the machine's etcd).
     #[serde(
@@ -220,12 +227,21 @@ fn default_ttl() -> u64 {
     crate::ha::Timing::default().ttl_s
 }
 
+fn default_start_timeout() -> u64 {
+    crate::ha::DEFAULT_START_TIMEOUT_S
+}
+
+fn is_default_start_timeout(seconds: &u64) -> bool {
+    *seconds == default_start_timeout()
+}
+
 impl Default for HaSpec {
     fn default() -> Self {
         HaSpec {
             etcd: Vec::new(),
             scope: None,
             ttl: default_ttl(),
+            primary_start_timeout: default_start_timeout(),
             etcd_image: default_etcd_image(),
         }
     }

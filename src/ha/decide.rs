@@ -225,11 +225,16 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             .cloned()
             .collect();
         let standby_names = desired.standby_names();
-        // Until this node's standbys hold what its predecessors acknowledged, their records
-        // stay in force.
+        // The record covers the names the server has now too (an earlier run of this agent may
+        // have set others before it was stopped mid-promotion), and until this node's standbys
+        // hold what its predecessors acknowledged, their records stay in force.
+        let covering = match SyncRecord::from_names(s.me, &local.standby_names) {
+            Some(current) if current != desired => current.union(&desired),
+            _ => desired,
+        };
         let sync = match &view.sync {
-            Some(record) => desired.after(&election::rules_in_force(record, &view.members)),
-            None => desired,
+            Some(record) => covering.after(&election::rules_in_force(record, &view.members)),
+            None => covering,
         };
         return Decision::new(
             Action::Promote {

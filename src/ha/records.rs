@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::spec::{synchronous_standby_names, ClusterSpec};
 use crate::ids::TimelineId;
+use crate::lag::sync::{SyncMethod, SyncStandbyNames};
 use crate::Lsn;
 
 /// The keys of one cluster.
@@ -171,6 +172,23 @@ impl SyncRecord {
             })
             .collect();
         SyncRecord { prior, ..self }
+    }
+
+    /// The record a synchronous_standby_names setting of `leader` amounts to (`None`: empty or
+    /// unreadable, no synchronous standby).
+    pub fn from_names(leader: &str, names: &str) -> Option<SyncRecord> {
+        let parsed = SyncStandbyNames::parse(names).ok()??;
+        Some(SyncRecord {
+            leader: leader.to_owned(),
+            method: match parsed.method {
+                SyncMethod::Priority => "FIRST",
+                SyncMethod::Quorum => "ANY",
+            }
+            .into(),
+            num: parsed.num_sync,
+            members: parsed.names,
+            prior: Vec::new(),
+        })
     }
 
     /// The synchronous_standby_names this record allows (empty: asynchronous).

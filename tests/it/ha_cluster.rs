@@ -383,7 +383,10 @@ impl HaCluster {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(LINES)..].join("\n");
-        format!("--- postgres {}, last {LINES} lines:\n{tail}\n", self.nodes[i])
+        format!(
+            "--- postgres {}, last {LINES} lines:\n{tail}\n",
+            self.nodes[i]
+        )
     }
 
     /// Every acknowledged id is on node `i` (a standby gets a few seconds to replay them).

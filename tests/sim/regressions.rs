@@ -327,3 +327,28 @@ fn sim_d9_a_restarted_agent_keeps_its_healthy_primary_leading() {
         outcome.max_gap_ms
     );
 }
+
+/// Found by the random runs (seed 1796567308674067538, 5 nodes, ANY 2): under late messages a
+/// leader's renewals time out; its watchdog's kill returned after the loop had decided to
+/// restart the server, and disarmed the fence for the server it then started, which ran past
+/// its deadline; and the leader kept restarting a server the watchdog killed at once.
+#[test]
+fn sim_seed_1796567308674067538_a_restart_keeps_the_fence_armed() {
+    expect_ok(Schedule::generate(1796567308674067538));
+}
+
+/// Found by the random runs (seed 1796566883838747186, 4 nodes, ANY 2): the primary's server
+/// hung, its agent restarted; the new agent never saw it answer, so its fence was not armed,
+/// and with etcd's quorum lost nothing would have stopped it once it ran again.
+#[test]
+fn sim_seed_1796566883838747186_a_silent_primary_is_fenced_too() {
+    expect_ok(Schedule::generate(1796566883838747186));
+}
+
+/// Found by the random runs (seed 1796569027280007175, 4 nodes, FIRST 1 → FIRST 2): the elected
+/// standby's agent was restarted (the new policy) mid-promotion; the new run wrote a `FIRST 2`
+/// record while the server was being promoted with the first run's `FIRST 1` names.
+#[test]
+fn sim_seed_1796569027280007175_a_record_covers_the_names_a_promotion_brings() {
+    expect_ok(Schedule::generate(1796569027280007175));
+}

@@ -723,7 +723,11 @@ impl World {
         // A read takes effect where it arrives and changes nothing: the way back is folded
         // into the way there, and its answer handled on arrival (one event, not two).
         if matches!(req, Req::Probe | Req::View(_)) {
-            delay += if local { self.rng.u64(1..3) } else { self.net() };
+            delay += if local {
+                self.rng.u64(1..3)
+            } else {
+                self.net()
+            };
         }
         for _ in 0..hops {
             delay += self.net() * 2;
@@ -860,12 +864,10 @@ impl World {
                 in_recovery: running && s.standby_signal,
                 timeline: running.then(|| TimelineId::new(self.tls.number(s.tl))),
                 position: running.then(|| Lsn::new(s.reported_position())),
-                // No walreceiver, no primary_conninfo, and a position that cannot grow: the
-                // received one is known, or replay reached the end of the local WAL.
+                // No walreceiver, no primary_conninfo, and a position that cannot grow:
+                // replay reached the end of the WAL the server holds.
                 detached: !running
-                    || (s.conninfo.is_none()
-                        && s.upstream.is_none()
-                        && (s.received.is_some() || s.replayed >= s.flushed)),
+                    || (s.conninfo.is_none() && s.upstream.is_none() && s.replayed >= s.flushed),
                 follows: s
                     .conninfo
                     .filter(|_| running)
@@ -1618,7 +1620,14 @@ impl World {
             self.rng.u64(0..3)
         };
         let delay = self.net() + fsync + self.net();
-        self.after(delay, Ev::Flush { node: to, upto, gen });
+        self.after(
+            delay,
+            Ev::Flush {
+                node: to,
+                upto,
+                gen,
+            },
+        );
     }
 
     fn flush(&mut self, node: usize, upto: Pos, gen: u64) {

@@ -7,24 +7,25 @@ use tokio_postgres::Client;
 use super::{Agent, SQL_TIMEOUT};
 use crate::cluster::topology::ControlFile;
 use crate::cluster::{node_err_sql, ClusterError};
+use crate::conn::Connection;
 use crate::ha::model::{Local, Probed};
 use crate::ha::records::ServerState;
 use crate::ids::TimelineId;
 
 /// The state of the server in one round trip. A standby's position is the furthest WAL it holds
-/// (received and flushed, or replayed); it is final only once it cannot grow from what the
-/// server has: its walreceiver ran since the start, so the received position is known, or the
-/// startup process replayed all local WAL and waits for more (`RecoveryRetrieveRetryInterval`,
-/// xlogrecovery.c `WaitForWALToBecomeAvailable`). A standby restarted with replay lag otherwise
-/// reports a replay position that still climbs.
+/// (received and flushed, or replayed); it is final only once the startup process replayed all
+/// the WAL the server has and waits for more (`RecoveryRetrieveRetryInterval`, xlogrecovery.c
+/// `WaitForWALToBecomeAvailable`): a standby restarted with replay lag otherwise reports a
+/// replay position that still climbs, and until replay ends, the timeline of its last WAL
+/// (which [`Agent::replay_timeline`] reads) may not be the one its newest WAL is on.
 const PROBE: &str = "\
     SELECT pg_is_in_recovery() AS in_recovery, \
            CASE WHEN pg_is_in_recovery() \
                 THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
                 ELSE pg_current_wal_flush_lsn() END::text AS position, \
-           pg_last_wal_receive_lsn() IS NOT NULL \
-             OR (SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'startup') \
-                = 'RecoveryRetrieveRetryInterval' AS position_final, \
+           coalesce((SELECT wait_event FROM pg_stat_activity \
+                     WHERE backend_type = 'startup') = 'RecoveryRetrieveRetryInterval', \
+                    false) AS position_final, \
            CASE WHEN pg_is_in_recovery() \
                 THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
                               (SELECT timeline_id FROM pg_control_checkpoint())) \
@@ -122,17 +123,35 @@ impl Agent {
             })?),
             None => None,
         };
+        let in_recovery: bool = row.get("in_recovery");
+        let mut timeline = row
+            .get::<_, Option<i32>>("timeline")
+            .map(|t| TimelineId::new(t as u32));
+        let mut final_position = row.get::<_, bool>("position_final");
+        if in_recovery {
+            // The SQL one falls back to the last restartpoint's when no walreceiver runs, which
+            // can lag the WAL by minutes (across a timeline switch too): an election would rank
+            // this standby on an older timeline than it is on.
+            match self.replay_timeline().await {
+                Ok(replayed) => timeline = Some(replayed),
+                Err(e) => {
+                    tracing::warn!(
+                        "IDENTIFY_SYSTEM on `{}`: {e}; its position counts for no election",
+                        self.node.name
+                    );
+                    final_position = false;
+                }
+            }
+        }
         let local = Local {
             server: ServerState {
                 running: true,
-                in_recovery: row.get("in_recovery"),
+                in_recovery,
                 position,
-                timeline: row
-                    .get::<_, Option<i32>>("timeline")
-                    .map(|t| TimelineId::new(t as u32)),
+                timeline,
                 detached: conninfo.is_empty()
                     && row.get::<_, bool>("no_receiver")
-                    && row.get::<_, bool>("position_final"),
+                    && final_position,
                 follows: self.followed_node(&conninfo),
             },
             standby_signal: false,
@@ -142,6 +161,23 @@ impl Agent {
             system_id: None,
         };
         Ok((local, client))
+    }
+
+    /// The timeline of the last WAL record a standby replayed: IDENTIFY_SYSTEM over a
+    /// replication session to it (a cascading walsender answers with its replay timeline,
+    /// walsender.c `GetStandbyFlushRecPtr`), as Patroni reads a replica's timeline.
+    async fn replay_timeline(&self) -> Result<TimelineId, ClusterError> {
+        let mut options = self.cluster.superuser(&self.node)?;
+        options.dbname = None;
+        options.connect_timeout = Some(SQL_TIMEOUT);
+        let node = |source| ClusterError::Node {
+            node: self.node.name.clone(),
+            source: Box::new(source),
+        };
+        let mut conn = Connection::connect(&options).await.map_err(node)?;
+        let system = conn.identify_system().await.map_err(node)?;
+        conn.close().await;
+        Ok(system.timeline)
     }
 
     /// The node whose address primary_conninfo names.
