@@ -443,6 +443,7 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let options = pgrepl::cluster::plan::RejoinOptions {
         rewind: args.rewind,
         dry_run: args.output.dry_run,
+        agents: false,
     };
     let report = cluster
         .rejoin(&args.node, options, &PrintSteps(Instant::now()))

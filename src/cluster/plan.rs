@@ -80,6 +80,10 @@ pub struct RejoinOptions {
     /// Try pg_rewind before a re-clone when the node's WAL runs past the fork.
     pub rewind: bool,
     pub dry_run: bool,
+    /// The agents own the primary's synchronous_standby_names (they change it only after the
+    /// sync record allows it): start the node and leave the primary as it is.
+    #[serde(default)]
+    pub agents: bool,
 }
 
 /// Why a role change is refused before anything changed.

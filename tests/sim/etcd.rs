@@ -5,6 +5,7 @@
 //! every lease to a full TTL (`lessor.Promote`).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use pgrepl::ha::model::{Leader, View};
 use pgrepl::ha::records::{LeaseId, MemberRecord, PauseRecord, RoleRequest, SyncRecord};
@@ -36,6 +37,8 @@ pub struct Etcd {
     pub system_id: Option<u64>,
     /// Another cluster's: its lease and the system identifier ours had.
     foreign: Option<(LeaseId, Option<u64>)>,
+    /// The view of one revision, for every reader of it.
+    cache: Option<(u64, Rc<View>)>,
 }
 
 impl Etcd {
@@ -133,6 +136,27 @@ impl Etcd {
         self.members.insert(record.node.clone(), (record, lease));
         self.bump();
         true
+    }
+
+    /// `Store::view` as `lease`'s holder sees it, shared between the readers of one revision
+    /// (the one holding the leader key gets its own copy, with `mine` set).
+    pub fn shared_view(&mut self, lease: LeaseId) -> Rc<View> {
+        let current = match &self.cache {
+            Some((revision, view)) if *revision == self.revision => view.clone(),
+            _ => {
+                let view = Rc::new(self.view(LeaseId(0)));
+                self.cache = Some((self.revision, view.clone()));
+                view
+            }
+        };
+        match current.leader.as_ref() {
+            Some(leader) if leader.lease == lease => {
+                let mut own = (*current).clone();
+                own.leader.as_mut().expect("a leader").mine = true;
+                Rc::new(own)
+            }
+            _ => current,
+        }
     }
 
     /// `Store::view`: one revision's leader, members, sync record and requests.

@@ -6,6 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::rc::Rc;
 
 use pgrepl::cluster::spec::{ClusterSpec, NodeRole, NodeSpec};
 use pgrepl::ha::core::{Core, Effect, Renewal, Step};
@@ -63,7 +64,7 @@ enum Reply {
     Probed(Probed),
     Published(bool),
     /// And when etcd took it.
-    View(Option<View>, u64),
+    View(Option<Rc<View>>, u64),
     Renewal(Renewal),
     Granted(Option<LeaseId>),
     Done(bool),
@@ -163,28 +164,9 @@ enum Work {
     StopFast,
 }
 
-struct Item {
-    at: u64,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Item {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
+/// The queue holds (when, order, slot) and the events wait in a slab: the heap moves 24 bytes,
+/// not an event.
+type Key = Reverse<(u64, u64, u32)>;
 
 /// What the loop of an agent waits for.
 #[derive(Debug)]
@@ -204,6 +186,8 @@ struct AgentProc {
     core: Option<Core>,
     phase: Phase,
     tick_seq: u64,
+    /// When its next round is due.
+    tick_at: u64,
     /// The operation each lane waits for.
     lane_op: [u64; 3],
     /// Effects the lease lane still has to carry out, and when its renewal was sent.
@@ -225,6 +209,8 @@ struct ClientProc {
     node: Option<usize>,
     inflight: Option<usize>,
     start: usize,
+    /// Its give-up timer is set.
+    timer: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +218,7 @@ pub struct Commit {
     pub node: usize,
     pub tl: usize,
     pub at: Pos,
+    pub sent_at: u64,
     pub acked_at: Option<u64>,
 }
 
@@ -253,7 +240,9 @@ pub struct Outcome {
 pub struct World {
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<Item>>,
+    queue: BinaryHeap<Key>,
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
     rng: fastrand::Rng,
     schedule: Schedule,
     spec: ClusterSpec,
@@ -269,8 +258,9 @@ pub struct World {
     agents: Vec<AgentProc>,
     clients: Vec<ClientProc>,
     commits: Vec<Commit>,
-    /// Acknowledged commits, in order.
+    /// Acknowledged commits, in order; the newest one of each timeline.
     acks: Vec<usize>,
+    frontier: Vec<(usize, usize)>,
     cuts: Vec<(Peer, Peer)>,
     jitter: (u64, u64),
     reload_delay: (u64, u64),
@@ -349,6 +339,8 @@ impl World {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            slab: Vec::new(),
+            free: Vec::new(),
             rng: fastrand::Rng::with_seed(schedule.seed ^ 0x9E37_79B9_7F4A_7C15),
             heal_at: schedule.heal_at(),
             schedule: schedule.clone(),
@@ -368,6 +360,7 @@ impl World {
                     core: None,
                     phase: Phase::Idle,
                     tick_seq: 0,
+                    tick_at: 0,
                     lane_op: [0; 3],
                     lease_effects: Vec::new(),
                     renew_sent: 0,
@@ -383,10 +376,12 @@ impl World {
                     node: None,
                     inflight: None,
                     start: c,
+                    timer: false,
                 })
                 .collect(),
             commits: Vec::new(),
             acks: Vec::new(),
+            frontier: Vec::new(),
             cuts: Vec::new(),
             jitter: (0, 0),
             reload_delay: (0, 0),
@@ -426,11 +421,17 @@ impl World {
 
     fn at(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse(Item {
-            at: at.max(self.now),
-            seq: self.seq,
-            ev,
-        }));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = Some(ev);
+                slot
+            }
+            None => {
+                self.slab.push(Some(ev));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.queue.push(Reverse((at.max(self.now), self.seq, slot)));
     }
 
     fn after(&mut self, delay: u64, ev: Ev) {
@@ -469,13 +470,15 @@ impl World {
     pub fn run(mut self) -> Outcome {
         let bound = liveness_bound(&self.schedule);
         let end = self.heal_at + bound;
-        while let Some(Reverse(item)) = self.queue.pop() {
-            if item.at > end {
+        while let Some(Reverse((at, _, slot))) = self.queue.pop() {
+            if at > end {
                 break;
             }
-            self.now = item.at;
+            self.now = at;
             self.events += 1;
-            self.handle(item.ev);
+            let ev = self.slab[slot as usize].take().expect("a queued event");
+            self.free.push(slot);
+            self.handle(ev);
             if self.violation.is_none() {
                 self.check();
             }
@@ -590,7 +593,19 @@ impl World {
             Ev::ClientTick { client } => self.client_tick(client),
             Ev::ClientGiveUp { client, commit } => {
                 let c = &mut self.clients[client];
-                if c.inflight == Some(commit) {
+                c.timer = false;
+                // A later commit in flight: its own second.
+                if let Some(later) = c.inflight.filter(|&n| n != commit) {
+                    let at = self.commits[later].sent_at + CLIENT_TIMEOUT;
+                    c.timer = true;
+                    self.at(
+                        at,
+                        Ev::ClientGiveUp {
+                            client,
+                            commit: later,
+                        },
+                    );
+                } else if c.inflight == Some(commit) {
                     c.inflight = None;
                     c.start = c.node.map_or(c.start, |n| n + 1);
                     c.node = None;
@@ -670,6 +685,7 @@ impl World {
     fn schedule_tick(&mut self, node: usize, delay: u64) {
         let agent = &mut self.agents[node];
         agent.tick_seq += 1;
+        agent.tick_at = self.now + delay;
         let (inc, seq) = (agent.inc, agent.tick_seq);
         self.after(delay, Ev::Tick { node, inc, seq });
     }
@@ -685,8 +701,12 @@ impl World {
             {
                 continue;
             }
+            let due = agent.tick_at;
             let delay = self.net() + 1;
-            self.schedule_tick(node, delay);
+            // A round due about then anyway serves.
+            if due > self.now + delay + 5 {
+                self.schedule_tick(node, delay);
+            }
         }
     }
 
@@ -811,7 +831,7 @@ impl World {
                 if !etcd_ok {
                     return self.respond(node, inc, lane, op, Reply::View(None, 0), timeout);
                 }
-                let view = self.etcd.view(lease);
+                let view = self.etcd.shared_view(lease);
                 let taken = self.now;
                 if taken <= timeout {
                     self.respond(node, inc, lane, op, Reply::View(Some(view), taken), taken);
@@ -985,10 +1005,10 @@ impl World {
         }
     }
 
-    fn decide(&mut self, node: usize, probed: Probed, view: Option<View>) {
+    fn decide(&mut self, node: usize, probed: Probed, view: Option<Rc<View>>) {
         let now = Time::from_millis(self.now);
         let was_paused = self.core(node).paused();
-        let step = self.core(node).decide(now, &probed, view.as_ref());
+        let step = self.core(node).decide(now, &probed, view.as_deref());
         if was_paused && !self.core(node).paused() {
             self.agents[node].awake_at = self.now;
         }
@@ -1759,12 +1779,18 @@ impl World {
             node,
             tl: s.tl,
             at: s.flushed,
+            sent_at: self.now,
             acked_at: None,
         });
         let c = &mut self.clients[client];
         c.node = Some(node);
         c.inflight = Some(commit);
-        self.after(CLIENT_TIMEOUT, Ev::ClientGiveUp { client, commit });
+        // One timer per client: when it fires for an acknowledged commit, it is set again for
+        // the one in flight then.
+        if !self.clients[client].timer {
+            self.clients[client].timer = true;
+            self.after(CLIENT_TIMEOUT, Ev::ClientGiveUp { client, commit });
+        }
         if self.servers[node].ssn.names.is_empty() {
             return self.acknowledge(commit);
         }
@@ -2049,12 +2075,13 @@ impl World {
     /// No acknowledged commit is missing from the history of the server that acknowledges the
     /// next one.
     fn check_acknowledged(&mut self, commit: usize) {
-        let c = self.commits[commit].clone();
+        let c = &self.commits[commit];
         let s = &self.servers[c.node];
-        for &earlier in &self.acks {
+        // On one timeline, a later position holds the earlier ones: only the newest
+        // acknowledged commit of each timeline needs checking.
+        for &(tl, earlier) in &self.frontier {
             let e = &self.commits[earlier];
-            // On the same timeline and before it: the same WAL.
-            if e.tl == c.tl && e.at <= c.at {
+            if tl == c.tl && e.at <= c.at {
                 continue;
             }
             if !self.tls.contains(s.tl, s.flushed, e.tl, e.at) {
@@ -2070,11 +2097,20 @@ impl World {
                 return;
             }
         }
+        let tl = c.tl;
+        match self.frontier.iter_mut().find(|(t, _)| *t == tl) {
+            Some(entry) if self.commits[entry.1].at < self.commits[commit].at => entry.1 = commit,
+            Some(_) => {}
+            None => self.frontier.push((tl, commit)),
+        }
     }
 
     fn check(&mut self) {
         // A primary whose agent runs, unpaused, is fenced at its deadline.
         for node in 0..self.agents.len() {
+            if !self.servers[node].primary() {
+                continue;
+            }
             let agent = &self.agents[node];
             let Some(core) = agent.core.as_ref().filter(|_| !agent.frozen) else {
                 continue;

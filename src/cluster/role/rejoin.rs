@@ -106,7 +106,12 @@ impl Cluster {
             .await?;
         steps.done(format!("`{name}` {how}"));
         self.runtime.start(node).await?;
-        if self.is_here(primary) {
+        if options.agents {
+            steps.done(format!(
+                "`{name}` started as a standby of `{}`; its agent sets the sync policy",
+                primary.name
+            ));
+        } else if self.is_here(primary) {
             let primary_sql = self.sql(primary).await?;
             self.apply_sync_policy(&spec, &primary_sql, log).await?;
             steps.done(format!("`{name}` streams from `{}`", primary.name));

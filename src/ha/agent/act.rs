@@ -148,6 +148,7 @@ impl Agent {
         let options = RejoinOptions {
             rewind: true,
             dry_run: false,
+            agents: true,
         };
         self.cluster
             .rejoin(&self.node.name, options, &TracingLog)
