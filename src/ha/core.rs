@@ -147,7 +147,8 @@ impl Core {
             lease,
             confirmed_at: now,
             renewal_failing: false,
-            armed: false,
+            // Until the first probe says otherwise, the server may be a primary.
+            armed: true,
             paused: false,
             silent_since: None,
             stuck: None,

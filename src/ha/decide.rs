@@ -357,7 +357,11 @@ fn leaderless(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             Decision::wait("no leader yet; waiting for the primary's agent")
         };
     };
-    let was_leader = record.leader == s.me;
+    // The last leader that may have acknowledged anything: the record's, unless that one never
+    // promoted (its record is void), then the one before. Its data holds every acknowledged
+    // commit (a primary flushes a commit before it is acknowledged), so it may lead again.
+    let rules = election::rules_in_force(record, &view.members);
+    let was_leader = rules.first().is_some_and(|r| r.leader == s.me);
     if !local.server.running || !local.server.in_recovery {
         // A primary's data (running, or stopped without standby.signal).
         let primary_data = local.server.running || !local.standby_signal;

@@ -103,7 +103,7 @@ impl Etcd {
             self.members.len(),
             self.switchover.is_some(),
         );
-        if self.leader.as_ref().is_some_and(|(_, l)| *l == lease) {
+        if self.held_by(lease) {
             self.leader = None;
         }
         self.members.retain(|_, (_, l)| *l != lease);
@@ -127,6 +127,11 @@ impl Etcd {
         for lease in self.leases.values_mut() {
             lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
         }
+    }
+
+    /// The leader key is held under `lease`.
+    fn held_by(&self, lease: LeaseId) -> bool {
+        self.leader.as_ref().is_some_and(|(_, l)| *l == lease)
     }
 
     pub fn publish(&mut self, record: MemberRecord, lease: LeaseId) -> bool {
@@ -203,7 +208,7 @@ impl Etcd {
 
     /// `Store::release`: the key goes if `lease` holds it.
     pub fn release(&mut self, lease: LeaseId) -> bool {
-        if !self.leader.as_ref().is_some_and(|(_, l)| *l == lease) {
+        if !self.held_by(lease) {
             return false;
         }
         self.leader = None;
@@ -213,7 +218,7 @@ impl Etcd {
 
     /// `Store::record_system_id`: if none is, while `lease` holds the key.
     pub fn record_system_id(&mut self, lease: LeaseId, system_id: u64) -> bool {
-        if self.system_id.is_some() || !self.leader.as_ref().is_some_and(|(_, l)| *l == lease) {
+        if self.system_id.is_some() || !self.held_by(lease) {
             return false;
         }
         self.system_id = Some(system_id);
@@ -223,7 +228,7 @@ impl Etcd {
 
     /// `Store::write_sync`: put the record if the leader key's lease is `lease`.
     pub fn write_sync(&mut self, record: SyncRecord, lease: LeaseId) -> bool {
-        if !self.leader.as_ref().is_some_and(|(_, l)| *l == lease) {
+        if !self.held_by(lease) {
             return false;
         }
         self.sync = Some(record);
@@ -237,7 +242,7 @@ impl Etcd {
             return false;
         };
         let theirs = *theirs;
-        if !self.leader.as_ref().is_some_and(|(_, l)| *l == lease) {
+        if !self.held_by(lease) {
             return false;
         }
         self.leader = Some((to.to_owned(), theirs));

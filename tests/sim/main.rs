@@ -59,6 +59,16 @@ pub fn explain(schedule: &Schedule) -> String {
     )
 }
 
+/// A line of the run's summary, shown even when the test harness captures output (it
+/// captures the print macros, not writes to the stream): a CI log always says how many
+/// schedules ran.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     Some(
@@ -108,7 +118,7 @@ fn sim_random_schedules_break_no_invariant() {
         .into_iter()
         .fold(Tally::default(), |a, b| a.merge(b));
     let took = started.elapsed();
-    println!(
+    report!(
         "simulated {} schedules, {} violations ({:.1} s, {} threads, first seed {base}, {} events, {} acknowledged commits)",
         tally.runs,
         tally.failures.len(),
@@ -118,11 +128,11 @@ fn sim_random_schedules_break_no_invariant() {
         tally.acked
     );
     for (policy, runs) in POLICIES.iter().zip(tally.per_policy) {
-        println!("  {policy}: {runs} schedules");
+        report!("  {policy}: {runs} schedules");
     }
     tally.print_recovery();
     for (kind, (count, seed)) in &tally.kinds {
-        println!("  {count} × {kind}… (e.g. seed {seed})");
+        report!("  {count} × {kind}… (e.g. seed {seed})");
     }
     if let Some(seed) = tally.failures.first() {
         let schedule = Schedule::generate(*seed);
@@ -200,7 +210,7 @@ impl Tally {
         }
         self.recovery_ms.sort_unstable();
         let at = |q: f64| self.recovery_ms[((self.recovery_ms.len() - 1) as f64 * q) as usize];
-        println!(
+        report!(
             "  from the end of the faults to the first acknowledged write: median {} ms, p99 {} ms, max {} ms",
             at(0.5),
             at(0.99),

@@ -253,7 +253,7 @@ impl Server {
             return None;
         }
         if config.quorum {
-            candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.1));
             Some(candidates[num - 1].1)
         } else {
             candidates.sort_unstable_by_key(|c| c.0);

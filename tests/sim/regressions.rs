@@ -352,3 +352,22 @@ fn sim_seed_1796566883838747186_a_silent_primary_is_fenced_too() {
 fn sim_seed_1796569027280007175_a_record_covers_the_names_a_promotion_brings() {
     expect_ok(Schedule::generate(1796569027280007175));
 }
+
+/// Found by the random runs (seed 1796570322591963311, 3 nodes, FIRST 1): a switchover's target
+/// wrote its record and died before promoting; the old leader, stopped cleanly and holding every
+/// commit it acknowledged, waited for an election its own record's count could not satisfy
+/// (the third node was down). The last leader that may have acknowledged anything takes the key
+/// back, as when no record is void.
+#[test]
+fn sim_seed_1796570322591963311_the_last_real_leader_leads_again_after_a_void_record() {
+    expect_ok(Schedule::generate(1796570322591963311));
+}
+
+/// Found by the random runs (seed 1796570503698698106, 4 nodes, FIRST 2): the primary's agent
+/// started again and froze before its first probe; thawed with etcd's quorum gone, its fence
+/// was not armed (no probe had said its server was a primary) and the server ran past the
+/// deadline. A new agent's fence is armed until a probe says otherwise.
+#[test]
+fn sim_seed_1796570503698698106_a_new_agent_fences_before_its_first_probe() {
+    expect_ok(Schedule::generate(1796570503698698106));
+}

@@ -122,7 +122,15 @@ impl World {
         );
     }
 
-    pub(super) fn respond(&mut self, node: usize, inc: u32, lane: Lane, op: u64, reply: Reply, at: u64) {
+    pub(super) fn respond(
+        &mut self,
+        node: usize,
+        inc: u32,
+        lane: Lane,
+        op: u64,
+        reply: Reply,
+        at: u64,
+    ) {
         let agent = &self.agents[node];
         if at == self.now && agent.inc == inc && !agent.frozen {
             if agent.lane_op[lane as usize] == op {
@@ -142,7 +150,15 @@ impl World {
         );
     }
 
-    pub(super) fn arrive(&mut self, node: usize, inc: u32, lane: Lane, op: u64, req: Req, sent: u64) {
+    pub(super) fn arrive(
+        &mut self,
+        node: usize,
+        inc: u32,
+        lane: Lane,
+        op: u64,
+        req: Req,
+        sent: u64,
+    ) {
         let timeout = sent + self.timing.request_timeout().as_millis() as u64;
         let etcd_ok = self.etcd.available(self.now) && self.reachable(Peer::Node(node), Peer::Etcd);
         let local = match &req {

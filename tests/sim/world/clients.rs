@@ -76,4 +76,3 @@ impl World {
         self.after(pause, Ev::ClientTick { client });
     }
 }
-

@@ -202,7 +202,13 @@ impl World {
         self.names.iter().position(|n| n == name).expect("a node")
     }
 
-    pub(super) fn finish(&mut self, node: usize, run: u64, work: Work, agent: (usize, u32, Lane, u64)) {
+    pub(super) fn finish(
+        &mut self,
+        node: usize,
+        run: u64,
+        work: Work,
+        agent: (usize, u32, Lane, u64),
+    ) {
         let (a, inc, lane, op) = agent;
         if self.runs[node] != run {
             return self.respond(a, inc, lane, op, Reply::Done(false), self.now);

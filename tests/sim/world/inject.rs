@@ -112,28 +112,24 @@ impl World {
         let fault = self.schedule.faults[i].1.clone();
         self.log(|| format!("END {fault}"));
         match fault {
-            Fault::ServerHang { node, .. } => {
-                if self.servers[node].hung {
-                    self.servers[node].hung = false;
-                    // Its walsenders and walreceiver pick up where they stopped.
-                    self.send_wal(node);
-                    for j in 0..self.servers[node].senders.len() {
-                        let w = &self.servers[node].senders[j];
-                        let (standby, flush) = (w.standby, self.servers[w.standby].flushed);
-                        let gen = self.conns[standby];
-                        self.after(
-                            1,
-                            Ev::Feedback {
-                                primary: node,
-                                standby,
-                                flush,
-                                gen,
-                            },
-                        );
-                    }
-                    self.try_connect(node);
-                    self.schedule_replay(node);
+            Fault::ServerHang { node, .. } if self.servers[node].hung => {
+                self.servers[node].hung = false;
+                // Its walsenders and walreceiver pick up where they stopped.
+                self.send_wal(node);
+                for j in 0..self.servers[node].senders.len() {
+                    let w = &self.servers[node].senders[j];
+                    let (standby, flush) = (w.standby, self.servers[w.standby].flushed);
+                    let gen = self.conns[standby];
+                    let feedback = Ev::Feedback {
+                        primary: node,
+                        standby,
+                        flush,
+                        gen,
+                    };
+                    self.after(1, feedback);
                 }
+                self.try_connect(node);
+                self.schedule_replay(node);
             }
             Fault::Partition { a, b, .. } => {
                 if let Some(k) = self.cuts.iter().position(|&c| c == (a, b)) {
@@ -144,11 +140,11 @@ impl World {
                 }
                 self.wake_all(None);
             }
-            Fault::EtcdLeaderChange { .. } | Fault::EtcdQuorumLoss { .. } => {
-                if self.etcd.available(self.now) {
-                    self.etcd.promote_leader(self.now);
-                    self.wake_all(None);
-                }
+            Fault::EtcdLeaderChange { .. } | Fault::EtcdQuorumLoss { .. }
+                if self.etcd.available(self.now) =>
+            {
+                self.etcd.promote_leader(self.now);
+                self.wake_all(None);
             }
             Fault::Pause { .. } => {
                 self.etcd.set_pause(None);
@@ -201,4 +197,3 @@ impl World {
         }
     }
 }
-

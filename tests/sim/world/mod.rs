@@ -301,8 +301,7 @@ impl World {
         let n = schedule.nodes;
         let names: Vec<String> = (0..n).map(|i| format!("n{}", i + 1)).collect();
         let timing = Timing::default();
-        let mut spec = ClusterSpec::default();
-        spec.nodes = names
+        let nodes = names
             .iter()
             .enumerate()
             .map(|(i, name)| NodeSpec {
@@ -316,6 +315,10 @@ impl World {
                 port: 5432 + i as u16,
             })
             .collect();
+        let mut spec = ClusterSpec {
+            nodes,
+            ..ClusterSpec::default()
+        };
         spec.sync.method = if schedule.policy.quorum {
             "ANY"
         } else {
