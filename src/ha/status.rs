@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::model::View;
 use super::records::{ServerState, SyncRecord};
-use super::store::{Snapshot, Store};
+use super::store::Store;
 use crate::cluster::Cluster;
 
 /// How long `status` waits for etcd per request.
@@ -47,7 +48,7 @@ pub struct AgentHealth {
 }
 
 /// The summary of one snapshot for the cluster's `nodes` (in the file's order).
-pub fn summarize(nodes: &[String], snapshot: &Snapshot) -> (Vec<AgentHealth>, Vec<String>) {
+pub fn summarize(nodes: &[String], snapshot: &View) -> (Vec<AgentHealth>, Vec<String>) {
     let record = |node: &str| snapshot.members.iter().find(|m| m.node == node);
     let agents = nodes
         .iter()
@@ -57,7 +58,7 @@ pub fn summarize(nodes: &[String], snapshot: &Snapshot) -> (Vec<AgentHealth>, Ve
             server: record(node.as_str()).map(|m| m.server.clone()),
         })
         .collect();
-    let leader = snapshot.leader.as_ref().map(|(node, _)| node.as_str());
+    let leader = snapshot.leader.as_ref().map(|l| l.node.as_str());
     let promotable = snapshot
         .sync
         .iter()
@@ -95,7 +96,7 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
         let store = Store::open(&endpoints, &super::scope(cluster)?, READ_TIMEOUT).await?;
         let snapshot = store.snapshot().await?;
         let left = match &snapshot.leader {
-            Some((_, lease)) => store.time_left(*lease).await?,
+            Some(leader) => store.time_left(leader.lease).await?,
             None => None,
         };
         Ok::<_, super::HaError>((snapshot, left))
@@ -104,7 +105,7 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
         Ok((snapshot, left)) => {
             let nodes: Vec<String> = cluster.spec.nodes.iter().map(|n| n.name.clone()).collect();
             let (agents, promotable) = summarize(&nodes, &snapshot);
-            status.leader = snapshot.leader.map(|(node, _)| node);
+            status.leader = snapshot.leader.map(|l| l.node);
             status.lease_left_s = left;
             status.paused = snapshot.pause.is_some();
             status.agents = agents;
@@ -119,6 +120,7 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ha::model::Leader;
     use crate::ha::records::{LeaseId, MemberRecord};
     use crate::ids::TimelineId;
 
@@ -143,8 +145,12 @@ mod tests {
 
     #[test]
     fn promotable_are_live_running_standbys_of_the_sync_record() {
-        let snapshot = Snapshot {
-            leader: Some(("a".into(), LeaseId(7))),
+        let snapshot = View {
+            leader: Some(Leader {
+                node: "a".into(),
+                lease: LeaseId(7),
+                mine: false,
+            }),
             // `c`'s agent is alive but its server is down; `d` has no agent; `e` is outside
             // the record.
             members: vec![
@@ -160,7 +166,7 @@ mod tests {
                 members: names(&["b", "c", "d"]),
                 prior: Vec::new(),
             }),
-            ..Snapshot::default()
+            ..View::default()
         };
         let (agents, promotable) = summarize(&names(&["a", "b", "c", "d", "e"]), &snapshot);
         assert_eq!(promotable, names(&["b"]));
@@ -172,9 +178,9 @@ mod tests {
 
     #[test]
     fn nothing_is_promotable_without_a_sync_record() {
-        let snapshot = Snapshot {
+        let snapshot = View {
             members: vec![member("b", true, true)],
-            ..Snapshot::default()
+            ..View::default()
         };
         let (agents, promotable) = summarize(&names(&["a", "b"]), &snapshot);
         assert!(promotable.is_empty());
@@ -184,8 +190,12 @@ mod tests {
     #[test]
     fn the_leader_is_never_its_own_candidate() {
         // Right after a promotion the old record may still name the new leader.
-        let snapshot = Snapshot {
-            leader: Some(("b".into(), LeaseId(1))),
+        let snapshot = View {
+            leader: Some(Leader {
+                node: "b".into(),
+                lease: LeaseId(1),
+                mine: false,
+            }),
             members: vec![member("b", true, true)],
             sync: Some(SyncRecord {
                 leader: "a".into(),
@@ -194,7 +204,7 @@ mod tests {
                 members: names(&["b"]),
                 prior: Vec::new(),
             }),
-            ..Snapshot::default()
+            ..View::default()
         };
         assert!(summarize(&names(&["b"]), &snapshot).1.is_empty());
     }

@@ -21,24 +21,6 @@ use super::records::{
 use super::{HaError, Timing};
 use crate::ids::SystemId;
 
-/// What etcd holds about the cluster, read in one request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Snapshot {
-    /// The leader's node and the lease holding its key.
-    pub leader: Option<(String, LeaseId)>,
-    /// Records of agents whose lease is alive.
-    pub members: Vec<MemberRecord>,
-    pub sync: Option<SyncRecord>,
-    /// `pgrepl pause`: agents take no automatic action.
-    pub pause: Option<PauseRecord>,
-    /// `pgrepl switchover`: the leader's agent hands its key to `to`.
-    pub switchover: Option<RoleRequest>,
-    /// `pgrepl failover --to`: the election prefers `to` when it is as safe as its own choice.
-    pub failover: Option<RoleRequest>,
-    /// The system identifier the keys belong to.
-    pub system_id: Option<SystemId>,
-}
-
 pub struct Store {
     /// One client per endpoint: a request goes to the one that last answered and moves on when
     /// it cannot reach it, so a dead member costs one failed attempt, not every other request.
@@ -199,26 +181,18 @@ impl Store {
     }
 
     /// The leader key, every member record, the sync record and the requests, from one
-    /// revision.
+    /// revision, as the holder of `lease` sees them (`Leader::mine`).
     pub async fn view(&self, lease: LeaseId) -> Result<View, HaError> {
-        let snapshot = self.snapshot().await?;
-        Ok(View {
-            leader: snapshot.leader.map(|(node, holder)| Leader {
-                node,
-                lease: holder,
-                mine: holder == lease,
-            }),
-            members: snapshot.members,
-            sync: snapshot.sync,
-            pause: snapshot.pause,
-            switchover: snapshot.switchover,
-            failover: snapshot.failover,
-            system_id: snapshot.system_id,
-        })
+        let mut view = self.snapshot().await?;
+        if let Some(leader) = &mut view.leader {
+            leader.mine = leader.lease == lease;
+        }
+        Ok(view)
     }
 
-    /// Everything a reader of the cluster's state needs, from one revision.
-    pub async fn snapshot(&self) -> Result<Snapshot, HaError> {
+    /// Everything a reader of the cluster's state needs, from one revision (`Leader::mine`
+    /// unset: a reader holds no lease).
+    pub async fn snapshot(&self) -> Result<View, HaError> {
         let txn = Txn::new().and_then([
             TxnOp::get(self.keys.leader(), None),
             TxnOp::get(self.keys.members(), Some(GetOptions::new().with_prefix())),
@@ -246,7 +220,11 @@ impl Store {
         let leader = match kvs(leader).first() {
             Some(kv) => {
                 let record: LeaderRecord = decode(&self.keys.leader(), kv.value())?;
-                Some((record.node, LeaseId(kv.lease())))
+                Some(Leader {
+                    node: record.node,
+                    lease: LeaseId(kv.lease()),
+                    mine: false,
+                })
             }
             None => None,
         };
@@ -258,7 +236,7 @@ impl Store {
             Some(kv) => Some(decode(&self.keys.sync(), kv.value())?),
             None => None,
         };
-        Ok(Snapshot {
+        Ok(View {
             leader,
             members,
             sync,

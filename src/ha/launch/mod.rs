@@ -23,7 +23,8 @@ mod containers;
 use super::daemon::Daemon;
 use super::docker_etcd::DockerEtcd;
 use super::local_etcd::LocalEtcd;
-use super::store::{Snapshot, Store};
+use super::model::View;
+use super::store::Store;
 use super::HaError;
 use crate::cluster::record::ClusterRecord;
 use crate::cluster::runtime::Runtime;
@@ -62,7 +63,7 @@ pub async fn leader_in_etcd(cluster: &Cluster) -> Option<String> {
     let endpoints = super::endpoints(cluster)?;
     let scope = super::scope(cluster).ok()?;
     let store = Store::open(&endpoints, &scope, READ_TIMEOUT).await.ok()?;
-    store.snapshot().await.ok()?.leader.map(|(node, _)| node)
+    store.snapshot().await.ok()?.leader.map(|l| l.node)
 }
 
 /// Starts what is missing of etcd and the agents, and waits for a leader. After `cancel`
@@ -268,8 +269,8 @@ fn record_docker_cluster(cluster: &Cluster, image: &str) -> Result<(), HaError> 
 }
 
 /// The leader once the election is complete, else what is still missing.
-fn elected(snapshot: &Snapshot, agents: &[AgentProcess]) -> Result<String, String> {
-    let Some((leader, _)) = &snapshot.leader else {
+fn elected(snapshot: &View, agents: &[AgentProcess]) -> Result<String, String> {
+    let Some(leader) = snapshot.leader.as_ref().map(|l| &l.node) else {
         return Err("leader".into());
     };
     if snapshot.sync.as_ref().is_none_or(|s| &s.leader != leader) {
@@ -311,7 +312,7 @@ async fn read_leader(cluster: &Cluster) -> Option<String> {
     let store = Store::open(&endpoints, &super::scope(cluster).ok()?, READ_TIMEOUT)
         .await
         .ok()?;
-    store.snapshot().await.ok()?.leader.map(|(node, _)| node)
+    store.snapshot().await.ok()?.leader.map(|l| l.node)
 }
 
 /// Stops every agent `up` started here, the leader's last.
@@ -393,6 +394,7 @@ pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ha::model::Leader;
     use crate::ha::records::{LeaseId, MemberRecord, ServerState, SyncRecord};
     use crate::ids::TimelineId;
 
@@ -425,9 +427,13 @@ mod tests {
     #[test]
     fn an_election_is_complete_with_leader_its_sync_record_and_every_server_in_place() {
         let agents = agents(&["a", "b"]);
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = View::default();
         assert_eq!(elected(&snapshot, &agents), Err("leader".into()));
-        snapshot.leader = Some(("a".into(), LeaseId(1)));
+        snapshot.leader = Some(Leader {
+            node: "a".into(),
+            lease: LeaseId(1),
+            mine: false,
+        });
         snapshot.sync = Some(SyncRecord {
             leader: "b".into(),
             method: "FIRST".into(),

@@ -73,12 +73,7 @@ impl World {
         // The walsenders send everything, the shutdown checkpoint included, to the standbys
         // they reach before they exit.
         let upto = self.servers[node].flushed;
-        let standbys: Vec<usize> = self.servers[node]
-            .senders
-            .iter()
-            .map(|w| w.standby)
-            .collect();
-        for standby in standbys {
+        for standby in self.standbys_of(node) {
             if self.reachable(Peer::Node(node), Peer::Node(standby))
                 && self.servers[standby].running()
                 && !self.servers[standby].hung
@@ -245,14 +240,18 @@ impl World {
 
     /// Every walsender of `node` goes (it stopped, or promoted).
     pub(super) fn drop_senders(&mut self, node: usize) {
-        let standbys: Vec<usize> = self.servers[node]
+        for standby in self.standbys_of(node) {
+            self.disconnect(standby);
+        }
+    }
+
+    /// The standbys `node`'s walsenders serve.
+    fn standbys_of(&self, node: usize) -> Vec<usize> {
+        self.servers[node]
             .senders
             .iter()
             .map(|w| w.standby)
-            .collect();
-        for standby in standbys {
-            self.disconnect(standby);
-        }
+            .collect()
     }
 
     /// The standbys naming `node` try again (it started, or promoted).
