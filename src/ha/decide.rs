@@ -53,8 +53,9 @@ pub struct Clocks {
 pub fn decide(s: &Situation<'_>) -> Decision {
     let decision = match s.probe {
         Probed::Known(local) => decide_known(s, local),
-        Probed::Refused { .. } => refused(s),
-        Probed::Silent { .. } => silent(s.clocks.silent_for),
+        Probed::Refused { .. } => gone_too_long(s)
+            .unwrap_or_else(|| Decision::wait("the server runs but refuses the probe")),
+        Probed::Silent { .. } => gone_too_long(s).unwrap_or_else(|| silent(s.clocks.silent_for)),
     };
     if s.paused {
         requests::while_paused(s.probe.local(), decision)
@@ -128,16 +129,12 @@ pub fn silent(silent_for: Duration) -> Decision {
     }
 }
 
-/// A server that runs but refuses the probe (starting up: crash recovery, or out of
-/// connections): alive. A leader whose server stays so past the start timeout lets go.
-fn refused(s: &Situation<'_>) -> Decision {
-    let leads = s
-        .view
-        .is_some_and(|v| v.leader.as_ref().is_some_and(|l| l.mine));
-    match s.view.filter(|_| leads).and_then(|view| give_up(s, view)) {
-        Some(release) => release,
-        None => Decision::wait("the server runs but refuses the probe"),
-    }
+/// A leader whose server runs but does not serve (starting up: crash recovery; hung, even
+/// past a kill, in uninterruptible I/O) lets go once that lasted the start timeout.
+fn gone_too_long(s: &Situation<'_>) -> Option<Decision> {
+    let view = s.view?;
+    view.leader.as_ref().filter(|l| l.mine)?;
+    give_up(s, view)
 }
 
 /// The leader's server has not run as a primary for the start timeout and a standby can be

@@ -32,6 +32,9 @@ pub enum Fault {
     AgentFreeze { node: usize, ms: u64 },
     /// Every process of the server is SIGSTOPped for `ms`.
     ServerHang { node: usize, ms: u64 },
+    /// The server hangs in uninterruptible I/O for `ms`: it answers nothing and a kill does
+    /// not end it.
+    ServerStuck { node: usize, ms: u64 },
     /// Nothing passes between `a` and `b` for `ms`.
     Partition { a: Peer, b: Peer, ms: u64 },
     /// etcd elects a new leader: no request is served for `ms`, then every lease restarts.
@@ -76,6 +79,7 @@ impl Fault {
             Fault::AgentCrash { down_ms, .. } | Fault::NodeLoss { down_ms, .. } => down_ms,
             Fault::AgentFreeze { ms, .. }
             | Fault::ServerHang { ms, .. }
+            | Fault::ServerStuck { ms, .. }
             | Fault::Partition { ms, .. }
             | Fault::EtcdLeaderChange { ms }
             | Fault::EtcdQuorumLoss { ms }
@@ -97,7 +101,7 @@ impl Fault {
     /// A fault whose end the cluster must not wait for: liveness is owed while it lasts (a
     /// server that cannot start is replaced).
     pub fn routed_around(&self) -> bool {
-        matches!(self, Fault::CannotStart { .. })
+        matches!(self, Fault::CannotStart { .. } | Fault::ServerStuck { .. })
     }
 }
 
@@ -114,6 +118,9 @@ impl fmt::Display for Fault {
             }
             Fault::AgentFreeze { node, ms } => write!(f, "{}'s agent frozen for {ms} ms", n(node)),
             Fault::ServerHang { node, ms } => write!(f, "{}'s postgres hung for {ms} ms", n(node)),
+            Fault::ServerStuck { node, ms } => {
+                write!(f, "{}'s postgres stuck, unkillable, for {ms} ms", n(node))
+            }
             Fault::Partition { a, b, ms } => write!(f, "{a} cut from {b} for {ms} ms"),
             Fault::EtcdLeaderChange { ms } => write!(f, "etcd elects a new leader ({ms} ms)"),
             Fault::EtcdQuorumLoss { ms } => write!(f, "etcd without quorum for {ms} ms"),
@@ -308,9 +315,15 @@ fn random_fault(rng: &mut fastrand::Rng, nodes: usize) -> Fault {
             node,
             ms: around_ttl(rng),
         },
-        7 => Fault::ServerHang {
-            node,
-            ms: rng.u64(500..14_000),
+        7 => match rng.u8(..4) {
+            0 => Fault::ServerStuck {
+                node,
+                ms: rng.u64(5_000..60_000),
+            },
+            _ => Fault::ServerHang {
+                node,
+                ms: rng.u64(500..14_000),
+            },
         },
         8 | 9 => {
             let a = Peer::Node(node);

@@ -371,3 +371,31 @@ fn sim_seed_1796570322591963311_the_last_real_leader_leads_again_after_a_void_re
 fn sim_seed_1796570503698698106_a_new_agent_fences_before_its_first_probe() {
     expect_ok(Schedule::generate(1796570503698698106));
 }
+
+/// A primary stuck in uninterruptible I/O: it answers nothing and survives its agent's kill.
+/// Its agent held the key while it was stuck; past the start timeout it lets a standby take
+/// over, as for a server that does not start.
+#[test]
+fn sim_a_primary_that_cannot_be_killed_is_replaced() {
+    let outcome = expect_ok(schedule(
+        11,
+        3,
+        FIRST_1,
+        vec![(
+            3_000,
+            Fault::ServerStuck {
+                node: 0,
+                ms: 90_000,
+            },
+        )],
+    ));
+    assert_ne!(outcome.leaders.last().map(String::as_str), Some("n1"));
+}
+
+/// Found by the random runs (seed 1796571704364298566, 5 nodes, FIRST 2): a sync standby stuck
+/// in uninterruptible I/O keeps its walsender, so the primary's commits wait until
+/// wal_sender_timeout ends it; the model had no such timeout.
+#[test]
+fn sim_seed_1796571704364298566_a_stuck_sync_standby_stalls_until_its_walsender_times_out() {
+    expect_ok(Schedule::generate(1796571704364298566));
+}

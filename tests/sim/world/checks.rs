@@ -82,7 +82,8 @@ impl World {
     pub(super) fn check(&mut self) {
         // A primary whose agent runs, unpaused, is fenced at its deadline.
         for node in 0..self.agents.len() {
-            if !self.servers[node].primary() {
+            // A hung server takes no write, and one stuck in I/O survives its fence.
+            if !self.servers[node].writable() {
                 continue;
             }
             let agent = &self.agents[node];
@@ -92,7 +93,7 @@ impl World {
             // A watchdog that just ran again gets a moment to fire.
             let due = core.fence_deadline().as_millis().max(agent.awake_at);
             let late = self.now > due + 200;
-            if late && !core.paused() && self.servers[node].primary() {
+            if late && !core.paused() {
                 self.violation = Some(format!(
                     "n{}'s server runs as a primary {} ms past its agent's fence deadline",
                     node + 1,

@@ -22,11 +22,22 @@ impl World {
                     self.at(end, Ev::Unfreeze { node, inc });
                 }
             }
+            Fault::ServerStuck { node, .. } => {
+                if self.servers[node].run != (Run::Stopped { clean: false })
+                    && self.servers[node].run != (Run::Stopped { clean: true })
+                {
+                    self.servers[node].hung = true;
+                    self.hung_at[node] = self.now;
+                    self.stuck[node] = end;
+                    self.at(end, Ev::FaultEnd(i));
+                }
+            }
             Fault::ServerHang { node, .. } => {
                 if self.servers[node].run != (Run::Stopped { clean: false })
                     && self.servers[node].run != (Run::Stopped { clean: true })
                 {
                     self.servers[node].hung = true;
+                    self.hung_at[node] = self.now;
                     self.at(end, Ev::FaultEnd(i));
                 }
             }
@@ -112,7 +123,13 @@ impl World {
         let fault = self.schedule.faults[i].1.clone();
         self.log(|| format!("END {fault}"));
         match fault {
-            Fault::ServerHang { node, .. } if self.servers[node].hung => {
+            Fault::ServerStuck { node, .. } if std::mem::take(&mut self.kill_pending[node]) => {
+                self.servers[node].hung = false;
+                self.kill(node);
+            }
+            Fault::ServerHang { node, .. } | Fault::ServerStuck { node, .. }
+                if self.servers[node].hung =>
+            {
                 self.servers[node].hung = false;
                 // Its walsenders and walreceiver pick up where they stopped.
                 self.send_wal(node);

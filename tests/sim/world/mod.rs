@@ -30,17 +30,26 @@ mod servers;
 /// From the end of the faults to the first acknowledged write, at most: a lease expiring
 /// (TTL, plus the lessor's half-second check) and an election, a stuck standby rewound
 /// (`STUCK_AFTER`) or a hung one killed (`HUNG_AFTER`) and restarted, a re-clone: 3 × TTL +
-/// 10 s + 6 s. With a server that cannot start (which the cluster routes around rather than
-/// waits for), from when that began: the start timeout, then the same 3 × TTL + 1 s.
+/// 10 s + 6 s. With a server that cannot start or cannot be killed (which the cluster routes
+/// around rather than waits for), from when that began: the start timeout (and for a standby
+/// that cannot be killed, its walsender's timeout), then 3 × TTL + 1 s.
 pub fn liveness_bound(schedule: &Schedule) -> u64 {
     let timing = Timing::default();
     let ttl = timing.ttl_s * 1_000;
     let healed = 3 * ttl + 10_000 + 6_000;
-    if schedule.faults.iter().any(|(_, f)| f.routed_around()) {
-        healed.max(timing.start_timeout_s * 1_000 + 3 * ttl + 1_000)
-    } else {
-        healed
-    }
+    let routed = |f: &Fault| match f {
+        Fault::CannotStart { .. } => timing.start_timeout_s * 1_000,
+        // A sync standby that cannot be killed holds commits until its walsender times out.
+        Fault::ServerStuck { .. } => (timing.start_timeout_s * 1_000).max(WAL_SENDER_TIMEOUT),
+        _ => 0,
+    };
+    let longest = schedule
+        .faults
+        .iter()
+        .map(|(_, f)| routed(f))
+        .max()
+        .unwrap_or(0);
+    healed.max(longest + 3 * ttl + 1_000)
 }
 
 /// How long the simulation runs past the faults when no write comes.
@@ -48,6 +57,8 @@ const SQL_TIMEOUT: u64 = 1_000;
 const CLIENT_TIMEOUT: u64 = 1_000;
 /// wal_retrieve_retry_interval as the agents set it.
 const RETRY_MS: u64 = 200;
+/// PostgreSQL's default wal_sender_timeout.
+pub const WAL_SENDER_TIMEOUT: u64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lane {
@@ -274,6 +285,12 @@ pub struct World {
     slow_replay: Vec<(u64, u64)>,
     slow_fsync: Vec<(u64, u64)>,
     cannot_start: Vec<u64>,
+    /// Until when a server's processes survive a kill (uninterruptible I/O), and since when a
+    /// hung one is.
+    stuck: Vec<u64>,
+    hung_at: Vec<u64>,
+    /// A kill sent to a stuck server, delivered when it wakes.
+    kill_pending: Vec<bool>,
     heal_at: u64,
     first_ack_after_heal: Option<u64>,
     op_seq: u64,
@@ -398,6 +415,9 @@ impl World {
             slow_replay: vec![(0, 0); n],
             slow_fsync: vec![(0, 0); n],
             cannot_start: vec![0; n],
+            stuck: vec![0; n],
+            hung_at: vec![0; n],
+            kill_pending: vec![false; n],
             first_ack_after_heal: None,
             op_seq: 0,
             violation: None,
@@ -581,6 +601,12 @@ impl World {
             Ev::Retry => {
                 for node in 0..self.servers.len() {
                     self.try_connect(node);
+                    // A walsender whose standby has said nothing for wal_sender_timeout ends.
+                    let silent = self.servers[node].hung
+                        && self.now >= self.hung_at[node] + WAL_SENDER_TIMEOUT;
+                    if silent && self.servers[node].upstream.is_some() {
+                        self.disconnect(node);
+                    }
                 }
                 self.after(RETRY_MS, Ev::Retry);
             }

@@ -11,6 +11,11 @@ impl World {
         {
             return;
         }
+        if self.now < self.stuck[node] {
+            // SIGKILL waits for the uninterruptible sleep to end, then ends the process.
+            self.kill_pending[node] = true;
+            return;
+        }
         self.log(|| format!("n{}:   postgres killed", node + 1));
         self.runs[node] += 1;
         self.disconnect(node);
