@@ -47,17 +47,27 @@ pub fn listens(table: &str, port: u16) -> bool {
 
 /// The socket inodes of those listeners (field 10 of each row), to find who holds them.
 fn listener_inodes(table: &str, port: u16) -> Vec<u64> {
+    listener_rows(table, port)
+        .into_iter()
+        .filter_map(|(_, inode)| inode.parse().ok())
+        .collect()
+}
+
+/// Owner uid and socket inode (fields 8 and 10) of each listener on `port` that collides with
+/// loopback.
+fn listener_rows(table: &str, port: u16) -> Vec<(&str, &str)> {
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            let (local, state) = (fields.get(1)?, fields.get(3)?);
+            let (uid, inode) = (fields.get(7)?, fields.get(9)?);
             let (address, hex_port) = local.split_once(':')?;
             (*state == TCP_LISTEN
                 && u16::from_str_radix(hex_port, 16) == Ok(port)
                 && collides_with_loopback(address))
-            .then(|| inode.parse().ok())?
+            .then_some((*uid, *inode))
         })
         .collect()
 }
@@ -109,6 +119,23 @@ fn holder(port: u16) -> Option<String> {
     None
 }
 
+/// A listener whose process /proc does not show (another PID namespace, or one exiting): what
+/// the socket table says of it, its owner's uid and inode, so the holder can still be found.
+fn unseen_holder(port: u16) -> String {
+    let owners: Vec<String> = tcp_tables()
+        .flat_map(|table| {
+            listener_rows(&table, port)
+                .into_iter()
+                .map(|(uid, inode)| format!("uid {uid}, socket inode {inode}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    match owners.is_empty() {
+        true => "something".into(),
+        false => format!("a process /proc does not show ({})", owners.join("; ")),
+    }
+}
+
 /// The port's state at `host`; `None` when that address is not this machine's.
 fn check_at(host: &str, port: u16) -> Option<PortState> {
     // The test listener closes at once: it must not be seen as a listener below.
@@ -156,7 +183,7 @@ pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {
                 return Err(RuntimeError::PortInUse {
                     node: node.name.clone(),
                     port: node.port,
-                    holder: holder(node.port).unwrap_or_else(|| "something".into()),
+                    holder: holder(node.port).unwrap_or_else(|| unseen_holder(node.port)),
                 })
             }
             PortState::HeldByClient if tokio::time::Instant::now() >= deadline => {

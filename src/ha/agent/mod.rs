@@ -149,7 +149,14 @@ impl Agent {
         keepalive.abort();
         watchdog.abort();
         watcher.abort();
-        if agent.core().may_write() {
+        // A standby's data says so even before the first probe (the fence is armed until one).
+        let standby = agent
+            .cluster
+            .runtime
+            .data_dir(&agent.node)
+            .join("standby.signal")
+            .exists();
+        if agent.core().may_write() && !standby {
             tracing::info!(
                 "stopping: fast shutdown of primary `{}` before releasing the lease",
                 agent.node.name
