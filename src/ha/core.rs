@@ -160,10 +160,6 @@ impl Core {
         }
     }
 
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     pub fn lease(&self) -> LeaseId {
         self.lease
     }

@@ -42,12 +42,6 @@ impl std::ops::Add<Duration> for Time {
     }
 }
 
-impl std::fmt::Display for Time {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:03}s", self.0.as_secs(), self.0.subsec_millis())
-    }
-}
-
 /// This node's server, as the agent just probed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Local {
