@@ -435,13 +435,7 @@ mod tests {
     }
 
     fn record(leader: &str, method: &str, num: u32, members: &[&str]) -> SyncRecord {
-        SyncRecord {
-            leader: leader.into(),
-            method: method.into(),
-            num,
-            members: members.iter().map(|m| m.to_string()).collect(),
-            prior: Vec::new(),
-        }
+        SyncRecord::of(leader, method, num, members)
     }
 
     #[test]

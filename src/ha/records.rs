@@ -162,6 +162,18 @@ impl SyncRecord {
         }
     }
 
+    /// A record from its parts, for tests that spell one out.
+    #[cfg(test)]
+    pub fn of(leader: &str, method: &str, num: u32, members: &[&str]) -> SyncRecord {
+        SyncRecord {
+            leader: leader.into(),
+            method: method.into(),
+            num,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            prior: Vec::new(),
+        }
+    }
+
     /// This record with `rules` as its prior ones (flattened: a prior record has none).
     pub fn after(self, rules: &[&SyncRecord]) -> SyncRecord {
         let prior = rules

@@ -253,13 +253,7 @@ mod tests {
     }
 
     fn record() -> SyncRecord {
-        SyncRecord {
-            leader: "pg_master".into(),
-            method: "FIRST".into(),
-            num: 1,
-            members: vec!["pg_slave".into(), "pg_asyncslave".into()],
-            prior: Vec::new(),
-        }
+        SyncRecord::of("pg_master", "FIRST", 1, &["pg_slave", "pg_asyncslave"])
     }
 
     fn request(from: &str, to: &str) -> RoleRequest {

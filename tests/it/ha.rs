@@ -352,12 +352,7 @@ fn ha_a_standby_past_the_fork_is_rewound_and_follows_the_new_primary() {
         assert_ne!(policy, text, "init's sync policy changed:\n{text}");
         policy
     });
-    let paused = ha.control(&["pause"]);
-    assert!(
-        paused.status.success(),
-        "{}",
-        crate::basebackup::stderr(&paused)
-    );
+    ha.control_ok(&["pause"]);
     // Paused, nobody re-points pg_slave: it stops receiving.
     for sql in [
         "ALTER SYSTEM SET primary_conninfo = ''",
@@ -390,12 +385,7 @@ fn ha_a_standby_past_the_fork_is_rewound_and_follows_the_new_primary() {
 
     ha.kill_agent(0);
     ha.kill_postgres(0);
-    let resumed = ha.control(&["resume"]);
-    assert!(
-        resumed.status.success(),
-        "{}",
-        crate::basebackup::stderr(&resumed)
-    );
+    ha.control_ok(&["resume"]);
     let started = Instant::now();
     ha.wait_for("pg_slave to lead", Duration::from_secs(20), |ha| {
         ha.leader().as_deref() == Some("pg_slave")

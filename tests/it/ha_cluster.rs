@@ -300,6 +300,16 @@ impl HaCluster {
         self.cluster.pgrepl(&all)
     }
 
+    /// [`Self::control`] that must succeed.
+    pub(crate) fn control_ok(&self, args: &[&str]) {
+        let out = self.control(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            crate::basebackup::stderr(&out)
+        );
+    }
+
     pub(crate) fn leader(&self) -> Option<String> {
         node_of(&self.etcd_get("leader")?)
     }

@@ -140,12 +140,7 @@ fn ha_four_nodes_first_two_never_elect_a_stale_member() {
 
     // (1) pg_standby3 gets WAL the other two never will. Paused, no agent re-points a standby,
     // so pg_slave and pg_asyncslave stay detached; pg_standby3's agent is down.
-    let paused = ha.control(&["pause"]);
-    assert!(
-        paused.status.success(),
-        "{}",
-        crate::basebackup::stderr(&paused)
-    );
+    ha.control_ok(&["pause"]);
     ha.kill_agent(s3);
     for i in [1, 2] {
         psql(&ha, i, "ALTER SYSTEM SET primary_conninfo = ''");
@@ -209,12 +204,7 @@ fn ha_four_nodes_first_two_never_elect_a_stale_member() {
     // is elected onto timeline 2. pg_standby3 stays on timeline 1, past the fork.
     ha.kill_agent(0);
     ha.kill_postgres(0);
-    let resumed = ha.control(&["resume"]);
-    assert!(
-        resumed.status.success(),
-        "{}",
-        crate::basebackup::stderr(&resumed)
-    );
+    ha.control_ok(&["resume"]);
     ha.wait_for(
         "pg_slave or pg_asyncslave to lead",
         Duration::from_secs(20),
