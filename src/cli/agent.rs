@@ -25,6 +25,10 @@ pub struct AgentArgs {
     /// its last renewal (default: `[ha] ttl`, or 2).
     #[arg(long = "ttl", value_name = "SECONDS")]
     pub ttl: Option<u64>,
+    /// Where to serve the HTTP API, `IP:PORT` (default: the node's `api` in the cluster file,
+    /// else the address `up` recorded; none: no API).
+    #[arg(long = "api", value_name = "ADDR")]
+    pub api: Option<std::net::SocketAddr>,
 }
 
 /// Runs until Ctrl-C or SIGTERM; decisions are logged at info level (`-v`).
@@ -41,7 +45,12 @@ pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<E
         .ttl
         .or(cluster.spec.ha.as_ref().map(|ha| ha.ttl))
         .unwrap_or(Timing::default().ttl_s);
+    let api = match args.api {
+        Some(addr) => Some(addr),
+        None => pgrepl::ha::api_addr::of(&cluster, cluster.node(&args.node)?)?,
+    };
     let options = AgentOptions {
+        api,
         node: args.node,
         cluster_name: scope,
         endpoints,

@@ -11,7 +11,7 @@ use super::cluster::{
     DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
 };
 use super::connection::ConnectionArgs;
-use super::ha::PauseArgs;
+use super::ha::{HaproxyConfigArgs, PauseArgs};
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
 
@@ -75,6 +75,9 @@ pub enum Command {
     Pause(PauseArgs),
     /// Let the agents act again after `pause`.
     Resume(PauseArgs),
+    /// Print an HAProxy configuration (Patroni's shape): a write port that reaches the primary
+    /// and a read port for the standbys, each node checked on its agent's HTTP API.
+    HaproxyConfig(HaproxyConfigArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -170,10 +170,19 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
         }
         if agents_build || leader.is_some() {
             let ha = launch::up(&cluster, &steps, &cancel).await?;
+            let uris = cluster.client_uris();
             if args.json {
-                outln!("{}", serde_json::to_string_pretty(&ha)?);
+                let json = WithHa {
+                    result: &ha,
+                    uris: uris.as_ref(),
+                    ha: None::<&()>,
+                };
+                outln!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 print_ha(&ha)?;
+                if let Some(uris) = &uris {
+                    super::out::print(&super::out::uris_text(uris))?;
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -188,9 +197,11 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
         Some(_) => Some(launch::up(&cluster, &steps, &cancel).await?),
         None => None,
     };
+    let uris = cluster.client_uris();
     if args.json {
         let json = WithHa {
             result: &summary,
+            uris: uris.as_ref(),
             ha: ha.as_ref(),
         };
         outln!("{}", serde_json::to_string_pretty(&json)?);
@@ -216,6 +227,9 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
         summary.synchronous_standby_names,
         summary.elapsed_ms as f64 / 1000.0
     );
+    if let Some(uris) = &uris {
+        super::out::print(&super::out::uris_text(uris))?;
+    }
     if let Some(ha) = &ha {
         print_ha(ha)?;
     }
@@ -226,7 +240,10 @@ fn print_ha(ha: &launch::HaUp) -> anyhow::Result<()> {
     let agents: Vec<String> = ha
         .agents
         .iter()
-        .map(|a| format!("{} (pid {})", a.node, a.pid))
+        .map(|a| match a.api {
+            Some(api) => format!("{} (pid {}, http://{api})", a.node, a.pid),
+            None => format!("{} (pid {})", a.node, a.pid),
+        })
         .collect();
     outln!(
         "automatic failover is on: `{}` leads; agents {}; etcd {}",

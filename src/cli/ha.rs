@@ -278,3 +278,53 @@ fn describe(record: &PauseRecord) -> String {
     let ago = now.saturating_sub(record.at_unix_ms) / 1000;
     format!("by {}, {ago} s ago", record.by)
 }
+
+#[derive(Debug, Args)]
+pub struct HaproxyConfigArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The address HAProxy listens on (any other interface than loopback must be named).
+    #[arg(long = "bind", value_name = "ADDR", default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
+    /// The port that reaches the primary (Patroni's example: 5000).
+    #[arg(long = "write-port", value_name = "PORT", default_value_t = 5000)]
+    pub write_port: u16,
+    /// The port that reaches the standbys.
+    #[arg(long = "read-port", value_name = "PORT", default_value_t = 5001)]
+    pub read_port: u16,
+}
+
+/// Prints an HAProxy configuration whose checks ask each node's agent (`pgrepl::ha::haproxy`).
+pub fn haproxy_config(args: HaproxyConfigArgs) -> anyhow::Result<ExitCode> {
+    use pgrepl::ha::haproxy::{config, Backend, Listen};
+    if args.write_port == args.read_port {
+        bail!(
+            "--write-port and --read-port are both {}: give two ports",
+            args.write_port
+        );
+    }
+    let cluster = args.cluster.find(pgrepl::cluster::Purpose::Use)?;
+    let mut backends = Vec::new();
+    for node in &cluster.spec.nodes {
+        let api = pgrepl::ha::api_addr::of(&cluster, node)?.ok_or_else(|| {
+            anyhow!(
+                "node `{}` has no agent API address: `pgrepl up` with [ha] picks one, or give the node `api = \"IP:PORT\"` in the cluster file",
+                node.name
+            )
+        })?;
+        let (host, port) = cluster.runtime.host_address(node);
+        backends.push(Backend {
+            name: node.name.clone(),
+            host,
+            port,
+            api,
+        });
+    }
+    let listen = Listen {
+        bind: args.bind.to_string(),
+        write_port: args.write_port,
+        read_port: args.read_port,
+    };
+    super::out::print(&config(&listen, &backends))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -82,6 +82,7 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Agent(_)
         | Command::Pause(_)
         | Command::Resume(_)
+        | Command::HaproxyConfig(_)
         | Command::Init(_) => return None,
         Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it (with the etcd and agents `up` started for [ha])".into(),
         Command::Down(_) => "some nodes (or, with [ha], agents or etcd members) may still run: run `pgrepl down` again".into(),
@@ -114,6 +115,7 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Agent(args) => agent::run(args, cancel).await,
         Command::Pause(args) => ha::pause(args).await,
         Command::Resume(args) => ha::resume(args).await,
+        Command::HaproxyConfig(args) => ha::haproxy_config(args),
     }
 }
 

@@ -27,12 +27,23 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
-/// A JSON result with an `"ha"` member appended when the cluster has `[ha]`; the result's own
-/// members keep their order (a `serde_json::Value` would sort them).
+/// A JSON result with the cluster's application URIs (`"uris"`) appended when the nodes come
+/// from a cluster, and an `"ha"` member when it has `[ha]`; the result's own members keep their
+/// order (a `serde_json::Value` would sort them).
 #[derive(serde::Serialize)]
 pub struct WithHa<'a, T, H> {
     #[serde(flatten)]
     pub result: &'a T,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub uris: Option<&'a pgrepl::cluster::client_uris::ClientUris>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ha: Option<&'a H>,
+}
+
+/// The lines that give an application the cluster's addresses.
+pub fn uris_text(uris: &pgrepl::cluster::client_uris::ClientUris) -> String {
+    format!(
+        "application (libpq finds the primary after a failover):\n  writes: {}\n  reads:  {}\n",
+        uris.write, uris.read
+    )
 }

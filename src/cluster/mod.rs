@@ -13,6 +13,7 @@
 
 mod bootstrap;
 mod build;
+pub mod client_uris;
 pub mod docker;
 pub mod drill;
 pub mod local;

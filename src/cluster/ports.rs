@@ -166,6 +166,21 @@ pub fn is_free(port: u16) -> bool {
     check_at("127.0.0.1", port) == Some(PortState::Free)
 }
 
+/// A picker of free ports in `range` other than `avoid`, each once, starting at a place that
+/// differs between processes (so two `up`s at once rarely try the same ones).
+pub fn picker(range: std::ops::Range<u16>, avoid: &[u16]) -> impl FnMut() -> u16 + '_ {
+    let (low, high) = (range.start, range.end);
+    let span = u32::from(high - low);
+    // Scattered: processes started one after another have neighbouring pids.
+    let mut next = low + (std::process::id().wrapping_mul(2_654_435_761) % span) as u16;
+    move || loop {
+        next = if next + 1 >= high { low } else { next + 1 };
+        if !avoid.contains(&next) && is_free(next) {
+            return next;
+        }
+    }
+}
+
 /// Refuses a node whose host port something listens on, before anything is created; waits out
 /// a client connection that holds the port for a moment.
 pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {
@@ -260,6 +275,7 @@ mod tests {
             role: crate::cluster::spec::NodeRole::Primary,
             host: None,
             port,
+            api: None,
         };
         let error = ensure_free(&node).await.unwrap_err();
         assert!(
@@ -293,6 +309,7 @@ mod tests {
             // TEST-NET-1: never an address of this machine.
             host: Some("192.0.2.1".into()),
             port: 5432,
+            api: None,
         };
         let error = ensure_free(&node).await.unwrap_err();
         assert!(

@@ -37,6 +37,10 @@ pub struct NodeSpec {
     pub host: Option<String>,
     /// Host port: the local server's port, or the port a container publishes on 127.0.0.1.
     pub port: u16,
+    /// Where the node's agent serves its HTTP API (`IP:PORT`; absent: `up` picks a port on
+    /// 127.0.0.1 and records it in the state dir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<std::net::SocketAddr>,
 }
 
 /// Where a node listens when the cluster file gives no host.
@@ -289,6 +293,7 @@ impl Default for ClusterSpec {
             role,
             host: None,
             port,
+            api: None,
         };
         ClusterSpec {
             runtime: RuntimeKind::Local,

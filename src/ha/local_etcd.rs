@@ -162,22 +162,14 @@ impl LocalEtcd {
     }
 }
 
-/// Where `up` picks its etcd's ports: below the ephemeral range (where client sockets take
-/// theirs). Tests pick their servers' ports elsewhere, so the two never race for one.
+/// Where `up` picks the ports of its etcd and of the agents' APIs: below the ephemeral range
+/// (where client sockets take theirs). Tests pick their servers' ports elsewhere, so the two
+/// never race for one.
 pub const LOCAL_ETCD_PORTS: std::ops::Range<u16> = 20000..ports::EPHEMERAL.0;
 
-/// Names and ports for a new etcd: free ports in [`LOCAL_ETCD_PORTS`], starting at a place that
-/// differs between processes.
+/// Names and ports for a new etcd: free ports in [`LOCAL_ETCD_PORTS`].
 fn new_members(avoid: &[u16]) -> Vec<Member> {
-    let (low, high) = (LOCAL_ETCD_PORTS.start, LOCAL_ETCD_PORTS.end);
-    let span = high - low;
-    let mut next = low + (std::process::id() % u32::from(span)) as u16;
-    let mut pick = || loop {
-        next = if next + 1 >= high { low } else { next + 1 };
-        if !avoid.contains(&next) && ports::is_free(next) {
-            return next;
-        }
-    };
+    let mut pick = ports::picker(LOCAL_ETCD_PORTS, avoid);
     (0..MEMBERS)
         .map(|i| Member {
             name: format!("etcd{i}"),

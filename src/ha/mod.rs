@@ -11,8 +11,11 @@
 //! - `store`: etcd access (leases, the create-if-absent leader transaction, guarded writes).
 //! - `agent`: the executor: probes, publishes, reads etcd and carries out the core's effects
 //!   through the cluster runtime.
+//! - `api_addr`: where each agent serves its HTTP API (`agent/api.rs`).
 //! - `launch`: what `up` and `down` do with `[ha]` on the local runtime: the etcd of `local_etcd`
 //!   and one agent process per node, both started and stopped as a `daemon`.
+//! - `haproxy`: the HAProxy configuration `pgrepl haproxy-config` prints, pure.
+//! - `health`: what the agent's health endpoints answer (Patroni's REST contract), pure.
 //! - `status`: the leader, lease, agents and promotable set `pgrepl status` shows.
 //! - `control`: `pgrepl pause`/`resume`/`switchover`/`failover` talking to the agents via etcd.
 //! - `bootstrap`: an agent whose node has no data builds it (initialise, or clone later).
@@ -20,6 +23,7 @@
 //! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
 
 pub mod agent;
+pub mod api_addr;
 pub mod bootstrap;
 pub mod control;
 pub mod core;
@@ -27,6 +31,8 @@ mod daemon;
 pub mod decide;
 pub mod docker_etcd;
 pub mod election;
+pub mod haproxy;
+pub mod health;
 pub mod launch;
 mod local_etcd;
 pub mod machines;

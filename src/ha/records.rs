@@ -79,7 +79,18 @@ impl Keys {
 
     /// One key per role change, named by when it happened.
     pub fn history(&self, unix_ms: u128, node: &str) -> String {
-        format!("{}history/{unix_ms:015}-{node}", self.prefix)
+        format!("{}{unix_ms:015}-{node}", self.histories())
+    }
+
+    /// The prefix of every [`Keys::history`] key (in time order).
+    pub fn histories(&self) -> String {
+        format!("{}history/", self.prefix)
+    }
+
+    /// When a [`Keys::history`] key says its change happened.
+    pub fn history_time(&self, key: &str) -> Option<u64> {
+        let name = key.strip_prefix(&self.histories())?;
+        name.split_once('-')?.0.parse().ok()
     }
 }
 
@@ -267,6 +278,14 @@ pub struct HistoryRecord {
     pub reason: String,
 }
 
+/// A role change and when it happened (`GET /history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryLine {
+    pub at_unix_ms: u64,
+    #[serde(flatten)]
+    pub record: HistoryRecord,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +302,10 @@ mod tests {
         assert_eq!(
             keys.history(1_700_000_000_000, "pg_slave"),
             "/pgrepl/prod/history/001700000000000-pg_slave"
+        );
+        assert_eq!(
+            keys.history_time(&keys.history(1_700_000_000_000, "pg_slave")),
+            Some(1_700_000_000_000)
         );
     }
 

@@ -45,6 +45,9 @@ pub struct AgentHealth {
     pub alive: bool,
     /// What it last published about its server.
     pub server: Option<ServerState>,
+    /// Where it serves its HTTP API, when this machine knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<std::net::SocketAddr>,
 }
 
 /// The summary of one snapshot for the cluster's `nodes` (in the file's order).
@@ -56,6 +59,7 @@ pub fn summarize(nodes: &[String], snapshot: &View) -> (Vec<AgentHealth>, Vec<St
             node: node.clone(),
             alive: record(node.as_str()).is_some(),
             server: record(node.as_str()).map(|m| m.server.clone()),
+            api: None,
         })
         .collect();
     let leader = snapshot.leader.as_ref().map(|l| l.node.as_str());
@@ -74,47 +78,63 @@ pub fn summarize(nodes: &[String], snapshot: &View) -> (Vec<AgentHealth>, Vec<St
 
 /// Reads the HA state of `cluster`; an etcd that does not answer is reported in `error`.
 pub async fn read(cluster: &Cluster) -> HaStatus {
-    let ttl = cluster.spec.ha.as_ref().map_or(0, |ha| ha.ttl);
     let endpoints = super::endpoints(cluster).unwrap_or_default();
-    let mut status = HaStatus {
+    if endpoints.is_empty() {
+        let why = "no etcd: [ha] names none and `pgrepl up` started none";
+        return base(cluster, endpoints, Some(why.into()));
+    }
+    let read = async {
+        let store = Store::open(&endpoints, &super::scope(cluster)?, READ_TIMEOUT).await?;
+        let snapshot = store.snapshot().await?;
+        let left = lease_left(&store, &snapshot).await?;
+        Ok::<_, super::HaError>((snapshot, left))
+    };
+    match read.await {
+        Ok((snapshot, left)) => of_view(cluster, endpoints, &snapshot, left),
+        Err(e) => base(cluster, endpoints, Some(e.to_string())),
+    }
+}
+
+/// Whole seconds the leader's lease has left, when someone leads.
+pub async fn lease_left(store: &Store, view: &View) -> Result<Option<i64>, super::HaError> {
+    match &view.leader {
+        Some(leader) => store.time_left(leader.lease).await,
+        None => Ok(None),
+    }
+}
+
+/// The status that one read of etcd (`view`, at `etcd`) shows.
+pub fn of_view(cluster: &Cluster, etcd: Vec<String>, view: &View, left: Option<i64>) -> HaStatus {
+    let nodes: Vec<String> = cluster.spec.nodes.iter().map(|n| n.name.clone()).collect();
+    let (mut agents, promotable) = summarize(&nodes, view);
+    for (agent, node) in agents.iter_mut().zip(&cluster.spec.nodes) {
+        agent.api = super::api_addr::of(cluster, node).ok().flatten();
+    }
+    HaStatus {
+        leader: view.leader.as_ref().map(|l| l.node.clone()),
+        lease_left_s: left,
+        paused: view.pause.is_some(),
+        agents,
+        sync: view.sync.clone(),
+        promotable,
+        ..base(cluster, etcd, None)
+    }
+}
+
+/// The status before etcd answered; `error`: why nothing more is known.
+fn base(cluster: &Cluster, etcd: Vec<String>, error: Option<String>) -> HaStatus {
+    HaStatus {
         scope: super::scope(cluster).unwrap_or_default(),
-        etcd: endpoints.clone(),
-        error: None,
+        etcd,
+        error,
         leader: None,
-        lease_ttl_s: ttl,
+        lease_ttl_s: cluster.spec.ha.as_ref().map_or(0, |ha| ha.ttl),
         lease_left_s: None,
         paused: false,
         agents: Vec::new(),
         sync: None,
         promotable: Vec::new(),
-    };
-    if endpoints.is_empty() {
-        status.error = Some("no etcd: [ha] names none and `pgrepl up` started none".into());
-        return status;
     }
-    let read = async {
-        let store = Store::open(&endpoints, &super::scope(cluster)?, READ_TIMEOUT).await?;
-        let snapshot = store.snapshot().await?;
-        let left = match &snapshot.leader {
-            Some(leader) => store.time_left(leader.lease).await?,
-            None => None,
-        };
-        Ok::<_, super::HaError>((snapshot, left))
-    };
-    match read.await {
-        Ok((snapshot, left)) => {
-            let nodes: Vec<String> = cluster.spec.nodes.iter().map(|n| n.name.clone()).collect();
-            let (agents, promotable) = summarize(&nodes, &snapshot);
-            status.leader = snapshot.leader.map(|l| l.node);
-            status.lease_left_s = left;
-            status.paused = snapshot.pause.is_some();
-            status.agents = agents;
-            status.sync = snapshot.sync;
-            status.promotable = promotable;
-        }
-        Err(e) => status.error = Some(e.to_string()),
-    }
-    status
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 
 use super::model::{Leader, View};
 use super::records::{
-    HistoryRecord, Keys, LeaderRecord, LeaseId, MemberRecord, PauseRecord, RoleRequest, SyncRecord,
+    HistoryLine, HistoryRecord, Keys, LeaderRecord, LeaseId, MemberRecord, PauseRecord,
+    RoleRequest, SyncRecord,
 };
 use super::{HaError, Timing};
 use crate::ids::SystemId;
@@ -399,6 +400,28 @@ impl Store {
         })
         .await
         .map(drop)
+    }
+
+    /// Every role change recorded, oldest first.
+    pub async fn history(&self) -> Result<Vec<HistoryLine>, HaError> {
+        let prefix = self.keys.histories();
+        let response = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                Ok(HistoryLine {
+                    at_unix_ms: self.keys.history_time(&key).unwrap_or(0),
+                    record: decode(&key, kv.value())?,
+                })
+            })
+            .collect()
     }
 
     /// Deletes every key of the cluster (`down --purge` on an etcd `up` did not start).

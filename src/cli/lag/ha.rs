@@ -28,12 +28,14 @@ pub(super) fn section(ha: &HaStatus) -> String {
     let mut table = Table::new(&[
         ("AGENT", 24, Align::Left),
         ("HEALTH", 6, Align::Left),
+        ("API", 21, Align::Left),
         ("ITS SERVER", 0, Align::Left),
     ]);
     for agent in &ha.agents {
         table.row(vec![
             agent.node.clone(),
             if agent.alive { "alive" } else { "DOWN" }.to_owned(),
+            agent.api.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             match &agent.server {
                 Some(server) => describe(server),
                 None => "no member record: agent stopped, or its lease expired".to_owned(),
@@ -114,11 +116,13 @@ mod tests {
                         detached: false,
                         follows: None,
                     }),
+                    api: Some("127.0.0.1:20123".parse().unwrap()),
                 },
                 AgentHealth {
                     node: "pg_slave".into(),
                     alive: false,
                     server: None,
+                    api: None,
                 },
             ],
             sync: None,
@@ -135,6 +139,7 @@ mod tests {
         );
         assert!(text.contains("primary, timeline 1, at 0/3000148"), "{text}");
         assert!(text.contains("DOWN"), "{text}");
+        assert!(text.contains("127.0.0.1:20123"), "{text}");
         assert!(text.contains("promotable now: none"), "{text}");
         assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
     }

@@ -78,6 +78,10 @@ pub enum View {
 pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let (nodes, cluster) = nodes(&args)?;
     // `status` of a cluster with [ha] also shows what the agents keep in etcd.
+    let uris = cluster
+        .as_ref()
+        .filter(|_| view == View::Status)
+        .and_then(|c| c.client_uris());
     let ha_cluster = cluster.filter(|c| view == View::Status && c.spec.ha.is_some());
     let limits = Thresholds {
         max_lag_bytes: args.max_lag_bytes,
@@ -117,6 +121,7 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
         if args.json {
             let json = WithHa {
                 result: &report,
+                uris: uris.as_ref(),
                 ha: ha_status.as_ref(),
             };
             out.push_str(&if args.watch.is_some() {
@@ -139,6 +144,10 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
                 View::Lag => lag_table(&report, &verdict),
                 View::Status => status_table(&report, &verdict),
             });
+            if let Some(uris) = &uris {
+                out.push('\n');
+                out.push_str(&super::out::uris_text(uris));
+            }
             if let Some(status) = &ha_status {
                 out.push_str(&ha::section(status));
             }

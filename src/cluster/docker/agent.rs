@@ -139,6 +139,7 @@ mod tests {
             role: NodeRole::Standby,
             host: None,
             port: 54321,
+            api: None,
         };
         let body = runtime.agent_container(
             &node,

@@ -457,6 +457,7 @@ mod tests {
             role,
             host: None,
             port,
+            api: None,
         }
     }
 

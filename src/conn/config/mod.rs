@@ -11,7 +11,8 @@
 //! [`ConnectOptions::primary_conninfo`] the one a standby needs; [`conf_string_literal`] quotes
 //! it for `postgresql.auto.conf` as pg_basebackup does.
 //!
-//! Not here: service files (`service=` is an error), multiple hosts, `sslmode` enforcement (the
+//! Not here: service files (`service=` is an error), multiple hosts (except in the URIs `uri`
+//! writes for applications), `sslmode` enforcement (the
 //! TLS layer does that) and the `replication` startup parameter, which the connection code sets
 //! itself. The connection module consumes [`ConnectOptions`]; the cluster config renderer
 //! consumes [`ConnectOptions::primary_conninfo`] and [`conf_string_literal`].
@@ -19,13 +20,15 @@
 //! Passwords never appear in `Debug` output or error messages.
 //!
 //! Files: `parse` reads conninfo strings and URIs, `passfile` looks a password up in a password
-//! file; this file holds the types, precedence (`resolve`) and rendering.
+//! file, `uri` writes multi-host URIs; this file holds the types, precedence (`resolve`) and rendering.
 
 mod modes;
 mod parse;
 mod passfile;
+mod uri;
 
 pub use self::modes::{ChannelBindingMode, SslMode};
+pub use self::uri::multi_host_uri;
 
 use self::parse::{is_c_space, parse_keyword_value, parse_uri};
 use self::passfile::password_from_file;

@@ -17,8 +17,11 @@ use crate::cluster::spec::NodeSpec;
 use crate::cluster::{Cluster, StepLog};
 
 mod act;
+mod api;
 mod probe;
 mod tasks;
+
+use self::api::Seen;
 
 use self::tasks::{keep_alive, watch, watchdog};
 
@@ -35,6 +38,8 @@ pub struct AgentOptions {
     pub cluster_name: String,
     pub endpoints: Vec<String>,
     pub timing: Timing,
+    /// Where to serve the HTTP API (`None`: no API).
+    pub api: Option<std::net::SocketAddr>,
 }
 
 /// A place where a test makes the agent die on purpose (`PGREPL_FAULT`, read once at start;
@@ -66,6 +71,12 @@ pub struct Agent {
     /// The origin of the core's clock.
     origin: Instant,
     fault: Option<FaultPoint>,
+    /// The etcd client URLs (what `GET /cluster` says it read).
+    endpoints: Vec<String>,
+    /// What the loop last saw, for the API.
+    seen: Mutex<Seen>,
+    /// The API's socket, bound at start so a taken address fails the start.
+    api: Mutex<Option<tokio::net::TcpListener>>,
 }
 
 impl Agent {
@@ -88,6 +99,14 @@ impl Agent {
             tracing::warn!("the cluster's timing in etcd differs from this agent's; using the cluster's: {timing:?}");
             timing.validate()?;
         }
+        let api = match options.api {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                HaError::Config(format!(
+                    "the HTTP API cannot listen on {addr} ({e}): give the node another `api` address"
+                ))
+            })?),
+            None => None,
+        };
         let origin = Instant::now();
         let lease = store.grant(timing.ttl()).await?;
         let core = Core::new(
@@ -104,6 +123,9 @@ impl Agent {
             core: Mutex::new(core),
             origin,
             fault: FaultPoint::from_env(),
+            endpoints: options.endpoints,
+            seen: Mutex::new(Seen::default()),
+            api: Mutex::new(api),
         })
     }
 
@@ -120,6 +142,20 @@ impl Agent {
         *self.core().timing()
     }
 
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().expect("seen lock")
+    }
+
+    /// What the health endpoints answer from, now.
+    fn facts(&self) -> crate::ha::health::Facts {
+        let (fresh, leads_until) = {
+            let core = self.core();
+            (core.timing().ttl(), core.fence_deadline())
+        };
+        self.seen()
+            .facts(&self.node.name, self.now(), fresh, leads_until)
+    }
+
     /// Runs until `cancel`. On the way out a primary's server is stopped (fast, so its standbys
     /// get every commit) before the lease is revoked, so a standby takes over at once and never
     /// beside a running primary; a standby's server is left running.
@@ -130,6 +166,8 @@ impl Agent {
         let watchdog = tokio::spawn(watchdog(agent.clone(), cancel.clone()));
         let wake = Arc::new(tokio::sync::Notify::new());
         let watcher = tokio::spawn(watch(agent.clone(), wake.clone(), cancel.clone()));
+        let listener = agent.api.lock().expect("api lock").take();
+        let api = listener.map(|l| tokio::spawn(api::serve(agent.clone(), l, cancel.clone())));
         agent.bootstrap(&cancel).await;
         prepare_server(&agent).await;
         let mut etcd_error = None;
@@ -149,6 +187,9 @@ impl Agent {
         keepalive.abort();
         watchdog.abort();
         watcher.abort();
+        if let Some(api) = api {
+            api.abort();
+        }
         // A standby's data says so even before the first probe (the fence is armed until one).
         let standby = agent
             .cluster
@@ -201,9 +242,16 @@ impl Agent {
     /// One round: probe, publish, read, decide, carry out.
     async fn tick(&self, etcd_error: &mut Option<String>) -> Decision {
         let (probed, client) = self.probe().await;
+        let probed_at = self.now();
+        {
+            let mut seen = self.seen();
+            seen.loop_at = probed_at;
+            seen.probe = Some((probed_at, probed.clone()));
+        }
         let view = match self.read_view(&probed).await {
             Ok(view) => {
                 *etcd_error = None;
+                self.seen().view = Some((self.now(), view.clone()));
                 Some(view)
             }
             Err(e) => {
@@ -252,9 +300,16 @@ impl Agent {
         client: Option<&tokio_postgres::Client>,
     ) -> Result<(), HaError> {
         let promoting = matches!(step.decision.action, Action::Promote { .. });
+        if !step.effects.is_empty() {
+            // The server or the key may change: unknown until the next probe and read.
+            let mut seen = self.seen();
+            seen.probe = None;
+            seen.view = None;
+        }
         for effect in &step.effects {
             let result = self.act(effect, client).await;
             self.core().done(self.now(), effect, result.is_ok());
+            self.seen().loop_at = self.now();
             match result {
                 Err(e) if effect.best_effort() => {
                     tracing::warn!("{effect:?}: {}", crate::cluster::error_chain(&e))

@@ -41,6 +41,8 @@ pub(super) async fn start(
             node: node.name.clone(),
             pid: docker.main_pid(node).await.unwrap_or(0),
             log: format!("docker logs {}", node.name),
+            // Not published to the host yet.
+            api: None,
         });
     }
     Ok(agents)

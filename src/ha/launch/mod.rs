@@ -54,6 +54,8 @@ pub struct AgentProcess {
     pub pid: i32,
     /// Where its log is: a file, or the command that shows a container's.
     pub log: String,
+    /// Where it serves its HTTP API (`None`: nowhere this machine reaches).
+    pub api: Option<std::net::SocketAddr>,
 }
 
 /// The leader the agents have elected, when the cluster's etcd answers and holds one: the
@@ -111,7 +113,7 @@ pub async fn up(
     };
     go_on()?;
     let agents = match &cluster.runtime {
-        Runtime::Local(_) => start_agents(cluster, log)?,
+        Runtime::Local(_) => start_agents(cluster, &avoid, log)?,
         Runtime::Docker(docker) => {
             let agents = containers::start(cluster, docker, &agents_etcd, &scope, log).await?;
             record_docker_cluster(cluster, docker.image_name())?;
@@ -148,7 +150,12 @@ fn agent(state_dir: &Path, node: &str) -> Daemon {
     }
 }
 
-fn start_agents(cluster: &Cluster, log: &dyn StepLog) -> Result<Vec<AgentProcess>, HaError> {
+/// One agent process per node; `avoid`: ports the API must not take.
+fn start_agents(
+    cluster: &Cluster,
+    avoid: &[u16],
+    log: &dyn StepLog,
+) -> Result<Vec<AgentProcess>, HaError> {
     let file = cluster
         .cluster_file()
         .ok_or_else(|| HaError::Config("[ha] needs a cluster file".into()))?;
@@ -162,6 +169,7 @@ fn start_agents(cluster: &Cluster, log: &dyn StepLog) -> Result<Vec<AgentProcess
         context: format!("create `{}`", dir.display()),
         source,
     })?;
+    let apis = super::api_addr::ensure(cluster, avoid)?;
     let mut agents = Vec::new();
     for node in &cluster.spec.nodes {
         let daemon = agent(state_dir, &node.name);
@@ -183,6 +191,8 @@ fn start_agents(cluster: &Cluster, log: &dyn StepLog) -> Result<Vec<AgentProcess
                     file.into(),
                     "--state-dir".into(),
                     state_dir.into(),
+                    "--api".into(),
+                    apis[&node.name].to_string().into(),
                 ];
                 daemon.start(&exe, &args, state_dir)?
             }
@@ -191,6 +201,7 @@ fn start_agents(cluster: &Cluster, log: &dyn StepLog) -> Result<Vec<AgentProcess
             node: node.name.clone(),
             pid,
             log: daemon.log_file.display().to_string(),
+            api: Some(apis[&node.name]),
         });
     }
     Ok(agents)
@@ -405,6 +416,7 @@ mod tests {
                 node: n.to_string(),
                 pid: 1,
                 log: String::new(),
+                api: None,
             })
             .collect()
     }

@@ -330,6 +330,7 @@ impl World {
                 },
                 host: None,
                 port: 5432 + i as u16,
+                api: None,
             })
             .collect();
         let mut spec = ClusterSpec {
