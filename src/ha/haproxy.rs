@@ -7,8 +7,9 @@
 //! it, longer than the failover itself (about 2.5 s). Here a server joins after one passing
 //! check (`rise 1`: `/primary` answers 200 only on the lease holder whose own probe just saw a
 //! running primary, so one answer is already a strong signal) and leaves after two failing
-//! ones 500 ms apart (`fall 2`: one lost check does not cut every session); `fastinter` checks
-//! a server in transition every 250 ms. `on-marked-down shutdown-sessions` closes the sessions
+//! ones 500 ms apart (`fall 2`: one lost check does not cut every session); a server in
+//! transition or down is checked every 250 ms (`fastinter`, `downinter`), so a new primary
+//! joins within 250 ms of its agent's first 200. `on-marked-down shutdown-sessions` closes the sessions
 //! to a server that left, so no client keeps writing to a former primary.
 
 use std::net::SocketAddr;
@@ -53,7 +54,7 @@ pub fn config(listen: &Listen, backends: &[Backend]) -> String {
         }
         out.push_str(&format!(
             "    option httpchk OPTIONS {path}\n    http-check expect status 200\n    \
-             default-server inter 500ms fastinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
+             default-server inter 500ms fastinter 250ms downinter 250ms fall 2 rise 1 on-marked-down shutdown-sessions\n"
         ));
         for b in backends {
             // `check port` alone when the agent shares the server's address, as Patroni's has it.

@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 
+use super::model::View;
 use crate::ids::TimelineId;
 use crate::Lsn;
 
@@ -28,7 +29,7 @@ pub struct Facts {
     pub dcs: bool,
     /// A leader key exists (someone leads).
     pub locked: bool,
-    /// The sync record names this node (and it does not lead).
+    /// This node is a synchronous standby now ([`synchronous`]).
     pub sync: bool,
     /// The decision loop ran within its liveness threshold.
     pub loop_alive: bool,
@@ -51,6 +52,34 @@ impl Facts {
     /// Bytes behind the leader, when both positions are known.
     fn lag(&self) -> Option<u64> {
         Some(self.leader_position?.saturating_sub(self.position?))
+    }
+}
+
+/// The standbys the leader's commits wait for now, as PostgreSQL picks them from the sync
+/// record's names (`syncrep.c`): with `FIRST k` the first `k` in the list that stream from the
+/// leader, with `ANY k` every one that streams (each may be among the `k` that answer). The
+/// record's other names are potential standbys: `/async` answers for them, as Patroni's does.
+pub fn synchronous(view: &View) -> Vec<&str> {
+    let (Some(leader), Some(record)) = (&view.leader, &view.sync) else {
+        return Vec::new();
+    };
+    let streams = |name: &str| {
+        view.members.iter().any(|m| {
+            m.node == name
+                && m.server.running
+                && m.server.in_recovery
+                && m.server.follows.as_deref() == Some(leader.node.as_str())
+        })
+    };
+    let streaming = record
+        .members
+        .iter()
+        .map(String::as_str)
+        .filter(|name| *name != leader.node && streams(name));
+    if record.method == "ANY" {
+        streaming.collect()
+    } else {
+        streaming.take(record.num as usize).collect()
     }
 }
 
@@ -325,6 +354,47 @@ mod tests {
             ..stalled
         };
         assert_eq!(status(Endpoint::Liveness, &paused, None), 200);
+    }
+
+    #[test]
+    fn the_synchronous_standbys_are_the_first_that_stream_or_every_one_for_any() {
+        use crate::ha::model::Leader;
+        use crate::ha::records::{LeaseId, MemberRecord, ServerState, SyncRecord};
+        let member = |node: &str, follows: Option<&str>| MemberRecord {
+            node: node.into(),
+            paused: false,
+            server: ServerState {
+                running: true,
+                in_recovery: follows.is_some(),
+                timeline: None,
+                position: None,
+                detached: false,
+                follows: follows.map(Into::into),
+            },
+        };
+        let mut view = View {
+            leader: Some(Leader {
+                node: "p".into(),
+                lease: LeaseId(1),
+                mine: false,
+            }),
+            members: vec![
+                member("p", None),
+                member("a", Some("p")),
+                member("b", Some("p")),
+            ],
+            sync: Some(SyncRecord::of("p", "FIRST", 1, &["a", "b"])),
+            ..View::default()
+        };
+        assert_eq!(synchronous(&view), ["a"]);
+        // `a` stops streaming: `b` takes over, as PostgreSQL's potential standby does.
+        view.members[1] = member("a", None);
+        assert_eq!(synchronous(&view), ["b"]);
+        view.members[1] = member("a", Some("p"));
+        view.sync = Some(SyncRecord::of("p", "ANY", 1, &["a", "b"]));
+        assert_eq!(synchronous(&view), ["a", "b"]);
+        view.leader = None;
+        assert!(synchronous(&view).is_empty());
     }
 
     #[test]

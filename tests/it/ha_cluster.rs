@@ -120,6 +120,8 @@ pub(crate) struct HaCluster {
     pub(crate) reach: Reach,
     /// On the docker runtime: each node's container runs its agent.
     pub(crate) docker: bool,
+    /// Where each local agent serves its HTTP API (`--api`), in [`HaCluster::nodes`] order.
+    pub(crate) apis: Vec<std::net::SocketAddr>,
 }
 
 impl HaCluster {
@@ -139,8 +141,13 @@ impl HaCluster {
         cluster.ports = spec.nodes.iter().map(|n| n.port).collect();
         cluster.ok(&["up"]);
         let reach = Reach::Socket(cluster.socket_dir());
+        let apis = nodes
+            .iter()
+            .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], crate::harness::pick_port())))
+            .collect();
         let mut ha = HaCluster {
             agents: nodes.iter().map(|_| None).collect(),
+            apis,
             nodes,
             etcd: Etcd::Processes(EtcdCluster::start(3)),
             cluster,
@@ -182,6 +189,7 @@ impl HaCluster {
             },
             cluster,
             docker: true,
+            apis: Vec::new(),
         };
         assert_eq!(ha.leader().as_deref(), Some("pg_master"));
         ha.create_table();
@@ -228,7 +236,12 @@ impl HaCluster {
         }
         let mut pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
         pgrepl.envs(env.iter().copied());
-        let etcd = ["--etcd".to_owned(), self.etcd.endpoints()];
+        let etcd = [
+            "--etcd".to_owned(),
+            self.etcd.endpoints(),
+            "--api".to_owned(),
+            self.apis[i].to_string(),
+        ];
         let (file, log) = (&self.cluster.file, self.log(i));
         self.agents[i] = Some(spawn_agent(pgrepl, &self.nodes[i], file, &etcd, &log));
     }

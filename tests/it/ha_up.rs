@@ -62,6 +62,17 @@ fn alive(pid: i32) -> bool {
     })
 }
 
+/// The port of `node` in the cluster file, as `current_setting('port')` shows it.
+fn postmaster_port(cluster: &TestCluster, node: &str) -> String {
+    let spec = pgrepl::cluster::spec::ClusterSpec::load(&cluster.file).unwrap();
+    spec.nodes
+        .iter()
+        .find(|n| n.name == node)
+        .unwrap()
+        .port
+        .to_string()
+}
+
 fn status_json(cluster: &TestCluster) -> serde_json::Value {
     let output = cluster.pgrepl(&["status", "--json"]);
     let text = String::from_utf8_lossy(&output.stdout);
@@ -159,6 +170,31 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     let text = cluster.ok(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("leader `pg_master`, lease "), "{text}");
+    // Each agent serves its API where `up` recorded it, and says it.
+    let api = agents[0]["api"].as_str().expect("the leader's API address");
+    let printed = String::from_utf8_lossy(&up.stdout);
+    assert!(printed.contains(&format!("http://{api}")), "{printed}");
+    let (code, _) = crate::ha_api::http(api.parse().unwrap(), "GET", "/primary").unwrap();
+    assert_eq!(code, 200, "GET /primary on the leader's agent");
+    // The application's URIs, as printed, with stock psql: the primary, then a standby.
+    let write = status["uris"]["write"]
+        .as_str()
+        .expect("a write URI")
+        .to_owned();
+    let read = status["uris"]["read"]
+        .as_str()
+        .expect("a read URI")
+        .to_owned();
+    assert!(text.contains(&write), "{text}");
+    let master_port = postmaster_port(&cluster, "pg_master");
+    assert_eq!(
+        crate::ha_api::psql_lands(&write),
+        Some(("f".into(), master_port.clone()))
+    );
+    assert_eq!(
+        crate::ha_api::psql_lands(&read).map(|l| l.0).as_deref(),
+        Some("t")
+    );
 
     // The primary's machine dies: its agent and its server at once.
     let master_agent = agent_pids.iter().find(|(n, _)| n == "pg_master").unwrap().1;
@@ -198,6 +234,13 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     let master = &status["ha"]["agents"][0];
     assert_eq!(master["node"], "pg_master");
     assert_eq!(master["alive"], false, "{:#}", status["ha"]);
+    // The same write URI now lands on the new primary.
+    let landed = crate::ha_api::psql_lands(&write);
+    assert_eq!(
+        landed,
+        Some(("f".into(), postmaster_port(&cluster, &new_leader))),
+        "{write}"
+    );
 
     // `down` stops the agents, the servers and etcd: none of the cluster's processes remain.
     let mut pids: Vec<i32> = etcd_pids

@@ -11,6 +11,7 @@ mod etcd;
 mod fake_server;
 mod faults;
 mod ha;
+mod ha_api;
 mod ha_cluster;
 mod ha_control;
 mod ha_docker;

@@ -62,10 +62,7 @@ impl Seen {
             paused: view.is_some_and(|v| v.pause.is_some()),
             dcs: view.is_some(),
             locked: leader.is_some(),
-            sync: !leads
-                && view
-                    .and_then(|v| v.sync.as_ref())
-                    .is_some_and(|r| r.members.iter().any(|m| m == me)),
+            sync: view.is_some_and(|v| health::synchronous(v).contains(&me)),
             loop_alive: now.since(self.loop_at) <= alive_for,
             timeline: server.and_then(|s| s.timeline),
             position: server.and_then(|s| s.position),
