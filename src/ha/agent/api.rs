@@ -15,8 +15,10 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use super::Agent;
+use crate::ha::core::Effect;
 use crate::ha::health::{self, Endpoint, Facts};
 use crate::ha::model::{Probed, Time, View};
+use crate::ha::records::LeaseId;
 
 /// What the decision loop last saw, for the API to answer from.
 #[derive(Debug, Default)]
@@ -30,9 +32,15 @@ pub(super) struct Seen {
 }
 
 impl Seen {
-    /// The facts at `now`: what is older than `fresh` is unknown. `leads_until`: when this
-    /// agent's lease may lapse (the fence deadline).
-    pub fn facts(&self, me: &str, now: Time, fresh: Duration, leads_until: Time) -> Facts {
+    /// The facts at `now`: what is older than `fresh` is unknown. `lease`: this agent's lease
+    /// now; `leads_until`: when it may lapse (the fence deadline).
+    pub fn facts(
+        &self,
+        me: &str,
+        now: Time,
+        fresh: Duration,
+        (lease, leads_until): (LeaseId, Time),
+    ) -> Facts {
         let recent = |at: Time| now.since(at) <= fresh;
         let server = match &self.probe {
             Some((at, Probed::Known(local))) if recent(*at) => Some(&local.server),
@@ -44,7 +52,8 @@ impl Seen {
             .filter(|(at, _)| recent(*at))
             .map(|(_, v)| v);
         let leader = view.and_then(|v| v.leader.as_ref());
-        let leads = leader.is_some_and(|l| l.mine) && now < leads_until;
+        // The key under the lease this agent holds now (not one it has since lost).
+        let leads = leader.is_some_and(|l| l.lease == lease) && now < leads_until;
         let leader_position = leader.and_then(|l| {
             let record = view?.members.iter().find(|m| m.node == l.node)?;
             record.server.position
@@ -69,6 +78,21 @@ impl Seen {
             leader_position,
         }
     }
+}
+
+/// Whether `effect` may change what the API answers from (the server's role or state, who
+/// holds the key): until the next probe and read, that is unknown.
+pub(super) fn unsettles(effect: &Effect) -> bool {
+    !matches!(
+        effect,
+        Effect::PointAt { .. }
+            | Effect::RecordSystemId(_)
+            | Effect::WriteSync(_)
+            | Effect::Repoint { .. }
+            | Effect::SetStandbyNames(_)
+            | Effect::RecordPromotion { .. }
+            | Effect::RefuseSwitchover(_)
+    )
 }
 
 /// Serves until `cancel`.

@@ -148,12 +148,11 @@ impl Agent {
 
     /// What the health endpoints answer from, now.
     fn facts(&self) -> crate::ha::health::Facts {
-        let (fresh, leads_until) = {
+        let (fresh, lease) = {
             let core = self.core();
-            (core.timing().ttl(), core.fence_deadline())
+            (core.timing().ttl(), (core.lease(), core.fence_deadline()))
         };
-        self.seen()
-            .facts(&self.node.name, self.now(), fresh, leads_until)
+        self.seen().facts(&self.node.name, self.now(), fresh, lease)
     }
 
     /// Runs until `cancel`. On the way out a primary's server is stopped (fast, so its standbys
@@ -300,7 +299,7 @@ impl Agent {
         client: Option<&tokio_postgres::Client>,
     ) -> Result<(), HaError> {
         let promoting = matches!(step.decision.action, Action::Promote { .. });
-        if !step.effects.is_empty() {
+        if step.effects.iter().any(api::unsettles) {
             // The server or the key may change: unknown until the next probe and read.
             let mut seen = self.seen();
             seen.probe = None;
