@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::ha_cluster::{HaCluster, TTL};
+use crate::ha_cluster::{HaCluster, Writer, TTL};
 
 /// One request; `None` when the agent does not answer within a second (frozen, gone).
 pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
@@ -313,6 +313,17 @@ fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary(
         r == "t"
     });
 
+    // An application through pgrepl's proxy: a row every 50 ms, reconnecting on error.
+    let mut proxy = tokio_postgres::Config::new();
+    proxy
+        .host("127.0.0.1")
+        .port(write_port)
+        .user("postgres")
+        .password(PASSWORD)
+        .dbname("postgres");
+    let writer = Writer::over(vec![proxy]);
+    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |_| true);
+
     // Node loss: both proxies move to the new primary.
     let killed = Instant::now();
     ha.kill_agent(0);
@@ -334,6 +345,20 @@ fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary(
         std::thread::sleep(Duration::from_millis(50));
     }
     let (ours, theirs) = (ours.unwrap(), theirs.unwrap());
+    // The old primary died with the kill: every acknowledgement after it is the new one's.
+    let first = writer.wait_ack(&ha, Duration::from_secs(30), killed, |_| true);
+    std::thread::sleep(Duration::from_millis(500));
+    let acks = writer.stop();
+    let new = (1..3)
+        .find(|&i| ha.try_psql(i, "SELECT NOT pg_is_in_recovery()").as_deref() == Some("t"))
+        .expect("a new primary");
+    ha.assert_nothing_lost(new, &acks);
+    eprintln!(
+        "node loss → the writer through pgrepl's proxy: first acknowledged write {:.2} s after \
+         the kill; {} acknowledged in all, 0 lost",
+        first.at.duration_since(killed).as_secs_f64(),
+        acks.len()
+    );
     eprintln!(
         "node loss → psql through HAProxy reaches the new primary: {:.2} s with pgrepl's check \
          timing, {:.2} s with Patroni's example's (inter 3s fall 3 rise 2)",
