@@ -29,6 +29,9 @@ pub(super) struct Seen {
     pub view: Option<(Time, View)>,
     /// When the loop last started a round or finished an effect.
     pub loop_at: Time,
+    /// The loop is building the node or carrying out effects, which take as long as they take
+    /// (a clone, a rewind) and are bounded by their own timeouts: it is not stuck.
+    pub busy: bool,
 }
 
 impl Seen {
@@ -72,7 +75,7 @@ impl Seen {
             dcs: view.is_some(),
             locked: leader.is_some(),
             sync: view.is_some_and(|v| health::synchronous(v).contains(&me)),
-            loop_alive: now.since(self.loop_at) <= alive_for,
+            loop_alive: self.busy || now.since(self.loop_at) <= alive_for,
             timeline: server.and_then(|s| s.timeline),
             position: server.and_then(|s| s.position),
             leader_position,

@@ -167,7 +167,9 @@ impl Agent {
         let watcher = tokio::spawn(watch(agent.clone(), wake.clone(), cancel.clone()));
         let listener = agent.api.lock().expect("api lock").take();
         let api = listener.map(|l| tokio::spawn(api::serve(agent.clone(), l, cancel.clone())));
+        agent.seen().busy = true;
         agent.bootstrap(&cancel).await;
+        agent.seen().busy = false;
         prepare_server(&agent).await;
         let mut etcd_error = None;
         while !cancel.is_cancelled() {
@@ -305,10 +307,23 @@ impl Agent {
             seen.probe = None;
             seen.view = None;
         }
+        self.seen().busy = true;
+        let result = self.carry_out_effects(step, client, promoting).await;
+        let mut seen = self.seen();
+        seen.busy = false;
+        seen.loop_at = self.now();
+        result
+    }
+
+    async fn carry_out_effects(
+        &self,
+        step: &Step,
+        client: Option<&tokio_postgres::Client>,
+        promoting: bool,
+    ) -> Result<(), HaError> {
         for effect in &step.effects {
             let result = self.act(effect, client).await;
             self.core().done(self.now(), effect, result.is_ok());
-            self.seen().loop_at = self.now();
             match result {
                 Err(e) if effect.best_effort() => {
                     tracing::warn!("{effect:?}: {}", crate::cluster::error_chain(&e))
