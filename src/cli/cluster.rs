@@ -322,7 +322,7 @@ pub struct SwitchoverArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// The standby that becomes primary (required without agents; with agents, by default
-    /// the most advanced standby of the sync record).
+    /// a standby the primary waits for now, the most advanced of them).
     #[arg(long = "to", value_name = "NODE")]
     pub to: Option<String>,
     #[command(flatten)]

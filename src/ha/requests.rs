@@ -130,8 +130,9 @@ pub fn promotion_reason(me: &str, view: &View) -> String {
     }
 }
 
-/// `pgrepl switchover`: the leader and the target to write in the request (`to`, or the most
-/// advanced standby that passes the checks, ties to the policy's order), or why not.
+/// `pgrepl switchover`: the leader and the target to write in the request (`to`, or a standby
+/// that passes the checks: one the primary waits for now first, as Patroni's synchronous mode
+/// allows only those; then the most advanced; ties to the policy's order), or why not.
 pub fn switchover_target(view: &View, to: Option<&str>) -> Result<(String, String), String> {
     let Some(leader) = &view.leader else {
         return Err("no leader holds the key (an election is under way, or none can be held): `pgrepl status` shows why".into());
@@ -162,8 +163,14 @@ pub fn switchover_target(view: &View, to: Option<&str>) -> Result<(String, Strin
         .filter(|n| switchover_refusal(view, &from, n).is_none())
         .filter_map(|n| view.members.iter().find(|m| &m.node == n))
         .collect();
-    // Stable: among equals the policy's first stays first.
-    fit.sort_by_key(|m| std::cmp::Reverse(m.server.position));
+    // The published positions are each agent's last probe, taken at different moments: an
+    // asynchronous standby a few bytes ahead in them is noise, a synchronous one holds every
+    // acknowledged commit. Stable: among equals the policy's first stays first.
+    let synchronous = super::health::synchronous(view);
+    fit.sort_by_key(|m| {
+        let sync = synchronous.contains(&m.node.as_str());
+        std::cmp::Reverse((sync, m.server.position))
+    });
     match fit.first() {
         Some(best) => Ok((from, best.node.clone())),
         None => Err(format!(
@@ -509,13 +516,23 @@ mod tests {
     }
 
     #[test]
-    fn the_cli_picks_the_most_advanced_fit_standby_and_refuses_paused_or_busy_clusters() {
+    fn the_cli_picks_a_synchronous_then_the_most_advanced_fit_standby_and_refuses_paused_or_busy_clusters(
+    ) {
         let mut view = led_by("pg_master", false);
         assert_eq!(
             switchover_target(&view, None),
             Ok(("pg_master".into(), "pg_slave".into()))
         );
+        // The synchronous standby first, even a little behind in the published positions.
         view.members = streaming(90, 100);
+        assert_eq!(switchover_target(&view, None).unwrap().1, "pg_slave");
+        // Among synchronous ones (ANY), the most advanced.
+        view.sync = Some(SyncRecord::of(
+            "pg_master",
+            "ANY",
+            1,
+            &["pg_slave", "pg_asyncslave"],
+        ));
         assert_eq!(switchover_target(&view, None).unwrap().1, "pg_asyncslave");
         // Ties go to the policy's order.
         view.members = streaming(100, 100);
