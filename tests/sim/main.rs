@@ -80,13 +80,16 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn sim_random_schedules_break_no_invariant() {
     let count = env_u64("PGREPL_SIM_SCHEDULES").unwrap_or(100_000);
+    // PGREPL_SIM_FIRST_SEED: a fixed set of schedules (CI's), else new ones every run.
     let (base, replay) = match env_u64("PGREPL_SIM_SEED") {
         Some(seed) => (seed, true),
         None => (
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("after 1970")
-                .as_nanos() as u64,
+            env_u64("PGREPL_SIM_FIRST_SEED").unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_nanos() as u64
+            }),
             false,
         ),
     };

@@ -399,3 +399,52 @@ fn sim_a_primary_that_cannot_be_killed_is_replaced() {
 fn sim_seed_1796571704364298566_a_stuck_sync_standby_stalls_until_its_walsender_times_out() {
     expect_ok(Schedule::generate(1796571704364298566));
 }
+
+/// Found by CI's random run (seed 1796584839759280653, 3 nodes, ANY 1): a model bug. A hang
+/// that ended inside a longer stuck I/O woke the server, which then ran past its fence
+/// deadline although the kill was pending; the end of one fault no longer wakes a server that
+/// another still holds.
+#[test]
+fn sim_seed_1796584839759280653_a_hang_ending_inside_a_stuck_io_leaves_it_stuck() {
+    expect_ok(Schedule::generate(1796584839759280653));
+}
+
+// Open: what the 9,000,000-schedule run of 2026-12-06 found (37 violations; the 19 of the
+// fence-deadline kind came from the model bug above). One seed of each kind that still fails;
+// `cargo test --release --test sim -- --ignored` runs them, `PGREPL_SIM_SEED=N` traces one.
+
+#[test]
+#[ignore = "open: liveness, no acknowledged write within the bound after the faults (4 nodes, FIRST 2)"]
+fn sim_open_1796577086388321552_liveness() {
+    expect_ok(Schedule::generate(1796577086388321552));
+}
+
+#[test]
+#[ignore = "open: an acknowledged commit missing from the next primary's history"]
+fn sim_open_1796577086389696874_lost_commit() {
+    expect_ok(Schedule::generate(1796577086389696874));
+}
+
+#[test]
+#[ignore = "open: one timeline number names two histories"]
+fn sim_open_1796577086392288596_two_histories() {
+    expect_ok(Schedule::generate(1796577086392288596));
+}
+
+#[test]
+#[ignore = "open: an agent that read the pause key carries out Kill"]
+fn sim_open_1796577086393369039_kill_while_paused() {
+    expect_ok(Schedule::generate(1796577086393369039));
+}
+
+#[test]
+#[ignore = "open: the sync record does not cover a server's synchronous_standby_names"]
+fn sim_open_1796577086395864259_record_does_not_cover() {
+    expect_ok(Schedule::generate(1796577086395864259));
+}
+
+#[test]
+#[ignore = "open: two servers could each acknowledge a commit"]
+fn sim_open_1796577086389974248_two_writers() {
+    expect_ok(Schedule::generate(1796577086389974248));
+}

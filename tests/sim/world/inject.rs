@@ -118,6 +118,16 @@ impl World {
         }
     }
 
+    /// Another hang or stuck fault of `node` than fault `i` still lasts: the end of `i` does
+    /// not wake the server (a hang that ends inside a stuck I/O left it running, past its
+    /// fence).
+    fn hung_by_another(&self, i: usize, node: usize) -> bool {
+        self.schedule.faults.iter().enumerate().any(|(j, (at, f))| {
+            let same = matches!(f, Fault::ServerHang { node: m, .. } | Fault::ServerStuck { node: m, .. } if *m == node);
+            j != i && same && *at <= self.now && at + f.duration() > self.now
+        })
+    }
+
     pub(super) fn fault_end(&mut self, i: usize) {
         self.epoch += 1;
         let fault = self.schedule.faults[i].1.clone();
@@ -128,7 +138,7 @@ impl World {
                 self.kill(node);
             }
             Fault::ServerHang { node, .. } | Fault::ServerStuck { node, .. }
-                if self.servers[node].hung =>
+                if self.servers[node].hung && !self.hung_by_another(i, node) =>
             {
                 self.servers[node].hung = false;
                 // Its walsenders and walreceiver pick up where they stopped.
