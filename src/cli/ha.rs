@@ -304,9 +304,10 @@ pub fn haproxy_config(args: HaproxyConfigArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let cluster = args.cluster.find(pgrepl::cluster::Purpose::Use)?;
+    let apis = pgrepl::ha::api_addr::known(&cluster)?;
     let mut backends = Vec::new();
     for node in &cluster.spec.nodes {
-        let api = pgrepl::ha::api_addr::of(&cluster, node)?.ok_or_else(|| {
+        let api = apis.get(&node.name).copied().ok_or_else(|| {
             anyhow!(
                 "node `{}` has no agent API address: `pgrepl up` with [ha] picks one, or give the node `api = \"IP:PORT\"` in the cluster file",
                 node.name

@@ -31,10 +31,18 @@ pub fn recorded(state_dir: &Path) -> Result<BTreeMap<String, SocketAddr>, HaErro
 
 /// Node `node`'s API address: the cluster file's, else the recorded one.
 pub fn of(cluster: &Cluster, node: &NodeSpec) -> Result<Option<SocketAddr>, HaError> {
-    if node.api.is_some() {
-        return Ok(node.api);
+    Ok(known(cluster)?.remove(&node.name))
+}
+
+/// Every node's API address that the cluster file gives or `up` recorded (one read).
+pub fn known(cluster: &Cluster) -> Result<BTreeMap<String, SocketAddr>, HaError> {
+    let mut all = recorded(cluster.state_dir())?;
+    for node in &cluster.spec.nodes {
+        if let Some(api) = node.api {
+            all.insert(node.name.clone(), api);
+        }
     }
-    Ok(recorded(cluster.state_dir())?.get(&node.name).copied())
+    Ok(all)
 }
 
 /// Every node's API address, picking (and recording) a free port on 127.0.0.1 for each node

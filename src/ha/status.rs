@@ -107,8 +107,9 @@ pub async fn lease_left(store: &Store, view: &View) -> Result<Option<i64>, super
 pub fn of_view(cluster: &Cluster, etcd: Vec<String>, view: &View, left: Option<i64>) -> HaStatus {
     let nodes: Vec<String> = cluster.spec.nodes.iter().map(|n| n.name.clone()).collect();
     let (mut agents, promotable) = summarize(&nodes, view);
-    for (agent, node) in agents.iter_mut().zip(&cluster.spec.nodes) {
-        agent.api = super::api_addr::of(cluster, node).ok().flatten();
+    let apis = super::api_addr::known(cluster).unwrap_or_default();
+    for agent in &mut agents {
+        agent.api = apis.get(&agent.node).copied();
     }
     HaStatus {
         leader: view.leader.as_ref().map(|l| l.node.clone()),
