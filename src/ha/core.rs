@@ -16,7 +16,7 @@ use crate::Lsn;
 
 use super::decide::{behind_leader, decide, Clocks, Situation};
 use super::model::{Action, Decision, Probed, Time, View};
-use super::records::{LeaseId, MemberRecord, RoleRequest, SyncRecord};
+use super::records::{LeaseId, MemberRecord, RoleRequest, ServerState, SyncRecord};
 use super::Timing;
 
 /// One piece of I/O the executor carries out, in the order a decision lists them.
@@ -61,6 +61,12 @@ pub enum Effect {
     RefuseSwitchover(RoleRequest),
     /// Take a new lease (the old one is gone).
     Grant,
+    /// Publish this member record under `lease`: before the server may receive WAL that the
+    /// record etcd holds says it cannot (a detached standby pointed at a leader again).
+    Publish {
+        record: MemberRecord,
+        lease: LeaseId,
+    },
 }
 
 impl Effect {
@@ -138,18 +144,25 @@ pub struct Core {
 }
 
 impl Core {
-    /// An agent for node `me` whose lease `lease` was granted by a request sent at `now`.
-    pub fn new(me: &str, spec: ClusterSpec, timing: Timing, lease: LeaseId, now: Time) -> Core {
+    /// An agent for node `me` whose lease was granted by a request sent at the time given with
+    /// it; `paused`: the pause key existed when the agent started.
+    pub fn new(
+        me: &str,
+        spec: ClusterSpec,
+        timing: Timing,
+        (lease, sent): (LeaseId, Time),
+        paused: bool,
+    ) -> Core {
         Core {
             me: me.to_owned(),
             spec,
             timing,
             lease,
-            confirmed_at: now,
+            confirmed_at: sent,
             renewal_failing: false,
             // Until the first probe says otherwise, the server may be a primary.
             armed: true,
-            paused: false,
+            paused,
             silent_since: None,
             stuck: None,
             down_since: None,
@@ -181,12 +194,26 @@ impl Core {
     /// The member record to publish for this probe under the current lease, when etcd does not
     /// hold it already (the lease keeps it otherwise). Nothing is known of a server that did
     /// not answer.
+    /// A server that stops answering keeps its record, marked unknown: whatever it said, the
+    /// server may be receiving WAL now, and an election must not count it. So is one being
+    /// promoted: it is a primary from any moment on.
     pub fn to_publish(&self, probe: &Probed) -> Option<MemberRecord> {
-        let local = probe.local()?;
+        let server = match probe.local() {
+            Some(local) if local.promoting => ServerState {
+                unknown: true,
+                ..local.server.clone()
+            },
+            Some(local) => local.server.clone(),
+            None => ServerState {
+                unknown: true,
+                detached: false,
+                ..self.published.as_ref()?.0.server.clone()
+            },
+        };
         let record = MemberRecord {
             node: self.me.clone(),
             paused: self.paused,
-            server: local.server.clone(),
+            server,
         };
         match &self.published {
             Some((held, lease)) if *held == record && *lease == self.lease => None,
@@ -308,11 +335,37 @@ impl Core {
         if changed {
             self.last = Some(decision.clone());
         }
+        let mut effects = effects(&decision, view, system_id);
+        if let Some(publish) = self.attaching(&effects) {
+            effects.insert(0, publish);
+        }
         Step {
-            effects: effects(&decision, view, system_id),
+            effects,
             decision,
             changed,
         }
+    }
+
+    /// The record to publish before `effects` point this server at a leader, when etcd holds
+    /// one saying it is detached: an election counts a detached standby's position as final,
+    /// and until the next probe publishes again (never, if the server then stops answering)
+    /// that record would hide WAL the standby received and acknowledged.
+    fn attaching(&self, effects: &[Effect]) -> Option<Effect> {
+        let leader = effects.iter().find_map(|e| match e {
+            Effect::PointAt {
+                leader: Some(leader),
+            }
+            | Effect::Rejoin { leader } => Some(leader),
+            _ => None,
+        })?;
+        let (held, lease) = self.published.as_ref().filter(|(r, _)| r.server.detached)?;
+        let mut record = held.clone();
+        record.server.detached = false;
+        record.server.follows = Some(leader.clone());
+        Some(Effect::Publish {
+            record,
+            lease: *lease,
+        })
     }
 
     /// How long the standby has been behind the leader's timeline at `position`; moving
@@ -335,6 +388,9 @@ impl Core {
     /// disarms the fence when it is decided, not here: a decision taken meanwhile may have armed
     /// it again for a server it starts.)
     pub fn done(&mut self, now: Time, effect: &Effect, ok: bool) {
+        if let (Effect::Publish { record, lease }, true) = (effect, ok) {
+            self.published = Some((record.clone(), *lease));
+        }
         if *effect == Effect::Start && !ok {
             let failed = self.start_failures.map_or(0, |(n, _)| n);
             self.start_failures = Some((failed + 1, now));
@@ -479,5 +535,72 @@ fn effects(decision: &Decision, view: Option<&View>, system_id: Option<SystemId>
             })
             .into_iter()
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::model::Local;
+
+    fn detached_standby() -> Local {
+        Local {
+            server: ServerState {
+                running: true,
+                in_recovery: true,
+                timeline: None,
+                position: Some(Lsn::new(100)),
+                detached: true,
+                unknown: false,
+                follows: None,
+            },
+            standby_signal: true,
+            standby_names: String::new(),
+            caught_up: Vec::new(),
+            shutdown_checkpoint: None,
+            system_id: None,
+            promoting: false,
+        }
+    }
+
+    fn core() -> Core {
+        let spec = ClusterSpec::default();
+        Core::new(
+            "me",
+            spec,
+            Timing::default(),
+            (LeaseId(7), Time::ZERO),
+            false,
+        )
+    }
+
+    /// What etcd holds of a detached standby never outruns the standby: the record says it may
+    /// receive again before it is pointed at a leader, and it is marked unknown once the server
+    /// stops answering.
+    #[test]
+    fn a_published_detached_record_never_outlives_the_detachment() {
+        let mut core = core();
+        let probe = Probed::Known(detached_standby());
+        let record = core.to_publish(&probe).expect("nothing published yet");
+        core.published(record.clone(), LeaseId(7));
+        assert_eq!(core.to_publish(&probe), None);
+
+        let step = core.step(
+            Decision::new(Action::Follow { leader: "a".into() }, "test"),
+            None,
+            None,
+        );
+        let Effect::Publish { record: first, .. } = &step.effects[0] else {
+            panic!("{:?}", step.effects)
+        };
+        assert!(!first.server.detached);
+        assert_eq!(first.server.follows.as_deref(), Some("a"));
+        assert!(matches!(step.effects[1], Effect::PointAt { .. }));
+
+        let silent = Probed::Silent {
+            standby_signal: true,
+        };
+        let unknown = core.to_publish(&silent).expect("the record changes");
+        assert!(unknown.server.unknown && !unknown.server.detached);
     }
 }

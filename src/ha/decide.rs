@@ -155,7 +155,8 @@ fn give_up(s: &Situation<'_>, view: &View) -> Option<Decision> {
 }
 
 fn decide_known(s: &Situation<'_>, local: &Local) -> Decision {
-    let primary_running = local.server.running && !local.server.in_recovery;
+    // A standby being promoted may take writes as soon as it finishes.
+    let primary_running = local.server.running && (!local.server.in_recovery || local.promoting);
     let Some(view) = s.view else {
         if primary_running && s.clocks.fence_due {
             return Decision::new(
@@ -171,6 +172,15 @@ fn decide_known(s: &Situation<'_>, local: &Local) -> Decision {
                 "the keys in etcd belong to the cluster with system identifier {theirs} and this node's data to {mine}: another cluster shares this scope (give [ha] scope a name of its own), or etcd holds another cluster's data; nothing is done"
             ));
         }
+    }
+    let leads = view.leader.as_ref().is_some_and(|l| l.mine);
+    if local.promoting && !leads {
+        // Killed, it starts again as a standby: the postmaster drops a pending promotion
+        // signal when it starts (postmaster.c, `RemovePromoteSignalFiles`).
+        return Decision::new(
+            Action::Fence,
+            "a promotion asked of this standby may still complete, and this node does not lead: stop it first",
+        );
     }
     match &view.leader {
         Some(leader) if leader.mine => lead(s, local, view),
@@ -219,16 +229,21 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             .iter()
             .map(|n| &n.name)
             .filter(|n| *n != s.me && view.sync.as_ref().is_none_or(|r| &r.leader != *n))
+            // A detached standby's own agent points it here, after it publishes that its
+            // position may grow again (`Core`): pointed from here, its record would still say
+            // it cannot.
+            .filter(|n| {
+                !view
+                    .members
+                    .iter()
+                    .any(|m| &m.node == *n && m.server.detached)
+            })
             .cloned()
             .collect();
         let standby_names = desired.standby_names();
-        // The record covers the names the server has now too (an earlier run of this agent may
-        // have set others before it was stopped mid-promotion), and until this node's standbys
-        // hold what its predecessors acknowledged, their records stay in force.
-        let covering = match SyncRecord::from_names(s.me, &local.standby_names) {
-            Some(current) if current != desired => current.union(&desired),
-            _ => desired,
-        };
+        // Until this node's standbys hold what its predecessors acknowledged, their records
+        // stay in force.
+        let covering = covering(s.me, local, desired);
         let sync = match &view.sync {
             Some(record) => covering.after(&election::rules_in_force(record, &view.members)),
             None => covering,
@@ -279,9 +294,20 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             "the policy names standbys the sync record lacks",
         ),
         _ => Decision::new(
-            Action::WriteSync(desired),
+            Action::WriteSync(covering(s.me, local, desired)),
             "no sync record for this leader yet",
         ),
+    }
+}
+
+/// The record a leader writes first: the policy's, and the names its server has now too, which
+/// may be another policy's (an earlier run of this agent set them before the cluster file
+/// changed, or before it was stopped mid-promotion). It shrinks to the policy's once the server
+/// has the policy's names.
+fn covering(me: &str, local: &Local, desired: SyncRecord) -> SyncRecord {
+    match SyncRecord::from_names(me, &local.standby_names) {
+        Some(current) if current != desired => current.union(&desired),
+        _ => desired,
     }
 }
 
@@ -430,6 +456,7 @@ mod tests {
                 position: lsn(at),
                 detached,
                 follows: (!detached).then(|| "pg_master".into()),
+                unknown: false,
             },
         }
     }
@@ -480,12 +507,14 @@ mod tests {
                 timeline: Some(TimelineId::new(1)),
                 position: lsn(100),
                 detached: true,
+                unknown: false,
                 follows: None,
             },
             standby_signal: false,
             standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
             shutdown_checkpoint: None,
+            promoting: false,
             system_id: None,
         }
     }
@@ -497,6 +526,7 @@ mod tests {
             standby_names: String::new(),
             caught_up: Vec::new(),
             shutdown_checkpoint: None,
+            promoting: false,
             system_id: None,
         }
     }
@@ -983,5 +1013,52 @@ mod tests {
             run("pg_slave", stopped(false), v(vec![]), false).action,
             Action::Wait
         );
+    }
+
+    /// A promotion an earlier run of the agent asked for outlives it: the standby is a primary
+    /// from any moment on, so a node that does not lead stops it; the leader carries it on.
+    #[test]
+    fn a_pending_promotion_is_stopped_unless_this_node_leads() {
+        let promoting = Local {
+            promoting: true,
+            ..replica(false)
+        };
+        assert!(Probed::Known(promoting.clone()).may_write());
+        for v in [
+            view(leader("pg_slave", false), vec![], Some(initial())),
+            view(None, vec![], Some(initial())),
+        ] {
+            assert_eq!(run("me", promoting.clone(), v, false).action, Action::Fence);
+        }
+        let d = run("me", promoting.clone(), None, true);
+        assert_eq!(d.action, Action::Fence, "{}", d.reason);
+        let d = run(
+            "me",
+            promoting,
+            view(leader("me", true), vec![], Some(initial())),
+            false,
+        );
+        assert!(matches!(d.action, Action::Promote { .. }), "{}", d.reason);
+    }
+
+    /// A new leader points only standbys that did not detach: a detached one's agent first
+    /// publishes that its position may grow again.
+    #[test]
+    fn a_new_leader_repoints_no_detached_standby() {
+        let members = vec![
+            standby("pg_slave", 100, true),
+            standby("pg_asyncslave", 90, false),
+        ];
+        let d = run(
+            "me",
+            replica(true),
+            view(leader("me", true), members, Some(initial())),
+            false,
+        );
+        let Action::Promote { repoint, .. } = d.action else {
+            panic!("{}", d.reason)
+        };
+        assert!(!repoint.contains(&"pg_slave".to_owned()), "{repoint:?}");
+        assert!(repoint.contains(&"pg_asyncslave".to_owned()), "{repoint:?}");
     }
 }

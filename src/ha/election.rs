@@ -17,11 +17,11 @@ pub fn rules_in_force<'r>(record: &'r SyncRecord, members: &[MemberRecord]) -> V
     newest.into_iter().chain(record.prior.iter()).collect()
 }
 
-/// `name`'s record when its agent is alive and its server a running standby.
+/// `name`'s record when its agent is alive and its server a running standby that answers it.
 fn live<'m>(members: &'m [MemberRecord], name: &str) -> Option<&'m MemberRecord> {
     members
         .iter()
-        .find(|r| r.node == name && r.server.running && r.server.in_recovery)
+        .find(|r| r.node == name && r.server.running && r.server.in_recovery && !r.server.unknown)
 }
 
 /// A record's standbys (its leader never counts for itself).
@@ -167,6 +167,7 @@ mod tests {
                 position: Some(Lsn::new(at)),
                 detached: true,
                 follows: None,
+                unknown: false,
             },
         }
     }

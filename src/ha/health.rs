@@ -370,6 +370,7 @@ mod tests {
                 position: None,
                 detached: false,
                 follows: follows.map(Into::into),
+                unknown: false,
             },
         };
         let mut view = View {

@@ -58,6 +58,9 @@ pub struct Local {
     pub shutdown_checkpoint: Option<Lsn>,
     /// pg_control's system identifier (`None`: no data yet).
     pub system_id: Option<SystemId>,
+    /// A promotion was asked of this running standby (by this run of the agent or an earlier
+    /// one) and may complete at any moment: it may take writes.
+    pub promoting: bool,
 }
 
 /// What the probe learnt of this node's server.
@@ -83,7 +86,9 @@ impl Probed {
     /// The server runs, or may, and its data is a primary's: it may take writes.
     pub fn may_write(&self) -> bool {
         match self {
-            Probed::Known(local) => local.server.running && !local.server.in_recovery,
+            Probed::Known(local) => {
+                local.server.running && (!local.server.in_recovery || local.promoting)
+            }
             Probed::Refused { standby_signal } | Probed::Silent { standby_signal } => {
                 !standby_signal
             }

@@ -136,6 +136,11 @@ pub struct ServerState {
     pub detached: bool,
     /// The node its primary_conninfo points at.
     pub follows: Option<String>,
+    /// The agent vouches for nothing in this record: its server stopped answering (it may be
+    /// receiving WAL whatever `detached` said), or a promotion asked of it may complete at any
+    /// moment. An election does not count it (`election::live`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
 }
 
 /// The standbys that may have acknowledged a commit of `leader`, and how many of them each
@@ -345,6 +350,7 @@ mod tests {
                 position: Some("0/3000148".parse().unwrap()),
                 detached: false,
                 follows: Some("pg_master".into()),
+                unknown: false,
             },
         };
         let text = serde_json::to_string(&record).unwrap();

@@ -233,6 +233,7 @@ mod tests {
             position: Some(Lsn::new(at)),
             detached: follows.is_none(),
             follows: follows.map(String::from),
+            unknown: false,
         }
     }
 
@@ -251,6 +252,7 @@ mod tests {
             standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
             shutdown_checkpoint: None,
+            promoting: false,
             system_id: None,
         }
     }

@@ -155,6 +155,7 @@ mod tests {
                 position: Some("0/3000148".parse().unwrap()),
                 detached: false,
                 follows: in_recovery.then(|| "a".into()),
+                unknown: false,
             },
             paused: false,
         }

@@ -409,42 +409,73 @@ fn sim_seed_1796584839759280653_a_hang_ending_inside_a_stuck_io_leaves_it_stuck(
     expect_ok(Schedule::generate(1796584839759280653));
 }
 
-// Open: what the 9,000,000-schedule run of 2026-12-06 found (37 violations; the 19 of the
-// fence-deadline kind came from the model bug above). One seed of each kind that still fails;
-// `cargo test --release --test sim -- --ignored` runs them, `PGREPL_SIM_SEED=N` traces one.
+// What the 9,000,000-schedule run of 2026-12-06 found besides the model bug above (18
+// violations in six kinds, one seed of each kept), and the 2,000,000-schedule run after it (a
+// fence deadline). Each failed on the core of that day.
 
+/// 4 nodes, FIRST 2 (liveness): a sync standby stuck in uninterruptible I/O kept the record its
+/// agent published before, and elections counted it. A record of a server that stopped answering
+/// is marked unknown now, and no election counts it.
 #[test]
-#[ignore = "open: liveness, no acknowledged write within the bound after the faults (4 nodes, FIRST 2)"]
-fn sim_open_1796577086388321552_liveness() {
+fn sim_seed_1796577086388321552_a_stuck_standby_counts_in_no_election() {
     expect_ok(Schedule::generate(1796577086388321552));
 }
 
+/// Lost commit: a new leader stuck in I/O past the start timeout gave its key back while its
+/// commits on the new timeline were the only copy; its record, unknown, now keeps its own rule
+/// in force, so nobody without those commits is electable.
 #[test]
-#[ignore = "open: an acknowledged commit missing from the next primary's history"]
-fn sim_open_1796577086389696874_lost_commit() {
+fn sim_seed_1796577086389696874_a_stuck_new_leader_keeps_its_rule_in_force() {
     expect_ok(Schedule::generate(1796577086389696874));
 }
 
+/// One timeline number naming two histories, during a policy change that restarts the agents
+/// one by one: a detached standby pointed at the leader again still published "detached".
+/// Its agent now publishes that its position may grow before it points it anywhere, and a new
+/// leader re-points only standbys that did not detach.
 #[test]
-#[ignore = "open: one timeline number names two histories"]
-fn sim_open_1796577086392288596_two_histories() {
+fn sim_seed_1796577086392288596_a_standby_says_it_attaches_before_it_does() {
     expect_ok(Schedule::generate(1796577086392288596));
 }
 
+/// Kill while paused: an agent restarted during a pause, then cut from etcd before its first
+/// read, fenced the primary: it did not know of the pause its earlier run had read. An agent
+/// reads the pause key as it starts now.
 #[test]
-#[ignore = "open: an agent that read the pause key carries out Kill"]
-fn sim_open_1796577086393369039_kill_while_paused() {
+fn sim_seed_1796577086393369039_a_restarted_agent_knows_the_pause_at_once() {
     expect_ok(Schedule::generate(1796577086393369039));
 }
 
+/// The record did not cover a walsender's names (a policy change): the same stale "detached"
+/// record as above.
 #[test]
-#[ignore = "open: the sync record does not cover a server's synchronous_standby_names"]
-fn sim_open_1796577086395864259_record_does_not_cover() {
+fn sim_seed_1796577086395864259_the_record_covers_after_a_policy_change() {
     expect_ok(Schedule::generate(1796577086395864259));
 }
 
+/// Two writers: the primary's agent dead and its sync standby stuck right after its agent
+/// pointed it back at the primary; its record still said "detached", and the election went on
+/// while the stuck standby could still acknowledge for the old primary.
 #[test]
-#[ignore = "open: two servers could each acknowledge a commit"]
-fn sim_open_1796577086389974248_two_writers() {
+fn sim_seed_1796577086389974248_a_stuck_attached_standby_blocks_the_election() {
     expect_ok(Schedule::generate(1796577086389974248));
+}
+
+/// 5 nodes, FIRST 2, a switchover to a standby with slow replay whose agent died while the
+/// promotion waited: the next run of the agent found a standby, followed the new leader, and
+/// the promotion completed past its fence deadline (timeline 3 beside the leader's 2). A
+/// promotion asked of a server is noted beside it now; a run that finds one pending and does
+/// not lead stops the server first.
+#[test]
+fn sim_seed_1796585618647960120_a_pending_promotion_outlives_the_agent() {
+    expect_ok(Schedule::generate(1796585618647960120));
+}
+
+/// Found by a random run after those fixes (4 nodes, ANY 1 → ANY 2, agents restarting one by
+/// one): the earlier leader took its key back and restarted its server with the old policy's
+/// names (ANY 1), then wrote the new policy's record (ANY 2), which did not cover them. A
+/// leader's first record covers the names its server has too.
+#[test]
+fn sim_seed_1796590169395474927_a_returning_leaders_first_record_covers_its_old_names() {
+    expect_ok(Schedule::generate(1796590169395474927));
 }

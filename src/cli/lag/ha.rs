@@ -115,6 +115,7 @@ mod tests {
                         position: Some("0/3000148".parse().unwrap()),
                         detached: false,
                         follows: None,
+                        unknown: false,
                     }),
                     api: Some("127.0.0.1:20123".parse().unwrap()),
                 },

@@ -84,6 +84,7 @@ impl Agent {
                 reload(sql()?, me).await?;
             }
             Effect::Promote => {
+                self.note_promotion(sql()?).await?;
                 let started = Instant::now();
                 self.cluster.promote(me).await?;
                 tracing::info!(
@@ -107,6 +108,7 @@ impl Agent {
                 }
             }
             Effect::RefuseSwitchover(request) => self.store.refuse_switchover(request).await?,
+            Effect::Publish { record, lease } => self.store.publish(record, *lease).await?,
             Effect::Grant => {
                 let sent = self.now();
                 let lease = self.store.grant(self.timing().ttl()).await?;
@@ -204,4 +206,35 @@ impl Agent {
 
 fn not_answering(node: &NodeSpec) -> HaError {
     HaError::Config(format!("`{}` does not answer SQL", node.name))
+}
+
+impl Agent {
+    /// Where the agent notes which run of its server it asked to promote: pg_promote returns
+    /// before the promotion ends, the promotion outlives the agent, and a later run of the agent
+    /// must know the standby it finds may be a primary any moment (`Local::promoting`).
+    fn promotion_file(&self) -> std::path::PathBuf {
+        let name = format!("{}.promoting", self.node.name);
+        self.cluster.state_dir().join("agents").join(name)
+    }
+
+    /// The postmaster start time of the server a promotion was asked of (a restart drops a
+    /// pending promotion: postmaster.c, `RemovePromoteSignalFiles`).
+    pub(super) fn promotion_asked(&self) -> Option<String> {
+        std::fs::read_to_string(self.promotion_file()).ok()
+    }
+
+    async fn note_promotion(&self, client: &Client) -> Result<(), HaError> {
+        let started: String = client
+            .query_one("SELECT pg_postmaster_start_time()::text", &[])
+            .await
+            .map_err(|e| crate::cluster::node_err_sql(&self.node, e))?
+            .get(0);
+        let path = self.promotion_file();
+        let io = |source| HaError::Io {
+            context: format!("noting the promotion in {}", path.display()),
+            source,
+        };
+        std::fs::create_dir_all(path.parent().expect("a file in a directory")).map_err(io)?;
+        std::fs::write(&path, started).map_err(io)
+    }
 }

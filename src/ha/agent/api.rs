@@ -95,6 +95,7 @@ pub(super) fn unsettles(effect: &Effect) -> bool {
             | Effect::SetStandbyNames(_)
             | Effect::RecordPromotion { .. }
             | Effect::RefuseSwitchover(_)
+            | Effect::Publish { .. }
     )
 }
 

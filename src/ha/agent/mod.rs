@@ -107,14 +107,18 @@ impl Agent {
             })?),
             None => None,
         };
+        // Whether the agents are paused, before anything can act: a run that starts while they
+        // are, then loses etcd before its first read, must not fence (an earlier run that read
+        // the key would not have).
+        let paused = store.snapshot().await?.pause.is_some();
         let origin = Instant::now();
         let lease = store.grant(timing.ttl()).await?;
         let core = Core::new(
             &node.name,
             cluster.file_spec.clone(),
             timing,
-            lease,
-            Time::ZERO,
+            (lease, Time::ZERO),
+            paused,
         );
         Ok(Agent {
             cluster,

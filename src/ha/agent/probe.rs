@@ -34,6 +34,7 @@ const PROBE: &str = "\
            current_setting('primary_conninfo') AS conninfo, \
            (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) = 0 AS no_receiver, \
            current_setting('synchronous_standby_names') AS standby_names, \
+           pg_postmaster_start_time()::text AS started, \
            CASE WHEN pg_is_in_recovery() THEN '{}'::text[] \
                 ELSE ARRAY(SELECT application_name FROM pg_stat_replication \
                            WHERE flush_lsn >= pg_current_wal_flush_lsn()) END AS caught_up";
@@ -50,6 +51,7 @@ impl Agent {
                 position: None,
                 detached: true,
                 follows: None,
+                unknown: false,
             },
             standby_signal: self
                 .cluster
@@ -60,6 +62,7 @@ impl Agent {
             standby_names: String::new(),
             caught_up: Vec::new(),
             shutdown_checkpoint: None,
+            promoting: false,
             system_id: control.as_ref().map(|c| c.system_identifier),
         };
         if !self.cluster.runtime.is_running(&self.node).await {
@@ -152,6 +155,7 @@ impl Agent {
                 detached: conninfo.is_empty()
                     && row.get::<_, bool>("no_receiver")
                     && final_position,
+                unknown: false,
                 follows: self.followed_node(&conninfo),
             },
             standby_signal: false,
@@ -159,6 +163,8 @@ impl Agent {
             caught_up: row.get("caught_up"),
             shutdown_checkpoint: None,
             system_id: None,
+            promoting: in_recovery
+                && self.promotion_asked().as_deref() == Some(row.get::<_, &str>("started")),
         };
         Ok((local, client))
     }

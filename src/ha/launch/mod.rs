@@ -431,6 +431,7 @@ mod tests {
                 position: None,
                 detached: false,
                 follows: (node != "a").then(|| "a".into()),
+                unknown: false,
             },
             paused: false,
         }

@@ -16,14 +16,14 @@ impl World {
         self.request(node, Lane::Lease, Req::Grant, 2);
     }
 
-    pub(super) fn agent_started(&mut self, node: usize, lease: LeaseId) {
+    pub(super) fn agent_started(&mut self, node: usize, lease: LeaseId, paused: bool) {
         let sent = Time::from_millis(self.agents[node].grant_sent);
         let core = Core::new(
             &self.names[node],
             self.spec.clone(),
             self.timing,
-            lease,
-            sent,
+            (lease, sent),
+            paused,
         );
         let deadline = core.fence_deadline().as_millis();
         let inc = self.agents[node].inc;
@@ -239,7 +239,13 @@ impl World {
                 }
                 let ttl = self.timing.ttl().as_millis() as u64;
                 let lease = self.etcd.grant(self.now, ttl);
-                answer(self, Reply::Granted(Some(lease)), Reply::Granted(None));
+                // `Agent::start` reads the pause key just before.
+                let paused = self.etcd.pause.is_some();
+                answer(
+                    self,
+                    Reply::Granted(Some((lease, paused))),
+                    Reply::Granted(None),
+                );
             }
             Req::Effect(effect, lease) => {
                 let target = (node, inc, lane, op);
@@ -265,6 +271,7 @@ impl World {
                     .conninfo
                     .filter(|_| running)
                     .map(|n| self.names[n].clone()),
+                unknown: false,
             },
             standby_signal: s.standby_signal,
             standby_names: if running {
@@ -287,6 +294,9 @@ impl World {
             }
             .map(Lsn::new),
             system_id: Some(SystemId::new(s.system_id)),
+            promoting: running
+                && s.standby_signal
+                && self.promotion_asked[node] == Some(self.runs[node]),
         };
         match s.run {
             Run::Stopped { .. } => Probed::Known(local(false)),
@@ -426,7 +436,7 @@ impl World {
         let now = Time::from_millis(self.now);
         match reply {
             Reply::Granted(lease) if self.agents[node].core.is_none() => match lease {
-                Some(lease) => self.agent_started(node, lease),
+                Some((lease, paused)) => self.agent_started(node, lease, paused),
                 // The agent fails to start; its service manager starts it again.
                 None => {
                     let inc = self.agents[node].inc;
@@ -444,7 +454,7 @@ impl World {
                 self.lease_next(node);
             }
             Reply::Granted(lease) => {
-                if let Some(lease) = lease {
+                if let Some((lease, _)) = lease {
                     let sent = Time::from_millis(self.agents[node].grant_sent);
                     self.core(node).granted(sent, lease);
                 }

@@ -34,6 +34,7 @@ impl World {
             | Effect::RefuseSwitchover(_)
             | Effect::RecordPromotion { .. }
             | Effect::Grant
+            | Effect::Publish { .. }
                 if !etcd_ok =>
             {
                 done(self, false, timeout)
@@ -84,6 +85,13 @@ impl World {
                 etcd(self, true);
             }
             Effect::RecordPromotion { .. } | Effect::Grant => etcd(self, true),
+            Effect::Publish { record, lease } => {
+                let ok = self.etcd.publish(record, lease);
+                if ok {
+                    self.wake_all(Some(node));
+                }
+                etcd(self, ok);
+            }
             Effect::Kill => {
                 self.kill(node);
                 done(self, true, back);
@@ -133,6 +141,7 @@ impl World {
                 }
                 let replay = self.replay_left(node);
                 self.log(|| format!("n{}:   promoting after {replay} ms of replay", node + 1));
+                self.promotion_asked[node] = Some(self.runs[node]);
                 let at = self.now + replay + self.rng.u64(80..250);
                 let run = self.runs[node];
                 self.at(

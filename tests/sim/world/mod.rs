@@ -84,7 +84,8 @@ enum Reply {
     /// And when etcd took it.
     View(Option<Rc<View>>, u64),
     Renewal(Renewal),
-    Granted(Option<LeaseId>),
+    /// A lease, and (to a starting agent) whether the pause key exists.
+    Granted(Option<(LeaseId, bool)>),
     Done(bool),
 }
 
@@ -271,6 +272,8 @@ pub struct World {
     servers: Vec<Server>,
     /// Bumped at every start, stop and kill: events of an earlier run are void.
     runs: Vec<u64>,
+    /// The run of each server a promotion was last asked of (it completes unless that run ends).
+    promotion_asked: Vec<Option<u64>>,
     /// Bumped at every (dis)connection of a standby's walreceiver.
     conns: Vec<u64>,
     agents: Vec<AgentProc>,
@@ -379,6 +382,7 @@ impl World {
             tls: Timelines::first(),
             servers,
             runs: vec![0; n],
+            promotion_asked: vec![None; n],
             conns: vec![0; n],
             agents: (0..n)
                 .map(|_| AgentProc {
