@@ -251,6 +251,15 @@ fn print_ha(ha: &launch::HaUp) -> anyhow::Result<()> {
         agents.join(", "),
         ha.etcd.join(",")
     );
+    if let Some(proxy) = &ha.proxy {
+        outln!(
+            "HAProxy (pid {}, log `{}`): writes {}, reads {}",
+            proxy.pid,
+            proxy.log,
+            proxy.write,
+            proxy.read
+        );
+    }
     Ok(())
 }
 

@@ -296,7 +296,7 @@ pub struct HaproxyConfigArgs {
 
 /// Prints an HAProxy configuration whose checks ask each node's agent (`pgrepl::ha::haproxy`).
 pub fn haproxy_config(args: HaproxyConfigArgs) -> anyhow::Result<ExitCode> {
-    use pgrepl::ha::haproxy::{config, Backend, Listen};
+    use pgrepl::ha::haproxy::{config, Listen};
     if args.write_port == args.read_port {
         bail!(
             "--write-port and --read-port are both {}: give two ports",
@@ -304,27 +304,12 @@ pub fn haproxy_config(args: HaproxyConfigArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let cluster = args.cluster.find(pgrepl::cluster::Purpose::Use)?;
-    let apis = pgrepl::ha::api_addr::known(&cluster)?;
-    let mut backends = Vec::new();
-    for node in &cluster.spec.nodes {
-        let api = apis.get(&node.name).copied().ok_or_else(|| {
-            anyhow!(
-                "node `{}` has no agent API address: `pgrepl up` with [ha] picks one, or give the node `api = \"IP:PORT\"` in the cluster file",
-                node.name
-            )
-        })?;
-        let (host, port) = cluster.runtime.host_address(node);
-        backends.push(Backend {
-            name: node.name.clone(),
-            host,
-            port,
-            api,
-        });
-    }
+    let backends = pgrepl::ha::proxy::backends(&cluster)?;
     let listen = Listen {
         bind: args.bind.to_string(),
         write_port: args.write_port,
         read_port: args.read_port,
+        stats_socket: None,
     };
     super::out::print(&config(&listen, &backends))?;
     Ok(ExitCode::SUCCESS)

@@ -42,8 +42,18 @@ pub struct WithHa<'a, T, H> {
 
 /// The lines that give an application the cluster's addresses.
 pub fn uris_text(uris: &pgrepl::cluster::client_uris::ClientUris) -> String {
-    format!(
+    let mut text = format!(
         "application (libpq finds the primary after a failover):\n  writes: {}\n  reads:  {}\n",
         uris.write, uris.read
-    )
+    );
+    if let Some(proxy) = &uris.proxy {
+        text.push_str(&format!(
+            "application through HAProxy ([proxy]):\n  writes: {}\n  reads:  {}\n",
+            proxy.write, proxy.read
+        ));
+        if proxy.no_password {
+            text.push_str("  (over TCP the superuser needs a password: set [local] superuser_password_file, or connect as a role of your own)\n");
+        }
+    }
+    text
 }

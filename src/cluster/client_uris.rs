@@ -14,6 +14,19 @@ pub struct ClientUris {
     pub write: String,
     /// Reaches a standby when one answers, else the primary.
     pub read: String,
+    /// `[proxy]`'s two ports, as URIs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyUris>,
+}
+
+/// HAProxy's ports: over TCP, so with the superuser's password file when the cluster has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyUris {
+    pub write: String,
+    pub read: String,
+    /// The superuser has no password to give over TCP.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_password: bool,
 }
 
 impl Cluster {
@@ -38,6 +51,28 @@ impl Cluster {
         Some(ClientUris {
             write: multi_host_uri(&servers, &[("target_session_attrs", "read-write")])?,
             read: multi_host_uri(&servers, &read)?,
+            proxy: self.proxy_uris(),
+        })
+    }
+
+    fn proxy_uris(&self) -> Option<ProxyUris> {
+        let proxy = self.spec.proxy.as_ref()?;
+        let first = self.spec.nodes.first()?;
+        let remote = match &self.runtime {
+            super::runtime::Runtime::Local(local) => local.remote_superuser(first).ok().flatten(),
+            super::runtime::Runtime::Docker(_) => None,
+        };
+        let no_password = remote.is_none();
+        let mut options = remote.unwrap_or_else(|| self.runtime.superuser(first));
+        options.host = crate::conn::config::Host::Tcp(proxy.bind.to_string());
+        let mut uri = |port| {
+            options.port = port;
+            multi_host_uri(std::slice::from_ref(&options), &[])
+        };
+        Some(ProxyUris {
+            write: uri(proxy.write_port)?,
+            read: uri(proxy.read_port)?,
+            no_password,
         })
     }
 }

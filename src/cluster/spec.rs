@@ -184,6 +184,37 @@ pub struct ClusterSpec {
     /// Present: `up` starts an agent per node and failover is automatic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaSpec>,
+    /// Present (with `[ha]`): `up` starts HAProxy in front of the nodes, routed by the agents'
+    /// health API; `down` stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+}
+
+/// `[proxy]`: where the application's two addresses listen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySpec {
+    /// Loopback unless another interface is named.
+    #[serde(default = "default_proxy_bind")]
+    pub bind: std::net::IpAddr,
+    /// Reaches the primary (Patroni's example: 5000).
+    #[serde(default = "default_write_port")]
+    pub write_port: u16,
+    /// Reaches the standbys, the primary when none answers.
+    #[serde(default = "default_read_port")]
+    pub read_port: u16,
+}
+
+fn default_proxy_bind() -> std::net::IpAddr {
+    std::net::Ipv4Addr::LOCALHOST.into()
+}
+
+fn default_write_port() -> u16 {
+    5000
+}
+
+fn default_read_port() -> u16 {
+    5001
 }
 
 /// `[ha]`: automatic failover by one `pgrepl agent` per node, with etcd as the consensus.
@@ -318,6 +349,7 @@ impl Default for ClusterSpec {
             docker: DockerSettings::default(),
             local: LocalSettings::default(),
             ha: None,
+            proxy: None,
         }
     }
 }
@@ -403,6 +435,28 @@ impl ClusterSpec {
             return invalid(format!(
                 "local.clients `{client}` must be an address/prefix such as 10.0.0.0/24"
             ));
+        }
+        if let Some(proxy) = &self.proxy {
+            if self.ha.is_none() {
+                return invalid(
+                    "[proxy] routes by the agents' health API: add [ha], or remove [proxy]".into(),
+                );
+            }
+            let taken = self.nodes.iter().map(|n| n.port);
+            if let Some(port) = [proxy.write_port, proxy.read_port]
+                .into_iter()
+                .find(|p| *p == 0 || taken.clone().any(|t| t == *p))
+            {
+                return invalid(format!(
+                    "proxy port {port} is 0 or a node's: give [proxy] write_port and read_port ports of their own"
+                ));
+            }
+            if proxy.write_port == proxy.read_port {
+                return invalid(format!(
+                    "[proxy] write_port and read_port are both {}: give two ports",
+                    proxy.write_port
+                ));
+            }
         }
         let standbys: Vec<&str> = self.standbys().map(|n| n.name.as_str()).collect();
         for name in &self.sync.standbys {

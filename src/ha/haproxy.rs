@@ -31,14 +31,24 @@ pub struct Listen {
     pub bind: String,
     pub write_port: u16,
     pub read_port: u16,
+    /// HAProxy's stats socket, which says which servers each port reaches (`[proxy]`'s).
+    pub stats_socket: Option<std::path::PathBuf>,
 }
 
 pub fn config(listen: &Listen, backends: &[Backend]) -> String {
     let mut out = String::from(
-        "# Written by `pgrepl haproxy-config`: the write port reaches the primary, the read port\n\
-         # the standbys; each agent's HTTP API says which is which.\n\
-         global\n    maxconn 100\n\n\
-         defaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n\
+        "# Written by pgrepl: the write port reaches the primary, the read port the standbys;\n\
+         # each agent's HTTP API says which is which.\n\
+         global\n    maxconn 100\n",
+    );
+    if let Some(socket) = &listen.stats_socket {
+        out.push_str(&format!(
+            "    stats socket {} mode 600 level user\n",
+            socket.display()
+        ));
+    }
+    out.push_str(
+        "\ndefaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n\
          \x20   timeout server 30m\n    timeout check 1s\n",
     );
     for (section, port, path, balance) in [
@@ -99,6 +109,7 @@ mod tests {
             bind: "127.0.0.1".into(),
             write_port: 5000,
             read_port: 5001,
+            stats_socket: None,
         };
         let text = config(&listen, &backends);
         assert!(text.contains(

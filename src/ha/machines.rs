@@ -42,6 +42,8 @@ pub fn machine_spec(spec: &ClusterSpec, replication_password: &str, net: &Networ
         clients: vec![net.subnet.to_owned()],
         superuser_password_file: Some(MACHINE_PASSWORD_FILE.into()),
     };
+    // The proxy is the host's, in front of every machine.
+    machine.proxy = None;
     let ha = spec.ha.clone().unwrap_or_default();
     machine.ha = Some(HaSpec {
         etcd: net.etcd.to_vec(),

@@ -37,6 +37,7 @@ pub mod launch;
 mod local_etcd;
 pub mod machines;
 pub mod model;
+pub mod proxy;
 pub mod records;
 pub mod requests;
 pub mod status;

@@ -35,6 +35,19 @@ pub struct HaStatus {
     /// Members of the sync record whose agent is alive and whose server is a running standby:
     /// the nodes an election may pick from now.
     pub promotable: Vec<String>,
+    /// `[proxy]`'s HAProxy, as its stats socket answers (`status` on the machine that runs it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyStatus {
+    pub write: std::net::SocketAddr,
+    pub read: std::net::SocketAddr,
+    /// The servers each port reaches now; `None` with `error` saying why unknown.
+    pub routes: Option<super::proxy::Routes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One node's agent, as etcd shows it.
@@ -69,7 +82,8 @@ pub fn summarize(nodes: &[String], snapshot: &View) -> (Vec<AgentHealth>, Vec<St
         .flat_map(|sync| &sync.members)
         .filter(|node| Some(node.as_str()) != leader)
         .filter(|node| {
-            record(node.as_str()).is_some_and(|m| m.server.running && m.server.in_recovery)
+            record(node.as_str())
+                .is_some_and(|m| m.server.running && m.server.in_recovery && !m.server.unknown)
         })
         .cloned()
         .collect();
@@ -89,10 +103,29 @@ pub async fn read(cluster: &Cluster) -> HaStatus {
         let left = lease_left(&store, &snapshot).await?;
         Ok::<_, super::HaError>((snapshot, left))
     };
-    match read.await {
+    let status = match read.await {
         Ok((snapshot, left)) => of_view(cluster, endpoints, &snapshot, left),
         Err(e) => base(cluster, endpoints, Some(e.to_string())),
+    };
+    HaStatus {
+        proxy: proxy(cluster).await,
+        ..status
     }
+}
+
+async fn proxy(cluster: &Cluster) -> Option<ProxyStatus> {
+    let spec = cluster.spec.proxy.as_ref()?;
+    let (routes, error) = match super::proxy::routes(cluster.state_dir()).await {
+        Some(Ok(routes)) => (Some(routes), None),
+        Some(Err(e)) => (None, Some(e.to_string())),
+        None => (None, Some("HAProxy does not run: `pgrepl up` starts it".to_owned())),
+    };
+    Some(ProxyStatus {
+        write: std::net::SocketAddr::new(spec.bind, spec.write_port),
+        read: std::net::SocketAddr::new(spec.bind, spec.read_port),
+        routes,
+        error,
+    })
 }
 
 /// Whole seconds the leader's lease has left, when someone leads.
@@ -135,6 +168,7 @@ fn base(cluster: &Cluster, etcd: Vec<String>, error: Option<String>) -> HaStatus
         agents: Vec::new(),
         sync: None,
         promotable: Vec::new(),
+        proxy: None,
     }
 }
 

@@ -119,11 +119,69 @@ fn up_ok(cluster: &TestCluster) -> Output {
     up
 }
 
+/// `[proxy]` on its own two ports, and a superuser password for TCP (the proxy's sessions).
+fn with_proxy(cluster: &TestCluster) -> (u16, u16) {
+    let ports = (
+        crate::harness::pick_port(),
+        crate::harness::pick_port(),
+    );
+    std::fs::write(cluster.dir.path().join("superuser.password"), "pr0xy-pw\n").unwrap();
+    let mut text = std::fs::read_to_string(&cluster.file).unwrap();
+    text.push_str(&format!(
+        "\n[proxy]\nwrite_port = {}\nread_port = {}\n\n[local]\nsuperuser_password_file = \"superuser.password\"\n",
+        ports.0, ports.1
+    ));
+    std::fs::write(&cluster.file, text).unwrap();
+    ports
+}
+
+/// Stock psql with the URI as printed, and nothing from the environment.
+fn psql_as_printed(uri: &str) -> Option<(String, String)> {
+    let psql = crate::harness::PgInstall::default_install()
+        .bin_dir
+        .join("psql");
+    let out = std::process::Command::new(psql)
+        .args(["-X", "-A", "-t", "-c"])
+        .arg("SELECT pg_is_in_recovery(), current_setting('port')")
+        .arg(uri)
+        .env("PGCONNECT_TIMEOUT", "2")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGPASSFILE")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (recovery, port) = text.split_once('|')?;
+    Some((recovery.to_owned(), port.to_owned()))
+}
+
+/// Until `status` shows the proxy's write port reaching `node` (its checks run every 250 ms).
+fn wait_proxy_routes(cluster: &TestCluster, node: &str) -> String {
+    let start = Instant::now();
+    loop {
+        // Not `ok`: status exits non-zero while a node is down.
+        let out = cluster.pgrepl(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.contains("proxy: writes")).unwrap_or("");
+        if line.contains(&format!("-> {node};")) {
+            return line.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the proxy's write port never reached `{node}`: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and_down_stops_all() {
-    let Some(cluster) = ha_cluster("ha_up_starts_etcd_and_agents") else {
+    let test = "ha_up_starts_etcd_and_agents";
+    let Some(cluster) = ha_cluster(test) else {
         return;
     };
+    // HAProxy is a part of the cluster when the machine has it (CI requires it).
+    let proxy = crate::capability::tool(test, "haproxy", "apt-get install haproxy")
+        .map(|_| with_proxy(&cluster));
     let started = Instant::now();
     let up = up_ok(&cluster);
     eprintln!(
@@ -195,6 +253,30 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
         crate::ha_api::psql_lands(&read).map(|l| l.0).as_deref(),
         Some("t")
     );
+    // The proxy's URIs, as printed (the password through the passfile they name).
+    let proxy_uris = proxy.map(|(write_port, read_port)| {
+        let uris = &status["uris"]["proxy"];
+        let (write, read) = (
+            uris["write"].as_str().expect("a proxy write URI").to_owned(),
+            uris["read"].as_str().expect("a proxy read URI").to_owned(),
+        );
+        assert!(write.contains(&format!(":{write_port}/")), "{write}");
+        assert!(read.contains(&format!(":{read_port}/")), "{read}");
+        assert!(printed.contains(&write), "{printed}");
+        let line = wait_proxy_routes(&cluster, "pg_master");
+        eprintln!("status: {}", line.trim());
+        assert_eq!(
+            psql_as_printed(&write),
+            Some(("f".into(), master_port.clone())),
+            "{write}"
+        );
+        let start = Instant::now();
+        while psql_as_printed(&read).map(|l| l.0).as_deref() != Some("t") {
+            assert!(start.elapsed() < Duration::from_secs(10), "{read}: no standby");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        write
+    });
 
     // The primary's machine dies: its agent and its server at once.
     let master_agent = agent_pids.iter().find(|(n, _)| n == "pg_master").unwrap().1;
@@ -234,19 +316,34 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     let master = &status["ha"]["agents"][0];
     assert_eq!(master["node"], "pg_master");
     assert_eq!(master["alive"], false, "{:#}", status["ha"]);
-    // The same write URI now lands on the new primary.
-    let landed = crate::ha_api::psql_lands(&write);
-    assert_eq!(
-        landed,
-        Some(("f".into(), postmaster_port(&cluster, &new_leader))),
-        "{write}"
-    );
+    // The same write URI now lands on the new primary, once it promoted (the key moves
+    // first).
+    let new_primary = Some(("f".into(), postmaster_port(&cluster, &new_leader)));
+    while crate::ha_api::psql_lands(&write) != new_primary {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "{write} never reached `{new_leader}`\n{}",
+            agent_logs(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // So does the proxy's, once its checks saw the new leader's agent answer 200.
+    let proxy_pid = proxy_uris.map(|write| {
+        wait_proxy_routes(&cluster, &new_leader);
+        assert_eq!(
+            psql_as_printed(&write),
+            Some(("f".into(), postmaster_port(&cluster, &new_leader))),
+            "{write}"
+        );
+        pids_in(&state(&cluster).join("proxy"))[0].1
+    });
 
     // `down` stops the agents, the servers and etcd: none of the cluster's processes remain.
     let mut pids: Vec<i32> = etcd_pids
         .iter()
         .chain(&agent_pids)
         .map(|(_, p)| *p)
+        .chain(proxy_pid)
         .collect();
     pids.extend(
         ["pg_slave", "pg_asyncslave"]

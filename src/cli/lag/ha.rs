@@ -63,7 +63,35 @@ pub(super) fn section(ha: &HaStatus) -> String {
     } else {
         format!("  promotable now: {}{record}\n", ha.promotable.join(", "))
     });
+    if let Some(proxy) = &ha.proxy {
+        out.push_str(&proxy_line(proxy));
+    }
     out
+}
+
+/// Which node each of HAProxy's ports reaches now.
+fn proxy_line(proxy: &pgrepl::ha::status::ProxyStatus) -> String {
+    let Some(routes) = &proxy.routes else {
+        let why = proxy.error.as_deref().unwrap_or("unknown");
+        return format!(
+            "  proxy: writes {}, reads {}: {why}\n",
+            proxy.write, proxy.read
+        );
+    };
+    let reach = |nodes: &[String]| {
+        if nodes.is_empty() {
+            "no server (its checks fail)".to_owned()
+        } else {
+            nodes.join(", ")
+        }
+    };
+    format!(
+        "  proxy: writes {} -> {}; reads {} -> {}\n",
+        proxy.write,
+        reach(&routes.write),
+        proxy.read,
+        reach(&routes.read)
+    )
 }
 
 /// What an agent last said about its server.
@@ -78,7 +106,9 @@ fn describe(server: &ServerState) -> String {
     } else {
         "standby".to_owned()
     };
-    if server.in_recovery && server.detached {
+    if server.unknown {
+        text.push_str(" (as last seen: it does not answer its agent, or is being promoted)");
+    } else if server.in_recovery && server.detached {
         text.push_str(" (detached)");
     }
     if let Some(tl) = server.timeline {
@@ -128,7 +158,29 @@ mod tests {
             ],
             sync: None,
             promotable: Vec::new(),
+            proxy: None,
         }
+    }
+
+    #[test]
+    fn the_proxy_line_names_the_node_behind_each_port() {
+        let mut ha = status();
+        ha.proxy = Some(pgrepl::ha::status::ProxyStatus {
+            write: "127.0.0.1:5000".parse().unwrap(),
+            read: "127.0.0.1:5001".parse().unwrap(),
+            routes: Some(pgrepl::ha::proxy::Routes {
+                write: vec!["pg_master".into()],
+                read: Vec::new(),
+            }),
+            error: None,
+        });
+        let text = section(&ha);
+        assert!(
+            text.contains(
+                "proxy: writes 127.0.0.1:5000 -> pg_master; reads 127.0.0.1:5001 -> no server (its checks fail)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

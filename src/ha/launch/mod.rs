@@ -7,6 +7,8 @@
 //! (`containers`). Then a wait until the agents have elected a leader. What already runs is
 //! left alone, so `up` again starts only what is missing.
 //!
+//! `[proxy]`: HAProxy once the agents answer (`proxy`); `down` stops it before anything else.
+//!
 //! `down`: the agents first, the leader's last (each standby's agent leaves its server running;
 //! the leader's stops its primary cleanly, then releases the lease, and nobody is left to elect
 //! a successor), then the servers, then etcd; only then, with `--purge`, the files.
@@ -45,6 +47,9 @@ pub struct HaUp {
     pub scope: String,
     pub leader: String,
     pub agents: Vec<AgentProcess>,
+    /// `[proxy]`'s HAProxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<super::proxy::ProxyUp>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,11 +133,17 @@ pub async fn up(
         "`{leader}` leads (etcd scope `{scope}`, lease {} s)",
         ha.ttl
     ));
+    go_on()?;
+    let proxy = match &cluster.spec.proxy {
+        Some(spec) => Some(super::proxy::ensure_running(cluster, spec, log).await?),
+        None => None,
+    };
     Ok(HaUp {
         etcd,
         scope,
         leader,
         agents,
+        proxy,
     })
 }
 
@@ -363,10 +374,11 @@ async fn stop_agents(cluster: &Cluster) -> Result<(), HaError> {
     Ok(())
 }
 
-/// Stops the agents, the servers and our etcd, in that order, confirming each is gone; then,
+/// Stops the proxy, the agents, the servers and our etcd, in that order, confirming each is gone; then,
 /// with `purge`, deletes everything, the etcd data included (on an etcd of `[ha] etcd`, the
 /// cluster's keys).
 pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
+    super::proxy::stop(cluster.state_dir()).await?;
     stop_agents(cluster).await?;
     let external = cluster.spec.ha.as_ref().filter(|ha| !ha.etcd.is_empty());
     if let (true, Some(ha)) = (purge, external) {
