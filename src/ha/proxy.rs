@@ -203,11 +203,9 @@ fn parse_stat(text: &str) -> Routes {
     };
     let mut routes = Routes::default();
     for fields in lines.map(|l| l.split(',').collect::<Vec<_>>()) {
-        let (Some(p), Some(s), Some(st)) = (
-            fields.get(proxy),
-            fields.get(server),
-            fields.get(status),
-        ) else {
+        let (Some(p), Some(s), Some(st)) =
+            (fields.get(proxy), fields.get(server), fields.get(status))
+        else {
             continue;
         };
         if matches!(*s, "FRONTEND" | "BACKEND") || !st.starts_with("UP") {

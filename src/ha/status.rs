@@ -118,7 +118,10 @@ async fn proxy(cluster: &Cluster) -> Option<ProxyStatus> {
     let (routes, error) = match super::proxy::routes(cluster.state_dir()).await {
         Some(Ok(routes)) => (Some(routes), None),
         Some(Err(e)) => (None, Some(e.to_string())),
-        None => (None, Some("HAProxy does not run: `pgrepl up` starts it".to_owned())),
+        None => (
+            None,
+            Some("HAProxy does not run: `pgrepl up` starts it".to_owned()),
+        ),
     };
     Some(ProxyStatus {
         write: std::net::SocketAddr::new(spec.bind, spec.write_port),

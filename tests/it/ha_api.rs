@@ -224,17 +224,26 @@ pub(crate) const PASSWORD: &str = "through-the-proxy";
 /// Where stock psql lands with `conninfo`: whether that server is in recovery, and its port
 /// (`None`: it reached none).
 pub(crate) fn psql_lands(conninfo: &str) -> Option<(String, String)> {
+    psql_lands_with(conninfo, Some(PASSWORD))
+}
+
+/// The same with `password` as PGPASSWORD, or none: only what `conninfo` names.
+pub(crate) fn psql_lands_with(conninfo: &str, password: Option<&str>) -> Option<(String, String)> {
     let psql = crate::harness::PgInstall::default_install()
         .bin_dir
         .join("psql");
-    let out = Command::new(psql)
+    let mut command = Command::new(psql);
+    command
         .args(["-X", "-A", "-t", "-c"])
         .arg("SELECT pg_is_in_recovery(), current_setting('port')")
         .arg(conninfo)
         .env("PGCONNECT_TIMEOUT", "2")
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .ok()?;
+        .env_remove("PGPASSFILE");
+    match password {
+        Some(password) => command.env("PGPASSWORD", password),
+        None => command.env_remove("PGPASSWORD"),
+    };
+    let out = command.output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let (recovery, port) = text.split_once('|')?;
     Some((recovery.to_owned(), port.to_owned()))

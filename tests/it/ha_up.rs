@@ -121,10 +121,7 @@ fn up_ok(cluster: &TestCluster) -> Output {
 
 /// `[proxy]` on its own two ports, and a superuser password for TCP (the proxy's sessions).
 fn with_proxy(cluster: &TestCluster) -> (u16, u16) {
-    let ports = (
-        crate::harness::pick_port(),
-        crate::harness::pick_port(),
-    );
+    let ports = (crate::harness::pick_port(), crate::harness::pick_port());
     std::fs::write(cluster.dir.path().join("superuser.password"), "pr0xy-pw\n").unwrap();
     let mut text = std::fs::read_to_string(&cluster.file).unwrap();
     text.push_str(&format!(
@@ -135,23 +132,9 @@ fn with_proxy(cluster: &TestCluster) -> (u16, u16) {
     ports
 }
 
-/// Stock psql with the URI as printed, and nothing from the environment.
+/// Stock psql with the URI as printed, and no password from the environment.
 fn psql_as_printed(uri: &str) -> Option<(String, String)> {
-    let psql = crate::harness::PgInstall::default_install()
-        .bin_dir
-        .join("psql");
-    let out = std::process::Command::new(psql)
-        .args(["-X", "-A", "-t", "-c"])
-        .arg("SELECT pg_is_in_recovery(), current_setting('port')")
-        .arg(uri)
-        .env("PGCONNECT_TIMEOUT", "2")
-        .env_remove("PGPASSWORD")
-        .env_remove("PGPASSFILE")
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (recovery, port) = text.split_once('|')?;
-    Some((recovery.to_owned(), port.to_owned()))
+    crate::ha_api::psql_lands_with(uri, None)
 }
 
 /// Until `status` shows the proxy's write port reaching `node` (its checks run every 250 ms).
@@ -161,7 +144,10 @@ fn wait_proxy_routes(cluster: &TestCluster, node: &str) -> String {
         // Not `ok`: status exits non-zero while a node is down.
         let out = cluster.pgrepl(&["status"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = text.lines().find(|l| l.contains("proxy: writes")).unwrap_or("");
+        let line = text
+            .lines()
+            .find(|l| l.contains("proxy: writes"))
+            .unwrap_or("");
         if line.contains(&format!("-> {node};")) {
             return line.to_owned();
         }
@@ -257,7 +243,10 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     let proxy_uris = proxy.map(|(write_port, read_port)| {
         let uris = &status["uris"]["proxy"];
         let (write, read) = (
-            uris["write"].as_str().expect("a proxy write URI").to_owned(),
+            uris["write"]
+                .as_str()
+                .expect("a proxy write URI")
+                .to_owned(),
             uris["read"].as_str().expect("a proxy read URI").to_owned(),
         );
         assert!(write.contains(&format!(":{write_port}/")), "{write}");
@@ -272,7 +261,10 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
         );
         let start = Instant::now();
         while psql_as_printed(&read).map(|l| l.0).as_deref() != Some("t") {
-            assert!(start.elapsed() < Duration::from_secs(10), "{read}: no standby");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{read}: no standby"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         write
