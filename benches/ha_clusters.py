@@ -128,6 +128,9 @@ class PgreplCluster:
     label = "pgrepl"
     NAMES = ["pg_master", "pg_slave", "pg_asyncslave"]
 
+    # The superuser's password over TCP (the proxy's sessions); on a socket it is trust.
+    PASSWORD = "bench"
+
     def __init__(self, work, pgrepl, pg_bin, etcd):
         self.pgrepl, self.pg_bin, self.etcd = pgrepl, pg_bin, etcd
         self.dir = os.path.join(work, "pgrepl")
@@ -136,12 +139,17 @@ class PgreplCluster:
         self.file = os.path.join(self.dir, "pgrepl.toml")
         self._run(["init"])
         self.ports = [pick_port() for _ in range(3)]
+        # Each agent's HTTP API, which a proxy's health checks ask.
+        self.apis = [pick_port() for _ in range(3)]
         with open(self.file) as f:
             text = f.read()
-        for default, port in zip((54320, 54321, 54322), self.ports):
-            text = text.replace(f"port = {default}", f"port = {port}")
+        for default, port, api in zip((54320, 54321, 54322), self.ports, self.apis):
+            text = text.replace(f"port = {default}", f'port = {port}\napi = "127.0.0.1:{api}"')
+        password_file = os.path.join(self.dir, "superuser.password")
+        with open(password_file, "w") as f:
+            f.write(self.PASSWORD + "\n")
         with open(self.file, "w") as f:
-            f.write(text)
+            f.write(text + f'\n[local]\nsuperuser_password_file = "{password_file}"\n')
         self._run(["up", "--pg-bin", pg_bin])
         socket_dir = os.path.join(self.dir, ".pgrepl", "run")
         self.nodes = [(n, socket_dir, p) for n, p in zip(self.NAMES, self.ports)]
@@ -162,7 +170,7 @@ class PgreplCluster:
         with open(self.log(i), "a") as log:
             self.procs[i] = subprocess.Popen(
                 [self.pgrepl, "-v", "agent", "--node", self.NAMES[i], "--cluster", self.file,
-                 "--etcd", self.etcd.urls(), "--pg-bin", self.pg_bin],
+                 "--etcd", self.etcd.urls(), "--pg-bin", self.pg_bin, "--api", f"127.0.0.1:{self.apis[i]}"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                 env=_env_without("PGPASSWORD", "RUST_LOG"))
 
@@ -337,3 +345,40 @@ class PatroniCluster:
 
 def _env_without(*names):
     return {k: v for k, v in os.environ.items() if k not in names}
+
+
+class Haproxy:
+    """Debian's HAProxy with `pgrepl haproxy-config`'s configuration in front of a cluster: for
+    pgrepl's the file's nodes and agents; for Patroni's, a cluster file naming its nodes and REST
+    APIs, so both get the very same configuration but for the addresses."""
+
+    def __init__(self, work, pgrepl, label, nodes, apis, haproxy="/usr/sbin/haproxy"):
+        self.dir = os.path.join(work, f"haproxy-{label}")
+        os.makedirs(self.dir)
+        file = os.path.join(self.dir, "nodes.toml")
+        subprocess.run([pgrepl, "init", "--cluster", file], check=True, capture_output=True)
+        with open(file) as f:
+            text = f.read()
+        for (default_name, default_port), (name, _, port), api in zip(
+                (("pg_master", 54320), ("pg_slave", 54321), ("pg_asyncslave", 54322)), nodes, apis):
+            # Quoted: the node's name and its place in the sync policy's list.
+            text = text.replace(f'"{default_name}"', f'"{name}"')
+            text = text.replace(f"port = {default_port}", f'port = {port}\napi = "127.0.0.1:{api}"')
+        with open(file, "w") as f:
+            f.write(text)
+        self.write_port, read_port = pick_port(), pick_port()
+        out = subprocess.run([pgrepl, "haproxy-config", "--cluster", file, "--write-port", str(self.write_port),
+                              "--read-port", str(read_port)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"pgrepl haproxy-config failed:\n{out.stderr}")
+        self.config = os.path.join(self.dir, "haproxy.cfg")
+        with open(self.config, "w") as f:
+            f.write(out.stdout)
+        self.log = os.path.join(self.dir, "haproxy.log")
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen([haproxy, "-db", "-f", self.config], stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()

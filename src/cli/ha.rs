@@ -303,7 +303,8 @@ pub fn haproxy_config(args: HaproxyConfigArgs) -> anyhow::Result<ExitCode> {
             args.write_port
         );
     }
-    let cluster = args.cluster.find(pgrepl::cluster::Purpose::Use)?;
+    // A file whose nodes name their `api` is enough: the proxy may be set up before `up`.
+    let cluster = args.cluster.find(pgrepl::cluster::Purpose::Build)?;
     let backends = pgrepl::ha::proxy::backends(&cluster)?;
     let listen = Listen {
         bind: args.bind.to_string(),
