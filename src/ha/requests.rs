@@ -57,6 +57,11 @@ pub fn switchover_refusal(view: &View, from: &str, to: &str) -> Option<String> {
     if !(member.server.running && member.server.in_recovery) {
         return Some(format!("`{to}` is not a running standby"));
     }
+    if member.server.unknown {
+        return Some(format!(
+            "`{to}`'s server does not answer its agent: its state is unknown"
+        ));
+    }
     if member.server.follows.as_deref() != Some(from) {
         return Some(format!("`{to}` does not stream from `{from}`"));
     }
@@ -494,6 +499,11 @@ mod tests {
         assert!(switchover_refusal(&elsewhere, "pg_master", "pg_slave")
             .unwrap()
             .contains("does not stream from"));
+        let mut silent = view.clone();
+        silent.members[0].server.unknown = true;
+        assert!(switchover_refusal(&silent, "pg_master", "pg_slave")
+            .unwrap()
+            .contains("does not answer its agent"));
         assert_eq!(switchover_refusal(&view, "pg_master", "pg_slave"), None);
 
         // The agent refuses what no longer holds, and marks the request.
