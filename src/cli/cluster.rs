@@ -159,6 +159,10 @@ pub fn find(file: Option<PathBuf>) -> anyhow::Result<Cluster> {
 pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.find(Purpose::Build)?;
     let steps = PrintSteps(Instant::now());
+    if cluster.spec.proxy.is_some() {
+        // Before anything is built: nothing half-done when it cannot run.
+        pgrepl::ha::proxy::supported(&cluster)?;
+    }
     if cluster.spec.ha.is_some() {
         // On the docker runtime the agents in the containers build the nodes.
         let agents_build = cluster.spec.runtime == RuntimeKind::Docker;

@@ -89,11 +89,7 @@ pub async fn ensure_running(
     spec: &ProxySpec,
     log: &dyn StepLog,
 ) -> Result<ProxyUp, HaError> {
-    if let Runtime::Docker(_) = &cluster.runtime {
-        return Err(HaError::Config(
-            "[proxy] starts HAProxy on the local runtime only: on docker, remove [proxy] and run HAProxy with `pgrepl haproxy-config`".into(),
-        ));
-    }
+    supported(cluster)?;
     let state_dir = cluster.state_dir();
     let (write, read) = (
         SocketAddr::new(spec.bind, spec.write_port),
@@ -154,6 +150,16 @@ pub async fn ensure_running(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `up` runs HAProxy on the local runtime only, and needs it installed.
+pub fn supported(cluster: &Cluster) -> Result<(), HaError> {
+    if let Runtime::Docker(_) = &cluster.runtime {
+        return Err(HaError::Config(
+            "[proxy] starts HAProxy on the local runtime only: on docker, remove [proxy] and run HAProxy with `pgrepl haproxy-config`".into(),
+        ));
+    }
+    haproxy().map(drop)
 }
 
 /// Stops the HAProxy `up` started here, if any.
