@@ -265,7 +265,9 @@ impl Core {
                 self.silent_since = None;
                 self.armed = false;
             }
-            Action::Fence | Action::StopForSwitchover { .. } => self.armed = false,
+            // Not a stop for a switchover: the server takes writes until it is down, and the
+            // lease may lapse meanwhile (`done` disarms once it stopped).
+            Action::Fence => self.armed = false,
             // The server may take writes from the moment it is asked to: a fence must kill it
             // from then on, not from the next probe.
             Action::RestartInPlace | Action::Promote { .. } => self.armed = true,
@@ -339,11 +341,30 @@ impl Core {
         if let Some(publish) = self.attaching(&effects) {
             effects.insert(0, publish);
         }
+        if let Some(at) = effects.iter().position(|e| *e == Effect::Promote) {
+            // From pg_promote on, a record saying "standby" would make an election take this
+            // leader's record for void (it never promoted) while the server takes writes.
+            if let Some(publish) = self.promoting() {
+                effects.insert(at, publish);
+            }
+        }
         Step {
             effects,
             decision,
             changed,
         }
+    }
+
+    /// The record to publish before asking for a promotion: the one etcd holds, unknown.
+    fn promoting(&self) -> Option<Effect> {
+        let (held, lease) = self.published.as_ref().filter(|(r, _)| !r.server.unknown)?;
+        let mut record = held.clone();
+        record.server.unknown = true;
+        record.server.detached = false;
+        Some(Effect::Publish {
+            record,
+            lease: *lease,
+        })
     }
 
     /// The record to publish before `effects` point this server at a leader, when etcd holds
@@ -390,6 +411,9 @@ impl Core {
     pub fn done(&mut self, now: Time, effect: &Effect, ok: bool) {
         if let (Effect::Publish { record, lease }, true) = (effect, ok) {
             self.published = Some((record.clone(), *lease));
+        }
+        if *effect == Effect::StopFast && ok {
+            self.armed = false;
         }
         if *effect == Effect::Start && !ok {
             let failed = self.start_failures.map_or(0, |(n, _)| n);

@@ -242,10 +242,16 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             .collect();
         let standby_names = desired.standby_names();
         // Until this node's standbys hold what its predecessors acknowledged, their records
-        // stay in force.
+        // stay in force. Not one of this node's own, from an earlier attempt: it is still in
+        // recovery, so it acknowledged nothing under it (and kept in `prior`, it named a
+        // former primary that may never answer as a standby again: no election could pass).
         let covering = covering(s.me, local, desired);
         let sync = match &view.sync {
-            Some(record) => covering.after(&election::rules_in_force(record, &view.members)),
+            Some(record) => {
+                let mut rules = election::rules_in_force(record, &view.members);
+                rules.retain(|r| r.leader != s.me);
+                covering.after(&rules)
+            }
             None => covering,
         };
         return Decision::new(

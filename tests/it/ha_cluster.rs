@@ -254,6 +254,18 @@ impl HaCluster {
         };
         // SAFETY: kill(2) on an agent of this test's cluster.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        if signal == libc::SIGSTOP {
+            // kill(2) returns before every thread has stopped: until then the agent may still
+            // answer (seen under load: a "frozen" agent's API answered 200).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !all_threads_stopped(pid) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "agent {pid} not stopped 5 s after SIGSTOP"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
     }
 
     /// SIGKILL to node `i`'s agent (docker: its container, the server with it).
@@ -814,4 +826,17 @@ pub(crate) fn assert_one_writer_at_a_time(acks: &[Ack], old: usize) {
         late.is_empty(),
         "the old primary acknowledged after the new one took writes: {late:?}"
     );
+}
+
+/// Every thread of `pid` is stopped (state `T` in /proc/PID/task/TID/stat).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+    })
 }

@@ -133,7 +133,11 @@ impl World {
         let fault = self.schedule.faults[i].1.clone();
         self.log(|| format!("END {fault}"));
         match fault {
-            Fault::ServerStuck { node, .. } if std::mem::take(&mut self.kill_pending[node]) => {
+            // The pending kill lands when the last fault holding the server ends.
+            Fault::ServerStuck { node, .. }
+                if !self.hung_by_another(i, node)
+                    && std::mem::take(&mut self.kill_pending[node]) =>
+            {
                 self.servers[node].hung = false;
                 self.kill(node);
             }
