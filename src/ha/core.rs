@@ -61,8 +61,9 @@ pub enum Effect {
     RefuseSwitchover(RoleRequest),
     /// Take a new lease (the old one is gone).
     Grant,
-    /// Publish this member record under `lease`: before the server may receive WAL that the
-    /// record etcd holds says it cannot (a detached standby pointed at a leader again).
+    /// Publish this member record under `lease`, before the server may do what the record
+    /// etcd holds says it cannot: receive WAL (a detached standby pointed at a leader again),
+    /// or take writes (a standby asked to promote).
     Publish {
         record: MemberRecord,
         lease: LeaseId,
