@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use crate::cluster::spec::ClusterSpec;
-use crate::ids::SystemId;
+use crate::ids::{SystemId, TimelineId};
 use crate::Lsn;
 
 use super::decide::{behind_leader, decide, Clocks, Situation};
@@ -46,8 +46,9 @@ pub enum Effect {
     Repoint { node: String },
     /// Set synchronous_standby_names on this server and reload.
     SetStandbyNames(String),
-    /// pg_promote, waiting for it to finish.
-    Promote,
+    /// pg_promote to `timeline`, waiting for it to finish: history files first for the
+    /// numbers below it this server has none of, so PostgreSQL numbers its timeline so.
+    Promote { timeline: TimelineId },
     /// Record the promotion: this state directory's topology and a history key.
     RecordPromotion {
         from: Option<String>,
@@ -342,7 +343,10 @@ impl Core {
         if let Some(publish) = self.attaching(&effects) {
             effects.insert(0, publish);
         }
-        if let Some(at) = effects.iter().position(|e| *e == Effect::Promote) {
+        if let Some(at) = effects
+            .iter()
+            .position(|e| matches!(e, Effect::Promote { .. }))
+        {
             // From pg_promote on, a record saying "standby" would make an election take this
             // leader's record for void (it never promoted) while the server takes writes.
             if let Some(publish) = self.promoting() {
@@ -529,6 +533,7 @@ fn effects(decision: &Decision, view: Option<&View>, system_id: Option<SystemId>
             sync,
             standby_names,
             repoint,
+            timeline,
         } => {
             let mut steps = vec![Effect::WriteSync(sync.clone())];
             steps.extend(
@@ -538,7 +543,9 @@ fn effects(decision: &Decision, view: Option<&View>, system_id: Option<SystemId>
             );
             steps.extend([
                 Effect::SetStandbyNames(standby_names.clone()),
-                Effect::Promote,
+                Effect::Promote {
+                    timeline: *timeline,
+                },
                 Effect::RecordPromotion {
                     from: view.and_then(|v| v.sync.as_ref()).map(|r| r.leader.clone()),
                     reason: decision.reason.clone(),
@@ -585,6 +592,7 @@ mod tests {
             shutdown_checkpoint: None,
             system_id: None,
             promoting: false,
+            history_top: None,
         }
     }
 

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::cluster::spec::ClusterSpec;
+use crate::ids::TimelineId;
 
 use super::election;
 use super::model::{Action, Decision, Leader, Local, Probed, View};
@@ -246,6 +247,7 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
         // recovery, so it acknowledged nothing under it (and kept in `prior`, it named a
         // former primary that may never answer as a standby again: no election could pass).
         let covering = covering(s.me, local, desired);
+        let timeline = promoted_timeline(local, view);
         let sync = match &view.sync {
             Some(record) => {
                 let mut rules = election::rules_in_force(record, &view.members);
@@ -253,12 +255,14 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
                 covering.after(&rules)
             }
             None => covering,
-        };
+        }
+        .on_timeline(Some(timeline));
         return Decision::new(
             Action::Promote {
                 sync,
                 standby_names,
                 repoint,
+                timeline,
             },
             requests::promotion_reason(s.me, view),
         );
@@ -269,6 +273,9 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             "etcd does not say which cluster its keys belong to yet",
         );
     }
+    // The newest timeline a promotion recorded, carried in every record this leader writes.
+    let newest = view.sync.as_ref().and_then(SyncRecord::newest_timeline);
+    let desired = desired.on_timeline(newest);
     let desired_names = desired.standby_names();
     match &view.sync {
         Some(record) if record.covers(&desired) => {
@@ -315,6 +322,23 @@ fn covering(me: &str, local: &Local, desired: SyncRecord) -> SyncRecord {
         Some(current) if current != desired => current.union(&desired),
         _ => desired,
     }
+}
+
+/// The timeline a promotion of this node takes: past every number it or the cluster may have
+/// used. PostgreSQL would take the one after this server's newest history file, which a leader
+/// that promoted and then went silent never sent it: that number would name two histories, and
+/// pg_rewind takes two servers on the same timeline number for one history (proto-notes/08-ha.md,
+/// rule 9).
+fn promoted_timeline(local: &Local, view: &View) -> TimelineId {
+    let members = view.members.iter().map(|m| m.server.timeline);
+    let records = view.sync.as_ref().and_then(SyncRecord::newest_timeline);
+    [local.server.timeline, local.history_top, records]
+        .into_iter()
+        .chain(members)
+        .flatten()
+        .max()
+        .unwrap_or(TimelineId::new(1))
+        .next()
 }
 
 /// Another node holds the leader key.
@@ -522,6 +546,7 @@ mod tests {
             shutdown_checkpoint: None,
             promoting: false,
             system_id: None,
+            history_top: None,
         }
     }
 
@@ -534,6 +559,7 @@ mod tests {
             shutdown_checkpoint: None,
             promoting: false,
             system_id: None,
+            history_top: None,
         }
     }
 
@@ -689,18 +715,52 @@ mod tests {
             sync,
             standby_names,
             repoint,
+            timeline,
         } = d.action
         else {
             panic!("{d:?}")
         };
         // The old leader's record stays in force until the new one's standbys caught up.
+        assert_eq!(timeline, TimelineId::new(2));
         assert_eq!(
             sync,
-            record("pg_slave", "FIRST", 1, &["pg_master", "pg_asyncslave"]).after(&[&initial()])
+            record("pg_slave", "FIRST", 1, &["pg_master", "pg_asyncslave"])
+                .after(&[&initial()])
+                .on_timeline(Some(timeline))
         );
         assert_eq!(standby_names, "FIRST 1 (pg_master, pg_asyncslave)");
         // Not the old primary: its own agent fences it.
         assert_eq!(repoint, vec!["pg_asyncslave".to_string()]);
+    }
+
+    /// A leader that promoted to timeline 2 and went silent sent its history file nowhere: a
+    /// standby on timeline 1 elected after it must not name its own timeline 2 as well.
+    #[test]
+    fn a_promotion_takes_a_timeline_past_every_one_recorded() {
+        let promoted_before = initial().on_timeline(Some(TimelineId::new(2)));
+        let d = run(
+            "pg_slave",
+            replica(true),
+            view(leader("pg_slave", true), vec![], Some(promoted_before)),
+            false,
+        );
+        let Action::Promote { sync, timeline, .. } = d.action else {
+            panic!("{d:?}")
+        };
+        assert_eq!(timeline, TimelineId::new(3));
+        assert_eq!(sync.timeline, Some(timeline));
+        // A placeholder of an earlier attempt counts as PostgreSQL counts it.
+        let mut local = replica(true);
+        local.history_top = Some(TimelineId::new(4));
+        let d = run(
+            "pg_slave",
+            local,
+            view(leader("pg_slave", true), vec![], Some(initial())),
+            false,
+        );
+        assert!(
+            matches!(d.action, Action::Promote { timeline, .. } if timeline == TimelineId::new(5))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::records::{LeaseId, MemberRecord, PauseRecord, RoleRequest, ServerState, SyncRecord};
-use crate::ids::SystemId;
+use crate::ids::{SystemId, TimelineId};
 use crate::Lsn;
 
 /// A moment on one agent's monotonic clock, counted from an origin of the caller's choosing (the
@@ -61,6 +61,9 @@ pub struct Local {
     /// A promotion was asked of this running standby (by this run of the agent or an earlier
     /// one) and may complete at any moment: it may take writes.
     pub promoting: bool,
+    /// The highest timeline number with a history file in pg_wal: a promotion here numbers its
+    /// timeline after it (xlogrecovery.c `findNewestTimeLine`).
+    pub history_top: Option<TimelineId>,
 }
 
 /// What the probe learnt of this node's server.
@@ -152,11 +155,12 @@ pub enum Action {
     /// Write this cluster's system identifier beside the keys (a leader from before it was).
     RecordSystemId,
     /// This node holds the key and is still a standby: record `sync`, take every other standby
-    /// off the old primary (`repoint` them here), set `standby_names`, promote.
+    /// off the old primary (`repoint` them here), set `standby_names`, promote to `timeline`.
     Promote {
         sync: SyncRecord,
         standby_names: String,
         repoint: Vec<String>,
+        timeline: TimelineId,
     },
     /// Replace the sync record (the leader's own, guarded by its key).
     WriteSync(SyncRecord),

@@ -159,6 +159,12 @@ pub struct SyncRecord {
     /// standby), theirs alone. Each carries no `prior` of its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prior: Vec<SyncRecord>,
+    /// The newest timeline number a leader of this cluster may have promoted to (`None`: not
+    /// recorded yet). A promotion takes a greater one: PostgreSQL numbers a new timeline after
+    /// the history files in its own pg_wal, and a leader that promoted and then went silent left
+    /// its history file nowhere else (proto-notes/08-ha.md, rule 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineId>,
 }
 
 impl SyncRecord {
@@ -175,6 +181,7 @@ impl SyncRecord {
             num: sync.num_sync,
             members: sync.standbys,
             prior: Vec::new(),
+            timeline: None,
         }
     }
 
@@ -187,6 +194,7 @@ impl SyncRecord {
             num,
             members: members.iter().map(|m| m.to_string()).collect(),
             prior: Vec::new(),
+            timeline: None,
         }
     }
 
@@ -216,6 +224,7 @@ impl SyncRecord {
             num: parsed.num_sync,
             members: parsed.names,
             prior: Vec::new(),
+            timeline: None,
         })
     }
 
@@ -248,7 +257,24 @@ impl SyncRecord {
             num: self.num.min(other.num),
             members,
             prior: self.prior.clone(),
+            timeline: self.timeline.max(other.timeline),
         }
+    }
+
+    /// This record, saying no timeline newer than `timeline` (or its own) was promoted to.
+    pub fn on_timeline(self, timeline: Option<TimelineId>) -> SyncRecord {
+        SyncRecord {
+            timeline: self.timeline.max(timeline),
+            ..self
+        }
+    }
+
+    /// The newest timeline this record or one of its prior ones says a leader may be on.
+    pub fn newest_timeline(&self) -> Option<TimelineId> {
+        self.prior
+            .iter()
+            .map(|r| r.timeline)
+            .fold(self.timeline, Option::max)
     }
 }
 

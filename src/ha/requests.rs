@@ -259,6 +259,7 @@ mod tests {
             shutdown_checkpoint: None,
             promoting: false,
             system_id: None,
+            history_top: None,
         }
     }
 

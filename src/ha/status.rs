@@ -224,6 +224,7 @@ mod tests {
                 num: 1,
                 members: names(&["b", "c", "d"]),
                 prior: Vec::new(),
+                timeline: None,
             }),
             ..View::default()
         };
@@ -262,6 +263,7 @@ mod tests {
                 num: 1,
                 members: names(&["b"]),
                 prior: Vec::new(),
+                timeline: None,
             }),
             ..View::default()
         };

@@ -63,6 +63,59 @@ pub(crate) fn node_loss(mut ha: HaCluster) {
     );
 }
 
+/// A leader that promoted and then went silent left its timeline's history file nowhere, so
+/// the sync record names the newest timeline a promotion took and the next promotion goes past
+/// it. Here the record says 4, as after two such leaders: the elected standby promotes to 5
+/// over placeholders for 2 to 4, the other standby (on 1) fetches them and follows, and the old
+/// primary rejoins across them by pg_rewind.
+#[test]
+fn ha_a_promotion_goes_past_the_timeline_the_sync_record_names() {
+    let mut ha = HaCluster::up();
+    let record = |ha: &HaCluster| -> serde_json::Value {
+        let text = ha.etcd_get("sync").expect("a sync record");
+        serde_json::from_str(&text).expect("a JSON sync record")
+    };
+    let mut claimed = record(&ha);
+    claimed["timeline"] = 4.into();
+    ha.etcd_put("sync", &claimed.to_string());
+    // The leader carries the number in any record it writes after it sees it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(record(&ha)["timeline"], 4, "{}", record(&ha));
+
+    ha.kill_agent(0);
+    ha.kill_postgres(0);
+    ha.wait_for("a new leader", Duration::from_secs(20), |ha| {
+        ha.leader().is_some_and(|l| l != NODES[0])
+    });
+    let new = NODES
+        .iter()
+        .position(|n| Some(*n) == ha.leader().as_deref())
+        .unwrap();
+    let timeline = "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)";
+    ha.wait_for("the promotion", Duration::from_secs(20), |ha| {
+        ha.try_psql(new, "SELECT pg_is_in_recovery()").as_deref() == Some("f")
+    });
+    assert_eq!(ha.try_psql(new, timeline).as_deref(), Some("00000005"));
+    assert_eq!(record(&ha)["timeline"], 5, "{}", record(&ha));
+    ha.try_psql(new, "INSERT INTO ha_writes VALUES (-5)")
+        .expect("a commit on the new primary");
+    let other = 3 - new;
+    let replayed = |ha: &HaCluster, i| {
+        ha.try_psql(i, "SELECT count(*) FROM ha_writes WHERE id = -5")
+            .as_deref()
+            == Some("1")
+    };
+    ha.wait_for(
+        "the standby on timeline 1 to follow onto timeline 5",
+        Duration::from_secs(20),
+        |ha| ha.streams_from(other, new) && replayed(ha, other),
+    );
+    ha.start_agent(0);
+    ha.wait_for("the old primary to rejoin", Duration::from_secs(60), |ha| {
+        ha.streams_from(0, new) && replayed(ha, 0)
+    });
+}
+
 #[test]
 fn ha_frozen_primary_agent_is_replaced_and_fenced_with_one_writer_at_a_time() {
     frozen_agent(&HaCluster::up());

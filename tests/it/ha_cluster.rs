@@ -316,6 +316,15 @@ impl HaCluster {
         etcd_get(&self.etcd.endpoints(), &format!("/pgrepl/pgrepl/{key}"))
     }
 
+    /// Puts a key's value, through any etcd member that answers.
+    pub(crate) fn etcd_put(&self, key: &str, value: &str) {
+        let key = format!("/pgrepl/pgrepl/{key}");
+        assert!(
+            etcd_put(&self.etcd.endpoints(), &key, value),
+            "no etcd member took {key}"
+        );
+    }
+
     /// A pgrepl command against this cluster and its etcd (`--etcd`: the cluster file has no
     /// `[ha]`, so `up` starts no agents of its own).
     pub(crate) fn control(&self, args: &[&str]) -> std::process::Output {
@@ -495,6 +504,31 @@ pub(crate) fn assert_nothing_lost(
 
 /// A key's value from the first of `endpoints` (comma-separated) that answers within 1 s.
 pub(crate) fn etcd_get(endpoints: &str, key: &str) -> Option<String> {
+    with_etcd(endpoints, |mut client| async move {
+        let response = client.get(key, None).await.ok()?;
+        Some(
+            response
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        )
+    })?
+}
+
+/// Puts `value` under `key` through the first of `endpoints` that answers; whether it did.
+pub(crate) fn etcd_put(endpoints: &str, key: &str, value: &str) -> bool {
+    with_etcd(endpoints, |mut client| async move {
+        client.put(key, value, None).await.ok().map(|_| ())
+    })
+    .is_some()
+}
+
+/// `request` against the first of `endpoints` (comma-separated) that connects and answers
+/// within 1 s each.
+fn with_etcd<T, F>(endpoints: &str, request: impl Fn(etcd_client::Client) -> F) -> Option<T>
+where
+    F: std::future::Future<Output = Option<T>>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -502,23 +536,15 @@ pub(crate) fn etcd_get(endpoints: &str, key: &str) -> Option<String> {
     endpoints.split(',').find_map(|endpoint| {
         runtime.block_on(async {
             let connect = etcd_client::Client::connect([endpoint], None);
-            let mut client = tokio::time::timeout(Duration::from_secs(1), connect)
+            let client = tokio::time::timeout(Duration::from_secs(1), connect)
                 .await
                 .ok()?
                 .ok()?;
-            let get = client.get(key, None);
-            let response = tokio::time::timeout(Duration::from_secs(1), get)
+            tokio::time::timeout(Duration::from_secs(1), request(client))
                 .await
                 .ok()?
-                .ok()?;
-            Some(
-                response
-                    .kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-            )
         })
-    })?
+    })
 }
 
 /// The `node` of a leader record.

@@ -35,9 +35,10 @@ impl Timelines {
     }
 
     /// A new timeline forking off `parent` at `at`, numbered as a promotion numbers it: one
-    /// more than the newest number the promoted server's history holds.
-    pub fn fork(&mut self, parent: Tl, at: Pos) -> Tl {
-        let number = self.0[parent].number + 1;
+    /// more than the newest history file the promoted server holds, `top` (its own timeline's
+    /// number, or a placeholder's above it).
+    pub fn fork(&mut self, parent: Tl, at: Pos, top: u32) -> Tl {
+        let number = self.0[parent].number.max(top) + 1;
         self.0.push(Timeline {
             number,
             parent: Some((parent, at)),
@@ -183,6 +184,9 @@ pub struct Server {
     pub system_id: u64,
     /// When replay of the next record completes (a standby with WAL left to replay).
     pub replay_due: Option<u64>,
+    /// The newest placeholder history file the agent wrote in pg_wal (0: none). The other
+    /// history files are those of its own timeline's history.
+    pub placeholders: u32,
 }
 
 impl Server {
@@ -204,6 +208,7 @@ impl Server {
             shutdown_checkpoint: None,
             system_id,
             replay_due: None,
+            placeholders: 0,
         }
     }
 

@@ -434,13 +434,12 @@ fn sim_seed_1796577086389696874_a_stuck_new_leader_keeps_its_rule_in_force() {
 /// Its agent now publishes that its position may grow before it points it anywhere, and a new
 /// leader re-points only standbys that did not detach.
 ///
-/// Open again: since an agent marks its record unknown before it promotes (the last case
-/// below), this schedule takes another path: a standby on timeline 1 is elected while the
-/// frozen leader it replaces had promoted to timeline 2 (it acknowledged nothing: FIRST 2 had
-/// no second standby), and its promotion names a second timeline 2. Nothing acknowledged is lost;
-/// a timeline number must still never name two histories.
+/// Then, since an agent marks its record unknown before it promotes, another path: a standby on
+/// timeline 1 elected while the frozen leader it replaced had promoted to timeline 2 (it
+/// acknowledged nothing: FIRST 2 had no second standby), and its promotion named a second
+/// timeline 2. The sync record names the newest timeline a promotion took now, and a promotion
+/// goes past it (placeholder history files below it).
 #[test]
-#[ignore = "open: one timeline number names two histories (a standby on an older timeline elected after a leader promoted)"]
 fn sim_seed_1796577086392288596_a_standby_says_it_attaches_before_it_does() {
     expect_ok(Schedule::generate(1796577086392288596));
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use super::{Agent, TracingLog, SESSION_NAME, SQL_TIMEOUT};
+use super::{timelines, Agent, TracingLog, SESSION_NAME, SQL_TIMEOUT};
 use crate::cluster::plan::RejoinOptions;
 use crate::cluster::spec::NodeSpec;
 use crate::cluster::topology::Topology;
@@ -28,8 +28,14 @@ impl Agent {
         let sql = || client.ok_or_else(|| not_answering(me));
         match effect {
             Effect::Kill => runtime.kill(me).await?,
-            Effect::Start => runtime.start(me).await?,
-            Effect::Rejoin { leader } => self.rejoin(leader).await?,
+            Effect::Start => {
+                self.drop_stale_placeholders()?;
+                runtime.start(me).await?
+            }
+            Effect::Rejoin { leader } => {
+                self.drop_stale_placeholders()?;
+                self.rejoin(leader).await?
+            }
             Effect::PointAt { leader } => {
                 let conninfo = match leader {
                     Some(leader) => self
@@ -83,7 +89,8 @@ impl Agent {
                 alter_system(sql()?, me, "synchronous_standby_names", names).await?;
                 reload(sql()?, me).await?;
             }
-            Effect::Promote => {
+            Effect::Promote { timeline } => {
+                self.skip_timelines(*timeline)?;
                 self.note_promotion(sql()?).await?;
                 let started = Instant::now();
                 self.cluster.promote(me).await?;
@@ -209,6 +216,58 @@ fn not_answering(node: &NodeSpec) -> HaError {
 }
 
 impl Agent {
+    fn pg_wal(&self) -> std::path::PathBuf {
+        self.cluster.runtime.data_dir(&self.node).join("pg_wal")
+    }
+
+    /// The history files in this node's pg_wal.
+    pub(super) fn history_files(&self) -> Result<Vec<timelines::HistoryFile>, HaError> {
+        let pg_wal = self.pg_wal();
+        timelines::history_files(&pg_wal).map_err(|source| HaError::Io {
+            context: format!("reading the history files in {}", pg_wal.display()),
+            source,
+        })
+    }
+
+    /// Placeholders for the numbers below `timeline` that this server has no history file of,
+    /// so that its promotion takes `timeline` (see `timelines`).
+    fn skip_timelines(&self, timeline: TimelineId) -> Result<(), HaError> {
+        let pg_wal = self.pg_wal();
+        let files = self.history_files()?;
+        if let Some(newer) = files.iter().find(|f| f.timeline >= timeline) {
+            return Err(HaError::Config(format!(
+                "pg_wal holds a history file of timeline {} since the probe: not promoting to {timeline}",
+                newer.timeline
+            )));
+        }
+        for skip in timelines::to_skip(&files, timeline) {
+            timelines::write_placeholder(&pg_wal, skip).map_err(|source| HaError::Io {
+                context: format!(
+                    "writing a placeholder for timeline {skip} in {}",
+                    pg_wal.display()
+                ),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes placeholders no promotion used before the server starts (see `timelines`).
+    fn drop_stale_placeholders(&self) -> Result<(), HaError> {
+        let pg_wal = self.pg_wal();
+        for stale in timelines::stale(&self.history_files()?) {
+            tracing::info!("removing the placeholder of timeline {stale}: no promotion used it");
+            timelines::remove_placeholder(&pg_wal, stale).map_err(|source| HaError::Io {
+                context: format!(
+                    "removing the placeholder of timeline {stale} in {}",
+                    pg_wal.display()
+                ),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Where the agent notes which run of its server it asked to promote: pg_promote returns
     /// before the promotion ends, the promotion outlives the agent, and a later run of the agent
     /// must know the standby it finds may be a primary any moment (`Local::promoting`).

@@ -20,6 +20,7 @@ mod act;
 mod api;
 mod probe;
 mod tasks;
+mod timelines;
 
 use self::api::Seen;
 

@@ -64,6 +64,7 @@ impl Agent {
             shutdown_checkpoint: None,
             promoting: false,
             system_id: control.as_ref().map(|c| c.system_identifier),
+            history_top: self.history_top(),
         };
         if !self.cluster.runtime.is_running(&self.node).await {
             let shutdown_checkpoint = control
@@ -88,6 +89,7 @@ impl Agent {
                 Probed::Known(Local {
                     standby_signal: down.standby_signal,
                     system_id: down.system_id,
+                    history_top: down.history_top,
                     ..local
                 }),
                 Some(client),
@@ -165,8 +167,21 @@ impl Agent {
             system_id: None,
             promoting: in_recovery
                 && self.promotion_asked().as_deref() == Some(row.get::<_, &str>("started")),
+            history_top: None,
         };
         Ok((local, client))
+    }
+
+    /// The newest timeline number with a history file in pg_wal. Unreadable, `None`: the
+    /// promotion's own check then refuses a number a file already has.
+    fn history_top(&self) -> Option<TimelineId> {
+        match self.history_files() {
+            Ok(files) => files.last().map(|f| f.timeline),
+            Err(e) => {
+                tracing::warn!("{e}");
+                None
+            }
+        }
     }
 
     /// The timeline of the last WAL record a standby replayed: IDENTIFY_SYSTEM over a

@@ -465,6 +465,7 @@ mod tests {
             num: 1,
             members: vec!["a".into()],
             prior: Vec::new(),
+            timeline: None,
         });
         // A record an earlier leader left does not count.
         assert!(elected(&snapshot, &agents)
@@ -476,6 +477,7 @@ mod tests {
             num: 1,
             members: vec!["b".into()],
             prior: Vec::new(),
+            timeline: None,
         });
         snapshot.members = vec![member("a")];
         assert_eq!(

@@ -297,6 +297,7 @@ impl World {
             promoting: running
                 && s.standby_signal
                 && self.promotion_asked[node] == Some(self.runs[node]),
+            history_top: Some(TimelineId::new(self.tls.number(s.tl).max(s.placeholders))),
         };
         match s.run {
             Run::Stopped { .. } => Probed::Known(local(false)),

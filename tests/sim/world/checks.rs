@@ -13,7 +13,7 @@ impl World {
                 | Effect::PointAt { .. }
                 | Effect::Repoint { .. }
                 | Effect::SetStandbyNames(_)
-                | Effect::Promote
+                | Effect::Promote { .. }
                 | Effect::StopFast
         );
         if !touches {

@@ -107,6 +107,7 @@ impl World {
                     self.log(|| format!("n{}:   postgres: FATAL, it does not start", node + 1));
                     return done(self, false, back + 200);
                 }
+                self.drop_stale_placeholders(node);
                 let ready = self.start(node);
                 done(self, true, ready + 1);
             }
@@ -134,11 +135,18 @@ impl World {
                 self.set_standby_names(node, text);
                 done(self, true, back);
             }
-            Effect::Promote => {
+            Effect::Promote { timeline } => {
                 let s = &self.servers[node];
                 if !s.running() || s.hung || !s.standby_signal {
                     return done(self, false, back);
                 }
+                // The placeholders below `timeline`; refused when a history file reaches it.
+                let top = self.tls.number(s.tl).max(s.placeholders);
+                if top >= timeline.as_u32() {
+                    return done(self, false, back);
+                }
+                let s = &mut self.servers[node];
+                s.placeholders = s.placeholders.max(timeline.as_u32() - 1);
                 let replay = self.replay_left(node);
                 self.log(|| format!("n{}:   promoting after {replay} ms of replay", node + 1));
                 self.promotion_asked[node] = Some(self.runs[node]);
@@ -155,6 +163,7 @@ impl World {
                 );
             }
             Effect::Rejoin { leader } => {
+                self.drop_stale_placeholders(node);
                 let leader = self.index(&leader);
                 let l = &self.servers[leader];
                 if !l.writable() || !self.reachable(Peer::Node(node), Peer::Node(leader)) {

@@ -108,6 +108,7 @@ impl World {
                         num: 1,
                         members: others,
                         prior: Vec::new(),
+                        timeline: None,
                     },
                     self.servers[0].system_id + 1,
                 );

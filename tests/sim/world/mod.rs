@@ -671,7 +671,7 @@ fn is_local(effect: &Effect) -> bool {
             | Effect::Start
             | Effect::PointAt { .. }
             | Effect::SetStandbyNames(_)
-            | Effect::Promote
+            | Effect::Promote { .. }
             | Effect::StopFast
     )
 }

@@ -105,12 +105,21 @@ impl World {
         let s = &mut self.servers[node];
         s.replayed = s.flushed;
         s.replay_due = None;
-        let tl = self.tls.fork(s.tl, s.flushed);
+        let tl = self.tls.fork(s.tl, s.flushed, s.placeholders);
         s.tl = tl;
         s.standby_signal = false;
         let number = self.tls.number(tl);
         self.log(|| format!("n{}:   promoted, timeline {number}", node + 1));
         self.reconnect_downstreams(node);
+    }
+
+    /// What the agent does before it starts a server: placeholders above its own timeline's
+    /// history go.
+    pub(super) fn drop_stale_placeholders(&mut self, node: usize) {
+        let s = &mut self.servers[node];
+        if s.placeholders > self.tls.number(s.tl) {
+            s.placeholders = 0;
+        }
     }
 
     pub(super) fn rejoined(&mut self, node: usize, leader: usize, rewind: bool) {
