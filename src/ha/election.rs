@@ -29,14 +29,44 @@ fn standbys(rule: &SyncRecord) -> impl Iterator<Item = &String> {
     rule.members.iter().filter(move |m| **m != rule.leader)
 }
 
+/// Whether a live standby of the rules in force is on the timeline the newest record's leader
+/// promoted to. It holds every commit the earlier records' leaders acknowledged: that leader
+/// held them all when it promoted (it was elected), and the timeline's history runs through its
+/// promotion point. A timeline number names one history (rule 9 of proto-notes/08-ha.md).
+fn follows_the_promotion(
+    record: &SyncRecord,
+    rules: &[&SyncRecord],
+    members: &[MemberRecord],
+) -> bool {
+    let promoted = rules.first().is_some_and(|r| std::ptr::eq(*r, record));
+    let Some(timeline) = record.timeline.filter(|_| promoted) else {
+        return false;
+    };
+    rules
+        .iter()
+        .flat_map(|r| standbys(r))
+        .filter_map(|n| live(members, n))
+        .any(|m| m.server.timeline == Some(timeline))
+}
+
 /// Each acknowledged commit of a rule is on at least `num` of its `m` standbys, so any
-/// `m - num + 1` of them include one holding it. `Err` says which rule lacks answers.
-fn enough_answer(rules: &[&SyncRecord], members: &[MemberRecord]) -> Result<(), String> {
+/// `m - num + 1` of them include one holding it. `Err` says which rule lacks answers. The
+/// earlier records need none once a member follows the newest one's promotion.
+fn enough_answer(
+    record: &SyncRecord,
+    rules: &[&SyncRecord],
+    members: &[MemberRecord],
+) -> Result<(), String> {
     if rules.is_empty() || rules.iter().any(|r| standbys(r).next().is_none()) {
         return Err(
             "the sync record lists no standby: no standby can be promoted without loss".into(),
         );
     }
+    let rules = if follows_the_promotion(record, rules, members) {
+        &rules[..1]
+    } else {
+        rules
+    };
     for rule in rules {
         let listed = standbys(rule).count();
         let answering = standbys(rule)
@@ -58,7 +88,7 @@ fn enough_answer(rules: &[&SyncRecord], members: &[MemberRecord]) -> Result<(), 
 /// Whether an election could pick a node now if the leader let go: enough members of every
 /// record in force answer (whether or not they detached yet).
 pub fn electable(record: &SyncRecord, members: &[MemberRecord]) -> Result<(), String> {
-    enough_answer(&rules_in_force(record, members), members)
+    enough_answer(record, &rules_in_force(record, members), members)
 }
 
 /// Who may be promoted: the most advanced answering member of the records in force, once
@@ -85,7 +115,7 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
     if !pending.is_empty() {
         return Err(format!("waiting for {} to detach", pending.join(", ")));
     }
-    enough_answer(&rules, members)?;
+    enough_answer(record, &rules, members)?;
     let best = eligible
         .iter()
         .rev()
@@ -221,6 +251,26 @@ mod tests {
         let members = [member("a", 2, 500), member("d", 1, 9_000)];
         assert_eq!(candidate(&rule, &members), Ok("a"));
         assert!(as_safe_as(&rule, &members, "d", "a").is_err());
+    }
+
+    /// A new leader froze before its record shrank to its own policy: its predecessor's record,
+    /// still in `prior`, lists the frozen leader, and would wait for it for ever. A member that
+    /// follows the new leader's timeline holds all that predecessor acknowledged: the new leader
+    /// did when it promoted.
+    #[test]
+    fn a_member_on_the_promoted_timeline_answers_for_the_records_before() {
+        let old = record("a", "FIRST", 1, &["b", "c"]);
+        let new = record("b", "FIRST", 1, &["a", "c"])
+            .after(&[&old])
+            .on_timeline(Some(TimelineId::new(2)));
+        let members = [member("a", 2, 500), member("c", 2, 600)];
+        assert_eq!(candidate(&new, &members), Ok("c"));
+        // Not on that timeline (it has not followed yet): the old record waits for `b`.
+        let behind = [member("a", 1, 300), member("c", 1, 400)];
+        assert!(candidate(&new, &behind).is_err());
+        // Without a recorded timeline, nothing says which one the leader promoted to.
+        let unrecorded = record("b", "FIRST", 1, &["a", "c"]).after(&[&old]);
+        assert!(candidate(&unrecorded, &members).is_err());
     }
 
     /// D3: the elected standby wrote its record, then its agent died before it promoted: it
