@@ -348,9 +348,12 @@ impl LocalRuntime {
         let passfile = self.state_dir.join("remote.pgpass");
         let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
         let line = format!("*:*:*:postgres:{escaped}\n");
-        crate::fs::write_durably(&passfile, line.as_bytes(), 0o600)
-            .map_err(|e| ClusterError::io(format!("write `{}`", passfile.display()), e))?;
-        self.give_to_server_user(&passfile)?;
+        // Asked on every `status --watch` refresh: written only when it changes.
+        if std::fs::read_to_string(&passfile).ok().as_deref() != Some(line.as_str()) {
+            crate::fs::write_durably(&passfile, line.as_bytes(), 0o600)
+                .map_err(|e| ClusterError::io(format!("write `{}`", passfile.display()), e))?;
+            self.give_to_server_user(&passfile)?;
+        }
         let mut options = self.superuser(node);
         options.host = Host::Tcp(node.host().to_owned());
         options.password = Some(password.into());
