@@ -121,7 +121,8 @@ fn holder(port: u16) -> Option<String> {
 
 /// A listener whose process /proc does not show (another PID namespace, or one exiting): what
 /// the socket table says of it, its owner's uid and inode, so the holder can still be found.
-fn unseen_holder(port: u16) -> String {
+/// `None` when the table shows none any more.
+fn seen_holder(port: u16) -> Option<String> {
     let owners: Vec<String> = tcp_tables()
         .flat_map(|table| {
             listener_rows(&table, port)
@@ -130,10 +131,7 @@ fn unseen_holder(port: u16) -> String {
                 .collect::<Vec<_>>()
         })
         .collect();
-    match owners.is_empty() {
-        true => "something".into(),
-        false => format!("a process /proc does not show ({})", owners.join("; ")),
-    }
+    (!owners.is_empty()).then(|| format!("a process /proc does not show ({})", owners.join("; ")))
 }
 
 /// The port's state at `host`; `None` when that address is not this machine's.
@@ -195,11 +193,29 @@ pub async fn ensure_free(node: &NodeSpec) -> Result<(), RuntimeError> {
         match state {
             PortState::Free => return Ok(()),
             PortState::Listener => {
-                return Err(RuntimeError::PortInUse {
-                    node: node.name.clone(),
-                    port: node.port,
-                    holder: holder(node.port).unwrap_or_else(|| unseen_holder(node.port)),
-                })
+                let holder = holder(node.port).or_else(|| seen_holder(node.port));
+                match holder {
+                    Some(holder) => {
+                        return Err(RuntimeError::PortInUse {
+                            node: node.name.clone(),
+                            port: node.port,
+                            holder,
+                        })
+                    }
+                    // Gone already: another program's probe of the port (a bind to see whether
+                    // it is free), which lasts a moment. Seen once in the tests, holder unknown.
+                    None if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(port = node.port, "a listener came and went: retrying");
+                        tokio::time::sleep(RETRY_EVERY).await;
+                    }
+                    None => {
+                        return Err(RuntimeError::PortInUse {
+                            node: node.name.clone(),
+                            port: node.port,
+                            holder: "something".into(),
+                        })
+                    }
+                }
             }
             PortState::HeldByClient if tokio::time::Instant::now() >= deadline => {
                 return Err(RuntimeError::PortHeldByClient {
