@@ -142,6 +142,9 @@ pub struct Core {
     names: Option<(String, Time)>,
     /// The member record etcd holds, and under which lease.
     published: Option<(MemberRecord, LeaseId)>,
+    /// A publish failed, and a request that timed out may still land: etcd holds that record
+    /// or the one before, so the next probe publishes whatever it finds.
+    publish_unsure: bool,
     last: Option<Decision>,
 }
 
@@ -171,6 +174,7 @@ impl Core {
             start_failures: None,
             names: None,
             published: None,
+            publish_unsure: false,
             last: None,
         }
     }
@@ -218,7 +222,11 @@ impl Core {
             server,
         };
         match &self.published {
-            Some((held, lease)) if *held == record && *lease == self.lease => None,
+            Some((held, lease))
+                if *held == record && *lease == self.lease && !self.publish_unsure =>
+            {
+                None
+            }
             _ => Some(record),
         }
     }
@@ -226,6 +234,12 @@ impl Core {
     /// etcd holds `record` under `lease` now.
     pub fn published(&mut self, record: MemberRecord, lease: LeaseId) {
         self.published = Some((record, lease));
+        self.publish_unsure = false;
+    }
+
+    /// A publish failed: it may still land.
+    pub fn publish_failed(&mut self) {
+        self.publish_unsure = true;
     }
 
     /// One round of the loop: the probe of the server and etcd's view (`None`: etcd did not
@@ -414,8 +428,11 @@ impl Core {
     /// disarms the fence when it is decided, not here: a decision taken meanwhile may have armed
     /// it again for a server it starts.)
     pub fn done(&mut self, now: Time, effect: &Effect, ok: bool) {
-        if let (Effect::Publish { record, lease }, true) = (effect, ok) {
-            self.published = Some((record.clone(), *lease));
+        if let Effect::Publish { record, lease } = effect {
+            match ok {
+                true => self.published(record.clone(), *lease),
+                false => self.publish_failed(),
+            }
         }
         if *effect == Effect::StopFast && ok {
             self.armed = false;
@@ -635,5 +652,24 @@ mod tests {
         };
         let unknown = core.to_publish(&silent).expect("the record changes");
         assert!(unknown.server.unknown && !unknown.server.detached);
+    }
+
+    /// A publish that timed out may land later: until one is confirmed, the next probe
+    /// publishes again even when it matches the record last confirmed.
+    #[test]
+    fn a_failed_publish_is_published_again() {
+        let mut core = core();
+        let probed = Probed::Known(detached_standby());
+        let record = core.to_publish(&probed).expect("nothing published yet");
+        core.published(record.clone(), LeaseId(7));
+        assert_eq!(core.to_publish(&probed), None);
+        let mut unknown = record.clone();
+        unknown.server.unknown = true;
+        let effect = Effect::Publish {
+            record: unknown,
+            lease: LeaseId(7),
+        };
+        core.done(Time::ZERO, &effect, false);
+        assert_eq!(core.to_publish(&probed), Some(record));
     }
 }

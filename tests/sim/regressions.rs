@@ -522,3 +522,14 @@ fn sim_seed_1796590520493525051_a_kill_waits_for_the_last_stuck_io() {
 fn sim_seed_1796596999490109745_a_record_says_promoting_before_the_promotion() {
     expect_ok(Schedule::generate(1796596999490109745));
 }
+
+/// Found by the 7,000,000-schedule long run (messages late, the primary lost, another
+/// cluster's keys for a while): the elected standby's publish of its record as unknown, before
+/// the promotion, timed out and landed late; the agent took it for not done, never promoted,
+/// and its next probes matched the record it believed etcd held, so etcd kept "unknown" for
+/// ever and every election waited for it. A failed publish leaves the record unsure now: the
+/// next probe publishes whatever it finds.
+#[test]
+fn sim_seed_1796602790415241593_a_publish_that_timed_out_may_still_land() {
+    expect_ok(Schedule::generate(1796602790415241593));
+}

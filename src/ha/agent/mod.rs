@@ -292,7 +292,10 @@ impl Agent {
             (core.to_publish(probed), core.lease())
         };
         if let Some(record) = record {
-            self.store.publish(&record, lease).await?;
+            if let Err(e) = self.store.publish(&record, lease).await {
+                self.core().publish_failed();
+                return Err(e);
+            }
             self.core().published(record, lease);
         }
         self.store.view(lease).await

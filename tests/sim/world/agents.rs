@@ -353,6 +353,7 @@ impl World {
                     self.request(node, Lane::Loop, Req::View(lease), 0);
                 } else {
                     // `read_view` failed: the core decides without a view.
+                    self.core(node).publish_failed();
                     self.agents[node].decided_on = None;
                     self.decide(node, probed, None);
                 }
