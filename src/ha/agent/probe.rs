@@ -175,13 +175,11 @@ impl Agent {
     /// The newest timeline number with a history file in pg_wal. Unreadable, `None`: the
     /// promotion's own check then refuses a number a file already has.
     fn history_top(&self) -> Option<TimelineId> {
-        match self.history_files() {
-            Ok(files) => files.last().map(|f| f.timeline),
-            Err(e) => {
-                tracing::warn!("{e}");
-                None
-            }
-        }
+        let pg_wal = self.cluster.runtime.data_dir(&self.node).join("pg_wal");
+        super::timelines::newest(&pg_wal).unwrap_or_else(|e| {
+            tracing::warn!("reading the history files in {}: {e}", pg_wal.display());
+            None
+        })
     }
 
     /// The timeline of the last WAL record a standby replayed: IDENTIFY_SYSTEM over a

@@ -50,6 +50,21 @@ pub fn history_files(pg_wal: &Path) -> io::Result<Vec<HistoryFile>> {
     Ok(files)
 }
 
+/// The newest timeline with a history file in `pg_wal`, from the names alone (the probe asks
+/// this on every round).
+pub fn newest(pg_wal: &Path) -> io::Result<Option<TimelineId>> {
+    let entries = match fs::read_dir(pg_wal) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut newest = None;
+    for entry in entries {
+        newest = newest.max(entry?.file_name().to_str().and_then(history_timeline));
+    }
+    Ok(newest)
+}
+
 /// The timeline a history file's name gives (`0000000A.history` → 10).
 fn history_timeline(name: &str) -> Option<TimelineId> {
     let hex = name.strip_suffix(".history")?;
