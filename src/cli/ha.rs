@@ -311,6 +311,7 @@ pub fn haproxy_config(args: HaproxyConfigArgs) -> anyhow::Result<ExitCode> {
         write_port: args.write_port,
         read_port: args.read_port,
         stats_socket: None,
+        resolver: None,
     };
     super::out::print(&config(&listen, &backends))?;
     Ok(ExitCode::SUCCESS)

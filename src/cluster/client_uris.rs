@@ -58,11 +58,15 @@ impl Cluster {
     fn proxy_uris(&self) -> Option<ProxyUris> {
         let proxy = self.spec.proxy.as_ref()?;
         let first = self.spec.nodes.first()?;
-        let remote = match &self.runtime {
-            super::runtime::Runtime::Local(local) => local.remote_superuser(first).ok().flatten(),
-            super::runtime::Runtime::Docker(_) => None,
+        // The docker runtime's passfile holds the proxy's ports too (`ha::proxy`).
+        let (remote, no_password) = match &self.runtime {
+            super::runtime::Runtime::Local(local) => {
+                let remote = local.remote_superuser(first).ok().flatten();
+                let none = remote.is_none();
+                (remote, none)
+            }
+            super::runtime::Runtime::Docker(_) => (None, false),
         };
-        let no_password = remote.is_none();
         let mut options = remote.unwrap_or_else(|| self.runtime.superuser(first));
         options.host = crate::conn::config::Host::Tcp(proxy.bind.to_string());
         let mut uri = |port| {

@@ -64,6 +64,16 @@ pub enum RuntimeError {
     )]
     ImagePull { image: String, error: String },
     #[error(
+        "image `{image}` is not on this Docker engine and pulling it failed ({error}): `docker pull {image}`, or build \
+         it without a registry: compose/build-image {build}"
+    )]
+    PartImagePull {
+        image: String,
+        error: String,
+        /// compose/build-image's argument that builds it.
+        build: &'static str,
+    },
+    #[error(
         "image `{image}` has no PostgreSQL server: no directory on its PATH (`{path}`) holds `postgres` and `initdb`; \
          give a PostgreSQL image (--image postgres:17, or one built by compose/build-image)"
     )]

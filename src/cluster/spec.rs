@@ -203,6 +203,23 @@ pub struct ProxySpec {
     /// Reaches the standbys, the primary when none answers.
     #[serde(default = "default_read_port")]
     pub read_port: u16,
+    /// The docker runtime's HAProxy image (`compose/build-image haproxy` builds the default
+    /// from the machine's HAProxy when no registry answers).
+    #[serde(
+        default = "default_proxy_image",
+        skip_serializing_if = "is_default_proxy_image"
+    )]
+    pub image: String,
+}
+
+const DEFAULT_PROXY_IMAGE: &str = "pgrepl-local/haproxy:2.6";
+
+fn default_proxy_image() -> String {
+    DEFAULT_PROXY_IMAGE.into()
+}
+
+fn is_default_proxy_image(image: &str) -> bool {
+    image == DEFAULT_PROXY_IMAGE
 }
 
 fn default_proxy_bind() -> std::net::IpAddr {

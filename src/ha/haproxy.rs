@@ -21,8 +21,9 @@ pub struct Backend {
     /// The server's address (host and port).
     pub host: String,
     pub port: u16,
-    /// Where its agent answers the health checks.
-    pub api: SocketAddr,
+    /// Where its agent answers the health checks (an address, or a name the resolver knows).
+    pub api_host: String,
+    pub api_port: u16,
 }
 
 /// Where the proxy listens.
@@ -33,6 +34,10 @@ pub struct Listen {
     pub read_port: u16,
     /// HAProxy's stats socket, which says which servers each port reaches (`[proxy]`'s).
     pub stats_socket: Option<std::path::PathBuf>,
+    /// A DNS server that names the backends (docker's on a user network): each name is
+    /// resolved again every second, since a container that comes back may have another
+    /// address, and a name that does not resolve yet leaves its server down, not HAProxy.
+    pub resolver: Option<SocketAddr>,
 }
 
 pub fn config(listen: &Listen, backends: &[Backend]) -> String {
@@ -51,6 +56,15 @@ pub fn config(listen: &Listen, backends: &[Backend]) -> String {
         "\ndefaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n\
          \x20   timeout server 30m\n    timeout check 1s\n",
     );
+    let resolve = match listen.resolver {
+        Some(dns) => {
+            out.push_str(&format!(
+                "\nresolvers cluster\n    nameserver dns {dns}\n    timeout resolve 1s\n    hold valid 1s\n"
+            ));
+            " resolvers cluster init-addr last,libc,none"
+        }
+        None => "",
+    };
     for (section, port, path, balance) in [
         ("primary", listen.write_port, "/primary", None),
         ("replicas", listen.read_port, "/replica", Some("roundrobin")),
@@ -68,17 +82,14 @@ pub fn config(listen: &Listen, backends: &[Backend]) -> String {
         ));
         for b in backends {
             // `check port` alone when the agent shares the server's address, as Patroni's has it.
-            let addr = if b.api.ip().to_string() == b.host {
+            let addr = if b.api_host == b.host {
                 String::new()
             } else {
-                format!(" addr {}", b.api.ip())
+                format!(" addr {}", b.api_host)
             };
             out.push_str(&format!(
-                "    server {} {}:{} maxconn 100 check{addr} port {}\n",
-                b.name,
-                b.host,
-                b.port,
-                b.api.port()
+                "    server {} {}:{} maxconn 100 check{addr} port {}{resolve}\n",
+                b.name, b.host, b.port, b.api_port
             ));
         }
     }
@@ -96,13 +107,15 @@ mod tests {
                 name: "pg_master".into(),
                 host: "127.0.0.1".into(),
                 port: 54320,
-                api: "127.0.0.1:8008".parse().unwrap(),
+                api_host: "127.0.0.1".into(),
+                api_port: 8008,
             },
             Backend {
                 name: "pg_slave".into(),
                 host: "10.0.0.2".into(),
                 port: 5432,
-                api: "10.0.0.9:8008".parse().unwrap(),
+                api_host: "10.0.0.9".into(),
+                api_port: 8008,
             },
         ];
         let listen = Listen {
@@ -110,6 +123,7 @@ mod tests {
             write_port: 5000,
             read_port: 5001,
             stats_socket: None,
+            resolver: None,
         };
         let text = config(&listen, &backends);
         assert!(text.contains(
@@ -128,6 +142,37 @@ mod tests {
             )
             .count(),
             2
+        );
+        assert!(!text.contains("resolvers"), "{text}");
+    }
+
+    /// On a container network, by name, resolved again as containers come and go.
+    #[test]
+    fn names_on_a_container_network_are_resolved_again() {
+        let backends = [Backend {
+            name: "pg_master".into(),
+            host: "pg_master".into(),
+            port: 5432,
+            api_host: "pg_master".into(),
+            api_port: 8008,
+        }];
+        let listen = Listen {
+            bind: "0.0.0.0".into(),
+            write_port: 5000,
+            read_port: 5001,
+            stats_socket: None,
+            resolver: Some("127.0.0.11:53".parse().unwrap()),
+        };
+        let text = config(&listen, &backends);
+        assert!(
+            text.contains("resolvers cluster\n    nameserver dns 127.0.0.11:53\n"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("server pg_master pg_master:5432 maxconn 100 check port 8008 resolvers cluster init-addr last,libc,none\n")
+                .count(),
+            2,
+            "{text}"
         );
     }
 }

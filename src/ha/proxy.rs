@@ -1,9 +1,12 @@
 //! `[proxy]`: HAProxy in front of the nodes, with `haproxy`'s configuration and a stats socket.
-//! `up` starts it on the local runtime once the agents answer, `down` stops it first (the
-//! applications' door closes before the servers go), and `status` asks the stats socket which
+//! `up` starts it once the agents answer: a process on the local runtime, a container on the
+//! cluster network on docker (`cluster::docker::proxy`), reaching the nodes and their agents
+//! by name. `down` stops it first (the applications' door closes before the servers go), and
+//! `status` asks the stats socket, `<state_dir>/proxy/haproxy.sock` on either runtime, which
 //! servers each port reaches now.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::daemon::Daemon;
 use super::haproxy::{config, Backend, Listen};
 use super::HaError;
+use crate::cluster::docker::{DockerRuntime, ProxyContainer, AGENT_API_PORT, PROXY_CONFIG_MOUNT};
 use crate::cluster::runtime::Runtime;
 use crate::cluster::spec::ProxySpec;
 use crate::cluster::{Cluster, StepLog};
@@ -20,13 +24,19 @@ use crate::cluster::{Cluster, StepLog};
 /// HAProxy binds its ports and loads its checks in well under a second.
 const READY_WAIT: Duration = Duration::from_secs(10);
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// Docker's DNS server on a user network, which names every container on it.
+const DOCKER_DNS: &str = "127.0.0.11:53";
+/// The server's port in every node's container.
+const CONTAINER_SERVER_PORT: u16 = 5432;
 
 /// The proxy `up` found or started.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProxyUp {
     pub write: SocketAddr,
     pub read: SocketAddr,
+    /// Its pid, or its container's main process's.
     pub pid: i32,
+    /// Where its log is: a file, or the command that shows a container's.
     pub log: String,
 }
 
@@ -56,10 +66,23 @@ pub fn backends(cluster: &Cluster) -> Result<Vec<Backend>, HaError> {
                 name: node.name.clone(),
                 host,
                 port,
-                api,
+                api_host: api.ip().to_string(),
+                api_port: api.port(),
             })
         })
         .collect()
+}
+
+/// Every node as a proxy on the cluster network reaches it: by container name.
+fn network_backends(cluster: &Cluster) -> Vec<Backend> {
+    let by_name = |node: &crate::cluster::spec::NodeSpec| Backend {
+        name: node.name.clone(),
+        host: node.name.clone(),
+        port: CONTAINER_SERVER_PORT,
+        api_host: node.name.clone(),
+        api_port: AGENT_API_PORT,
+    };
+    cluster.spec.nodes.iter().map(by_name).collect()
 }
 
 fn dir(state_dir: &Path) -> PathBuf {
@@ -74,12 +97,56 @@ fn stats_socket(state_dir: &Path) -> PathBuf {
     dir(state_dir).join("haproxy.sock")
 }
 
-fn daemon(state_dir: &Path) -> Daemon {
-    Daemon {
-        what: "HAProxy".into(),
-        pid_file: dir(state_dir).join("haproxy.pid"),
-        log_file: dir(state_dir).join("haproxy.log"),
-        marks: vec![config_file(state_dir).display().to_string()],
+/// Where HAProxy runs: a process `up` started here, or a container on the cluster network.
+enum Instance<'a> {
+    Process(Daemon),
+    Container {
+        docker: &'a DockerRuntime,
+        name: String,
+    },
+}
+
+impl<'a> Instance<'a> {
+    fn of(cluster: &'a Cluster) -> Result<Self, HaError> {
+        let state_dir = cluster.state_dir();
+        Ok(match &cluster.runtime {
+            Runtime::Local(_) => Instance::Process(Daemon {
+                what: "HAProxy".into(),
+                pid_file: dir(state_dir).join("haproxy.pid"),
+                log_file: dir(state_dir).join("haproxy.log"),
+                marks: vec![config_file(state_dir).display().to_string()],
+            }),
+            Runtime::Docker(docker) => Instance::Container {
+                docker,
+                name: format!("{}-haproxy", super::scope(cluster)?),
+            },
+        })
+    }
+
+    /// Its pid (a container's main process's; 0 when the engine does not say), when it runs.
+    async fn running(&self) -> Option<i32> {
+        match self {
+            Instance::Process(daemon) => daemon.running(),
+            Instance::Container { docker, name } => docker
+                .container_runs(name)
+                .await
+                .then_some(docker.main_pid(name).await.unwrap_or(0)),
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Instance::Process(daemon) => daemon.log_file.display().to_string(),
+            Instance::Container { name, .. } => format!("docker logs {name}"),
+        }
+    }
+
+    /// Why it exited, from the end of its log.
+    async fn last_words(&self) -> String {
+        match self {
+            Instance::Process(daemon) => last_line(&daemon.log_file),
+            Instance::Container { docker, name } => docker.log_tail(name).await,
+        }
     }
 }
 
@@ -89,52 +156,82 @@ pub async fn ensure_running(
     spec: &ProxySpec,
     log: &dyn StepLog,
 ) -> Result<ProxyUp, HaError> {
-    supported(cluster)?;
     let state_dir = cluster.state_dir();
     let (write, read) = (
         SocketAddr::new(spec.bind, spec.write_port),
         SocketAddr::new(spec.bind, spec.read_port),
     );
-    let daemon = daemon(state_dir);
+    let instance = Instance::of(cluster)?;
     let up = |pid| ProxyUp {
         write,
         read,
         pid,
-        log: daemon.log_file.display().to_string(),
+        log: instance.log(),
     };
-    if let Some(pid) = daemon.running() {
+    if let Instance::Container { docker, .. } = &instance {
+        docker.add_to_passfile(&[write, read])?;
+    }
+    if let Some(pid) = instance.running().await {
         return Ok(up(pid));
     }
-    let program = haproxy()?;
-    let listen = Listen {
-        bind: spec.bind.to_string(),
-        write_port: spec.write_port,
-        read_port: spec.read_port,
-        stats_socket: Some(stats_socket(state_dir)),
-    };
-    let text = config(&listen, &backends(cluster)?);
     let file = config_file(state_dir);
     let io = |context: String| move |source| HaError::Io { context, source };
     std::fs::create_dir_all(dir(state_dir))
         .map_err(io(format!("create `{}`", dir(state_dir).display())))?;
-    crate::fs::write_durably(&file, text.as_bytes(), 0o644)
-        .map_err(io(format!("write `{}`", file.display())))?;
     log.step(&format!(
         "start HAProxy: writes {write}, reads {read} (config `{}`, log `{}`)",
         file.display(),
-        daemon.log_file.display()
+        instance.log()
     ));
-    let args = ["-db".into(), "-f".into(), file.clone().into_os_string()];
-    let pid = daemon.start(&program, &args, state_dir)?;
+    match &instance {
+        Instance::Process(daemon) => {
+            let program = haproxy()?;
+            let listen = Listen {
+                bind: spec.bind.to_string(),
+                write_port: spec.write_port,
+                read_port: spec.read_port,
+                stats_socket: Some(stats_socket(state_dir)),
+                resolver: None,
+            };
+            let text = config(&listen, &backends(cluster)?);
+            crate::fs::write_durably(&file, text.as_bytes(), 0o644)
+                .map_err(io(format!("write `{}`", file.display())))?;
+            let args = ["-db".into(), "-f".into(), file.clone().into_os_string()];
+            daemon.start(&program, &args, state_dir)?;
+        }
+        Instance::Container { docker, name } => {
+            // In the container: every address, the stats socket in the mounted directory.
+            let listen = Listen {
+                bind: "0.0.0.0".into(),
+                write_port: spec.write_port,
+                read_port: spec.read_port,
+                stats_socket: Some(Path::new(PROXY_CONFIG_MOUNT).join("haproxy.sock")),
+                resolver: Some(DOCKER_DNS.parse().expect("an address")),
+            };
+            let text = config(&listen, &network_backends(cluster));
+            crate::fs::write_durably(&file, text.as_bytes(), 0o644)
+                .map_err(io(format!("write `{}`", file.display())))?;
+            let owner = std::fs::metadata(dir(state_dir))
+                .map_err(io(format!("read `{}`", dir(state_dir).display())))?;
+            let container = ProxyContainer {
+                name: name.clone(),
+                image: spec.image.clone(),
+                config_dir: dir(state_dir),
+                ports: vec![(spec.write_port, write), (spec.read_port, read)],
+                user: format!("{}:{}", owner.uid(), owner.gid()),
+            };
+            docker.ensure_proxy(&container).await?;
+        }
+    }
     let deadline = tokio::time::Instant::now() + READY_WAIT;
     loop {
-        if daemon.running().is_none() {
+        let Some(pid) = instance.running().await else {
             return Err(HaError::Process(format!(
-                "HAProxy exited: {} (log `{}`)",
-                last_line(&daemon.log_file),
-                daemon.log_file.display()
+                "HAProxy exited: {} (log: {})",
+                instance.last_words().await,
+                instance.log()
             )));
-        }
+        };
         let bound = async {
             tokio::net::TcpStream::connect(write).await.is_ok()
                 && tokio::net::TcpStream::connect(read).await.is_ok()
@@ -144,32 +241,32 @@ pub async fn ensure_running(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(HaError::Process(format!(
-                "HAProxy does not accept connections on {write} and {read} after {READY_WAIT:?}: see `{}`",
-                daemon.log_file.display()
+                "HAProxy does not accept connections on {write} and {read} after {READY_WAIT:?}: see {}",
+                instance.log()
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// `up` runs HAProxy on the local runtime only, and needs it installed.
+/// On the local runtime, `up` needs HAProxy installed (on docker, its image).
 pub fn supported(cluster: &Cluster) -> Result<(), HaError> {
-    if let Runtime::Docker(_) = &cluster.runtime {
-        return Err(HaError::Config(
-            "[proxy] starts HAProxy on the local runtime only: on docker, remove [proxy] and run HAProxy with `pgrepl haproxy-config`".into(),
-        ));
+    match &cluster.runtime {
+        Runtime::Local(_) => haproxy().map(drop),
+        Runtime::Docker(_) => Ok(()),
     }
-    haproxy().map(drop)
 }
 
-/// Stops the HAProxy `up` started here, if any.
-pub async fn stop(state_dir: &Path) -> Result<(), HaError> {
-    daemon(state_dir).stop(STOP_WAIT).await
+/// Stops the HAProxy `up` started for this cluster, if any.
+pub async fn stop(cluster: &Cluster) -> Result<(), HaError> {
+    match Instance::of(cluster)? {
+        Instance::Process(daemon) => daemon.stop(STOP_WAIT).await,
+        Instance::Container { docker, name } => Ok(docker.remove_and_confirm(&name).await?),
+    }
 }
 
-/// Which servers each port reaches now, from the stats socket (`None`: no proxy runs here).
+/// Which servers each port reaches now, from the stats socket (`None`: no proxy answers there).
 pub async fn routes(state_dir: &Path) -> Option<Result<Routes, HaError>> {
-    daemon(state_dir).running()?;
     let socket = stats_socket(state_dir);
     let ask = async {
         let mut stream = tokio::net::UnixStream::connect(&socket).await?;
@@ -181,6 +278,15 @@ pub async fn routes(state_dir: &Path) -> Option<Result<Routes, HaError>> {
     let answer = tokio::time::timeout(Duration::from_secs(1), ask).await;
     Some(match answer {
         Ok(Ok(text)) => Ok(parse_stat(&text)),
+        // No socket, or one a stopped HAProxy left behind.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return None
+        }
         Ok(Err(source)) => Err(HaError::Io {
             context: format!("ask HAProxy at `{}`", socket.display()),
             source,

@@ -23,6 +23,8 @@ pub static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The etcd image `up` runs with `[ha]` on the docker runtime.
 pub const ETCD_IMAGE: &str = "pgrepl-local/etcd:3.4";
+/// The HAProxy image `up` runs with `[proxy]` on the docker runtime.
+pub const HAPROXY_IMAGE: &str = "pgrepl-local/haproxy:2.6";
 
 /// An engine with the test images (built when missing), or why there is none.
 pub fn engine_with_image() -> Result<(), String> {
@@ -33,6 +35,7 @@ pub fn engine_with_image() -> Result<(), String> {
     let docker = rt.block_on(engine())?;
     rt.block_on(ensure_image(&docker, IMAGE, "15"));
     rt.block_on(ensure_image(&docker, ETCD_IMAGE, "etcd"));
+    rt.block_on(ensure_image(&docker, HAPROXY_IMAGE, "haproxy"));
     Ok(())
 }
 const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];

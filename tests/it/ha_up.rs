@@ -11,7 +11,7 @@ use crate::capability;
 use crate::cluster_flow::TestCluster;
 
 /// A cluster file with an `[ha]` section and no etcd URLs: `up` starts its own etcd.
-fn ha_cluster(test: &str) -> Option<TestCluster> {
+pub(crate) fn ha_cluster(test: &str) -> Option<TestCluster> {
     capability::tool(test, "etcd", "apt-get install etcd-server")?;
     let cluster = TestCluster::new();
     let mut text = std::fs::read_to_string(&cluster.file).unwrap();
@@ -20,12 +20,12 @@ fn ha_cluster(test: &str) -> Option<TestCluster> {
     Some(cluster)
 }
 
-fn state(cluster: &TestCluster) -> PathBuf {
+pub(crate) fn state(cluster: &TestCluster) -> PathBuf {
     cluster.dir.path().join(".pgrepl")
 }
 
 /// `pid` of every pid file in `dir` (etcd members or agents), by file name.
-fn pids_in(dir: &Path) -> Vec<(String, i32)> {
+pub(crate) fn pids_in(dir: &Path) -> Vec<(String, i32)> {
     let mut pids: Vec<(String, i32)> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -47,7 +47,7 @@ fn pids_in(dir: &Path) -> Vec<(String, i32)> {
     pids
 }
 
-fn postmaster_pid(cluster: &TestCluster, node: &str) -> Option<i32> {
+pub(crate) fn postmaster_pid(cluster: &TestCluster, node: &str) -> Option<i32> {
     let text =
         std::fs::read_to_string(state(cluster).join(node).join("data/postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
@@ -73,13 +73,13 @@ fn postmaster_port(cluster: &TestCluster, node: &str) -> String {
         .to_string()
 }
 
-fn status_json(cluster: &TestCluster) -> serde_json::Value {
+pub(crate) fn status_json(cluster: &TestCluster) -> serde_json::Value {
     let output = cluster.pgrepl(&["status", "--json"]);
     let text = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", stderr(&output)))
 }
 
-fn agent_logs(cluster: &TestCluster) -> String {
+pub(crate) fn agent_logs(cluster: &TestCluster) -> String {
     ["pg_master", "pg_slave", "pg_asyncslave"]
         .iter()
         .map(|node| {
@@ -95,7 +95,7 @@ fn agent_logs(cluster: &TestCluster) -> String {
 
 /// SIGKILL, then wait until the process is gone: a killed process can take a while to exit (a
 /// pending fsync holds it), and until then `up` rightly counts it as running.
-fn sigkill(pid: i32) {
+pub(crate) fn sigkill(pid: i32) {
     // SAFETY: kill(2) on a process of this test's cluster.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -108,7 +108,29 @@ fn sigkill(pid: i32) {
     }
 }
 
-fn up_ok(cluster: &TestCluster) -> Output {
+/// `node`'s machine dies: its agent, its postmaster and the postmaster's children, SIGKILLed.
+pub(crate) fn lose_machine(cluster: &TestCluster, node: &str) {
+    let agent = pids_in(&state(cluster).join("agents"))
+        .into_iter()
+        .find(|(n, _)| n == node)
+        .expect("the agent's pid file")
+        .1;
+    sigkill(agent);
+    let postmaster = postmaster_pid(cluster, node).expect("the postmaster's pid");
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &postmaster.to_string()])
+        .output()
+        .unwrap();
+    sigkill(postmaster);
+    for child in String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+    {
+        sigkill(child);
+    }
+}
+
+pub(crate) fn up_ok(cluster: &TestCluster) -> Output {
     let up = cluster.pgrepl(&["up"]);
     assert!(
         up.status.success(),
@@ -120,7 +142,7 @@ fn up_ok(cluster: &TestCluster) -> Output {
 }
 
 /// `[proxy]` on its own two ports, and a superuser password for TCP (the proxy's sessions).
-fn with_proxy(cluster: &TestCluster) -> (u16, u16) {
+pub(crate) fn with_proxy(cluster: &TestCluster) -> (u16, u16) {
     let ports = (crate::harness::pick_port(), crate::harness::pick_port());
     std::fs::write(cluster.dir.path().join("superuser.password"), "pr0xy-pw\n").unwrap();
     let mut text = std::fs::read_to_string(&cluster.file).unwrap();
@@ -271,21 +293,8 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     });
 
     // The primary's machine dies: its agent and its server at once.
-    let master_agent = agent_pids.iter().find(|(n, _)| n == "pg_master").unwrap().1;
     let killed = Instant::now();
-    sigkill(master_agent);
-    let postmaster = postmaster_pid(&cluster, "pg_master").unwrap();
-    let children = std::process::Command::new("pgrep")
-        .args(["-P", &postmaster.to_string()])
-        .output()
-        .unwrap();
-    sigkill(postmaster);
-    for child in String::from_utf8_lossy(&children.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-    {
-        sigkill(child);
-    }
+    lose_machine(&cluster, "pg_master");
     let new_leader = loop {
         let status = status_json(&cluster);
         let leader = status["ha"]["leader"].as_str().map(str::to_owned);

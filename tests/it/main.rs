@@ -12,6 +12,7 @@ mod fake_server;
 mod faults;
 mod ha;
 mod ha_api;
+mod ha_clients;
 mod ha_cluster;
 mod ha_control;
 mod ha_docker;

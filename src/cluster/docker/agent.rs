@@ -8,11 +8,12 @@
 //! docker-init runs as PID 1: it forwards `stop`'s SIGINT to the agent, which shuts a primary
 //! down cleanly, and it reaps the server processes the agent's pg_ctl leaves behind.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 
-use super::{on_loopback, write_private, DockerRuntime, SERVER_PORT, STOP_TIMEOUT};
+use super::{published, write_private, DockerRuntime, SERVER_PORT, STOP_TIMEOUT};
 use crate::cluster::spec::NodeSpec;
 use crate::cluster::ClusterError;
 
@@ -24,6 +25,9 @@ pub const MACHINE_FILE: &str = "cluster.toml";
 pub const MACHINE_PASSWORD_FILE: &str = "superuser.password";
 /// Where the pgrepl binary is mounted.
 const PGREPL_MOUNT: &str = "/usr/local/bin/pgrepl";
+/// The agent's HTTP API in its container, on every address (Patroni's port): the proxy on the
+/// network checks it there, and the host through the port `up` publishes.
+pub const AGENT_API_PORT: u16 = 8008;
 
 impl DockerRuntime {
     /// The node's machine directory on the host.
@@ -51,10 +55,19 @@ impl DockerRuntime {
     }
 
     /// The container of a node run by its agent: `pgrepl agent` as the postgres uid, with the
-    /// machine directory and the binary mounted, and the server's port published as usual.
-    fn agent_container(&self, node: &NodeSpec, exe: &Path, bin_dir: &str) -> ContainerCreateBody {
+    /// machine directory and the binary mounted, the server's port published as usual and the
+    /// agent's API at `api` on the host.
+    fn agent_container(
+        &self,
+        node: &NodeSpec,
+        exe: &Path,
+        bin_dir: &str,
+        api: SocketAddr,
+    ) -> ContainerCreateBody {
         let (uid, gid) = self.data_owner();
-        let (exposed, bindings) = on_loopback(SERVER_PORT, node.port);
+        let host_server = SocketAddr::from(([127, 0, 0, 1], node.port));
+        let (exposed, bindings) = published(&[(SERVER_PORT, host_server), (AGENT_API_PORT, api)]);
+        let api_in_container = format!("0.0.0.0:{AGENT_API_PORT}");
         let cmd = [
             "-v",
             "agent",
@@ -64,6 +77,8 @@ impl DockerRuntime {
             &format!("{MACHINE_MOUNT}/{MACHINE_FILE}"),
             "--pg-bin",
             bin_dir,
+            "--api",
+            &api_in_container,
         ];
         ContainerCreateBody {
             image: Some(self.settings.image.clone()),
@@ -92,31 +107,15 @@ impl DockerRuntime {
     /// Creates the node's agent container unless it exists, and starts it unless it runs;
     /// true when this call started it. It is not waited for: the agent builds its node (initdb,
     /// or a clone from the leader) once etcd has elected one.
-    pub async fn ensure_agent(&self, node: &NodeSpec, exe: &Path) -> Result<bool, ClusterError> {
+    pub async fn ensure_agent(
+        &self,
+        node: &NodeSpec,
+        exe: &Path,
+        api: SocketAddr,
+    ) -> Result<bool, ClusterError> {
         let bin_dir = self.image().await?.bin_dir.clone();
-        let body = self.agent_container(node, exe, &bin_dir);
+        let body = self.agent_container(node, exe, &bin_dir, api);
         self.ensure_started(&node.name, body).await
-    }
-
-    /// The host pid of the container's main process (docker-init, the agent's parent).
-    pub async fn main_pid(&self, node: &NodeSpec) -> Option<i32> {
-        let found = self
-            .engine()
-            .await
-            .ok()?
-            .inspect_container(&node.name, None)
-            .await
-            .ok()?;
-        found
-            .state
-            .and_then(|s| s.pid)
-            .and_then(|pid| i32::try_from(pid).ok())
-            .filter(|pid| *pid > 0)
-    }
-
-    /// The container's last log lines (the agent's), indented for an error message.
-    pub async fn agent_log_tail(&self, node: &NodeSpec) -> String {
-        self.log_tail(&node.name).await
     }
 }
 
@@ -145,12 +144,13 @@ mod tests {
             &node,
             Path::new("/opt/pgrepl"),
             "/usr/lib/postgresql/15/bin",
+            "127.0.0.1:20008".parse().unwrap(),
         );
         assert_eq!(body.entrypoint, Some(vec![PGREPL_MOUNT.to_owned()]));
         let cmd = body.cmd.unwrap().join(" ");
         assert_eq!(
             cmd,
-            "-v agent --node pg_slave --cluster /pgrepl/cluster.toml --pg-bin /usr/lib/postgresql/15/bin"
+            "-v agent --node pg_slave --cluster /pgrepl/cluster.toml --pg-bin /usr/lib/postgresql/15/bin --api 0.0.0.0:8008"
         );
         assert_eq!(body.user.as_deref(), Some("999:999"));
         assert!(body.env.is_none(), "nothing in the environment");
@@ -163,8 +163,16 @@ mod tests {
                 "/opt/pgrepl:/usr/local/bin/pgrepl:ro".to_owned(),
             ]
         );
-        let binding = &host.port_bindings.unwrap()["5432/tcp"].clone().unwrap()[0];
+        let binding = &host.port_bindings.as_ref().unwrap()["5432/tcp"]
+            .clone()
+            .unwrap()[0];
         assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(binding.host_port.as_deref(), Some("54321"));
+        // The agent's API, for the host's `status` and proxy.
+        let api = &host.port_bindings.as_ref().unwrap()["8008/tcp"]
+            .clone()
+            .unwrap()[0];
+        assert_eq!(api.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(api.host_port.as_deref(), Some("20008"));
     }
 }

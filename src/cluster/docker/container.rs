@@ -255,7 +255,7 @@ impl DockerRuntime {
     }
 
     /// The container's last log lines, indented for an error message.
-    pub(super) async fn log_tail(&self, name: &str) -> String {
+    pub async fn log_tail(&self, name: &str) -> String {
         indent(&self.logs(name, LOG_TAIL).await)
     }
 
@@ -305,6 +305,22 @@ impl DockerRuntime {
 
     pub async fn is_running(&self, node: &NodeSpec) -> bool {
         self.container_runs(&node.name).await
+    }
+
+    /// The host pid of container `name`'s main process (under docker-init, its child).
+    pub async fn main_pid(&self, name: &str) -> Option<i32> {
+        let found = self
+            .engine()
+            .await
+            .ok()?
+            .inspect_container(name, None)
+            .await
+            .ok()?;
+        found
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|pid| i32::try_from(pid).ok())
+            .filter(|pid| *pid > 0)
     }
 
     /// The container `name` exists and runs.

@@ -55,9 +55,10 @@ impl DockerRuntime {
     }
 
     /// Creates and starts the member's container unless it runs; true when this call started
-    /// it. The cluster network is created first when absent.
+    /// it. The cluster network is created first when absent, the image pulled when missing.
     pub async fn ensure_etcd(&self, member: &EtcdContainer) -> Result<bool, ClusterError> {
         self.network().await?;
+        self.ensure_part_image(&member.image, "etcd").await?;
         std::fs::create_dir_all(&member.data)
             .map_err(|e| ClusterError::io(format!("create `{}`", member.data.display()), e))?;
         self.ensure_started(&member.name, self.etcd_container(member))

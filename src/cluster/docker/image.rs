@@ -111,6 +111,32 @@ impl DockerRuntime {
             .await
     }
 
+    /// Pulls `image` (etcd's, HAProxy's) unless the engine has it; `build`: compose/build-image's
+    /// argument that builds it where no registry answers.
+    pub async fn ensure_part_image(
+        &self,
+        image: &str,
+        build: &'static str,
+    ) -> Result<(), ClusterError> {
+        let docker = self.engine().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => pull(docker, image).await.map_err(|e| {
+                let error = match e {
+                    RuntimeError::ImagePull { error, .. } => error,
+                    other => other.to_string(),
+                };
+                RuntimeError::PartImagePull {
+                    image: image.to_owned(),
+                    error,
+                    build,
+                }
+                .into()
+            }),
+            Err(e) => Err(engine_err(format!("inspect image `{image}`"))(e)),
+        }
+    }
+
     /// The image's PostgreSQL major: what it states, else what its `postgres --version` says
     /// in a one-shot container.
     pub async fn server_major(&self) -> Result<u32, ClusterError> {

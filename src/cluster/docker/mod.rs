@@ -28,6 +28,7 @@ mod agent;
 mod container;
 mod etcd;
 mod image;
+mod proxy;
 mod tool;
 
 use std::collections::HashMap;
@@ -41,9 +42,10 @@ use bollard::models::NetworkCreateRequest;
 use bollard::{Docker, API_DEFAULT_VERSION};
 use tokio::sync::OnceCell;
 
-pub use self::agent::{MACHINE_FILE, MACHINE_MOUNT, MACHINE_PASSWORD_FILE};
+pub use self::agent::{AGENT_API_PORT, MACHINE_FILE, MACHINE_MOUNT, MACHINE_PASSWORD_FILE};
 pub use self::etcd::{EtcdContainer, ETCD_CLIENT_PORT, ETCD_DATA_MOUNT, ETCD_PEER_PORT};
 use self::image::Image;
+pub use self::proxy::{ProxyContainer, PROXY_CONFIG_MOUNT};
 use super::ports;
 use super::runtime_error::RuntimeError;
 use super::spec::{DockerSettings, NodeRole, NodeSpec};
@@ -190,6 +192,27 @@ impl DockerRuntime {
         write_private(&self.passfile(), &lines)
     }
 
+    /// Adds `addrs` (the proxy's ports on the host) to the passfile the printed URIs name,
+    /// unless it has them: a connection through them ends at a node, which asks for the
+    /// password.
+    pub fn add_to_passfile(&self, addrs: &[std::net::SocketAddr]) -> Result<(), ClusterError> {
+        let path = self.passfile();
+        let mut text = std::fs::read_to_string(&path)
+            .map_err(|e| ClusterError::io(format!("read `{}`", path.display()), e))?;
+        let password = self.superuser_password.expose();
+        let before = text.len();
+        for addr in addrs {
+            let line = format!("{}:{}:*:postgres:{password}\n", addr.ip(), addr.port());
+            if !text.lines().any(|l| format!("{l}\n") == line) {
+                text.push_str(&line);
+            }
+        }
+        if text.len() == before {
+            return Ok(());
+        }
+        write_private(&path, &text)
+    }
+
     /// An empty data directory as the server wants it: the postgres uid's, mode 0700.
     pub(super) fn create_data_dir(&self, dir: &Path) -> Result<(), ClusterError> {
         create_dir(dir)?;
@@ -298,15 +321,29 @@ fn on_loopback(
     Vec<String>,
     HashMap<String, Option<Vec<bollard::models::PortBinding>>>,
 ) {
-    let port = format!("{port}/tcp");
-    let binding = bollard::models::PortBinding {
-        host_ip: Some("127.0.0.1".into()),
-        host_port: Some(host_port.to_string()),
-    };
-    (
-        vec![port.clone()],
-        HashMap::from([(port, Some(vec![binding]))]),
-    )
+    let host = std::net::SocketAddr::from(([127, 0, 0, 1], host_port));
+    published(&[(port, host)])
+}
+
+/// Each container port (TCP) published at its host address.
+fn published(
+    ports: &[(u16, std::net::SocketAddr)],
+) -> (
+    Vec<String>,
+    HashMap<String, Option<Vec<bollard::models::PortBinding>>>,
+) {
+    let mut exposed = Vec::new();
+    let mut bindings = HashMap::new();
+    for (port, host) in ports {
+        let port = format!("{port}/tcp");
+        let binding = bollard::models::PortBinding {
+            host_ip: Some(host.ip().to_string()),
+            host_port: Some(host.port().to_string()),
+        };
+        exposed.push(port.clone());
+        bindings.insert(port, Some(vec![binding]));
+    }
+    (exposed, bindings)
 }
 
 /// Log lines quoted in an error: indented, blank ones dropped.

@@ -1,6 +1,7 @@
 //! `up` and `down` for `[ha]` on the docker runtime: each node's container runs its agent,
 //! which builds and runs its server (`cluster::docker::agent`), so `up` builds no node itself:
-//! it writes each container's cluster file and starts the containers.
+//! it writes each container's cluster file and starts the containers. Each agent's API is
+//! published on the host where `api_addr` records it, for `status` and a proxy on the host.
 
 use super::AgentProcess;
 use crate::cluster::docker::DockerRuntime;
@@ -8,12 +9,14 @@ use crate::cluster::{Cluster, StepLog};
 use crate::ha::machines::{machine_spec, Network};
 use crate::ha::HaError;
 
-/// Writes every node's machine directory and starts the containers that do not run.
+/// Writes every node's machine directory and starts the containers that do not run; `avoid`:
+/// ports the agents' APIs must not take on the host.
 pub(super) async fn start(
     cluster: &Cluster,
     docker: &DockerRuntime,
     etcd: &[String],
     scope: &str,
+    avoid: &[u16],
     log: &dyn StepLog,
 ) -> Result<Vec<AgentProcess>, HaError> {
     let exe = std::env::current_exe().map_err(|source| HaError::Io {
@@ -28,10 +31,12 @@ pub(super) async fn start(
     };
     let spec = machine_spec(&cluster.file_spec, cluster.replication_password(), &net);
     let text = spec.to_toml();
+    let apis = crate::ha::api_addr::ensure(cluster, avoid)?;
     let mut agents = Vec::new();
     for node in &cluster.spec.nodes {
         docker.write_machine(node, &text)?;
-        if docker.ensure_agent(node, &exe).await? {
+        let api = apis[&node.name];
+        if docker.ensure_agent(node, &exe, api).await? {
             log.step(&format!(
                 "start container `{}`: its agent builds and runs the server (log: docker logs {})",
                 node.name, node.name
@@ -39,10 +44,9 @@ pub(super) async fn start(
         }
         agents.push(AgentProcess {
             node: node.name.clone(),
-            pid: docker.main_pid(node).await.unwrap_or(0),
+            pid: docker.main_pid(&node.name).await.unwrap_or(0),
             log: format!("docker logs {}", node.name),
-            // Not published to the host yet.
-            api: None,
+            api: Some(api),
         });
     }
     Ok(agents)
@@ -52,7 +56,7 @@ pub(super) async fn start(
 pub(super) async fn exited(docker: &DockerRuntime, cluster: &Cluster) -> Option<(String, String)> {
     for node in &cluster.spec.nodes {
         if !docker.is_running(node).await {
-            return Some((node.name.clone(), docker.agent_log_tail(node).await));
+            return Some((node.name.clone(), docker.log_tail(&node.name).await));
         }
     }
     None

@@ -120,7 +120,8 @@ pub async fn up(
     let agents = match &cluster.runtime {
         Runtime::Local(_) => start_agents(cluster, &avoid, log)?,
         Runtime::Docker(docker) => {
-            let agents = containers::start(cluster, docker, &agents_etcd, &scope, log).await?;
+            let agents =
+                containers::start(cluster, docker, &agents_etcd, &scope, &avoid, log).await?;
             record_docker_cluster(cluster, docker.image_name())?;
             agents
         }
@@ -378,7 +379,7 @@ async fn stop_agents(cluster: &Cluster) -> Result<(), HaError> {
 /// with `purge`, deletes everything, the etcd data included (on an etcd of `[ha] etcd`, the
 /// cluster's keys).
 pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
-    super::proxy::stop(cluster.state_dir()).await?;
+    super::proxy::stop(cluster).await?;
     stop_agents(cluster).await?;
     let external = cluster.spec.ha.as_ref().filter(|ha| !ha.etcd.is_empty());
     if let (true, Some(ha)) = (purge, external) {
