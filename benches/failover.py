@@ -5,7 +5,7 @@ replication (pgrepl: `FIRST 1 (pg_slave, pg_asyncslave)`; Patroni: `synchronous_
 the same writer and the same faults:
 
     benches/failover.py [--rounds 3] [--patroni-settings defaults,current-min,3.0.2-min] [--quick]
-                        [--through hosts|haproxy]
+                        [--through hosts|haproxy|uri]
 
 Needs `cargo build --release --bin pgrepl`, Debian's `patroni` and `etcd-server`; run as root
 (the servers and Patroni run as OS user postgres).
@@ -17,8 +17,10 @@ The writer inserts one row every 50 ms into whichever node takes writes (it trie
 turn, starting after the one that last failed, as libpq does with a multi-host URI and
 target_session_attrs=read-write; with --through haproxy it connects to the write port of an
 HAProxy in front of each cluster, the same `pgrepl haproxy-config` configuration for both, its
-checks asking pgrepl's agents or Patroni's REST API; 1 s per attempt, no statement_timeout) and
-records every acknowledged id and when. Time = from the kill to the first acknowledged write
+checks asking pgrepl's agents or Patroni's REST API; with --through uri it is stock psql, libpq
+itself choosing the node from a multi-host conninfo with target_session_attrs=read-write, one
+psql session fed an INSERT every 50 ms and started again when it exits or stays silent; 1 s
+per attempt, no statement_timeout) and records every acknowledged id and when. Time = from the kill to the first acknowledged write
 through a session opened after the kill, on a new primary or the same one restarted. After each
 run every acknowledged id must be on the primary the writer ended on (lost = missing ones).
 Before each fault: a leader, its sync standby and the third node streaming from it, 1 s of
@@ -144,6 +146,57 @@ class Writer:
         return list(self.acks)
 
 
+class LibpqWriter(Writer):
+    """The same writer as stock psql through libpq's own multi-host failover: one psql session
+    with `host=A,B,C port=…,…,… target_session_attrs=read-write`, fed one INSERT every 50 ms on
+    its stdin, each acknowledgement read from its stdout (line-buffered). A psql that exits (its
+    server died, or libpq found no primary) or gives no answer within 1 s is killed and started
+    again: a new session, libpq trying the hosts from the first."""
+
+    def __init__(self, nodes, first_id, psql):
+        hosts = ",".join(h for _, h, _ in nodes)
+        ports = ",".join(str(p) for _, _, p in nodes)
+        self.conninfo = (f"host={hosts} port={ports} user=postgres dbname=postgres connect_timeout=1 "
+                         "target_session_attrs=read-write")
+        self.psql = psql
+        super().__init__(nodes, first_id)
+
+    def _spawn(self):
+        self.sessions += 1
+        return subprocess.Popen(["stdbuf", "-oL", self.psql, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                                 self.conninfo], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                                env={k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGHOST")})
+
+    def _loop(self):
+        import select
+        ports = [p for _, _, p in self.nodes]
+        psql = None
+        while not self.stopping.is_set():
+            if psql is None or psql.poll() is not None:
+                psql = self._spawn()
+            row_id, self.next_id = self.next_id, self.next_id + 1
+            answered = False
+            try:
+                psql.stdin.write(f"INSERT INTO {TABLE}(id) VALUES ({row_id}) RETURNING current_setting('port');\n")
+                psql.stdin.flush()
+                ready, _, _ = select.select([psql.stdout], [], [], ATTEMPT)
+                line = psql.stdout.readline() if ready else ""
+                if line.strip():
+                    self.acks.append(Ack(row_id, ports.index(int(line.strip())), time.monotonic(), self.sessions))
+                    answered = True
+            except (OSError, ValueError):
+                pass
+            if not answered:
+                psql.kill()
+                psql.wait()
+                psql = None
+            self.stopping.wait(INTERVAL)
+        if psql is not None:
+            psql.kill()
+            psql.wait()
+
+
 class RunFailed(Exception):
     pass
 
@@ -185,12 +238,15 @@ def missing(cluster, node, acks):
         time.sleep(0.2)
 
 
-def measure(cluster, fault, first_id, proxy=None):
-    """One fault on the current primary, the writer through `proxy`'s write port or trying the
-    nodes in turn; (Result, next free id)."""
+def measure(cluster, fault, first_id, proxy=None, psql=None):
+    """One fault on the current primary, the writer through `proxy`'s write port, through stock
+    `psql` (libpq's multi-host failover) or trying the nodes in turn; (Result, next free id)."""
     leader = wait_ready(cluster)
     targets = [("haproxy", "127.0.0.1", proxy.write_port)] if proxy else None
-    writer = Writer(cluster.nodes, first_id, targets, getattr(cluster, "PASSWORD", None))
+    if psql:
+        writer = LibpqWriter(cluster.nodes, first_id, psql)
+    else:
+        writer = Writer(cluster.nodes, first_id, targets, getattr(cluster, "PASSWORD", None))
     try:
         writer.wait("before the fault", 10, lambda a: a.node == leader)
         time.sleep(1)
@@ -230,8 +286,9 @@ def main():
     ap.add_argument("--patroni-fast-recovery", action="store_true",
                     help="give Patroni's nodes the two server settings pgrepl's agent sets on its own: "
                          + ", ".join(f"{k} = {v}" for k, v in FAST_RECOVERY.items()))
-    ap.add_argument("--through", choices=("hosts", "haproxy"), default="hosts",
-                    help="the writer tries the nodes in turn (default), or goes through an HAProxy per cluster")
+    ap.add_argument("--through", choices=("hosts", "haproxy", "uri"), default="hosts",
+                    help="the writer tries the nodes in turn (default), goes through an HAProxy per cluster, "
+                         "or is stock psql with a multi-host conninfo (libpq finds the primary)")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
     ap.add_argument("--pg-bin", default="/usr/lib/postgresql/15/bin", help="PostgreSQL for both tools")
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
@@ -269,9 +326,12 @@ def main():
                                  "(pgrepl's agent sets wal_retrieve_retry_interval = 200ms, "
                                  "recovery_init_sync_method = syncfs on its own; see --patroni-fast-recovery)"))
 
-    print("the writer " + ("goes through an HAProxy per cluster, `pgrepl haproxy-config`'s configuration "
-                           "(checks every 500 ms, 250 ms in transition, fall 2, rise 1)"
-                           if args.through == "haproxy" else "tries the nodes in turn (a multi-host URI)"))
+    print("the writer " + {
+        "haproxy": "goes through an HAProxy per cluster, `pgrepl haproxy-config`'s configuration "
+                   "(checks every 500 ms, 250 ms in transition, fall 2, rise 1)",
+        "uri": "is stock psql with a multi-host conninfo, target_session_attrs=read-write (libpq finds the primary)",
+        "hosts": "tries the nodes in turn (as a multi-host URI does)"}[args.through])
+    psql = os.path.join(args.pg_bin, "psql") if args.through == "uri" else None
     results, durations = {}, {}
     etcd = Etcd(work, args.etcd)
     pgrepl, proxies = None, {}
@@ -300,7 +360,8 @@ def main():
                         order = (pgrepl, patroni) if (row_index + r + f) % 2 == 0 else (patroni, pgrepl)
                         for cluster in order:
                             try:
-                                result, next_id = measure(cluster, fault, next_id, proxies.get(cluster.label))
+                                result, next_id = measure(cluster, fault, next_id, proxies.get(cluster.label),
+                                                          psql)
                             except RunFailed as e:
                                 print(f"[{row}] round {r + 1}, {fault}, {cluster.label}: FAILED: {e}", flush=True)
                                 results.setdefault((row, fault, cluster.label), []).append(None)
@@ -326,7 +387,7 @@ def main():
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    report(rows, faults, results, durations, PROXY_GOALS if args.through == "haproxy" else GOALS)
+    report(rows, faults, results, durations, GOALS if args.through == "hosts" else PROXY_GOALS)
 
 
 def create_table(cluster):
