@@ -12,6 +12,7 @@ use super::cluster::{
 };
 use super::connection::ConnectionArgs;
 use super::ha::{HaproxyConfigArgs, PauseArgs};
+use super::history::HistoryArgs;
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
 
@@ -75,6 +76,9 @@ pub enum Command {
     Pause(PauseArgs),
     /// Let the agents act again after `pause`.
     Resume(PauseArgs),
+    /// Every role change, oldest first: when, which kind (failover, switchover, manual
+    /// failover), from and to which node, the new timeline and where it began, and why.
+    History(HistoryArgs),
     /// Print an HAProxy configuration (Patroni's shape): a write port that reaches the primary
     /// and a read port for the standbys, each node checked on its agent's HTTP API.
     HaproxyConfig(HaproxyConfigArgs),

@@ -9,6 +9,7 @@ mod cluster;
 mod connection;
 mod ha;
 pub mod hints;
+mod history;
 pub mod lag;
 mod out;
 mod progress;
@@ -83,6 +84,7 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Pause(_)
         | Command::Resume(_)
         | Command::HaproxyConfig(_)
+        | Command::History(_)
         | Command::Init(_) => return None,
         Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it (with the etcd and agents `up` started for [ha])".into(),
         Command::Down(_) => "some nodes (or, with [ha], agents or etcd members) may still run: run `pgrepl down` again".into(),
@@ -116,6 +118,7 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Pause(args) => ha::pause(args).await,
         Command::Resume(args) => ha::resume(args).await,
         Command::HaproxyConfig(args) => ha::haproxy_config(args),
+        Command::History(args) => history::run(args).await,
     }
 }
 

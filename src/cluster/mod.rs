@@ -16,6 +16,7 @@ mod build;
 pub mod client_uris;
 pub mod docker;
 pub mod drill;
+pub mod history;
 pub mod local;
 pub mod open;
 pub mod plan;

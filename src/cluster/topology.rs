@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::history::RoleChange;
 use super::runtime_error::RuntimeError;
 use super::ClusterError;
 use crate::ids::{SystemId, TimelineId};
@@ -16,9 +17,17 @@ const FILE_NAME: &str = "topology.json";
 pub struct Topology {
     /// The node that is primary now.
     pub primary: String,
-    /// Role changes so far, oldest first: "failover pg_master -> pg_slave (timeline 2)".
+    /// Role changes so far, oldest first.
     #[serde(default)]
-    pub history: Vec<String>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A role change, or a line an older pgrepl or an agent wrote ("agent: `pg_slave` leads").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HistoryEntry {
+    Change(RoleChange),
+    Note(String),
 }
 
 impl Topology {
@@ -115,7 +124,7 @@ mod tests {
         assert_eq!(Topology::load(tmp.path()).unwrap(), None);
         let topology = Topology {
             primary: "pg_slave".into(),
-            history: vec!["failover".into()],
+            history: vec![HistoryEntry::Note("failover".into())],
         };
         topology.save(tmp.path()).unwrap();
         assert_eq!(Topology::load(tmp.path()).unwrap(), Some(topology));

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::cluster::history::ChangeKind;
 use crate::cluster::spec::ClusterSpec;
 use crate::ids::{SystemId, TimelineId};
 use crate::Lsn;
@@ -52,6 +53,7 @@ pub enum Effect {
     /// Record the promotion: this state directory's topology and a history key.
     RecordPromotion {
         from: Option<String>,
+        kind: ChangeKind,
         reason: String,
     },
     /// Fast shutdown (a switchover: the standbys get every commit).
@@ -551,6 +553,7 @@ fn effects(decision: &Decision, view: Option<&View>, system_id: Option<SystemId>
             standby_names,
             repoint,
             timeline,
+            kind,
         } => {
             let mut steps = vec![Effect::WriteSync(sync.clone())];
             steps.extend(
@@ -565,6 +568,7 @@ fn effects(decision: &Decision, view: Option<&View>, system_id: Option<SystemId>
                 },
                 Effect::RecordPromotion {
                     from: view.and_then(|v| v.sync.as_ref()).map(|r| r.leader.clone()),
+                    kind: *kind,
                     reason: decision.reason.clone(),
                 },
             ]);

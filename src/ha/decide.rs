@@ -257,14 +257,16 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             None => covering,
         }
         .on_timeline(Some(timeline));
+        let (kind, reason) = requests::promotion_reason(s.me, view);
         return Decision::new(
             Action::Promote {
                 sync,
                 standby_names,
                 repoint,
                 timeline,
+                kind,
             },
-            requests::promotion_reason(s.me, view),
+            reason,
         );
     }
     if view.system_id.is_none() && local.system_id.is_some() {
@@ -466,6 +468,7 @@ fn leaderless(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::history::ChangeKind;
     use crate::ha::records::{LeaseId, MemberRecord, ServerState};
     use crate::ids::SystemId;
     use crate::ids::TimelineId;
@@ -716,12 +719,14 @@ mod tests {
             standby_names,
             repoint,
             timeline,
+            kind,
         } = d.action
         else {
             panic!("{d:?}")
         };
         // The old leader's record stays in force until the new one's standbys caught up.
         assert_eq!(timeline, TimelineId::new(2));
+        assert_eq!(kind, ChangeKind::Failover);
         assert_eq!(
             sync,
             record("pg_slave", "FIRST", 1, &["pg_master", "pg_asyncslave"])

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::records::{LeaseId, MemberRecord, PauseRecord, RoleRequest, ServerState, SyncRecord};
+use crate::cluster::history::ChangeKind;
 use crate::ids::{SystemId, TimelineId};
 use crate::Lsn;
 
@@ -161,6 +162,8 @@ pub enum Action {
         standby_names: String,
         repoint: Vec<String>,
         timeline: TimelineId,
+        /// Why, for the history.
+        kind: ChangeKind,
     },
     /// Replace the sync record (the leader's own, guarded by its key).
     WriteSync(SyncRecord),

@@ -300,23 +300,6 @@ pub struct RoleRequest {
     pub refused: Option<String>,
 }
 
-/// One role change, as the new leader records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryRecord {
-    pub from: Option<String>,
-    pub to: String,
-    pub timeline: Option<TimelineId>,
-    pub reason: String,
-}
-
-/// A role change and when it happened (`GET /history`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HistoryLine {
-    pub at_unix_ms: u64,
-    #[serde(flatten)]
-    pub record: HistoryRecord,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 use super::election::{as_safe_as, candidate};
 use super::model::{Action, Decision, Local, View};
 use super::records::{MemberRecord, RoleRequest};
+use crate::cluster::history::ChangeKind;
 
 /// While paused, nothing touches a server: no election, promotion, restart, rejoin, fencing or
 /// re-pointing. A node whose data is a primary's may still take the leader key (bookkeeping:
@@ -124,14 +125,23 @@ pub fn switchover_step(
 }
 
 /// Why a standby that holds the leader key promotes, for the log and the history.
-pub fn promotion_reason(me: &str, view: &View) -> String {
+pub fn promotion_reason(me: &str, view: &View) -> (ChangeKind, String) {
     let asked = |r: &Option<RoleRequest>| r.as_ref().is_some_and(|r| r.to == me);
     if asked(&view.switchover) {
-        "the leader handed this node its key (switchover)".into()
+        (
+            ChangeKind::Switchover,
+            "the leader handed this node its key (switchover)".into(),
+        )
     } else if asked(&view.failover) {
-        "this node won the leader key, as `pgrepl failover --to` asked".into()
+        (
+            ChangeKind::ManualFailover,
+            "this node won the leader key, as `pgrepl failover --to` asked".into(),
+        )
     } else {
-        "this node won the leader key and is still a standby".into()
+        (
+            ChangeKind::Failover,
+            "this node won the leader key and is still a standby".into(),
+        )
     }
 }
 

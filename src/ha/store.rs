@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 
 use super::model::{Leader, View};
 use super::records::{
-    HistoryLine, HistoryRecord, Keys, LeaderRecord, LeaseId, MemberRecord, PauseRecord,
-    RoleRequest, SyncRecord,
+    Keys, LeaderRecord, LeaseId, MemberRecord, PauseRecord, RoleRequest, SyncRecord,
 };
 use super::{HaError, Timing};
+use crate::cluster::history::RoleChange;
 use crate::ids::SystemId;
 
 pub struct Store {
@@ -387,12 +387,8 @@ impl Store {
         Ok(self.txn(txn).await?.succeeded())
     }
 
-    pub async fn record_history(&self, record: &HistoryRecord) -> Result<(), HaError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let key = self.keys.history(now, &record.to);
+    pub async fn record_history(&self, record: &RoleChange) -> Result<(), HaError> {
+        let key = self.keys.history(u128::from(record.at_unix_ms), &record.to);
         let value = serde_json::to_string(record).expect("records serialise");
         self.call(|mut c| {
             let (key, value) = (key.clone(), value.clone());
@@ -402,8 +398,8 @@ impl Store {
         .map(drop)
     }
 
-    /// Every role change recorded, oldest first.
-    pub async fn history(&self) -> Result<Vec<HistoryLine>, HaError> {
+    /// Every role change recorded, oldest first (a record without its time has its key's).
+    pub async fn history(&self) -> Result<Vec<RoleChange>, HaError> {
         let prefix = self.keys.histories();
         let response = self
             .call(|mut c| {
@@ -416,10 +412,11 @@ impl Store {
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
-                Ok(HistoryLine {
-                    at_unix_ms: self.keys.history_time(&key).unwrap_or(0),
-                    record: decode(&key, kv.value())?,
-                })
+                let mut change: RoleChange = decode(&key, kv.value())?;
+                if change.at_unix_ms == 0 {
+                    change.at_unix_ms = self.keys.history_time(&key).unwrap_or(0);
+                }
+                Ok(change)
             })
             .collect()
     }

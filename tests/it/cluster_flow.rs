@@ -254,6 +254,42 @@ fn a_former_primary_is_never_started_as_a_second_primary() {
     cluster.ok(&["rejoin", "pg_master"]);
     assert_eq!(cluster.psql(0, "select pg_is_in_recovery()"), "t");
     cluster.ok(&["up"]);
+    // Both role changes, in order, with the timeline each began and where.
+    cluster.ok(&["switchover", "--to", "pg_master"]);
+    let json = cluster.ok(&["history", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let changes = history.as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{history:#}");
+    for (change, (kind, from, to, timeline, by)) in changes.iter().zip([
+        (
+            "manual_failover",
+            "pg_master",
+            "pg_slave",
+            2,
+            "pgrepl failover",
+        ),
+        (
+            "switchover",
+            "pg_slave",
+            "pg_master",
+            3,
+            "pgrepl switchover",
+        ),
+    ]) {
+        assert_eq!(change["kind"], kind, "{history:#}");
+        assert_eq!(change["from"], from, "{history:#}");
+        assert_eq!(change["to"], to, "{history:#}");
+        assert_eq!(change["timeline"], timeline, "{history:#}");
+        assert_eq!(change["by"], by, "{history:#}");
+        assert!(change["lsn"].is_string(), "{history:#}");
+    }
+    assert!(changes[0]["at_unix_ms"].as_u64() <= changes[1]["at_unix_ms"].as_u64());
+    let text = stdout(&cluster.ok(&["history"]));
+    assert!(
+        text.contains("manual failover  pg_master -> pg_slave  timeline 2 at ")
+            && text.contains("switchover  pg_slave -> pg_master  timeline 3 at "),
+        "{text}"
+    );
 }
 
 /// Split brain: the fenced old primary is started by hand after the failover and takes writes

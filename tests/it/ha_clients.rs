@@ -363,6 +363,22 @@ fn clients_follow_the_primary(cluster: &TestCluster, machines: &dyn Machines) {
     for line in &outages {
         eprintln!("{line}");
     }
+    // `history` lists the three role changes, each on the timeline the clients saw.
+    let json = cluster.pgrepl(&["history", "--json"]);
+    let history: serde_json::Value =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&json)));
+    let kinds: Vec<(&str, u64)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["timeline"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("switchover", 2), ("failover", 3), ("failover", 4)],
+        "{history:#}"
+    );
+    assert_eq!(u64::from(tl), 4);
 
     // Time never runs backwards for a client: nothing issued after an acknowledgement on a
     // newer timeline is acknowledged on an older one.

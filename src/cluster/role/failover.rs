@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::super::history::ChangeKind;
 use super::super::plan::{self, FailoverOptions, FailoverPlan};
 use super::super::spec::NodeSpec;
 use super::super::{
@@ -79,10 +80,13 @@ impl Cluster {
             ));
         }
         self.promote(new_primary).await?;
-        self.record_primary(
-            &new_primary.name,
-            format!("failover {} -> {}", old.name, new_primary.name),
-        )?;
+        self.record_change(
+            ChangeKind::ManualFailover,
+            &old.name,
+            new_primary,
+            "pgrepl failover",
+        )
+        .await?;
         steps.done(format!("promoted `{}`", new_primary.name));
         self.repoint(new_primary, &others).await?;
         steps.done(format!("re-pointed {}", names(&others)));

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::history::{now_unix_ms, switch_point, ChangeKind, RoleChange};
 use super::spec::{ClusterSpec, NodeSpec};
-use super::topology::Topology;
+use super::topology::{HistoryEntry, Topology};
 use super::{
     alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError,
     StepLog,
@@ -114,7 +115,36 @@ impl Cluster {
         }
     }
 
-    pub(crate) fn record_primary(&self, primary: &str, event: String) -> Result<(), ClusterError> {
+    /// After a manual promotion of `to`: its timeline and where it began, in the history.
+    async fn record_change(
+        &self,
+        kind: ChangeKind,
+        from: &str,
+        to: &NodeSpec,
+        by: &str,
+    ) -> Result<(), ClusterError> {
+        let (timeline, lsn) = match self.sql(to).await {
+            Ok(client) => switch_point(&client).await,
+            Err(_) => (None, None),
+        };
+        let change = RoleChange {
+            at_unix_ms: now_unix_ms(),
+            kind,
+            from: Some(from.to_owned()),
+            to: to.name.clone(),
+            timeline,
+            lsn,
+            by: by.to_owned(),
+            reason: format!("{kind} {from} -> {}", to.name),
+        };
+        self.record_primary(&to.name, HistoryEntry::Change(change))
+    }
+
+    pub(crate) fn record_primary(
+        &self,
+        primary: &str,
+        event: HistoryEntry,
+    ) -> Result<(), ClusterError> {
         let mut topology = Topology::load(&self.state_dir)?.unwrap_or(Topology {
             primary: primary.to_owned(),
             history: Vec::new(),

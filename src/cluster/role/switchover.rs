@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::super::history::ChangeKind;
 use super::super::plan;
 use super::super::spec::NodeSpec;
 use super::super::topology::ControlFile;
@@ -94,7 +95,13 @@ impl Cluster {
         steps.done(format!("`{to}` replayed the shutdown checkpoint"));
         let new_primary = new_spec.primary();
         self.promote(new_primary).await?;
-        self.record_primary(to, format!("switchover {} -> {to}", old.name))?;
+        self.record_change(
+            ChangeKind::Switchover,
+            &old.name,
+            new_primary,
+            "pgrepl switchover",
+        )
+        .await?;
         steps.done(format!("promoted `{to}`"));
         self.follow(old, new_primary)?;
         self.runtime.start(old).await?;

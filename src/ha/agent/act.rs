@@ -6,13 +6,14 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 use super::{timelines, Agent, TracingLog, SESSION_NAME, SQL_TIMEOUT};
+use crate::cluster::history::{now_unix_ms, switch_point, ChangeKind, RoleChange, AGENTS};
 use crate::cluster::plan::RejoinOptions;
 use crate::cluster::spec::NodeSpec;
+use crate::cluster::topology::HistoryEntry;
 use crate::cluster::topology::Topology;
 use crate::cluster::{alter_system, reload, ClusterError};
 use crate::conn::sql;
 use crate::ha::core::Effect;
-use crate::ha::records::HistoryRecord;
 use crate::ha::HaError;
 use crate::ids::TimelineId;
 
@@ -100,8 +101,9 @@ impl Agent {
                     started.elapsed().as_millis()
                 );
             }
-            Effect::RecordPromotion { from, reason } => {
-                self.record_promotion(sql()?, from.clone(), reason).await?
+            Effect::RecordPromotion { from, kind, reason } => {
+                self.record_promotion(sql()?, from.clone(), *kind, reason)
+                    .await?
             }
             Effect::StopFast => {
                 tracing::info!("switchover: fast shutdown of `{}`", me.name);
@@ -151,8 +153,10 @@ impl Agent {
     async fn rejoin(&self, leader: &str) -> Result<(), HaError> {
         let state_dir = self.cluster.state_dir();
         if Topology::load(state_dir)?.is_none_or(|t| t.primary != leader) {
-            self.cluster
-                .record_primary(leader, format!("agent: `{leader}` leads (etcd)"))?;
+            self.cluster.record_primary(
+                leader,
+                HistoryEntry::Note(format!("agent: `{leader}` leads (etcd)")),
+            )?;
         }
         let options = RejoinOptions {
             rewind: true,
@@ -170,29 +174,24 @@ impl Agent {
         &self,
         client: &Client,
         from: Option<String>,
+        kind: ChangeKind,
         reason: &str,
     ) -> Result<(), HaError> {
-        let me = &self.node.name;
-        self.cluster.record_primary(
-            me,
-            format!(
-                "agent: {} -> {me} ({reason})",
-                from.as_deref().unwrap_or("?")
-            ),
-        )?;
-        let timeline = client
-            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
-            .await
-            .ok()
-            .map(|r| TimelineId::new(r.get::<_, i32>(0) as u32));
-        self.store
-            .record_history(&HistoryRecord {
-                from,
-                to: me.clone(),
-                timeline,
-                reason: reason.to_owned(),
-            })
-            .await
+        // pg_control's checkpoint timeline lags a fast promotion: the WAL file name does not.
+        let (timeline, lsn) = switch_point(client).await;
+        let change = RoleChange {
+            at_unix_ms: now_unix_ms(),
+            kind,
+            from,
+            to: self.node.name.clone(),
+            timeline,
+            lsn,
+            by: AGENTS.into(),
+            reason: reason.to_owned(),
+        };
+        self.cluster
+            .record_primary(&self.node.name, HistoryEntry::Change(change.clone()))?;
+        self.store.record_history(&change).await
     }
 
     /// Points another node's standby at this node (which detaches it from the old primary).
