@@ -207,7 +207,7 @@ mod tests {
     fn times_are_utc_civil_dates() {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_796_609_925_679), "2026-12-07 03:38:45 UTC");
+        assert_eq!(utc(1_796_609_925_679), "2026-12-07 02:18:45 UTC");
     }
 
     #[test]
@@ -236,7 +236,7 @@ mod tests {
         };
         assert_eq!(
             change.line(),
-            "2026-12-07 03:38:45 UTC  switchover  pg_master -> pg_slave  timeline 2 at 0/3070328  (pgrepl switchover: asked)"
+            "2026-12-07 02:18:45 UTC  switchover  pg_master -> pg_slave  timeline 2 at 0/3070328  (pgrepl switchover: asked)"
         );
     }
 }
