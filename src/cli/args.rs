@@ -15,6 +15,7 @@ use super::ha::{HaproxyConfigArgs, PauseArgs};
 use super::history::HistoryArgs;
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
+use super::shell::{CompletionsArgs, ManArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,6 +83,11 @@ pub enum Command {
     /// Print an HAProxy configuration (Patroni's shape): a write port that reaches the primary
     /// and a read port for the standbys, each node checked on its agent's HTTP API.
     HaproxyConfig(HaproxyConfigArgs),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completions(CompletionsArgs),
+    /// Print the manual page, pgrepl(1), in roff (`pgrepl man | man -l -`), or write every
+    /// command's page with --dir.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -14,6 +14,7 @@ pub mod lag;
 mod out;
 mod progress;
 mod receivewal;
+mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,8 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Resume(_)
         | Command::HaproxyConfig(_)
         | Command::History(_)
+        | Command::Completions(_)
+        | Command::Man(_)
         | Command::Init(_) => return None,
         Command::Up(_) => "the cluster may be half built: `pgrepl up` again completes it, `pgrepl down --purge` removes it (with the etcd and agents `up` started for [ha])".into(),
         Command::Down(_) => "some nodes (or, with [ha], agents or etcd members) may still run: run `pgrepl down` again".into(),
@@ -119,6 +122,8 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Resume(args) => ha::resume(args).await,
         Command::HaproxyConfig(args) => ha::haproxy_config(args),
         Command::History(args) => history::run(args).await,
+        Command::Completions(args) => shell::completions(args),
+        Command::Man(args) => shell::man(args),
     }
 }
 
@@ -323,6 +328,26 @@ mod tests {
         assert_eq!(
             parse_host_port("pg_master", 7).unwrap(),
             ("pg_master".into(), 7)
+        );
+    }
+
+    /// `--serve ADDR` as people type it, `--serve=ADDR`, and `--serve` alone.
+    #[test]
+    fn serve_takes_its_address_with_a_space_an_equals_sign_or_none() {
+        use clap::Parser;
+        let serve = |argv: &[&str]| match args::Cli::try_parse_from(argv).unwrap().command {
+            Command::Lag(lag) => (lag.serve.map(|a| a.to_string()), lag.nodes.len()),
+            other => panic!("{other:?}"),
+        };
+        let addr = Some("0.0.0.0:9187".to_owned());
+        assert_eq!(
+            serve(&["pgrepl", "lag", "--serve", "0.0.0.0:9187"]),
+            (addr.clone(), 0)
+        );
+        assert_eq!(serve(&["pgrepl", "lag", "--serve=0.0.0.0:9187"]), (addr, 0));
+        assert_eq!(
+            serve(&["pgrepl", "lag", "host=a", "--serve"]),
+            (Some("127.0.0.1:9187".to_owned()), 1)
         );
     }
 }

@@ -34,7 +34,9 @@ impl Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
             .arg("lag")
             .args(nodes)
-            .arg(format!("--serve=127.0.0.1:{}", harness::pick_port()))
+            // With a space, as people type it (`--serve=ADDR` works too).
+            .arg("--serve")
+            .arg(format!("127.0.0.1:{}", harness::pick_port()))
             .args(extra)
             .env_remove("PGPASSWORD")
             .env("PGPASSFILE", "/nonexistent")

@@ -55,8 +55,8 @@ pub struct LagArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Keep collecting and serve /metrics (Prometheus), /status.json and a live page on ADDR
-    /// (default 127.0.0.1:9187; any other interface must be named, e.g. --serve=0.0.0.0:9187).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true,
+    /// (default 127.0.0.1:9187; any other interface must be named, e.g. --serve 0.0.0.0:9187).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
           default_missing_value = serve::DEFAULT_ADDR,
           conflicts_with_all = ["json", "prometheus", "watch", "max_lag_bytes", "max_lag_time"])]
     pub serve: Option<std::net::SocketAddr>,

@@ -95,6 +95,12 @@ pub enum ConfigError {
         "unsupported gssencmode `{0}` (pgrepl has no GSSAPI encryption; use disable or prefer)"
     )]
     UnsupportedGssEncMode(String),
+    /// A keyword libpq honours and pgrepl would drop: refused rather than silently ignored.
+    #[error("`{key}` is not supported: {why}")]
+    NotHonoured {
+        key: &'static str,
+        why: &'static str,
+    },
     /// No user was given and the effective uid has no passwd entry.
     #[error("could not determine the operating system user name; set `user` or PGUSER")]
     NoOsUser,
@@ -333,6 +339,43 @@ impl ConnParams {
     }
 }
 
+/// Keywords pgrepl parses (a libpq conninfo may carry them) but does not act on: a non-empty
+/// value is refused in one line, since dropping it would connect otherwise than asked.
+fn refuse_dropped(params: &ConnParams) -> Result<(), ConfigError> {
+    const CERT: &str = "pgrepl sends no client certificate (its TLS checks the server only): remove it and log in with a password";
+    const KEEPALIVE: &str =
+        "pgrepl sets no TCP keepalives (its own timeouts find a dead server): remove it";
+    let dropped = [
+        ("sslcert", &params.sslcert, CERT),
+        ("sslkey", &params.sslkey, CERT),
+        (
+            "options",
+            &params.options,
+            "pgrepl passes no server options when it connects: remove it, or set them with ALTER ROLE ... SET",
+        ),
+        ("keepalives_idle", &params.keepalives_idle, KEEPALIVE),
+        ("keepalives_interval", &params.keepalives_interval, KEEPALIVE),
+        ("keepalives_count", &params.keepalives_count, KEEPALIVE),
+    ];
+    for (key, value, why) in dropped {
+        if value.as_deref().is_some_and(|v| !v.is_empty()) {
+            return Err(ConfigError::NotHonoured { key, why });
+        }
+    }
+    // `keepalives=0` asks for what pgrepl does anyway.
+    if params
+        .keepalives
+        .as_deref()
+        .is_some_and(|v| !v.is_empty() && v != "0")
+    {
+        return Err(ConfigError::NotHonoured {
+            key: "keepalives",
+            why: KEEPALIVE,
+        });
+    }
+    Ok(())
+}
+
 /// Validated connection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {
@@ -374,6 +417,7 @@ impl ConnectOptions {
         params: ConnParams,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ConnectOptions, ConfigError> {
+        refuse_dropped(&params)?;
         let pick = |given: Option<String>, var: &str| given.or_else(|| env(var));
         let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
 
@@ -1131,6 +1175,12 @@ mod tests {
 
     #[test]
     fn resolve_errors() {
+        // What pgrepl does anyway is accepted.
+        resolve(
+            parse_ok("keepalives=0 sslcert='' options='' host=h user=u"),
+            &[],
+        )
+        .unwrap();
         // (conninfo, environment, expected message)
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
@@ -1160,6 +1210,26 @@ mod tests {
                 "gssencmode=require",
                 &[],
                 "unsupported gssencmode `require` (pgrepl has no GSSAPI encryption; use disable or prefer)",
+            ),
+            (
+                "sslcert=c.pem",
+                &[],
+                "`sslcert` is not supported: pgrepl sends no client certificate (its TLS checks the server only): remove it and log in with a password",
+            ),
+            (
+                "options='-c work_mem=1GB'",
+                &[],
+                "`options` is not supported: pgrepl passes no server options when it connects: remove it, or set them with ALTER ROLE ... SET",
+            ),
+            (
+                "keepalives=1",
+                &[],
+                "`keepalives` is not supported: pgrepl sets no TCP keepalives (its own timeouts find a dead server): remove it",
+            ),
+            (
+                "keepalives_idle=30",
+                &[],
+                "`keepalives_idle` is not supported: pgrepl sets no TCP keepalives (its own timeouts find a dead server): remove it",
             ),
         ];
         for (conninfo, env, want) in cases {
