@@ -8,6 +8,8 @@ use std::time::Duration;
 pub enum UnitError {
     #[error("invalid duration `{0}`: use e.g. 500ms, 10s, 2min or 1h")]
     Duration(String),
+    #[error("invalid duration `{0}`: give whole seconds, e.g. 2s, 5 or 1min")]
+    WholeSeconds(String),
     #[error("invalid size `{0}`: use e.g. 1048576, 512kB, 16MB or 1GB")]
     Size(String),
     #[error("invalid transfer rate `{0}`: give kB/s, e.g. 500k or 100M")]
@@ -34,6 +36,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(invalid)
+}
+
+/// A duration in whole seconds (etcd's lease unit): `2s`, `2`, `1min`.
+pub fn parse_whole_seconds(text: &str) -> Result<u64, UnitError> {
+    let duration = parse_duration(text)?;
+    if duration.subsec_nanos() != 0 {
+        return Err(UnitError::WholeSeconds(text.to_owned()));
+    }
+    Ok(duration.as_secs())
 }
 
 /// Bytes, with PostgreSQL's 1024-based suffixes (`kB`, `MB`, `GB`, `TB`, as `SHOW` prints them)
@@ -112,6 +123,18 @@ pub fn human_ms(ms: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_seconds() {
+        assert_eq!(parse_whole_seconds("2s"), Ok(2));
+        assert_eq!(parse_whole_seconds("3"), Ok(3));
+        assert_eq!(parse_whole_seconds("1min"), Ok(60));
+        assert_eq!(
+            parse_whole_seconds("2500ms").unwrap_err().to_string(),
+            "invalid duration `2500ms`: give whole seconds, e.g. 2s, 5 or 1min"
+        );
+        assert!(parse_whole_seconds("0").is_err());
+    }
 
     #[test]
     fn durations() {

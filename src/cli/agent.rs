@@ -21,9 +21,9 @@ pub struct AgentArgs {
     pub node: String,
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// Leader lease time to live in seconds: a dead primary is replaced about this long after
-    /// its last renewal (default: `[ha] ttl`, or 2).
-    #[arg(long = "ttl", value_name = "SECONDS")]
+    /// Leader lease time to live, whole seconds (`2s`, or a bare number): a dead primary is
+    /// replaced about this long after its last renewal (default: `[ha] ttl`, or 2).
+    #[arg(long = "ttl", value_name = "DURATION", value_parser = pgrepl::units::parse_whole_seconds)]
     pub ttl: Option<u64>,
     /// Where to serve the HTTP API, `IP:PORT` (default: the node's `api` in the cluster file,
     /// else the address `up` recorded; none: no API).

@@ -42,7 +42,7 @@ pub struct BenchArgs {
     #[arg(short = 'c', long, default_value = "8")]
     pub clients: usize,
     /// Load time per mode (10s, 1min; a bare number is seconds).
-    #[arg(short = 'T', long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
+    #[arg(short = 'T', long, value_name = "DURATION", default_value = "10", value_parser = parse_duration)]
     pub duration: Duration,
     /// The transaction: one INSERT, one UPDATE, or pgbench's default script.
     #[arg(long, value_enum, default_value = "tpcb-like")]

@@ -61,9 +61,10 @@ pub struct AgentsArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
     /// With agents: how long to wait for them to carry it out before giving up (the request
-    /// then expires).
-    #[arg(long = "wait", value_name = "SECONDS", default_value_t = 30)]
-    pub wait: u64,
+    /// then expires); `30s`, `2min`, or a bare number of seconds.
+    #[arg(long = "wait", value_name = "DURATION", default_value = "30s",
+          value_parser = pgrepl::units::parse_duration)]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -173,7 +174,7 @@ pub async fn switchover(
     agents: Agents,
     to: Option<&str>,
     output: &PlanArgs,
-    wait: u64,
+    wait: Duration,
 ) -> anyhow::Result<ExitCode> {
     let Agents { control, view } = agents;
     if output.dry_run {
@@ -187,9 +188,7 @@ pub async fn switchover(
         outln!("dry run: nothing was changed");
         return Ok(ExitCode::SUCCESS);
     }
-    let done = control
-        .switchover(&view, to, &who(), Duration::from_secs(wait))
-        .await?;
+    let done = control.switchover(&view, to, &who(), wait).await?;
     if output.json {
         outln!("{}", serde_json::to_string_pretty(&done)?);
         return Ok(ExitCode::SUCCESS);
@@ -227,7 +226,7 @@ pub async fn failover(
     agents: Agents,
     to: Option<&str>,
     output: &PlanArgs,
-    wait: u64,
+    wait: Duration,
 ) -> anyhow::Result<ExitCode> {
     let Agents { control, view } = agents;
     if output.dry_run {
@@ -237,9 +236,7 @@ pub async fn failover(
         outln!("dry run: nothing was changed");
         return Ok(ExitCode::SUCCESS);
     }
-    let done = control
-        .failover(to, &who(), Duration::from_secs(wait))
-        .await?;
+    let done = control.failover(to, &who(), wait).await?;
     if output.json {
         outln!("{}", serde_json::to_string_pretty(&done)?);
     } else {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use clap::{ArgAction, Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -44,14 +44,15 @@ pub struct ReceivewalArgs {
     /// Compress each segment once complete (`.gz` / `.lz4`, as pg_receivewal names them).
     #[arg(long = "compress", value_enum, value_name = "METHOD")]
     pub compress: Option<WalCompressArg>,
-    /// Seconds between status updates to the server.
+    /// Time between status updates to the server (`10s`, `500ms`, or a bare number of seconds).
     #[arg(
         short = 's',
         long = "status-interval",
-        value_name = "SECS",
-        default_value = "10"
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = pgrepl::units::parse_duration
     )]
-    pub status_interval: u64,
+    pub status_interval: Duration,
     /// Print the summary as JSON.
     #[arg(long = "json")]
     pub json: bool,
@@ -68,16 +69,14 @@ pub enum WalCompressArg {
 
 pub async fn run(args: ReceivewalArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let connect = connect_options(&args.connection, Some("pgrepl receivewal"))?;
-    if args.status_interval == 0 {
-        // The server would time the stream out without any status update.
-        return Err(anyhow!("--status-interval must be at least 1 second"));
-    }
+    // Never zero (the parser refuses it): the server would time the stream out without any
+    // status update.
     let mut options = ReceiveOptions::new(args.dir.clone());
     options.slot = args.slot.clone();
     options.create_slot = args.create_slot;
     options.end = args.endpos;
     options.sync = !args.no_sync;
-    options.status_interval = Duration::from_secs(args.status_interval);
+    options.status_interval = args.status_interval;
     options.reconnect = !args.no_loop;
     options.compression = args.compress.map(|c| match c {
         WalCompressArg::Gzip => WalCompression::Gzip,

@@ -37,8 +37,9 @@ pub struct LagArgs {
     /// Print the figures in Prometheus text exposition format.
     #[arg(long)]
     pub prometheus: bool,
-    /// Repeat every SECS seconds until interrupted, redrawing in place on a terminal.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    /// Repeat every DURATION (2s, 500ms; a bare number is seconds) until interrupted, redrawing
+    /// in place on a terminal.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub watch: Option<Duration>,
     /// Write a heartbeat row on the primary (creating table pgrepl_heartbeat if it is absent)
     /// and time how long each standby takes to show it.
