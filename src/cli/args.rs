@@ -8,7 +8,8 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use super::agent::AgentArgs;
 use super::bench::BenchArgs;
 use super::cluster::{
-    DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, RejoinArgs, SwitchoverArgs, UpArgs,
+    DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, ReinitArgs, RejoinArgs, SwitchoverArgs,
+    UpArgs,
 };
 use super::connection::ConnectionArgs;
 use super::ha::{HaproxyConfigArgs, PauseArgs};
@@ -61,6 +62,10 @@ pub enum Command {
     /// Bring a former primary back as a standby (follow the new timeline, pg_rewind with
     /// --rewind, or re-clone).
     Rejoin(RejoinArgs),
+    /// Rebuild a standby from scratch: a fresh base backup of the primary replaces its data
+    /// (damaged, or too far behind); refused for the primary, and for a standby that streams
+    /// unless --force. With agents, between `pause` and `resume`.
+    Reinit(ReinitArgs),
     /// Run the recipe's checks (streaming, reads, read-only standbys, sync blocking, failover,
     /// rejoin) with PASS/FAIL and timings; exit 0 only if all pass.
     Drill(DrillArgs),

@@ -372,6 +372,21 @@ pub struct RejoinArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReinitArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The standby to rebuild, as named in the cluster file.
+    pub node: String,
+    /// Rebuild it even though it streams.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: PlanArgs,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct DrillArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -477,6 +492,37 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     };
     let report = cluster
         .rejoin(&args.node, options, &PrintSteps(Instant::now()))
+        .await?;
+    print_role_change(&report, args.output.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn reinit(args: ReinitArgs) -> anyhow::Result<ExitCode> {
+    let cluster = args.cluster.open()?;
+    if let Some(agents) = super::ha::agents(&cluster, &args.etcd).await? {
+        // Its agent would start the server again under the copy.
+        if !agents.paused() {
+            anyhow::bail!(
+                "agents run for this cluster: `pgrepl pause`, then `pgrepl reinit {}`, then `pgrepl resume`",
+                args.node
+            );
+        }
+    }
+    if cluster.spec.ha.is_some() && matches!(cluster.spec.runtime, RuntimeKind::Docker) {
+        anyhow::bail!(
+            "on docker the agents build their nodes: stop container `{0}`, delete `{1}`, and `pgrepl up` starts it again and its agent clones it",
+            args.node,
+            cluster.state_dir().join("machines").join(&args.node).join("state").display()
+        );
+    }
+    cluster.all_here("reinit")?;
+    let report = cluster
+        .reinit(
+            &args.node,
+            args.force,
+            args.output.dry_run,
+            &PrintSteps(Instant::now()),
+        )
         .await?;
     print_role_change(&report, args.output.json)?;
     Ok(ExitCode::SUCCESS)

@@ -84,6 +84,13 @@ pub struct Agents {
     view: View,
 }
 
+impl Agents {
+    /// `pgrepl pause` is in force: no agent acts on its server.
+    pub fn paused(&self) -> bool {
+        self.view.pause.is_some()
+    }
+}
+
 /// The running agents of `cluster`, or `None` when it has no etcd or no agent runs. An etcd that
 /// does not answer is an error: agents may run, and a manual role change would fight them.
 pub async fn agents(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Option<Agents>> {

@@ -95,6 +95,7 @@ fn interrupted_note(command: &Command) -> Option<String> {
         Command::Stop(args) => node_change("stopped", &args.node),
         Command::Restart(args) => node_change("restarted", &args.node),
         Command::Failover(_) | Command::Switchover(_) => "the role change may be half done (the old primary fenced, no new primary yet): `pgrepl status` shows each node; `pgrepl failover` promotes the most advanced standby".into(),
+        Command::Reinit(args) => format!("`{}` may be stopped, or its data half copied (the old data kept aside as `data.before-rejoin`): run `pgrepl reinit {} --force` again", args.node, args.node),
         Command::Rejoin(args) => format!("`{}` may be stopped or half re-cloned: run `pgrepl rejoin {}` again", args.node, args.node),
         Command::Drill(_) => "the drill may have left a node stopped or the roles changed: `pgrepl status` shows it; `pgrepl up` restarts stopped nodes, `pgrepl rejoin NODE` brings back a former primary".into(),
     })
@@ -114,6 +115,7 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Failover(args) => cluster::failover(args).await,
         Command::Switchover(args) => cluster::switchover(args).await,
         Command::Rejoin(args) => cluster::rejoin(args).await,
+        Command::Reinit(args) => cluster::reinit(args).await,
         Command::Drill(args) => cluster::drill(args).await,
         Command::Receivewal(args) => receivewal::run(args, cancel).await,
         Command::Bench(args) => bench::run(args, cancel).await,

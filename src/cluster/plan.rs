@@ -112,6 +112,12 @@ pub enum PlanError {
     NotStreaming { to: String, primary: String },
     #[error("`{0}` is the primary; rejoin brings back a former primary")]
     RejoinPrimary(String),
+    #[error(
+        "`{0}` is the primary; reinit rebuilds a standby (switch over first to rebuild this node)"
+    )]
+    ReinitPrimary(String),
+    #[error("`{0}` streams from the primary: a reinit would copy everything for nothing; give --force to rebuild it anyway")]
+    ReinitStreaming(String),
 }
 
 /// A standby holding WAL past the failover target.

@@ -238,6 +238,57 @@ fn switchover_is_lossless_and_needs_no_reclone() {
     );
 }
 
+/// `reinit` refuses the primary and a standby that streams (unless forced), and rebuilds a
+/// standby whose data is damaged so that it streams again.
+#[test]
+fn reinit_rebuilds_a_damaged_standby_and_refuses_the_primary() {
+    let cluster = TestCluster::new();
+    cluster.ok(&["up"]);
+    cluster.psql(
+        0,
+        "create table ri(id int); insert into ri select generate_series(1, 50)",
+    );
+    let primary = cluster.pgrepl(&["reinit", "pg_master"]);
+    assert!(!primary.status.success());
+    assert!(
+        stderr(&primary).contains("is the primary"),
+        "{}",
+        stderr(&primary)
+    );
+    let streaming = cluster.pgrepl(&["reinit", "pg_slave"]);
+    assert!(!streaming.status.success());
+    assert!(
+        stderr(&streaming).contains("--force"),
+        "{}",
+        stderr(&streaming)
+    );
+    // Damaged: stopped and without pg_control, it cannot start.
+    cluster.ok(&["stop", "pg_asyncslave"]);
+    let data = cluster.dir.path().join(".pgrepl/pg_asyncslave/data");
+    std::fs::remove_file(data.join("global/pg_control")).unwrap();
+    assert!(!cluster.pgrepl(&["start", "pg_asyncslave"]).status.success());
+    let output = cluster.ok(&["reinit", "pg_asyncslave"]);
+    assert!(
+        stdout(&output).contains("streams from `pg_master`"),
+        "{}",
+        stdout(&output)
+    );
+    cluster.psql(0, "insert into ri values (51)");
+    crate::basebackup::wait_for(
+        "row 51 on the rebuilt standby",
+        Duration::from_secs(30),
+        || cluster.psql(2, "select count(*) from ri") == "51",
+    );
+    cluster.ok(&["status"]);
+    assert!(
+        !data.with_extension("before-rejoin").exists(),
+        "the old data is gone"
+    );
+    // A streaming standby, forced.
+    cluster.ok(&["reinit", "pg_slave", "--force"]);
+    assert_eq!(cluster.psql(1, "select count(*) from ri"), "51");
+}
+
 #[test]
 fn a_former_primary_is_never_started_as_a_second_primary() {
     let cluster = TestCluster::new();

@@ -50,6 +50,12 @@ fn ha_control_pause_stops_automatic_actions_and_resume_brings_them_back() {
     assert!(ha.etcd_get("pause").is_some());
     let again = succeeded(ha.control(&["pause"]), "pause again");
     assert!(again.contains("already paused (by "), "{again}");
+    // Paused, a standby can be rebuilt: no agent starts it under the copy.
+    let rebuilt = succeeded(
+        ha.control(&["reinit", "pg_asyncslave", "--force"]),
+        "reinit while paused",
+    );
+    assert!(rebuilt.contains("streams from `pg_master`"), "{rebuilt}");
 
     let killed = Instant::now();
     ha.kill_postgres(0);
@@ -173,6 +179,10 @@ fn ha_control_failover_rejoin_and_bad_switchovers_beside_live_agents_are_refused
     refused(
         &ha.control(&["rejoin", "pg_slave"]),
         "the agent of `pg_slave` rejoins it by itself",
+    );
+    refused(
+        &ha.control(&["reinit", "pg_slave", "--force"]),
+        "`pgrepl pause`, then `pgrepl reinit pg_slave`, then `pgrepl resume`",
     );
     refused(
         &ha.control(&["switchover", "--to", "pg_master"]),

@@ -9,6 +9,7 @@
 
 mod failover;
 mod probe;
+mod reinit;
 mod rejoin;
 mod switchover;
 

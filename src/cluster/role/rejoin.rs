@@ -244,7 +244,11 @@ impl Cluster {
 
     /// Replaces the node's data with a fresh base backup of `primary`; the old data is kept
     /// aside until the copy is complete, and put back if it fails.
-    async fn reclone(&self, node: &NodeSpec, primary: &NodeSpec) -> Result<(), ClusterError> {
+    pub(super) async fn reclone(
+        &self,
+        node: &NodeSpec,
+        primary: &NodeSpec,
+    ) -> Result<(), ClusterError> {
         let data = self.runtime.data_dir(node);
         let aside = data.with_extension("before-rejoin");
         if data.exists() {
