@@ -529,3 +529,42 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
     );
     assert!(!state(&cluster).exists());
 }
+
+/// An etcd image the engine lacks (and no registry answers for) fails in one line that names
+/// the script that builds it, and leaves no container behind.
+#[test]
+fn ha_up_on_docker_names_the_build_script_for_a_missing_etcd_image() {
+    let test = "ha_up_on_docker_names_the_build_script_for_a_missing_etcd_image";
+    if let Err(why) = crate::cluster_docker::engine_with_image() {
+        capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
+        return;
+    }
+    let _engine = crate::cluster_docker::ENGINE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let Some(cluster) = ha_cluster(test) else {
+        return;
+    };
+    let text = std::fs::read_to_string(&cluster.file).unwrap();
+    std::fs::write(
+        &cluster.file,
+        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1)
+            .replacen(
+                "[ha]\n",
+                "[ha]\netcd_image = \"pgrepl-local/etcd:absent\"\n",
+                1,
+            ),
+    )
+    .unwrap();
+    let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
+    assert!(!up.status.success());
+    let said = stderr(&up);
+    assert!(
+        said.contains("image `pgrepl-local/etcd:absent` is not on this Docker engine")
+            && said.contains("compose/build-image etcd"),
+        "{said}"
+    );
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    let down = cluster.pgrepl(&["down", "--purge"]);
+    assert!(down.status.success(), "{}", stderr(&down));
+}
