@@ -392,7 +392,7 @@ impl ClusterSpec {
         format!(
             "# pgrepl cluster file: `pgrepl up` builds this topology, `pgrepl down` removes it.\n\
              # runtime: local (initdb/postgres processes) or docker (containers via the engine API).\n\
-             # Unknown keys are errors. See README.md, section \"Cluster file\".\n\n{body}"
+             # Unknown keys are errors. See docs/cluster-file.md.\n\n{body}"
         )
     }
 

@@ -40,6 +40,7 @@ use rustls::crypto::{
     verify_tls12_signature, verify_tls13_signature, verify_tls13_signature_with_raw_key,
     CryptoProvider, WebPkiSupportedAlgorithms,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
@@ -357,7 +358,7 @@ async fn load_roots(
         )))?;
     let mut roots = RootCertStore::empty();
     let mut certs = Vec::new();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert
             .map_err(|e| ConnectionError::Tls(format!("root certificate file `{shown}`: {e}")))?;
         certs.push(cert.clone());
@@ -663,7 +664,7 @@ mod tests {
     const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
     fn der(pem: &str) -> CertificateDer<'static> {
-        rustls_pemfile::certs(&mut pem.as_bytes())
+        CertificateDer::pem_slice_iter(pem.as_bytes())
             .next()
             .unwrap()
             .unwrap()
@@ -856,12 +857,10 @@ mod tests {
     }
 
     fn server_config(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
-        let certs = rustls_pemfile::certs(&mut cert.as_bytes())
+        let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
-        let key = rustls_pemfile::private_key(&mut key.as_bytes())
-            .unwrap()
-            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let key = provider.key_provider.load_private_key(key).unwrap();
         let served = OneCert(Arc::new(rustls::sign::CertifiedKey::new(certs, key)));
