@@ -13,7 +13,7 @@ use pgrepl::cluster::{Cluster, Purpose, RuntimeChoice, StepLog, UpOptions};
 use pgrepl::ha::launch;
 
 use super::ha::{AgentsArgs, EtcdArgs};
-use super::out::{outln, WithHa};
+use super::out::{outln, Done, WithHa};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RuntimeArg {
@@ -110,6 +110,9 @@ pub struct DownArgs {
     /// Also delete every node's data (and the etcd `up` started for `[ha]`).
     #[arg(long)]
     pub purge: bool,
+    /// The result as JSON: command, elapsed_ms, purged.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +121,9 @@ pub struct NodeArgs {
     pub cluster: ClusterArgs,
     /// The node, as named in the cluster file.
     pub node: String,
+    /// The result as JSON: command, node, elapsed_ms.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Steps print to stderr as they happen; results go to stdout.
@@ -269,8 +275,23 @@ fn print_ha(ha: &launch::HaUp) -> anyhow::Result<()> {
 
 pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    let started = Instant::now();
     // The agents go first, or they would restart what `down` stops; etcd goes last.
     launch::down(&cluster, args.purge).await?;
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct Down {
+            purged: bool,
+        }
+        let done = Done {
+            command: "down",
+            node: None,
+            elapsed_ms: started.elapsed().as_millis(),
+            detail: Down { purged: args.purge },
+        };
+        done.print()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!(
         "cluster is down{}",
         if args.purge {
@@ -292,6 +313,7 @@ pub enum NodeAction {
 
 pub async fn node(args: NodeArgs, action: NodeAction) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    let started = Instant::now();
     match action {
         NodeAction::Start => cluster.start_node(&args.node).await?,
         NodeAction::Stop => cluster.stop_node(&args.node).await?,
@@ -302,6 +324,21 @@ pub async fn node(args: NodeArgs, action: NodeAction) -> anyhow::Result<ExitCode
         NodeAction::Stop => "stopped",
         NodeAction::Restart => "restarted",
     };
+    if args.json {
+        let command = match action {
+            NodeAction::Start => "start",
+            NodeAction::Stop => "stop",
+            NodeAction::Restart => "restart",
+        };
+        let done = Done {
+            command,
+            node: Some(&args.node),
+            elapsed_ms: started.elapsed().as_millis(),
+            detail: (),
+        };
+        done.print()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     outln!("{}: {done}", args.node);
     Ok(ExitCode::SUCCESS)
 }

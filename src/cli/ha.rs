@@ -3,7 +3,7 @@
 //! commands keep their manual paths (`cli::cluster`).
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -73,6 +73,10 @@ pub struct PauseArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    /// The result as JSON: command, elapsed_ms, record (who paused, when), already, and the
+    /// agents that agreed, are pending or absent.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How long `pause`/`resume` wait for every agent to show the new state.
@@ -115,10 +119,14 @@ async fn control(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Control> 
 
 pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    let started = Instant::now();
     let control = control(&cluster, &args.etcd).await?;
     let ack = control
         .pause(&who(), &node_names(&cluster), ACK_WAIT)
         .await?;
+    if args.json {
+        return print_json("pause", started, ack);
+    }
     let record = ack
         .record
         .as_ref()
@@ -134,8 +142,12 @@ pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn resume(args: PauseArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
+    let started = Instant::now();
     let control = control(&cluster, &args.etcd).await?;
     let ack = control.resume(&node_names(&cluster), ACK_WAIT).await?;
+    if args.json {
+        return print_json("resume", started, ack);
+    }
     match &ack.record {
         Some(record) => {
             outln!("resumed ({}): the agents act again", describe(record));
@@ -145,6 +157,17 @@ pub async fn resume(args: PauseArgs) -> anyhow::Result<ExitCode> {
         }
     }
     print_agents(&ack, "acting")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(command: &str, started: Instant, ack: Acknowledged) -> anyhow::Result<ExitCode> {
+    let done = super::out::Done {
+        command,
+        node: None,
+        elapsed_ms: started.elapsed().as_millis(),
+        detail: ack,
+    };
+    done.print()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,6 +6,25 @@ use std::io::Write;
 
 use anyhow::Context;
 
+/// What a command that changes state prints with `--json` (besides its own fields): which
+/// command, on which node, and how long it took. Fields are only ever added.
+#[derive(serde::Serialize)]
+pub struct Done<'a, T: serde::Serialize> {
+    pub command: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<&'a str>,
+    pub elapsed_ms: u128,
+    #[serde(flatten)]
+    pub detail: T,
+}
+
+impl<T: serde::Serialize> Done<'_, T> {
+    pub fn print(&self) -> anyhow::Result<()> {
+        print(&format!("{}\n", serde_json::to_string_pretty(self)?))?;
+        Ok(())
+    }
+}
+
 /// Writes `text` to stdout; `false` when the reader has closed the pipe.
 pub fn print(text: &str) -> anyhow::Result<bool> {
     let mut stdout = std::io::stdout().lock();

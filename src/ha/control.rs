@@ -45,7 +45,7 @@ pub struct FailedOver {
 }
 
 /// The agents' answer to `pause` or `resume`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Acknowledged {
     /// The pause record in force before (resume) or now (pause).
     pub record: Option<PauseRecord>,

@@ -263,7 +263,11 @@ fn reinit_rebuilds_a_damaged_standby_and_refuses_the_primary() {
         stderr(&streaming)
     );
     // Damaged: stopped and without pg_control, it cannot start.
-    cluster.ok(&["stop", "pg_asyncslave"]);
+    let stopped = cluster.ok(&["stop", "pg_asyncslave", "--json"]);
+    let stopped: serde_json::Value = serde_json::from_slice(&stopped.stdout).unwrap();
+    assert_eq!(stopped["command"], "stop", "{stopped}");
+    assert_eq!(stopped["node"], "pg_asyncslave", "{stopped}");
+    assert!(stopped["elapsed_ms"].is_u64(), "{stopped}");
     let data = cluster.dir.path().join(".pgrepl/pg_asyncslave/data");
     std::fs::remove_file(data.join("global/pg_control")).unwrap();
     assert!(!cluster.pgrepl(&["start", "pg_asyncslave"]).status.success());

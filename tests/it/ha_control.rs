@@ -48,8 +48,12 @@ fn ha_control_pause_stops_automatic_actions_and_resume_brings_them_back() {
     );
     assert!(NODES.iter().all(|n| paused.contains(n)), "{paused}");
     assert!(ha.etcd_get("pause").is_some());
-    let again = succeeded(ha.control(&["pause"]), "pause again");
-    assert!(again.contains("already paused (by "), "{again}");
+    let again = succeeded(ha.control(&["pause", "--json"]), "pause again");
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["command"], "pause", "{again}");
+    assert_eq!(again["already"], true, "{again}");
+    assert!(again["record"]["by"].is_string(), "{again}");
+    assert_eq!(again["agreed"].as_array().map(Vec::len), Some(3), "{again}");
     // Paused, a standby can be rebuilt: no agent starts it under the copy.
     let rebuilt = succeeded(
         ha.control(&["reinit", "pg_asyncslave", "--force"]),
