@@ -12,6 +12,10 @@ use super::super::{
 use super::{names, RoleChangeReport, Steps};
 use crate::lsn::Lsn;
 
+/// How long the standbys' walreceivers get to notice the fenced primary and flush what they
+/// received: a killed local primary's sockets close at once, so this is milliseconds there.
+const RECEIVERS_STOP: Duration = Duration::from_secs(3);
+
 impl Cluster {
     /// Fences the primary, then promotes the most advanced (or the given) standby, re-points the
     /// others and swaps the sync policy's names. A given target that is behind another standby
@@ -43,6 +47,7 @@ impl Cluster {
             // Fence before deciding: positions only stop moving once the primary is gone.
             self.runtime.kill(old).await?;
             steps.done(format!("fenced `{}`", old.name));
+            self.wait_receivers_stopped(RECEIVERS_STOP).await;
             self.probe_all().await
         };
         report.checks = self.preflight(&spec, &probes)?;

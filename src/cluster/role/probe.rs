@@ -23,12 +23,49 @@ impl Cluster {
         .await
     }
 
+    /// Waits (at most `limit`) until no standby's walreceiver streams any more: once the
+    /// primary is fenced, each one flushes what it received as it exits, so positions read
+    /// before that may be short of what the standby will hold. A receiver whose primary's
+    /// machine vanished notices only at `wal_receiver_timeout`: the wait ends at `limit` and
+    /// the probe's written position covers what it holds unflushed.
+    pub(super) async fn wait_receivers_stopped(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let streaming =
+                futures_util::future::join_all(self.spec.nodes.iter().map(|node| async move {
+                    let ask = async {
+                        let client = self.sql(node).await.ok()?;
+                        let row = client
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                            &[],
+                        )
+                        .await
+                        .ok()?;
+                        Some(row.get::<_, i64>(0) > 0)
+                    };
+                    tokio::time::timeout(Duration::from_secs(1), ask)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(false)
+                }))
+                .await;
+            if !streaming.contains(&true) || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn probe(&self, node: &NodeSpec) -> Result<NodeProbe, ClusterError> {
         let client = self.sql(node).await?;
         let row = client
             .query_one(
                 "SELECT pg_is_in_recovery(), \
-                        CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
+                        CASE WHEN pg_is_in_recovery() \
+                             THEN greatest(pg_last_wal_receive_lsn(), (SELECT written_lsn FROM pg_stat_wal_receiver)) \
+                             ELSE pg_current_wal_flush_lsn() END::text, \
                         CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
                         CASE WHEN pg_is_in_recovery() \
                              THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
