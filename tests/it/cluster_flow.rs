@@ -51,11 +51,35 @@ impl TestCluster {
         let output = self.pgrepl(args);
         assert!(
             output.status.success(),
-            "pgrepl {args:?} failed:\n{}{}",
+            "pgrepl {args:?} failed:\n{}{}{}",
             String::from_utf8_lossy(&output.stdout),
-            stderr(&output)
+            stderr(&output),
+            self.server_logs()
         );
         output
+    }
+
+    /// The end of each local node's server log, for a failure's message: what a standby said
+    /// when it would not stream is the cause a step's timeout does not show.
+    pub fn server_logs(&self) -> String {
+        ["pg_master", "pg_slave", "pg_asyncslave"]
+            .iter()
+            .filter_map(|node| {
+                let log = self
+                    .dir
+                    .path()
+                    .join(".pgrepl")
+                    .join(node)
+                    .join("postgres.log");
+                let text = std::fs::read_to_string(&log).ok()?;
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                Some(format!(
+                    "\n--- {node}: {} (last 30 lines) ---\n{tail}",
+                    log.display()
+                ))
+            })
+            .collect()
     }
 
     pub fn socket_dir(&self) -> PathBuf {
