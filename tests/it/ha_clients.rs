@@ -461,23 +461,9 @@ fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_hapr
 #[test]
 fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_haproxy_on_docker() {
     let test = "ha_clients_stock_psql_and_pgbench_follow_the_primary_on_docker";
-    if let Err(why) = crate::cluster_docker::engine_with_image() {
-        crate::capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
-        return;
-    }
-    // Taken first, so it is released last: the cluster's drop (`down --purge`) runs under it.
-    let _engine = crate::cluster_docker::ENGINE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let Some(cluster) = ha_cluster(test) else {
+    let Some((_engine, cluster)) = crate::ha_up::docker_ha_cluster(test) else {
         return;
     };
-    let text = std::fs::read_to_string(&cluster.file).unwrap();
-    std::fs::write(
-        &cluster.file,
-        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1),
-    )
-    .unwrap();
     let (write_port, _) = with_proxy(&cluster);
     let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
     assert!(

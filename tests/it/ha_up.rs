@@ -20,6 +20,29 @@ pub(crate) fn ha_cluster(test: &str) -> Option<TestCluster> {
     Some(cluster)
 }
 
+/// [`ha_cluster`] on the docker runtime, with the engine's lock (its names are global). Bind
+/// it as `(_engine, cluster)`: the cluster, declared last, drops first, so its `down --purge`
+/// runs under the lock. `None` (said) without an engine.
+pub(crate) fn docker_ha_cluster(
+    test: &str,
+) -> Option<(std::sync::MutexGuard<'static, ()>, TestCluster)> {
+    if let Err(why) = crate::cluster_docker::engine_with_image() {
+        capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
+        return None;
+    }
+    let engine = crate::cluster_docker::ENGINE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let cluster = ha_cluster(test)?;
+    let text = std::fs::read_to_string(&cluster.file).unwrap();
+    std::fs::write(
+        &cluster.file,
+        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1),
+    )
+    .unwrap();
+    Some((engine, cluster))
+}
+
 pub(crate) fn state(cluster: &TestCluster) -> PathBuf {
     cluster.dir.path().join(".pgrepl")
 }
@@ -437,23 +460,9 @@ fn ha_up_again_starts_only_what_is_missing_and_status_without_etcd_says_so() {
 #[test]
 fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
     let test = "ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node";
-    if let Err(why) = crate::cluster_docker::engine_with_image() {
-        capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
-        return;
-    }
-    // Taken first, so it is released last: the cluster's drop (`down --purge`) runs under it.
-    let _engine = crate::cluster_docker::ENGINE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let Some(cluster) = ha_cluster(test) else {
+    let Some((_engine, cluster)) = docker_ha_cluster(test) else {
         return;
     };
-    let text = std::fs::read_to_string(&cluster.file).unwrap();
-    std::fs::write(
-        &cluster.file,
-        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1),
-    )
-    .unwrap();
     let docker_logs = || {
         ["pg_master", "pg_slave", "pg_asyncslave"]
             .map(|node| format!("--- {node}:\n{}", crate::ha_docker::logs(node)))
@@ -535,25 +544,17 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
 #[test]
 fn ha_up_on_docker_names_the_build_script_for_a_missing_etcd_image() {
     let test = "ha_up_on_docker_names_the_build_script_for_a_missing_etcd_image";
-    if let Err(why) = crate::cluster_docker::engine_with_image() {
-        capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
-        return;
-    }
-    let _engine = crate::cluster_docker::ENGINE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let Some(cluster) = ha_cluster(test) else {
+    let Some((_engine, cluster)) = docker_ha_cluster(test) else {
         return;
     };
     let text = std::fs::read_to_string(&cluster.file).unwrap();
     std::fs::write(
         &cluster.file,
-        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1)
-            .replacen(
-                "[ha]\n",
-                "[ha]\netcd_image = \"pgrepl-local/etcd:absent\"\n",
-                1,
-            ),
+        text.replacen(
+            "[ha]\n",
+            "[ha]\netcd_image = \"pgrepl-local/etcd:absent\"\n",
+            1,
+        ),
     )
     .unwrap();
     let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
