@@ -51,6 +51,9 @@ use crate::proto::command::{quote_ident, quote_literal};
 /// application_name of pgrepl's own SQL sessions (never a standby name).
 const SESSION_NAME: &str = "pgrepl";
 
+/// How long opening a SQL session to a node may take.
+const SQL_CONNECT: Duration = Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error(transparent)]
@@ -306,10 +309,16 @@ impl Cluster {
         connect.primary_conninfo(Some(&standby.name), true)
     }
 
+    /// A superuser session to `node`, opened within [`SQL_CONNECT`]: a server that accepts the
+    /// socket but never answers (stopped, swapping) would otherwise hold a command for ever.
     async fn sql(&self, node: &NodeSpec) -> Result<Client, ClusterError> {
-        sql::connect(&self.superuser(node)?, SESSION_NAME)
-            .await
-            .map_err(ClusterError::node(node))
+        tokio::time::timeout(
+            SQL_CONNECT,
+            sql::connect(&self.superuser(node)?, SESSION_NAME),
+        )
+        .await
+        .map_err(|_| ClusterError::Timeout(SQL_CONNECT, format!("a session to `{}`", node.name)))?
+        .map_err(ClusterError::node(node))
     }
 
     /// Stops (and with `purge` deletes) every node.

@@ -44,7 +44,14 @@ impl TestCluster {
     pub fn pgrepl(&self, args: &[&str]) -> Output {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--cluster", self.file.to_str().unwrap()]);
-        run(&all)
+        bounded(&all).unwrap_or_else(|printed| {
+            panic!(
+                "pgrepl {args:?} still ran after {COMMAND_LIMIT:?}; it had printed:\n{}{}{}",
+                String::from_utf8_lossy(&printed.stdout),
+                stderr(&printed),
+                self.server_logs()
+            )
+        })
     }
 
     pub fn ok(&self, args: &[&str]) -> Output {
@@ -88,8 +95,8 @@ impl TestCluster {
 
     /// Stock psql against node `index` (0 = pg_master, 1 = pg_slave, 2 = pg_asyncslave).
     pub fn psql(&self, index: usize, sql: &str) -> String {
-        let output = Command::new(PgInstall::default_install().bin("psql"))
-            .args([
+        let output = harness::output_within(
+            Command::new(PgInstall::default_install().bin("psql")).args([
                 "-h",
                 self.socket_dir().to_str().unwrap(),
                 "-p",
@@ -100,9 +107,15 @@ impl TestCluster {
                 "postgres",
                 "-Atc",
                 sql,
-            ])
-            .output()
-            .expect("run psql");
+            ]),
+            COMMAND_LIMIT,
+        )
+        .unwrap_or_else(|_| {
+            panic!(
+                "psql on node {index} still ran after {COMMAND_LIMIT:?}: {sql}{}",
+                self.server_logs()
+            )
+        });
         assert!(output.status.success(), "psql: {}", stderr(&output));
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
@@ -142,12 +155,26 @@ impl Drop for TestCluster {
     }
 }
 
+/// How long a test lets one pgrepl command run. Every wait inside pgrepl has its own, shorter,
+/// limit: past this one a command hangs, and the test says where instead of holding the suite.
+const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+fn bounded(args: &[&str]) -> Result<Output, Output> {
+    harness::output_within(
+        Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+            .args(args)
+            .env_remove("PGPASSWORD"),
+        COMMAND_LIMIT,
+    )
+}
+
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-        .args(args)
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("run pgrepl")
+    bounded(args).unwrap_or_else(|printed| {
+        panic!(
+            "pgrepl {args:?} still ran after {COMMAND_LIMIT:?}; it had printed:\n{}",
+            stderr(&printed)
+        )
+    })
 }
 
 fn stdout(output: &Output) -> String {
@@ -445,17 +472,16 @@ fn rejoin_rewinds_a_former_primary_that_took_writes_after_the_failover() {
     );
 }
 
-/// `failover --force` promotes a standby that lacks WAL another standby has: that WAL is lost
-/// (the plan says so) and the standby holding it, past the fork, is rewound to follow.
-#[test]
-fn a_forced_failover_rejoins_the_standby_past_the_fork() {
+/// A cluster whose table `ff` holds rows 1..20 on pg_master and pg_asyncslave, and only 1..10
+/// on pg_slave, which no longer receives: pg_asyncslave, the sync standby in its place, is
+/// ahead of it by acknowledged commits.
+fn async_standby_ahead() -> TestCluster {
     let cluster = TestCluster::new();
     cluster.ok(&["up"]);
     cluster.psql(
         0,
         "create table ff(id int); insert into ff select generate_series(1, 10)",
     );
-    // pg_slave stops receiving; pg_asyncslave becomes the sync standby and gets rows 11..20.
     cluster.psql(1, "alter system set primary_conninfo = ''");
     cluster.psql(1, "select pg_reload_conf()");
     crate::basebackup::wait_for(
@@ -470,7 +496,62 @@ fn a_forced_failover_rejoins_the_standby_past_the_fork() {
     );
     cluster.psql(0, "insert into ff select generate_series(11, 20)");
     assert_eq!(cluster.psql(2, "select count(*) from ff"), "20");
+    cluster
+}
 
+/// A failover whose most advanced standby answers late (its postmaster stopped for 10 s, as a
+/// swapping or overloaded machine holds a new session): the plan waits for its position
+/// instead of leaving it out, the target catches up from it, and nothing it acknowledged is
+/// lost. Leaving it out promoted pg_slave without rows 11..20 and left pg_asyncslave past the
+/// fork, streaming the old timeline up to the fork over and over: a CI run then hung on the
+/// new primary's first commit, which had no standby that could confirm it.
+#[test]
+fn a_failover_waits_for_a_running_standby_that_answers_late() {
+    let cluster = async_standby_ahead();
+    let pid_file = cluster
+        .dir
+        .path()
+        .join(".pgrepl/pg_asyncslave/data/postmaster.pid");
+    let postmaster: i32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: plain kill(2) on the test cluster's own postmaster.
+    unsafe { libc::kill(postmaster, libc::SIGSTOP) };
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        // SAFETY: as above.
+        unsafe { libc::kill(postmaster, libc::SIGCONT) };
+    });
+    let failover = cluster.pgrepl(&["failover", "--to", "pg_slave"]);
+    resume.join().unwrap();
+    assert!(
+        failover.status.success(),
+        "{}{}",
+        stdout(&failover),
+        stderr(&failover)
+    );
+    assert!(
+        stdout(&failover).contains("`pg_slave` caught up with `pg_asyncslave`"),
+        "{}",
+        stdout(&failover)
+    );
+    assert_eq!(cluster.psql(1, "select count(*) from ff"), "20");
+    // pg_asyncslave follows the new timeline and confirms commits: this returns.
+    cluster.psql(1, "insert into ff values (100)");
+    crate::basebackup::wait_for("row 100 on pg_asyncslave", Duration::from_secs(10), || {
+        cluster.psql(2, "select count(*) from ff") == "21"
+    });
+}
+
+/// `failover --force` promotes a standby that lacks WAL another standby has: that WAL is lost
+/// (the plan says so) and the standby holding it, past the fork, is rewound to follow.
+#[test]
+fn a_forced_failover_rejoins_the_standby_past_the_fork() {
+    let cluster = async_standby_ahead();
     let dry = cluster.ok(&["failover", "--to", "pg_slave", "--dry-run"]);
     for expected in [
         "`pg_master` is a primary on timeline 1",
@@ -626,10 +707,17 @@ fn zero_acknowledged_commits_lost_across_failovers() {
         let names = ["pg_master", "pg_slave", "pg_asyncslave"];
         cluster.ok(&["failover", "--to", names[sync]]);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        runtime.block_on(writer).unwrap();
-        // The first write the new primary accepts, measured from the kill.
+        // Its server was killed: its last insert fails at once.
+        runtime
+            .block_on(tokio::time::timeout(Duration::from_secs(10), writer))
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the writer on the fenced primary still waits")
+            })
+            .unwrap();
+        // The first write the new primary accepts, measured from the kill. No statement
+        // timeout: a cancelled wait for the sync standby would count as a commit.
         let new_primary = cluster.sql_conninfo(sync);
-        runtime.block_on(async {
+        let first_write = runtime.block_on(tokio::time::timeout(Duration::from_secs(60), async {
             let (client, connection) = tokio_postgres::connect(&new_primary, tokio_postgres::NoTls)
                 .await
                 .unwrap();
@@ -641,7 +729,18 @@ fn zero_acknowledged_commits_lost_across_failovers() {
                 )
                 .await
                 .unwrap();
-        });
+        }));
+        if first_write.is_err() {
+            panic!(
+                "round {round}: no commit on the new primary `{}` within 60 s; its standbys: {}{}",
+                names[sync],
+                cluster.psql(
+                    sync,
+                    "select string_agg(application_name || ' ' || state || ' ' || sync_state, ', ') from pg_stat_replication"
+                ),
+                cluster.server_logs()
+            );
+        }
         first_write_after_kill.push(killed.elapsed());
         let acked = acked.lock().unwrap().clone();
         assert!(

@@ -15,7 +15,7 @@
 //! every transaction pgbench counted is on the final primary.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -26,6 +26,7 @@ use crate::cluster_flow::TestCluster;
 use crate::ha_up::{
     agent_logs, ha_cluster, lose_machine, pids_in, state, status_json, up_ok, with_proxy,
 };
+use crate::harness;
 
 /// A psql or pgbench waiting on a stranded primary gives up after this: long enough that
 /// none is cut off before the old primary's agent resumes and stops its server.
@@ -62,29 +63,15 @@ struct Log {
 
 /// A program run with a deadline: its stdout, or `None` when it had to be killed.
 fn run_within(mut command: Command, limit: Duration) -> Option<(bool, String)> {
-    let mut child: Child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+    command
         .env("PGCONNECT_TIMEOUT", "2")
         .env_remove("PGPASSWORD")
-        .env_remove("PGPASSFILE")
-        .spawn()
-        .expect("spawn a client");
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for a client") {
-            let mut out = String::new();
-            std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).ok();
-            return Some((status.success(), out));
-        }
-        if Instant::now() >= deadline {
-            child.kill().ok();
-            child.wait().ok();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        .env_remove("PGPASSFILE");
+    let output = harness::output_within(&mut command, limit).ok()?;
+    Some((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
 }
 
 struct Clients {
@@ -298,7 +285,7 @@ fn psql(bin: &std::path::Path, conninfo: &str, sql: &str) -> String {
 /// The faults, the clients through both addresses, and the checks; `up` has run with
 /// `[proxy]`.
 fn clients_follow_the_primary(cluster: &TestCluster, machines: &dyn Machines) {
-    let bin = crate::harness::PgInstall::default_install().bin_dir;
+    let bin = harness::PgInstall::default_install().bin_dir;
     let status = status_json(cluster);
     let uri = status["uris"]["write"]
         .as_str()

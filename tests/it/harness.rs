@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -209,6 +209,63 @@ fn run(cmd: &mut Command) -> Result<Output, String> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+}
+
+/// Runs `cmd` to the end, or kills it after `limit`: `Err` then holds what it printed until
+/// then. A test's command that hangs fails with its last words instead of holding the suite
+/// until CI's own timeout, which says nothing about where.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    // Read as it comes, so a killed command's words are there even while a grandchild it
+    // left behind keeps the pipe open.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let bytes = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let reader = std::thread::spawn(move || {
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (bytes, reader)
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let (status, finished) = loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            break (status, true);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break (child.wait().expect("reap a killed child"), false);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let take = |(bytes, reader): (std::sync::Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>)| {
+        if finished {
+            reader.join().unwrap();
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::mem::take(&mut *bytes.lock().unwrap())
+    };
+    let output = Output {
+        status,
+        stdout: take(stdout),
+        stderr: take(stderr),
+    };
+    if finished {
+        Ok(output)
+    } else {
+        Err(output)
     }
 }
 

@@ -16,6 +16,10 @@ use crate::lsn::Lsn;
 /// received: a killed local primary's sockets close at once, so this is milliseconds there.
 const RECEIVERS_STOP: Duration = Duration::from_secs(3);
 
+/// How long a standby whose server runs gets to answer the probe after the fence: its position
+/// may be the most advanced, and the plan must know it.
+const SILENT_STANDBYS: Duration = Duration::from_secs(15);
+
 impl Cluster {
     /// Fences the primary, then promotes the most advanced (or the given) standby, re-points the
     /// others and swaps the sync policy's names. A given target that is behind another standby
@@ -48,7 +52,7 @@ impl Cluster {
             self.runtime.kill(old).await?;
             steps.done(format!("fenced `{}`", old.name));
             self.wait_receivers_stopped(RECEIVERS_STOP).await;
-            self.probe_all().await
+            self.probe_running(SILENT_STANDBYS).await
         };
         report.checks = self.preflight(&spec, &probes)?;
         let plan = plan::plan_failover(&old.name, &probes, options)?;

@@ -20,10 +20,7 @@ use serde::Serialize;
 use super::history::{now_unix_ms, switch_point, ChangeKind, RoleChange};
 use super::spec::{ClusterSpec, NodeSpec};
 use super::topology::{HistoryEntry, Topology};
-use super::{
-    alter_system, node_err_sql, reload, streaming_standbys, wait_until, Cluster, ClusterError,
-    StepLog,
-};
+use super::{alter_system, node_err_sql, reload, Cluster, ClusterError, StepLog};
 
 /// What a role change did, for the table and `--json`.
 #[derive(Debug, Clone, Serialize)]
@@ -187,29 +184,58 @@ impl Cluster {
         reload(&client, primary).await
     }
 
+    /// Waits (60 s at most) until each running standby in `standbys` streams from `primary`
+    /// and has flushed what the primary had when the wait began. `state` alone proves
+    /// nothing: a standby left past the fork of the primary's timeline streams the old
+    /// timeline up to the fork, again and again, and never confirms a commit.
     async fn wait_streaming(
         &self,
         primary: &NodeSpec,
         standbys: &[&NodeSpec],
     ) -> Result<(), ClusterError> {
+        const LIMIT: Duration = Duration::from_secs(60);
         let client = self.sql(primary).await?;
-        let mut running = Vec::new();
+        let sql = |e| node_err_sql(primary, e);
+        let since: String = client
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .map_err(sql)?
+            .get(0);
+        let mut waiting = Vec::new();
         for standby in standbys {
             if self.runtime.is_running(standby).await {
-                running.push(standby.name.as_str());
+                waiting.push(standby.name.clone());
             }
         }
-        wait_until(
-            Duration::from_secs(60),
-            &format!("{} to stream from `{}`", running.join(", "), primary.name),
-            || async {
-                let streaming = streaming_standbys(&client).await?;
-                Ok(running
-                    .iter()
-                    .all(|n| streaming.iter().any(|(name, _)| name == n)))
-            },
-        )
-        .await
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let caught_up: Vec<String> = client
+                .query(
+                    "SELECT application_name FROM pg_stat_replication \
+                     WHERE state = 'streaming' AND flush_lsn >= $1::text::pg_lsn",
+                    &[&since],
+                )
+                .await
+                .map_err(sql)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            waiting.retain(|name| !caught_up.contains(name));
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let named: Vec<String> = waiting.iter().map(|n| format!("`{n}`")).collect();
+                return Err(ClusterError::Check(format!(
+                    "{} did not stream from `{}` up to {since} within {} s: a standby past the fork of its timeline cannot follow it (`pgrepl rejoin {}` rewinds or re-clones it)",
+                    named.join(", "),
+                    primary.name,
+                    LIMIT.as_secs(),
+                    waiting[0]
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -13,14 +13,50 @@ impl Cluster {
     /// Asks every node where it stands, in parallel, each bounded by a short timeout; one
     /// probe per node, in the cluster file's order.
     pub async fn probe_all(&self) -> Vec<NodeProbe> {
-        futures_util::future::join_all(self.spec.nodes.iter().map(|node| async move {
-            let probe = tokio::time::timeout(Duration::from_secs(3), self.probe(node)).await;
-            probe
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_else(|| NodeProbe::unreachable(&node.name))
-        }))
-        .await
+        futures_util::future::join_all(self.spec.nodes.iter().map(|node| self.probe_within(node)))
+            .await
+    }
+
+    /// `probe_all`, asked again (for at most `limit`) of each node that did not answer while
+    /// its server runs. A loaded machine can hold a session past the probe's timeout, and a
+    /// standby the plan leaves out for that may be the most advanced: promoting another would
+    /// leave it past the fork, and what only it received would be lost.
+    pub(super) async fn probe_running(&self, limit: Duration) -> Vec<NodeProbe> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut probes = self.probe_all().await;
+        loop {
+            let mut silent = Vec::new();
+            for (i, node) in self.spec.nodes.iter().enumerate() {
+                if !probes[i].reachable && self.runtime.is_running(node).await {
+                    silent.push(i);
+                }
+            }
+            if silent.is_empty() || tokio::time::Instant::now() >= deadline {
+                return probes;
+            }
+            tracing::info!(
+                "{} did not answer but runs: asking again",
+                silent
+                    .iter()
+                    .map(|&i| format!("`{}`", self.spec.nodes[i].name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for i in silent {
+                probes[i] = self.probe_within(&self.spec.nodes[i]).await;
+            }
+        }
+    }
+
+    /// One node's probe, bounded by a short timeout: a node that does not answer in time is
+    /// unreachable.
+    async fn probe_within(&self, node: &NodeSpec) -> NodeProbe {
+        tokio::time::timeout(Duration::from_secs(3), self.probe(node))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| NodeProbe::unreachable(&node.name))
     }
 
     /// Waits (at most `limit`) until no standby's walreceiver streams any more: once the
