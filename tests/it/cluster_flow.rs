@@ -709,7 +709,7 @@ fn zero_acknowledged_commits_lost_across_failovers() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         // Its server was killed: its last insert fails at once.
         runtime
-            .block_on(tokio::time::timeout(Duration::from_secs(10), writer))
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), writer).await })
             .unwrap_or_else(|_| {
                 panic!("round {round}: the writer on the fenced primary still waits")
             })
@@ -717,19 +717,23 @@ fn zero_acknowledged_commits_lost_across_failovers() {
         // The first write the new primary accepts, measured from the kill. No statement
         // timeout: a cancelled wait for the sync standby would count as a commit.
         let new_primary = cluster.sql_conninfo(sync);
-        let first_write = runtime.block_on(tokio::time::timeout(Duration::from_secs(60), async {
-            let (client, connection) = tokio_postgres::connect(&new_primary, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client
-                .execute(
-                    "insert into soak values ($1, $2)",
-                    &[&(-(round as i64) - 1), &(round as i32)],
-                )
-                .await
-                .unwrap();
-        }));
+        let first_write = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), async {
+                let (client, connection) =
+                    tokio_postgres::connect(&new_primary, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                client
+                    .execute(
+                        "insert into soak values ($1, $2)",
+                        &[&(-(round as i64) - 1), &(round as i32)],
+                    )
+                    .await
+                    .unwrap();
+            })
+            .await
+        });
         if first_write.is_err() {
             panic!(
                 "round {round}: no commit on the new primary `{}` within 60 s; its standbys: {}{}",
