@@ -6,8 +6,12 @@ use std::time::Duration;
 use super::super::plan::NodeProbe;
 use super::super::spec::{ClusterSpec, NodeSpec};
 use super::super::{node_err_sql, Cluster, ClusterError};
+use crate::conn::Connection;
 use crate::ids::TimelineId;
 use crate::lsn::Lsn;
+
+/// How long one node's probe may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(3);
 
 impl Cluster {
     /// Asks every node where it stands, in parallel, each bounded by a short timeout; one
@@ -52,7 +56,7 @@ impl Cluster {
     /// One node's probe, bounded by a short timeout: a node that does not answer in time is
     /// unreachable.
     async fn probe_within(&self, node: &NodeSpec) -> NodeProbe {
-        tokio::time::timeout(Duration::from_secs(3), self.probe(node))
+        tokio::time::timeout(PROBE_LIMIT, self.probe(node))
             .await
             .ok()
             .and_then(Result::ok)
@@ -94,6 +98,29 @@ impl Cluster {
         }
     }
 
+    /// The timeline of the last WAL record a standby replayed: IDENTIFY_SYSTEM over a
+    /// replication session to it (a cascading walsender answers with its replay timeline,
+    /// walsender.c `GetStandbyFlushRecPtr`), as Patroni reads a replica's timeline. SQL has
+    /// no such value: pg_stat_wal_receiver is empty while no receiver runs, and the last
+    /// restartpoint's timeline can be older than the WAL the standby holds.
+    pub(crate) async fn replay_timeline(
+        &self,
+        node: &NodeSpec,
+        limit: Duration,
+    ) -> Result<TimelineId, ClusterError> {
+        let mut options = self.superuser(node)?;
+        options.dbname = None;
+        options.connect_timeout = Some(limit);
+        let failed = |source| ClusterError::Node {
+            node: node.name.clone(),
+            source: Box::new(source),
+        };
+        let mut conn = Connection::connect(&options).await.map_err(failed)?;
+        let system = conn.identify_system().await.map_err(failed)?;
+        conn.close().await;
+        Ok(system.timeline)
+    }
+
     async fn probe(&self, node: &NodeSpec) -> Result<NodeProbe, ClusterError> {
         let client = self.sql(node).await?;
         let row = client
@@ -103,22 +130,23 @@ impl Cluster {
                              THEN greatest(pg_last_wal_receive_lsn(), (SELECT written_lsn FROM pg_stat_wal_receiver)) \
                              ELSE pg_current_wal_flush_lsn() END::text, \
                         CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_flush_lsn() END::text, \
-                        CASE WHEN pg_is_in_recovery() \
-                             THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
-                                           (SELECT timeline_id FROM pg_control_checkpoint())) \
-                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+                        CASE WHEN NOT pg_is_in_recovery() \
+                             THEN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
                 &[],
             )
             .await
             .map_err(|e| node_err_sql(node, e))?;
         let lsn = |i: usize| row.get::<_, Option<String>>(i).and_then(|t| t.parse().ok());
+        let in_recovery: bool = row.get(0);
+        let timeline = match row.get::<_, Option<i32>>(3) {
+            Some(primary) => TimelineId::new(primary as u32),
+            None => self.replay_timeline(node, PROBE_LIMIT).await?,
+        };
         Ok(NodeProbe {
             name: node.name.clone(),
             reachable: true,
-            in_recovery: Some(row.get(0)),
-            timeline: row
-                .get::<_, Option<i32>>(3)
-                .map(|t| TimelineId::new(t as u32)),
+            in_recovery: Some(in_recovery),
+            timeline: Some(timeline),
             received_lsn: lsn(1),
             replayed_lsn: lsn(2),
         })

@@ -7,7 +7,6 @@ use tokio_postgres::Client;
 use super::{Agent, SQL_TIMEOUT};
 use crate::cluster::topology::ControlFile;
 use crate::cluster::{node_err_sql, ClusterError};
-use crate::conn::Connection;
 use crate::ha::model::{Local, Probed};
 use crate::ha::records::ServerState;
 use crate::ids::TimelineId;
@@ -182,21 +181,9 @@ impl Agent {
         })
     }
 
-    /// The timeline of the last WAL record a standby replayed: IDENTIFY_SYSTEM over a
-    /// replication session to it (a cascading walsender answers with its replay timeline,
-    /// walsender.c `GetStandbyFlushRecPtr`), as Patroni reads a replica's timeline.
+    /// The timeline of the last WAL record a standby replayed (`Cluster::replay_timeline`).
     async fn replay_timeline(&self) -> Result<TimelineId, ClusterError> {
-        let mut options = self.cluster.superuser(&self.node)?;
-        options.dbname = None;
-        options.connect_timeout = Some(SQL_TIMEOUT);
-        let node = |source| ClusterError::Node {
-            node: self.node.name.clone(),
-            source: Box::new(source),
-        };
-        let mut conn = Connection::connect(&options).await.map_err(node)?;
-        let system = conn.identify_system().await.map_err(node)?;
-        conn.close().await;
-        Ok(system.timeline)
+        self.cluster.replay_timeline(&self.node, SQL_TIMEOUT).await
     }
 
     /// The node whose address primary_conninfo names.
