@@ -195,6 +195,9 @@ pub struct BaseBackupOptions {
     pub primary_host_override: Option<(String, u16)>,
     /// `--passfile`: `primary_conninfo` names this password file instead of holding the password.
     pub primary_passfile: Option<PathBuf>,
+    /// The CA file `primary_conninfo` names (`sslrootcert`), when the standby's server finds
+    /// it elsewhere than pgrepl did.
+    pub primary_sslrootcert: Option<PathBuf>,
 }
 
 impl BaseBackupOptions {
@@ -216,6 +219,7 @@ impl BaseBackupOptions {
             compression: None,
             owner: None,
             primary_host_override: None,
+            primary_sslrootcert: None,
             primary_passfile: None,
         }
     }
@@ -607,6 +611,9 @@ fn finish_targets(
             }
             if let Some(passfile) = &options.primary_passfile {
                 primary.passfile = Some(passfile.clone());
+            }
+            if let Some(root) = &options.primary_sslrootcert {
+                primary.sslrootcert = Some(root.clone());
             }
             let conninfo = primary.primary_conninfo(
                 target.application_name.as_deref(),

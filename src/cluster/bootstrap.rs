@@ -9,8 +9,14 @@ use super::{Cluster, ClusterError, StepLog};
 impl Cluster {
     /// Creates what the node needs on this machine (its directories) and the record that lets
     /// later commands find the cluster here.
-    pub async fn prepare_node(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+    /// Its certificate too, from the cluster CA that `up` made or the operator copied here.
+    pub async fn prepare_node(
+        &self,
+        node: &NodeSpec,
+        log: &dyn StepLog,
+    ) -> Result<(), ClusterError> {
         self.runtime.prepare(std::slice::from_ref(node)).await?;
+        self.ensure_tls(std::slice::from_ref(node), false, log)?;
         self.save_record()
     }
 
@@ -22,7 +28,7 @@ impl Cluster {
         node: &NodeSpec,
         log: &dyn StepLog,
     ) -> Result<(), ClusterError> {
-        self.prepare_node(node).await?;
+        self.prepare_node(node, log).await?;
         if !self.runtime.data_dir(node).join("PG_VERSION").exists() {
             log.step(&format!("initialise primary `{}`", node.name));
             self.runtime.init_primary(node).await?;

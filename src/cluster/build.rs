@@ -32,6 +32,7 @@ impl Cluster {
         }
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
+        self.ensure_tls(&self.spec.nodes, true, log)?;
         // Before anything is created, so an interrupted `up` is found again by every command.
         self.save_record()?;
 
@@ -143,7 +144,7 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let client = self.sql(primary).await?;
         let mut changed = false;
-        for (name, value) in &self.spec.settings {
+        for (name, value) in &self.spec.server_settings() {
             let current: String = client
                 .query_one("SELECT current_setting($1)", &[name])
                 .await
@@ -189,7 +190,15 @@ impl Cluster {
             .replication_clients(&self.spec.nodes)
             .await?
             .iter()
-            .map(|client| format!("host replication {user},postgres {client} scram-sha-256"))
+            .map(|client| {
+                // Docker's network is this machine's bridge: its clients stay `host` (left for
+                // a later change: the host's own sessions arrive there from the gateway).
+                let tls = self.spec.tls_on() && matches!(self.runtime, Runtime::Local(_));
+                format!(
+                    "{} replication {user},postgres {client} scram-sha-256",
+                    runtime::hba_connection_type(tls, client)
+                )
+            })
             .collect();
         let hba_path = self.runtime.data_dir(primary).join("pg_hba.conf");
         let hba = std::fs::read_to_string(&hba_path)
@@ -268,12 +277,7 @@ impl Cluster {
                 application_name: Some(s.name.clone()),
             })
             .collect();
-        let mut options = BaseBackupOptions::new(targets);
-        options.write_recovery_conf = true;
-        options.fast_checkpoint = true;
-        options.owner = self.runtime.data_owner();
-        options.primary_host_override = Some(self.runtime.primary_address_for_standbys(primary));
-        options.label = "pgrepl up".into();
+        let options = self.standby_backup_options(primary, targets, "pgrepl up".into());
         let summary = backup::base_backup(
             &connect,
             &options,

@@ -10,6 +10,7 @@
 //! workers.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,8 +28,13 @@ pub struct LocalRuntime {
     pub state_dir: PathBuf,
     /// uid/gid the servers run as (the `postgres` user when pgrepl is root).
     pub run_as: Option<(u32, u32)>,
+    /// That user's home: libpq in a walreceiver or pg_rewind looks there for client
+    /// certificates (`~/.postgresql/`), and root's is not readable to it.
+    server_home: Option<PathBuf>,
     /// `[local]`, its password file made absolute.
     pub settings: LocalSettings,
+    /// The cluster has TLS: other machines get in over TLS only (`hostssl`).
+    pub tls: bool,
 }
 
 impl LocalRuntime {
@@ -51,16 +57,19 @@ impl LocalRuntime {
             .and_then(|real| real.parent().map(Path::to_path_buf))
             .filter(|real| real.join("initdb").is_file())
             .unwrap_or(bin_dir);
-        let run_as = if running_as_root() {
-            Some(postgres_user()?)
+        let (run_as, server_home) = if running_as_root() {
+            let (uid, gid, home) = postgres_user()?;
+            (Some((uid, gid)), Some(home))
         } else {
-            None
+            (None, None)
         };
         Ok(LocalRuntime {
             bin_dir,
             state_dir,
             run_as,
+            server_home,
             settings,
+            tls: false,
         })
     }
 
@@ -132,7 +141,8 @@ impl LocalRuntime {
             .map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
         for client in &self.settings.clients {
             text.push_str(&format!(
-                "# added by pgrepl: [local] clients\nhost all all {client} scram-sha-256\n"
+                "# added by pgrepl: [local] clients\n{} all all {client} scram-sha-256\n",
+                super::runtime::hba_connection_type(self.tls, client)
             ));
         }
         std::fs::write(&hba, text)
@@ -410,6 +420,9 @@ impl LocalRuntime {
         if let Some((uid, gid)) = self.run_as {
             command.uid(uid).gid(gid).current_dir(&self.state_dir);
         }
+        if let Some(home) = &self.server_home {
+            command.env("HOME", home);
+        }
         let output = command
             .output()
             .map_err(|e| ClusterError::io(format!("run `{tool}`"), e))?;
@@ -514,7 +527,7 @@ fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn postgres_user() -> Result<(u32, u32), ClusterError> {
+fn postgres_user() -> Result<(u32, u32, PathBuf), ClusterError> {
     let name = c"postgres";
     // SAFETY: getpwnam returns a pointer into static storage or null; we copy out at once.
     let entry = unsafe { libc::getpwnam(name.as_ptr()) };
@@ -523,5 +536,10 @@ fn postgres_user() -> Result<(u32, u32), ClusterError> {
     }
     // SAFETY: checked non-null above.
     let entry = unsafe { &*entry };
-    Ok((entry.pw_uid, entry.pw_gid))
+    // SAFETY: pw_dir is a NUL-terminated string in the same static entry, or null.
+    let home = (!entry.pw_dir.is_null())
+        .then(|| unsafe { std::ffi::CStr::from_ptr(entry.pw_dir) })
+        .map(|dir| PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+        .unwrap_or_else(|| PathBuf::from("/"));
+    Ok((entry.pw_uid, entry.pw_gid, home))
 }

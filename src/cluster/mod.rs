@@ -29,6 +29,7 @@ mod server_log;
 pub mod server_version;
 pub mod spec;
 mod sql_steps;
+pub mod tls;
 pub mod topology;
 
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ pub(crate) use self::sql_steps::{
     alter_system, conf_load_time, node_err_sql, refuses_writes, reload, streaming_standbys,
 };
 use crate::backup::{self, BackupTarget, BaseBackupOptions};
+use crate::conn::SslMode;
 use crate::conn::{sql, ConnectOptions, ConnectionError, Host, Password};
 // Standard SQL quoting is the same as the replication grammar's: `''` and `""` doubling.
 use crate::proto::command::{quote_ident, quote_literal};
@@ -81,6 +83,8 @@ pub enum ClusterError {
     Check(String),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("no cluster here: no `pgrepl.toml` and nothing in `{}` (run `pgrepl up` first, or give --cluster FILE)", .0.display())]
     NoCluster(PathBuf),
     #[error("cluster file `{}` does not exist (`pgrepl init --cluster FILE` writes one)", .0.display())]
@@ -233,7 +237,7 @@ impl Cluster {
         if !self.is_here(node) {
             if let Runtime::Local(local) = &self.runtime {
                 if let Some(options) = local.remote_superuser(node)? {
-                    return Ok(options);
+                    return Ok(self.verified(options));
                 }
             }
             return Err(ClusterError::Setup(format!(
@@ -242,7 +246,17 @@ impl Cluster {
                 node.host()
             )));
         }
-        Ok(self.runtime.superuser(node))
+        Ok(self.verified(self.runtime.superuser(node)))
+    }
+
+    /// With TLS, a session over TCP checks the server's certificate against the cluster CA
+    /// and its name (`verify-full`); a socket carries no TLS.
+    fn verified(&self, mut options: ConnectOptions) -> ConnectOptions {
+        if self.spec.tls_on() && matches!(options.host, Host::Tcp(_)) {
+            options.sslmode = SslMode::VerifyFull;
+            options.sslrootcert = Some(tls::ca_cert_path(&self.state_dir));
+        }
+        options
     }
 
     /// The topology as it is now: the recorded primary may have changed since `open`.
@@ -297,7 +311,7 @@ impl Cluster {
         connect.user = self.spec.replication.user.clone();
         connect.password = Some(Password::from(self.replication_password.clone()));
         connect.application_name = Some(SESSION_NAME.into());
-        connect
+        self.verified(connect)
     }
 
     /// What `standby` puts in primary_conninfo to follow `primary`.
@@ -306,7 +320,28 @@ impl Cluster {
         let (host, port) = self.runtime.primary_address_for_standbys(primary);
         connect.host = Host::Tcp(host);
         connect.port = port;
+        if self.spec.tls_on() {
+            connect.sslrootcert = Some(tls::STANDBY_ROOT_CERT.into());
+        }
         connect.primary_conninfo(Some(&standby.name), true)
+    }
+
+    /// A base backup of `primary` into `targets` that become its standbys: primary_conninfo
+    /// as [`Self::primary_conninfo`] writes it, the data owned by the servers' user.
+    pub(crate) fn standby_backup_options(
+        &self,
+        primary: &NodeSpec,
+        targets: Vec<BackupTarget>,
+        label: String,
+    ) -> BaseBackupOptions {
+        let mut options = BaseBackupOptions::new(targets);
+        options.write_recovery_conf = true;
+        options.fast_checkpoint = true;
+        options.owner = self.runtime.data_owner();
+        options.primary_host_override = Some(self.runtime.primary_address_for_standbys(primary));
+        options.primary_sslrootcert = self.spec.tls_on().then(|| tls::STANDBY_ROOT_CERT.into());
+        options.label = label;
+        options
     }
 
     /// A superuser session to `node`, opened within [`SQL_CONNECT`]: a server that accepts the

@@ -41,6 +41,34 @@ impl Runtime {
         }
     }
 
+    /// Where the node's server finds its certificate, key and the cluster CA: a directory
+    /// named `tls` beside its data directory as the server sees it (`cluster/tls.rs`).
+    pub fn tls_dir(&self, node: &NodeSpec) -> PathBuf {
+        match self {
+            Runtime::Local(local) => local.data_dir(node).with_file_name("tls"),
+            Runtime::Docker(docker) => docker.tls_dir(node),
+        }
+    }
+
+    /// Every name and address the node is reached by, which its certificate must carry.
+    pub fn tls_names(&self, node: &NodeSpec) -> Vec<String> {
+        let mut names = Vec::new();
+        for name in [
+            node.name.clone(),
+            node.host().to_owned(),
+            self.host_address(node).0,
+            self.primary_address_for_standbys(node).0,
+            "localhost".to_owned(),
+            LOOPBACK.to_owned(),
+            "::1".to_owned(),
+        ] {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// The PostgreSQL major of the server binaries the nodes run (the local bin directory's,
     /// or the image's).
     pub async fn server_major(&self) -> Result<u32, ClusterError> {
@@ -196,6 +224,16 @@ impl Runtime {
     /// A libpq conninfo stock `psql` on this host can use to reach the node.
     pub fn psql_conninfo(&self, node: &NodeSpec) -> String {
         self.superuser(node).redacted()
+    }
+}
+
+/// The pg_hba connection type for clients at `address`: with TLS, `hostssl` for every address
+/// but this machine's loopback, whose traffic crosses no network.
+pub fn hba_connection_type(tls: bool, address: &str) -> &'static str {
+    if tls && address != format!("{LOOPBACK}/32") {
+        "hostssl"
+    } else {
+        "host"
     }
 }
 

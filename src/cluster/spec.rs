@@ -188,6 +188,27 @@ pub struct ClusterSpec {
     /// health API; `down` stops it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySpec>,
+    /// `[tls]`: TLS between the nodes and for pgrepl's own sessions, on unless turned off.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tls: TlsSpec,
+}
+
+/// `[tls]`: with `mode = "on"` (the default) `up` makes a cluster CA and a certificate per node
+/// (`cluster/tls.rs`), the servers run with `ssl = on`, standbys and pgrepl verify the server
+/// (`sslmode=verify-full`), and other machines get in over TLS only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    #[serde(default)]
+    pub mode: TlsMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    #[default]
+    On,
+    Off,
 }
 
 /// `[proxy]`: where the application's two addresses listen.
@@ -325,7 +346,6 @@ impl Default for ClusterSpec {
         let settings = [
             ("wal_level", "replica"),
             ("max_wal_senders", "4"),
-            ("ssl", "off"),
             // pg_rewind needs it (or data checksums) to rejoin a former primary cheaply.
             ("wal_log_hints", "on"),
             // WAL kept for a standby that was away (no slots, so none is held forever) and for
@@ -367,6 +387,7 @@ impl Default for ClusterSpec {
             local: LocalSettings::default(),
             ha: None,
             proxy: None,
+            tls: TlsSpec::default(),
         }
     }
 }
@@ -582,6 +603,23 @@ impl ClusterSpec {
     }
 
     /// `synchronous_standby_names` for the primary, e.g. `FIRST 1 (pg_slave, pg_asyncslave)`.
+    /// Whether the cluster runs with TLS: `[tls] mode`, unless `[settings]` turns `ssl` off
+    /// (as cluster files written before `[tls]` existed do).
+    pub fn tls_on(&self) -> bool {
+        self.tls.mode == TlsMode::On && self.settings.get("ssl").map(String::as_str) != Some("off")
+    }
+
+    /// What ALTER SYSTEM sets on the primary: TLS's settings, then the file's `[settings]`.
+    pub fn server_settings(&self) -> BTreeMap<String, String> {
+        let tls = self
+            .tls_on()
+            .then_some(super::tls::SERVER_SETTINGS)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        tls.chain(self.settings.clone()).collect()
+    }
+
     pub fn synchronous_standby_names(&self) -> String {
         synchronous_standby_names(&self.sync.method, self.sync.num_sync, &self.sync.standbys)
     }

@@ -26,9 +26,11 @@ pub async fn bootstrap(
     log: &dyn StepLog,
 ) -> Result<(), HaError> {
     if cluster.runtime.data_dir(node).join("PG_VERSION").exists() {
+        // A server with TLS does not start without its certificate.
+        cluster.ensure_tls(std::slice::from_ref(node), false, log)?;
         return Ok(());
     }
-    cluster.prepare_node(node).await?;
+    cluster.prepare_node(node, log).await?;
     if cluster.file_spec.primary().name != node.name {
         tracing::info!(
             "`{}` has no data: it is cloned from the leader once one runs",

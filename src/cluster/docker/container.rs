@@ -13,7 +13,7 @@ use super::image::ImageKind;
 use super::{
     engine_err, indent, is_not_found, on_loopback, password_file, status_code, DockerRuntime,
     DATA_MOUNT, LOG_TAIL, ONE_SHOT_TOOLS, READY_TIMEOUT, SECRET_MOUNT, SERVER_PORT, SOCKET_DIR,
-    STOP_TIMEOUT,
+    STOP_TIMEOUT, TLS_MOUNT,
 };
 use crate::cluster::runtime_error::RuntimeError;
 use crate::cluster::server_version::{self, Binaries};
@@ -41,6 +41,11 @@ impl DockerRuntime {
         ];
         let mut env = vec![format!("PGDATA={DATA_MOUNT}")];
         let mut binds = vec![self.bind(node)];
+        // Made before the container when the cluster has TLS (`cluster/tls.rs`).
+        let tls = self.tls_dir(node);
+        if tls.is_dir() {
+            binds.push(format!("{}:{TLS_MOUNT}:ro", tls.display()));
+        }
         let (user, entrypoint, cmd) = match kind {
             ImageKind::Entrypoint => {
                 // Read (as root) by the entrypoint only while PGDATA is empty: the primary's

@@ -54,6 +54,8 @@ use crate::conn::{ConnParams, ConnectOptions, Password};
 
 /// Where every container sees its data directory (and what PGDATA says).
 const DATA_MOUNT: &str = "/var/lib/postgresql/data";
+/// Beside the data directory: the servers' settings name `../tls/server.crt`.
+const TLS_MOUNT: &str = "/var/lib/postgresql/tls";
 /// The server's socket directory inside the container; both image kinds have it writable.
 const SOCKET_DIR: &str = "/var/run/postgresql";
 /// Where a container reads the superuser password.
@@ -137,6 +139,11 @@ impl DockerRuntime {
 
     pub fn data_dir(&self, node: &NodeSpec) -> PathBuf {
         self.state_dir.join("volumes").join(&node.name)
+    }
+
+    /// The node's certificate, key and CA on the host, mounted at [`TLS_MOUNT`].
+    pub fn tls_dir(&self, node: &NodeSpec) -> PathBuf {
+        self.state_dir.join("tls").join(&node.name)
     }
 
     /// uid:gid of the image's postgres user, who must own every data directory.

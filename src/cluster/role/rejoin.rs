@@ -6,7 +6,7 @@ use super::super::spec::NodeSpec;
 use super::super::topology::ControlFile;
 use super::super::{error_chain, node_err_sql, Cluster, ClusterError, StepLog};
 use super::{RoleChangeReport, Steps};
-use crate::backup::{self, BackupTarget, BaseBackupOptions};
+use crate::backup::{self, BackupTarget};
 use crate::conn::Connection;
 
 /// How a node became a standby of the current primary again.
@@ -255,15 +255,14 @@ impl Cluster {
             std::fs::rename(&data, &aside)
                 .map_err(|e| ClusterError::io(format!("move `{}` aside", data.display()), e))?;
         }
-        let mut options = BaseBackupOptions::new(vec![BackupTarget {
-            dir: data.clone(),
-            application_name: Some(node.name.clone()),
-        }]);
-        options.write_recovery_conf = true;
-        options.fast_checkpoint = true;
-        options.owner = self.runtime.data_owner();
-        options.primary_host_override = Some(self.runtime.primary_address_for_standbys(primary));
-        options.label = format!("pgrepl rejoin {}", node.name);
+        let options = self.standby_backup_options(
+            primary,
+            vec![BackupTarget {
+                dir: data.clone(),
+                application_name: Some(node.name.clone()),
+            }],
+            format!("pgrepl rejoin {}", node.name),
+        );
         let result = backup::base_backup(
             &self.replication_connect(primary),
             &options,

@@ -32,9 +32,16 @@ pub(super) async fn start(
     let spec = machine_spec(&cluster.file_spec, cluster.replication_password(), &net);
     let text = spec.to_toml();
     let apis = crate::ha::api_addr::ensure(cluster, avoid)?;
+    // The CA only: each agent makes its node's certificate, with the names it is reached by
+    // from inside the network.
+    cluster.ensure_tls(&[], true, log)?;
     let mut agents = Vec::new();
     for node in &cluster.spec.nodes {
         docker.write_machine(node, &text)?;
+        cluster.share_ca(
+            &docker.machine_dir(node).join(&spec.state_dir),
+            Some(docker.data_owner()),
+        )?;
         let api = apis[&node.name];
         if docker.ensure_agent(node, &exe, api).await? {
             log.step(&format!(

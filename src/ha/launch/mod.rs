@@ -117,8 +117,13 @@ pub async fn up(
         }
     };
     go_on()?;
+    // The CA before any agent: each makes its node's certificate from it, and agents started
+    // together must not each make a CA of their own.
     let agents = match &cluster.runtime {
-        Runtime::Local(_) => start_agents(cluster, &avoid, log)?,
+        Runtime::Local(_) => {
+            cluster.ensure_tls(&cluster.spec.nodes, true, log)?;
+            start_agents(cluster, &avoid, log)?
+        }
         Runtime::Docker(docker) => {
             let agents =
                 containers::start(cluster, docker, &agents_etcd, &scope, &avoid, log).await?;

@@ -1,0 +1,333 @@
+//! The cluster's certificate authority and each node's server certificate, made by `up` with
+//! rcgen (no openssl), so that TLS needs no person:
+//!
+//! - `<state_dir>/tls/ca.crt` and `ca.key` (0600): the CA, made once, valid 10 years;
+//! - each node's TLS directory (`Runtime::tls_dir`, named `tls` beside its data directory):
+//!   `server.crt` and `server.key` (0600, owned by the server's user), valid 2 years, naming
+//!   the node's name and every address it is reached by; and `ca.crt`.
+//!
+//! The server settings name the files relative to the data directory (`../tls/server.crt`):
+//! standbys inherit the primary's postgresql.auto.conf through the base backup, and each still
+//! finds its own certificate. A walreceiver runs in the data directory, so `sslrootcert` in
+//! primary_conninfo is relative too.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::spec::NodeSpec;
+use super::{Cluster, ClusterError, StepLog};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// The server settings TLS adds, relative to each node's data directory.
+pub const SERVER_SETTINGS: [(&str, &str); 3] = [
+    ("ssl", "on"),
+    ("ssl_cert_file", "../tls/server.crt"),
+    ("ssl_key_file", "../tls/server.key"),
+];
+
+/// `sslrootcert` in a standby's primary_conninfo: the CA beside its data directory.
+pub const STANDBY_ROOT_CERT: &str = "../tls/ca.crt";
+
+const CA_DAYS: i64 = 3650;
+const SERVER_DAYS: i64 = 730;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("make {what}: {source}")]
+    Generate { what: String, source: rcgen::Error },
+    #[error("no cluster CA in `{}` for `{node}`, whose agent builds it on this machine: copy `ca.crt` and `ca.key` there from the machine where `up` or the first agent made them, or set `[tls] mode = \"off\"` in the cluster file", .dir.display())]
+    NoCa { dir: PathBuf, node: String },
+}
+
+/// A node's certificate to be: where its files go and the names it must carry.
+pub struct NodeCert {
+    pub node: String,
+    pub dir: PathBuf,
+    /// Host names and IP addresses clients reach the node by (verify-full checks them).
+    pub names: Vec<String>,
+}
+
+/// The cluster CA's files.
+pub fn ca_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("tls")
+}
+
+pub fn ca_cert_path(state_dir: &Path) -> PathBuf {
+    ca_dir(state_dir).join("ca.crt")
+}
+
+/// Makes what is missing: the CA (when `may_create_ca`), then each node's certificate and key,
+/// owned by `owner`. Returns a line per thing made, for the step log. Existing files are kept.
+pub fn ensure(
+    state_dir: &Path,
+    nodes: &[NodeCert],
+    owner: Option<(u32, u32)>,
+    may_create_ca: bool,
+) -> Result<Vec<String>, TlsError> {
+    let mut made = Vec::new();
+    let dir = ca_dir(state_dir);
+    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let missing: Vec<&NodeCert> = nodes
+        .iter()
+        .filter(|n| !n.dir.join("server.crt").exists() || !n.dir.join("server.key").exists())
+        .collect();
+    if !ca_crt.exists() || !ca_key.exists() {
+        if !may_create_ca {
+            if let Some(node) = missing.first() {
+                return Err(TlsError::NoCa {
+                    dir,
+                    node: node.node.clone(),
+                });
+            }
+            return Ok(made);
+        }
+        let (cert, key) = new_ca()?;
+        create_dir(&dir)?;
+        write_file(&ca_key, key.as_bytes(), 0o600, None)?;
+        write_file(&ca_crt, cert.as_bytes(), 0o644, None)?;
+        made.push(format!("create the cluster CA in `{}`", dir.display()));
+    }
+    let ca_pem = read(&ca_crt)?;
+    let ca_key = KeyPair::from_pem(&read(&ca_key)?).map_err(generate("the CA's key"))?;
+    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
+        .map_err(generate("the CA certificate"))?
+        .self_signed(&ca_key)
+        .map_err(generate("the CA certificate"))?;
+    for node in nodes {
+        create_dir(&node.dir)?;
+        write_file(&node.dir.join("ca.crt"), ca_pem.as_bytes(), 0o644, owner)?;
+    }
+    for node in missing {
+        let what = format!("`{}`'s certificate", node.node);
+        let key = KeyPair::generate().map_err(generate(&what))?;
+        let mut params = CertificateParams::new(node.names.clone()).map_err(generate(&what))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node.node.clone());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, SERVER_DAYS);
+        let cert = params
+            .signed_by(&key, &ca, &ca_key)
+            .map_err(generate(&what))?;
+        write_file(
+            &node.dir.join("server.key"),
+            key.serialize_pem().as_bytes(),
+            0o600,
+            owner,
+        )?;
+        write_file(
+            &node.dir.join("server.crt"),
+            cert.pem().as_bytes(),
+            0o644,
+            owner,
+        )?;
+        made.push(format!(
+            "certificate for `{}` ({})",
+            node.node,
+            node.names.join(", ")
+        ));
+    }
+    Ok(made)
+}
+
+fn new_ca() -> Result<(String, String), TlsError> {
+    let what = "the cluster CA";
+    let key = KeyPair::generate().map_err(generate(what))?;
+    let mut params = CertificateParams::new(Vec::new()).map_err(generate(what))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "pgrepl cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut params, CA_DAYS);
+    let cert = params.self_signed(&key).map_err(generate(what))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// From an hour ago (clocks between machines differ a little) for `days`.
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+fn generate(what: &str) -> impl Fn(rcgen::Error) -> TlsError + '_ {
+    move |source| TlsError::Generate {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+        what: format!("read `{}`", path.display()),
+        source,
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        what: format!("create `{}`", dir.display()),
+        source,
+    })
+}
+
+/// Writes `bytes` to a new file beside `path` with `mode` (and `owner`), then renames it into
+/// place: a reader never sees half a key, and a key is never readable by others, even briefly.
+fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), TlsError> {
+    let io = |what: &str| {
+        let what = format!("{what} `{}`", path.display());
+        move |source| TlsError::Io { what, source }
+    };
+    let temp = path.with_extension("new");
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(io("create"))?;
+    file.write_all(bytes).map_err(io("write"))?;
+    file.sync_all().map_err(io("write"))?;
+    // The umask may have narrowed `mode`.
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&temp, Some(uid), Some(gid)).map_err(io("chown"))?;
+    }
+    std::fs::rename(&temp, path).map_err(io("write"))
+}
+
+impl Cluster {
+    /// When the cluster has TLS: the CA (unless it exists, and only with `may_create_ca`: an
+    /// agent building its node alone must not make a second CA beside `up`'s) and the
+    /// certificates of `nodes` that have none.
+    pub(crate) fn ensure_tls(
+        &self,
+        nodes: &[NodeSpec],
+        may_create_ca: bool,
+        log: &dyn StepLog,
+    ) -> Result<(), ClusterError> {
+        if !self.spec.tls_on() {
+            return Ok(());
+        }
+        let certs: Vec<NodeCert> = nodes
+            .iter()
+            .map(|node| NodeCert {
+                node: node.name.clone(),
+                dir: self.runtime.tls_dir(node),
+                names: self.runtime.tls_names(node),
+            })
+            .collect();
+        for made in ensure(
+            &self.state_dir,
+            &certs,
+            self.runtime.data_owner(),
+            may_create_ca,
+        )? {
+            log.step(&made);
+        }
+        Ok(())
+    }
+
+    /// Copies the cluster CA (certificate and key) into another state directory on this
+    /// machine, one a container's agent uses, where it makes its node's certificate.
+    pub(crate) fn share_ca(
+        &self,
+        state_dir: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), ClusterError> {
+        if !self.spec.tls_on() {
+            return Ok(());
+        }
+        let (from, to) = (ca_dir(&self.state_dir), ca_dir(state_dir));
+        create_dir(&to)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&to, Some(uid), Some(gid)).map_err(|source| TlsError::Io {
+                what: format!("chown `{}`", to.display()),
+                source,
+            })?;
+        }
+        for (file, mode) in [("ca.crt", 0o644), ("ca.key", 0o600)] {
+            let text = read(&from.join(file))?;
+            write_file(&to.join(file), text.as_bytes(), mode, owner)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(dir: &Path, name: &str) -> NodeCert {
+        NodeCert {
+            node: name.into(),
+            dir: dir.join(name).join("tls"),
+            names: vec![name.into(), "127.0.0.1".into(), "localhost".into()],
+        }
+    }
+
+    #[test]
+    fn the_ca_signs_each_node_once_and_keys_are_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = [node(tmp.path(), "a"), node(tmp.path(), "b")];
+        let made = ensure(tmp.path(), &nodes, None, true).unwrap();
+        assert_eq!(made.len(), 3, "{made:?}");
+        for key in [
+            ca_dir(tmp.path()).join("ca.key"),
+            nodes[0].dir.join("server.key"),
+        ] {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", key.display());
+        }
+        // The chain verifies, and the certificate names what it was made for.
+        let ca_pem = std::fs::read(ca_cert_path(tmp.path())).unwrap();
+        let server_pem = std::fs::read(nodes[1].dir.join("server.crt")).unwrap();
+        let (_, ca) = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap();
+        let (_, server) = x509_parser::pem::parse_x509_pem(&server_pem).unwrap();
+        let (ca, server) = (ca.parse_x509().unwrap(), server.parse_x509().unwrap());
+        server.verify_signature(Some(ca.public_key())).unwrap();
+        let sans = format!("{:?}", server.subject_alternative_name().unwrap().unwrap());
+        assert!(
+            sans.contains("\"b\"") && sans.contains("127.0.0.1"),
+            "{sans}"
+        );
+        // A second run makes nothing; a lost node certificate is made again by the same CA.
+        assert!(ensure(tmp.path(), &nodes, None, true).unwrap().is_empty());
+        std::fs::remove_file(nodes[0].dir.join("server.crt")).unwrap();
+        assert_eq!(ensure(tmp.path(), &nodes, None, true).unwrap().len(), 1);
+        let again = std::fs::read(nodes[0].dir.join("server.crt")).unwrap();
+        let (_, again) = x509_parser::pem::parse_x509_pem(&again).unwrap();
+        again
+            .parse_x509()
+            .unwrap()
+            .verify_signature(Some(ca.public_key()))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_node_built_elsewhere_needs_the_ca_copied_and_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let error = ensure(tmp.path(), &[node(tmp.path(), "n2")], None, false).unwrap_err();
+        assert!(
+            error.to_string().contains("copy `ca.crt` and `ca.key`"),
+            "{error}"
+        );
+    }
+}
