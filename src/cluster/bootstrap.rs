@@ -32,6 +32,7 @@ impl Cluster {
         if !self.runtime.data_dir(node).join("PG_VERSION").exists() {
             log.step(&format!("initialise primary `{}`", node.name));
             self.runtime.init_primary(node).await?;
+            self.tls_settings_into(node)?;
             self.save_record()?;
         }
         self.ensure_running(node, log).await?;

@@ -33,6 +33,11 @@ impl Cluster {
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
         self.ensure_tls(&self.spec.nodes, true, log)?;
+        if !self.spec.tls_on() {
+            log.step(
+                "TLS is off ([tls] mode = \"off\", or ssl = \"off\" in [settings]): replication and passwords cross the network in clear text, and standbys do not check which server they follow",
+            );
+        }
         // Before anything is created, so an interrupted `up` is found again by every command.
         self.save_record()?;
 
@@ -40,6 +45,7 @@ impl Cluster {
         if fresh {
             log.step(&format!("initialise primary `{}`", primary.name));
             self.runtime.init_primary(primary).await?;
+            self.tls_settings_into(primary)?;
             self.save_record()?;
         }
         self.ensure_running(primary, log).await?;

@@ -413,6 +413,7 @@ impl ClusterSpec {
         format!(
             "# pgrepl cluster file: `pgrepl up` builds this topology, `pgrepl down` removes it.\n\
              # runtime: local (initdb/postgres processes) or docker (containers via the engine API).\n\
+             # TLS is on: `up` makes a cluster CA and a certificate per node; [tls] mode = \"off\" turns it off.\n\
              # Unknown keys are errors. See docs/cluster-file.md.\n\n{body}"
         )
     }

@@ -19,7 +19,7 @@ use super::spec::NodeSpec;
 use super::{Cluster, ClusterError, StepLog};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 
 /// The server settings TLS adds, relative to each node's data directory.
@@ -110,6 +110,14 @@ pub fn ensure(
         let what = format!("`{}`'s certificate", node.node);
         let key = KeyPair::generate().map_err(generate(&what))?;
         let mut params = CertificateParams::new(node.names.clone()).map_err(generate(&what))?;
+        // libpq before 15 matches the host only against dNSName entries: an address is there
+        // as text too, which later libpq and pgrepl never read for an address.
+        for name in &node.names {
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                let text = rcgen::Ia5String::try_from(name.as_str()).map_err(generate(&what))?;
+                params.subject_alt_names.push(SanType::DnsName(text));
+            }
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, node.node.clone());
@@ -245,6 +253,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Writes TLS's server settings into a new primary's postgresql.auto.conf, so its first
+    /// start already offers TLS: pgrepl's own sessions over TCP (docker's) require it.
+    pub(crate) fn tls_settings_into(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+        if !self.spec.tls_on() {
+            return Ok(());
+        }
+        let path = self.runtime.data_dir(node).join("postgresql.auto.conf");
+        let lines: String = SERVER_SETTINGS
+            .iter()
+            .map(|(name, value)| format!("{name} = '{value}'\n"))
+            .collect();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(lines.as_bytes()))
+            .map_err(|source| {
+                TlsError::Io {
+                    what: format!("write `{}`", path.display()),
+                    source,
+                }
+                .into()
+            })
+    }
+
     /// Copies the cluster CA (certificate and key) into another state directory on this
     /// machine, one a container's agent uses, where it makes its node's certificate.
     pub(crate) fn share_ca(
@@ -305,7 +337,7 @@ mod tests {
         server.verify_signature(Some(ca.public_key())).unwrap();
         let sans = format!("{:?}", server.subject_alternative_name().unwrap().unwrap());
         assert!(
-            sans.contains("\"b\"") && sans.contains("127.0.0.1"),
+            sans.contains("DNSName(\"b\")") && sans.contains("IPAddress([127, 0, 0, 1])"),
             "{sans}"
         );
         // A second run makes nothing; a lost node certificate is made again by the same CA.

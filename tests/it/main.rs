@@ -7,6 +7,7 @@ mod capability;
 mod cluster_docker;
 mod cluster_flow;
 mod cluster_local;
+mod cluster_tls;
 mod etcd;
 mod fake_server;
 mod faults;

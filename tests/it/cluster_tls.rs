@@ -1,0 +1,212 @@
+//! TLS by default (`cluster/tls.rs`): `up` makes the cluster CA and the node certificates, the
+//! replication stream is encrypted, and a standby checks whom it follows. The bytes between a
+//! standby and its primary are recorded by a proxy: with TLS they hold none of a marker the
+//! primary wrote, with `[tls] mode = "off"` they do (so the check can fail).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::basebackup::wait_for;
+use crate::cluster_flow::TestCluster;
+use crate::harness;
+
+const MARKER: &str = "pgrepl-tls-marker-5f1c";
+
+/// Forwards every connection to 127.0.0.1:`upstream` and keeps what the server sent.
+struct RecordingProxy {
+    port: u16,
+    from_server: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RecordingProxy {
+    fn start(upstream: u16) -> RecordingProxy {
+        let listener = harness::listener();
+        let port = listener.local_addr().unwrap().port();
+        let from_server = Arc::new(Mutex::new(Vec::new()));
+        let record = from_server.clone();
+        // Detached: each pipe ends when the cluster goes down and its sockets close.
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pipe(client2, server2, None));
+                let record = record.clone();
+                std::thread::spawn(move || pipe(server, client, Some(record)));
+            }
+        });
+        RecordingProxy { port, from_server }
+    }
+
+    fn saw(&self, text: &str) -> bool {
+        let bytes = self.from_server.lock().unwrap();
+        bytes
+            .windows(text.len())
+            .any(|window| window == text.as_bytes())
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>>>>) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if let Some(record) = &record {
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// pg_asyncslave follows the primary through `proxy` (its primary_conninfo otherwise as `up`
+/// wrote it, with `rewrite` applied); true once it streams that way.
+fn follow_through(
+    cluster: &TestCluster,
+    proxy: &RecordingProxy,
+    rewrite: &dyn Fn(String) -> String,
+) {
+    let conninfo = cluster.psql(2, "show primary_conninfo");
+    let through = rewrite(conninfo.replace(
+        &format!("port={}", cluster.ports[0]),
+        &format!("port={}", proxy.port),
+    ));
+    cluster.psql(
+        2,
+        &format!(
+            "alter system set primary_conninfo = '{}'",
+            through.replace('\'', "''")
+        ),
+    );
+    cluster.psql(2, "select pg_reload_conf()");
+}
+
+fn streams_through(cluster: &TestCluster, proxy: &RecordingProxy) -> bool {
+    cluster.psql(
+        2,
+        &format!(
+            "select count(*) from pg_stat_wal_receiver where status = 'streaming' and sender_port = {}",
+            proxy.port
+        ),
+    ) == "1"
+}
+
+/// With TLS (the default): the walsenders' sessions are encrypted, standbys verify the primary
+/// (`verify-full` against the cluster CA), the keys are the server user's alone, and a marker
+/// row crosses the wire only as ciphertext.
+#[test]
+fn replication_is_encrypted_and_standbys_verify_the_primary() {
+    let cluster = TestCluster::new();
+    let up = cluster.ok(&["up"]);
+    let said = crate::basebackup::stderr(&up);
+    assert!(said.contains("create the cluster CA"), "{said}");
+    assert_eq!(
+        cluster.psql(
+            0,
+            "select count(*) from pg_stat_replication r join pg_stat_ssl s using (pid) where s.ssl"
+        ),
+        "2",
+        "both standbys stream over TLS"
+    );
+    let conninfo = cluster.psql(1, "show primary_conninfo");
+    assert!(
+        conninfo.contains("sslmode='verify-full'")
+            && conninfo.contains("sslrootcert='../tls/ca.crt'"),
+        "{conninfo}"
+    );
+    let state = cluster.dir.path().join(".pgrepl");
+    // Run as root, the servers are the postgres user's.
+    let server_uid = harness::postgres_ids().map(|(uid, _)| uid);
+    for (key, owner) in [
+        (state.join("tls/ca.key"), None),
+        (state.join("pg_master/tls/server.key"), server_uid),
+        (state.join("pg_slave/tls/server.key"), server_uid),
+    ] {
+        let meta = std::fs::metadata(&key).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            key.display()
+        );
+        if let Some(owner) = owner {
+            assert_eq!(meta.uid(), owner, "{}", key.display());
+        }
+    }
+
+    let proxy = RecordingProxy::start(cluster.ports[0]);
+    follow_through(&cluster, &proxy, &|c| c);
+    wait_for(
+        "pg_asyncslave to stream through the proxy",
+        Duration::from_secs(30),
+        || streams_through(&cluster, &proxy),
+    );
+    cluster.psql(
+        0,
+        &format!("create table marked as select '{MARKER}'::text as m"),
+    );
+    wait_for(
+        "the marker on pg_asyncslave",
+        Duration::from_secs(30),
+        || cluster.psql(2, "select count(*) from pg_class where relname = 'marked'") == "1",
+    );
+    assert_eq!(cluster.psql(2, "select m from marked"), MARKER);
+    assert!(
+        !proxy.saw(MARKER),
+        "the marker crossed the wire in clear text"
+    );
+
+    // A name the primary's certificate does not carry is refused, though the address is right.
+    follow_through(&cluster, &proxy, &|c| {
+        c.replace("host=127.0.0.1", "host=not-the-primary hostaddr=127.0.0.1")
+    });
+    let log = cluster
+        .dir
+        .path()
+        .join(".pgrepl/pg_asyncslave/postgres.log");
+    wait_for(
+        "the walreceiver to refuse the name",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("does not match host name \"not-the-primary\"")
+        },
+    );
+    assert!(!streams_through(&cluster, &proxy));
+}
+
+/// `[tls] mode = "off"`: `up` says what that leaves open, and the same marker is readable on
+/// the wire: what the test above checks is there to find.
+#[test]
+fn without_tls_the_marker_is_on_the_wire_and_up_says_so() {
+    let cluster = TestCluster::new();
+    let text = std::fs::read_to_string(&cluster.file).unwrap();
+    std::fs::write(&cluster.file, format!("{text}\n[tls]\nmode = \"off\"\n")).unwrap();
+    let up = cluster.ok(&["up"]);
+    let said = crate::basebackup::stderr(&up);
+    assert!(said.contains("TLS is off"), "{said}");
+    assert!(!cluster.dir.path().join(".pgrepl/tls").exists());
+    let proxy = RecordingProxy::start(cluster.ports[0]);
+    follow_through(&cluster, &proxy, &|c| c);
+    wait_for(
+        "pg_asyncslave to stream through the proxy",
+        Duration::from_secs(30),
+        || streams_through(&cluster, &proxy),
+    );
+    cluster.psql(
+        0,
+        &format!("create table marked as select '{MARKER}'::text as m"),
+    );
+    wait_for(
+        "the marker on pg_asyncslave",
+        Duration::from_secs(30),
+        || cluster.psql(2, "select count(*) from pg_class where relname = 'marked'") == "1",
+    );
+    assert!(proxy.saw(MARKER), "the proxy recorded nothing readable");
+}
