@@ -33,8 +33,6 @@ pub struct LocalRuntime {
     server_home: Option<PathBuf>,
     /// `[local]`, its password file made absolute.
     pub settings: LocalSettings,
-    /// The cluster has TLS: other machines get in over TLS only (`hostssl`).
-    pub tls: bool,
 }
 
 impl LocalRuntime {
@@ -69,7 +67,6 @@ impl LocalRuntime {
             run_as,
             server_home,
             settings,
-            tls: false,
         })
     }
 
@@ -140,9 +137,9 @@ impl LocalRuntime {
         let mut text = std::fs::read_to_string(&hba)
             .map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
         for client in &self.settings.clients {
+            // Applications: TLS is offered, not required (yet) of them.
             text.push_str(&format!(
-                "# added by pgrepl: [local] clients\n{} all all {client} scram-sha-256\n",
-                super::runtime::hba_connection_type(self.tls, client)
+                "# added by pgrepl: [local] clients\nhost all all {client} scram-sha-256\n"
             ));
         }
         std::fs::write(&hba, text)

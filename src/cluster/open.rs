@@ -130,9 +130,11 @@ impl Cluster {
                 let mut settings = spec.local.clone();
                 settings.superuser_password_file =
                     settings.superuser_password_file.map(|file| base.join(file));
-                let mut local = local::LocalRuntime::new(state_dir.clone(), pg_bin, settings)?;
-                local.tls = spec.tls_on();
-                Runtime::Local(local)
+                Runtime::Local(local::LocalRuntime::new(
+                    state_dir.clone(),
+                    pg_bin,
+                    settings,
+                )?)
             }
             RuntimeKind::Docker => Runtime::Docker(Box::new(docker::DockerRuntime::new(
                 state_dir.clone(),

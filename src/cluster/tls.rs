@@ -289,11 +289,16 @@ impl Cluster {
         }
         let (from, to) = (ca_dir(&self.state_dir), ca_dir(state_dir));
         create_dir(&to)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&to, Some(uid), Some(gid)).map_err(|source| TlsError::Io {
-                what: format!("chown `{}`", to.display()),
-                source,
-            })?;
+        // The agent creates the rest of its state directory: both are its user's.
+        for dir in [state_dir, to.as_path()] {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|source| {
+                    TlsError::Io {
+                        what: format!("chown `{}`", dir.display()),
+                        source,
+                    }
+                })?;
+            }
         }
         for (file, mode) in [("ca.crt", 0o644), ("ca.key", 0o600)] {
             let text = read(&from.join(file))?;
