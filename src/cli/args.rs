@@ -17,6 +17,7 @@ use super::history::HistoryArgs;
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
 use super::shell::{CompletionsArgs, ManArgs};
+use super::tls::TlsArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -88,6 +89,9 @@ pub enum Command {
     /// Print an HAProxy configuration (Patroni's shape): a write port that reaches the primary
     /// and a read port for the standbys, each node checked on its agent's HTTP API.
     HaproxyConfig(HaproxyConfigArgs),
+    /// The cluster's certificates: when each expires (`tls`), or new ones for the nodes with a
+    /// reload and no restart (`tls rotate`).
+    Tls(TlsArgs),
     /// Print a shell completion script: bash, zsh or fish.
     Completions(CompletionsArgs),
     /// Print the manual page, pgrepl(1), in roff (`pgrepl man | man -l -`), or write every

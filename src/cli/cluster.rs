@@ -127,7 +127,7 @@ pub struct NodeArgs {
 }
 
 /// Steps print to stderr as they happen; results go to stdout.
-struct PrintSteps(Instant);
+pub(super) struct PrintSteps(pub(super) Instant);
 
 impl StepLog for PrintSteps {
     fn step(&self, text: &str) {

@@ -15,6 +15,7 @@ mod out;
 mod progress;
 mod receivewal;
 mod shell;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,7 @@ fn interrupted_note(command: &Command) -> Option<String> {
         | Command::Resume(_)
         | Command::HaproxyConfig(_)
         | Command::History(_)
+        | Command::Tls(_)
         | Command::Completions(_)
         | Command::Man(_)
         | Command::Init(_) => return None,
@@ -124,6 +126,7 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Resume(args) => ha::resume(args).await,
         Command::HaproxyConfig(args) => ha::haproxy_config(args),
         Command::History(args) => history::run(args).await,
+        Command::Tls(args) => tls::run(args).await,
         Command::Completions(args) => shell::completions(args),
         Command::Man(args) => shell::man(args),
     }

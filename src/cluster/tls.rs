@@ -66,19 +66,23 @@ pub fn ca_cert_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Makes what is missing: the CA (when `may_create_ca`), then each node's certificate and key,
-/// owned by `owner`. Returns a line per thing made, for the step log. Existing files are kept.
+/// owned by `owner`; with `renew`, a new certificate and key for every node in `nodes`. Returns
+/// a line per thing made, for the step log. Existing files are kept otherwise.
 pub fn ensure(
     state_dir: &Path,
     nodes: &[NodeCert],
     owner: Option<(u32, u32)>,
     may_create_ca: bool,
+    renew: bool,
 ) -> Result<Vec<String>, TlsError> {
     let mut made = Vec::new();
     let dir = ca_dir(state_dir);
     let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
     let missing: Vec<&NodeCert> = nodes
         .iter()
-        .filter(|n| !n.dir.join("server.crt").exists() || !n.dir.join("server.key").exists())
+        .filter(|n| {
+            renew || !n.dir.join("server.crt").exists() || !n.dir.join("server.key").exists()
+        })
         .collect();
     if !ca_crt.exists() || !ca_key.exists() {
         if !may_create_ca {
@@ -147,6 +151,21 @@ pub fn ensure(
         ));
     }
     Ok(made)
+}
+
+/// When the certificate in `path` expires.
+pub fn not_after(path: &Path) -> Result<time::OffsetDateTime, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Io {
+        what: format!("read `{}`", path.display()),
+        source,
+    })?;
+    let unreadable = || TlsError::Io {
+        what: format!("read `{}`", path.display()),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not a PEM certificate"),
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).map_err(|_| unreadable())?;
+    let cert = pem.parse_x509().map_err(|_| unreadable())?;
+    Ok(cert.validity().not_after.to_datetime())
 }
 
 fn new_ca() -> Result<(String, String), TlsError> {
@@ -221,7 +240,109 @@ fn write_file(
     std::fs::rename(&temp, path).map_err(io("write"))
 }
 
+/// A certificate of the cluster and when it expires.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Expiry {
+    /// `CA`, or the node's name.
+    pub of: String,
+    pub path: PathBuf,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
 impl Cluster {
+    fn node_certs(&self, nodes: &[&NodeSpec]) -> Vec<NodeCert> {
+        nodes
+            .iter()
+            .map(|node| NodeCert {
+                node: node.name.clone(),
+                dir: self.runtime.tls_dir(node),
+                names: self.runtime.tls_names(node),
+            })
+            .collect()
+    }
+
+    /// The CA's and each node's (on this machine) expiry, soonest first; empty without TLS or
+    /// before `up` made them.
+    pub fn tls_expiries(&self) -> Result<Vec<Expiry>, ClusterError> {
+        if !self.spec.tls_on() {
+            return Ok(Vec::new());
+        }
+        let mut files = vec![("CA".to_owned(), ca_cert_path(&self.state_dir))];
+        for node in self.spec.nodes.iter().filter(|n| self.is_here(n)) {
+            files.push((
+                node.name.clone(),
+                self.runtime.tls_dir(node).join("server.crt"),
+            ));
+        }
+        let mut expiries = Vec::new();
+        for (of, path) in files.into_iter().filter(|(_, p)| p.exists()) {
+            let at = not_after(&path)?;
+            expiries.push((at, of, path));
+        }
+        expiries.sort_by_key(|(at, ..)| *at);
+        Ok(expiries
+            .into_iter()
+            .map(|(at, of, path)| Expiry {
+                of,
+                path,
+                not_after: at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// `pgrepl tls rotate`: a new certificate and key for every node on this machine from the
+    /// cluster CA, then a reload of each running server (PostgreSQL reloads its TLS files on
+    /// SIGHUP; sessions already open keep theirs), then a `verify-full` session to each, which
+    /// proves the server took a certificate the CA signed for its name. No restart.
+    pub async fn rotate_tls(&self, log: &dyn StepLog) -> Result<Vec<Expiry>, ClusterError> {
+        if !self.spec.tls_on() {
+            return Err(ClusterError::Setup(
+                "the cluster runs without TLS ([tls] mode = \"off\" or ssl = \"off\"): there is no certificate to rotate".into(),
+            ));
+        }
+        let nodes: Vec<&NodeSpec> = self.spec.nodes.iter().filter(|n| self.is_here(n)).collect();
+        let certs = self.node_certs(&nodes);
+        for made in ensure(
+            &self.state_dir,
+            &certs,
+            self.runtime.data_owner(),
+            false,
+            true,
+        )? {
+            log.step(&format!("new {made}"));
+        }
+        for node in nodes {
+            if !self.runtime.is_running(node).await {
+                continue;
+            }
+            let client = self.sql(node).await?;
+            super::reload(&client, node).await?;
+            // The reload is asynchronous: a new session sees the new files once it is done.
+            super::wait_until(
+                std::time::Duration::from_secs(10),
+                &format!("`{}` to serve its new certificate", node.name),
+                || async {
+                    let mut conn =
+                        match crate::conn::Connection::connect(&self.replication_connect(node))
+                            .await
+                        {
+                            Ok(conn) => conn,
+                            Err(_) => return Ok(false),
+                        };
+                    let ok = conn.identify_system().await.is_ok();
+                    conn.close().await;
+                    Ok(ok)
+                },
+            )
+            .await?;
+            log.step(&format!("`{}` reloaded its certificate", node.name));
+        }
+        self.tls_expiries()
+    }
+
     /// When the cluster has TLS: the CA (unless it exists, and only with `may_create_ca`: an
     /// agent building its node alone must not make a second CA beside `up`'s) and the
     /// certificates of `nodes` that have none.
@@ -234,19 +355,13 @@ impl Cluster {
         if !self.spec.tls_on() {
             return Ok(());
         }
-        let certs: Vec<NodeCert> = nodes
-            .iter()
-            .map(|node| NodeCert {
-                node: node.name.clone(),
-                dir: self.runtime.tls_dir(node),
-                names: self.runtime.tls_names(node),
-            })
-            .collect();
+        let certs = self.node_certs(&nodes.iter().collect::<Vec<_>>());
         for made in ensure(
             &self.state_dir,
             &certs,
             self.runtime.data_owner(),
             may_create_ca,
+            false,
         )? {
             log.step(&made);
         }
@@ -324,7 +439,7 @@ mod tests {
     fn the_ca_signs_each_node_once_and_keys_are_owner_only() {
         let tmp = tempfile::tempdir().unwrap();
         let nodes = [node(tmp.path(), "a"), node(tmp.path(), "b")];
-        let made = ensure(tmp.path(), &nodes, None, true).unwrap();
+        let made = ensure(tmp.path(), &nodes, None, true, false).unwrap();
         assert_eq!(made.len(), 3, "{made:?}");
         for key in [
             ca_dir(tmp.path()).join("ca.key"),
@@ -346,9 +461,14 @@ mod tests {
             "{sans}"
         );
         // A second run makes nothing; a lost node certificate is made again by the same CA.
-        assert!(ensure(tmp.path(), &nodes, None, true).unwrap().is_empty());
+        assert!(ensure(tmp.path(), &nodes, None, true, false)
+            .unwrap()
+            .is_empty());
         std::fs::remove_file(nodes[0].dir.join("server.crt")).unwrap();
-        assert_eq!(ensure(tmp.path(), &nodes, None, true).unwrap().len(), 1);
+        assert_eq!(
+            ensure(tmp.path(), &nodes, None, true, false).unwrap().len(),
+            1
+        );
         let again = std::fs::read(nodes[0].dir.join("server.crt")).unwrap();
         let (_, again) = x509_parser::pem::parse_x509_pem(&again).unwrap();
         again
@@ -361,7 +481,7 @@ mod tests {
     #[test]
     fn a_node_built_elsewhere_needs_the_ca_copied_and_says_so() {
         let tmp = tempfile::tempdir().unwrap();
-        let error = ensure(tmp.path(), &[node(tmp.path(), "n2")], None, false).unwrap_err();
+        let error = ensure(tmp.path(), &[node(tmp.path(), "n2")], None, false, false).unwrap_err();
         assert!(
             error.to_string().contains("copy `ca.crt` and `ca.key`"),
             "{error}"

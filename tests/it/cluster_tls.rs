@@ -179,6 +179,60 @@ fn replication_is_encrypted_and_standbys_verify_the_primary() {
         },
     );
     assert!(!streams_through(&cluster, &proxy));
+
+    // `status` says when the certificates expire; `tls rotate` renews them with a reload: the
+    // server presents the new one to new sessions, and nothing restarts.
+    // (It exits non-zero: pg_asyncslave, pointed at a wrong name, does not stream.)
+    let status = cluster.pgrepl(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("TLS: certificates valid until"), "{status}");
+    let started = cluster.psql(0, "select pg_postmaster_start_time()");
+    let before = served_certificate(cluster.ports[0]);
+    let rotated = cluster.ok(&["tls", "rotate"]);
+    let said = crate::basebackup::stderr(&rotated);
+    assert!(
+        said.contains("`pg_master` reloaded its certificate"),
+        "{said}"
+    );
+    let after = served_certificate(cluster.ports[0]);
+    assert_ne!(
+        before, after,
+        "the server still presents the old certificate"
+    );
+    let on_disk = std::fs::read_to_string(state.join("pg_master/tls/server.crt")).unwrap();
+    assert_eq!(after.trim(), on_disk.trim());
+    assert_eq!(
+        cluster.psql(0, "select pg_postmaster_start_time()"),
+        started
+    );
+    assert_eq!(
+        cluster.psql(
+            0,
+            "select count(*) from pg_stat_replication where application_name = 'pg_slave' and state = 'streaming'"
+        ),
+        "1"
+    );
+}
+
+/// The certificate the server at 127.0.0.1:`port` presents, as stock openssl sees it.
+fn served_certificate(port: u16) -> String {
+    let output = harness::output_within(
+        std::process::Command::new("openssl").args([
+            "s_client",
+            "-starttls",
+            "postgres",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ]),
+        Duration::from_secs(30),
+    )
+    .expect("openssl s_client hung");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let begin = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("no certificate from openssl s_client:\n{text}"));
+    let end = text[begin..].find("-----END CERTIFICATE-----").unwrap() + begin;
+    text[begin..end + "-----END CERTIFICATE-----".len()].to_owned()
 }
 
 /// `[tls] mode = "off"`: `up` says what that leaves open, and the same marker is readable on

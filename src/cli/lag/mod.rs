@@ -83,6 +83,18 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
         .as_ref()
         .filter(|_| view == View::Status)
         .and_then(|c| c.client_uris());
+    // `status` says when the first of the cluster's certificates expires.
+    let tls = cluster
+        .as_ref()
+        .filter(|_| view == View::Status)
+        .and_then(|c| c.tls_expiries().ok())
+        .and_then(|expiries| expiries.into_iter().next())
+        .map(|soonest| {
+            format!(
+                "TLS: certificates valid until {} (the soonest: {}); `pgrepl tls` lists them, `pgrepl tls rotate` renews the nodes'\n",
+                soonest.not_after, soonest.of
+            )
+        });
     let ha_cluster = cluster.filter(|c| view == View::Status && c.spec.ha.is_some());
     let limits = Thresholds {
         max_lag_bytes: args.max_lag_bytes,
@@ -148,6 +160,10 @@ pub async fn run(args: LagArgs, view: View, cancel: CancellationToken) -> anyhow
             if let Some(uris) = &uris {
                 out.push('\n');
                 out.push_str(&super::out::uris_text(uris));
+            }
+            if let Some(tls) = &tls {
+                out.push('\n');
+                out.push_str(tls);
             }
             if let Some(status) = &ha_status {
                 out.push_str(&ha::section(status));
