@@ -96,6 +96,28 @@ fn streams_through(cluster: &TestCluster, proxy: &RecordingProxy) -> bool {
     ) == "1"
 }
 
+/// pg_asyncslave follows the primary through a recording proxy, and the primary writes the
+/// marker, which the standby then holds.
+fn marker_through_a_proxy(cluster: &TestCluster) -> RecordingProxy {
+    let proxy = RecordingProxy::start(cluster.ports[0]);
+    follow_through(cluster, &proxy, &|c| c);
+    wait_for(
+        "pg_asyncslave to stream through the proxy",
+        Duration::from_secs(30),
+        || streams_through(cluster, &proxy),
+    );
+    cluster.psql(
+        0,
+        &format!("create table marked as select '{MARKER}'::text as m"),
+    );
+    wait_for(
+        "the marker on pg_asyncslave",
+        Duration::from_secs(30),
+        || cluster.psql(2, "select count(*) from pg_class where relname = 'marked'") == "1",
+    );
+    proxy
+}
+
 /// With TLS (the default): the walsenders' sessions are encrypted, standbys verify the primary
 /// (`verify-full` against the cluster CA), the keys are the server user's alone, and a marker
 /// row crosses the wire only as ciphertext.
@@ -139,22 +161,7 @@ fn replication_is_encrypted_and_standbys_verify_the_primary() {
         }
     }
 
-    let proxy = RecordingProxy::start(cluster.ports[0]);
-    follow_through(&cluster, &proxy, &|c| c);
-    wait_for(
-        "pg_asyncslave to stream through the proxy",
-        Duration::from_secs(30),
-        || streams_through(&cluster, &proxy),
-    );
-    cluster.psql(
-        0,
-        &format!("create table marked as select '{MARKER}'::text as m"),
-    );
-    wait_for(
-        "the marker on pg_asyncslave",
-        Duration::from_secs(30),
-        || cluster.psql(2, "select count(*) from pg_class where relname = 'marked'") == "1",
-    );
+    let proxy = marker_through_a_proxy(&cluster);
     assert_eq!(cluster.psql(2, "select m from marked"), MARKER);
     assert!(
         !proxy.saw(MARKER),
@@ -246,21 +253,6 @@ fn without_tls_the_marker_is_on_the_wire_and_up_says_so() {
     let said = crate::basebackup::stderr(&up);
     assert!(said.contains("TLS is off"), "{said}");
     assert!(!cluster.dir.path().join(".pgrepl/tls").exists());
-    let proxy = RecordingProxy::start(cluster.ports[0]);
-    follow_through(&cluster, &proxy, &|c| c);
-    wait_for(
-        "pg_asyncslave to stream through the proxy",
-        Duration::from_secs(30),
-        || streams_through(&cluster, &proxy),
-    );
-    cluster.psql(
-        0,
-        &format!("create table marked as select '{MARKER}'::text as m"),
-    );
-    wait_for(
-        "the marker on pg_asyncslave",
-        Duration::from_secs(30),
-        || cluster.psql(2, "select count(*) from pg_class where relname = 'marked'") == "1",
-    );
+    let proxy = marker_through_a_proxy(&cluster);
     assert!(proxy.saw(MARKER), "the proxy recorded nothing readable");
 }
