@@ -101,15 +101,21 @@ pub fn ensure(
         made.push(format!("create the cluster CA in `{}`", dir.display()));
     }
     let ca_pem = read(&ca_crt)?;
+    for node in nodes {
+        let copy = node.dir.join("ca.crt");
+        if std::fs::read_to_string(&copy).ok().as_deref() != Some(ca_pem.as_str()) {
+            create_dir(&node.dir)?;
+            write_file(&copy, ca_pem.as_bytes(), 0o644, owner)?;
+        }
+    }
+    if missing.is_empty() {
+        return Ok(made);
+    }
     let ca_key = KeyPair::from_pem(&read(&ca_key)?).map_err(generate("the CA's key"))?;
     let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
         .map_err(generate("the CA certificate"))?
         .self_signed(&ca_key)
         .map_err(generate("the CA certificate"))?;
-    for node in nodes {
-        create_dir(&node.dir)?;
-        write_file(&node.dir.join("ca.crt"), ca_pem.as_bytes(), 0o644, owner)?;
-    }
     for node in missing {
         let what = format!("`{}`'s certificate", node.node);
         let key = KeyPair::generate().map_err(generate(&what))?;
