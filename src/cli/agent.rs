@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use pgrepl::cluster::Purpose;
 use pgrepl::ha::agent::{Agent, AgentOptions};
+use pgrepl::ha::etcd_access::Role;
 use pgrepl::ha::Timing;
 
 use super::cluster::ClusterArgs;
@@ -36,7 +37,7 @@ pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<E
     // Build: on a machine of its own, the agent finds no state yet and builds its node.
     let cluster = args.cluster.find(Purpose::Build)?;
     let scope = args.etcd.scope(&cluster)?;
-    let endpoints = args.etcd.endpoints(&cluster).ok_or_else(|| {
+    let etcd = args.etcd.access(&cluster, Role::Agent)?.ok_or_else(|| {
         anyhow::anyhow!(
             "no etcd to use: give --etcd URL,... or an [ha] section in the cluster file"
         )
@@ -53,7 +54,7 @@ pub async fn run(args: AgentArgs, cancel: CancellationToken) -> anyhow::Result<E
         api,
         node: args.node,
         cluster_name: scope,
-        endpoints,
+        etcd,
         timing: Timing {
             ttl_s,
             start_timeout_s: cluster

@@ -2,6 +2,7 @@
 //! requests go through etcd to the agents (`pgrepl::ha::control`); without agents the role
 //! commands keep their manual paths (`cli::cluster`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use clap::Args;
 
 use pgrepl::cluster::Cluster;
 use pgrepl::ha::control::{Acknowledged, Control};
+use pgrepl::ha::etcd_access::{ClientTls, EtcdAccess, Role};
 use pgrepl::ha::model::View;
 use pgrepl::ha::records::PauseRecord;
 
@@ -32,16 +34,56 @@ pub struct EtcdArgs {
     /// cluster file's name without its extension).
     #[arg(long = "scope", value_name = "NAME")]
     pub scope: Option<String>,
+    /// The CA that signed etcd's certificates, for `https://` URLs (default: `[ha] etcd_ca`,
+    /// or the cluster CA for the etcd `up` started).
+    #[arg(long = "etcd-ca", value_name = "FILE", env = "PGREPL_ETCD_CA")]
+    pub ca: Option<PathBuf>,
+    /// The client certificate to present to etcd, with --etcd-key (default: `[ha]`'s, or the
+    /// one `up` made for the command's role).
+    #[arg(
+        long = "etcd-cert",
+        value_name = "FILE",
+        env = "PGREPL_ETCD_CERT",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    #[arg(
+        long = "etcd-key",
+        value_name = "FILE",
+        env = "PGREPL_ETCD_KEY",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 impl EtcdArgs {
-    /// `--etcd`, else the cluster's own (`[ha]`); `None` when the cluster has no etcd.
-    pub fn endpoints(&self, cluster: &Cluster) -> Option<Vec<String>> {
-        if self.etcd.is_empty() {
-            pgrepl::ha::endpoints(cluster)
+    /// The cluster's etcd as `role` reaches it (`[ha]`, or the etcd `up` started), at
+    /// `--etcd` when given; `None` when the cluster has no etcd.
+    pub fn access(&self, cluster: &Cluster, role: Role) -> anyhow::Result<Option<EtcdAccess>> {
+        let own = pgrepl::ha::etcd_access(cluster, role);
+        let mut access = if self.etcd.is_empty() {
+            match own {
+                Some(own) => own,
+                None => return Ok(None),
+            }
         } else {
-            Some(self.etcd.clone())
+            let plain = EtcdAccess::plain(self.etcd.clone());
+            own.map_or(plain, |own| own.at(self.etcd.clone()))
+        };
+        if let Some(ca) = &self.ca {
+            let identity = access.tls.take().and_then(|tls| tls.identity);
+            access.tls = Some(ClientTls {
+                ca: ca.clone(),
+                identity,
+            });
         }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let Some(tls) = &mut access.tls else {
+                bail!("--etcd-cert needs --etcd-ca: the CA that signed etcd's certificates");
+            };
+            tls.identity = Some((cert.clone(), key.clone()));
+        }
+        Ok(Some(access))
     }
 
     pub fn scope(&self, cluster: &Cluster) -> anyhow::Result<String> {
@@ -98,10 +140,10 @@ impl Agents {
 /// The running agents of `cluster`, or `None` when it has no etcd or no agent runs. An etcd that
 /// does not answer is an error: agents may run, and a manual role change would fight them.
 pub async fn agents(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Option<Agents>> {
-    let Some(endpoints) = etcd.endpoints(cluster) else {
+    let Some(access) = etcd.access(cluster, Role::Agent)? else {
         return Ok(None);
     };
-    let control = Control::connect(&endpoints, &etcd.scope(cluster)?).await?;
+    let control = Control::connect(&access, &etcd.scope(cluster)?).await?;
     let view = control.view().await.map_err(|e| {
         anyhow!("{e}: pgrepl cannot tell whether agents run, and a manual role change beside them would fight them; start etcd, or remove the cluster's [ha] section (and --etcd) if no agent runs")
     })?;
@@ -109,12 +151,12 @@ pub async fn agents(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Option
 }
 
 async fn control(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Control> {
-    let endpoints = etcd.endpoints(cluster).ok_or_else(|| {
+    let access = etcd.access(cluster, Role::Agent)?.ok_or_else(|| {
         anyhow!(
             "no etcd for this cluster: give --etcd URL,... or an [ha] section in the cluster file"
         )
     })?;
-    Ok(Control::connect(&endpoints, &etcd.scope(cluster)?).await?)
+    Ok(Control::connect(&access, &etcd.scope(cluster)?).await?)
 }
 
 pub async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use pgrepl::cluster::history::merged;
 use pgrepl::cluster::topology::Topology;
+use pgrepl::ha::etcd_access::Role;
 use pgrepl::ha::store::Store;
 
 use super::cluster::ClusterArgs;
@@ -32,12 +33,12 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let local = Topology::load(cluster.state_dir())?
         .map(|t| t.history)
         .unwrap_or_default();
-    let agents = match args.etcd.endpoints(&cluster) {
+    let agents = match args.etcd.access(&cluster, Role::Reader)? {
         None => None,
-        Some(endpoints) => {
+        Some(access) => {
             let read = async {
                 let store =
-                    Store::open(&endpoints, &args.etcd.scope(&cluster)?, READ_TIMEOUT).await?;
+                    Store::open(&access, &args.etcd.scope(&cluster)?, READ_TIMEOUT).await?;
                 Ok::<_, anyhow::Error>(store.history().await?)
             };
             match read.await {

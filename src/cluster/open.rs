@@ -111,6 +111,12 @@ impl Cluster {
     ) -> Result<Cluster, ClusterError> {
         let mut spec = spec;
         spec.runtime = kind;
+        // The etcd credentials are read by whoever opens the cluster, from wherever it runs.
+        if let Some(ha) = &mut spec.ha {
+            for file in ha.etcd_files_mut() {
+                *file = file.take().map(|f| base.join(f));
+            }
+        }
         let replication_password = spec.replication_password(base)?;
         let file_spec = spec.clone();
         // After a failover or switchover the recorded primary decides the roles.

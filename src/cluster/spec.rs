@@ -284,6 +284,21 @@ pub struct HaSpec {
         skip_serializing_if = "is_default_etcd_image"
     )]
     pub etcd_image: String,
+    /// For an etcd of your own (`etcd` with `https://` URLs): the CA that signed its server
+    /// certificates. The etcd `up` starts uses the cluster CA and needs none of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<PathBuf>,
+    /// The client certificate the agents and commands present (etcd's `--client-cert-auth`;
+    /// with auth on, its common name is the etcd user), with `etcd_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user with a password, the password read from `etcd_password_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 const DEFAULT_ETCD_IMAGE: &str = "pgrepl-local/etcd:3.4";
@@ -316,6 +331,54 @@ impl Default for HaSpec {
             ttl: default_ttl(),
             primary_start_timeout: default_start_timeout(),
             etcd_image: default_etcd_image(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password_file: None,
+        }
+    }
+}
+
+impl HaSpec {
+    /// The etcd credentials' files, for paths relative to the cluster file.
+    pub fn etcd_files_mut(&mut self) -> [&mut Option<PathBuf>; 4] {
+        [
+            &mut self.etcd_ca,
+            &mut self.etcd_cert,
+            &mut self.etcd_key,
+            &mut self.etcd_password_file,
+        ]
+    }
+
+    /// Credentials only make sense for an etcd of one's own, and come in pairs.
+    fn validate_etcd(&self) -> Result<(), String> {
+        let credentials = self.etcd_ca.is_some()
+            || self.etcd_cert.is_some()
+            || self.etcd_user.is_some()
+            || self.etcd_key.is_some()
+            || self.etcd_password_file.is_some();
+        if self.etcd.is_empty() {
+            if credentials {
+                return Err("[ha] etcd_ca, etcd_cert, etcd_key, etcd_user and etcd_password_file are for an etcd of your own, named in [ha] etcd: the etcd `up` starts has its own".into());
+            }
+            return Ok(());
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("[ha] etcd_cert and etcd_key go together: give both, or neither".into());
+        }
+        if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
+            return Err("[ha] etcd_user needs etcd_password_file (a file holding the password), and the file a user".into());
+        }
+        let https = self.etcd.iter().filter(|u| u.starts_with("https://")).count();
+        if https != 0 && https != self.etcd.len() {
+            return Err("[ha] etcd mixes http:// and https:// URLs: one etcd speaks one".into());
+        }
+        match (https > 0, self.etcd_ca.is_some()) {
+            (true, false) => Err("[ha] etcd is https://: give etcd_ca, the CA that signed its certificates".into()),
+            (false, true) => Err("[ha] etcd_ca is given but etcd is http://: write the URLs as https://".into()),
+            _ if self.etcd_cert.is_some() && https == 0 => Err("[ha] etcd_cert is given but etcd is http://: write the URLs as https://".into()),
+            _ => Ok(()),
         }
     }
 }
@@ -474,6 +537,9 @@ impl ClusterSpec {
             return invalid(format!(
                 "local.clients `{client}` must be an address/prefix such as 10.0.0.0/24"
             ));
+        }
+        if let Some(Err(message)) = self.ha.as_ref().map(HaSpec::validate_etcd) {
+            return invalid(message);
         }
         if let Some(proxy) = &self.proxy {
             if self.ha.is_none() {

@@ -48,12 +48,47 @@ pub enum TlsError {
     NoCa { dir: PathBuf, node: String },
 }
 
-/// A node's certificate to be: where its files go and the names it must carry.
-pub struct NodeCert {
-    pub node: String,
+/// What a certificate proves: a server's identity (a PostgreSQL node), a client's (an etcd
+/// user: etcd takes the common name as the user name), or both (an etcd member is its peers'
+/// client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+    ServerAndClient,
+}
+
+/// A certificate the cluster CA signs: `<dir>/<stem>.crt` and `<stem>.key`, with the CA's
+/// certificate copied beside them as `ca.crt`.
+pub struct Leaf {
+    /// The common name: the node's or etcd member's name, or the etcd user.
+    pub name: String,
     pub dir: PathBuf,
-    /// Host names and IP addresses clients reach the node by (verify-full checks them).
+    pub stem: String,
+    /// Host names and IP addresses clients reach it by (verify-full checks them).
     pub names: Vec<String>,
+    pub usage: Usage,
+}
+
+impl Leaf {
+    /// A PostgreSQL node's server certificate, `server.crt` in its TLS directory.
+    pub fn server(name: &str, dir: PathBuf, names: Vec<String>) -> Leaf {
+        Leaf {
+            name: name.to_owned(),
+            dir,
+            stem: "server".into(),
+            names,
+            usage: Usage::Server,
+        }
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join(format!("{}.crt", self.stem))
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.dir.join(format!("{}.key", self.stem))
+    }
 }
 
 /// The cluster CA's files.
@@ -65,12 +100,12 @@ pub fn ca_cert_path(state_dir: &Path) -> PathBuf {
     ca_dir(state_dir).join("ca.crt")
 }
 
-/// Makes what is missing: the CA (when `may_create_ca`), then each node's certificate and key,
-/// owned by `owner`; with `renew`, a new certificate and key for every node in `nodes`. Returns
+/// Makes what is missing: the CA (when `may_create_ca`), then each leaf's certificate and key,
+/// owned by `owner`; with `renew`, a new certificate and key for every leaf in `nodes`. Returns
 /// a line per thing made, for the step log. Existing files are kept otherwise.
 pub fn ensure(
     state_dir: &Path,
-    nodes: &[NodeCert],
+    nodes: &[Leaf],
     owner: Option<(u32, u32)>,
     may_create_ca: bool,
     renew: bool,
@@ -78,18 +113,16 @@ pub fn ensure(
     let mut made = Vec::new();
     let dir = ca_dir(state_dir);
     let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    let missing: Vec<&NodeCert> = nodes
+    let missing: Vec<&Leaf> = nodes
         .iter()
-        .filter(|n| {
-            renew || !n.dir.join("server.crt").exists() || !n.dir.join("server.key").exists()
-        })
+        .filter(|n| renew || !n.cert().exists() || !n.key().exists())
         .collect();
     if !ca_crt.exists() || !ca_key.exists() {
         if !may_create_ca {
             if let Some(node) = missing.first() {
                 return Err(TlsError::NoCa {
                     dir,
-                    node: node.node.clone(),
+                    node: node.name.clone(),
                 });
             }
             return Ok(made);
@@ -117,7 +150,7 @@ pub fn ensure(
         .self_signed(&ca_key)
         .map_err(generate("the CA certificate"))?;
     for node in missing {
-        let what = format!("`{}`'s certificate", node.node);
+        let what = format!("`{}`'s certificate", node.name);
         let key = KeyPair::generate().map_err(generate(&what))?;
         let mut params = CertificateParams::new(node.names.clone()).map_err(generate(&what))?;
         // libpq before 15 matches the host only against dNSName entries: an address is there
@@ -130,31 +163,28 @@ pub fn ensure(
         }
         params
             .distinguished_name
-            .push(DnType::CommonName, node.node.clone());
+            .push(DnType::CommonName, node.name.clone());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = match node.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, SERVER_DAYS);
         let cert = params
             .signed_by(&key, &ca, &ca_key)
             .map_err(generate(&what))?;
-        write_file(
-            &node.dir.join("server.key"),
-            key.serialize_pem().as_bytes(),
-            0o600,
-            owner,
-        )?;
-        write_file(
-            &node.dir.join("server.crt"),
-            cert.pem().as_bytes(),
-            0o644,
-            owner,
-        )?;
-        made.push(format!(
-            "certificate for `{}` ({})",
-            node.node,
-            node.names.join(", ")
-        ));
+        write_file(&node.key(), key.serialize_pem().as_bytes(), 0o600, owner)?;
+        write_file(&node.cert(), cert.pem().as_bytes(), 0o644, owner)?;
+        made.push(if node.names.is_empty() {
+            format!("certificate for `{}`", node.name)
+        } else {
+            format!("certificate for `{}` ({})", node.name, node.names.join(", "))
+        });
     }
     Ok(made)
 }
@@ -257,13 +287,15 @@ pub struct Expiry {
 }
 
 impl Cluster {
-    fn node_certs(&self, nodes: &[&NodeSpec]) -> Vec<NodeCert> {
+    fn node_certs(&self, nodes: &[&NodeSpec]) -> Vec<Leaf> {
         nodes
             .iter()
-            .map(|node| NodeCert {
-                node: node.name.clone(),
-                dir: self.runtime.tls_dir(node),
-                names: self.runtime.tls_names(node),
+            .map(|node| {
+                Leaf::server(
+                    &node.name,
+                    self.runtime.tls_dir(node),
+                    self.runtime.tls_names(node),
+                )
             })
             .collect()
     }
@@ -433,12 +465,12 @@ impl Cluster {
 mod tests {
     use super::*;
 
-    fn node(dir: &Path, name: &str) -> NodeCert {
-        NodeCert {
-            node: name.into(),
-            dir: dir.join(name).join("tls"),
-            names: vec![name.into(), "127.0.0.1".into(), "localhost".into()],
-        }
+    fn node(dir: &Path, name: &str) -> Leaf {
+        Leaf::server(
+            name,
+            dir.join(name).join("tls"),
+            vec![name.into(), "127.0.0.1".into(), "localhost".into()],
+        )
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::etcd_access::EtcdAccess;
 use super::model::View;
 use super::records::{LeaseId, PauseRecord, RoleRequest};
 use super::requests;
@@ -60,8 +61,8 @@ pub struct Acknowledged {
 }
 
 impl Control {
-    pub async fn connect(endpoints: &[String], cluster: &str) -> Result<Control, HaError> {
-        let store = Store::open(endpoints, cluster, REQUEST_TIMEOUT).await?;
+    pub async fn connect(access: &EtcdAccess, cluster: &str) -> Result<Control, HaError> {
+        let store = Store::open(access, cluster, REQUEST_TIMEOUT).await?;
         Ok(Control { store })
     }
 

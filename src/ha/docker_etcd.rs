@@ -6,19 +6,23 @@
 
 use std::path::{Path, PathBuf};
 
+use super::etcd_access::{EtcdAccess, User};
 use super::local_etcd::{
-    ensure_members, load_members, member_args, wait_answering, Member, MemberUrls,
+    ensure_members, load_members, member_args, provisioned, secure, wait_answering, Member,
+    MemberUrls,
 };
 use super::HaError;
 use crate::cluster::docker::{
     DockerRuntime, EtcdContainer, ETCD_CLIENT_PORT, ETCD_DATA_MOUNT, ETCD_PEER_PORT,
+    ETCD_TLS_MOUNT,
 };
 use crate::cluster::{ports, StepLog};
 
-/// Where etcd answers: from the host, and from the containers on the cluster network.
+/// Where etcd answers: from the host (as the agents' user), and from the containers on the
+/// cluster network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdUrls {
-    pub host: Vec<String>,
+    pub host: EtcdAccess,
     pub network: Vec<String>,
 }
 
@@ -44,20 +48,40 @@ impl<'a> DockerEtcd<'a> {
     }
 
     fn network_url(&self, member: &Member, port: u16) -> String {
-        format!("http://{}:{port}", self.container_name(member))
+        format!(
+            "{}://{}:{port}",
+            member.scheme(),
+            self.container_name(member)
+        )
     }
 
-    /// The container of `member` in a cluster of `members`.
-    fn definition(&self, member: &Member, members: &[Member], token: &str) -> EtcdContainer {
+    /// What a member's certificate names: its container on the network, its port on the host.
+    fn names(&self, member: &Member) -> Vec<String> {
+        vec![
+            self.container_name(member),
+            "127.0.0.1".into(),
+            "localhost".into(),
+        ]
+    }
+
+    /// The container of `member` in a cluster of `members`; `tls`: the members' certificates.
+    fn definition(
+        &self,
+        member: &Member,
+        members: &[Member],
+        token: &str,
+        tls: Option<&Path>,
+    ) -> EtcdContainer {
         let initial_cluster = members
             .iter()
             .map(|m| format!("{}={}", m.name, self.network_url(m, ETCD_PEER_PORT)))
             .collect::<Vec<_>>()
             .join(",");
+        let scheme = member.scheme();
         let urls = MemberUrls {
-            listen_client: format!("http://0.0.0.0:{ETCD_CLIENT_PORT}"),
+            listen_client: format!("{scheme}://0.0.0.0:{ETCD_CLIENT_PORT}"),
             advertise_client: self.network_url(member, ETCD_CLIENT_PORT),
-            listen_peer: format!("http://0.0.0.0:{ETCD_PEER_PORT}"),
+            listen_peer: format!("{scheme}://0.0.0.0:{ETCD_PEER_PORT}"),
             advertise_peer: self.network_url(member, ETCD_PEER_PORT),
         };
         let args = member_args(
@@ -66,6 +90,7 @@ impl<'a> DockerEtcd<'a> {
             ETCD_DATA_MOUNT.as_ref(),
             &initial_cluster,
             token,
+            tls.map(|_| Path::new(ETCD_TLS_MOUNT)),
         );
         EtcdContainer {
             name: self.container_name(member),
@@ -76,21 +101,26 @@ impl<'a> DockerEtcd<'a> {
                 .collect(),
             data: self.state_dir.join("etcd").join(&member.name),
             host_port: member.client_port,
+            tls: tls.map(Path::to_path_buf),
         }
     }
 
     /// Starts the members' containers that do not run (creating them the first time, with
-    /// client ports other than `avoid`) and returns the URLs once every member answers a
-    /// linearizable read.
+    /// client ports other than `avoid`, with TLS and auth when `tls`) and returns the URLs once
+    /// every member answers a linearizable read.
     pub async fn ensure_running(
         &self,
         avoid: &[u16],
-        token: &str,
+        tls: bool,
         log: &dyn StepLog,
     ) -> Result<EtcdUrls, HaError> {
-        let members = ensure_members(&self.state_dir, avoid)?;
+        // A missing image fails before anything is made.
+        self.docker.ensure_part_image(&self.image, "etcd").await?;
+        let members = ensure_members(&self.state_dir, avoid, tls)?;
+        let tls_dir = secure(&self.state_dir, &self.scope, &members, |m| self.names(m), log)?;
+        let token = format!("pgrepl-{}", self.scope);
         for member in &members {
-            let container = self.definition(member, &members, token);
+            let container = self.definition(member, &members, &token, tls_dir.as_deref());
             if !self.docker.container_runs(&container.name).await
                 && !ports::is_free(member.client_port)
             {
@@ -109,10 +139,13 @@ impl<'a> DockerEtcd<'a> {
             }
         }
         let host: Vec<String> = members.iter().map(Member::client_url).collect();
-        wait_answering(&host, |i| {
+        let root = EtcdAccess::own(&self.state_dir, host.clone(), tls, User::Root);
+        wait_answering(&root, |i| {
             format!("docker logs {}", self.container_name(&members[i]))
         })
         .await?;
+        provisioned(&self.state_dir, &root, &self.scope, log).await?;
+        let host = EtcdAccess::own(&self.state_dir, host, tls, User::Agent);
         let network = members
             .iter()
             .map(|m| self.network_url(m, ETCD_CLIENT_PORT))
@@ -145,8 +178,8 @@ mod tests {
         let docker =
             DockerRuntime::new(tmp.path().to_owned(), DockerSettings::default(), None).unwrap();
         let etcd = DockerEtcd::new(&docker, tmp.path(), "demo", "pgrepl-local/etcd:3.4");
-        let members = ensure_members(tmp.path(), &[]).unwrap();
-        let container = etcd.definition(&members[1], &members, "pgrepl-demo");
+        let members = ensure_members(tmp.path(), &[], false).unwrap();
+        let container = etcd.definition(&members[1], &members, "pgrepl-demo", None);
         assert_eq!(container.name, "demo-etcd1");
         assert_eq!(container.host_port, members[1].client_port);
         assert_eq!(container.data, tmp.path().join("etcd/etcd1"));

@@ -3,6 +3,8 @@
 //! Their ports are picked once, among free ones below the kernel's ephemeral range, and kept in
 //! `members.json`: etcd stores its peers' URLs in its data, so a member restarts on the same
 //! ports. The client URLs go to [`super::local_etcd_endpoints_file`] for every later command.
+//! A cluster with TLS gets an etcd with TLS, client certificates and auth (`etcd_access`);
+//! an etcd made before that keeps speaking plain HTTP until `down --purge`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::daemon::Daemon;
+use super::etcd_access::{self, EtcdAccess, User};
 use super::{HaError, ETCD_ELECTION_MS, ETCD_HEARTBEAT_MS};
 use crate::cluster::{ports, StepLog};
 
@@ -26,6 +29,9 @@ pub(super) struct Member {
     pub(super) name: String,
     pub(super) client_port: u16,
     peer_port: u16,
+    /// TLS to clients and peers, client certificates required.
+    #[serde(default)]
+    pub(super) tls: bool,
 }
 
 /// Where a member listens and what it tells the others and its clients.
@@ -39,11 +45,19 @@ pub(super) struct MemberUrls {
 impl Member {
     /// The member's client URL as the host reaches it.
     pub(super) fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
+    }
+
+    pub(super) fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -83,15 +97,19 @@ impl LocalEtcd {
     }
 
     /// Starts the members that do not run (all of them the first time, on new ports other than
-    /// `avoid`) and returns the client URLs once every member answers a linearizable read.
+    /// `avoid`, with TLS and auth when `tls`) and returns how the agents reach etcd once every
+    /// member answers a linearizable read.
     pub async fn ensure_running(
         &self,
         avoid: &[u16],
-        token: &str,
+        scope: &str,
+        tls: bool,
         log: &dyn StepLog,
-    ) -> Result<Vec<String>, HaError> {
-        let members = ensure_members(&self.state_dir, avoid)?;
+    ) -> Result<EtcdAccess, HaError> {
+        let members = ensure_members(&self.state_dir, avoid, tls)?;
         let urls: Vec<String> = members.iter().map(Member::client_url).collect();
+        let names = |_: &Member| vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let tls_files = secure(&self.state_dir, scope, &members, names, log)?;
         let binary = etcd_binary()?;
         let initial_cluster = members
             .iter()
@@ -131,19 +149,22 @@ impl LocalEtcd {
                 &member_urls,
                 data.as_os_str(),
                 &initial_cluster,
-                token,
+                &format!("pgrepl-{scope}"),
+                tls_files.as_deref(),
             );
             daemon.start(&binary, &args, &self.dir)?;
             started.push(member);
         }
-        wait_answering(&urls, |i| {
+        let root = EtcdAccess::own(&self.state_dir, urls.clone(), tls, User::Root);
+        wait_answering(&root, |i| {
             format!("`{}`", self.daemon(&members[i]).log_file.display())
         })
         .await?;
         if !started.is_empty() {
             log.step(&format!("etcd answers at {}", urls.join(",")));
         }
-        Ok(urls)
+        provisioned(&self.state_dir, &root, scope, log).await?;
+        Ok(EtcdAccess::own(&self.state_dir, urls, tls, User::Agent))
     }
 
     /// Stops every member that runs and confirms it exited.
@@ -168,15 +189,64 @@ impl LocalEtcd {
 pub const LOCAL_ETCD_PORTS: std::ops::Range<u16> = 20000..ports::EPHEMERAL.0;
 
 /// Names and ports for a new etcd: free ports in [`LOCAL_ETCD_PORTS`].
-fn new_members(avoid: &[u16]) -> Vec<Member> {
+fn new_members(avoid: &[u16], tls: bool) -> Vec<Member> {
     let mut pick = ports::picker(LOCAL_ETCD_PORTS, avoid);
     (0..MEMBERS)
         .map(|i| Member {
             name: format!("etcd{i}"),
             client_port: pick(),
             peer_port: pick(),
+            tls,
         })
         .collect()
+}
+
+/// With TLS, the members' and users' certificates (made when missing; `names(member)`: the
+/// addresses clients and peers reach it by), and the directory etcd finds its own in.
+pub(super) fn secure(
+    state_dir: &Path,
+    scope: &str,
+    members: &[Member],
+    names: impl Fn(&Member) -> Vec<String>,
+    log: &dyn StepLog,
+) -> Result<Option<PathBuf>, HaError> {
+    if !members.iter().all(|m| m.tls) {
+        return Ok(None);
+    }
+    let members: Vec<(String, Vec<String>)> =
+        members.iter().map(|m| (m.name.clone(), names(m))).collect();
+    let leaves = etcd_access::leaves(state_dir, scope, &members);
+    let made = crate::cluster::tls::ensure(state_dir, &leaves, None, true, false)
+        .map_err(|e| HaError::Process(format!("etcd's certificates: {e}")))?;
+    for line in made {
+        log.step(&format!("etcd: {line}"));
+    }
+    Ok(Some(etcd_access::members_dir(state_dir)))
+}
+
+/// With TLS, the users and roles (`etcd_access::provision`), once: `<state_dir>/etcd/auth`
+/// says they are made (a run interrupted before it makes them again).
+pub(super) async fn provisioned(
+    state_dir: &Path,
+    root: &EtcdAccess,
+    scope: &str,
+    log: &dyn StepLog,
+) -> Result<(), HaError> {
+    let done = state_dir.join("etcd").join("auth");
+    if root.tls.is_none() || done.exists() {
+        return Ok(());
+    }
+    etcd_access::provision(root, scope).await?;
+    crate::fs::write_durably(&done, scope.as_bytes(), 0o644).map_err(|source| HaError::Io {
+        context: format!("write `{}`", done.display()),
+        source,
+    })?;
+    log.step(&format!(
+        "etcd: auth on; users {} (read-write) and {} (read-only) on `/pgrepl/{scope}/`",
+        User::Agent.name(scope),
+        User::Reader.name(scope)
+    ));
+    Ok(())
 }
 
 fn members_file(dir: &Path) -> PathBuf {
@@ -200,9 +270,13 @@ pub(super) fn load_members(dir: &Path) -> Result<Option<Vec<Member>>, HaError> {
     }
 }
 
-/// The members recorded in `<state_dir>/etcd/`, or new ones (ports other than `avoid`) now
-/// recorded there; their client URLs are written for every later command.
-pub(super) fn ensure_members(state_dir: &Path, avoid: &[u16]) -> Result<Vec<Member>, HaError> {
+/// The members recorded in `<state_dir>/etcd/`, or new ones (ports other than `avoid`, TLS
+/// when `tls`) now recorded there; their client URLs are written for every later command.
+pub(super) fn ensure_members(
+    state_dir: &Path,
+    avoid: &[u16],
+    tls: bool,
+) -> Result<Vec<Member>, HaError> {
     let dir = state_dir.join("etcd");
     let io = |what: &str, path: &Path| {
         let context = format!("{what} `{}`", path.display());
@@ -212,7 +286,7 @@ pub(super) fn ensure_members(state_dir: &Path, avoid: &[u16]) -> Result<Vec<Memb
     let members = match load_members(&dir)? {
         Some(members) => members,
         None => {
-            let members = new_members(avoid);
+            let members = new_members(avoid, tls);
             let text = serde_json::to_string_pretty(&members).expect("members serialise");
             let file = members_file(&dir);
             crate::fs::write_durably(&file, text.as_bytes(), 0o644).map_err(io("write", &file))?;
@@ -226,15 +300,20 @@ pub(super) fn ensure_members(state_dir: &Path, avoid: &[u16]) -> Result<Vec<Memb
     Ok(members)
 }
 
-/// Waits until every one of `urls` answers a linearizable read; else names the logs
-/// (`log_of(i)`) of those that did not.
+/// Waits until every one of `access`'s endpoints answers a linearizable read; else names the
+/// logs (`log_of(i)`) of those that did not.
 pub(super) async fn wait_answering(
-    urls: &[String],
+    access: &EtcdAccess,
     log_of: impl Fn(usize) -> String,
 ) -> Result<(), HaError> {
+    let urls = &access.endpoints;
+    let options = access.options()?;
     let deadline = tokio::time::Instant::now() + HEALTHY_WAIT;
     loop {
-        let answers = futures_util::future::join_all(urls.iter().cloned().map(answers)).await;
+        let answers = futures_util::future::join_all(
+            urls.iter().map(|url| answers(url.clone(), options.clone())),
+        )
+        .await;
         if answers.iter().all(|&ok| ok) {
             return Ok(());
         }
@@ -252,13 +331,15 @@ pub(super) async fn wait_answering(
     }
 }
 
-/// The command line of one member, the same for a process and a container.
+/// The command line of one member, the same for a process and a container; `tls`: the
+/// directory of its certificate (`<name>.crt`) and the CA's.
 pub(super) fn member_args(
     name: &str,
     urls: &MemberUrls,
     data: &std::ffi::OsStr,
     initial_cluster: &str,
     token: &str,
+    tls: Option<&Path>,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--name",
@@ -297,6 +378,26 @@ pub(super) fn member_args(
         "--election-timeout".into(),
         ETCD_ELECTION_MS.to_string().into(),
     ]);
+    if let Some(dir) = tls {
+        let (cert, key, ca) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+            dir.join("ca.crt"),
+        );
+        // The same certificate serves clients and authenticates to peers; both sides require
+        // one the cluster CA signed.
+        for prefix in ["--", "--peer-"] {
+            args.extend([
+                format!("{prefix}cert-file").into(),
+                cert.clone().into(),
+                format!("{prefix}key-file").into(),
+                key.clone().into(),
+                format!("{prefix}trusted-ca-file").into(),
+                ca.clone().into(),
+                format!("{prefix}client-cert-auth").into(),
+            ]);
+        }
+    }
     args
 }
 
@@ -318,11 +419,9 @@ fn etcd_binary() -> Result<PathBuf, HaError> {
 }
 
 /// The member answers a linearizable read, which needs an elected leader with quorum.
-async fn answers(url: String) -> bool {
+async fn answers(url: String, options: etcd_client::ConnectOptions) -> bool {
     let limit = Duration::from_secs(1);
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(limit)
-        .with_timeout(limit);
+    let options = options.with_connect_timeout(limit).with_timeout(limit);
     let read = async {
         let mut client = etcd_client::Client::connect([url], Some(options))
             .await
@@ -339,7 +438,7 @@ mod tests {
     #[test]
     fn new_members_get_distinct_free_ports_below_the_ephemeral_range() {
         let avoid = [20001, 20002];
-        let members = new_members(&avoid);
+        let members = new_members(&avoid, false);
         let mut ports: Vec<u16> = members
             .iter()
             .flat_map(|m| [m.client_port, m.peer_port])

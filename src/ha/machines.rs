@@ -4,6 +4,9 @@
 //! every address (a container reconnected after a partition may get another one), pg_hba
 //! admits the network, and etcd is reached by its containers' names.
 
+use std::path::PathBuf;
+
+use super::etcd_access::EtcdAccess;
 use crate::cluster::docker::MACHINE_PASSWORD_FILE;
 use crate::cluster::spec::{ClusterSpec, HaSpec, LocalSettings, ReplicationRole, RuntimeKind};
 
@@ -17,9 +20,26 @@ const STATE_DIR: &str = "state";
 pub struct Network<'a> {
     /// The network's subnet (`address/prefix`).
     pub subnet: &'a str,
-    /// etcd's client URLs on the network.
-    pub etcd: &'a [String],
+    /// etcd's client URLs on the network, with the host's credentials files.
+    pub etcd: &'a EtcdAccess,
     pub scope: &'a str,
+}
+
+/// The etcd credentials a machine needs: each host file and its name in the machine
+/// directory, which the machine's cluster file names.
+pub fn etcd_files(access: &EtcdAccess) -> Vec<(PathBuf, &'static str)> {
+    let mut files = Vec::new();
+    if let Some(tls) = &access.tls {
+        files.push((tls.ca.clone(), "etcd-ca.crt"));
+        if let Some((cert, key)) = &tls.identity {
+            files.push((cert.clone(), "etcd-client.crt"));
+            files.push((key.clone(), "etcd-client.key"));
+        }
+    }
+    if let Some((_, password)) = &access.user {
+        files.push((password.clone(), "etcd.password"));
+    }
+    files
 }
 
 /// `spec` (the cluster file as written: its primary is the one that initialises) as the
@@ -45,9 +65,21 @@ pub fn machine_spec(spec: &ClusterSpec, replication_password: &str, net: &Networ
     // The proxy is the host's, in front of every machine.
     machine.proxy = None;
     let ha = spec.ha.clone().unwrap_or_default();
+    let name_of = |host: &PathBuf| {
+        etcd_files(net.etcd)
+            .into_iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, name)| PathBuf::from(name))
+    };
+    let tls = net.etcd.tls.as_ref();
     machine.ha = Some(HaSpec {
-        etcd: net.etcd.to_vec(),
+        etcd: net.etcd.endpoints.clone(),
         scope: Some(net.scope.to_owned()),
+        etcd_ca: tls.and_then(|t| name_of(&t.ca)),
+        etcd_cert: tls.and_then(|t| t.identity.as_ref()).and_then(|(c, _)| name_of(c)),
+        etcd_key: tls.and_then(|t| t.identity.as_ref()).and_then(|(_, k)| name_of(k)),
+        etcd_user: net.etcd.user.as_ref().map(|(name, _)| name.clone()),
+        etcd_password_file: net.etcd.user.as_ref().and_then(|(_, p)| name_of(p)),
         ..ha
     });
     machine
@@ -56,6 +88,7 @@ pub fn machine_spec(spec: &ClusterSpec, replication_password: &str, net: &Networ
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ha::etcd_access::ClientTls;
 
     #[test]
     fn the_agents_file_is_local_by_container_name_with_the_network_and_etcd_by_name() {
@@ -69,7 +102,14 @@ mod tests {
         };
         spec.replication.password = None;
         spec.replication.password_file = Some("secret".into());
-        let etcd = vec!["http://demo-etcd1:2379".to_owned()];
+        let etcd = EtcdAccess {
+            endpoints: vec!["https://demo-etcd1:2379".to_owned()],
+            tls: Some(ClientTls {
+                ca: "/state/tls/ca.crt".into(),
+                identity: Some(("/state/a.crt".into(), "/state/a.key".into())),
+            }),
+            user: None,
+        };
         let net = Network {
             subnet: "172.20.0.0/16",
             etcd: &etcd,
@@ -89,8 +129,12 @@ mod tests {
         let ha = machine.ha.unwrap();
         assert_eq!(
             (&ha.etcd, ha.scope.as_deref(), ha.ttl),
-            (&etcd, Some("demo"), 3)
+            (&etcd.endpoints, Some("demo"), 3)
         );
+        // etcd's credentials are copies in the machine directory, named relative to its file.
+        assert_eq!(ha.etcd_ca, Some("etcd-ca.crt".into()));
+        assert_eq!(ha.etcd_key, Some("etcd-client.key".into()));
+        assert_eq!(etcd_files(&etcd).len(), 3);
         // The file round-trips: the agent reads what `up` writes.
         let text = machine_spec(&spec, "s3cret", &net).to_toml();
         assert_eq!(

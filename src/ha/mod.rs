@@ -30,6 +30,7 @@ pub mod core;
 mod daemon;
 pub mod decide;
 pub mod docker_etcd;
+pub mod etcd_access;
 pub mod election;
 pub mod haproxy;
 pub mod health;
@@ -48,6 +49,7 @@ pub use self::local_etcd::LOCAL_ETCD_PORTS;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use self::etcd_access::{ClientTls, EtcdAccess, Role};
 use crate::cluster::Cluster;
 
 /// The cluster's name in etcd keys: `[ha] scope`, else the cluster file's name without its
@@ -73,12 +75,20 @@ pub fn local_etcd_endpoints_file(state_dir: &Path) -> PathBuf {
     state_dir.join("etcd").join("endpoints")
 }
 
-/// The etcd client URLs of the cluster: `[ha] etcd`, else those of the etcd `up` started in
-/// the state dir; `None` when neither exists.
-pub fn endpoints(cluster: &Cluster) -> Option<Vec<String>> {
+/// How to reach the cluster's etcd in `role`: `[ha] etcd` with `[ha]`'s credentials, else the
+/// etcd `up` started in the state dir (over TLS, as the role's user, when its URLs are
+/// `https://`); `None` when neither exists.
+pub fn etcd_access(cluster: &Cluster, role: Role) -> Option<EtcdAccess> {
     let ha = cluster.spec.ha.as_ref()?;
     if !ha.etcd.is_empty() {
-        return Some(ha.etcd.clone());
+        return Some(EtcdAccess {
+            endpoints: ha.etcd.clone(),
+            tls: ha.etcd_ca.clone().map(|ca| ClientTls {
+                ca,
+                identity: ha.etcd_cert.clone().zip(ha.etcd_key.clone()),
+            }),
+            user: ha.etcd_user.clone().zip(ha.etcd_password_file.clone()),
+        });
     }
     let text = std::fs::read_to_string(local_etcd_endpoints_file(cluster.state_dir())).ok()?;
     let urls: Vec<String> = text
@@ -87,7 +97,8 @@ pub fn endpoints(cluster: &Cluster) -> Option<Vec<String>> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
-    (!urls.is_empty()).then_some(urls)
+    let tls = urls.iter().all(|url| url.starts_with("https://"));
+    (!urls.is_empty()).then(|| EtcdAccess::own(cluster.state_dir(), urls, tls, role.into()))
 }
 
 /// The Raft timing of the etcd `up` starts (and the one to give an etcd of your own): while

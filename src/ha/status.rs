@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::etcd_access::Role;
 use super::model::View;
 use super::records::{ServerState, SyncRecord};
 use super::store::Store;
@@ -92,13 +93,13 @@ pub fn summarize(nodes: &[String], snapshot: &View) -> (Vec<AgentHealth>, Vec<St
 
 /// Reads the HA state of `cluster`; an etcd that does not answer is reported in `error`.
 pub async fn read(cluster: &Cluster) -> HaStatus {
-    let endpoints = super::endpoints(cluster).unwrap_or_default();
-    if endpoints.is_empty() {
+    let Some(access) = super::etcd_access(cluster, Role::Reader) else {
         let why = "no etcd: [ha] names none and `pgrepl up` started none";
-        return base(cluster, endpoints, Some(why.into()));
-    }
+        return base(cluster, Vec::new(), Some(why.into()));
+    };
+    let endpoints = access.endpoints.clone();
     let read = async {
-        let store = Store::open(&endpoints, &super::scope(cluster)?, READ_TIMEOUT).await?;
+        let store = Store::open(&access, &super::scope(cluster)?, READ_TIMEOUT).await?;
         let snapshot = store.snapshot().await?;
         let left = lease_left(&store, &snapshot).await?;
         Ok::<_, super::HaError>((snapshot, left))

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
     TxnOpResponse, TxnResponse, WatchOptions, WatchStream, Watcher,
 };
 use serde::de::DeserializeOwned;
 
+use super::etcd_access::EtcdAccess;
 use super::model::{Leader, View};
 use super::records::{
     Keys, LeaderRecord, LeaseId, MemberRecord, PauseRecord, RoleRequest, SyncRecord,
@@ -35,21 +36,23 @@ pub struct Store {
 impl Store {
     /// The agent's store: every request bounded by the timing's request timeout.
     pub async fn connect(
-        endpoints: &[String],
+        access: &EtcdAccess,
         cluster: &str,
         timing: &Timing,
     ) -> Result<Store, HaError> {
-        Store::open(endpoints, cluster, timing.request_timeout()).await
+        Store::open(access, cluster, timing.request_timeout()).await
     }
 
     /// A store whose requests each take at most `timeout` (`status` and `up` read with it).
     pub async fn open(
-        endpoints: &[String],
+        access: &EtcdAccess,
         cluster: &str,
         timeout: Duration,
     ) -> Result<Store, HaError> {
+        let endpoints = &access.endpoints;
         let joined = endpoints.join(",");
-        let options = ConnectOptions::new()
+        let options = access
+            .options()?
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_millis(500), timeout)

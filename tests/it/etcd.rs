@@ -1,13 +1,14 @@
 //! A real etcd cluster for tests: three members on loopback with free ports, data in a temp
-//! dir, each one killable, stoppable and restartable. Panics with the missing capability when
-//! the machine has no etcd binary (CI installs Debian's etcd-server).
+//! dir, each one killable, stoppable and restartable. Secured as the etcd `up` starts: TLS to
+//! clients and peers with certificates of a CA of its own, auth on, and scope `pgrepl`'s users
+//! (the agents get `--etcd-ca`, `--etcd-cert` and `--etcd-key`). Panics with the missing
+//! capability when the machine has no etcd binary (CI installs Debian's etcd-server).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pgrepl::ha::etcd_access::{self, EtcdAccess, User};
 use pgrepl::ha::{ETCD_ELECTION_MS, ETCD_HEARTBEAT_MS};
 
 use crate::harness;
@@ -43,7 +44,8 @@ pub(crate) fn etcd_binary() -> PathBuf {
 }
 
 impl EtcdCluster {
-    /// Starts `size` members and waits until every one reports healthy.
+    /// Starts `size` members, waits until every one reports healthy and makes scope
+    /// `pgrepl`'s users.
     pub fn start(size: usize) -> EtcdCluster {
         let binary = etcd_binary();
         let members: Vec<Member> = (0..size)
@@ -56,11 +58,19 @@ impl EtcdCluster {
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=https://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        let names: Vec<(String, Vec<String>)> = members
+            .iter()
+            .map(|m| (m.name.clone(), vec!["127.0.0.1".to_owned()]))
+            .collect();
+        let leaves = etcd_access::leaves(dir.path(), "pgrepl", &names);
+        pgrepl::cluster::tls::ensure(dir.path(), &leaves, None, true, false)
+            .expect("etcd's certificates");
         let mut cluster = EtcdCluster {
-            dir: tempfile::tempdir().expect("temp dir for etcd"),
+            dir,
             binary,
             members,
             initial_cluster,
@@ -71,15 +81,70 @@ impl EtcdCluster {
         for i in 0..size {
             cluster.wait_healthy(i);
         }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(etcd_access::provision(&cluster.root(), "pgrepl"))
+            .expect("etcd's users and roles");
         cluster
+    }
+
+    /// How the test reaches etcd: as its root user.
+    pub fn root(&self) -> EtcdAccess {
+        self.access(User::Root)
+    }
+
+    pub fn access(&self, user: User) -> EtcdAccess {
+        EtcdAccess::own(self.dir.path(), self.urls(), true, user)
+    }
+
+    /// The arguments that give a pgrepl command the agents' user and etcd's URLs.
+    pub fn agent_args(&self) -> Vec<String> {
+        let access = self.access(User::Agent);
+        let tls = access.tls.expect("TLS");
+        let (cert, key) = tls.identity.expect("a client certificate");
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--etcd".into(),
+            self.endpoints(),
+            "--etcd-ca".into(),
+            path(&tls.ca),
+            "--etcd-cert".into(),
+            path(&cert),
+            "--etcd-key".into(),
+            path(&key),
+        ]
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("https://127.0.0.1:{}", m.client_port))
+            .collect()
     }
 
     fn spawn(&mut self, i: usize) {
         let member = &self.members[i];
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))
             .expect("etcd log file");
-        let client = format!("http://127.0.0.1:{}", member.client_port);
-        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let client = format!("https://127.0.0.1:{}", member.client_port);
+        let peer = format!("https://127.0.0.1:{}", member.peer_port);
+        let certs = etcd_access::members_dir(self.dir.path());
+        let file = |name: String| certs.join(name).display().to_string();
+        let mut tls = Vec::new();
+        for prefix in ["--", "--peer-"] {
+            tls.extend([
+                format!("{prefix}cert-file"),
+                file(format!("{}.crt", member.name)),
+                format!("{prefix}key-file"),
+                file(format!("{}.key", member.name)),
+                format!("{prefix}trusted-ca-file"),
+                file("ca.crt".into()),
+                format!("{prefix}client-cert-auth"),
+            ]);
+        }
         let child = Command::new(&self.binary)
             .args(["--name", &member.name, "--data-dir"])
             .arg(self.dir.path().join(&member.name))
@@ -105,6 +170,7 @@ impl EtcdCluster {
             // The Raft timing `up` gives its own etcd and the notes recommend.
             .args(["--heartbeat-interval", &ETCD_HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ETCD_ELECTION_MS.to_string()])
+            .args(&tls)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -113,13 +179,9 @@ impl EtcdCluster {
         self.members[i].child = Some(child);
     }
 
-    /// `http://127.0.0.1:PORT,...` for every member.
+    /// `https://127.0.0.1:PORT,...` for every member.
     pub fn endpoints(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.urls().join(",")
     }
 
     /// SIGKILL to one member.
@@ -137,18 +199,12 @@ impl EtcdCluster {
         self.wait_healthy(i);
     }
 
-    /// True once the member answers /health with `"health":"true"` (it has a leader).
+    /// True once the member answers a linearizable read (it has a leader), as etcd's
+    /// /health does.
     pub fn healthy(&self, i: usize) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.members[i].client_port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        if stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        text.contains("\"health\":\"true\"")
+        let root = self.root();
+        let member = root.at(vec![root.endpoints[i].clone()]);
+        crate::ha_cluster::etcd_answers(&member)
     }
 
     fn wait_healthy(&self, i: usize) {
@@ -174,16 +230,17 @@ impl EtcdCluster {
     }
 }
 
-/// Whether the member at `endpoint` is etcd's leader (false when it does not answer in 1 s).
-pub(crate) fn is_leader(endpoint: &str) -> bool {
+/// Whether the member `member` reaches is etcd's leader (false when it does not answer in 1 s).
+pub(crate) fn is_leader(member: &EtcdAccess) -> bool {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let options = member.options().expect("etcd's credentials");
     runtime
         .block_on(async {
             let limit = Duration::from_secs(1);
-            let connect = etcd_client::Client::connect([endpoint], None);
+            let connect = etcd_client::Client::connect(&member.endpoints, Some(options));
             let mut client = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
             let status = tokio::time::timeout(limit, client.status())
                 .await

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster_flow::TestCluster;
 use crate::etcd::EtcdCluster;
+use pgrepl::ha::etcd_access::{EtcdAccess, User};
 use crate::ha_docker;
 
 /// The nodes of `pgrepl init`'s cluster file, the one most tests run.
@@ -41,14 +42,16 @@ impl Reach {
 /// started (docker runtime, named `pgrepl-etcdN`).
 pub(crate) enum Etcd {
     Processes(EtcdCluster),
-    Containers { endpoints: String },
+    /// As etcd's root user (`up` made its certificate).
+    Containers { root: EtcdAccess },
 }
 
 impl Etcd {
-    pub(crate) fn endpoints(&self) -> String {
+    /// How the test reaches etcd: as its root user, whatever the agents may do.
+    pub(crate) fn root(&self) -> EtcdAccess {
         match self {
-            Etcd::Processes(etcd) => etcd.endpoints(),
-            Etcd::Containers { endpoints } => endpoints.clone(),
+            Etcd::Processes(etcd) => etcd.root(),
+            Etcd::Containers { root } => root.clone(),
         }
     }
 
@@ -64,12 +67,12 @@ impl Etcd {
     pub(crate) fn restart(&mut self, i: usize) {
         match self {
             Etcd::Processes(etcd) => etcd.restart(i),
-            Etcd::Containers { endpoints } => {
+            Etcd::Containers { root } => {
                 ha_docker::start(&etcd_container(i));
-                let endpoint = endpoints.split(',').nth(i).expect("a member's endpoint");
+                let member = root.at(vec![root.endpoints[i].clone()]);
                 let deadline = Instant::now() + Duration::from_secs(30);
                 // A key the agents wrote once, with no lease: a read of it needs quorum.
-                while etcd_get(endpoint, "/pgrepl/pgrepl/config").is_none() {
+                while etcd_get(&member, "/pgrepl/pgrepl/config").is_none() {
                     assert!(
                         Instant::now() < deadline,
                         "{} did not answer",
@@ -85,9 +88,8 @@ impl Etcd {
 impl Etcd {
     /// Whether member `i` is etcd's leader (false when it does not answer).
     pub(crate) fn is_leader(&self, i: usize) -> bool {
-        let endpoints = self.endpoints();
-        let endpoint = endpoints.split(',').nth(i).expect("a member's endpoint");
-        crate::etcd::is_leader(endpoint)
+        let root = self.root();
+        crate::etcd::is_leader(&root.at(vec![root.endpoints[i].clone()]))
     }
 
     /// The member that is etcd's leader, waiting up to `limit` for one.
@@ -178,12 +180,13 @@ impl HaCluster {
         let read = |name: &str| std::fs::read_to_string(state.join(name)).unwrap();
         let endpoints = read("etcd/endpoints")
             .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(",");
+            .map(str::to_owned)
+            .collect();
+        let root = EtcdAccess::own(&state, endpoints, true, User::Root);
         let ha = HaCluster {
             nodes: NODES.map(str::to_owned).to_vec(),
             agents: Vec::new(),
-            etcd: Etcd::Containers { endpoints },
+            etcd: Etcd::Containers { root },
             reach: Reach::Tcp {
                 password: read("superuser.password").trim().to_owned(),
             },
@@ -236,12 +239,8 @@ impl HaCluster {
         }
         let mut pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
         pgrepl.envs(env.iter().copied());
-        let etcd = [
-            "--etcd".to_owned(),
-            self.etcd.endpoints(),
-            "--api".to_owned(),
-            self.apis[i].to_string(),
-        ];
+        let mut etcd = self.etcd_args();
+        etcd.extend(["--api".to_owned(), self.apis[i].to_string()]);
         let (file, log) = (&self.cluster.file, self.log(i));
         self.agents[i] = Some(spawn_agent(pgrepl, &self.nodes[i], file, &etcd, &log));
     }
@@ -313,14 +312,14 @@ impl HaCluster {
 
     /// A key's value, asking each etcd member in turn (some may be down).
     pub(crate) fn etcd_get(&self, key: &str) -> Option<String> {
-        etcd_get(&self.etcd.endpoints(), &format!("/pgrepl/pgrepl/{key}"))
+        etcd_get(&self.etcd.root(), &format!("/pgrepl/pgrepl/{key}"))
     }
 
     /// Puts a key's value, through any etcd member that answers.
     pub(crate) fn etcd_put(&self, key: &str, value: &str) {
         let key = format!("/pgrepl/pgrepl/{key}");
         assert!(
-            etcd_put(&self.etcd.endpoints(), &key, value),
+            etcd_put(&self.etcd.root(), &key, value),
             "no etcd member took {key}"
         );
     }
@@ -328,10 +327,18 @@ impl HaCluster {
     /// A pgrepl command against this cluster and its etcd (`--etcd`: the cluster file has no
     /// `[ha]`, so `up` starts no agents of its own).
     pub(crate) fn control(&self, args: &[&str]) -> std::process::Output {
-        let endpoints = self.etcd.endpoints();
+        let etcd = self.etcd_args();
         let mut all = args.to_vec();
-        all.extend(["--etcd", endpoints.as_str()]);
+        all.extend(etcd.iter().map(String::as_str));
         self.cluster.pgrepl(&all)
+    }
+
+    /// `--etcd` and the agents' credentials (docker: the cluster's own, `up`'s).
+    pub(crate) fn etcd_args(&self) -> Vec<String> {
+        match &self.etcd {
+            Etcd::Processes(etcd) => etcd.agent_args(),
+            Etcd::Containers { root } => vec!["--etcd".into(), root.endpoints.join(",")],
+        }
     }
 
     /// [`Self::control`] that must succeed.
@@ -502,9 +509,9 @@ pub(crate) fn assert_nothing_lost(
     }
 }
 
-/// A key's value from the first of `endpoints` (comma-separated) that answers within 1 s.
-pub(crate) fn etcd_get(endpoints: &str, key: &str) -> Option<String> {
-    with_etcd(endpoints, |mut client| async move {
+/// A key's value from the first of `etcd`'s endpoints that answers within 1 s.
+pub(crate) fn etcd_get(etcd: &EtcdAccess, key: &str) -> Option<String> {
+    with_etcd(etcd, |mut client| async move {
         let response = client.get(key, None).await.ok()?;
         Some(
             response
@@ -515,17 +522,26 @@ pub(crate) fn etcd_get(endpoints: &str, key: &str) -> Option<String> {
     })?
 }
 
-/// Puts `value` under `key` through the first of `endpoints` that answers; whether it did.
-pub(crate) fn etcd_put(endpoints: &str, key: &str, value: &str) -> bool {
-    with_etcd(endpoints, |mut client| async move {
+/// Whether one of `etcd`'s endpoints answers a linearizable read within 1 s.
+pub(crate) fn etcd_answers(etcd: &EtcdAccess) -> bool {
+    with_etcd(etcd, |mut client| async move {
+        client.get("/pgrepl-probe", None).await.ok().map(drop)
+    })
+    .is_some()
+}
+
+/// Puts `value` under `key` through the first of `etcd`'s endpoints that answers; whether it
+/// did.
+pub(crate) fn etcd_put(etcd: &EtcdAccess, key: &str, value: &str) -> bool {
+    with_etcd(etcd, |mut client| async move {
         client.put(key, value, None).await.ok().map(|_| ())
     })
     .is_some()
 }
 
-/// `request` against the first of `endpoints` (comma-separated) that connects and answers
-/// within 1 s each.
-fn with_etcd<T, F>(endpoints: &str, request: impl Fn(etcd_client::Client) -> F) -> Option<T>
+/// `request` against the first of `etcd`'s endpoints that connects and answers within 1 s
+/// each.
+fn with_etcd<T, F>(etcd: &EtcdAccess, request: impl Fn(etcd_client::Client) -> F) -> Option<T>
 where
     F: std::future::Future<Output = Option<T>>,
 {
@@ -533,9 +549,10 @@ where
         .enable_all()
         .build()
         .unwrap();
-    endpoints.split(',').find_map(|endpoint| {
+    let options = etcd.options().expect("etcd's credentials");
+    etcd.endpoints.iter().find_map(|endpoint| {
         runtime.block_on(async {
-            let connect = etcd_client::Client::connect([endpoint], None);
+            let connect = etcd_client::Client::connect([endpoint], Some(options.clone()));
             let client = tokio::time::timeout(Duration::from_secs(1), connect)
                 .await
                 .ok()?

@@ -233,11 +233,10 @@ fn ha_control_failover_without_a_leader_says_why_nobody_can_be_elected_then_wait
     assert!(ha.leader().is_none());
 
     // The command waits while pg_asyncslave's agent comes back and the agents elect.
-    let endpoints = ha.etcd.endpoints();
     let waiting = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(["failover", "--cluster"])
         .arg(&ha.cluster.file)
-        .args(["--etcd", &endpoints])
+        .args(ha.etcd_args())
         .env_remove("PGPASSWORD")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -2,6 +2,8 @@
 //! the image `compose/build-image etcd` makes, reached from the host through their published
 //! client ports. One member killed, the other two still commit; started again, it rejoins with
 //! its data; removed with the cluster's network and state directory, nothing of it is left.
+//! Members speak TLS to clients and peers and want the cluster CA's certificates; this test
+//! talks to them as etcd's root user (its certificate `up` made).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use pgrepl::cluster::docker::DockerRuntime;
 use pgrepl::cluster::spec::DockerSettings;
 use pgrepl::cluster::StepLog;
 use pgrepl::ha::docker_etcd::DockerEtcd;
+use pgrepl::ha::etcd_access::{EtcdAccess, User};
 
 use crate::capability;
 use crate::ha_docker::{docker, kill, start};
@@ -32,8 +35,11 @@ impl StepLog for Steps {
 }
 
 impl Steps {
+    /// The containers started since the last call.
     fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+        let mut steps = std::mem::take(&mut *self.0.lock().unwrap());
+        steps.retain(|s| s.starts_with("start etcd container"));
+        steps
     }
 }
 
@@ -70,10 +76,18 @@ async fn leftovers(engine: &Docker) -> Vec<String> {
     found
 }
 
+/// etcd's root user's options (the certificate's common name is the user).
+fn root(state_dir: &std::path::Path) -> ConnectOptions {
+    EtcdAccess::own(state_dir, Vec::new(), true, User::Root)
+        .options()
+        .unwrap()
+}
+
 /// A client whose requests give up after a second, so a write retried while a leader is
 /// elected measures the election, not the timeout.
-async fn client(urls: &[String]) -> Client {
-    let options = ConnectOptions::new()
+async fn client(urls: &[String], options: &ConnectOptions) -> Client {
+    let options = options
+        .clone()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(1));
     Client::connect(urls, Some(options)).await.unwrap()
@@ -81,8 +95,9 @@ async fn client(urls: &[String]) -> Client {
 
 /// The value of `key` as `url`'s member alone holds it (a serializable read is answered from
 /// the member's own data, without asking the leader).
-async fn local_value(url: &str, key: &str) -> Option<String> {
-    let options = ConnectOptions::new()
+async fn local_value(url: &str, options: &ConnectOptions, key: &str) -> Option<String> {
+    let options = options
+        .clone()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(2));
     let mut client = Client::connect([url], Some(options)).await.ok()?;
@@ -97,9 +112,9 @@ async fn local_value(url: &str, key: &str) -> Option<String> {
 }
 
 /// The index of the member that leads, as it says itself.
-async fn leader(urls: &[String]) -> usize {
+async fn leader(urls: &[String], options: &ConnectOptions) -> usize {
     for (i, url) in urls.iter().enumerate() {
-        let status = client(std::slice::from_ref(url))
+        let status = client(std::slice::from_ref(url), options)
             .await
             .status()
             .await
@@ -156,7 +171,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
     rt.block_on(async {
         let started = Instant::now();
         let urls = etcd
-            .ensure_running(&[], "pgrepl-it-token", &steps)
+            .ensure_running(&[], true, &steps)
             .await
             .unwrap();
         eprintln!(
@@ -165,20 +180,22 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         );
         assert_eq!(steps.take().len(), 3);
         assert!(
-            urls.host.iter().all(|u| u.starts_with("http://127.0.0.1:")),
+            urls.host.endpoints.iter().all(|u| u.starts_with("https://127.0.0.1:")),
             "{urls:?}"
         );
         let expected: Vec<String> = (0..3)
-            .map(|i| format!("http://{}:2379", container(i)))
+            .map(|i| format!("https://{}:2379", container(i)))
             .collect();
         assert_eq!(urls.network, expected);
         // The host's commands find the published ports through the endpoints file.
         let recorded =
             std::fs::read_to_string(pgrepl::ha::local_etcd_endpoints_file(&state_dir)).unwrap();
-        assert_eq!(recorded.lines().collect::<Vec<_>>(), urls.host);
+        assert_eq!(recorded.lines().collect::<Vec<_>>(), urls.host.endpoints);
+        let hosts = &urls.host.endpoints;
+        let root = root(&state_dir);
 
         // The members advertise their container names to clients, as the agents reach them.
-        let mut all = client(&urls.host).await;
+        let mut all = client(hosts, &root).await;
         let members = all.member_list().await.unwrap();
         let mut advertised: Vec<String> = members
             .members()
@@ -196,7 +213,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
 
         // A second call finds everything running and starts nothing.
         assert_eq!(
-            etcd.ensure_running(&[], "pgrepl-it-token", &steps)
+            etcd.ensure_running(&[], true, &steps)
                 .await
                 .unwrap(),
             urls
@@ -204,13 +221,13 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         assert_eq!(steps.take(), Vec::<String>::new());
 
         // etcd's leader killed: the other two elect one across the network and commit.
-        let down = leader(&urls.host).await;
+        let down = leader(hosts, &root).await;
         kill(&container(down));
         let others: Vec<String> = (0..3)
             .filter(|&i| i != down)
-            .map(|i| urls.host[i].clone())
+            .map(|i| hosts[i].clone())
             .collect();
-        let mut two = client(&others).await;
+        let mut two = client(&others, &root).await;
         let started = Instant::now();
         // When the killed one led, the first tries fail until the other two elect a leader.
         while let Err(e) = two.put("/it/during", "2", None).await {
@@ -225,7 +242,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
             started.elapsed().as_millis()
         );
         assert_eq!(
-            local_value(&urls.host[down], "/it/before").await,
+            local_value(&hosts[down], &root, "/it/before").await,
             None,
             "the killed member answered"
         );
@@ -235,7 +252,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         start(&container(down));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if local_value(&urls.host[down], "/it/during").await.as_deref() == Some("2") {
+            if local_value(&hosts[down], &root, "/it/during").await.as_deref() == Some("2") {
                 break;
             }
             assert!(
@@ -247,7 +264,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(
-            local_value(&urls.host[down], "/it/before").await.as_deref(),
+            local_value(&hosts[down], &root, "/it/before").await.as_deref(),
             Some("1")
         );
 
@@ -255,7 +272,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         let other = (down + 1) % 3;
         kill(&container(other));
         assert_eq!(
-            etcd.ensure_running(&[], "pgrepl-it-token", &steps)
+            etcd.ensure_running(&[], true, &steps)
                 .await
                 .unwrap(),
             urls
@@ -263,7 +280,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         let restarted = steps.take();
         assert_eq!(restarted.len(), 1, "{restarted:?}");
         assert!(restarted[0].contains(&container(other)), "{restarted:?}");
-        let mut all = client(&urls.host).await;
+        let mut all = client(hosts, &root).await;
         let members = all.member_list().await.unwrap();
         let mut ids_after: Vec<u64> = members.members().iter().map(|m| m.id()).collect();
         ids_after.sort();
@@ -272,7 +289,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
             "a member was replaced, not restarted"
         );
         assert_eq!(
-            local_value(&urls.host[other], "/it/during")
+            local_value(&hosts[other], &root, "/it/during")
                 .await
                 .as_deref(),
             Some("2")

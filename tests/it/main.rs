@@ -18,6 +18,7 @@ mod ha_cluster;
 mod ha_control;
 mod ha_docker;
 mod ha_docker_etcd;
+mod ha_etcd_auth;
 mod ha_faults;
 mod ha_hosts;
 mod ha_load;

@@ -301,10 +301,32 @@ fn all_cmdlines() -> Vec<(i32, String)> {
     out
 }
 
-/// `pgrepl up` (local runtime) starts initdb, pg_ctl and postgres processes: none of them gets
-/// the replication password on its command line or in its environment (sampled every few ms
-/// while `up` runs), and
-/// pgrepl's own trace output does not contain it either.
+/// Every private key under `dir` (`*.key`, PEM): its base64 lines.
+fn private_key_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "key") {
+                let text = fs::read_to_string(&path).unwrap();
+                lines.extend(
+                    text.lines()
+                        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    lines
+}
+
+/// `pgrepl up` (local runtime, with `[ha]`) starts initdb, pg_ctl, postgres, etcd and agent
+/// processes: none of them gets the replication password or a private key on its command line
+/// or in its environment (sampled every few ms while `up` runs), and neither pgrepl's own trace
+/// output nor the agents' and etcd's logs contain them.
 #[test]
 fn processes_started_by_up_carry_no_password_in_argv() {
     let dir = harness::postgres_owned_tempdir();
@@ -318,8 +340,17 @@ fn processes_started_by_up_carry_no_password_in_argv() {
         let port = crate::harness::pick_port();
         node["port"] = toml::Value::Integer(port.into());
     }
+    let test = "processes_started_by_up_carry_no_password_in_argv";
+    let ha = crate::capability::tool(test, "etcd", "apt-get install etcd-server").is_some();
+    if ha {
+        doc.as_table_mut()
+            .unwrap()
+            .insert("ha".into(), toml::Value::Table(Default::default()));
+    }
     fs::write(&file, toml::to_string(&doc).unwrap()).unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    // What every process showed, checked for keys once `up` made them.
+    let mut shown = std::collections::BTreeSet::new();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(["up", "--cluster", file.to_str().unwrap(), "-vv"])
@@ -343,16 +374,19 @@ fn processes_started_by_up_carry_no_password_in_argv() {
             if cmdline.contains(&secret) {
                 leaks.push(format!("{pid}: {cmdline}"));
             }
-            if ["initdb", "pg_ctl", "postgres"]
+            if ["initdb", "pg_ctl", "postgres", "etcd", "agent"]
                 .iter()
                 .any(|t| cmdline.contains(t))
             {
                 seen.insert(cmdline.split_whitespace().next().unwrap_or("").to_string());
                 // Nor in the environment pgrepl gives them (PGPASSWORD, say).
                 let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-                if String::from_utf8_lossy(&environ).contains(&secret) {
+                let environ = String::from_utf8_lossy(&environ).into_owned();
+                if environ.contains(&secret) {
                     leaks.push(format!("{pid} environment: {cmdline}"));
                 }
+                shown.insert(format!("{pid} command line: {cmdline}"));
+                shown.insert(format!("{pid} environment: {environ}"));
             }
         }
         samples += 1;
@@ -364,6 +398,16 @@ fn processes_started_by_up_carry_no_password_in_argv() {
     }
     let status = child.wait().unwrap();
     let text: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let state = dir.path().join(".pgrepl");
+    let keys = private_key_lines(&state);
+    let mut logs = String::new();
+    for sub in ["agents", "etcd"] {
+        for entry in fs::read_dir(state.join(sub)).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                logs.push_str(&fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+    }
     let down = pgrepl(
         &["down", "--purge", "--cluster", file.to_str().unwrap()],
         &[],
@@ -390,4 +434,31 @@ fn processes_started_by_up_carry_no_password_in_argv() {
         seen.iter().any(|p| p.ends_with("postgres")),
         "the sampling saw no server: {seen:?}"
     );
+    // Keys: the CA's, each node's, and with [ha] etcd's members' and users'.
+    let expected_keys = if ha { 1 + 3 + 3 + 3 } else { 1 + 3 };
+    assert!(
+        keys.len() >= expected_keys,
+        "{} key lines under {}: fewer keys than up makes",
+        keys.len(),
+        state.display()
+    );
+    for line in &keys {
+        let places = [("pgrepl up's output", &text), ("the agents' and etcd's logs", &logs)];
+        for (place, haystack) in places {
+            assert!(!haystack.contains(line.as_str()), "a private key is in {place}");
+        }
+        let leak = shown.iter().find(|s| s.contains(line.as_str()));
+        assert!(leak.is_none(), "a private key is on a process: {leak:?}");
+    }
+    eprintln!(
+        "secrets: {} key lines absent from output, logs and {} process samples",
+        keys.len(),
+        shown.len()
+    );
+    if ha {
+        assert!(
+            seen.iter().any(|p| p.ends_with("etcd")),
+            "the sampling saw no etcd: {seen:?}"
+        );
+    }
 }

@@ -36,16 +36,26 @@ impl DockerRuntime {
     }
 
     /// Writes the node's machine directory (0700): the agent's cluster file, which holds the
-    /// replication password, and the superuser's password, both 0600 and the postgres uid's.
-    pub fn write_machine(&self, node: &NodeSpec, cluster_file: &str) -> Result<(), ClusterError> {
+    /// replication password, the superuser's password and `files` (etcd's credentials), all
+    /// 0600 and the postgres uid's.
+    pub fn write_machine(
+        &self,
+        node: &NodeSpec,
+        cluster_file: &str,
+        files: &[(&str, String)],
+    ) -> Result<(), ClusterError> {
         let dir = self.machine_dir(node);
         self.create_data_dir(&dir)?;
         let (uid, gid) = self.data_owner();
         let password = format!("{}\n", self.superuser_password.expose());
+        let files = files.iter().map(|(name, text)| (*name, text.as_str()));
         for (name, text) in [
             (MACHINE_FILE, cluster_file),
             (MACHINE_PASSWORD_FILE, password.as_str()),
-        ] {
+        ]
+        .into_iter()
+        .chain(files)
+        {
             let path = dir.join(name);
             write_private(&path, text)?;
             std::os::unix::fs::chown(&path, Some(uid), Some(gid))

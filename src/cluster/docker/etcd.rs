@@ -17,6 +17,8 @@ pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// Where a member's data directory is mounted.
 pub const ETCD_DATA_MOUNT: &str = "/var/lib/etcd";
+/// Where the members' certificates and the CA's are mounted, read-only, with TLS.
+pub const ETCD_TLS_MOUNT: &str = "/etc/etcd-tls";
 
 /// One etcd member's container.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct EtcdContainer {
     pub data: PathBuf,
     /// Where the client port is published on 127.0.0.1.
     pub host_port: u16,
+    /// With TLS: the members' certificates on the host, mounted at [`ETCD_TLS_MOUNT`].
+    pub tls: Option<PathBuf>,
 }
 
 impl DockerRuntime {
@@ -45,7 +49,14 @@ impl DockerRuntime {
             exposed_ports: Some(exposed),
             labels: Some(self.labels()),
             host_config: Some(HostConfig {
-                binds: Some(vec![format!("{}:{ETCD_DATA_MOUNT}", member.data.display())]),
+                binds: Some(
+                    std::iter::once(format!("{}:{ETCD_DATA_MOUNT}", member.data.display()))
+                        .chain(
+                            (member.tls.iter())
+                                .map(|dir| format!("{}:{ETCD_TLS_MOUNT}:ro", dir.display())),
+                        )
+                        .collect(),
+                ),
                 port_bindings: Some(bindings),
                 network_mode: Some(self.settings.network.clone()),
                 ..Default::default()
@@ -82,6 +93,7 @@ mod tests {
             args: vec!["--name".into(), "etcd0".into()],
             data: tmp.path().join("etcd/etcd0"),
             host_port: 20123,
+            tls: None,
         };
         let body = runtime.etcd_container(&member);
         assert_eq!(body.image.as_deref(), Some("pgrepl-local/etcd:3.4"));

@@ -43,7 +43,9 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use tokio::sync::OnceCell;
 
 pub use self::agent::{AGENT_API_PORT, MACHINE_FILE, MACHINE_MOUNT, MACHINE_PASSWORD_FILE};
-pub use self::etcd::{EtcdContainer, ETCD_CLIENT_PORT, ETCD_DATA_MOUNT, ETCD_PEER_PORT};
+pub use self::etcd::{
+    EtcdContainer, ETCD_CLIENT_PORT, ETCD_DATA_MOUNT, ETCD_PEER_PORT, ETCD_TLS_MOUNT,
+};
 use self::image::Image;
 pub use self::proxy::{ProxyContainer, PROXY_CONFIG_MOUNT};
 use super::ports;

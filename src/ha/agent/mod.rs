@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::etcd_access::EtcdAccess;
 use super::core::{Core, Effect, Step};
 use super::model::{Action, Decision, Time, View};
 use super::store::Store;
@@ -37,7 +38,7 @@ pub struct AgentOptions {
     pub node: String,
     /// The `<cluster>` in `/pgrepl/<cluster>/`.
     pub cluster_name: String,
-    pub endpoints: Vec<String>,
+    pub etcd: EtcdAccess,
     pub timing: Timing,
     /// Where to serve the HTTP API (`None`: no API).
     pub api: Option<std::net::SocketAddr>,
@@ -89,7 +90,7 @@ impl Agent {
         // Nodes with another host run on other machines, each with its own agent.
         cluster.on_machine_of(&node);
         let store =
-            Store::connect(&options.endpoints, &options.cluster_name, &options.timing).await?;
+            Store::connect(&options.etcd, &options.cluster_name, &options.timing).await?;
         // The first request: the client connects lazily, so this is where a wrong URL shows.
         let timing = store.agree_timing(&options.timing).await.map_err(|e| {
             HaError::Config(format!(
@@ -128,7 +129,7 @@ impl Agent {
             core: Mutex::new(core),
             origin,
             fault: FaultPoint::from_env(),
-            endpoints: options.endpoints,
+            endpoints: options.etcd.endpoints,
             seen: Mutex::new(Seen::default()),
             api: Mutex::new(api),
         })

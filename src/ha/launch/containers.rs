@@ -6,7 +6,8 @@
 use super::AgentProcess;
 use crate::cluster::docker::DockerRuntime;
 use crate::cluster::{Cluster, StepLog};
-use crate::ha::machines::{machine_spec, Network};
+use crate::ha::etcd_access::EtcdAccess;
+use crate::ha::machines::{etcd_files, machine_spec, Network};
 use crate::ha::HaError;
 
 /// Writes every node's machine directory and starts the containers that do not run; `avoid`:
@@ -14,7 +15,7 @@ use crate::ha::HaError;
 pub(super) async fn start(
     cluster: &Cluster,
     docker: &DockerRuntime,
-    etcd: &[String],
+    etcd: &EtcdAccess,
     scope: &str,
     avoid: &[u16],
     log: &dyn StepLog,
@@ -31,13 +32,21 @@ pub(super) async fn start(
     };
     let spec = machine_spec(&cluster.file_spec, cluster.replication_password(), &net);
     let text = spec.to_toml();
+    let mut files = Vec::new();
+    for (host, name) in etcd_files(etcd) {
+        let text = std::fs::read_to_string(&host).map_err(|source| HaError::Io {
+            context: format!("read `{}` (etcd credentials)", host.display()),
+            source,
+        })?;
+        files.push((name, text));
+    }
     let apis = crate::ha::api_addr::ensure(cluster, avoid)?;
     // The CA only: each agent makes its node's certificate, with the names it is reached by
     // from inside the network.
     cluster.ensure_tls(&[], true, log)?;
     let mut agents = Vec::new();
     for node in &cluster.spec.nodes {
-        docker.write_machine(node, &text)?;
+        docker.write_machine(node, &text, &files)?;
         cluster.share_ca(
             &docker.machine_dir(node).join(&spec.state_dir),
             Some(docker.data_owner()),

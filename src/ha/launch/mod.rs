@@ -24,6 +24,7 @@ mod containers;
 
 use super::daemon::Daemon;
 use super::docker_etcd::DockerEtcd;
+use super::etcd_access::{EtcdAccess, Role};
 use super::local_etcd::LocalEtcd;
 use super::model::View;
 use super::store::Store;
@@ -67,9 +68,9 @@ pub struct AgentProcess {
 /// agents then own the roles, so `up` must not rebuild nodes behind their backs (a former
 /// primary's agent rejoins it), only start what is missing of etcd and the agents.
 pub async fn leader_in_etcd(cluster: &Cluster) -> Option<String> {
-    let endpoints = super::endpoints(cluster)?;
+    let access = super::etcd_access(cluster, Role::Reader)?;
     let scope = super::scope(cluster).ok()?;
-    let store = Store::open(&endpoints, &scope, READ_TIMEOUT).await.ok()?;
+    let store = Store::open(&access, &scope, READ_TIMEOUT).await.ok()?;
     store.snapshot().await.ok()?.leader.map(|l| l.node)
 }
 
@@ -95,25 +96,29 @@ pub async fn up(
         .ok_or_else(|| HaError::Config("the cluster file has no [ha] section".into()))?;
     let scope = super::scope(cluster)?;
     let avoid: Vec<u16> = cluster.spec.nodes.iter().map(|n| n.port).collect();
-    let token = format!("pgrepl-{scope}");
+    let tls = cluster.spec.tls_on();
     if let Runtime::Docker(_) = &cluster.runtime {
         // The image, the secrets, free ports and the network, before any container.
         cluster.runtime.prepare(&cluster.spec.nodes).await?;
     }
     // What the host reaches etcd at, and what the agents do (in containers: by name).
     let (etcd, agents_etcd) = match (&cluster.runtime, ha.etcd.is_empty()) {
-        (_, false) => (ha.etcd.clone(), ha.etcd.clone()),
+        (_, false) => {
+            let access = super::etcd_access(cluster, Role::Agent).expect("[ha] names etcd");
+            (access.clone(), access)
+        }
         (Runtime::Local(_), true) => {
-            let urls = LocalEtcd::new(cluster.state_dir())
-                .ensure_running(&avoid, &token, log)
+            let access = LocalEtcd::new(cluster.state_dir())
+                .ensure_running(&avoid, &scope, tls, log)
                 .await?;
-            (urls.clone(), urls)
+            (access.clone(), access)
         }
         (Runtime::Docker(docker), true) => {
             let urls = DockerEtcd::new(docker, cluster.state_dir(), &scope, &ha.etcd_image)
-                .ensure_running(&avoid, &token, log)
+                .ensure_running(&avoid, tls, log)
                 .await?;
-            (urls.host, urls.network)
+            let network = urls.host.at(urls.network);
+            (urls.host, network)
         }
     };
     go_on()?;
@@ -145,7 +150,7 @@ pub async fn up(
         None => None,
     };
     Ok(HaUp {
-        etcd,
+        etcd: etcd.endpoints,
         scope,
         leader,
         agents,
@@ -230,7 +235,7 @@ fn start_agents(
 async fn wait_for_leader(
     cluster: &Cluster,
     agents: &[AgentProcess],
-    etcd: &[String],
+    etcd: &EtcdAccess,
     scope: &str,
 ) -> Result<String, HaError> {
     let store = Store::open(etcd, scope, READ_TIMEOUT).await?;
@@ -336,8 +341,8 @@ fn elected(snapshot: &View, agents: &[AgentProcess]) -> Result<String, String> {
 
 /// The current leader, if etcd answers.
 async fn read_leader(cluster: &Cluster) -> Option<String> {
-    let endpoints = super::endpoints(cluster)?;
-    let store = Store::open(&endpoints, &super::scope(cluster).ok()?, READ_TIMEOUT)
+    let access = super::etcd_access(cluster, Role::Reader)?;
+    let store = Store::open(&access, &super::scope(cluster).ok()?, READ_TIMEOUT)
         .await
         .ok()?;
     store.snapshot().await.ok()?.leader.map(|l| l.node)
@@ -387,9 +392,10 @@ pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
     super::proxy::stop(cluster).await?;
     stop_agents(cluster).await?;
     let external = cluster.spec.ha.as_ref().filter(|ha| !ha.etcd.is_empty());
-    if let (true, Some(ha)) = (purge, external) {
+    if let (true, Some(_)) = (purge, external) {
         // The next cluster of this scope must not inherit this one's sync record.
-        let store = Store::open(&ha.etcd, &super::scope(cluster)?, READ_TIMEOUT).await?;
+        let access = super::etcd_access(cluster, Role::Agent).expect("[ha] names etcd");
+        let store = Store::open(&access, &super::scope(cluster)?, READ_TIMEOUT).await?;
         store.forget().await.map_err(|e| {
             HaError::Process(format!(
                 "delete `{}` in etcd: {e}; nothing else was deleted: run `pgrepl down --purge` again once etcd answers",
