@@ -2,7 +2,7 @@
 """Side-by-side base backup benchmark: pgrepl vs pg_basebackup at its fastest durable setting,
 and the machine's limit for the same work, in one run.
 
-    benches/basebackup.py [--scale 50] [--rounds 3] [--pg-bin DIR] [--no-fsync-column]
+    benches/basebackup.py [--scale 50] [--rounds 3] [--pg-bin DIR] [--no-fsync-column] [--tls]
 
 Builds a pgbench database of the given scale on a fresh local server (as OS user postgres when
 run as root), then alternates the cases round by round (order reversed every other round):
@@ -16,6 +16,9 @@ run as root), then alternates the cases round by round (order reversed every oth
   write       creating the same directories and files as a finished backup, writing as many bytes
               from memory in 1 MiB writes, and one syncfs, on the same file system (harness.write_like)
 and prints medians, ratios (pgrepl / stock, lower is better) and the limit, max(blackhole, write):
+with --tls every session is TLS with sslmode=verify-full against the server's CA (pgrepl: rustls;
+pg_basebackup: libpq's OpenSSL; the server's side is OpenSSL for both).
+Before every timed run the disk is settled (harness.settle: sync, drop caches, wait until idle).
 a client that overlaps receiving with writing can at best match the slower of the two.
 Peak RSS is the sum over each client's process tree (pg_basebackup -Xstream forks a WAL child)
 of each process's VmHWM, the largest over the rounds, with the round it came from.
@@ -32,7 +35,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (REPO, Server, default_pg_bin, describe_run, layout, major, pgrepl_has,  # noqa: E402
-                     run_measured, timed, write_like)
+                     run_measured, settle, timed, write_like)
 
 LABELS = {
     "stock_one": "pg_basebackup -Fp -Xstream{sync} (1 target)",
@@ -54,15 +57,20 @@ def main():
     ap.add_argument("--pgrepl", default=os.path.join(REPO, "target/release/pgrepl"))
     ap.add_argument("--workdir", default=None, help="where the server and targets live (default: a temp dir)")
     ap.add_argument("--no-fsync-column", action="store_true", help="leave out the fsync-vs-fsync cases")
+    ap.add_argument("--tls", action="store_true", help="every session over TLS, sslmode=verify-full")
     args = ap.parse_args()
     if not os.path.exists(args.pgrepl):
         sys.exit(f"{args.pgrepl} not found: run `cargo build --release` first")
 
     server = Server(args.pg_bin, args.workdir)
     try:
+        if args.tls:
+            server.use_tls()
         server.start()
         for line in describe_run(server.work, args.pg_bin, args.pgrepl):
             print(line)
+        if args.tls:
+            print("TLS: every session, sslmode=verify-full (pgrepl: rustls; pg_basebackup: OpenSSL)")
         run(server, args)
     finally:
         server.stop()
@@ -115,6 +123,7 @@ def run(server, args):
         for name in (list(cases) if round_ % 2 == 0 else list(reversed(cases))):
             for d in (a, b):
                 shutil.rmtree(d, ignore_errors=True)
+            settle()
             results[name].append(cases[name]())
             for d in (a, b):
                 shutil.rmtree(d, ignore_errors=True)

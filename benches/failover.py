@@ -6,6 +6,7 @@ the same writer and the same faults:
 
     benches/failover.py [--rounds 3] [--patroni-settings defaults,current-min,3.0.2-min] [--quick]
                         [--through hosts|haproxy|uri]
+    benches/failover.py --tls-compare [--rounds 5]
 
 Needs `cargo build --release --bin pgrepl`, Debian's `patroni` and `etcd-server`; run as root
 (the servers and Patroni run as OS user postgres).
@@ -25,6 +26,10 @@ through a session opened after the kill, on a new primary or the same one restar
 run every acknowledged id must be on the primary the writer ended on (lost = missing ones).
 Before each fault: a leader, its sync standby and the third node streaming from it, 1 s of
 writes. After a node loss the killed agent (or Patroni) is started again and the node rejoins.
+
+--tls-compare measures what TLS costs pgrepl instead: two pgrepl clusters side by side, one as
+`up` makes it (TLS between the nodes, sslmode=verify-full) on an etcd that speaks TLS and wants
+client certificates, one with `[tls] mode = "off"` on a plain etcd; the same faults, alternating.
 
 Patroni settings rows (ttl / loop_wait / retry_timeout; each row gets a new Patroni cluster
 under its own scope, as Patroni reads them from etcd, set at bootstrap). pgrepl's cluster is
@@ -297,7 +302,11 @@ def main():
     ap.add_argument("--etcd", default=shutil.which("etcd") or "/usr/bin/etcd")
     ap.add_argument("--workdir", default=None, help="parent of the work directory (default: the temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, data) afterwards")
+    ap.add_argument("--tls-compare", action="store_true",
+                    help="pgrepl with TLS (nodes and etcd) against pgrepl without, instead of Patroni")
     args = ap.parse_args()
+    if args.tls_compare:
+        return compare_tls(args)
     if args.quick:
         args.rounds = 1
     rows = (args.patroni_settings or ("3.0.2-min" if args.quick else ",".join(ROWS))).split(",")
@@ -388,6 +397,65 @@ def main():
         else:
             shutil.rmtree(work, ignore_errors=True)
     report(rows, faults, results, durations, GOALS if args.through == "hosts" else PROXY_GOALS)
+
+
+def compare_tls(args):
+    """pgrepl with TLS against pgrepl without, the faults alternating between the two clusters."""
+    if os.geteuid() != 0:
+        sys.exit("run as root: the servers run as OS user postgres")
+    faults = [f.replace("-", " ") for f in args.faults.split(",")]
+    work = tempfile.mkdtemp(prefix="pgrepl-failover-tls-", dir=args.workdir)
+    os.chmod(work, 0o755)
+    for line in describe_run(work, args.pg_bin, args.pgrepl):
+        print(line)
+    print(f"rounds {args.rounds}; TLS: the nodes' replication and pgrepl's sessions verify-full, etcd clients and "
+          "peers over TLS with client certificates; plain: [tls] mode = \"off\", etcd over HTTP", flush=True)
+    etcds, clusters, results = [], [], {}
+    try:
+        for tls in (True, False):
+            label = "pgrepl TLS" if tls else "pgrepl plain"
+            etcd = Etcd(work, args.etcd, name=f"etcd-{'tls' if tls else 'plain'}", tls=tls)
+            etcds.append(etcd)
+            clusters.append(PgreplCluster(work, args.pgrepl, args.pg_bin, etcd, label=label, tls=tls))
+            create_table(clusters[-1])
+        next_id = 1
+        for r in range(args.rounds):
+            for f, fault in enumerate(faults):
+                order = clusters if (r + f) % 2 == 0 else list(reversed(clusters))
+                for cluster in order:
+                    try:
+                        result, next_id = measure(cluster, fault, next_id)
+                    except RunFailed as e:
+                        print(f"round {r + 1}, {fault}, {cluster.label}: FAILED: {e}", flush=True)
+                        results.setdefault((fault, cluster.label), []).append(None)
+                        next_id += 100_000
+                        continue
+                    results.setdefault((fault, cluster.label), []).append(result)
+                    print(f"round {r + 1}, {fault}, {cluster.label}: {result.seconds:.2f} s ({result.old} -> "
+                          f"{result.new}), {result.acks} acknowledged, {result.lost} lost, load {result.load:.2f}",
+                          flush=True)
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+        for etcd in etcds:
+            etcd.stop()
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\n| fault | pgrepl plain | pgrepl TLS | TLS / plain | lost per run (plain; TLS) |")
+    print("|---|---|---|---|---|")
+    for fault in faults:
+        runs = {label: [x for x in results.get((fault, label), []) if x is not None]
+                for label in ("pgrepl plain", "pgrepl TLS")}
+        secs = {label: [x.seconds for x in rs] for label, rs in runs.items()}
+        plain, tls = secs["pgrepl plain"], secs["pgrepl TLS"]
+        ratio = f"{statistics.median(tls) / statistics.median(plain):.2f}x" if plain and tls else "-"
+        each = lambda xs: " (" + ", ".join(f"{x:.2f}" for x in xs) + ")" if xs else ""  # noqa: E731
+        lost = "; ".join("/".join(str(x.lost) for x in runs[label]) or "-" for label in runs)
+        failed = sum(1 for label in runs for x in results.get((fault, label), []) if x is None)
+        print(f"| {fault} | {fmt(plain)}{each(plain)} | {fmt(tls)}{each(tls)} | {ratio} | {lost}"
+              + (f" ({failed} failed)" if failed else "") + " |")
 
 
 def create_table(cluster):

@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -53,25 +54,36 @@ def log_tail(path, lines=30):
         return ""
 
 
-class Etcd:
-    """Three etcd members on loopback (etcd's default timing: 100 ms heartbeat, 1 s election)."""
+def openssl(*args):
+    subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
 
-    def __init__(self, work, binary="/usr/bin/etcd"):
-        self.dir = os.path.join(work, "etcd")
+
+class Etcd:
+    """Three etcd members on loopback (etcd's default timing: 100 ms heartbeat, 1 s election).
+    With tls: clients and peers over TLS, a client certificate from its own CA required (the
+    transport `up` gives its own etcd; its auth and roles are left out: etcd's JSON gateway, which
+    get() uses, cannot authenticate by certificate)."""
+
+    def __init__(self, work, binary="/usr/bin/etcd", name="etcd", tls=False):
+        self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
         self.client_ports = [pick_port() for _ in range(3)]
         peers = [pick_port() for _ in range(3)]
-        initial = ",".join(f"etcd{i}=http://127.0.0.1:{p}" for i, p in enumerate(peers))
+        initial = ",".join(f"etcd{i}={self.scheme}://127.0.0.1:{p}" for i, p in enumerate(peers))
+        tls_args = self._certificates() if tls else []
         self.procs = []
         for i in range(3):
-            client, peer = f"http://127.0.0.1:{self.client_ports[i]}", f"http://127.0.0.1:{peers[i]}"
+            client = f"{self.scheme}://127.0.0.1:{self.client_ports[i]}"
+            peer = f"{self.scheme}://127.0.0.1:{peers[i]}"
             log = open(os.path.join(self.dir, f"etcd{i}.log"), "w")
             self.procs.append(subprocess.Popen(
                 [binary, "--name", f"etcd{i}", "--data-dir", os.path.join(self.dir, f"etcd{i}"),
                  "--listen-client-urls", client, "--advertise-client-urls", client,
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", initial, "--initial-cluster-state", "new",
-                 "--initial-cluster-token", "failover-bench"],
+                 "--initial-cluster-token", "failover-bench"] + tls_args,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log))
             log.close()
         deadline = time.monotonic() + 30
@@ -80,12 +92,46 @@ class Etcd:
                 raise RuntimeError(f"etcd did not become healthy in 30 s; see {self.dir}/etcd*.log")
             time.sleep(0.2)
 
+    def _certificates(self):
+        """A CA, one certificate for every member (127.0.0.1, server and client use) and a client's;
+        the members' arguments."""
+        f = {n: os.path.join(self.dir, n) for n in ("ca.crt", "ca.key", "member.crt", "member.key",
+                                                    "client.crt", "client.key", "ext")}
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                "-subj", "/CN=bench etcd CA", "-keyout", f["ca.key"], "-out", f["ca.crt"])
+        for leaf, cn, ext in (("member", "etcd", "subjectAltName=IP:127.0.0.1\n"
+                               "extendedKeyUsage=serverAuth,clientAuth\n"),
+                              ("client", "root", "extendedKeyUsage=clientAuth\n")):
+            with open(f["ext"], "w") as e:
+                e.write(ext)
+            csr = os.path.join(self.dir, f"{leaf}.csr")
+            openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", f"/CN={cn}", "-keyout", f[f"{leaf}.key"], "-out", csr)
+            openssl("x509", "-req", "-in", csr, "-CA", f["ca.crt"], "-CAkey", f["ca.key"], "-CAcreateserial",
+                    "-days", "2", "-extfile", f["ext"], "-out", f[f"{leaf}.crt"])
+        self.ca, self.cert, self.key = f["ca.crt"], f["client.crt"], f["client.key"]
+        self.context = ssl.create_default_context(cafile=self.ca)
+        self.context.load_cert_chain(self.cert, self.key)
+        args = []
+        for prefix in ("--", "--peer-"):
+            args += [f"{prefix}cert-file", f["member.crt"], f"{prefix}key-file", f["member.key"],
+                     f"{prefix}trusted-ca-file", f["ca.crt"], f"{prefix}client-cert-auth"]
+        return args
+
+    def client_args(self):
+        """What a pgrepl command needs besides --etcd."""
+        return ["--etcd-ca", self.ca, "--etcd-cert", self.cert, "--etcd-key", self.key] if self.tls else []
+
+    def _open(self, url, timeout, data=None):
+        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        return urllib.request.urlopen(request, timeout=timeout, context=self.context if self.tls else None)
+
     def urls(self):
-        return ",".join(f"http://127.0.0.1:{p}" for p in self.client_ports)
+        return ",".join(f"{self.scheme}://127.0.0.1:{p}" for p in self.client_ports)
 
     def healthy(self, i):
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client_ports[i]}/health", timeout=2) as r:
+            with self._open(f"{self.scheme}://127.0.0.1:{self.client_ports[i]}/health", 2) as r:
                 return json.load(r).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -94,10 +140,8 @@ class Etcd:
         """A key's value through etcd's v3 JSON gateway, asking each member in turn; None if absent."""
         body = json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode()
         for port in self.client_ports:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/v3/kv/range", data=body,
-                                             headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(request, timeout=1) as r:
+                with self._open(f"{self.scheme}://127.0.0.1:{port}/v3/kv/range", 1, body) as r:
                     kvs = json.load(r).get("kvs", [])
             except (OSError, ValueError):
                 continue
@@ -125,15 +169,15 @@ class PgreplCluster:
     """`pgrepl up` of a 3-node local cluster (PostgreSQL 15, sync FIRST 1 of the two standbys, the
     recipe's defaults) and `pgrepl agent` per node with its default settings."""
 
-    label = "pgrepl"
     NAMES = ["pg_master", "pg_slave", "pg_asyncslave"]
 
     # The superuser's password over TCP (the proxy's sessions); on a socket it is trust.
     PASSWORD = "bench"
 
-    def __init__(self, work, pgrepl, pg_bin, etcd):
-        self.pgrepl, self.pg_bin, self.etcd = pgrepl, pg_bin, etcd
-        self.dir = os.path.join(work, "pgrepl")
+    def __init__(self, work, pgrepl, pg_bin, etcd, label="pgrepl", tls=True):
+        """tls: the cluster's own TLS (`up`'s default); off writes `[tls] mode = "off"`."""
+        self.pgrepl, self.pg_bin, self.etcd, self.label = pgrepl, pg_bin, etcd, label
+        self.dir = os.path.join(work, label.replace(" ", "-"))
         os.makedirs(self.dir)
         chown_postgres(self.dir)
         self.file = os.path.join(self.dir, "pgrepl.toml")
@@ -149,7 +193,8 @@ class PgreplCluster:
         with open(password_file, "w") as f:
             f.write(self.PASSWORD + "\n")
         with open(self.file, "w") as f:
-            f.write(text + f'\n[local]\nsuperuser_password_file = "{password_file}"\n')
+            f.write(text + f'\n[local]\nsuperuser_password_file = "{password_file}"\n'
+                    + ("" if tls else '\n[tls]\nmode = "off"\n'))
         self._run(["up", "--pg-bin", pg_bin])
         socket_dir = os.path.join(self.dir, ".pgrepl", "run")
         self.nodes = [(n, socket_dir, p) for n, p in zip(self.NAMES, self.ports)]
@@ -170,7 +215,8 @@ class PgreplCluster:
         with open(self.log(i), "a") as log:
             self.procs[i] = subprocess.Popen(
                 [self.pgrepl, "-v", "agent", "--node", self.NAMES[i], "--cluster", self.file,
-                 "--etcd", self.etcd.urls(), "--pg-bin", self.pg_bin, "--api", f"127.0.0.1:{self.apis[i]}"],
+                 "--etcd", self.etcd.urls(), "--pg-bin", self.pg_bin, "--api", f"127.0.0.1:{self.apis[i]}"]
+                + self.etcd.client_args(),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                 env=_env_without("PGPASSWORD", "RUST_LOG"))
 
