@@ -349,7 +349,8 @@ def main():
         pgrepl = PgreplCluster(work, args.pgrepl, args.pg_bin, etcd)
         create_table(pgrepl)
         if args.through == "haproxy":
-            proxies[pgrepl.label] = Haproxy(work, args.pgrepl, "pgrepl", pgrepl.nodes, pgrepl.apis, args.haproxy)
+            proxies[pgrepl.label] = Haproxy(work, args.pgrepl, "pgrepl", pgrepl.nodes, pgrepl.apis, args.haproxy,
+                                            ca=pgrepl.ca())
         print(f"pgrepl cluster up, agents leading in {time.monotonic() - started:.1f} s", flush=True)
         next_id = 1
         for row_index, row in enumerate(rows):

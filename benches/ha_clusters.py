@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import pwd
+import shutil
 import signal
 import ssl
 import subprocess
@@ -201,6 +202,11 @@ class PgreplCluster:
         self.procs = [None, None, None]
         for i in range(3):
             self.restore(i)
+
+    def ca(self):
+        """The cluster CA its agents' HTTPS API is checked with; None without TLS."""
+        path = os.path.join(self.dir, ".pgrepl", "tls", "ca.crt")
+        return path if os.path.exists(path) else None
 
     def _run(self, args):
         out = subprocess.run([self.pgrepl] + args + ["--cluster", self.file], capture_output=True, text=True,
@@ -398,13 +404,21 @@ class Haproxy:
     pgrepl's the file's nodes and agents; for Patroni's, a cluster file naming its nodes and REST
     APIs, so both get the very same configuration but for the addresses."""
 
-    def __init__(self, work, pgrepl, label, nodes, apis, haproxy="/usr/sbin/haproxy"):
+    def __init__(self, work, pgrepl, label, nodes, apis, haproxy="/usr/sbin/haproxy", ca=None):
+        """ca: the cluster CA of agents whose API is HTTPS (pgrepl's with TLS); None: plain
+        checks (Patroni's REST API as the bench runs it)."""
         self.dir = os.path.join(work, f"haproxy-{label}")
         os.makedirs(self.dir)
         file = os.path.join(self.dir, "nodes.toml")
         subprocess.run([pgrepl, "init", "--cluster", file], check=True, capture_output=True)
         with open(file) as f:
             text = f.read()
+        if ca:
+            # haproxy-config names the CA where this file's state directory keeps it.
+            os.makedirs(os.path.join(self.dir, ".pgrepl", "tls"))
+            shutil.copy(ca, os.path.join(self.dir, ".pgrepl", "tls", "ca.crt"))
+        else:
+            text += '\n[tls]\nmode = "off"\n'
         for (default_name, default_port), (name, _, port), api in zip(
                 (("pg_master", 54320), ("pg_slave", 54321), ("pg_asyncslave", 54322)), nodes, apis):
             # Quoted: the node's name and its place in the sync policy's list.

@@ -247,11 +247,12 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
 }
 
 fn print_ha(ha: &launch::HaUp) -> anyhow::Result<()> {
+    let scheme = if ha.api_tls { "https" } else { "http" };
     let agents: Vec<String> = ha
         .agents
         .iter()
         .map(|a| match a.api {
-            Some(api) => format!("{} (pid {}, http://{api})", a.node, a.pid),
+            Some(api) => format!("{} (pid {}, {scheme}://{api})", a.node, a.pid),
             None => format!("{} (pid {})", a.node, a.pid),
         })
         .collect();

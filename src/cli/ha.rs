@@ -381,6 +381,11 @@ pub fn haproxy_config(args: HaproxyConfigArgs) -> anyhow::Result<ExitCode> {
         read_port: args.read_port,
         stats_socket: None,
         resolver: None,
+        // The agents serve HTTPS with the cluster's TLS; the CA is where `up` made it.
+        api_ca: cluster
+            .spec
+            .tls_on()
+            .then(|| pgrepl::cluster::tls::ca_cert_path(cluster.state_dir())),
     };
     super::out::print(&config(&listen, &backends))?;
     Ok(ExitCode::SUCCESS)

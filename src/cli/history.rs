@@ -37,8 +37,7 @@ pub async fn run(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         None => None,
         Some(access) => {
             let read = async {
-                let store =
-                    Store::open(&access, &args.etcd.scope(&cluster)?, READ_TIMEOUT).await?;
+                let store = Store::open(&access, &args.etcd.scope(&cluster)?, READ_TIMEOUT).await?;
                 Ok::<_, anyhow::Error>(store.history().await?)
             };
             match read.await {

@@ -370,14 +370,24 @@ impl HaSpec {
         if self.etcd_user.is_some() != self.etcd_password_file.is_some() {
             return Err("[ha] etcd_user needs etcd_password_file (a file holding the password), and the file a user".into());
         }
-        let https = self.etcd.iter().filter(|u| u.starts_with("https://")).count();
+        let https = self
+            .etcd
+            .iter()
+            .filter(|u| u.starts_with("https://"))
+            .count();
         if https != 0 && https != self.etcd.len() {
             return Err("[ha] etcd mixes http:// and https:// URLs: one etcd speaks one".into());
         }
         match (https > 0, self.etcd_ca.is_some()) {
-            (true, false) => Err("[ha] etcd is https://: give etcd_ca, the CA that signed its certificates".into()),
-            (false, true) => Err("[ha] etcd_ca is given but etcd is http://: write the URLs as https://".into()),
-            _ if self.etcd_cert.is_some() && https == 0 => Err("[ha] etcd_cert is given but etcd is http://: write the URLs as https://".into()),
+            (true, false) => Err(
+                "[ha] etcd is https://: give etcd_ca, the CA that signed its certificates".into(),
+            ),
+            (false, true) => {
+                Err("[ha] etcd_ca is given but etcd is http://: write the URLs as https://".into())
+            }
+            _ if self.etcd_cert.is_some() && https == 0 => Err(
+                "[ha] etcd_cert is given but etcd is http://: write the URLs as https://".into(),
+            ),
             _ => Ok(()),
         }
     }

@@ -183,7 +183,11 @@ pub fn ensure(
         made.push(if node.names.is_empty() {
             format!("certificate for `{}`", node.name)
         } else {
-            format!("certificate for `{}` ({})", node.name, node.names.join(", "))
+            format!(
+                "certificate for `{}` ({})",
+                node.name,
+                node.names.join(", ")
+            )
         });
     }
     Ok(made)

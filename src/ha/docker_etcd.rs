@@ -13,8 +13,7 @@ use super::local_etcd::{
 };
 use super::HaError;
 use crate::cluster::docker::{
-    DockerRuntime, EtcdContainer, ETCD_CLIENT_PORT, ETCD_DATA_MOUNT, ETCD_PEER_PORT,
-    ETCD_TLS_MOUNT,
+    DockerRuntime, EtcdContainer, ETCD_CLIENT_PORT, ETCD_DATA_MOUNT, ETCD_PEER_PORT, ETCD_TLS_MOUNT,
 };
 use crate::cluster::{ports, StepLog};
 
@@ -117,7 +116,13 @@ impl<'a> DockerEtcd<'a> {
         // A missing image fails before anything is made.
         self.docker.ensure_part_image(&self.image, "etcd").await?;
         let members = ensure_members(&self.state_dir, avoid, tls)?;
-        let tls_dir = secure(&self.state_dir, &self.scope, &members, |m| self.names(m), log)?;
+        let tls_dir = secure(
+            &self.state_dir,
+            &self.scope,
+            &members,
+            |m| self.names(m),
+            log,
+        )?;
         let token = format!("pgrepl-{}", self.scope);
         for member in &members {
             let container = self.definition(member, &members, &token, tls_dir.as_deref());

@@ -255,7 +255,9 @@ pub async fn provision(root: &EtcdAccess, scope: &str) -> Result<(), HaError> {
 fn tolerate_existing<T>(result: Result<T, etcd_client::Error>) -> Result<(), etcd_client::Error> {
     match result {
         Ok(_) => Ok(()),
-        Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("already exists") => {
+        Err(etcd_client::Error::GRpcStatus(status))
+            if status.message().contains("already exists") =>
+        {
             Ok(())
         }
         Err(e) => Err(e),

@@ -11,6 +11,10 @@
 //! transition or down is checked every 250 ms (`fastinter`, `downinter`), so a new primary
 //! joins within 250 ms of its agent's first 200. `on-marked-down shutdown-sessions` closes the sessions
 //! to a server that left, so no client keeps writing to a former primary.
+//!
+//! With the cluster's TLS the agents' API is HTTPS: the checks then speak TLS, verify the
+//! agent's certificate against the cluster CA and its node's name (`check-ssl verify required
+//! ca-file … verifyhost NODE`), so a forged health answer cannot route writes.
 
 use std::net::SocketAddr;
 
@@ -38,6 +42,8 @@ pub struct Listen {
     /// resolved again every second, since a container that comes back may have another
     /// address, and a name that does not resolve yet leaves its server down, not HAProxy.
     pub resolver: Option<SocketAddr>,
+    /// The cluster CA as HAProxy reads it, when the agents' API is HTTPS.
+    pub api_ca: Option<std::path::PathBuf>,
 }
 
 pub fn config(listen: &Listen, backends: &[Backend]) -> String {
@@ -87,8 +93,16 @@ pub fn config(listen: &Listen, backends: &[Backend]) -> String {
             } else {
                 format!(" addr {}", b.api_host)
             };
+            let tls = match &listen.api_ca {
+                Some(ca) => format!(
+                    " check-ssl verify required ca-file {} verifyhost {}",
+                    ca.display(),
+                    b.name
+                ),
+                None => String::new(),
+            };
             out.push_str(&format!(
-                "    server {} {}:{} maxconn 100 check{addr} port {}{resolve}\n",
+                "    server {} {}:{} maxconn 100 check{addr} port {}{tls}{resolve}\n",
                 b.name, b.host, b.port, b.api_port
             ));
         }
@@ -124,6 +138,7 @@ mod tests {
             read_port: 5001,
             stats_socket: None,
             resolver: None,
+            api_ca: None,
         };
         let text = config(&listen, &backends);
         assert!(text.contains(
@@ -162,6 +177,7 @@ mod tests {
             read_port: 5001,
             stats_socket: None,
             resolver: Some("127.0.0.11:53".parse().unwrap()),
+            api_ca: Some("/etc/haproxy/ca.crt".into()),
         };
         let text = config(&listen, &backends);
         assert!(
@@ -169,7 +185,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(
-            text.matches("server pg_master pg_master:5432 maxconn 100 check port 8008 resolvers cluster init-addr last,libc,none\n")
+            text.matches("server pg_master pg_master:5432 maxconn 100 check port 8008 check-ssl verify required ca-file /etc/haproxy/ca.crt verifyhost pg_master resolvers cluster init-addr last,libc,none\n")
                 .count(),
             2,
             "{text}"

@@ -76,8 +76,12 @@ pub fn machine_spec(spec: &ClusterSpec, replication_password: &str, net: &Networ
         etcd: net.etcd.endpoints.clone(),
         scope: Some(net.scope.to_owned()),
         etcd_ca: tls.and_then(|t| name_of(&t.ca)),
-        etcd_cert: tls.and_then(|t| t.identity.as_ref()).and_then(|(c, _)| name_of(c)),
-        etcd_key: tls.and_then(|t| t.identity.as_ref()).and_then(|(_, k)| name_of(k)),
+        etcd_cert: tls
+            .and_then(|t| t.identity.as_ref())
+            .and_then(|(c, _)| name_of(c)),
+        etcd_key: tls
+            .and_then(|t| t.identity.as_ref())
+            .and_then(|(_, k)| name_of(k)),
         etcd_user: net.etcd.user.as_ref().map(|(name, _)| name.clone()),
         etcd_password_file: net.etcd.user.as_ref().and_then(|(_, p)| name_of(p)),
         ..ha

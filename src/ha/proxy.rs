@@ -19,6 +19,7 @@ use super::HaError;
 use crate::cluster::docker::{DockerRuntime, ProxyContainer, AGENT_API_PORT, PROXY_CONFIG_MOUNT};
 use crate::cluster::runtime::Runtime;
 use crate::cluster::spec::ProxySpec;
+use crate::cluster::tls::ca_cert_path;
 use crate::cluster::{Cluster, StepLog};
 
 /// HAProxy binds its ports and loads its checks in well under a second.
@@ -192,6 +193,7 @@ pub async fn ensure_running(
                 read_port: spec.read_port,
                 stats_socket: Some(stats_socket(state_dir)),
                 resolver: None,
+                api_ca: cluster.spec.tls_on().then(|| ca_cert_path(state_dir)),
             };
             let text = config(&listen, &backends(cluster)?);
             crate::fs::write_durably(&file, text.as_bytes(), 0o644)
@@ -207,7 +209,20 @@ pub async fn ensure_running(
                 read_port: spec.read_port,
                 stats_socket: Some(Path::new(PROXY_CONFIG_MOUNT).join("haproxy.sock")),
                 resolver: Some(DOCKER_DNS.parse().expect("an address")),
+                api_ca: cluster
+                    .spec
+                    .tls_on()
+                    .then(|| Path::new(PROXY_CONFIG_MOUNT).join("ca.crt")),
             };
+            if cluster.spec.tls_on() {
+                // The container sees only its directory: the CA goes there.
+                let (from, to) = (ca_cert_path(state_dir), dir(state_dir).join("ca.crt"));
+                std::fs::copy(&from, &to).map_err(io(format!(
+                    "copy `{}` to `{}`",
+                    from.display(),
+                    to.display()
+                )))?;
+            }
             let text = config(&listen, &network_backends(cluster));
             crate::fs::write_durably(&file, text.as_bytes(), 0o644)
                 .map_err(io(format!("write `{}`", file.display())))?;

@@ -11,15 +11,33 @@ use std::time::{Duration, Instant};
 
 use crate::ha_cluster::{HaCluster, Writer, TTL};
 
-/// One request; `None` when the agent does not answer within a second (frozen, gone).
-pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+/// One request, over TLS verified against `ca` (the cluster's, when it has TLS: the agents'
+/// API is then HTTPS only); `None` when the agent does not answer within a second (frozen,
+/// gone).
+pub(crate) fn http(
+    addr: SocketAddr,
+    ca: Option<&Path>,
+    method: &str,
+    path: &str,
+) -> Option<(u16, String)> {
     let timeout = Duration::from_secs(1);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    match ca {
+        Some(ca) => {
+            let mut tls = rustls::StreamOwned::new(tls_client(ca, addr), stream);
+            tls.write_all(request.as_bytes()).ok()?;
+            // The agent closes without close_notify when it is done: what was read is the answer.
+            let _ = tls.read_to_string(&mut response);
+        }
+        None => {
+            let mut stream = stream;
+            stream.write_all(request.as_bytes()).ok()?;
+            stream.read_to_string(&mut response).ok()?;
+        }
+    }
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response
         .split_once("\r\n\r\n")
@@ -27,8 +45,25 @@ pub(crate) fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, S
     Some((code, body))
 }
 
+/// A TLS session that trusts only the cluster CA in `ca` and checks the agent's address.
+fn tls_client(ca: &Path, addr: SocketAddr) -> rustls::ClientConnection {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap()
+}
+
 fn code(ha: &HaCluster, i: usize, path: &str) -> Option<u16> {
-    http(ha.apis[i], "GET", path).map(|(code, _)| code)
+    http(ha.apis[i], ha.api_ca().as_deref(), "GET", path).map(|(code, _)| code)
 }
 
 /// The paths a role is judged by, and the codes Patroni documents for each.
@@ -82,11 +117,32 @@ const STOPPED: [u16; 9] = [503, 503, 503, 503, 503, 503, 503, 200, 503];
 fn ha_api_answers_patronis_codes_in_every_role() {
     let ha = HaCluster::up();
     wait_codes(&ha, 0, "the leader", LEADER);
+    // The cluster has TLS: the API is HTTPS only, with a certificate of the cluster CA.
+    let ca = ha.api_ca().expect("the cluster CA");
+    assert_eq!(
+        http(ha.apis[0], None, "GET", "/primary"),
+        None,
+        "plain HTTP answered"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let leaf = pgrepl::cluster::tls::Leaf::server("other", elsewhere.path().join("n"), vec![]);
+    pgrepl::cluster::tls::ensure(elsewhere.path(), &[leaf], None, true, false).unwrap();
+    let other_ca = pgrepl::cluster::tls::ca_cert_path(elsewhere.path());
+    assert_eq!(
+        http(ha.apis[0], Some(&other_ca), "GET", "/primary"),
+        None,
+        "a client trusting another CA accepted the agent's certificate"
+    );
+    assert_eq!(
+        http(ha.apis[0], Some(&ca), "GET", "/primary").map(|(code, _)| code),
+        Some(200)
+    );
     wait_codes(&ha, 1, "the sync standby", SYNC);
     wait_codes(&ha, 2, "the async standby", ASYNC);
     // HAProxy's `option httpchk` sends `OPTIONS /`: `/` is `/primary`, and no body.
     for (i, want) in [(0, 200), (1, 503), (2, 503)] {
-        let (got, body) = http(ha.apis[i], "OPTIONS", "/").expect("an answer");
+        let (got, body) =
+            http(ha.apis[i], ha.api_ca().as_deref(), "OPTIONS", "/").expect("an answer");
         assert_eq!(
             (got, body.as_str()),
             (want, ""),
@@ -95,12 +151,12 @@ fn ha_api_answers_patronis_codes_in_every_role() {
         );
     }
     // GET bodies in Patroni's words; /cluster and /history from etcd.
-    let (_, body) = http(ha.apis[1], "GET", "/replica").unwrap();
+    let (_, body) = http(ha.apis[1], ha.api_ca().as_deref(), "GET", "/replica").unwrap();
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["role"], "replica", "{status}");
     assert_eq!(status["state"], "running", "{status}");
     assert_eq!(status["sync_standby"], true, "{status}");
-    let (got, body) = http(ha.apis[2], "GET", "/cluster").unwrap();
+    let (got, body) = http(ha.apis[2], ha.api_ca().as_deref(), "GET", "/cluster").unwrap();
     let cluster: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (got, &cluster["leader"]),
@@ -111,7 +167,7 @@ fn ha_api_answers_patronis_codes_in_every_role() {
         Some(3),
         "{cluster}"
     );
-    let (got, body) = http(ha.apis[0], "GET", "/history").unwrap();
+    let (got, body) = http(ha.apis[0], ha.api_ca().as_deref(), "GET", "/history").unwrap();
     assert_eq!(got, 200);
     assert!(
         serde_json::from_str::<Vec<serde_json::Value>>(&body).is_ok(),
@@ -165,8 +221,14 @@ fn ha_api_answers_patronis_codes_in_every_role() {
 
 /// Patroni's example configuration (Debian's patroni package,
 /// `/usr/share/doc/patroni/examples/haproxy.cfg`), ports aside: `option httpchk` with no
-/// path, `inter 3s fall 3 rise 2`.
-fn patroni_example(write_port: u16, stats_port: u16, backends: &[(String, u16, u16)]) -> String {
+/// path, `inter 3s fall 3 rise 2`; with `ca`, the checks over TLS as for Patroni's REST API
+/// with a certificate (`check-ssl verify required ca-file`).
+fn patroni_example(
+    write_port: u16,
+    stats_port: u16,
+    backends: &[(String, u16, u16)],
+    ca: Option<&Path>,
+) -> String {
     let mut text = format!(
         "global\n    maxconn 100\n\ndefaults\n    log global\n    mode tcp\n    retries 2\n    \
          timeout client 30m\n    timeout connect 4s\n    timeout server 30m\n    timeout check 5s\n\n\
@@ -174,9 +236,12 @@ fn patroni_example(write_port: u16, stats_port: u16, backends: &[(String, u16, u
          listen batman\n    bind 127.0.0.1:{write_port}\n    option httpchk\n    http-check expect status 200\n    \
          default-server inter 3s fall 3 rise 2 on-marked-down shutdown-sessions\n"
     );
+    let tls = ca.map_or(String::new(), |ca| {
+        format!(" check-ssl verify required ca-file {}", ca.display())
+    });
     for (name, port, api) in backends {
         text.push_str(&format!(
-            "    server {name} 127.0.0.1:{port} maxconn 100 check port {api}\n"
+            "    server {name} 127.0.0.1:{port} maxconn 100 check port {api}{tls}\n"
         ));
     }
     text
@@ -289,7 +354,7 @@ fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary(
     let patroni_cfg = dir.join("patroni-haproxy.cfg");
     std::fs::write(
         &patroni_cfg,
-        patroni_example(patroni_port, pick(), &backends),
+        patroni_example(patroni_port, pick(), &backends, ha.api_ca().as_deref()),
     )
     .unwrap();
     // pgrepl's: the agents' addresses are the test's own (`--api`), so they go in the file.

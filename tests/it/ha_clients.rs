@@ -466,7 +466,9 @@ fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_hapr
     let api = status["ha"]["agents"][0]["api"]
         .as_str()
         .expect("the agent's published API");
-    let (code, _) = crate::ha_api::http(api.parse().unwrap(), "GET", "/primary").unwrap();
+    let ca = crate::ha_up::state(&cluster).join("tls/ca.crt");
+    let (code, _) =
+        crate::ha_api::http(api.parse().unwrap(), Some(&ca), "GET", "/primary").unwrap();
     assert_eq!(
         code, 200,
         "GET /primary on the leader's agent through {api}"

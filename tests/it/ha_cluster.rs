@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::cluster_flow::TestCluster;
 use crate::etcd::EtcdCluster;
-use pgrepl::ha::etcd_access::{EtcdAccess, User};
 use crate::ha_docker;
+use pgrepl::ha::etcd_access::{EtcdAccess, User};
 
 /// The nodes of `pgrepl init`'s cluster file, the one most tests run.
 pub(crate) const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
@@ -43,7 +43,9 @@ impl Reach {
 pub(crate) enum Etcd {
     Processes(EtcdCluster),
     /// As etcd's root user (`up` made its certificate).
-    Containers { root: EtcdAccess },
+    Containers {
+        root: EtcdAccess,
+    },
 }
 
 impl Etcd {
@@ -308,6 +310,12 @@ impl HaCluster {
             return;
         }
         signal_server(&self.data_dir(i), signal);
+    }
+
+    /// The cluster CA the agents' HTTPS API is verified with (`None` without TLS).
+    pub(crate) fn api_ca(&self) -> Option<PathBuf> {
+        let ca = self.cluster.dir.path().join(".pgrepl/tls/ca.crt");
+        ca.exists().then_some(ca)
     }
 
     /// A key's value, asking each etcd member in turn (some may be down).

@@ -170,17 +170,17 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
 
     rt.block_on(async {
         let started = Instant::now();
-        let urls = etcd
-            .ensure_running(&[], true, &steps)
-            .await
-            .unwrap();
+        let urls = etcd.ensure_running(&[], true, &steps).await.unwrap();
         eprintln!(
             "3 etcd containers answer after {:.1} s",
             started.elapsed().as_secs_f64()
         );
         assert_eq!(steps.take().len(), 3);
         assert!(
-            urls.host.endpoints.iter().all(|u| u.starts_with("https://127.0.0.1:")),
+            urls.host
+                .endpoints
+                .iter()
+                .all(|u| u.starts_with("https://127.0.0.1:")),
             "{urls:?}"
         );
         let expected: Vec<String> = (0..3)
@@ -212,12 +212,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         all.put("/it/before", "1", None).await.unwrap();
 
         // A second call finds everything running and starts nothing.
-        assert_eq!(
-            etcd.ensure_running(&[], true, &steps)
-                .await
-                .unwrap(),
-            urls
-        );
+        assert_eq!(etcd.ensure_running(&[], true, &steps).await.unwrap(), urls);
         assert_eq!(steps.take(), Vec::<String>::new());
 
         // etcd's leader killed: the other two elect one across the network and commit.
@@ -252,7 +247,11 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         start(&container(down));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if local_value(&hosts[down], &root, "/it/during").await.as_deref() == Some("2") {
+            if local_value(&hosts[down], &root, "/it/during")
+                .await
+                .as_deref()
+                == Some("2")
+            {
                 break;
             }
             assert!(
@@ -264,19 +263,16 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(
-            local_value(&hosts[down], &root, "/it/before").await.as_deref(),
+            local_value(&hosts[down], &root, "/it/before")
+                .await
+                .as_deref(),
             Some("1")
         );
 
         // A member stopped behind pgrepl's back is started by the next ensure_running.
         let other = (down + 1) % 3;
         kill(&container(other));
-        assert_eq!(
-            etcd.ensure_running(&[], true, &steps)
-                .await
-                .unwrap(),
-            urls
-        );
+        assert_eq!(etcd.ensure_running(&[], true, &steps).await.unwrap(), urls);
         let restarted = steps.take();
         assert_eq!(restarted.len(), 1, "{restarted:?}");
         assert!(restarted[0].contains(&container(other)), "{restarted:?}");

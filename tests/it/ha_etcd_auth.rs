@@ -79,7 +79,9 @@ fn the_etcd_up_starts_admits_only_the_clusters_certificates_each_user_to_its_pre
         .map(str::to_owned)
         .collect();
     assert!(
-        endpoints.iter().all(|u| u.starts_with("https://127.0.0.1:")),
+        endpoints
+            .iter()
+            .all(|u| u.starts_with("https://127.0.0.1:")),
         "{endpoints:?}"
     );
     // The cluster file is pgrepl.toml: its scope is `pgrepl`.
@@ -97,15 +99,24 @@ fn the_etcd_up_starts_admits_only_the_clusters_certificates_each_user_to_its_pre
     rt.block_on(async {
         // The reader reads the leader the agents wrote, and cannot replace it.
         let value = get(&reader, leader).await.unwrap();
-        assert!(value.as_deref().unwrap_or("").contains("pg_master"), "{value:?}");
-        denied(put(&reader, leader, "{}").await, "the reader writes the leader key");
+        assert!(
+            value.as_deref().unwrap_or("").contains("pg_master"),
+            "{value:?}"
+        );
+        denied(
+            put(&reader, leader, "{}").await,
+            "the reader writes the leader key",
+        );
         // The agents' user writes under its prefix, and nowhere else.
         put(&agent, "/pgrepl/pgrepl/it-probe", "1").await.unwrap();
         denied(
             put(&agent, "/pgrepl/other/leader", "{}").await,
             "the agents' user writes another cluster's key",
         );
-        denied(get(&agent, "/").await, "the agents' user reads outside its prefix");
+        denied(
+            get(&agent, "/").await,
+            "the agents' user reads outside its prefix",
+        );
 
         // No certificate, or plain HTTP: no answer at all (the TLS handshake fails).
         let anonymous = EtcdAccess {
@@ -117,7 +128,10 @@ fn the_etcd_up_starts_admits_only_the_clusters_certificates_each_user_to_its_pre
             user: None,
         };
         let refused = get(&anonymous, leader).await;
-        assert!(refused.is_err(), "a client without a certificate read {refused:?}");
+        assert!(
+            refused.is_err(),
+            "a client without a certificate read {refused:?}"
+        );
         let plain: Vec<String> = endpoints
             .iter()
             .map(|u| u.replace("https://", "http://"))
@@ -136,7 +150,10 @@ fn the_etcd_up_starts_admits_only_the_clusters_certificates_each_user_to_its_pre
             user: None,
         };
         let refused = put(&forged, leader, "{}").await;
-        assert!(refused.is_err(), "another CA's certificate wrote the leader key");
+        assert!(
+            refused.is_err(),
+            "another CA's certificate wrote the leader key"
+        );
 
         // A second cluster in the same etcd (its users made by root, its certificate by the
         // same CA) has its own prefix and cannot touch the first's.
@@ -153,7 +170,10 @@ fn the_etcd_up_starts_admits_only_the_clusters_certificates_each_user_to_its_pre
             user: None,
         };
         put(&other, "/pgrepl/other/leader", "{}").await.unwrap();
-        denied(get(&other, leader).await, "the second cluster reads the first's leader");
+        denied(
+            get(&other, leader).await,
+            "the second cluster reads the first's leader",
+        );
         denied(
             put(&other, leader, "{}").await,
             "the second cluster writes the first's leader",
@@ -209,7 +229,10 @@ fn an_etcd_password_is_read_from_its_file_used_and_never_shown() {
             refused.contains("authentication failed"),
             "a wrong password: {refused}"
         );
-        assert!(!refused.contains("not-it"), "the error shows the password: {refused}");
+        assert!(
+            !refused.contains("not-it"),
+            "the error shows the password: {refused}"
+        );
         assert_eq!(get(&reader, key).await.unwrap().as_deref(), Some("1"));
     });
 }

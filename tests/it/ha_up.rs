@@ -262,8 +262,10 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     // Each agent serves its API where `up` recorded it, and says it.
     let api = agents[0]["api"].as_str().expect("the leader's API address");
     let printed = String::from_utf8_lossy(&up.stdout);
-    assert!(printed.contains(&format!("http://{api}")), "{printed}");
-    let (code, _) = crate::ha_api::http(api.parse().unwrap(), "GET", "/primary").unwrap();
+    assert!(printed.contains(&format!("https://{api}")), "{printed}");
+    let ca = state(&cluster).join("tls/ca.crt");
+    let (code, _) =
+        crate::ha_api::http(api.parse().unwrap(), Some(&ca), "GET", "/primary").unwrap();
     assert_eq!(code, 200, "GET /primary on the leader's agent");
     // The application's URIs, as printed, with stock psql: the primary, then a standby.
     let write = status["uris"]["write"]

@@ -402,7 +402,11 @@ fn processes_started_by_up_carry_no_password_in_argv() {
     let keys = private_key_lines(&state);
     let mut logs = String::new();
     for sub in ["agents", "etcd"] {
-        for entry in fs::read_dir(state.join(sub)).into_iter().flatten().flatten() {
+        for entry in fs::read_dir(state.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if entry.path().extension().is_some_and(|e| e == "log") {
                 logs.push_str(&fs::read_to_string(entry.path()).unwrap_or_default());
             }
@@ -443,9 +447,15 @@ fn processes_started_by_up_carry_no_password_in_argv() {
         state.display()
     );
     for line in &keys {
-        let places = [("pgrepl up's output", &text), ("the agents' and etcd's logs", &logs)];
+        let places = [
+            ("pgrepl up's output", &text),
+            ("the agents' and etcd's logs", &logs),
+        ];
         for (place, haystack) in places {
-            assert!(!haystack.contains(line.as_str()), "a private key is in {place}");
+            assert!(
+                !haystack.contains(line.as_str()),
+                "a private key is in {place}"
+            );
         }
         let leak = shown.iter().find(|s| s.contains(line.as_str()));
         assert!(leak.is_none(), "a private key is on a process: {leak:?}");

@@ -2,7 +2,8 @@
 //! 503 from what this agent saw a moment ago (`ha::health`), `GET /cluster` (what `status
 //! --json` shows of the HA state, from this agent's last read of etcd) and `GET /history` (the
 //! promotions). `OPTIONS` and `HEAD` answer like `GET`, without a body: HAProxy's
-//! `option httpchk` sends `OPTIONS /`. Nothing here changes anything.
+//! `option httpchk` sends `OPTIONS /`. Nothing here changes anything. With the cluster's TLS
+//! the API is HTTPS only (`api_tls`), with the node's certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use axum::routing::{get, on, MethodFilter};
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use super::api_tls::TlsListener;
 use super::Agent;
 use crate::ha::core::Effect;
 use crate::ha::health::{self, Endpoint, Facts};
@@ -114,10 +116,22 @@ pub(super) async fn serve(
                 .or(MethodFilter::OPTIONS),
             health_check,
         ))
-        .with_state(agent);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
+        .with_state(agent.clone());
+    let served = if agent.cluster.spec.tls_on() {
+        let dir = agent.cluster.runtime.tls_dir(&agent.node);
+        match TlsListener::new(listener, dir.join("server.crt"), dir.join("server.key")) {
+            Ok(tls) => {
+                axum::serve(tls, app)
+                    .with_graceful_shutdown(cancel.cancelled_owned())
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
+    };
     if let Err(e) = served {
         tracing::warn!("the HTTP API stopped: {e}");
     }

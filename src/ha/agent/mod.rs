@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::etcd_access::EtcdAccess;
 use super::core::{Core, Effect, Step};
+use super::etcd_access::EtcdAccess;
 use super::model::{Action, Decision, Time, View};
 use super::store::Store;
 use super::{HaError, Timing};
@@ -19,6 +19,7 @@ use crate::cluster::{Cluster, StepLog};
 
 mod act;
 mod api;
+mod api_tls;
 mod probe;
 mod tasks;
 mod timelines;
@@ -89,8 +90,7 @@ impl Agent {
         let node = cluster.node(&options.node)?.clone();
         // Nodes with another host run on other machines, each with its own agent.
         cluster.on_machine_of(&node);
-        let store =
-            Store::connect(&options.etcd, &options.cluster_name, &options.timing).await?;
+        let store = Store::connect(&options.etcd, &options.cluster_name, &options.timing).await?;
         // The first request: the client connects lazily, so this is where a wrong URL shows.
         let timing = store.agree_timing(&options.timing).await.map_err(|e| {
             HaError::Config(format!(

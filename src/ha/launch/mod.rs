@@ -48,6 +48,8 @@ pub struct HaUp {
     pub scope: String,
     pub leader: String,
     pub agents: Vec<AgentProcess>,
+    /// The agents' API is HTTPS, with the cluster CA (the cluster has TLS).
+    pub api_tls: bool,
     /// `[proxy]`'s HAProxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<super::proxy::ProxyUp>,
@@ -154,6 +156,7 @@ pub async fn up(
         scope,
         leader,
         agents,
+        api_tls: tls,
         proxy,
     })
 }
