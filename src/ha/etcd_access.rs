@@ -225,14 +225,17 @@ pub async fn provision(root: &EtcdAccess, scope: &str) -> Result<(), HaError> {
     for (name, permission) in grants {
         let name = name.as_str();
         // Certificates are the only way in: no user has a password.
-        tolerate_existing(
-            client
-                .user_add(name, "", Some(UserAddOptions::new().with_no_pwd()))
-                .await,
-        )
-        .map_err(failed(format!("add user {name}")))?;
-        tolerate_existing(client.role_add(name).await)
-            .map_err(failed(format!("add role {name}")))?;
+        let added = client
+            .user_add(name, "", Some(UserAddOptions::new().with_no_pwd()))
+            .await;
+        match added {
+            Err(e) if !already_exists(&e) => return Err(failed(format!("add user {name}"))(e)),
+            _ => {}
+        }
+        match client.role_add(name).await {
+            Err(e) if !already_exists(&e) => return Err(failed(format!("add role {name}"))(e)),
+            _ => {}
+        }
         if let Some(permission) = permission {
             client
                 .role_grant_permission(name, permission)
@@ -252,14 +255,6 @@ pub async fn provision(root: &EtcdAccess, scope: &str) -> Result<(), HaError> {
 }
 
 /// A user or role that exists already is what a second run wants.
-fn tolerate_existing<T>(result: Result<T, etcd_client::Error>) -> Result<(), etcd_client::Error> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(etcd_client::Error::GRpcStatus(status))
-            if status.message().contains("already exists") =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+fn already_exists(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status) if status.message().contains("already exists"))
 }
