@@ -30,6 +30,7 @@ pub mod server_version;
 pub mod spec;
 mod sql_steps;
 pub mod tls;
+mod tls_own;
 pub mod topology;
 
 use std::path::PathBuf;

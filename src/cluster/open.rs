@@ -117,6 +117,9 @@ impl Cluster {
                 *file = file.take().map(|f| base.join(f));
             }
         }
+        for file in spec.tls.files_mut() {
+            *file = base.join(&*file);
+        }
         let replication_password = spec.replication_password(base)?;
         let file_spec = spec.clone();
         // After a failover or switchover the recorded primary decides the roles.

@@ -201,6 +201,70 @@ pub struct ClusterSpec {
 pub struct TlsSpec {
     #[serde(default)]
     pub mode: TlsMode,
+    /// Your own CA instead of the one `up` makes: its certificate, which standbys and pgrepl
+    /// verify the servers against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// Its key: `up` then signs the certificates of the nodes `nodes` does not list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<PathBuf>,
+    /// Your own certificate and key for a node (`[tls.nodes.pg_master]`), signed by `ca_cert`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, NodeTlsFiles>,
+}
+
+/// A node's certificate and key, as the user made them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsSpec {
+    /// Every file the section names, for paths relative to the cluster file.
+    pub fn files_mut(&mut self) -> Vec<&mut PathBuf> {
+        let mut files: Vec<&mut PathBuf> = self
+            .ca_cert
+            .iter_mut()
+            .chain(self.ca_key.iter_mut())
+            .collect();
+        for node in self.nodes.values_mut() {
+            files.push(&mut node.cert);
+            files.push(&mut node.key);
+        }
+        files
+    }
+
+    fn validate(&self, nodes: &[NodeSpec]) -> Result<(), String> {
+        let own = self.ca_cert.is_some() || self.ca_key.is_some() || !self.nodes.is_empty();
+        if own && self.mode == TlsMode::Off {
+            return Err(
+                "[tls] names certificates but mode = \"off\": remove them, or turn TLS on".into(),
+            );
+        }
+        if let Some(name) = self
+            .nodes
+            .keys()
+            .find(|n| !nodes.iter().any(|node| &node.name == *n))
+        {
+            return Err(format!(
+                "[tls.nodes.{name}] names no node of the cluster file"
+            ));
+        }
+        if self.ca_cert.is_none() && own {
+            return Err("[tls] ca_key and [tls.nodes] need ca_cert: the CA the servers' certificates are checked against".into());
+        }
+        if self.ca_cert.is_some() && self.ca_key.is_none() {
+            if let Some(node) = nodes.iter().find(|n| !self.nodes.contains_key(&n.name)) {
+                return Err(format!(
+                    "[tls] has no ca_key to sign a certificate for `{}`: give ca_key, or [tls.nodes.{}] cert and key",
+                    node.name, node.name
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -551,6 +615,9 @@ impl ClusterSpec {
         if let Some(Err(message)) = self.ha.as_ref().map(HaSpec::validate_etcd) {
             return invalid(message);
         }
+        if let Err(message) = self.tls.validate(&self.nodes) {
+            return invalid(message);
+        }
         if let Some(proxy) = &self.proxy {
             if self.ha.is_none() {
                 return invalid(
@@ -876,5 +943,51 @@ mod tests {
             "ANY 1 (\"Pg-Slave\", b)"
         );
         assert_eq!(synchronous_standby_names("FIRST", 1, &[]), "");
+    }
+
+    #[test]
+    fn own_certificates_and_etcd_credentials_come_whole_or_are_refused_in_one_line() {
+        let refused = |spec: &ClusterSpec| spec.validate().unwrap_err().to_string();
+        let mut spec = ClusterSpec::default();
+        spec.tls.ca_cert = Some("ca.crt".into());
+        assert!(refused(&spec).contains("no ca_key to sign a certificate for `pg_master`"));
+        spec.tls.ca_key = Some("ca.key".into());
+        spec.validate().unwrap();
+        spec.tls.nodes.insert(
+            "pg_ghost".into(),
+            NodeTlsFiles {
+                cert: "a".into(),
+                key: "b".into(),
+            },
+        );
+        assert!(refused(&spec).contains("[tls.nodes.pg_ghost] names no node"));
+        let mut spec = ClusterSpec::default();
+        spec.tls.ca_key = Some("ca.key".into());
+        assert!(refused(&spec).contains("need ca_cert"));
+        spec.tls.mode = TlsMode::Off;
+        assert!(refused(&spec).contains("mode = \"off\""));
+
+        let mut spec = ClusterSpec::default();
+        let ha = |f: &dyn Fn(&mut HaSpec)| {
+            let mut ha = HaSpec {
+                etcd: vec!["https://10.0.0.1:2379".into()],
+                etcd_ca: Some("ca.crt".into()),
+                ..HaSpec::default()
+            };
+            f(&mut ha);
+            Some(ha)
+        };
+        spec.ha = ha(&|_| {});
+        spec.validate().unwrap();
+        spec.ha = ha(&|h| h.etcd_ca = None);
+        assert!(refused(&spec).contains("give etcd_ca"));
+        spec.ha = ha(&|h| h.etcd_cert = Some("c".into()));
+        assert!(refused(&spec).contains("etcd_cert and etcd_key go together"));
+        spec.ha = ha(&|h| h.etcd_user = Some("u".into()));
+        assert!(refused(&spec).contains("etcd_password_file"));
+        spec.ha = ha(&|h| h.etcd = vec![]);
+        assert!(refused(&spec).contains("etcd of your own"));
+        spec.ha = ha(&|h| h.etcd.push("http://10.0.0.2:2379".into()));
+        assert!(refused(&spec).contains("mixes http:// and https://"));
     }
 }

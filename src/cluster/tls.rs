@@ -44,6 +44,14 @@ pub enum TlsError {
     },
     #[error("make {what}: {source}")]
     Generate { what: String, source: rcgen::Error },
+    #[error("`{}` is not a PEM certificate or key: give the file itself, as PEM", .0.display())]
+    Unreadable(PathBuf),
+    #[error("[tls] ca_cert `{}` is not a CA certificate (no basicConstraints CA:TRUE)", .0.display())]
+    NotCa(PathBuf),
+    #[error("[tls.nodes.{node}] cert `{}` is not signed by [tls] ca_cert: give a certificate your CA signed", .cert.display())]
+    NotSigned { node: String, cert: PathBuf },
+    #[error("`{}` is not the key of `{}`: give the key the certificate was made for", .key.display(), .cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("no cluster CA in `{}` for `{node}`, whose agent builds it on this machine: copy `ca.crt` and `ca.key` there from the machine where `up` or the first agent made them, or set `[tls] mode = \"off\"` in the cluster file", .dir.display())]
     NoCa { dir: PathBuf, node: String },
 }
@@ -236,7 +244,7 @@ fn generate(what: &str) -> impl Fn(rcgen::Error) -> TlsError + '_ {
     }
 }
 
-fn read(path: &Path) -> Result<String, TlsError> {
+pub(crate) fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Io {
         what: format!("read `{}`", path.display()),
         source,
@@ -252,7 +260,7 @@ fn create_dir(dir: &Path) -> Result<(), TlsError> {
 
 /// Writes `bytes` to a new file beside `path` with `mode` (and `owner`), then renames it into
 /// place: a reader never sees half a key, and a key is never readable by others, even briefly.
-fn write_file(
+pub(crate) fn write_file(
     path: &Path,
     bytes: &[u8],
     mode: u32,
@@ -346,15 +354,10 @@ impl Cluster {
             ));
         }
         let nodes: Vec<&NodeSpec> = self.spec.nodes.iter().filter(|n| self.is_here(n)).collect();
-        let certs = self.node_certs(&nodes);
-        for made in ensure(
-            &self.state_dir,
-            &certs,
-            self.runtime.data_owner(),
-            false,
-            true,
-        )? {
-            log.step(&format!("new {made}"));
+        // The user's own certificates are copied again (they replaced their files); `up`'s
+        // own are made anew from the CA.
+        for line in self.install_tls(&nodes, false, true)? {
+            log.step(&format!("new {line}"));
         }
         for node in nodes {
             if !self.runtime.is_running(node).await {
@@ -397,17 +400,53 @@ impl Cluster {
         if !self.spec.tls_on() {
             return Ok(());
         }
-        let certs = self.node_certs(&nodes.iter().collect::<Vec<_>>());
-        for made in ensure(
-            &self.state_dir,
-            &certs,
-            self.runtime.data_owner(),
-            may_create_ca,
-            false,
-        )? {
+        for made in self.install_tls(&nodes.iter().collect::<Vec<_>>(), may_create_ca, false)? {
             log.step(&made);
         }
         Ok(())
+    }
+
+    /// The user's CA and node certificates from `[tls]`, copied into place after their checks;
+    /// then `up`'s own for the other nodes (all of them anew with `renew`, or when the user's
+    /// CA replaced the one they were signed by). A line per thing made.
+    fn install_tls(
+        &self,
+        nodes: &[&NodeSpec],
+        may_create_ca: bool,
+        renew: bool,
+    ) -> Result<Vec<String>, ClusterError> {
+        let tls = &self.spec.tls;
+        let ca_changed = super::tls_own::install_ca(&self.state_dir, tls)?;
+        let mut made = Vec::new();
+        if ca_changed {
+            made.push(format!(
+                "the cluster CA is `{}`",
+                tls.ca_cert.as_deref().unwrap_or(Path::new("")).display()
+            ));
+        }
+        let (own, generated): (Vec<&NodeSpec>, Vec<&NodeSpec>) =
+            nodes.iter().partition(|n| tls.nodes.contains_key(&n.name));
+        if !own.is_empty() {
+            let ca_pem = read(&ca_cert_path(&self.state_dir))?;
+            for (node, leaf) in own.iter().zip(self.node_certs(&own)) {
+                let files = &tls.nodes[&node.name];
+                if super::tls_own::install_node(&leaf, files, &ca_pem, self.runtime.data_owner())? {
+                    made.push(format!(
+                        "certificate for `{}` from `{}`",
+                        node.name,
+                        files.cert.display()
+                    ));
+                }
+            }
+        }
+        made.extend(ensure(
+            &self.state_dir,
+            &self.node_certs(&generated),
+            self.runtime.data_owner(),
+            may_create_ca && tls.ca_cert.is_none(),
+            renew || ca_changed,
+        )?);
+        Ok(made)
     }
 
     /// Writes TLS's server settings into a new primary's postgresql.auto.conf, so its first
@@ -435,19 +474,23 @@ impl Cluster {
     }
 
     /// Copies the cluster CA (certificate and key) into another state directory on this
-    /// machine, one a container's agent uses, where it makes its node's certificate.
-    pub(crate) fn share_ca(
+    /// machine, one the agent of `node` uses in its container, where it makes its node's
+    /// certificate; or puts there the node's own from `[tls.nodes]`.
+    pub(crate) fn share_tls(
         &self,
         state_dir: &Path,
         owner: Option<(u32, u32)>,
+        node: &NodeSpec,
     ) -> Result<(), ClusterError> {
         if !self.spec.tls_on() {
             return Ok(());
         }
         let (from, to) = (ca_dir(&self.state_dir), ca_dir(state_dir));
+        let node_dir = state_dir.join(&node.name);
         create_dir(&to)?;
-        // The agent creates the rest of its state directory: both are its user's.
-        for dir in [state_dir, to.as_path()] {
+        create_dir(&node_dir)?;
+        // The agent creates the rest of its state directory: these are its user's.
+        for dir in [state_dir, to.as_path(), node_dir.as_path()] {
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|source| {
                     TlsError::Io {
@@ -458,8 +501,18 @@ impl Cluster {
             }
         }
         for (file, mode) in [("ca.crt", 0o644), ("ca.key", 0o600)] {
+            // A CA of the user's own may come without its key: the nodes then bring their own.
+            if file == "ca.key" && !from.join(file).exists() {
+                continue;
+            }
             let text = read(&from.join(file))?;
             write_file(&to.join(file), text.as_bytes(), mode, owner)?;
+        }
+        if let Some(files) = self.spec.tls.nodes.get(&node.name) {
+            // Where the machine's local runtime looks for it (`<state_dir>/<node>/tls`).
+            let leaf = Leaf::server(&node.name, node_dir.join("tls"), Vec::new());
+            let ca_pem = read(&from.join("ca.crt"))?;
+            super::tls_own::install_node(&leaf, files, &ca_pem, owner)?;
         }
         Ok(())
     }

@@ -64,6 +64,12 @@ pub fn machine_spec(spec: &ClusterSpec, replication_password: &str, net: &Networ
     };
     // The proxy is the host's, in front of every machine.
     machine.proxy = None;
+    // The CA and the user's own node certificates are put in each machine's state directory
+    // by `up` (`Cluster::share_tls`): the host's paths mean nothing there.
+    machine.tls = crate::cluster::spec::TlsSpec {
+        mode: spec.tls.mode,
+        ..Default::default()
+    };
     let ha = spec.ha.clone().unwrap_or_default();
     let name_of = |host: &PathBuf| {
         etcd_files(net.etcd)

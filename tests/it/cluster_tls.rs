@@ -256,3 +256,84 @@ fn without_tls_the_marker_is_on_the_wire_and_up_says_so() {
     let proxy = marker_through_a_proxy(&cluster);
     assert!(proxy.saw(MARKER), "the proxy recorded nothing readable");
 }
+
+/// A CA and server certificates made elsewhere (here by the same code `up` uses, in a directory
+/// of "the user's"): their files, the CA's with its key, under `dir`.
+fn users_certificates(dir: &std::path::Path, nodes: &[&str]) -> Vec<pgrepl::cluster::tls::Leaf> {
+    let leaves: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            pgrepl::cluster::tls::Leaf::server(
+                n,
+                dir.join(n),
+                vec![n.to_string(), "127.0.0.1".into(), "localhost".into()],
+            )
+        })
+        .collect();
+    pgrepl::cluster::tls::ensure(dir, &leaves, None, true, false).unwrap();
+    leaves
+}
+
+/// `[tls]` with the user's own CA (and its key, for the nodes not listed) and a node's own
+/// certificate: the servers present exactly those, standbys verify against that CA; a node
+/// certificate another CA signed is refused before anything is built.
+#[test]
+fn the_users_own_ca_and_certificates_are_served_and_checked_first() {
+    let cluster = TestCluster::new();
+    let users = tempfile::tempdir().unwrap();
+    let leaves = users_certificates(users.path(), &["pg_slave"]);
+    let ca = pgrepl::cluster::tls::ca_cert_path(users.path());
+    let ca_key = ca.with_file_name("ca.key");
+    let text = std::fs::read_to_string(&cluster.file).unwrap();
+    let section = format!(
+        "\n[tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n\n[tls.nodes.pg_slave]\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca.display(),
+        ca_key.display(),
+        leaves[0].cert().display(),
+        leaves[0].key().display()
+    );
+    // A certificate for pg_slave signed by another CA first: refused, nothing built.
+    let other = tempfile::tempdir().unwrap();
+    let forged = users_certificates(other.path(), &["pg_slave"]);
+    let wrong = section.replace(
+        &leaves[0].cert().display().to_string(),
+        &forged[0].cert().display().to_string(),
+    );
+    std::fs::write(&cluster.file, format!("{text}{wrong}")).unwrap();
+    let refused = cluster.pgrepl(&["up"]);
+    let said = crate::basebackup::stderr(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("[tls.nodes.pg_slave] cert") && said.contains("not signed by [tls] ca_cert"),
+        "{said}"
+    );
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    assert!(!cluster.dir.path().join(".pgrepl/pg_master/data").exists());
+
+    std::fs::write(&cluster.file, format!("{text}{section}")).unwrap();
+    cluster.ok(&["up"]);
+    let state = cluster.dir.path().join(".pgrepl");
+    assert_eq!(
+        std::fs::read(state.join("tls/ca.crt")).unwrap(),
+        std::fs::read(&ca).unwrap(),
+        "the cluster CA is the user's"
+    );
+    let own = std::fs::read_to_string(leaves[0].cert()).unwrap();
+    assert_eq!(served_certificate(cluster.ports[1]).trim(), own.trim());
+    // pg_master's certificate was made by up, with the user's CA key.
+    let served = served_certificate(cluster.ports[0]);
+    let (_, pem) = x509_parser::pem::parse_x509_pem(served.as_bytes()).unwrap();
+    let ca_pem = std::fs::read(&ca).unwrap();
+    let (_, ca_pem) = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap();
+    let ca_cert = ca_pem.parse_x509().unwrap();
+    pem.parse_x509()
+        .unwrap()
+        .verify_signature(Some(ca_cert.public_key()))
+        .expect("pg_master's certificate is signed by the user's CA");
+    // up's checks passed: both standbys stream over verify-full against the user's CA.
+    let streaming = cluster.psql(
+        0,
+        "SELECT count(*) FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE s.ssl AND r.state = 'streaming'",
+    );
+    assert_eq!(streaming.trim(), "2");
+}

@@ -47,9 +47,10 @@ pub(super) async fn start(
     let mut agents = Vec::new();
     for node in &cluster.spec.nodes {
         docker.write_machine(node, &text, &files)?;
-        cluster.share_ca(
+        cluster.share_tls(
             &docker.machine_dir(node).join(&spec.state_dir),
             Some(docker.data_owner()),
+            node,
         )?;
         let api = apis[&node.name];
         if docker.ensure_agent(node, &exe, api).await? {
