@@ -211,6 +211,33 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
         };
         all.put("/it/before", "1", None).await.unwrap();
 
+        // Only the cluster CA's certificates get in, and each user only as far as its role.
+        let ca = std::fs::read(pgrepl::cluster::tls::ca_cert_path(&state_dir)).unwrap();
+        let anonymous = ConnectOptions::new()
+            .with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(ca)),
+            )
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(1));
+        let refused = async {
+            let mut c = Client::connect(hosts, Some(anonymous)).await?;
+            c.get("/it/before", None).await
+        };
+        assert!(
+            refused.await.is_err(),
+            "a client without a certificate read"
+        );
+        let reader = EtcdAccess::own(&state_dir, hosts.clone(), true, User::Reader);
+        let mut reading = client(hosts, &reader.options().unwrap()).await;
+        let leader_key = format!("/pgrepl/{SCOPE}/leader");
+        let denied = reading
+            .put(leader_key.as_str(), "{}", None)
+            .await
+            .unwrap_err();
+        assert!(denied.to_string().contains("permission denied"), "{denied}");
+        reading.get(leader_key.as_str(), None).await.unwrap();
+
         // A second call finds everything running and starts nothing.
         assert_eq!(etcd.ensure_running(&[], true, &steps).await.unwrap(), urls);
         assert_eq!(steps.take(), Vec::<String>::new());
