@@ -131,20 +131,7 @@ impl EtcdCluster {
             .expect("etcd log file");
         let client = format!("https://127.0.0.1:{}", member.client_port);
         let peer = format!("https://127.0.0.1:{}", member.peer_port);
-        let certs = etcd_access::members_dir(self.dir.path());
-        let file = |name: String| certs.join(name).display().to_string();
-        let mut tls = Vec::new();
-        for prefix in ["--", "--peer-"] {
-            tls.extend([
-                format!("{prefix}cert-file"),
-                file(format!("{}.crt", member.name)),
-                format!("{prefix}key-file"),
-                file(format!("{}.key", member.name)),
-                format!("{prefix}trusted-ca-file"),
-                file("ca.crt".into()),
-                format!("{prefix}client-cert-auth"),
-            ]);
-        }
+        let tls = tls_args(&etcd_access::members_dir(self.dir.path()), &member.name);
         let child = Command::new(&self.binary)
             .args(["--name", &member.name, "--data-dir"])
             .arg(self.dir.path().join(&member.name))
@@ -228,6 +215,25 @@ impl EtcdCluster {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// A member's TLS arguments, as `up` gives its own: its certificate (`<certs>/<name>.crt`) for
+/// clients and peers, and both required to present one of the CA in `<certs>/ca.crt`.
+pub(crate) fn tls_args(certs: &Path, name: &str) -> Vec<String> {
+    let file = |name: String| certs.join(name).display().to_string();
+    let mut args = Vec::new();
+    for prefix in ["--", "--peer-"] {
+        args.extend([
+            format!("{prefix}cert-file"),
+            file(format!("{name}.crt")),
+            format!("{prefix}key-file"),
+            file(format!("{name}.key")),
+            format!("{prefix}trusted-ca-file"),
+            file("ca.crt".into()),
+            format!("{prefix}client-cert-auth"),
+        ]);
+    }
+    args
 }
 
 /// Whether the member `member` reaches is etcd's leader (false when it does not answer in 1 s).

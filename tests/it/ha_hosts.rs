@@ -154,19 +154,7 @@ impl Machines {
                 format!("https://{}:2379", self.address(i)),
                 format!("https://{}:2380", self.address(i)),
             );
-            let name = format!("e{}", i + 1);
-            let mut tls: Vec<PathBuf> = Vec::new();
-            for prefix in ["--", "--peer-"] {
-                tls.extend([
-                    format!("{prefix}cert-file").into(),
-                    certs.join(format!("{name}.crt")),
-                    format!("{prefix}key-file").into(),
-                    certs.join(format!("{name}.key")),
-                    format!("{prefix}trusted-ca-file").into(),
-                    certs.join("ca.crt"),
-                    format!("{prefix}client-cert-auth").into(),
-                ]);
-            }
+            let tls = crate::etcd::tls_args(&certs, &format!("e{}", i + 1));
             let log = std::fs::File::create(self.dir(i).join("etcd.log")).unwrap();
             let child = self
                 .exec(i, &crate::etcd::etcd_binary())
