@@ -31,7 +31,7 @@ impl Cluster {
         self.prepare_node(node, log).await?;
         if !self.runtime.data_dir(node).join("PG_VERSION").exists() {
             log.step(&format!("initialise primary `{}`", node.name));
-            self.runtime.init_primary(node).await?;
+            self.runtime.init_primary(node, self.spec.tls_on()).await?;
             self.tls_settings_into(node)?;
             self.save_record()?;
         }

@@ -44,7 +44,9 @@ impl Cluster {
         let fresh = !self.runtime.data_dir(primary).join("PG_VERSION").exists();
         if fresh {
             log.step(&format!("initialise primary `{}`", primary.name));
-            self.runtime.init_primary(primary).await?;
+            self.runtime
+                .init_primary(primary, self.spec.tls_on())
+                .await?;
             self.tls_settings_into(primary)?;
             self.save_record()?;
         }

@@ -106,8 +106,9 @@ impl LocalRuntime {
 
     /// initdb for a new primary: local superuser by socket (trust, the socket directory is
     /// owner-only), password authentication over TCP, with the password of
-    /// `[local] superuser_password_file` when given and a line for each of `[local] clients`.
-    pub fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+    /// `[local] superuser_password_file` when given and a line for each of `[local] clients`
+    /// (`hostssl` with `tls`, but for this machine's loopback).
+    pub fn init_primary(&self, node: &NodeSpec, tls: bool) -> Result<(), ClusterError> {
         let data = self.data_dir(node);
         let mut args: Vec<&OsStr> = vec![
             OsStr::new("-D"),
@@ -137,9 +138,10 @@ impl LocalRuntime {
         let mut text = std::fs::read_to_string(&hba)
             .map_err(|e| ClusterError::io(format!("read `{}`", hba.display()), e))?;
         for client in &self.settings.clients {
-            // Applications: TLS is offered, not required (yet) of them.
+            // A password crosses the network only inside TLS (libpq's default `prefer` uses it).
+            let kind = super::runtime::hba_connection_type(tls, client);
             text.push_str(&format!(
-                "# added by pgrepl: [local] clients\nhost all all {client} scram-sha-256\n"
+                "# added by pgrepl: [local] clients\n{kind} all all {client} scram-sha-256\n"
             ));
         }
         std::fs::write(&hba, text)

@@ -78,12 +78,13 @@ impl Runtime {
         }
     }
 
-    /// Creates a new, empty primary (initdb, or a container's first start).
-    pub async fn init_primary(&self, node: &NodeSpec) -> Result<(), ClusterError> {
+    /// Creates a new, empty primary (initdb, or a container's first start); `tls`: the cluster
+    /// has TLS, so other machines' password logins come over TLS only.
+    pub async fn init_primary(&self, node: &NodeSpec, tls: bool) -> Result<(), ClusterError> {
         match self {
             Runtime::Local(local) => {
                 let node = node.clone();
-                blocking(local, move |local| local.init_primary(&node)).await
+                blocking(local, move |local| local.init_primary(&node, tls)).await
             }
             Runtime::Docker(docker) => docker.init_primary(node).await,
         }

@@ -395,7 +395,10 @@ fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary(
         .user("postgres")
         .password(PASSWORD)
         .dbname("postgres");
-    let writer = Writer::over(vec![proxy]);
+    let writer = Writer::over(crate::ha_cluster::Targets {
+        configs: vec![proxy],
+        tls: ha.api_ca().map(|ca| crate::sql_tls::Tls::trusting(&ca)),
+    });
     writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |_| true);
 
     // Node loss: both proxies move to the new primary.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::cluster_flow::TestCluster;
 use crate::etcd::EtcdCluster;
 use crate::ha_docker;
+use crate::sql_tls::Tls;
 use pgrepl::ha::etcd_access::{EtcdAccess, User};
 
 /// The nodes of `pgrepl init`'s cluster file, the one most tests run.
@@ -363,10 +364,14 @@ impl HaCluster {
         node_of(&self.etcd_get("leader")?)
     }
 
-    /// Session settings for each node, in [`NODES`] order, as the test reaches them.
-    pub(crate) fn node_configs(&self) -> Vec<tokio_postgres::Config> {
+    /// Session settings for each node, in [`NODES`] order, as the test reaches them, with TLS
+    /// trusting the cluster CA where the nodes offer it.
+    pub(crate) fn targets(&self) -> Targets {
         let ports = self.cluster.ports.iter();
-        ports.map(|port| self.reach.config(*port)).collect()
+        Targets {
+            configs: ports.map(|port| self.reach.config(*port)).collect(),
+            tls: self.api_ca().map(|ca| Tls::trusting(&ca)),
+        }
     }
 
     /// psql against node `i`, `None` when it does not answer.
@@ -693,19 +698,12 @@ pub(crate) struct Session {
 /// A session on the first of `nodes` that takes writes, searching from `start` round to it
 /// again; `None` when none does. A client starts after the node that last failed it, as a
 /// client with several hosts does, since a stranded old primary still says it takes writes.
-pub(crate) async fn open_session(
-    nodes: &[tokio_postgres::Config],
-    start: usize,
-    log: &AckLog,
-) -> Option<Session> {
+pub(crate) async fn open_session(targets: &Targets, start: usize, log: &AckLog) -> Option<Session> {
+    let nodes = &targets.configs;
     for node in (0..nodes.len()).map(|k| (start + k) % nodes.len()) {
-        let connect = nodes[node].connect(tokio_postgres::NoTls);
-        let Ok(Ok((client, connection))) =
-            tokio::time::timeout(Duration::from_millis(500), connect).await
-        else {
+        let Some(client) = targets.connect(node).await else {
             continue;
         };
-        tokio::spawn(connection);
         let writable = client
             .query_one("SELECT NOT pg_is_in_recovery()", &[])
             .await;
@@ -721,6 +719,36 @@ pub(crate) async fn open_session(
     None
 }
 
+/// Where the tests' writers connect: each node's settings (node `i` of an [`Ack`] is
+/// `configs[i]`), and TLS when the servers offer it (over TCP; a socket has none).
+#[derive(Clone)]
+pub(crate) struct Targets {
+    pub(crate) configs: Vec<tokio_postgres::Config>,
+    pub(crate) tls: Option<Tls>,
+}
+
+impl Targets {
+    /// A session on node `i` within 500 ms, driven on a task of its own.
+    pub(crate) async fn connect(&self, i: usize) -> Option<tokio_postgres::Client> {
+        let limit = Duration::from_millis(500);
+        let config = &self.configs[i];
+        match &self.tls {
+            Some(tls) => {
+                let connect = config.connect(tls.clone());
+                let (client, connection) = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
+                tokio::spawn(connection);
+                Some(client)
+            }
+            None => {
+                let connect = config.connect(tokio_postgres::NoTls);
+                let (client, connection) = tokio::time::timeout(limit, connect).await.ok()?.ok()?;
+                tokio::spawn(connection);
+                Some(client)
+            }
+        }
+    }
+}
+
 /// Writes into whichever node takes writes and records each acknowledgement: a row every 50 ms
 /// ([`Writer::start`]), or the load a caller gives ([`Writer::spawn`]).
 /// No statement_timeout: a cancelled wait for the sync standby would report the commit as done.
@@ -732,12 +760,12 @@ pub(crate) struct Writer {
 impl Writer {
     /// Writes as the superuser to the cluster's nodes, as the test reaches them.
     pub(crate) fn start(ha: &HaCluster) -> Writer {
-        Writer::over(ha.node_configs())
+        Writer::over(ha.targets())
     }
 
-    /// Writes through `nodes` (node `i` of an [`Ack`] is `nodes[i]`), e.g. over TCP.
-    pub(crate) fn over(nodes: Vec<tokio_postgres::Config>) -> Writer {
-        Writer::spawn(move |log| write_loop(nodes, log))
+    /// Writes through `targets`, e.g. over TCP.
+    pub(crate) fn over(targets: Targets) -> Writer {
+        Writer::spawn(move |log| write_loop(targets, log))
     }
 
     /// Runs the load `run` makes, on a thread of its own, until [`Writer::stop`].
@@ -837,7 +865,7 @@ impl Drop for Writer {
     }
 }
 
-async fn write_loop(nodes: Vec<tokio_postgres::Config>, log: AckLog) {
+async fn write_loop(nodes: Targets, log: AckLog) {
     let mut session: Option<Session> = None;
     let mut start = 0;
     while !log.stopped() {

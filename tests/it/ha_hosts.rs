@@ -521,7 +521,11 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
             config
         })
         .collect();
-    let writer = Writer::over(nodes);
+    let ca = ca_dir(machines.certs.path()).join("ca.crt");
+    let writer = Writer::over(crate::ha_cluster::Targets {
+        configs: nodes,
+        tls: Some(crate::sql_tls::Tls::trusting(&ca)),
+    });
     let logs = || machines.logs();
     writer.wait_ack_or_show(
         Duration::from_secs(10),

@@ -478,6 +478,20 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
     let password = std::fs::read_to_string(state(&cluster).join("superuser.password")).unwrap();
     assert!(!String::from_utf8_lossy(&inspect.stdout).contains(password.trim()));
     assert!(!String::from_utf8_lossy(&inspect.stdout).contains("pass\""));
+    // Each container is a machine of its own: a password login from the network (the host's,
+    // through the published port) gets in over TLS only.
+    let port = cluster.ports[0];
+    let login = |sslmode: &str| {
+        crate::ha_api::psql_lands_with(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={sslmode}"),
+            Some(password.trim()),
+        )
+    };
+    assert_eq!(login("disable"), None, "a login without TLS got in");
+    assert_eq!(
+        login("prefer").map(|(recovery, _)| recovery),
+        Some("f".into())
+    );
 
     crate::ha_docker::kill("pg_master");
     let deadline = Instant::now() + Duration::from_secs(30);
