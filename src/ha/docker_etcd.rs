@@ -116,6 +116,8 @@ impl<'a> DockerEtcd<'a> {
         // A missing image fails before anything is made.
         self.docker.ensure_part_image(&self.image, "etcd").await?;
         let members = ensure_members(&self.state_dir, avoid, tls)?;
+        // An etcd made before TLS keeps speaking plain HTTP.
+        let tls = members.iter().all(|m| m.tls);
         let tls_dir = secure(
             &self.state_dir,
             &self.scope,

@@ -107,6 +107,8 @@ impl LocalEtcd {
         log: &dyn StepLog,
     ) -> Result<EtcdAccess, HaError> {
         let members = ensure_members(&self.state_dir, avoid, tls)?;
+        // An etcd made before TLS keeps speaking plain HTTP.
+        let tls = members.iter().all(|m| m.tls);
         let urls: Vec<String> = members.iter().map(Member::client_url).collect();
         let names = |_: &Member| vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
         let tls_files = secure(&self.state_dir, scope, &members, names, log)?;

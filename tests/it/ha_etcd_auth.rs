@@ -236,3 +236,33 @@ fn an_etcd_password_is_read_from_its_file_used_and_never_shown() {
         assert_eq!(get(&reader, key).await.unwrap().as_deref(), Some("1"));
     });
 }
+
+/// An etcd `up` made before etcd had TLS (its members recorded without `tls`) keeps speaking
+/// plain HTTP, and the cluster's TLS does not make pgrepl talk TLS to it.
+#[test]
+fn an_etcd_made_before_tls_keeps_plain_http_and_still_serves_the_agents() {
+    let test = "an_etcd_made_before_tls_keeps_plain_http";
+    let Some(cluster) = ha_cluster(test) else {
+        return;
+    };
+    let etcd_dir = state(&cluster).join("etcd");
+    std::fs::create_dir_all(&etcd_dir).unwrap();
+    let pick = crate::harness::pick_port;
+    let members: Vec<serde_json::Value> = (0..3)
+        .map(|i| serde_json::json!({"name": format!("etcd{i}"), "client_port": pick(), "peer_port": pick()}))
+        .collect();
+    std::fs::write(
+        etcd_dir.join("members.json"),
+        serde_json::to_string(&members).unwrap(),
+    )
+    .unwrap();
+    up_ok(&cluster);
+    let endpoints = std::fs::read_to_string(etcd_dir.join("endpoints")).unwrap();
+    assert!(
+        endpoints.lines().all(|u| u.starts_with("http://")),
+        "{endpoints}"
+    );
+    let status = status_json(&cluster);
+    assert_eq!(status["ha"]["leader"], "pg_master", "{status:#}");
+    cluster.ok(&["down", "--purge"]);
+}
