@@ -103,7 +103,7 @@ impl Store {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(value);
                 }
-                Ok(Err(e)) if unreachable_endpoint(&e) => failure = Some(e),
+                Ok(Err(e)) if unreachable_endpoint(&e) || auth_changed(&e) => failure = Some(e),
                 // The client's own timeout: as below (a member that lost its leader holds a
                 // request until it has one again, and a member cut off from the others never).
                 Ok(Err(etcd_client::Error::GRpcStatus(status)))
@@ -585,6 +585,14 @@ impl Store {
 }
 
 /// The endpoint could not be reached (down, refusing, no leader to forward to): another may.
+/// etcd refused to apply a request checked against users and roles that changed before it was
+/// applied (`ErrAuthOldRevision`): nothing was done, and the same request is checked again by
+/// the next member, as etcd's own client retries it.
+fn auth_changed(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.message().contains("revision of auth store is old"))
+}
+
 fn unreachable_endpoint(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,

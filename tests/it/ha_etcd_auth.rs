@@ -12,8 +12,31 @@ use pgrepl::ha::etcd_access::{client_leaf, provision, ClientTls, EtcdAccess, Use
 
 use crate::ha_up::{ha_cluster, state, status_json, up_ok};
 
+/// `request` again while etcd says the users and roles changed under it (`ErrAuthOldRevision`:
+/// nothing was done; etcd's own client retries it too), at most three times.
+async fn retried<T, F: std::future::Future<Output = Result<T, String>>>(
+    request: impl Fn() -> F,
+) -> Result<T, String> {
+    let mut result = request().await;
+    for _ in 0..3 {
+        match &result {
+            Err(e) if e.contains("revision of auth store is old") => result = request().await,
+            _ => break,
+        }
+    }
+    result
+}
+
 /// What a request got: a value (or none), or etcd's refusal.
 async fn get(access: &EtcdAccess, key: &str) -> Result<Option<String>, String> {
+    retried(|| get_once(access, key)).await
+}
+
+async fn put(access: &EtcdAccess, key: &str, value: &str) -> Result<(), String> {
+    retried(|| put_once(access, key, value)).await
+}
+
+async fn get_once(access: &EtcdAccess, key: &str) -> Result<Option<String>, String> {
     let request = async {
         let options = access.options().map_err(|e| e.to_string())?;
         let mut client = Client::connect(&access.endpoints, Some(options))
@@ -30,7 +53,7 @@ async fn get(access: &EtcdAccess, key: &str) -> Result<Option<String>, String> {
         .unwrap_or_else(|_| Err("no answer within 5 s".into()))
 }
 
-async fn put(access: &EtcdAccess, key: &str, value: &str) -> Result<(), String> {
+async fn put_once(access: &EtcdAccess, key: &str, value: &str) -> Result<(), String> {
     let request = async {
         let options = access.options().map_err(|e| e.to_string())?;
         let mut client = Client::connect(&access.endpoints, Some(options))
