@@ -143,11 +143,8 @@ pub fn ensure(
     }
     let ca_pem = read(&ca_crt)?;
     for node in nodes {
-        let copy = node.dir.join("ca.crt");
-        if std::fs::read_to_string(&copy).ok().as_deref() != Some(ca_pem.as_str()) {
-            create_dir(&node.dir)?;
-            write_file(&copy, ca_pem.as_bytes(), 0o644, owner)?;
-        }
+        create_dir(&node.dir)?;
+        write_if_changed(&node.dir.join("ca.crt"), &ca_pem, 0o644, owner)?;
     }
     if missing.is_empty() {
         return Ok(made);
@@ -258,9 +255,37 @@ fn create_dir(dir: &Path) -> Result<(), TlsError> {
     })
 }
 
+/// [`create_dir`], then the directory is `owner`'s (an agent that runs as another user
+/// creates the rest in it).
+pub(crate) fn create_owned_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), TlsError> {
+    create_dir(dir)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|source| TlsError::Io {
+            what: format!("chown `{}`", dir.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// [`write_file`] unless `path` holds `text` already (every `up` would rewrite and sync it);
+/// whether it wrote.
+pub(crate) fn write_if_changed(
+    path: &Path,
+    text: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<bool, TlsError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
+    }
+    write_file(path, text.as_bytes(), mode, owner)?;
+    Ok(true)
+}
+
 /// Writes `bytes` to a new file beside `path` with `mode` (and `owner`), then renames it into
 /// place: a reader never sees half a key, and a key is never readable by others, even briefly.
-pub(crate) fn write_file(
+fn write_file(
     path: &Path,
     bytes: &[u8],
     mode: u32,
@@ -487,18 +512,9 @@ impl Cluster {
         }
         let (from, to) = (ca_dir(&self.state_dir), ca_dir(state_dir));
         let node_dir = state_dir.join(&node.name);
-        create_dir(&to)?;
-        create_dir(&node_dir)?;
         // The agent creates the rest of its state directory: these are its user's.
         for dir in [state_dir, to.as_path(), node_dir.as_path()] {
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|source| {
-                    TlsError::Io {
-                        what: format!("chown `{}`", dir.display()),
-                        source,
-                    }
-                })?;
-            }
+            create_owned_dir(dir, owner)?;
         }
         for (file, mode) in [("ca.crt", 0o644), ("ca.key", 0o600)] {
             // A CA of the user's own may come without its key: the nodes then bring their own.

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::spec::{NodeTlsFiles, TlsSpec};
-use super::tls::{ca_dir, read, write_file, Leaf, TlsError};
+use super::tls::{ca_dir, create_owned_dir, read, write_if_changed, Leaf, TlsError};
 
 /// Installs the user's CA in `<state_dir>/tls/` when `[tls]` names one. Returns whether it
 /// replaced another (certificates `up` made with the old one must be made again). Without
@@ -22,29 +22,13 @@ pub(crate) fn install_ca(state_dir: &Path, spec: &TlsSpec) -> Result<bool, TlsEr
         return Err(TlsError::NotCa(cert.clone()));
     }
     let dir = ca_dir(state_dir);
-    std::fs::create_dir_all(&dir).map_err(|source| TlsError::Io {
-        what: format!("create `{}`", dir.display()),
-        source,
-    })?;
+    create_owned_dir(&dir, None)?;
     let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-    let changed = std::fs::read_to_string(&ca_crt).ok().as_deref() != Some(pem.as_str());
-    if changed {
-        write_file(&ca_crt, pem.as_bytes(), 0o644, None)?;
-    }
+    let changed = write_if_changed(&ca_crt, &pem, 0o644, None)?;
     match &spec.ca_key {
         Some(key) => {
-            let text = read(key)?;
-            let pair =
-                rcgen::KeyPair::from_pem(&text).map_err(|_| TlsError::Unreadable(key.clone()))?;
-            if pair.public_key_der() != first.public_key().raw {
-                return Err(TlsError::KeyMismatch {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                });
-            }
-            if std::fs::read_to_string(&ca_key).ok().as_deref() != Some(text.as_str()) {
-                write_file(&ca_key, text.as_bytes(), 0o600, None)?;
-            }
+            let text = key_of(&first, cert, key)?;
+            write_if_changed(&ca_key, &text, 0o600, None)?;
         }
         None => match std::fs::remove_file(&ca_key) {
             Ok(()) => {}
@@ -68,7 +52,7 @@ pub(crate) fn install_node(
     ca_pem: &str,
     owner: Option<(u32, u32)>,
 ) -> Result<bool, TlsError> {
-    let (cert_pem, key_pem) = (read(&files.cert)?, read(&files.key)?);
+    let cert_pem = read(&files.cert)?;
     let (cert, ca) = (
         der(&cert_pem, &files.cert)?,
         der(ca_pem, Path::new("ca.crt"))?,
@@ -80,38 +64,30 @@ pub(crate) fn install_node(
             cert: files.cert.clone(),
         });
     }
+    let key_pem = key_of(&cert, &files.cert, &files.key)?;
+    create_owned_dir(&leaf.dir, owner)?;
+    write_if_changed(&leaf.dir.join("ca.crt"), ca_pem, 0o644, owner)?;
+    let cert_changed = write_if_changed(&leaf.cert(), &cert_pem, 0o644, owner)?;
+    let key_changed = write_if_changed(&leaf.key(), &key_pem, 0o600, owner)?;
+    Ok(cert_changed || key_changed)
+}
+
+/// The PEM text of `key_path`, once it is known to be the key of `cert` (from `cert_path`).
+fn key_of(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<String, TlsError> {
+    let text = read(key_path)?;
     let pair =
-        rcgen::KeyPair::from_pem(&key_pem).map_err(|_| TlsError::Unreadable(files.key.clone()))?;
+        rcgen::KeyPair::from_pem(&text).map_err(|_| TlsError::Unreadable(key_path.to_owned()))?;
     if pair.public_key_der() != cert.public_key().raw {
         return Err(TlsError::KeyMismatch {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
         });
     }
-    std::fs::create_dir_all(&leaf.dir).map_err(|source| TlsError::Io {
-        what: format!("create `{}`", leaf.dir.display()),
-        source,
-    })?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&leaf.dir, Some(uid), Some(gid)).map_err(|source| {
-            TlsError::Io {
-                what: format!("chown `{}`", leaf.dir.display()),
-                source,
-            }
-        })?;
-    }
-    let mut changed = false;
-    for (path, text, mode) in [
-        (leaf.dir.join("ca.crt"), ca_pem, 0o644),
-        (leaf.cert(), cert_pem.as_str(), 0o644),
-        (leaf.key(), key_pem.as_str(), 0o600),
-    ] {
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
-            write_file(&path, text.as_bytes(), mode, owner)?;
-            changed |= mode != 0o644 || path == leaf.cert();
-        }
-    }
-    Ok(changed)
+    Ok(text)
 }
 
 /// The DER of the first certificate in a PEM text, once it parses.
