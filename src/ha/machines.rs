@@ -25,19 +25,25 @@ pub struct Network<'a> {
     pub scope: &'a str,
 }
 
+/// Where a machine keeps its copies of etcd's credentials, relative to its cluster file.
+const ETCD_CA: &str = "etcd-ca.crt";
+const ETCD_CERT: &str = "etcd-client.crt";
+const ETCD_KEY: &str = "etcd-client.key";
+const ETCD_PASSWORD: &str = "etcd.password";
+
 /// The etcd credentials a machine needs: each host file and its name in the machine
 /// directory, which the machine's cluster file names.
 pub fn etcd_files(access: &EtcdAccess) -> Vec<(PathBuf, &'static str)> {
     let mut files = Vec::new();
     if let Some(tls) = &access.tls {
-        files.push((tls.ca.clone(), "etcd-ca.crt"));
+        files.push((tls.ca.clone(), ETCD_CA));
         if let Some((cert, key)) = &tls.identity {
-            files.push((cert.clone(), "etcd-client.crt"));
-            files.push((key.clone(), "etcd-client.key"));
+            files.push((cert.clone(), ETCD_CERT));
+            files.push((key.clone(), ETCD_KEY));
         }
     }
     if let Some((_, password)) = &access.user {
-        files.push((password.clone(), "etcd.password"));
+        files.push((password.clone(), ETCD_PASSWORD));
     }
     files
 }
@@ -71,25 +77,17 @@ pub fn machine_spec(spec: &ClusterSpec, replication_password: &str, net: &Networ
         ..Default::default()
     };
     let ha = spec.ha.clone().unwrap_or_default();
-    let name_of = |host: &PathBuf| {
-        etcd_files(net.etcd)
-            .into_iter()
-            .find(|(h, _)| h == host)
-            .map(|(_, name)| PathBuf::from(name))
-    };
-    let tls = net.etcd.tls.as_ref();
+    let (tls, user) = (net.etcd.tls.as_ref(), net.etcd.user.as_ref());
+    let identity = tls.and_then(|t| t.identity.as_ref());
+    let copy = |name: &str| Some(PathBuf::from(name));
     machine.ha = Some(HaSpec {
         etcd: net.etcd.endpoints.clone(),
         scope: Some(net.scope.to_owned()),
-        etcd_ca: tls.and_then(|t| name_of(&t.ca)),
-        etcd_cert: tls
-            .and_then(|t| t.identity.as_ref())
-            .and_then(|(c, _)| name_of(c)),
-        etcd_key: tls
-            .and_then(|t| t.identity.as_ref())
-            .and_then(|(_, k)| name_of(k)),
-        etcd_user: net.etcd.user.as_ref().map(|(name, _)| name.clone()),
-        etcd_password_file: net.etcd.user.as_ref().and_then(|(_, p)| name_of(p)),
+        etcd_ca: tls.and_then(|_| copy(ETCD_CA)),
+        etcd_cert: identity.and_then(|_| copy(ETCD_CERT)),
+        etcd_key: identity.and_then(|_| copy(ETCD_KEY)),
+        etcd_user: user.map(|(name, _)| name.clone()),
+        etcd_password_file: user.and_then(|_| copy(ETCD_PASSWORD)),
         ..ha
     });
     machine
