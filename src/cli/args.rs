@@ -11,11 +11,13 @@ use super::cluster::{
     DownArgs, DrillArgs, FailoverArgs, InitArgs, NodeArgs, ReinitArgs, RejoinArgs, SwitchoverArgs,
     UpArgs,
 };
+use super::config::ConfigArgs;
 use super::connection::ConnectionArgs;
 use super::ha::{HaproxyConfigArgs, PauseArgs};
 use super::history::HistoryArgs;
 use super::lag::LagArgs;
 use super::receivewal::ReceivewalArgs;
+use super::restart::RestartArgs;
 use super::shell::{CompletionsArgs, ManArgs};
 use super::tls::TlsArgs;
 
@@ -54,8 +56,9 @@ pub enum Command {
     Start(NodeArgs),
     /// Stop one node of the cluster (fast shutdown).
     Stop(NodeArgs),
-    /// Restart one node of the cluster.
-    Restart(NodeArgs),
+    /// Restart one node (by its agent when agents run), or every node with a setting waiting
+    /// for it (`--pending`, `--all`): standbys one at a time, then the primary by a switchover.
+    Restart(RestartArgs),
     /// Fence the primary, promote a standby, re-point the others, swap the sync names.
     Failover(FailoverArgs),
     /// Planned, lossless role change: the primary becomes a standby of the target.
@@ -86,6 +89,9 @@ pub enum Command {
     /// Every role change, oldest first: when, which kind (failover, switchover, manual
     /// failover), from and to which node, the new timeline and where it began, and why.
     History(HistoryArgs),
+    /// Cluster-wide PostgreSQL settings: `show`, `set NAME=VALUE...`, `reset NAME...`, `edit`;
+    /// checked against the server's pg_settings before any node changes.
+    Config(ConfigArgs),
     /// Print an HAProxy configuration (Patroni's shape): a write port that reaches the primary
     /// and a read port for the standbys, each node checked on its agent's HTTP API.
     HaproxyConfig(HaproxyConfigArgs),

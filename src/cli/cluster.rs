@@ -127,7 +127,7 @@ pub struct NodeArgs {
 }
 
 /// Steps print to stderr as they happen; results go to stdout.
-pub(super) struct PrintSteps(pub(super) Instant);
+pub(crate) struct PrintSteps(pub(super) Instant);
 
 impl StepLog for PrintSteps {
     fn step(&self, text: &str) {
@@ -309,7 +309,6 @@ pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
 pub enum NodeAction {
     Start,
     Stop,
-    Restart,
 }
 
 pub async fn node(args: NodeArgs, action: NodeAction) -> anyhow::Result<ExitCode> {
@@ -318,18 +317,15 @@ pub async fn node(args: NodeArgs, action: NodeAction) -> anyhow::Result<ExitCode
     match action {
         NodeAction::Start => cluster.start_node(&args.node).await?,
         NodeAction::Stop => cluster.stop_node(&args.node).await?,
-        NodeAction::Restart => cluster.restart_node(&args.node).await?,
     }
     let done = match action {
         NodeAction::Start => "started",
         NodeAction::Stop => "stopped",
-        NodeAction::Restart => "restarted",
     };
     if args.json {
         let command = match action {
             NodeAction::Start => "start",
             NodeAction::Stop => "stop",
-            NodeAction::Restart => "restart",
         };
         let done = Done {
             command,

@@ -135,6 +135,15 @@ impl Agents {
     pub fn paused(&self) -> bool {
         self.view.pause.is_some()
     }
+
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// The node holding the leader key, if any.
+    pub fn leader(&self) -> Option<&str> {
+        self.view.leader.as_ref().map(|l| l.node.as_str())
+    }
 }
 
 /// The running agents of `cluster`, or `None` when it has no etcd or no agent runs. An etcd that
@@ -329,7 +338,7 @@ pub fn refuse_rejoin(node: &str) -> anyhow::Error {
 }
 
 /// `user@host` of whoever runs the command, for the records.
-fn who() -> String {
+pub(super) fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "?".into());

@@ -6,6 +6,7 @@ mod agent;
 pub mod args;
 mod bench;
 mod cluster;
+mod config;
 mod connection;
 mod ha;
 pub mod hints;
@@ -14,6 +15,7 @@ pub mod lag;
 mod out;
 mod progress;
 mod receivewal;
+mod restart;
 mod shell;
 mod tls;
 
@@ -95,7 +97,12 @@ fn interrupted_note(command: &Command) -> Option<String> {
         Command::Down(_) => "some nodes (or, with [ha], agents or etcd members) may still run: run `pgrepl down` again".into(),
         Command::Start(args) => node_change("started", &args.node),
         Command::Stop(args) => node_change("stopped", &args.node),
-        Command::Restart(args) => node_change("restarted", &args.node),
+        Command::Restart(args) => match &args.node {
+            Some(node) => node_change("restarted", node),
+            // The rolling restart watches the token and stops between steps by itself.
+            None => return None,
+        },
+        Command::Config(_) => "some nodes may run the new settings and others not: `pgrepl config show` shows which; the same `pgrepl config set` again finishes it".into(),
         Command::Failover(_) | Command::Switchover(_) => "the role change may be half done (the old primary fenced, no new primary yet): `pgrepl status` shows each node; `pgrepl failover` promotes the most advanced standby".into(),
         Command::Reinit(args) => format!("`{}` may be stopped, or its data half copied (the old data kept aside as `data.before-rejoin`): run `pgrepl reinit {} --force` again", args.node, args.node),
         Command::Rejoin(args) => format!("`{}` may be stopped or half re-cloned: run `pgrepl rejoin {}` again", args.node, args.node),
@@ -113,7 +120,8 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Down(args) => cluster::down(args).await,
         Command::Start(args) => cluster::node(args, cluster::NodeAction::Start).await,
         Command::Stop(args) => cluster::node(args, cluster::NodeAction::Stop).await,
-        Command::Restart(args) => cluster::node(args, cluster::NodeAction::Restart).await,
+        Command::Restart(args) => restart::run(args, cancel).await,
+        Command::Config(args) => config::run(args).await,
         Command::Failover(args) => cluster::failover(args).await,
         Command::Switchover(args) => cluster::switchover(args).await,
         Command::Rejoin(args) => cluster::rejoin(args).await,

@@ -27,6 +27,7 @@ pub mod runtime;
 pub mod runtime_error;
 mod server_log;
 pub mod server_version;
+pub mod settings;
 pub mod spec;
 mod sql_steps;
 pub mod tls;

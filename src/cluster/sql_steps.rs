@@ -72,6 +72,33 @@ pub(crate) fn node_err_sql(node: &NodeSpec, error: tokio_postgres::Error) -> Clu
     }
 }
 
+/// The server's clock as text, for [`streams_since`].
+pub(crate) async fn now(client: &Client, node: &NodeSpec) -> Result<String, ClusterError> {
+    Ok(client
+        .query_one("SELECT now()::text", &[])
+        .await
+        .map_err(|e| node_err_sql(node, e))?
+        .get(0))
+}
+
+/// `standby` streams over a connection made after `since` (a [`now`] of the same server).
+pub(crate) async fn streams_since(
+    client: &Client,
+    node: &NodeSpec,
+    standby: &str,
+    since: &str,
+) -> Result<bool, ClusterError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_stat_replication WHERE application_name = $1 \
+             AND state = 'streaming' AND backend_start > $2::text::timestamptz",
+            &[&standby, &since],
+        )
+        .await
+        .map_err(|e| node_err_sql(node, e))?
+        .get(0))
+}
+
 /// `(application_name, sync_state)` of every streaming walsender.
 pub(crate) async fn streaming_standbys(
     client: &Client,

@@ -41,6 +41,7 @@ pub mod model;
 pub mod proxy;
 pub mod records;
 pub mod requests;
+pub mod rolling;
 pub mod status;
 pub mod store;
 

@@ -62,6 +62,29 @@ impl Keys {
         format!("{}config", self.prefix)
     }
 
+    /// The cluster-wide settings (`pgrepl config set`): a [`crate::cluster::settings::Desired`],
+    /// no lease.
+    pub fn settings(&self) -> String {
+        format!("{}settings", self.prefix)
+    }
+
+    /// Every [`Keys::applied`] key.
+    pub fn applied_all(&self) -> String {
+        format!("{}applied/", self.prefix)
+    }
+
+    /// What a node's agent last applied of the settings and its server runs with (an
+    /// [`AppliedRecord`], under the agent's lease).
+    pub fn applied(&self, node: &str) -> String {
+        format!("{}{node}", self.applied_all())
+    }
+
+    /// A [`RestartRequest`] for one node's agent (`pgrepl restart` with agents), under the
+    /// requester's lease.
+    pub fn restart(&self, node: &str) -> String {
+        format!("{}restart/{node}", self.prefix)
+    }
+
     /// The [`PauseRecord`] while automatic actions are paused (`pgrepl pause`).
     pub fn pause(&self) -> String {
         format!("{}pause", self.prefix)
@@ -104,6 +127,34 @@ impl std::fmt::Display for LeaseId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:x}", self.0)
     }
+}
+
+/// A node's agent's report on the cluster-wide settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRecord {
+    pub node: String,
+    /// The serial of the last settings record applied (0: none yet).
+    pub serial: u64,
+    /// Why the last one could not be applied.
+    pub error: Option<String>,
+    /// What the server runs with, of the settings a standby needs at least as high: standbys
+    /// read their primary's.
+    pub running: std::collections::BTreeMap<String, String>,
+    /// Settings waiting for a restart.
+    pub pending_restart: std::collections::BTreeSet<String>,
+    /// Settings this standby keeps at its primary's higher value until the primary runs the
+    /// lower one (`Desired::for_node`).
+    #[serde(default)]
+    pub held: std::collections::BTreeSet<String>,
+}
+
+/// `pgrepl restart` asking a node's agent to restart its server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRequest {
+    pub by: String,
+    /// Set by the agent when the restart failed; the request stays until its lease ends.
+    #[serde(default)]
+    pub failed: Option<String>,
 }
 
 /// The value of the leader key.

@@ -20,6 +20,7 @@ use crate::cluster::{Cluster, StepLog};
 mod act;
 mod api;
 mod api_tls;
+mod day2;
 mod probe;
 mod tasks;
 mod timelines;
@@ -80,6 +81,8 @@ pub struct Agent {
     seen: Mutex<Seen>,
     /// The API's socket, bound at start so a taken address fails the start.
     api: Mutex<Option<tokio::net::TcpListener>>,
+    /// What it last did of the cluster-wide settings.
+    day2: Mutex<day2::Day2State>,
 }
 
 impl Agent {
@@ -132,6 +135,7 @@ impl Agent {
             endpoints: options.etcd.endpoints,
             seen: Mutex::new(Seen::default()),
             api: Mutex::new(api),
+            day2: Mutex::default(),
         })
     }
 
@@ -282,6 +286,13 @@ impl Agent {
             );
             // Decide again from what is true now, after a pause.
             tokio::time::sleep(self.timing().loop_interval()).await;
+        } else if let (Action::Wait, Some(client), Some(view)) =
+            (&step.decision.action, client.as_ref(), view.as_ref())
+        {
+            let leader = view.leader.as_ref().map(|l| l.node.as_str());
+            if let Err(e) = self.day2(client, &probed, leader).await {
+                tracing::warn!("settings and restarts: {}", crate::cluster::error_chain(&e));
+            }
         }
         step.decision
     }

@@ -13,6 +13,10 @@ use super::requests;
 use super::store::Store;
 use super::HaError;
 
+mod day2;
+
+pub use self::day2::Applied;
+
 /// One etcd request of a command someone waits on (the agents' own limit is much shorter).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a waiting command looks again.

@@ -23,6 +23,10 @@ use super::{HaError, Timing};
 use crate::cluster::history::RoleChange;
 use crate::ids::SystemId;
 
+mod day2;
+
+pub use self::day2::Day2;
+
 pub struct Store {
     /// One client per endpoint: a request goes to the one that last answered and moves on when
     /// it cannot reach it, so a dead member costs one failed attempt, not every other request.
