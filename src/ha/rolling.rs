@@ -34,7 +34,8 @@ impl Rolling<'_> {
                 self.wait_held(node).await?;
                 let since = self.cluster.server_now(&primary).await?;
                 self.restart(node, log).await?;
-                self.wait_streaming(&primary, std::slice::from_ref(node), &since).await
+                self.wait_streaming(&primary, std::slice::from_ref(node), &since)
+                    .await
             }
             Step::PrimaryInPlace { node } => {
                 let primary = self.cluster.node(node)?.clone();
@@ -75,7 +76,8 @@ impl Rolling<'_> {
                 }
                 let primary = self.primary().await?;
                 let since = String::from("-infinity");
-                self.wait_streaming(&primary, std::slice::from_ref(from), &since).await
+                self.wait_streaming(&primary, std::slice::from_ref(from), &since)
+                    .await
             }
         }
     }

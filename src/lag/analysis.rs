@@ -385,6 +385,7 @@ fn node_report(
             _ => None,
         }),
         replay_paused: facts.and_then(|f| f.replay_paused),
+        pending_restart: facts.map(|f| f.pending_restart.clone()).unwrap_or_default(),
         other_system,
         older_timeline,
         error,

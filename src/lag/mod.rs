@@ -20,7 +20,8 @@
 //! - `system_identifier`: the cluster's, as a string (it does not fit a JSON number exactly).
 //! - `nodes[]`: `name`, `conninfo` (never with a password), `role` (`primary`, `standby`,
 //!   `unknown`), `reachable`, `system_identifier`, `timeline`, `lsn`, `server_version`,
-//!   `receiver_status`, `upstream`, `replay_paused`, `other_system`, `older_timeline`, `error`.
+//!   `receiver_status`, `upstream`, `replay_paused`, `pending_restart` (names of the settings
+//!   waiting for a restart), `other_system`, `older_timeline`, `error`.
 //! - `standbys[]`: `application_name`, `node` (`null` for a walsender no given node matches),
 //!   `reachable`, `upstream`, `state`, `sync_state`, `sync_priority`, `reply_age_ms`,
 //!   `client_addr`, `timeline`, `sent_lsn`, `write_lsn`, `flush_lsn`, `replay_lsn`,

@@ -55,6 +55,8 @@ pub struct NodeReport {
     /// Where a standby's walreceiver is connected, `host:port`.
     pub upstream: Option<String>,
     pub replay_paused: Option<bool>,
+    /// Settings waiting for a restart to take effect.
+    pub pending_restart: Vec<String>,
     /// Not part of the cluster: another system identifier than the primary's.
     pub other_system: bool,
     /// A standby on an older timeline than the primary.

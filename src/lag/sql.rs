@@ -32,6 +32,8 @@ SELECT pg_is_in_recovery() AS in_recovery,
        pg_last_wal_receive_lsn() AS receive_lsn,
        pg_last_wal_replay_lsn() AS replay_lsn,
        CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END AS replay_paused,
+       (SELECT string_agg(name, ',' ORDER BY name) FROM pg_settings WHERE pending_restart)
+           AS pending_restart,
        extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000
            AS last_xact_replay_age_ms";
 
@@ -97,6 +99,8 @@ pub struct NodeFacts {
     /// `pg_last_wal_replay_lsn()` on a standby.
     pub replay_lsn: Option<Lsn>,
     pub replay_paused: Option<bool>,
+    /// Settings changed in the files that take effect only at the next restart.
+    pub pending_restart: Vec<String>,
     /// Age of `pg_last_xact_replay_timestamp()`; grows while the primary is idle, so it is shown
     /// for information only and never used as the lag.
     pub last_xact_replay_age_ms: Option<f64>,
@@ -178,6 +182,10 @@ impl NodeFacts {
             receive_lsn: optional(row, "receive_lsn", parse_lsn)?,
             replay_lsn: optional(row, "replay_lsn", parse_lsn)?,
             replay_paused: optional(row, "replay_paused", parse_bool)?,
+            pending_restart: optional(row, "pending_restart", |s| {
+                Some(s.split(',').map(str::to_owned).collect())
+            })?
+            .unwrap_or_default(),
             last_xact_replay_age_ms: optional(row, "last_xact_replay_age_ms", parse_f64)?,
             senders: senders
                 .iter()
@@ -382,7 +390,9 @@ mod tests {
     #[test]
     fn the_batch_lists_every_statement_once() {
         let batch = round_batch();
-        assert_eq!(batch.matches("SELECT").count(), 4);
+        // Four statements, NODE's with one subquery (the settings pending a restart).
+        assert_eq!(batch.matches("SELECT").count(), 5);
+        assert_eq!(batch.matches(';').count(), 3);
         assert!(SENDERS.contains(&format!("'{SESSION_APPLICATION_NAME}'")));
         assert!(CREATE_HEARTBEAT.contains("pgrepl_heartbeat"));
     }

@@ -30,6 +30,7 @@ mod lag_serve;
 mod no_arguments;
 mod receivewal;
 mod secrets;
+mod settings;
 mod sql_tls;
 mod tls;
 

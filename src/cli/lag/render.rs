@@ -106,6 +106,9 @@ pub(super) fn status_table(report: &Report, verdict: &Verdict) -> String {
         if n.replay_paused == Some(true) {
             note.push("replay paused".to_owned());
         }
+        if !n.pending_restart.is_empty() {
+            note.push(format!("pending restart: {}", n.pending_restart.join(", ")));
+        }
         if n.role == Role::Standby {
             note.push(match (&n.receiver_status, &n.upstream) {
                 (Some(status), Some(upstream)) => format!("{status} from {upstream}"),

@@ -1,0 +1,255 @@
+//! `pgrepl config set` and the rolling `pgrepl restart --pending` (issue 22), on real servers:
+//! bad values refused with the cluster untouched; a raised `max_connections` restarted standbys
+//! first and the primary by a switchover; a lowered one restarted on the primary first; with
+//! agents, under the 50 ms writer, nothing lost and the longest write gap stated.
+
+use std::time::{Duration, Instant};
+
+use crate::basebackup::stderr;
+use crate::cluster_flow::TestCluster;
+use crate::ha_cluster::{Ack, HaCluster, Writer, NODES};
+
+/// What the command printed on stdout, as JSON.
+fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(output)
+        )
+    })
+}
+
+/// The `step` (and `node`) of each step a `restart --json` reports.
+fn steps(result: &serde_json::Value) -> Vec<String> {
+    result["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| {
+            let who = s["node"].as_str().or(s["from"].as_str()).unwrap_or("?");
+            format!("{} {who}", s["step"].as_str().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn config_set_is_checked_first_and_restart_pending_rolls_it_out() {
+    let cluster = TestCluster::new();
+    cluster.ok(&["up"]);
+    let all = |sql: &str| -> Vec<String> { (0..3).map(|i| cluster.psql(i, sql)).collect() };
+    let untouched = all("SELECT current_setting('max_connections') || count(*) FROM pg_settings WHERE pending_restart");
+
+    for (bad, named) in [
+        ("shared_buffers=nonsense", "`shared_buffers` = `nonsense`"),
+        ("shared_bufers=1GB", "`shared_bufers`"),
+        (
+            "max_connections=0",
+            "`max_connections` = `0` is out of range",
+        ),
+        ("port=5000", "`port` is pgrepl's to set"),
+    ] {
+        // A good setting beside the bad one: nothing at all may change.
+        let out = cluster.pgrepl(&["config", "set", "work_mem=8MB", bad, "--yes"]);
+        let text = stderr(&out);
+        assert!(!out.status.success(), "{bad} was taken");
+        assert!(
+            text.contains(named) && text.contains("nothing was changed"),
+            "{bad}: {text}"
+        );
+        assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+    }
+    assert_eq!(all("SELECT current_setting('work_mem')"), ["4MB"; 3]);
+    assert_eq!(all("SELECT current_setting('max_connections') || count(*) FROM pg_settings WHERE pending_restart"), untouched);
+    assert!(!cluster.dir.path().join(".pgrepl/settings.json").exists());
+
+    // Raised: applied everywhere at once, pending a restart.
+    let set = json(&cluster.ok(&[
+        "config",
+        "set",
+        "max_connections=150",
+        "work_mem=8MB",
+        "--yes",
+        "--json",
+    ]));
+    assert_eq!(set["serial"], 1);
+    for node in set["nodes"].as_array().unwrap() {
+        assert_eq!(node["applied"], true, "{set}");
+        assert_eq!(
+            node["pending_restart"],
+            serde_json::json!(["max_connections"]),
+            "{set}"
+        );
+    }
+    assert_eq!(
+        all("SELECT current_setting('work_mem')"),
+        ["8MB"; 3],
+        "a reload setting takes at once"
+    );
+    let status = json(&cluster.ok(&["status", "--json"]));
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(
+            node["pending_restart"],
+            serde_json::json!(["max_connections"]),
+            "{status}"
+        );
+    }
+    let started = |i| {
+        cluster
+            .psql(i, "SELECT extract(epoch FROM pg_postmaster_start_time())")
+            .parse::<f64>()
+            .unwrap()
+    };
+    let rolled = json(&cluster.ok(&["restart", "--pending", "--json"]));
+    assert_eq!(
+        steps(&rolled),
+        [
+            "standby pg_slave",
+            "standby pg_asyncslave",
+            "switchover pg_master"
+        ],
+        "{rolled}"
+    );
+    assert_eq!(rolled["pending_after"], serde_json::json!([]), "{rolled}");
+    assert_eq!(all("SELECT current_setting('max_connections')"), ["150"; 3]);
+    // The old primary restarted last, as a standby of the sync standby that was restarted first.
+    assert!(started(0) > started(2) && started(2) > started(1));
+    assert_eq!(cluster.psql(1, "SELECT pg_is_in_recovery()"), "f");
+
+    // Lowered: the primary first, in place; the standbys held at its value until then.
+    let lowered = json(&cluster.ok(&["config", "set", "max_connections=120", "--yes", "--json"]));
+    let held: Vec<&serde_json::Value> = lowered["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["held"] == serde_json::json!(["max_connections"]))
+        .collect();
+    assert_eq!(
+        held.len(),
+        2,
+        "both standbys hold the primary's value: {lowered}"
+    );
+    let plan = String::from_utf8_lossy(&cluster.ok(&["restart", "--pending", "--dry-run"]).stdout)
+        .into_owned();
+    assert!(
+        plan.starts_with("1. restart primary `pg_slave` in place"),
+        "{plan}"
+    );
+    let rolled = json(&cluster.ok(&["restart", "--pending", "--json"]));
+    assert_eq!(
+        steps(&rolled),
+        [
+            "primary_in_place pg_slave",
+            "standby pg_master",
+            "standby pg_asyncslave"
+        ],
+        "{rolled}"
+    );
+    assert_eq!(all("SELECT current_setting('max_connections')"), ["120"; 3]);
+    let again = String::from_utf8_lossy(&cluster.ok(&["restart", "--pending"]).stdout).into_owned();
+    assert!(again.contains("no node waits for a restart"), "{again}");
+    cluster.ok(&["down", "--purge"]);
+}
+
+/// Acks after `from`, and the longest time between two of them (or from `from` to the first).
+fn longest_gap(acks: &[Ack], from: Instant) -> Duration {
+    acks.iter()
+        .filter(|a| a.at > from)
+        .scan(from, |last, a| Some(a.at - std::mem::replace(last, a.at)))
+        .max()
+        .unwrap_or(Duration::MAX)
+}
+
+#[test]
+fn ha_config_set_rolls_out_through_the_agents_under_the_writer() {
+    let ha = HaCluster::up();
+    let writer = Writer::start(&ha);
+    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
+        a.node == 0
+    });
+    let all = |sql: &str| -> Vec<Option<String>> { (0..3).map(|i| ha.try_psql(i, sql)).collect() };
+    let started = |i| {
+        ha.try_psql(i, "SELECT extract(epoch FROM pg_postmaster_start_time())")
+            .and_then(|t| t.parse::<f64>().ok())
+            .expect("a start time")
+    };
+
+    let refused = ha.control(&["config", "set", "shared_buffers=nonsense", "--yes"]);
+    assert!(!refused.status.success());
+    assert!(
+        ha.etcd_get("settings").is_none(),
+        "a refused change wrote nothing"
+    );
+
+    let set = json(&ha.control(&["config", "set", "max_connections=150", "--yes", "--json"]));
+    assert_eq!(
+        set["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "every agent reported: {set}"
+    );
+    assert!(ha.etcd_get("settings").is_some());
+    let from = Instant::now();
+    let out = ha.control(&["restart", "--pending", "--json"]);
+    assert!(out.status.success(), "{}{}", stderr(&out), ha.logs());
+    let rolled = json(&out);
+    assert_eq!(
+        steps(&rolled),
+        [
+            "standby pg_slave",
+            "standby pg_asyncslave",
+            "switchover pg_master"
+        ],
+        "{rolled}"
+    );
+    assert_eq!(
+        all("SELECT current_setting('max_connections')"),
+        vec![Some("150".to_owned()); 3]
+    );
+    assert!(
+        started(0) > started(1) && started(0) > started(2),
+        "the primary restarted last"
+    );
+    let leader = ha.leader().expect("a leader");
+    let primary = NODES.iter().position(|n| *n == leader).unwrap();
+    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
+        a.node == primary
+    });
+    let raised_gap = longest_gap(&writer.acks(), from);
+
+    // Lowered: the leader restarts in place first, then each standby takes the lower value.
+    ha.control_ok(&["config", "set", "max_connections=120", "--yes"]);
+    let from = Instant::now();
+    let out = ha.control(&["restart", "--pending", "--json"]);
+    assert!(out.status.success(), "{}{}", stderr(&out), ha.logs());
+    let rolled = json(&out);
+    assert_eq!(
+        steps(&rolled)[0],
+        format!("primary_in_place {leader}"),
+        "{rolled}"
+    );
+    assert_eq!(steps(&rolled).len(), 3, "{rolled}");
+    assert_eq!(
+        all("SELECT current_setting('max_connections')"),
+        vec![Some("120".to_owned()); 3]
+    );
+    writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
+        a.node == primary
+    });
+    let acks = writer.stop();
+    let lowered_gap = longest_gap(&acks, from);
+    eprintln!(
+        "rolling restart under the writer: longest write gap {:.2} s raising (the switchover), {:.2} s lowering (the primary's restart); {} acks",
+        raised_gap.as_secs_f64(),
+        lowered_gap.as_secs_f64(),
+        acks.len()
+    );
+    ha.assert_nothing_lost(primary, &acks);
+    assert!(
+        raised_gap < Duration::from_secs(5),
+        "raising: writes stopped {raised_gap:?}"
+    );
+    assert!(
+        lowered_gap < Duration::from_secs(5),
+        "lowering: writes stopped {lowered_gap:?}"
+    );
+}
