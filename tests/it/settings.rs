@@ -162,7 +162,20 @@ fn longest_gap(acks: &[Ack], from: Instant) -> Duration {
 
 #[test]
 fn ha_config_set_rolls_out_through_the_agents_under_the_writer() {
-    let ha = HaCluster::up();
+    rolls_out_under_the_writer(HaCluster::up());
+}
+
+/// The same on the docker runtime: each agent restarts the server in its own container.
+#[test]
+fn ha_docker_config_set_rolls_out_through_the_agents_under_the_writer() {
+    let test = "ha_docker_config_set_rolls_out_through_the_agents_under_the_writer";
+    let Some(_engine) = crate::ha_docker::engine(test) else {
+        return;
+    };
+    rolls_out_under_the_writer(HaCluster::up_docker());
+}
+
+fn rolls_out_under_the_writer(ha: HaCluster) {
     let writer = Writer::start(&ha);
     writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |a| {
         a.node == 0
