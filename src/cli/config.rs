@@ -248,6 +248,9 @@ async fn change(
             node_results(&cluster, &names, &desired).await
         }
     };
+    let mut nodes = nodes;
+    // In the cluster file's order, as every other command lists them.
+    nodes.sort_by_key(|n| cluster.spec.nodes.iter().position(|s| s.name == n.node));
     let failed = nodes.iter().any(|n| !n.applied);
     let code = if failed {
         ExitCode::from(1)

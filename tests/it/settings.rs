@@ -148,6 +148,38 @@ fn config_set_is_checked_first_and_restart_pending_rolls_it_out() {
     assert_eq!(all("SELECT current_setting('max_connections')"), ["120"; 3]);
     let again = String::from_utf8_lossy(&cluster.ok(&["restart", "--pending"]).stdout).into_owned();
     assert!(again.contains("no node waits for a restart"), "{again}");
+
+    // `config edit`: $EDITOR changes one line, then drops it (back to the server's default).
+    for (editor, work_mem) in [
+        (r#"sed -i 's/^work_mem = .*/work_mem = "16MB"/'"#, "16MB"),
+        ("sed -i '/^work_mem/d'", "4MB"),
+    ] {
+        let out = crate::harness::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+                .args([
+                    "config",
+                    "edit",
+                    "--yes",
+                    "--cluster",
+                    cluster.file.to_str().unwrap(),
+                ])
+                .env("EDITOR", editor),
+            Duration::from_secs(60),
+        )
+        .expect("config edit returns");
+        assert!(out.status.success(), "{editor}: {}", stderr(&out));
+        assert_eq!(
+            all("SELECT current_setting('work_mem')"),
+            [work_mem; 3],
+            "{editor}"
+        );
+    }
+    let shown = json(&cluster.ok(&["config", "show", "--json"]));
+    assert_eq!(
+        shown["settings"],
+        serde_json::json!({"max_connections": "120"}),
+        "{shown}"
+    );
     cluster.ok(&["down", "--purge"]);
 }
 

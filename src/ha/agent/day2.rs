@@ -4,6 +4,8 @@
 //! follows, and the core sees a restarted server on its next probe as a crash it recovered
 //! from. The leader's lease is renewed by its own task meanwhile.
 
+use std::time::{Duration, Instant};
+
 use tokio_postgres::Client;
 
 use super::Agent;
@@ -19,7 +21,12 @@ pub(super) struct Day2State {
     written: Option<Desired>,
     /// The report last published.
     reported: Option<AppliedRecord>,
+    /// Settings the server refused, and when: tried again only after [`RETRY_AFTER`].
+    refused: Option<(Desired, Instant)>,
 }
+
+/// How long an agent waits before it tries again settings its server refused.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 impl Agent {
     /// One idle round: a restart asked of this node first, else the settings. `leader`: the
@@ -61,7 +68,12 @@ impl Agent {
                 .filter(|(name, value)| target.settings.get(*name) != Some(value))
                 .map(|(name, _)| name.clone())
                 .collect();
-            if !wait && self.state().written.as_ref() != Some(&target) {
+            let refused_lately = self
+                .state()
+                .refused
+                .as_ref()
+                .is_some_and(|(r, at)| *r == target && at.elapsed() < RETRY_AFTER);
+            if !wait && !refused_lately && self.state().written.as_ref() != Some(&target) {
                 match settings::apply(client, &self.node, &target).await {
                     Ok(()) => {
                         tracing::info!("settings {} applied", desired.serial);
@@ -72,6 +84,7 @@ impl Agent {
                         let why = crate::cluster::error_chain(&e);
                         tracing::warn!("settings {}: {why}", desired.serial);
                         report.error = Some(why);
+                        self.state().refused = Some((target, Instant::now()));
                     }
                 }
                 report.serial = desired.serial;
