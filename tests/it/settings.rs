@@ -20,6 +20,13 @@ fn json(output: &std::process::Output) -> serde_json::Value {
     })
 }
 
+/// What a rolling restart does when it raises a setting, from the cluster `up` built.
+const RAISED: [&str; 3] = [
+    "standby pg_slave",
+    "standby pg_asyncslave",
+    "switchover pg_master",
+];
+
 /// The `step` (and `node`) of each step a `restart --json` reports.
 fn steps(result: &serde_json::Value) -> Vec<String> {
     result["steps"]
@@ -101,15 +108,7 @@ fn config_set_is_checked_first_and_restart_pending_rolls_it_out() {
             .unwrap()
     };
     let rolled = json(&cluster.ok(&["restart", "--pending", "--json"]));
-    assert_eq!(
-        steps(&rolled),
-        [
-            "standby pg_slave",
-            "standby pg_asyncslave",
-            "switchover pg_master"
-        ],
-        "{rolled}"
-    );
+    assert_eq!(steps(&rolled), RAISED, "{rolled}");
     assert_eq!(rolled["pending_after"], serde_json::json!([]), "{rolled}");
     assert_eq!(all("SELECT current_setting('max_connections')"), ["150"; 3]);
     // The old primary restarted last, as a standby of the sync standby that was restarted first.
@@ -237,15 +236,7 @@ fn rolls_out_under_the_writer(ha: HaCluster) {
     let out = ha.control(&["restart", "--pending", "--json"]);
     assert!(out.status.success(), "{}{}", stderr(&out), ha.logs());
     let rolled = json(&out);
-    assert_eq!(
-        steps(&rolled),
-        [
-            "standby pg_slave",
-            "standby pg_asyncslave",
-            "switchover pg_master"
-        ],
-        "{rolled}"
-    );
+    assert_eq!(steps(&rolled), RAISED, "{rolled}");
     assert_eq!(
         all("SELECT current_setting('max_connections')"),
         vec![Some("150".to_owned()); 3]

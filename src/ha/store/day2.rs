@@ -22,13 +22,7 @@ impl Store {
     /// The settings record and the revision it was written at (0: none yet).
     pub async fn settings(&self) -> Result<(Desired, i64), HaError> {
         let key = self.keys.settings();
-        let response = self
-            .call(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        match response.kvs().first() {
+        match self.get_one(&key).await? {
             Some(kv) => Ok((decode(&key, kv.value())?, kv.mod_revision())),
             None => Ok((Desired::default(), 0)),
         }
@@ -51,15 +45,8 @@ impl Store {
 
     /// Every agent's report on the settings.
     pub async fn applied(&self) -> Result<Vec<AppliedRecord>, HaError> {
-        let prefix = self.keys.applied_all();
-        let response = self
-            .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        response
-            .kvs()
+        self.get_prefix(&self.keys.applied_all())
+            .await?
             .iter()
             .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
             .collect()
@@ -71,15 +58,8 @@ impl Store {
         record: &AppliedRecord,
         lease: LeaseId,
     ) -> Result<(), HaError> {
-        let key = self.keys.applied(&record.node);
-        let value = serde_json::to_string(record).expect("records serialise");
-        let options = PutOptions::new().with_lease(lease.0);
-        self.call(|mut c| {
-            let (key, value, options) = (key.clone(), value.clone(), options.clone());
-            async move { c.put(key, value, Some(options)).await }
-        })
-        .await
-        .map(drop)
+        self.put_leased(self.keys.applied(&record.node), record, lease)
+            .await
     }
 
     /// The settings, every report and a restart asked of `node`, in one request.
@@ -122,34 +102,15 @@ impl Store {
         request: &RestartRequest,
         ttl: std::time::Duration,
     ) -> Result<Option<LeaseId>, HaError> {
-        let key = self.keys.restart(node);
-        let lease = self.grant(ttl).await?;
-        let value = serde_json::to_string(request).expect("records serialise");
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease.0)),
-            )]);
-        if self.txn(txn).await?.succeeded() {
-            Ok(Some(lease))
-        } else {
-            self.revoke(lease).await?;
-            Ok(None)
-        }
+        self.put_if_absent_leased(&self.keys.restart(node), request, Vec::new(), ttl)
+            .await
     }
 
     /// The restart asked of `node`, if any is still there.
     pub async fn restart_request(&self, node: &str) -> Result<Option<RestartRequest>, HaError> {
         let key = self.keys.restart(node);
-        let response = self
-            .call(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        self.optional(&key, response.kvs().to_vec())
+        let kv = self.get_one(&key).await?;
+        kv.map(|kv| decode(&key, kv.value())).transpose()
     }
 
     /// The agent's answer: the request deleted once its server restarted, or marked failed

@@ -169,7 +169,17 @@ impl Store {
     }
 
     pub async fn publish(&self, record: &MemberRecord, lease: LeaseId) -> Result<(), HaError> {
-        let key = self.keys.member(&record.node);
+        self.put_leased(self.keys.member(&record.node), record, lease)
+            .await
+    }
+
+    /// Puts `record` at `key` under `lease`: it goes when the lease does.
+    async fn put_leased(
+        &self,
+        key: String,
+        record: &impl serde::Serialize,
+        lease: LeaseId,
+    ) -> Result<(), HaError> {
         let value = serde_json::to_string(record).expect("records serialise");
         let options = PutOptions::new().with_lease(lease.0);
         self.call(|mut c| {
@@ -178,6 +188,28 @@ impl Store {
         })
         .await
         .map(drop)
+    }
+
+    /// Every key under `prefix`, in key order.
+    async fn get_prefix(&self, prefix: &str) -> Result<Vec<etcd_client::KeyValue>, HaError> {
+        let response = self
+            .call(|mut c| {
+                let prefix = prefix.to_owned();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        Ok(response.kvs().to_vec())
+    }
+
+    /// The key's value and the revision it was last written at.
+    async fn get_one(&self, key: &str) -> Result<Option<etcd_client::KeyValue>, HaError> {
+        let response = self
+            .call(|mut c| {
+                let key = key.to_owned();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(response.kvs().first().cloned())
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, HaError> {
@@ -407,15 +439,8 @@ impl Store {
 
     /// Every role change recorded, oldest first (a record without its time has its key's).
     pub async fn history(&self) -> Result<Vec<RoleChange>, HaError> {
-        let prefix = self.keys.histories();
-        let response = self
-            .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        response
-            .kvs()
+        self.get_prefix(&self.keys.histories())
+            .await?
             .iter()
             .map(|kv| {
                 let key = String::from_utf8_lossy(kv.key());
@@ -515,8 +540,6 @@ impl Store {
         leader: Option<&str>,
         ttl: Duration,
     ) -> Result<Option<LeaseId>, HaError> {
-        let lease = self.grant(ttl).await?;
-        let value = serde_json::to_string(request).expect("records serialise");
         let leader_is = match leader {
             Some(node) => Compare::value(
                 self.keys.leader(),
@@ -526,16 +549,27 @@ impl Store {
             ),
             None => Compare::create_revision(self.keys.leader(), CompareOp::Equal, 0),
         };
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(key, CompareOp::Equal, 0),
-                leader_is,
-            ])
-            .and_then([TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease.0)),
-            )]);
+        self.put_if_absent_leased(key, request, vec![leader_is], ttl)
+            .await
+    }
+
+    /// Puts `record` at `key` under a new lease of `ttl` only if the key is absent and `when`
+    /// holds; the lease, or `None` (and no lease left behind) when not.
+    async fn put_if_absent_leased(
+        &self,
+        key: &str,
+        record: &impl serde::Serialize,
+        mut when: Vec<Compare>,
+        ttl: Duration,
+    ) -> Result<Option<LeaseId>, HaError> {
+        let lease = self.grant(ttl).await?;
+        let value = serde_json::to_string(record).expect("records serialise");
+        when.push(Compare::create_revision(key, CompareOp::Equal, 0));
+        let txn = Txn::new().when(when).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease.0)),
+        )]);
         if self.txn(txn).await?.succeeded() {
             Ok(Some(lease))
         } else {
