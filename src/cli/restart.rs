@@ -15,6 +15,7 @@ use super::cluster::{ClusterArgs, PrintSteps};
 use super::config::{node_results, print_nodes, Holder};
 use super::ha::{who, AgentsArgs};
 use super::out::{outln, Done};
+use super::Interrupted;
 use pgrepl::cluster::settings::rolling::Step;
 use pgrepl::cluster::StepLog;
 use pgrepl::ha::rolling::Rolling;
@@ -132,10 +133,11 @@ pub async fn run(args: RestartArgs, cancel: CancellationToken) -> anyhow::Result
             )
         };
         if cancel.is_cancelled() {
-            return Err(anyhow!(
-                "interrupted between steps ({}): `pgrepl restart --pending` continues",
+            return Err(Interrupted(format!(
+                "stopped between steps ({}): `pgrepl restart --pending` continues",
                 where_()
-            ));
+            ))
+            .into());
         }
         log.step(&format!("step {}/{}: {step}", i + 1, steps.len()));
         let at = Instant::now();

@@ -179,7 +179,51 @@ fn config_set_is_checked_first_and_restart_pending_rolls_it_out() {
         serde_json::json!({"max_connections": "120"}),
         "{shown}"
     );
+
+    // Ctrl-C during the first step: that step finishes, the rest wait for the next run.
+    cluster.ok(&["config", "set", "max_connections=130", "--yes"]);
+    let stopped = interrupted_after_first_step(&cluster);
+    assert_eq!(stopped.status.code(), Some(130), "{}", stderr(&stopped));
+    let said = stderr(&stopped);
+    assert!(
+        said.contains("stopped between steps")
+            && said.contains("not done: ")
+            && said.contains("switch over"),
+        "{said}"
+    );
+    cluster.ok(&["restart", "--pending"]);
+    assert_eq!(all("SELECT current_setting('max_connections')"), ["130"; 3]);
     cluster.ok(&["down", "--purge"]);
+}
+
+/// `restart --pending` sent SIGINT (as Ctrl-C does) once it has begun its first step.
+fn interrupted_after_first_step(cluster: &TestCluster) -> std::process::Output {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args([
+            "restart",
+            "--pending",
+            "--cluster",
+            cluster.file.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pgrepl");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("step 1/") {
+        assert!(
+            lines.read_line(&mut said).unwrap() > 0,
+            "ended before a step: {said}"
+        );
+    }
+    // SAFETY: kill(2) on the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    lines.read_to_string(&mut said).unwrap();
+    let mut output = child.wait_with_output().expect("pgrepl ends");
+    output.stderr = said.into_bytes();
+    output
 }
 
 /// Acks after `from`, and the longest time between two of them (or from `from` to the first).
