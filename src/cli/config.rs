@@ -211,7 +211,7 @@ async fn change(
     }
     // Unchanged: applied again all the same (a node that was down, an interrupted run).
     let desired = next.unwrap_or(current);
-    let nodes = match &holder {
+    let mut nodes = match &holder {
         Holder::Agents(agents) => {
             let control = agents.control();
             let applied = if diff.is_empty() {
@@ -248,7 +248,6 @@ async fn change(
             node_results(&cluster, &names, &desired).await
         }
     };
-    let mut nodes = nodes;
     // In the cluster file's order, as every other command lists them.
     nodes.sort_by_key(|n| cluster.spec.nodes.iter().position(|s| s.name == n.node));
     let failed = nodes.iter().any(|n| !n.applied);
