@@ -343,7 +343,7 @@ pub(crate) fn hung_primary(ha: &HaCluster) {
 
 /// `fault` on the primary's server under the writer: its agent brings it back in place, no
 /// sooner than `not_before`, and its log `says` each word; writes go on there, nothing lost.
-fn restarted_in_place(
+pub(crate) fn restarted_in_place(
     ha: &HaCluster,
     what: &str,
     fault: impl FnOnce(&HaCluster),

@@ -374,19 +374,22 @@ impl HaCluster {
         }
     }
 
-    /// psql against node `i`, `None` when it does not answer.
-    pub(crate) fn try_psql(&self, i: usize, sql: &str) -> Option<String> {
+    /// psql running `sql` on node `i` as the superuser, not started yet.
+    pub(crate) fn psql(&self, i: usize, sql: &str) -> Command {
         let mut psql = Command::new(crate::harness::PgInstall::default_install().bin("psql"));
         match &self.reach {
             Reach::Socket(dir) => psql.arg("-h").arg(dir),
             Reach::Tcp { password } => psql.args(["-h", "127.0.0.1"]).env("PGPASSWORD", password),
         };
-        let output = psql
-            .arg("-p")
+        psql.arg("-p")
             .arg(self.cluster.ports[i].to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-Atc", sql])
-            .output()
-            .ok()?;
+            .args(["-U", "postgres", "-d", "postgres", "-Atc", sql]);
+        psql
+    }
+
+    /// psql against node `i`, `None` when it does not answer.
+    pub(crate) fn try_psql(&self, i: usize, sql: &str) -> Option<String> {
+        let output = self.psql(i, sql).output().ok()?;
         output
             .status
             .success()

@@ -1,12 +1,14 @@
 //! Faults the agents' decisions must survive, reproduced with real processes: a primary whose
 //! server can no longer start, a member on the old timeline past the fork that ranks first by
-//! position, and a new leader's agent dying between its sync record and its promotion. Each
-//! test says what it checks; what the agents do about it is `src/ha`'s.
+//! position, a new leader's agent dying between its sync record and its promotion, and a
+//! primary that hangs while its agent waits on a lock in an idle round. Each test says what
+//! it checks; what the agents do about it is `src/ha`'s.
 
 use std::time::{Duration, Instant};
 
 use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, TTL};
 use crate::ha_docker;
+use pgrepl::ha::decide::HUNG_AFTER;
 
 /// The agents' default primary start timeout (Timing::start_timeout).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -380,4 +382,32 @@ fn ha_agent_dying_between_sync_record_and_promotion_still_elects() {
     assert!(ha.leader().is_some(), "{}", ha.logs());
     ha.assert_nothing_lost(first.node, &acks);
     assert_one_writer_at_a_time(&acks, 0);
+}
+
+/// A session holds `pg_settings` locked (a DBA's long transaction), so the query the primary's
+/// agent runs in its idle round (what the server runs, for `config show`) waits; then the
+/// server hangs. The probe, which reads no catalog view, goes on answering until the hang; the
+/// agent must go on probing through it and kill and restart the hung server as it would
+/// without the lock. CI once saw the same without any lock: a server stopped between the
+/// probe's answer and the idle round's query left the agent waiting on it for ever.
+#[test]
+fn ha_primary_hung_while_its_agent_waits_on_a_lock_is_still_restarted_in_place() {
+    let ha = HaCluster::up();
+    let mut holder = None;
+    let fault = |ha: &HaCluster| {
+        let lock = "BEGIN; LOCK TABLE pg_catalog.pg_settings IN ACCESS EXCLUSIVE MODE; \
+                    SELECT pg_sleep(600)";
+        let mut psql = ha.psql(0, lock);
+        psql.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        holder = Some(psql.spawn().expect("psql"));
+        // Several idle rounds reach the lock.
+        std::thread::sleep(Duration::from_secs(2));
+        ha.signal_postgres(0, libc::SIGSTOP);
+    };
+    let says = ["KillHung", "RestartInPlace"];
+    crate::ha::restarted_in_place(&ha, "hung behind a lock", fault, HUNG_AFTER, &says);
+    let mut holder = holder.expect("the lock's session");
+    let _ = holder.kill();
+    let _ = holder.wait();
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use super::{timelines, Agent, TracingLog, SESSION_NAME, SQL_TIMEOUT};
+use super::{bounded, timelines, Agent, TracingLog, SESSION_NAME, SQL_TIMEOUT};
 use crate::cluster::history::{now_unix_ms, switch_point, ChangeKind, RoleChange, AGENTS};
 use crate::cluster::plan::RejoinOptions;
 use crate::cluster::spec::NodeSpec;
@@ -44,8 +44,12 @@ impl Agent {
                         .primary_conninfo(self.cluster.node(leader)?, me),
                     None => String::new(),
                 };
-                alter_system(sql()?, me, "primary_conninfo", &conninfo).await?;
-                reload(sql()?, me).await?;
+                let client = sql()?;
+                let change = async {
+                    alter_system(client, me, "primary_conninfo", &conninfo).await?;
+                    reload(client, me).await
+                };
+                bounded("pointing the standby at its leader", change).await?;
             }
             Effect::TakeLeadership { system_id } => {
                 if self
@@ -87,12 +91,16 @@ impl Agent {
                 }
             }
             Effect::SetStandbyNames(names) => {
-                alter_system(sql()?, me, "synchronous_standby_names", names).await?;
-                reload(sql()?, me).await?;
+                let client = sql()?;
+                let change = async {
+                    alter_system(client, me, "synchronous_standby_names", names).await?;
+                    reload(client, me).await
+                };
+                bounded("setting synchronous_standby_names", change).await?;
             }
             Effect::Promote { timeline } => {
                 self.skip_timelines(*timeline)?;
-                self.note_promotion(sql()?).await?;
+                bounded("noting the promotion", self.note_promotion(sql()?)).await?;
                 let started = Instant::now();
                 self.cluster.promote(me).await?;
                 tracing::info!(
@@ -178,7 +186,9 @@ impl Agent {
         reason: &str,
     ) -> Result<(), HaError> {
         // pg_control's checkpoint timeline lags a fast promotion: the WAL file name does not.
-        let (timeline, lsn) = switch_point(client).await;
+        let (timeline, lsn) = tokio::time::timeout(SQL_TIMEOUT, switch_point(client))
+            .await
+            .unwrap_or_default();
         let change = RoleChange {
             at_unix_ms: now_unix_ms(),
             kind,
@@ -195,18 +205,14 @@ impl Agent {
     }
 
     /// Points another node's standby at this node (which detaches it from the old primary).
-    async fn repoint(&self, standby: &NodeSpec) -> Result<(), ClusterError> {
+    async fn repoint(&self, standby: &NodeSpec) -> Result<(), HaError> {
         let client = self.session(standby).await?;
         let conninfo = self.cluster.primary_conninfo(&self.node, standby);
         let change = async {
             alter_system(&client, standby, "primary_conninfo", &conninfo).await?;
             reload(&client, standby).await
         };
-        tokio::time::timeout(SQL_TIMEOUT, change)
-            .await
-            .map_err(|_| {
-                ClusterError::Timeout(SQL_TIMEOUT, format!("re-pointing `{}`", standby.name))
-            })?
+        bounded(&format!("re-pointing `{}`", standby.name), change).await
     }
 }
 

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::Agent;
+use super::{bounded, Agent};
 use crate::cluster::settings::{self, Desired, AT_LEAST_THE_PRIMARYS};
 use crate::ha::model::Probed;
 use crate::ha::records::AppliedRecord;
+use crate::ha::store::Day2;
 use crate::ha::HaError;
 
 /// What this run of the agent last did of the settings.
@@ -37,11 +38,24 @@ impl Agent {
         probed: &Probed,
         leader: Option<&str>,
     ) -> Result<(), HaError> {
-        let node = &self.node.name;
-        let asked = self.store.day2(node).await?;
+        let asked = self.store.day2(&self.node.name).await?;
         if asked.restart.as_ref().is_some_and(|r| r.failed.is_none()) {
             return self.restart_server().await;
         }
+        // A round cut short is done again on the next (applying is idempotent).
+        let round = self.settings_round(client, probed, leader, &asked);
+        bounded("the settings round", round).await
+    }
+
+    /// Applies the settings when they changed, then publishes what the server runs.
+    async fn settings_round(
+        &self,
+        client: &Client,
+        probed: &Probed,
+        leader: Option<&str>,
+        asked: &Day2,
+    ) -> Result<(), HaError> {
+        let node = &self.node.name;
         let Some(local) = probed.local() else {
             return Ok(());
         };

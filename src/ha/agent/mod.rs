@@ -34,6 +34,19 @@ const SESSION_NAME: &str = "pgrepl-agent";
 /// How long one SQL round trip to a node may take before it counts as unreachable.
 const SQL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `work` on this node's server within [`SQL_TIMEOUT`]: the loop that notices a hung server
+/// must not wait on one (nor on a lock a query of `work` waits for). `what` names it in the
+/// error.
+async fn bounded<T, E: Into<HaError>>(
+    what: &str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, HaError> {
+    match tokio::time::timeout(SQL_TIMEOUT, work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(crate::cluster::ClusterError::Timeout(SQL_TIMEOUT, what.to_owned()).into()),
+    }
+}
+
 /// Where to find etcd and what to call the cluster there.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
