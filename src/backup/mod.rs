@@ -18,6 +18,8 @@
 
 mod archive;
 pub mod checksum;
+pub mod combine;
+pub mod incremental;
 pub mod manifest;
 pub(crate) mod standby_conf;
 mod tablespaces;
@@ -53,6 +55,7 @@ use crate::proto::backend::BackendMessage;
 use crate::proto::base_backup::BackupStreamMessage;
 use crate::proto::command::{
     BaseBackupCommand, ReplicationCommand, ServerCompression, BASE_BACKUP_NEW_SYNTAX_MAJOR,
+    INCREMENTAL_MAJOR,
 };
 use crate::proto::ProtocolError;
 use crate::replication::wal_sink::{SegmentNaming, SegmentWriter};
@@ -87,6 +90,8 @@ pub enum BackupError {
     SlotMissing(String),
     #[error("{0}")]
     Tablespace(String),
+    #[error("PostgreSQL {0} has no incremental backups: they need 17 or later")]
+    IncrementalUnsupported(u32),
     #[error("no target directory given; use -D DIR")]
     NoTargets,
     #[error("transfer rate `{0}` kB/s is out of range: give 32 to 1048576 kB/s (the server's limits), or omit -r")]
@@ -198,6 +203,9 @@ pub struct BaseBackupOptions {
     /// The CA file `primary_conninfo` names (`sslrootcert`), when the standby's server finds
     /// it elsewhere than pgrepl did.
     pub primary_sslrootcert: Option<PathBuf>,
+    /// 17+: the manifest of a prior backup (`manifest::prior`), uploaded first; the backup
+    /// then carries only the blocks changed since its start (`INCREMENTAL.<name>` files).
+    pub incremental_from: Option<Vec<u8>>,
 }
 
 impl BaseBackupOptions {
@@ -221,6 +229,7 @@ impl BaseBackupOptions {
             primary_host_override: None,
             primary_sslrootcert: None,
             primary_passfile: None,
+            incremental_from: None,
         }
     }
 }
@@ -365,7 +374,14 @@ async fn run(
         max_rate_kbps: options.max_rate_kbps,
         manifest_checksums: options.manifest_checksums.map(ChecksumAlgorithm::as_str),
         compression: options.compression,
+        incremental: options.incremental_from.is_some(),
     };
+    if let Some(manifest) = &options.incremental_from {
+        if major < INCREMENTAL_MAJOR {
+            return Err(BackupError::IncrementalUnsupported(major));
+        }
+        cancellable(cancel, async { Ok(conn.upload_manifest(manifest).await?) }).await?;
+    }
     conn.send_query(&ReplicationCommand::BaseBackup(&command).render())?;
     conn.flush().await?;
     // Nothing arrives until the start checkpoint is done, which may take minutes (spread).

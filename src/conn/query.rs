@@ -151,6 +151,49 @@ impl Connection {
         }
     }
 
+    /// UPLOAD_MANIFEST (17+): the server answers CopyInResponse, takes the manifest as COPY
+    /// data, and checks it (format, checksum, system identifier) before CommandComplete.
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<(), ConnectionError> {
+        self.send_query(&ReplicationCommand::UploadManifest.render())?;
+        self.flush().await?;
+        match self.read_message().await? {
+            BackendMessage::CopyInResponse => {}
+            BackendMessage::ErrorResponse(e) => {
+                self.drain_until_ready().await?;
+                return Err(ConnectionError::Server(e));
+            }
+            other => return Err(ConnectionError::unexpected("CopyInResponse", &other)),
+        }
+        for chunk in manifest.chunks(64 << 10) {
+            self.send_copy_data(chunk)?;
+        }
+        self.send_copy_done();
+        self.flush().await?;
+        let mut error = None;
+        loop {
+            match self.read_message().await? {
+                BackendMessage::ErrorResponse(e) => error = Some(e),
+                BackendMessage::ReadyForQuery => {
+                    return error.map_or(Ok(()), |e| Err(ConnectionError::Server(e)))
+                }
+                BackendMessage::CommandComplete { .. }
+                | BackendMessage::RowDescription { .. }
+                | BackendMessage::DataRow { .. } => {}
+                other => {
+                    return Err(ConnectionError::unexpected(
+                        "UPLOAD_MANIFEST's answer",
+                        &other,
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn drain_until_ready(&mut self) -> Result<(), ConnectionError> {
+        while !matches!(self.read_message().await?, BackendMessage::ReadyForQuery) {}
+        Ok(())
+    }
+
     pub async fn execute(
         &mut self,
         command: &ReplicationCommand<'_>,

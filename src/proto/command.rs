@@ -11,6 +11,8 @@ use crate::lsn::Lsn;
 
 /// First server major with the parenthesised BASE_BACKUP syntax and typed CopyData stream.
 pub const BASE_BACKUP_NEW_SYNTAX_MAJOR: u32 = 15;
+/// First server major with UPLOAD_MANIFEST and `BASE_BACKUP (INCREMENTAL)`.
+pub const INCREMENTAL_MAJOR: u32 = 17;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicationCommand<'a> {
@@ -30,6 +32,9 @@ pub enum ReplicationCommand<'a> {
     /// PostgreSQL 15+.
     ReadSlot(&'a str),
     BaseBackup(&'a BaseBackupCommand),
+    /// PostgreSQL 17+: the prior backup's manifest follows as COPY data; an INCREMENTAL
+    /// BASE_BACKUP on the same session is relative to it.
+    UploadManifest,
     StartPhysical {
         slot: Option<&'a str>,
         start: Lsn,
@@ -72,6 +77,8 @@ pub struct BaseBackupCommand {
     /// `Some(algorithm name)` asks for a manifest with that checksum algorithm.
     pub manifest_checksums: Option<&'static str>,
     pub compression: Option<ServerCompression>,
+    /// 17+: only the blocks changed since the manifest uploaded before (UPLOAD_MANIFEST).
+    pub incremental: bool,
 }
 
 impl ReplicationCommand<'_> {
@@ -97,6 +104,7 @@ impl ReplicationCommand<'_> {
             ),
             Self::ReadSlot(name) => format!("READ_REPLICATION_SLOT {}", quote_ident(name)),
             Self::BaseBackup(cmd) => cmd.render(),
+            Self::UploadManifest => "UPLOAD_MANIFEST".to_owned(),
             Self::StartPhysical {
                 slot,
                 start,
@@ -152,6 +160,9 @@ impl BaseBackupCommand {
         if let Some(compression) = self.compression {
             options.push("TARGET 'client'".into());
             options.push(format!("COMPRESSION '{}'", compression.as_str()));
+        }
+        if self.incremental {
+            options.push("INCREMENTAL".into());
         }
         format!("BASE_BACKUP ({})", options.join(", "))
     }
@@ -209,6 +220,7 @@ mod tests {
             max_rate_kbps: Some(1024),
             manifest_checksums: Some("CRC32C"),
             compression: None,
+            incremental: false,
         }
     }
 
@@ -240,6 +252,25 @@ mod tests {
             ReplicationCommand::BaseBackup(&cmd).render(),
             "BASE_BACKUP (LABEL 'pgrepl''s backup', CHECKPOINT 'fast', WAL, WAIT false, \
              MANIFEST 'no', TARGET 'client', COMPRESSION 'zstd')"
+        );
+    }
+
+    #[test]
+    fn an_incremental_backup_follows_an_uploaded_manifest() {
+        let cmd = BaseBackupCommand {
+            incremental: true,
+            progress: false,
+            max_rate_kbps: None,
+            ..backup(17)
+        };
+        assert_eq!(
+            ReplicationCommand::UploadManifest.render(),
+            "UPLOAD_MANIFEST"
+        );
+        assert_eq!(
+            ReplicationCommand::BaseBackup(&cmd).render(),
+            "BASE_BACKUP (LABEL 'pgrepl''s backup', CHECKPOINT 'fast', WAIT false, \
+             MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', INCREMENTAL)"
         );
     }
 

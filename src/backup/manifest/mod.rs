@@ -14,6 +14,7 @@
 //! and `src/bin/pg_verifybackup/pg_verifybackup.c` in PostgreSQL.
 
 mod decode;
+pub mod prior;
 mod verify;
 
 use std::fmt::{self, Write as _};
