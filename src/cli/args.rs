@@ -70,6 +70,10 @@ pub enum Command {
     /// (damaged, or too far behind); refused for the primary, and for a standby that streams
     /// unless --force. With agents, between `pause` and `resume`.
     Reinit(ReinitArgs),
+    /// Rebuild a standby whose WAL the primary no longer has from the blocks changed since its
+    /// last restartpoint (PostgreSQL 17+ incremental backup, combined in place); where that
+    /// does not apply, says why and re-clones. Same rules as reinit.
+    Resync(ReinitArgs),
     /// Run the recipe's checks (streaming, reads, read-only standbys, sync blocking, failover,
     /// rejoin) with PASS/FAIL and timings; exit 0 only if all pass.
     Drill(DrillArgs),

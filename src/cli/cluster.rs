@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
-use pgrepl::cluster::{Cluster, Purpose, RuntimeChoice, StepLog, UpOptions};
+use pgrepl::cluster::{Cluster, Purpose, Rebuild, RuntimeChoice, StepLog, UpOptions};
 use pgrepl::ha::launch;
 
 use super::ha::{AgentsArgs, EtcdArgs};
@@ -531,13 +531,17 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn reinit(args: ReinitArgs) -> anyhow::Result<ExitCode> {
+pub async fn rebuild(args: ReinitArgs, how: Rebuild) -> anyhow::Result<ExitCode> {
+    let action = match how {
+        Rebuild::Reclone => "reinit",
+        Rebuild::Resync => "resync",
+    };
     let cluster = args.cluster.open()?;
     if let Some(agents) = super::ha::agents(&cluster, &args.etcd).await? {
         // Its agent would start the server again under the copy.
         if !agents.paused() {
             anyhow::bail!(
-                "agents run for this cluster: `pgrepl pause`, then `pgrepl reinit {}`, then `pgrepl resume`",
+                "agents run for this cluster: `pgrepl pause`, then `pgrepl {action} {}`, then `pgrepl resume`",
                 args.node
             );
         }
@@ -549,10 +553,11 @@ pub async fn reinit(args: ReinitArgs) -> anyhow::Result<ExitCode> {
             cluster.state_dir().join("machines").join(&args.node).join("state").display()
         );
     }
-    cluster.all_here("reinit")?;
+    cluster.all_here(action)?;
     let report = cluster
-        .reinit(
+        .rebuild(
             &args.node,
+            how,
             args.force,
             args.output.dry_run,
             &PrintSteps(Instant::now()),

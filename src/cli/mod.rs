@@ -33,6 +33,7 @@ use self::connection::connect_options;
 use self::out::outln;
 use pgrepl::backup::checksum::ChecksumAlgorithm;
 use pgrepl::backup::{self, BackupTarget, BaseBackupOptions, SyncMethod, WalMethod};
+use pgrepl::cluster::Rebuild;
 use pgrepl::conn::ConnectOptions;
 use pgrepl::proto::command::ServerCompression;
 use pgrepl::units::{human_bytes, parse_rate_kbps};
@@ -105,6 +106,7 @@ fn interrupted_note(command: &Command) -> Option<String> {
         Command::Config(_) => "some nodes may run the new settings and others not: `pgrepl config show` shows which; the same `pgrepl config set` again finishes it".into(),
         Command::Failover(_) | Command::Switchover(_) => "the role change may be half done (the old primary fenced, no new primary yet): `pgrepl status` shows each node; `pgrepl failover` promotes the most advanced standby".into(),
         Command::Reinit(args) => format!("`{}` may be stopped, or its data half copied (the old data kept aside as `data.before-rejoin`): run `pgrepl reinit {} --force` again", args.node, args.node),
+        Command::Resync(args) => format!("`{}` may be stopped, or half combined (it will not start so): run `pgrepl resync {} --force` again, which finishes it", args.node, args.node),
         Command::Rejoin(args) => format!("`{}` may be stopped or half re-cloned: run `pgrepl rejoin {}` again", args.node, args.node),
         Command::Drill(_) => "the drill may have left a node stopped or the roles changed: `pgrepl status` shows it; `pgrepl up` restarts stopped nodes, `pgrepl rejoin NODE` brings back a former primary".into(),
     })
@@ -125,7 +127,8 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::Failover(args) => cluster::failover(args).await,
         Command::Switchover(args) => cluster::switchover(args).await,
         Command::Rejoin(args) => cluster::rejoin(args).await,
-        Command::Reinit(args) => cluster::reinit(args).await,
+        Command::Reinit(args) => cluster::rebuild(args, Rebuild::Reclone).await,
+        Command::Resync(args) => cluster::rebuild(args, Rebuild::Resync).await,
         Command::Drill(args) => cluster::drill(args).await,
         Command::Receivewal(args) => receivewal::run(args, cancel).await,
         Command::Bench(args) => bench::run(args, cancel).await,

@@ -152,7 +152,20 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         let client = self.sql(primary).await?;
         let mut changed = false;
-        for (name, value) in &self.spec.server_settings() {
+        let mut settings = self.spec.server_settings();
+        let version: String = client
+            .query_one("SELECT current_setting('server_version_num')", &[])
+            .await
+            .map_err(|e| node_err_sql(primary, e))?
+            .get(0);
+        // 17+: WAL summaries let a standby whose WAL is gone resync from the blocks that
+        // changed instead of a re-clone (`resync`). A cluster file's own value wins.
+        if version.parse::<u32>().is_ok_and(|v| v >= 170000) {
+            settings
+                .entry("summarize_wal".to_owned())
+                .or_insert_with(|| "on".to_owned());
+        }
+        for (name, value) in &settings {
             let current: String = client
                 .query_one("SELECT current_setting($1)", &[name])
                 .await

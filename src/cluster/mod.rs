@@ -23,6 +23,7 @@ pub mod plan;
 pub mod ports;
 pub mod record;
 pub mod role;
+pub use self::role::Rebuild;
 pub mod runtime;
 pub mod runtime_error;
 mod server_log;

@@ -113,11 +113,11 @@ pub enum PlanError {
     #[error("`{0}` is the primary; rejoin brings back a former primary")]
     RejoinPrimary(String),
     #[error(
-        "`{0}` is the primary; reinit rebuilds a standby (switch over first to rebuild this node)"
+        "`{0}` is the primary; {1} rebuilds a standby (switch over first to rebuild this node)"
     )]
-    ReinitPrimary(String),
-    #[error("`{0}` streams from the primary: a reinit would copy everything for nothing; give --force to rebuild it anyway")]
-    ReinitStreaming(String),
+    RebuildPrimary(String, &'static str),
+    #[error("`{0}` streams from the primary: a {1} would copy for nothing; give --force to rebuild it anyway")]
+    RebuildStreaming(String, &'static str),
 }
 
 /// A standby holding WAL past the failover target.
@@ -494,6 +494,7 @@ mod tests {
             system_identifier: SystemId::new(7),
             state: ControlFile::SHUT_DOWN,
             checkpoint: "0/3000028".parse().unwrap(),
+            redo: "0/3000028".parse().unwrap(),
             checkpoint_timeline: TimelineId::new(1),
         };
         let primary = PrimaryIdentity {

@@ -81,6 +81,8 @@ pub struct ControlFile {
     /// `DBState`: 1 = shut down, 2 = shut down in recovery, other values = not cleanly stopped.
     pub state: u32,
     pub checkpoint: crate::Lsn,
+    /// The last checkpoint's (or restartpoint's) redo: every change before it is on disk.
+    pub redo: crate::Lsn,
     pub checkpoint_timeline: TimelineId,
 }
 
@@ -105,6 +107,7 @@ impl ControlFile {
             system_identifier: SystemId::new(u64_at(0)?),
             state: u32_at(16)?,
             checkpoint: crate::Lsn::new(u64_at(32)?),
+            redo: crate::Lsn::new(u64_at(40)?),
             checkpoint_timeline: TimelineId::new(u32_at(48)?),
         })
     }
@@ -138,11 +141,13 @@ mod tests {
         bytes[0..8].copy_from_slice(&7u64.to_ne_bytes());
         bytes[16..20].copy_from_slice(&1u32.to_ne_bytes());
         bytes[32..40].copy_from_slice(&0x0300_0028u64.to_ne_bytes());
+        bytes[40..48].copy_from_slice(&0x0300_0010u64.to_ne_bytes());
         bytes[48..52].copy_from_slice(&2u32.to_ne_bytes());
         let control = ControlFile::parse(&bytes).unwrap();
         assert_eq!(control.system_identifier, SystemId::new(7));
         assert!(control.shut_down_cleanly());
         assert_eq!(control.checkpoint.to_string(), "0/3000028");
+        assert_eq!(control.redo.to_string(), "0/3000010");
         assert_eq!(control.checkpoint_timeline, TimelineId::new(2));
         assert!(ControlFile::parse(&bytes[..40]).is_none());
     }

@@ -95,6 +95,11 @@ impl TestCluster {
 
     /// Stock psql against node `index` (0 = pg_master, 1 = pg_slave, 2 = pg_asyncslave).
     pub fn psql(&self, index: usize, sql: &str) -> String {
+        self.psql_in(index, "postgres", sql)
+    }
+
+    /// [`TestCluster::psql`] in database `db`.
+    pub fn psql_in(&self, index: usize, db: &str, sql: &str) -> String {
         let output = harness::output_within(
             Command::new(PgInstall::default_install().bin("psql")).args([
                 "-h",
@@ -104,7 +109,7 @@ impl TestCluster {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-Atc",
                 sql,
             ]),

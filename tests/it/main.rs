@@ -29,6 +29,7 @@ mod lag;
 mod lag_serve;
 mod no_arguments;
 mod receivewal;
+mod resync;
 mod secrets;
 mod settings;
 mod sql_tls;

@@ -11,12 +11,15 @@ mod failover;
 mod probe;
 mod reinit;
 mod rejoin;
+mod resync;
 mod switchover;
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use self::reinit::Rebuild;
+pub use self::resync::{incremental_applies, NoIncremental};
 use super::history::{now_unix_ms, switch_point, ChangeKind, RoleChange};
 use super::spec::{ClusterSpec, NodeSpec};
 use super::topology::{HistoryEntry, Topology};
