@@ -15,7 +15,7 @@
 //!
 //! Every step may be done again: run after a crash anywhere, [`combine`] reads the plan and
 //! finishes (a patch applied twice changes nothing; a file already moved is no longer staged).
-//! The correctness argument is in `proto-notes/09-incremental-resync.md`.
+//! The correctness argument is in `proto-notes/11-incremental-resync.md`.
 
 use std::collections::BTreeSet;
 use std::fs;

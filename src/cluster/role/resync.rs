@@ -3,7 +3,7 @@
 //! `summarize_wal`): its own data directory is described as a prior backup, the primary sends
 //! an incremental backup against it, and `backup::combine` applies it in place. Where that
 //! does not apply, the reason is said and the node is re-cloned. Why it is correct:
-//! `proto-notes/09-incremental-resync.md`.
+//! `proto-notes/11-incremental-resync.md`.
 
 use std::path::Path;
 use std::sync::Arc;
