@@ -614,6 +614,7 @@ mod tests {
             system_id: None,
             promoting: false,
             history_top: None,
+            starved: false,
         }
     }
 

@@ -91,12 +91,22 @@ pub fn behind_leader(local: &Local, view: &View) -> bool {
     {
         return false;
     }
-    let leader_timeline = view
+    let Some(primary) = view
         .members
         .iter()
         .find(|m| m.node == leader.node && m.server.running && !m.server.in_recovery)
-        .and_then(|m| m.server.timeline);
-    matches!((local.server.timeline, leader_timeline), (Some(mine), Some(theirs)) if mine < theirs)
+    else {
+        return false;
+    };
+    match (local.server.timeline, primary.server.timeline) {
+        (Some(mine), Some(theirs)) if mine < theirs => true,
+        // Starved on the leader's timeline while it has more: the WAL it needs may be gone.
+        (Some(mine), Some(theirs)) if mine == theirs => {
+            local.starved
+                && matches!((local.server.position, primary.server.position), (Some(m), Some(p)) if m < p)
+        }
+        _ => false,
+    }
 }
 
 /// `node`'s member record shows a running primary.
@@ -386,12 +396,18 @@ fn follow(s: &Situation<'_>, local: &Local, view: &View, leader: &Leader) -> Dec
         );
     }
     if s.clocks.stuck_for >= STUCK_AFTER {
+        let why = if local.starved {
+            "receiving nothing while `{name}` is ahead on its timeline: the WAL it needs may be gone"
+        } else {
+            "following from an older timeline: its WAL runs past `{name}`'s fork"
+        };
         return Decision::new(
             Action::Rejoin {
                 leader: name.to_owned(),
             },
             format!(
-                "following `{name}` from an older timeline without moving for {} s: its WAL runs past `{name}`'s fork",
+                "{} (not moving for {} s)",
+                why.replace("{name}", name),
                 s.clocks.stuck_for.as_secs()
             ),
         );
@@ -550,6 +566,7 @@ mod tests {
             promoting: false,
             system_id: None,
             history_top: None,
+            starved: false,
         }
     }
 
@@ -563,6 +580,7 @@ mod tests {
             promoting: false,
             system_id: None,
             history_top: None,
+            starved: false,
         }
     }
 
@@ -847,6 +865,32 @@ mod tests {
         let mut same = me.clone();
         same.server.timeline = Some(TimelineId::new(2));
         assert!(!behind_leader(&same, &v));
+        // On the leader's timeline, starved (no receiver, all replayed) while the leader is
+        // ahead: the WAL it needs may be gone; level with it, it just waits for more.
+        let mut starved = same.clone();
+        starved.starved = true;
+        assert!(behind_leader(&starved, &v));
+        let probe = Probed::Known(starved.clone());
+        let d = decide(&Situation {
+            me: "pg_asyncslave",
+            probe: &probe,
+            view: Some(&v),
+            spec: &spec,
+            timing: &Timing::default(),
+            paused: false,
+            clocks: Clocks {
+                stuck_for: STUCK_AFTER,
+                ..Clocks::default()
+            },
+        });
+        assert!(matches!(d.action, Action::Rejoin { .. }));
+        assert!(
+            d.reason.contains("the WAL it needs may be gone"),
+            "{}",
+            d.reason
+        );
+        starved.server.position = new_leader.server.position;
+        assert!(!behind_leader(&starved, &v));
         let mut elsewhere = me.clone();
         elsewhere.server.follows = Some("pg_master".into());
         assert!(!behind_leader(&elsewhere, &v));

@@ -65,6 +65,10 @@ pub struct Local {
     /// The highest timeline number with a history file in pg_wal: a promotion here numbers its
     /// timeline after it (xlogrecovery.c `findNewestTimeLine`).
     pub history_top: Option<TimelineId>,
+    /// A running standby pointed at a primary does not stream from it: it waits for WAL it
+    /// cannot get, for now or (its primary having recycled it) for ever. (It may still replay
+    /// WAL it holds: its position then moves.)
+    pub starved: bool,
 }
 
 /// What the probe learnt of this node's server.

@@ -270,6 +270,7 @@ mod tests {
             promoting: false,
             system_id: None,
             history_top: None,
+            starved: false,
         }
     }
 

@@ -9,6 +9,7 @@
 //! Neighbours: `conn` provides the session, `wal_sink` the files, `proto::replication` the codec.
 
 pub mod archive_dir;
+pub mod available;
 pub mod receivewal;
 pub mod wal_compress;
 pub mod wal_sink;

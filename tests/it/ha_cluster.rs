@@ -138,13 +138,19 @@ impl HaCluster {
     /// [`HaCluster::up`] from the cluster file `edit` makes of `pgrepl init`'s (which may add
     /// nodes: the bench takes them from the file).
     pub(crate) fn up_with(edit: impl FnOnce(&str) -> String) -> HaCluster {
+        HaCluster::up_with_args(edit, &[])
+    }
+
+    /// [`HaCluster::up_with`], giving `up` the arguments `extra` (`--pg-bin DIR`).
+    pub(crate) fn up_with_args(edit: impl FnOnce(&str) -> String, extra: &[&str]) -> HaCluster {
         let mut cluster = TestCluster::new();
         let text = std::fs::read_to_string(&cluster.file).unwrap();
         std::fs::write(&cluster.file, edit(&text)).unwrap();
         let spec = pgrepl::cluster::spec::ClusterSpec::load(&cluster.file).expect("a valid file");
         let nodes: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
         cluster.ports = spec.nodes.iter().map(|n| n.port).collect();
-        cluster.ok(&["up"]);
+        let up: Vec<&str> = std::iter::once("up").chain(extra.iter().copied()).collect();
+        cluster.ok(&up);
         let reach = Reach::Socket(cluster.socket_dir());
         let apis = nodes
             .iter()

@@ -2,13 +2,15 @@
 //! changes heavily and recycles the WAL it would need, then rebuilt from the changed blocks;
 //! afterwards it streams, pg_amcheck finds nothing, and every table hashes as on the primary.
 //! The same after a crash half-way through the combine, then `resync` again. Where it does
-//! not apply (15), it says why and re-clones.
+//! not apply (15), it says why and re-clones. With agents, a standby whose node was down
+//! while its WAL was recycled is resynced by its own agent.
 
 use std::process::{Command, Output};
 
 use crate::basebackup::stderr;
 use crate::capability;
 use crate::cluster_flow::TestCluster;
+use crate::ha_cluster::HaCluster;
 use crate::harness::PgInstall;
 
 const ASYNC: usize = 2;
@@ -249,4 +251,72 @@ fn resync_says_why_it_re_clones_where_it_does_not_apply() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The async standby's node goes down (agent and server); meanwhile the primary recycles the
+/// WAL it would need. Started again, it cannot stream; its agent sees it starved while the
+/// leader is ahead, asks the leader for the WAL, finds it gone, and resyncs it.
+#[test]
+fn ha_an_agent_resyncs_its_standby_whose_wal_was_recycled_while_it_was_down() {
+    let test = "ha_an_agent_resyncs_its_standby_whose_wal_was_recycled_while_it_was_down";
+    let Some(install) = PgInstall::all().into_iter().find(|i| i.major == 17) else {
+        capability::skip(test, "pg17", "run scripts/install-pg 17");
+        return;
+    };
+    let bin = install.bin_dir.to_str().unwrap().to_owned();
+    let mut ha = HaCluster::up_with_args(str::to_owned, &["--pg-bin", &bin]);
+    let sql = |ha: &HaCluster, i: usize, q: &str| {
+        ha.try_psql(i, q)
+            .unwrap_or_else(|| panic!("psql on {i}: {q}\n{}", ha.logs()))
+    };
+    sql(
+        &ha,
+        0,
+        "CREATE TABLE moved AS SELECT g AS id FROM generate_series(1, 100000) g",
+    );
+    ha.wait_for(
+        "the async standby to stream",
+        std::time::Duration::from_secs(20),
+        |ha| ha.streams_from(ASYNC, 0),
+    );
+    ha.kill_agent(ASYNC);
+    ha.signal_postgres(ASYNC, libc::SIGINT);
+    ha.wait_for(
+        "the async standby to stop",
+        std::time::Duration::from_secs(20),
+        |ha| ha.try_psql(ASYNC, "SELECT 1").is_none(),
+    );
+    sql(&ha, 0, "UPDATE moved SET id = -id WHERE id % 10 = 0");
+    sql(&ha, 0, "ALTER SYSTEM SET wal_keep_size = 0");
+    sql(&ha, 0, "SELECT pg_reload_conf()");
+    for _ in 0..4 {
+        sql(&ha, 0, "SELECT pg_switch_wal()");
+        sql(&ha, 0, "CHECKPOINT");
+    }
+    let started = std::time::Instant::now();
+    ha.start_agent(ASYNC);
+    ha.wait_for(
+        "the agent to resync its standby",
+        std::time::Duration::from_secs(90),
+        |ha| {
+            ha.agent_log(ASYNC)
+                .contains("resynced by an incremental backup")
+                && ha.streams_from(ASYNC, 0)
+        },
+    );
+    eprintln!(
+        "agent resync: streaming again {:.1} s after its agent started",
+        started.elapsed().as_secs_f64()
+    );
+    let log = ha.agent_log(ASYNC);
+    assert!(log.contains("the WAL it needs may be gone"), "{log}");
+    assert!(log.contains("cannot catch up by streaming"), "{log}");
+    let count = "SELECT count(*) FILTER (WHERE id < 0) FROM moved";
+    let want = sql(&ha, 0, count);
+    ha.wait_for(
+        "the standby to replay the update",
+        std::time::Duration::from_secs(20),
+        |ha| ha.try_psql(ASYNC, count).as_deref() == Some(want.as_str()),
+    );
+    assert_eq!(want, "10000");
 }

@@ -17,6 +17,8 @@ pub(super) enum Rejoined {
     Rewound(String),
     /// A fresh base backup replaced its data.
     Recloned,
+    /// The primary no longer had its WAL: rebuilt by `resync`.
+    Resynced(super::resync::Resynced),
 }
 
 impl Cluster {
@@ -135,9 +137,18 @@ impl Cluster {
         rewind: bool,
         steps: &mut Steps<'_>,
     ) -> Result<Rejoined, ClusterError> {
+        // Asked before the node stops: a primary it cannot reach leaves it as it is.
+        let wal_gone = self.wal_gone(node, primary).await?;
         if self.runtime.is_running(node).await {
             self.runtime.stop(node, true).await?;
             steps.done(format!("stopped `{}`", node.name));
+        }
+        if wal_gone {
+            steps.done(format!(
+                "`{}` no longer has the WAL from `{}`'s last restartpoint: it cannot catch up by streaming",
+                primary.name, node.name
+            ));
+            return Ok(Rejoined::Resynced(self.resync_node(node, primary).await?));
         }
         let has_data = self.runtime.data_dir(node).join("PG_VERSION").exists();
         let follows = has_data && self.can_follow(node, primary).await?;
@@ -314,6 +325,7 @@ impl std::fmt::Display for Rejoined {
             Rejoined::Rewound(summary) if summary.is_empty() => f.write_str("rewound by pg_rewind"),
             Rejoined::Rewound(summary) => write!(f, "rewound by pg_rewind ({summary})"),
             Rejoined::Recloned => f.write_str("re-cloned with a base backup"),
+            Rejoined::Resynced(how) => how.fmt(f),
         }
     }
 }

@@ -97,6 +97,47 @@ pub fn incremental_applies(
 }
 
 impl Cluster {
+    /// True when `node` (stopped or running) is on `primary`'s timeline and `primary` no
+    /// longer has the WAL from its last restartpoint: it cannot catch up by streaming, and
+    /// only a rebuild brings it back. On another timeline (a former primary) this says
+    /// nothing: pg_rewind reads the node's own WAL.
+    pub(crate) async fn wal_gone(
+        &self,
+        node: &NodeSpec,
+        primary: &NodeSpec,
+    ) -> Result<bool, ClusterError> {
+        let Ok(control) = ControlFile::read(&self.runtime.data_dir(node)) else {
+            return Ok(false);
+        };
+        let mut conn = Connection::connect(&self.replication_connect(primary))
+            .await
+            .map_err(ClusterError::node(primary))?;
+        let system = conn
+            .identify_system()
+            .await
+            .map_err(ClusterError::node(primary))?;
+        if system.timeline != control.checkpoint_timeline
+            || system.system_id != control.system_identifier
+        {
+            return Ok(false);
+        }
+        let available = crate::replication::available::wal_available(
+            &mut conn,
+            control.redo,
+            control.checkpoint_timeline,
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| {
+            ClusterError::Setup(format!(
+                "asking `{}` for WAL: {}",
+                primary.name,
+                error_chain(&e)
+            ))
+        })?;
+        Ok(!available)
+    }
+
     /// Rebuilds the stopped standby `node` from `primary`: incrementally where that applies,
     /// else by a re-clone. A combine cut short by a crash is finished first.
     pub(crate) async fn resync_node(

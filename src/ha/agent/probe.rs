@@ -32,6 +32,8 @@ const PROBE: &str = "\
            END AS timeline, \
            current_setting('primary_conninfo') AS conninfo, \
            (SELECT count(*) FROM pg_stat_wal_receiver WHERE pid IS NOT NULL) = 0 AS no_receiver, \
+           (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming') = 0 \
+               AS not_streaming, \
            current_setting('synchronous_standby_names') AS standby_names, \
            pg_postmaster_start_time()::text AS started, \
            CASE WHEN pg_is_in_recovery() THEN '{}'::text[] \
@@ -64,6 +66,7 @@ impl Agent {
             promoting: false,
             system_id: control.as_ref().map(|c| c.system_identifier),
             history_top: self.history_top(),
+            starved: false,
         };
         if !self.cluster.runtime.is_running(&self.node).await {
             let shutdown_checkpoint = control
@@ -167,6 +170,10 @@ impl Agent {
             promoting: in_recovery
                 && self.promotion_asked().as_deref() == Some(row.get::<_, &str>("started")),
             history_top: None,
+            // A receiver that fails at once (its WAL gone) comes and goes every
+            // wal_retrieve_retry_interval, and the startup process's wait event with it: only
+            // "not streaming" holds from one probe to the next.
+            starved: in_recovery && !conninfo.is_empty() && row.get::<_, bool>("not_streaming"),
         };
         Ok((local, client))
     }

@@ -298,6 +298,8 @@ impl World {
                 && s.standby_signal
                 && self.promotion_asked[node] == Some(self.runs[node]),
             history_top: Some(TimelineId::new(self.tls.number(s.tl).max(s.placeholders))),
+            // The simulated primary keeps all its WAL.
+            starved: false,
         };
         match s.run {
             Run::Stopped { .. } => Probed::Known(local(false)),
