@@ -269,7 +269,7 @@ impl Core {
                 {
                     self.names = Some((local.standby_names.clone(), now));
                 }
-                let behind = view.is_some_and(|v| behind_leader(local, v));
+                let behind = view.is_some_and(|v| behind_leader(local, v).is_some());
                 stuck_for = self.stuck_for(now, behind, server.position);
             }
             Probed::Refused { .. } => self.silent_since = None,

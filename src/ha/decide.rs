@@ -82,31 +82,38 @@ pub const RELOAD_GRACE: Duration = Duration::from_secs(1);
 
 /// This running standby points at the leader, which runs as a primary on a newer timeline than
 /// this standby's.
-pub fn behind_leader(local: &Local, view: &View) -> bool {
-    let Some(leader) = view.leader.as_ref().filter(|l| !l.mine) else {
-        return false;
-    };
+pub fn behind_leader(local: &Local, view: &View) -> Option<Behind> {
+    let leader = view.leader.as_ref().filter(|l| !l.mine)?;
     if !(local.server.running && local.server.in_recovery)
         || local.server.follows.as_deref() != Some(leader.node.as_str())
     {
-        return false;
+        return None;
     }
-    let Some(primary) = view
+    let primary = view
         .members
         .iter()
-        .find(|m| m.node == leader.node && m.server.running && !m.server.in_recovery)
-    else {
-        return false;
-    };
+        .find(|m| m.node == leader.node && m.server.running && !m.server.in_recovery)?;
     match (local.server.timeline, primary.server.timeline) {
-        (Some(mine), Some(theirs)) if mine < theirs => true,
+        (Some(mine), Some(theirs)) if mine < theirs => Some(Behind::Fork),
         // Starved on the leader's timeline while it has more: the WAL it needs may be gone.
-        (Some(mine), Some(theirs)) if mine == theirs => {
-            local.starved
-                && matches!((local.server.position, primary.server.position), (Some(m), Some(p)) if m < p)
+        (Some(mine), Some(theirs))
+            if mine == theirs
+                && local.starved
+                && matches!((local.server.position, primary.server.position), (Some(m), Some(p)) if m < p) =>
+        {
+            Some(Behind::Starved)
         }
-        _ => false,
+        _ => None,
     }
+}
+
+/// Why a standby following the leader cannot catch up as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behind {
+    /// It is on an older timeline than the leader's.
+    Fork,
+    /// It streams nothing while the leader is ahead on its timeline.
+    Starved,
 }
 
 /// `node`'s member record shows a running primary.
@@ -396,7 +403,7 @@ fn follow(s: &Situation<'_>, local: &Local, view: &View, leader: &Leader) -> Dec
         );
     }
     if s.clocks.stuck_for >= STUCK_AFTER {
-        let why = if local.starved {
+        let why = if behind_leader(local, view) == Some(Behind::Starved) {
             "receiving nothing while `{name}` is ahead on its timeline: the WAL it needs may be gone"
         } else {
             "following from an older timeline: its WAL runs past `{name}`'s fork"
@@ -830,7 +837,7 @@ mod tests {
         let v = view(leader("pg_slave", false), vec![new_leader.clone()], None).unwrap();
         let mut me = replica(false);
         me.server.follows = Some("pg_slave".into());
-        assert!(behind_leader(&me, &v));
+        assert_eq!(behind_leader(&me, &v), Some(Behind::Fork));
         let spec = ClusterSpec::default();
         let probe = Probed::Known(me.clone());
         let at = |stuck_for| {
@@ -864,12 +871,12 @@ mod tests {
         // no primary yet.
         let mut same = me.clone();
         same.server.timeline = Some(TimelineId::new(2));
-        assert!(!behind_leader(&same, &v));
+        assert_eq!(None, behind_leader(&same, &v));
         // On the leader's timeline, starved (no receiver, all replayed) while the leader is
         // ahead: the WAL it needs may be gone; level with it, it just waits for more.
         let mut starved = same.clone();
         starved.starved = true;
-        assert!(behind_leader(&starved, &v));
+        assert_eq!(behind_leader(&starved, &v), Some(Behind::Starved));
         let probe = Probed::Known(starved.clone());
         let d = decide(&Situation {
             me: "pg_asyncslave",
@@ -890,17 +897,17 @@ mod tests {
             d.reason
         );
         starved.server.position = new_leader.server.position;
-        assert!(!behind_leader(&starved, &v));
+        assert_eq!(None, behind_leader(&starved, &v));
         let mut elsewhere = me.clone();
         elsewhere.server.follows = Some("pg_master".into());
-        assert!(!behind_leader(&elsewhere, &v));
+        assert_eq!(None, behind_leader(&elsewhere, &v));
         let unpromoted = view(
             leader("pg_slave", false),
             vec![standby("pg_slave", 150, true)],
             None,
         )
         .unwrap();
-        assert!(!behind_leader(&me, &unpromoted));
+        assert_eq!(None, behind_leader(&me, &unpromoted));
     }
 
     /// D9: a restarted agent carries its earlier run's key on rather than letting it lapse.
