@@ -4,6 +4,7 @@ one command:
 
     benches/compare.py [--rounds 3] [--scale 50] [--clients 8] [--duration 10] [--pg-bin DIR]
                        [--skip-basebackup]
+    benches/compare.py resync [--rounds 3] [--scale 250] [--changed 0.05]   (benches/resync.py)
 
 Needs `cargo build --release` first. Prints medians over alternating rounds and ratios:
   1. basebackup vs pg_basebackup --sync-method=syncfs (and fsync vs fsync), two targets vs
@@ -43,6 +44,9 @@ PGBENCH_PREP = ["vacuum pgbench_branches", "vacuum pgbench_tellers", "truncate p
 
 
 def main():
+    if sys.argv[1:2] == ["resync"]:
+        # `compare.py resync [options]`: benches/resync.py (see its docstring).
+        os.execv(sys.executable, [sys.executable, os.path.join(HERE, "resync.py"), *sys.argv[2:]])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale", type=int, default=50, help="pgbench scale: the WAL backlog and the bench tables")
