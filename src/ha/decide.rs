@@ -839,11 +839,10 @@ mod tests {
         me.server.follows = Some("pg_slave".into());
         assert_eq!(behind_leader(&me, &v), Some(Behind::Fork));
         let spec = ClusterSpec::default();
-        let probe = Probed::Known(me.clone());
-        let at = |stuck_for| {
+        let at_with = |probe: &Probed, stuck_for| {
             decide(&Situation {
                 me: "pg_asyncslave",
-                probe: &probe,
+                probe,
                 view: Some(&v),
                 spec: &spec,
                 timing: &Timing::default(),
@@ -854,6 +853,8 @@ mod tests {
                 },
             })
         };
+        let probe = Probed::Known(me.clone());
+        let at = |stuck_for| at_with(&probe, stuck_for);
         assert_eq!(
             at(STUCK_AFTER - Duration::from_secs(1)).action,
             Action::Wait
@@ -877,19 +878,7 @@ mod tests {
         let mut starved = same.clone();
         starved.starved = true;
         assert_eq!(behind_leader(&starved, &v), Some(Behind::Starved));
-        let probe = Probed::Known(starved.clone());
-        let d = decide(&Situation {
-            me: "pg_asyncslave",
-            probe: &probe,
-            view: Some(&v),
-            spec: &spec,
-            timing: &Timing::default(),
-            paused: false,
-            clocks: Clocks {
-                stuck_for: STUCK_AFTER,
-                ..Clocks::default()
-            },
-        });
+        let d = at_with(&Probed::Known(starved.clone()), STUCK_AFTER);
         assert!(matches!(d.action, Action::Rejoin { .. }));
         assert!(
             d.reason.contains("the WAL it needs may be gone"),

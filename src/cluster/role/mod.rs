@@ -187,6 +187,21 @@ impl Cluster {
         reload(&client, primary).await
     }
 
+    /// A replication session to `node`, and what IDENTIFY_SYSTEM says of it.
+    async fn identified(
+        &self,
+        node: &NodeSpec,
+    ) -> Result<(crate::conn::Connection, crate::conn::IdentifySystem), ClusterError> {
+        let mut conn = crate::conn::Connection::connect(&self.replication_connect(node))
+            .await
+            .map_err(ClusterError::node(node))?;
+        let system = conn
+            .identify_system()
+            .await
+            .map_err(ClusterError::node(node))?;
+        Ok((conn, system))
+    }
+
     /// Waits (60 s at most) until each running standby in `standbys` streams from `primary`
     /// and has flushed what the primary had when the wait began. `state` alone proves
     /// nothing: a standby left past the fork of the primary's timeline streams the old

@@ -7,7 +7,6 @@ use super::super::topology::ControlFile;
 use super::super::{error_chain, node_err_sql, Cluster, ClusterError, StepLog};
 use super::{RoleChangeReport, Steps};
 use crate::backup::{self, BackupTarget};
-use crate::conn::Connection;
 
 /// How a node became a standby of the current primary again.
 pub(super) enum Rejoined {
@@ -209,13 +208,7 @@ impl Cluster {
             // Known without asking the primary.
             return Ok(false);
         }
-        let mut conn = Connection::connect(&self.replication_connect(primary))
-            .await
-            .map_err(ClusterError::node(primary))?;
-        let system = conn
-            .identify_system()
-            .await
-            .map_err(ClusterError::node(primary))?;
+        let (mut conn, system) = self.identified(primary).await?;
         let identity = PrimaryIdentity {
             system_id: system.system_id,
             timeline: system.timeline,

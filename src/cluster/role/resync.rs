@@ -16,7 +16,6 @@ use crate::backup::combine::{self, Combined};
 use crate::backup::manifest::prior::{self, PriorFile};
 use crate::backup::manifest::WalRange;
 use crate::backup::{self, BackupTarget};
-use crate::conn::Connection;
 use crate::proto::command::INCREMENTAL_MAJOR;
 
 /// How a standby was rebuilt.
@@ -109,13 +108,7 @@ impl Cluster {
         let Ok(control) = ControlFile::read(&self.runtime.data_dir(node)) else {
             return Ok(false);
         };
-        let mut conn = Connection::connect(&self.replication_connect(primary))
-            .await
-            .map_err(ClusterError::node(primary))?;
-        let system = conn
-            .identify_system()
-            .await
-            .map_err(ClusterError::node(primary))?;
+        let (mut conn, system) = self.identified(primary).await?;
         if system.timeline != control.checkpoint_timeline
             || system.system_id != control.system_identifier
         {
@@ -167,16 +160,16 @@ impl Cluster {
         data: &Path,
         staged: &Path,
     ) -> Result<Resynced, String> {
-        let mut conn = Connection::connect(&self.replication_connect(primary))
+        let (mut conn, system) = self
+            .identified(primary)
             .await
-            .map_err(|e| format!("`{}`: {e}", primary.name))?;
+            .map_err(|e| error_chain(&e))?;
         let asked = async {
-            let system = conn.identify_system().await?;
             let summarize = conn.show("summarize_wal").await.unwrap_or_default();
             let block_size: u64 = conn.show("block_size").await?.parse().unwrap_or(8192);
-            Ok::<_, crate::conn::ConnectionError>((system, summarize == "on", block_size))
+            Ok::<_, crate::conn::ConnectionError>((summarize == "on", block_size))
         };
-        let (system, summarize_wal, block_size) = asked
+        let (summarize_wal, block_size) = asked
             .await
             .map_err(|e| format!("`{}`: {e}", primary.name))?;
         let major = conn.server_major().unwrap_or(0);
