@@ -9,12 +9,14 @@
 //! 3. whatever the result does not hold is removed from the target (dropped relations and
 //!    databases, old WAL, `postmaster.pid`);
 //! 4. each `INCREMENTAL.<name>` patches `<name>` in place (`super::incremental`), but a
-//!    visibility map's, which removes it; every other file is renamed over the target's; each
-//!    is removed from the staged backup once done;
-//! 5. everything is synced, then `pg_control` goes in last.
+//!    visibility map's, which removes it; every other file is renamed over the target's (which
+//!    takes it out of the staged backup); the patches stay staged;
+//! 5. everything is synced at once (`syncfs`), then `pg_control` goes in last, then the staged
+//!    backup is removed.
 //!
 //! Every step may be done again: run after a crash anywhere, [`combine`] reads the plan and
-//! finishes (a patch applied twice changes nothing; a file already moved is no longer staged).
+//! finishes (a patch applied twice changes nothing, and each stays staged until the sync that
+//! makes it durable; a file already moved is no longer staged, and was synced in staging).
 //! The correctness argument is in `proto-notes/11-incremental-resync.md`.
 
 use std::collections::BTreeSet;
@@ -227,6 +229,7 @@ fn drain(
                 }
                 _ => done.removed += 1,
             }
+            continue;
         } else if into.as_path() != target.join(relative).as_path() {
             if !into.exists() {
                 return Err(CombineError::NothingToPatch(
@@ -236,6 +239,8 @@ fn drain(
                         .to_string(),
                 ));
             }
+            // Not synced one by one: the patch stays staged until the syncfs before
+            // pg_control, and a combine cut short before it applies it again.
             incremental::apply(&path, &into, block_size)?;
             done.patched += 1;
             if std::env::var_os("PGREPL_FAULT").is_some_and(|f| f == "mid_combine") {
@@ -243,6 +248,7 @@ fn drain(
                 eprintln!("PGREPL_FAULT=mid_combine: dying half-way through the combine");
                 std::process::abort();
             }
+            continue;
         } else {
             fs::rename(&path, &into).map_err(io_err(format!(
                 "move `{}` to `{}`",
