@@ -96,10 +96,11 @@ pub fn incremental_applies(
 }
 
 impl Cluster {
-    /// True when `node` (stopped or running) is on `primary`'s timeline and `primary` no
-    /// longer has the WAL from its last restartpoint: it cannot catch up by streaming, and
-    /// only a rebuild brings it back. On another timeline (a former primary) this says
-    /// nothing: pg_rewind reads the node's own WAL.
+    /// True when `node` (stopped, or running without streaming) is on `primary`'s timeline
+    /// and `primary` no longer has the WAL from its last restartpoint: it cannot catch up by
+    /// streaming, and only a rebuild brings it back. A node that streams gets its WAL, and on
+    /// another timeline (a former primary) this says nothing: pg_rewind reads the node's own
+    /// WAL.
     pub(crate) async fn wal_gone(
         &self,
         node: &NodeSpec,
@@ -108,6 +109,24 @@ impl Cluster {
         let Ok(control) = ControlFile::read(&self.runtime.data_dir(node)) else {
             return Ok(false);
         };
+        if self.runtime.is_running(node).await {
+            let streams = async {
+                let rows = self
+                    .sql(node)
+                    .await
+                    .ok()?
+                    .query(
+                        "SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                        &[],
+                    )
+                    .await
+                    .ok()?;
+                Some(!rows.is_empty())
+            };
+            if streams.await == Some(true) {
+                return Ok(false);
+            }
+        }
         let (mut conn, system) = self.identified(primary).await?;
         if system.timeline != control.checkpoint_timeline
             || system.system_id != control.system_identifier
