@@ -532,10 +532,7 @@ pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn rebuild(args: ReinitArgs, how: Rebuild) -> anyhow::Result<ExitCode> {
-    let action = match how {
-        Rebuild::Reclone => "reinit",
-        Rebuild::Resync => "resync",
-    };
+    let action = how.action();
     let cluster = args.cluster.open()?;
     if let Some(agents) = super::ha::agents(&cluster, &args.etcd).await? {
         // Its agent would start the server again under the copy.

@@ -18,7 +18,8 @@ pub enum Rebuild {
 }
 
 impl Rebuild {
-    fn action(self) -> &'static str {
+    /// The command that rebuilds this way.
+    pub fn action(self) -> &'static str {
         match self {
             Rebuild::Reclone => "reinit",
             Rebuild::Resync => "resync",
