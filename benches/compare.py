@@ -3,13 +3,15 @@
 one command:
 
     benches/compare.py [--rounds 3] [--scale 50] [--clients 8] [--duration 10] [--pg-bin DIR]
-                       [--skip-basebackup]
+                       [--many-files 160000] [--skip-basebackup]
     benches/compare.py resync [--rounds 3] [--scale 250] [--changed 0.05]   (benches/resync.py)
 
 Needs `cargo build --release` first. Prints medians over alternating rounds and ratios:
   1. basebackup vs pg_basebackup --sync-method=syncfs (and fsync vs fsync), two targets vs
      pg_basebackup + cp -r, and the limit (the server alone, and writing the same files): runs
-     benches/basebackup.py (see its docstring) with the same --rounds, --scale and --pg-bin.
+     benches/basebackup.py (see its docstring) with the same --rounds, --scale and --pg-bin;
+     then the many-files case: the same with --scale 1 --files N (N empty files, as 40,000
+     empty tables make ~161k): one target and the limits only.
   2. receivewal vs pg_receivewal on the same slot backlog: 2 x rounds physical slots are created
      at one position, `pgbench -i -s SCALE` writes the backlog, then each tool drains its own
      slot into an empty directory up to the same -E position (both fsync). Reports MB/s, the
@@ -55,16 +57,22 @@ def main():
     ap.add_argument("--pg-bin", default=default_pg_bin(), help="stock tools and server (default: newest in .pg/)")
     ap.add_argument("--pgrepl", default=os.path.join(REPO, "target/release/pgrepl"))
     ap.add_argument("--workdir", default=None, help="where the server and the archives live (default: a temp dir)")
+    ap.add_argument("--many-files", type=int, default=160000, help="files in the many-files case (0: leave it out)")
     ap.add_argument("--skip-basebackup", action="store_true", help="leave out benches/basebackup.py")
     args = ap.parse_args()
     if not os.path.exists(args.pgrepl):
         sys.exit(f"{args.pgrepl} not found: run `cargo build --release` first")
 
     if not args.skip_basebackup:
-        print("== basebackup (benches/basebackup.py) ==", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, "basebackup.py"), "--rounds", str(args.rounds),
-                        "--scale", str(args.scale), "--pg-bin", args.pg_bin, "--pgrepl", args.pgrepl]
-                       + (["--workdir", args.workdir] if args.workdir else []), check=True)
+        cases = [("", ["--scale", str(args.scale)])]
+        if args.many_files:
+            cases.append((f", {args.many_files} files", ["--scale", "1", "--files", str(args.many_files)]))
+        for title, extra in cases:
+            print(f"== basebackup (benches/basebackup.py{title}) ==", flush=True)
+            subprocess.run([sys.executable, os.path.join(HERE, "basebackup.py"), "--rounds", str(args.rounds),
+                            "--pg-bin", args.pg_bin, "--pgrepl", args.pgrepl, *extra]
+                           + (["--workdir", args.workdir] if args.workdir else []), check=True)
+            print()
 
     server = Server(args.pg_bin, args.workdir, prefix="pgrepl-compare-")
     try:

@@ -3,7 +3,7 @@ whole process tree, and the facts a reader needs to judge the figures (machine, 
 load, tool versions).
 """
 
-import ctypes
+import json
 import os
 import platform
 import pwd
@@ -271,37 +271,43 @@ def layout(root):
     return dirs, files
 
 
-def write_like(shape, dest, chunk=1 << 20):
-    """Seconds to create `shape`'s directories and files under dest, fill them with as many bytes
-    from memory (1 MiB writes, no reading of a source, writeback started every 8 MiB) and make it
-    durable with one syncfs: the file system's share of a base backup, without the network or a
-    parser, on one thread."""
+def write_shape(shape, path):
+    """Writes `shape` (from layout) as the write floor reads it: `d DIR` and `f SIZE FILE` lines."""
     dirs, files = shape
-    buf = bytes(chunk)
-    start = time.monotonic()
-    os.mkdir(dest, 0o700)
-    for d in dirs:
-        os.mkdir(os.path.join(dest, d), 0o700)
-    libc = ctypes.CDLL(None, use_errno=True)
-    for path, size in files:
-        fd = os.open(os.path.join(dest, path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        written = 0
-        while written < size:
-            written += os.write(fd, buf[:min(size - written, chunk)] if size - written < chunk else buf)
-            if written % (8 << 20) == 0:
-                # Start writeback of the last 8 MiB without waiting, as pgrepl does, so the disk
-                # works while the rest is written (SYNC_FILE_RANGE_WRITE = 2).
-                libc.sync_file_range(fd, ctypes.c_longlong(written - (8 << 20)), ctypes.c_longlong(8 << 20), 2)
-        os.close(fd)
-    syncfs(dest)
-    return time.monotonic() - start
+    with open(path, "w") as f:
+        f.writelines(f"d {d}\n" for d in dirs)
+        f.writelines(f"f {size} {p}\n" for p, size in files)
 
 
-def syncfs(path):
-    """syncfs(2) on the file system holding path (Python's os module has no syncfs)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
-            raise OSError(ctypes.get_errno(), f"syncfs {path}")
-    finally:
-        os.close(fd)
+def write_floor_binary():
+    """Builds benches/write_floor.rs (cargo's bench profile) and returns its path."""
+    out = subprocess.run(["cargo", "bench", "--bench", "write_floor", "--no-run", "--message-format=json"],
+                         cwd=REPO, check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "write_floor" \
+                and msg.get("executable"):
+            return msg["executable"]
+    sys.exit("cargo built no write_floor executable")
+
+
+def write_floor(binary, shape_file, dest):
+    """Seconds the write floor (benches/write_floor.rs) took to create shape_file's tree under
+    dest, fill it from memory on several threads and syncfs it: what no backup client can beat
+    on this file system."""
+    out = subprocess.run([binary, shape_file, dest], check=True, capture_output=True, text=True).stdout
+    return float(out.split()[-1])
+
+
+PER_DIR = 1000
+
+
+def grow(root, have, want):
+    """Adds empty files under root until there are `want` (there are `have`): synthetic files
+    that a server sends and lists in its manifest exactly as a relation's, 1,000 to a directory,
+    with names as long as relation paths (40,000 empty tables with a text column ~ 161k files)."""
+    for i in range(have, want):
+        d = os.path.join(root, f"{i // PER_DIR:04d}")
+        if i % PER_DIR == 0:
+            os.makedirs(d, exist_ok=True)
+        os.close(os.open(os.path.join(d, f"{16384 + i:07d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))

@@ -22,19 +22,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, Server, default_pg_bin, describe_run, major, run_measured  # noqa: E402
-
-PER_DIR = 1000
-
-
-def grow(root, have, want):
-    """Adds empty files under root until there are `want` (there are `have`)."""
-    for i in range(have, want):
-        d = os.path.join(root, f"{i // PER_DIR:04d}")
-        if i % PER_DIR == 0:
-            os.makedirs(d, exist_ok=True)
-        os.close(os.open(os.path.join(d, f"{16384 + i:07d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-
+from harness import REPO, Server, default_pg_bin, describe_run, grow, major, run_measured  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,7 +8,8 @@ Needs `cargo build --release` first; run as root (the servers run as OS user pos
 
 A local cluster (`pgrepl up --pg-bin`, three nodes) gets `pgbench -i -s SCALE` (scale 250 is
 about 3.7 GB). Each round:
-  1. `pgrepl stop pg_asyncslave`, then `--changed` of pgbench_accounts updated (a contiguous
+  1. a `CHECKPOINT` the standby replays (its restartpoint is then recent, as in a running
+     cluster), `pgrepl stop pg_asyncslave`, then `--changed` of pgbench_accounts updated (a contiguous
      range of rows, a different one each round, so that about that share of its blocks change),
      then the WAL the standby needs recycled (`wal_keep_size = 0`, four `pg_switch_wal` +
      `CHECKPOINT`);
@@ -24,6 +25,7 @@ pg_basebackup's directory. Prints each round, then medians with min-max, and the
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -96,7 +98,7 @@ class Cluster:
 
     def pgrepl(self, *argv, capture=False):
         full = [self.args.pgrepl, *argv, "--cluster", self.file, "--pg-bin", self.args.pg_bin]
-        return subprocess.run(full, check=True, text=True, stdout=subprocess.DEVNULL,
+        return subprocess.run(full, check=True, text=True, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                               stderr=subprocess.PIPE if capture else subprocess.DEVNULL)
 
     def up(self):
@@ -122,7 +124,13 @@ class Cluster:
         return out.stdout.strip()
 
     def away(self, r, rows, changed):
-        """The async standby stopped, a share of the accounts changed, its WAL recycled."""
+        """The async standby stopped, a share of the accounts changed, its WAL recycled. Before
+        it stops, a checkpoint it has replayed: its last restartpoint is as recent as a standby's
+        of a running cluster is (within checkpoint_timeout), not from before the initial load."""
+        self.psql("CHECKPOINT")
+        lsn = self.psql("SELECT pg_current_wal_lsn()")
+        while self.psql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'", i=2) != "t":
+            time.sleep(0.1)
         self.pgrepl("stop", "pg_asyncslave")
         span = int(rows * changed)
         lo = (r * span) % rows
@@ -134,11 +142,20 @@ class Cluster:
     def resync(self):
         settle()
         t = time.monotonic()
-        out = self.pgrepl("resync", "pg_asyncslave", capture=True)
+        out = self.pgrepl("resync", "pg_asyncslave", "--json", capture=True)
         secs = time.monotonic() - t
-        m = re.search(r"resynced by an incremental backup: (\d+) MB received", out.stderr)
+        steps = json.loads(out.stdout)["steps"]
+        said = " ".join(s["step"] for s in steps)
+        m = re.search(r"resynced by an incremental backup: (\d+) MB received in ([\d.]+) s, combined in ([\d.]+) s",
+                      said)
         if not m:
-            sys.exit(f"resync did not resync incrementally:\n{out.stderr}")
+            sys.exit(f"resync did not resync incrementally:\n{said}\n{out.stderr}")
+        # Where the time went: the process and its checks, then each step (the backup's receipt
+        # and the combine are split inside the resync step).
+        phases = [("checks", secs - sum(s["ms"] for s in steps) / 1000), ("received", float(m.group(2))),
+                  ("combined", float(m.group(3)))] + \
+                 [("started" if s["step"].startswith("started") else "streaming", s["ms"] / 1000) for s in steps[1:]]
+        print("  resync phases: " + ", ".join(f"{n} {v:.2f} s" for n, v in phases), flush=True)
         return secs, int(m.group(1))
 
     def reclone(self):

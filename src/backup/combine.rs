@@ -1,22 +1,27 @@
 //! An incremental backup combined, in place, into the data directory it was taken against:
 //! what `pg_combinebackup` does into a new directory, done without a second copy of the data.
 //!
-//! The staged backup (complete and checked against its manifest) is drained into the target
-//! in an order that keeps the target from ever starting half-combined:
-//! 1. the list of every path the result holds is written into the staged backup (the plan);
+//! The staged backup (complete and checked against its manifest, but not synced: see below) is
+//! drained into the target in an order that keeps the target from ever starting half-combined:
+//! 1. the list of every path the result holds is written into the staged backup (the plan),
+//!    durably, with the machine's boot id;
 //! 2. the target's `global/pg_control` is removed: from here on the server refuses to start
 //!    it, and a re-clone may overwrite it;
 //! 3. whatever the result does not hold is removed from the target (dropped relations and
 //!    databases, old WAL, `postmaster.pid`);
 //! 4. each `INCREMENTAL.<name>` patches `<name>` in place (`super::incremental`), but a
 //!    visibility map's, which removes it; every other file is renamed over the target's (which
-//!    takes it out of the staged backup); the patches stay staged;
-//! 5. everything is synced at once (`syncfs`), then `pg_control` goes in last, then the staged
-//!    backup is removed.
+//!    takes it out of the staged backup);
+//! 5. the patches are removed, then everything is synced at once (`syncfs`), then `pg_control`
+//!    goes in last, then the staged backup is removed.
 //!
 //! Every step may be done again: run after a crash anywhere, [`combine`] reads the plan and
-//! finishes (a patch applied twice changes nothing, and each stays staged until the sync that
-//! makes it durable; a file already moved is no longer staged, and was synced in staging).
+//! finishes (a patch applied twice changes nothing; a file already moved is no longer staged).
+//! That holds while the kernel's page cache holds what the dead process wrote, that is within
+//! one boot of the machine: nothing of the staged backup is synced (a patch removed before the
+//! `syncfs` never reaches the disk, which spares writing the changed blocks twice), so after a
+//! restart the combine refuses to finish ([`CombineError::MachineRestarted`]) and the caller
+//! re-clones over a directory that cannot start.
 //! The correctness argument is in `proto-notes/11-incremental-resync.md`.
 
 use std::collections::BTreeSet;
@@ -31,6 +36,8 @@ use super::incremental::{self, IncrementalError, PREFIX};
 const PLAN: &str = "pgrepl_combine_plan";
 const CONTROL: &str = "global/pg_control";
 const MANIFEST: &str = "backup_manifest";
+/// The kernel's id of this boot: the same while the page cache survives.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CombineError {
@@ -44,6 +51,8 @@ pub enum CombineError {
     Incremental(#[from] IncrementalError),
     #[error("`{0}` is not in the data directory, which the incremental backup says it patches")]
     NothingToPatch(String),
+    #[error("the machine restarted since this combine began, and its staged backup was never synced: it cannot be finished")]
+    MachineRestarted,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> CombineError {
@@ -90,6 +99,7 @@ pub fn combine(staged: &Path, target: &Path, block_size: u64) -> Result<Combined
     }
     remove_others(target, target, &keep, &mut done)?;
     drain(staged, staged, target, block_size, &mut done)?;
+    discard_patches(staged)?;
     // Renames and patches durable before the file that lets the server start.
     let root = fs::File::open(target).map_err(io_err(format!("open `{}`", target.display())))?;
     crate::fs::sync_filesystem(&root).map_err(io_err(format!("sync `{}`", target.display())))?;
@@ -104,7 +114,8 @@ pub fn combine(staged: &Path, target: &Path, block_size: u64) -> Result<Combined
 }
 
 /// Every relative path the combined directory holds: the staged backup's, each
-/// `INCREMENTAL.<name>` as `<name>`. Written durably before anything in the target changes.
+/// `INCREMENTAL.<name>` as `<name>`, after a first line `boot <id>`. Written durably before
+/// anything in the target changes.
 fn write_plan(staged: &Path) -> Result<BTreeSet<String>, CombineError> {
     let mut keep = BTreeSet::new();
     walk(staged, staged, &mut |relative, _| {
@@ -113,19 +124,44 @@ fn write_plan(staged: &Path) -> Result<BTreeSet<String>, CombineError> {
         }
         Ok(())
     })?;
-    let text: String = keep.iter().map(|p| format!("{p}\n")).collect();
+    let mut text = format!("boot {}\n", boot_id()?);
+    text.extend(keep.iter().map(|p| format!("{p}\n")));
     crate::fs::write_durably(&staged.join(PLAN), text.as_bytes(), 0o600).map_err(io_err(
         format!("write the combine plan into `{}`", staged.display()),
     ))?;
     Ok(keep)
 }
 
+/// The plan, if it was written in this boot: else what the staged backup held may never have
+/// reached the disk.
 fn read_plan(staged: &Path) -> Result<BTreeSet<String>, CombineError> {
     let text = fs::read_to_string(staged.join(PLAN)).map_err(io_err(format!(
         "read the combine plan in `{}`",
         staged.display()
     )))?;
-    Ok(text.lines().map(str::to_owned).collect())
+    let mut lines = text.lines();
+    if lines.next().and_then(|l| l.strip_prefix("boot ")) != Some(boot_id()?.as_str()) {
+        return Err(CombineError::MachineRestarted);
+    }
+    Ok(lines.map(str::to_owned).collect())
+}
+
+fn boot_id() -> Result<String, CombineError> {
+    fs::read_to_string(BOOT_ID)
+        .map(|id| id.trim().to_owned())
+        .map_err(io_err(format!("read `{BOOT_ID}`")))
+}
+
+/// Removes what is left staged after the drain but the plan and `pg_control`: the patches,
+/// applied, and the manifest. Before the `syncfs`, so that the kernel drops their pages
+/// unwritten.
+fn discard_patches(staged: &Path) -> Result<(), CombineError> {
+    walk(staged, staged, &mut |relative, entry| {
+        if relative == PLAN || relative == CONTROL || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            return Ok(());
+        }
+        fs::remove_file(entry.path()).map_err(io_err(format!("remove `{}`", entry.path().display())))
+    })
 }
 
 /// `base/5/INCREMENTAL.16384` → `base/5/16384`.
@@ -239,8 +275,8 @@ fn drain(
                         .to_string(),
                 ));
             }
-            // Not synced one by one: the patch stays staged until the syncfs before
-            // pg_control, and a combine cut short before it applies it again.
+            // Not synced one by one: the patch stays staged until the drain is over, and a
+            // combine cut short before then applies it again.
             incremental::apply(&path, &into, block_size)?;
             done.patched += 1;
             if std::env::var_os("PGREPL_FAULT").is_some_and(|f| f == "mid_combine") {
@@ -416,5 +452,19 @@ mod tests {
         let done = combine(&staged, &target, 4).unwrap();
         assert!(done.resumed);
         assert_eq!(tree(&target), expected());
+    }
+
+    #[test]
+    fn a_combine_begun_before_the_machine_restarted_is_refused() {
+        let (_dir, staged, target) = scenario();
+        write_plan(&staged).unwrap();
+        let plan = fs::read_to_string(staged.join(PLAN)).unwrap();
+        let (_, paths) = plan.split_once('\n').unwrap();
+        fs::write(staged.join(PLAN), format!("boot another-boot\n{paths}")).unwrap();
+        assert!(matches!(
+            combine(&staged, &target, 4),
+            Err(CombineError::MachineRestarted)
+        ));
+        assert!(target.join(CONTROL).exists(), "nothing in the target changed");
     }
 }

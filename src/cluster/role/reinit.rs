@@ -113,6 +113,7 @@ impl Cluster {
             }
         }
         self.runtime.start(node).await?;
+        steps.done(format!("started `{name}`"));
         self.apply_sync_policy(&spec, &primary_sql, log).await?;
         self.wait_streaming(primary, &[node]).await?;
         steps.done(format!("`{name}` streams from `{}`", primary.name));

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::super::plan::PrimaryIdentity;
 use super::super::spec::NodeSpec;
@@ -20,8 +21,14 @@ use crate::proto::command::INCREMENTAL_MAJOR;
 
 /// How a standby was rebuilt.
 pub(crate) enum Resynced {
-    /// By an incremental backup combined in place; `bytes` received.
-    Incremental { combined: Combined, bytes: u64 },
+    /// By an incremental backup combined in place; `bytes` received, and how long receiving
+    /// and combining took.
+    Incremental {
+        combined: Combined,
+        bytes: u64,
+        received_in: Duration,
+        combined_in: Duration,
+    },
     /// By a re-clone, and why an incremental backup did not apply.
     Recloned(String),
 }
@@ -29,10 +36,17 @@ pub(crate) enum Resynced {
 impl std::fmt::Display for Resynced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Resynced::Incremental { combined, bytes } => write!(
+            Resynced::Incremental {
+                combined,
+                bytes,
+                received_in,
+                combined_in,
+            } => write!(
                 f,
-                "resynced by an incremental backup: {} MB received, {} files patched, {} replaced, {} removed{}",
+                "resynced by an incremental backup: {} MB received in {:.1} s, combined in {:.1} s: {} files patched, {} replaced, {} removed{}",
                 bytes / 1_000_000,
+                received_in.as_secs_f64(),
+                combined_in.as_secs_f64(),
                 combined.patched,
                 combined.replaced,
                 combined.removed,
@@ -195,8 +209,14 @@ impl Cluster {
         conn.close().await;
 
         if combine::started(staged) {
+            let started = Instant::now();
             return combine::combine(staged, data, block_size)
-                .map(|combined| Resynced::Incremental { combined, bytes: 0 })
+                .map(|combined| Resynced::Incremental {
+                    combined,
+                    bytes: 0,
+                    received_in: Duration::ZERO,
+                    combined_in: started.elapsed(),
+                })
                 .map_err(|e| {
                     format!("finishing the resync cut short failed: {}", error_chain(&e))
                 });
@@ -242,6 +262,10 @@ impl Cluster {
             format!("pgrepl resync {}", node.name),
         );
         options.incremental_from = Some(manifest);
+        // Not synced: the combine removes the patches before its one syncfs and relies on the
+        // page cache within one boot (`backup::combine`).
+        options.sync = false;
+        let started = Instant::now();
         let summary = backup::base_backup(
             &self.replication_connect(primary),
             &options,
@@ -250,11 +274,15 @@ impl Cluster {
         )
         .await
         .map_err(|e| error_chain(&e))?;
+        let received_in = started.elapsed();
+        let started = Instant::now();
         let combined = combine::combine(staged, data, block_size)
             .map_err(|e| format!("combining failed: {}", error_chain(&e)))?;
         Ok(Resynced::Incremental {
             combined,
             bytes: summary.bytes,
+            received_in,
+            combined_in: started.elapsed(),
         })
     }
 }
