@@ -31,7 +31,10 @@ fn main() {
 
 fn run() -> io::Result<()> {
     // `cargo bench` adds `--bench`; anything else is ours.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let (threads, rest) = match args.iter().position(|a| a == "--threads") {
         Some(i) => {
             let n = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -112,7 +115,8 @@ fn write_file(path: &Path, size: u64, zeroes: &[u8]) -> io::Result<()> {
 type Shape = (Vec<String>, Vec<(u64, String)>);
 
 fn read_shape(path: &Path) -> io::Result<Shape> {
-    let bad = |line: &str| io::Error::other(format!("`{}`: not a shape line: {line}", path.display()));
+    let bad =
+        |line: &str| io::Error::other(format!("`{}`: not a shape line: {line}", path.display()));
     let (mut dirs, mut files) = (Vec::new(), Vec::new());
     for line in io::BufReader::new(File::open(path)?).lines() {
         let line = line?;

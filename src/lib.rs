@@ -18,6 +18,7 @@
 //! - [`proto`]: the pure wire codec, no I/O.
 //! - [`lsn`]: WAL positions and segment arithmetic.
 //! - [`fs`]: fsync helpers shared by WAL and backup writers.
+//! - [`os_user`]: passwd entries (the effective user, `postgres`).
 //! - [`units`]: sizes, rates and durations, parsed and printed.
 
 pub mod backup;
@@ -30,6 +31,7 @@ pub mod ha;
 pub mod ids;
 pub mod lag;
 pub mod lsn;
+pub mod os_user;
 pub mod proto;
 pub mod replication;
 pub mod units;

@@ -157,10 +157,12 @@ fn boot_id() -> Result<String, CombineError> {
 /// unwritten.
 fn discard_patches(staged: &Path) -> Result<(), CombineError> {
     walk(staged, staged, &mut |relative, entry| {
-        if relative == PLAN || relative == CONTROL || !entry.file_type().is_ok_and(|t| t.is_file()) {
+        if relative == PLAN || relative == CONTROL || !entry.file_type().is_ok_and(|t| t.is_file())
+        {
             return Ok(());
         }
-        fs::remove_file(entry.path()).map_err(io_err(format!("remove `{}`", entry.path().display())))
+        fs::remove_file(entry.path())
+            .map_err(io_err(format!("remove `{}`", entry.path().display())))
     })
 }
 
@@ -465,6 +467,9 @@ mod tests {
             combine(&staged, &target, 4),
             Err(CombineError::MachineRestarted)
         ));
-        assert!(target.join(CONTROL).exists(), "nothing in the target changed");
+        assert!(
+            target.join(CONTROL).exists(),
+            "nothing in the target changed"
+        );
     }
 }

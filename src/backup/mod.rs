@@ -9,8 +9,10 @@
 //! reached. Files are checksummed as they are written and compared with the server's manifest.
 //! Targets are built in temporary siblings and moved into place only when complete and synced.
 //!
-//! Files: this one holds the options, the flow (`run`) and tablespace mapping; `archive` the
-//! archive receiver and decompression, `wal_stream` the `-X stream` side.
+//! Files: this one holds the options and the flow (`run`); `archive` the archive receiver and
+//! decompression, `wal_stream` the `-X stream` side, `tablespaces` the `-T` mapping,
+//! `incremental` one `INCREMENTAL.<name>` file and `combine` an incremental backup applied in
+//! place (`pgrepl resync`).
 //!
 //! Neighbours: `unpack` (tar to disk), `manifest`/`checksum` (verification), `written` (the
 //! record of written files and the manifest, kept on disk until the check), `target` (staging),

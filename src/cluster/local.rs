@@ -10,7 +10,6 @@
 //! workers.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,7 +54,7 @@ impl LocalRuntime {
             .and_then(|real| real.parent().map(Path::to_path_buf))
             .filter(|real| real.join("initdb").is_file())
             .unwrap_or(bin_dir);
-        let (run_as, server_home) = if running_as_root() {
+        let (run_as, server_home) = if crate::os_user::is_root() {
             let (uid, gid, home) = postgres_user()?;
             (Some((uid, gid)), Some(home))
         } else {
@@ -521,24 +520,7 @@ fn find_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, dir)| dir)
 }
 
-fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn postgres_user() -> Result<(u32, u32, PathBuf), ClusterError> {
-    let name = c"postgres";
-    // SAFETY: getpwnam returns a pointer into static storage or null; we copy out at once.
-    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-    if entry.is_null() {
-        return Err(RuntimeError::NoServerUser.into());
-    }
-    // SAFETY: checked non-null above.
-    let entry = unsafe { &*entry };
-    // SAFETY: pw_dir is a NUL-terminated string in the same static entry, or null.
-    let home = (!entry.pw_dir.is_null())
-        .then(|| unsafe { std::ffi::CStr::from_ptr(entry.pw_dir) })
-        .map(|dir| PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
-        .unwrap_or_else(|| PathBuf::from("/"));
-    Ok((entry.pw_uid, entry.pw_gid, home))
+    let user = crate::os_user::named("postgres").ok_or(RuntimeError::NoServerUser)?;
+    Ok((user.uid, user.gid, user.home))
 }

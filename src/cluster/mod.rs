@@ -6,10 +6,20 @@
 //! half-built one continues where it stopped. Nodes live in a [`runtime::Runtime`]: local
 //! processes or Docker containers, with the same steps and checks.
 //!
-//! Files: `build` (the steps of `up`), `bootstrap` (a primary alone, for agents), `role` (role
-//! changes), `drill`. Neighbours: `spec` (the cluster file), `runtime`/`local` (where nodes
-//! run), `server_log` (why a server did not start), `backup` (the standbys' data), `conn::sql`
-//! (pgrepl's own SQL sessions).
+//! Files, by what they answer:
+//! - building: `build` (the steps of `up`), `sql_steps` (the SQL those steps send),
+//!   `bootstrap` (one node alone, for agents on several machines), `tls` and `tls_own` (the
+//!   certificates `up` makes or copies);
+//! - changing: `role` (failover, switchover, rejoin, reinit, resync), `settings` (`pgrepl
+//!   config`), `drill` (the recipe's checks);
+//! - deciding, pure: `plan` (what a role change must do), `ports` (is a port free);
+//! - remembering: `spec` (the cluster file), `record` (what `up` built), `open` (where a
+//!   command finds its cluster), `topology` (the primary now), `history` (role changes);
+//! - running nodes: `runtime` (the interface), `local` and `docker` (the two runtimes),
+//!   `runtime_error`, `server_log` (why a server did not start), `server_version` (majors);
+//! - for applications: `client_uris` (multi-host addresses).
+//!
+//! Neighbours: `backup` (the standbys' data), `conn::sql` (pgrepl's own SQL sessions).
 
 mod bootstrap;
 mod build;
