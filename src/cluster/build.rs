@@ -25,10 +25,11 @@ impl Cluster {
             .map(crate::dump::DumpFile::open)
             .transpose()?;
         if let Some((a, b)) = self.spec.shared_port() {
-            return Err(ClusterError::Setup(format!(
-                "nodes `{}` and `{}` share port {}: `up` runs every node on this machine; for nodes on several machines run `pgrepl agent --node NAME` on each, which builds its node",
-                a.name, b.name, a.port
-            )));
+            return Err(ClusterError::SharedPort(
+                a.name.clone(),
+                b.name.clone(),
+                a.port,
+            ));
         }
         let primary = self.spec.primary();
         self.runtime.prepare(&self.spec.nodes).await?;
@@ -171,9 +172,10 @@ impl Cluster {
                 .await
                 .map_err(|e| match e.code().map(|c| c.code()) {
                     // undefined_object: the server has no such parameter.
-                    Some("42704") => ClusterError::Setup(format!(
-                        "unknown setting `{name}` in the cluster file: {e}"
-                    )),
+                    Some("42704") => ClusterError::UnknownSetting {
+                        name: name.clone(),
+                        detail: e.to_string(),
+                    },
                     _ => node_err_sql(primary, e),
                 })?
                 .get(0);

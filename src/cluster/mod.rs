@@ -73,8 +73,32 @@ const SQL_CONNECT: Duration = Duration::from_secs(15);
 pub enum ClusterError {
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
-    #[error("{0}")]
-    Setup(String),
+    #[error("nodes `{0}` and `{1}` share port {2}: `up` runs every node on this machine; for nodes on several machines run `pgrepl agent --node NAME` on each, which builds its node")]
+    SharedPort(String, String, u16),
+    #[error("node `{0}` has a host: hosts are for the local runtime (one `pgrepl agent` per machine); remove it for the docker runtime")]
+    HostOnDocker(String),
+    #[error("unknown setting `{name}` in the cluster file: {detail}")]
+    UnknownSetting { name: String, detail: String },
+    #[error("`{node}` runs on another machine ({host}): `{what}` acts on this machine's servers only; run `pgrepl agent --node NAME` on each machine with [ha] in the cluster file, and `switchover`/`failover` go through the agents")]
+    NotAllHere {
+        node: String,
+        host: String,
+        what: String,
+    },
+    #[error("`{node}` runs on another machine ({host}): pgrepl reaches it there over replication only")]
+    NoSessionFromHere { node: String, host: String },
+    #[error("`{0}` holds a former primary's data (no standby.signal): bring it back with `pgrepl rejoin {0}`")]
+    FormerPrimaryData(String),
+    #[error("`{node}` reported the WAL position `{text}`, which is no LSN")]
+    NotAnLsn { node: String, text: String },
+    #[error("asking `{node}` for WAL")]
+    WalQuery {
+        node: String,
+        #[source]
+        source: Box<crate::replication::ReplicationError>,
+    },
+    #[error("the cluster runs without TLS ([tls] mode = \"off\" or ssl = \"off\"): there is no certificate to rotate")]
+    TlsOff,
     #[error(transparent)]
     Runtime(#[from] runtime_error::RuntimeError),
     #[error("{context}")]
@@ -235,11 +259,11 @@ impl Cluster {
     pub fn all_here(&self, what: &str) -> Result<(), ClusterError> {
         match self.spec.nodes.iter().find(|n| !self.is_here(n)) {
             None => Ok(()),
-            Some(node) => Err(ClusterError::Setup(format!(
-                "`{}` runs on another machine ({}): `{what}` acts on this machine's servers only; run `pgrepl agent --node NAME` on each machine with [ha] in the cluster file, and `switchover`/`failover` go through the agents",
-                node.name,
-                node.host()
-            ))),
+            Some(node) => Err(ClusterError::NotAllHere {
+                node: node.name.clone(),
+                host: node.host().to_string(),
+                what: what.to_owned(),
+            }),
         }
     }
 
@@ -253,11 +277,10 @@ impl Cluster {
                     return Ok(self.verified(options));
                 }
             }
-            return Err(ClusterError::Setup(format!(
-                "`{}` runs on another machine ({}): pgrepl reaches it there over replication only",
-                node.name,
-                node.host()
-            )));
+            return Err(ClusterError::NoSessionFromHere {
+                node: node.name.clone(),
+                host: node.host().to_string(),
+            });
         }
         Ok(self.verified(self.runtime.superuser(node)))
     }
@@ -413,10 +436,7 @@ impl Cluster {
             && data.join("PG_VERSION").exists()
             && !data.join("standby.signal").exists()
         {
-            return Err(ClusterError::Setup(format!(
-                "`{0}` holds a former primary's data (no standby.signal): bring it back with `pgrepl rejoin {0}`",
-                node.name
-            )));
+            return Err(ClusterError::FormerPrimaryData(node.name.clone()));
         }
         Ok(())
     }

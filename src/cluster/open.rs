@@ -129,10 +129,7 @@ impl Cluster {
         if let (RuntimeKind::Docker, Some(node)) =
             (kind, spec.nodes.iter().find(|n| n.host.is_some()))
         {
-            return Err(ClusterError::Setup(format!(
-                "node `{}` has a host: hosts are for the local runtime (one `pgrepl agent` per machine); remove it for the docker runtime",
-                node.name
-            )));
+            return Err(ClusterError::HostOnDocker(node.name.clone()));
         }
         let runtime = match kind {
             RuntimeKind::Local => {

@@ -374,9 +374,7 @@ impl Cluster {
     /// proves the server took a certificate the CA signed for its name. No restart.
     pub async fn rotate_tls(&self, log: &dyn StepLog) -> Result<Vec<Expiry>, ClusterError> {
         if !self.spec.tls_on() {
-            return Err(ClusterError::Setup(
-                "the cluster runs without TLS ([tls] mode = \"off\" or ssl = \"off\"): there is no certificate to rotate".into(),
-            ));
+            return Err(ClusterError::TlsOff);
         }
         let nodes: Vec<&NodeSpec> = self.spec.nodes.iter().filter(|n| self.is_here(n)).collect();
         // The user's own certificates are copied again (they replaced their files); `up`'s

@@ -154,12 +154,9 @@ impl Cluster {
             std::time::Duration::from_secs(2),
         )
         .await
-        .map_err(|e| {
-            ClusterError::Setup(format!(
-                "asking `{}` for WAL: {}",
-                primary.name,
-                error_chain(&e)
-            ))
+        .map_err(|e| ClusterError::WalQuery {
+            node: primary.name.clone(),
+            source: Box::new(e),
         })?;
         Ok(!available)
     }

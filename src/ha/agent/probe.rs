@@ -122,11 +122,9 @@ impl Agent {
         // primary_conninfo holds the replication password: it is only compared, never logged.
         let conninfo: String = row.get("conninfo");
         let position = match row.get::<_, Option<String>>("position") {
-            Some(text) => Some(text.parse().map_err(|_| {
-                ClusterError::Setup(format!(
-                    "`{}` reported the WAL position `{text}`, which is no LSN",
-                    self.node.name
-                ))
+            Some(text) => Some(text.parse().map_err(|_| ClusterError::NotAnLsn {
+                node: self.node.name.clone(),
+                text: text.clone(),
             })?),
             None => None,
         };
