@@ -85,7 +85,9 @@ pub enum ClusterError {
         host: String,
         what: String,
     },
-    #[error("`{node}` runs on another machine ({host}): pgrepl reaches it there over replication only")]
+    #[error(
+        "`{node}` runs on another machine ({host}): pgrepl reaches it there over replication only"
+    )]
     NoSessionFromHere { node: String, host: String },
     #[error("`{0}` holds a former primary's data (no standby.signal): bring it back with `pgrepl rejoin {0}`")]
     FormerPrimaryData(String),
