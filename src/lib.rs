@@ -5,18 +5,22 @@
 //! the container CLI.
 //!
 //! # Layout
-//! Dependencies only point downward:
+//! Dependencies only point downward, each module using only those listed below it:
 //! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
-//! - [`cluster`]: a replicated cluster from nothing, local processes or containers (`pgrepl up`).
-//! - [`ha`]: automatic, fenced failover with etcd as the consensus (`pgrepl agent`).
+//! - [`ha`]: automatic, fenced failover with etcd as the consensus (`pgrepl agent`); uses
+//!   `cluster` to act on servers and `lag` to read them.
 //! - [`bench`]: what synchronous replication costs: a write load per mode, lag over time
 //!   (`pgrepl bench`).
-//! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`).
+//! - [`cluster`]: a replicated cluster from nothing, local processes or containers (`pgrepl up`),
+//!   and its role changes.
+//! - [`backup`]: base backups into one or more targets (`pgrepl basebackup`), and incremental
+//!   ones combined in place.
+//! - [`dump`]: a plain SQL dump (`pg_dump -Fp`) restored through pgrepl's own session.
 //! - [`replication`]: START_REPLICATION streaming into WAL segment files.
 //! - [`lag`]: replication health of every node (`pgrepl lag`, `pgrepl status`).
 //! - [`conn`]: replication sessions: sockets, TLS, authentication, simple queries.
 //! - [`proto`]: the pure wire codec, no I/O.
-//! - [`lsn`]: WAL positions and segment arithmetic.
+//! - [`lsn`], [`ids`]: WAL positions and segment arithmetic; timeline and system identifiers.
 //! - [`fs`]: fsync helpers shared by WAL and backup writers.
 //! - [`os_user`]: passwd entries (the effective user, `postgres`).
 //! - [`units`]: sizes, rates and durations, parsed and printed.

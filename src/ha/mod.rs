@@ -47,6 +47,7 @@ pub mod store;
 
 pub use self::local_etcd::LOCAL_ETCD_PORTS;
 
+use crate::cluster::spec::{DEFAULT_START_TIMEOUT_S, DEFAULT_TTL_S};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -133,11 +134,6 @@ pub struct Timing {
     pub start_timeout_s: u64,
 }
 
-/// Long enough for a crash recovery after a busy checkpoint interval on this machine (recovery
-/// is ~1 s here with the agent's syncfs setting); a failover that rewinds the old primary costs
-/// more than waiting that long, and less than waiting longer.
-pub const DEFAULT_START_TIMEOUT_S: u64 = 30;
-
 fn default_start_timeout_s() -> u64 {
     DEFAULT_START_TIMEOUT_S
 }
@@ -145,7 +141,7 @@ fn default_start_timeout_s() -> u64 {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            ttl_s: 2,
+            ttl_s: DEFAULT_TTL_S,
             renew_ms: 400,
             loop_ms: 250,
             fence_margin_ms: 500,

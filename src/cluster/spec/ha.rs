@@ -60,12 +60,22 @@ fn is_default_etcd_image(image: &str) -> bool {
     image == DEFAULT_ETCD_IMAGE
 }
 
+/// The agents' lease time to live, whole seconds: 2 s is etcd's minimum with its default
+/// election timeout. Here, below `ha`, so that the cluster file's defaults need nothing above.
+pub const DEFAULT_TTL_S: u64 = 2;
+
+/// How long a leader's server may fail to run as a primary before a standby may take over: long
+/// enough for a crash recovery after a busy checkpoint interval on this machine (recovery is ~1 s
+/// here with the agent's syncfs setting); a failover that rewinds the old primary costs more than
+/// waiting that long, and less than waiting longer.
+pub const DEFAULT_START_TIMEOUT_S: u64 = 30;
+
 fn default_ttl() -> u64 {
-    crate::ha::Timing::default().ttl_s
+    DEFAULT_TTL_S
 }
 
 fn default_start_timeout() -> u64 {
-    crate::ha::DEFAULT_START_TIMEOUT_S
+    DEFAULT_START_TIMEOUT_S
 }
 
 fn is_default_start_timeout(seconds: &u64) -> bool {

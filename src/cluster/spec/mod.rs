@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 mod ha;
 mod tls;
 
-pub use self::ha::HaSpec;
+pub use self::ha::{HaSpec, DEFAULT_START_TIMEOUT_S, DEFAULT_TTL_S};
 pub use self::tls::{NodeTlsFiles, TlsMode, TlsSpec};
 
 /// Which runtime hosts the nodes.
