@@ -29,6 +29,17 @@ pub struct RuntimeChoice {
     pub state_dir: Option<PathBuf>,
     /// The docker runtime's image, instead of the cluster file's `docker.image`.
     pub image: Option<String>,
+    /// `up` only: the local runtime may fetch PostgreSQL when the machine has none (or not
+    /// the major asked for).
+    pub fetch: Option<local::PgFetch>,
+}
+
+/// Where the servers come from: the local runtime's binaries (given, or found or fetched),
+/// or the docker runtime's image.
+struct Binaries<'a> {
+    pg_bin: Option<PathBuf>,
+    fetch: Option<&'a local::PgFetch>,
+    image: Option<String>,
 }
 
 /// Whether the command builds the cluster (`up`, which may start from the defaults) or acts on
@@ -71,6 +82,15 @@ impl Cluster {
                 cluster_file: file.as_deref(),
             };
             found.check(&asked, &state_dir)?;
+            let asked_major = choice.fetch.as_ref().and_then(|f| f.major);
+            if let (Some(asked), Some(built)) = (asked_major, found.pg_major) {
+                if asked != built {
+                    return Err(ClusterError::Setup(format!(
+                        "the cluster in `{}` was built with PostgreSQL {built}, not {asked}; drop --pg-version, or remove it first with `pgrepl down --purge`",
+                        state_dir.display()
+                    )));
+                }
+            }
         }
         let found = found.as_ref();
         let runtime = choice
@@ -85,7 +105,12 @@ impl Cluster {
             .image
             .clone()
             .or_else(|| found.and_then(|r| r.image.clone()));
-        let cluster = Cluster::open_at(spec, &base, state_dir, file, runtime, pg_bin, image)?;
+        let binaries = Binaries {
+            pg_bin,
+            fetch: choice.fetch.as_ref(),
+            image,
+        };
+        let cluster = Cluster::open_at(spec, &base, state_dir, file, runtime, binaries)?;
         // Binaries given with --pg-bin must be the major the data was made with.
         if let (Some(found), Some(_), Runtime::Local(local)) =
             (found, &choice.pg_bin, &cluster.runtime)
@@ -106,9 +131,13 @@ impl Cluster {
         state_dir: PathBuf,
         file: Option<PathBuf>,
         kind: RuntimeKind,
-        pg_bin: Option<PathBuf>,
-        image: Option<String>,
+        binaries: Binaries<'_>,
     ) -> Result<Cluster, ClusterError> {
+        let Binaries {
+            pg_bin,
+            fetch,
+            image,
+        } = binaries;
         let mut spec = spec;
         spec.runtime = kind;
         // The etcd credentials are read by whoever opens the cluster, from wherever it runs.
@@ -143,6 +172,7 @@ impl Cluster {
                     state_dir.clone(),
                     pg_bin,
                     settings,
+                    fetch,
                 )?)
             }
             RuntimeKind::Docker => Runtime::Docker(Box::new(docker::DockerRuntime::new(
