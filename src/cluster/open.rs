@@ -82,15 +82,6 @@ impl Cluster {
                 cluster_file: file.as_deref(),
             };
             found.check(&asked, &state_dir)?;
-            let asked_major = choice.fetch.as_ref().and_then(|f| f.major);
-            if let (Some(asked), Some(built)) = (asked_major, found.pg_major) {
-                if asked != built {
-                    return Err(ClusterError::Setup(format!(
-                        "the cluster in `{}` was built with PostgreSQL {built}, not {asked}; drop --pg-version, or remove it first with `pgrepl down --purge`",
-                        state_dir.display()
-                    )));
-                }
-            }
         }
         let found = found.as_ref();
         let runtime = choice
@@ -120,6 +111,19 @@ impl Cluster {
                 ..Asked::default()
             };
             found.check(&asked, &cluster.state_dir)?;
+        }
+        // `--pg-version` against the binaries a cluster already has (recorded by an earlier
+        // `up`, maybe one cut short before it knew the data's major).
+        let asked_major = choice.fetch.as_ref().and_then(|f| f.major);
+        if let (Some(asked), Runtime::Local(local)) = (asked_major, &cluster.runtime) {
+            let major = local.server_major()?;
+            if major != asked {
+                return Err(ClusterError::Setup(format!(
+                    "the cluster in `{}` runs PostgreSQL {major} (`{}`), not {asked}; drop --pg-version, or remove it first with `pgrepl down --purge`",
+                    cluster.state_dir.display(),
+                    local.bin_dir.display()
+                )));
+            }
         }
         Ok(cluster)
     }

