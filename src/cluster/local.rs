@@ -36,16 +36,25 @@ pub struct LocalRuntime {
 
 impl LocalRuntime {
     /// Finds the binaries (`--pg-bin`, PATH, `pg_config --bindir`, the newest
-    /// /usr/lib/postgresql/*/bin) and the user to run them as.
+    /// /usr/lib/postgresql/*/bin; with `fetch`, the cache when none of those is found or
+    /// holds the major asked for) and the user to run them as.
     pub fn new(
         state_dir: PathBuf,
         pg_bin: Option<PathBuf>,
         settings: LocalSettings,
+        fetch: Option<&PgFetch>,
     ) -> Result<LocalRuntime, ClusterError> {
-        let bin_dir = match pg_bin {
-            Some(dir) if dir.join("postgres").is_file() && dir.join("initdb").is_file() => dir,
-            Some(dir) => return Err(RuntimeError::NotABinDir(dir).into()),
-            None => find_bin_dir().ok_or(RuntimeError::NoBinaries)?,
+        let (run_as, server_home) = if crate::os_user::is_root() {
+            let (uid, gid, home) = postgres_user()?;
+            (Some((uid, gid)), Some(home))
+        } else {
+            (None, None)
+        };
+        let bin_dir = match (pg_bin, fetch) {
+            (Some(dir), _) if dir.join("postgres").is_file() && dir.join("initdb").is_file() => dir,
+            (Some(dir), _) => return Err(RuntimeError::NotABinDir(dir).into()),
+            (None, None) => find_bin_dir().ok_or(RuntimeError::NoBinaries)?,
+            (None, Some(fetch)) => installed_or_fetched(fetch, run_as)?,
         };
         // PATH may hold links to a few of the binaries only (postgres, initdb, pg_ctl): the
         // installation's own directory has the rest too (pg_rewind).
@@ -54,12 +63,6 @@ impl LocalRuntime {
             .and_then(|real| real.parent().map(Path::to_path_buf))
             .filter(|real| real.join("initdb").is_file())
             .unwrap_or(bin_dir);
-        let (run_as, server_home) = if crate::os_user::is_root() {
-            let (uid, gid, home) = postgres_user()?;
-            (Some((uid, gid)), Some(home))
-        } else {
-            (None, None)
-        };
         Ok(LocalRuntime {
             bin_dir,
             state_dir,
@@ -148,21 +151,8 @@ impl LocalRuntime {
     }
 
     /// The major of the binaries, from `postgres --version`.
-    #[allow(clippy::disallowed_methods)] // PostgreSQL's own server binary
     pub fn server_major(&self) -> Result<u32, RuntimeError> {
-        let postgres = self.bin_dir.join("postgres");
-        let unknown = |reason: String| RuntimeError::UnknownMajor {
-            binaries: format!("`{}`", self.bin_dir.display()),
-            reason,
-        };
-        let output = Command::new(&postgres)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| unknown(format!("`{} --version`: {e}", postgres.display())))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        server_version::major_of_version_output(&text)
-            .ok_or_else(|| unknown(format!("`postgres --version` printed `{}`", text.trim())))
+        bin_major(&self.bin_dir)
     }
 
     /// Refuses to start a node whose data another major wrote.
@@ -490,6 +480,48 @@ fn children_of(parent: i32) -> Vec<i32> {
                 == Some(parent)
         })
         .collect()
+}
+
+/// What `up` may fetch (`--pg-version`, `--offline`).
+#[derive(Debug, Clone, Default)]
+pub struct PgFetch {
+    /// `--pg-version`: the major wanted, else whatever is installed, else the newest.
+    pub major: Option<u32>,
+    pub policy: crate::fetch::FetchPolicy,
+}
+
+/// The installed binaries when they suit `fetch.major`, else the cached (fetched) ones.
+fn installed_or_fetched(
+    fetch: &PgFetch,
+    run_as: Option<(u32, u32)>,
+) -> Result<PathBuf, RuntimeError> {
+    if let Some(dir) = find_bin_dir() {
+        match fetch.major {
+            None => return Ok(dir),
+            Some(major) if bin_major(&dir).ok() == Some(major) => return Ok(dir),
+            Some(_) => {}
+        }
+    }
+    let major = fetch.major.unwrap_or(crate::fetch::DEFAULT_PG_MAJOR);
+    Ok(crate::fetch::postgres(major, &fetch.policy, run_as)?)
+}
+
+/// The major of the binaries in `bin_dir`, from `postgres --version`.
+#[allow(clippy::disallowed_methods)] // PostgreSQL's own server binary
+fn bin_major(bin_dir: &Path) -> Result<u32, RuntimeError> {
+    let postgres = bin_dir.join("postgres");
+    let unknown = |reason: String| RuntimeError::UnknownMajor {
+        binaries: format!("`{}`", bin_dir.display()),
+        reason,
+    };
+    let output = Command::new(&postgres)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| unknown(format!("`{} --version`: {e}", postgres.display())))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    server_version::major_of_version_output(&text)
+        .ok_or_else(|| unknown(format!("`postgres --version` printed `{}`", text.trim())))
 }
 
 #[allow(clippy::disallowed_methods)] // pg_config, PostgreSQL's own locator

@@ -99,6 +99,13 @@ pub enum ClusterError {
         #[source]
         source: Box<crate::replication::ReplicationError>,
     },
+    #[error("the cluster in `{}` runs PostgreSQL {major} (`{}`), not {asked}; drop --pg-version, or remove it first with `pgrepl down --purge`", .state_dir.display(), .bin_dir.display())]
+    OtherMajor {
+        state_dir: PathBuf,
+        major: u32,
+        bin_dir: PathBuf,
+        asked: u32,
+    },
     #[error("the cluster runs without TLS ([tls] mode = \"off\" or ssl = \"off\"): there is no certificate to rotate")]
     TlsOff,
     #[error(transparent)]

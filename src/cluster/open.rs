@@ -29,6 +29,17 @@ pub struct RuntimeChoice {
     pub state_dir: Option<PathBuf>,
     /// The docker runtime's image, instead of the cluster file's `docker.image`.
     pub image: Option<String>,
+    /// `up` only: the local runtime may fetch PostgreSQL when the machine has none (or not
+    /// the major asked for).
+    pub fetch: Option<local::PgFetch>,
+}
+
+/// Where the servers come from: the local runtime's binaries (given, or found or fetched),
+/// or the docker runtime's image.
+struct Binaries<'a> {
+    pg_bin: Option<PathBuf>,
+    fetch: Option<&'a local::PgFetch>,
+    image: Option<String>,
 }
 
 /// Whether the command builds the cluster (`up`, which may start from the defaults) or acts on
@@ -85,7 +96,12 @@ impl Cluster {
             .image
             .clone()
             .or_else(|| found.and_then(|r| r.image.clone()));
-        let cluster = Cluster::open_at(spec, &base, state_dir, file, runtime, pg_bin, image)?;
+        let binaries = Binaries {
+            pg_bin,
+            fetch: choice.fetch.as_ref(),
+            image,
+        };
+        let cluster = Cluster::open_at(spec, &base, state_dir, file, runtime, binaries)?;
         // Binaries given with --pg-bin must be the major the data was made with.
         if let (Some(found), Some(_), Runtime::Local(local)) =
             (found, &choice.pg_bin, &cluster.runtime)
@@ -95,6 +111,20 @@ impl Cluster {
                 ..Asked::default()
             };
             found.check(&asked, &cluster.state_dir)?;
+        }
+        // `--pg-version` against the binaries a cluster already has (recorded by an earlier
+        // `up`, maybe one cut short before it knew the data's major).
+        let asked_major = choice.fetch.as_ref().and_then(|f| f.major);
+        if let (Some(asked), Runtime::Local(local)) = (asked_major, &cluster.runtime) {
+            let major = local.server_major()?;
+            if major != asked {
+                return Err(ClusterError::OtherMajor {
+                    state_dir: cluster.state_dir.clone(),
+                    major,
+                    bin_dir: local.bin_dir.clone(),
+                    asked,
+                });
+            }
         }
         Ok(cluster)
     }
@@ -106,9 +136,13 @@ impl Cluster {
         state_dir: PathBuf,
         file: Option<PathBuf>,
         kind: RuntimeKind,
-        pg_bin: Option<PathBuf>,
-        image: Option<String>,
+        binaries: Binaries<'_>,
     ) -> Result<Cluster, ClusterError> {
+        let Binaries {
+            pg_bin,
+            fetch,
+            image,
+        } = binaries;
         let mut spec = spec;
         spec.runtime = kind;
         // The etcd credentials are read by whoever opens the cluster, from wherever it runs.
@@ -140,6 +174,7 @@ impl Cluster {
                     state_dir.clone(),
                     pg_bin,
                     settings,
+                    fetch,
                 )?)
             }
             RuntimeKind::Docker => Runtime::Docker(Box::new(docker::DockerRuntime::new(

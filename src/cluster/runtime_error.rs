@@ -13,6 +13,8 @@ pub enum RuntimeError {
          (e.g. apt-get install postgresql-15) or give --pg-bin DIR"
     )]
     NoBinaries,
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
     #[error(
         "pgrepl runs as root and PostgreSQL refuses root: create an OS user `postgres` \
          (useradd --system postgres) or run pgrepl as an ordinary user"

@@ -28,6 +28,7 @@ use tokio::net::{TcpStream, UnixStream};
 pub use self::config::{ConnParams, ConnectOptions, Host, Password, SslMode};
 pub use self::query::{IdentifySystem, ResultSet, SlotInfo};
 use self::socket::Socket;
+pub(crate) use self::tls::system_ca_file;
 use crate::proto::backend::{self, BackendMessage};
 use crate::proto::server_error::ServerError;
 use crate::proto::ProtocolError;

@@ -16,6 +16,7 @@ use super::daemon::Daemon;
 use super::etcd_access::{self, EtcdAccess, User};
 use super::{HaError, ETCD_ELECTION_MS, ETCD_HEARTBEAT_MS};
 use crate::cluster::{ports, StepLog};
+use crate::fetch::FetchPolicy;
 
 const MEMBERS: usize = 3;
 /// A fresh member waits for its peers and an election; a restarted one replays its log.
@@ -98,13 +99,15 @@ impl LocalEtcd {
 
     /// Starts the members that do not run (all of them the first time, on new ports other than
     /// `avoid`, with TLS and auth when `tls`) and returns how the agents reach etcd once every
-    /// member answers a linearizable read.
+    /// member answers a linearizable read. Without an etcd on this machine, one is fetched
+    /// as `fetch` allows.
     pub async fn ensure_running(
         &self,
         avoid: &[u16],
         scope: &str,
         tls: bool,
         log: &dyn StepLog,
+        fetch: &FetchPolicy,
     ) -> Result<EtcdAccess, HaError> {
         let members = ensure_members(&self.state_dir, avoid, tls)?;
         // An etcd made before TLS keeps speaking plain HTTP.
@@ -112,7 +115,7 @@ impl LocalEtcd {
         let urls: Vec<String> = members.iter().map(Member::client_url).collect();
         let names = |_: &Member| vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
         let tls_files = secure(&self.state_dir, scope, &members, names, log)?;
-        let binary = etcd_binary()?;
+        let binary = etcd_binary(fetch).await?;
         let initial_cluster = members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url()))
@@ -403,21 +406,25 @@ pub(super) fn member_args(
     args
 }
 
-/// The etcd server binary: on PATH, else Debian's.
-fn etcd_binary() -> Result<PathBuf, HaError> {
+/// The etcd server binary: on PATH, else Debian's, else the cache's (fetched when missing).
+/// etcd runs as the user pgrepl runs as, so the cache need not be open to user postgres.
+async fn etcd_binary(fetch: &FetchPolicy) -> Result<PathBuf, HaError> {
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
-    on_path
+    let installed = on_path
         .into_iter()
         .map(|dir| dir.join("etcd"))
         .chain([PathBuf::from("/usr/bin/etcd")])
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            HaError::Config(
-                "no `etcd` binary on PATH: install etcd (Debian: etcd-server), or give the URLs of a running etcd in [ha] etcd".into(),
-            )
-        })
+        .find(|p| p.is_file());
+    if let Some(binary) = installed {
+        return Ok(binary);
+    }
+    let fetch = fetch.clone();
+    tokio::task::spawn_blocking(move || crate::fetch::etcd(&fetch, None))
+        .await
+        .map_err(|e| HaError::Process(format!("fetching etcd stopped: {e}")))?
+        .map_err(HaError::from)
 }
 
 /// The member answers a linearizable read, which needs an elected leader with quorum.

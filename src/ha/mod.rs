@@ -241,6 +241,8 @@ pub enum HaError {
     NotDone(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
 }
 
 /// gRPC failures by their message and code, without the transport's metadata dump.

@@ -50,7 +50,7 @@ SELECT concat_ws(' ',
     md5(pg_get_functiondef('next_order'::regproc)))
 "#;
 
-fn pgrepl(args: &[&str]) -> Output {
+pub(crate) fn pgrepl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(args)
         .env_remove("PGPASSWORD")
@@ -58,7 +58,7 @@ fn pgrepl(args: &[&str]) -> Output {
         .expect("run pgrepl")
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
@@ -73,14 +73,14 @@ fn free_ports() -> [u16; 3] {
 
 /// The default cluster file (`pgrepl init`) on free ports, in a temp dir the servers can use;
 /// `down --purge` on drop, so a failed test leaves no server behind.
-struct TestCluster {
+pub(crate) struct TestCluster {
     dir: TempDir,
     file: PathBuf,
-    ports: [u16; 3],
+    pub(crate) ports: [u16; 3],
 }
 
 impl TestCluster {
-    fn new() -> TestCluster {
+    pub(crate) fn new() -> TestCluster {
         let dir = harness::postgres_owned_tempdir();
         let file = dir.path().join("pgrepl.toml");
         let output = pgrepl(&["init", "--cluster", file.to_str().unwrap()]);
@@ -97,12 +97,20 @@ impl TestCluster {
     }
 
     fn run(&self, command: &str, extra: &[&str]) -> Output {
-        let mut args = vec![command, "--cluster", self.file.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        pgrepl(&args)
+        self.command(command, extra).output().expect("run pgrepl")
     }
 
-    fn state_dir(&self) -> PathBuf {
+    /// `pgrepl COMMAND --cluster FILE EXTRA...`, to run with more settings.
+    pub(crate) fn command(&self, command: &str, extra: &[&str]) -> Command {
+        let mut pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+        pgrepl
+            .args([command, "--cluster", self.file.to_str().unwrap()])
+            .args(extra)
+            .env_remove("PGPASSWORD");
+        pgrepl
+    }
+
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join(".pgrepl")
     }
 

@@ -11,6 +11,7 @@ mod cluster_tls;
 mod etcd;
 mod fake_server;
 mod faults;
+mod fetch;
 mod ha;
 mod ha_api;
 mod ha_clients;

@@ -309,31 +309,33 @@ fn is_system(options: &ConnectOptions) -> bool {
 
 /// The CA bundle for `sslrootcert=system`.
 async fn system_roots() -> Result<(RootCertStore, PathBuf), ConnectionError> {
-    let file = match std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
-        Some(file) => PathBuf::from(file),
-        None => {
-            let mut found = None;
-            for candidate in SYSTEM_CA_FILES {
-                if tokio::fs::try_exists(candidate).await.unwrap_or(false) {
-                    found = Some(PathBuf::from(candidate));
-                    break;
-                }
-            }
-            found.ok_or_else(|| {
-                ConnectionError::Tls(format!(
-                    "sslrootcert=system but no system CA bundle was found (looked for {}); \
-                     install the distribution's CA certificates or set SSL_CERT_FILE",
-                    SYSTEM_CA_FILES
-                        .iter()
-                        .map(|f| format!("`{f}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?
-        }
-    };
+    let file = system_ca_file().map_err(|looked| {
+        ConnectionError::Tls(format!(
+            "sslrootcert=system but no system CA bundle was found (looked for {looked}); \
+             install the distribution's CA certificates or set SSL_CERT_FILE"
+        ))
+    })?;
     let (roots, _) = load_roots(&file, true).await?;
     Ok((roots, file))
+}
+
+/// `SSL_CERT_FILE`, else the first of [`SYSTEM_CA_FILES`] that exists; when none does, the
+/// files looked for, for the message.
+pub(crate) fn system_ca_file() -> Result<PathBuf, String> {
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
+        return Ok(PathBuf::from(file));
+    }
+    SYSTEM_CA_FILES
+        .iter()
+        .map(PathBuf::from)
+        .find(|f| f.exists())
+        .ok_or_else(|| {
+            SYSTEM_CA_FILES
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
 }
 
 /// All certificates in a PEM file. A file the user chose is refused whole for one unusable

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 mod containers;
 
@@ -33,6 +32,7 @@ use crate::cluster::record::ClusterRecord;
 use crate::cluster::runtime::Runtime;
 use crate::cluster::spec::RuntimeKind;
 use crate::cluster::{Cluster, StepLog};
+use crate::fetch::FetchPolicy;
 
 /// A first election needs the agents to start, probe their servers and take the key.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
@@ -76,13 +76,15 @@ pub async fn leader_in_etcd(cluster: &Cluster) -> Option<String> {
     store.snapshot().await.ok()?.leader.map(|l| l.node)
 }
 
-/// Starts what is missing of etcd and the agents, and waits for a leader. After `cancel`
-/// (Ctrl-C) nothing more is started.
+/// Starts what is missing of etcd and the agents, and waits for a leader. After `fetch`'s
+/// cancel (Ctrl-C) nothing more is started; an etcd missing from this machine is fetched as
+/// `fetch` allows.
 pub async fn up(
     cluster: &Cluster,
     log: &dyn StepLog,
-    cancel: &CancellationToken,
+    fetch: &FetchPolicy,
 ) -> Result<HaUp, HaError> {
+    let cancel = &fetch.cancel;
     let go_on = || {
         if cancel.is_cancelled() {
             Err(HaError::Interrupted)
@@ -111,7 +113,7 @@ pub async fn up(
         }
         (Runtime::Local(_), true) => {
             let access = LocalEtcd::new(cluster.state_dir())
-                .ensure_running(&avoid, &scope, tls, log)
+                .ensure_running(&avoid, &scope, tls, log, fetch)
                 .await?;
             (access.clone(), access)
         }
