@@ -363,6 +363,55 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits until every standby replayed what `primary` wrote so far, then checks that each
+    /// holds row `id` of `table`. Replay is what is waited for, not the row: a standby that
+    /// applies late (`synchronous_commit = on` waits for a flush only) may not have the table
+    /// yet, and an older table of that name (an earlier drill's) must not answer for this one.
+    pub(super) async fn row_replayed(
+        &self,
+        standbys: &[&NodeSpec],
+        primary: &NodeSpec,
+        primary_sql: &Client,
+        table: &str,
+        id: i64,
+    ) -> Result<(), ClusterError> {
+        let written: String = primary_sql
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| node_err_sql(primary, e))?
+            .get(0);
+        for standby in standbys {
+            let client = self.sql(standby).await?;
+            wait_until(
+                Duration::from_secs(30),
+                &format!("`{}` to replay up to {written}", standby.name),
+                || async {
+                    let replayed: Option<bool> = client
+                        .query_one(
+                            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                            &[&written],
+                        )
+                        .await
+                        .map_err(|e| node_err_sql(standby, e))?
+                        .get(0);
+                    Ok(replayed == Some(true))
+                },
+            )
+            .await?;
+            let found = client
+                .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
+                .await
+                .map_err(|e| node_err_sql(standby, e))?;
+            if found.is_none() {
+                return Err(ClusterError::Check(format!(
+                    "row {id} of {table} is not on `{}`, which replayed up to {written}",
+                    standby.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The recipe's checks: a row written on the primary is read on every standby, and a write
     /// on a standby is refused as read-only.
     async fn check(
@@ -380,24 +429,11 @@ impl Cluster {
             .await
             .map_err(|e| node_err_sql(primary, e))?
             .get(0);
-        for standby in self.spec.standbys() {
-            let client = self.sql(standby).await?;
-            wait_until(
-                Duration::from_secs(30),
-                &format!("check row {id} on `{}`", standby.name),
-                || async {
-                    match client
-                        .query_opt("SELECT 1 FROM pgrepl_check WHERE id = $1", &[&id])
-                        .await
-                    {
-                        Ok(found) => Ok(found.is_some()),
-                        // An asynchronous standby may not have replayed the CREATE TABLE yet.
-                        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(false),
-                        Err(e) => Err(node_err_sql(standby, e)),
-                    }
-                },
-            )
+        let standbys: Vec<&NodeSpec> = self.spec.standbys().collect();
+        self.row_replayed(&standbys, primary, primary_sql, "pgrepl_check", id)
             .await?;
+        for standby in standbys {
+            let client = self.sql(standby).await?;
             refuses_writes(&client, standby, "INSERT INTO pgrepl_check(id) VALUES (-1)").await?;
         }
         log.step(&format!(

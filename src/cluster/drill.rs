@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::plan::FailoverOptions;
-use super::spec::ClusterSpec;
+use super::spec::{ClusterSpec, NodeSpec};
 use super::{
     expected_sync_states, node_err_sql, streaming_standbys, wait_until, Cluster, ClusterError,
     StepLog,
@@ -132,22 +132,10 @@ impl Cluster {
     }
 
     async fn row_on_standbys(&self, spec: &ClusterSpec, id: i64) -> Result<(), ClusterError> {
-        for standby in spec.standbys() {
-            let client = self.sql(standby).await?;
-            wait_until(
-                Duration::from_secs(30),
-                &format!("row {id} on `{}`", standby.name),
-                || async {
-                    let row = client
-                        .query_opt("SELECT 1 FROM pgrepl_drill WHERE id = $1", &[&id])
-                        .await
-                        .map_err(|e| node_err_sql(standby, e))?;
-                    Ok(row.is_some())
-                },
-            )
-            .await?;
-        }
-        Ok(())
+        let primary = self.primary_sql(spec).await?;
+        let standbys: Vec<&NodeSpec> = spec.standbys().collect();
+        self.row_replayed(&standbys, spec.primary(), &primary, "pgrepl_drill", id)
+            .await
     }
 
     async fn drill_standbys_read_only(&self) -> Result<String, ClusterError> {

@@ -257,6 +257,32 @@ fn up_checks_drill_and_down_on_the_local_runtime() {
     }
 }
 
+/// The drill's "row on every standby" checks replay, not just the row: a standby that applies
+/// WAL late (here by `recovery_min_apply_delay`, in CI by load) has not created the drill's
+/// table yet when the primary's commit returns (`synchronous_commit = on` waits for the flush),
+/// and a table left by an earlier drill must not answer for this one's.
+#[test]
+fn the_drill_waits_for_a_standby_that_applies_late() {
+    let cluster = TestCluster::new();
+    cluster.ok(&["up"]);
+    for standby in [1, 2] {
+        cluster.psql(standby, "alter system set recovery_min_apply_delay = '2s'");
+        cluster.psql(standby, "select pg_reload_conf()");
+    }
+    let drill = cluster.pgrepl(&["drill", "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout(&drill)).unwrap_or_else(|_| panic!("{}", stderr(&drill)));
+    assert_eq!(drill.status.code(), Some(0), "{report:#}");
+    assert!(
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["passed"] == true),
+        "{report:#}"
+    );
+}
+
 #[test]
 fn switchover_is_lossless_and_needs_no_reclone() {
     let cluster = TestCluster::new();
