@@ -375,26 +375,23 @@ impl Cluster {
         table: &str,
         id: i64,
     ) -> Result<(), ClusterError> {
-        let written: String = primary_sql
+        let text: String = primary_sql
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
             .map_err(|e| node_err_sql(primary, e))?
             .get(0);
+        let written: crate::lsn::Lsn = text.parse().map_err(|_| ClusterError::NotAnLsn {
+            node: primary.name.clone(),
+            text,
+        })?;
         for standby in standbys {
             let client = self.sql(standby).await?;
             wait_until(
                 Duration::from_secs(30),
                 &format!("`{}` to replay up to {written}", standby.name),
                 || async {
-                    let replayed: Option<bool> = client
-                        .query_one(
-                            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                            &[&written],
-                        )
-                        .await
-                        .map_err(|e| node_err_sql(standby, e))?
-                        .get(0);
-                    Ok(replayed == Some(true))
+                    let replayed = replay_lsn(&client, standby).await?;
+                    Ok(replayed.is_some_and(|l| l >= written))
                 },
             )
             .await?;

@@ -55,7 +55,8 @@ pub use self::open::{Purpose, RuntimeChoice};
 use self::runtime::Runtime;
 use self::spec::{ClusterSpec, NodeSpec};
 pub(crate) use self::sql_steps::{
-    alter_system, conf_load_time, node_err_sql, refuses_writes, reload, streaming_standbys,
+    alter_system, conf_load_time, node_err_sql, refuses_writes, reload, replay_lsn,
+    streaming_standbys,
 };
 use crate::backup::{self, BackupTarget, BaseBackupOptions};
 use crate::conn::SslMode;

@@ -58,6 +58,19 @@ pub(crate) async fn conf_load_time(
         .get(0))
 }
 
+/// Where the standby `node` has replayed WAL to (`None`: not in recovery).
+pub(crate) async fn replay_lsn(
+    client: &Client,
+    node: &NodeSpec,
+) -> Result<Option<crate::lsn::Lsn>, ClusterError> {
+    let replayed: Option<String> = client
+        .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+        .await
+        .map_err(|e| node_err_sql(node, e))?
+        .get(0);
+    Ok(replayed.and_then(|text| text.parse().ok()))
+}
+
 pub(crate) async fn reload(client: &Client, node: &NodeSpec) -> Result<(), ClusterError> {
     client
         .batch_execute("SELECT pg_reload_conf()")

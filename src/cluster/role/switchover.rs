@@ -7,9 +7,8 @@ use super::super::history::ChangeKind;
 use super::super::plan;
 use super::super::spec::NodeSpec;
 use super::super::topology::ControlFile;
-use super::super::{node_err_sql, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
+use super::super::{replay_lsn, streaming_standbys, wait_until, Cluster, ClusterError, StepLog};
 use super::{names, RoleChangeReport, Steps};
-use crate::lsn::Lsn;
 
 impl Cluster {
     /// Planned and lossless: the primary stops cleanly, the target replays its shutdown
@@ -81,14 +80,8 @@ impl Cluster {
             Duration::from_secs(60),
             &format!("`{to}` to replay {}", control.checkpoint),
             || async {
-                let replayed: Option<String> = target_sql
-                    .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
-                    .await
-                    .map_err(|e| node_err_sql(target, e))?
-                    .get(0);
-                Ok(replayed
-                    .and_then(|t| t.parse::<Lsn>().ok())
-                    .is_some_and(|l| l > control.checkpoint))
+                let replayed = replay_lsn(&target_sql, target).await?;
+                Ok(replayed.is_some_and(|l| l > control.checkpoint))
             },
         )
         .await?;
