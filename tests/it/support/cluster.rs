@@ -29,6 +29,9 @@ impl TestCluster {
             harness::pick_port(),
         ];
         let text = std::fs::read_to_string(&file).unwrap();
+        let doc: toml::Value = toml::from_str(&text).unwrap();
+        let nodes = doc["nodes"].as_array().map(Vec::len);
+        assert_eq!(nodes, Some(3), "the default cluster has three nodes");
         let text = [54320, 54321, 54322]
             .iter()
             .zip(&ports)

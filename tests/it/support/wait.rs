@@ -130,3 +130,30 @@ impl<T, E: Display> Outcome for Result<T, E> {
         self.map_err(|seen| seen.to_string())
     }
 }
+
+#[test]
+fn eventually_returns_what_the_check_found_or_says_what_never_came() {
+    let mut tries = 0;
+    let found = eventually("the third try", Duration::from_secs(5))
+        .every(Duration::from_millis(1))
+        .until(|| {
+            tries += 1;
+            (tries == 3).then_some(tries)
+        });
+    assert_eq!(found, 3);
+    assert_eq!(
+        eventually("nothing", Duration::ZERO).try_until(|| false),
+        None
+    );
+    let failed = std::panic::catch_unwind(|| {
+        eventually("a miracle", Duration::from_millis(20))
+            .every(Duration::from_millis(5))
+            .showing(|| "the logs".into())
+            .until(|| Err::<(), _>("still none"))
+    });
+    let message = failed.unwrap_err().downcast::<String>().unwrap();
+    assert_eq!(
+        *message,
+        "timed out after 20ms waiting for a miracle: still none\nthe logs"
+    );
+}
