@@ -29,8 +29,8 @@ def chown_postgres(path, mode=0o700):
 
 
 def postgres_pids(data):
-    """The postmaster of data and its descendants, children first (as tests/it/ha_cluster.rs kills
-    them), or [] when it is not running."""
+    """The postmaster of data and its descendants, children first (as tests/it/support/ha/nodes.rs
+    kills them), or [] when it is not running."""
     try:
         with open(os.path.join(data, "postmaster.pid")) as f:
             pid = int(f.readline())

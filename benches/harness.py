@@ -138,8 +138,9 @@ _picked = []
 
 
 def pick_port():
-    """A free port outside the kernel's ephemeral range (as tests/it/harness.rs picks them), so no
-    client socket can take it between the pick and the server's bind; never the same one twice."""
+    """A free port outside the kernel's ephemeral range (as tests/it/support/harness.rs picks them),
+    so no client socket can take it between the pick and the server's bind; never the same one
+    twice."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low, high = (int(x) for x in f.read().split())

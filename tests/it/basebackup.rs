@@ -2,53 +2,12 @@
 //! start as streaming standbys, and failures leave nothing behind.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::capability;
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
-
-/// Runs the pgrepl binary with the replication role's password in the environment.
-pub fn pgrepl(args: &[&str], password: Option<&str>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
-    cmd.args(args)
-        .env_remove("PGPASSWORD")
-        .env("PGPASSFILE", "/nonexistent");
-    if let Some(password) = password {
-        cmd.env("PGPASSWORD", password);
-    }
-    cmd.output().expect("run pgrepl")
-}
-
-pub fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A backup of `server` into `targets` as the SCRAM replication role, asserting success.
-pub fn backup_into(server: &PgServer, targets: &[&Path], extra: &[&str]) -> Output {
-    let conninfo = server.tcp_conninfo(harness::REP_SCRAM, None);
-    let mut args = vec!["basebackup", "-d", &conninfo, "-c", "fast"];
-    for t in targets {
-        args.extend(["-D", t.to_str().unwrap()]);
-    }
-    let owner = owner_arg();
-    if let Some(owner) = &owner {
-        args.extend(["--owner", owner]);
-    }
-    args.extend_from_slice(extra);
-    let output = pgrepl(&args, Some(harness::REP_SCRAM_PASSWORD));
-    assert!(
-        output.status.success(),
-        "pgrepl basebackup failed: {}\nserver log:\n{}",
-        stderr(&output),
-        server.log_tail()
-    );
-    output
-}
-
-fn owner_arg() -> Option<String> {
-    harness::postgres_ids().map(|(uid, gid)| format!("{uid}:{gid}"))
-}
+use crate::support::backup::backup_into;
+use crate::support::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::{capability, eventually, pgrepl, pgrepl_output, stderr};
 
 /// The stock pg_verifybackup of the same major accepts `dir`.
 pub fn assert_verifybackup(install: &PgInstall, dir: &Path, extra: &[&str]) {
@@ -64,15 +23,6 @@ pub fn assert_verifybackup(install: &PgInstall, dir: &Path, extra: &[&str]) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// Polls `check` until it returns true or `limit` passes.
-pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn children(dir: &Path) -> Vec<PathBuf> {
@@ -114,15 +64,12 @@ fn full_cycle(install: &PgInstall) {
     );
 
     let standby = PgServer::start_existing(install, a.clone());
-    wait_for("standby_a to stream", Duration::from_secs(30), || {
+    eventually("standby_a to stream", Duration::from_secs(30)).until(|| {
         primary.psql("select count(*) from pg_stat_replication where application_name = 'standby_a' and state = 'streaming'") == "1"
     });
     primary.psql("insert into t values (5001, 'after the backup')");
-    wait_for(
-        "the new row on the standby",
-        Duration::from_secs(30),
-        || standby.psql("select count(*) from t where id = 5001") == "1",
-    );
+    eventually("the new row on the standby", Duration::from_secs(30))
+        .until(|| standby.psql("select count(*) from t where id = 5001") == "1");
     let dump = |server: &PgServer| {
         let output = Command::new(install.bin("pg_dump"))
             .args(["-d", &server.superuser_conninfo(), "--no-sync"])
@@ -229,7 +176,7 @@ fn tablespaces_follow_their_mapping_in_every_target() {
     // Two targets but one mapping: refused before anything is written.
     let conninfo = primary.tcp_conninfo(harness::REP_SCRAM, None);
     let one_mapping = format!("{}={}", location.display(), ma.display());
-    let refused = pgrepl(
+    let refused = pgrepl_output(
         &[
             "basebackup",
             "-d",
@@ -281,7 +228,7 @@ fn a_non_empty_target_is_refused_and_left_untouched() {
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join("keep.me"), "precious").unwrap();
     let conninfo = primary.tcp_conninfo(harness::REP_SCRAM, None);
-    let output = pgrepl(
+    let output = pgrepl_output(
         &["basebackup", "-d", &conninfo, "-D", busy.to_str().unwrap()],
         Some(harness::REP_SCRAM_PASSWORD),
     );
@@ -313,7 +260,7 @@ fn actionable_errors_for_hba_password_and_slot() {
 
     // pg_hba.conf refuses the replication connection: the hint names the exact line to add.
     let no_line = primary.tcp_conninfo("nobody_here", None);
-    let output = pgrepl(&["basebackup", "-d", &no_line, "-D", target], Some("x"));
+    let output = pgrepl_output(&["basebackup", "-d", &no_line, "-D", target], Some("x"));
     assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("host replication nobody_here 127.0.0.1/32 scram-sha-256"),
@@ -323,7 +270,7 @@ fn actionable_errors_for_hba_password_and_slot() {
 
     // A wrong password is named as such, and the password never appears in the output.
     let conninfo = primary.tcp_conninfo(harness::REP_SCRAM, None);
-    let output = pgrepl(
+    let output = pgrepl_output(
         &["basebackup", "-d", &conninfo, "-D", target],
         Some("wrong-secret-xyz"),
     );
@@ -336,7 +283,7 @@ fn actionable_errors_for_hba_password_and_slot() {
     assert!(!stderr(&output).contains("wrong-secret-xyz"));
 
     // A missing slot is reported before any data is copied.
-    let output = pgrepl(
+    let output = pgrepl_output(
         &[
             "basebackup",
             "-d",
@@ -385,7 +332,7 @@ fn killing_the_server_mid_backup_leaves_no_target_behind() {
     let work = harness::postgres_owned_tempdir();
     let target = work.path().join("t");
     let conninfo = primary.tcp_conninfo(harness::REP_SCRAM, None);
-    let child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    let child = pgrepl()
         .args([
             "basebackup",
             "-d",

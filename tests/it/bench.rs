@@ -2,14 +2,14 @@
 //! one entry per mode, the plot is drawn, and the primary's settings are back as they were
 //! afterwards, also when the run is interrupted.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::basebackup::{pgrepl, stderr, wait_for};
-use crate::harness::PgServer;
-use crate::lag::Cluster;
+use crate::support::harness::PgServer;
+use crate::support::standbys::Cluster;
+use crate::support::{eventually, pgrepl, pgrepl_output, stderr};
 
 /// What the run must leave as it found: both settings and postgresql.auto.conf.
 fn settings(primary: &PgServer) -> (String, String) {
@@ -28,9 +28,8 @@ fn every_mode_commits_and_the_settings_are_restored() {
         .primary
         .psql("alter system set synchronous_commit = 'local'");
     cluster.primary.psql("select pg_reload_conf()");
-    wait_for("the reload", Duration::from_secs(10), || {
-        cluster.primary.psql("show synchronous_commit") == "local"
-    });
+    eventually("the reload", Duration::from_secs(10))
+        .until(|| cluster.primary.psql("show synchronous_commit") == "local");
     let before = settings(&cluster.primary);
     let work = tempfile::tempdir().unwrap();
     let plot = work.path().join("bench.svg");
@@ -46,7 +45,7 @@ fn every_mode_commits_and_the_settings_are_restored() {
         "--plot",
         plot.to_str().unwrap(),
     ]);
-    let output = pgrepl(&args, None);
+    let output = pgrepl_output(&args, None);
     assert!(
         output.status.success(),
         "pgrepl bench failed: {}",
@@ -119,7 +118,7 @@ fn an_interrupted_run_restores_the_settings() {
     let cluster = Cluster::start();
     let before = settings(&cluster.primary);
     let nodes = cluster.nodes();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    let mut child = pgrepl()
         .arg("bench")
         .args(&nodes)
         .args(["--modes", "on", "--duration", "60", "--shape", "insert"])
@@ -128,13 +127,13 @@ fn an_interrupted_run_restores_the_settings() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pgrepl bench");
-    wait_for("the sync policy to be set", Duration::from_secs(30), || {
+    eventually("the sync policy to be set", Duration::from_secs(30)).until(|| {
         !cluster
             .primary
             .psql("show synchronous_standby_names")
             .is_empty()
     });
-    wait_for("the load to commit", Duration::from_secs(30), || {
+    eventually("the load to commit", Duration::from_secs(30)).until(|| {
         cluster
             .primary
             .psql("select count(*) > 0 from pgrepl_bench")

@@ -11,58 +11,12 @@ use std::time::Instant;
 
 use bollard::Docker;
 
-use crate::basebackup::stderr;
-use crate::capability;
-use crate::cluster_flow::TestCluster;
-use crate::harness::{self, PgInstall};
+use crate::support::cluster::TestCluster;
+use crate::support::docker::{engine, ensure_image, ENGINE, IMAGE};
+use crate::support::harness::{self, PgInstall};
+use crate::support::{capability, eventually, stderr};
 
-pub const IMAGE: &str = "pgrepl-local/postgres:15";
-
-/// The engine's container and network names are global: one test at a time uses them.
-pub static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The etcd image `up` runs with `[ha]` on the docker runtime.
-pub const ETCD_IMAGE: &str = "pgrepl-local/etcd:3.4";
-/// The HAProxy image `up` runs with `[proxy]` on the docker runtime.
-pub const HAPROXY_IMAGE: &str = "pgrepl-local/haproxy:2.6";
-
-/// An engine with the test images (built when missing), or why there is none.
-pub fn engine_with_image() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let docker = rt.block_on(engine())?;
-    rt.block_on(ensure_image(&docker, IMAGE, "15"));
-    rt.block_on(ensure_image(&docker, ETCD_IMAGE, "etcd"));
-    rt.block_on(ensure_image(&docker, HAPROXY_IMAGE, "haproxy"));
-    Ok(())
-}
 const NODES: [&str; 3] = ["pg_master", "pg_slave", "pg_asyncslave"];
-
-/// The engine, or why there is none.
-async fn engine() -> Result<Docker, String> {
-    let docker = Docker::connect_with_unix_defaults().map_err(|e| e.to_string())?;
-    docker.negotiate_version().await.map_err(|e| e.to_string())
-}
-
-/// Builds `image` with `compose/build-image WHAT` unless the engine already has it (the tests
-/// run as root in CI).
-pub(crate) async fn ensure_image(docker: &Docker, image: &str, what: &str) {
-    if docker.inspect_image(image).await.is_ok() {
-        return;
-    }
-    let script = harness::repo_root().join("compose/build-image");
-    let output = Command::new(&script)
-        .arg(what)
-        .output()
-        .expect("run compose/build-image");
-    assert!(
-        output.status.success(),
-        "compose/build-image {what} failed:\n{}",
-        stderr(&output)
-    );
-}
 
 /// The cluster's containers (the initdb one-shots too) and network that still exist.
 async fn leftovers(docker: &Docker) -> Vec<String> {
@@ -198,16 +152,16 @@ fn up_checks_and_down_on_the_docker_runtime() {
     // A second `up` on a healthy cluster changes nothing; a restarted standby streams again.
     cluster.assert_up_changes_nothing(&["--image", IMAGE]);
     cluster.ok(&["restart", "pg_slave"]);
-    crate::basebackup::wait_for(
+    eventually(
         "pg_slave to stream again",
         std::time::Duration::from_secs(30),
-        || {
-            psql(
-                &conninfo[0],
-                "select sync_state from pg_stat_replication where application_name = 'pg_slave'",
-            ) == "sync"
-        },
-    );
+    )
+    .until(|| {
+        psql(
+            &conninfo[0],
+            "select sync_state from pg_stat_replication where application_name = 'pg_slave'",
+        ) == "sync"
+    });
 
     // The recipe's checks, failover and rejoin included, on containers.
     let drill = cluster.pgrepl(&["drill", "--json"]);

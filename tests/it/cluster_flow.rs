@@ -1,190 +1,13 @@
 //! `pgrepl up`, `drill`, `failover`, `switchover`, `rejoin` and `down` on the local runtime,
 //! checked by pgrepl and cross-checked with stock psql.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::basebackup::stderr;
-use crate::capability;
-use crate::harness::{self, PgInstall, PgServer};
-
-/// A cluster file in its own postgres-owned temp dir, with free ports.
-pub struct TestCluster {
-    pub dir: tempfile::TempDir,
-    pub file: PathBuf,
-    /// Node `i`'s port, in the cluster file's order.
-    pub ports: Vec<u16>,
-}
-
-impl TestCluster {
-    pub fn new() -> TestCluster {
-        let dir = harness::postgres_owned_tempdir();
-        let file = dir.path().join("pgrepl.toml");
-        let init = run(&["init", "--cluster", file.to_str().unwrap()]);
-        assert!(init.status.success(), "{}", stderr(&init));
-        let ports = vec![
-            harness::pick_port(),
-            harness::pick_port(),
-            harness::pick_port(),
-        ];
-        let text = std::fs::read_to_string(&file).unwrap();
-        let text = [54320, 54321, 54322]
-            .iter()
-            .zip(&ports)
-            .fold(text, |text, (default, port)| {
-                text.replace(&format!("port = {default}"), &format!("port = {port}"))
-            });
-        std::fs::write(&file, text).unwrap();
-        TestCluster { dir, file, ports }
-    }
-
-    /// Runs a pgrepl command against this cluster.
-    pub fn pgrepl(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--cluster", self.file.to_str().unwrap()]);
-        bounded(&all).unwrap_or_else(|printed| {
-            panic!(
-                "pgrepl {args:?} still ran after {COMMAND_LIMIT:?}; it had printed:\n{}{}{}",
-                String::from_utf8_lossy(&printed.stdout),
-                stderr(&printed),
-                self.server_logs()
-            )
-        })
-    }
-
-    pub fn ok(&self, args: &[&str]) -> Output {
-        let output = self.pgrepl(args);
-        assert!(
-            output.status.success(),
-            "pgrepl {args:?} failed:\n{}{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr(&output),
-            self.server_logs()
-        );
-        output
-    }
-
-    /// The end of each local node's server log, for a failure's message: what a standby said
-    /// when it would not stream is the cause a step's timeout does not show.
-    pub fn server_logs(&self) -> String {
-        ["pg_master", "pg_slave", "pg_asyncslave"]
-            .iter()
-            .filter_map(|node| {
-                let log = self
-                    .dir
-                    .path()
-                    .join(".pgrepl")
-                    .join(node)
-                    .join("postgres.log");
-                let text = std::fs::read_to_string(&log).ok()?;
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-                Some(format!(
-                    "\n--- {node}: {} (last 30 lines) ---\n{tail}",
-                    log.display()
-                ))
-            })
-            .collect()
-    }
-
-    pub fn socket_dir(&self) -> PathBuf {
-        self.dir.path().join(".pgrepl/run")
-    }
-
-    /// Stock psql against node `index` (0 = pg_master, 1 = pg_slave, 2 = pg_asyncslave).
-    pub fn psql(&self, index: usize, sql: &str) -> String {
-        self.psql_in(index, "postgres", sql)
-    }
-
-    /// [`TestCluster::psql`] in database `db`.
-    pub fn psql_in(&self, index: usize, db: &str, sql: &str) -> String {
-        let output = harness::output_within(
-            Command::new(PgInstall::default_install().bin("psql")).args([
-                "-h",
-                self.socket_dir().to_str().unwrap(),
-                "-p",
-                &self.ports[index].to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-Atc",
-                sql,
-            ]),
-            COMMAND_LIMIT,
-        )
-        .unwrap_or_else(|_| {
-            panic!(
-                "psql on node {index} still ran after {COMMAND_LIMIT:?}: {sql}{}",
-                self.server_logs()
-            )
-        });
-        assert!(output.status.success(), "psql: {}", stderr(&output));
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-
-    /// A second `up` (with `extra` arguments) on a healthy cluster changes nothing.
-    pub fn assert_up_changes_nothing(&self, extra: &[&str]) {
-        let args: Vec<&str> = std::iter::once("up").chain(extra.iter().copied()).collect();
-        let again = self.ok(&args);
-        for change in [
-            "initialise",
-            "base backup",
-            "restart",
-            "set ",
-            "create role",
-            "start `",
-        ] {
-            assert!(
-                !stderr(&again).contains(change),
-                "second up changed something ({change}):\n{}",
-                stderr(&again)
-            );
-        }
-    }
-
-    pub fn sql_conninfo(&self, index: usize) -> String {
-        format!(
-            "host={} port={} user=postgres dbname=postgres",
-            self.socket_dir().display(),
-            self.ports[index]
-        )
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        let _ = self.pgrepl(&["down", "--purge"]);
-    }
-}
-
-/// How long a test lets one pgrepl command run. Every wait inside pgrepl has its own, shorter,
-/// limit: past this one a command hangs, and the test says where instead of holding the suite.
-const COMMAND_LIMIT: Duration = Duration::from_secs(300);
-
-fn bounded(args: &[&str]) -> Result<Output, Output> {
-    harness::output_within(
-        Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-            .args(args)
-            .env_remove("PGPASSWORD"),
-        COMMAND_LIMIT,
-    )
-}
-
-fn run(args: &[&str]) -> Output {
-    bounded(args).unwrap_or_else(|printed| {
-        panic!(
-            "pgrepl {args:?} still ran after {COMMAND_LIMIT:?}; it had printed:\n{}",
-            stderr(&printed)
-        )
-    })
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use crate::support::cluster::TestCluster;
+use crate::support::harness::{PgInstall, PgServer};
+use crate::support::{capability, eventually, stderr, stdout};
 
 #[test]
 fn up_checks_drill_and_down_on_the_local_runtime() {
@@ -306,11 +129,8 @@ fn switchover_is_lossless_and_needs_no_reclone() {
     assert_eq!(cluster.psql(2, "select count(*) from sw"), "100");
     cluster.psql(2, "insert into sw values (101)");
     // The old primary follows without a re-clone: its data directory was never replaced.
-    crate::basebackup::wait_for(
-        "row 101 on the old primary",
-        Duration::from_secs(30),
-        || cluster.psql(0, "select count(*) from sw") == "101",
-    );
+    eventually("row 101 on the old primary", Duration::from_secs(30))
+        .until(|| cluster.psql(0, "select count(*) from sw") == "101");
     assert_eq!(
         cluster.psql(
             2,
@@ -360,11 +180,8 @@ fn reinit_rebuilds_a_damaged_standby_and_refuses_the_primary() {
         stdout(&output)
     );
     cluster.psql(0, "insert into ri values (51)");
-    crate::basebackup::wait_for(
-        "row 51 on the rebuilt standby",
-        Duration::from_secs(30),
-        || cluster.psql(2, "select count(*) from ri") == "51",
-    );
+    eventually("row 51 on the rebuilt standby", Duration::from_secs(30))
+        .until(|| cluster.psql(2, "select count(*) from ri") == "51");
     cluster.ok(&["status"]);
     assert!(
         !data.with_extension("before-rejoin").exists(),
@@ -481,11 +298,8 @@ fn rejoin_rewinds_a_former_primary_that_took_writes_after_the_failover() {
         stdout(&rejoin)
     );
     assert_eq!(inode(&data), before, "the data directory was replaced");
-    crate::basebackup::wait_for(
-        "row 2000 on the rewound node",
-        Duration::from_secs(30),
-        || cluster.psql(0, "select count(*) from rw where id = 2000") == "1",
-    );
+    eventually("row 2000 on the rewound node", Duration::from_secs(30))
+        .until(|| cluster.psql(0, "select count(*) from rw where id = 2000") == "1");
     assert_eq!(
         cluster.psql(
             0,
@@ -523,19 +337,19 @@ fn put_async_standby_ahead(cluster: &TestCluster, primary: usize, lagging: usize
     let names = ["pg_master", "pg_slave", "pg_asyncslave"];
     cluster.psql(lagging, "alter system set primary_conninfo = ''");
     cluster.psql(lagging, "select pg_reload_conf()");
-    crate::basebackup::wait_for(
+    eventually(
         &format!("{} to stop streaming", names[lagging]),
         Duration::from_secs(30),
-        || {
-            cluster.psql(
-                primary,
-                &format!(
-                    "select count(*) from pg_stat_replication where application_name = '{}'",
-                    names[lagging]
-                ),
-            ) == "0"
-        },
-    );
+    )
+    .until(|| {
+        cluster.psql(
+            primary,
+            &format!(
+                "select count(*) from pg_stat_replication where application_name = '{}'",
+                names[lagging]
+            ),
+        ) == "0"
+    });
     cluster.psql(primary, "insert into ff select generate_series(11, 20)");
     assert_eq!(cluster.psql(2, "select count(*) from ff"), "20");
 }
@@ -571,9 +385,8 @@ fn a_second_failover_catches_up_from_a_standby_whose_restartpoint_is_on_the_old_
     );
     assert_eq!(cluster.psql(0, "select count(*) from ff"), "20");
     cluster.psql(0, "insert into ff values (100)");
-    crate::basebackup::wait_for("row 100 on pg_asyncslave", Duration::from_secs(10), || {
-        cluster.psql(2, "select count(*) from ff") == "21"
-    });
+    eventually("row 100 on pg_asyncslave", Duration::from_secs(10))
+        .until(|| cluster.psql(2, "select count(*) from ff") == "21");
 }
 
 /// A failover whose most advanced standby answers late (its postmaster stopped for 10 s, as a
@@ -619,9 +432,8 @@ fn a_failover_waits_for_a_running_standby_that_answers_late() {
     assert_eq!(cluster.psql(1, "select count(*) from ff"), "20");
     // pg_asyncslave follows the new timeline and confirms commits: this returns.
     cluster.psql(1, "insert into ff values (100)");
-    crate::basebackup::wait_for("row 100 on pg_asyncslave", Duration::from_secs(10), || {
-        cluster.psql(2, "select count(*) from ff") == "21"
-    });
+    eventually("row 100 on pg_asyncslave", Duration::from_secs(10))
+        .until(|| cluster.psql(2, "select count(*) from ff") == "21");
 }
 
 /// `failover --force` promotes a standby that lacks WAL another standby has: that WAL is lost
@@ -680,9 +492,8 @@ fn a_forced_failover_rejoins_the_standby_past_the_fork() {
     );
     assert_eq!(cluster.psql(1, "select count(*) from ff"), "10");
     cluster.psql(1, "insert into ff values (100)");
-    crate::basebackup::wait_for("row 100 on pg_asyncslave", Duration::from_secs(30), || {
-        cluster.psql(2, "select count(*) from ff") == "11"
-    });
+    eventually("row 100 on pg_asyncslave", Duration::from_secs(30))
+        .until(|| cluster.psql(2, "select count(*) from ff") == "11");
     assert_eq!(
         cluster.psql(2, "select max(id) from ff where id < 100"),
         "10"

@@ -3,12 +3,11 @@
 
 use std::fs;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use tempfile::TempDir;
-
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::cluster::TestCluster;
+use crate::support::harness::{PgInstall, PgServer, ServerOptions};
+use crate::support::{capability, stderr};
 
 /// Awkward values, a `$$` body, a SQL-standard body, a sequence, a quoted table name.
 const FIXTURE: &str = r#"
@@ -50,110 +49,45 @@ SELECT concat_ws(' ',
     md5(pg_get_functiondef('next_order'::regproc)))
 "#;
 
-pub(crate) fn pgrepl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-        .args(args)
-        .env_remove("PGPASSWORD")
+/// `pgrepl COMMAND --cluster FILE EXTRA...` to the end, unbounded.
+fn run(cluster: &TestCluster, command: &str, extra: &[&str]) -> Output {
+    cluster
+        .command(command, extra)
         .output()
         .expect("run pgrepl")
 }
 
-pub(crate) fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+fn primary_log(cluster: &TestCluster) -> String {
+    fs::read_to_string(cluster.state_dir().join("pg_master/postgres.log")).unwrap_or_default()
 }
 
-/// Three ports nobody listens on.
-fn free_ports() -> [u16; 3] {
-    [
-        crate::harness::pick_port(),
-        crate::harness::pick_port(),
-        crate::harness::pick_port(),
-    ]
+/// The node's fingerprint of database `shop`, as superuser over the cluster's socket.
+fn fingerprint(cluster: &TestCluster, rt: &tokio::runtime::Runtime, port: u16) -> String {
+    let conninfo = format!(
+        "host={} port={port} user=postgres dbname=shop",
+        cluster.state_dir().join("run").display()
+    );
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
+        tokio::spawn(connection);
+        client.query_one(FINGERPRINT, &[]).await.unwrap().get(0)
+    })
 }
 
-/// The default cluster file (`pgrepl init`) on free ports, in a temp dir the servers can use;
-/// `down --purge` on drop, so a failed test leaves no server behind.
-pub(crate) struct TestCluster {
-    dir: TempDir,
-    file: PathBuf,
-    pub(crate) ports: [u16; 3],
-}
-
-impl TestCluster {
-    pub(crate) fn new() -> TestCluster {
-        let dir = harness::postgres_owned_tempdir();
-        let file = dir.path().join("pgrepl.toml");
-        let output = pgrepl(&["init", "--cluster", file.to_str().unwrap()]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        let mut doc: toml::Value = toml::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
-        let ports = free_ports();
-        let nodes = doc["nodes"].as_array_mut().unwrap();
-        assert_eq!(nodes.len(), 3, "the default cluster has three nodes");
-        for (node, port) in nodes.iter_mut().zip(ports) {
-            node["port"] = toml::Value::Integer(port.into());
-        }
-        fs::write(&file, toml::to_string(&doc).unwrap()).unwrap();
-        TestCluster { dir, file, ports }
-    }
-
-    fn run(&self, command: &str, extra: &[&str]) -> Output {
-        self.command(command, extra).output().expect("run pgrepl")
-    }
-
-    /// `pgrepl COMMAND --cluster FILE EXTRA...`, to run with more settings.
-    pub(crate) fn command(&self, command: &str, extra: &[&str]) -> Command {
-        let mut pgrepl = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
-        pgrepl
-            .args([command, "--cluster", self.file.to_str().unwrap()])
-            .args(extra)
-            .env_remove("PGPASSWORD");
-        pgrepl
-    }
-
-    pub(crate) fn state_dir(&self) -> PathBuf {
-        self.dir.path().join(".pgrepl")
-    }
-
-    fn primary_log(&self) -> String {
-        fs::read_to_string(self.state_dir().join("pg_master/postgres.log")).unwrap_or_default()
-    }
-
-    /// The node's fingerprint of database `shop`, as superuser over the cluster's socket.
-    fn fingerprint(&self, rt: &tokio::runtime::Runtime, port: u16) -> String {
-        let conninfo = format!(
-            "host={} port={port} user=postgres dbname=shop",
-            self.state_dir().join("run").display()
-        );
-        rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("connect {conninfo}: {e}"));
-            tokio::spawn(connection);
-            client.query_one(FINGERPRINT, &[]).await.unwrap().get(0)
-        })
-    }
-
-    fn down_purge(&self) {
-        let output = self.run("down", &["--purge"]);
-        assert!(output.status.success(), "down --purge: {}", stderr(&output));
+fn down_purge(cluster: &TestCluster) {
+    let output = run(cluster, "down", &["--purge"]);
+    assert!(output.status.success(), "down --purge: {}", stderr(&output));
+    assert!(
+        !cluster.state_dir().exists(),
+        "down --purge left the state directory"
+    );
+    for &port in &cluster.ports {
         assert!(
-            !self.state_dir().exists(),
-            "down --purge left the state directory"
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still in use after down --purge"
         );
-        for port in self.ports {
-            assert!(
-                TcpListener::bind(("127.0.0.1", port)).is_ok(),
-                "port {port} still in use after down --purge"
-            );
-        }
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        if self.state_dir().exists() {
-            let _ = self.run("down", &["--purge"]);
-        }
     }
 }
 
@@ -213,12 +147,12 @@ fn up_restores_a_stock_pg_dump_that_reaches_both_standbys() {
     let dump_file = cluster.dir.path().join("shop.sql");
     fs::write(&dump_file, &dump).unwrap();
     let dump_arg = dump_file.to_str().unwrap();
-    let output = cluster.run("up", &["--dump", dump_arg]);
+    let output = run(&cluster, "up", &["--dump", dump_arg]);
     let log = stderr(&output);
     assert!(
         output.status.success(),
         "up --dump: {log}\n{}",
-        cluster.primary_log()
+        primary_log(&cluster)
     );
     assert!(
         log.contains("restore `") && log.contains("\\connect `shop`"),
@@ -229,19 +163,19 @@ fn up_restores_a_stock_pg_dump_that_reaches_both_standbys() {
         "the three tables' rows are counted: {log}"
     );
 
-    for (node, port) in ["pg_master", "pg_slave", "pg_asyncslave"]
+    for (node, &port) in ["pg_master", "pg_slave", "pg_asyncslave"]
         .iter()
-        .zip(cluster.ports)
+        .zip(&cluster.ports)
     {
         assert_eq!(
-            cluster.fingerprint(&rt, port),
+            fingerprint(&cluster, &rt, port),
             expected,
             "`{node}` differs from the source"
         );
     }
 
     // The primary exists now: a second `up` leaves it alone and says why.
-    let output = cluster.run("up", &["--dump", dump_arg]);
+    let output = run(&cluster, "up", &["--dump", dump_arg]);
     assert!(output.status.success(), "second up: {}", stderr(&output));
     assert!(
         stderr(&output).contains("not applied"),
@@ -249,7 +183,7 @@ fn up_restores_a_stock_pg_dump_that_reaches_both_standbys() {
         stderr(&output)
     );
 
-    cluster.down_purge();
+    down_purge(&cluster);
 }
 
 #[test]
@@ -267,7 +201,7 @@ fn a_failing_dump_names_its_line_and_down_purge_cleans_up() {
          INSERT INTO ok VALUES (2);\n",
     )
     .unwrap();
-    let output = cluster.run("up", &["--dump", dump_file.to_str().unwrap()]);
+    let output = run(&cluster, "up", &["--dump", dump_file.to_str().unwrap()]);
     let log = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{log}");
     assert!(
@@ -280,10 +214,10 @@ fn a_failing_dump_names_its_line_and_down_purge_cleans_up() {
         log.contains("; statement: INSERT INTO missing_table VALUES (1)\n"),
         "{log}"
     );
-    cluster.down_purge();
+    down_purge(&cluster);
 
     // A dump that is not there stops `up` before anything is created.
-    let output = cluster.run("up", &["--dump", "/nonexistent/dump.sql"]);
+    let output = run(&cluster, "up", &["--dump", "/nonexistent/dump.sql"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("open dump `/nonexistent/dump.sql`"),
@@ -301,7 +235,7 @@ fn a_failing_dump_names_its_line_and_down_purge_cleans_up() {
 fn down_purge_deletes_nothing_while_a_node_it_cannot_stop_runs() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        crate::capability::skip(
+        capability::skip(
             "down_purge_deletes_nothing_while_a_node_it_cannot_stop_runs",
             "root",
             "needs a process the server user cannot signal",
@@ -309,15 +243,15 @@ fn down_purge_deletes_nothing_while_a_node_it_cannot_stop_runs() {
         return;
     }
     let cluster = TestCluster::new();
-    let output = cluster.run("up", &[]);
+    let output = run(&cluster, "up", &[]);
     assert!(output.status.success(), "up: {}", stderr(&output));
-    let output = cluster.run("stop", &["pg_asyncslave"]);
+    let output = run(&cluster, "stop", &["pg_asyncslave"]);
     assert!(output.status.success(), "stop: {}", stderr(&output));
     let mut stranger = Command::new("sleep").arg("600").spawn().unwrap();
     let data = cluster.state_dir().join("pg_asyncslave/data");
     fs::write(data.join("postmaster.pid"), format!("{}\n", stranger.id())).unwrap();
 
-    let output = cluster.run("down", &["--purge"]);
+    let output = run(&cluster, "down", &["--purge"]);
     let log = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{log}");
     assert!(
@@ -344,5 +278,5 @@ fn down_purge_deletes_nothing_while_a_node_it_cannot_stop_runs() {
 
     stranger.kill().unwrap();
     stranger.wait().unwrap();
-    cluster.down_purge();
+    down_purge(&cluster);
 }

@@ -9,9 +9,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::basebackup::wait_for;
-use crate::cluster_flow::TestCluster;
-use crate::harness;
+use crate::support::cluster::TestCluster;
+use crate::support::{eventually, harness, stderr};
 
 const MARKER: &str = "pgrepl-tls-marker-5f1c";
 
@@ -101,20 +100,17 @@ fn streams_through(cluster: &TestCluster, proxy: &RecordingProxy) -> bool {
 fn marker_through_a_proxy(cluster: &TestCluster) -> RecordingProxy {
     let proxy = RecordingProxy::start(cluster.ports[0]);
     follow_through(cluster, &proxy, &|c| c);
-    wait_for(
+    eventually(
         "pg_asyncslave to stream through the proxy",
         Duration::from_secs(30),
-        || streams_through(cluster, &proxy),
-    );
+    )
+    .until(|| streams_through(cluster, &proxy));
     cluster.psql(
         0,
         &format!("create table marked as select '{MARKER}'::text as m"),
     );
-    wait_for(
-        "the marker on pg_asyncslave",
-        Duration::from_secs(30),
-        || cluster.psql(2, "select count(*) from pg_class where relname = 'marked'") == "1",
-    );
+    eventually("the marker on pg_asyncslave", Duration::from_secs(30))
+        .until(|| cluster.psql(2, "select count(*) from pg_class where relname = 'marked'") == "1");
     proxy
 }
 
@@ -125,7 +121,7 @@ fn marker_through_a_proxy(cluster: &TestCluster) -> RecordingProxy {
 fn replication_is_encrypted_and_standbys_verify_the_primary() {
     let cluster = TestCluster::new();
     let up = cluster.ok(&["up"]);
-    let said = crate::basebackup::stderr(&up);
+    let said = stderr(&up);
     assert!(said.contains("create the cluster CA"), "{said}");
     assert_eq!(
         cluster.psql(
@@ -176,15 +172,15 @@ fn replication_is_encrypted_and_standbys_verify_the_primary() {
         .dir
         .path()
         .join(".pgrepl/pg_asyncslave/postgres.log");
-    wait_for(
+    eventually(
         "the walreceiver to refuse the name",
         Duration::from_secs(30),
-        || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("does not match host name \"not-the-primary\"")
-        },
-    );
+    )
+    .until(|| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("does not match host name \"not-the-primary\"")
+    });
     assert!(!streams_through(&cluster, &proxy));
 
     // `status` says when the certificates expire; `tls rotate` renews them with a reload: the
@@ -196,7 +192,7 @@ fn replication_is_encrypted_and_standbys_verify_the_primary() {
     let started = cluster.psql(0, "select pg_postmaster_start_time()");
     let before = served_certificate(cluster.ports[0]);
     let rotated = cluster.ok(&["tls", "rotate"]);
-    let said = crate::basebackup::stderr(&rotated);
+    let said = stderr(&rotated);
     assert!(
         said.contains("`pg_master` reloaded its certificate"),
         "{said}"
@@ -250,7 +246,7 @@ fn without_tls_the_marker_is_on_the_wire_and_up_says_so() {
     let text = std::fs::read_to_string(&cluster.file).unwrap();
     std::fs::write(&cluster.file, format!("{text}\n[tls]\nmode = \"off\"\n")).unwrap();
     let up = cluster.ok(&["up"]);
-    let said = crate::basebackup::stderr(&up);
+    let said = stderr(&up);
     assert!(said.contains("TLS is off"), "{said}");
     assert!(!cluster.dir.path().join(".pgrepl/tls").exists());
     let proxy = marker_through_a_proxy(&cluster);
@@ -301,7 +297,7 @@ fn the_users_own_ca_and_certificates_are_served_and_checked_first() {
     );
     std::fs::write(&cluster.file, format!("{text}{wrong}")).unwrap();
     let refused = cluster.pgrepl(&["up"]);
-    let said = crate::basebackup::stderr(&refused);
+    let said = stderr(&refused);
     assert!(!refused.status.success(), "{said}");
     assert!(
         said.contains("[tls.nodes.pg_slave] cert") && said.contains("not signed by [tls] ca_cert"),

@@ -21,9 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::basebackup::wait_for;
-use crate::capability;
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::{capability, eventually, pgrepl, stderr};
 
 // ---------------------------------------------------------------------------------------------
 // The proxy.
@@ -54,7 +53,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(upstream: u16, fault: Fault) -> Proxy {
-        let listener = crate::harness::listener();
+        let listener = harness::listener();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -188,7 +187,7 @@ fn downstream(
 // Running pgrepl.
 
 fn spawn_pgrepl(args: &[&str], password: &str) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+    let mut cmd = pgrepl();
     cmd.args(args)
         .env_remove("RUST_LOG")
         .env("PGPASSWORD", password)
@@ -197,10 +196,6 @@ fn spawn_pgrepl(args: &[&str], password: &str) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn().expect("spawn pgrepl")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// One `pgrepl:` line (and at most one `hint:`), containing one of `any_of`.
@@ -759,7 +754,7 @@ fn receivewal_through(
     );
     let pid = child.id() as i32;
     let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
-    wait_for("the slot to be active", Duration::from_secs(30), || {
+    eventually("the slot to be active", Duration::from_secs(30)).until(|| {
         waiter.is_finished()
             || server.borrow().psql(&format!(
                 "select count(*) from pg_replication_slots where slot_name = '{slot}' and active"

@@ -9,11 +9,12 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::cluster_local::{stderr, TestCluster};
+use crate::support::cluster::TestCluster;
+use crate::support::{eventually, stderr};
 
 const PG16: &str = "16.15.0";
 
@@ -55,21 +56,19 @@ fn primary_query(cluster: &TestCluster, sql: &str) -> String {
 
 /// Both standbys stream from the primary (within a few seconds of `up`).
 fn assert_streaming(cluster: &TestCluster) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let streaming = primary_query(
-            cluster,
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-        );
-        if streaming == "2" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{streaming} standbys stream, not 2"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually("both standbys to stream", Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .until(|| {
+            let streaming = primary_query(
+                cluster,
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            );
+            if streaming == "2" {
+                Ok(())
+            } else {
+                Err(format!("{streaming} standbys stream, not 2"))
+            }
+        });
 }
 
 fn recorded_pg_bin(cluster: &TestCluster) -> String {

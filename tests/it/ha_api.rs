@@ -3,64 +3,14 @@
 //! Patroni's own example configuration taken verbatim (ports aside), and the one `pgrepl
 //! haproxy-config` prints, routing stock `psql` to the primary across a node loss.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::ha_cluster::{HaCluster, Writer, TTL};
-
-/// One request, over TLS verified against `ca` (the cluster's, when it has TLS: the agents'
-/// API is then HTTPS only); `None` when the agent does not answer within a second (frozen,
-/// gone).
-pub(crate) fn http(
-    addr: SocketAddr,
-    ca: Option<&Path>,
-    method: &str,
-    path: &str,
-) -> Option<(u16, String)> {
-    let timeout = Duration::from_secs(1);
-    let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    match ca {
-        Some(ca) => {
-            let mut tls = rustls::StreamOwned::new(tls_client(ca, addr), stream);
-            tls.write_all(request.as_bytes()).ok()?;
-            // The agent closes without close_notify when it is done: what was read is the answer.
-            let _ = tls.read_to_string(&mut response);
-        }
-        None => {
-            let mut stream = stream;
-            stream.write_all(request.as_bytes()).ok()?;
-            stream.read_to_string(&mut response).ok()?;
-        }
-    }
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned());
-    Some((code, body))
-}
-
-/// A TLS session that trusts only the cluster CA in `ca` and checks the agent's address.
-fn tls_client(ca: &Path, addr: SocketAddr) -> rustls::ClientConnection {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap()
-}
+use crate::support::ha::api::{http, psql_lands, PASSWORD};
+use crate::support::ha::{HaCluster, HaNodes, Targets, Writer, TTL};
+use crate::support::sql_tls::Tls;
+use crate::support::{capability, eventually, harness};
 
 fn code(ha: &HaCluster, i: usize, path: &str) -> Option<u16> {
     http(ha.apis[i], ha.api_ca().as_deref(), "GET", path).map(|(code, _)| code)
@@ -91,20 +41,17 @@ fn expect(codes: [u16; 9]) -> Vec<Option<u16>> {
 /// probe, so a change shows within a loop or two).
 fn wait_codes(ha: &HaCluster, i: usize, what: &str, want: [u16; 9]) {
     let want = expect(want);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = codes(ha, i);
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} (`{}`): {PATHS:?}\n got  {got:?}\n want {want:?}\n{}",
-            ha.nodes[i],
-            ha.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = format!("{what} (`{}`)", ha.nodes[i]);
+    eventually(&what, Duration::from_secs(15))
+        .showing(|| ha.logs())
+        .until(|| {
+            let got = codes(ha, i);
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{PATHS:?}\n got  {got:?}\n want {want:?}"))
+            }
+        });
 }
 
 //                       prim lead repl  ro  sync async hlth live  rdy
@@ -188,16 +135,18 @@ fn ha_api_answers_patronis_codes_in_every_role() {
     ha.signal_agent(0, libc::SIGSTOP);
     let frozen = Instant::now();
     assert_eq!(code(&ha, 0, "/primary"), None, "a frozen agent answers");
-    let new = loop {
-        if let Some(i) = [1, 2]
+    let new = eventually(
+        "a standby's /primary to answer 200",
+        Duration::from_secs(15),
+    )
+    .since(frozen)
+    .every(Duration::from_millis(50))
+    .showing(|| ha.logs())
+    .until(|| {
+        [1, 2]
             .into_iter()
             .find(|&i| code(&ha, i, "/primary") == Some(200))
-        {
-            break i;
-        }
-        assert!(frozen.elapsed() < Duration::from_secs(15), "{}", ha.logs());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
     eprintln!(
         "/primary answers 200 on `{}` {:.2} s after the leader's agent froze (TTL {} s)",
         ha.nodes[new],
@@ -283,37 +232,6 @@ impl Drop for Haproxy {
     }
 }
 
-/// The superuser's password for sessions over TCP (the local runtime's is by socket only).
-pub(crate) const PASSWORD: &str = "through-the-proxy";
-
-/// Where stock psql lands with `conninfo`: whether that server is in recovery, and its port
-/// (`None`: it reached none).
-pub(crate) fn psql_lands(conninfo: &str) -> Option<(String, String)> {
-    psql_lands_with(conninfo, Some(PASSWORD))
-}
-
-/// The same with `password` as PGPASSWORD, or none: only what `conninfo` names.
-pub(crate) fn psql_lands_with(conninfo: &str, password: Option<&str>) -> Option<(String, String)> {
-    let psql = crate::harness::PgInstall::default_install()
-        .bin_dir
-        .join("psql");
-    let mut command = Command::new(psql);
-    command
-        .args(["-X", "-A", "-t", "-c"])
-        .arg("SELECT pg_is_in_recovery(), current_setting('port')")
-        .arg(conninfo)
-        .env("PGCONNECT_TIMEOUT", "2")
-        .env_remove("PGPASSFILE");
-    match password {
-        Some(password) => command.env("PGPASSWORD", password),
-        None => command.env_remove("PGPASSWORD"),
-    };
-    let out = command.output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (recovery, port) = text.split_once('|')?;
-    Some((recovery.to_owned(), port.to_owned()))
-}
-
 /// Stock psql through the proxy's `port`.
 fn through(port: u16) -> Option<(String, String)> {
     psql_lands(&format!(
@@ -322,16 +240,12 @@ fn through(port: u16) -> Option<(String, String)> {
 }
 
 fn wait_through(port: u16, what: &str, check: impl Fn(&(String, String)) -> bool) {
-    let start = Instant::now();
-    while !through(port).as_ref().is_some_and(&check) {
-        assert!(start.elapsed() < Duration::from_secs(30), "{what}: never");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(what, Duration::from_secs(30)).until(|| through(port).as_ref().is_some_and(&check));
 }
 
 #[test]
 fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary() {
-    if crate::capability::tool(
+    if capability::tool(
         "ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary",
         "haproxy",
         "apt-get install haproxy",
@@ -344,7 +258,7 @@ fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary(
     wait_codes(&ha, 0, "the leader", LEADER);
     ha.try_psql(0, &format!("ALTER ROLE postgres PASSWORD '{PASSWORD}'"))
         .expect("a password for TCP sessions");
-    let pick = crate::harness::pick_port;
+    let pick = harness::pick_port;
     let backends: Vec<(String, u16, u16)> = (0..3)
         .map(|i| (ha.nodes[i].clone(), ha.cluster.ports[i], ha.apis[i].port()))
         .collect();
@@ -395,9 +309,9 @@ fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary(
         .user("postgres")
         .password(PASSWORD)
         .dbname("postgres");
-    let writer = Writer::over(crate::ha_cluster::Targets {
+    let writer = Writer::over(Targets {
         configs: vec![proxy],
-        tls: ha.api_ca().map(|ca| crate::sql_tls::Tls::trusting(&ca)),
+        tls: ha.api_ca().map(|ca| Tls::trusting(&ca)),
     });
     writer.wait_ack(&ha, Duration::from_secs(10), Instant::now(), |_| true);
 
@@ -407,21 +321,27 @@ fn ha_haproxy_with_patronis_configuration_or_pgrepls_routes_psql_to_the_primary(
     ha.kill_postgres(0);
     // Both polled in turn, each time taken from the kill.
     let (mut ours, mut theirs) = (None, None);
-    while ours.is_none() || theirs.is_none() {
+    let (ours, theirs) = eventually(
+        "both proxies to reach the new primary",
+        Duration::from_secs(40),
+    )
+    .since(killed)
+    .every(Duration::from_millis(50))
+    .showing(|| ha.logs())
+    .until(|| {
         for (port, reached) in [(write_port, &mut ours), (patroni_port, &mut theirs)] {
             let new_primary = |(r, p): &(String, String)| r == "f" && *p != master_port;
             if reached.is_none() && through(port).as_ref().is_some_and(new_primary) {
                 *reached = Some(killed.elapsed());
             }
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(40),
-            "through pgrepl's checks {ours:?}, Patroni's {theirs:?}\n{}",
-            ha.logs()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let (ours, theirs) = (ours.unwrap(), theirs.unwrap());
+        match (ours, theirs) {
+            (Some(ours), Some(theirs)) => Ok((ours, theirs)),
+            _ => Err(format!(
+                "through pgrepl's checks {ours:?}, Patroni's {theirs:?}"
+            )),
+        }
+    });
     // The old primary died with the kill: every acknowledgement after it is the new one's.
     let first = writer.wait_ack(&ha, Duration::from_secs(30), killed, |_| true);
     std::thread::sleep(Duration::from_millis(500));

@@ -21,12 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::basebackup::stderr;
-use crate::cluster_flow::TestCluster;
-use crate::ha_up::{
-    agent_logs, ha_cluster, lose_machine, pids_in, state, status_json, up_ok, with_proxy,
+use crate::support::cluster::TestCluster;
+use crate::support::ha::api::http;
+use crate::support::ha::up::{
+    agent_logs, docker_ha_cluster, ha_cluster, lose_machine, pids_in, status_json, up_ok,
+    with_proxy,
 };
-use crate::harness;
+use crate::support::{capability, docker, eventually, harness, stderr};
 
 /// A psql or pgbench waiting on a stranded primary gives up after this: long enough that
 /// none is cut off before the old primary's agent resumes and stops its server.
@@ -161,24 +162,19 @@ impl Clients {
 
     /// Waits until `writer` has an acknowledgement on a timeline above `above`, and returns it.
     fn wait_timeline(&self, writer: &str, above: u32, since: Instant, what: &str) -> Ack {
-        loop {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .acks
-                .iter()
-                .find(|a| a.writer == writer && a.timeline > above)
-                .cloned();
-            if let Some(ack) = found {
-                return ack;
-            }
-            assert!(
-                since.elapsed() < OUTAGE_LIMIT,
-                "{what}: no write through `{writer}` reached a timeline above {above} within {OUTAGE_LIMIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let wanted = format!("{what}: a write through `{writer}` on a timeline above {above}");
+        eventually(&wanted, OUTAGE_LIMIT)
+            .since(since)
+            .every(Duration::from_millis(20))
+            .until(|| {
+                self.log
+                    .lock()
+                    .unwrap()
+                    .acks
+                    .iter()
+                    .find(|a| a.writer == writer && a.timeline > above)
+                    .cloned()
+            })
     }
 
     fn stop(self) -> Log {
@@ -209,7 +205,7 @@ impl Machines for LocalMachines<'_> {
         lose_machine(self.0, node);
     }
     fn signal_agent(&self, node: &str, signal: i32) {
-        let pid = pids_in(&state(self.0).join("agents"))
+        let pid = pids_in(&self.0.state_dir().join("agents"))
             .into_iter()
             .find(|(n, _)| n == node)
             .expect("the agent's pid file")
@@ -226,16 +222,16 @@ struct DockerMachines;
 
 impl Machines for DockerMachines {
     fn lose(&self, node: &str) {
-        crate::ha_docker::kill(node);
+        docker::kill(node);
     }
     fn signal_agent(&self, node: &str, signal: i32) {
-        let pid = crate::ha_docker::agent_pid(node).expect("the agent's host pid");
+        let pid = docker::agent_pid(node).expect("the agent's host pid");
         // SAFETY: kill(2) on this test cluster's agent.
         unsafe { libc::kill(pid, signal) };
     }
     fn logs(&self) -> String {
         ["pg_master", "pg_slave", "pg_asyncslave"]
-            .map(|node| format!("--- {node}:\n{}", crate::ha_docker::logs(node)))
+            .map(|node| format!("--- {node}:\n{}", docker::logs(node)))
             .join("\n")
     }
 }
@@ -244,23 +240,24 @@ impl Machines for DockerMachines {
 /// primary streams from the new one) and a standby is promotable: the next fault then has a
 /// successor. `status` exits 0 only then.
 fn settle(cluster: &TestCluster, machines: &dyn Machines, after: &str) {
-    let start = Instant::now();
-    loop {
+    eventually(
+        &format!("the cluster to settle after the {after}"),
+        Duration::from_secs(60),
+    )
+    .every(Duration::from_millis(200))
+    .showing(|| machines.logs())
+    .until(|| {
         let out = cluster.pgrepl(&["status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let promotable = status["ha"]["promotable"]
             .as_array()
             .is_some_and(|p| !p.is_empty());
         if out.status.success() && promotable {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{status:#}"))
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "after the {after}, the cluster did not settle: {status:#}\n{}",
-            machines.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
 }
 
 fn leader(cluster: &TestCluster) -> String {
@@ -433,7 +430,7 @@ fn clients_follow_the_primary(cluster: &TestCluster, machines: &dyn Machines) {
 #[test]
 fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_haproxy_on_local() {
     let test = "ha_clients_stock_psql_and_pgbench_follow_the_primary_on_local";
-    if crate::capability::tool(test, "haproxy", "apt-get install haproxy").is_none() {
+    if capability::tool(test, "haproxy", "apt-get install haproxy").is_none() {
         return;
     }
     let Some(cluster) = ha_cluster(test) else {
@@ -448,11 +445,11 @@ fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_hapr
 #[test]
 fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_haproxy_on_docker() {
     let test = "ha_clients_stock_psql_and_pgbench_follow_the_primary_on_docker";
-    let Some((_engine, cluster)) = crate::ha_up::docker_ha_cluster(test) else {
+    let Some((_engine, cluster)) = docker_ha_cluster(test) else {
         return;
     };
     let (write_port, _) = with_proxy(&cluster);
-    let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
+    let up = cluster.pgrepl(&["up", "--image", docker::IMAGE]);
     assert!(
         up.status.success(),
         "{}\n{}",
@@ -466,9 +463,8 @@ fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_hapr
     let api = status["ha"]["agents"][0]["api"]
         .as_str()
         .expect("the agent's published API");
-    let ca = crate::ha_up::state(&cluster).join("tls/ca.crt");
-    let (code, _) =
-        crate::ha_api::http(api.parse().unwrap(), Some(&ca), "GET", "/primary").unwrap();
+    let ca = cluster.state_dir().join("tls/ca.crt");
+    let (code, _) = http(api.parse().unwrap(), Some(&ca), "GET", "/primary").unwrap();
     assert_eq!(
         code, 200,
         "GET /primary on the leader's agent through {api}"
@@ -481,7 +477,7 @@ fn ha_clients_stock_psql_and_pgbench_follow_the_primary_through_the_uri_and_hapr
     assert!(text.contains(&format!("-> {leader};")), "{text}");
     let down = cluster.pgrepl(&["down", "--purge"]);
     assert!(down.status.success(), "{}", stderr(&down));
-    let left = crate::ha_docker::docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    let left = docker::docker(&["ps", "-a", "--format", "{{.Names}}"]);
     let names = String::from_utf8_lossy(&left.stdout);
     assert!(!names.contains("haproxy"), "containers left: {names}");
 }

@@ -4,12 +4,8 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::basebackup::stderr;
-use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, NODES, TTL};
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use crate::support::ha::{assert_one_writer_at_a_time, HaCluster, HaNodes, Writer, NODES, TTL};
+use crate::support::{pgrepl, stderr, stdout};
 
 fn succeeded(output: Output, what: &str) -> String {
     assert!(
@@ -236,7 +232,7 @@ fn ha_control_failover_without_a_leader_says_why_nobody_can_be_elected_then_wait
     assert!(ha.leader().is_none());
 
     // The command waits while pg_asyncslave's agent comes back and the agents elect.
-    let waiting = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    let waiting = pgrepl()
         .args(["failover", "--cluster"])
         .arg(&ha.cluster.file)
         .args(ha.etcd_args())

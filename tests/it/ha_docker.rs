@@ -3,106 +3,23 @@
 //! they reach a machine: its container killed, its server's processes killed, its agent
 //! stopped, its container cut from the network through the engine.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::ha::{
+use crate::support::docker::connect;
+use crate::support::ha::scenarios::{
     etcd_leader_loss, frozen_agent, hung_primary, node_loss, postgres_crash, stalls_and_etcd_quorum,
 };
-use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, NODES};
-
-/// The docker CLI (tests only; pgrepl itself speaks the engine API).
-pub(crate) fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("docker {args:?}: {e}"))
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let output = docker(args);
-    assert!(
-        output.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// The host pid of the agent in `container`: the child of its docker-init.
-pub(crate) fn agent_pid(container: &str) -> Option<i32> {
-    let inspect = docker(&["inspect", "-f", "{{.State.Pid}}", container]);
-    let init = String::from_utf8_lossy(&inspect.stdout).trim().to_owned();
-    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
-}
-
-/// `signal` to every server process in `container` (host pids from the engine), none to its
-/// agent. Nothing when the container does not run.
-pub(crate) fn signal_postgres(container: &str, signal: i32) {
-    let top = docker(&["top", container, "-eo", "pid,comm"]);
-    for line in String::from_utf8_lossy(&top.stdout).lines().skip(1) {
-        let mut fields = line.split_whitespace();
-        let (Some(pid), Some(comm)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        if comm == "postgres" {
-            if let Ok(pid) = pid.parse::<i32>() {
-                // SAFETY: kill(2) on this test cluster's server processes.
-                unsafe { libc::kill(pid, signal) };
-            }
-        }
-    }
-}
-
-/// What the container printed (its agent's log), across its restarts.
-pub(crate) fn logs(container: &str) -> String {
-    let output = docker(&["logs", container]);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-pub(crate) fn kill(container: &str) {
-    let output = docker(&["kill", container]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() || stderr.contains("is not running"),
-        "docker kill {container}: {stderr}"
-    );
-}
-
-pub(crate) fn start(container: &str) {
-    docker_ok(&["start", container]);
-}
-
-/// Cuts `container` from `network` (`false`), or joins it again (`true`).
-pub(crate) fn connect(network: &str, container: &str, connected: bool) {
-    let verb = if connected { "connect" } else { "disconnect" };
-    docker_ok(&["network", verb, network, container]);
-}
-
-pub(crate) fn engine(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
-    if let Err(why) = crate::cluster_docker::engine_with_image() {
-        crate::capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
-        return None;
-    }
-    crate::capability::tool(test, "etcd", "apt-get install etcd-server")?;
-    Some(
-        crate::cluster_docker::ENGINE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()),
-    )
-}
+use crate::support::ha::{
+    assert_one_writer_at_a_time, docker_engine, HaCluster, HaNodes, Writer, NODES,
+};
 
 /// A killed server with its agent alive is restarted in place inside its container, and so is
 /// a hung one, once its agent killed it; a killed container (agent and server together) is
 /// failed over, and the node rejoins when its container starts again.
 #[test]
 fn ha_docker_crash_restarts_in_place_and_node_loss_fails_over() {
-    let Some(_engine) = engine("ha_docker_crash_restarts_in_place_and_node_loss_fails_over") else {
+    let Some(_engine) = docker_engine("ha_docker_crash_restarts_in_place_and_node_loss_fails_over")
+    else {
         return;
     };
     let ha = HaCluster::up_docker();
@@ -117,7 +34,7 @@ fn ha_docker_crash_restarts_in_place_and_node_loss_fails_over() {
 #[test]
 fn ha_docker_frozen_agent_and_partitioned_primary_are_replaced_and_rejoin() {
     let Some(_engine) =
-        engine("ha_docker_frozen_agent_and_partitioned_primary_are_replaced_and_rejoin")
+        docker_engine("ha_docker_frozen_agent_and_partitioned_primary_are_replaced_and_rejoin")
     else {
         return;
     };
@@ -165,7 +82,7 @@ fn ha_docker_frozen_agent_and_partitioned_primary_are_replaced_and_rejoin() {
 /// it takes writes again when quorum returns.
 #[test]
 fn ha_docker_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_the_primary() {
-    let Some(_engine) = engine(
+    let Some(_engine) = docker_engine(
         "ha_docker_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_demotes_the_primary",
     ) else {
         return;
@@ -176,7 +93,7 @@ fn ha_docker_short_stalls_and_one_etcd_member_change_nothing_and_lost_quorum_dem
 /// etcd's leader container killed: the other two elect before the primary's fence deadline.
 #[test]
 fn ha_docker_etcd_leader_loss_fences_nothing() {
-    let Some(_engine) = engine("ha_docker_etcd_leader_loss_fences_nothing") else {
+    let Some(_engine) = docker_engine("ha_docker_etcd_leader_loss_fences_nothing") else {
         return;
     };
     etcd_leader_loss(HaCluster::up_docker());

@@ -15,10 +15,11 @@ use pgrepl::cluster::StepLog;
 use pgrepl::ha::docker_etcd::DockerEtcd;
 use pgrepl::ha::etcd_access::{EtcdAccess, User};
 
-use crate::capability;
-use crate::ha_docker::{docker, kill, start};
+use crate::support::capability;
+use crate::support::docker::{
+    docker, ensure_image, kill, logs, start, ENGINE, ETCD_IMAGE as IMAGE,
+};
 
-use crate::cluster_docker::ETCD_IMAGE as IMAGE;
 /// Names of this test's own, so a cluster another test left behind is never touched.
 const SCOPE: &str = "pgrepl-it-etcd";
 const NETWORK: &str = "pgrepl_it_etcd_net";
@@ -143,14 +144,8 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
             return;
         }
     };
-    let _engine = crate::cluster_docker::ENGINE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    rt.block_on(crate::cluster_docker::ensure_image(
-        &engine,
-        crate::cluster_docker::ETCD_IMAGE,
-        "etcd",
-    ));
+    let _engine = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    rt.block_on(ensure_image(&engine, IMAGE, "etcd"));
     assert_eq!(
         rt.block_on(leftovers(&engine)),
         Vec::<String>::new(),
@@ -285,7 +280,7 @@ fn docker_etcd_keeps_quorum_without_one_member_which_rejoins_with_its_data() {
                 Instant::now() < deadline,
                 "{} did not catch up within 30 s:\n{}",
                 container(down),
-                crate::ha_docker::logs(&container(down))
+                logs(&container(down))
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

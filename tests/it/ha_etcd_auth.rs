@@ -10,7 +10,9 @@ use etcd_client::Client;
 use pgrepl::cluster::tls::{ca_dir, ensure};
 use pgrepl::ha::etcd_access::{client_leaf, provision, ClientTls, EtcdAccess, User};
 
-use crate::ha_up::{ha_cluster, state, status_json, up_ok};
+use crate::support::etcd::EtcdCluster;
+use crate::support::ha::up::{ha_cluster, status_json, up_ok};
+use crate::support::{capability, harness};
 
 /// `request` again while etcd says the users and roles changed under it (`ErrAuthOldRevision`:
 /// nothing was done; etcd's own client retries it too), at most three times.
@@ -95,7 +97,7 @@ fn the_etcd_up_starts_admits_only_the_clusters_certificates_each_user_to_its_pre
         return;
     };
     up_ok(&cluster);
-    let state = state(&cluster);
+    let state = cluster.state_dir();
     let endpoints: Vec<String> = std::fs::read_to_string(state.join("etcd/endpoints"))
         .unwrap()
         .lines()
@@ -218,10 +220,10 @@ fn the_etcd_up_starts_admits_only_the_clusters_certificates_each_user_to_its_pre
 #[test]
 fn an_etcd_password_is_read_from_its_file_used_and_never_shown() {
     let test = "an_etcd_password_is_read_from_its_file";
-    if crate::capability::tool(test, "etcd", "apt-get install etcd-server").is_none() {
+    if capability::tool(test, "etcd", "apt-get install etcd-server").is_none() {
         return;
     }
-    let etcd = crate::etcd::EtcdCluster::start(3);
+    let etcd = EtcdCluster::start(3);
     let secret = format!("Etcd-Secret-{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -268,9 +270,9 @@ fn an_etcd_made_before_tls_keeps_plain_http_and_still_serves_the_agents() {
     let Some(cluster) = ha_cluster(test) else {
         return;
     };
-    let etcd_dir = state(&cluster).join("etcd");
+    let etcd_dir = cluster.state_dir().join("etcd");
     std::fs::create_dir_all(&etcd_dir).unwrap();
-    let pick = crate::harness::pick_port;
+    let pick = harness::pick_port;
     let members: Vec<serde_json::Value> = (0..3)
         .map(|i| serde_json::json!({"name": format!("etcd{i}"), "client_port": pick(), "peer_port": pick()}))
         .collect();

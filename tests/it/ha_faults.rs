@@ -6,9 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::ha_cluster::{assert_one_writer_at_a_time, HaCluster, Writer, TTL};
-use crate::ha_docker;
 use pgrepl::ha::decide::HUNG_AFTER;
+
+use crate::support::ha::scenarios::restarted_in_place;
+use crate::support::ha::{
+    assert_one_writer_at_a_time, docker_engine, HaCluster, HaNodes, Writer, TTL,
+};
+use crate::support::harness;
 
 /// The agents' default primary start timeout (Timing::start_timeout).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,7 +30,7 @@ fn ha_primary_that_cannot_start_is_replaced() {
 
 #[test]
 fn ha_docker_primary_that_cannot_start_is_replaced() {
-    let Some(_engine) = ha_docker::engine("ha_docker_primary_that_cannot_start_is_replaced") else {
+    let Some(_engine) = docker_engine("ha_docker_primary_that_cannot_start_is_replaced") else {
         return;
     };
     primary_that_cannot_start(HaCluster::up_docker());
@@ -115,7 +119,7 @@ const STANDBY3: &str = "pg_standby3";
 /// timeline.
 #[test]
 fn ha_four_nodes_first_two_never_elect_a_stale_member() {
-    let port = crate::harness::pick_port();
+    let port = harness::pick_port();
     let mut ha = HaCluster::up_with(|text| {
         let edited = text
             .replacen(
@@ -406,7 +410,7 @@ fn ha_primary_hung_while_its_agent_waits_on_a_lock_is_still_restarted_in_place()
         ha.signal_postgres(0, libc::SIGSTOP);
     };
     let says = ["KillHung", "RestartInPlace"];
-    crate::ha::restarted_in_place(&ha, "hung behind a lock", fault, HUNG_AFTER, &says);
+    restarted_in_place(&ha, "hung behind a lock", fault, HUNG_AFTER, &says);
     let mut holder = holder.expect("the lock's session");
     let _ = holder.kill();
     let _ = holder.wait();

@@ -17,11 +17,14 @@ use std::time::{Duration, Instant};
 use pgrepl::cluster::tls::ca_dir;
 use pgrepl::ha::etcd_access::{self, EtcdAccess, User};
 
-use crate::capability;
-use crate::ha_cluster::{
-    assert_nothing_lost, assert_one_writer_at_a_time, etcd_get, node_of, Writer, WRITTEN_IDS,
+use crate::support::etcd::{etcd_binary, etcd_get, tls_args};
+use crate::support::ha::{
+    assert_nothing_lost, assert_one_writer_at_a_time, signal_server, spawn_agent, HaNodes, Targets,
+    Writer, WRITTEN_IDS,
 };
-use crate::harness::{self, PgInstall};
+use crate::support::harness::{self, PgInstall};
+use crate::support::sql_tls::Tls;
+use crate::support::{capability, eventually, PGREPL};
 
 const NODES: [&str; 3] = ["n1", "n2", "n3"];
 const SCOPE: &str = "hosts";
@@ -154,10 +157,10 @@ impl Machines {
                 format!("https://{}:2379", self.address(i)),
                 format!("https://{}:2380", self.address(i)),
             );
-            let tls = crate::etcd::tls_args(&certs, &format!("e{}", i + 1));
+            let tls = tls_args(&certs, &format!("e{}", i + 1));
             let log = std::fs::File::create(self.dir(i).join("etcd.log")).unwrap();
             let child = self
-                .exec(i, &crate::etcd::etcd_binary())
+                .exec(i, &etcd_binary())
                 .args(["--name", &format!("e{}", i + 1), "--data-dir"])
                 .arg(self.dir(i).join("etcd"))
                 .args(["--listen-client-urls", &client])
@@ -175,11 +178,9 @@ impl Machines {
                 .expect("start etcd");
             self.etcd[i] = Some(child);
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !etcd_takes_writes(&self.etcd(User::Root)) {
-            assert!(Instant::now() < deadline, "etcd did not form a cluster");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually("etcd to form a cluster", Duration::from_secs(30))
+            .every(Duration::from_millis(200))
+            .until(|| etcd_takes_writes(&self.etcd(User::Root)));
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -199,56 +200,19 @@ impl Machines {
         }
         let text = cluster_file(&self.subnet, &self.etcd(User::Agent));
         std::fs::write(&file, text).unwrap();
-        let pgrepl = self.exec(i, std::path::Path::new(env!("CARGO_BIN_EXE_pgrepl")));
+        let pgrepl = self.exec(i, Path::new(PGREPL));
         let log = self.dir(i).join("agent.log");
-        self.agents[i] = Some(crate::ha_cluster::spawn_agent(
-            pgrepl,
-            NODES[i],
-            &file,
-            &[],
-            &log,
-        ));
-    }
-
-    fn leader(&self) -> Option<String> {
-        node_of(&etcd_get(
-            &self.etcd(User::Reader),
-            &format!("/pgrepl/{SCOPE}/leader"),
-        )?)
-    }
-
-    /// psql as the superuser over machine `i`'s socket directory (a path, which network
-    /// namespaces do not separate); `None` when the server does not answer.
-    fn psql(&self, i: usize, sql: &str) -> Option<String> {
-        let output = Command::new(PgInstall::default_install().bin("psql"))
-            .arg("-h")
-            .arg(self.dir(i).join(".pgrepl/run"))
-            .args(["-p", &PG_PORT.to_string()])
-            .args(["-U", "postgres", "-d", "postgres", "-Atc", sql])
-            .output()
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        self.agents[i] = Some(spawn_agent(pgrepl, NODES[i], &file, &[], &log));
     }
 
     /// How many standbys stream from node `i`.
     fn streaming_from(&self, i: usize) -> usize {
-        self.psql(
+        self.try_psql(
             i,
             "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
         )
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-    }
-
-    fn streams_from(&self, i: usize, primary: usize) -> bool {
-        let sql = format!(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'",
-            NODES[i]
-        );
-        self.psql(primary, &sql).as_deref() == Some("1")
     }
 
     /// Drops every packet between machine `i` and the others (`-I`), or stops dropping
@@ -265,17 +229,40 @@ impl Machines {
             assert!(output.status.success(), "iptables {args:?}: {output:?}");
         }
     }
+}
 
-    fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Machines) -> bool) {
-        let deadline = Instant::now() + limit;
-        while !check(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {what}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+impl HaNodes for Machines {
+    fn name(&self, i: usize) -> &str {
+        NODES[i]
+    }
+
+    /// psql as the superuser over machine `i`'s socket directory (a path, which network
+    /// namespaces do not separate); `None` when the server does not answer.
+    fn try_psql(&self, i: usize, sql: &str) -> Option<String> {
+        let output = Command::new(PgInstall::default_install().bin("psql"))
+            .arg("-h")
+            .arg(self.dir(i).join(".pgrepl/run"))
+            .args(["-p", &PG_PORT.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-Atc", sql])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
+    /// As the reader the agents' etcd has for `status`.
+    fn etcd_get(&self, key: &str) -> Option<String> {
+        etcd_get(&self.etcd(User::Reader), &format!("/pgrepl/{SCOPE}/{key}"))
+    }
+
+    /// To machine `i`'s postmaster and its children.
+    fn signal_postgres(&self, i: usize, signal: i32) {
+        signal_server(
+            &self.dir(i).join(format!(".pgrepl/{}/data", NODES[i])),
+            signal,
+        );
     }
 
     fn logs(&self) -> String {
@@ -286,14 +273,6 @@ impl Machines {
             })
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    /// SIGKILL to machine `i`'s postmaster and its children.
-    fn kill_postgres(&self, i: usize) {
-        crate::ha_cluster::signal_server(
-            &self.dir(i).join(format!(".pgrepl/{}/data", NODES[i])),
-            libc::SIGKILL,
-        );
     }
 }
 
@@ -472,7 +451,7 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
     // Both standbys stream over TLS (verify-full against the CA each machine was given).
     assert_eq!(
         machines
-            .psql(
+            .try_psql(
                 0,
                 "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_replication r \
                  JOIN pg_stat_ssl s USING (pid) WHERE r.state = 'streaming'"
@@ -486,7 +465,11 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
     let setup = format!(
         "CREATE ROLE writer LOGIN SUPERUSER PASSWORD '{WRITER_PASSWORD}'; CREATE TABLE ha_writes(id bigint PRIMARY KEY)"
     );
-    assert!(machines.psql(0, &setup).is_some(), "{}", machines.logs());
+    assert!(
+        machines.try_psql(0, &setup).is_some(),
+        "{}",
+        machines.logs()
+    );
     for (i, node) in NODES.iter().enumerate() {
         let hba = machines
             .dir(i)
@@ -498,15 +481,10 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
         ));
         std::fs::write(&hba, text).unwrap();
         // A node just built may still be restarting under its agent: give it a moment.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while machines.psql(i, "SELECT pg_reload_conf()").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "`{node}` does not answer\n{}",
-                machines.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(&format!("`{node}` to answer"), Duration::from_secs(15))
+            .every(Duration::from_millis(200))
+            .showing(|| machines.logs())
+            .until(|| machines.try_psql(i, "SELECT pg_reload_conf()").is_some());
     }
     let nodes = (0..3)
         .map(|i| {
@@ -522,9 +500,9 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
         })
         .collect();
     let ca = ca_dir(machines.certs.path()).join("ca.crt");
-    let writer = Writer::over(crate::ha_cluster::Targets {
+    let writer = Writer::over(Targets {
         configs: nodes,
-        tls: Some(crate::sql_tls::Tls::trusting(&ca)),
+        tls: Some(Tls::trusting(&ca)),
     });
     let logs = || machines.logs();
     writer.wait_ack_or_show(
@@ -548,7 +526,9 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
     );
     assert_eq!(machines.leader().as_deref(), Some(NODES[new]));
     assert_ne!(
-        machines.psql(0, "SELECT pg_is_in_recovery()").as_deref(),
+        machines
+            .try_psql(0, "SELECT pg_is_in_recovery()")
+            .as_deref(),
         Some("f"),
         "the cut-off primary still runs as a primary\n{}",
         machines.logs()
@@ -569,7 +549,9 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
         healed.elapsed().as_secs_f64()
     );
     assert_eq!(
-        machines.psql(0, "SELECT pg_is_in_recovery()").as_deref(),
+        machines
+            .try_psql(0, "SELECT pg_is_in_recovery()")
+            .as_deref(),
         Some("t")
     );
     let later = Instant::now();
@@ -577,7 +559,7 @@ fn ha_hosts_build_themselves_and_a_partitioned_primary_is_replaced_then_rejoins(
     let acks = writer.stop();
     assert_nothing_lost(
         &acks,
-        || machines.psql(new, WRITTEN_IDS).unwrap_or_default(),
+        || machines.try_psql(new, WRITTEN_IDS).unwrap_or_default(),
         logs,
     );
     assert_one_writer_at_a_time(&acks, 0);

@@ -6,7 +6,8 @@
 //!
 //! It runs on both runtimes: on docker, each node's container holds its agent and server, a
 //! node loss kills the container and etcd's members are containers too. On the local runtime it
-//! also runs under a saturating load, the sync standby's replay throttled (`ha_load`, issue 19).
+//! also runs under a saturating load, the sync standby's replay throttled (`support::ha::load`,
+//! issue 19).
 //!
 //! CI runs 4 rounds on each (3 loaded). The long run, and a replay of a sequence (its seed is
 //! printed first):
@@ -18,8 +19,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::ha_cluster::{Ack, HaCluster, Writer, NODES, TTL};
-use crate::ha_load;
+use crate::support::ha::load as ha_load;
+use crate::support::ha::{Ack, HaCluster, HaNodes, Writer, NODES, TTL};
+use crate::support::{capability, docker};
 
 /// The longest a round may take from the fault to the first acknowledged write.
 const BOUND: Duration = Duration::from_secs(15);
@@ -216,13 +218,11 @@ fn ha_soak_loaded_mixed_faults_lose_nothing() {
 #[test]
 fn ha_soak_on_docker_mixed_faults_lose_nothing() {
     let test = "ha_soak_on_docker_mixed_faults_lose_nothing";
-    if let Err(why) = crate::cluster_docker::engine_with_image() {
-        crate::capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
+    if let Err(why) = docker::engine_with_image() {
+        capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
         return;
     }
-    let _engine = crate::cluster_docker::ENGINE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _engine = docker::ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     soak(HaCluster::up_docker, &PACED);
 }
 

@@ -2,88 +2,15 @@
 //! an agent per node, `status` shows what the agents keep in etcd, a lost primary is replaced,
 //! and `down` leaves no process of the cluster behind.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::basebackup::stderr;
-use crate::capability;
-use crate::cluster_flow::TestCluster;
-
-/// A cluster file with an `[ha]` section and no etcd URLs: `up` starts its own etcd.
-pub(crate) fn ha_cluster(test: &str) -> Option<TestCluster> {
-    capability::tool(test, "etcd", "apt-get install etcd-server")?;
-    let cluster = TestCluster::new();
-    let mut text = std::fs::read_to_string(&cluster.file).unwrap();
-    text.push_str("\n[ha]\n");
-    std::fs::write(&cluster.file, text).unwrap();
-    Some(cluster)
-}
-
-/// [`ha_cluster`] on the docker runtime, with the engine's lock (its names are global). Bind
-/// it as `(_engine, cluster)`: the cluster, declared last, drops first, so its `down --purge`
-/// runs under the lock. `None` (said) without an engine.
-pub(crate) fn docker_ha_cluster(
-    test: &str,
-) -> Option<(std::sync::MutexGuard<'static, ()>, TestCluster)> {
-    if let Err(why) = crate::cluster_docker::engine_with_image() {
-        capability::skip(test, "docker", &format!("no Docker engine answers: {why}"));
-        return None;
-    }
-    let engine = crate::cluster_docker::ENGINE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let cluster = ha_cluster(test)?;
-    let text = std::fs::read_to_string(&cluster.file).unwrap();
-    std::fs::write(
-        &cluster.file,
-        text.replacen("runtime = \"local\"", "runtime = \"docker\"", 1),
-    )
-    .unwrap();
-    Some((engine, cluster))
-}
-
-pub(crate) fn state(cluster: &TestCluster) -> PathBuf {
-    cluster.dir.path().join(".pgrepl")
-}
-
-/// `pid` of every pid file in `dir` (etcd members or agents), by file name.
-pub(crate) fn pids_in(dir: &Path) -> Vec<(String, i32)> {
-    let mut pids: Vec<(String, i32)> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let stem = name.strip_suffix(".pid")?.to_owned();
-                    let pid = std::fs::read_to_string(e.path())
-                        .ok()?
-                        .trim()
-                        .parse()
-                        .ok()?;
-                    Some((stem, pid))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    pids.sort();
-    pids
-}
-
-pub(crate) fn postmaster_pid(cluster: &TestCluster, node: &str) -> Option<i32> {
-    let text =
-        std::fs::read_to_string(state(cluster).join(node).join("data/postmaster.pid")).ok()?;
-    text.lines().next()?.trim().parse().ok()
-}
-
-/// The process exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            == Some(false)
-    })
-}
+use crate::support::cluster::TestCluster;
+use crate::support::ha::api::{http, psql_lands, psql_lands_with};
+use crate::support::ha::up::{
+    agent_logs, alive, docker_ha_cluster, ha_cluster, lose_machine, pids_in, postmaster_pid,
+    sigkill, status_json, up_ok, with_proxy,
+};
+use crate::support::{capability, docker, eventually, stderr};
 
 /// The port of `node` in the cluster file, as `current_setting('port')` shows it.
 fn postmaster_port(cluster: &TestCluster, node: &str) -> String {
@@ -96,112 +23,30 @@ fn postmaster_port(cluster: &TestCluster, node: &str) -> String {
         .to_string()
 }
 
-pub(crate) fn status_json(cluster: &TestCluster) -> serde_json::Value {
-    let output = cluster.pgrepl(&["status", "--json"]);
-    let text = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", stderr(&output)))
-}
-
-pub(crate) fn agent_logs(cluster: &TestCluster) -> String {
-    ["pg_master", "pg_slave", "pg_asyncslave"]
-        .iter()
-        .map(|node| {
-            let log = state(cluster).join(format!("agents/{node}.log"));
-            format!(
-                "--- agent {node}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// SIGKILL, then wait until the process is gone: a killed process can take a while to exit (a
-/// pending fsync holds it), and until then `up` rightly counts it as running.
-pub(crate) fn sigkill(pid: i32) {
-    // SAFETY: kill(2) on a process of this test's cluster.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} outlived SIGKILL by 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// `node`'s machine dies: its agent, its postmaster and the postmaster's children, SIGKILLed.
-pub(crate) fn lose_machine(cluster: &TestCluster, node: &str) {
-    let agent = pids_in(&state(cluster).join("agents"))
-        .into_iter()
-        .find(|(n, _)| n == node)
-        .expect("the agent's pid file")
-        .1;
-    sigkill(agent);
-    let postmaster = postmaster_pid(cluster, node).expect("the postmaster's pid");
-    let children = std::process::Command::new("pgrep")
-        .args(["-P", &postmaster.to_string()])
-        .output()
-        .unwrap();
-    sigkill(postmaster);
-    for child in String::from_utf8_lossy(&children.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-    {
-        sigkill(child);
-    }
-}
-
-pub(crate) fn up_ok(cluster: &TestCluster) -> Output {
-    let up = cluster.pgrepl(&["up"]);
-    assert!(
-        up.status.success(),
-        "up failed:\n{}\n{}",
-        stderr(&up),
-        agent_logs(cluster)
-    );
-    up
-}
-
-/// `[proxy]` on its own two ports, and a superuser password for TCP (the proxy's sessions).
-pub(crate) fn with_proxy(cluster: &TestCluster) -> (u16, u16) {
-    let ports = (crate::harness::pick_port(), crate::harness::pick_port());
-    std::fs::write(cluster.dir.path().join("superuser.password"), "pr0xy-pw\n").unwrap();
-    let mut text = std::fs::read_to_string(&cluster.file).unwrap();
-    text.push_str(&format!(
-        "\n[proxy]\nwrite_port = {}\nread_port = {}\n\n[local]\nsuperuser_password_file = \"superuser.password\"\n",
-        ports.0, ports.1
-    ));
-    std::fs::write(&cluster.file, text).unwrap();
-    ports
-}
-
 /// Stock psql with the URI as printed, and no password from the environment.
 fn psql_as_printed(uri: &str) -> Option<(String, String)> {
-    crate::ha_api::psql_lands_with(uri, None)
+    psql_lands_with(uri, None)
 }
 
 /// Until `status` shows the proxy's write port reaching `node` (its checks run every 250 ms).
 fn wait_proxy_routes(cluster: &TestCluster, node: &str) -> String {
-    let start = Instant::now();
-    loop {
-        // Not `ok`: status exits non-zero while a node is down.
-        let out = cluster.pgrepl(&["status"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = text
-            .lines()
-            .find(|l| l.contains("proxy: writes"))
-            .unwrap_or("");
-        if line.contains(&format!("-> {node};")) {
-            return line.to_owned();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the proxy's write port never reached `{node}`: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let what = format!("the proxy's write port to reach `{node}`");
+    eventually(&what, Duration::from_secs(15))
+        .every(Duration::from_millis(200))
+        .until(|| {
+            // Not `ok`: status exits non-zero while a node is down.
+            let out = cluster.pgrepl(&["status"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = text
+                .lines()
+                .find(|l| l.contains("proxy: writes"))
+                .unwrap_or("");
+            if line.contains(&format!("-> {node};")) {
+                Ok(line.to_owned())
+            } else {
+                Err(text)
+            }
+        })
 }
 
 #[test]
@@ -211,8 +56,8 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
         return;
     };
     // HAProxy is a part of the cluster when the machine has it (CI requires it).
-    let proxy = crate::capability::tool(test, "haproxy", "apt-get install haproxy")
-        .map(|_| with_proxy(&cluster));
+    let proxy =
+        capability::tool(test, "haproxy", "apt-get install haproxy").map(|_| with_proxy(&cluster));
     let started = Instant::now();
     let up = up_ok(&cluster);
     eprintln!(
@@ -220,15 +65,15 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
         started.elapsed().as_secs_f64()
     );
     assert!(stderr(&up).contains("`pg_master` leads"), "{}", stderr(&up));
-    let etcd_pids = pids_in(&state(&cluster).join("etcd"));
-    let agent_pids = pids_in(&state(&cluster).join("agents"));
+    let etcd_pids = pids_in(&cluster.state_dir().join("etcd"));
+    let agent_pids = pids_in(&cluster.state_dir().join("agents"));
     assert_eq!(etcd_pids.len(), 3, "{etcd_pids:?}");
     assert_eq!(agent_pids.len(), 3, "{agent_pids:?}");
     assert!(etcd_pids
         .iter()
         .chain(&agent_pids)
         .all(|(_, pid)| alive(*pid)));
-    let endpoints = std::fs::read_to_string(state(&cluster).join("etcd/endpoints")).unwrap();
+    let endpoints = std::fs::read_to_string(cluster.state_dir().join("etcd/endpoints")).unwrap();
     assert_eq!(endpoints.lines().count(), 3, "{endpoints}");
 
     let status = status_json(&cluster);
@@ -263,9 +108,8 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     let api = agents[0]["api"].as_str().expect("the leader's API address");
     let printed = String::from_utf8_lossy(&up.stdout);
     assert!(printed.contains(&format!("https://{api}")), "{printed}");
-    let ca = state(&cluster).join("tls/ca.crt");
-    let (code, _) =
-        crate::ha_api::http(api.parse().unwrap(), Some(&ca), "GET", "/primary").unwrap();
+    let ca = cluster.state_dir().join("tls/ca.crt");
+    let (code, _) = http(api.parse().unwrap(), Some(&ca), "GET", "/primary").unwrap();
     assert_eq!(code, 200, "GET /primary on the leader's agent");
     // The application's URIs, as printed, with stock psql: the primary, then a standby.
     let write = status["uris"]["write"]
@@ -278,14 +122,8 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
         .to_owned();
     assert!(text.contains(&write), "{text}");
     let master_port = postmaster_port(&cluster, "pg_master");
-    assert_eq!(
-        crate::ha_api::psql_lands(&write),
-        Some(("f".into(), master_port.clone()))
-    );
-    assert_eq!(
-        crate::ha_api::psql_lands(&read).map(|l| l.0).as_deref(),
-        Some("t")
-    );
+    assert_eq!(psql_lands(&write), Some(("f".into(), master_port.clone())));
+    assert_eq!(psql_lands(&read).map(|l| l.0).as_deref(), Some("t"));
     // The proxy's URIs, as printed (the password through the passfile they name).
     let proxy_uris = proxy.map(|(write_port, read_port)| {
         let uris = &status["uris"]["proxy"];
@@ -306,34 +144,27 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
             Some(("f".into(), master_port.clone())),
             "{write}"
         );
-        let start = Instant::now();
-        while psql_as_printed(&read).map(|l| l.0).as_deref() != Some("t") {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{read}: no standby"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(
+            &format!("{read} to reach a standby"),
+            Duration::from_secs(10),
+        )
+        .until(|| psql_as_printed(&read).map(|l| l.0).as_deref() == Some("t"));
         write
     });
 
     // The primary's machine dies: its agent and its server at once.
     let killed = Instant::now();
     lose_machine(&cluster, "pg_master");
-    let new_leader = loop {
-        let status = status_json(&cluster);
-        let leader = status["ha"]["leader"].as_str().map(str::to_owned);
-        if let Some(leader) = leader.filter(|l| l != "pg_master") {
-            break leader;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "no new leader within 10 s: {:#}\n{}",
-            status["ha"],
-            agent_logs(&cluster)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let new_leader = eventually("a new leader", Duration::from_secs(10))
+        .since(killed)
+        .showing(|| agent_logs(&cluster))
+        .until(|| {
+            let status = status_json(&cluster);
+            let leader = status["ha"]["leader"].as_str().map(str::to_owned);
+            leader
+                .filter(|l| l != "pg_master")
+                .ok_or_else(|| format!("{:#}", status["ha"]))
+        });
     eprintln!(
         "`{new_leader}` leads {:.2} s after the primary's agent and server were killed (status shows it)",
         killed.elapsed().as_secs_f64()
@@ -345,14 +176,13 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     // The same write URI now lands on the new primary, once it promoted (the key moves
     // first).
     let new_primary = Some(("f".into(), postmaster_port(&cluster, &new_leader)));
-    while crate::ha_api::psql_lands(&write) != new_primary {
-        assert!(
-            killed.elapsed() < Duration::from_secs(15),
-            "{write} never reached `{new_leader}`\n{}",
-            agent_logs(&cluster)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        &format!("{write} to reach `{new_leader}`"),
+        Duration::from_secs(15),
+    )
+    .since(killed)
+    .showing(|| agent_logs(&cluster))
+    .until(|| psql_lands(&write) == new_primary);
     // So does the proxy's, once its checks saw the new leader's agent answer 200.
     let proxy_pid = proxy_uris.map(|write| {
         wait_proxy_routes(&cluster, &new_leader);
@@ -361,7 +191,7 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
             Some(("f".into(), postmaster_port(&cluster, &new_leader))),
             "{write}"
         );
-        pids_in(&state(&cluster).join("proxy"))[0].1
+        pids_in(&cluster.state_dir().join("proxy"))[0].1
     });
 
     // `down` stops the agents, the servers and etcd: none of the cluster's processes remain.
@@ -380,11 +210,11 @@ fn ha_up_starts_etcd_and_agents_status_shows_them_a_lost_primary_is_replaced_and
     let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "still running after down: {left:?}");
     assert!(
-        state(&cluster).join("etcd/etcd0").is_dir(),
+        cluster.state_dir().join("etcd/etcd0").is_dir(),
         "down keeps the etcd data"
     );
     cluster.ok(&["down", "--purge"]);
-    assert!(!state(&cluster).join("etcd").exists());
+    assert!(!cluster.state_dir().join("etcd").exists());
 }
 
 #[test]
@@ -393,16 +223,16 @@ fn ha_up_again_starts_only_what_is_missing_and_status_without_etcd_says_so() {
         return;
     };
     up_ok(&cluster);
-    let etcd_pids = pids_in(&state(&cluster).join("etcd"));
-    let agent_pids = pids_in(&state(&cluster).join("agents"));
+    let etcd_pids = pids_in(&cluster.state_dir().join("etcd"));
+    let agent_pids = pids_in(&cluster.state_dir().join("agents"));
     let again = up_ok(&cluster);
     assert!(
         !stderr(&again).contains("start "),
         "the second up started something:\n{}",
         stderr(&again)
     );
-    assert_eq!(pids_in(&state(&cluster).join("etcd")), etcd_pids);
-    assert_eq!(pids_in(&state(&cluster).join("agents")), agent_pids);
+    assert_eq!(pids_in(&cluster.state_dir().join("etcd")), etcd_pids);
+    assert_eq!(pids_in(&cluster.state_dir().join("agents")), agent_pids);
 
     // A dead standby agent and a dead etcd member: `up` starts those two, nothing else.
     sigkill(agent_pids[0].1);
@@ -420,8 +250,8 @@ fn ha_up_again_starts_only_what_is_missing_and_status_without_etcd_says_so() {
         "{starts:?}"
     );
     let (etcd_now, agents_now) = (
-        pids_in(&state(&cluster).join("etcd")),
-        pids_in(&state(&cluster).join("agents")),
+        pids_in(&cluster.state_dir().join("etcd")),
+        pids_in(&cluster.state_dir().join("agents")),
     );
     assert_eq!(etcd_now[..2], etcd_pids[..2]);
     assert_eq!(agents_now[1..], agent_pids[1..]);
@@ -467,22 +297,22 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
     };
     let docker_logs = || {
         ["pg_master", "pg_slave", "pg_asyncslave"]
-            .map(|node| format!("--- {node}:\n{}", crate::ha_docker::logs(node)))
+            .map(|node| format!("--- {node}:\n{}", docker::logs(node)))
             .join("\n")
     };
-    let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
+    let up = cluster.pgrepl(&["up", "--image", docker::IMAGE]);
     assert!(up.status.success(), "{}\n{}", stderr(&up), docker_logs());
     assert_eq!(status_json(&cluster)["ha"]["leader"], "pg_master");
     // The password file reached the agents, never their command line or environment.
-    let inspect = crate::ha_docker::docker(&["inspect", "pg_master"]);
-    let password = std::fs::read_to_string(state(&cluster).join("superuser.password")).unwrap();
+    let inspect = docker::docker(&["inspect", "pg_master"]);
+    let password = std::fs::read_to_string(cluster.state_dir().join("superuser.password")).unwrap();
     assert!(!String::from_utf8_lossy(&inspect.stdout).contains(password.trim()));
     assert!(!String::from_utf8_lossy(&inspect.stdout).contains("pass\""));
     // Each container is a machine of its own: a password login from the network (the host's,
     // through the published port) gets in over TLS only.
     let port = cluster.ports[0];
     let login = |sslmode: &str| {
-        crate::ha_api::psql_lands_with(
+        psql_lands_with(
             &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={sslmode}"),
             Some(password.trim()),
         )
@@ -493,20 +323,14 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         Some("f".into())
     );
 
-    crate::ha_docker::kill("pg_master");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let leader = loop {
-        let leader = status_json(&cluster)["ha"]["leader"].clone();
-        if leader.is_string() && leader != "pg_master" {
-            break leader;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no new leader\n{}",
-            docker_logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    docker::kill("pg_master");
+    let leader = eventually("a new leader", Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .showing(docker_logs)
+        .until(|| {
+            let leader = status_json(&cluster)["ha"]["leader"].clone();
+            (leader.is_string() && leader != "pg_master").then_some(leader)
+        });
 
     let again = cluster.pgrepl(&["up"]);
     assert!(
@@ -520,31 +344,26 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
         "{}",
         stderr(&again)
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = status_json(&cluster);
-        let master = status["nodes"]
-            .as_array()
-            .and_then(|nodes| nodes.iter().find(|n| n["name"] == "pg_master"))
-            .cloned()
-            .unwrap_or_default();
-        if master["role"] == "standby" && status["ha"]["leader"] == leader {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pg_master did not rejoin: {status:#}\n{}",
-            docker_logs()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    eventually("pg_master to rejoin", Duration::from_secs(60))
+        .every(Duration::from_millis(300))
+        .showing(docker_logs)
+        .until(|| {
+            let status = status_json(&cluster);
+            let master = status["nodes"]
+                .as_array()
+                .and_then(|nodes| nodes.iter().find(|n| n["name"] == "pg_master"))
+                .cloned()
+                .unwrap_or_default();
+            if master["role"] == "standby" && status["ha"]["leader"] == leader {
+                Ok(())
+            } else {
+                Err(format!("{status:#}"))
+            }
+        });
 
     let down = cluster.pgrepl(&["down", "--purge"]);
     assert!(down.status.success(), "{}", stderr(&down));
-    let left = std::process::Command::new("docker")
-        .args(["ps", "-a", "--format", "{{.Names}}"])
-        .output()
-        .unwrap();
+    let left = docker::docker(&["ps", "-a", "--format", "{{.Names}}"]);
     let names = String::from_utf8_lossy(&left.stdout);
     assert!(
         !names
@@ -552,7 +371,7 @@ fn ha_up_on_docker_fails_over_and_up_again_rejoins_the_lost_node() {
             .any(|n| n.starts_with("pg_") || n.starts_with("pgrepl-etcd")),
         "containers left: {names}"
     );
-    assert!(!state(&cluster).exists());
+    assert!(!cluster.state_dir().exists());
 }
 
 /// An etcd image the engine lacks (and no registry answers for) fails in one line that names
@@ -573,7 +392,7 @@ fn ha_up_on_docker_names_the_build_script_for_a_missing_etcd_image() {
         ),
     )
     .unwrap();
-    let up = cluster.pgrepl(&["up", "--image", crate::cluster_docker::IMAGE]);
+    let up = cluster.pgrepl(&["up", "--image", docker::IMAGE]);
     assert!(!up.status.success());
     let said = stderr(&up);
     assert!(

@@ -3,102 +3,13 @@
 //! idle primary, unreachable nodes, synchronous replication in words, the probe, and the time a
 //! round takes.
 
-use std::net::TcpStream;
-use std::process::Output;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::basebackup::{backup_into, pgrepl, stderr, wait_for};
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
-
-/// A primary streaming to `standby_a` and `standby_b`.
-pub(crate) struct Cluster {
-    pub(crate) primary: PgServer,
-    pub(crate) a: PgServer,
-    pub(crate) b: PgServer,
-    // Holds the standbys' data directories; dropped after the servers (field order).
-    _work: tempfile::TempDir,
-}
-
-impl Cluster {
-    pub(crate) fn start() -> Cluster {
-        let install = PgInstall::default_install();
-        let primary = PgServer::start(&install, ServerOptions::default());
-        let work = harness::postgres_owned_tempdir();
-        let (dir_a, dir_b) = (work.path().join("standby_a"), work.path().join("standby_b"));
-        backup_into(
-            &primary,
-            &[&dir_a, &dir_b],
-            &[
-                "-R",
-                "--application-name",
-                "standby_a",
-                "--application-name",
-                "standby_b",
-            ],
-        );
-        let a = PgServer::start_existing(&install, dir_a);
-        let b = PgServer::start_existing(&install, dir_b);
-        wait_for("both standbys to stream", Duration::from_secs(30), || {
-            primary.psql("select count(*) from pg_stat_replication where state = 'streaming'")
-                == "2"
-        });
-        Cluster {
-            primary,
-            a,
-            b,
-            _work: work,
-        }
-    }
-
-    /// Conninfo strings for every node, with the superuser's password in them (which must never
-    /// come back out).
-    pub(crate) fn nodes(&self) -> Vec<String> {
-        [&self.primary, &self.a, &self.b]
-            .iter()
-            .map(|s| s.tcp_conninfo(harness::SUPERUSER, Some(harness::SUPERUSER_PASSWORD)))
-            .collect()
-    }
-
-    fn node_name(server: &PgServer) -> String {
-        format!("127.0.0.1:{}", server.port)
-    }
-
-    fn run(&self, command: &str, extra: &[&str]) -> Output {
-        let nodes = self.nodes();
-        let mut args: Vec<&str> = vec![command];
-        args.extend(nodes.iter().map(String::as_str));
-        args.extend_from_slice(extra);
-        let output = pgrepl(&args, None);
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr(&output)
-        );
-        assert!(
-            !all.contains(harness::SUPERUSER_PASSWORD),
-            "password printed:\n{all}"
-        );
-        output
-    }
-
-    /// `pgrepl lag --json`: the exit code and the report.
-    fn report(&self, extra: &[&str]) -> (i32, Value) {
-        let mut args = vec!["--json"];
-        args.extend_from_slice(extra);
-        let output = self.run("lag", &args);
-        let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                stderr(&output)
-            )
-        });
-        (output.status.code().expect("exit code"), report)
-    }
-}
+use crate::support::harness::{PgInstall, PgServer, ServerOptions};
+use crate::support::standbys::{silent_node, Cluster};
+use crate::support::{eventually, pgrepl_output, stderr};
 
 fn standby<'r>(report: &'r Value, application_name: &str) -> &'r Value {
     report["standbys"]
@@ -116,18 +27,16 @@ fn lsn(text: &str) -> u64 {
 
 /// Polls the report until `check` holds, returning the report that satisfied it.
 fn report_until(cluster: &Cluster, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, report) = cluster.report(&[]);
-        if check(&report) {
-            return report;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last report:\n{report:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(what, Duration::from_secs(30))
+        .every(Duration::from_millis(200))
+        .until(|| {
+            let (_, report) = cluster.report(&[]);
+            if check(&report) {
+                Ok(report)
+            } else {
+                Err(format!("last report:\n{report:#}"))
+            }
+        })
 }
 
 fn all_stages_zero(s: &Value) -> bool {
@@ -140,9 +49,8 @@ fn all_stages_zero(s: &Value) -> bool {
 fn paused_replay_shows_the_pending_wal_and_returns_to_zero_on_resume() {
     let cluster = Cluster::start();
     cluster.b.psql("select pg_wal_replay_pause()");
-    wait_for("replay to pause", Duration::from_secs(30), || {
-        cluster.b.psql("select pg_is_wal_replay_paused()") == "t"
-    });
+    eventually("replay to pause", Duration::from_secs(30))
+        .until(|| cluster.b.psql("select pg_is_wal_replay_paused()") == "t");
     let before = cluster.primary.psql("select pg_current_wal_lsn()");
     cluster.primary.psql(
         "create table filler as select g, repeat('x', 200) as pad from generate_series(1, 20000) g",
@@ -378,7 +286,7 @@ fn one_round_over_three_nodes_takes_under_100_ms() {
         .map(|_| {
             let mut args = vec!["lag", "--json"];
             args.extend(nodes.iter().map(String::as_str));
-            let output = pgrepl(&args, None);
+            let output = pgrepl_output(&args, None);
             assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
             let report: Value = serde_json::from_slice(&output.stdout).unwrap();
             report["round_ms"].as_f64().unwrap()
@@ -394,21 +302,6 @@ fn one_round_over_three_nodes_takes_under_100_ms() {
     assert!(median < 100.0, "median round {median:.1} ms: {rounds:?}");
 }
 
-/// A port that accepts and holds every connection without a byte in reply, and the connections
-/// it holds.
-pub(crate) fn silent_node() -> (u16, Arc<Mutex<Vec<TcpStream>>>) {
-    let silent = crate::harness::listener();
-    let port = silent.local_addr().unwrap().port();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let holder = held.clone();
-    std::thread::spawn(move || {
-        for stream in silent.incoming().flatten() {
-            holder.lock().unwrap().push(stream);
-        }
-    });
-    (port, held)
-}
-
 /// A node that accepts TCP connections and never answers costs one timeout; the others are
 /// still shown, and the exit code says a node is unreachable.
 #[test]
@@ -417,7 +310,7 @@ fn a_hanging_node_is_bounded_by_the_timeout() {
     let (silent_port, held) = silent_node();
     let hanging = format!("host=127.0.0.1 port={silent_port} user=postgres sslmode=disable");
     let started = Instant::now();
-    let output = pgrepl(
+    let output = pgrepl_output(
         &[
             "lag",
             "--json",

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::capability;
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
-use crate::lag::{silent_node, Cluster};
+use crate::support::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::standbys::{silent_node, Cluster};
+use crate::support::{capability, eventually, pgrepl};
 
 /// The tool's path, or a visible skip naming the package to install (a failure where
 /// PGREPL_REQUIRE names the tool, as CI does).
@@ -31,7 +31,7 @@ struct Served {
 
 impl Served {
     fn start(nodes: &[String], extra: &[&str]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        let mut child = pgrepl()
             .arg("lag")
             .args(nodes)
             // With a space, as people type it (`--serve=ADDR` works too).
@@ -77,28 +77,24 @@ impl Served {
 
     /// `/metrics` once the first round has finished.
     fn metrics(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually("a round", Duration::from_secs(30)).until(|| {
             let (status, body) = self.get("/metrics");
             if status == 200 {
-                return body;
+                Ok(body)
+            } else {
+                Err(body)
             }
-            assert!(Instant::now() < deadline, "no round after 30 s: {body}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 
     /// Scrapes until `check` returns a value.
     fn metrics_until<T>(&self, what: &str, check: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = self.metrics();
-            if let Some(value) = check(&text) {
-                return value;
-            }
-            assert!(Instant::now() < deadline, "no {what} after 30 s:\n{text}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(what, Duration::from_secs(30))
+            .every(Duration::from_millis(200))
+            .until(|| {
+                let text = self.metrics();
+                check(&text).ok_or_else(|| format!("last scrape:\n{text}"))
+            })
     }
 }
 

@@ -1,9 +1,9 @@
 // Tests drive stock tools (psql, pg_basebackup, docker images) to check pgrepl against them.
+// One module per spec (what pgrepl promises about one thing); what they share is in `support`.
 #![allow(clippy::disallowed_methods)]
 
 mod basebackup;
 mod bench;
-mod capability;
 mod cluster_docker;
 mod cluster_flow;
 mod cluster_local;
@@ -15,17 +15,14 @@ mod fetch;
 mod ha;
 mod ha_api;
 mod ha_clients;
-mod ha_cluster;
 mod ha_control;
 mod ha_docker;
 mod ha_docker_etcd;
 mod ha_etcd_auth;
 mod ha_faults;
 mod ha_hosts;
-mod ha_load;
 mod ha_soak;
 mod ha_up;
-mod harness;
 mod lag;
 mod lag_serve;
 mod no_arguments;
@@ -33,10 +30,10 @@ mod receivewal;
 mod resync;
 mod secrets;
 mod settings;
-mod sql_tls;
+mod support;
 mod tls;
 
-use harness::{PgInstall, PgServer, ServerOptions};
+use support::harness::{PgInstall, PgServer, ServerOptions};
 
 #[test]
 fn harness_starts_a_server() {

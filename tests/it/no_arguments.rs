@@ -5,18 +5,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Mutex;
 
-use crate::basebackup::stderr;
-use crate::capability;
-use crate::harness;
+use crate::support::{capability, docker, harness, stderr};
 
 /// The default ports are one set for the whole machine.
 static DEFAULT_PORTS: Mutex<()> = Mutex::new(());
 
 fn pgrepl(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    crate::support::pgrepl()
         .args(args)
         .current_dir(dir)
         .output()
@@ -45,7 +43,7 @@ fn refused(dir: &Path, args: &[&str], says: &str) {
 
 /// `pgrepl drill | head -1`: the reader goes away after one line; pgrepl must not panic.
 fn drill_into_a_closed_pipe(dir: &Path) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    let mut child = crate::support::pgrepl()
         .arg("drill")
         .current_dir(dir)
         .stdout(Stdio::piped())
@@ -98,7 +96,7 @@ fn a_new_user_needs_no_arguments_on_either_runtime() {
     every_command_finds_the_cluster(local.path(), "docker");
 
     let docker = harness::postgres_owned_tempdir();
-    if let Err(why) = crate::cluster_docker::engine_with_image() {
+    if let Err(why) = docker::engine_with_image() {
         capability::skip(
             "a_new_user_needs_no_arguments_on_either_runtime",
             "docker",
@@ -106,18 +104,10 @@ fn a_new_user_needs_no_arguments_on_either_runtime() {
         );
         return;
     }
-    let _engine = crate::cluster_docker::ENGINE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _engine = docker::ENGINE.lock().unwrap_or_else(|e| e.into_inner());
     ok(
         docker.path(),
-        &[
-            "up",
-            "--runtime",
-            "docker",
-            "--image",
-            crate::cluster_docker::IMAGE,
-        ],
+        &["up", "--runtime", "docker", "--image", docker::IMAGE],
     );
     every_command_finds_the_cluster(docker.path(), "local");
 }

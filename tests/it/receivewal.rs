@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::basebackup::{backup_into, pgrepl, stderr, wait_for};
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::backup::backup_into;
+use crate::support::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::{eventually, pgrepl, pgrepl_output, stderr};
 
 /// 1 MB segments: many complete segments from little WAL.
 fn server() -> PgServer {
@@ -41,7 +42,7 @@ fn receivewal(server: &PgServer, dir: &Path, extra: &[&str]) -> Output {
     let conninfo = conninfo(server);
     let mut args = vec!["receivewal", "-d", &conninfo, "-D", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let output = pgrepl(&args, Some(harness::REP_SCRAM_PASSWORD));
+    let output = pgrepl_output(&args, Some(harness::REP_SCRAM_PASSWORD));
     assert!(
         output.status.success(),
         "pgrepl receivewal failed: {}\n{}",
@@ -57,7 +58,7 @@ fn spawn_receivewal(server: &PgServer, dir: &Path) -> Child {
 }
 
 fn spawn_receivewal_with(server: &PgServer, dir: &Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    pgrepl()
         .args(["receivewal", "-d", &conninfo(server), "-D"])
         .arg(dir)
         .args(["-s", "1"])
@@ -179,14 +180,13 @@ fn a_run_stopped_by_sigterm_resumes_from_the_partial_segment() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let child = spawn_receivewal(&server, dir);
-    wait_for("streaming to start", Duration::from_secs(30), || {
-        names(dir).iter().any(|n| n.ends_with(".partial"))
-    });
+    eventually("streaming to start", Duration::from_secs(30))
+        .until(|| names(dir).iter().any(|n| n.ends_with(".partial")));
     generate_wal(&server, 3);
     // Some WAL into the open segment, then stop in the middle of it.
     server.psql("insert into filler select g, 'tail' from generate_series(1, 100) g");
     let tail = server.psql("select pg_current_wal_lsn()");
-    wait_for("the tail to arrive", Duration::from_secs(30), || {
+    eventually("the tail to arrive", Duration::from_secs(30)).until(|| {
         let status = server.psql(&format!(
             "select count(*) from pg_stat_replication where application_name = 'pgrepl receivewal' and write_lsn >= '{tail}'"
         ));
@@ -227,21 +227,17 @@ fn a_promotion_is_followed_onto_the_new_timeline() {
     let archive = tempfile::tempdir().unwrap();
     let dir = archive.path();
     let child = spawn_receivewal(&standby, dir);
-    wait_for(
-        "streaming from the standby",
-        Duration::from_secs(30),
-        || names(dir).iter().any(|n| n.ends_with(".partial")),
-    );
+    eventually("streaming from the standby", Duration::from_secs(30))
+        .until(|| names(dir).iter().any(|n| n.ends_with(".partial")));
     generate_wal(&primary, 2);
     // A switch point in the middle of a segment: it stays partial on timeline 1.
     primary.psql("insert into filler select g, 'before promotion' from generate_series(1, 100) g");
     let replayed = primary.psql("select pg_current_wal_lsn()");
-    wait_for("the standby to replay", Duration::from_secs(30), || {
-        standby.psql(&format!("select pg_last_wal_replay_lsn() >= '{replayed}'")) == "t"
-    });
+    eventually("the standby to replay", Duration::from_secs(30))
+        .until(|| standby.psql(&format!("select pg_last_wal_replay_lsn() >= '{replayed}'")) == "t");
     assert_eq!(standby.psql("select pg_promote()"), "t");
     generate_wal(&standby, 2);
-    wait_for("segments of timeline 2", Duration::from_secs(30), || {
+    eventually("segments of timeline 2", Duration::from_secs(30)).until(|| {
         complete_segments(dir)
             .iter()
             .any(|n| n.starts_with("00000002"))
@@ -309,9 +305,8 @@ fn a_server_restart_mid_stream_is_survived_with_nothing_missing() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let child = spawn_receivewal(&server, dir);
-    wait_for("streaming to start", Duration::from_secs(30), || {
-        names(dir).iter().any(|n| n.ends_with(".partial"))
-    });
+    eventually("streaming to start", Duration::from_secs(30))
+        .until(|| names(dir).iter().any(|n| n.ends_with(".partial")));
     generate_wal(&server, 2);
     // Some WAL into the open segment: the restart cuts the stream in the middle of it.
     server.psql("insert into filler select g, 'before restart' from generate_series(1, 100) g");
@@ -321,9 +316,8 @@ fn a_server_restart_mid_stream_is_survived_with_nothing_missing() {
     server.start_again();
     let end = generate_wal(&server, 3);
     let last_complete = server.psql(&format!("select pg_walfile_name('{end}'::pg_lsn - 1)"));
-    wait_for("the WAL after the restart", Duration::from_secs(60), || {
-        complete_segments(dir).contains(&last_complete)
-    });
+    eventually("the WAL after the restart", Duration::from_secs(60))
+        .until(|| complete_segments(dir).contains(&last_complete));
     let output = terminate(child);
     let err = stderr(&output);
     assert!(err.contains("disconnected ("), "{err}");
@@ -341,13 +335,11 @@ fn no_loop_stops_when_the_server_goes_away() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     let mut child = spawn_receivewal_with(&server, dir, &["--no-loop"]);
-    wait_for("streaming to start", Duration::from_secs(30), || {
-        names(dir).iter().any(|n| n.ends_with(".partial"))
-    });
+    eventually("streaming to start", Duration::from_secs(30))
+        .until(|| names(dir).iter().any(|n| n.ends_with(".partial")));
     server.stop();
-    wait_for("receivewal to exit", Duration::from_secs(30), || {
-        child.try_wait().unwrap().is_some()
-    });
+    eventually("receivewal to exit", Duration::from_secs(30))
+        .until(|| child.try_wait().unwrap().is_some());
     let output = child.wait_with_output().unwrap();
     let err = stderr(&output);
     assert!(output.status.success(), "{err}");
@@ -383,13 +375,12 @@ fn compressed_segments_restore_the_servers_bytes_and_resume() {
         let work = tempfile::tempdir().unwrap();
         let dir = work.path();
         let child = spawn_receivewal_with(&server, dir, &["--compress", method]);
-        wait_for("streaming to start", Duration::from_secs(30), || {
-            names(dir).iter().any(|n| n.ends_with(".partial"))
-        });
+        eventually("streaming to start", Duration::from_secs(30))
+            .until(|| names(dir).iter().any(|n| n.ends_with(".partial")));
         generate_wal(&server, 2);
         server.psql("insert into filler select g, 'tail' from generate_series(1, 100) g");
         let tail = server.psql("select pg_current_wal_lsn()");
-        wait_for("the tail to arrive", Duration::from_secs(30), || {
+        eventually("the tail to arrive", Duration::from_secs(30)).until(|| {
             names(dir).contains(&format!("{}.partial", segment_of(&tail)))
                 && complete_segments(dir).is_empty()
                 && names(dir).iter().filter(|n| n.ends_with(suffix)).count() >= 2
@@ -512,7 +503,7 @@ fn a_missing_slot_ends_the_run_instead_of_retrying() {
     let work = tempfile::tempdir().unwrap();
     let conninfo = conninfo(&server);
     let dir = work.path().to_str().unwrap();
-    let output = pgrepl(
+    let output = pgrepl_output(
         &[
             "receivewal",
             "-d",

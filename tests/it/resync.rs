@@ -7,11 +7,10 @@
 
 use std::process::{Command, Output};
 
-use crate::basebackup::stderr;
-use crate::capability;
-use crate::cluster_flow::TestCluster;
-use crate::ha_cluster::HaCluster;
-use crate::harness::PgInstall;
+use crate::support::cluster::TestCluster;
+use crate::support::ha::{HaCluster, HaNodes};
+use crate::support::harness::PgInstall;
+use crate::support::{capability, eventually, pgrepl, stderr};
 
 const ASYNC: usize = 2;
 
@@ -29,7 +28,7 @@ const CHANGES: &str = "\
     REINDEX TABLE keep";
 
 fn pgrepl_with(cluster: &TestCluster, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+    let mut command = pgrepl();
     command
         .args(args)
         .args(["--cluster", cluster.file.to_str().unwrap()])
@@ -127,11 +126,11 @@ fn away_while_everything_changes(cluster: &TestCluster, install: &PgInstall, db:
 fn same_database(cluster: &TestCluster, install: &PgInstall, dbs: &[&str]) {
     let lsn = cluster.psql(0, "SELECT pg_current_wal_lsn()");
     let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while cluster.psql(ASYNC, &caught_up) != "t" {
-        assert!(std::time::Instant::now() < deadline, "no replay past {lsn}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(
+        &format!("replay past {lsn}"),
+        std::time::Duration::from_secs(30),
+    )
+    .until(|| cluster.psql(ASYNC, &caught_up) == "t");
     assert_eq!(
         cluster.psql(0, "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pg_asyncslave' AND state = 'streaming'"),
         "1"

@@ -6,23 +6,18 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::basebackup::wait_for;
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::backup::owner_arg;
+use crate::support::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::{capability, eventually, without_pg_env};
 
 /// Runs pgrepl with `envs` on top of a clean PG* environment.
 fn pgrepl(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+    let mut cmd = crate::support::pgrepl();
     cmd.args(args).stdin(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("PG") || key == "RUST_LOG" {
-            cmd.env_remove(&*key);
-        }
-    }
-    cmd.env("PGPASSFILE", "/nonexistent");
+    without_pg_env(&mut cmd);
     for (key, value) in envs {
         cmd.env(key, value);
     }
@@ -42,8 +37,8 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn owner_args() -> Vec<String> {
-    harness::postgres_ids()
-        .map(|(uid, gid)| vec!["--owner".to_string(), format!("{uid}:{gid}")])
+    owner_arg()
+        .map(|owner| vec!["--owner".to_string(), owner])
         .unwrap_or_default()
 }
 
@@ -210,15 +205,11 @@ fn passfile_goes_into_primary_conninfo_instead_of_the_password() {
     );
 
     let _standby = PgServer::start_existing(&install, target);
-    wait_for(
-        "the standby to stream with the passfile",
-        Duration::from_secs(30),
-        || {
+    eventually("the standby to stream with the passfile", Duration::from_secs(30)).until(|| {
             primary.psql(
             "select count(*) from pg_stat_replication where application_name = 'via_passfile' and state = 'streaming'",
         ) == "1"
-        },
-    );
+        });
 
     // Only with -R, and only an absolute path (the standby resolves it from its own directory).
     let bad = pgrepl(
@@ -337,11 +328,11 @@ fn processes_started_by_up_carry_no_password_in_argv() {
     let mut doc: toml::Value = toml::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
     doc["replication"]["password"] = toml::Value::String(secret.clone());
     for node in doc["nodes"].as_array_mut().unwrap() {
-        let port = crate::harness::pick_port();
+        let port = harness::pick_port();
         node["port"] = toml::Value::Integer(port.into());
     }
     let test = "processes_started_by_up_carry_no_password_in_argv";
-    let ha = crate::capability::tool(test, "etcd", "apt-get install etcd-server").is_some();
+    let ha = capability::tool(test, "etcd", "apt-get install etcd-server").is_some();
     if ha {
         doc.as_table_mut()
             .unwrap()
@@ -352,7 +343,7 @@ fn processes_started_by_up_carry_no_password_in_argv() {
     // What every process showed, checked for keys once `up` made them.
     let mut shown = std::collections::BTreeSet::new();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    let mut child = crate::support::pgrepl()
         .args(["up", "--cluster", file.to_str().unwrap(), "-vv"])
         .env("RUST_LOG", "trace")
         .env_remove("PGPASSWORD")

@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::basebackup::stderr;
-use crate::cluster_flow::TestCluster;
-use crate::ha_cluster::{Ack, HaCluster, Writer, NODES};
+use crate::support::cluster::TestCluster;
+use crate::support::ha::{docker_engine, Ack, HaCluster, HaNodes, Writer, NODES};
+use crate::support::harness::output_within;
+use crate::support::{pgrepl, stderr};
 
 /// What the command printed on stdout, as JSON.
 fn json(output: &std::process::Output) -> serde_json::Value {
@@ -153,8 +154,8 @@ fn config_set_is_checked_first_and_restart_pending_rolls_it_out() {
         (r#"sed -i 's/^work_mem = .*/work_mem = "16MB"/'"#, "16MB"),
         ("sed -i '/^work_mem/d'", "4MB"),
     ] {
-        let out = crate::harness::output_within(
-            std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        let out = output_within(
+            pgrepl()
                 .args([
                     "config",
                     "edit",
@@ -199,7 +200,7 @@ fn config_set_is_checked_first_and_restart_pending_rolls_it_out() {
 /// `restart --pending` sent SIGINT (as Ctrl-C does) once it has begun its first step.
 fn interrupted_after_first_step(cluster: &TestCluster) -> std::process::Output {
     use std::io::{BufRead, Read};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    let mut child = pgrepl()
         .args([
             "restart",
             "--pending",
@@ -244,7 +245,7 @@ fn ha_config_set_rolls_out_through_the_agents_under_the_writer() {
 #[test]
 fn ha_docker_config_set_rolls_out_through_the_agents_under_the_writer() {
     let test = "ha_docker_config_set_rolls_out_through_the_agents_under_the_writer";
-    let Some(_engine) = crate::ha_docker::engine(test) else {
+    let Some(_engine) = docker_engine(test) else {
         return;
     };
     rolls_out_under_the_writer(HaCluster::up_docker());

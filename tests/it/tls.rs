@@ -8,7 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::harness::{self, PgInstall, PgServer, ServerOptions};
+use crate::support::{pgrepl, stderr};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let output = Command::new("openssl")
@@ -137,7 +138,7 @@ fn tls_server_with_hba(certs: &Path, hba: Vec<String>) -> PgServer {
 /// `pgrepl basebackup -X none` into `<work>/<name>` with `conninfo`.
 fn backup(work: &Path, name: &str, conninfo: &str) -> Output {
     let target = work.join(name);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+    let mut cmd = pgrepl();
     cmd.args([
         "basebackup",
         "-d",
@@ -158,10 +159,6 @@ fn backup(work: &Path, name: &str, conninfo: &str) -> Output {
     // No ~/.postgresql/root.crt of the machine's may change what `require` checks.
     .env("HOME", work);
     cmd.output().expect("run pgrepl")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn assert_refused(what: &str, output: &Output, work: &Path, name: &str, expect: &[&str]) {
@@ -380,7 +377,7 @@ fn sql_sessions_verify_the_certificate_too() {
             harness::REP_SCRAM,
             root.display()
         );
-        Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        pgrepl()
             .args(["status", "--json", &conninfo])
             .env_remove("PGSSLMODE")
             .env_remove("RUST_LOG")

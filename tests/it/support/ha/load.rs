@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use pgrepl::bench::shape::{prepare_tables, Random, Shape};
 
-use crate::ha_cluster::{open_session, AckLog, HaCluster, Targets, Writer, COMMIT_TIMEOUT, NODES};
+use crate::support::ha::{
+    open_session, AckLog, HaCluster, HaNodes, Targets, Writer, COMMIT_TIMEOUT, NODES,
+};
 
 /// Concurrent client sessions.
 const CLIENTS: u64 = 16;
