@@ -1,12 +1,15 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
 //! renders results. Hints for errors live in `hints`, argument definitions in `args` (the
-//! commands' own in their files), the single-server connection flags in `connection`.
+//! commands' own in their files, those many share in `cluster_args`: which cluster, and where
+//! its agents' etcd is), the single-server connection flags in `connection`. What a command
+//! may do beside live agents is the library's to decide (`pgrepl::ha::route`), not the CLI's.
 
 mod agent;
 pub mod args;
 mod basebackup;
 mod bench;
 mod cluster;
+mod cluster_args;
 mod config;
 mod connection;
 mod ha;

@@ -18,6 +18,8 @@
 //! - `health`: what the agent's health endpoints answer (Patroni's REST contract), pure.
 //! - `status`: the leader, lease, agents and promotable set `pgrepl status` shows.
 //! - `control`: `pgrepl pause`/`resume`/`switchover`/`failover` talking to the agents via etcd.
+//! - `route`: who carries out a role change, the agents when they run or pgrepl on the servers,
+//!   and what is refused beside live agents; `Cluster`'s role changes are reached through it.
 //! - `bootstrap`: an agent whose node has no data builds it (initialise, or clone later).
 //! - `error`: `HaError`, one variant per failure.
 //!
@@ -44,6 +46,7 @@ pub mod proxy;
 pub mod records;
 pub mod requests;
 pub mod rolling;
+pub mod route;
 pub mod status;
 pub mod store;
 

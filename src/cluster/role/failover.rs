@@ -28,7 +28,7 @@ impl Cluster {
     /// Fences the primary, then promotes the most advanced (or the given) standby, re-points the
     /// others and swaps the sync policy's names. A given target that is behind another standby
     /// first catches up from it (cascading replication), so no standby is left past the fork.
-    pub async fn failover(
+    pub(crate) async fn failover(
         &self,
         options: &FailoverOptions,
         log: &dyn StepLog,

@@ -6,6 +6,10 @@
 //! standby is promoted, so two primaries never take writes; the other standbys are re-pointed
 //! with ALTER SYSTEM and a reload and follow the new timeline; the sync policy is applied with
 //! the names swapped. This file holds the report and the steps the three commands share.
+//!
+//! The changes are the crate's own (`pub(crate)`): a caller reaches them through
+//! `ha::route`, which sends them to the agents when agents run and refuses what would fight
+//! them; the drill and the agents themselves call them directly.
 
 mod failover;
 mod probe;

@@ -14,7 +14,7 @@ use super::{names, RoleChangeReport, Steps};
 impl Cluster {
     /// Planned and lossless: the primary stops cleanly, the target replays its shutdown
     /// checkpoint, is promoted, and the old primary restarts as its standby with no re-clone.
-    pub async fn switchover(
+    pub(crate) async fn switchover(
         &self,
         to: &str,
         dry_run: bool,
