@@ -25,6 +25,7 @@ mod tls;
 
 use std::process::ExitCode;
 
+use clap::CommandFactory;
 use tokio_util::sync::CancellationToken;
 
 use self::args::Command;
@@ -131,8 +132,8 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::HaproxyConfig(args) => ha::haproxy_config(args),
         Command::History(args) => history::run(args).await,
         Command::Tls(args) => tls::run(args).await,
-        Command::Completions(args) => shell::completions(args),
-        Command::Man(args) => shell::man(args),
+        Command::Completions(args) => shell::completions(args, args::Cli::command()),
+        Command::Man(args) => shell::man(args, args::Cli::command()),
     }
 }
 
