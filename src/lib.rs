@@ -8,7 +8,8 @@
 //! Dependencies only point downward, each module using only those listed below it:
 //! - `cli` (in the binary): arguments, hints and output; the only place with clap and anyhow.
 //! - [`ha`]: automatic, fenced failover with etcd as the consensus (`pgrepl agent`); uses
-//!   `cluster` to act on servers and `lag` to read them.
+//!   `cluster` to act on servers and `lag` to read them. Role changes are reached through
+//!   `ha::route`, which sends them to the agents when agents run.
 //! - [`bench`]: what synchronous replication costs: a write load per mode, lag over time
 //!   (`pgrepl bench`).
 //! - [`cluster`]: a replicated cluster from nothing, local processes or containers (`pgrepl up`),

@@ -10,8 +10,7 @@ use pgrepl::ha::agent::{Agent, AgentOptions};
 use pgrepl::ha::etcd_access::Role;
 use pgrepl::ha::Timing;
 
-use super::cluster::ClusterArgs;
-use super::ha::EtcdArgs;
+use super::cluster_args::{ClusterArgs, EtcdArgs};
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {

@@ -5,72 +5,20 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use pgrepl::cluster::local::PgFetch;
+use pgrepl::cluster::plan::{FailoverOptions, RejoinOptions};
 use pgrepl::cluster::spec::{ClusterSpec, RuntimeKind};
 use pgrepl::cluster::{Cluster, Purpose, Rebuild, RuntimeChoice, StepLog, UpOptions};
 use pgrepl::fetch::FetchPolicy;
 use pgrepl::ha::launch;
+use pgrepl::ha::route::{Failover, Switchover};
 
-use super::ha::{AgentsArgs, EtcdArgs};
+use super::cluster_args::{AgentsArgs, ClusterArgs, EtcdArgs};
+use super::ha::who;
 use super::out::{outln, Done, WithHa};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RuntimeArg {
-    Local,
-    Docker,
-}
-
-/// Which cluster, and where its nodes live.
-#[derive(Debug, Args)]
-pub struct ClusterArgs {
-    /// The cluster file (default: `pgrepl.toml` here, else the one `up` recorded in the state
-    /// directory, else the recipe's defaults).
-    #[arg(long = "cluster", short = 'f', value_name = "FILE")]
-    pub file: Option<PathBuf>,
-    /// Override the file's runtime: local processes or docker containers.
-    #[arg(long = "runtime", value_enum)]
-    pub runtime: Option<RuntimeArg>,
-    /// Directory of the PostgreSQL binaries for the local runtime (default: PATH, pg_config,
-    /// /usr/lib/postgresql/*/bin).
-    #[arg(long = "pg-bin", value_name = "DIR")]
-    pub pg_bin: Option<PathBuf>,
-    /// Where data, logs and sockets live (default: the file's state_dir, `.pgrepl`).
-    #[arg(long = "state-dir", value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// The docker runtime's image (default: the one `up --image` was last given, else the
-    /// file's docker.image, `postgres:17`); e.g. `pgrepl-local/postgres:15` from
-    /// compose/build-image where no registry is reachable.
-    #[arg(long = "image", value_name = "IMAGE")]
-    pub image: Option<String>,
-}
-
-impl ClusterArgs {
-    /// The cluster an existing-cluster command acts on.
-    pub(super) fn open(&self) -> anyhow::Result<Cluster> {
-        self.find(Purpose::Use)
-    }
-
-    pub(super) fn find(&self, purpose: Purpose) -> anyhow::Result<Cluster> {
-        Ok(Cluster::find(&self.choice(), purpose)?)
-    }
-
-    fn choice(&self) -> RuntimeChoice {
-        RuntimeChoice {
-            file: self.file.clone(),
-            runtime: self.runtime.map(|r| match r {
-                RuntimeArg::Local => RuntimeKind::Local,
-                RuntimeArg::Docker => RuntimeKind::Docker,
-            }),
-            pg_bin: self.pg_bin.clone(),
-            state_dir: self.state_dir.clone(),
-            image: self.image.clone(),
-            fetch: None,
-        }
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -499,85 +447,71 @@ fn print_role_change(
 
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    if let Some(agents) = super::ha::agents(&cluster, &args.agents.etcd).await? {
-        if args.force || args.rewind {
-            anyhow::bail!("--force and --rewind are for failovers without agents: the agents only promote a standby that holds every acknowledged commit");
-        }
-        let to = args.to.as_deref();
-        return super::ha::failover(agents, to, &args.output, args.agents.wait).await;
-    }
-    cluster.all_here("failover")?;
-    let options = pgrepl::cluster::plan::FailoverOptions {
+    let route = args.agents.etcd.route(&cluster).await?;
+    let options = FailoverOptions {
         to: args.to,
         force: args.force,
         rewind: args.rewind,
         max_lag: args.max_lag,
         dry_run: args.output.dry_run,
     };
-    let report = cluster
-        .failover(&options, &PrintSteps(Instant::now()))
-        .await?;
-    print_role_change(&report, args.output.json)?;
+    let log = PrintSteps(Instant::now());
+    let json = args.output.json;
+    match route
+        .failover(&cluster, &options, args.agents.wait, &who(), &log)
+        .await?
+    {
+        Failover::Planned { to } => super::ha::print_failover_plan(&to)?,
+        Failover::Agents(done) => super::ha::print_failed_over(&done, json)?,
+        Failover::Manual(report) => print_role_change(&report, json)?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    if let Some(agents) = super::ha::agents(&cluster, &args.agents.etcd).await? {
-        let to = args.to.as_deref();
-        return super::ha::switchover(agents, to, &args.output, args.agents.wait).await;
-    }
-    cluster.all_here("switchover")?;
-    let to = args
-        .to
-        .ok_or_else(|| anyhow::anyhow!("give --to NODE: the standby that becomes primary"))?;
-    let report = cluster
-        .switchover(&to, args.output.dry_run, &PrintSteps(Instant::now()))
+    let route = args.agents.etcd.route(&cluster).await?;
+    let log = PrintSteps(Instant::now());
+    let json = args.output.json;
+    let done = route
+        .switchover(
+            &cluster,
+            args.to.as_deref(),
+            args.output.dry_run,
+            args.agents.wait,
+            &who(),
+            &log,
+        )
         .await?;
-    print_role_change(&report, args.output.json)?;
+    match done {
+        Switchover::Planned { from, to } => super::ha::print_switchover_plan(&from, &to)?,
+        Switchover::Agents(done) => super::ha::print_switched(&done, json)?,
+        Switchover::Manual(report) => print_role_change(&report, json)?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn rejoin(args: RejoinArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.open()?;
-    if super::ha::agents(&cluster, &args.etcd).await?.is_some() {
-        return Err(super::ha::refuse_rejoin(&args.node));
-    }
-    cluster.all_here("rejoin")?;
-    let options = pgrepl::cluster::plan::RejoinOptions {
+    let route = args.etcd.route(&cluster).await?;
+    let options = RejoinOptions {
         rewind: args.rewind,
         dry_run: args.output.dry_run,
         agents: false,
     };
-    let report = cluster
-        .rejoin(&args.node, options, &PrintSteps(Instant::now()))
+    let report = route
+        .rejoin(&cluster, &args.node, options, &PrintSteps(Instant::now()))
         .await?;
     print_role_change(&report, args.output.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn rebuild(args: ReinitArgs, how: Rebuild) -> anyhow::Result<ExitCode> {
-    let action = how.action();
     let cluster = args.cluster.open()?;
-    if let Some(agents) = super::ha::agents(&cluster, &args.etcd).await? {
-        // Its agent would start the server again under the copy.
-        if !agents.paused() {
-            anyhow::bail!(
-                "agents run for this cluster: `pgrepl pause`, then `pgrepl {action} {}`, then `pgrepl resume`",
-                args.node
-            );
-        }
-    }
-    if cluster.spec.ha.is_some() && matches!(cluster.spec.runtime, RuntimeKind::Docker) {
-        anyhow::bail!(
-            "on docker the agents build their nodes: stop container `{0}`, delete `{1}`, and `pgrepl up` starts it again and its agent clones it",
-            args.node,
-            cluster.state_dir().join("machines").join(&args.node).join("state").display()
-        );
-    }
-    cluster.all_here(action)?;
-    let report = cluster
+    let route = args.etcd.route(&cluster).await?;
+    let report = route
         .rebuild(
+            &cluster,
             &args.node,
             how,
             args.force,

@@ -12,11 +12,11 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::cluster::ClusterArgs;
-use super::ha::{agents, Agents, EtcdArgs};
+use super::cluster_args::{ClusterArgs, EtcdArgs};
 use super::out::{outln, Done};
 use pgrepl::cluster::settings::{self, Change, Desired, AT_LEAST_THE_PRIMARYS};
 use pgrepl::cluster::Cluster;
+use pgrepl::ha::route::{Agents, Route};
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
@@ -143,9 +143,9 @@ pub(super) enum Holder {
 
 impl Holder {
     pub(super) async fn find(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Holder> {
-        Ok(match agents(cluster, etcd).await? {
-            Some(agents) => Holder::Agents(Box::new(agents)),
-            None => Holder::Here,
+        Ok(match etcd.route(cluster).await? {
+            Route::Agents(agents) => Holder::Agents(agents),
+            Route::Manual => Holder::Here,
         })
     }
 

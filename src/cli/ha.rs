@@ -1,8 +1,7 @@
-//! `pgrepl pause` / `resume`, and `switchover` / `failover` / `rejoin` when agents run: the
-//! requests go through etcd to the agents (`pgrepl::ha::control`); without agents the role
-//! commands keep their manual paths (`cli::cluster`).
+//! `pgrepl pause` / `resume`, `haproxy-config`, and what `switchover` / `failover` print when
+//! the agents carried them out (`pgrepl::ha::route` decides who does; `pgrepl::ha::control`
+//! talks to the agents through etcd).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -10,104 +9,12 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 
 use pgrepl::cluster::Cluster;
-use pgrepl::ha::control::{Acknowledged, Control};
-use pgrepl::ha::etcd_access::{ClientTls, EtcdAccess, Role};
-use pgrepl::ha::model::View;
+use pgrepl::ha::control::{Acknowledged, Control, FailedOver, Switched};
+use pgrepl::ha::etcd_access::Role;
 use pgrepl::ha::records::PauseRecord;
 
-use super::cluster::{ClusterArgs, PlanArgs};
+use super::cluster_args::{ClusterArgs, EtcdArgs};
 use super::out::outln;
-
-/// Where the agents' etcd is.
-#[derive(Debug, Args)]
-pub struct EtcdArgs {
-    /// etcd client URLs, comma-separated (default: the cluster file's `[ha] etcd`, or the etcd
-    /// `up` started).
-    #[arg(
-        long = "etcd",
-        value_name = "URL,...",
-        env = "PGREPL_ETCD",
-        value_delimiter = ','
-    )]
-    pub etcd: Vec<String>,
-    /// The cluster's name in etcd keys (`/pgrepl/<scope>/`; default: `[ha] scope`, or the
-    /// cluster file's name without its extension).
-    #[arg(long = "scope", value_name = "NAME")]
-    pub scope: Option<String>,
-    /// The CA that signed etcd's certificates, for `https://` URLs (default: `[ha] etcd_ca`,
-    /// or the cluster CA for the etcd `up` started).
-    #[arg(long = "etcd-ca", value_name = "FILE", env = "PGREPL_ETCD_CA")]
-    pub ca: Option<PathBuf>,
-    /// The client certificate to present to etcd, with --etcd-key (default: `[ha]`'s, or the
-    /// one `up` made for the command's role).
-    #[arg(
-        long = "etcd-cert",
-        value_name = "FILE",
-        env = "PGREPL_ETCD_CERT",
-        requires = "key"
-    )]
-    pub cert: Option<PathBuf>,
-    #[arg(
-        long = "etcd-key",
-        value_name = "FILE",
-        env = "PGREPL_ETCD_KEY",
-        requires = "cert"
-    )]
-    pub key: Option<PathBuf>,
-}
-
-impl EtcdArgs {
-    /// The cluster's etcd as `role` reaches it (`[ha]`, or the etcd `up` started), at
-    /// `--etcd` when given; `None` when the cluster has no etcd.
-    pub fn access(&self, cluster: &Cluster, role: Role) -> anyhow::Result<Option<EtcdAccess>> {
-        let own = pgrepl::ha::etcd_access(cluster, role);
-        let mut access = if self.etcd.is_empty() {
-            match own {
-                Some(own) => own,
-                None => return Ok(None),
-            }
-        } else {
-            let plain = EtcdAccess::plain(self.etcd.clone());
-            own.map_or(plain, |own| own.at(self.etcd.clone()))
-        };
-        if let Some(ca) = &self.ca {
-            let identity = access.tls.take().and_then(|tls| tls.identity);
-            access.tls = Some(ClientTls {
-                ca: ca.clone(),
-                identity,
-            });
-        }
-        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
-            let Some(tls) = &mut access.tls else {
-                bail!("--etcd-cert needs --etcd-ca: the CA that signed etcd's certificates");
-            };
-            tls.identity = Some((cert.clone(), key.clone()));
-        }
-        Ok(Some(access))
-    }
-
-    pub fn scope(&self, cluster: &Cluster) -> anyhow::Result<String> {
-        match &self.scope {
-            Some(scope) if scope.is_empty() || scope.contains('/') => {
-                bail!("--scope `{scope}`: give a name without `/`")
-            }
-            Some(scope) => Ok(scope.clone()),
-            None => Ok(pgrepl::ha::scope(cluster)?),
-        }
-    }
-}
-
-/// How a role change through the agents is bounded.
-#[derive(Debug, Args)]
-pub struct AgentsArgs {
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-    /// With agents: how long to wait for them to carry it out before giving up (the request
-    /// then expires); `30s`, `2min`, or a bare number of seconds.
-    #[arg(long = "wait", value_name = "DURATION", default_value = "30s",
-          value_parser = pgrepl::units::parse_duration)]
-    pub wait: Duration,
-}
 
 #[derive(Debug, Args)]
 pub struct PauseArgs {
@@ -123,41 +30,6 @@ pub struct PauseArgs {
 
 /// How long `pause`/`resume` wait for every agent to show the new state.
 const ACK_WAIT: Duration = Duration::from_secs(5);
-
-/// The agents of a cluster, when they run: etcd holds member records.
-pub struct Agents {
-    control: Control,
-    view: View,
-}
-
-impl Agents {
-    /// `pgrepl pause` is in force: no agent acts on its server.
-    pub fn paused(&self) -> bool {
-        self.view.pause.is_some()
-    }
-
-    pub fn control(&self) -> &Control {
-        &self.control
-    }
-
-    /// The node holding the leader key, if any.
-    pub fn leader(&self) -> Option<&str> {
-        self.view.leader.as_ref().map(|l| l.node.as_str())
-    }
-}
-
-/// The running agents of `cluster`, or `None` when it has no etcd or no agent runs. An etcd that
-/// does not answer is an error: agents may run, and a manual role change would fight them.
-pub async fn agents(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Option<Agents>> {
-    let Some(access) = etcd.access(cluster, Role::Agent)? else {
-        return Ok(None);
-    };
-    let control = Control::connect(&access, &etcd.scope(cluster)?).await?;
-    let view = control.view().await.map_err(|e| {
-        anyhow!("{e}: pgrepl cannot tell whether agents run, and a manual role change beside them would fight them; start etcd, or remove the cluster's [ha] section (and --etcd) if no agent runs")
-    })?;
-    Ok((!view.members.is_empty()).then_some(Agents { control, view }))
-}
 
 async fn control(cluster: &Cluster, etcd: &EtcdArgs) -> anyhow::Result<Control> {
     let access = etcd.access(cluster, Role::Agent)?.ok_or_else(|| {
@@ -250,29 +122,22 @@ fn print_agents(ack: &Acknowledged, state: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `switchover` through the agents.
-pub async fn switchover(
-    agents: Agents,
-    to: Option<&str>,
-    output: &PlanArgs,
-    wait: Duration,
-) -> anyhow::Result<ExitCode> {
-    let Agents { control, view } = agents;
-    if output.dry_run {
-        let (from, to) =
-            pgrepl::ha::requests::switchover_target(&view, to).map_err(|why| anyhow!(why))?;
-        outln!("switchover plan (through the agents): `{from}` -> `{to}`");
-        outln!("  1. the agent of `{from}` waits until `{to}` has caught up, then stops its server (fast shutdown: `{to}` gets every commit)");
-        outln!("  2. once `{to}` holds WAL past the shutdown checkpoint, the leader key passes to `{to}`'s agent");
-        outln!("  3. `{to}` is promoted as an elected node is; the other standbys follow it");
-        outln!("  4. the agent of `{from}` rejoins it as a standby of `{to}`");
-        outln!("dry run: nothing was changed");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let done = control.switchover(&view, to, &who(), wait).await?;
-    if output.json {
-        outln!("{}", serde_json::to_string_pretty(&done)?);
-        return Ok(ExitCode::SUCCESS);
+/// A switchover's plan through the agents (`--dry-run`).
+pub fn print_switchover_plan(from: &str, to: &str) -> anyhow::Result<()> {
+    outln!("switchover plan (through the agents): `{from}` -> `{to}`");
+    outln!("  1. the agent of `{from}` waits until `{to}` has caught up, then stops its server (fast shutdown: `{to}` gets every commit)");
+    outln!("  2. once `{to}` holds WAL past the shutdown checkpoint, the leader key passes to `{to}`'s agent");
+    outln!("  3. `{to}` is promoted as an elected node is; the other standbys follow it");
+    outln!("  4. the agent of `{from}` rejoins it as a standby of `{to}`");
+    outln!("dry run: nothing was changed");
+    Ok(())
+}
+
+/// A switchover the agents carried out.
+pub fn print_switched(done: &Switched, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(done)?);
+        return Ok(());
     }
     outln!(
         "switchover `{}` -> `{}` through the agents: `{}` leads as primary after {:.1} s",
@@ -298,28 +163,20 @@ pub async fn switchover(
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-/// `failover` through the agents: refused under a live leader; otherwise the election, with
-/// `--to` honoured only when it is as safe.
-pub async fn failover(
-    agents: Agents,
-    to: Option<&str>,
-    output: &PlanArgs,
-    wait: Duration,
-) -> anyhow::Result<ExitCode> {
-    let Agents { control, view } = agents;
-    if output.dry_run {
-        let target =
-            pgrepl::ha::requests::failover_target(&view, to).map_err(|why| anyhow!(why))?;
-        outln!("failover plan (through the agents): the agents elect `{target}`");
-        outln!("dry run: nothing was changed");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let done = control.failover(to, &who(), wait).await?;
-    if output.json {
-        outln!("{}", serde_json::to_string_pretty(&done)?);
+/// A failover's plan through the agents (`--dry-run`): whom they elect.
+pub fn print_failover_plan(to: &str) -> anyhow::Result<()> {
+    outln!("failover plan (through the agents): the agents elect `{to}`");
+    outln!("dry run: nothing was changed");
+    Ok(())
+}
+
+/// A failover the agents carried out.
+pub fn print_failed_over(done: &FailedOver, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(done)?);
     } else {
         outln!(
             "failover `{}` -> `{}` through the agents: `{}` leads as primary after {:.1} s",
@@ -329,12 +186,7 @@ pub async fn failover(
             done.took_ms as f64 / 1000.0
         );
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// A manual rejoin while agents run would race the node's own agent.
-pub fn refuse_rejoin(node: &str) -> anyhow::Error {
-    anyhow!("agents run for this cluster: the agent of `{node}` rejoins it by itself (`pgrepl status` shows it)")
+    Ok(())
 }
 
 /// `user@host` of whoever runs the command, for the records.

@@ -24,6 +24,12 @@ pub fn hint_for(error: &anyhow::Error, user: &str) -> Option<String> {
                 cause
                     .downcast_ref::<pgrepl::cluster::ClusterError>()
                     .and_then(|e| e.connection_error())
+            })
+            .or_else(|| {
+                // A role change reached through `ha::route` wraps the cluster's error.
+                cause
+                    .downcast_ref::<pgrepl::ha::HaError>()
+                    .and_then(|e| e.connection_error())
             });
         if let Some(hint) = connection_error.and_then(|e| connection_hint(e, user)) {
             return Some(hint);
@@ -119,5 +125,22 @@ mod tests {
             .unwrap()
             .contains("ALTER ROLE r REPLICATION"));
         assert!(hint_for(&server("22P02", "whatever"), "r").is_none());
+    }
+
+    /// A manual role change returns the cluster's error inside `HaError` (it goes through
+    /// `ha::route`): the hint is the same.
+    #[test]
+    fn a_role_changes_connection_error_gets_its_hint() {
+        let refused = ConnectionError::Io {
+            context: "connect to `/tmp/.s.PGSQL.5432`".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let e = anyhow::Error::new(pgrepl::ha::HaError::Cluster(
+            pgrepl::cluster::ClusterError::Node {
+                node: "pg_slave".into(),
+                source: Box::new(refused),
+            },
+        ));
+        assert_eq!(hint_for(&e, "r"), Some(refused_hint()));
     }
 }

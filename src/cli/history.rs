@@ -10,8 +10,7 @@ use pgrepl::cluster::topology::Topology;
 use pgrepl::ha::etcd_access::Role;
 use pgrepl::ha::store::Store;
 
-use super::cluster::ClusterArgs;
-use super::ha::EtcdArgs;
+use super::cluster_args::{ClusterArgs, EtcdArgs};
 use super::out::outln;
 
 /// Per etcd request.

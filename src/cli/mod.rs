@@ -1,12 +1,15 @@
 //! The `pgrepl` command line: turns raw arguments into library options, runs the command, and
 //! renders results. Hints for errors live in `hints`, argument definitions in `args` (the
-//! commands' own in their files), the single-server connection flags in `connection`.
+//! commands' own in their files, those many share in `cluster_args`: which cluster, and where
+//! its agents' etcd is), the single-server connection flags in `connection`. What a command
+//! may do beside live agents is the library's to decide (`pgrepl::ha::route`), not the CLI's.
 
 mod agent;
 pub mod args;
 mod basebackup;
 mod bench;
 mod cluster;
+mod cluster_args;
 mod config;
 mod connection;
 mod ha;
@@ -22,6 +25,7 @@ mod tls;
 
 use std::process::ExitCode;
 
+use clap::CommandFactory;
 use tokio_util::sync::CancellationToken;
 
 use self::args::Command;
@@ -128,8 +132,8 @@ async fn run_to_end(command: Command, cancel: CancellationToken) -> anyhow::Resu
         Command::HaproxyConfig(args) => ha::haproxy_config(args),
         Command::History(args) => history::run(args).await,
         Command::Tls(args) => tls::run(args).await,
-        Command::Completions(args) => shell::completions(args),
-        Command::Man(args) => shell::man(args),
+        Command::Completions(args) => shell::completions(args, args::Cli::command()),
+        Command::Man(args) => shell::man(args, args::Cli::command()),
     }
 }
 

@@ -11,9 +11,10 @@ use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::cluster::{ClusterArgs, PrintSteps};
+use super::cluster::PrintSteps;
+use super::cluster_args::{AgentsArgs, ClusterArgs};
 use super::config::{node_results, print_nodes, Holder};
-use super::ha::{who, AgentsArgs};
+use super::ha::who;
 use super::out::{outln, Done};
 use super::Interrupted;
 use pgrepl::cluster::settings::rolling::Step;

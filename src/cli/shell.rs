@@ -4,9 +4,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, ValueEnum};
-
-use super::args::Cli;
+use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ShellArg {
@@ -22,9 +20,9 @@ pub struct CompletionsArgs {
     pub shell: ShellArg,
 }
 
-/// Prints the completion script (bash: `pgrepl completions bash >
-/// /etc/bash_completion.d/pgrepl`; the README lists the others).
-pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
+/// Prints the completion script for `cli`, pgrepl's command line (bash: `pgrepl completions
+/// bash > /etc/bash_completion.d/pgrepl`; the README lists the others).
+pub fn completions(args: CompletionsArgs, mut cli: clap::Command) -> anyhow::Result<ExitCode> {
     use clap_complete::Shell;
     let shell = match args.shell {
         ShellArg::Bash => Shell::Bash,
@@ -32,7 +30,7 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
         ShellArg::Fish => Shell::Fish,
     };
     let mut out = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "pgrepl", &mut out);
+    clap_complete::generate(shell, &mut cli, "pgrepl", &mut out);
     super::out::print(&String::from_utf8(out)?)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -45,12 +43,13 @@ pub struct ManArgs {
     pub dir: Option<std::path::PathBuf>,
 }
 
-/// Prints pgrepl(1) in roff, or writes it and each command's page into `--dir`.
-pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
+/// Prints pgrepl(1) in roff for `cli`, pgrepl's command line, or writes it and each command's
+/// page into `--dir`.
+pub fn man(args: ManArgs, cli: clap::Command) -> anyhow::Result<ExitCode> {
     match args.dir {
         Some(dir) => {
             std::fs::create_dir_all(&dir)
-                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .and_then(|()| clap_mangen::generate_to(cli, &dir))
                 .map_err(|e| {
                     anyhow::anyhow!("write the manual pages into `{}`: {e}", dir.display())
                 })?;
@@ -61,7 +60,7 @@ pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            clap_mangen::Man::new(cli).render(&mut out)?;
             super::out::print(&String::from_utf8(out)?)?;
         }
     }
@@ -71,13 +70,18 @@ pub fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::args::Cli;
+    use clap::CommandFactory;
 
     #[test]
     fn the_pages_are_one_per_command() {
         let dir = tempfile::tempdir().unwrap();
-        man(ManArgs {
-            dir: Some(dir.path().to_owned()),
-        })
+        man(
+            ManArgs {
+                dir: Some(dir.path().to_owned()),
+            },
+            Cli::command(),
+        )
         .unwrap();
         for page in ["pgrepl.1", "pgrepl-switchover.1", "pgrepl-history.1"] {
             let text = std::fs::read_to_string(dir.path().join(page)).unwrap();

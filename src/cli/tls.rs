@@ -7,7 +7,8 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use pgrepl::cluster::tls::Expiry;
 
-use super::cluster::{ClusterArgs, PrintSteps};
+use super::cluster::PrintSteps;
+use super::cluster_args::ClusterArgs;
 use super::out::outln;
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::check_failed::CheckFailed;
 use super::spec::{ClusterSpec, NodeSpec};
 use super::*;
 
@@ -400,10 +401,13 @@ impl Cluster {
                 .await
                 .map_err(|e| node_err_sql(standby, e))?;
             if found.is_none() {
-                return Err(ClusterError::Check(format!(
-                    "row {id} of {table} is not on `{}`, which replayed up to {written}",
-                    standby.name
-                )));
+                return Err(CheckFailed::RowMissing {
+                    table: table.to_owned(),
+                    id,
+                    node: standby.name.clone(),
+                    replayed: written,
+                }
+                .into());
             }
         }
         Ok(())

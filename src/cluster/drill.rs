@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::check_failed::CheckFailed;
 use super::plan::FailoverOptions;
 use super::spec::{ClusterSpec, NodeSpec};
 use super::{
@@ -171,9 +172,10 @@ impl Cluster {
                 ))
             }
             Ok(Err(e)) => Err(node_err_sql(spec.primary(), e)),
-            Err(_) => Err(ClusterError::Check(format!(
-                "the commit blocked with only `{async_standby}` stopped"
-            ))),
+            Err(_) => Err(CheckFailed::CommitBlocked {
+                stopped: async_standby.clone(),
+            }
+            .into()),
         };
         self.start_node(&async_standby).await?;
         result
@@ -205,27 +207,16 @@ impl Cluster {
             Ok(waiting > 0)
         })
         .await;
-        let missing = standbys
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(" and ");
+        let stopped: Vec<String> = standbys.iter().map(|s| s.name.clone()).collect();
+        let missing = stopped.join(" and ");
         futures_util::future::try_join_all(standbys.iter().map(|s| self.start_node(&s.name)))
             .await?;
-        blocked.map_err(|_| {
-            ClusterError::Check(format!(
-                "the commit did not block although {missing} are stopped"
-            ))
-        })?;
+        blocked.map_err(|_| CheckFailed::CommitNotBlocked { stopped })?;
         let released = tokio::time::timeout(Duration::from_secs(60), commit).await;
         match released {
             Ok(Ok(Ok(_))) => {}
             Ok(Ok(Err(e))) => return Err(node_err_sql(primary, e)),
-            _ => {
-                return Err(ClusterError::Check(
-                    "the blocked commit was not released after the standbys came back".into(),
-                ))
-            }
+            _ => return Err(CheckFailed::CommitNotReleased.into()),
         }
         self.row_on_standbys(&spec, 3).await?;
         Ok(format!("a commit waited on SyncRep while {missing} were stopped; released when they came back, row 3 is everywhere"))
@@ -237,9 +228,7 @@ impl Cluster {
             .into_iter()
             .find(|(_, state)| state == "sync" || state == "quorum")
             .map(|(name, _)| name)
-            .ok_or_else(|| {
-                ClusterError::Check("the sync policy names no synchronous standby".into())
-            })?;
+            .ok_or(CheckFailed::NoSyncStandby)?;
         let before = spec.clone();
         let killed_at = Instant::now();
         self.failover(
@@ -257,7 +246,7 @@ impl Cluster {
             client.execute("INSERT INTO pgrepl_drill VALUES (4)", &[]),
         )
         .await
-        .map_err(|_| ClusterError::Check("the first write on the new primary blocked".into()))?
+        .map_err(|_| CheckFailed::FirstWriteBlocked)?
         .map_err(|e| node_err_sql(spec.primary(), e))?;
         let first_write = killed_at.elapsed();
         let names: String = client
@@ -266,10 +255,11 @@ impl Cluster {
             .map_err(|e| node_err_sql(spec.primary(), e))?
             .get(0);
         if names != spec.synchronous_standby_names() {
-            return Err(ClusterError::Check(format!(
-                "synchronous_standby_names is `{names}`, expected `{}`",
-                spec.synchronous_standby_names()
-            )));
+            return Err(CheckFailed::StandbyNames {
+                found: names,
+                expected: spec.synchronous_standby_names(),
+            }
+            .into());
         }
         let mut replication = Connection::connect(&self.replication_connect(spec.primary()))
             .await
@@ -319,9 +309,7 @@ fn last_standby(spec: &ClusterSpec) -> Result<String, ClusterError> {
         .rev()
         .find(|(_, state)| state == "potential" || state == "async")
         .map(|(name, _)| name)
-        .ok_or_else(|| {
-            ClusterError::Check("no standby is asynchronous or potential under this policy".into())
-        })
+        .ok_or_else(|| CheckFailed::NoAsyncStandby.into())
 }
 
 fn describe(states: &[(String, String)]) -> String {

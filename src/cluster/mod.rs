@@ -11,7 +11,7 @@
 //!   `bootstrap` (one node alone, for agents on several machines), `tls` and `tls_own` (the
 //!   certificates `up` makes or copies);
 //! - changing: `role` (failover, switchover, rejoin, reinit, resync), `settings` (`pgrepl
-//!   config`), `drill` (the recipe's checks);
+//!   config`), `drill` (the recipe's checks), `check_failed` (what a check saw instead);
 //! - deciding, pure: `plan` (what a role change must do), `ports` (is a port free);
 //! - remembering: `spec` (the cluster file), `record` (what `up` built), `open` (where a
 //!   command finds its cluster), `topology` (the primary now), `history` (role changes);
@@ -23,6 +23,7 @@
 
 mod bootstrap;
 mod build;
+pub mod check_failed;
 pub mod client_uris;
 pub mod docker;
 pub mod drill;
@@ -127,7 +128,7 @@ pub enum ClusterError {
     #[error("base backup")]
     Backup(#[source] Box<backup::BackupError>),
     #[error("check failed: {0}")]
-    Check(String),
+    Check(check_failed::CheckFailed),
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
     #[error(transparent)]
@@ -151,6 +152,14 @@ pub enum ClusterError {
 impl From<backup::BackupError> for ClusterError {
     fn from(error: backup::BackupError) -> Self {
         Self::Backup(Box::new(error))
+    }
+}
+
+// Not `#[from]`: that would make the check the error's source as well, and the chain would
+// print it twice.
+impl From<check_failed::CheckFailed> for ClusterError {
+    fn from(check: check_failed::CheckFailed) -> Self {
+        Self::Check(check)
     }
 }
 

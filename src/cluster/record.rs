@@ -44,10 +44,70 @@ pub struct Asked<'a> {
     pub cluster_file: Option<&'a Path>,
 }
 
-/// A command line that contradicts what exists; the text says what exists and what to do.
+/// A command line that contradicts what exists: what the cluster in `state_dir` was built
+/// with; the text says what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Contradiction(pub String);
+#[error(
+    "the cluster in `{}` was built {built}; {}, or remove it first with `pgrepl down --purge`",
+    .state_dir.display(), .built.fix()
+)]
+pub struct Contradiction {
+    pub state_dir: PathBuf,
+    pub built: BuiltWith,
+}
+
+/// What a cluster was built with, that the command line contradicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltWith {
+    Runtime {
+        built: RuntimeKind,
+        asked: RuntimeKind,
+    },
+    Image(String),
+    /// The data's major, and that of the binaries `--pg-bin` names.
+    Major {
+        built: u32,
+        asked: u32,
+    },
+    File(PathBuf),
+    /// The built-in defaults, and the cluster file the command reads.
+    Defaults {
+        asked: PathBuf,
+    },
+}
+
+impl std::fmt::Display for BuiltWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuiltWith::Runtime { built, asked } => {
+                write!(f, "on the {} runtime, not {}", name(*built), name(*asked))
+            }
+            BuiltWith::Image(image) => write!(f, "with the image `{image}`"),
+            BuiltWith::Major { built, asked } => {
+                write!(f, "with PostgreSQL {built}, and --pg-bin holds {asked}")
+            }
+            BuiltWith::File(file) => write!(f, "from `{}`", file.display()),
+            BuiltWith::Defaults { asked } => {
+                write!(f, "from the built-in defaults, not `{}`", asked.display())
+            }
+        }
+    }
+}
+
+impl BuiltWith {
+    /// How the command line comes to agree.
+    fn fix(&self) -> String {
+        match self {
+            BuiltWith::Runtime { .. } => "drop --runtime".into(),
+            BuiltWith::Image(_) => "drop --image".into(),
+            BuiltWith::Major { built, .. } => {
+                format!("give --pg-bin a PostgreSQL {built} directory or drop it")
+            }
+            BuiltWith::File(file) => format!("use --cluster {}", file.display()),
+            BuiltWith::Defaults { .. } => "drop --cluster (or move that file away)".into(),
+        }
+    }
+}
 
 impl ClusterRecord {
     pub fn path(state_dir: &Path) -> PathBuf {
@@ -86,48 +146,40 @@ impl ClusterRecord {
     /// Refuses a command line that names another runtime, image, major or cluster file than
     /// the cluster in `state_dir` was built with.
     pub fn check(&self, asked: &Asked, state_dir: &Path) -> Result<(), Contradiction> {
-        let here = state_dir.display();
-        let built = |what: String, fix: &str| {
-            Err(Contradiction(format!(
-                "the cluster in `{here}` was built {what}; {fix}, or remove it first with `pgrepl down --purge`"
-            )))
+        let built = |built: BuiltWith| {
+            Err(Contradiction {
+                state_dir: state_dir.to_path_buf(),
+                built,
+            })
         };
-        if let Some(runtime) = asked.runtime.filter(|r| *r != self.runtime) {
-            return built(
-                format!(
-                    "on the {} runtime, not {}",
-                    name(self.runtime),
-                    name(runtime)
-                ),
-                "drop --runtime",
-            );
+        if let Some(asked) = asked.runtime.filter(|r| *r != self.runtime) {
+            return built(BuiltWith::Runtime {
+                built: self.runtime,
+                asked,
+            });
         }
         if let (Some(image), Some(built_with)) = (asked.image, &self.image) {
             if image != built_with {
-                return built(format!("with the image `{built_with}`"), "drop --image");
+                return built(BuiltWith::Image(built_with.clone()));
             }
         }
         if let (Some(major), Some(built_major)) = (asked.pg_major, self.pg_major) {
             if major != built_major {
-                return built(
-                    format!("with PostgreSQL {built_major}, and --pg-bin holds {major}"),
-                    &format!("give --pg-bin a PostgreSQL {built_major} directory or drop it"),
-                );
+                return built(BuiltWith::Major {
+                    built: built_major,
+                    asked: major,
+                });
             }
         }
         if let Some(file) = asked.cluster_file {
             match &self.cluster_file {
                 Some(built_file) if built_file != file => {
-                    return built(
-                        format!("from `{}`", built_file.display()),
-                        &format!("use --cluster {}", built_file.display()),
-                    )
+                    return built(BuiltWith::File(built_file.clone()))
                 }
                 None => {
-                    return built(
-                        format!("from the built-in defaults, not `{}`", file.display()),
-                        "drop --cluster (or move that file away)",
-                    )
+                    return built(BuiltWith::Defaults {
+                        asked: file.to_path_buf(),
+                    })
                 }
                 _ => {}
             }
@@ -202,7 +254,7 @@ mod tests {
             cluster_file: Some(Path::new("/srv/pgrepl.toml")),
             ..Asked::default()
         };
-        let Contradiction(text) = record.check(&file, state).unwrap_err();
+        let text = record.check(&file, state).unwrap_err().to_string();
         assert!(text.contains("defaults, not `/srv/pgrepl.toml`"), "{text}");
     }
 
@@ -214,7 +266,7 @@ mod tests {
             runtime: Some(RuntimeKind::Local),
             ..Asked::default()
         };
-        let Contradiction(text) = record.check(&local, state).unwrap_err();
+        let text = record.check(&local, state).unwrap_err().to_string();
         assert_eq!(
             text,
             "the cluster in `/srv/.pgrepl` was built on the docker runtime, not local; drop --runtime, or remove it first with `pgrepl down --purge`"
@@ -226,7 +278,7 @@ mod tests {
         assert!(record
             .check(&image, state)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("`pgrepl-local/postgres:15`"));
         let major = Asked {
             pg_major: Some(18),
@@ -235,7 +287,7 @@ mod tests {
         assert!(record
             .check(&major, state)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("PostgreSQL 15, and --pg-bin holds 18"));
         let mut from_file = docker();
         from_file.cluster_file = Some("/srv/pgrepl.toml".into());
@@ -246,7 +298,7 @@ mod tests {
         assert!(from_file
             .check(&other, state)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("use --cluster /srv/pgrepl.toml"));
     }
 

@@ -4,6 +4,7 @@
 
 use tokio_postgres::Client;
 
+use super::check_failed::CheckFailed;
 use super::spec::NodeSpec;
 use super::ClusterError;
 use crate::conn::ConnectionError;
@@ -17,14 +18,15 @@ pub(crate) async fn refuses_writes(
 ) -> Result<(), ClusterError> {
     match client.batch_execute(insert).await {
         Err(e) if e.code().map(|c| c.code()) == Some("25006") => Ok(()),
-        Err(e) => Err(ClusterError::Check(format!(
-            "a write on `{}` failed with something other than read-only (25006): {e}",
-            standby.name
-        ))),
-        Ok(()) => Err(ClusterError::Check(format!(
-            "`{}` accepted a write: it is not a standby",
-            standby.name
-        ))),
+        Err(error) => Err(CheckFailed::WriteFailed {
+            node: standby.name.clone(),
+            error,
+        }
+        .into()),
+        Ok(()) => Err(CheckFailed::AcceptedWrite {
+            node: standby.name.clone(),
+        }
+        .into()),
     }
 }
 

@@ -18,9 +18,9 @@ fn file(state_dir: &Path) -> PathBuf {
 pub fn recorded(state_dir: &Path) -> Result<BTreeMap<String, SocketAddr>, HaError> {
     let path = file(state_dir);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| {
-            HaError::Config(format!("`{}` is damaged ({e}): delete it", path.display()))
-        }),
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|error| HaError::DamagedFile { path, error })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(source) => Err(HaError::Io {
             context: format!("read `{}`", path.display()),

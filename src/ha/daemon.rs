@@ -81,10 +81,10 @@ impl Daemon {
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             if !self.wait_gone(pid, Duration::from_secs(5)).await {
-                return Err(HaError::Process(format!(
-                    "{} (pid {pid}) did not exit: stop it, then run `pgrepl down` again",
-                    self.what
-                )));
+                return Err(HaError::DidNotExit {
+                    what: self.what.clone(),
+                    pid,
+                });
             }
         }
         let _ = std::fs::remove_file(&self.pid_file);

@@ -131,10 +131,10 @@ impl<'a> DockerEtcd<'a> {
             if !self.docker.container_runs(&container.name).await
                 && !ports::is_free(member.client_port)
             {
-                return Err(HaError::Process(format!(
-                    "port {} of etcd container `{}` is in use: stop what listens there, or `pgrepl down --purge` to start over on new ports",
-                    member.client_port, container.name
-                )));
+                return Err(HaError::EtcdContainerPortInUse {
+                    port: member.client_port,
+                    container: container.name.clone(),
+                });
             }
             if self.docker.ensure_etcd(&container).await? {
                 log.step(&format!(

@@ -6,6 +6,55 @@
 //! The argument: proto-notes/08-ha.md, "Zero acknowledged loss".
 
 use super::records::{MemberRecord, RoleRequest, SyncRecord};
+use crate::Lsn;
+
+/// Why nobody may be elected now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoCandidate {
+    #[error("the sync record lists no standby: no standby can be promoted without loss")]
+    NoStandby,
+    /// Members of the records in force whose servers still receive from the lost leader: their
+    /// positions are not final yet.
+    #[error("waiting for {} to detach", .0.join(", "))]
+    Detaching(Vec<String>),
+    /// Too few of a record's standbys answer for one of them to hold each of its acknowledged
+    /// commits; `earlier`: the leader the record was for, when it is not the newest.
+    #[error(
+        "{answering} of the sync record's {listed} members answer and {need} are needed ({method} {num} of them may hold a commit alone{})",
+        .earlier.as_ref().map_or(String::new(), |leader| format!(", for `{leader}`'s commits"))
+    )]
+    TooFewAnswer {
+        answering: usize,
+        listed: usize,
+        need: usize,
+        method: String,
+        num: u32,
+        earlier: Option<String>,
+    },
+}
+
+/// Why a node asked for is not as safe to promote as the election's choice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAsSafe {
+    #[error("`{to}` is not in the sync record ({}): it may lack acknowledged commits", .members.join(", "))]
+    NotInRecord { to: String, members: Vec<String> },
+    #[error("`{to}` is not a running standby with a live agent")]
+    NotLive { to: String },
+    #[error(
+        "`{to}` (at {}) is behind `{best}` (at {}): promoting it would lose acknowledged commits",
+        position(.at), position(.best_at)
+    )]
+    Behind {
+        to: String,
+        at: Option<Lsn>,
+        best: String,
+        best_at: Option<Lsn>,
+    },
+}
+
+fn position(at: &Option<Lsn>) -> String {
+    at.map_or("?".into(), |l| l.to_string())
+}
 
 /// The records an election must satisfy: the newest, and those of earlier leaders it still
 /// carries; only those when the newest's leader still answers as a standby, since it never
@@ -56,11 +105,9 @@ fn enough_answer(
     record: &SyncRecord,
     rules: &[&SyncRecord],
     members: &[MemberRecord],
-) -> Result<(), String> {
+) -> Result<(), NoCandidate> {
     if rules.is_empty() || rules.iter().any(|r| standbys(r).next().is_none()) {
-        return Err(
-            "the sync record lists no standby: no standby can be promoted without loss".into(),
-        );
+        return Err(NoCandidate::NoStandby);
     }
     let rules = if follows_the_promotion(record, rules, members) {
         &rules[..1]
@@ -74,12 +121,14 @@ fn enough_answer(
             .count();
         let need = (listed + 1).saturating_sub(rule.num.max(1) as usize);
         if answering < need {
-            return Err(format!(
-                "{answering} of the sync record's {listed} members answer and {need} are needed ({} {} of them may hold a commit alone{})",
-                rule.method,
-                rule.num,
-                if rule.leader == rules[0].leader { String::new() } else { format!(", for `{}`'s commits", rule.leader) }
-            ));
+            return Err(NoCandidate::TooFewAnswer {
+                answering,
+                listed,
+                need,
+                method: rule.method.to_string(),
+                num: rule.num,
+                earlier: (rule.leader != rules[0].leader).then(|| rule.leader.clone()),
+            });
         }
     }
     Ok(())
@@ -87,7 +136,7 @@ fn enough_answer(
 
 /// Whether an election could pick a node now if the leader let go: enough members of every
 /// record in force answer (whether or not they detached yet).
-pub fn electable(record: &SyncRecord, members: &[MemberRecord]) -> Result<(), String> {
+pub fn electable(record: &SyncRecord, members: &[MemberRecord]) -> Result<(), NoCandidate> {
     enough_answer(record, &rules_in_force(record, members), members)
 }
 
@@ -96,7 +145,10 @@ pub fn electable(record: &SyncRecord, members: &[MemberRecord]) -> Result<(), St
 /// timeline first: a member on an older timeline, however far, holds none of the WAL written
 /// on the newer one (it may be past the fork), and every acknowledged commit of the newest
 /// record is on it. Ties go to the policy's order.
-pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result<&'r str, String> {
+pub fn candidate<'r>(
+    record: &SyncRecord,
+    members: &'r [MemberRecord],
+) -> Result<&'r str, NoCandidate> {
     let rules = rules_in_force(record, members);
     let mut names: Vec<&String> = Vec::new();
     for rule in &rules {
@@ -107,13 +159,13 @@ pub fn candidate<'r>(record: &SyncRecord, members: &'r [MemberRecord]) -> Result
         }
     }
     let eligible: Vec<&'r MemberRecord> = names.iter().filter_map(|n| live(members, n)).collect();
-    let pending: Vec<&str> = eligible
+    let pending: Vec<String> = eligible
         .iter()
         .filter(|r| !r.server.detached)
-        .map(|r| r.node.as_str())
+        .map(|r| r.node.clone())
         .collect();
     if !pending.is_empty() {
-        return Err(format!("waiting for {} to detach", pending.join(", ")));
+        return Err(NoCandidate::Detaching(pending));
     }
     enough_answer(record, &rules, members)?;
     let best = eligible
@@ -131,7 +183,7 @@ pub fn elect<'r>(
     record: &SyncRecord,
     members: &'r [MemberRecord],
     request: Option<&RoleRequest>,
-) -> Result<&'r str, String> {
+) -> Result<&'r str, NoCandidate> {
     let best = candidate(record, members)?;
     let wanted = request.filter(|r| r.from == record.leader && r.to != best);
     match wanted {
@@ -150,16 +202,16 @@ pub fn as_safe_as(
     members: &[MemberRecord],
     to: &str,
     best: &str,
-) -> Result<(), String> {
+) -> Result<(), NotAsSafe> {
     let rules = rules_in_force(record, members);
     if !rules.iter().any(|r| standbys(r).any(|m| m == to)) {
-        return Err(format!(
-            "`{to}` is not in the sync record ({}): it may lack acknowledged commits",
-            record.members.join(", ")
-        ));
+        return Err(NotAsSafe::NotInRecord {
+            to: to.to_owned(),
+            members: record.members.clone(),
+        });
     }
     let Some(target) = live(members, to) else {
-        return Err(format!("`{to}` is not a running standby with a live agent"));
+        return Err(NotAsSafe::NotLive { to: to.to_owned() });
     };
     let best = members
         .iter()
@@ -168,13 +220,12 @@ pub fn as_safe_as(
     if target.server.timeline != best.server.timeline
         || target.server.position < best.server.position
     {
-        let (at, top) = (target.server.position, best.server.position);
-        return Err(format!(
-            "`{to}` (at {}) is behind `{}` (at {}): promoting it would lose acknowledged commits",
-            at.map_or("?".into(), |l| l.to_string()),
-            best.node,
-            top.map_or("?".into(), |l| l.to_string()),
-        ));
+        return Err(NotAsSafe::Behind {
+            to: to.to_owned(),
+            at: target.server.position,
+            best: best.node.clone(),
+            best_at: best.server.position,
+        });
     }
     Ok(())
 }

@@ -101,14 +101,16 @@ impl EtcdAccess {
     pub fn options(&self) -> Result<ConnectOptions, HaError> {
         let https = self.endpoints.iter().any(|u| u.starts_with("https://"));
         match (https, &self.tls) {
-            (true, None) => return Err(HaError::Config(format!(
-                "etcd at {} speaks TLS: give the CA that signed its certificates ([ha] etcd_ca, or --etcd-ca)",
-                self.endpoints.join(",")
-            ))),
-            (false, Some(_)) if !self.endpoints.is_empty() => return Err(HaError::Config(format!(
-                "etcd credentials are for TLS, but {} is http://: write the URLs as https://",
-                self.endpoints.join(",")
-            ))),
+            (true, None) => {
+                return Err(HaError::EtcdNeedsCa {
+                    endpoints: self.endpoints.clone(),
+                })
+            }
+            (false, Some(_)) if !self.endpoints.is_empty() => {
+                return Err(HaError::EtcdNotTls {
+                    endpoints: self.endpoints.clone(),
+                })
+            }
             _ => {}
         }
         let mut options = ConnectOptions::new();

@@ -129,10 +129,10 @@ impl LocalEtcd {
             }
             for port in [member.client_port, member.peer_port] {
                 if !ports::is_free(port) {
-                    return Err(HaError::Process(format!(
-                        "port {port} of {} is in use: stop what listens there, or `pgrepl down --purge` to start over on new ports",
-                        daemon.what
-                    )));
+                    return Err(HaError::EtcdPortInUse {
+                        port,
+                        member: member.name.clone(),
+                    });
                 }
             }
             log.step(&format!(
@@ -222,7 +222,7 @@ pub(super) fn secure(
         members.iter().map(|m| (m.name.clone(), names(m))).collect();
     let leaves = etcd_access::leaves(state_dir, scope, &members);
     let made = crate::cluster::tls::ensure(state_dir, &leaves, None, true, false)
-        .map_err(|e| HaError::Process(format!("etcd's certificates: {e}")))?;
+        .map_err(HaError::EtcdCertificates)?;
     for line in made {
         log.step(&format!("etcd: {line}"));
     }
@@ -327,10 +327,10 @@ pub(super) async fn wait_answering(
                 .filter(|&i| !answers[i])
                 .map(&log_of)
                 .collect();
-            return Err(HaError::Process(format!(
-                "etcd did not answer within {HEALTHY_WAIT:?}: see {}",
-                silent.join(", ")
-            )));
+            return Err(HaError::EtcdSilent {
+                after: HEALTHY_WAIT,
+                logs: silent,
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -423,7 +423,7 @@ async fn etcd_binary(fetch: &FetchPolicy) -> Result<PathBuf, HaError> {
     let fetch = fetch.clone();
     tokio::task::spawn_blocking(move || crate::fetch::etcd(&fetch, None))
         .await
-        .map_err(|e| HaError::Process(format!("fetching etcd stopped: {e}")))?
+        .map_err(HaError::FetchStopped)?
         .map_err(HaError::from)
 }
 

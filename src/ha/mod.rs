@@ -18,7 +18,10 @@
 //! - `health`: what the agent's health endpoints answer (Patroni's REST contract), pure.
 //! - `status`: the leader, lease, agents and promotable set `pgrepl status` shows.
 //! - `control`: `pgrepl pause`/`resume`/`switchover`/`failover` talking to the agents via etcd.
+//! - `route`: who carries out a role change, the agents when they run or pgrepl on the servers,
+//!   and what is refused beside live agents; `Cluster`'s role changes are reached through it.
 //! - `bootstrap`: an agent whose node has no data builds it (initialise, or clone later).
+//! - `error`: `HaError`, one variant per failure.
 //!
 //! The design and the zero-loss and fencing arguments: proto-notes/08-ha.md.
 
@@ -31,6 +34,7 @@ mod daemon;
 pub mod decide;
 pub mod docker_etcd;
 pub mod election;
+mod error;
 pub mod etcd_access;
 pub mod haproxy;
 pub mod health;
@@ -42,9 +46,11 @@ pub mod proxy;
 pub mod records;
 pub mod requests;
 pub mod rolling;
+pub mod route;
 pub mod status;
 pub mod store;
 
+pub use self::error::{Awaited, HaError, Seen};
 pub use self::local_etcd::LOCAL_ETCD_PORTS;
 
 use crate::cluster::spec::{DEFAULT_START_TIMEOUT_S, DEFAULT_TTL_S};
@@ -65,9 +71,7 @@ pub fn scope(cluster: &Cluster) -> Result<String, HaError> {
             .map_or_else(|| "pgrepl".into(), |s| s.to_string_lossy().into_owned()),
     };
     if scope.is_empty() || scope.contains('/') {
-        return Err(HaError::Config(format!(
-            "scope `{scope}`: give [ha] scope a name without `/`"
-        )));
+        return Err(HaError::BadScope { scope });
     }
     Ok(scope)
 }
@@ -188,70 +192,16 @@ impl Timing {
     /// leaves no time to renew.
     pub fn validate(&self) -> Result<(), HaError> {
         if self.ttl_s < 2 {
-            return Err(HaError::Config(
-                "the lease TTL must be at least 2 s (etcd's minimum with its default election timeout)".into(),
-            ));
+            return Err(HaError::TtlTooShort { ttl_s: self.ttl_s });
         }
         if self.fence_after() < self.renew() * 2 {
-            return Err(HaError::Config(format!(
-                "a {} s lease with a {} ms fencing margin leaves less than two {} ms renewals: raise the TTL or renew more often",
-                self.ttl_s, self.fence_margin_ms, self.renew_ms
-            )));
+            return Err(HaError::NoRoomToRenew {
+                ttl_s: self.ttl_s,
+                fence_margin_ms: self.fence_margin_ms,
+                renew_ms: self.renew_ms,
+            });
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HaError {
-    // Boxed: the client's error is large and every etcd call returns this type.
-    #[error("etcd at {endpoints}: {}", describe(source))]
-    Etcd {
-        endpoints: String,
-        #[source]
-        source: Box<etcd_client::Error>,
-    },
-    #[error("etcd did not answer within {0:?}")]
-    EtcdTimeout(Duration),
-    #[error("malformed record at `{key}` in etcd: {source}")]
-    Record {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{0}")]
-    Config(String),
-    #[error("{context}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Ctrl-C stopped `up` before it started everything.
-    #[error("interrupted")]
-    Interrupted,
-    /// A process `up` starts or `down` stops beside the servers (an etcd member, an agent).
-    #[error("{0}")]
-    Process(String),
-    /// A request to the agents that they (or the checks before it) turned down, and why.
-    #[error("{0}")]
-    Refused(String),
-    /// A request the agents did not carry out in time, and what was seen last.
-    #[error("{0}")]
-    NotDone(String),
-    #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
-    #[error(transparent)]
-    Fetch(#[from] crate::fetch::FetchError),
-}
-
-/// gRPC failures by their message and code, without the transport's metadata dump.
-fn describe(error: &etcd_client::Error) -> String {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => {
-            format!("{} ({:?})", status.message(), status.code())
-        }
-        other => other.to_string(),
     }
 }
 

@@ -56,12 +56,12 @@ pub fn backends(cluster: &Cluster) -> Result<Vec<Backend>, HaError> {
         .nodes
         .iter()
         .map(|node| {
-            let api = apis.get(&node.name).copied().ok_or_else(|| {
-                HaError::Config(format!(
-                    "node `{}` has no agent API address: `pgrepl up` with [ha] picks one, or give the node `api = \"IP:PORT\"` in the cluster file",
-                    node.name
-                ))
-            })?;
+            let api = apis
+                .get(&node.name)
+                .copied()
+                .ok_or_else(|| HaError::NoApiAddress {
+                    node: node.name.clone(),
+                })?;
             let (host, port) = cluster.runtime.host_address(node);
             Ok(Backend {
                 name: node.name.clone(),
@@ -241,11 +241,10 @@ pub async fn ensure_running(
     let deadline = tokio::time::Instant::now() + READY_WAIT;
     loop {
         let Some(pid) = instance.running().await else {
-            return Err(HaError::Process(format!(
-                "HAProxy exited: {} (log: {})",
-                instance.last_words().await,
-                instance.log()
-            )));
+            return Err(HaError::ProxyExited {
+                last_words: instance.last_words().await,
+                log: instance.log(),
+            });
         };
         let bound = async {
             tokio::net::TcpStream::connect(write).await.is_ok()
@@ -255,10 +254,12 @@ pub async fn ensure_running(
             return Ok(up(pid));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(HaError::Process(format!(
-                "HAProxy does not accept connections on {write} and {read} after {READY_WAIT:?}: see {}",
-                instance.log()
-            )));
+            return Err(HaError::ProxyNotAccepting {
+                write,
+                read,
+                after: READY_WAIT,
+                log: instance.log(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -306,10 +307,7 @@ pub async fn routes(state_dir: &Path) -> Option<Result<Routes, HaError>> {
             context: format!("ask HAProxy at `{}`", socket.display()),
             source,
         }),
-        Err(_) => Err(HaError::Process(format!(
-            "HAProxy's stats socket `{}` did not answer within 1 s",
-            socket.display()
-        ))),
+        Err(_) => Err(HaError::StatsSilent { socket }),
     })
 }
 
@@ -354,11 +352,7 @@ fn haproxy() -> Result<PathBuf, HaError> {
         .chain([PathBuf::from("/usr/sbin")])
         .map(|d| d.join("haproxy"))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            HaError::Config(
-                "[proxy] needs HAProxy: install it (Debian: `apt-get install haproxy`), or remove [proxy]".into(),
-            )
-        })
+        .ok_or(HaError::NoHaproxy)
 }
 
 fn last_line(log: &Path) -> String {

@@ -6,10 +6,72 @@
 //! The argument for each rule is in proto-notes/08-ha.md ("Pause", "Switchover and failover
 //! through the agents").
 
-use super::election::{as_safe_as, candidate};
+use super::election::{as_safe_as, candidate, NoCandidate, NotAsSafe};
 use super::model::{Action, Decision, Local, View};
 use super::records::{MemberRecord, RoleRequest};
 use crate::cluster::history::ChangeKind;
+
+/// Why a standby cannot take over from the leader by a switchover.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotFit {
+    #[error("`{to}` is already the primary")]
+    AlreadyPrimary { to: String },
+    /// `members`: the sync record of this leader, `None` when it wrote none yet.
+    #[error(
+        "`{to}` is not in the sync record ({}): only a standby that may hold every acknowledged commit is promoted",
+        .members.as_ref().map_or("none for this leader yet".into(), |m| m.join(", "))
+    )]
+    NotInRecord {
+        to: String,
+        members: Option<Vec<String>>,
+    },
+    #[error("`{to}` has no live agent")]
+    NoAgent { to: String },
+    #[error("`{to}` is not a running standby")]
+    NotRunningStandby { to: String },
+    #[error("`{to}`'s server does not answer its agent: its state is unknown")]
+    Unknown { to: String },
+    #[error("`{to}` does not stream from `{from}`")]
+    NotStreaming { to: String, from: String },
+}
+
+/// Why `pgrepl switchover` through the agents is refused before any request is written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchoverRefused {
+    #[error("no leader holds the key (an election is under way, or none can be held): `pgrepl status` shows why")]
+    NoLeader,
+    #[error("the agents are paused: `pgrepl resume` first")]
+    Paused,
+    #[error("a switchover from `{from}` to `{to}` is under way")]
+    UnderWay { from: String, to: String },
+    /// The standby asked for.
+    #[error(transparent)]
+    Target(NotFit),
+    /// None asked for, and none of the sync record's standbys fits, each for its reason.
+    #[error("no standby can take over from `{from}`: {}", join(.why))]
+    NoneFits { from: String, why: Vec<NotFit> },
+}
+
+/// Why `pgrepl failover` through the agents is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailoverRefused {
+    #[error("`{leader}` leads: the agents fail over by themselves; use switchover to move a healthy primary")]
+    LeaderLives { leader: String },
+    #[error("the agents are paused and elect nobody: `pgrepl resume` lets them fail over")]
+    Paused,
+    #[error("no sync record: the cluster never had a leader, and the primary's agent takes the key once it runs")]
+    NoSyncRecord,
+    #[error("no standby can be elected without risking acknowledged commits: {0}")]
+    NoCandidate(NoCandidate),
+    /// The node asked for; the election would pick `best`.
+    #[error("{why}; the agents elect `{best}`")]
+    NotAsSafe { why: NotAsSafe, best: String },
+}
+
+fn join(why: &[NotFit]) -> String {
+    let why: Vec<String> = why.iter().map(ToString::to_string).collect();
+    why.join("; ")
+}
 
 /// While paused, nothing touches a server: no election, promotion, restart, rejoin, fencing or
 /// re-pointing. A node whose data is a primary's may still take the leader key (bookkeeping:
@@ -41,30 +103,32 @@ pub fn while_paused(local: Option<&Local>, decision: Decision) -> Decision {
 /// Why `to` cannot take over from the leader `from` (`None`: it can): it must be in the sync
 /// record (only those may hold every acknowledged commit), its agent alive, and its server a
 /// running standby streaming from `from`.
-pub fn switchover_refusal(view: &View, from: &str, to: &str) -> Option<String> {
+pub fn switchover_refusal(view: &View, from: &str, to: &str) -> Option<NotFit> {
+    let to_owned = || to.to_owned();
     if to == from {
-        return Some(format!("`{to}` is already the primary"));
+        return Some(NotFit::AlreadyPrimary { to: to_owned() });
     }
     let record = view.sync.as_ref().filter(|r| r.leader == from);
     if !record.is_some_and(|r| r.members.iter().any(|m| m == to)) {
-        return Some(format!(
-            "`{to}` is not in the sync record ({}): only a standby that may hold every acknowledged commit is promoted",
-            record.map_or("none for this leader yet".into(), |r| r.members.join(", "))
-        ));
+        return Some(NotFit::NotInRecord {
+            to: to_owned(),
+            members: record.map(|r| r.members.clone()),
+        });
     }
     let Some(member) = view.members.iter().find(|m| m.node == to) else {
-        return Some(format!("`{to}` has no live agent"));
+        return Some(NotFit::NoAgent { to: to_owned() });
     };
     if !(member.server.running && member.server.in_recovery) {
-        return Some(format!("`{to}` is not a running standby"));
+        return Some(NotFit::NotRunningStandby { to: to_owned() });
     }
     if member.server.unknown {
-        return Some(format!(
-            "`{to}`'s server does not answer its agent: its state is unknown"
-        ));
+        return Some(NotFit::Unknown { to: to_owned() });
     }
     if member.server.follows.as_deref() != Some(from) {
-        return Some(format!("`{to}` does not stream from `{from}`"));
+        return Some(NotFit::NotStreaming {
+            to: to_owned(),
+            from: from.to_owned(),
+        });
     }
     None
 }
@@ -87,7 +151,7 @@ pub fn switchover_step(
     if local.server.running && !local.server.in_recovery {
         if let Some(why) = switchover_refusal(view, me, to) {
             return Some(Decision::new(
-                Action::RefuseSwitchover(why.clone()),
+                Action::RefuseSwitchover(why.to_string()),
                 format!("switchover to `{to}` refused: {why}"),
             ));
         }
@@ -148,23 +212,26 @@ pub fn promotion_reason(me: &str, view: &View) -> (ChangeKind, String) {
 /// `pgrepl switchover`: the leader and the target to write in the request (`to`, or a standby
 /// that passes the checks: one the primary waits for now first, as Patroni's synchronous mode
 /// allows only those; then the most advanced; ties to the policy's order), or why not.
-pub fn switchover_target(view: &View, to: Option<&str>) -> Result<(String, String), String> {
+pub fn switchover_target(
+    view: &View,
+    to: Option<&str>,
+) -> Result<(String, String), SwitchoverRefused> {
     let Some(leader) = &view.leader else {
-        return Err("no leader holds the key (an election is under way, or none can be held): `pgrepl status` shows why".into());
+        return Err(SwitchoverRefused::NoLeader);
     };
     if view.pause.is_some() {
-        return Err("the agents are paused: `pgrepl resume` first".into());
+        return Err(SwitchoverRefused::Paused);
     }
     if let Some(r) = view.switchover.as_ref().filter(|r| r.refused.is_none()) {
-        return Err(format!(
-            "a switchover from `{}` to `{}` is under way",
-            r.from, r.to
-        ));
+        return Err(SwitchoverRefused::UnderWay {
+            from: r.from.clone(),
+            to: r.to.clone(),
+        });
     }
     let from = leader.node.clone();
     if let Some(to) = to {
         return match switchover_refusal(view, &from, to) {
-            Some(why) => Err(why),
+            Some(why) => Err(SwitchoverRefused::Target(why)),
             None => Ok((from, to.to_owned())),
         };
     }
@@ -188,43 +255,40 @@ pub fn switchover_target(view: &View, to: Option<&str>) -> Result<(String, Strin
     });
     match fit.first() {
         Some(best) => Ok((from, best.node.clone())),
-        None => Err(format!(
-            "no standby can take over from `{from}`: {}",
-            policy
+        None => Err(SwitchoverRefused::NoneFits {
+            why: policy
                 .iter()
                 .filter_map(|n| switchover_refusal(view, &from, n))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )),
+                .collect(),
+            from,
+        }),
     }
 }
 
 /// `pgrepl failover` with agents: refused while a leader lives or the agents are paused;
 /// otherwise the node the election picks, or `to` when it is as safe; or why not.
-pub fn failover_target(view: &View, to: Option<&str>) -> Result<String, String> {
+pub fn failover_target(view: &View, to: Option<&str>) -> Result<String, FailoverRefused> {
     if let Some(leader) = &view.leader {
-        return Err(format!(
-            "`{}` leads: the agents fail over by themselves; use switchover to move a healthy primary",
-            leader.node
-        ));
+        return Err(FailoverRefused::LeaderLives {
+            leader: leader.node.clone(),
+        });
     }
     if view.pause.is_some() {
-        return Err(
-            "the agents are paused and elect nobody: `pgrepl resume` lets them fail over".into(),
-        );
+        return Err(FailoverRefused::Paused);
     }
     let Some(record) = &view.sync else {
-        return Err("no sync record: the cluster never had a leader, and the primary's agent takes the key once it runs".into());
+        return Err(FailoverRefused::NoSyncRecord);
     };
-    let best = candidate(record, &view.members).map_err(|why| {
-        format!("no standby can be elected without risking acknowledged commits: {why}")
-    })?;
+    let best = candidate(record, &view.members).map_err(FailoverRefused::NoCandidate)?;
     match to {
         None => Ok(best.to_owned()),
         Some(to) if to == best => Ok(best.to_owned()),
         Some(to) => as_safe_as(record, &view.members, to, best)
             .map(|()| to.to_owned())
-            .map_err(|why| format!("{why}; the agents elect `{best}`")),
+            .map_err(|why| FailoverRefused::NotAsSafe {
+                why,
+                best: best.to_owned(),
+            }),
     }
 }
 
@@ -493,28 +557,33 @@ mod tests {
     #[test]
     fn switchover_requests_are_refused_for_the_reasons_the_cli_gives() {
         let view = led_by("pg_master", true);
-        assert!(switchover_refusal(&view, "pg_master", "pg_master")
-            .unwrap()
-            .contains("already the primary"));
+        assert!(matches!(
+            switchover_refusal(&view, "pg_master", "pg_master"),
+            Some(NotFit::AlreadyPrimary { .. })
+        ));
         let mut outside = view.clone();
         outside.sync.as_mut().unwrap().members = vec!["pg_slave".into()];
         assert!(switchover_refusal(&outside, "pg_master", "pg_asyncslave")
             .unwrap()
+            .to_string()
             .contains("not in the sync record (pg_slave)"));
         let mut gone = view.clone();
         gone.members.remove(0);
-        assert!(switchover_refusal(&gone, "pg_master", "pg_slave")
-            .unwrap()
-            .contains("no live agent"));
+        assert!(matches!(
+            switchover_refusal(&gone, "pg_master", "pg_slave"),
+            Some(NotFit::NoAgent { .. })
+        ));
         let mut elsewhere = view.clone();
         elsewhere.members[0].server.follows = Some("pg_asyncslave".into());
-        assert!(switchover_refusal(&elsewhere, "pg_master", "pg_slave")
-            .unwrap()
-            .contains("does not stream from"));
+        assert!(matches!(
+            switchover_refusal(&elsewhere, "pg_master", "pg_slave"),
+            Some(NotFit::NotStreaming { .. })
+        ));
         let mut silent = view.clone();
         silent.members[0].server.unknown = true;
         assert!(switchover_refusal(&silent, "pg_master", "pg_slave")
             .unwrap()
+            .to_string()
             .contains("does not answer its agent"));
         assert_eq!(switchover_refusal(&view, "pg_master", "pg_slave"), None);
 
@@ -568,23 +637,25 @@ mod tests {
         assert!(switchover_target(&view, Some("pg_master")).is_err());
         let mut busy = view.clone();
         busy.switchover = Some(request("pg_master", "pg_slave"));
-        assert!(switchover_target(&busy, None)
-            .unwrap_err()
-            .contains("under way"));
+        assert!(matches!(
+            switchover_target(&busy, None),
+            Err(SwitchoverRefused::UnderWay { .. })
+        ));
         let mut paused = view.clone();
         paused.pause = Some(PauseRecord {
             by: "x".into(),
             at_unix_ms: 0,
         });
-        assert!(switchover_target(&paused, None)
-            .unwrap_err()
-            .contains("paused"));
+        assert_eq!(
+            switchover_target(&paused, None),
+            Err(SwitchoverRefused::Paused)
+        );
         let mut none = view;
         none.leader = None;
         assert!(switchover_target(&none, None).is_err());
         let mut dead = led_by("pg_master", false);
         dead.members.clear();
-        let why = switchover_target(&dead, None).unwrap_err();
+        let why = switchover_target(&dead, None).unwrap_err().to_string();
         assert!(
             why.contains("`pg_slave` has no live agent; `pg_asyncslave` has no live agent"),
             "{why}"
@@ -595,7 +666,7 @@ mod tests {
     fn failover_with_agents_is_refused_under_a_live_leader_and_honours_only_safe_targets() {
         let why = failover_target(&led_by("pg_master", false), None).unwrap_err();
         assert_eq!(
-            why,
+            why.to_string(),
             "`pg_master` leads: the agents fail over by themselves; use switchover to move a healthy primary"
         );
         let mut view = led_by("pg_master", false);
@@ -618,7 +689,9 @@ mod tests {
         assert_eq!(elect(&record(), &view.members, None), Ok("pg_slave"));
         // Behind: refused, and the election ignores such a request.
         view.members[1].server.position = Some(Lsn::new(50));
-        let why = failover_target(&view, Some("pg_asyncslave")).unwrap_err();
+        let why = failover_target(&view, Some("pg_asyncslave"))
+            .unwrap_err()
+            .to_string();
         assert!(
             why.contains("is behind `pg_slave`") && why.contains("the agents elect `pg_slave`"),
             "{why}"
@@ -629,7 +702,7 @@ mod tests {
         );
         // Not electable at all: say why.
         view.members.remove(1);
-        let why = failover_target(&view, None).unwrap_err();
+        let why = failover_target(&view, None).unwrap_err().to_string();
         assert!(
             why.contains("1 of the sync record's 2 members answer"),
             "{why}"
@@ -638,6 +711,6 @@ mod tests {
             by: "x".into(),
             at_unix_ms: 0,
         });
-        assert!(failover_target(&view, None).unwrap_err().contains("paused"));
+        assert_eq!(failover_target(&view, None), Err(FailoverRefused::Paused));
     }
 }

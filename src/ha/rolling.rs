@@ -66,11 +66,9 @@ impl Rolling<'_> {
                             .await?;
                     }
                     None => {
-                        let to = to.as_deref().ok_or_else(|| {
-                            HaError::Refused(format!(
-                                "no standby streams to switch `{from}` over to: restart it with `pgrepl restart {from}` (writes pause meanwhile)"
-                            ))
-                        })?;
+                        let to = to
+                            .as_deref()
+                            .ok_or_else(|| HaError::NoSwitchoverTarget { from: from.clone() })?;
                         self.cluster.switchover(to, false, log).await?;
                     }
                 }
@@ -90,7 +88,7 @@ impl Rolling<'_> {
                 .await?
                 .leader
                 .map(|l| l.node)
-                .ok_or_else(|| HaError::NotDone("no node leads: nothing restarted".into()))?,
+                .ok_or(HaError::NoLeader)?,
             None => self.cluster.current_spec()?.primary().name.clone(),
         };
         Ok(self.cluster.node(&name)?.clone())

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::super::check_failed::CheckFailed;
 use super::super::history::ChangeKind;
 use super::super::plan::{self, FailoverOptions, FailoverPlan};
 use super::super::spec::NodeSpec;
@@ -11,6 +12,9 @@ use super::super::{
 };
 use super::{names, RoleChangeReport, Steps};
 use crate::lsn::Lsn;
+
+/// How long a failover's target gets to receive the WAL a more advanced standby holds.
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// How long the standbys' walreceivers get to notice the fenced primary and flush what they
 /// received: a killed local primary's sockets close at once, so this is milliseconds there.
@@ -24,7 +28,7 @@ impl Cluster {
     /// Fences the primary, then promotes the most advanced (or the given) standby, re-points the
     /// others and swaps the sync policy's names. A given target that is behind another standby
     /// first catches up from it (cascading replication), so no standby is left past the fork.
-    pub async fn failover(
+    pub(crate) async fn failover(
         &self,
         options: &FailoverOptions,
         log: &dyn StepLog,
@@ -136,20 +140,27 @@ impl Cluster {
         )
         .await?;
         reload(&client, target).await?;
-        wait_until(Duration::from_secs(30), &format!("`{}` to receive {goal} from `{}`", target.name, source.name), || async {
-            let received: Option<String> = client
-                .query_one("SELECT pg_last_wal_receive_lsn()::text", &[])
-                .await
-                .map_err(|e| node_err_sql(target, e))?
-                .get(0);
-            Ok(received.and_then(|t| t.parse::<Lsn>().ok()).is_some_and(|l| l >= goal))
-        })
+        wait_until(
+            CATCH_UP,
+            &format!("`{}` to receive {goal} from `{}`", target.name, source.name),
+            || async {
+                let received: Option<String> = client
+                    .query_one("SELECT pg_last_wal_receive_lsn()::text", &[])
+                    .await
+                    .map_err(|e| node_err_sql(target, e))?
+                    .get(0);
+                Ok(received
+                    .and_then(|t| t.parse::<Lsn>().ok())
+                    .is_some_and(|l| l >= goal))
+            },
+        )
         .await
         .map_err(|_| {
-            ClusterError::Check(format!(
-                "`{}` could not catch up with `{}` within 30 s; promote `{}` instead, or add --force to leave it behind",
-                target.name, source.name, source.name
-            ))
+            ClusterError::from(CheckFailed::NoCatchUp {
+                target: target.name.clone(),
+                ahead: source.name.clone(),
+                within: CATCH_UP,
+            })
         })
     }
 }

@@ -6,6 +6,10 @@
 //! standby is promoted, so two primaries never take writes; the other standbys are re-pointed
 //! with ALTER SYSTEM and a reload and follow the new timeline; the sync policy is applied with
 //! the names swapped. This file holds the report and the steps the three commands share.
+//!
+//! The changes are the crate's own (`pub(crate)`): a caller reaches them through
+//! `ha::route`, which sends them to the agents when agents run and refuses what would fight
+//! them; the drill and the agents themselves call them directly.
 
 mod failover;
 mod probe;
@@ -20,6 +24,7 @@ use serde::Serialize;
 
 pub use self::reinit::Rebuild;
 pub use self::resync::{incremental_applies, NoIncremental};
+use super::check_failed::CheckFailed;
 use super::history::{now_unix_ms, switch_point, ChangeKind, RoleChange};
 use super::spec::{ClusterSpec, NodeSpec};
 use super::topology::{HistoryEntry, Topology};
@@ -106,11 +111,11 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(ClusterError::Check(format!(
-                    "`{}` did not finish promotion within {} s",
-                    node.name,
-                    LIMIT.as_secs()
-                )));
+                return Err(CheckFailed::PromotionUnfinished {
+                    node: node.name.clone(),
+                    within: LIMIT,
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -243,14 +248,13 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let named: Vec<String> = waiting.iter().map(|n| format!("`{n}`")).collect();
-                return Err(ClusterError::Check(format!(
-                    "{} did not stream from `{}` up to {since} within {} s: a standby past the fork of its timeline cannot follow it (`pgrepl rejoin {}` rewinds or re-clones it)",
-                    named.join(", "),
-                    primary.name,
-                    LIMIT.as_secs(),
-                    waiting[0]
-                )));
+                return Err(CheckFailed::NotStreaming {
+                    nodes: waiting,
+                    primary: primary.name.clone(),
+                    since,
+                    within: LIMIT,
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -28,7 +28,7 @@ impl Rebuild {
 }
 
 impl Cluster {
-    pub async fn rebuild(
+    pub(crate) async fn rebuild(
         &self,
         name: &str,
         how: Rebuild,

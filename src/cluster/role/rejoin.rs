@@ -26,7 +26,7 @@ impl Cluster {
     /// pg_rewind takes it back to the fork (it needs `wal_log_hints` or data checksums, and
     /// copies only what changed), and failing that it is re-cloned with pgrepl's own base
     /// backup, which needs neither.
-    pub async fn rejoin(
+    pub(crate) async fn rejoin(
         &self,
         name: &str,
         options: RejoinOptions,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::super::check_failed::CheckFailed;
 use super::super::history::ChangeKind;
 use super::super::plan;
 use super::super::spec::NodeSpec;
@@ -13,7 +14,7 @@ use super::{names, RoleChangeReport, Steps};
 impl Cluster {
     /// Planned and lossless: the primary stops cleanly, the target replays its shutdown
     /// checkpoint, is promoted, and the old primary restarts as its standby with no re-clone.
-    pub async fn switchover(
+    pub(crate) async fn switchover(
         &self,
         to: &str,
         dry_run: bool,
@@ -66,10 +67,10 @@ impl Cluster {
         self.runtime.stop(old, true).await?;
         let control = ControlFile::read(&self.runtime.data_dir(old))?;
         if !control.shut_down_cleanly() {
-            return Err(ClusterError::Check(format!(
-                "`{}` did not shut down cleanly; start it again and retry",
-                old.name
-            )));
+            return Err(CheckFailed::UncleanShutdown {
+                node: old.name.clone(),
+            }
+            .into());
         }
         steps.done(format!(
             "stopped `{}` cleanly; its shutdown checkpoint is at {}",

@@ -77,9 +77,7 @@ impl Agent {
             }
             Effect::WriteSync(record) => {
                 if !self.store.write_sync(record, self.lease()).await? {
-                    return Err(HaError::Config(
-                        "sync record not written: this agent no longer holds the leader key".into(),
-                    ));
+                    return Err(HaError::SyncNotWritten);
                 }
             }
             Effect::Repoint { node } => {
@@ -217,7 +215,9 @@ impl Agent {
 }
 
 fn not_answering(node: &NodeSpec) -> HaError {
-    HaError::Config(format!("`{}` does not answer SQL", node.name))
+    HaError::NoSql {
+        node: node.name.clone(),
+    }
 }
 
 impl Agent {
@@ -240,10 +240,10 @@ impl Agent {
         let pg_wal = self.pg_wal();
         let files = self.history_files()?;
         if let Some(newer) = files.iter().find(|f| f.timeline >= timeline) {
-            return Err(HaError::Config(format!(
-                "pg_wal holds a history file of timeline {} since the probe: not promoting to {timeline}",
-                newer.timeline
-            )));
+            return Err(HaError::NewerHistory {
+                newer: newer.timeline,
+                timeline,
+            });
         }
         for skip in timelines::to_skip(&files, timeline) {
             timelines::write_placeholder(&pg_wal, skip).map_err(|source| HaError::Io {

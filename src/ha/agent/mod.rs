@@ -108,21 +108,20 @@ impl Agent {
         cluster.on_machine_of(&node);
         let store = Store::connect(&options.etcd, &options.cluster_name, &options.timing).await?;
         // The first request: the client connects lazily, so this is where a wrong URL shows.
-        let timing = store.agree_timing(&options.timing).await.map_err(|e| {
-            HaError::Config(format!(
-                "{e}: start etcd, or give its client URLs with --etcd"
-            ))
-        })?;
+        let timing = store
+            .agree_timing(&options.timing)
+            .await
+            .map_err(|e| HaError::EtcdDown { etcd: Box::new(e) })?;
         if timing != options.timing {
             tracing::warn!("the cluster's timing in etcd differs from this agent's; using the cluster's: {timing:?}");
             timing.validate()?;
         }
         let api = match options.api {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                HaError::Config(format!(
-                    "the HTTP API cannot listen on {addr} ({e}): give the node another `api` address"
-                ))
-            })?),
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|error| HaError::ApiBind { addr, error })?,
+            ),
             None => None,
         };
         // Whether the agents are paused, before anything can act: a run that starts while they

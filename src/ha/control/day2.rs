@@ -38,9 +38,7 @@ impl Control {
         limit: Duration,
     ) -> Result<Applied, HaError> {
         if !self.store.put_settings(next, revision).await? {
-            return Err(HaError::Refused(
-                "the settings changed meanwhile (another `pgrepl config`): run it again".into(),
-            ));
+            return Err(HaError::SettingsRaced);
         }
         self.wait_applied(next.serial, limit).await
     }
@@ -84,9 +82,9 @@ impl Control {
             .request_restart(node, &request, lease_ttl(limit))
             .await?
         else {
-            return Err(HaError::Refused(format!(
-                "a restart of `{node}` is already asked (another `pgrepl restart`): wait for it, or for its request to expire"
-            )));
+            return Err(HaError::RestartPending {
+                node: node.to_owned(),
+            });
         };
         let deadline = Instant::now() + limit;
         let outcome = loop {
@@ -94,12 +92,17 @@ impl Control {
                 None => break Ok(()),
                 Some(RestartRequest {
                     failed: Some(why), ..
-                }) => break Err(HaError::NotDone(format!("restart of `{node}`: {why}"))),
+                }) => {
+                    break Err(HaError::RestartFailed {
+                        node: node.to_owned(),
+                        why,
+                    })
+                }
                 Some(_) if Instant::now() >= deadline => {
-                    break Err(HaError::NotDone(format!(
-                        "the agent of `{node}` did not restart it within {} s: `pgrepl status` shows whether its agent runs",
-                        limit.as_secs()
-                    )))
+                    break Err(HaError::RestartNotDone {
+                        node: node.to_owned(),
+                        within: limit,
+                    })
                 }
                 Some(_) => tokio::time::sleep(POLL).await,
             }

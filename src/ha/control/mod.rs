@@ -11,7 +11,7 @@ use super::model::View;
 use super::records::{LeaseId, PauseRecord, RoleRequest};
 use super::requests;
 use super::store::Store;
-use super::HaError;
+use super::{HaError, Seen};
 
 mod day2;
 
@@ -149,7 +149,7 @@ impl Control {
         by: &str,
         limit: Duration,
     ) -> Result<Switched, HaError> {
-        let (from, to) = requests::switchover_target(view, to).map_err(HaError::Refused)?;
+        let (from, to) = requests::switchover_target(view, to)?;
         let request = RoleRequest {
             from: from.clone(),
             to: to.clone(),
@@ -164,9 +164,7 @@ impl Control {
             .request(&key, &request, Some(from.as_str()), lease_ttl(limit))
             .await?
         else {
-            return Err(HaError::Refused(format!(
-                "`{from}` no longer leads, or another switchover was asked meanwhile: run it again"
-            )));
+            return Err(HaError::SwitchoverRaced { from });
         };
         let outcome = self.wait_leader(&from, &to, started + limit, limit).await;
         // The request goes whatever happened: a stale one must not act later.
@@ -218,10 +216,8 @@ impl Control {
                 // A leader that appears after the first look is the election waited for.
                 Err(_) if view.leader.is_some() && !first => break None,
                 // Neither changes by waiting a few seconds.
-                Err(why) if view.leader.is_some() || view.pause.is_some() => {
-                    return Err(HaError::Refused(why))
-                }
-                Err(why) if Instant::now() >= settle => return Err(HaError::Refused(why)),
+                Err(why) if view.leader.is_some() || view.pause.is_some() => return Err(why.into()),
+                Err(why) if Instant::now() >= settle => return Err(why.into()),
                 Err(_) => tokio::time::sleep(POLL).await,
             }
             first = false;
@@ -249,10 +245,7 @@ impl Control {
             self.store.revoke(lease).await?;
         }
         if !elected {
-            return Err(HaError::NotDone(format!(
-                "no leader was elected within {} s: `pgrepl status` shows the agents' state",
-                limit.as_secs()
-            )));
+            return Err(HaError::NotElected { within: limit });
         }
         let leader = self
             .view()
@@ -261,9 +254,10 @@ impl Control {
             .map(|l| l.node)
             .unwrap_or_default();
         if let Some(to) = to.filter(|to| *to != leader) {
-            return Err(HaError::NotDone(format!(
-                "the agents elected `{leader}` before the request for `{to}` arrived"
-            )));
+            return Err(HaError::ElectedOther {
+                leader,
+                to: to.to_owned(),
+            });
         }
         self.wait_leader(&from, &leader, started + limit, limit)
             .await?;
@@ -283,14 +277,15 @@ impl Control {
         deadline: Instant,
         limit: Duration,
     ) -> Result<(), HaError> {
-        let mut last;
+        let mut seen;
         loop {
             match self.view().await {
                 Ok(view) => {
                     if let Some(why) = view.switchover.as_ref().and_then(|r| r.refused.clone()) {
-                        return Err(HaError::Refused(format!(
-                            "the agent of `{from}` refused: {why}"
-                        )));
+                        return Err(HaError::AgentRefused {
+                            from: from.to_owned(),
+                            why,
+                        });
                     }
                     let primary = view
                         .members
@@ -300,21 +295,23 @@ impl Control {
                     if leader == Some(to) && primary {
                         return Ok(());
                     }
-                    last = match leader {
-                        Some(l) if l == to => {
-                            format!("`{to}` holds the key but is not a primary yet")
-                        }
-                        Some(l) => format!("`{l}` still leads"),
-                        None => "no node holds the key".into(),
+                    seen = match leader {
+                        Some(l) if l == to => Seen::NotPrimaryYet {
+                            node: to.to_owned(),
+                        },
+                        Some(l) => Seen::StillLeads { node: l.to_owned() },
+                        None => Seen::NoLeader,
                     };
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => seen = Seen::Unreadable(Box::new(e)),
             }
             if Instant::now() >= deadline {
-                return Err(HaError::NotDone(format!(
-                    "`{to}` did not take over from `{from}` within {} s ({last}): `pgrepl status` shows the agents' state",
-                    limit.as_secs()
-                )));
+                return Err(HaError::NoTakeover {
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                    within: limit,
+                    seen,
+                });
             }
             tokio::time::sleep(POLL).await;
         }

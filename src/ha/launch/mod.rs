@@ -27,7 +27,7 @@ use super::etcd_access::{EtcdAccess, Role};
 use super::local_etcd::LocalEtcd;
 use super::model::View;
 use super::store::Store;
-use super::HaError;
+use super::{Awaited, HaError};
 use crate::cluster::record::ClusterRecord;
 use crate::cluster::runtime::Runtime;
 use crate::cluster::spec::RuntimeKind;
@@ -93,11 +93,7 @@ pub async fn up(
         }
     };
     go_on()?;
-    let ha = cluster
-        .spec
-        .ha
-        .as_ref()
-        .ok_or_else(|| HaError::Config("the cluster file has no [ha] section".into()))?;
+    let ha = cluster.spec.ha.as_ref().ok_or(HaError::NoHaSection)?;
     let scope = super::scope(cluster)?;
     let avoid: Vec<u16> = cluster.spec.nodes.iter().map(|n| n.port).collect();
     let tls = cluster.spec.tls_on();
@@ -183,9 +179,7 @@ fn start_agents(
     avoid: &[u16],
     log: &dyn StepLog,
 ) -> Result<Vec<AgentProcess>, HaError> {
-    let file = cluster
-        .cluster_file()
-        .ok_or_else(|| HaError::Config("[ha] needs a cluster file".into()))?;
+    let file = cluster.cluster_file().ok_or(HaError::NoClusterFile)?;
     let state_dir = cluster.state_dir();
     let exe = std::env::current_exe().map_err(|source| HaError::Io {
         context: "find the pgrepl binary to run the agents".into(),
@@ -246,24 +240,22 @@ async fn wait_for_leader(
     let store = Store::open(etcd, scope, READ_TIMEOUT).await?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT;
     loop {
-        if let Some((node, last)) = exited(cluster, agents).await {
-            return Err(HaError::Process(format!(
-                "the agent of `{node}` exited: {last}"
-            )));
+        if let Some((node, last_words)) = exited(cluster, agents).await {
+            return Err(HaError::AgentExited { node, last_words });
         }
-        let missing = match store.snapshot().await {
+        let awaited = match store.snapshot().await {
             Ok(snapshot) => match elected(&snapshot, agents) {
                 Ok(leader) => return Ok(leader),
-                Err(what) => what,
+                Err(awaited) => awaited,
             },
-            Err(e) => format!("answer from etcd ({e})"),
+            Err(e) => Awaited::Etcd(Box::new(e)),
         };
         if tokio::time::Instant::now() >= deadline {
-            let logs: Vec<&str> = agents.iter().map(|a| a.log.as_str()).collect();
-            return Err(HaError::Process(format!(
-                "no {missing} after {LEADER_WAIT:?}: see the agents' logs ({})",
-                logs.join(", ")
-            )));
+            return Err(HaError::NoLeaderYet {
+                awaited,
+                after: LEADER_WAIT,
+                logs: agents.iter().map(|a| a.log.clone()).collect(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -307,24 +299,26 @@ fn record_docker_cluster(cluster: &Cluster, image: &str) -> Result<(), HaError> 
 }
 
 /// The leader once the election is complete, else what is still missing.
-fn elected(snapshot: &View, agents: &[AgentProcess]) -> Result<String, String> {
+fn elected(snapshot: &View, agents: &[AgentProcess]) -> Result<String, Awaited> {
     let Some(leader) = snapshot.leader.as_ref().map(|l| &l.node) else {
-        return Err("leader".into());
+        return Err(Awaited::Leader);
     };
     if snapshot.sync.as_ref().is_none_or(|s| &s.leader != leader) {
-        return Err(format!("sync record from leader `{leader}`"));
+        return Err(Awaited::SyncRecord {
+            leader: leader.clone(),
+        });
     }
-    let silent: Vec<&str> = agents
+    let silent: Vec<String> = agents
         .iter()
         .filter(|a| !snapshot.members.iter().any(|m| m.node == a.node))
-        .map(|a| a.node.as_str())
+        .map(|a| a.node.clone())
         .collect();
     if !silent.is_empty() {
-        return Err(format!("member record from {}", silent.join(", ")));
+        return Err(Awaited::MemberRecords(silent));
     }
     // Agents that build their node (docker) publish before their standby runs: `up` is done
     // when every server runs in its place, as `status` will show it.
-    let building: Vec<&str> = snapshot
+    let building: Vec<String> = snapshot
         .members
         .iter()
         .filter(|m| {
@@ -336,10 +330,10 @@ fn elected(snapshot: &View, agents: &[AgentProcess]) -> Result<String, String> {
             };
             !(server.running && in_place)
         })
-        .map(|m| m.node.as_str())
+        .map(|m| m.node.clone())
         .collect();
     if !building.is_empty() {
-        return Err(format!("running server of {}", building.join(", ")));
+        return Err(Awaited::RunningServers(building));
     }
     Ok(leader.clone())
 }
@@ -401,11 +395,9 @@ pub async fn down(cluster: &Cluster, purge: bool) -> Result<(), HaError> {
         // The next cluster of this scope must not inherit this one's sync record.
         let access = super::etcd_access(cluster, Role::Agent).expect("[ha] names etcd");
         let store = Store::open(&access, &super::scope(cluster)?, READ_TIMEOUT).await?;
-        store.forget().await.map_err(|e| {
-            HaError::Process(format!(
-                "delete `{}` in etcd: {e}; nothing else was deleted: run `pgrepl down --purge` again once etcd answers",
-                store.keys().prefix()
-            ))
+        store.forget().await.map_err(|e| HaError::Forget {
+            prefix: store.keys().prefix().to_owned(),
+            error: Box::new(e),
         })?;
     }
     if let (Runtime::Docker(docker), Some(ha)) = (&cluster.runtime, &cluster.spec.ha) {
@@ -470,7 +462,7 @@ mod tests {
     fn an_election_is_complete_with_leader_its_sync_record_and_every_server_in_place() {
         let agents = agents(&["a", "b"]);
         let mut snapshot = View::default();
-        assert_eq!(elected(&snapshot, &agents), Err("leader".into()));
+        assert!(matches!(elected(&snapshot, &agents), Err(Awaited::Leader)));
         snapshot.leader = Some(Leader {
             node: "a".into(),
             lease: LeaseId(1),
@@ -485,9 +477,10 @@ mod tests {
             timeline: None,
         });
         // A record an earlier leader left does not count.
-        assert!(elected(&snapshot, &agents)
-            .unwrap_err()
-            .contains("sync record"));
+        assert!(matches!(
+            elected(&snapshot, &agents),
+            Err(Awaited::SyncRecord { leader }) if leader == "a"
+        ));
         snapshot.sync = Some(SyncRecord {
             leader: "a".into(),
             method: "FIRST".into(),
@@ -498,17 +491,17 @@ mod tests {
         });
         snapshot.members = vec![member("a")];
         assert_eq!(
-            elected(&snapshot, &agents),
-            Err("member record from b".into())
+            elected(&snapshot, &agents).unwrap_err().to_string(),
+            "member record from b"
         );
         let mut building = member("b");
         building.server.running = false;
         snapshot.members.push(building);
         assert_eq!(
-            elected(&snapshot, &agents),
-            Err("running server of b".into())
+            elected(&snapshot, &agents).unwrap_err().to_string(),
+            "running server of b"
         );
         snapshot.members[1] = member("b");
-        assert_eq!(elected(&snapshot, &agents), Ok("a".into()));
+        assert_eq!(elected(&snapshot, &agents).ok().as_deref(), Some("a"));
     }
 }

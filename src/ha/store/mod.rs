@@ -75,7 +75,7 @@ impl Store {
             clients.push(client);
         }
         if clients.is_empty() {
-            return Err(HaError::Config("no etcd endpoint given".into()));
+            return Err(HaError::NoEtcdEndpoint);
         }
         Ok(Store {
             clients,
@@ -409,7 +409,7 @@ impl Store {
                 Ok(record.node)
             }
             // Deleted in between: nobody holds it, and the next attempt creates it.
-            _ => Err(HaError::Config(format!("`{key}` vanished while read"))),
+            _ => Err(HaError::Vanished { key }),
         }
     }
 
