@@ -96,7 +96,7 @@ fn write_file(path: &Path, size: u64, zeroes: &[u8]) -> io::Result<()> {
         let n = (size - written).min(CHUNK as u64) as usize;
         file.write_all(&zeroes[..n])?;
         written += n as u64;
-        if written % WRITEBACK_EVERY == 0 {
+        if written.is_multiple_of(WRITEBACK_EVERY) {
             // SAFETY: a range of a descriptor this function owns; SYNC_FILE_RANGE_WRITE only
             // starts writeback.
             unsafe {

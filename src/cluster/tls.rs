@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use super::spec::NodeSpec;
 use super::{Cluster, ClusterError, StepLog};
+use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 
@@ -150,10 +151,7 @@ pub fn ensure(
         return Ok(made);
     }
     let ca_key = KeyPair::from_pem(&read(&ca_key)?).map_err(generate("the CA's key"))?;
-    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)
-        .map_err(generate("the CA certificate"))?
-        .self_signed(&ca_key)
-        .map_err(generate("the CA certificate"))?;
+    let ca = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(generate("the CA certificate"))?;
     for node in missing {
         let what = format!("`{}`'s certificate", node.name);
         let key = KeyPair::generate().map_err(generate(&what))?;
@@ -162,7 +160,7 @@ pub fn ensure(
         // as text too, which later libpq and pgrepl never read for an address.
         for name in &node.names {
             if name.parse::<std::net::IpAddr>().is_ok() {
-                let text = rcgen::Ia5String::try_from(name.as_str()).map_err(generate(&what))?;
+                let text = Ia5String::try_from(name.as_str()).map_err(generate(&what))?;
                 params.subject_alt_names.push(SanType::DnsName(text));
             }
         }
@@ -180,9 +178,7 @@ pub fn ensure(
         };
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, SERVER_DAYS);
-        let cert = params
-            .signed_by(&key, &ca, &ca_key)
-            .map_err(generate(&what))?;
+        let cert = params.signed_by(&key, &ca).map_err(generate(&what))?;
         write_file(&node.key(), key.serialize_pem().as_bytes(), 0o600, owner)?;
         write_file(&node.cert(), cert.pem().as_bytes(), 0o644, owner)?;
         made.push(if node.names.is_empty() {

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use rcgen::PublicKeyData;
+
 use super::spec::{NodeTlsFiles, TlsSpec};
 use super::tls::{ca_dir, create_owned_dir, read, write_if_changed, Leaf, TlsError};
 
@@ -81,7 +83,7 @@ fn key_of(
     let text = read(key_path)?;
     let pair =
         rcgen::KeyPair::from_pem(&text).map_err(|_| TlsError::Unreadable(key_path.to_owned()))?;
-    if pair.public_key_der() != cert.public_key().raw {
+    if pair.subject_public_key_info() != cert.public_key().raw {
         return Err(TlsError::KeyMismatch {
             cert: cert_path.to_owned(),
             key: key_path.to_owned(),

@@ -87,7 +87,7 @@ pub(super) async fn watch(
     let own = agent.store.keys().member(&agent.node.name);
     while !cancel.is_cancelled() {
         match agent.store.watch().await {
-            Ok((_watcher, mut stream)) => loop {
+            Ok(mut stream) => loop {
                 match stream.message().await {
                     Ok(Some(response)) if response.canceled() => break,
                     // Not for this agent's own record: publishing it would wake the loop again.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchOptions, WatchStream, Watcher,
+    TxnResponse, WatchOptions, WatchStream,
 };
 use serde::de::DeserializeOwned;
 
@@ -493,14 +493,25 @@ impl Store {
     }
 
     /// A stream of every change under the cluster's prefix (it wakes the loop); the watch lasts
-    /// as long as its watcher is kept.
-    pub async fn watch(&self) -> Result<(Watcher, WatchStream), HaError> {
+    /// as long as the stream is kept. Returns once etcd has confirmed the watch's creation.
+    pub async fn watch(&self) -> Result<WatchStream, HaError> {
         let prefix = self.keys.prefix().to_owned();
         self.call(|mut c| {
             let prefix = prefix.clone();
             async move {
-                c.watch(prefix, Some(WatchOptions::new().with_prefix()))
-                    .await
+                let mut stream = c
+                    .watch(prefix, Some(WatchOptions::new().with_prefix()))
+                    .await?;
+                match stream.message().await? {
+                    Some(created) if created.created() && !created.canceled() => Ok(stream),
+                    Some(refused) => Err(etcd_client::Error::WatchError(format!(
+                        "watch not created: {}",
+                        refused.cancel_reason()
+                    ))),
+                    None => Err(etcd_client::Error::WatchError(
+                        "the watch stream ended before the watch was created".into(),
+                    )),
+                }
             }
         })
         .await
