@@ -15,6 +15,7 @@ use super::{
     StepLog,
 };
 use crate::conn::Connection;
+use crate::sync_policy::SyncPolicy;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillStep {
@@ -265,10 +266,10 @@ impl Cluster {
             .await
             .map_err(|e| node_err_sql(spec.primary(), e))?
             .get(0);
-        if names != spec.synchronous_standby_names() {
+        if names.parse::<SyncPolicy>().as_ref() != Ok(&spec.sync.policy) {
             return Err(ClusterError::Check(format!(
                 "synchronous_standby_names is `{names}`, expected `{}`",
-                spec.synchronous_standby_names()
+                spec.sync.policy
             )));
         }
         let mut replication = Connection::connect(&self.replication_connect(spec.primary()))

@@ -26,7 +26,7 @@ fn live<'m>(members: &'m [MemberRecord], name: &str) -> Option<&'m MemberRecord>
 
 /// A record's standbys (its leader never counts for itself).
 fn standbys(rule: &SyncRecord) -> impl Iterator<Item = &String> {
-    rule.members.iter().filter(move |m| **m != rule.leader)
+    rule.policy.names.iter().filter(move |m| **m != rule.leader)
 }
 
 /// Whether a live standby of the rules in force is on the timeline the newest record's leader
@@ -72,12 +72,12 @@ fn enough_answer(
         let answering = standbys(rule)
             .filter(|n| live(members, n).is_some())
             .count();
-        let need = (listed + 1).saturating_sub(rule.num.max(1) as usize);
+        let need = (listed + 1).saturating_sub(rule.policy.num.max(1) as usize);
         if answering < need {
             return Err(format!(
                 "{answering} of the sync record's {listed} members answer and {need} are needed ({} {} of them may hold a commit alone{})",
-                rule.method,
-                rule.num,
+                rule.policy.method,
+                rule.policy.num,
                 if rule.leader == rules[0].leader { String::new() } else { format!(", for `{}`'s commits", rule.leader) }
             ));
         }
@@ -155,7 +155,7 @@ pub fn as_safe_as(
     if !rules.iter().any(|r| standbys(r).any(|m| m == to)) {
         return Err(format!(
             "`{to}` is not in the sync record ({}): it may lack acknowledged commits",
-            record.members.join(", ")
+            record.policy.names.join(", ")
         ));
     }
     let Some(target) = live(members, to) else {

@@ -46,10 +46,10 @@ pub fn switchover_refusal(view: &View, from: &str, to: &str) -> Option<String> {
         return Some(format!("`{to}` is already the primary"));
     }
     let record = view.sync.as_ref().filter(|r| r.leader == from);
-    if !record.is_some_and(|r| r.members.iter().any(|m| m == to)) {
+    if !record.is_some_and(|r| r.policy.names.iter().any(|m| m == to)) {
         return Some(format!(
             "`{to}` is not in the sync record ({}): only a standby that may hold every acknowledged commit is promoted",
-            record.map_or("none for this leader yet".into(), |r| r.members.join(", "))
+            record.map_or("none for this leader yet".into(), |r| r.policy.names.join(", "))
         ));
     }
     let Some(member) = view.members.iter().find(|m| m.node == to) else {
@@ -171,7 +171,7 @@ pub fn switchover_target(view: &View, to: Option<&str>) -> Result<(String, Strin
     let policy = view
         .sync
         .as_ref()
-        .map(|r| r.members.clone())
+        .map(|r| r.policy.names.clone())
         .unwrap_or_default();
     let mut fit: Vec<&MemberRecord> = policy
         .iter()
@@ -264,7 +264,7 @@ mod tests {
         Local {
             server,
             standby_signal,
-            standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
+            standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".parse(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
             shutdown_checkpoint: None,
             promoting: false,
@@ -497,7 +497,7 @@ mod tests {
             .unwrap()
             .contains("already the primary"));
         let mut outside = view.clone();
-        outside.sync.as_mut().unwrap().members = vec!["pg_slave".into()];
+        outside.sync.as_mut().unwrap().policy.names = vec!["pg_slave".into()];
         assert!(switchover_refusal(&outside, "pg_master", "pg_asyncslave")
             .unwrap()
             .contains("not in the sync record (pg_slave)"));
