@@ -22,6 +22,8 @@
 //! - [`lag`]: replication health of every node (`pgrepl lag`, `pgrepl status`).
 //! - [`conn`]: replication sessions: sockets, TLS, authentication, simple queries.
 //! - [`proto`]: the pure wire codec, no I/O.
+//! - [`sync_policy`]: which standbys a commit waits for (`FIRST 1 (a, b)`): the one type the
+//!   cluster file, the agents' sync record and the server's setting share.
 //! - [`lsn`], [`ids`]: WAL positions and segment arithmetic; timeline and system identifiers.
 //! - [`fs`]: fsync helpers shared by WAL and backup writers.
 //! - [`os_user`]: passwd entries (the effective user, `postgres`).
@@ -41,6 +43,7 @@ pub mod lsn;
 pub mod os_user;
 pub mod proto;
 pub mod replication;
+pub mod sync_policy;
 pub mod units;
 
 pub use lsn::Lsn;

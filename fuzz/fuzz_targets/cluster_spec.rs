@@ -1,9 +1,11 @@
 //! The cluster file: `toml::from_str::<ClusterSpec>` and `validate`, as `ClusterSpec::load` does.
-//! A valid spec must render (`to_toml`), parse back to itself, and answer its accessors.
+//! A valid spec must render (`to_toml`), parse back to itself, and answer its accessors; its
+//! sync policy must render as synchronous_standby_names that parse back to it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pgrepl::cluster::spec::ClusterSpec;
+use pgrepl::sync_policy::SyncPolicy;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -17,7 +19,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = spec.primary();
     let _ = spec.standbys().count();
-    let _ = spec.synchronous_standby_names();
+    // The policy renders as text the parser reads back as the same policy.
+    let names = spec.sync.policy.to_string();
+    let parsed: SyncPolicy = names
+        .parse()
+        .unwrap_or_else(|e| panic!("rendered policy does not parse: {e}"));
+    assert_eq!(parsed, spec.sync.policy, "{names}");
     let rendered = spec.to_toml();
     let again: ClusterSpec = toml::from_str(&rendered)
         .unwrap_or_else(|e| panic!("rendered spec does not parse: {e}\n{rendered}"));

@@ -398,7 +398,7 @@ impl Run<'_> {
             .collect();
         Ok(ModeReport {
             mode,
-            synchronous_standby_names: mode.standby_names(sync_standbys),
+            synchronous_standby_names: mode.policy(sync_standbys).to_string(),
             synchronous_commit: mode.synchronous_commit(),
             transactions: result.transactions,
             elapsed_s,

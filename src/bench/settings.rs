@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::BenchError;
-use crate::cluster::spec::synchronous_standby_names;
 use crate::conn::{sql, ConnectOptions};
+use crate::sync_policy::{SyncMethod, SyncPolicy};
 
 /// How long a reload may take to reach new sessions.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
@@ -65,13 +65,13 @@ impl Mode {
         }
     }
 
-    /// `synchronous_standby_names` for this mode over `standbys` (application names).
-    pub fn standby_names(self, standbys: &[String]) -> String {
+    /// The sync policy of this mode over `standbys` (application names).
+    pub fn policy(self, standbys: &[String]) -> SyncPolicy {
         match self {
-            Mode::Async => String::new(),
-            Mode::Any1 => synchronous_standby_names("ANY", 1, standbys),
+            Mode::Async => SyncPolicy::default(),
+            Mode::Any1 => SyncPolicy::new(SyncMethod::Quorum, 1, standbys),
             Mode::RemoteWrite | Mode::On | Mode::RemoteApply => {
-                synchronous_standby_names("FIRST", 1, standbys)
+                SyncPolicy::new(SyncMethod::Priority, 1, standbys)
             }
         }
     }
@@ -83,7 +83,7 @@ impl Mode {
     /// The values of [`SETTINGS`] for this mode.
     fn values(self, standbys: &[String]) -> [String; 2] {
         [
-            self.standby_names(standbys),
+            self.policy(standbys).to_string(),
             self.synchronous_commit().to_owned(),
         ]
     }
@@ -150,7 +150,7 @@ impl Settings {
         let current = read_settings(admin).await?;
         let mut said = Vec::new();
         for ((name, want), now) in SETTINGS.into_iter().zip(&wanted).zip(&current) {
-            if want == now {
+            if same(name, now, want) {
                 continue;
             }
             alter_system(admin, name, Some(want)).await?;
@@ -197,6 +197,17 @@ async fn read_settings(client: &Client) -> Result<Vec<String>, BenchError> {
     Ok(vec![row.get(0), row.get(1)])
 }
 
+/// `now` is `want` for setting `name`: synchronous_standby_names compare as policies (`a, b` is
+/// `FIRST 1 (a, b)`), anything else (or names pgrepl cannot parse) as text.
+fn same(name: &str, now: &str, want: &str) -> bool {
+    if name == "synchronous_standby_names" {
+        if let (Ok(now), Ok(want)) = (now.parse::<SyncPolicy>(), want.parse::<SyncPolicy>()) {
+            return now == want;
+        }
+    }
+    now == want
+}
+
 /// ALTER SYSTEM SET (or RESET with `None`). It cannot take parameters, so the value is quoted
 /// here as a string literal.
 async fn alter_system(admin: &Client, name: &str, value: Option<&str>) -> Result<(), BenchError> {
@@ -230,7 +241,11 @@ async fn reload_and_wait(
                 source: e,
             })?;
         let seen = read_settings(&probe).await?;
-        if seen == wanted {
+        if SETTINGS
+            .into_iter()
+            .zip(seen.iter().zip(wanted))
+            .all(|(name, (now, want))| same(name, now, want))
+        {
             return Ok(());
         }
         if started.elapsed() > RELOAD_WAIT {
@@ -251,16 +266,26 @@ mod tests {
     #[test]
     fn modes_set_the_recipes_policies() {
         let standbys = vec!["pg_slave".to_owned(), "pg_asyncslave".to_owned()];
-        assert_eq!(Mode::Async.standby_names(&standbys), "");
+        assert_eq!(Mode::Async.policy(&standbys).to_string(), "");
         assert_eq!(
-            Mode::RemoteApply.standby_names(&standbys),
+            Mode::RemoteApply.policy(&standbys).to_string(),
             "FIRST 1 (pg_slave, pg_asyncslave)"
         );
         assert_eq!(Mode::RemoteApply.synchronous_commit(), "remote_apply");
         assert_eq!(
-            Mode::Any1.standby_names(&standbys),
+            Mode::Any1.policy(&standbys).to_string(),
             "ANY 1 (pg_slave, pg_asyncslave)"
         );
+        assert!(same(
+            "synchronous_standby_names",
+            "pg_slave, pg_asyncslave",
+            "FIRST 1 (pg_slave, pg_asyncslave)"
+        ));
+        assert!(!same(
+            "synchronous_standby_names",
+            "ANY 1 (pg_slave)",
+            "FIRST 1 (pg_slave)"
+        ));
         for mode in Mode::ALL {
             assert_eq!(Mode::parse(mode.name()), Some(mode));
         }

@@ -92,7 +92,7 @@ pub async fn run(args: BenchArgs, cancel: CancellationToken) -> anyhow::Result<E
     let nodes = match args.nodes.is_empty() {
         true => {
             let cluster = super::cluster::find(args.cluster.clone())?;
-            let named = &cluster.spec.sync.standbys;
+            let named = &cluster.spec.sync.policy.names;
             options.sync_standbys = Some(if named.is_empty() {
                 cluster.spec.standbys().map(|n| n.name.clone()).collect()
             } else {

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use super::check_failed::CheckFailed;
 use super::spec::{ClusterSpec, NodeSpec};
 use super::*;
+use crate::sync_policy::{SyncMethod, SyncPolicy};
 
 impl Cluster {
     /// Builds (or completes) the cluster and checks it.
@@ -128,7 +129,7 @@ impl Cluster {
             .collect();
         Ok(UpSummary {
             nodes,
-            synchronous_standby_names: self.spec.synchronous_standby_names(),
+            synchronous_standby_names: self.spec.sync.policy.to_string(),
             elapsed_ms: started.elapsed().as_millis(),
         })
     }
@@ -326,7 +327,8 @@ impl Cluster {
         log: &dyn StepLog,
     ) -> Result<(), ClusterError> {
         let primary = spec.primary();
-        let names = spec.synchronous_standby_names();
+        let policy = &spec.sync.policy;
+        let names = policy.to_string();
         let wanted = [
             ("synchronous_commit", spec.sync.synchronous_commit.clone()),
             ("synchronous_standby_names", names.clone()),
@@ -338,7 +340,12 @@ impl Cluster {
                 .await
                 .map_err(|e| node_err_sql(primary, e))?
                 .get(0);
-            if &current != value {
+            // The names compare as policies: `a, b` is `FIRST 1 (a, b)`.
+            let in_force = match *setting {
+                "synchronous_standby_names" => current.parse::<SyncPolicy>().as_ref() == Ok(policy),
+                _ => &current == value,
+            };
+            if !in_force {
                 log.step(&format!("set {setting} = '{value}'"));
                 alter_system(primary_sql, primary, setting, value).await?;
                 changed = true;
@@ -448,14 +455,14 @@ impl Cluster {
 /// What pg_stat_replication.sync_state should say for each standby under `spec`'s policy when
 /// all of them stream.
 pub fn expected_sync_states(spec: &ClusterSpec) -> Vec<(String, String)> {
-    let sync = &spec.sync;
-    let quorum = sync.method.eq_ignore_ascii_case("ANY");
+    let policy = &spec.sync.policy;
+    let quorum = policy.method == SyncMethod::Quorum;
     spec.standbys()
         .map(|s| {
-            let state = match sync.standbys.iter().position(|n| n == &s.name) {
+            let state = match policy.names.iter().position(|n| n == &s.name) {
                 None => "async",
                 Some(_) if quorum => "quorum",
-                Some(rank) if rank < sync.num_sync as usize => "sync",
+                Some(rank) if rank < policy.num as usize => "sync",
                 Some(_) => "potential",
             };
             (s.name.clone(), state.to_owned())
@@ -488,11 +495,11 @@ mod tests {
                 ("pg_asyncslave".into(), "potential".into())
             ]
         );
-        spec.sync.method = "ANY".into();
+        spec.sync.policy.method = SyncMethod::Quorum;
         assert!(expected_sync_states(&spec)
             .iter()
             .all(|(_, s)| s == "quorum"));
-        spec.sync.standbys = vec!["pg_asyncslave".into()];
+        spec.sync.policy.names = vec!["pg_asyncslave".into()];
         assert_eq!(
             expected_sync_states(&spec)[0],
             ("pg_slave".into(), "async".into())

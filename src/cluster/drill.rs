@@ -16,6 +16,7 @@ use super::{
     StepLog,
 };
 use crate::conn::Connection;
+use crate::sync_policy::SyncPolicy;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillStep {
@@ -254,10 +255,10 @@ impl Cluster {
             .await
             .map_err(|e| node_err_sql(spec.primary(), e))?
             .get(0);
-        if names != spec.synchronous_standby_names() {
+        if names.parse::<SyncPolicy>().as_ref() != Ok(&spec.sync.policy) {
             return Err(CheckFailed::StandbyNames {
                 found: names,
-                expected: spec.synchronous_standby_names(),
+                expected: spec.sync.policy.to_string(),
             }
             .into());
         }

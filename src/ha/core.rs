@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::cluster::history::ChangeKind;
 use crate::cluster::spec::ClusterSpec;
 use crate::ids::{SystemId, TimelineId};
+use crate::sync_policy::{SyncNamesError, SyncPolicy};
 use crate::Lsn;
 
 use super::decide::{behind_leader, decide, Clocks, Situation};
@@ -46,7 +47,7 @@ pub enum Effect {
     /// cannot acknowledge for the old primary either).
     Repoint { node: String },
     /// Set synchronous_standby_names on this server and reload.
-    SetStandbyNames(String),
+    SetStandbyNames(SyncPolicy),
     /// pg_promote to `timeline`, waiting for it to finish: history files first for the
     /// numbers below it this server has none of, so PostgreSQL numbers its timeline so.
     Promote { timeline: TimelineId },
@@ -141,7 +142,7 @@ pub struct Core {
     /// Starts that failed since the server last ran: how many, the last one when.
     start_failures: Option<(u32, Time)>,
     /// The synchronous_standby_names the server has, and since when.
-    names: Option<(String, Time)>,
+    names: Option<(Result<SyncPolicy, SyncNamesError>, Time)>,
     /// The member record etcd holds, and under which lease.
     published: Option<(MemberRecord, LeaseId)>,
     /// A publish failed, and a request that timed out may still land: etcd holds that record
@@ -608,7 +609,7 @@ mod tests {
                 follows: None,
             },
             standby_signal: true,
-            standby_names: String::new(),
+            standby_names: Ok(SyncPolicy::default()),
             caught_up: Vec::new(),
             shutdown_checkpoint: None,
             system_id: None,

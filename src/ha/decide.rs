@@ -258,7 +258,7 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
             })
             .cloned()
             .collect();
-        let standby_names = desired.standby_names();
+        let standby_names = desired.policy.clone();
         // Until this node's standbys hold what its predecessors acknowledged, their records
         // stay in force. Not one of this node's own, from an earlier attempt: it is still in
         // recovery, so it acknowledged nothing under it (and kept in `prior`, it named a
@@ -295,22 +295,22 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
     // The newest timeline a promotion recorded, carried in every record this leader writes.
     let newest = view.sync.as_ref().and_then(SyncRecord::newest_timeline);
     let desired = desired.on_timeline(newest);
-    let desired_names = desired.standby_names();
     match &view.sync {
         Some(record) if record.covers(&desired) => {
-            if local.standby_names != desired_names {
+            if local.standby_names.as_ref() != Ok(&desired.policy) {
                 Decision::new(
-                    Action::SetStandbyNames(desired_names),
+                    Action::SetStandbyNames(desired.policy.clone()),
                     "the sync record already allows the policy's standbys",
                 )
             } else if *record != desired
                 && s.clocks.names_for >= RELOAD_GRACE
                 && desired
-                    .members
+                    .policy
+                    .names
                     .iter()
                     .filter(|m| local.caught_up.contains(m))
                     .count()
-                    >= desired.num as usize
+                    >= desired.policy.num as usize
             {
                 Decision::new(
                     Action::WriteSync(desired),
@@ -337,7 +337,8 @@ fn lead(s: &Situation<'_>, local: &Local, view: &View) -> Decision {
 /// changed, or before it was stopped mid-promotion). It shrinks to the policy's once the server
 /// has the policy's names.
 fn covering(me: &str, local: &Local, desired: SyncRecord) -> SyncRecord {
-    match SyncRecord::from_names(me, &local.standby_names) {
+    let running = local.standby_names.as_ref().ok();
+    match running.and_then(|policy| SyncRecord::running(me, policy)) {
         Some(current) if current != desired => current.union(&desired),
         _ => desired,
     }
@@ -495,6 +496,7 @@ mod tests {
     use crate::ha::records::{LeaseId, MemberRecord, ServerState};
     use crate::ids::SystemId;
     use crate::ids::TimelineId;
+    use crate::sync_policy::SyncPolicy;
     use crate::Lsn;
 
     fn lsn(v: u64) -> Option<Lsn> {
@@ -567,7 +569,7 @@ mod tests {
                 follows: None,
             },
             standby_signal: false,
-            standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
+            standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".parse(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
             shutdown_checkpoint: None,
             promoting: false,
@@ -581,7 +583,7 @@ mod tests {
         Local {
             server: standby("me", 100, detached).server,
             standby_signal: true,
-            standby_names: String::new(),
+            standby_names: Ok(SyncPolicy::default()),
             caught_up: Vec::new(),
             shutdown_checkpoint: None,
             promoting: false,
@@ -653,6 +655,37 @@ mod tests {
     }
 
     #[test]
+    fn the_running_names_compare_with_the_policy_as_values() {
+        let at = |names: &str| {
+            let mut local = primary();
+            local.standby_names = names.parse();
+            let v = view(leader("pg_master", true), vec![], Some(initial()));
+            run("pg_master", local, v, false).action
+        };
+        // Another spelling of the same policy is left as it is.
+        for same in [
+            "FIRST 1 (pg_slave, pg_asyncslave)",
+            "pg_slave, pg_asyncslave",
+            "first 1 (pg_slave, \"pg_asyncslave\")",
+        ] {
+            assert_eq!(at(same), Action::Wait, "{same}");
+        }
+        let policy = initial().policy;
+        for other in [
+            "ANY 1 (pg_slave, pg_asyncslave)",
+            "pg_asyncslave, pg_slave",
+            "",
+            "a;b",
+        ] {
+            assert_eq!(
+                at(other),
+                Action::SetStandbyNames(policy.clone()),
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
     fn the_primary_up_built_claims_the_key_and_records_its_sync_standbys() {
         let d = run("pg_master", primary(), view(None, vec![], None), false);
         assert_eq!(d.action, Action::TakeLeadership);
@@ -671,10 +704,10 @@ mod tests {
     #[test]
     fn the_record_grows_before_the_standby_names_and_shrinks_after() {
         let mut spec = ClusterSpec::default();
-        spec.sync.standbys = vec!["pg_slave".into(), "pg_asyncslave".into()];
+        spec.sync.policy.names = vec!["pg_slave".into(), "pg_asyncslave".into()];
         let narrow = record("pg_master", "FIRST", 1, &["pg_slave"]);
         let mut local = primary();
-        local.standby_names = "FIRST 1 (pg_slave)".into();
+        local.standby_names = "FIRST 1 (pg_slave)".parse();
         let wide = initial();
         // The record lacks pg_asyncslave: grow it first.
         let d = run(
@@ -693,7 +726,7 @@ mod tests {
         );
         assert_eq!(
             d.action,
-            Action::SetStandbyNames("FIRST 1 (pg_slave, pg_asyncslave)".into())
+            Action::SetStandbyNames("FIRST 1 (pg_slave, pg_asyncslave)".parse().unwrap())
         );
         // A wider record than the policy shrinks only once the policy's standbys caught up.
         let wider = record(
@@ -758,7 +791,10 @@ mod tests {
                 .after(&[&initial()])
                 .on_timeline(Some(timeline))
         );
-        assert_eq!(standby_names, "FIRST 1 (pg_master, pg_asyncslave)");
+        assert_eq!(
+            standby_names.to_string(),
+            "FIRST 1 (pg_master, pg_asyncslave)"
+        );
         // Not the old primary: its own agent fences it.
         assert_eq!(repoint, vec!["pg_asyncslave".to_string()]);
     }

@@ -75,7 +75,7 @@ fn live<'m>(members: &'m [MemberRecord], name: &str) -> Option<&'m MemberRecord>
 
 /// A record's standbys (its leader never counts for itself).
 fn standbys(rule: &SyncRecord) -> impl Iterator<Item = &String> {
-    rule.members.iter().filter(move |m| **m != rule.leader)
+    rule.policy.names.iter().filter(move |m| **m != rule.leader)
 }
 
 /// Whether a live standby of the rules in force is on the timeline the newest record's leader
@@ -119,14 +119,14 @@ fn enough_answer(
         let answering = standbys(rule)
             .filter(|n| live(members, n).is_some())
             .count();
-        let need = (listed + 1).saturating_sub(rule.num.max(1) as usize);
+        let need = (listed + 1).saturating_sub(rule.policy.num.max(1) as usize);
         if answering < need {
             return Err(NoCandidate::TooFewAnswer {
                 answering,
                 listed,
                 need,
-                method: rule.method.to_string(),
-                num: rule.num,
+                method: rule.policy.method.to_string(),
+                num: rule.policy.num,
                 earlier: (rule.leader != rules[0].leader).then(|| rule.leader.clone()),
             });
         }
@@ -207,7 +207,7 @@ pub fn as_safe_as(
     if !rules.iter().any(|r| standbys(r).any(|m| m == to)) {
         return Err(NotAsSafe::NotInRecord {
             to: to.to_owned(),
-            members: record.members.clone(),
+            members: record.policy.names.clone(),
         });
     }
     let Some(target) = live(members, to) else {

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::model::View;
 use crate::ids::TimelineId;
+use crate::sync_policy::SyncMethod;
 use crate::Lsn;
 
 /// What the agent knows at the instant of a request. Everything stale counts as unknown.
@@ -72,14 +73,15 @@ pub fn synchronous(view: &View) -> Vec<&str> {
         })
     };
     let streaming = record
-        .members
+        .policy
+        .names
         .iter()
         .map(String::as_str)
         .filter(|name| *name != leader.node && streams(name));
-    if record.method == "ANY" {
+    if record.policy.method == SyncMethod::Quorum {
         streaming.collect()
     } else {
-        streaming.take(record.num as usize).collect()
+        streaming.take(record.policy.num as usize).collect()
     }
 }
 

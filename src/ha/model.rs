@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::records::{LeaseId, MemberRecord, PauseRecord, RoleRequest, ServerState, SyncRecord};
 use crate::cluster::history::ChangeKind;
 use crate::ids::{SystemId, TimelineId};
+use crate::sync_policy::{SyncNamesError, SyncPolicy};
 use crate::Lsn;
 
 /// A moment on one agent's monotonic clock, counted from an origin of the caller's choosing (the
@@ -50,8 +51,9 @@ pub struct Local {
     pub server: ServerState,
     /// The data directory has standby.signal (a stopped standby, not a former primary).
     pub standby_signal: bool,
-    /// synchronous_standby_names in force (a running primary).
-    pub standby_names: String,
+    /// synchronous_standby_names in force (a running primary); `Err`: a setting pgrepl cannot
+    /// read (the server took it), which equals no policy.
+    pub standby_names: Result<SyncPolicy, SyncNamesError>,
     /// Standbys whose flushed position has reached the primary's current one.
     pub caught_up: Vec<String>,
     /// A stopped server whose pg_control says it shut down cleanly as a primary: where its
@@ -163,7 +165,7 @@ pub enum Action {
     /// off the old primary (`repoint` them here), set `standby_names`, promote to `timeline`.
     Promote {
         sync: SyncRecord,
-        standby_names: String,
+        standby_names: SyncPolicy,
         repoint: Vec<String>,
         timeline: TimelineId,
         /// Why, for the history.
@@ -172,7 +174,7 @@ pub enum Action {
     /// Replace the sync record (the leader's own, guarded by its key).
     WriteSync(SyncRecord),
     /// Set synchronous_standby_names on this primary.
-    SetStandbyNames(String),
+    SetStandbyNames(SyncPolicy),
     /// A switchover away from this leader: fast shutdown, so the target gets every commit.
     StopForSwitchover { to: String },
     /// Put the leader key under `to`'s lease: it promotes as an elected node does.

@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::spec::{synchronous_standby_names, ClusterSpec};
+use crate::cluster::spec::ClusterSpec;
 use crate::ids::TimelineId;
-use crate::lag::sync::{SyncMethod, SyncStandbyNames};
+use crate::sync_policy::{SyncMethod, SyncPolicy};
 use crate::Lsn;
 
 /// The keys of one cluster.
@@ -198,55 +198,91 @@ pub struct ServerState {
 /// commit waited for. A superset of the names in the leader's synchronous_standby_names: written
 /// before a name enters it, shrunk only after a name left it and the rest caught up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "SyncRecordJson", into = "SyncRecordJson")]
 pub struct SyncRecord {
     pub leader: String,
-    /// `FIRST` or `ANY` (both are treated as "any `num` of `members`" for promotion).
-    pub method: String,
-    pub num: u32,
-    pub members: Vec<String>,
+    /// The standbys (its names, etcd's `members`) and how many of them each commit waited for;
+    /// `FIRST` and `ANY` are both treated as "any `num` of them" for promotion.
+    pub policy: SyncPolicy,
     /// The records of earlier leaders still in force: a new leader writes its record before it
     /// promotes, so until its standbys hold everything its predecessors acknowledged, an
     /// election must satisfy theirs too; and if it never promoted (it still answers as a
     /// standby), theirs alone. Each carries no `prior` of its own.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prior: Vec<SyncRecord>,
     /// The newest timeline number a leader of this cluster may have promoted to (`None`: not
     /// recorded yet). A promotion takes a greater one: PostgreSQL numbers a new timeline after
     /// the history files in its own pg_wal, and a leader that promoted and then went silent left
     /// its history file nowhere else (proto-notes/08-ha.md, rule 9).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineId>,
 }
 
+/// A [`SyncRecord`] as etcd holds it (proto-notes/08-ha.md): the policy's fields beside the
+/// leader's, as agents have always written them.
+#[derive(Serialize, Deserialize)]
+struct SyncRecordJson {
+    leader: String,
+    method: SyncMethod,
+    num: u32,
+    members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    prior: Vec<SyncRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeline: Option<TimelineId>,
+}
+
+impl From<SyncRecordJson> for SyncRecord {
+    fn from(json: SyncRecordJson) -> SyncRecord {
+        SyncRecord {
+            leader: json.leader,
+            policy: SyncPolicy::new(json.method, json.num, json.members),
+            prior: json.prior,
+            timeline: json.timeline,
+        }
+    }
+}
+
+impl From<SyncRecord> for SyncRecordJson {
+    fn from(record: SyncRecord) -> SyncRecordJson {
+        SyncRecordJson {
+            leader: record.leader,
+            method: record.policy.method,
+            num: record.policy.num,
+            members: record.policy.names,
+            prior: record.prior,
+            timeline: record.timeline,
+        }
+    }
+}
+
 impl SyncRecord {
-    /// The policy of the cluster file with `leader` as primary (its name swapped out of the list,
-    /// as `failover` does).
-    pub fn desired(file_spec: &ClusterSpec, leader: &str) -> SyncRecord {
-        let sync = match file_spec.node(leader) {
-            Some(_) => file_spec.sync_with_primary(leader),
-            None => file_spec.sync.clone(),
-        };
+    /// `policy`, as `leader`'s record.
+    pub fn new(leader: &str, policy: SyncPolicy) -> SyncRecord {
         SyncRecord {
             leader: leader.to_owned(),
-            method: sync.method,
-            num: sync.num_sync,
-            members: sync.standbys,
+            policy,
             prior: Vec::new(),
             timeline: None,
         }
     }
 
+    /// The policy of the cluster file with `leader` as primary (its name swapped out of the list,
+    /// as `failover` does).
+    pub fn desired(file_spec: &ClusterSpec, leader: &str) -> SyncRecord {
+        let policy = match file_spec.node(leader) {
+            Some(_) => file_spec.sync_with_primary(leader),
+            None => file_spec.sync.policy.clone(),
+        };
+        SyncRecord::new(leader, policy)
+    }
+
     /// A record from its parts, for tests that spell one out.
     #[cfg(test)]
     pub fn of(leader: &str, method: &str, num: u32, members: &[&str]) -> SyncRecord {
-        SyncRecord {
-            leader: leader.into(),
-            method: method.into(),
-            num,
-            members: members.iter().map(|m| m.to_string()).collect(),
-            prior: Vec::new(),
-            timeline: None,
-        }
+        let method = method.parse().expect("FIRST or ANY");
+        SyncRecord::new(
+            leader,
+            SyncPolicy::new(method, num, members.iter().copied()),
+        )
     }
 
     /// This record with `rules` as its prior ones (flattened: a prior record has none).
@@ -261,52 +297,44 @@ impl SyncRecord {
         SyncRecord { prior, ..self }
     }
 
-    /// The record a synchronous_standby_names setting of `leader` amounts to (`None`: empty or
-    /// unreadable, no synchronous standby).
-    pub fn from_names(leader: &str, names: &str) -> Option<SyncRecord> {
-        let parsed = SyncStandbyNames::parse(names).ok()??;
-        Some(SyncRecord {
-            leader: leader.to_owned(),
-            method: match parsed.method {
-                SyncMethod::Priority => "FIRST",
-                SyncMethod::Quorum => "ANY",
-            }
-            .into(),
-            num: parsed.num_sync,
-            members: parsed.names,
-            prior: Vec::new(),
-            timeline: None,
-        })
-    }
-
-    /// The synchronous_standby_names this record allows (empty: asynchronous).
-    pub fn standby_names(&self) -> String {
-        synchronous_standby_names(&self.method, self.num, &self.members)
+    /// The record the synchronous_standby_names `running` on `leader` amount to (`None`:
+    /// asynchronous, no synchronous standby).
+    pub fn running(leader: &str, running: &SyncPolicy) -> Option<SyncRecord> {
+        running
+            .is_synchronous()
+            .then(|| SyncRecord::new(leader, running.clone()))
     }
 
     /// Every name of `other` is here, and each commit waited for no more standbys than here.
     pub fn covers(&self, other: &SyncRecord) -> bool {
         self.leader == other.leader
-            && self.num <= other.num
-            && other.members.iter().all(|m| self.members.contains(m))
+            && self.policy.num <= other.policy.num
+            && other
+                .policy
+                .names
+                .iter()
+                .all(|m| self.policy.names.contains(m))
     }
 
     /// Both records' names, waiting for the fewer standbys of the two: safe while either policy
     /// may be in force.
     pub fn union(&self, other: &SyncRecord) -> SyncRecord {
-        let mut members = self.members.clone();
-        members.extend(
+        let mut names = self.policy.names.clone();
+        names.extend(
             other
-                .members
+                .policy
+                .names
                 .iter()
-                .filter(|m| !self.members.contains(m))
+                .filter(|m| !self.policy.names.contains(m))
                 .cloned(),
         );
         SyncRecord {
             leader: other.leader.clone(),
-            method: other.method.clone(),
-            num: self.num.min(other.num),
-            members,
+            policy: SyncPolicy {
+                method: other.policy.method,
+                num: self.policy.num.min(other.policy.num),
+                names,
+            },
             prior: self.prior.clone(),
             timeline: self.timeline.max(other.timeline),
         }
@@ -378,24 +406,57 @@ mod tests {
     fn the_desired_record_swaps_the_new_leader_out_of_the_policy() {
         let spec = ClusterSpec::default();
         let record = SyncRecord::desired(&spec, "pg_slave");
-        assert_eq!(record.members, vec!["pg_master", "pg_asyncslave"]);
-        assert_eq!(record.standby_names(), "FIRST 1 (pg_master, pg_asyncslave)");
+        assert_eq!(record.policy.names, vec!["pg_master", "pg_asyncslave"]);
+        assert_eq!(
+            record.policy.to_string(),
+            "FIRST 1 (pg_master, pg_asyncslave)"
+        );
         let at_start = SyncRecord::desired(&spec, "pg_master");
-        assert_eq!(at_start.members, vec!["pg_slave", "pg_asyncslave"]);
+        assert_eq!(at_start.policy.names, vec!["pg_slave", "pg_asyncslave"]);
     }
 
     #[test]
     fn a_union_covers_both_policies() {
         let spec = ClusterSpec::default();
         let mut narrow = SyncRecord::desired(&spec, "pg_master");
-        narrow.members = vec!["pg_slave".into()];
-        narrow.num = 1;
+        narrow.policy.names = vec!["pg_slave".into()];
+        narrow.policy.num = 1;
         let mut wide = SyncRecord::desired(&spec, "pg_master");
-        wide.num = 2;
+        wide.policy.num = 2;
         let union = narrow.union(&wide);
         assert!(union.covers(&narrow) && union.covers(&wide));
         assert!(!narrow.covers(&wide));
-        assert_eq!(union.num, 1);
+        assert_eq!(union.policy.num, 1);
+    }
+
+    /// A sync record as agents wrote it before the policy had a type of its own.
+    const SYNC_RECORD: &str = r#"{"leader":"pg_slave","method":"FIRST","num":1,"members":["pg_master","pg_asyncslave"],"prior":[{"leader":"pg_master","method":"ANY","num":1,"members":["pg_slave","pg_asyncslave"]}],"timeline":2}"#;
+
+    #[test]
+    fn sync_records_read_and_write_as_agents_always_did() {
+        let record: SyncRecord = serde_json::from_str(SYNC_RECORD).unwrap();
+        let old = SyncRecord::of("pg_master", "ANY", 1, &["pg_slave", "pg_asyncslave"]);
+        let want = SyncRecord::desired(&ClusterSpec::default(), "pg_slave")
+            .after(&[&old])
+            .on_timeline(Some(TimelineId::new(2)));
+        assert_eq!(record, want);
+        assert_eq!(serde_json::to_string(&record).unwrap(), SYNC_RECORD);
+        // Without prior records or a timeline; and the method as a cluster file spelled it
+        // (agents copied it from there), written back as its keyword.
+        let short = r#"{"leader":"pg_master","method":"any","num":1,"members":["pg_slave"]}"#;
+        let record: SyncRecord = serde_json::from_str(short).unwrap();
+        assert_eq!(record, SyncRecord::of("pg_master", "ANY", 1, &["pg_slave"]));
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            short.replace("\"any\"", "\"ANY\"")
+        );
+        let bad = short.replace("\"any\"", "\"most\"");
+        let err = serde_json::from_str::<SyncRecord>(&bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("sync.method `most` must be FIRST or ANY"),
+            "{err}"
+        );
     }
 
     #[test]

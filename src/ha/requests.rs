@@ -109,10 +109,10 @@ pub fn switchover_refusal(view: &View, from: &str, to: &str) -> Option<NotFit> {
         return Some(NotFit::AlreadyPrimary { to: to_owned() });
     }
     let record = view.sync.as_ref().filter(|r| r.leader == from);
-    if !record.is_some_and(|r| r.members.iter().any(|m| m == to)) {
+    if !record.is_some_and(|r| r.policy.names.iter().any(|m| m == to)) {
         return Some(NotFit::NotInRecord {
             to: to_owned(),
-            members: record.map(|r| r.members.clone()),
+            members: record.map(|r| r.policy.names.clone()),
         });
     }
     let Some(member) = view.members.iter().find(|m| m.node == to) else {
@@ -238,7 +238,7 @@ pub fn switchover_target(
     let policy = view
         .sync
         .as_ref()
-        .map(|r| r.members.clone())
+        .map(|r| r.policy.names.clone())
         .unwrap_or_default();
     let mut fit: Vec<&MemberRecord> = policy
         .iter()
@@ -328,7 +328,7 @@ mod tests {
         Local {
             server,
             standby_signal,
-            standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".into(),
+            standby_names: "FIRST 1 (pg_slave, pg_asyncslave)".parse(),
             caught_up: vec!["pg_slave".into(), "pg_asyncslave".into()],
             shutdown_checkpoint: None,
             promoting: false,
@@ -562,7 +562,7 @@ mod tests {
             Some(NotFit::AlreadyPrimary { .. })
         ));
         let mut outside = view.clone();
-        outside.sync.as_mut().unwrap().members = vec!["pg_slave".into()];
+        outside.sync.as_mut().unwrap().policy.names = vec!["pg_slave".into()];
         assert!(switchover_refusal(&outside, "pg_master", "pg_asyncslave")
             .unwrap()
             .to_string()

@@ -80,7 +80,7 @@ pub fn summarize(nodes: &[String], snapshot: &View) -> (Vec<AgentHealth>, Vec<St
     let promotable = snapshot
         .sync
         .iter()
-        .flat_map(|sync| &sync.members)
+        .flat_map(|sync| &sync.policy.names)
         .filter(|node| Some(node.as_str()) != leader)
         .filter(|node| {
             record(node.as_str())
@@ -219,14 +219,7 @@ mod tests {
                 member("c", false, false),
                 member("e", true, true),
             ],
-            sync: Some(SyncRecord {
-                leader: "a".into(),
-                method: "FIRST".into(),
-                num: 1,
-                members: names(&["b", "c", "d"]),
-                prior: Vec::new(),
-                timeline: None,
-            }),
+            sync: Some(SyncRecord::of("a", "FIRST", 1, &["b", "c", "d"])),
             ..View::default()
         };
         let (agents, promotable) = summarize(&names(&["a", "b", "c", "d", "e"]), &snapshot);
@@ -258,14 +251,7 @@ mod tests {
                 mine: false,
             }),
             members: vec![member("b", true, true)],
-            sync: Some(SyncRecord {
-                leader: "a".into(),
-                method: "ANY".into(),
-                num: 1,
-                members: names(&["b"]),
-                prior: Vec::new(),
-                timeline: None,
-            }),
+            sync: Some(SyncRecord::of("a", "ANY", 1, &["b"])),
             ..View::default()
         };
         assert!(summarize(&names(&["b"]), &snapshot).1.is_empty());

@@ -3,135 +3,12 @@
 //!
 //! The primary already decides `sync_state` per walsender; pgrepl only needs
 //! `synchronous_standby_names` for what the server does not show: how many synchronous standbys
-//! it wants, and which listed names have no walsender at all. The grammar is the server's
-//! (`syncrep_gram.y`, `syncrep_scanner.l`).
+//! it wants, and which listed names have no walsender at all ([`SyncPolicy`] reads it).
 
 use serde::Serialize;
 
 use super::sql::{SenderRow, SyncWaiterRow};
-
-/// How the listed standbys are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMethod {
-    /// `FIRST n (...)`, `n (...)` or a plain list: the `n` connected standbys listed first.
-    Priority,
-    /// `ANY n (...)`: any `n` of the listed standbys.
-    Quorum,
-}
-
-/// A parsed, non-empty `synchronous_standby_names`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncStandbyNames {
-    pub method: SyncMethod,
-    pub num_sync: u32,
-    /// As written; `*` matches every name.
-    pub names: Vec<String>,
-}
-
-/// A `synchronous_standby_names` this parser does not understand (the server accepted it, so
-/// this is a gap in pgrepl, reported rather than guessed around).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot parse synchronous_standby_names `{0}`")]
-pub struct SyncNamesError(pub String);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Token {
-    Name(String),
-    Num(u32),
-    Comma,
-    Open,
-    Close,
-}
-
-impl SyncStandbyNames {
-    /// `None` when the setting is empty (no synchronous replication).
-    pub fn parse(setting: &str) -> Result<Option<SyncStandbyNames>, SyncNamesError> {
-        let error = || SyncNamesError(setting.to_owned());
-        let tokens = tokenize(setting).ok_or_else(error)?;
-        if tokens.is_empty() {
-            return Ok(None);
-        }
-        let keyword =
-            |t: &Token, word: &str| matches!(t, Token::Name(n) if n.eq_ignore_ascii_case(word));
-        let (method, num_sync, rest) = match tokens.as_slice() {
-            [first, Token::Num(n), Token::Open, rest @ ..] if keyword(first, "first") => {
-                (SyncMethod::Priority, *n, rest)
-            }
-            [any, Token::Num(n), Token::Open, rest @ ..] if keyword(any, "any") => {
-                (SyncMethod::Quorum, *n, rest)
-            }
-            [Token::Num(n), Token::Open, rest @ ..] => (SyncMethod::Priority, *n, rest),
-            list => (SyncMethod::Priority, 1, list),
-        };
-        let list = match rest.split_last() {
-            Some((Token::Close, list)) if rest.len() != tokens.len() => list,
-            _ if rest.len() == tokens.len() => rest,
-            _ => return Err(error()),
-        };
-        let mut names = Vec::new();
-        for (i, token) in list.iter().enumerate() {
-            match (i % 2, token) {
-                (0, Token::Name(name)) => names.push(name.clone()),
-                (0, Token::Num(n)) => names.push(n.to_string()),
-                (1, Token::Comma) => {}
-                _ => return Err(error()),
-            }
-        }
-        if names.is_empty() || list.len() % 2 == 0 || num_sync == 0 {
-            return Err(error());
-        }
-        Ok(Some(SyncStandbyNames {
-            method,
-            num_sync,
-            names,
-        }))
-    }
-}
-
-fn tokenize(s: &str) -> Option<Vec<Token>> {
-    let mut tokens = Vec::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {}
-            ',' => tokens.push(Token::Comma),
-            '(' => tokens.push(Token::Open),
-            ')' => tokens.push(Token::Close),
-            '*' => tokens.push(Token::Name("*".into())),
-            '"' => {
-                // `""` inside a quoted name is one quote.
-                let mut name = String::new();
-                loop {
-                    match chars.next()? {
-                        '"' if chars.next_if_eq(&'"').is_some() => name.push('"'),
-                        '"' => break,
-                        c => name.push(c),
-                    }
-                }
-                tokens.push(Token::Name(name));
-            }
-            c if c.is_ascii_digit() => {
-                let mut digits = String::from(c);
-                while let Some(d) = chars.next_if(char::is_ascii_digit) {
-                    digits.push(d);
-                }
-                tokens.push(Token::Num(digits.parse().ok()?));
-            }
-            c if c.is_alphabetic() || c == '_' || !c.is_ascii() => {
-                let mut name = String::from(c);
-                while let Some(d) =
-                    chars.next_if(|&d| d.is_alphanumeric() || d == '_' || d == '$' || !d.is_ascii())
-                {
-                    name.push(d);
-                }
-                tokens.push(Token::Name(name));
-            }
-            _ => return None,
-        }
-    }
-    Some(tokens)
-}
+use crate::sync_policy::{SyncMethod, SyncNamesError, SyncPolicy};
 
 /// What a synchronous standby must have done before a commit returns, by `synchronous_commit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -173,7 +50,9 @@ impl CommitWait {
 pub struct SyncReport {
     pub synchronous_standby_names: String,
     pub synchronous_commit: String,
-    /// `None` when synchronous replication is off or the setting could not be parsed.
+    /// `None` when synchronous replication is off or the setting could not be parsed;
+    /// `priority` (`FIRST`) or `quorum` (`ANY`).
+    #[serde(serialize_with = "method_mode")]
     pub method: Option<SyncMethod>,
     /// How many synchronous standbys a commit waits for.
     pub required: u32,
@@ -199,7 +78,7 @@ impl SyncReport {
         senders: &[SenderRow],
         waiters: &[SyncWaiterRow],
     ) -> SyncReport {
-        let parsed = SyncStandbyNames::parse(synchronous_standby_names);
+        let parsed = synchronous_standby_names.parse::<SyncPolicy>();
         let commit_wait = CommitWait::from_setting(synchronous_commit);
         let named = |state: &str| -> Vec<String> {
             senders
@@ -209,7 +88,7 @@ impl SyncReport {
                 .collect()
         };
         let (sync, potential, quorum) = (named("sync"), named("potential"), named("quorum"));
-        let spec = parsed.as_ref().ok().and_then(Option::as_ref);
+        let spec = parsed.as_ref().ok().filter(|p| p.is_synchronous());
         let listed_not_connected: Vec<String> = spec
             .map(|s| {
                 s.names
@@ -226,7 +105,7 @@ impl SyncReport {
                     .collect()
             })
             .unwrap_or_default();
-        let required = spec.map_or(0, |s| s.num_sync);
+        let required = spec.map_or(0, |s| s.num);
         let chosen = sync.len() + quorum.len();
         let commits_block =
             spec.is_some() && commit_wait != CommitWait::None && chosen < required as usize;
@@ -355,6 +234,18 @@ impl SyncReport {
     }
 }
 
+/// The method in the words `pg_stat_replication` uses for its standbys.
+fn method_mode<S: serde::Serializer>(
+    method: &Option<SyncMethod>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mode = method.map(|m| match m {
+        SyncMethod::Priority => "priority",
+        SyncMethod::Quorum => "quorum",
+    });
+    serde::Serialize::serialize(&mode, serializer)
+}
+
 fn backticked(names: &[String]) -> String {
     names
         .iter()
@@ -366,49 +257,6 @@ fn backticked(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(method: SyncMethod, num_sync: u32, names: &[&str]) -> Option<SyncStandbyNames> {
-        Some(SyncStandbyNames {
-            method,
-            num_sync,
-            names: names.iter().map(|n| n.to_string()).collect(),
-        })
-    }
-
-    #[test]
-    fn parses_the_server_grammar() {
-        use SyncMethod::*;
-        let cases: &[(&str, Option<SyncStandbyNames>)] = &[
-            ("", None),
-            ("   ", None),
-            ("a", spec(Priority, 1, &["a"])),
-            ("a, b ,c", spec(Priority, 1, &["a", "b", "c"])),
-            ("2 (a, b)", spec(Priority, 2, &["a", "b"])),
-            ("FIRST 2 (a, b, c)", spec(Priority, 2, &["a", "b", "c"])),
-            ("first 1(s1)", spec(Priority, 1, &["s1"])),
-            ("ANY 2 (a, \"B c\", *)", spec(Quorum, 2, &["a", "B c", "*"])),
-            ("*", spec(Priority, 1, &["*"])),
-            ("\"say \"\"hi\"\"\"", spec(Priority, 1, &["say \"hi\""])),
-        ];
-        for (text, want) in cases {
-            assert_eq!(&SyncStandbyNames::parse(text).unwrap(), want, "{text}");
-        }
-        for bad in [
-            "a,",
-            "FIRST 0 (a)",
-            "ANY 1 (a",
-            "(a)",
-            "a b",
-            "\"open",
-            "a;b",
-        ] {
-            let err = SyncStandbyNames::parse(bad).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!("cannot parse synchronous_standby_names `{bad}`")
-            );
-        }
-    }
 
     fn sender(name: &str, sync_state: &str, priority: i32) -> SenderRow {
         SenderRow {
@@ -443,6 +291,9 @@ mod tests {
             sender("c", "async", 0),
         ];
         let r = SyncReport::build("FIRST 1 (a, b, d)", "remote_apply", &senders, &[]);
+        assert_eq!(r.method, Some(SyncMethod::Priority));
+        // `--json` names methods as pg_stat_replication names its standbys.
+        assert_eq!(serde_json::to_value(&r).unwrap()["method"], "priority");
         assert_eq!(r.sync, ["a"]);
         assert_eq!(r.potential, ["b"]);
         assert_eq!(r.listed_not_connected, ["d"]);
@@ -467,6 +318,7 @@ mod tests {
         };
         let r = SyncReport::build("ANY 2 (a, b)", "on", &[sender("a", "quorum", 1)], &[waiter]);
         assert!(r.commits_block);
+        assert_eq!(serde_json::to_value(&r).unwrap()["method"], "quorum");
         assert_eq!(r.quorum, ["a"]);
         assert_eq!(
             r.explanation,

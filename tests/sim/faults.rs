@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use pgrepl::sync_policy::{SyncMethod, SyncPolicy};
+
 /// One end of a network cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
@@ -173,6 +175,18 @@ impl fmt::Display for Fault {
 pub struct Policy {
     pub quorum: bool,
     pub num: u32,
+}
+
+impl Policy {
+    /// This policy over `standbys`.
+    pub fn over(&self, standbys: &[String]) -> SyncPolicy {
+        let method = if self.quorum {
+            SyncMethod::Quorum
+        } else {
+            SyncMethod::Priority
+        };
+        SyncPolicy::new(method, self.num, standbys)
+    }
 }
 
 impl fmt::Display for Policy {

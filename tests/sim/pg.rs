@@ -6,7 +6,7 @@
 //!
 //! What moves it (streaming, replay, crash, promotion) lives in `world`, which owns the clock.
 
-use pgrepl::lag::sync::{SyncMethod, SyncStandbyNames};
+use pgrepl::sync_policy::{SyncMethod, SyncPolicy};
 
 /// A WAL position; one unit per record (a commit, a shutdown checkpoint).
 pub type Pos = u64;
@@ -95,34 +95,19 @@ impl Timelines {
     }
 }
 
-/// A synchronous_standby_names as the walsenders apply it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SyncConfig {
-    /// Empty: no synchronous replication, commits are acknowledged at once.
-    pub names: Vec<String>,
-    pub num: u32,
-    pub quorum: bool,
+/// A synchronous_standby_names as the walsenders apply it (no names: no synchronous
+/// replication, commits are acknowledged at once).
+pub fn parse_config(text: &str) -> SyncPolicy {
+    text.parse().expect("the agents write valid names")
 }
 
-impl SyncConfig {
-    pub fn parse(text: &str) -> SyncConfig {
-        match SyncStandbyNames::parse(text).expect("the agents write valid names") {
-            None => SyncConfig::default(),
-            Some(parsed) => SyncConfig {
-                names: parsed.names,
-                num: parsed.num_sync,
-                quorum: parsed.method == SyncMethod::Quorum,
-            },
-        }
-    }
-
-    /// The priority a walsender for `name` takes under this configuration (0: asynchronous).
-    pub fn priority(&self, name: &str) -> usize {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map_or(0, |i| i + 1)
-    }
+/// The priority a walsender for `name` takes under `config` (0: asynchronous).
+pub fn priority(config: &SyncPolicy, name: &str) -> usize {
+    config
+        .names
+        .iter()
+        .position(|n| n == name)
+        .map_or(0, |i| i + 1)
 }
 
 /// One walsender of a primary (or of a standby feeding a cascade).
@@ -132,7 +117,7 @@ pub struct Walsender {
     /// The standby's flushed position, as its last reply said.
     pub flush: Pos,
     /// The configuration this walsender applied at its last reload, and the priority it took.
-    pub config: SyncConfig,
+    pub config: SyncPolicy,
     pub priority: usize,
     /// A reload it has not processed yet: when it will.
     pub reload_at: Option<u64>,
@@ -176,7 +161,7 @@ pub struct Server {
     /// synchronous_standby_names as written (ALTER SYSTEM) and reloaded, as a session reads
     /// it, and parsed.
     pub ssn_text: String,
-    pub ssn: SyncConfig,
+    pub ssn: SyncPolicy,
     pub senders: Vec<Walsender>,
     pub waiters: Vec<Waiter>,
     /// A clean shutdown as a primary: its shutdown checkpoint.
@@ -202,7 +187,7 @@ impl Server {
             conninfo: None,
             upstream: None,
             ssn_text: String::new(),
-            ssn: SyncConfig::default(),
+            ssn: SyncPolicy::default(),
             senders: Vec::new(),
             waiters: Vec::new(),
             shutdown_checkpoint: None,
@@ -257,7 +242,7 @@ impl Server {
         if count < num || num == 0 {
             return None;
         }
-        if config.quorum {
+        if config.method == SyncMethod::Quorum {
             candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.1));
             Some(candidates[num - 1].1)
         } else {

@@ -46,16 +46,9 @@ pub(super) fn section(ha: &HaStatus) -> String {
     let record = ha
         .sync
         .as_ref()
-        .map(|s| {
-            let names = s.standby_names();
-            format!(
-                " (sync record: {})",
-                if names.is_empty() {
-                    "asynchronous"
-                } else {
-                    names.as_str()
-                }
-            )
+        .map(|s| match s.policy.is_synchronous() {
+            true => format!(" (sync record: {})", s.policy),
+            false => " (sync record: asynchronous)".to_owned(),
         })
         .unwrap_or_default();
     out.push_str(&if ha.promotable.is_empty() {

@@ -117,7 +117,7 @@ impl Cluster {
             "{} streams from `{}`; sync policy {}",
             names(&streaming),
             new_primary.name,
-            new_spec.synchronous_standby_names()
+            new_spec.sync.policy
         ));
         steps.finish(&mut report);
         Ok(report)
@@ -198,10 +198,7 @@ fn describe(
             plan.target_position.map_or("?".into(), |l| l.to_string())
         ),
         format!("re-point {} to `{target}`", names(others)),
-        format!(
-            "sync policy on `{target}`: {}",
-            new_spec.synchronous_standby_names()
-        ),
+        format!("sync policy on `{target}`: {}", new_spec.sync.policy),
         format!(
             "later: `pgrepl rejoin {}` brings the old primary back as a standby",
             plan.old_primary

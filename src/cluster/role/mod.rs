@@ -186,7 +186,7 @@ impl Cluster {
             &client,
             primary,
             "synchronous_standby_names",
-            &spec.synchronous_standby_names(),
+            &spec.sync.policy.to_string(),
         )
         .await?;
         reload(&client, primary).await

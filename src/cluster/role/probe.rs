@@ -193,7 +193,7 @@ impl Cluster {
         checks.push(format!(
             "sync names for `{}`: {}",
             spec.primary().name,
-            spec.synchronous_standby_names()
+            spec.sync.policy
         ));
         let old = spec.primary();
         let slot_dir = self.runtime.data_dir(old).join("pg_replslot");

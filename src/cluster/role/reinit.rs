@@ -70,8 +70,7 @@ impl Cluster {
         });
         plan.push(format!(
             "start it as a standby of `{}`; sync policy {}",
-            primary.name,
-            spec.synchronous_standby_names()
+            primary.name, spec.sync.policy
         ));
         let mut report = RoleChangeReport {
             action,

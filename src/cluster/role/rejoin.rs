@@ -71,8 +71,7 @@ impl Cluster {
         });
         plan.push(format!(
             "start it as a standby of `{}`; sync policy {}",
-            primary.name,
-            spec.synchronous_standby_names()
+            primary.name, spec.sync.policy
         ));
         let mut checks = self.preflight(&spec, &self.probe_all().await)?;
         if !running && has_data {

@@ -45,10 +45,7 @@ impl Cluster {
                 old.name
             ),
             format!("re-point {} to `{to}`", names(&others)),
-            format!(
-                "sync policy on `{to}`: {}",
-                new_spec.synchronous_standby_names()
-            ),
+            format!("sync policy on `{to}`: {}", new_spec.sync.policy),
         ];
         let mut report = RoleChangeReport {
             action: "switchover",

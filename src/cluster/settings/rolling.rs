@@ -151,7 +151,7 @@ impl Cluster {
         }
         let (primary_state, primary_runs) =
             primary_state.expect("running_settings answers for every node, the primary's too");
-        let preferred = self.file_spec.sync_with_primary(&primary).standbys;
+        let preferred = self.file_spec.sync_with_primary(&primary).names;
         Ok(plan(
             &primary_state,
             &standbys,

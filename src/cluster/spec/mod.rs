@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::sync_policy::{SyncMethod, SyncPolicy};
+
 mod ha;
 mod tls;
 
@@ -77,25 +79,50 @@ fn valid_host(host: &str) -> bool {
         })
 }
 
-/// How commits wait for standbys.
+/// `[sync]`: how commits wait for standbys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyncPolicy {
-    /// `FIRST` (priority) or `ANY` (quorum).
-    #[serde(default = "default_method")]
-    pub method: String,
-    #[serde(default = "default_num_sync")]
-    pub num_sync: u32,
-    /// Standby names in priority order; empty means asynchronous replication only.
-    pub standbys: Vec<String>,
+#[serde(from = "SyncSection", into = "SyncSection")]
+pub struct SyncSpec {
+    /// The standbys, in priority order; none: asynchronous replication only.
+    pub policy: SyncPolicy,
     /// `synchronous_commit` on the primary.
-    #[serde(default = "default_synchronous_commit")]
     pub synchronous_commit: String,
 }
 
-fn default_method() -> String {
-    "FIRST".into()
+/// `[sync]` as the file spells it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncSection {
+    /// `FIRST` (priority) or `ANY` (quorum), in any case.
+    #[serde(default)]
+    method: SyncMethod,
+    #[serde(default = "default_num_sync")]
+    num_sync: u32,
+    standbys: Vec<String>,
+    #[serde(default = "default_synchronous_commit")]
+    synchronous_commit: String,
 }
+
+impl From<SyncSection> for SyncSpec {
+    fn from(section: SyncSection) -> SyncSpec {
+        SyncSpec {
+            policy: SyncPolicy::new(section.method, section.num_sync, section.standbys),
+            synchronous_commit: section.synchronous_commit,
+        }
+    }
+}
+
+impl From<SyncSpec> for SyncSection {
+    fn from(sync: SyncSpec) -> SyncSection {
+        SyncSection {
+            method: sync.policy.method,
+            num_sync: sync.policy.num,
+            standbys: sync.policy.names,
+            synchronous_commit: sync.synchronous_commit,
+        }
+    }
+}
+
 fn default_num_sync() -> u32 {
     1
 }
@@ -181,7 +208,7 @@ pub struct ClusterSpec {
     pub replication: ReplicationRole,
     /// Server settings applied with ALTER SYSTEM on the primary (standbys inherit them).
     pub settings: BTreeMap<String, String>,
-    pub sync: SyncPolicy,
+    pub sync: SyncSpec,
     pub nodes: Vec<NodeSpec>,
     #[serde(default)]
     pub docker: DockerSettings,
@@ -295,10 +322,8 @@ impl Default for ClusterSpec {
                 password_file: None,
             },
             settings,
-            sync: SyncPolicy {
-                method: default_method(),
-                num_sync: 1,
-                standbys: vec!["pg_slave".into(), "pg_asyncslave".into()],
+            sync: SyncSpec {
+                policy: SyncPolicy::new(SyncMethod::Priority, 1, ["pg_slave", "pg_asyncslave"]),
                 synchronous_commit: default_synchronous_commit(),
             },
             nodes: vec![
@@ -427,7 +452,8 @@ impl ClusterSpec {
             }
         }
         let standbys: Vec<&str> = self.standbys().map(|n| n.name.as_str()).collect();
-        for name in &self.sync.standbys {
+        let policy = &self.sync.policy;
+        for name in &policy.names {
             if !standbys.contains(&name.as_str()) {
                 return invalid(format!(
                     "sync.standbys names `{name}`, which is no standby (standbys: {})",
@@ -435,22 +461,12 @@ impl ClusterSpec {
                 ));
             }
         }
-        if !matches!(
-            self.sync.method.to_ascii_uppercase().as_str(),
-            "FIRST" | "ANY"
-        ) {
-            return invalid(format!(
-                "sync.method `{}` must be FIRST or ANY",
-                self.sync.method
-            ));
-        }
-        if self.sync.num_sync as usize > self.sync.standbys.len()
-            || (self.sync.num_sync == 0 && !self.sync.standbys.is_empty())
+        if policy.num as usize > policy.names.len() || (policy.num == 0 && policy.is_synchronous())
         {
             return invalid(format!(
                 "sync.num_sync = {} is impossible with {} listed standbys",
-                self.sync.num_sync,
-                self.sync.standbys.len()
+                policy.num,
+                policy.names.len()
             ));
         }
         if !matches!(
@@ -515,7 +531,7 @@ impl ClusterSpec {
                 NodeRole::Standby
             };
         }
-        spec.sync = self.sync_with_primary(new_primary);
+        spec.sync.policy = self.sync_with_primary(new_primary);
         Ok(spec)
     }
 
@@ -523,16 +539,15 @@ impl ClusterSpec {
     /// for the file's primary's.
     pub fn sync_with_primary(&self, new_primary: &str) -> SyncPolicy {
         let old_primary = &self.primary().name;
-        let mut sync = self.sync.clone();
-        for name in &mut sync.standbys {
+        let mut policy = self.sync.policy.clone();
+        for name in &mut policy.names {
             if name == new_primary {
                 *name = old_primary.clone();
             }
         }
-        sync
+        policy
     }
 
-    /// `synchronous_standby_names` for the primary, e.g. `FIRST 1 (pg_slave, pg_asyncslave)`.
     /// Whether the cluster runs with TLS: `[tls] mode`, unless `[settings]` turns `ssl` off
     /// (as cluster files written before `[tls]` existed do).
     pub fn tls_on(&self) -> bool {
@@ -550,10 +565,6 @@ impl ClusterSpec {
         tls.chain(self.settings.clone()).collect()
     }
 
-    pub fn synchronous_standby_names(&self) -> String {
-        synchronous_standby_names(&self.sync.method, self.sync.num_sync, &self.sync.standbys)
-    }
-
     /// The replication password, from the file or inline.
     pub fn replication_password(&self, base: &Path) -> Result<String, SpecError> {
         if let Some(file) = &self.replication.password_file {
@@ -564,31 +575,6 @@ impl ClusterSpec {
         }
         Ok(self.replication.password.clone().unwrap_or_default())
     }
-}
-
-/// Renders a sync policy; names are double-quoted when they are not plain lower-case
-/// identifiers (they are compared with application_name case-insensitively otherwise).
-pub fn synchronous_standby_names(method: &str, num_sync: u32, names: &[String]) -> String {
-    if names.is_empty() {
-        return String::new();
-    }
-    let quoted: Vec<String> = names
-        .iter()
-        .map(|n| {
-            if n.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
-                n.clone()
-            } else {
-                format!("\"{}\"", n.replace('"', "\"\""))
-            }
-        })
-        .collect();
-    format!(
-        "{} {num_sync} ({})",
-        method.to_ascii_uppercase(),
-        quoted.join(", ")
-    )
 }
 
 fn one_line(text: &str) -> String {
@@ -603,7 +589,7 @@ mod tests {
     fn the_default_is_the_recipe_and_round_trips() {
         let spec = ClusterSpec::default();
         assert_eq!(
-            spec.synchronous_standby_names(),
+            spec.sync.policy.to_string(),
             "FIRST 1 (pg_slave, pg_asyncslave)"
         );
         assert_eq!(spec.primary().name, "pg_master");
@@ -626,12 +612,12 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
 
         let mut spec = ClusterSpec::default();
-        spec.sync.standbys.push("pg_ghost".into());
+        spec.sync.policy.names.push("pg_ghost".into());
         let err = spec.validate().unwrap_err().to_string();
         assert!(err.contains("`pg_ghost`, which is no standby"), "{err}");
 
         let mut spec = ClusterSpec::default();
-        spec.sync.num_sync = 3;
+        spec.sync.policy.num = 3;
         assert!(spec
             .validate()
             .unwrap_err()
@@ -712,7 +698,7 @@ mod tests {
         let spec = ClusterSpec::default().with_primary("pg_slave").unwrap();
         assert_eq!(spec.primary().name, "pg_slave");
         assert_eq!(
-            spec.synchronous_standby_names(),
+            spec.sync.policy.to_string(),
             "FIRST 1 (pg_master, pg_asyncslave)"
         );
         spec.validate().unwrap();
@@ -721,14 +707,73 @@ mod tests {
         assert!(ClusterSpec::default().with_primary("nope").is_err());
     }
 
+    /// `[sync]` as `pgrepl init` wrote it before the policy had a type of its own.
+    const SYNC_SECTION: &str = "[sync]
+method = \"FIRST\"
+num_sync = 1
+standbys = [
+    \"pg_slave\",
+    \"pg_asyncslave\",
+]
+synchronous_commit = \"on\"
+";
+
     #[test]
-    fn names_needing_quotes_are_quoted() {
-        let names = vec!["Pg-Slave".to_owned(), "b".to_owned()];
-        assert_eq!(
-            synchronous_standby_names("any", 1, &names),
-            "ANY 1 (\"Pg-Slave\", b)"
+    fn the_sync_section_reads_and_writes_as_it_always_did() {
+        let text = ClusterSpec::default().to_toml();
+        assert!(text.contains(SYNC_SECTION), "{text}");
+        // Any case, as the server reads the keywords; written back as the keyword.
+        for (written, method) in [
+            ("FIRST", SyncMethod::Priority),
+            ("first", SyncMethod::Priority),
+            ("ANY", SyncMethod::Quorum),
+            ("Any", SyncMethod::Quorum),
+        ] {
+            let file = text.replace("method = \"FIRST\"", &format!("method = \"{written}\""));
+            let spec: ClusterSpec = toml::from_str(&file).unwrap();
+            spec.validate().unwrap();
+            assert_eq!(spec.sync.policy.method, method, "{written}");
+            let again = spec.to_toml();
+            assert!(
+                again.contains(&format!("method = \"{}\"", method.keyword())),
+                "{again}"
+            );
+        }
+        // What a file may leave out; and an asynchronous one.
+        let short = text.replace("method = \"FIRST\"\nnum_sync = 1\n", "");
+        let spec: ClusterSpec = toml::from_str(&short).unwrap();
+        assert_eq!(spec, ClusterSpec::default());
+        let async_only = text.replace(
+            "num_sync = 1\nstandbys = [\n    \"pg_slave\",\n    \"pg_asyncslave\",\n]",
+            "num_sync = 0\nstandbys = []",
         );
-        assert_eq!(synchronous_standby_names("FIRST", 1, &[]), "");
+        let spec: ClusterSpec = toml::from_str(&async_only).unwrap();
+        spec.validate().unwrap();
+        assert!(!spec.sync.policy.is_synchronous());
+        assert_eq!(spec.sync.policy.to_string(), "");
+        assert!(spec
+            .to_toml()
+            .contains("[sync]\nmethod = \"FIRST\"\nnum_sync = 0\nstandbys = []\n"));
+    }
+
+    #[test]
+    fn a_bad_method_or_an_unknown_sync_key_is_refused_in_one_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("pgrepl.toml");
+        let text = ClusterSpec::default().to_toml();
+        for (from, to, says) in [
+            (
+                "method = \"FIRST\"",
+                "method = \"MOST\"",
+                "sync.method `MOST` must be FIRST or ANY",
+            ),
+            ("num_sync = 1", "num_sync = 1\nquorum = true", "quorum"),
+        ] {
+            std::fs::write(&path, text.replace(from, to)).unwrap();
+            let err = ClusterSpec::load(&path).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

@@ -91,7 +91,8 @@ impl Agent {
             Effect::SetStandbyNames(names) => {
                 let client = sql()?;
                 let change = async {
-                    alter_system(client, me, "synchronous_standby_names", names).await?;
+                    let names = names.to_string();
+                    alter_system(client, me, "synchronous_standby_names", &names).await?;
                     reload(client, me).await
                 };
                 bounded("setting synchronous_standby_names", change).await?;

@@ -10,6 +10,7 @@ use crate::cluster::{node_err_sql, ClusterError};
 use crate::ha::model::{Local, Probed};
 use crate::ha::records::ServerState;
 use crate::ids::TimelineId;
+use crate::sync_policy::SyncPolicy;
 
 /// The state of the server in one round trip. A standby's position is the furthest WAL it holds
 /// (received and flushed, or replayed); it is final only once the startup process replayed all
@@ -60,7 +61,7 @@ impl Agent {
                 .data_dir(&self.node)
                 .join("standby.signal")
                 .exists(),
-            standby_names: String::new(),
+            standby_names: Ok(SyncPolicy::default()),
             caught_up: Vec::new(),
             shutdown_checkpoint: None,
             promoting: false,
@@ -161,7 +162,7 @@ impl Agent {
                 follows: self.followed_node(&conninfo),
             },
             standby_signal: false,
-            standby_names: row.get("standby_names"),
+            standby_names: row.get::<_, &str>("standby_names").parse(),
             caught_up: row.get("caught_up"),
             shutdown_checkpoint: None,
             system_id: None,

@@ -468,27 +468,13 @@ mod tests {
             lease: LeaseId(1),
             mine: false,
         });
-        snapshot.sync = Some(SyncRecord {
-            leader: "b".into(),
-            method: "FIRST".into(),
-            num: 1,
-            members: vec!["a".into()],
-            prior: Vec::new(),
-            timeline: None,
-        });
+        snapshot.sync = Some(SyncRecord::of("b", "FIRST", 1, &["a"]));
         // A record an earlier leader left does not count.
         assert!(matches!(
             elected(&snapshot, &agents),
             Err(Awaited::SyncRecord { leader }) if leader == "a"
         ));
-        snapshot.sync = Some(SyncRecord {
-            leader: "a".into(),
-            method: "FIRST".into(),
-            num: 1,
-            members: vec!["b".into()],
-            prior: Vec::new(),
-            timeline: None,
-        });
+        snapshot.sync = Some(SyncRecord::of("a", "FIRST", 1, &["b"]));
         snapshot.members = vec![member("a")];
         assert_eq!(
             elected(&snapshot, &agents).unwrap_err().to_string(),

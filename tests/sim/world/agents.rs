@@ -275,9 +275,9 @@ impl World {
             },
             standby_signal: s.standby_signal,
             standby_names: if running {
-                s.ssn_text.clone()
+                s.ssn_text.parse()
             } else {
-                String::new()
+                Ok(SyncPolicy::default())
             },
             caught_up: if running && !s.standby_signal {
                 s.senders

@@ -138,12 +138,12 @@ impl World {
         let configs = std::iter::once(&s.ssn).chain(s.senders.iter().map(|w| &w.config));
         for config in configs {
             let covered = !config.names.is_empty()
-                && config.num >= record.num
-                && config.names.iter().all(|n| record.members.contains(n));
+                && config.num >= record.policy.num
+                && config.names.iter().all(|n| record.policy.names.contains(n));
             if !covered {
                 self.violation = Some(format!(
                     "the sync record ({} {} of {:?}) does not cover {}'s synchronous_standby_names ({} of {:?})",
-                    record.method, record.num, record.members, record.leader, config.num, config.names
+                    record.policy.method, record.policy.num, record.policy.names, record.leader, config.num, config.names
                 ));
                 return;
             }

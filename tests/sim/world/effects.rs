@@ -128,11 +128,12 @@ impl World {
                 self.point(other, Some(node));
                 done(self, true, back);
             }
-            Effect::SetStandbyNames(text) => {
+            Effect::SetStandbyNames(policy) => {
                 if !self.servers[node].running() || self.servers[node].hung {
                     return done(self, false, back);
                 }
-                self.set_standby_names(node, text);
+                // ALTER SYSTEM writes the text; the server parses it as it reloads.
+                self.set_standby_names(node, policy.to_string());
                 done(self, true, back);
             }
             Effect::Promote { timeline } => {

@@ -85,8 +85,8 @@ impl World {
                 self.agents[node].die_after_sync = Some(down_ms);
             }
             Fault::PolicyChange { policy } => {
-                self.spec.sync.method = if policy.quorum { "ANY" } else { "FIRST" }.into();
-                self.spec.sync.num_sync = policy.num;
+                let names = self.spec.sync.policy.names.clone();
+                self.spec.sync.policy = policy.over(&names);
                 for node in 0..self.agents.len() {
                     self.after(300 * node as u64, Ev::Restart { node });
                 }
@@ -96,20 +96,17 @@ impl World {
             Fault::ForeignCluster { leader, .. } => {
                 self.foreign = Some(i);
                 let name = self.names[leader].clone();
-                let others = self.names.iter().filter(|n| **n != name).cloned().collect();
+                let others: Vec<String> =
+                    self.names.iter().filter(|n| **n != name).cloned().collect();
                 let lease = self.etcd.grant(self.now, 3_600_000);
                 self.ours = self.etcd.sync.take();
                 self.etcd.foreign(
                     name.clone(),
                     lease,
-                    pgrepl::ha::records::SyncRecord {
-                        leader: name,
-                        method: "FIRST".into(),
-                        num: 1,
-                        members: others,
-                        prior: Vec::new(),
-                        timeline: None,
-                    },
+                    pgrepl::ha::records::SyncRecord::new(
+                        &name,
+                        SyncPolicy::new(SyncMethod::Priority, 1, others),
+                    ),
                     self.servers[0].system_id + 1,
                 );
                 self.foreign_since = Some(self.now);

@@ -14,11 +14,12 @@ use pgrepl::ha::model::{Action, Local, Probed, Time, View};
 use pgrepl::ha::records::{LeaseId, MemberRecord, PauseRecord, RoleRequest, ServerState};
 use pgrepl::ha::Timing;
 use pgrepl::ids::{SystemId, TimelineId};
+use pgrepl::sync_policy::{SyncMethod, SyncPolicy};
 use pgrepl::Lsn;
 
 use crate::etcd::{Etcd, EXPIRY_CHECK_MS};
 use crate::faults::{Fault, Peer, Schedule};
-use crate::pg::{Pos, Run, Server, SyncConfig, Timelines, Waiter, Walsender};
+use crate::pg::{parse_config, priority, Pos, Run, Server, Timelines, Waiter, Walsender};
 
 mod agents;
 mod checks;
@@ -340,24 +341,17 @@ impl World {
             nodes,
             ..ClusterSpec::default()
         };
-        spec.sync.method = if schedule.policy.quorum {
-            "ANY"
-        } else {
-            "FIRST"
-        }
-        .into();
-        spec.sync.num_sync = schedule.policy.num;
-        spec.sync.standbys = names[1..].to_vec();
+        spec.sync.policy = schedule.policy.over(&names[1..]);
         let system_id = 7_000_000_000_000_000_000 + schedule.seed % 1_000_000;
         let mut servers: Vec<Server> = (0..n).map(|i| Server::new(i == 0, system_id)).collect();
-        let ssn_text = spec.synchronous_standby_names();
-        let ssn = SyncConfig::parse(&ssn_text);
+        let ssn_text = spec.sync.policy.to_string();
+        let ssn = parse_config(&ssn_text);
         servers[0].ssn_text = ssn_text;
         servers[0].ssn = ssn.clone();
         for i in 1..n {
             servers[i].conninfo = Some(0);
             servers[i].upstream = Some(0);
-            let priority = ssn.priority(&names[i]);
+            let priority = priority(&ssn, &names[i]);
             servers[0].senders.push(Walsender {
                 standby: i,
                 flush: 1,

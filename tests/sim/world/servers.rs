@@ -154,7 +154,7 @@ impl World {
 
     pub(super) fn set_standby_names(&mut self, node: usize, text: String) {
         self.epoch += 1;
-        let config = SyncConfig::parse(&text);
+        let config = parse_config(&text);
         let s = &mut self.servers[node];
         s.ssn_text = text;
         s.ssn = config;
@@ -185,7 +185,7 @@ impl World {
         }
         let config = s.ssn.clone();
         let w = &mut s.senders[i];
-        w.priority = config.priority(&self.names[standby]);
+        w.priority = priority(&config, &self.names[standby]);
         w.config = config;
         w.reload_at = None;
         for i in 0..self.servers[node].senders.len() {
@@ -223,7 +223,7 @@ impl World {
         }
         let (flushed, standby_name) = (s.flushed, self.names[node].clone());
         let config = u.ssn.clone();
-        let priority = config.priority(&standby_name);
+        let priority = priority(&config, &standby_name);
         let upstream_tl = u.tl;
         self.conns[node] += 1;
         self.epoch += 1;
