@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::sync_policy::SyncPolicy;
 use crate::Lsn;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ pub enum CheckFailed {
     #[error("the first write on the new primary blocked")]
     FirstWriteBlocked,
     #[error("synchronous_standby_names is `{found}`, expected `{expected}`")]
-    StandbyNames { found: String, expected: String },
+    StandbyNames { found: String, expected: SyncPolicy },
 }
 
 /// `a`, `b`: each backquoted.

@@ -258,7 +258,7 @@ impl Cluster {
         if names.parse::<SyncPolicy>().as_ref() != Ok(&spec.sync.policy) {
             return Err(CheckFailed::StandbyNames {
                 found: names,
-                expected: spec.sync.policy.to_string(),
+                expected: spec.sync.policy.clone(),
             }
             .into());
         }

@@ -6,6 +6,7 @@
 //! The argument: proto-notes/08-ha.md, "Zero acknowledged loss".
 
 use super::records::{MemberRecord, RoleRequest, SyncRecord};
+use crate::sync_policy::SyncMethod;
 use crate::Lsn;
 
 /// Why nobody may be elected now.
@@ -27,7 +28,7 @@ pub enum NoCandidate {
         answering: usize,
         listed: usize,
         need: usize,
-        method: String,
+        method: SyncMethod,
         num: u32,
         earlier: Option<String>,
     },
@@ -125,7 +126,7 @@ fn enough_answer(
                 answering,
                 listed,
                 need,
-                method: rule.policy.method.to_string(),
+                method: rule.policy.method,
                 num: rule.policy.num,
                 earlier: (rule.leader != rules[0].leader).then(|| rule.leader.clone()),
             });
